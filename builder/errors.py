@@ -1,0 +1,32 @@
+"""Domain errors. The CLI turns each into one line on stderr and exit code 1."""
+
+
+class TtspoError(Exception):
+    """Base class: a problem the user can fix, worded for them."""
+
+
+class StoreError(TtspoError):
+    """A table, version or tag that does not exist, or a name that is not allowed."""
+
+
+class InputError(TtspoError):
+    """Bad input files or records. `problems` lists (file_or_record, reason)."""
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None):
+        self.problems = problems or []
+        if self.problems:
+            lines = [message] + [f"  {where}: {why}" for where, why in self.problems]
+            message = "\n".join(lines)
+        super().__init__(message)
+
+
+class QueryError(TtspoError):
+    """A SQL query that failed or is not allowed."""
+
+
+class RecipeError(TtspoError):
+    """A recipe whose output breaks the preference-set contract."""
+
+
+class ModelError(TtspoError):
+    """A scoring model that cannot be loaded (missing file, missing extra)."""

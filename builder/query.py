@@ -1,0 +1,114 @@
+"""DuckDB over the store: every table is a view, older versions are reachable.
+
+``generations`` is the latest version; ``"generations@12"`` is version 12 and
+``"generations@v1"`` the version tagged v1 (quoted, because of the ``@``).
+
+Queries run read-only: only SELECT statements are accepted, and DuckDB's external
+access is disabled and locked after the views are registered, so a query cannot
+read or write files (no ``read_csv('/etc/passwd')``, no ``COPY ... TO``).
+
+Blob columns (Lance blob encoding) and the codec ``codes`` lists are left out of
+the views: DuckDB cannot scan blobs, and codes make ``SELECT *`` useless. Read
+them with the Python API (``Store.open(...)``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import duckdb
+import pyarrow as pa
+
+from builder.errors import QueryError, StoreError
+from builder.schemas import BLOB_METADATA, HEAVY_COLUMNS
+from builder.store import Store, parse_ref
+
+QUOTED_REF = re.compile(r'"([A-Za-z_][A-Za-z0-9_\-]*@[A-Za-z0-9_.\-]+)"')
+
+
+@dataclass
+class Session:
+    """A DuckDB connection with the store's views, and the versions it exposed."""
+
+    con: duckdb.DuckDBPyConnection
+    versions: dict[str, int] = field(default_factory=dict)  # view name -> Lance version
+
+    def inputs_for(self, sql: str) -> dict[str, int]:
+        """Versions of the views a query mentions: the lineage of its result."""
+        return {name: v for name, v in self.versions.items()
+                if re.search(rf'(?<![\w@]){re.escape(name)}(?![\w@])', sql)}
+
+
+def view_columns(schema: pa.Schema) -> list[str]:
+    """Columns a view exposes: all but blobs and heavy codec lists."""
+    keep = []
+    for f in schema:
+        is_blob = (f.metadata or {}).get(b"lance-encoding:blob") == BLOB_METADATA[b"lance-encoding:blob"]
+        is_ext = isinstance(f.type, pa.ExtensionType) and "blob" in str(f.type)
+        if not (is_blob or is_ext or f.name in HEAVY_COLUMNS):
+            keep.append(f.name)
+    return keep
+
+
+def open_session(store: Store, refs: Iterable[str] = (), tables: Iterable[str] | None = None) -> Session:
+    """Register every table (latest version) plus each ``name@version`` in refs."""
+    con = duckdb.connect()
+    session = Session(con)
+    names = list(tables) if tables is not None else store.tables()
+    for name in names:
+        _register(session, name, store.open(name))
+    for ref in refs:
+        table, version = parse_ref(ref)
+        _register(session, ref, store.open(table, version))
+    # From here on nothing can touch the file system, and nothing can undo that.
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return session
+
+
+def _register(session: Session, view: str, ds) -> None:
+    raw = "__lance_" + re.sub(r"\W", "_", view)
+    session.con.register(raw, ds)
+    cols = ", ".join(f'"{c}"' for c in view_columns(ds.schema))
+    session.con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT {cols} FROM "{raw}"')
+    session.versions[view] = ds.version
+
+
+def refs_in(sql: str) -> list[str]:
+    """The quoted ``"table@version"`` references a query uses."""
+    return sorted(set(QUOTED_REF.findall(sql)))
+
+
+def check_read_only(sql: str) -> None:
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"SQL error: {_first_line(exc)}") from None
+    if not statements:
+        raise QueryError("empty query")
+    for st in statements:
+        if st.type != duckdb.StatementType.SELECT:
+            raise QueryError(f"only SELECT queries are allowed (got {st.type.name})")
+
+
+def run(store: Store, sql: str, params: dict[str, Any] | None = None) -> tuple[pa.Table, dict[str, int]]:
+    """Run a read-only query over the store. Returns (result, versions it read)."""
+    check_read_only(sql)
+    session = open_session(store, refs_in(sql))
+    try:
+        result = session.con.sql(sql, params=params or None).to_arrow_table()
+    except StoreError:
+        raise
+    except duckdb.Error as exc:
+        raise QueryError(f"SQL error: {_first_line(exc)}") from None
+    finally:
+        inputs = session.inputs_for(sql)
+        session.con.close()
+    return result, inputs
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,212 @@
+"""The store: a folder of versioned Lance tables, each commit carrying its lineage.
+
+A store is a directory holding ``<table>.lance`` datasets. Every write goes
+through :meth:`Store.write` (or passes :func:`commit_properties` to a Lance call),
+so every version records which command made it, with which arguments, from
+which versions of which tables, under which ttspo version.
+
+Tables are created with stable row ids: without them Lance version deltas
+(``ttspo diff``) silently return nothing after compaction or updates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from datetime import timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import lance
+import pyarrow as pa
+
+from builder import __version__
+from builder.errors import StoreError
+from builder.schemas import CORE_TABLES
+
+LINEAGE_KEY = "ttspo.lineage"
+TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+REF = re.compile(r"^(?P<table>[A-Za-z_][A-Za-z0-9_\-]*)(?:@(?P<version>[A-Za-z0-9_.\-]+))?$")
+
+
+def default_store_path() -> Path:
+    return Path(os.environ.get("TTSPO_STORE") or "ttspo-store")
+
+
+def parse_ref(ref: str) -> tuple[str, int | str | None]:
+    """``"generations@12"`` -> ("generations", 12); ``"set@v1"`` -> ("set", "v1")."""
+    m = REF.match(ref)
+    if not m:
+        raise StoreError(f"'{ref}' is not TABLE, TABLE@VERSION or TABLE@TAG")
+    version = m.group("version")
+    if version is not None and version.isdigit():
+        return m.group("table"), int(version)
+    return m.group("table"), version
+
+
+def make_lineage(command: str, args: dict[str, Any], inputs: dict[str, int] | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """The lineage record of one command: stored in each commit it makes."""
+    record = {
+        "command": command,
+        "args": args,
+        "inputs": dict(inputs or {}),
+        "ttspo_version": __version__,
+    }
+    record.update(extra)
+    return record
+
+
+def commit_properties(lineage: dict[str, Any]) -> dict[str, str]:
+    """Lance transaction properties for a commit: pass to any Lance write call."""
+    return {LINEAGE_KEY: json.dumps(lineage, sort_keys=True, default=str)}
+
+
+class Store:
+    """A folder of Lance tables. Cheap to construct; opens tables on demand."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).absolute()
+
+    # ------------------------------------------------------------- naming
+    def path(self, table: str) -> Path:
+        if not TABLE_NAME.match(table):
+            raise StoreError(f"'{table}' is not a valid table name")
+        return self.root / f"{table}.lance"
+
+    def exists(self, table: str) -> bool:
+        return (self.path(table) / "_versions").is_dir()
+
+    def tables(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        names = [p.name[: -len(".lance")] for p in self.root.glob("*.lance")]
+        return sorted(n for n in names if self.exists(n))
+
+    @staticmethod
+    def check_set_name(name: str) -> None:
+        """Preference sets share the store's namespace with the core tables."""
+        if name in CORE_TABLES:
+            raise StoreError(f"'{name}' is a core table name; choose another set name")
+        if not TABLE_NAME.match(name):
+            raise StoreError(f"'{name}' is not a valid set name (letters, digits, _ and -)")
+
+    # -------------------------------------------------------------- reading
+    def open(self, table: str, version: int | str | None = None) -> lance.LanceDataset:
+        """Open TABLE at its latest version, a version number, or a tag."""
+        if not self.exists(table):
+            raise StoreError(f"no table '{table}' in store {self.root}")
+        ds = lance.dataset(str(self.path(table)))
+        if version is None:
+            return ds
+        try:
+            return ds.checkout_version(version)
+        except (ValueError, OSError) as exc:
+            known = sorted(ds.tags.list())
+            hint = f" (tags: {', '.join(known)})" if known else ""
+            raise StoreError(f"table '{table}' has no version or tag '{version}'{hint}") from exc
+
+    def open_ref(self, ref: str) -> lance.LanceDataset:
+        table, version = parse_ref(ref)
+        return self.open(table, version)
+
+    def version(self, table: str) -> int | None:
+        """Latest version of TABLE, or None if it does not exist."""
+        return self.open(table).version if self.exists(table) else None
+
+    def lineage(self, table: str, version: int) -> dict[str, Any]:
+        ds = self.open(table)
+        tx = ds.read_transaction(version)
+        props = (tx.transaction_properties or {}) if tx is not None else {}
+        raw = props.get(LINEAGE_KEY)
+        return json.loads(raw) if raw else {}
+
+    def versions(self, table: str) -> list[dict[str, Any]]:
+        """One dict per version: version, time (UTC ISO), command, rows, lineage."""
+        ds = self.open(table)
+        out = []
+        for v in ds.versions():
+            lineage = self.lineage(table, v["version"])
+            stamp = v["timestamp"]
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=timezone.utc)
+            out.append({
+                "version": v["version"],
+                "time": stamp.isoformat(timespec="seconds"),
+                "command": lineage.get("command", ""),
+                "rows": int(v["metadata"].get("total_rows", 0)),
+                "lineage": lineage,
+            })
+        return out
+
+    def tags(self, table: str) -> dict[str, int]:
+        return {name: info["version"] for name, info in self.open(table).tags.list().items()}
+
+    # -------------------------------------------------------------- writing
+    def write(self, table: str, data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
+              schema: pa.Schema, lineage: dict[str, Any], mode: str = "append") -> int:
+        """Write data to TABLE in ONE Lance commit and return the new version.
+
+        mode: "append" (creates the table if missing) or "overwrite". Data may be a
+        stream of batches: Lance writes fragments as they come and commits once at
+        the end, so memory is bounded by a batch and a crash leaves no new version.
+        """
+        if mode not in ("append", "overwrite"):
+            raise ValueError(f"bad mode {mode}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, pa.Table):
+            data = data.cast(schema) if data.schema != schema else data
+        elif not isinstance(data, pa.RecordBatchReader):
+            data = pa.RecordBatchReader.from_batches(schema, data)
+        exists = self.exists(table)
+        if not exists:
+            self._remove_partial(table)
+        ds = lance.write_dataset(
+            data,
+            str(self.path(table)),
+            schema=schema,
+            mode=mode if exists else "create",
+            enable_stable_row_ids=True,
+            transaction_properties=commit_properties(lineage),
+        )
+        return ds.version
+
+    def _remove_partial(self, table: str) -> None:
+        """A create killed before its first commit leaves data files but no version."""
+        path = self.path(table)
+        if path.exists() and not (path / "_versions").is_dir():
+            shutil.rmtree(path)
+
+    def tag(self, table: str, version: int, name: str) -> None:
+        ds = self.open(table)
+        if version not in {v["version"] for v in ds.versions()}:
+            raise StoreError(f"table '{table}' has no version {version}")
+        if name.isdigit():
+            raise StoreError(f"tag '{name}' must not be a number (it would read as a version)")
+        if name in ds.tags.list():
+            raise StoreError(f"table '{table}' already has a tag '{name}'")
+        ds.tags.create(name, version)
+
+    def restore(self, table: str, version: int | str, lineage: dict[str, Any]) -> int:
+        """Make VERSION the latest again, as a new version (history is kept).
+
+        A Lance Restore operation: no data is copied, and the commit carries lineage.
+        """
+        target = self.open(table, version).version
+        latest = self.open(table)
+        tx = lance.Transaction(
+            read_version=latest.version,
+            operation=lance.LanceOperation.Restore(target),
+            transaction_properties=commit_properties(lineage),
+        )
+        return lance.LanceDataset.commit(latest.uri, tx).version
+
+    def commit(self, table: str, operation: Any, read_version: int,
+               lineage: dict[str, Any]) -> int:
+        """Commit a prepared Lance operation (e.g. fragments written by several
+        ranks) as ONE version carrying lineage. Used by distributed writers."""
+        tx = lance.Transaction(read_version=read_version, operation=operation,
+                               transaction_properties=commit_properties(lineage))
+        return lance.LanceDataset.commit(str(self.path(table)), tx).version

@@ -1,0 +1,1 @@
+"""Recipe files (*.sql) for `ttspo build`. Shipped as package data."""

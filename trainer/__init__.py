@@ -1,0 +1,1 @@
+"""ttspo trainer: losses, policies, Lance data, the training loop. Runs under torchrun."""
