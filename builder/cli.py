@@ -133,7 +133,7 @@ def main() -> None:
 
 
 # Register the command families (each module adds its commands to `cli`).
-from builder import cli_store, cli_data, cli_sets, cli_score, cli_demo  # noqa: E402,F401
+from builder import cli_store, cli_prompts, cli_ingest, cli_sets, cli_score, cli_demo  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

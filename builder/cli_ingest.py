@@ -1,4 +1,4 @@
-"""`ttspo` commands: data family. (Placeholder until its issue lands.)"""
+"""`ttspo` commands: ingest family. (Placeholder until its issue lands.)"""
 
 from __future__ import annotations
 
