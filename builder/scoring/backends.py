@@ -1,0 +1,53 @@
+"""Shared helpers of the scoring backends: spec parsing and model-file checks.
+
+A backend is named by a spec: ``NAME`` or ``NAME:ARG`` (``nemo:/m/parakeet.nemo``,
+``whisper:/m/whisper-small``, ``squim:/m/squim.pt``). No backend downloads
+anything: a missing model file or optional library is a :class:`ModelError`
+naming the option that selects it, so the user knows what to change.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from builder.errors import ModelError
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"nemo:/x.nemo"`` -> ("nemo", "/x.nemo"); ``"pocketsphinx"`` -> ("pocketsphinx", None)."""
+    name, sep, arg = spec.partition(":")
+    return name.strip().lower(), (arg if sep else None)
+
+
+def require_file(option: str, spec: str, arg: str | None, what: str) -> Path:
+    """The existing model file ARG, or a ModelError naming OPTION."""
+    if not arg:
+        raise ModelError(f"{option} {spec}: give the {what} as {spec.split(':')[0]}:PATH "
+                         "(models are never downloaded)")
+    path = Path(os.path.expanduser(arg))
+    if not path.is_file():
+        raise ModelError(f"{option} {spec}: file not found")
+    return path
+
+
+def require_dir(option: str, spec: str, arg: str | None, what: str) -> Path:
+    if not arg:
+        raise ModelError(f"{option} {spec}: give the {what} as {spec.split(':')[0]}:DIR "
+                         "(models are never downloaded)")
+    path = Path(os.path.expanduser(arg))
+    if not path.is_dir():
+        raise ModelError(f"{option} {spec}: directory not found")
+    return path
+
+
+def require_module(option: str, spec: str, module: str, extra: str) -> None:
+    """Fail early, by name, when an optional dependency is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise ModelError(f"{option} {spec}: needs the '{module}' package "
+                         f"(install the {extra})")
+
+
+def unknown(option: str, spec: str, known: tuple[str, ...]) -> ModelError:
+    return ModelError(f"{option} {spec}: unknown backend (choose {', '.join(known)})")

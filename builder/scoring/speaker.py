@@ -1,0 +1,111 @@
+"""Speaker-verification backends: audio in, L2-normalised embedding out.
+
+- ``resemblyzer``: offline default; the GE2E voice encoder whose weights
+  (pretrained.pt) ship inside the Resemblyzer wheel. ``resemblyzer:PATH.pt``
+  loads other weights of the same architecture.
+- ``nemo:PATH.nemo``: a NeMo speaker-label model (TitaNet, as NeMo's generation
+  uses) restored from a local .nemo file (extra ``nemo``).
+
+SSIM is the cosine of two embeddings. Silent audio has no speaker: its
+embedding is the zero vector and its cosine with anything is 0.0.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from builder.errors import ModelError
+from builder.scoring.audio import MODEL_SR, resample
+from builder.scoring.backends import require_file, require_module, split_spec, unknown
+
+SPEAKER_BACKENDS = ("resemblyzer", "resemblyzer:PATH.pt", "nemo:PATH.nemo")
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0.0:
+        return np.zeros_like(vector)
+    return vector / norm
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity; 0.0 when either vector is zero (silence)."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+class ResemblyzerSV:
+    """Resemblyzer's voice encoder, loaded once per process."""
+
+    def __init__(self, weights: Path | None = None) -> None:
+        with warnings.catch_warnings():  # webrtcvad imports the deprecated pkg_resources
+            warnings.simplefilter("ignore")
+            import resemblyzer
+            from resemblyzer import VoiceEncoder
+        if weights is None:
+            weights = Path(resemblyzer.__file__).parent / "pretrained.pt"
+        self.encoder = VoiceEncoder("cpu", verbose=False, weights_fpath=weights)
+        self.name = f"resemblyzer:{weights.name}"
+
+    def embed(self, audio: np.ndarray, sr: int) -> np.ndarray:
+        from resemblyzer import preprocess_wav
+
+        wav = resample(audio, sr, MODEL_SR)
+        if wav.size == 0 or not np.any(wav):
+            return np.zeros(256, dtype=np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trimmed = preprocess_wav(wav)  # volume normalisation + VAD silence trimming
+        if trimmed.size < MODEL_SR // 10:  # VAD found (almost) no voice: keep it all
+            trimmed = wav
+        return _unit(self.encoder.embed_utterance(trimmed.astype(np.float32)))
+
+    def embed_batch(self, audios: list[np.ndarray], sr: int) -> list[np.ndarray]:
+        return [self.embed(a, sr) for a in audios]
+
+
+class NemoSV:
+    """A NeMo EncDecSpeakerLabelModel (TitaNet) from a local .nemo file."""
+
+    def __init__(self, path: Path, option: str, spec: str) -> None:
+        require_module(option, spec, "nemo", "'nemo' extra: pip install 'ttspo[nemo]'")
+        from nemo.collections.asr.models import EncDecSpeakerLabelModel
+
+        try:
+            self.model = EncDecSpeakerLabelModel.restore_from(str(path), map_location="cpu")
+        except Exception as exc:  # NeMo raises many types for a bad archive
+            raise ModelError(f"{option} {spec}: cannot restore NeMo speaker model ({exc})") from None
+        self.model.eval()
+        self.name = f"nemo:{path.name}"
+
+    def embed(self, audio: np.ndarray, sr: int) -> np.ndarray:
+        return self.embed_batch([audio], sr)[0]
+
+    def embed_batch(self, audios: list[np.ndarray], sr: int) -> list[np.ndarray]:
+        import torch
+
+        wavs = [resample(a, sr, MODEL_SR) for a in audios]
+        lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long)
+        batch = torch.zeros(len(wavs), int(lengths.max()))
+        for i, w in enumerate(wavs):
+            batch[i, : len(w)] = torch.from_numpy(w)
+        with torch.no_grad():
+            _, emb = self.model.forward(input_signal=batch, input_signal_length=lengths)
+        return [_unit(e.cpu().numpy()) if np.any(w) else np.zeros(e.shape[-1], np.float32)
+                for e, w in zip(emb, wavs)]
+
+
+def make_speaker(spec: str, option: str = "--sv"):
+    name, arg = split_spec(spec)
+    if name == "resemblyzer":
+        weights = require_file(option, spec, arg, "weights") if arg else None
+        return ResemblyzerSV(weights)
+    if name == "nemo":
+        return NemoSV(require_file(option, spec, arg, "NeMo speaker model (.nemo)"), option, spec)
+    raise unknown(option, spec, SPEAKER_BACKENDS)
