@@ -197,12 +197,26 @@ def stage_manifest(path: str | os.PathLike, records: Sequence[dict],
         raise InputError(f"{path}: directory {dest.parent} does not exist")
     if dest.is_dir():
         raise InputError(f"{path}: is a directory")
-    lines = [json.dumps(r) + "\n" for r in records for _ in range(nsamples_perpair)]
-    data = "".join(lines).encode("utf-8")
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return StagedManifest(dest, Path(tmp), len(lines), hashlib.sha256(data).hexdigest())
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a manifest is an ordinary file
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            for record in records:
+                # Serialised once, written N times: the N samples of one group.
+                line = (json.dumps(record) + "\n").encode("utf-8") * nsamples_perpair
+                digest.update(line)
+                f.write(line)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return StagedManifest(dest, Path(tmp), len(records) * nsamples_perpair, digest.hexdigest())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def publish(staged: StagedManifest) -> int:

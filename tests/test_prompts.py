@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -371,3 +372,13 @@ def test_negative_count_is_a_usage_error(used_store, inputs):
     assert result.exit_code == 2
     assert "Invalid value for '--text-contexts-per-regular': -1 is not in the range x>=0." \
         in result.stderr
+
+
+def test_manifest_gets_ordinary_permissions(tmp_path, inputs):
+    mask = os.umask(0o022)
+    try:
+        out = tmp_path / "m.json"
+        assert run(tmp_path / "s", *args_for(inputs, "--manifest-out", str(out))).exit_code == 0
+    finally:
+        os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o644
