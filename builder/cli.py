@@ -94,7 +94,7 @@ def render(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str] | No
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
         for r in rows:
-            writer.writerow(["" if r.get(c) is None else _cell(r.get(c)) for c in columns])
+            writer.writerow([_csv_cell(r.get(c)) for c in columns])
         return buf.getvalue()
     return render_table(rows, columns)
 
@@ -107,7 +107,19 @@ def _json_value(v: Any) -> Any:
     return v
 
 
+def _csv_cell(value: Any) -> str:
+    """CSV keeps every value whole: no truncation, floats that round-trip."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def _cell(v: Any, width: int = 60) -> str:
+    """A table cell: short floats, long text cut (tables are for reading)."""
     if isinstance(v, float):
         text = f"{v:.6g}"
     elif isinstance(v, bytes):

@@ -3,9 +3,6 @@ builder.store and builder.query)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import re
 import sys
@@ -19,7 +16,6 @@ from builder.cli import cli, emit, format_option, get_store, lineage_for, render
 from builder.errors import InputError, QueryError, StoreError
 
 OUT_FORMATS = (".parquet", ".csv", ".json")
-TAG_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")  # what a TABLE@TAG reference can spell
 
 
 # ------------------------------------------------------------------- sql
@@ -98,11 +94,7 @@ def _check_out(out_path: str) -> Path:
 
 
 def _emit_result(result, fmt: str) -> None:
-    rows, columns = result.to_pylist(), result.column_names
-    if fmt == "csv":
-        click.echo(full_csv(rows, columns), nl=False)
-    else:
-        emit(rows, fmt, columns)
+    emit(result.to_pylist(), fmt, result.column_names)
 
 
 def _write_result(result, out: Path) -> None:
@@ -120,31 +112,11 @@ def _write_result(result, out: Path) -> None:
             pq.write_table(result, tmp)
         else:
             rows, columns = result.to_pylist(), result.column_names
-            text = full_csv(rows, columns) if suffix == ".csv" else render(rows, "json", columns)
+            text = render(rows, "csv" if suffix == ".csv" else "json", columns)
             Path(tmp).write_text(text, encoding="utf-8")
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def full_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """CSV with every value in full (no cell truncation, floats round-trip)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_csv_cell(row.get(c)) for c in columns])
-    return buf.getvalue()
-
-
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, default=str)
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 # ---------------------------------------------------------------- tables
@@ -207,8 +179,6 @@ def tag(ctx: click.Context, table: str, version: str, name: str) -> None:
 
     Reach it later as TABLE@NAME, e.g. in SQL: SELECT * FROM "generations@NAME".
     """
-    if not TAG_NAME.match(name):
-        raise StoreError(f"tag '{name}' may only use letters, digits, '_', '.' and '-'")
     store = get_store(ctx)
     number = resolve_version(store, table, version)
     store.tag(table, number, name)

@@ -88,6 +88,8 @@ def check_read_only(sql: str) -> None:
         raise QueryError(f"SQL error: {_first_line(exc)}") from None
     if not statements:
         raise QueryError("empty query")
+    if len(statements) > 1:
+        raise QueryError(f"one statement per query, please (got {len(statements)})")
     for st in statements:
         if st.type != duckdb.StatementType.SELECT:
             raise QueryError(f"only SELECT queries are allowed (got {st.type.name})")

@@ -28,6 +28,7 @@ from builder.schemas import CORE_TABLES
 
 LINEAGE_KEY = "ttspo.lineage"
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+TAG_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")  # what a TABLE@TAG reference can spell
 REF = re.compile(r"^(?P<table>[A-Za-z_][A-Za-z0-9_\-]*)(?:@(?P<version>[A-Za-z0-9_.\-]+))?$")
 
 
@@ -183,6 +184,8 @@ class Store:
         ds = self.open(table)
         if version not in {v["version"] for v in ds.versions()}:
             raise StoreError(f"table '{table}' has no version {version}")
+        if not TAG_NAME.match(name):
+            raise StoreError(f"tag '{name}' may only use letters, digits, '_', '.' and '-'")
         if name.isdigit():
             raise StoreError(f"tag '{name}' must not be a number (it would read as a version)")
         if name in ds.tags.list():

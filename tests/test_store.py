@@ -121,7 +121,8 @@ def test_sql_views_skip_blobs_and_codes_and_reach_old_versions(store):
     ("select * from read_parquet('/tmp/x.parquet')", "Permission Error"),
     ("copy (select 1) to '/tmp/ttspo-leak.csv'", "only SELECT queries are allowed (got COPY)"),
     ("create table t as select 1", "only SELECT queries are allowed (got CREATE)"),
-    ("select 1; set enable_external_access = true", "only SELECT queries are allowed (got SET)"),
+    ("select 1; set enable_external_access = true", "one statement per query, please (got 2)"),
+    ("set enable_external_access = true", "only SELECT queries are allowed (got SET)"),
     ("attach '/tmp/x.db'", "only SELECT queries are allowed (got ATTACH)"),
     ("select * frm generations", "SQL error: Parser Error"),
 ])
