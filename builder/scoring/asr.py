@@ -33,12 +33,18 @@ class PocketsphinxASR:
         self.model_dir = Path(get_model_path()) / "en-us"
         self.name = "pocketsphinx:en-us"
         self._decoder = Decoder(loglevel="FATAL")
+        self._cmn = self._decoder.get_cmn()
 
     def transcribe(self, audio: np.ndarray, sr: int) -> str:
         pcm = _to_int16(resample(audio, sr, MODEL_SR))
         if pcm.size == 0:
             return ""
         d = self._decoder
+        # The front end adapts (noise estimate, cepstral mean) across utterances:
+        # reset it so a transcript does not depend on what was decoded before,
+        # and so 1 and N processes give the same numbers.
+        d.reinit_feat()
+        d.set_cmn(self._cmn)
         d.start_utt()
         d.process_raw(pcm.tobytes(), full_utt=True)
         d.end_utt()
@@ -123,3 +129,20 @@ def make_asr(spec: str, option: str = "--asr"):
     if name == "whisper":
         return WhisperASR(require_dir(option, spec, arg, "Whisper model directory"), option, spec)
     raise unknown(option, spec, ASR_BACKENDS)
+
+
+def check_asr(spec: str, option: str = "--asr") -> None:
+    """Validate SPEC (backend name, model file, optional package) without loading it."""
+    name, arg = split_spec(spec)
+    if name == "pocketsphinx":
+        if arg:
+            raise ModelError(f"{option} {spec}: pocketsphinx takes no argument "
+                             "(its model ships in the wheel)")
+    elif name == "nemo":
+        require_file(option, spec, arg, "NeMo ASR model (.nemo)")
+        require_module(option, spec, "nemo", "'nemo' extra: pip install 'ttspo[nemo]'")
+    elif name == "whisper":
+        require_dir(option, spec, arg, "Whisper model directory")
+        require_module(option, spec, "transformers", "'transformers' package")
+    else:
+        raise unknown(option, spec, ASR_BACKENDS)

@@ -109,3 +109,16 @@ def make_speaker(spec: str, option: str = "--sv"):
     if name == "nemo":
         return NemoSV(require_file(option, spec, arg, "NeMo speaker model (.nemo)"), option, spec)
     raise unknown(option, spec, SPEAKER_BACKENDS)
+
+
+def check_speaker(spec: str, option: str = "--sv") -> None:
+    """Validate SPEC (backend name, model file, optional package) without loading it."""
+    name, arg = split_spec(spec)
+    if name == "resemblyzer":
+        if arg:
+            require_file(option, spec, arg, "weights")
+    elif name == "nemo":
+        require_file(option, spec, arg, "NeMo speaker model (.nemo)")
+        require_module(option, spec, "nemo", "'nemo' extra: pip install 'ttspo[nemo]'")
+    else:
+        raise unknown(option, spec, SPEAKER_BACKENDS)

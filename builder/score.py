@@ -1,0 +1,346 @@
+"""Score the generations table: CER/WER, SSIM, PESQ, SQUIM, with provenance.
+
+    from builder.score import score, ScoreOptions
+    summary = score(Store("st"), ScoreOptions(metrics=("cer", "wer", "ssim")), workers=2)
+
+Only rows lacking the asked metrics are scored (all selected rows with
+``rescore``). The metric columns, their ``*_source`` columns and the transcripts
+are written back in ONE new version of ``generations``; audio and codes are not
+rewritten (see builder.scoring.write).
+
+Distributed: ``torchrun --nproc-per-node N -m builder.score --store ST ...``
+runs :func:`run_rank` in N processes; ``score(..., workers=N)`` (and
+``ttspo score --workers N``) spawns N local processes running the same code.
+Rank 0 plans at one pinned version, ranks score interleaved rows, each fragment
+is written by one rank, and rank 0 commits once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder import errors
+from builder.errors import InputError, ModelError, StoreError, TtspoError
+from builder.scoring.plan import DEFAULT_METRICS, ScoreOptions
+from builder.store import Store, make_lineage
+
+MAX_PROBLEMS_SHOWN = 20
+
+
+@dataclass
+class ScoreSummary:
+    """What a scoring run did."""
+
+    version: int | None  # the new version of generations, None if nothing to score
+    read_version: int
+    rows: int  # rows scored
+    groups: list[str]
+    sources: dict[str, str]  # group -> backend/model that produced it
+    world_size: int = 1
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, summed over ranks
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    def rtf(self, stage: str) -> float | None:
+        """Real-time factor of a stage: its compute seconds per second of audio."""
+        if not self.audio_seconds or stage not in self.seconds:
+            return None
+        return self.seconds[stage] / self.audio_seconds
+
+
+# ---------------------------------------------------------------- the rank
+def run_rank(comm, store_root: str | os.PathLike, options: ScoreOptions,
+             lineage: dict[str, Any]) -> ScoreSummary:
+    """One rank's whole run. Every rank returns the same summary or raises the same error."""
+    from builder.scoring.dist import share_cores
+    from builder.scoring.plan import make_plan
+
+    started = time.perf_counter()
+    store = Store(store_root)
+    plan = _agreed(comm, lambda: make_plan(store, options))
+    if plan.rows.num_rows == 0:
+        return ScoreSummary(None, plan.version, 0, plan.groups, {}, comm.world)
+    share_cores(comm.world)
+    dataset = store.open("generations", plan.version)
+    results = _score_and_share(comm, plan, options, dataset)
+    version = _write_and_commit(comm, store, plan, options, results, lineage)
+    return _summary(plan, options, results, version, comm.world, time.perf_counter() - started)
+
+
+def _agreed(comm, make):
+    """Rank 0 computes a value (or a domain error); every rank gets the same outcome."""
+    outcome = None
+    if comm.rank == 0:
+        try:
+            outcome = ("ok", make())
+        except TtspoError as exc:
+            outcome = ("error", type(exc).__name__, str(exc))
+    return _unwrap(comm.broadcast(outcome))
+
+
+def _unwrap(outcome):
+    if outcome[0] == "ok":
+        return outcome[1]
+    raise _rebuild(outcome[1], outcome[2])
+
+
+def _rebuild(kind: str, message: str) -> TtspoError:
+    cls = getattr(errors, kind, TtspoError)
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    return exc
+
+
+def _score_and_share(comm, plan, options, dataset):
+    from builder.scoring.scorer import score_shard
+
+    mine = score_shard(plan.shard(comm.rank, comm.world), options, plan.groups,
+                       plan.write_columns, dataset)
+    results = comm.all_gather(mine)
+    failed = [r.error for r in results if r.error]
+    if failed:
+        raise ModelError(failed[0])
+    problems = [p for r in results for p in r.problems]
+    if problems:
+        shown = problems[:MAX_PROBLEMS_SHOWN]
+        more = f" (first {len(shown)} shown)" if len(problems) > len(shown) else ""
+        raise InputError(f"{len(problems)} generation(s) could not be scored, nothing written"
+                         f"{more}:", shown)
+    return results
+
+
+def _write_and_commit(comm, store, plan, options, results, lineage) -> int:
+    import pyarrow as pa
+
+    from builder.scoring.scorer import sources
+    from builder.scoring.write import commit_updates, owned_fragments, write_fragment_updates
+
+    table = pa.concat_tables([r.table for r in results])
+    fragments = sorted(set(table["_fragment"].to_pylist()))
+    dataset = store.open("generations", plan.version)
+    mine = write_fragment_updates(dataset, table, plan.write_columns,
+                                  owned_fragments(fragments, comm.rank, comm.world))
+    gathered = comm.gather(mine)
+
+    def commit():
+        updates = [u for part in gathered for u in part]
+        record = dict(lineage)
+        record["inputs"] = {**record.get("inputs", {}), **plan.inputs}
+        record["scoring"] = {"sources": sources(options, plan.groups),
+                             "rows": table.num_rows, "world_size": comm.world}
+        return commit_updates(store, updates, plan.version, record)
+
+    return _agreed(comm, commit)
+
+
+def _summary(plan, options, results, version, world, wall) -> ScoreSummary:
+    from builder.scoring.scorer import TIMED, sources
+
+    seconds = {k: sum(r.seconds.get(k, 0.0) for r in results) for k in TIMED}
+    return ScoreSummary(version, plan.version, sum(r.rows for r in results), plan.groups,
+                        sources(options, plan.groups), world, seconds,
+                        sum(r.audio_seconds for r in results), wall)
+
+
+# ------------------------------------------------------------ public API
+def score(store: Store, options: ScoreOptions | None = None, workers: int = 1,
+          lineage: dict[str, Any] | None = None) -> ScoreSummary:
+    """Score STORE's generations in this process (workers=1) or in N spawned ones."""
+    options = options or ScoreOptions()
+    options.check()
+    check_backends(options)
+    lineage = lineage or make_lineage("score", _options_args(options, workers))
+    if not store.exists("generations"):
+        raise StoreError(f"no table 'generations' in store {store.root}")
+    if workers <= 1:
+        from builder.scoring.dist import LocalComm
+
+        return run_rank(LocalComm(), store.root, options, lineage)
+    return spawn_workers(workers, store.root, options, lineage)
+
+
+def check_backends(options: ScoreOptions) -> None:
+    """Fail before any process starts when a backend spec or model file is wrong."""
+    from builder.scoring.asr import check_asr
+    from builder.scoring.scorer import squim_spec
+    from builder.scoring.speaker import check_speaker
+
+    groups = options.groups()
+    if "asr" in groups:
+        check_asr(options.asr)
+    if "ssim" in groups:
+        check_speaker(options.sv)
+    if "squim" in groups:
+        from builder.scoring.backends import require_file, split_spec
+
+        spec = squim_spec(options)
+        require_file("--squim", options.squim, split_spec(spec)[1], "SQUIM weights file")
+
+
+def _options_args(options: ScoreOptions, workers: int) -> dict[str, Any]:
+    args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options).items()}
+    args["workers"] = workers
+    return args
+
+
+# ------------------------------------------------------- local workers
+def spawn_workers(n: int, store_root, options: ScoreOptions, lineage: dict) -> ScoreSummary:
+    """Run N ranks as fresh ``python -m builder.score`` processes (what torchrun would
+    start, with a file rendezvous instead of a TCP one). Fresh interpreters, not
+    fork: Lance and the models' thread pools are not fork-safe, and unlike
+    multiprocessing's spawn this does not re-import the caller's main module.
+    A dead rank stops the others; nothing is committed then."""
+    tmp = Path(tempfile.mkdtemp(prefix="ttspo-score-"))
+    (tmp / "lineage.json").write_text(json.dumps(lineage, default=str))
+    argv = _argv_for(options, store_root) + ["--lineage-file", str(tmp / "lineage.json"),
+                                             "--outcome-file", str(tmp / "outcome.json")]
+    procs = []
+    try:
+        for rank in range(n):
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n),
+                       TTSPO_RENDEZVOUS_FILE=str(tmp / "rendezvous"))
+            log = open(tmp / f"rank{rank}.log", "wb")
+            procs.append(subprocess.Popen([sys.executable, "-m", "builder.score", *argv],
+                                          env=env, stdout=log, stderr=subprocess.STDOUT))
+        _wait_all(procs, tmp)
+        outcome = json.loads((tmp / "outcome.json").read_text())
+        if outcome[0] == "ok":
+            outcome = ("ok", ScoreSummary(**outcome[1]))
+        return _unwrap(outcome)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _argv_for(options: ScoreOptions, store_root) -> list[str]:
+    argv = ["--store", str(store_root), "--metrics", ",".join(options.metrics),
+            "--asr", options.asr, "--sv", options.sv, "--normalizer", options.normalizer,
+            "--batch-size", str(options.batch_size)]
+    if options.squim:
+        argv += ["--squim", options.squim]
+    if options.where:
+        argv += ["--where", options.where]
+    if options.rescore:
+        argv.append("--rescore")
+    return argv
+
+
+def _wait_all(procs, tmp: Path) -> None:
+    while True:
+        codes = [p.poll() for p in procs]
+        dead = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+        if dead:
+            rank, code = dead[0]
+            raise StoreError(f"scoring worker rank {rank} died (exit code {code}"
+                             f"{_last_line(tmp / f'rank{rank}.log')}); "
+                             "generations is unchanged, run ttspo score again")
+        if all(c == 0 for c in codes):
+            return
+        time.sleep(0.05)
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return f": {lines[-1].strip()[:200]}" if lines else ""
+
+
+# ------------------------------------------------------------ torchrun
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="torchrun -m builder.score",
+                                 description="Score generations; one process per rank.")
+    ap.add_argument("--store", default=os.environ.get("TTSPO_STORE", "ttspo-store"))
+    ap.add_argument("--metrics", default=",".join(DEFAULT_METRICS))
+    ap.add_argument("--asr", default="pocketsphinx")
+    ap.add_argument("--sv", default="resemblyzer")
+    ap.add_argument("--squim", default=None)
+    ap.add_argument("--normalizer", default="nemo")
+    ap.add_argument("--where", default=None)
+    ap.add_argument("--rescore", action="store_true")
+    ap.add_argument("--batch-size", type=int, default=16)
+    # Used by `ttspo score --workers N`, which starts the ranks itself:
+    ap.add_argument("--lineage-file", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--outcome-file", default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def options_from(metrics: str, **kw) -> ScoreOptions:
+    names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip())
+    return ScoreOptions(metrics=names, **kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``torchrun -m builder.score``: rank 0 reports, all exit alike."""
+    from builder.scoring.dist import comm_from_env
+
+    args = parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    comm = None
+    try:
+        options = options_from(args.metrics, asr=args.asr, sv=args.sv, squim=args.squim,
+                               normalizer=args.normalizer, where=args.where,
+                               rescore=args.rescore, batch_size=args.batch_size)
+        options.check()
+        check_backends(options)
+        comm = comm_from_env()
+        lineage = _lineage_for_main(args, options, comm.world)
+        outcome = ("ok", run_rank(comm, args.store, options, lineage))
+    except TtspoError as exc:
+        outcome = ("error", type(exc).__name__, str(exc))
+    finally:
+        if comm is not None:
+            comm.close()
+    if rank == 0:
+        _report(outcome, args.outcome_file)
+    return 0 if outcome[0] == "ok" else 1
+
+
+def _lineage_for_main(args, options: ScoreOptions, world: int) -> dict[str, Any]:
+    if args.lineage_file:
+        return json.loads(Path(args.lineage_file).read_text())
+    return make_lineage("score", _options_args(options, world), launcher="torchrun")
+
+
+def _report(outcome, outcome_file: str | None) -> None:
+    if outcome_file:  # the parent process reports
+        if outcome[0] == "ok":
+            outcome = ("ok", dataclasses.asdict(outcome[1]))
+        Path(outcome_file).write_text(json.dumps(outcome))
+    elif outcome[0] == "ok":
+        print(describe(outcome[1]))
+    else:
+        print(f"Error: {outcome[2]}", file=sys.stderr)
+
+
+def describe(summary: ScoreSummary) -> str:
+    """The one-paragraph report the CLI and torchrun print."""
+    if summary.version is None:
+        return f"generations@{summary.read_version}: nothing to score"
+    lines = [f"scored {summary.rows} generation(s) of generations@{summary.read_version} "
+             f"-> version {summary.version} ({summary.world_size} process(es), "
+             f"{summary.wall_seconds:.1f} s)"]
+    lines += [f"  {group}: {src}" for group, src in summary.sources.items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    # Run the imported module's main, so pickled objects name builder.score, not __main__.
+    from builder.score import main as _main
+
+    sys.exit(_main())

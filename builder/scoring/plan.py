@@ -1,0 +1,178 @@
+"""Which generations to score, with what: the plan every rank works from.
+
+Metrics come in groups that one model run produces together, each with the
+provenance column that records its producer:
+
+- ``asr``: cer, wer, pred_transcript, gt_transcript, invalid (one transcript);
+- ``ssim``, ``pesq``, ``squim``: the metric and its source.
+
+A row lacks a group when the group's source column is null (or, for the asr and
+ssim groups, when NeMo marked it invalid: its CER 1.0 and SSIM 0.0 are
+placeholders, and scoring the transcript clears the flag). The source is set
+even when the value is null because it does not apply (SSIM of a text context,
+PESQ without a reference recording), so such rows are not re-tried on every run.
+``rescore`` plans every selected row.
+
+The plan is an Arrow table, one row per generation to score, made by rank 0 at
+one pinned table version and sent to the other ranks: every rank reads the same
+rows even if the table moves on meanwhile.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from builder.errors import InputError, QueryError
+from builder.metrics import check_normalizer
+from builder.schemas import GEN, GENERATIONS_SCHEMA, METRICS, PROMPT
+from builder.store import Store
+
+GROUPS = {
+    "asr": (GEN.cer, GEN.wer, GEN.pred_transcript, GEN.gt_transcript, GEN.invalid,
+            GEN.cer_source),
+    "ssim": (GEN.ssim, GEN.ssim_source),
+    "pesq": (GEN.pesq, GEN.pesq_source),
+    "squim": (GEN.squim, GEN.squim_source),
+}
+GROUP_SOURCE = {"asr": GEN.cer_source, "ssim": GEN.ssim_source, "pesq": GEN.pesq_source,
+                "squim": GEN.squim_source}
+METRIC_GROUP = {GEN.cer: "asr", GEN.wer: "asr", GEN.ssim: "ssim", GEN.pesq: "pesq",
+                GEN.squim: "squim"}
+DEFAULT_METRICS = (GEN.cer, GEN.wer, GEN.ssim)
+
+# Plan columns besides the group columns.
+ROWID = "_rowid"
+FRAGMENT = "_fragment"
+REFERENCE = "_reference_audio_filepath"  # prompts.reference_audio_filepath, joined
+BLOB_SIZE = "_audio_blob_size"
+INPUT_COLUMNS = (GEN.generation_id, GEN.text, GEN.audio_filepath, GEN.context_audio_filepath)
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """What `ttspo score` computes and with which backends."""
+
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    asr: str = "pocketsphinx"
+    sv: str = "resemblyzer"
+    squim: str | None = None  # path of SQUIM objective weights
+    normalizer: str = "nemo"
+    where: str | None = None
+    rescore: bool = False
+    batch_size: int = 16
+
+    def groups(self) -> list[str]:
+        return [g for g in GROUPS if any(METRIC_GROUP[m] == g for m in self.metrics)]
+
+    def check(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise InputError(f"--metrics: unknown metric '{','.join(unknown)}' "
+                             f"(choose from {','.join(METRICS)})")
+        try:
+            check_normalizer(self.normalizer)
+        except ValueError as exc:
+            raise InputError(f"--normalizer: {exc}") from None
+        if self.batch_size < 1:
+            raise InputError("--batch-size must be at least 1")
+
+
+@dataclass
+class Plan:
+    """The rows to score at one version, and the columns the write will replace."""
+
+    version: int
+    rows: pa.Table
+    groups: list[str]
+    write_columns: list[str]
+    inputs: dict[str, int] = field(default_factory=dict)  # table versions read (lineage)
+
+    def shard(self, rank: int, world: int) -> pa.Table:
+        """Rows rank takes: every world-th row, so long and short audio spread evenly."""
+        return self.rows.take(pa.array(range(rank, self.rows.num_rows, world), pa.int64()))
+
+
+def make_plan(store: Store, options: ScoreOptions) -> Plan:
+    """Rank 0's job: pin a version, select rows, mark the groups each one lacks."""
+    options.check()
+    ds = store.open("generations")
+    version = ds.version
+    inputs = {"generations": version}
+    group_cols = [c for g in GROUPS for c in GROUPS[g]]
+    table = ds.to_table(columns=list(INPUT_COLUMNS) + group_cols + [GEN.prompt_id, GEN.audio],
+                        with_row_id=True, with_row_address=True)
+    table = _flatten_blob(table)
+    if options.where:
+        table = _filter_where(store, table, options.where, version, inputs)
+    table = _add_references(store, table, inputs)
+    groups = options.groups()
+    needs = {g: _needs(table, g, options.rescore) for g in groups}
+    any_need = functools.reduce(pc.or_, needs.values())
+    for g, mask in needs.items():
+        table = table.append_column(f"_needs_{g}", mask)
+    rows = table.filter(any_need)
+    wanted = [g for g in groups if pc.any(rows[f"_needs_{g}"]).as_py()]
+    write_columns = [c for g in wanted for c in GROUPS[g]]
+    return Plan(version, rows, wanted, write_columns, inputs)
+
+
+def _flatten_blob(table: pa.Table) -> pa.Table:
+    """Keep only the blob's size (0 when absent): the bytes are read by row id later."""
+    desc = table[GEN.audio]
+    sizes = pc.fill_null(pc.struct_field(desc, "size"), 0) if pa.types.is_struct(desc.type) \
+        else pc.fill_null(pc.binary_length(desc), 0)
+    fragment = pc.shift_right(table["_rowaddr"], 32)
+    table = table.drop_columns([GEN.audio, "_rowaddr"])
+    return table.append_column(BLOB_SIZE, sizes).append_column(FRAGMENT, fragment)
+
+
+def _needs(table: pa.Table, group: str, rescore: bool) -> pa.ChunkedArray | pa.Array:
+    if rescore:
+        return pa.array([True] * table.num_rows, pa.bool_())
+    lacking = pc.is_null(table[GROUP_SOURCE[group]])
+    if group in ("asr", "ssim"):  # NeMo's "<INVALID>" rows hold placeholder CER and SSIM
+        lacking = pc.or_(lacking, pc.fill_null(table[GEN.invalid], False))
+    return lacking
+
+
+def _filter_where(store: Store, table: pa.Table, where: str, version: int,
+                  inputs: dict[str, int]) -> pa.Table:
+    """Apply a DuckDB WHERE clause over the generations view (read-only session)."""
+    import duckdb
+
+    from builder.query import check_read_only, open_session
+
+    sql = f"SELECT generation_id FROM generations WHERE {where}"
+    check_read_only(sql)
+    session = open_session(store, refs=[f"generations@{version}"])
+    try:
+        query = sql.replace("FROM generations", f'FROM "generations@{version}"', 1)
+        ids = session.con.sql(query).to_arrow_table()[GEN.generation_id]
+    except duckdb.Error as exc:
+        raise QueryError(f"--where: {str(exc).strip().splitlines()[0]}") from None
+    finally:
+        session.con.close()
+    inputs.update({k: v for k, v in session.inputs_for(where).items() if "@" not in k})
+    return table.filter(pc.is_in(table[GEN.generation_id], value_set=ids.combine_chunks()))
+
+
+def _add_references(store: Store, table: pa.Table, inputs: dict[str, int]) -> pa.Table:
+    """Join prompts.reference_audio_filepath on prompt_id (null without prompts)."""
+    refs = pa.nulls(table.num_rows, pa.string())
+    if store.exists("prompts"):
+        prompts = store.open("prompts")
+        inputs["prompts"] = prompts.version
+        p = prompts.to_table(columns=[PROMPT.prompt_id, PROMPT.reference_audio_filepath])
+        index = pc.index_in(table[GEN.prompt_id], value_set=p[PROMPT.prompt_id].combine_chunks())
+        refs = pc.take(p[PROMPT.reference_audio_filepath], index)
+    return table.drop_columns([GEN.prompt_id]).append_column(REFERENCE, refs)
+
+
+def write_schema(columns: list[str]) -> pa.Schema:
+    """The update's schema: the row id, then the replaced columns as the table types them."""
+    return pa.schema([pa.field(ROWID, pa.uint64())] +
+                     [GENERATIONS_SCHEMA.field(c) for c in columns])
