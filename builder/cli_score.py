@@ -1,7 +1,51 @@
-"""`ttspo` commands: score family. (Placeholder until its issue lands.)"""
+"""`ttspo score`: compute metrics for generations that lack them (builder.score)."""
 
 from __future__ import annotations
 
-import click  # noqa: F401
+import click
 
-from builder.cli import cli  # noqa: F401
+from builder.cli import cli, get_store, lineage_for
+
+# Kept literal so `ttspo --help` does not import jiwer; a test checks they equal
+# builder.metrics.NORMALIZERS.
+NORMALIZER_CHOICES = ("nemo", "basic", "none")
+
+
+@cli.command()
+@click.option("--metrics", default="cer,wer,ssim", show_default=True,
+              help="Comma-separated metrics: cer,wer,ssim,pesq,squim. CER and WER come "
+                   "from one transcript and are computed together.")
+@click.option("--asr", default="pocketsphinx", show_default=True, metavar="BACKEND",
+              help="ASR for CER/WER: pocketsphinx | nemo:PATH.nemo | whisper:DIR.")
+@click.option("--sv", default="resemblyzer", show_default=True, metavar="BACKEND",
+              help="Speaker embeddings for SSIM: resemblyzer[:PATH.pt] | nemo:PATH.nemo.")
+@click.option("--squim", default=None, metavar="PATH",
+              help="SQUIM objective weights file (needed by --metrics squim).")
+@click.option("--normalizer", type=click.Choice(NORMALIZER_CHOICES), default="nemo",
+              show_default=True, help="Text normalisation before CER/WER (nemo = NeMo's).")
+@click.option("--where", default=None, metavar="SQL",
+              help="DuckDB condition on generations: score only matching rows.")
+@click.option("--rescore", is_flag=True,
+              help="Score the selected rows again even if they have the metrics.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Rows per model batch.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local processes (ranks) to score with; torchrun -m builder.score "
+                   "does the same across machines.")
+@click.pass_context
+def score(ctx: click.Context, metrics: str, asr: str, sv: str, squim: str | None,
+          normalizer: str, where: str | None, rescore: bool, batch_size: int,
+          workers: int) -> None:
+    """Score generations that lack the asked metrics, in ONE new version.
+
+    Writes the metric columns, their *_source columns (backend and model) and
+    the transcripts; audio and codes are not rewritten. Models are never
+    downloaded: a missing model file is an error naming the option to fix.
+    """
+    from builder.score import describe, options_from
+    from builder.score import score as run_score
+
+    options = options_from(metrics, asr=asr, sv=sv, squim=squim, normalizer=normalizer,
+                           where=where, rescore=rescore, batch_size=batch_size)
+    summary = run_score(get_store(ctx), options, workers=workers, lineage=lineage_for(ctx))
+    click.echo(describe(summary))

@@ -333,8 +333,7 @@ def describe(summary: ScoreSummary) -> str:
     if summary.version is None:
         return f"generations@{summary.read_version}: nothing to score"
     lines = [f"scored {summary.rows} generation(s) of generations@{summary.read_version} "
-             f"-> version {summary.version} ({summary.world_size} process(es), "
-             f"{summary.wall_seconds:.1f} s)"]
+             f"-> version {summary.version} ({summary.world_size} process(es))"]
     lines += [f"  {group}: {src}" for group, src in summary.sources.items()]
     return "\n".join(lines)
 
