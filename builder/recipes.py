@@ -1,0 +1,353 @@
+"""Recipes: a DuckDB SELECT that turns `generations` into chosen/rejected pairs.
+
+A recipe is a ``.sql`` file holding ONE read-only SELECT over the store's views
+(``generations``, ``prompts``, other sets ...) with named parameters
+(``$cer_threshold``). Its header may declare parameters with defaults::
+
+    -- param cer_threshold = 0.02  keep a pair only if chosen CER < this
+
+(``-- param NAME = VALUE  description``; VALUE is a JSON literal or a bare word).
+A ``$name`` the header does not declare must be given with ``--param name=...``.
+Built-in recipes live in the ``sql`` package (``pareto``, ``best_worst``); any
+argument ending in ``.sql`` is a user recipe file.
+
+Output contract (checked by :func:`check_output`, see ``schemas.PAIR``): the
+columns of ``PAIR_REQUIRED`` (prompt_id, group_id, chosen_id, rejected_id,
+chosen_reward, rejected_reward, split) plus, optionally, any other column of
+``PREFERENCES_SCHEMA``; nothing else. Missing optional columns are filled from
+``generations`` (run, record_type, metrics), computed (pair_id, deltas) or taken
+from the row order (position). Then the invariants are checked; a recipe that
+breaks one gets a RecipeError naming the first offending pair.
+
+``--run RUN`` restricts the ``generations`` view the recipe sees to those runs,
+so every recipe (built-in or not) honours it without a parameter of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pyarrow as pa
+
+from builder.errors import InputError, QueryError, RecipeError
+from builder.schemas import GEN, PAIR, PAIR_REQUIRED, PREFERENCES_SCHEMA
+
+PARAM_LINE = re.compile(r"^--\s*param\s+([A-Za-z_]\w*)\s*=\s*(\S+)\s*(.*)$")
+PLACEHOLDER = re.compile(r"\$([A-Za-z_]\w*)")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any = None
+    has_default: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # "pareto" for a built-in, the file name for a user recipe
+    source: str  # "sql/pareto.sql" or the absolute path of the file
+    sql: str
+    params: dict[str, Param] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+    @property
+    def placeholders(self) -> list[str]:
+        """The $names the SQL uses (comments and string literals left out)."""
+        return sorted(set(PLACEHOLDER.findall(_strip_comments_and_strings(self.sql))))
+
+
+# ---------------------------------------------------------------- loading
+def builtin_names() -> list[str]:
+    folder = importlib.resources.files("sql")
+    return sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".sql"))
+
+
+def load_recipe(ref: str | Path) -> Recipe:
+    """A built-in recipe by name (``pareto``) or a user recipe by path (``my.sql``)."""
+    text = str(ref)
+    if text.endswith(".sql"):
+        path = Path(text)
+        if not path.is_file():
+            raise InputError(f"recipe file {path} not found")
+        return parse_recipe(path.read_text(encoding="utf-8"), path.name, str(path.absolute()))
+    if text not in builtin_names():
+        raise InputError(f"no built-in recipe '{text}' (built-in: {', '.join(builtin_names())}; "
+                         "a user recipe is a path ending in .sql)")
+    sql = (importlib.resources.files("sql") / f"{text}.sql").read_text(encoding="utf-8")
+    return parse_recipe(sql, text, f"sql/{text}.sql")
+
+
+def parse_recipe(sql: str, name: str, source: str) -> Recipe:
+    params: dict[str, Param] = {}
+    for line in sql.splitlines():
+        m = PARAM_LINE.match(line.strip())
+        if m:
+            params[m.group(1)] = Param(m.group(1), _literal(m.group(2)), True, m.group(3).strip())
+    recipe = Recipe(name, source, sql, params)
+    for placeholder in recipe.placeholders:
+        recipe.params.setdefault(placeholder, Param(placeholder))
+    return recipe
+
+
+def _literal(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _strip_comments_and_strings(sql: str) -> str:
+    return re.sub(r"--[^\n]*|'(?:[^']|'')*'", " ", sql)
+
+
+# ------------------------------------------------------------- parameters
+def parse_assignments(items: Iterable[str]) -> dict[str, str]:
+    """``["k=v", ...]`` -> {"k": "v"}; the values stay text until typed."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--param '{item}' is not NAME=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def typed_value(recipe: Recipe, name: str, value: Any) -> Any:
+    """Type a value given as text like the parameter's default (int, float, bool, str)."""
+    if not isinstance(value, str):
+        return value
+    default = recipe.params[name].default if name in recipe.params else None
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return value.lower() in ("true", "1")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        kind = type(default).__name__
+        raise InputError(f"recipe {recipe.name}: --param {name}={value} is not a {kind}") from None
+    return value if default is not None else _literal(value)
+
+
+def resolve_params(recipe: Recipe, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults overridden by GIVEN; unknown and missing names are errors."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(recipe.params))
+    if unknown:
+        known = ", ".join(sorted(recipe.params)) or "none"
+        raise InputError(f"recipe {recipe.name} has no parameter {', '.join(unknown)} (parameters: {known})")
+    values = {}
+    for name, param in sorted(recipe.params.items()):
+        if name in given:
+            values[name] = typed_value(recipe, name, given[name])
+        elif param.has_default:
+            values[name] = param.default
+        else:
+            raise InputError(f"recipe {recipe.name} needs --param {name}=VALUE (no default)")
+    return values
+
+
+# ----------------------------------------------------------------- running
+@dataclass
+class RecipeOutput:
+    table: pa.Table  # checked, in PREFERENCES_SCHEMA column order
+    inputs: dict[str, int]  # view -> version read
+    params: dict[str, Any]
+
+
+def run_recipe(store, recipe: Recipe, params: dict[str, Any] | None = None,
+               runs: Sequence[str] = (), session=None) -> RecipeOutput:
+    """Run RECIPE over the store, complete and check its output. Writes nothing."""
+    from builder import query
+
+    values = resolve_params(recipe, params)
+    query.check_read_only(recipe.sql)
+    own = session is None
+    session = session or query.open_session(store, query.refs_in(recipe.sql))
+    try:
+        if "generations" not in session.versions:
+            raise InputError(f"store {store.root} has no generations table")
+        restrict_runs(session, store, runs)
+        raw = _execute(session, recipe, values)
+        table = complete_and_check(session, recipe, raw)
+        inputs = session.inputs_for(recipe.sql)
+        inputs["generations"] = session.versions["generations"]
+    finally:
+        if own:
+            session.con.close()
+    return RecipeOutput(table, inputs, values)
+
+
+def _execute(session, recipe: Recipe, values: dict[str, Any]) -> pa.Table:
+    import duckdb
+
+    used = {k: v for k, v in values.items() if k in recipe.placeholders}
+    try:
+        return session.con.sql(recipe.sql, params=used or None).to_arrow_table()
+    except duckdb.Error as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = re.sub(r"^Invalid Input Error: ", "", message)
+        raise QueryError(f"recipe {recipe.name}: {message}") from None
+
+
+def restrict_runs(session, store, runs: Sequence[str]) -> None:
+    """Make the `generations` view show only RUNS (all runs if empty)."""
+    if not runs:
+        return
+    from builder.query import view_columns
+
+    known = {r for (r,) in session.con.sql(f'SELECT DISTINCT "{GEN.run}" FROM generations').fetchall()}
+    missing = sorted(set(runs) - known)
+    if missing:
+        raise InputError(f"no run {', '.join(missing)} in generations@{session.versions['generations']} "
+                         f"(runs: {', '.join(sorted(known))})")
+    # The view over the raw Lance scan is named as query._register names it.
+    cols = ", ".join(f'"{c}"' for c in view_columns(store.open("generations",
+                                                               session.versions["generations"]).schema))
+    listed = ", ".join("'" + r.replace("'", "''") + "'" for r in sorted(set(runs)))
+    session.con.execute(f'CREATE OR REPLACE VIEW generations AS SELECT {cols} '
+                        f'FROM "__lance_generations" WHERE "{GEN.run}" IN ({listed})')
+
+
+# ---------------------------------------------------------------- checking
+ALLOWED = [f.name for f in PREFERENCES_SCHEMA]
+# Optional columns filled from the chosen/rejected generation when a recipe leaves them out.
+FROM_GENERATIONS = {
+    PAIR.run: f'c."{GEN.run}"',
+    PAIR.record_type: f'c."{GEN.record_type}"',
+    PAIR.chosen_cer: f'c."{GEN.cer}"',
+    PAIR.rejected_cer: f'r."{GEN.cer}"',
+    PAIR.chosen_ssim: f'c."{GEN.ssim}"',
+    PAIR.rejected_ssim: f'r."{GEN.ssim}"',
+}
+
+
+def complete_and_check(session, recipe: Recipe, raw: pa.Table) -> pa.Table:
+    """Fill the optional columns, check every invariant, return the set's rows."""
+    names = raw.column_names
+    unknown = [c for c in names if c not in ALLOWED]
+    if unknown:
+        raise RecipeError(f"recipe {recipe.name} returned unknown column(s) {', '.join(unknown)} "
+                          f"(allowed: {', '.join(ALLOWED)})")
+    missing = [c for c in PAIR_REQUIRED if c not in names]
+    if missing:
+        raise RecipeError(f"recipe {recipe.name} did not return required column(s) {', '.join(missing)}")
+    if PAIR.position not in names:
+        # The recipe's row order is the shuffle (it should ORDER BY for determinism).
+        raw = raw.append_column(PAIR.position, pa.array(range(raw.num_rows), pa.int64()))
+    session.con.register("__recipe_rows", raw)
+    completed = session.con.sql(_completion_sql(raw.column_names)).to_arrow_table()
+    session.con.register("__set_rows", completed)
+    _check_invariants(session, recipe, raw.column_names)
+    for view in ("__recipe_rows", "__set_rows"):
+        session.con.unregister(view)
+    return completed.select(ALLOWED).cast(PREFERENCES_SCHEMA)
+
+
+def _completion_sql(names: list[str]) -> str:
+    computed = {
+        PAIR.pair_id: f"o.{PAIR.chosen_id} || '>' || o.{PAIR.rejected_id}",
+        PAIR.cer_delta: f'r."{GEN.cer}" - c."{GEN.cer}"',
+        PAIR.sim_delta: f'c."{GEN.ssim}" - r."{GEN.ssim}"',
+        **FROM_GENERATIONS,
+    }
+    select = []
+    for col in ALLOWED:
+        select.append(f'o."{col}"' if col in names else f'{computed[col]} AS "{col}"')
+    # Hidden columns for the checks: what the generations table says.
+    select += [
+        f'c."{GEN.generation_id}" IS NOT NULL AS __chosen_found',
+        f'r."{GEN.generation_id}" IS NOT NULL AS __rejected_found',
+        f'c."{GEN.prompt_id}" AS __chosen_prompt', f'r."{GEN.prompt_id}" AS __rejected_prompt',
+        f'c."{GEN.cer}" AS __c_cer', f'r."{GEN.cer}" AS __r_cer',
+        f'c."{GEN.ssim}" AS __c_ssim', f'r."{GEN.ssim}" AS __r_ssim',
+    ]
+    # One scan of generations, kept to the generations the pairs name.
+    needed = (f'SELECT "{GEN.generation_id}", "{GEN.prompt_id}", "{GEN.run}", "{GEN.record_type}", '
+              f'"{GEN.cer}", "{GEN.ssim}" FROM generations WHERE "{GEN.generation_id}" IN '
+              f'(SELECT {PAIR.chosen_id} FROM __recipe_rows UNION ALL '
+              f'SELECT {PAIR.rejected_id} FROM __recipe_rows)')
+    return (f"WITH g AS MATERIALIZED ({needed}) "
+            f"SELECT {', '.join(select)} FROM __recipe_rows o "
+            f'LEFT JOIN g c ON c."{GEN.generation_id}" = o."{PAIR.chosen_id}" '
+            f'LEFT JOIN g r ON r."{GEN.generation_id}" = o."{PAIR.rejected_id}" '
+            f'ORDER BY o."{PAIR.position}"')
+
+
+def _invariants(names: list[str]) -> list[tuple[str, str]]:
+    """(what is wrong, SQL condition over __set_rows) for every per-row invariant."""
+    required = " OR ".join(f'"{c}" IS NULL' for c in PAIR_REQUIRED)
+    checks = [
+        ("have NULL in a required column", required),
+        ("name a chosen_id that is not in generations", "NOT __chosen_found"),
+        ("name a rejected_id that is not in generations", "NOT __rejected_found"),
+        ("have the same generation on both sides", f"{PAIR.chosen_id} = {PAIR.rejected_id}"),
+        ("have chosen_reward != 1", f"{PAIR.chosen_reward} IS DISTINCT FROM 1.0"),
+        ("have rejected_reward >= 1 (or NaN)", f"NOT ({PAIR.rejected_reward} < 1.0)"),
+        ("have a rejected better than its chosen on both CER and SSIM",
+         "__r_cer < __c_cer AND __r_ssim > __c_ssim"),
+        ("have a split other than 'train' or 'val'", f"{PAIR.split} NOT IN ('train', 'val')"),
+        ("pair generations of different prompts (or not of prompt_id)",
+         f"__chosen_prompt <> __rejected_prompt OR {PAIR.prompt_id} <> __chosen_prompt"),
+    ]
+    if PAIR.pair_id in names:
+        checks.append(("have a pair_id other than chosen_id>rejected_id",
+                       f"{PAIR.pair_id} <> {PAIR.chosen_id} || '>' || {PAIR.rejected_id}"))
+    truth = {PAIR.chosen_cer: "__c_cer", PAIR.rejected_cer: "__r_cer",
+             PAIR.chosen_ssim: "__c_ssim", PAIR.rejected_ssim: "__r_ssim"}
+    for col, real in truth.items():
+        if col in names:
+            checks.append((f"have a {col} that differs from generations", f"{col} IS DISTINCT FROM {real}"))
+    deltas = ((PAIR.cer_delta, "__r_cer - __c_cer", "rejected CER - chosen CER"),
+              (PAIR.sim_delta, "__c_ssim - __r_ssim", "chosen SSIM - rejected SSIM"))
+    for col, formula, words in deltas:
+        if col in names:
+            checks.append((f"have a {col} other than {words}", f"NOT (abs({col} - ({formula})) <= 1e-9)"))
+    return checks
+
+
+def _check_invariants(session, recipe: Recipe, names: list[str]) -> None:
+    checks = _invariants(names)
+    parts = []
+    for i, (_, cond) in enumerate(checks):
+        parts.append(f"count(*) FILTER (WHERE coalesce({cond}, false)) AS n{i}")
+        parts.append(f"arg_min(coalesce({PAIR.pair_id}, '#' || {PAIR.position}), {PAIR.position}) "
+                     f"FILTER (WHERE coalesce({cond}, false)) AS e{i}")
+    row = session.con.sql(f"SELECT {', '.join(parts)} FROM __set_rows").fetchall()[0]
+    problems = [f"{row[2 * i]} pair(s) {what} (first: {row[2 * i + 1]})"
+                for i, (what, _) in enumerate(checks) if row[2 * i]]
+    problems += _duplicates(session)
+    if problems:
+        raise RecipeError(f"recipe {recipe.name} broke the preference-set contract, nothing written: "
+                          + "; ".join(problems))
+
+
+def _duplicates(session) -> list[str]:
+    out = []
+    row = session.con.sql(
+        f"SELECT count(*), min({PAIR.pair_id}), bool_or(splits > 1) FROM ("
+        f"  SELECT {PAIR.pair_id}, count(DISTINCT {PAIR.split}) AS splits FROM __set_rows"
+        f"  GROUP BY {PAIR.pair_id} HAVING count(*) > 1)").fetchall()[0]
+    if row[0]:
+        where = "in both splits" if row[2] else "more than once"
+        out.append(f"{row[0]} pair(s) appear {where} (first: {row[1]})")
+    row = session.con.sql(
+        f"SELECT count(*), min({PAIR.position}) FROM ("
+        f"  SELECT {PAIR.position} FROM __set_rows GROUP BY {PAIR.position} HAVING count(*) > 1)").fetchall()[0]
+    if row[0]:
+        out.append(f"{row[0]} position(s) are shared by several pairs (first: {row[1]})")
+    return out

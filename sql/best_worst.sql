@@ -1,0 +1,130 @@
+-- ttspo recipe: best_worst
+--
+-- The simplest preference: in each group (group_id), the generation with the lowest
+-- CER (higher SSIM, then lower sample index, breaks ties) is chosen against the one
+-- with the highest CER (lower SSIM, then higher sample index, breaks ties). No Pareto
+-- fronts: a chosen may have a lower SSIM than its rejected (never a higher CER).
+-- Same group skipping, filters, rewards and split as `pareto` (see pareto.sql):
+-- groups with an invalid, missing or non-finite metric are skipped; a pair is kept
+-- if chosen CER < cer_threshold, both durations lie in [min_duration, max_duration],
+-- and the rejected is strictly worse (higher CER, or equal CER and lower SSIM).
+-- Rejected reward = 1 - (Phi(z(cer_delta)) + Phi(z(sim_delta))), z over kept pairs.
+--
+-- param cer_threshold = 0.02  keep a pair only if chosen CER < this
+-- param min_duration = 1.5    both generations last at least this many seconds
+-- param max_duration = 19.0   and at most this many seconds
+-- param val_size = 0          pairs in the validation split (the first of the shuffle)
+-- param seed = 0              shuffle seed
+WITH
+params AS (
+    SELECT
+        CASE WHEN $val_size >= 0 THEN $val_size::BIGINT
+             ELSE error('val_size must be >= 0, not ' || $val_size::VARCHAR) END AS val_size,
+        $seed::VARCHAR AS seed
+),
+usable_groups AS MATERIALIZED (
+    -- gk, k: compact integer keys, used only to join (MATERIALIZED: computed once)
+    SELECT group_id, row_number() OVER () AS gk
+    FROM generations
+    GROUP BY group_id
+    HAVING NOT bool_or(invalid)
+       AND bool_and(coalesce(isfinite(cer) AND isfinite(ssim), false))
+),
+points AS MATERIALIZED (
+    SELECT row_number() OVER () AS k, u.gk, g.generation_id, g.group_id, g.prompt_id, g.run,
+           g.record_type, g.sample_index, g.cer, g.ssim, g.duration
+    FROM generations g JOIN usable_groups u USING (group_id)
+),
+ordered AS MATERIALIZED (
+    -- one global sort; within a group: CER asc, SSIM desc, sample index
+    SELECT gk, k,
+           row_number() OVER (ORDER BY gk, cer, ssim DESC, sample_index, generation_id) AS rn
+    FROM points
+),
+group_ends AS (
+    SELECT gk, min(rn) AS first_rn, max(rn) AS last_rn FROM ordered GROUP BY gk
+),
+candidate_pairs AS (
+    SELECT b.k AS ck, w.k AS rk
+    FROM group_ends e
+    JOIN ordered b ON b.rn = e.first_rn
+    JOIN ordered w ON w.rn = e.last_rn
+),
+with_chosen AS MATERIALIZED (
+    SELECT cp.rk, c.*
+    FROM candidate_pairs cp JOIN points c ON c.k = cp.ck
+    WHERE c.cer < $cer_threshold
+      AND c.duration BETWEEN $min_duration AND $max_duration
+),
+pairs AS (
+    SELECT c.generation_id || '>' || r.generation_id AS pair_id,
+           c.prompt_id, c.group_id, c.run, c.record_type,
+           c.generation_id AS chosen_id, r.generation_id AS rejected_id,
+           c.cer AS chosen_cer, r.cer AS rejected_cer,
+           c.ssim AS chosen_ssim, r.ssim AS rejected_ssim,
+           r.cer - c.cer AS cer_delta,
+           c.ssim - r.ssim AS sim_delta
+    FROM with_chosen c JOIN points r ON r.k = c.rk
+    WHERE c.k <> r.k
+      AND (r.cer > c.cer OR (r.cer = c.cer AND r.ssim < c.ssim))
+      AND r.duration BETWEEN $min_duration AND $max_duration
+),
+delta_lists AS (
+    -- sorted lists: a sum in a fixed order gives the same bits on every run,
+    -- whatever the thread scheduling
+    SELECT list(cer_delta ORDER BY cer_delta) AS cl,
+           list(sim_delta ORDER BY sim_delta) AS sl
+    FROM pairs
+),
+means AS (
+    SELECT cl, sl, list_sum(cl) / len(cl) AS cer_mean, list_sum(sl) / len(sl) AS sim_mean
+    FROM delta_lists
+),
+stats AS (
+    -- population standard deviations, as NeMo
+    SELECT cer_mean, sim_mean,
+           sqrt(list_sum(list_transform(cl, lambda x: (x - cer_mean) * (x - cer_mean))) / len(cl)) AS cer_std,
+           sqrt(list_sum(list_transform(sl, lambda x: (x - sim_mean) * (x - sim_mean))) / len(sl)) AS sim_std
+    FROM means
+),
+zscores AS (
+    SELECT p.*,
+           CASE WHEN s.cer_std > 0 THEN (p.cer_delta - s.cer_mean) / s.cer_std ELSE 0 END AS cer_z,
+           CASE WHEN s.sim_std > 0 THEN (p.sim_delta - s.sim_mean) / s.sim_std ELSE 0 END AS sim_z
+    FROM pairs p, stats s
+),
+phi_args AS (
+    -- Phi(v) = erfc(-v / sqrt 2) / 2. With u = |v| / sqrt 2 and t = 1 / (1 + u / 2),
+    -- erfcc(u) = t * exp(-u^2 + poly(t)); Phi(v) = erfcc / 2 if v <= 0, else 1 - erfcc / 2
+    SELECT z.*,
+           list_transform([cer_z, sim_z],
+                          lambda v: {'v': v, 't': 1 / (1 + abs(v) / (2 * sqrt(2)))}) AS args
+    FROM zscores z
+),
+phi_erfc AS (
+    SELECT a.* EXCLUDE (args),
+           list_transform(args, lambda a: {'v': a.v, 'y': a.t * exp(-a.v * a.v / 2 - 1.26551223
+               + a.t * (1.00002368 + a.t * (0.37409196 + a.t * (0.09678418 + a.t * (-0.18628806
+               + a.t * (0.27886807 + a.t * (-1.13520398 + a.t * (1.48851587 + a.t * (-0.82215223
+               + a.t * 0.17087277)))))))))}) AS erfcs
+    FROM phi_args a
+),
+rewarded AS (
+    -- rejected reward = 1 - (Phi(z_cer) + Phi(z_sim)), in (-1, 1)
+    SELECT e.* EXCLUDE (erfcs),
+           1.0::DOUBLE - list_sum(list_transform(erfcs, lambda e:
+               CASE WHEN e.v <= 0 THEN 0.5 * e.y ELSE 1 - 0.5 * e.y END)) AS rejected_reward
+    FROM phi_erfc e
+),
+shuffled AS (
+    SELECT r.*,
+           row_number() OVER (ORDER BY md5(params.seed || ':' || r.pair_id), r.pair_id) - 1 AS position
+    FROM rewarded r, params
+)
+SELECT pair_id, prompt_id, group_id, run, record_type, chosen_id, rejected_id,
+       1.0::DOUBLE AS chosen_reward, rejected_reward,
+       chosen_cer, rejected_cer, chosen_ssim, rejected_ssim, cer_delta, sim_delta,
+       CASE WHEN position < params.val_size THEN 'val' ELSE 'train' END AS split,
+       position
+FROM shuffled, params
+ORDER BY position
