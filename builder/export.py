@@ -1,0 +1,270 @@
+"""`ttspo export`: a set version as files a trainer reads.
+
+``export_nemo`` writes ``dpo_train_manifest.json`` and ``dpo_val_manifest.json``
+in the record format of NeMo's ``create_preference_pairs.py`` (nemo-formats.md
+section 3), so ``MagpieTTSDatasetDPO`` trains on them unchanged: JSON lines, each
+pair as its chosen line then its rejected line (line 2k is chosen, 2k+1
+rejected), in the set's shuffle order. A record is the prompt's manifest fields
+(text, record_type, context audio or context text) plus the generation:
+``audio_filepath`` (the generated wav), ``target_audio_codes_path`` (its codes),
+``duration``, ``cer_gts``, ``wer_gts``, ``pred_context_similarity``,
+``pred_transcript``, ``gt_transcript``, ``reward`` and, on rejected lines,
+``cer_delta`` and ``sim_delta``; plus ``pair_id`` and ``generation_id``, which
+NeMo ignores. Keys whose value is unknown are left out (NeMo tests for keys).
+
+Generation details come from the ``generations`` version the set was built from
+(its build record), not the latest one, so an export is reproducible: the same
+set version gives byte-identical manifests.
+
+Two NeMo pitfalls the export guards against:
+* ``MagpieTTSDataset`` collates a batch of codes OR of audio, never a mix: the
+  export refuses a set where some generations have codes and others have none;
+* the dataset drops lines outside its ``min_duration``/``max_duration`` BEFORE
+  pairing lines, which would shift every later pair: keep those bounds around
+  the range the export reports (the recipe's duration limits).
+
+Codes stored only in the table (no ``codes_path``) are written to
+``OUT/codes/<generation id>.pt`` with ``torch.save`` of an int16 tensor
+``[codebooks, frames]``, as NeMo writes them.
+
+``export_trl`` writes one row per pair (``prompt``, ``chosen``, ``rejected`` =
+text and the two wav paths, plus metrics, rewards and split) as Parquet or JSON
+lines, for trainers in the TRL mould.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from builder.build import SetVersion, open_set
+from builder.errors import InputError
+from builder.schemas import GEN, PAIR, PROMPT
+
+TRAIN_MANIFEST = "dpo_train_manifest.json"
+VAL_MANIFEST = "dpo_val_manifest.json"
+# Generation columns an export reads (views leave out the heavy `codes`).
+GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
+               GEN.context_audio_filepath, GEN.context_audio_duration, GEN.context_text,
+               GEN.audio_filepath, GEN.codes_path, GEN.duration, GEN.cer, GEN.wer, GEN.ssim,
+               GEN.pred_transcript, GEN.gt_transcript)
+
+
+@dataclass
+class ExportResult:
+    files: list[str]
+    pairs: dict[str, int]  # split -> pairs written
+    codes_written: int  # codes files written from in-table codes
+    min_duration: float | None
+    max_duration: float | None
+
+    def summary(self) -> dict[str, Any]:
+        return {"files": self.files, **{f"{k}_pairs": v for k, v in self.pairs.items()},
+                "codes_written": self.codes_written,
+                "min_duration": self.min_duration, "max_duration": self.max_duration}
+
+
+# -------------------------------------------------------------- gathering
+def generation_rows(store, sv: SetVersion, pairs: pa.Table) -> dict[str, dict[str, Any]]:
+    """generation_id -> its row (plus the prompt's context codes path), for the
+    generations PAIRS name, read at the version the set was built from."""
+    from builder import query
+
+    gen_ref = f"generations@{sv.record.inputs['generations']}"
+    refs = [gen_ref]
+    prompts_version = sv.record.prompts_version
+    if prompts_version is not None:
+        refs.append(f"prompts@{prompts_version}")
+    session = query.open_session(store, refs, tables=[])
+    try:
+        session.con.register("__pairs", pairs.select([PAIR.chosen_id, PAIR.rejected_id]))
+        cols = ", ".join(f'g."{c}"' for c in GEN_COLUMNS)
+        context_codes = (f'p."{PROMPT.context_audio_codes_path}"' if prompts_version is not None
+                         else "NULL::VARCHAR")
+        join_prompts = (f'LEFT JOIN "prompts@{prompts_version}" p ON p."{PROMPT.prompt_id}" = g."{GEN.prompt_id}"'
+                        if prompts_version is not None else "")
+        sql = (f'SELECT {cols}, {context_codes} AS context_audio_codes_path FROM "{gen_ref}" g {join_prompts} '
+               f'WHERE g."{GEN.generation_id}" IN (SELECT {PAIR.chosen_id} FROM __pairs '
+               f'UNION SELECT {PAIR.rejected_id} FROM __pairs)')
+        table = session.con.sql(sql).to_arrow_table()
+    finally:
+        session.con.close()
+    rows = {r[GEN.generation_id]: r for r in table.to_pylist()}
+    missing = [g for g in _ids(pairs) if g not in rows]
+    if missing:
+        raise InputError(f"{sv.ref}: generation {missing[0]} is not in {gen_ref} "
+                         f"({len(missing)} missing)")
+    return rows
+
+
+def _ids(pairs: pa.Table) -> list[str]:
+    return pairs.column(PAIR.chosen_id).to_pylist() + pairs.column(PAIR.rejected_id).to_pylist()
+
+
+def codes_files(store, sv: SetVersion, rows: dict[str, dict], out_dir: Path) -> int:
+    """Give every generation a codes file: its codes_path, or one written from the
+    table's codes. Refuses a mix of generations with and without codes."""
+    need = sorted(g for g, r in rows.items() if not r[GEN.codes_path])
+    if not need:
+        return 0
+    ds = store.open("generations", sv.record.inputs["generations"])
+    wanted = set(need)
+    found: dict[str, Any] = {}
+    scan = ds.to_table(columns=[GEN.generation_id, GEN.codes],
+                       filter=f"{GEN.codes_path} IS NULL AND {GEN.codes} IS NOT NULL")
+    for gid, codes in zip(scan.column(GEN.generation_id).to_pylist(), scan.column(GEN.codes).to_pylist()):
+        if gid in wanted:
+            found[gid] = codes
+    without = [g for g in need if g not in found]
+    if without and len(without) < len(rows):
+        raise InputError(f"{sv.ref}: {len(without)} of {len(rows)} generations have no codes "
+                         f"(first: {without[0]}); NeMo cannot batch codes with audio, export none or all")
+    if without:
+        return 0  # no codes at all: NeMo's dataset reads the wavs instead
+    import torch
+
+    (out_dir / "codes").mkdir(parents=True, exist_ok=True)
+    for gid in need:
+        path = out_dir / "codes" / f"{safe_name(gid)}.pt"
+        torch.save(torch.tensor(found[gid], dtype=torch.int16), path)
+        rows[gid][GEN.codes_path] = str(path.absolute())
+    return len(need)
+
+
+def safe_name(generation_id: str) -> str:
+    """A file name for an id: readable, and unique even if two ids clean alike."""
+    clean = re.sub(r"[^A-Za-z0-9_.-]", "_", generation_id)
+    return f"{clean}-{hashlib.sha256(generation_id.encode()).hexdigest()[:8]}"
+
+
+# ------------------------------------------------------------------- NeMo
+def nemo_record(gen: dict[str, Any], reward: float, pair_id: str,
+                deltas: tuple[float, float] | None = None) -> dict[str, Any]:
+    """One manifest line, keys in NeMo's order; unknown values left out."""
+    context = ({"context_text": gen[GEN.context_text]} if not gen[GEN.context_audio_filepath] else {
+        "context_audio_filepath": gen[GEN.context_audio_filepath],
+        "context_audio_duration": gen[GEN.context_audio_duration],
+        "context_audio_codes_path": gen["context_audio_codes_path"]})
+    record = {
+        "text": gen[GEN.text], "record_type": gen[GEN.record_type], **context,
+        "audio_filepath": gen[GEN.audio_filepath], "target_audio_codes_path": gen[GEN.codes_path],
+        "duration": gen[GEN.duration], "cer_gts": gen[GEN.cer], "wer_gts": gen[GEN.wer],
+        "pred_context_similarity": gen[GEN.ssim], "pred_transcript": gen[GEN.pred_transcript],
+        "gt_transcript": gen[GEN.gt_transcript], "reward": reward,
+    }
+    if deltas is not None:
+        record["cer_delta"], record["sim_delta"] = deltas
+    record["pair_id"] = pair_id
+    record["generation_id"] = gen[GEN.generation_id]
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def check_for_nemo(sv: SetVersion, rows: dict[str, dict]) -> None:
+    for gid, r in rows.items():
+        if r[GEN.duration] is None:
+            raise InputError(f"{sv.ref}: generation {gid} has no duration (NeMo's dataset filters on it)")
+        if not r[GEN.audio_filepath]:
+            raise InputError(f"{sv.ref}: generation {gid} has no audio_filepath")
+        if r[GEN.context_audio_filepath] and r[GEN.context_audio_duration] is None:
+            raise InputError(f"{sv.ref}: generation {gid} has a context audio without its duration")
+
+
+def export_nemo(store, ref: str, out_dir: str | os.PathLike) -> ExportResult:
+    """Write NAME[@VERSION|@TAG] as NeMo DPO train/val manifests in OUT_DIR."""
+    sv = open_set(store, ref)
+    pairs = sv.rows()
+    rows = generation_rows(store, sv, pairs)
+    check_for_nemo(sv, rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = codes_files(store, sv, rows, out)
+    lines: dict[str, list[str]] = {"train": [], "val": []}
+    for p in pairs.to_pylist():  # in shuffle order
+        chosen = nemo_record(rows[p[PAIR.chosen_id]], p[PAIR.chosen_reward], p[PAIR.pair_id])
+        rejected = nemo_record(rows[p[PAIR.rejected_id]], p[PAIR.rejected_reward], p[PAIR.pair_id],
+                               (p[PAIR.cer_delta], p[PAIR.sim_delta]))
+        lines[p[PAIR.split]] += [_json_line(chosen), _json_line(rejected)]
+    files = []
+    for split, name in (("train", TRAIN_MANIFEST), ("val", VAL_MANIFEST)):
+        files.append(str(_write_atomic(out / name, "".join(lines[split]))))
+    durations = [r[GEN.duration] for r in rows.values()]
+    return ExportResult(files, {s: len(v) // 2 for s, v in lines.items()}, written,
+                        min(durations, default=None), max(durations, default=None))
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# -------------------------------------------------------------------- TRL
+def trl_table(store, ref: str) -> pa.Table:
+    """One row per pair: prompt, chosen, rejected (wav paths), metrics, rewards."""
+    sv = open_set(store, ref)
+    pairs = sv.rows()
+    rows = generation_rows(store, sv, pairs)
+    out = []
+    for p in pairs.to_pylist():
+        c, r = rows[p[PAIR.chosen_id]], rows[p[PAIR.rejected_id]]
+        out.append({
+            "prompt": c[GEN.text], "chosen": c[GEN.audio_filepath], "rejected": r[GEN.audio_filepath],
+            "context_audio_filepath": c[GEN.context_audio_filepath], "context_text": c[GEN.context_text],
+            "chosen_reward": p[PAIR.chosen_reward], "rejected_reward": p[PAIR.rejected_reward],
+            "chosen_cer": c[GEN.cer], "rejected_cer": r[GEN.cer],
+            "chosen_wer": c[GEN.wer], "rejected_wer": r[GEN.wer],
+            "chosen_ssim": c[GEN.ssim], "rejected_ssim": r[GEN.ssim],
+            "cer_delta": p[PAIR.cer_delta], "sim_delta": p[PAIR.sim_delta],
+            "chosen_duration": c[GEN.duration], "rejected_duration": r[GEN.duration],
+            "chosen_codes_path": c[GEN.codes_path], "rejected_codes_path": r[GEN.codes_path],
+            "split": p[PAIR.split], "position": p[PAIR.position], "pair_id": p[PAIR.pair_id],
+            "prompt_id": p[PAIR.prompt_id], "group_id": p[PAIR.group_id],
+            "record_type": p[PAIR.record_type], "chosen_id": p[PAIR.chosen_id],
+            "rejected_id": p[PAIR.rejected_id],
+        })
+    return pa.Table.from_pylist(out, schema=TRL_SCHEMA)
+
+
+TRL_SCHEMA = pa.schema(
+    [(n, pa.string()) for n in ("prompt", "chosen", "rejected", "context_audio_filepath", "context_text")]
+    + [(n, pa.float64()) for n in ("chosen_reward", "rejected_reward", "chosen_cer", "rejected_cer",
+                                   "chosen_wer", "rejected_wer", "chosen_ssim", "rejected_ssim",
+                                   "cer_delta", "sim_delta", "chosen_duration", "rejected_duration")]
+    + [("chosen_codes_path", pa.string()), ("rejected_codes_path", pa.string()),
+       ("split", pa.string()), ("position", pa.int64())]
+    + [(n, pa.string()) for n in ("pair_id", "prompt_id", "group_id", "record_type",
+                                  "chosen_id", "rejected_id")])
+
+
+def export_trl(store, ref: str, out_file: str | os.PathLike) -> ExportResult:
+    """Write NAME[@VERSION|@TAG] as FILE.parquet or FILE.jsonl (one row per pair)."""
+    path = Path(out_file)
+    if path.suffix not in (".parquet", ".jsonl"):
+        raise InputError(f"{path}: the TRL export writes .parquet or .jsonl")
+    table = trl_table(store, ref)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    else:
+        _write_atomic(path, "".join(_json_line(r) for r in table.to_pylist()))
+    splits = table.column("split").to_pylist()
+    durations = [d for col in ("chosen_duration", "rejected_duration")
+                 for d in table.column(col).to_pylist() if d is not None]
+    return ExportResult([str(path)], {"train": splits.count("train"), "val": splits.count("val")}, 0,
+                        min(durations, default=None), max(durations, default=None))
