@@ -1,7 +1,229 @@
-"""`ttspo` commands: sets family. (Placeholder until its issue lands.)"""
+"""`ttspo` preference-set commands: recipes, build, export, diff, sweep (thin over
+builder.recipes, builder.build, builder.export, builder.diff, builder.sweep)."""
 
 from __future__ import annotations
 
-import click  # noqa: F401
+import math
+from typing import Any
 
-from builder.cli import cli  # noqa: F401
+import click
+
+from builder.cli import cli, emit, format_option, get_store, lineage_for, render_table
+from builder.errors import InputError
+
+BUILD_COLUMNS = ["set", "version", "recipe", "pairs", "train", "val", "groups", "prompts",
+                 "generations", "recipe_sha256"]
+
+
+# ---------------------------------------------------------------- recipes
+@cli.command()
+@click.argument("recipe", required=False)
+@format_option
+def recipes(recipe: str | None, fmt: str) -> None:
+    """List the built-in recipes, or the parameters of RECIPE.
+
+    RECIPE is a built-in name (pareto, best_worst) or a path ending in .sql.
+    """
+    from builder import recipes as r
+
+    if recipe is None:
+        rows = []
+        for name in r.builtin_names():
+            rec = r.load_recipe(name)
+            rows.append({"recipe": name, "parameters": ", ".join(sorted(rec.params)),
+                         "sha256": rec.sha256[:12]})
+        emit(rows, fmt, ["recipe", "parameters", "sha256"])
+        return
+    rec = r.load_recipe(recipe)
+    rows = [{"parameter": p.name, "default": p.default if p.has_default else None,
+             "required": not p.has_default, "description": p.description}
+            for p in sorted(rec.params.values(), key=lambda p: p.name)]
+    emit(rows, fmt, ["parameter", "default", "required", "description"])
+
+
+# ------------------------------------------------------------------ build
+@cli.command()
+@click.argument("recipe")
+@click.option("--name", required=True, help="The preference set to write (a table in the store).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Recipe parameter (repeatable), typed like its default.")
+@click.option("--run", "runs", multiple=True, metavar="RUN",
+              help="Only these runs' generations (repeatable); default: all runs.")
+@format_option
+@click.pass_context
+def build(ctx: click.Context, recipe: str, name: str, params: tuple[str, ...],
+          runs: tuple[str, ...], fmt: str) -> None:
+    """Run RECIPE and write its pairs as a new version of preference set NAME.
+
+    RECIPE is a built-in (pareto, best_worst; see `ttspo recipes`) or a path
+    ending in .sql: one DuckDB SELECT over the store's views returning at least
+    prompt_id, group_id, chosen_id, rejected_id, chosen_reward, rejected_reward
+    and split. The output is checked (chosen reward 1, rejected reward < 1, no
+    rejected better on both CER and SSIM, no generation on both sides, no pair
+    twice or in both splits, known ids and columns) and nothing is written if a
+    check fails. The version records the recipe, its SHA-256, the parameters,
+    the runs and the generations version it read.
+    """
+    from builder import build as b
+    from builder import recipes as r
+
+    rec = r.load_recipe(recipe)
+    result = b.build_set(get_store(ctx), rec, name, r.parse_assignments(params), runs,
+                         lineage=lambda inputs, **extra: lineage_for(ctx, inputs, **extra))
+    emit([result.summary()], fmt, BUILD_COLUMNS)
+
+
+# ----------------------------------------------------------------- export
+@cli.group()
+def export() -> None:
+    """Write a preference set as files a trainer reads (nemo, trl)."""
+
+
+@export.command("nemo")
+@click.argument("ref", metavar="NAME[@VERSION|@TAG]")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for dpo_train_manifest.json and dpo_val_manifest.json.")
+@format_option
+@click.pass_context
+def export_nemo(ctx: click.Context, ref: str, out_dir: str, fmt: str) -> None:
+    """Write NeMo DPO manifests: each pair as its chosen line then its rejected line.
+
+    MagpieTTSDatasetDPO reads them unchanged. Set the dataset's min_duration /
+    max_duration around the reported duration range: NeMo drops lines outside
+    them before pairing lines, which would shift every later pair.
+    """
+    from builder import export as e
+
+    result = e.export_nemo(get_store(ctx), ref, out_dir)
+    emit([_export_row(result)], fmt, list(_export_row(result)))
+
+
+@export.command("trl")
+@click.argument("ref", metavar="NAME[@VERSION|@TAG]")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
+              help="FILE.parquet or FILE.jsonl.")
+@format_option
+@click.pass_context
+def export_trl(ctx: click.Context, ref: str, out_file: str, fmt: str) -> None:
+    """Write one row per pair: prompt (text), chosen and rejected (wav paths),
+    metrics, rewards and split, as Parquet or JSON lines."""
+    from builder import export as e
+
+    result = e.export_trl(get_store(ctx), ref, out_file)
+    emit([_export_row(result)], fmt, list(_export_row(result)))
+
+
+def _export_row(result) -> dict[str, Any]:
+    s = result.summary()
+    return {"files": " ".join(s["files"]), "train_pairs": s["train_pairs"], "val_pairs": s["val_pairs"],
+            "codes_written": s["codes_written"], "min_duration": s["min_duration"],
+            "max_duration": s["max_duration"]}
+
+
+# ------------------------------------------------------------------- diff
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Output format.")
+@click.pass_context
+def diff(ctx: click.Context, a: str, b: str, fmt: str) -> None:
+    """What changed from A to B: two versions of a set, or of generations.
+
+    A and B are NAME@VERSION or NAME@TAG (NAME alone: the latest version). Sets:
+    pairs added, removed and kept, per split and record type; recipe, parameter
+    and input changes; shifts in chosen/rejected CER, SSIM and reward.
+    Generations: rows added, removed, kept and updated per run; metric shifts.
+    """
+    import json
+
+    from builder import diff as d
+
+    result = d.diff(get_store(ctx), a, b)
+    if fmt == "json":
+        click.echo(json.dumps(_nan_to_none(result), indent=2, default=str))
+        return
+    click.echo(render_diff(result), nl=False)
+
+
+def render_diff(result: dict[str, Any]) -> str:
+    a, b = result["a"], result["b"]
+    lines = [f"{a['ref']} -> {b['ref']} ({result['kind']})"]
+    if result["kind"] == "set":
+        changes = result["changes"]
+        lines.append("changes:" + ("" if changes else " none"))
+        lines += [f"  {k}: {_short(v[0])} -> {_short(v[1])}" for k, v in changes.items()]
+        p = result["pairs"]
+        lines.append(f"pairs: {p['added']} added, {p['removed']} removed, {p['kept']} kept "
+                     f"({p['changed_split']} changed split)")
+        table = render_table(result["by_split"], ["split", "record_type", "added", "removed", "kept"])
+    else:
+        r = result["rows"]
+        lines.append(f"rows ({result['method']}): {r['added']} added, {r['removed']} removed, "
+                     f"{r['kept']} kept, {r['updated']} updated")
+        table = render_table(result["by_run"], ["run", "added", "removed", "kept", "updated"])
+    metrics = render_table(result["metrics"], ["metric", "a_mean", "b_mean", "mean_shift",
+                                               "a_median", "b_median"])
+    return "\n".join(lines) + "\n\n" + table + "\n" + metrics
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
+
+
+def _nan_to_none(obj: Any) -> Any:
+    """JSON has no NaN or infinity: they become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+# ------------------------------------------------------------------ sweep
+SWEEP_COLUMNS = ["pairs", "train", "val", "groups", "prompts", "cer_margin_min", "cer_margin_median",
+                 "cer_margin_mean", "sim_margin_min", "sim_margin_median", "sim_margin_mean",
+                 "chosen_cer_mean", "rejected_cer_mean", "rejected_reward_mean"]
+
+
+@cli.command()
+@click.argument("recipe")
+@click.option("--param", "params", multiple=True, metavar="NAME=V1,V2,...",
+              help="The swept parameter with its values (exactly one has a list); "
+                   "other --param NAME=VALUE are fixed.")
+@click.option("--run", "runs", multiple=True, metavar="RUN", help="Only these runs (repeatable).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also plot pairs, groups and median margins against the value (PNG).")
+@format_option
+@click.pass_context
+def sweep(ctx: click.Context, recipe: str, params: tuple[str, ...], runs: tuple[str, ...],
+          plot_path: str | None, fmt: str) -> None:
+    """How many pairs, groups and which CER/SSIM margins survive for each value
+    of one RECIPE parameter, without writing a set.
+
+    Example: ttspo sweep pareto --param cer_threshold=0.005,0.01,0.02,0.05
+    """
+    from builder import recipes as r
+    from builder import sweep as s
+
+    rec = r.load_recipe(recipe)
+    name, values, fixed = _swept(r.parse_assignments(params))
+    rows = s.sweep(get_store(ctx), rec, name, values, fixed, runs)
+    emit(rows, fmt, [name, *SWEEP_COLUMNS])
+    if plot_path:
+        s.plot(rows, name, plot_path, title=f"{rec.name}: sweep over {name}")
+        click.echo(f"wrote plot {plot_path}", err=True)
+
+
+def _swept(assignments: dict[str, str]) -> tuple[str, list[str], dict[str, str]]:
+    lists = [k for k, v in assignments.items() if "," in v]
+    if len(lists) != 1:
+        raise InputError("give exactly one --param NAME=V1,V2,... to sweep "
+                         f"(got {len(lists)} lists)")
+    name = lists[0]
+    values = [v.strip() for v in assignments[name].split(",") if v.strip()]
+    fixed = {k: v for k, v in assignments.items() if k != name}
+    return name, values, fixed
