@@ -1,0 +1,142 @@
+"""Scoring speed: real-time factor of each offline backend, and 2 workers vs 1.
+
+    .venv/bin/python bench/score.py [--rows 64] [--repeat 3]
+
+RTF = compute seconds / seconds of audio (lower is faster), measured in this
+process after each model's one-time load and warm-up (reported separately: it
+happens once per process, not per batch). The speed-up runs the real command,
+``ttspo score --workers N``, on the same fresh table for N = 1 and N = 2: both
+pay process start-up and model loading, as a user would. Target: >= 1.7x on
+this 2-core machine. The audio is the committed espeak-ng test fixtures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from builder.scoring import cosine, load_asr, load_quality, load_speaker  # noqa: E402
+from builder.scoring.audio import MODEL_SR, read_audio  # noqa: E402
+from builder.store import Store  # noqa: E402
+from test_scoring_helpers import (CONTEXT, generation, write_generations,  # noqa: E402
+                                  write_prompts)
+
+NAMES = ("clean", "truncated", "dropped", "other")
+TARGET = 1.7
+
+
+def fixtures() -> list[np.ndarray]:
+    return [read_audio(REPO / "tests/fixtures/audio" / f"{n}.wav", MODEL_SR)[0] for n in NAMES]
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def loaded(loader, warm_up) -> tuple[object, float]:
+    """A backend and the seconds its load plus first call (the warm-up) took."""
+    t = time.perf_counter()
+    backend = loader()
+    warm_up(backend)
+    return backend, time.perf_counter() - t
+
+
+def rtf_rows(repeat: int, squim_weights: Path) -> list[tuple[str, float, float, float]]:
+    """(backend, load+warm-up s, audio s, RTF) for each offline backend."""
+    audios = fixtures()
+    audio_s = repeat * sum(len(a) for a in audios) / MODEL_SR
+    work = [a for _ in range(repeat) for a in audios]
+    ref, context = audios[0], read_audio(CONTEXT, MODEL_SR)[0]
+    rows = []
+
+    asr, load = loaded(lambda: load_asr("pocketsphinx"), lambda b: b.transcribe(ref, MODEL_SR))
+    run = timed(lambda: [asr.transcribe(a, MODEL_SR) for a in work])
+    rows.append((f"asr   {asr.name}", load, audio_s, run / audio_s))
+
+    sv, load = loaded(lambda: load_speaker("resemblyzer"), lambda b: b.embed(ref, MODEL_SR))
+    ctx = sv.embed(context, MODEL_SR)  # real runs embed each context recording once
+    run = timed(lambda: [cosine(sv.embed(a, MODEL_SR), ctx) for a in work])
+    rows.append((f"ssim  {sv.name}", load, audio_s, run / audio_s))
+
+    pesq, load = loaded(lambda: load_quality("pesq"), lambda b: None)
+    run = timed(lambda: [pesq.score(a, MODEL_SR, ref, MODEL_SR) for a in work])
+    rows.append((f"pesq  {pesq.name}", load, audio_s, run / audio_s))
+
+    squim, load = loaded(lambda: load_quality(f"squim:{squim_weights}"),
+                         lambda b: b.score(ref, MODEL_SR))
+    run = timed(lambda: [squim.score(a, MODEL_SR) for a in work])
+    rows.append(("squim squim_objective_base (random weights: timing only)", load, audio_s,
+                 run / audio_s))
+    return rows
+
+
+def random_squim_weights(folder: Path) -> Path:
+    import torch
+    from torchaudio.models import squim_objective_base
+
+    path = folder / "squim-random.pt"
+    torch.manual_seed(0)
+    torch.save(squim_objective_base().state_dict(), path)
+    return path
+
+
+def make_store(root: Path, rows: int) -> Store:
+    store = Store(root)
+    write_prompts(store)
+    write_generations(store, [generation(i, NAMES[i % len(NAMES)], blob=i % 2 == 1)
+                              for i in range(rows)])
+    return store
+
+
+def run_workers(folder: Path, rows: int, workers: int) -> tuple[float, float]:
+    """Wall seconds of `ttspo score --workers N` on a fresh table, and its audio seconds."""
+    root = folder / f"w{workers}"
+    make_store(root, rows)
+    cmd = [str(Path(sys.executable).parent / "ttspo"), "--store", str(root), "score",
+           "--metrics", "cer,wer,ssim", "--workers", str(workers)]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
+    wall = time.perf_counter() - t
+    table = Store(root).open("generations").to_table(columns=["cer_source"])
+    assert table["cer_source"].null_count == 0, "not every row was scored"
+    audio = sum(len(a) for a in fixtures()) / MODEL_SR * rows / len(NAMES)
+    return wall, audio
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=64, help="generations in the speed-up table")
+    ap.add_argument("--repeat", type=int, default=3, help="passes over the fixtures for RTF")
+    args = ap.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="ttspo-bench-score-"))
+    try:
+        print("backend                                                  load+warm s  "
+              "audio s      RTF")
+        for name, load, audio_s, rtf in rtf_rows(args.repeat, random_squim_weights(folder)):
+            print(f"{name:<56} {load:>11.2f} {audio_s:>8.1f} {rtf:>8.3f}")
+        one, audio = run_workers(folder, args.rows, 1)
+        two, _ = run_workers(folder, args.rows, 2)
+        speedup = one / two
+        verdict = "ok" if speedup >= TARGET else "BELOW TARGET"
+        print(f"ttspo score --metrics cer,wer,ssim, {args.rows} rows ({audio:.0f} s audio): "
+              f"1 worker {one:.1f} s, 2 workers {two:.1f} s, "
+              f"speed-up {speedup:.2f}x (target >= {TARGET}x: {verdict})")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
