@@ -249,3 +249,18 @@ def test_summary_round_trips_through_json():
     s = ScoreSummary(3, 2, 5, ["asr"], {"asr": "x"}, 2, {"asr": 1.5}, 10.0, 3.0)
     assert ScoreSummary(**json.loads(json.dumps(asdict(s)))) == s
     assert s.rtf("asr") == 0.15
+
+
+def test_worst_generations_by_cer_and_by_ssim(scored):
+    from builder.score import worst
+
+    store = scored[0]
+    by_cer = worst(store, "cer", limit=2)
+    assert [r[GEN.generation_id] for r in by_cer] == ["r1:3", "r1:1"]  # other, truncated
+    assert set(by_cer[0]) == {GEN.generation_id, GEN.text, GEN.pred_transcript, GEN.cer,
+                              GEN.cer_source}
+    by_ssim = worst(store, "ssim", limit=10)
+    assert by_ssim[0][GEN.generation_id] == "r1:3"  # the other voice
+    assert len(by_ssim) == 4  # the text-context row has no SSIM
+    with pytest.raises(Exception, match="unknown metric 'mos'"):
+        worst(store, "mos")
