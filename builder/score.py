@@ -96,10 +96,10 @@ def _unwrap(outcome):
 
 
 def _rebuild(kind: str, message: str) -> TtspoError:
+    """The domain error another process raised, by class name (it travels as text)."""
     cls = getattr(errors, kind, TtspoError)
-    exc = cls.__new__(cls)
-    Exception.__init__(exc, message)
-    return exc
+    return cls(message) if isinstance(cls, type) and issubclass(cls, TtspoError) \
+        else TtspoError(message)
 
 
 def _score_and_share(comm, plan, options, dataset):

@@ -107,7 +107,7 @@ class WhisperASR:
         batch = [resample(a, sr, MODEL_SR) for a in audios]
         feats = self.processor(batch, sampling_rate=MODEL_SR, return_tensors="pt").input_features
         with torch.no_grad():
-            ids = self.model.generate(feats, task="transcribe")
+            ids = self.model.generate(feats)  # the model's own language/task defaults
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
 
 
