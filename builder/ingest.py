@@ -1,0 +1,281 @@
+"""Ingest generations (step 2 output) into the store's ``generations`` table.
+
+Python API behind ``ttspo ingest nemo`` and ``ttspo ingest jsonl``::
+
+    from builder.ingest import ingest_nemo, ingest_jsonl
+    result = ingest_nemo(Store("st"), "exp/audios", "pairs.json", run="base")
+
+How a run lands, and why:
+
+- Everything is read and checked first; checked batches are spilled to
+  temporary Arrow files meanwhile (by the reader processes themselves), so
+  memory is bounded by a batch, not by the corpus.
+- Only when the whole input is good (or ``on_error="skip"``) are the spilled
+  batches streamed into ONE Lance commit. An error, a crash or a SIGKILL before that
+  leaves the store exactly as it was.
+- Generation ids are ``run:line``: rows already in the store are skipped, so
+  re-ingesting changes nothing and an interrupted run can simply be rerun.
+- Different runs ingested at the same time both land: Lance appends commute.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from builder import ids
+from builder.errors import InputError
+from builder.schemas import ERR, GEN, GENERATIONS_SCHEMA, INGEST_ERRORS_SCHEMA
+from builder.store import Store, make_lineage
+
+GENERATIONS = "generations"
+INGEST_ERRORS = "ingest_errors"
+ON_ERROR = ("fail", "skip")
+PARALLEL_FROM = 4096  # below this many generations, starting worker processes costs more
+
+
+@dataclass
+class IngestResult:
+    """What one ingest did. `version` is the generations version now current."""
+
+    run: str
+    ingested: int = 0
+    groups: int = 0
+    present: int = 0  # already in the store (same run and line): left alone
+    skipped: int = 0  # bad generations left out with on_error="skip"
+    version: int | None = None
+    errors_version: int | None = None
+    errors_logged: int = 0  # new rows in ingest_errors
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.ingested > 0 or self.errors_logged > 0
+
+
+# ------------------------------------------------------------------- NeMo
+def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.PathLike, *,
+                run: str | None = None, group_size: int | None = None, on_error: str = "fail",
+                embed_audio: bool = False, lineage: dict | None = None,
+                workers: int | None = None, batch_rows: int = 1024,
+                progress: bool = False) -> IngestResult:
+    """Ingest a NeMo generation folder (files found anywhere under GEN_DIR) against
+    its text-context manifest. Raises InputError listing every bad file (store
+    unchanged) unless on_error="skip". With workers > 1 the files are read in
+    'spawn' processes: scripts calling this need the usual `if __name__ == "__main__":`."""
+    from builder import ingest_nemo as nemo
+
+    _check_on_error(on_error)
+    gen_label, man_label = str(gen_dir), str(manifest)
+    run = check_run(run or os.path.basename(os.path.abspath(gen_dir)))
+    _, estimate = nemo.file_digest(man_label, man_label)
+    with Readers(_workers(workers, estimate)) as readers, SpillDir() as spill:
+        man = nemo.read_manifest(man_label, man_label)  # the readers boot meanwhile
+        layout = nemo.scan(gen_label, gen_label)
+        where, ranks = nemo.place(layout, man.lines, man_label, gen_label)
+        starts = nemo.group_starts(man, group_size, man_label)
+        before = store.version(GENERATIONS)
+        present = existing_ids(store, run)
+        todo = np.array([ln for ln in range(man.lines)
+                         if ids.generation_id(run, ln) not in present], dtype=np.int64)
+        tasks = nemo.plan_tasks(layout, where, ranks, man, starts, todo, run, batch_rows,
+                                embed_audio, spill.dir)
+        lineage = _lineage(lineage, "ingest nemo", dict(
+            gen_dir=gen_label, manifest=man_label, run=run, group_size=group_size,
+            on_error=on_error, embed_audio=embed_audio))
+        lineage.update(gen_dir=layout.gen_dir, manifest_path=os.path.abspath(man_label),
+                       manifest_sha256=man.sha256, manifest_lines=man.lines, ranks=ranks,
+                       groups_in_manifest=len(starts))
+        results = readers.map(nemo.build_batch, tasks)
+        return land(store, run, results, spill, len(todo), len(present), before, on_error,
+                    lineage, progress, "file")
+
+
+# ------------------------------------------------------------------ JSONL
+def ingest_jsonl(store: Store, path: str | os.PathLike, *, run: str | None = None,
+                 on_error: str = "fail", embed_audio: bool = False,
+                 lineage: dict | None = None, batch_rows: int = 1024,
+                 progress: bool = False) -> IngestResult:
+    """Ingest one generation per JSON line (data from systems other than NeMo)."""
+    from builder import ingest_jsonl as jl
+
+    _check_on_error(on_error)
+    label = str(path)
+    run = check_run(run or os.path.splitext(os.path.basename(label))[0])
+    before = store.version(GENERATIONS)
+    present = existing_ids(store, run)
+    plan = jl.plan(label, run, present)  # fatal problems (unreadable file) raise here
+    lineage = _lineage(lineage, "ingest jsonl", dict(
+        file=label, run=run, on_error=on_error, embed_audio=embed_audio))
+    lineage.update(file_path=os.path.abspath(label), file_sha256=plan.sha256,
+                   file_lines=plan.records)
+    with SpillDir() as spill:
+        results = jl.read_batches(plan, embed_audio, batch_rows, spill.dir)
+        return land(store, run, results, spill, plan.todo, plan.present, before, on_error,
+                    lineage, progress, "line")
+
+
+# ----------------------------------------------------------------- common
+def check_run(run: str) -> str:
+    if not run or not run.strip() or any(ch in run for ch in "\n\r\t"):
+        raise InputError(f"'{run}' is not a usable run name (use --run NAME)")
+    return run
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
+
+
+def _lineage(lineage: dict | None, command: str, args: dict) -> dict:
+    return dict(lineage) if lineage is not None else make_lineage(command, args)
+
+
+def _workers(workers: int | None, todo: int) -> int:
+    if workers is not None:
+        return max(1, workers)
+    if todo < PARALLEL_FROM:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def existing_ids(store: Store, run: str) -> set[str]:
+    """Generation ids of RUN already in the store (one projected, filtered scan)."""
+    if not store.exists(GENERATIONS):
+        return set()
+    table = store.open(GENERATIONS).to_table(
+        columns=[GEN.generation_id], filter=f"{GEN.run} = {sql_string(run)}")
+    return set(table.column(0).to_pylist())
+
+
+class Readers:
+    """Where the files are read: in this process, or in a pool of 'spawn' processes
+    (Lance is not fork-safe) started on entry, so they boot while the caller scans."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "Readers":
+        if self.workers > 1:
+            from builder.ingest_nemo import warm_up
+
+            ctx = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            for _ in range(self.workers):
+                self.pool.submit(warm_up)
+        return self
+
+    def map(self, fn: Callable, tasks: Iterable[Any]) -> Iterator[Any]:
+        """fn over tasks, results in order; at most 2 tasks per process in flight."""
+        if self.pool is None:
+            yield from map(fn, tasks)
+            return
+        window: deque = deque()
+        for task in tasks:
+            window.append(self.pool.submit(fn, task))
+            if len(window) >= 2 * self.workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class SpillDir:
+    """Checked batches wait here, one Arrow stream file per batch, until the commit.
+
+    A temporary folder (TMPDIR), removed on exit: a failed ingest leaves nothing.
+    """
+
+    def __init__(self):
+        self.dir = ""
+        self.files: list[str] = []
+
+    def __enter__(self) -> "SpillDir":
+        self.dir = tempfile.mkdtemp(prefix="ttspo-ingest-")
+        return self
+
+    def reader(self, schema: pa.Schema) -> pa.RecordBatchReader:
+        """All spilled batches in order, read one at a time."""
+        def batches() -> Iterator[pa.RecordBatch]:
+            for path in self.files:
+                with pa.OSFile(path, "rb") as source:
+                    yield from pa.ipc.open_stream(source)
+        return pa.RecordBatchReader.from_batches(schema, batches())
+
+    def __exit__(self, *exc: Any) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo: int,
+         present: int, before: int | None, on_error: str, lineage: dict, progress: bool,
+         unit: str) -> IngestResult:
+    """Collect every chunk's outcome, then commit the good rows (one commit) and, in
+    skip mode, the rejects (one commit to ingest_errors).
+
+    results: (spill file or None, rows, group indexes, [(line, file, reason)]) per chunk.
+    """
+    from tqdm import tqdm
+
+    result = IngestResult(run, present=present, version=before)
+    problems: list[tuple[int, str, str]] = []
+    groups: set[int] = set()
+    rows = 0
+    with tqdm(total=todo, unit="gen", desc=f"ingest {run}", leave=False,
+              disable=None if progress else True) as bar:
+        for path, n, chunk_groups, bad in results:
+            problems.extend(bad)
+            if path is not None:
+                spill.files.append(path)
+                rows += n
+                groups.update(chunk_groups)
+            bar.update(n + len({p[0] for p in bad}))
+    result.problems = [(f, why) for _, f, why in problems]
+    if problems and on_error == "fail":
+        raise InputError(f"cannot ingest run {run}: {len(problems)} bad {unit}(s); "
+                         "nothing was written", result.problems)
+    result.skipped = len({p[0] for p in problems})
+    lineage = dict(lineage)
+    lineage["inputs"] = {**lineage.get("inputs", {}),
+                         **({GENERATIONS: before} if before is not None else {})}
+    lineage.update(ingested=rows, skipped=result.skipped, already_present=present)
+    if rows:
+        reader = spill.reader(GENERATIONS_SCHEMA)
+        result.version = store.write(GENERATIONS, reader, GENERATIONS_SCHEMA, lineage)
+        result.ingested, result.groups = rows, len(groups)
+    if result.problems:
+        result.errors_version, result.errors_logged = _write_errors(
+            store, run, result.problems, lineage)
+    return result
+
+
+def _write_errors(store: Store, run: str, problems: list[tuple[str, str]],
+                  lineage: dict) -> tuple[int | None, int]:
+    """Append the rejects not already logged for this run (reruns add no duplicates)."""
+    seen: set[tuple[str, str]] = set()
+    if store.exists(INGEST_ERRORS):
+        old = store.open(INGEST_ERRORS).to_table(
+            columns=[ERR.file, ERR.reason], filter=f"{ERR.run} = {sql_string(run)}")
+        seen = set(zip(old.column(0).to_pylist(), old.column(1).to_pylist()))
+    new = [(f, why) for f, why in dict.fromkeys(problems) if (f, why) not in seen]
+    if not new:
+        return store.version(INGEST_ERRORS), 0
+    table = pa.table({ERR.run: [run] * len(new), ERR.file: [f for f, _ in new],
+                      ERR.reason: [why for _, why in new]}, schema=INGEST_ERRORS_SCHEMA)
+    return store.write(INGEST_ERRORS, table, INGEST_ERRORS_SCHEMA, lineage), len(new)

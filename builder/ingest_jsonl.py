@@ -1,0 +1,202 @@
+"""`ttspo ingest jsonl`: one generation per JSON line, for data from other systems.
+
+Each line needs ``text``, ``group`` (any string or integer naming the group of
+samples drawn for one prompt) and ``audio_filepath`` (relative paths are taken
+from the file's folder). Optional: ``sample`` (position in its group; default the
+order of appearance), ``record_type``, ``context_audio_filepath``,
+``context_audio_duration``, ``context_text``, ``codes_path`` (torch.save'd int16
+[C, T], or a .npy), ``cer``, ``wer``, ``ssim``, ``pesq``, ``squim``, ``codes_len``,
+``duration`` (the wav header wins), ``pred_transcript``, ``gt_transcript``,
+``invalid`` (default: pred_transcript is "<INVALID>").
+
+A line's generation id is ``run:N`` with N its 0-based line number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from builder import ids
+from builder import nemo_files as nf
+from builder.ingest_nemo import parse_manifest_record, spill_batch
+from builder.ingest_rows import RowBuffer, prompt_fields
+from builder.errors import InputError
+from builder.schemas import GEN
+
+JSONL_SOURCE = "jsonl"
+METRIC_KEYS = (GEN.cer, GEN.wer, GEN.ssim, GEN.pesq, GEN.squim)
+
+
+@dataclass
+class Plan:
+    label: str  # the path as the user gave it (messages)
+    path: str  # absolute
+    sha256: str
+    records: int
+    run: str
+    present_ids: set[str]
+    todo: int = 0
+    present: int = 0
+
+
+def plan(label: str, run: str, present_ids: set[str]) -> Plan:
+    """Hash and count the lines (no parsing yet): lineage and the progress total."""
+    path = os.path.abspath(label)
+    sha = hashlib.sha256()
+    records = todo = 0
+    try:
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(fh, 1):
+                sha.update(raw)
+                if raw.strip():
+                    records += 1
+                    todo += ids.generation_id(run, number - 1) not in present_ids
+    except OSError as exc:
+        raise InputError(f"{label}: cannot read ({exc.strerror})") from None
+    if records == 0:
+        raise InputError(f"{label}: no records (empty file)")
+    return Plan(label, path, sha.hexdigest(), records, run, present_ids, todo, records - todo)
+
+
+@dataclass
+class _Group:
+    index: int
+    prompt_id: str
+    first_line: int
+    next_sample: int = 0
+
+
+def read_batches(plan: Plan, embed_audio: bool, batch_rows: int,
+                 spill_dir: str) -> Iterator[tuple]:
+    """Parse and check every line; per chunk, spill the good new rows (see
+    ingest_nemo.spill_batch for what is yielded)."""
+    for k, (batch, problems) in enumerate(_batches(plan, embed_audio, batch_rows)):
+        yield spill_batch(batch, os.path.join(spill_dir, f"{k:08d}.arrows"), problems)
+
+
+def _batches(plan: Plan, embed_audio: bool, batch_rows: int) -> Iterator[tuple[Any, list]]:
+    groups: dict[Any, _Group] = {}
+    taken: set[tuple[int, int]] = set()
+    buf, problems = RowBuffer(plan.run, JSONL_SOURCE), []
+    prompt_slot: dict[str, int] = {}
+    base = os.path.dirname(plan.path)
+    with open(plan.path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            where = f"{plan.label}:{number}"
+            try:
+                record = _parse(raw)
+                fields = prompt_fields(record)
+                group, sample = _place(record, fields, groups, taken, number)
+            except nf.BadFile as exc:
+                problems.append((number, where, str(exc)))
+                continue
+            if ids.generation_id(plan.run, number - 1) in plan.present_ids:
+                continue
+            try:
+                row = _read_files(record, base, embed_audio)
+            except nf.BadFile as exc:
+                problems.append((number, where, str(exc)))
+                continue
+            if fields[-1] not in prompt_slot:
+                prompt_slot[fields[-1]] = buf.add_prompt(fields)
+            _add(buf, number, group, sample, prompt_slot[fields[-1]], record, row, plan.path)
+            if len(buf) >= batch_rows:
+                yield buf.to_batch(), problems
+                buf, problems, prompt_slot = RowBuffer(plan.run, JSONL_SOURCE), [], {}
+    yield (buf.to_batch() if len(buf) else None), problems
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    record = parse_manifest_record(raw)
+    for key in ("group", "audio_filepath"):
+        if key not in record:
+            raise nf.BadFile(f"no '{key}' field")
+    group = record["group"]
+    if isinstance(group, bool) or not isinstance(group, (str, int)):
+        raise nf.BadFile("group is not a string or an integer")
+    nf.string(record, "audio_filepath")
+    nf.string(record, GEN.codes_path)
+    sample = nf.number(record, "sample", integer=True)
+    if sample is not None and sample < 0:
+        raise nf.BadFile(f"sample is negative ({sample})")
+    for key in METRIC_KEYS + (GEN.duration,):
+        nf.number(record, key)
+    nf.number(record, GEN.codes_len, integer=True)
+    for key in (GEN.pred_transcript, GEN.gt_transcript):
+        nf.string(record, key)
+    if not isinstance(record.get(GEN.invalid, False), bool):
+        raise nf.BadFile("invalid is not true or false")
+    return record
+
+
+def _place(record: dict, fields: tuple, groups: dict, taken: set, number: int) -> tuple[int, int]:
+    """Group index (by first appearance) and sample index; one prompt per group."""
+    key = (type(record["group"]).__name__, record["group"])
+    group = groups.get(key)
+    if group is None:
+        group = groups[key] = _Group(len(groups), fields[-1], number)
+    elif group.prompt_id != fields[-1]:
+        raise nf.BadFile(f"group {record['group']!r} has another text/context on line "
+                         f"{group.first_line}")
+    sample = record.get("sample")
+    sample = group.next_sample if sample is None else int(sample)
+    if (group.index, sample) in taken:
+        raise nf.BadFile(f"group {record['group']!r} already has a sample {sample}")
+    taken.add((group.index, sample))
+    group.next_sample = max(group.next_sample, sample + 1)
+    return group.index, sample
+
+
+def _read_files(record: dict, base: str, embed_audio: bool) -> dict[str, Any]:
+    audio_path = os.path.abspath(os.path.join(base, record["audio_filepath"]))
+    try:
+        data = nf.read_file_bytes(audio_path) if embed_audio else None
+        info = nf.wav_info(audio_path, data)
+    except nf.BadFile as exc:
+        raise nf.BadFile(f"audio {record['audio_filepath']}: {exc}") from None
+    row = {"audio_filepath": audio_path, "audio": data, "info": info, "codes": None,
+           "codes_path": None}
+    if record.get(GEN.codes_path):
+        codes_path = os.path.abspath(os.path.join(base, record[GEN.codes_path]))
+        try:
+            row["codes"] = _read_codes(codes_path)
+        except nf.BadFile as exc:
+            raise nf.BadFile(f"codes {record[GEN.codes_path]}: {exc}") from None
+        row["codes_path"] = codes_path
+    return row
+
+
+def _read_codes(path: str) -> tuple[int, int, bytes]:
+    if not path.endswith(".npy"):
+        return nf.codes_parts(nf.read_file_bytes(path))
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise nf.BadFile("missing") from None
+    except (OSError, ValueError) as exc:
+        raise nf.BadFile(f"not a readable .npy file ({exc})") from None
+    if arr.dtype != np.int16:
+        raise nf.BadFile(f"codes dtype is {arr.dtype}, expected int16")
+    if arr.ndim != 2:
+        raise nf.BadFile(f"codes shape is {list(arr.shape)}, expected [codebooks, frames]")
+    return arr.shape[0], arr.shape[1], np.ascontiguousarray(arr, dtype="<i2").tobytes()
+
+
+def _add(buf: RowBuffer, number: int, group: int, sample: int, prompt: int,
+         record: dict, row: dict, path: str) -> None:
+    info, get = row["info"], record.get
+    invalid = get(GEN.invalid)
+    if invalid is None:
+        invalid = get(GEN.pred_transcript) == nf.INVALID_TRANSCRIPT
+    metrics = [nf.number(record, key) for key in METRIC_KEYS]
+    buf.add((number - 1, group, sample, row["audio_filepath"], row["audio"], row["codes_path"],
+             info.frames / info.sample_rate, info.sample_rate, *metrics,
+             nf.number(record, GEN.codes_len, integer=True), get(GEN.pred_transcript),
+             get(GEN.gt_transcript), invalid, f"{path}:{number}"), prompt, row["codes"])
