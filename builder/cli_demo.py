@@ -1,7 +1,26 @@
-"""`ttspo` commands: demo family. (Placeholder until its issue lands.)"""
+"""`ttspo demo`: the workflow on the bundled corpus (thin over builder.demo)."""
 
 from __future__ import annotations
 
-import click  # noqa: F401
+import click
 
-from builder.cli import cli  # noqa: F401
+from builder.cli import cli
+
+
+@cli.command()
+@click.option("--store", "store_dir", type=click.Path(file_okay=False),
+              default="ttspo-demo-store", show_default=True,
+              help="Store folder for the demo (its own, so a real store is never touched). "
+                   "Re-running on it is safe: nothing new is written.")
+def demo(store_dir: str) -> None:
+    """Run ttspo on the bundled demo corpus and say what each step does.
+
+    The corpus: 20 text-context pairs x 6 espeak-ng generations in NeMo's layout,
+    with real failures (dropped, repeated, truncated words, another speaker, long
+    pauses), codec codes, and metrics from pocketsphinx and Resemblyzer. The demo
+    copies it into STORE/demo, then runs prompts, ingest nemo and a few SQL
+    summaries, printing the equivalent ttspo command of each step.
+    """
+    from builder.demo import run_demo
+
+    run_demo(store_dir, echo=click.echo)

@@ -1,0 +1,200 @@
+"""`ttspo demo` and the bundled corpus it runs on."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+import builder
+from builder import demo as demo_api
+from builder.cli import cli
+from builder.errors import InputError
+from builder.store import Store
+from trainer import codec as C
+
+CORPUS = Path(builder.__file__).resolve().parent / "demo_corpus"
+AUDIOS = CORPUS / "generations" / "audios"
+CONFIG = json.loads((CORPUS / "corpus.json").read_text())
+METRIC_KEYS = ["cer_gt", "wer_gt", "duration", "spk_similarity", "pred_transcript",
+               "gt_transcript"]
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def nemo_file(line: int, suffix: str) -> Path:
+    ranks = CONFIG["ranks"]
+    return AUDIOS / f"predicted_audioRank{line % ranks}_{line // ranks}{suffix}"
+
+
+MANIFEST = jsonl(CORPUS / "manifest.json")
+
+
+# ------------------------------------------------------------ the corpus
+def test_every_manifest_line_has_its_wav_codes_and_metrics():
+    assert len(MANIFEST) == 120 == len(jsonl(CORPUS / "variants.jsonl"))
+    expected = {nemo_file(n, s).name for n in range(len(MANIFEST))
+                for s in (".wav", "_codes.pt", "_metrics.json")}
+    assert {p.name for p in AUDIOS.iterdir()} == expected
+
+
+def test_codes_are_int16_and_one_frame_per_hop_of_their_wav():
+    import torch
+
+    codec = C.Codec.load()
+    for line in range(len(MANIFEST)):
+        codes = torch.load(nemo_file(line, "_codes.pt"), weights_only=True)
+        info = sf.info(str(nemo_file(line, ".wav")))
+        assert codes.dtype == torch.int16 and codes.shape[0] == 8, line
+        assert abs(codes.shape[1] - info.duration * codec.frame_rate) <= 1, line
+    # They are the shipped codec's codes (nearest-entry ties may differ across CPUs).
+    audio, sr = sf.read(str(nemo_file(7, ".wav")), dtype="float32")
+    shipped = torch.load(nemo_file(7, "_codes.pt"), weights_only=True).numpy()
+    assert (codec.encode(audio, sr) == shipped).mean() > 0.99
+
+
+def test_metrics_files_have_nemo_keys_and_the_invalid_group():
+    invalid_lines = []
+    for line, record in enumerate(MANIFEST):
+        m = json.loads(nemo_file(line, "_metrics.json").read_text())
+        assert list(m) == METRIC_KEYS, line
+        assert abs(m["duration"] - sf.info(str(nemo_file(line, ".wav"))).duration) < 1e-6
+        if m["pred_transcript"] == "<INVALID>":
+            assert (m["cer_gt"], m["wer_gt"], m["spk_similarity"]) == (1.0, 1.0, 0.0)
+            invalid_lines.append(line)
+        else:
+            assert 0.0 <= m["cer_gt"] and -1.0 <= m["spk_similarity"] <= 1.0
+    group = CONFIG["invalid_group"] * 6
+    assert invalid_lines == list(range(group, group + 6))
+
+
+def test_a_group_has_an_exact_cer_ssim_tie():
+    group = CONFIG["tie_group"]
+    keys = [(m["cer_gt"], m["spk_similarity"]) for m in
+            (json.loads(nemo_file(group * 6 + s, "_metrics.json").read_text()) for s in range(6))]
+    assert len(set(keys)) < len(keys)
+
+
+def test_failures_are_real_and_durations_mostly_in_nemos_range():
+    variants = jsonl(CORPUS / "variants.jsonl")
+    assert {v["kind"] for v in variants} == {"clean", "dropped", "repeated", "truncated",
+                                             "other_speaker", "pause"}
+    metrics = [json.loads(nemo_file(v["line"], "_metrics.json").read_text()) for v in variants]
+    valid = [(v, m) for v, m in zip(variants, metrics) if m["pred_transcript"] != "<INVALID>"]
+    mean = lambda kind, key: np.mean([m[key] for v, m in valid if v["kind"] == kind])  # noqa
+    # The ASR and speaker model see the failures: clean samples are understood
+    # best, another speaker is the least similar to the context.
+    assert mean("clean", "cer_gt") < min(mean(k, "cer_gt") for k in ("truncated", "dropped"))
+    assert mean("other_speaker", "spk_similarity") < mean("clean", "spk_similarity") - 0.05
+    durations = np.array([m["duration"] for m in metrics])
+    assert ((durations >= 1.5) & (durations <= 19.0)).mean() > 0.8
+
+
+def test_inputs_are_relative_to_the_corpus_and_present():
+    for ctx in jsonl(CORPUS / "audio_contexts.jsonl"):
+        assert not Path(ctx["context_audio_filepath"]).is_absolute()
+        assert (CORPUS / ctx["context_audio_filepath"]).is_file()
+        assert (CORPUS / ctx["context_audio_codes_path"]).is_file()
+    for ref in jsonl(CORPUS / "reference_audios.jsonl"):
+        assert (CORPUS / ref["reference_audio_filepath"]).is_file()
+    size = sum(p.stat().st_size for p in CORPUS.rglob("*") if p.is_file())
+    assert size < 12_000_000
+
+
+def test_a_manifest_the_draw_does_not_reproduce_is_refused(tmp_path):
+    lines = (CORPUS / "manifest.json").read_text().splitlines()
+    records = [json.loads(line) for line in lines[::6]]  # one record per pair
+    demo_api.check_reproduces(records, 6, CORPUS, CORPUS / "manifest.json")
+    committed = tmp_path / "manifest.json"
+    changed = list(lines)
+    changed[13] = changed[13].replace('"text": "', '"text": "Not ')
+    committed.write_text("\n".join(changed) + "\n")
+    with pytest.raises(InputError, match=r"manifest.json:14: the seeded draw differs"):
+        demo_api.check_reproduces(records, 6, CORPUS, committed)
+    committed.write_text("\n".join(lines[:-6]) + "\n")
+    with pytest.raises(InputError, match=r"manifest.json: 114 lines, the seeded draw makes 120"):
+        demo_api.check_reproduces(records, 6, CORPUS, committed)
+
+
+# --------------------------------------------------------------- the demo
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    store = tmp_path_factory.mktemp("demo") / "store"
+    result = CliRunner().invoke(cli, ["demo", "--store", str(store)])
+    return store, result
+
+
+def test_demo_runs_each_step_and_says_what_it_did(demo_run):
+    store, result = demo_run
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for n, name in enumerate(["corpus", "prompts", "ingest", "summaries"], start=1):
+        assert re.search(rf"^== {n}/4 {name}: ", out, re.M), name
+    work = store.absolute() / "demo"
+    assert f"copied the bundled corpus" in out and str(work) in out
+    assert (f"  $ ttspo --store {store.absolute()} ingest nemo {work / 'generations'} "
+            f"--manifest {work / 'pairs.json'} --run base --group-size 6\n") in out
+    assert ("ingested 120 generations (20 groups) of run base into generations@1: audio path, "
+            "int16 codes, metrics and transcripts per row, in one commit\n") in out
+    assert f"wrote the NeMo manifest {work / 'pairs.json'} (120 lines)" in out
+    for title, _, _ in demo_api.SUMMARIES:
+        assert title in out
+
+
+def test_demo_tables_have_the_corpus_rows(demo_run):
+    store, result = demo_run
+    assert result.exit_code == 0, result.output
+    st = Store(store)
+    assert {"prompts", "generations"} <= set(st.tables())
+    distinct = {json.dumps([r["text"], r.get("context_audio_filepath"), r.get("context_text")])
+                for r in MANIFEST}
+    assert st.open("prompts").count_rows() == len(distinct)
+    gens = st.open("generations").to_table(columns=["invalid", "group_id", "codes"])
+    assert gens.num_rows == 120
+    assert sum(gens.column("invalid").to_pylist()) == 6
+    assert len(set(gens.column("group_id").to_pylist())) == 20
+    assert all(len(c) == 8 for c in gens.column("codes").to_pylist())
+    # Contexts point at absolute paths inside the store's copy of the corpus.
+    ctx = st.open("prompts").to_table(columns=["context_audio_filepath"]).column(0).to_pylist()
+    assert all(p is None or (p.startswith(str(store.absolute() / "demo")) and Path(p).is_file())
+               for p in ctx)
+
+
+def test_demo_summaries_print_tables(demo_run):
+    _, result = demo_run
+    out = result.output
+    # The per-record-type table: challenging/regular x audio/text context.
+    header = re.search(r"^record_type\s+context\s+generations\s+invalid\s+mean_cer\s+mean_ssim",
+                       out, re.M)
+    assert header
+    rows = re.findall(r"^(challenging|regular)\s+(audio|text)\s+(\d+)\s+(\d+)\s", out, re.M)
+    assert sum(int(r[2]) for r in rows) == 120 and sum(int(r[3]) for r in rows) == 6
+    assert re.search(rf"^base:g{CONFIG['invalid_group']}\s.*\s6\s+6$", out, re.M)
+    assert re.search(rf"^base:g{CONFIG['tie_group']}\s", out, re.M)
+
+
+def test_demo_again_on_the_same_store_writes_nothing(demo_run):
+    store, first = demo_run
+    assert first.exit_code == 0, first.output
+    versions = {t: Store(store).version(t) for t in ("prompts", "generations")}
+    again = CliRunner().invoke(cli, ["demo", "--store", str(store)])
+    assert again.exit_code == 0, again.output
+    assert "-> no new version (all present)\n" in again.output
+    assert ("nothing to ingest: the 120 generations of run base are already in "
+            "generations@1\n") in again.output
+    assert {t: Store(store).version(t) for t in versions} == versions
+
+
+def test_demo_refuses_a_store_path_that_is_a_file(tmp_path):
+    path = tmp_path / "f"
+    path.write_text("x")
+    result = CliRunner().invoke(cli, ["demo", "--store", str(path)])
+    assert result.exit_code == 2
+    assert f"Invalid value for '--store': Directory '{path}' is a file." in result.output
