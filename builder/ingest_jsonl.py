@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from builder import ids
-from builder import nemo_files as nf
+from builder import nemo_codes, nemo_files as nf
 from builder.ingest_nemo import parse_manifest_record, spill_batch
 from builder.ingest_rows import RowBuffer, prompt_fields
 from builder.errors import InputError
@@ -175,7 +175,7 @@ def _read_files(record: dict, base: str, embed_audio: bool) -> dict[str, Any]:
 
 def _read_codes(path: str) -> tuple[int, int, bytes]:
     if not path.endswith(".npy"):
-        return nf.codes_parts(nf.read_file_bytes(path))
+        return nemo_codes.codes_parts(nf.read_file_bytes(path))
     try:
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError:

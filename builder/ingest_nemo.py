@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from builder import nemo_files as nf
+from builder import nemo_codes, nemo_files as nf
 from builder.errors import InputError
 from builder.ingest_rows import RowBuffer, prompt_fields
 from builder.schemas import GEN
@@ -264,7 +264,7 @@ def build_batch(task: dict) -> tuple:
     local_prompt: dict[int, int] = {}
     problems: list[tuple[int, str, str]] = []
     read, wav_info, codes_parts, parse_metrics = (
-        nf.read_file_bytes, nf.wav_info, nf.codes_parts, nf.parse_metrics)
+        nf.read_file_bytes, nf.wav_info, nemo_codes.codes_parts, nf.parse_metrics)
     for line, rank, index, dw, dc, dm, group, sample, prompt in task["rows"].tolist():
         base = f"predicted_audioRank{rank}_{index}"
         wav, codes, metrics = (prefix[dw], prefix[dc], prefix[dm])
@@ -317,7 +317,7 @@ def _problems(line: int, base: str, where: tuple, dirs: dict, prefix: dict,
             if kind == 0:
                 nf.wav_info(path, nf.read_file_bytes(path) if embed else None)
             elif kind == 1:
-                nf.codes_parts(nf.read_file_bytes(path))
+                nemo_codes.codes_parts(nf.read_file_bytes(path))
             else:
                 nf.parse_metrics(nf.read_file_bytes(path))
         except nf.BadFile as exc:

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from builder import nemo_files as nf
+from builder import nemo_codes as nc, nemo_files as nf
 
 
 def saved(tmp_path, tensor, name="x_codes.pt"):
@@ -40,7 +40,7 @@ def test_codes_reader_matches_torch_load(tmp_path, make):
     path = saved(tmp_path, tensor)
     expected = torch.load(path).numpy()
     for _ in range(2):  # the second read takes the cached-layout path
-        got = nf.read_codes(path)
+        got = nc.read_codes(path)
         assert got.dtype == np.int16 and got.shape == expected.shape
         assert np.array_equal(got, expected)
 
@@ -50,7 +50,7 @@ def test_cached_layout_is_not_fooled_by_a_different_file_of_the_same_size(tmp_pa
     b = saved(tmp_path, BASE[0:8, 0:100].clone(), "b_codes.pt")
     view = saved(tmp_path, BASE[1:9, 0:100], "c_codes.pt")  # same shape, offset storage
     for path in (a, b, view, a, view, b):
-        assert np.array_equal(nf.read_codes(path), torch.load(path).numpy())
+        assert np.array_equal(nc.read_codes(path), torch.load(path).numpy())
 
 
 def test_many_shapes_in_one_process(tmp_path):
@@ -59,7 +59,7 @@ def test_many_shapes_in_one_process(tmp_path):
         frames = int(rng.integers(1, 300))
         tensor = torch.from_numpy(rng.integers(-2000, 2000, (8, frames), dtype=np.int16))
         path = saved(tmp_path, tensor, f"predicted_audioRank{k % 3}_{k}_codes.pt")
-        assert np.array_equal(nf.read_codes(path), tensor.numpy())
+        assert np.array_equal(nc.read_codes(path), tensor.numpy())
 
 
 def test_a_pickle_that_would_run_code_is_refused_not_run(tmp_path):
@@ -70,7 +70,7 @@ def test_a_pickle_that_would_run_code_is_refused_not_run(tmp_path):
         zf.writestr("evil_codes/data.pkl", payload)
         zf.writestr("evil_codes/data/0", b"\0" * 16)
     with pytest.raises(nf.BadFile, match=r"^codes file holds posix\.system, not a plain tensor$"):
-        nf.read_codes(str(path))
+        nc.read_codes(str(path))
     assert not marker.exists()
 
 
@@ -86,7 +86,7 @@ def test_legacy_torch_save_is_refused_with_a_reason(tmp_path):
     path = tmp_path / "old_codes.pt"
     torch.save(torch.zeros(8, 4, dtype=torch.int16), str(path), _use_new_zipfile_serialization=False)
     with pytest.raises(nf.BadFile, match="legacy"):
-        nf.read_codes(str(path))
+        nc.read_codes(str(path))
 
 
 @pytest.mark.parametrize("rate, subtype, channels", [
@@ -137,4 +137,4 @@ def test_read_codes_bytes_equals_file_reader(tmp_path):
     tensor = torch.randint(0, 1000, (4, 9), dtype=torch.int16)
     buf = io.BytesIO()
     torch.save(tensor, buf)
-    assert np.array_equal(nf.read_codes_bytes(buf.getvalue()), tensor.numpy())
+    assert np.array_equal(nc.read_codes_bytes(buf.getvalue()), tensor.numpy())
