@@ -198,3 +198,14 @@ def test_wav_bytes_round_trip_through_blob_reader():
     sf.write(buf, samples, sr, format="WAV", subtype="PCM_16")
     again, sr2 = read_audio_bytes(buf.getvalue(), target_sr=8000)
     assert sr2 == 8000 and abs(len(again) - len(samples) / 2) <= 1
+
+
+def test_resemblyzer_features_match_resemblyzers_own_pipeline(sv):
+    """Our torchaudio mel features give the embedding Resemblyzer's librosa path gives."""
+    from resemblyzer import preprocess_wav
+
+    wav = preprocess_wav(audio("clean")[0])
+    ours = sv.embed_utterance(wav)
+    theirs = sv.encoder.embed_utterance(wav)
+    assert cosine(ours, theirs) > 0.99999
+    assert np.allclose(ours, theirs, atol=1e-4)
