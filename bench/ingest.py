@@ -152,6 +152,7 @@ def ingest_child(root: str, workers: str) -> None:
         shutil.rmtree(store_dir, ignore_errors=True)
     print(json.dumps({
         "seconds": seconds, "rows": result.ingested, "rss_mb": peak_kb() / 1024,
+        "phases": result.seconds,
         "worker_rss_mb": max(sampler.peaks.values(), default=0) / 1024,
         "workers": len(sampler.peaks),
     }))
@@ -192,6 +193,9 @@ def main() -> None:
           f"({base / args.n * 1e6:.0f} us/generation)")
     print(f"ttspo ingest nemo (end to end into Lance):  {ingest['seconds']:7.2f} s  "
           f"({ingest['seconds'] / args.n * 1e6:.0f} us/generation)")
+    phases = ", ".join(f"{k} {v:.2f} s" for k, v in ingest["phases"].items())
+    print(f"  of which: {phases} (prepare = manifest + folder scan + mapping; "
+          "read = all files, checked and spilled; commit = the Lance write)")
     print(f"ratio: {base / ingest['seconds']:.1f}x faster (target >= 10x)")
     for n, run in ((args.n, ingest), (args.n // 10, small_run)):
         print(f"peak RSS, {n} generations: main process {run['rss_mb']:.0f} MB, "

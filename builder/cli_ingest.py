@@ -10,8 +10,8 @@ import click
 
 from builder.cli import cli, get_store, lineage_for
 
-ON_ERROR_HELP = ("fail: list every bad file and write nothing (default). skip: ingest the "
-                 "rest and log the rejects (run, file, reason) in the ingest_errors table.")
+ON_ERROR_HELP = ("fail: list every bad {unit} and write nothing. skip: ingest the rest and "
+                 "log the rejects (run, file, reason) in the ingest_errors table.")
 
 
 @cli.group()
@@ -25,15 +25,17 @@ def ingest() -> None:
     """
 
 
-def _common(f):
-    f = click.option("--embed-audio", is_flag=True,
-                     help="Also store the wav bytes (a Lance blob column); default: the path only.")(f)
-    f = click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
-                     show_default=True, help=ON_ERROR_HELP)(f)
-    return f
+def _common(unit: str):
+    def decorate(f):
+        f = click.option("--embed-audio", is_flag=True,
+                         help="Also store the wav bytes (a Lance blob column); "
+                              "default: the path only.")(f)
+        return click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
+                            show_default=True, help=ON_ERROR_HELP.format(unit=unit))(f)
+    return decorate
 
 
-@ingest.command("nemo")
+@ingest.command("nemo", short_help="Ingest a NeMo generation folder (wav, codes, metrics).")
 @click.argument("gen_dir", type=click.Path(file_okay=False))
 @click.option("--manifest", required=True, type=click.Path(dir_okay=False),
               help="The text-context manifest NeMo generated from (JSON lines).")
@@ -43,7 +45,7 @@ def _common(f):
                    "records (a run that is a multiple of the usual length is split).")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Reader processes.  [default: the CPUs, 1 for small inputs]")
-@_common
+@_common("file")
 @click.pass_context
 def ingest_nemo_cmd(ctx: click.Context, gen_dir: str, manifest: str, run_name: str | None,
                     group_size: int | None, workers: int | None, on_error: str,
@@ -52,8 +54,10 @@ def ingest_nemo_cmd(ctx: click.Context, gen_dir: str, manifest: str, run_name: s
     _metrics.json found anywhere under GEN_DIR. File (r, i) is manifest line
     i*R + r, R the number of ranks in the file names.
 
-    Problems with the manifest itself, or a manifest/file count mismatch, always
-    stop the ingest (the file-to-line mapping would be wrong).
+    Generations already in the store (same run and line) are left alone, so a
+    rerun only adds what is missing. Problems with the manifest itself, or a
+    manifest/file count mismatch, always stop the ingest (the file-to-line
+    mapping would be wrong), even with --on-error skip.
     """
     from builder.ingest import ingest_nemo
 
@@ -63,19 +67,21 @@ def ingest_nemo_cmd(ctx: click.Context, gen_dir: str, manifest: str, run_name: s
     _report(result)
 
 
-@ingest.command("jsonl")
+@ingest.command("jsonl", short_help="Ingest one generation per JSON line (other systems).")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--run", "run_name", help="Run name.  [default: FILE's name without extension]")
-@_common
+@_common("line")
 @click.pass_context
 def ingest_jsonl_cmd(ctx: click.Context, file: str, run_name: str | None, on_error: str,
                      embed_audio: bool) -> None:
     """Ingest one generation per JSON line (data from other systems).
 
-    Required per line: text, group, audio_filepath (relative to FILE's folder).
-    Optional: sample, record_type, context_audio_filepath, context_audio_duration,
-    context_text, codes_path (.pt or .npy, int16 [codebooks, frames]), cer, wer,
-    ssim, pesq, squim, codes_len, duration, pred_transcript, gt_transcript, invalid.
+    Required per line: text, group, audio_filepath (relative paths are taken
+    from FILE's folder; the audio must exist, its header gives duration and
+    sample rate). Optional: sample, record_type, context_audio_filepath,
+    context_audio_duration, context_text, codes_path (.pt or .npy, int16
+    [codebooks, frames]), cer, wer, ssim, pesq, squim, codes_len,
+    pred_transcript, gt_transcript, invalid. Line N (from 0) is generation RUN:N.
     """
     from builder.ingest import ingest_jsonl
 

@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -59,6 +60,7 @@ class IngestResult:
     errors_version: int | None = None
     errors_logged: int = 0  # new rows in ingest_errors
     problems: list[tuple[str, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # prepare, read, commit
 
     @property
     def changed(self) -> bool:
@@ -80,6 +82,7 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
     _check_on_error(on_error)
     gen_label, man_label = str(gen_dir), str(manifest)
     run = check_run(run or os.path.basename(os.path.abspath(gen_dir)))
+    started = time.perf_counter()
     _, estimate = nemo.file_digest(man_label, man_label)
     with Readers(_workers(workers, estimate)) as readers, SpillDir() as spill, \
             host_lock(store, f"run {run}"):
@@ -101,7 +104,7 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
                        groups_in_manifest=len(starts))
         results = readers.map(nemo.build_batch, tasks)
         return land(store, run, results, spill, len(todo), len(present), before, on_error,
-                    lineage, progress, "file")
+                    lineage, progress, "file", started)
 
 
 # ------------------------------------------------------------------ JSONL
@@ -115,6 +118,7 @@ def ingest_jsonl(store: Store, path: str | os.PathLike, *, run: str | None = Non
     _check_on_error(on_error)
     label = str(path)
     run = check_run(run or os.path.splitext(os.path.basename(label))[0])
+    started = time.perf_counter()
     with SpillDir() as spill, host_lock(store, f"run {run}"):
         before = store.version(GENERATIONS)
         present = existing_ids(store, run)
@@ -125,7 +129,7 @@ def ingest_jsonl(store: Store, path: str | os.PathLike, *, run: str | None = Non
                        file_lines=plan.records)
         results = jl.read_batches(plan, embed_audio, batch_rows, spill.dir)
         return land(store, run, results, spill, plan.todo, plan.present, before, on_error,
-                    lineage, progress, "line")
+                    lineage, progress, "line", started)
 
 
 # ----------------------------------------------------------------- common
@@ -257,7 +261,7 @@ class SpillDir:
 
 def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo: int,
          present: int, before: int | None, on_error: str, lineage: dict, progress: bool,
-         unit: str) -> IngestResult:
+         unit: str, started: float) -> IngestResult:
     """Collect every chunk's outcome, then commit the good rows (one commit) and, in
     skip mode, the rejects (one commit to ingest_errors).
 
@@ -269,6 +273,7 @@ def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo
     problems: list[tuple[int, str, str]] = []
     groups: set[int] = set()
     rows = 0
+    prepared = time.perf_counter()
     with tqdm(total=todo, unit="gen", desc=f"ingest {run}", leave=False,
               disable=None if progress else True) as bar:
         for path, n, chunk_groups, bad in results:
@@ -279,6 +284,8 @@ def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo
                 groups.update(chunk_groups)
             bar.update(n + len({p[0] for p in bad}))
     result.problems = [(f, why) for _, f, why in problems]
+    read = time.perf_counter()
+    result.seconds = {"prepare": prepared - started, "read": read - prepared}
     if problems and on_error == "fail":
         raise InputError(f"cannot ingest run {run}: {len(problems)} bad {unit}(s); "
                          "nothing was written", result.problems)
@@ -294,6 +301,7 @@ def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo
     if result.problems:
         result.errors_version, result.errors_logged = _write_errors(
             store, run, result.problems, lineage)
+    result.seconds["commit"] = time.perf_counter() - read
     return result
 
 
