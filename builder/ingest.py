@@ -92,8 +92,7 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
         starts = nemo.group_starts(man, group_size, man_label)
         before = store.version(GENERATIONS)
         present = existing_ids(store, run)
-        todo = np.array([ln for ln in range(man.lines)
-                         if ids.generation_id(run, ln) not in present], dtype=np.int64)
+        todo = lines_to_do(run, man.lines, present)
         tasks = nemo.plan_tasks(layout, where, ranks, man, starts, todo, run, batch_rows,
                                 embed_audio, spill.dir)
         lineage = _lineage(lineage, "ingest nemo", dict(
@@ -195,6 +194,17 @@ def write_table(store: Store, table: str, data: Any, schema: pa.Schema, lineage:
         return store.write(table, data, schema, lineage)
     with host_lock(store, f"create {table}"):
         return store.write(table, data, schema, lineage)  # appends if created meanwhile
+
+
+def lines_to_do(run: str, lines: int, present: set[str]) -> np.ndarray:
+    """Manifest lines whose generation id is not in the store yet (vectorised: no
+    per-line Python objects when nothing is present, the common first ingest)."""
+    if not present:
+        return np.arange(lines, dtype=np.int64)
+    done = np.zeros(lines, dtype=bool)
+    for ln in range(lines):
+        done[ln] = ids.generation_id(run, ln) in present
+    return np.flatnonzero(~done)
 
 
 class Readers:

@@ -14,7 +14,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, islice
 from typing import Any, Iterator
 
 import numpy as np
@@ -29,6 +29,7 @@ NEMO_SOURCE = "nemo-metrics-json"
 # Matched over a whole folder listing joined by newlines: a literal start keeps the
 # regex engine on its fast path (one call per folder, not per name).
 NEMO_FILES = re.compile(r"\npredicted_audioRank(\d+)_(\d+)(\.wav|_codes\.pt|_metrics\.json)(?=\n)")
+SCAN_CHUNK = 1 << 15  # names matched per regex call
 MAX_LISTED = 10  # mapping problems listed (the rest counted): a wrong manifest is one fault
 
 
@@ -45,8 +46,9 @@ class Layout:
 def scan(gen_dir: str, label: str) -> Layout:
     """Walk GEN_DIR (not into symlinked folders: no loops) and note every NeMo file.
 
-    A NeMo folder holds 3 files per generation (300k for a 100k run), so names are
-    matched by one regex over each folder's joined listing, not one call per name.
+    A NeMo folder holds 3 files per generation (300k for a 100k run): names are
+    matched by one regex call per chunk of a folder's listing, and kept as four
+    int64 per file, so memory does not grow with name lengths.
     """
     root = os.path.abspath(gen_dir)
     if not os.path.isdir(root):
@@ -56,33 +58,41 @@ def scan(gen_dir: str, label: str) -> Layout:
     stack = [""]
     while stack:
         rel = stack.pop()
-        d = len(dirs)
         dirs.append(rel)
-        path = os.path.join(root, rel)
         try:
-            names = os.listdir(path)
+            with os.scandir(os.path.join(root, rel)) as entries:
+                while names := [e.name for e in islice(entries, SCAN_CHUNK)]:
+                    parts.append(_match_names(names, len(dirs) - 1))
+                    if len(parts[-1]) < len(names):  # other entries: sub-folders among them?
+                        stack.extend(_subfolders(root, rel, names))
         except OSError as exc:
             raise InputError(f"{os.path.join(label, rel)}: unreadable folder ({exc.strerror})") from None
-        found = NEMO_FILES.findall("\n" + "\n".join(names) + "\n")  # [(rank, index, suffix)]
-        matched = len(found)
-        if found:
-            flat = list(chain.from_iterable(found))
-            table = np.empty((matched, 4), dtype=np.int64)
-            table[:, 0] = np.fromiter(map(int, flat[0::3]), np.int64, matched)
-            table[:, 1] = np.fromiter(map(int, flat[1::3]), np.int64, matched)
-            table[:, 2] = np.fromiter(map(nf.KINDS.__getitem__, flat[2::3]), np.int64, matched)
-            table[:, 3] = d
-            parts.append(table)
-        if matched < len(names):  # other entries: look for sub-folders among them
-            for name in names:
-                sub = os.path.join(path, name)
-                if not nf.NEMO_FILE.match(name) and os.path.isdir(sub) and not os.path.islink(sub):
-                    stack.append(os.path.join(rel, name))
     files = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
     if not len(files):
         raise InputError(f"{label}: no NeMo generation files (predicted_audioRank*_*.wav, "
                          "*_codes.pt, *_metrics.json) found")
     return Layout(root, dirs, files)
+
+
+def _match_names(names: list[str], d: int) -> np.ndarray:
+    """[rank, index, kind, d] for each NeMo file name among names."""
+    found = NEMO_FILES.findall("\n" + "\n".join(names) + "\n")  # [(rank, index, suffix)]
+    flat = list(chain.from_iterable(found))
+    table = np.empty((len(found), 4), dtype=np.int64)
+    table[:, 0] = np.fromiter(map(int, flat[0::3]), np.int64, len(found))
+    table[:, 1] = np.fromiter(map(int, flat[1::3]), np.int64, len(found))
+    table[:, 2] = np.fromiter(map(nf.KINDS.__getitem__, flat[2::3]), np.int64, len(found))
+    table[:, 3] = d
+    return table
+
+
+def _subfolders(root: str, rel: str, names: list[str]) -> list[str]:
+    out = []
+    for name in names:
+        path = os.path.join(root, rel, name)
+        if not nf.NEMO_FILE.match(name) and os.path.isdir(path) and not os.path.islink(path):
+            out.append(os.path.join(rel, name))
+    return out
 
 
 def rel_name(layout: Layout, d: int, rank: int, index: int, kind: int) -> str:
