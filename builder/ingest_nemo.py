@@ -277,12 +277,14 @@ def build_batch(task: dict) -> tuple:
         nf.read_file_bytes, nf.wav_info, nemo_codes.codes_parts, nf.parse_metrics)
     for line, rank, index, dw, dc, dm, group, sample, prompt in task["rows"].tolist():
         base = f"predicted_audioRank{rank}_{index}"
-        wav, codes, metrics = (prefix[dw], prefix[dc], prefix[dm])
         try:
-            audio = read(wav + base + ".wav") if embed else None
-            info = wav_info(wav + base + ".wav", audio)
-            parts = codes_parts(read(codes + base + "_codes.pt"))
-            m = parse_metrics(read(metrics + base + "_metrics.json"))
+            wav = prefix[dw] + base + ".wav"
+            codes = prefix[dc] + base + "_codes.pt"
+            metrics = prefix[dm] + base + "_metrics.json"
+            audio = read(wav) if embed else None
+            info = wav_info(wav, audio)
+            parts = codes_parts(read(codes))
+            m = parse_metrics(read(metrics))
         except (nf.BadFile, TypeError):  # TypeError: a missing file has no folder (None)
             bad = _problems(line, base, (dw, dc, dm), dirs, prefix, embed)
             if not bad:
@@ -291,10 +293,9 @@ def build_batch(task: dict) -> tuple:
             continue
         if prompt not in local_prompt:
             local_prompt[prompt] = buf.add_prompt(task["prompts"][prompt])
-        buf.add((line, group, sample, wav + base + ".wav", audio, codes + base + "_codes.pt",
-                 info.frames / info.sample_rate, info.sample_rate, m[0], m[1], m[2], m[3], None,
-                 m[4], m[5], m[6], m[5] == nf.INVALID_TRANSCRIPT, metrics + base + "_metrics.json"),
-                local_prompt[prompt], parts)
+        buf.add((line, group, sample, wav, audio, codes, info.frames / info.sample_rate,
+                 info.sample_rate, m[0], m[1], m[2], m[3], None, m[4], m[5], m[6],
+                 m[5] == nf.INVALID_TRANSCRIPT, metrics), local_prompt[prompt], parts)
     return spill_batch(buf.to_batch() if len(buf) else None, task["spill"], problems)
 
 

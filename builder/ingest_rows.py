@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from builder import ids
 from builder.schemas import CODES_TYPE, GEN, GENERATIONS_SCHEMA
@@ -82,19 +83,22 @@ class RowBuffer:
             name: pa.array(columns[name], GENERATIONS_SCHEMA.field(name).type)
             for name in ROW_COLUMNS
         }
-        arrays[GEN.generation_id] = pa.array(
-            [ids.generation_id(self.run, x) for x in columns[GEN.manifest_line]], pa.string())
-        arrays[GEN.group_id] = pa.array(
-            [ids.group_id(self.run, g) for g in columns[GEN.group_index]], pa.string())
-        arrays[GEN.run] = pa.array([self.run] * n, pa.string())
+        run = pa.array([self.run] * n, pa.string())
+        arrays[GEN.run] = run
+        # ids.generation_id / ids.group_id, vectorised: "run:line" and "run:g<group>"
+        arrays[GEN.generation_id] = pc.binary_join_element_wise(
+            run, pc.cast(arrays[GEN.manifest_line], pa.string()), ":")
+        arrays[GEN.group_id] = pc.binary_join_element_wise(
+            run, pc.cast(arrays[GEN.group_index], pa.string()), ":g")
         arrays[GEN.codes] = self._codes_array()
         arrays.update(self._prompt_arrays())
-        cer_or_wer = [a if a is not None else b for a, b in zip(columns[GEN.cer], columns[GEN.wer])]
-        for values, source in ((cer_or_wer, GEN.cer_source), (columns[GEN.ssim], GEN.ssim_source),
-                               (columns[GEN.pesq], GEN.pesq_source),
-                               (columns[GEN.squim], GEN.squim_source)):
-            tag = self.metric_source
-            arrays[source] = pa.array([None if v is None else tag for v in values], pa.string())
+        tag = pa.scalar(self.metric_source, pa.string())
+        cer_or_wer = pc.or_(pc.is_valid(arrays[GEN.cer]), pc.is_valid(arrays[GEN.wer]))
+        for present, source in ((cer_or_wer, GEN.cer_source),
+                                (pc.is_valid(arrays[GEN.ssim]), GEN.ssim_source),
+                                (pc.is_valid(arrays[GEN.pesq]), GEN.pesq_source),
+                                (pc.is_valid(arrays[GEN.squim]), GEN.squim_source)):
+            arrays[source] = pc.if_else(present, tag, pa.scalar(None, pa.string()))
         return pa.RecordBatch.from_arrays([arrays[f.name] for f in GENERATIONS_SCHEMA],
                                           schema=GENERATIONS_SCHEMA)
 

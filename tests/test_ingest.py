@@ -50,7 +50,7 @@ def test_nemo_ingest_stores_one_row_per_generation(tmp_path, demo):
     assert result.stdout == "ingested 12 generations (3 groups) from run demo into generations@1\n"
 
     got = rows(store)
-    assert [r["generation_id"] for r in got] == [f"demo:{i}" for i in range(12)]
+    assert [r["generation_id"] for r in got] == [ids.generation_id("demo", i) for i in range(12)]
     for line, row in enumerate(got):
         record = demo.lines[line]
         metrics = metrics_for(line, record, invalid=line == 5, pesq=True)
