@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +243,13 @@ def test_jsonl_ingest(tmp_path):
                             "generations@1; store unchanged\n")
     named = invoke(store, "ingest", "jsonl", str(path), "--run", "x")
     assert named.stdout == "ingested 6 generations (2 groups) from run x into generations@2\n"
+
+
+def test_ingest_never_imports_torch(tmp_path, demo):
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom builder.cli import cli\n"
+            "r = CliRunner().invoke(cli, sys.argv[1:])\n"
+            "print(r.exit_code, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code, "--store", str(tmp_path / "st"), "ingest",
+                          "nemo", str(demo.gen_dir), "--manifest", str(demo.manifest)],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout == "0 False\n"

@@ -316,3 +316,16 @@ def test_unreadable_or_empty_jsonl(tmp_path):
     empty = invoke(store, "ingest", "jsonl", str(tmp_path / "empty.jsonl"))
     assert empty.stderr == f"Error: {tmp_path / 'empty.jsonl'}: no records (empty file)\n"
     assert not store.exists()
+
+
+def test_missing_gen_dir_or_manifest(demo, tmp_path):
+    nowhere = tmp_path / "nowhere"
+    result = invoke(demo.store, "ingest", "nemo", str(nowhere), "--manifest", str(demo.manifest))
+    assert (result.exit_code, result.stderr) == (1, f"Error: {nowhere}: not a directory\n")
+    result = invoke(demo.store, "ingest", "nemo", str(demo.gen_dir), "--manifest", str(nowhere))
+    assert (result.exit_code, result.stderr) == (
+        1, f"Error: {nowhere}: cannot read (No such file or directory)\n")
+    result = ingest(demo, "--run", " ")
+    assert (result.exit_code, result.stderr) == (
+        1, "Error: ' ' is not a usable run name (use --run NAME)\n")
+    assert tree(demo.store) == demo.before
