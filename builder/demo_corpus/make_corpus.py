@@ -288,6 +288,11 @@ def fit_and_encode(lines: int) -> codec_mod.Codec:
 
 
 def write_metrics(records: list[dict]) -> tuple[str, str]:
+    import torch
+
+    # One thread: multi-threaded reductions change the speaker embeddings in the
+    # 7th digit from run to run; the committed metrics must come back identical.
+    torch.set_num_threads(1)
     asr, sv = load_asr("pocketsphinx"), load_speaker("resemblyzer")
     embeddings: dict[str, np.ndarray] = {}
 
