@@ -82,10 +82,16 @@ def comm_from_env():
     return TorchComm(int(os.environ["RANK"]), world, init)
 
 
-def share_cores(world: int) -> None:
-    """Give each rank its share of the cores, so N ranks do not oversubscribe."""
-    if world <= 1:
-        return
+def share_cores(world: int, large_models: bool) -> None:
+    """Set the torch intra-op threads of this rank.
+
+    Large models (NeMo, Whisper) get their share of the cores. The offline
+    defaults get one thread: pocketsphinx is single-threaded, Resemblyzer's small
+    LSTM gains little from a second thread, and OpenMP threads spinning between
+    its calls steal the core pocketsphinx needs (badly so on a busy machine).
+    Parallelism comes from ranks instead (``--workers``, torchrun), which scale.
+    """
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // world) if large_models else 1)
