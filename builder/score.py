@@ -71,10 +71,15 @@ def run_rank(comm, store_root: str | os.PathLike, options: ScoreOptions,
     plan = _agreed(comm, lambda: make_plan(store, options))
     if plan.rows.num_rows == 0:
         return ScoreSummary(None, plan.version, 0, plan.groups, {}, comm.world)
-    share_cores(comm.world, large_models=_large_models(options))
-    dataset = store.open("generations", plan.version)
-    results = _score_and_share(comm, plan, options, dataset)
-    version = _write_and_commit(comm, store, plan, options, results, lineage)
+    threads = share_cores(comm.world, large_models=_large_models(options))
+    try:
+        dataset = store.open("generations", plan.version)
+        results = _score_and_share(comm, plan, options, dataset)
+        version = _write_and_commit(comm, store, plan, options, results, lineage)
+    finally:
+        import torch
+
+        torch.set_num_threads(threads)
     return _summary(plan, options, results, version, comm.world, time.perf_counter() - started)
 
 

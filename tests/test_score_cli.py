@@ -264,3 +264,17 @@ def test_worst_generations_by_cer_and_by_ssim(scored):
     assert len(by_ssim) == 4  # the text-context row has no SSIM
     with pytest.raises(Exception, match="unknown metric 'mos'"):
         worst(store, "mos")
+
+
+def test_in_process_scoring_restores_the_callers_torch_threads(tmp_path):
+    import torch
+
+    store = Store(tmp_path)
+    write_generations(store, [generation(0, "truncated")])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        score(store, ScoreOptions(metrics=("cer",)))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -82,7 +82,7 @@ def comm_from_env():
     return TorchComm(int(os.environ["RANK"]), world, init)
 
 
-def share_cores(world: int, large_models: bool) -> None:
+def share_cores(world: int, large_models: bool) -> int:
     """Set the torch intra-op threads of this rank.
 
     Large models (NeMo, Whisper) get their share of the cores. The offline
@@ -90,8 +90,12 @@ def share_cores(world: int, large_models: bool) -> None:
     LSTM gains little from a second thread, and OpenMP threads spinning between
     its calls steal the core pocketsphinx needs (badly so on a busy machine).
     Parallelism comes from ranks instead (``--workers``, torchrun), which scale.
+    Returns the previous setting, to restore when scoring ran inside a caller's
+    process.
     """
     import torch
 
+    previous = torch.get_num_threads()
     cores = os.cpu_count() or 1
     torch.set_num_threads(max(1, cores // world) if large_models else 1)
+    return previous
