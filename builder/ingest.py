@@ -20,8 +20,6 @@ How a run lands, and why:
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import multiprocessing
 import os
 import shutil
@@ -29,7 +27,6 @@ import tempfile
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -85,7 +82,7 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
     started = time.perf_counter()
     _, estimate = nemo.file_digest(man_label, man_label)
     with Readers(_workers(workers, estimate)) as readers, SpillDir() as spill, \
-            host_lock(store, f"run {run}"):
+            store.lock(f"ingest run {run}"):
         man = nemo.read_manifest(man_label, man_label)  # the readers boot meanwhile
         layout = nemo.scan(gen_label, gen_label)
         where, ranks = nemo.place(layout, man.lines, man_label, gen_label)
@@ -118,7 +115,7 @@ def ingest_jsonl(store: Store, path: str | os.PathLike, *, run: str | None = Non
     label = str(path)
     run = check_run(run or os.path.splitext(os.path.basename(label))[0])
     started = time.perf_counter()
-    with SpillDir() as spill, host_lock(store, f"run {run}"):
+    with SpillDir() as spill, store.lock(f"ingest run {run}"):
         before = store.version(GENERATIONS)
         present = existing_ids(store, run)
         plan = jl.plan(label, run, present)  # fatal problems (unreadable file) raise here
@@ -166,34 +163,6 @@ def existing_ids(store: Store, run: str) -> set[str]:
     table = store.open(GENERATIONS).to_table(
         columns=[GEN.generation_id], filter=f"{GEN.run} = {sql_string(run)}")
     return set(table.column(0).to_pylist())
-
-
-@contextmanager
-def host_lock(store: Store, what: str) -> Iterator[None]:
-    """An exclusive lock among processes of this host on (store, what).
-
-    The lock files live in the temp folder, not in the store: a failed ingest
-    leaves the store untouched. Ingests of one run are serialised (the second
-    then finds its rows present); so are creations of a table (see write_table).
-    """
-    key = hashlib.sha256(f"{store.root}\0{what}".encode()).hexdigest()[:24]
-    folder = os.path.join(tempfile.gettempdir(), "ttspo-locks")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, key), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def write_table(store: Store, table: str, data: Any, schema: pa.Schema, lineage: dict) -> int:
-    """Store.write, with creation of a missing table serialised: two first ingests
-    at once would otherwise both 'create' it, and one run would be lost."""
-    if store.exists(table):
-        return store.write(table, data, schema, lineage)
-    with host_lock(store, f"create {table}"):
-        return store.write(table, data, schema, lineage)  # appends if created meanwhile
 
 
 def lines_to_do(run: str, lines: int, present: set[str]) -> np.ndarray:
@@ -306,7 +275,7 @@ def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo
     lineage.update(ingested=rows, skipped=result.skipped, already_present=present)
     if rows:
         reader = spill.reader(GENERATIONS_SCHEMA)
-        result.version = write_table(store, GENERATIONS, reader, GENERATIONS_SCHEMA, lineage)
+        result.version = store.write(GENERATIONS, reader, GENERATIONS_SCHEMA, lineage)
         result.ingested, result.groups = rows, len(groups)
     if result.problems:
         result.errors_version, result.errors_logged = _write_errors(
@@ -328,4 +297,4 @@ def _write_errors(store: Store, run: str, problems: list[tuple[str, str]],
         return store.version(INGEST_ERRORS), 0
     table = pa.table({ERR.run: [run] * len(new), ERR.file: [f for f, _ in new],
                       ERR.reason: [why for _, why in new]}, schema=INGEST_ERRORS_SCHEMA)
-    return write_table(store, INGEST_ERRORS, table, INGEST_ERRORS_SCHEMA, lineage), len(new)
+    return store.write(INGEST_ERRORS, table, INGEST_ERRORS_SCHEMA, lineage), len(new)

@@ -89,7 +89,7 @@ def test_set_names_cannot_shadow_core_tables():
     Store.check_set_name("pareto-v2")
 
 
-def test_a_create_killed_before_commit_is_cleaned_up(tmp_path):
+def test_a_create_killed_before_commit_does_not_block_the_next(tmp_path):
     s = Store(tmp_path)
     (tmp_path / "generations.lance" / "data").mkdir(parents=True)
     (tmp_path / "generations.lance" / "data" / "orphan.lance").write_bytes(b"x")
@@ -97,7 +97,28 @@ def test_a_create_killed_before_commit_is_cleaned_up(tmp_path):
     assert s.tables() == []
     s.write("generations", gen_rows(1), GENERATIONS_SCHEMA, make_lineage("c", {}))
     assert s.open("generations").count_rows() == 1
-    assert not (tmp_path / "generations.lance" / "data" / "orphan.lance").exists()
+    assert s.versions("generations")[-1]["version"] == 1
+
+
+def _first_write(root: str, run: str) -> None:
+    Store(root).write("generations", gen_rows(50, run), GENERATIONS_SCHEMA,
+                      make_lineage("w", {"run": run}))
+
+
+def test_two_processes_creating_a_table_at_once_both_land(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # Lance is not fork-safe
+    procs = [ctx.Process(target=_first_write, args=(str(tmp_path), run)) for run in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    s = Store(tmp_path)
+    result, _ = query.run(s, "select run, count(*) as n from generations group by run order by run")
+    assert result.to_pylist() == [{"run": "a", "n": 50}, {"run": "b", "n": 50}]
+    assert [v["version"] for v in s.versions("generations")] == [1, 2]
 
 
 def test_sql_views_skip_blobs_and_codes_and_reach_old_versions(store):
