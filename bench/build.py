@@ -194,16 +194,18 @@ def _child_build(path: str, name: str, params: dict, out) -> None:
     start = time.perf_counter()
     result = build_set(Store(path), "pareto", name, params)
     seconds = time.perf_counter() - start
-    out.put({"seconds": seconds, "pairs": result.record.counts["pairs"],
+    out.put({"seconds": seconds, "pairs": result.record.counts["pairs"], "parts": result.seconds,
              "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
 def _child_python(path: str, params: dict, out) -> None:
     """Child process: the plain per-group Python implementation, same data, same rules."""
     start = time.perf_counter()
-    pairs = python_pareto(read_as_lists(Store(path)), params)
+    cols = read_as_lists(Store(path))
+    read = time.perf_counter()
+    pairs = python_pareto(cols, params)
     seconds = time.perf_counter() - start
-    out.put({"seconds": seconds, "pairs": [(p["pair_id"], p["split"], p["rejected_reward"]) for p in pairs],
+    out.put({"seconds": seconds, "read": read - start, "pairs": [(p["pair_id"], p["split"], p["rejected_reward"]) for p in pairs],
              "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
@@ -246,9 +248,12 @@ def main() -> None:
 
     builds = [in_child(_child_build, str(path), f"bench_pareto_{i}", PARAMS) for i in range(args.repeats)]
     for i, b in enumerate(builds):
-        print(f"sql build {i + 1}: {b['seconds']:.2f} s, {b['pairs']:,} pairs, peak RSS {b['rss_mb']:.0f} MB")
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in b["parts"].items())
+        print(f"sql build {i + 1}: {b['seconds']:.2f} s ({parts}), {b['pairs']:,} pairs, "
+              f"peak RSS {b['rss_mb']:.0f} MB")
     base = in_child(_child_python, str(path), PARAMS)
-    print(f"python baseline: {base['seconds']:.2f} s, {len(base['pairs']):,} pairs, "
+    print(f"python baseline: {base['seconds']:.2f} s (read as lists {base['read']:.2f}), "
+          f"{len(base['pairs']):,} pairs, "
           f"peak RSS {base['rss_mb']:.0f} MB")
     check_same(store, "bench_pareto_0", base["pairs"])
     print("same pairs, order, splits and rewards (|diff| < 1e-6): yes")

@@ -20,6 +20,7 @@ bit for bit (the recipes are deterministic; see sql/pareto.sql).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -59,6 +60,7 @@ class BuildResult:
     name: str
     version: int
     record: BuildRecord
+    seconds: dict[str, float] = field(default_factory=dict)  # recipe, checks, write
 
     def summary(self) -> dict[str, Any]:
         c = self.record.counts
@@ -93,8 +95,9 @@ def build_set(store: Store, recipe: Recipe | str, name: str, params: dict[str, A
     schema = PREFERENCES_SCHEMA.with_metadata(metadata)
     table = out.table.replace_schema_metadata(metadata)
     mode = "overwrite" if store.exists(name) else "append"
+    start = time.perf_counter()
     version = store.write(name, table, schema, make(out.inputs, **extra), mode=mode)
-    return BuildResult(name, version, record)
+    return BuildResult(name, version, record, {**out.seconds, "write": time.perf_counter() - start})
 
 
 def _default_lineage(name: str, recipe: Recipe, params, runs) -> LineageFactory:

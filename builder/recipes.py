@@ -29,6 +29,7 @@ import hashlib
 import importlib.resources
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -167,6 +168,7 @@ class RecipeOutput:
     table: pa.Table  # checked, in PREFERENCES_SCHEMA column order
     inputs: dict[str, int]  # view -> version read
     params: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)  # "recipe", "checks"
 
 
 def run_recipe(store, recipe: Recipe, params: dict[str, Any] | None = None,
@@ -182,14 +184,17 @@ def run_recipe(store, recipe: Recipe, params: dict[str, Any] | None = None,
         if "generations" not in session.versions:
             raise InputError(f"store {store.root} has no generations table")
         restrict_runs(session, store, runs)
+        start = time.perf_counter()
         raw = _execute(session, recipe, values)
+        ran = time.perf_counter()
         table = complete_and_check(session, recipe, raw)
+        seconds = {"recipe": ran - start, "checks": time.perf_counter() - ran}
         inputs = session.inputs_for(recipe.sql)
         inputs["generations"] = session.versions["generations"]
     finally:
         if own:
             session.con.close()
-    return RecipeOutput(table, inputs, values)
+    return RecipeOutput(table, inputs, values, seconds)
 
 
 def _execute(session, recipe: Recipe, values: dict[str, Any]) -> pa.Table:
