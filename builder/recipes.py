@@ -109,7 +109,7 @@ def _literal(text: str) -> Any:
 
 
 def _strip_comments_and_strings(sql: str) -> str:
-    return re.sub(r"--[^\n]*|'(?:[^']|'')*'", " ", sql)
+    return re.sub(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'", " ", sql, flags=re.S)
 
 
 # ------------------------------------------------------------- parameters
@@ -189,7 +189,8 @@ def run_recipe(store, recipe: Recipe, params: dict[str, Any] | None = None,
         ran = time.perf_counter()
         table = complete_and_check(session, recipe, raw)
         seconds = {"recipe": ran - start, "checks": time.perf_counter() - ran}
-        inputs = session.inputs_for(recipe.sql)
+        # (comments left out: a recipe that merely mentions a table did not read it)
+        inputs = session.inputs_for(_strip_comments_and_strings(recipe.sql))
         inputs["generations"] = session.versions["generations"]
     finally:
         if own:

@@ -151,3 +151,9 @@ def test_cli_recipes_lists_builtins_and_parameters(store):
     assert result.output.splitlines()[:2] == [
         "parameter,default,required,description",
         "cer_threshold,0.02,False,keep a pair only if chosen CER < this (NeMo docs use 0.01)"]
+
+
+def test_a_set_named_like_a_word_in_the_recipe_is_not_an_input(store):
+    build_set(store, "pareto", "pareto")  # the recipe's comments say "pareto"
+    build_set(store, "pareto", "pareto", {"cer_threshold": 0.008})
+    assert store.lineage("pareto", 2)["inputs"] == {"generations": 1}
