@@ -255,13 +255,21 @@ def complete_and_check(session, recipe: Recipe, raw: pa.Table) -> pa.Table:
     if PAIR.position not in names:
         # The recipe's row order is the shuffle (it should ORDER BY for determinism).
         raw = raw.append_column(PAIR.position, pa.array(range(raw.num_rows), pa.int64()))
-    session.con.register("__recipe_rows", raw)
-    completed = session.con.sql(_completion_sql(raw.column_names)).to_arrow_table()
-    session.con.register("__set_rows", completed)
-    _check_invariants(session, recipe, raw.column_names)
-    for view in ("__recipe_rows", "__set_rows"):
-        session.con.unregister(view)
-    return completed.select(ALLOWED).cast(PREFERENCES_SCHEMA)
+    import duckdb
+
+    try:
+        session.con.register("__recipe_rows", raw)
+        completed = session.con.sql(_completion_sql(raw.column_names)).to_arrow_table()
+        session.con.register("__set_rows", completed)
+        _check_invariants(session, recipe, raw.column_names)
+        for view in ("__recipe_rows", "__set_rows"):
+            session.con.unregister(view)
+        return completed.select(ALLOWED).cast(PREFERENCES_SCHEMA)
+    except (duckdb.Error, pa.ArrowException) as exc:
+        # e.g. a text column where a number belongs: name what the contract says
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RecipeError(f"recipe {recipe.name} returned columns of the wrong type for a "
+                          f"preference set ({first})") from None
 
 
 def _completion_sql(names: list[str]) -> str:
@@ -296,7 +304,7 @@ def _completion_sql(names: list[str]) -> str:
 
 def _invariants(names: list[str]) -> list[tuple[str, str]]:
     """(what is wrong, SQL condition over __set_rows) for every per-row invariant."""
-    required = " OR ".join(f'"{c}" IS NULL' for c in PAIR_REQUIRED)
+    required = " OR ".join(f'"{c}" IS NULL' for c in (*PAIR_REQUIRED, PAIR.position))
     checks = [
         ("have NULL in a required column", required),
         ("name a chosen_id that is not in generations", "NOT __chosen_found"),

@@ -124,3 +124,10 @@ def test_runs_restrict_what_the_recipe_sees(store, tmp_path):
     assert only.num_rows == 2
     with pytest.raises(InputError, match=r"^no run nope in generations@2 \(runs: other, r\)$"):
         recipes.run_recipe(store, recipe, runs=["nope"])
+
+
+def test_columns_of_the_wrong_type_are_refused(store, tmp_path):
+    recipe = recipe_file(tmp_path, GOOD.replace("1.0 AS chosen_reward", "'one' AS chosen_reward"))
+    with pytest.raises(RecipeError, match=r"^recipe bad.sql returned columns of the wrong type for a "
+                                          r"preference set \("):
+        recipes.run_recipe(store, recipe)
