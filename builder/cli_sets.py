@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from builder.cli import cli, emit, format_option, get_store, lineage_for, render_table
+from builder.cli import cli, emit, format_option, get_store, lineage_for
 from builder.errors import InputError
 
 BUILD_COLUMNS = ["set", "version", "recipe", "pairs", "train", "val", "groups", "prompts",
@@ -143,33 +143,7 @@ def diff(ctx: click.Context, a: str, b: str, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(_nan_to_none(result), indent=2, default=str))
         return
-    click.echo(render_diff(result), nl=False)
-
-
-def render_diff(result: dict[str, Any]) -> str:
-    a, b = result["a"], result["b"]
-    lines = [f"{a['ref']} -> {b['ref']} ({result['kind']})"]
-    if result["kind"] == "set":
-        changes = result["changes"]
-        lines.append("changes:" + ("" if changes else " none"))
-        lines += [f"  {k}: {_short(v[0])} -> {_short(v[1])}" for k, v in changes.items()]
-        p = result["pairs"]
-        lines.append(f"pairs: {p['added']} added, {p['removed']} removed, {p['kept']} kept "
-                     f"({p['changed_split']} changed split)")
-        table = render_table(result["by_split"], ["split", "record_type", "added", "removed", "kept"])
-    else:
-        r = result["rows"]
-        lines.append(f"rows ({result['method']}): {r['added']} added, {r['removed']} removed, "
-                     f"{r['kept']} kept, {r['updated']} updated")
-        table = render_table(result["by_run"], ["run", "added", "removed", "kept", "updated"])
-    metrics = render_table(result["metrics"], ["metric", "a_mean", "b_mean", "mean_shift",
-                                               "a_median", "b_median"])
-    return "\n".join(lines) + "\n\n" + table + "\n" + metrics
-
-
-def _short(value: Any) -> str:
-    text = str(value)
-    return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
+    click.echo(d.render_text(result), nl=False)
 
 
 def _nan_to_none(obj: Any) -> Any:

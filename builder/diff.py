@@ -185,3 +185,33 @@ def _counts_by_join(con) -> list[dict[str, Any]]:
                                 AND b.{GEN.generation_id} IS NOT NULL AND ({changed})) AS updated
         FROM a FULL JOIN b USING ({GEN.generation_id})
         GROUP BY ALL ORDER BY run""")
+
+
+# ------------------------------------------------------------------ text
+def render_text(result: dict[str, Any]) -> str:
+    """The diff as `ttspo diff` prints it: a summary, then tables."""
+    from builder.cli import render_table
+
+    a, b = result["a"], result["b"]
+    lines = [f"{a['ref']} -> {b['ref']} ({result['kind']})"]
+    if result["kind"] == "set":
+        changes = result["changes"]
+        lines.append("changes:" + ("" if changes else " none"))
+        lines += [f"  {k}: {_short(v[0])} -> {_short(v[1])}" for k, v in changes.items()]
+        p = result["pairs"]
+        lines.append(f"pairs: {p['added']} added, {p['removed']} removed, {p['kept']} kept "
+                     f"({p['changed_split']} changed split)")
+        table = render_table(result["by_split"], ["split", "record_type", "added", "removed", "kept"])
+    else:
+        r = result["rows"]
+        lines.append(f"rows ({result['method']}): {r['added']} added, {r['removed']} removed, "
+                     f"{r['kept']} kept, {r['updated']} updated")
+        table = render_table(result["by_run"], ["run", "added", "removed", "kept", "updated"])
+    metrics = render_table(result["metrics"], ["metric", "a_mean", "b_mean", "mean_shift",
+                                               "a_median", "b_median"])
+    return "\n".join(lines) + "\n\n" + table + "\n" + metrics
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
