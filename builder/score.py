@@ -370,4 +370,9 @@ if __name__ == "__main__":  # pragma: no cover
     # Run the imported module's main, so pickled objects name builder.score, not __main__.
     from builder.score import main as _main
 
-    sys.exit(_main())
+    code = _main()
+    # The work is committed and reported: skip the second-long interpreter teardown
+    # (torch, Lance, gloo) that every rank would otherwise pay at exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
