@@ -34,11 +34,30 @@ class Session:
 
     con: duckdb.DuckDBPyConnection
     versions: dict[str, int] = field(default_factory=dict)  # view name -> Lance version
+    sources: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # view -> (raw, columns)
 
     def inputs_for(self, sql: str) -> dict[str, int]:
-        """Versions of the views a query mentions: the lineage of its result."""
+        """Versions of the views a query mentions (outside comments): its lineage."""
+        code = strip_comments(sql)
         return {name: v for name, v in self.versions.items()
-                if re.search(rf'(?<![\w@]){re.escape(name)}(?![\w@])', sql)}
+                if re.search(rf'(?<![\w@]){re.escape(name)}(?![\w@])', code)}
+
+    def restrict(self, view: str, where: str) -> None:
+        """Redefine VIEW to show only the rows matching the SQL condition WHERE."""
+        raw, cols = self.sources[view]
+        self._define(view, raw, cols, where)
+
+    def _define(self, view: str, raw: str, cols: list[str], where: str | None = None) -> None:
+        listed = ", ".join(f'"{c}"' for c in cols)
+        condition = f" WHERE {where}" if where else ""
+        self.con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT {listed} FROM "{raw}"{condition}')
+        self.sources[view] = (raw, cols)
+
+
+def strip_comments(sql: str) -> str:
+    """SQL without -- and /* */ comments (string literals are left alone)."""
+    return re.sub(r"('(?:[^']|'')*')|--[^\n]*|/\*.*?\*/", lambda m: m.group(1) or " ", sql,
+                  flags=re.S)
 
 
 def view_columns(schema: pa.Schema) -> list[str]:
@@ -71,8 +90,7 @@ def open_session(store: Store, refs: Iterable[str] = (), tables: Iterable[str] |
 def _register(session: Session, view: str, ds) -> None:
     raw = "__lance_" + re.sub(r"\W", "_", view)
     session.con.register(raw, ds)
-    cols = ", ".join(f'"{c}"' for c in view_columns(ds.schema))
-    session.con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT {cols} FROM "{raw}"')
+    session._define(view, raw, view_columns(ds.schema))
     session.versions[view] = ds.version
 
 

@@ -190,7 +190,7 @@ def run_recipe(store, recipe: Recipe, params: dict[str, Any] | None = None,
         table = complete_and_check(session, recipe, raw)
         seconds = {"recipe": ran - start, "checks": time.perf_counter() - ran}
         # (comments left out: a recipe that merely mentions a table did not read it)
-        inputs = session.inputs_for(_strip_comments_and_strings(recipe.sql))
+        inputs = session.inputs_for(recipe.sql)
         inputs["generations"] = session.versions["generations"]
     finally:
         if own:
@@ -214,19 +214,14 @@ def restrict_runs(session, store, runs: Sequence[str]) -> None:
     """Make the `generations` view show only RUNS (all runs if empty)."""
     if not runs:
         return
-    from builder.query import view_columns
 
     known = {r for (r,) in session.con.sql(f'SELECT DISTINCT "{GEN.run}" FROM generations').fetchall()}
     missing = sorted(set(runs) - known)
     if missing:
         raise InputError(f"no run {', '.join(missing)} in generations@{session.versions['generations']} "
                          f"(runs: {', '.join(sorted(known))})")
-    # The view over the raw Lance scan is named as query._register names it.
-    cols = ", ".join(f'"{c}"' for c in view_columns(store.open("generations",
-                                                               session.versions["generations"]).schema))
     listed = ", ".join("'" + r.replace("'", "''") + "'" for r in sorted(set(runs)))
-    session.con.execute(f'CREATE OR REPLACE VIEW generations AS SELECT {cols} '
-                        f'FROM "__lance_generations" WHERE "{GEN.run}" IN ({listed})')
+    session.restrict("generations", f'"{GEN.run}" IN ({listed})')
 
 
 # ---------------------------------------------------------------- checking
