@@ -197,6 +197,17 @@ STEPS: list[tuple[str, Callable[[Demo], None]]] = [
 ]
 
 
+def _later_steps() -> None:
+    """Steps of later capabilities, defined in their own module (demo_sets.py)."""
+    from builder import demo_sets
+
+    STEPS.extend([("score", demo_sets.step_score), ("build", demo_sets.step_build),
+                  ("rebuild", demo_sets.step_rebuild)])
+
+
+_later_steps()
+
+
 # ----------------------------------------------------------------- running
 def run_demo(store_dir: str | Path = DEFAULT_STORE, echo: Callable[[str], None] = print,
              steps: list[tuple[str, Callable[[Demo], None]]] | None = None) -> Demo:

@@ -15,6 +15,7 @@ import builder
 from builder import demo as demo_api
 from builder.cli import cli
 from builder.errors import InputError
+from builder import query
 from builder.store import Store
 from trainer import codec as C
 
@@ -135,8 +136,9 @@ def test_demo_runs_each_step_and_says_what_it_did(demo_run):
     store, result = demo_run
     assert result.exit_code == 0, result.output
     out = result.output
-    for n, name in enumerate(["corpus", "prompts", "ingest", "summaries"], start=1):
-        assert re.search(rf"^== {n}/4 {name}: ", out, re.M), name
+    names = ["corpus", "prompts", "ingest", "summaries", "score", "build", "rebuild"]
+    for n, name in enumerate(names, start=1):
+        assert re.search(rf"^== {n}/{len(names)} {name}: ", out, re.M), name
     work = store.absolute() / "demo"
     assert f"copied the bundled corpus" in out and str(work) in out
     assert (f"  $ ttspo --store {store.absolute()} ingest nemo {work / 'generations'} "
@@ -183,13 +185,48 @@ def test_demo_summaries_print_tables(demo_run):
 def test_demo_again_on_the_same_store_writes_nothing(demo_run):
     store, first = demo_run
     assert first.exit_code == 0, first.output
-    versions = {t: Store(store).version(t) for t in ("prompts", "generations")}
+    versions = {t: Store(store).version(t) for t in ("prompts", "generations", "demo-pareto")}
     again = CliRunner().invoke(cli, ["demo", "--store", str(store)])
     assert again.exit_code == 0, again.output
     assert "-> no new version (all present)\n" in again.output
     assert ("nothing to ingest: the 120 generations of run base are already in "
-            "generations@1\n") in again.output
+            "generations@2\n") in again.output
+    assert "already scored by an earlier demo run in generations@2; nothing written" in again.output
+    assert "demo-pareto is already built and tagged v1 (version 1); nothing written" in again.output
+    assert "demo-pareto@2 was rebuilt by an earlier demo run; nothing written" in again.output
     assert {t: Store(store).version(t) for t in versions} == versions
+
+
+def test_demo_scores_builds_exports_tags_and_diffs(demo_run):
+    store, result = demo_run
+    out = result.output
+    st = Store(store)
+    # score: one new generations version, written by real pocketsphinx/resemblyzer/PESQ
+    assert "scored 12 generation(s) of generations@1 -> version 2 (1 process(es))" in out
+    assert st.lineage("generations", 2)["command"] == "score"
+    rescored, _ = query.run(st, """
+        SELECT count(*) AS n, count(*) FILTER (WHERE a.cer = b.cer) AS same_cer,
+               count(*) FILTER (WHERE b.pesq IS NOT NULL) AS with_pesq,
+               count(*) FILTER (WHERE b.cer_source LIKE 'pocketsphinx%') AS by_sphinx
+        FROM "generations@1" a JOIN generations b USING (generation_id)
+        WHERE b.group_index < 2""")
+    # the corpus JSON came from the same models: rescoring reproduces its CER
+    assert rescored.to_pylist() == [{"n": 12, "same_cer": 12, "with_pesq": 6, "by_sphinx": 12}]
+    # build, tag, rebuild: two versions of the set, the first tagged v1
+    assert st.tags("demo-pareto") == {"v1": 1}
+    assert [v["rows"] for v in st.versions("demo-pareto")] == [5, 8]
+    assert st.lineage("demo-pareto", 1)["inputs"]["generations"] == 2
+    # export: NeMo manifests, pairs of lines with chosen reward 1 and rejected < 1
+    lines = []
+    for split in ("train", "val"):
+        path = store.absolute() / "demo" / "nemo_manifests" / f"dpo_{split}_manifest.json"
+        lines += [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 10
+    assert all(c["reward"] == 1 and r["reward"] < 1 and c["text"] == r["text"]
+               for c, r in zip(lines[::2], lines[1::2]))
+    # diff: the parameter change and the pairs it added
+    assert "param cer_threshold: 0.3 -> 0.5" in out
+    assert "pairs: 3 added, 0 removed, 5 kept (0 changed split)" in out
 
 
 def test_demo_refuses_a_store_path_that_is_a_file(tmp_path):
