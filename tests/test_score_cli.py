@@ -278,3 +278,18 @@ def test_in_process_scoring_restores_the_callers_torch_threads(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_scores_land_on_the_right_rows_after_deletes_and_compaction(tmp_path):
+    """Row ids are stable ids, not positions: the write joins on them."""
+    store = Store(tmp_path)
+    write_generations(store, [generation(0, "clean"), generation(1, "truncated")])
+    write_generations(store, [generation(2, "other", blob=True), generation(3, "clean")])
+    store.open("generations").delete("generation_id = 'r1:1'")
+    store.open("generations").optimize.compact_files()
+    assert len(store.open("generations").get_fragments()) == 1
+    score(store, ScoreOptions(metrics=("cer",)))
+    m = metrics_by_id(store)
+    assert sorted(m) == ["r1:0", "r1:2", "r1:3"]
+    assert m["r1:0"][GEN.pred_transcript] == m["r1:3"][GEN.pred_transcript]  # both clean
+    assert m["r1:2"][GEN.cer] > m["r1:0"][GEN.cer]  # the other voice
