@@ -15,6 +15,17 @@ from builder.scoring.audio import read_audio, read_audio_bytes, resample
 from test_scoring_helpers import CONTEXT, TEXT, fixture
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """As scoring ranks run the offline models (builder.scoring.dist.share_cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def asr():
     return load_asr("pocketsphinx")
