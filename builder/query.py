@@ -81,10 +81,18 @@ def open_session(store: Store, refs: Iterable[str] = (), tables: Iterable[str] |
     for ref in refs:
         table, version = parse_ref(ref)
         _register(session, ref, store.open(table, version))
+    con.execute(macros_sql())  # normal_cdf, zscore, nemo_rejected_reward ...
     # From here on nothing can touch the file system, and nothing can undo that.
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return session
+
+
+def macros_sql() -> str:
+    """The SQL macros every session defines (sql/macros.sql)."""
+    from importlib.resources import files
+
+    return files("sql").joinpath("macros.sql").read_text(encoding="utf-8")
 
 
 def _register(session: Session, view: str, ds) -> None:

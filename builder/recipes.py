@@ -69,9 +69,13 @@ class Recipe:
 
 
 # ---------------------------------------------------------------- loading
+NOT_RECIPES = ("macros.sql",)  # shared macros every session defines (builder.query)
+
+
 def builtin_names() -> list[str]:
     folder = importlib.resources.files("sql")
-    return sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".sql"))
+    return sorted(p.name[:-4] for p in folder.iterdir()
+                  if p.name.endswith(".sql") and p.name not in NOT_RECIPES)
 
 
 def load_recipe(ref: str | Path) -> Recipe:

@@ -87,34 +87,12 @@ stats AS (
            sqrt(list_sum(list_transform(sl, lambda x: (x - sim_mean) * (x - sim_mean))) / len(sl)) AS sim_std
     FROM means
 ),
-zscores AS (
-    SELECT p.*,
-           CASE WHEN s.cer_std > 0 THEN (p.cer_delta - s.cer_mean) / s.cer_std ELSE 0 END AS cer_z,
-           CASE WHEN s.sim_std > 0 THEN (p.sim_delta - s.sim_mean) / s.sim_std ELSE 0 END AS sim_z
-    FROM pairs p, stats s
-),
-phi_args AS (
-    -- Phi(v) = erfc(-v / sqrt 2) / 2. With u = |v| / sqrt 2 and t = 1 / (1 + u / 2),
-    -- erfcc(u) = t * exp(-u^2 + poly(t)); Phi(v) = erfcc / 2 if v <= 0, else 1 - erfcc / 2
-    SELECT z.*,
-           list_transform([cer_z, sim_z],
-                          lambda v: {'v': v, 't': 1 / (1 + abs(v) / (2 * sqrt(2)))}) AS args
-    FROM zscores z
-),
-phi_erfc AS (
-    SELECT a.* EXCLUDE (args),
-           list_transform(args, lambda a: {'v': a.v, 'y': a.t * exp(-a.v * a.v / 2 - 1.26551223
-               + a.t * (1.00002368 + a.t * (0.37409196 + a.t * (0.09678418 + a.t * (-0.18628806
-               + a.t * (0.27886807 + a.t * (-1.13520398 + a.t * (1.48851587 + a.t * (-0.82215223
-               + a.t * 0.17087277)))))))))}) AS erfcs
-    FROM phi_args a
-),
 rewarded AS (
-    -- rejected reward = 1 - (Phi(z_cer) + Phi(z_sim)), in (-1, 1)
-    SELECT e.* EXCLUDE (erfcs),
-           1.0::DOUBLE - list_sum(list_transform(erfcs, lambda e:
-               CASE WHEN e.v <= 0 THEN 0.5 * e.y ELSE 1 - 0.5 * e.y END)) AS rejected_reward
-    FROM phi_erfc e
+    -- z over all kept pairs; rejected reward = 1 - (Phi(z_cer) + Phi(z_sim)) (sql/macros.sql)
+    SELECT p.*,
+           nemo_rejected_reward(zscore(p.cer_delta, s.cer_mean, s.cer_std),
+                                zscore(p.sim_delta, s.sim_mean, s.sim_std)) AS rejected_reward
+    FROM pairs p, stats s
 ),
 shuffled AS (
     SELECT r.*,

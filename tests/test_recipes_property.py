@@ -19,6 +19,7 @@ import duckdb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from builder import query
 from builder import recipes
 from test_build_helpers import gen_table
 
@@ -102,6 +103,7 @@ def run_sql(table, p):
     con = duckdb.connect()
     try:
         con.register("generations", table)
+        con.execute(query.macros_sql())  # what every store session defines
         return con.sql(PARETO.sql, params=p).to_arrow_table().to_pylist()
     finally:
         con.close()

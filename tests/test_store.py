@@ -151,3 +151,15 @@ def test_queries_cannot_touch_files_or_write(store, sql, message, tmp_path):
     with pytest.raises(QueryError, match=message.replace("(", "\\(").replace(")", "\\)")):
         query.run(store, sql)
     assert store.versions("generations")[-1]["version"] == 1
+
+
+def test_sessions_define_the_recipe_macros(store):
+    import math
+
+    zs = [-3.0, -1.0, 0.0, 0.5, 1.96]
+    sql = "select " + ", ".join(f"normal_cdf({z}) as c{i}" for i, z in enumerate(zs))
+    row = query.run(store, sql)[0].to_pylist()[0]
+    for i, z in enumerate(zs):
+        assert abs(row[f"c{i}"] - 0.5 * (1 + math.erf(z / math.sqrt(2)))) < 1e-7
+    reward = query.run(store, "select nemo_rejected_reward(zscore(1, 1, 0), 0) as r")[0]
+    assert reward.to_pylist() == [{"r": 0.0}]  # std 0 gives z 0: 1 - (0.5 + 0.5)
