@@ -293,3 +293,21 @@ def test_scores_land_on_the_right_rows_after_deletes_and_compaction(tmp_path):
     assert sorted(m) == ["r1:0", "r1:2", "r1:3"]
     assert m["r1:0"][GEN.pred_transcript] == m["r1:3"][GEN.pred_transcript]  # both clean
     assert m["r1:2"][GEN.cer] > m["r1:0"][GEN.cer]  # the other voice
+
+
+def test_shards_balance_audio_not_row_counts(tmp_path):
+    from builder.scoring.plan import make_plan
+
+    store = Store(tmp_path)
+    # Long and short rows alternate: dealing every other row would give one rank
+    # all the long ones.
+    durations = [10.0, 1.0] * 4
+    write_generations(store, [generation(i, "clean", duration=d)
+                              for i, d in enumerate(durations)])
+    plan = make_plan(store, ScoreOptions())
+    shards = [plan.shard(r, 2) for r in range(2)]
+    loads = [sum(s[GEN.duration].to_pylist()) for s in shards]
+    assert loads == [22.0, 22.0]
+    ids = sorted(i for s in shards for i in s[GEN.generation_id].to_pylist())
+    assert ids == sorted(f"r1:{i}" for i in range(8))  # every row once
+    assert plan.shard(0, 1)[GEN.generation_id].to_pylist() == [f"r1:{i}" for i in range(8)]

@@ -49,7 +49,10 @@ ROWID = "_rowid"
 FRAGMENT = "_fragment"
 REFERENCE = "_reference_audio_filepath"  # prompts.reference_audio_filepath, joined
 BLOB_SIZE = "_audio_blob_size"
-INPUT_COLUMNS = (GEN.generation_id, GEN.text, GEN.audio_filepath, GEN.context_audio_filepath)
+WEIGHT = "_weight"  # estimated audio seconds, to balance shards
+INPUT_COLUMNS = (GEN.generation_id, GEN.text, GEN.audio_filepath, GEN.context_audio_filepath,
+                 GEN.duration)
+BYTES_PER_SECOND = 2 * 16000  # 16-bit mono at 16 kHz: a size-based duration estimate
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,22 @@ class Plan:
     inputs: dict[str, int] = field(default_factory=dict)  # table versions read (lineage)
 
     def shard(self, rank: int, world: int) -> pa.Table:
-        """Rows rank takes: every world-th row, so long and short audio spread evenly."""
-        return self.rows.take(pa.array(range(rank, self.rows.num_rows, world), pa.int64()))
+        """The rows RANK scores: shards of about equal audio, not of equal row counts.
+
+        Rows sorted longest first are dealt in snake order (0,1,..,w-1,w-1,..,1,0,..):
+        cost is per second of audio, and generations run from 1 s to 19 s, so
+        equal row counts can leave one rank with much more work. Every rank
+        computes the same deal from the same plan. A shard keeps table order.
+        """
+        import numpy as np
+
+        weight = np.asarray(self.rows[WEIGHT].to_numpy(zero_copy_only=False), dtype=np.float64)
+        order = np.lexsort((np.arange(len(weight)), -weight))  # longest first, stable
+        pos = np.arange(len(order))
+        block, offset = pos // world, pos % world
+        owner = np.where(block % 2 == 0, offset, world - 1 - offset)
+        mine = np.sort(order[owner == rank])
+        return self.rows.take(pa.array(mine, pa.int64()))
 
 
 def make_plan(store: Store, options: ScoreOptions) -> Plan:
@@ -114,7 +131,7 @@ def make_plan(store: Store, options: ScoreOptions) -> Plan:
     any_need = functools.reduce(pc.or_, needs.values())
     for g, mask in needs.items():
         table = table.append_column(f"_needs_{g}", mask)
-    rows = table.filter(any_need)
+    rows = _add_weights(table.filter(any_need))
     wanted = [g for g in groups if pc.any(rows[f"_needs_{g}"]).as_py()]
     write_columns = [c for g in wanted for c in GROUPS[g]]
     return Plan(version, rows, wanted, write_columns, inputs)
@@ -128,6 +145,24 @@ def _flatten_blob(table: pa.Table) -> pa.Table:
     fragment = pc.shift_right(table["_rowaddr"], 32)
     table = table.drop_columns([GEN.audio, "_rowaddr"])
     return table.append_column(BLOB_SIZE, sizes).append_column(FRAGMENT, fragment)
+
+
+def _add_weights(rows: pa.Table) -> pa.Table:
+    """Estimated seconds of each row's audio: its duration, else its size."""
+    import os
+
+    weights = []
+    for duration, size, path in zip(rows[GEN.duration].to_pylist(), rows[BLOB_SIZE].to_pylist(),
+                                    rows[GEN.audio_filepath].to_pylist()):
+        if duration is None:
+            if not size and path:
+                try:
+                    size = os.path.getsize(path)
+                except OSError:
+                    size = 0  # unreadable: reported when scored
+            duration = (size or 0) / BYTES_PER_SECOND
+        weights.append(float(duration))
+    return rows.append_column(WEIGHT, pa.array(weights, pa.float64()))
 
 
 def _needs(table: pa.Table, group: str, rescore: bool) -> pa.ChunkedArray | pa.Array:
