@@ -206,6 +206,7 @@ def test_unreadable_audio_fails_listing_it_and_writes_nothing(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--metrics", "cer,mos"], "Error: --metrics: unknown metric 'mos' "
                                "(choose from cer,wer,ssim,pesq,squim)\n"),
+    (["--metrics", ","], "Error: --metrics: name at least one of cer,wer,ssim,pesq,squim\n"),
     (["--asr", "nemo:/no/model.nemo"], "Error: --asr nemo:/no/model.nemo: file not found\n"),
     (["--sv", "nemo:/no/titanet.nemo"], "Error: --sv nemo:/no/titanet.nemo: file not found\n"),
     (["--metrics", "squim"], "Error: --metrics squim needs --squim PATH (SQUIM objective "

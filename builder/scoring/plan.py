@@ -73,9 +73,11 @@ class ScoreOptions:
 
     def check(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
-        if unknown or not self.metrics:
+        if unknown:
             raise InputError(f"--metrics: unknown metric '{','.join(unknown)}' "
                              f"(choose from {','.join(METRICS)})")
+        if not self.metrics:
+            raise InputError(f"--metrics: name at least one of {','.join(METRICS)}")
         try:
             check_normalizer(self.normalizer)
         except ValueError as exc:
