@@ -87,7 +87,7 @@ class WhisperASR:
     """Whisper through transformers, from a local directory only."""
 
     def __init__(self, path: Path, option: str, spec: str) -> None:
-        require_module(option, spec, "transformers", "'transformers' package")
+        require_module(option, spec, "transformers", "'whisper' extra: pip install 'ttspo[whisper]'")
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         try:
@@ -143,6 +143,6 @@ def check_asr(spec: str, option: str = "--asr") -> None:
         require_module(option, spec, "nemo", "'nemo' extra: pip install 'ttspo[nemo]'")
     elif name == "whisper":
         require_dir(option, spec, arg, "Whisper model directory")
-        require_module(option, spec, "transformers", "'transformers' package")
+        require_module(option, spec, "transformers", "'whisper' extra: pip install 'ttspo[whisper]'")
     else:
         raise unknown(option, spec, ASR_BACKENDS)
