@@ -20,7 +20,6 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any
 
 NEMO_FILE = re.compile(r"^predicted_audioRank(\d+)_(\d+)(\.wav|_codes\.pt|_metrics\.json)$")
 KINDS = {".wav": 0, "_codes.pt": 1, "_metrics.json": 2}  # column in the layout table
@@ -36,14 +35,19 @@ def nemo_name(rank: int, index: int, kind: int) -> str:
     return f"predicted_audioRank{rank}_{index}{SUFFIXES[kind]}"
 
 
-def read_file_bytes(path: str) -> bytes:
-    """The whole file; os-level calls because this runs 300k times per 100k items."""
+def open_for_reading(path: str) -> int:
+    """An OS file descriptor; BadFile('missing' / 'unreadable (...)') otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        return os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         raise BadFile("missing") from None
     except OSError as exc:
         raise BadFile(f"unreadable ({exc.strerror})") from None
+
+
+def read_file_bytes(path: str) -> bytes:
+    """The whole file; os-level calls because this runs 300k times per 100k items."""
+    fd = open_for_reading(path)
     try:
         chunks = []
         while True:  # a short read is the end of a regular file
@@ -106,12 +110,7 @@ def wav_info(path: str, data: bytes | None = None) -> WavInfo:
     if data is not None:
         info = wav_info_bytes(data, len(data))
     else:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise BadFile("missing") from None
-        except OSError as exc:
-            raise BadFile(f"unreadable ({exc.strerror})") from None
+        fd = open_for_reading(path)
         try:
             info = wav_info_bytes(os.read(fd, 512), os.fstat(fd).st_size)
             if info == "need-more":  # big chunks before 'data': read a larger header zone

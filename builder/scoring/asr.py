@@ -18,7 +18,7 @@ import numpy as np
 
 from builder.errors import ModelError
 from builder.scoring.audio import MODEL_SR, resample
-from builder.scoring.backends import (require_dir, require_file, require_module, split_spec,
+from builder.scoring.backends import (restore_nemo, require_dir, require_file, require_module, split_spec,
                                       unknown)
 
 ASR_BACKENDS = ("pocketsphinx", "nemo:PATH.nemo", "whisper:DIR")
@@ -59,14 +59,7 @@ class NemoASR:
     """A NeMo ASR model restored from a local .nemo file (no from_pretrained)."""
 
     def __init__(self, path: Path, option: str, spec: str) -> None:
-        require_module(option, spec, "nemo", "'nemo' extra: pip install 'ttspo[nemo]'")
-        from nemo.collections.asr.models import ASRModel
-
-        try:
-            self.model = ASRModel.restore_from(str(path), map_location="cpu")
-        except Exception as exc:  # NeMo raises many types for a bad archive
-            raise ModelError(f"{option} {spec}: cannot restore NeMo ASR model ({exc})") from None
-        self.model.eval()
+        self.model = restore_nemo("ASRModel", path, option, spec, "ASR")
         self.name = f"nemo:{path.name}"
 
     def transcribe(self, audio: np.ndarray, sr: int) -> str:

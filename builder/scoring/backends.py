@@ -23,23 +23,36 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 def require_file(option: str, spec: str, arg: str | None, what: str) -> Path:
     """The existing model file ARG, or a ModelError naming OPTION."""
-    if not arg:
-        raise ModelError(f"{option} {spec}: give the {what} as {spec.split(':')[0]}:PATH "
-                         "(models are never downloaded)")
-    path = Path(os.path.expanduser(arg))
-    if not path.is_file():
-        raise ModelError(f"{option} {spec}: file not found")
-    return path
+    return _require_path(option, spec, arg, what, "PATH", "file", Path.is_file)
 
 
 def require_dir(option: str, spec: str, arg: str | None, what: str) -> Path:
+    """The existing model directory ARG, or a ModelError naming OPTION."""
+    return _require_path(option, spec, arg, what, "DIR", "directory", Path.is_dir)
+
+
+def _require_path(option, spec, arg, what, placeholder, noun, exists) -> Path:
     if not arg:
-        raise ModelError(f"{option} {spec}: give the {what} as {spec.split(':')[0]}:DIR "
+        raise ModelError(f"{option} {spec}: give the {what} as {spec.split(':')[0]}:{placeholder} "
                          "(models are never downloaded)")
     path = Path(os.path.expanduser(arg))
-    if not path.is_dir():
-        raise ModelError(f"{option} {spec}: directory not found")
+    if not exists(path):
+        raise ModelError(f"{option} {spec}: {noun} not found")
     return path
+
+
+def restore_nemo(class_name: str, path: Path, option: str, spec: str, what: str):
+    """A NeMo model of nemo.collections.asr.models.CLASS_NAME from a local .nemo file,
+    in eval mode on the CPU (restore_from: never from_pretrained, nothing downloads)."""
+    require_module(option, spec, "nemo", "'nemo' extra: pip install 'ttspo[nemo]'")
+    from nemo.collections.asr import models
+
+    try:
+        model = getattr(models, class_name).restore_from(str(path), map_location="cpu")
+    except Exception as exc:  # NeMo raises many types for a bad archive
+        raise ModelError(f"{option} {spec}: cannot restore NeMo {what} model ({exc})") from None
+    model.eval()
+    return model
 
 
 def require_module(option: str, spec: str, module: str, extra: str) -> None:

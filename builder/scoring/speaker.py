@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from builder.errors import ModelError
 from builder.scoring.audio import MODEL_SR, resample
-from builder.scoring.backends import require_file, require_module, split_spec, unknown
+from builder.scoring.backends import restore_nemo, require_file, require_module, split_spec, unknown
 
 SPEAKER_BACKENDS = ("resemblyzer", "resemblyzer:PATH.pt", "nemo:PATH.nemo")
 
@@ -103,14 +102,7 @@ class NemoSV:
     """A NeMo EncDecSpeakerLabelModel (TitaNet) from a local .nemo file."""
 
     def __init__(self, path: Path, option: str, spec: str) -> None:
-        require_module(option, spec, "nemo", "'nemo' extra: pip install 'ttspo[nemo]'")
-        from nemo.collections.asr.models import EncDecSpeakerLabelModel
-
-        try:
-            self.model = EncDecSpeakerLabelModel.restore_from(str(path), map_location="cpu")
-        except Exception as exc:  # NeMo raises many types for a bad archive
-            raise ModelError(f"{option} {spec}: cannot restore NeMo speaker model ({exc})") from None
-        self.model.eval()
+        self.model = restore_nemo("EncDecSpeakerLabelModel", path, option, spec, "speaker")
         self.name = f"nemo:{path.name}"
 
     def embed(self, audio: np.ndarray, sr: int) -> np.ndarray:
