@@ -140,7 +140,7 @@ def test_demo_runs_each_step_and_says_what_it_did(demo_run):
     for n, name in enumerate(names, start=1):
         assert re.search(rf"^== {n}/{len(names)} {name}: ", out, re.M), name
     work = store.absolute() / "demo"
-    assert f"copied the bundled corpus" in out and str(work) in out
+    assert "copied the bundled corpus" in out and str(work) in out
     assert (f"  $ ttspo --store {store.absolute()} ingest nemo {work / 'generations'} "
             f"--manifest {work / 'pairs.json'} --run base --group-size 6\n") in out
     assert ("ingested 120 generations (20 groups) of run base into generations@1: audio path, "
