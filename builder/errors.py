@@ -13,11 +13,15 @@ class InputError(TtspoError):
     """Bad input files or records. `problems` lists (file_or_record, reason)."""
 
     def __init__(self, message: str, problems: list[tuple[str, str]] | None = None):
+        self.message = message
         self.problems = problems or []
         if self.problems:
             lines = [message] + [f"  {where}: {why}" for where, why in self.problems]
             message = "\n".join(lines)
         super().__init__(message)
+
+    def __reduce__(self):  # raised in a reader process, re-raised whole in the caller
+        return (type(self), (self.message, self.problems))
 
 
 class QueryError(TtspoError):

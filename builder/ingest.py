@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -83,8 +83,12 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
     _, estimate = nemo.file_digest(man_label, man_label)
     with Readers(_workers(workers, estimate)) as readers, SpillDir() as spill, \
             store.lock(f"ingest run {run}"):
-        man = nemo.read_manifest(man_label, man_label)  # the readers boot meanwhile
-        layout = nemo.scan(gen_label, gen_label)
+        # A reader parses the manifest while this process scans the folder.
+        parsing = readers.submit(nemo.read_manifest, man_label, man_label)
+        try:
+            layout = nemo.scan(gen_label, gen_label)
+        finally:
+            man = parsing.result()  # a bad manifest is reported first, scan or not
         where, ranks = nemo.place(layout, man.lines, man_label, gen_label)
         starts = nemo.group_starts(man, group_size, man_label)
         before = store.version(GENERATIONS)
@@ -193,6 +197,17 @@ class Readers:
             for _ in range(self.workers):
                 self.pool.submit(warm_up)
         return self
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        """fn(*args) in a reader process (here, at once, without a pool)."""
+        if self.pool is not None:
+            return self.pool.submit(fn, *args)
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller by .result()
+            done.set_exception(exc)
+        return done
 
     def map(self, fn: Callable, tasks: Iterable[Any]) -> Iterator[Any]:
         """fn over tasks, results in order; at most 2 tasks per process in flight."""

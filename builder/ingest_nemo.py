@@ -26,9 +26,9 @@ from builder.ingest_rows import RowBuffer, prompt_fields
 from builder.schemas import GEN
 
 NEMO_SOURCE = "nemo-metrics-json"
-# Matched over a whole folder listing joined by newlines: a literal start keeps the
-# regex engine on its fast path (one call per folder, not per name).
-NEMO_FILES = re.compile(r"\npredicted_audioRank(\d+)_(\d+)(\.wav|_codes\.pt|_metrics\.json)(?=\n)")
+# Matched over a chunk of a folder listing joined by newlines, one name per line
+# (one regex call per chunk, not per name; anchored lines are its fastest form).
+NEMO_FILES = re.compile(r"^predicted_audioRank(\d+)_(\d+)(\.wav|_codes\.pt|_metrics\.json)$", re.M)
 SCAN_CHUNK = 1 << 15  # names matched per regex call
 MAX_LISTED = 10  # mapping problems listed (the rest counted): a wrong manifest is one fault
 
@@ -76,7 +76,7 @@ def scan(gen_dir: str, label: str) -> Layout:
 
 def _match_names(names: list[str], d: int) -> np.ndarray:
     """[rank, index, kind, d] for each NeMo file name among names."""
-    found = NEMO_FILES.findall("\n" + "\n".join(names) + "\n")  # [(rank, index, suffix)]
+    found = NEMO_FILES.findall("\n".join(names))  # [(rank, index, suffix)]
     flat = list(chain.from_iterable(found))
     table = np.empty((len(found), 4), dtype=np.int64)
     table[:, 0] = np.fromiter(map(int, flat[0::3]), np.int64, len(found))

@@ -12,6 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from builder.cli import cli
+from builder.errors import InputError
+from builder.ingest import ingest_nemo
 from builder.store import Store
 from nemo_layout import make_nemo_run, write_wav
 
@@ -327,4 +329,23 @@ def test_missing_gen_dir_or_manifest(demo, tmp_path):
     result = ingest(demo, "--run", " ")
     assert (result.exit_code, result.stderr) == (
         1, "Error: ' ' is not a usable run name (use --run NAME)\n")
+    assert tree(demo.store) == demo.before
+
+
+def test_bad_manifest_read_by_a_reader_process_reports_the_same(demo):
+    # With reader processes the manifest is parsed in one of them (beside the
+    # folder scan): its error must come back whole, every problem listed.
+    raw = demo.manifest.read_bytes().splitlines(keepends=True)
+    raw[4] = b'{"text": "cut off", "record_type": \n'
+    raw[8] = b'{"record_type": "regular"}\n'
+    demo.manifest.write_bytes(b"".join(raw))
+    demo.path(0, 0).unlink()  # a missing file too: the manifest's problems come first
+    errors = []
+    for workers in (1, 2):
+        with pytest.raises(InputError) as caught:
+            ingest_nemo(Store(demo.store), demo.gen_dir, demo.manifest, workers=workers)
+        errors.append((str(caught.value), caught.value.problems))
+    assert errors[0] == errors[1]
+    assert errors[1][1] == [(f"{demo.manifest} line 5", "truncated JSON (ends at line 1 column 35)"),
+                            (f"{demo.manifest} line 9", "no 'text' field")]
     assert tree(demo.store) == demo.before
