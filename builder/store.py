@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from datetime import timezone
@@ -190,6 +191,47 @@ class Store:
             transaction_properties=commit_properties(lineage),
         )
         return ds.version
+
+    # ------------------------------------------ write now, commit later
+    def write_pending(self, table: str, data: pa.RecordBatchReader, schema: pa.Schema) -> list:
+        """Write DATA's files into TABLE without committing: no version sees them.
+
+        Lets a command write while it is still checking its input (ingest reads
+        and writes at once), then :meth:`commit_pending` (one commit) or
+        :meth:`discard_pending` (nothing left behind). Returns Lance fragments.
+        """
+        from lance.fragment import write_fragments
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        return write_fragments(data, str(self.path(table)), schema,
+                               mode="append" if self.exists(table) else "create",
+                               enable_stable_row_ids=True, data_storage_version=STORAGE_VERSION)
+
+    def commit_pending(self, table: str, fragments: list, schema: pa.Schema,
+                       lineage: dict[str, Any]) -> int:
+        """ONE commit appending FRAGMENTS (from write_pending) to TABLE, creating
+        it if needed. Appends commute: another command's commit meanwhile is fine."""
+        if not self.exists(table):
+            with self.lock(f"create {table}"):  # as in write(): one creator only
+                if not self.exists(table):
+                    tx = lance.Transaction(read_version=0,
+                                           operation=lance.LanceOperation.Overwrite(schema, fragments),
+                                           transaction_properties=commit_properties(lineage))
+                    return lance.LanceDataset.commit(str(self.path(table)), tx,
+                                                     enable_stable_row_ids=True).version
+        return self.commit(table, lance.LanceOperation.Append(fragments), self.version(table), lineage)
+
+    def discard_pending(self, table: str, fragments: list) -> None:
+        """Delete the files of uncommitted FRAGMENTS (and the table folder, if
+        they were all it held): a failed command leaves the store as it was."""
+        folder = self.path(table)
+        for fragment in fragments:
+            for data_file in fragment.files:
+                (folder / "data" / data_file.path).unlink(missing_ok=True)
+        if not self.exists(table) and folder.is_dir():
+            leftovers = [p for p in folder.rglob("*") if p.is_file()]
+            if not leftovers:
+                shutil.rmtree(folder, ignore_errors=True)
 
     @contextmanager
     def lock(self, what: str) -> Iterator[None]:

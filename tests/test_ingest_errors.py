@@ -349,3 +349,14 @@ def test_bad_manifest_read_by_a_reader_process_reports_the_same(demo):
     assert errors[1][1] == [(f"{demo.manifest} line 5", "truncated JSON (ends at line 1 column 35)"),
                             (f"{demo.manifest} line 9", "no 'text' field")]
     assert tree(demo.store) == demo.before
+
+
+def test_a_failed_first_ingest_leaves_no_table_behind(tmp_path):
+    # The good rows' data files are written while reading: a failure must delete them.
+    run = make_nemo_run(tmp_path, n_prompts=3, group_size=4, ranks=2)
+    run.metrics(7).write_text("{not json")
+    store = tmp_path / "fresh"
+    with pytest.raises(InputError, match="1 bad file"):
+        ingest_nemo(Store(store), run.gen_dir, run.manifest, workers=1, batch_rows=2)
+    assert not (store / "generations.lance").exists()
+    assert Store(store).tables() == []
