@@ -264,30 +264,25 @@ def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo
     result = IngestResult(run, present=present, version=before)
     prepared = time.perf_counter()
     arrived = Arrivals(results, todo, run, progress)
-    # Data files are written as the chunks arrive (no version sees them yet), so the
-    # writing overlaps the reading instead of following it.
-    pending = store.write_pending(GENERATIONS, arrived.batches(spill), GENERATIONS_SCHEMA)
-    try:
+    with store.pending_append(GENERATIONS, GENERATIONS_SCHEMA) as pending:
+        # Data files are written as the chunks arrive (no version sees them yet),
+        # so the writing overlaps the reading instead of following it.
+        pending.write(arrived.batches(spill))
         arrived.raise_failure()
         result.problems = [(f, why) for _, f, why in arrived.problems]
-        if arrived.problems and on_error == "fail":
+        if arrived.problems and on_error == "fail":  # (leaving the block deletes the files)
             raise InputError(f"cannot ingest run {run}: {len(arrived.problems)} bad {unit}(s); "
                              "nothing was written", result.problems)
-    except BaseException:
-        store.discard_pending(GENERATIONS, pending)
-        raise
-    read = time.perf_counter()
-    result.seconds = {"prepare": prepared - started, "read": read - prepared}
-    result.skipped = len({p[0] for p in arrived.problems})
-    lineage = dict(lineage)
-    lineage["inputs"] = {**lineage.get("inputs", {}),
-                         **({GENERATIONS: before} if before is not None else {})}
-    lineage.update(ingested=arrived.rows, skipped=result.skipped, already_present=present)
-    if arrived.rows:
-        result.version = store.commit_pending(GENERATIONS, pending, GENERATIONS_SCHEMA, lineage)
-        result.ingested, result.groups = arrived.rows, len(arrived.groups)
-    else:
-        store.discard_pending(GENERATIONS, pending)
+        read = time.perf_counter()
+        result.seconds = {"prepare": prepared - started, "read": read - prepared}
+        result.skipped = len({p[0] for p in arrived.problems})
+        lineage = dict(lineage)
+        lineage["inputs"] = {**lineage.get("inputs", {}),
+                             **({GENERATIONS: before} if before is not None else {})}
+        lineage.update(ingested=arrived.rows, skipped=result.skipped, already_present=present)
+        if arrived.rows:
+            result.version = pending.commit(lineage)
+            result.ingested, result.groups = arrived.rows, len(arrived.groups)
     if result.problems:
         result.errors_version, result.errors_logged = _write_errors(
             store, run, result.problems, lineage)

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -193,45 +193,24 @@ class Store:
         return ds.version
 
     # ------------------------------------------ write now, commit later
-    def write_pending(self, table: str, data: pa.RecordBatchReader, schema: pa.Schema) -> list:
-        """Write DATA's files into TABLE without committing: no version sees them.
+    @contextmanager
+    def pending_append(self, table: str, schema: pa.Schema) -> Iterator["PendingAppend"]:
+        """Write data files into TABLE now, commit them (one commit) later.
 
-        Lets a command write while it is still checking its input (ingest reads
-        and writes at once), then :meth:`commit_pending` (one commit) or
-        :meth:`discard_pending` (nothing left behind). Returns Lance fragments.
+        For a command that writes while it is still checking its input (ingest
+        reads and writes at once). Nothing is visible until ``commit``; if the
+        block raises, or ends without a commit, the files written are deleted.
+        Creating TABLE holds its creation lock for the whole block (as write()
+        does for its commit): a second creator waits, then appends.
         """
-        from lance.fragment import write_fragments
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        return write_fragments(data, str(self.path(table)), schema,
-                               mode="append" if self.exists(table) else "create",
-                               enable_stable_row_ids=True, data_storage_version=STORAGE_VERSION)
-
-    def commit_pending(self, table: str, fragments: list, schema: pa.Schema,
-                       lineage: dict[str, Any]) -> int:
-        """ONE commit appending FRAGMENTS (from write_pending) to TABLE, creating
-        it if needed. Appends commute: another command's commit meanwhile is fine."""
-        if not self.exists(table):
-            with self.lock(f"create {table}"):  # as in write(): one creator only
-                if not self.exists(table):
-                    tx = lance.Transaction(read_version=0,
-                                           operation=lance.LanceOperation.Overwrite(schema, fragments),
-                                           transaction_properties=commit_properties(lineage))
-                    return lance.LanceDataset.commit(str(self.path(table)), tx,
-                                                     enable_stable_row_ids=True).version
-        return self.commit(table, lance.LanceOperation.Append(fragments), self.version(table), lineage)
-
-    def discard_pending(self, table: str, fragments: list) -> None:
-        """Delete the files of uncommitted FRAGMENTS (and the table folder, if
-        they were all it held): a failed command leaves the store as it was."""
-        folder = self.path(table)
-        for fragment in fragments:
-            for data_file in fragment.files:
-                (folder / "data" / data_file.path).unlink(missing_ok=True)
-        if not self.exists(table) and folder.is_dir():
-            leftovers = [p for p in folder.rglob("*") if p.is_file()]
-            if not leftovers:
-                shutil.rmtree(folder, ignore_errors=True)
+        creating = not self.exists(table)
+        with self.lock(f"create {table}") if creating else nullcontext():
+            pending = PendingAppend(self, table, schema, creating and not self.exists(table))
+            try:
+                yield pending
+            finally:
+                if pending.version is None:
+                    pending.discard()
 
     @contextmanager
     def lock(self, what: str) -> Iterator[None]:
@@ -285,3 +264,43 @@ class Store:
         tx = lance.Transaction(read_version=read_version, operation=operation,
                                transaction_properties=commit_properties(lineage))
         return lance.LanceDataset.commit(str(self.path(table)), tx).version
+
+
+class PendingAppend:
+    """Data files written into a table but not committed (see Store.pending_append)."""
+
+    def __init__(self, store: Store, table: str, schema: pa.Schema, creating: bool):
+        self.store, self.table, self.schema, self.creating = store, table, schema, creating
+        self.uri = str(store.path(table))
+        self.fragments: list = []
+        self.version: int | None = None
+
+    def write(self, data: pa.RecordBatchReader) -> None:
+        from lance.fragment import write_fragments
+
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        self.fragments += write_fragments(
+            data, self.uri, self.schema, mode="create" if self.creating else "append",
+            enable_stable_row_ids=True, data_storage_version=STORAGE_VERSION)
+
+    def commit(self, lineage: dict[str, Any]) -> int:
+        """ONE commit adding the fragments written (appends commute with others')."""
+        if self.creating:
+            tx = lance.Transaction(read_version=0,
+                                   operation=lance.LanceOperation.Overwrite(self.schema, self.fragments),
+                                   transaction_properties=commit_properties(lineage))
+            self.version = lance.LanceDataset.commit(self.uri, tx, enable_stable_row_ids=True).version
+        else:
+            self.version = self.store.commit(self.table, lance.LanceOperation.Append(self.fragments),
+                                             self.store.version(self.table), lineage)
+        return self.version
+
+    def discard(self) -> None:
+        """Delete the files written (and the table folder, if it was being created)."""
+        folder = Path(self.uri)
+        for fragment in self.fragments:
+            for data_file in fragment.files:
+                (folder / "data" / data_file.path).unlink(missing_ok=True)
+        self.fragments = []
+        if self.creating and not self.store.exists(self.table):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -163,3 +163,42 @@ def test_sessions_define_the_recipe_macros(store):
         assert abs(row[f"c{i}"] - 0.5 * (1 + math.erf(z / math.sqrt(2)))) < 1e-7
     reward = query.run(store, "select nemo_rejected_reward(zscore(1, 1, 0), 0) as r")[0]
     assert abs(reward.to_pylist()[0]["r"]) < 1e-7  # std 0 gives z 0: 1 - (0.5 + 0.5)
+
+
+def data_files(store: Store, table: str) -> list[str]:
+    folder = store.path(table) / "data"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_pending_append_is_invisible_until_its_one_commit(tmp_path):
+    store = Store(tmp_path / "st")
+    with store.pending_append("generations", GENERATIONS_SCHEMA) as pending:
+        pending.write(pa.RecordBatchReader.from_batches(GENERATIONS_SCHEMA, gen_rows(3).to_batches()))
+        assert not store.exists("generations")  # files written, no version yet
+        assert data_files(store, "generations")
+        version = pending.commit(make_lineage("test", {"n": 3}))
+    assert (version, store.open("generations").count_rows()) == (1, 3)
+    with store.pending_append("generations", GENERATIONS_SCHEMA) as pending:
+        pending.write(pa.RecordBatchReader.from_batches(GENERATIONS_SCHEMA, gen_rows(2, run="s").to_batches()))
+        assert store.open("generations").count_rows() == 3
+        pending.commit(make_lineage("test", {"n": 2}))
+    ds = store.open("generations")
+    assert (ds.version, ds.count_rows()) == (2, 5)
+    assert store.lineage("generations", 2)["args"] == {"n": 2}
+    assert sorted(ds.to_table(columns=[], with_row_id=True).column("_rowid").to_pylist()) == list(range(5))
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["appending", "creating"])
+def test_pending_append_left_by_an_error_leaves_no_file(tmp_path, existing):
+    store = Store(tmp_path / "st")
+    if existing:
+        store.write("generations", gen_rows(3), GENERATIONS_SCHEMA, make_lineage("test", {}))
+    before = data_files(store, "generations")
+    with pytest.raises(RuntimeError, match="bad input"):
+        with store.pending_append("generations", GENERATIONS_SCHEMA) as pending:
+            pending.write(pa.RecordBatchReader.from_batches(GENERATIONS_SCHEMA, gen_rows(2, run="s").to_batches()))
+            assert data_files(store, "generations") != before
+            raise RuntimeError("bad input")
+    assert data_files(store, "generations") == before
+    assert store.path("generations").exists() == existing
+    assert store.version("generations") == (1 if existing else None)
