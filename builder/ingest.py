@@ -7,14 +7,12 @@ Python API behind ``ttspo ingest nemo`` and ``ttspo ingest jsonl``::
 
 How a run lands, and why:
 
-- Reader processes read and check the files chunk by chunk and spill each
-  chunk's good rows to a temporary Arrow file; this process streams those into
-  new Lance data files as they come. Memory is bounded by a batch, not by the
-  corpus, and the writing overlaps the reading.
-- Data files are not a version: only when the whole input is good (or
-  ``on_error="skip"``) are they committed, in ONE Lance commit. An error deletes
-  them; a crash or a SIGKILL before the commit leaves the store at its previous
-  version (with unreferenced files no version reads).
+- Everything is read and checked first; checked batches are spilled to
+  temporary Arrow files meanwhile (by the reader processes themselves), so
+  memory is bounded by a batch, not by the corpus.
+- Only when the whole input is good (or ``on_error="skip"``) are the spilled
+  batches streamed into ONE Lance commit. An error, a crash or a SIGKILL before that
+  leaves the store exactly as it was.
 - Generation ids are ``run:line``: rows already in the store are skipped, so
   re-ingesting changes nothing and an interrupted run can simply be rerun.
 - Different runs ingested at the same time both land: Lance appends commute.
@@ -230,23 +228,26 @@ class Readers:
 
 
 class SpillDir:
-    """Checked batches wait here, one Arrow stream file per chunk, until written.
+    """Checked batches wait here, one Arrow stream file per batch, until the commit.
 
     A temporary folder (TMPDIR), removed on exit: a failed ingest leaves nothing.
     """
 
     def __init__(self):
         self.dir = ""
+        self.files: list[str] = []
 
     def __enter__(self) -> "SpillDir":
         self.dir = tempfile.mkdtemp(prefix="ttspo-ingest-")
         return self
 
-    @staticmethod
-    def take(path: str) -> Iterator[pa.RecordBatch]:
-        """The batches spilled to PATH."""
-        with pa.OSFile(path, "rb") as source:
-            yield from pa.ipc.open_stream(source)
+    def reader(self, schema: pa.Schema) -> pa.RecordBatchReader:
+        """All spilled batches in order, read one at a time."""
+        def batches() -> Iterator[pa.RecordBatch]:
+            for path in self.files:
+                with pa.OSFile(path, "rb") as source:
+                    yield from pa.ipc.open_stream(source)
+        return pa.RecordBatchReader.from_batches(schema, batches())
 
     def __exit__(self, *exc: Any) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -255,76 +256,47 @@ class SpillDir:
 def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo: int,
          present: int, before: int | None, on_error: str, lineage: dict, progress: bool,
          unit: str, started: float) -> IngestResult:
-    """Write the good rows while the reading goes on, then commit them (one commit)
-    if the input was good (or on_error="skip") and, in skip mode, the rejects (one
-    commit to ingest_errors). A failed ingest deletes the files it wrote.
+    """Collect every chunk's outcome, then commit the good rows (one commit) and, in
+    skip mode, the rejects (one commit to ingest_errors).
 
     results: (spill file or None, rows, group indexes, [(line, file, reason)]) per chunk.
     """
+    from tqdm import tqdm
+
     result = IngestResult(run, present=present, version=before)
+    problems: list[tuple[int, str, str]] = []
+    groups: set[int] = set()
+    rows = 0
     prepared = time.perf_counter()
-    arrived = Arrivals(results, todo, run, progress)
-    with store.pending_append(GENERATIONS, GENERATIONS_SCHEMA) as pending:
-        # Data files are written as the chunks arrive (no version sees them yet),
-        # so the writing overlaps the reading instead of following it.
-        pending.write(arrived.batches(spill))
-        arrived.raise_failure()
-        result.problems = [(f, why) for _, f, why in arrived.problems]
-        if arrived.problems and on_error == "fail":  # (leaving the block deletes the files)
-            raise InputError(f"cannot ingest run {run}: {len(arrived.problems)} bad {unit}(s); "
-                             "nothing was written", result.problems)
-        read = time.perf_counter()
-        result.seconds = {"prepare": prepared - started, "read": read - prepared}
-        result.skipped = len({p[0] for p in arrived.problems})
-        lineage = dict(lineage)
-        lineage["inputs"] = {**lineage.get("inputs", {}),
-                             **({GENERATIONS: before} if before is not None else {})}
-        lineage.update(ingested=arrived.rows, skipped=result.skipped, already_present=present)
-        if arrived.rows:
-            result.version = pending.commit(lineage)
-            result.ingested, result.groups = arrived.rows, len(arrived.groups)
+    with tqdm(total=todo, unit="gen", desc=f"ingest {run}", leave=False,
+              disable=None if progress else True) as bar:
+        for path, n, chunk_groups, bad in results:
+            problems.extend(bad)
+            if path is not None:
+                spill.files.append(path)
+                rows += n
+                groups.update(chunk_groups)
+            bar.update(n + len({p[0] for p in bad}))
+    result.problems = [(f, why) for _, f, why in problems]
+    read = time.perf_counter()
+    result.seconds = {"prepare": prepared - started, "read": read - prepared}
+    if problems and on_error == "fail":
+        raise InputError(f"cannot ingest run {run}: {len(problems)} bad {unit}(s); "
+                         "nothing was written", result.problems)
+    result.skipped = len({p[0] for p in problems})
+    lineage = dict(lineage)
+    lineage["inputs"] = {**lineage.get("inputs", {}),
+                         **({GENERATIONS: before} if before is not None else {})}
+    lineage.update(ingested=rows, skipped=result.skipped, already_present=present)
+    if rows:
+        reader = spill.reader(GENERATIONS_SCHEMA)
+        result.version = store.write(GENERATIONS, reader, GENERATIONS_SCHEMA, lineage)
+        result.ingested, result.groups = rows, len(groups)
     if result.problems:
         result.errors_version, result.errors_logged = _write_errors(
             store, run, result.problems, lineage)
     result.seconds["commit"] = time.perf_counter() - read
     return result
-
-
-class Arrivals:
-    """The chunks' outcomes as they come: good rows as one stream of record batches
-    (for the writer), problems, counts, progress. A failure while reading (a reader
-    process that died, a bug) ends the stream and is re-raised by raise_failure():
-    it must not reach the writer, which would turn it into a write error."""
-
-    def __init__(self, results: Iterable[tuple], todo: int, run: str, progress: bool):
-        self.results, self.todo, self.run, self.progress = results, todo, run, progress
-        self.problems: list[tuple[int, str, str]] = []
-        self.groups: set[int] = set()
-        self.rows = 0
-        self.failure: BaseException | None = None
-
-    def batches(self, spill: SpillDir) -> pa.RecordBatchReader:
-        return pa.RecordBatchReader.from_batches(GENERATIONS_SCHEMA, self._batches(spill))
-
-    def _batches(self, spill: SpillDir) -> Iterator[pa.RecordBatch]:
-        from tqdm import tqdm
-
-        with tqdm(total=self.todo, unit="gen", desc=f"ingest {self.run}", leave=False,
-                  disable=None if self.progress else True) as bar:
-            try:
-                for path, n, chunk_groups, bad in self.results:
-                    self.problems.extend(bad)
-                    if path is not None:
-                        self.rows += n
-                        self.groups.update(chunk_groups)
-                        yield from spill.take(path)
-                    bar.update(n + len({p[0] for p in bad}))
-            except BaseException as exc:  # noqa: BLE001 - re-raised by raise_failure
-                self.failure = exc
-
-    def raise_failure(self) -> None:
-        if self.failure is not None:
-            raise self.failure
 
 
 def _write_errors(store: Store, run: str, problems: list[tuple[str, str]],

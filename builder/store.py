@@ -16,9 +16,8 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -192,26 +191,6 @@ class Store:
         )
         return ds.version
 
-    # ------------------------------------------ write now, commit later
-    @contextmanager
-    def pending_append(self, table: str, schema: pa.Schema) -> Iterator["PendingAppend"]:
-        """Write data files into TABLE now, commit them (one commit) later.
-
-        For a command that writes while it is still checking its input (ingest
-        reads and writes at once). Nothing is visible until ``commit``; if the
-        block raises, or ends without a commit, the files written are deleted.
-        Creating TABLE holds its creation lock for the whole block (as write()
-        does for its commit): a second creator waits, then appends.
-        """
-        creating = not self.exists(table)
-        with self.lock(f"create {table}") if creating else nullcontext():
-            pending = PendingAppend(self, table, schema, creating and not self.exists(table))
-            try:
-                yield pending
-            finally:
-                if pending.version is None:
-                    pending.discard()
-
     @contextmanager
     def lock(self, what: str) -> Iterator[None]:
         """An exclusive lock among this host's processes on (this store, what).
@@ -264,43 +243,3 @@ class Store:
         tx = lance.Transaction(read_version=read_version, operation=operation,
                                transaction_properties=commit_properties(lineage))
         return lance.LanceDataset.commit(str(self.path(table)), tx).version
-
-
-class PendingAppend:
-    """Data files written into a table but not committed (see Store.pending_append)."""
-
-    def __init__(self, store: Store, table: str, schema: pa.Schema, creating: bool):
-        self.store, self.table, self.schema, self.creating = store, table, schema, creating
-        self.uri = str(store.path(table))
-        self.fragments: list = []
-        self.version: int | None = None
-
-    def write(self, data: pa.RecordBatchReader) -> None:
-        from lance.fragment import write_fragments
-
-        self.store.root.mkdir(parents=True, exist_ok=True)
-        self.fragments += write_fragments(
-            data, self.uri, self.schema, mode="create" if self.creating else "append",
-            enable_stable_row_ids=True, data_storage_version=STORAGE_VERSION)
-
-    def commit(self, lineage: dict[str, Any]) -> int:
-        """ONE commit adding the fragments written (appends commute with others')."""
-        if self.creating:
-            tx = lance.Transaction(read_version=0,
-                                   operation=lance.LanceOperation.Overwrite(self.schema, self.fragments),
-                                   transaction_properties=commit_properties(lineage))
-            self.version = lance.LanceDataset.commit(self.uri, tx, enable_stable_row_ids=True).version
-        else:
-            self.version = self.store.commit(self.table, lance.LanceOperation.Append(self.fragments),
-                                             self.store.version(self.table), lineage)
-        return self.version
-
-    def discard(self) -> None:
-        """Delete the files written (and the table folder, if it was being created)."""
-        folder = Path(self.uri)
-        for fragment in self.fragments:
-            for data_file in fragment.files:
-                (folder / "data" / data_file.path).unlink(missing_ok=True)
-        self.fragments = []
-        if self.creating and not self.store.exists(self.table):
-            shutil.rmtree(folder, ignore_errors=True)

@@ -352,7 +352,6 @@ def test_bad_manifest_read_by_a_reader_process_reports_the_same(demo):
 
 
 def test_a_failed_first_ingest_leaves_no_table_behind(tmp_path):
-    # The good rows' data files are written while reading: a failure must delete them.
     run = make_nemo_run(tmp_path, n_prompts=3, group_size=4, ranks=2)
     run.metrics(7).write_text("{not json")
     store = tmp_path / "fresh"
