@@ -8,20 +8,16 @@
 -- groups with an invalid, missing or non-finite metric are skipped; a pair is kept
 -- if chosen CER < cer_threshold, both durations lie in [min_duration, max_duration],
 -- and the rejected is strictly worse (higher CER, or equal CER and lower SSIM).
--- Rejected reward = 1 - (Phi(z(cer_delta)) + Phi(z(sim_delta))), z over kept pairs.
+-- Rejected reward = 1 - (Phi(z(cer_delta)) + Phi(z(sim_delta))), z over kept pairs;
+-- rewards, split and shuffle: nemo_rewards_and_split (sql/macros.sql).
 --
 -- param cer_threshold = 0.02  keep a pair only if chosen CER < this
 -- param min_duration = 1.5    both generations last at least this many seconds
 -- param max_duration = 19.0   and at most this many seconds
--- param val_size = 0          pairs in the validation split (the first of the shuffle)
+-- param val_size = 0          pairs in the validation split (at most; whole val_by units)
+-- param val_by = pair         what val draws whole: pair (NeMo), group or prompt (no leak)
 -- param seed = 0              shuffle seed
 WITH
-params AS (
-    SELECT
-        CASE WHEN $val_size >= 0 THEN $val_size::BIGINT
-             ELSE error('val_size must be >= 0, not ' || $val_size::VARCHAR) END AS val_size,
-        $seed::VARCHAR AS seed
-),
 usable_groups AS MATERIALIZED (
     -- gk, k: compact integer keys, used only to join (MATERIALIZED: computed once)
     SELECT group_id, row_number() OVER () AS gk
@@ -69,40 +65,13 @@ pairs AS (
       AND (r.cer > c.cer OR (r.cer = c.cer AND r.ssim < c.ssim))
       AND r.duration BETWEEN $min_duration AND $max_duration
 ),
-delta_lists AS (
-    -- sorted lists: a sum in a fixed order gives the same bits on every run,
-    -- whatever the thread scheduling
-    SELECT list(cer_delta ORDER BY cer_delta) AS cl,
-           list(sim_delta ORDER BY sim_delta) AS sl
-    FROM pairs
-),
-means AS (
-    SELECT cl, sl, list_sum(cl) / len(cl) AS cer_mean, list_sum(sl) / len(sl) AS sim_mean
-    FROM delta_lists
-),
-stats AS (
-    -- population standard deviations, as NeMo
-    SELECT cer_mean, sim_mean,
-           sqrt(list_sum(list_transform(cl, lambda x: (x - cer_mean) * (x - cer_mean))) / len(cl)) AS cer_std,
-           sqrt(list_sum(list_transform(sl, lambda x: (x - sim_mean) * (x - sim_mean))) / len(sl)) AS sim_std
-    FROM means
-),
-rewarded AS (
-    -- z over all kept pairs; rejected reward = 1 - (Phi(z_cer) + Phi(z_sim)) (sql/macros.sql)
-    SELECT p.*,
-           nemo_rejected_reward(zscore(p.cer_delta, s.cer_mean, s.cer_std),
-                                zscore(p.sim_delta, s.sim_mean, s.sim_std)) AS rejected_reward
-    FROM pairs p, stats s
-),
-shuffled AS (
-    SELECT r.*,
-           row_number() OVER (ORDER BY md5(params.seed || ':' || r.pair_id), r.pair_id) - 1 AS position
-    FROM rewarded r, params
+kept AS (
+    -- rewards (z over all kept pairs), split and shuffle: sql/macros.sql
+    SELECT * FROM nemo_rewards_and_split('pairs', $seed, $val_size, $val_by)
 )
 SELECT pair_id, prompt_id, group_id, run, record_type, chosen_id, rejected_id,
        1.0::DOUBLE AS chosen_reward, rejected_reward,
        chosen_cer, rejected_cer, chosen_ssim, rejected_ssim, cer_delta, sim_delta,
-       CASE WHEN position < params.val_size THEN 'val' ELSE 'train' END AS split,
-       position
-FROM shuffled, params
+       split, position
+FROM kept
 ORDER BY position

@@ -9,7 +9,8 @@
 --     shared by several pairs when num_chosen = 2);
 --   * a standard deviation of 0 gives z = 0 (NeMo divides by zero);
 --   * the shuffle is seeded (md5 of seed and pair id, independent of threads);
---   * val_size counts PAIRS, so a pair is never split across train and val.
+--   * val_size counts PAIRS, and val takes whole pairs, groups or prompts
+--     (val_by), so nothing is split across train and val.
 -- A group (group_id) is skipped if any of its rows is invalid (NeMo's <INVALID>),
 -- or has a CER or SSIM that is missing or not finite (NeMo would crash or emit NaN).
 -- Within a group, generations are ordered by (front, CER asc, SSIM desc, sample
@@ -17,26 +18,25 @@
 -- chosen x rejected combination, then NeMo's filters.
 --
 -- Rejected reward = 1 - (Phi(z(cer_delta)) + Phi(z(sim_delta))), z over all kept
--- pairs (population std; z = 0 if std = 0); Phi, zscore and the reward formula
--- are the macros of sql/macros.sql (Phi via erfcc, fractional error < 1.2e-7).
+-- pairs (population std; z = 0 if std = 0). Rewards, split and shuffle are the
+-- table macro nemo_rewards_and_split of sql/macros.sql (Phi via erfcc, fractional
+-- error < 1.2e-7).
 --
 -- param cer_threshold = 0.02  keep a pair only if chosen CER < this (NeMo docs use 0.01)
 -- param min_duration = 1.5    both generations last at least this many seconds
 -- param max_duration = 19.0   and at most this many seconds
 -- param num_chosen = 1        1: best vs worst; 2: best two x worst two (up to 4 pairs)
--- param val_size = 0          pairs in the validation split (the first of the shuffle)
+-- param val_size = 0          pairs in the validation split (at most; whole val_by units)
+-- param val_by = pair         what val draws whole: pair (NeMo), group or prompt (no leak)
 -- param seed = 0              shuffle seed
 WITH RECURSIVE
 params AS (
     SELECT
         CASE WHEN $num_chosen IN (1, 2) THEN $num_chosen::INTEGER
              ELSE error('num_chosen must be 1 or 2, not ' || $num_chosen::VARCHAR) END AS num_chosen,
-        CASE WHEN $val_size >= 0 THEN $val_size::BIGINT
-             ELSE error('val_size must be >= 0, not ' || $val_size::VARCHAR) END AS val_size,
         $cer_threshold::DOUBLE AS cer_threshold,
         $min_duration::DOUBLE AS min_duration,
-        $max_duration::DOUBLE AS max_duration,
-        $seed::VARCHAR AS seed
+        $max_duration::DOUBLE AS max_duration
 ),
 usable_groups AS MATERIALIZED (
     -- gk, k: compact integer keys, used only to join (MATERIALIZED: computed once)
@@ -113,40 +113,13 @@ pairs AS (
       AND r.cer >= c.cer AND r.ssim <= c.ssim
       AND r.duration BETWEEN $min_duration AND $max_duration
 ),
-delta_lists AS (
-    -- sorted lists: a sum in a fixed order gives the same bits on every run,
-    -- whatever the thread scheduling
-    SELECT list(cer_delta ORDER BY cer_delta) AS cl,
-           list(sim_delta ORDER BY sim_delta) AS sl
-    FROM pairs
-),
-means AS (
-    SELECT cl, sl, list_sum(cl) / len(cl) AS cer_mean, list_sum(sl) / len(sl) AS sim_mean
-    FROM delta_lists
-),
-stats AS (
-    -- population standard deviations, as NeMo
-    SELECT cer_mean, sim_mean,
-           sqrt(list_sum(list_transform(cl, lambda x: (x - cer_mean) * (x - cer_mean))) / len(cl)) AS cer_std,
-           sqrt(list_sum(list_transform(sl, lambda x: (x - sim_mean) * (x - sim_mean))) / len(sl)) AS sim_std
-    FROM means
-),
-rewarded AS (
-    -- z over all kept pairs; rejected reward = 1 - (Phi(z_cer) + Phi(z_sim)) (sql/macros.sql)
-    SELECT p.*,
-           nemo_rejected_reward(zscore(p.cer_delta, s.cer_mean, s.cer_std),
-                                zscore(p.sim_delta, s.sim_mean, s.sim_std)) AS rejected_reward
-    FROM pairs p, stats s
-),
-shuffled AS (
-    SELECT r.*,
-           row_number() OVER (ORDER BY md5(params.seed || ':' || r.pair_id), r.pair_id) - 1 AS position
-    FROM rewarded r, params
+kept AS (
+    -- rewards (z over all kept pairs), split and shuffle: sql/macros.sql
+    SELECT * FROM nemo_rewards_and_split('pairs', $seed, $val_size, $val_by)
 )
 SELECT pair_id, prompt_id, group_id, run, record_type, chosen_id, rejected_id,
        1.0::DOUBLE AS chosen_reward, rejected_reward,
        chosen_cer, rejected_cer, chosen_ssim, rejected_ssim, cer_delta, sim_delta,
-       CASE WHEN position < params.val_size THEN 'val' ELSE 'train' END AS split,
-       position
-FROM shuffled, params
+       split, position
+FROM kept
 ORDER BY position

@@ -30,7 +30,7 @@ def test_a_build_is_one_version_with_its_lineage(store):
     assert lineage["inputs"] == {"generations": 1}
     assert lineage["recipe"] == "pareto" and lineage["recipe_sha256"] == PARETO_SHA
     assert lineage["params"] == {"cer_threshold": 0.02, "max_duration": 19.0, "min_duration": 1.5,
-                                 "num_chosen": 1, "seed": 5, "val_size": 2}
+                                 "num_chosen": 1, "seed": 5, "val_by": "pair", "val_size": 2}
     assert lineage["seed"] == 5
     assert lineage["counts"] == {"pairs": 5, "train": 3, "val": 2, "groups": 5, "prompts": 5}
     record = open_set(store, "prefs@1").record
@@ -120,11 +120,13 @@ def test_cli_build_with_runs_and_a_user_recipe(store, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["build", "pareto", "--name", "p", "--param", "bogus=1"],
      "Error: recipe pareto has no parameter bogus (parameters: cer_threshold, max_duration, "
-     "min_duration, num_chosen, seed, val_size)\n"),
+     "min_duration, num_chosen, seed, val_by, val_size)\n"),
     (["build", "pareto", "--name", "p", "--param", "num_chosen=3"],
      "Error: recipe pareto: num_chosen must be 1 or 2, not 3\n"),
     (["build", "pareto", "--name", "p", "--param", "val_size=-1"],
      "Error: recipe pareto: val_size must be >= 0, not -1\n"),
+    (["build", "pareto", "--name", "p", "--param", "val_by=prompts"],
+     "Error: recipe pareto: val_by must be pair, group or prompt, not 'prompts'\n"),
     (["build", "pareto", "--name", "p", "--param", "seed"],
      "Error: --param 'seed' is not NAME=VALUE\n"),
     (["build", "paretto", "--name", "p"],

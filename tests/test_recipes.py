@@ -12,7 +12,7 @@ import pytest
 
 from builder import recipes
 from builder.errors import InputError, QueryError
-from test_build_helpers import BASIC, make_store
+from test_build_helpers import BASIC, add_run, make_store
 
 
 def run(tmp_path, groups, recipe="pareto", **params):
@@ -161,6 +161,51 @@ def test_val_size_larger_than_the_set_puts_everything_in_val(tmp_path):
     assert {r["split"] for r in run(tmp_path, BASIC, val_size=50)} == {"val"}
 
 
+def two_runs_of_the_same_prompts(tmp_path):
+    store = make_store(tmp_path / "store", BASIC)
+    add_run(store, BASIC, "s")  # prompts p0..p4 again: each prompt has 2 groups, 2 pairs
+    return store
+
+
+@pytest.mark.parametrize("val_size, val_pairs", [(4, 4), (3, 2), (1, 0), (10, 10)])
+def test_val_by_prompt_keeps_each_prompt_on_one_side(tmp_path, val_size, val_pairs):
+    store = two_runs_of_the_same_prompts(tmp_path)
+    rows = recipes.run_recipe(store, recipes.load_recipe("pareto"),
+                              {"val_size": val_size, "val_by": "prompt"}).table.to_pylist()
+    assert len(rows) == 10
+    val = {r["prompt_id"] for r in rows if r["split"] == "val"}
+    train = {r["prompt_id"] for r in rows if r["split"] == "train"}
+    assert not val & train
+    # whole prompts while they fit in val_size: val is a prefix of the positions
+    assert [r["split"] for r in rows] == ["val"] * val_pairs + ["train"] * (10 - val_pairs)
+    assert [r["position"] for r in rows] == list(range(10))
+
+
+def test_val_by_group_keeps_each_group_on_one_side(tmp_path):
+    store = make_store(tmp_path / "store", BASIC)
+    rows = recipes.run_recipe(store, recipes.load_recipe("pareto"),
+                              {"val_size": 5, "val_by": "group", "num_chosen": 2}).table.to_pylist()
+    sides = {}
+    for r in rows:
+        sides.setdefault(r["group_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in sides.values())
+    assert 0 < sum(r["split"] == "val" for r in rows) <= 5
+
+
+def test_val_by_pair_is_the_plain_shuffle(tmp_path):
+    store = two_runs_of_the_same_prompts(tmp_path)
+    recipe = recipes.load_recipe("pareto")
+    by_pair = recipes.run_recipe(store, recipe, {"val_size": 3, "val_by": "pair"}).table
+    default = recipes.run_recipe(store, recipe, {"val_size": 3}).table
+    assert by_pair.equals(default)
+    assert by_pair.column("split").to_pylist() == ["val"] * 3 + ["train"] * 7
+
+
+def test_val_by_must_name_a_unit(tmp_path):
+    with pytest.raises(QueryError, match="recipe pareto: val_by must be pair, group or prompt, not 'prompts'"):
+        run(tmp_path, BASIC, val_by="prompts")
+
+
 def test_the_shuffle_is_seeded(tmp_path):
     store = make_store(tmp_path / "s", BASIC)
     recipe = recipes.load_recipe("pareto")
@@ -194,7 +239,7 @@ def test_builtin_recipes_and_their_declared_parameters():
     pareto = recipes.load_recipe("pareto")
     assert {n: p.default for n, p in pareto.params.items()} == {
         "cer_threshold": 0.02, "min_duration": 1.5, "max_duration": 19.0,
-        "num_chosen": 1, "val_size": 0, "seed": 0}
+        "num_chosen": 1, "val_size": 0, "val_by": "pair", "seed": 0}
     assert pareto.source == "sql/pareto.sql"
     assert len(pareto.sha256) == 64
 

@@ -35,7 +35,7 @@ params = st.fixed_dictionaries({
     "cer_threshold": st.sampled_from([0.0, 2 / 64, 0.05, 5 / 64, 1.0]),
     "min_duration": st.just(1.5), "max_duration": st.just(19.0),
     "num_chosen": st.sampled_from([1, 2]),
-    "val_size": st.integers(0, 6), "seed": st.integers(0, 3),
+    "val_size": st.integers(0, 6), "val_by": st.just("pair"), "seed": st.integers(0, 3),
 })
 
 
