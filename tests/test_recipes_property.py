@@ -3,7 +3,8 @@
 The reference follows NeMo's create_preference_pairs.py step by step (peel
 Pareto fronts, sort, pick positions, filter, normalise, shuffle, split), with the
 fixes ttspo makes: strict dominance, per-pair deltas, z = 0 on a zero std, seeded
-md5 shuffle, val_size in pairs. The recipe runs in DuckDB over an Arrow table
+md5 shuffle, val_size in pairs drawn as whole val_by units (pair, group or
+prompt). The recipe runs in DuckDB over an Arrow table
 registered as `generations` (the same SQL text `ttspo build` runs).
 
 Metrics are multiples of 1/64 so that differences are exact: the test is about
@@ -14,13 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 
 import duckdb
+import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from builder import query
 from builder import recipes
+from builder.schemas import GENERATIONS_SCHEMA
 from test_build_helpers import gen_table
 
 GRID = [i / 64 for i in range(65)]
@@ -35,7 +39,8 @@ params = st.fixed_dictionaries({
     "cer_threshold": st.sampled_from([0.0, 2 / 64, 0.05, 5 / 64, 1.0]),
     "min_duration": st.just(1.5), "max_duration": st.just(19.0),
     "num_chosen": st.sampled_from([1, 2]),
-    "val_size": st.integers(0, 6), "val_by": st.just("pair"), "seed": st.integers(0, 3),
+    "val_size": st.integers(0, 6), "val_by": st.sampled_from(["pair", "group", "prompt"]),
+    "seed": st.integers(0, 3),
 })
 
 
@@ -75,6 +80,7 @@ def reference(table_rows, p):
                 if not all(p["min_duration"] <= x["duration"] <= p["max_duration"] for x in (c, r)):
                     continue
                 pairs.append({"pair_id": f"{c['generation_id']}>{r['generation_id']}",
+                              "group_id": c["group_id"], "prompt_id": c["prompt_id"],
                               "cer_delta": cd, "sim_delta": sd})
     z = {}
     for key in ("cer_delta", "sim_delta"):
@@ -88,10 +94,19 @@ def reference(table_rows, p):
             zz = (q[key] - mean) / std if std > 0 else 0.0
             total += 0.5 * (1 + math.erf(zz / math.sqrt(2)))
         q["rejected_reward"] = 1.0 - total
-    key = lambda q: (hashlib.md5(f"{p['seed']}:{q['pair_id']}".encode()).hexdigest(), q["pair_id"])  # noqa: E731
-    pairs.sort(key=key)
+    # val takes whole units (pairs, groups or prompts) in seeded order while their
+    # pairs add up to at most val_size; positions: units in that order, pairs within
+    # a unit in seeded order
+    unit = p["val_by"] + "_id"
+    md5 = lambda text: hashlib.md5(f"{p['seed']}:{text}".encode()).hexdigest()  # noqa: E731
+    pairs.sort(key=lambda q: (md5(q[unit]), q[unit], md5(q["pair_id"]), q["pair_id"]))
+    held = Counter(q[unit] for q in pairs)
+    drawn, through = 0, {}
+    for u in dict.fromkeys(q[unit] for q in pairs):
+        drawn += held[u]
+        through[u] = drawn
     for pos, q in enumerate(pairs):
-        q["position"], q["split"] = pos, ("val" if pos < p["val_size"] else "train")
+        q["position"], q["split"] = pos, ("val" if through[q[unit]] <= p["val_size"] else "train")
     return pairs
 
 
@@ -112,7 +127,12 @@ def run_sql(table, p):
 @settings(max_examples=100, deadline=None)
 @given(groups=groups, p=params)
 def test_pareto_sql_matches_the_python_reference(groups, p):
-    table = gen_table(groups)
+    # three prompts shared by the groups (as with several runs of one prompt list),
+    # so that val_by prompt draws units of several groups
+    rows = gen_table(groups).to_pylist()
+    for r in rows:
+        r["prompt_id"] = f"p{r['group_index'] % 3}"
+    table = pa.Table.from_pylist(rows, schema=GENERATIONS_SCHEMA)
     got = run_sql(table, p)
     want = reference(table.to_pylist(), p)
     assert [(r["pair_id"], r["position"], r["split"]) for r in got] == \
