@@ -111,3 +111,15 @@ def test_cli_diff_text_and_json(store):
     assert json.loads(result.output)["pairs"] == {"added": 0, "removed": 1, "kept": 4, "changed_split": 0}
     result = runner.invoke(cli, ["--store", str(store.root), "diff", "prefs@1", "prefs@9"])
     assert (result.exit_code, result.output) == (1, "Error: table 'prefs' has no version or tag '9'\n")
+
+
+def test_the_same_pairs_in_another_order_shift_by_exactly_zero(tmp_path):
+    # Sums of floats depend on their order; a different seed reorders the pairs.
+    groups = [[(0.0, 0.9 - g / 97), (0.1 + g / 89, 0.5), (0.3 + g / 83, 0.2 + g / 101)] for g in range(60)]
+    s = make_store(tmp_path / "store", groups)
+    build_set(s, "pareto", "prefs", {"seed": 1, "cer_threshold": 0.5})
+    build_set(s, "pareto", "prefs", {"seed": 2, "cer_threshold": 0.5})
+    d = diff(s, "prefs@1", "prefs@2")
+    assert d["pairs"] == {"added": 0, "removed": 0, "kept": 39, "changed_split": 0}
+    assert [(m["metric"], m["mean_shift"]) for m in d["metrics"]] == [
+        (m["metric"], 0.0) for m in d["metrics"]]
