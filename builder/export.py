@@ -145,9 +145,9 @@ def safe_name(generation_id: str) -> str:
 
 
 # ------------------------------------------------------------------- NeMo
-def nemo_record(gen: dict[str, Any], reward: float, pair_id: str,
-                deltas: tuple[float, float] | None = None) -> dict[str, Any]:
-    """One manifest line, keys in NeMo's order; unknown values left out."""
+def nemo_fields(gen: dict[str, Any]) -> dict[str, Any]:
+    """A generation's part of its manifest lines, keys in NeMo's order, unknown
+    values left out. Each pair adds reward (and deltas), pair_id, generation_id."""
     context = ({"context_text": gen[GEN.context_text]} if not gen[GEN.context_audio_filepath] else {
         "context_audio_filepath": gen[GEN.context_audio_filepath],
         "context_audio_duration": gen[GEN.context_audio_duration],
@@ -157,12 +157,8 @@ def nemo_record(gen: dict[str, Any], reward: float, pair_id: str,
         "audio_filepath": gen[GEN.audio_filepath], "target_audio_codes_path": gen[GEN.codes_path],
         "duration": gen[GEN.duration], "cer_gts": gen[GEN.cer], "wer_gts": gen[GEN.wer],
         "pred_context_similarity": gen[GEN.ssim], "pred_transcript": gen[GEN.pred_transcript],
-        "gt_transcript": gen[GEN.gt_transcript], "reward": reward,
+        "gt_transcript": gen[GEN.gt_transcript],
     }
-    if deltas is not None:
-        record["cer_delta"], record["sim_delta"] = deltas
-    record["pair_id"] = pair_id
-    record["generation_id"] = gen[GEN.generation_id]
     return {k: v for k, v in record.items() if v is not None}
 
 
@@ -185,11 +181,13 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike) -> ExportResult:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = codes_files(store, sv, rows, out)
+    fields = {gid: nemo_fields(gen) for gid, gen in rows.items()}
     lines: dict[str, list[str]] = {"train": [], "val": []}
     for p in pairs.to_pylist():  # in shuffle order
-        chosen = nemo_record(rows[p[PAIR.chosen_id]], p[PAIR.chosen_reward], p[PAIR.pair_id])
-        rejected = nemo_record(rows[p[PAIR.rejected_id]], p[PAIR.rejected_reward], p[PAIR.pair_id],
-                               (p[PAIR.cer_delta], p[PAIR.sim_delta]))
+        c, r, pair_id = p[PAIR.chosen_id], p[PAIR.rejected_id], p[PAIR.pair_id]
+        chosen = {**fields[c], "reward": p[PAIR.chosen_reward], "pair_id": pair_id, "generation_id": c}
+        rejected = {**fields[r], "reward": p[PAIR.rejected_reward], "cer_delta": p[PAIR.cer_delta],
+                    "sim_delta": p[PAIR.sim_delta], "pair_id": pair_id, "generation_id": r}
         lines[p[PAIR.split]] += [_json_line(chosen), _json_line(rejected)]
     files = []
     for split, name in (("train", TRAIN_MANIFEST), ("val", VAL_MANIFEST)):
@@ -199,8 +197,11 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike) -> ExportResult:
                         min(durations, default=None), max(durations, default=None))
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one per call
+
+
 def _json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    return _ENCODER.encode(record) + "\n"
 
 
 def _write_atomic(path: Path, text: str) -> Path:
