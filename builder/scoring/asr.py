@@ -109,33 +109,32 @@ def _to_int16(audio: np.ndarray) -> np.ndarray:
 
 
 def make_asr(spec: str, option: str = "--asr"):
-    name, arg = split_spec(spec)
-    if name == "pocketsphinx":
-        if arg:
-            raise ModelError(f"{option} {spec}: pocketsphinx takes no argument "
-                             "(its model ships in the wheel)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return PocketsphinxASR()
+    path = check_asr(spec, option)  # the same checks as before a run, then load
+    name, _ = split_spec(spec)
     if name == "nemo":
-        return NemoASR(require_file(option, spec, arg, "NeMo ASR model (.nemo)"), option, spec)
+        return NemoASR(path, option, spec)
     if name == "whisper":
-        return WhisperASR(require_dir(option, spec, arg, "Whisper model directory"), option, spec)
-    raise unknown(option, spec, ASR_BACKENDS)
+        return WhisperASR(path, option, spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PocketsphinxASR()
 
 
-def check_asr(spec: str, option: str = "--asr") -> None:
-    """Validate SPEC (backend name, model file, optional package) without loading it."""
+def check_asr(spec: str, option: str = "--asr") -> Path | None:
+    """Validate SPEC (backend name, model file, optional package) without loading
+    it; the model path (None for pocketsphinx, whose model ships in the wheel)."""
     name, arg = split_spec(spec)
     if name == "pocketsphinx":
         if arg:
             raise ModelError(f"{option} {spec}: pocketsphinx takes no argument "
                              "(its model ships in the wheel)")
-    elif name == "nemo":
-        require_file(option, spec, arg, "NeMo ASR model (.nemo)")
+        return None
+    if name == "nemo":
+        path = require_file(option, spec, arg, "NeMo ASR model (.nemo)")
         require_module(option, spec, "nemo", "'nemo' extra: pip install 'ttspo[nemo]'")
-    elif name == "whisper":
-        require_dir(option, spec, arg, "Whisper model directory")
+        return path
+    if name == "whisper":
+        path = require_dir(option, spec, arg, "Whisper model directory")
         require_module(option, spec, "transformers", "'whisper' extra: pip install 'ttspo[whisper]'")
-    else:
-        raise unknown(option, spec, ASR_BACKENDS)
+        return path
+    raise unknown(option, spec, ASR_BACKENDS)

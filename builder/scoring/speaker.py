@@ -123,23 +123,20 @@ class NemoSV:
 
 
 def make_speaker(spec: str, option: str = "--sv"):
+    path = check_speaker(spec, option)  # the same checks as before a run, then load
+    if split_spec(spec)[0] == "nemo":
+        return NemoSV(path, option, spec)
+    return ResemblyzerSV(path)
+
+
+def check_speaker(spec: str, option: str = "--sv") -> Path | None:
+    """Validate SPEC (backend name, model file, optional package) without loading
+    it; the weights path (None: resemblyzer's weights shipped in its wheel)."""
     name, arg = split_spec(spec)
     if name == "resemblyzer":
-        weights = require_file(option, spec, arg, "weights") if arg else None
-        return ResemblyzerSV(weights)
+        return require_file(option, spec, arg, "weights") if arg else None
     if name == "nemo":
-        return NemoSV(require_file(option, spec, arg, "NeMo speaker model (.nemo)"), option, spec)
-    raise unknown(option, spec, SPEAKER_BACKENDS)
-
-
-def check_speaker(spec: str, option: str = "--sv") -> None:
-    """Validate SPEC (backend name, model file, optional package) without loading it."""
-    name, arg = split_spec(spec)
-    if name == "resemblyzer":
-        if arg:
-            require_file(option, spec, arg, "weights")
-    elif name == "nemo":
-        require_file(option, spec, arg, "NeMo speaker model (.nemo)")
+        path = require_file(option, spec, arg, "NeMo speaker model (.nemo)")
         require_module(option, spec, "nemo", "'nemo' extra: pip install 'ttspo[nemo]'")
-    else:
-        raise unknown(option, spec, SPEAKER_BACKENDS)
+        return path
+    raise unknown(option, spec, SPEAKER_BACKENDS)
