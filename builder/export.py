@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from builder.build import SetVersion, open_set
 from builder.errors import InputError
@@ -115,13 +116,11 @@ def codes_files(store, sv: SetVersion, rows: dict[str, dict], out_dir: Path) -> 
     if not need:
         return 0
     ds = store.open("generations", sv.record.inputs["generations"])
-    wanted = set(need)
-    found: dict[str, Any] = {}
     scan = ds.to_table(columns=[GEN.generation_id, GEN.codes],
                        filter=f"{GEN.codes_path} IS NULL AND {GEN.codes} IS NOT NULL")
-    for gid, codes in zip(scan.column(GEN.generation_id).to_pylist(), scan.column(GEN.codes).to_pylist()):
-        if gid in wanted:
-            found[gid] = codes
+    # only the set's generations become Python lists, not every row's codes
+    scan = scan.filter(pc.is_in(scan.column(GEN.generation_id), value_set=pa.array(need)))
+    found = dict(zip(scan.column(GEN.generation_id).to_pylist(), scan.column(GEN.codes).to_pylist()))
     without = [g for g in need if g not in found]
     if without and len(without) < len(rows):
         raise InputError(f"{sv.ref}: {len(without)} of {len(rows)} generations have no codes "
