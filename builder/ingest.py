@@ -80,11 +80,11 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
     gen_label, man_label = str(gen_dir), str(manifest)
     run = check_run(run or os.path.basename(os.path.abspath(gen_dir)))
     started = time.perf_counter()
-    _, estimate = nemo.file_digest(man_label, man_label)
+    man_sha, estimate = nemo.file_digest(man_label, man_label)
     with Readers(_workers(workers, estimate)) as readers, SpillDir() as spill, \
             store.lock(f"ingest run {run}"):
         # A reader parses the manifest while this process scans the folder.
-        parsing = readers.submit(nemo.read_manifest, man_label, man_label)
+        parsing = readers.submit(nemo.read_manifest, man_label, man_label, man_sha)
         try:
             layout = nemo.scan(gen_label, gen_label)
         finally:

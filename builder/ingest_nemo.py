@@ -172,8 +172,9 @@ def file_digest(path: str, label: str) -> tuple[str, int]:
     return sha.hexdigest(), lines
 
 
-def read_manifest(path: str, label: str) -> Manifest:
-    sha, _ = file_digest(path, label)
+def read_manifest(path: str, label: str, sha: str | None = None) -> Manifest:
+    """The manifest's runs of identical records; SHA: its digest if already known."""
+    sha = sha or file_digest(path, label)[0]
     starts: list[int] = []
     prompts: list[tuple] = []
     problems: list[tuple[str, str]] = []
