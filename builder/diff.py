@@ -109,14 +109,17 @@ def _shifts(con, metrics) -> list[dict[str, Any]]:
 
     Means sum the values in sorted order: the same values give the same bits
     whatever DuckDB's thread scheduling, so two equal sets show a shift of 0."""
+    stats = {}
+    for side in ("a", "b"):  # one scan per side for every metric
+        parts = [f'list_sum(list({m} ORDER BY {m})) / count({m}) AS "{m} mean", median({m}) AS "{m} median"'
+                 for m in metrics]
+        stats[side] = _rows(con, f"SELECT {', '.join(parts)} FROM {side}")[0]
     out = []
     for m in metrics:
-        mean = f"list_sum(list({m} ORDER BY {m})) / count({m})"
-        row = _rows(con, f"""
-            SELECT (SELECT {mean} FROM a) AS a_mean, (SELECT {mean} FROM b) AS b_mean,
-                   (SELECT median({m}) FROM a) AS a_median, (SELECT median({m}) FROM b) AS b_median""")[0]
-        shift = (row["b_mean"] - row["a_mean"]) if None not in (row["a_mean"], row["b_mean"]) else None
-        out.append({"metric": m, **row, "mean_shift": shift})
+        a_mean, b_mean = stats["a"][f"{m} mean"], stats["b"][f"{m} mean"]
+        out.append({"metric": m, "a_mean": a_mean, "b_mean": b_mean,
+                    "a_median": stats["a"][f"{m} median"], "b_median": stats["b"][f"{m} median"],
+                    "mean_shift": b_mean - a_mean if None not in (a_mean, b_mean) else None})
     return out
 
 
