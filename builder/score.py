@@ -84,7 +84,9 @@ def run_rank(comm, store_root: str | os.PathLike, options: ScoreOptions,
 
 
 def _large_models(options: ScoreOptions) -> bool:
-    return any(spec.split(":")[0] in ("nemo", "whisper") for spec in (options.asr, options.sv))
+    from builder.scoring.backends import split_spec
+
+    return any(split_spec(spec)[0] in ("nemo", "whisper") for spec in (options.asr, options.sv))
 
 
 def _agreed(comm, make):
@@ -182,6 +184,7 @@ def score(store: Store, options: ScoreOptions | None = None, workers: int = 1,
 def check_backends(options: ScoreOptions) -> None:
     """Fail before any process starts when a backend spec or model file is wrong."""
     from builder.scoring.asr import check_asr
+    from builder.scoring.backends import require_file
     from builder.scoring.scorer import squim_spec
     from builder.scoring.speaker import check_speaker
 
@@ -191,10 +194,9 @@ def check_backends(options: ScoreOptions) -> None:
     if "ssim" in groups:
         check_speaker(options.sv)
     if "squim" in groups:
-        from builder.scoring.backends import require_file, split_spec
-
-        spec = squim_spec(options)
-        require_file("--squim", options.squim, split_spec(spec)[1], "SQUIM weights file")
+        squim_spec(options)  # --squim given at all
+        # named as the user typed it (the backend spec would read "squim:PATH")
+        require_file("--squim", options.squim, options.squim, "SQUIM objective weights file")
 
 
 def _options_args(options: ScoreOptions, workers: int) -> dict[str, Any]:
@@ -233,14 +235,14 @@ def spawn_workers(n: int, store_root, options: ScoreOptions, lineage: dict) -> S
     (tmp / "lineage.json").write_text(json.dumps(lineage, default=str))
     argv = _argv_for(options, store_root) + ["--lineage-file", str(tmp / "lineage.json"),
                                              "--outcome-file", str(tmp / "outcome.json")]
-    procs = []
+    procs, logs = [], []
     try:
         for rank in range(n):
             env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n),
                        TTSPO_RENDEZVOUS_FILE=str(tmp / "rendezvous"))
-            log = open(tmp / f"rank{rank}.log", "wb")
+            logs.append(open(tmp / f"rank{rank}.log", "wb"))
             procs.append(subprocess.Popen([sys.executable, "-m", "builder.score", *argv],
-                                          env=env, stdout=log, stderr=subprocess.STDOUT))
+                                          env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
         _wait_all(procs, tmp)
         outcome = json.loads((tmp / "outcome.json").read_text())
         if outcome[0] == "ok":
@@ -251,6 +253,8 @@ def spawn_workers(n: int, store_root, options: ScoreOptions, lineage: dict) -> S
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for log in logs:
+            log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

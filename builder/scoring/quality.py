@@ -82,10 +82,15 @@ def _first(exc: Exception) -> str:
 
 
 def make_quality(spec: str, option: str = "--quality"):
+    path = check_quality(spec, option)  # the same checks as before a run, then load
+    return PesqMetric() if path is None else SquimMetric(path, option, spec)
+
+
+def check_quality(spec: str, option: str = "--quality") -> Path | None:
+    """Validate SPEC without loading it; the weights path (None for pesq)."""
     name, arg = split_spec(spec)
     if name == "pesq":
-        return PesqMetric()
+        return None
     if name == "squim":
-        return SquimMetric(require_file(option, spec, arg, "SQUIM objective weights file"),
-                           option, spec)
+        return require_file(option, spec, arg, "SQUIM objective weights file")
     raise unknown(option, spec, QUALITY_BACKENDS)

@@ -40,7 +40,7 @@ class ShardResult:
 
 
 def sources(options: ScoreOptions, groups: list[str]) -> dict[str, str]:
-    """Provenance strings of the groups computed, without loading any model."""
+    """Provenance strings of the groups computed (loads, and caches, their models)."""
     out = {}
     for g in groups:
         if g == "asr":
@@ -133,16 +133,16 @@ class Scorer:
 
     # ------------------------------------------------------------ metrics
     def _score_asr(self, ok: list) -> None:
-        if not ok:
+        todo = [(row, a) for row, a in ok if _needs(row, "asr")]  # ASR costs most: only where needed
+        if not todo:
             return
-        texts = self.asr.transcribe_batch([a for _, a in ok], MODEL_SR)
-        for (row, _), hyp in zip(ok, texts):
+        texts = self.asr.transcribe_batch([a for _, a in todo], MODEL_SR)
+        for (row, _), hyp in zip(todo, texts):
             rates = error_rates(row[GEN.text], hyp, self.options.normalizer)
-            if _needs(row, "asr"):
-                row.update({GEN.cer: rates.cer, GEN.wer: rates.wer,
-                            GEN.pred_transcript: rates.hypothesis,
-                            GEN.gt_transcript: rates.reference, GEN.invalid: False,
-                            GEN.cer_source: self.sources["asr"]})
+            row.update({GEN.cer: rates.cer, GEN.wer: rates.wer,
+                        GEN.pred_transcript: rates.hypothesis,
+                        GEN.gt_transcript: rates.reference, GEN.invalid: False,
+                        GEN.cer_source: self.sources["asr"]})
 
     def _score_ssim(self, ok: list, result: ShardResult) -> None:
         todo = [(row, a) for row, a in ok if _needs(row, "ssim")]
