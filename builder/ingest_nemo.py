@@ -172,9 +172,8 @@ def file_digest(path: str, label: str) -> tuple[str, int]:
     return sha.hexdigest(), lines
 
 
-def read_manifest(path: str, label: str, sha: str | None = None) -> Manifest:
-    """The manifest's runs of identical records; SHA: its digest if already known."""
-    sha = sha or file_digest(path, label)[0]
+def read_manifest(path: str, label: str, sha: str) -> Manifest:
+    """The manifest's runs of identical records; SHA: its digest (file_digest)."""
     starts: list[int] = []
     prompts: list[tuple] = []
     problems: list[tuple[str, str]] = []

@@ -339,11 +339,12 @@ def test_bad_manifest_read_by_a_reader_process_reports_the_same(demo):
     raw[4] = b'{"text": "cut off", "record_type": \n'
     raw[8] = b'{"record_type": "regular"}\n'
     demo.manifest.write_bytes(b"".join(raw))
-    demo.path(0, 0).unlink()  # a missing file too: the manifest's problems come first
+    empty = demo.gen_dir.parent / "empty"  # the folder scan fails too: the manifest's
+    empty.mkdir()                           # problems are reported first all the same
     errors = []
     for workers in (1, 2):
         with pytest.raises(InputError) as caught:
-            ingest_nemo(Store(demo.store), demo.gen_dir, demo.manifest, workers=workers)
+            ingest_nemo(Store(demo.store), empty, demo.manifest, workers=workers)
         errors.append((str(caught.value), caught.value.problems))
     assert errors[0] == errors[1]
     assert errors[1][1] == [(f"{demo.manifest} line 5", "truncated JSON (ends at line 1 column 35)"),
