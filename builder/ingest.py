@@ -33,7 +33,6 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from builder import ids
 from builder.errors import InputError
 from builder.schemas import ERR, GEN, GENERATIONS_SCHEMA, INGEST_ERRORS_SCHEMA
 from builder.store import Store, make_lineage
@@ -92,8 +91,8 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
         where, ranks = nemo.place(layout, man.lines, man_label, gen_label)
         starts = nemo.group_starts(man, group_size, man_label)
         before = store.version(GENERATIONS)
-        present = existing_ids(store, run)
-        todo = lines_to_do(run, man.lines, present)
+        present = existing_lines(store, run)
+        todo = lines_to_do(man.lines, present)
         tasks = nemo.plan_tasks(layout, where, ranks, man, starts, todo, run, batch_rows,
                                 embed_audio, spill.dir)
         lineage = _lineage(lineage, "ingest nemo", dict(
@@ -121,8 +120,7 @@ def ingest_jsonl(store: Store, path: str | os.PathLike, *, run: str | None = Non
     started = time.perf_counter()
     with SpillDir() as spill, store.lock(f"ingest run {run}"):
         before = store.version(GENERATIONS)
-        present = existing_ids(store, run)
-        plan = jl.plan(label, run, present)  # fatal problems (unreadable file) raise here
+        plan = jl.plan(label, run, set(existing_lines(store, run).tolist()))  # fatal problems (unreadable file) raise here
         lineage = _lineage(lineage, "ingest jsonl", dict(
             file=label, run=run, on_error=on_error, embed_audio=embed_audio))
         lineage.update(file_path=os.path.abspath(label), file_sha256=plan.sha256,
@@ -160,24 +158,19 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def existing_ids(store: Store, run: str) -> set[str]:
-    """Generation ids of RUN already in the store (one projected, filtered scan)."""
+def existing_lines(store: Store, run: str) -> np.ndarray:
+    """Lines of RUN already in the store: its generation ids are ``run:line``
+    (one projected, filtered scan; numbers, not id strings)."""
     if not store.exists(GENERATIONS):
-        return set()
+        return np.zeros(0, dtype=np.int64)
     table = store.open(GENERATIONS).to_table(
-        columns=[GEN.generation_id], filter=f"{GEN.run} = {sql_string(run)}")
-    return set(table.column(0).to_pylist())
+        columns=[GEN.manifest_line], filter=f"{GEN.run} = {sql_string(run)}")
+    return table.column(0).to_numpy()
 
 
-def lines_to_do(run: str, lines: int, present: set[str]) -> np.ndarray:
-    """Manifest lines whose generation id is not in the store yet (vectorised: no
-    per-line Python objects when nothing is present, the common first ingest)."""
-    if not present:
-        return np.arange(lines, dtype=np.int64)
-    done = np.zeros(lines, dtype=bool)
-    for ln in range(lines):
-        done[ln] = ids.generation_id(run, ln) in present
-    return np.flatnonzero(~done)
+def lines_to_do(lines: int, present: np.ndarray) -> np.ndarray:
+    """Manifest lines not in the store yet."""
+    return np.setdiff1d(np.arange(lines, dtype=np.int64), present, assume_unique=True)
 
 
 class Readers:

@@ -21,7 +21,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from builder import ids
 from builder import nemo_codes, nemo_files as nf
 from builder.ingest_nemo import parse_manifest_record, spill_batch
 from builder.ingest_rows import RowBuffer, prompt_fields
@@ -39,12 +38,12 @@ class Plan:
     sha256: str
     records: int
     run: str
-    present_ids: set[str]
+    present_lines: set[int]  # lines (0-based) whose generation is already stored
     todo: int = 0
     present: int = 0
 
 
-def plan(label: str, run: str, present_ids: set[str]) -> Plan:
+def plan(label: str, run: str, present_lines: set[int]) -> Plan:
     """Hash and count the lines (no parsing yet): lineage and the progress total."""
     path = os.path.abspath(label)
     sha = hashlib.sha256()
@@ -55,12 +54,12 @@ def plan(label: str, run: str, present_ids: set[str]) -> Plan:
                 sha.update(raw)
                 if raw.strip():
                     records += 1
-                    todo += ids.generation_id(run, number - 1) not in present_ids
+                    todo += (number - 1) not in present_lines
     except OSError as exc:
         raise InputError(f"{label}: cannot read ({exc.strerror})") from None
     if records == 0:
         raise InputError(f"{label}: no records (empty file)")
-    return Plan(label, path, sha.hexdigest(), records, run, present_ids, todo, records - todo)
+    return Plan(label, path, sha.hexdigest(), records, run, present_lines, todo, records - todo)
 
 
 @dataclass
@@ -97,7 +96,7 @@ def _batches(plan: Plan, embed_audio: bool, batch_rows: int) -> Iterator[tuple[A
             except nf.BadFile as exc:
                 problems.append((number, where, str(exc)))
                 continue
-            if ids.generation_id(plan.run, number - 1) in plan.present_ids:
+            if (number - 1) in plan.present_lines:
                 continue
             try:
                 row = _read_files(record, base, embed_audio)
