@@ -72,6 +72,13 @@ def commit_properties(lineage: dict[str, Any]) -> dict[str, str]:
     return {LINEAGE_KEY: json.dumps(lineage, sort_keys=True, default=str)}
 
 
+def _lineage_of(ds: lance.LanceDataset, version: int) -> dict[str, Any]:
+    tx = ds.read_transaction(version)
+    props = (tx.transaction_properties or {}) if tx is not None else {}
+    raw = props.get(LINEAGE_KEY)
+    return json.loads(raw) if raw else {}
+
+
 class Store:
     """A folder of Lance tables. Cheap to construct; opens tables on demand."""
 
@@ -125,18 +132,13 @@ class Store:
         return self.open(table).version if self.exists(table) else None
 
     def lineage(self, table: str, version: int) -> dict[str, Any]:
-        ds = self.open(table)
-        tx = ds.read_transaction(version)
-        props = (tx.transaction_properties or {}) if tx is not None else {}
-        raw = props.get(LINEAGE_KEY)
-        return json.loads(raw) if raw else {}
-
+        return _lineage_of(self.open(table), version)
     def versions(self, table: str) -> list[dict[str, Any]]:
         """One dict per version: version, time (UTC ISO), command, rows, lineage."""
         ds = self.open(table)
         out = []
         for v in ds.versions():
-            lineage = self.lineage(table, v["version"])
+            lineage = _lineage_of(ds, v["version"])  # the dataset opened once
             stamp = v["timestamp"]
             if stamp.tzinfo is None:
                 stamp = stamp.replace(tzinfo=timezone.utc)
