@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from builder import ids
 from builder.errors import InputError
@@ -295,15 +296,13 @@ def write_prompts(store, records: Sequence[dict], lineage: dict[str, Any],
     no version is made. The prompts version read is added to lineage inputs.
     """
     rows = prompts_table(records, references)
-    existing: set[str] = set()
+    new_rows = rows
     lineage = dict(lineage, inputs=dict(lineage.get("inputs") or {}))
     if store.exists(table):
         ds = store.open(table)
-        existing = set(ds.to_table(columns=[PROMPT.prompt_id]).column(0).to_pylist())
+        existing = ds.to_table(columns=[PROMPT.prompt_id]).column(0)
+        new_rows = rows.filter(pc.invert(pc.is_in(rows.column(PROMPT.prompt_id), value_set=existing)))
         lineage["inputs"][table] = ds.version
-    ids_col = rows.column(PROMPT.prompt_id).to_pylist()
-    keep = pa.array([pid not in existing for pid in ids_col], pa.bool_())
-    new_rows = rows.filter(keep)
     version = None
     if new_rows.num_rows:
         version = store.write(table, new_rows, PROMPTS_SCHEMA, lineage, mode="append")
