@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import duckdb
 import pyarrow as pa
 
-from builder.errors import QueryError, StoreError
+from builder.errors import QueryError
 from builder.schemas import BLOB_METADATA, HEAVY_COLUMNS
 from builder.store import Store, parse_ref
 
@@ -127,14 +127,11 @@ def run(store: Store, sql: str, params: dict[str, Any] | None = None) -> tuple[p
     session = open_session(store, refs_in(sql))
     try:
         result = session.con.sql(sql, params=params or None).to_arrow_table()
-    except StoreError:
-        raise
     except duckdb.Error as exc:
         raise QueryError(f"SQL error: {_first_line(exc)}") from None
     finally:
-        inputs = session.inputs_for(sql)
         session.con.close()
-    return result, inputs
+    return result, session.inputs_for(sql)
 
 
 def _first_line(exc: Exception) -> str:

@@ -98,11 +98,11 @@ def test_older_version_and_tag(store):
 
 # -------------------------------------------------------------- params
 def test_named_params_are_typed(store):
-    query = ("SELECT count(*) AS n, $label AS label, typeof($k) AS k FROM generations "
-             "WHERE cer > $lo AND sample_index < $k")
+    query = ("SELECT count(*) AS n, $label AS label, typeof($k) AS k, typeof($lo) AS lo, "
+             "typeof($label) AS t FROM generations WHERE cer > $lo AND sample_index < $k")
     out = ok(sql(store, query, "--param", "lo=0.2", "--param", "k=1", "--param", "label=x y",
                  "--format", "json"))
-    assert json.loads(out) == [{"n": 1, "label": "x y", "k": "INTEGER"}]
+    assert json.loads(out) == [{"n": 1, "label": "x y", "k": "INTEGER", "lo": "DOUBLE", "t": "VARCHAR"}]
 
 
 # ------------------------------------------------------------------ --out
