@@ -38,9 +38,7 @@ class Session:
 
     def inputs_for(self, sql: str) -> dict[str, int]:
         """Versions of the views a query mentions (outside comments): its lineage."""
-        code = strip_comments(sql)
-        return {name: v for name, v in self.versions.items()
-                if re.search(rf'(?<![\w@]){re.escape(name)}(?![\w@])', code)}
+        return {name: v for name, v in self.versions.items() if mentions(sql, name)}
 
     def restrict(self, view: str, where: str) -> None:
         """Redefine VIEW to show only the rows matching the SQL condition WHERE."""
@@ -52,6 +50,11 @@ class Session:
         condition = f" WHERE {where}" if where else ""
         self.con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT {listed} FROM "{raw}"{condition}')
         self.sources[view] = (raw, cols)
+
+
+def mentions(sql: str, name: str) -> bool:
+    """Whether SQL names NAME outside comments (as a whole word, not NAME@...)."""
+    return re.search(rf'(?<![\w@]){re.escape(name)}(?![\w@])', strip_comments(sql)) is not None
 
 
 def strip_comments(sql: str) -> str:
@@ -124,7 +127,8 @@ def check_read_only(sql: str) -> None:
 def run(store: Store, sql: str, params: dict[str, Any] | None = None) -> tuple[pa.Table, dict[str, int]]:
     """Run a read-only query over the store. Returns (result, versions it read)."""
     check_read_only(sql)
-    session = open_session(store, refs_in(sql))
+    # only the tables the query names: a store with many sets opens just those
+    session = open_session(store, refs_in(sql), [t for t in store.tables() if mentions(sql, t)])
     try:
         result = session.con.sql(sql, params=params or None).to_arrow_table()
     except duckdb.Error as exc:
