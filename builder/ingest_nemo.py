@@ -28,7 +28,7 @@ from builder.schemas import GEN
 NEMO_SOURCE = "nemo-metrics-json"
 # Matched over a chunk of a folder listing joined by newlines, one name per line
 # (one regex call per chunk, not per name; anchored lines are its fastest form).
-NEMO_FILES = re.compile(r"^predicted_audioRank(\d+)_(\d+)(\.wav|_codes\.pt|_metrics\.json)$", re.M)
+NEMO_FILES = re.compile(nf.NEMO_FILE.pattern, re.M)
 SCAN_CHUNK = 1 << 15  # names matched per regex call
 MAX_LISTED = 10  # mapping problems listed (the rest counted): a wrong manifest is one fault
 

@@ -22,8 +22,8 @@ import struct
 from dataclasses import dataclass
 
 NEMO_FILE = re.compile(r"^predicted_audioRank(\d+)_(\d+)(\.wav|_codes\.pt|_metrics\.json)$")
-KINDS = {".wav": 0, "_codes.pt": 1, "_metrics.json": 2}  # column in the layout table
 SUFFIXES = (".wav", "_codes.pt", "_metrics.json")
+KINDS = {suffix: kind for kind, suffix in enumerate(SUFFIXES)}  # column in the layout table
 INVALID_TRANSCRIPT = "<INVALID>"
 
 
@@ -137,12 +137,10 @@ def _soundfile_info(path: str) -> WavInfo:
 
 
 # ---------------------------------------------------------------- metrics
-# NeMo's metrics.json key -> (our column, kind)
-NEMO_METRICS = {
-    "cer_gt": "cer", "wer_gt": "wer", "spk_similarity": "ssim", "pesq": "pesq",
-    "codes_len": "codes_len",
-}
-NEMO_TEXTS = {"pred_transcript": "pred_transcript", "gt_transcript": "gt_transcript"}
+# NeMo's metrics.json keys, in the order parse_metrics returns their values:
+# cer, wer, ssim, pesq, codes_len (numbers), then the two transcripts
+_NUMBER_KEYS = ("cer_gt", "wer_gt", "spk_similarity", "pesq", "codes_len")
+_TEXT_KEYS = ("pred_transcript", "gt_transcript")
 
 
 def decode_utf8(data: bytes, what: str = "text") -> str:
@@ -198,13 +196,9 @@ def string(obj: dict, key: str) -> str | None:
     return value
 
 
-METRICS_ORDER = ("cer", "wer", "ssim", "pesq", "codes_len", "pred_transcript", "gt_transcript")
-_NUMBER_KEYS = tuple(NEMO_METRICS)
-_TEXT_KEYS = tuple(NEMO_TEXTS)
-
-
 def parse_metrics(data: bytes) -> tuple:
-    """A NeMo metrics.json -> values in METRICS_ORDER (None when absent).
+    """A NeMo metrics.json -> (cer, wer, ssim, pesq, codes_len, pred_transcript,
+    gt_transcript), None where absent.
 
     The common case (floats and strings) is checked inline: this runs per file.
     """
