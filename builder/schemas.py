@@ -214,14 +214,3 @@ PREFERENCES_SCHEMA = pa.schema(
         pa.field(PAIR.position, pa.int64(), nullable=False),
     ]
 )
-
-SCHEMAS = {
-    "prompts": PROMPTS_SCHEMA,
-    "generations": GENERATIONS_SCHEMA,
-    "ingest_errors": INGEST_ERRORS_SCHEMA,
-}
-
-
-def schema_for(table: str) -> pa.Schema:
-    """Schema of a core table, or of a preference set for any other name."""
-    return SCHEMAS.get(table, PREFERENCES_SCHEMA)
