@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from builder.cli import cli, get_store, lineage_for
@@ -63,31 +61,16 @@ def prompts(ctx: click.Context, **opts) -> None:
     from builder import prompts as api
 
     paths = {param: opts[param] for _, param in INPUT_FILES if opts[param] is not None}
-    inputs = api.load_inputs(**{k: v for k, v in paths.items() if k != "reference_audios"})
-    references = (api.read_reference_audios(paths["reference_audios"])
-                  if "reference_audios" in paths else None)
     counts = api.PairCounts(
         audio_per_challenging=opts["audio_contexts_per_challenging"],
         text_per_challenging=opts["text_contexts_per_challenging"],
         audio_per_regular=opts["audio_contexts_per_regular"],
         text_per_regular=opts["text_contexts_per_regular"],
     )
-    records = api.make_pairs(inputs, counts, seed=opts["seed"])
-    input_files = {param: {"path": str(Path(p).absolute()), "sha256": api.file_sha256(p)}
-                   for param, p in paths.items()}
-    staged = None
-    try:
-        extra = {}
-        if opts["manifest_out"] is not None:
-            staged = api.stage_manifest(opts["manifest_out"], records, opts["nsamples_perpair"])
-            extra["manifest"] = {"path": str(staged.path.absolute()), "lines": staged.lines,
-                                 "sha256": staged.sha256}
-        lineage = lineage_for(ctx, input_files=input_files, **extra)
-        result = api.write_prompts(get_store(ctx), records, lineage, references)
-        if staged is not None:
-            api.publish(staged)
-    finally:
-        api.discard(staged)
+    draw = api.draw_pairs(paths, counts, opts["seed"])
+    result, staged = api.commit_draw(get_store(ctx), draw, lambda **kw: lineage_for(ctx, **kw),
+                                     opts["manifest_out"], opts["nsamples_perpair"])
+    records = draw.records
     _report(records, result, staged, opts["nsamples_perpair"])
 
 

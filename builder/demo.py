@@ -93,19 +93,16 @@ def step_prompts(demo: Demo) -> None:
 
     cfg = demo.config
     files = {k: demo.path(v) for k, v in PROMPT_FILES.items()}
-    inputs = api.load_inputs(**{k: v for k, v in files.items() if k != "reference_audios"})
-    references = api.read_reference_audios(files["reference_audios"])
-    counts = api.PairCounts(**cfg["counts"])
-    records = api.make_pairs(inputs, counts, seed=cfg["seed"])
-    check_reproduces(records, cfg["nsamples_perpair"], demo.corpus,
+    draw = api.draw_pairs(files, api.PairCounts(**cfg["counts"]), cfg["seed"])
+    check_reproduces(draw.records, cfg["nsamples_perpair"], demo.corpus,
                      demo.path("manifest.json"))
     manifest = demo.corpus / "pairs.json"
-    lines = api.write_manifest(manifest, records, cfg["nsamples_perpair"])
     args = {"seed": cfg["seed"], "nsamples_perpair": cfg["nsamples_perpair"], **cfg["counts"],
             **{k: str(v) for k, v in files.items()}, "manifest_out": str(manifest)}
-    lineage = make_lineage("prompts", args, input_files={
-        k: {"path": str(v), "sha256": api.file_sha256(v)} for k, v in files.items()}, demo=True)
-    result = api.write_prompts(demo.store, records, lineage, references)
+    result, staged = api.commit_draw(demo.store, draw,
+                                     lambda **kw: make_lineage("prompts", args, demo=True, **kw),
+                                     manifest, cfg["nsamples_perpair"])
+    lines = staged.lines
     demo.command("prompts", *prompt_cli_args(files, cfg, manifest))
     where = (f"prompts@{result.version}" if result.version is not None
              else "no new version (all present)")

@@ -41,7 +41,7 @@ import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -308,3 +308,47 @@ def write_prompts(store, records: Sequence[dict], lineage: dict[str, Any],
         version = store.write(table, new_rows, PROMPTS_SCHEMA, lineage, mode="append")
     return PromptsWrite(pairs=len(records), distinct=rows.num_rows, new=new_rows.num_rows,
                         already_present=rows.num_rows - new_rows.num_rows, version=version)
+
+
+# ------------------------------------------------- step 1, end to end
+@dataclass
+class Draw:
+    """Seeded pairs drawn from input files, with what lineage records of them."""
+
+    records: list[dict]
+    references: Any  # read_reference_audios' result, or None
+    input_files: dict[str, dict[str, str]]  # input name -> {path, sha256}
+
+
+def draw_pairs(paths: dict[str, str | os.PathLike], counts: PairCounts, seed: int) -> Draw:
+    """Read PATHS (load_inputs' names, plus optional reference_audios) and draw."""
+    inputs = load_inputs(**{k: v for k, v in paths.items() if k != "reference_audios"})
+    references = (read_reference_audios(paths["reference_audios"])
+                  if "reference_audios" in paths else None)
+    input_files = {k: {"path": str(Path(p).absolute()), "sha256": file_sha256(p)}
+                   for k, p in paths.items()}
+    return Draw(make_pairs(inputs, counts, seed=seed), references, input_files)
+
+
+def commit_draw(store, draw: Draw, lineage: Callable[..., dict[str, Any]],
+                manifest_out: str | os.PathLike | None = None,
+                nsamples_perpair: int = 6) -> tuple[PromptsWrite, StagedManifest | None]:
+    """ONE commit of the draw's new pairs; the manifest, if asked, is written
+    beside its destination first and renamed into place only after the commit.
+
+    LINEAGE(input_files=..., [manifest=...]) makes the commit's lineage.
+    """
+    staged = None
+    try:
+        extra = {}
+        if manifest_out is not None:
+            staged = stage_manifest(manifest_out, draw.records, nsamples_perpair)
+            extra["manifest"] = {"path": str(staged.path.absolute()), "lines": staged.lines,
+                                 "sha256": staged.sha256}
+        result = write_prompts(store, draw.records, lineage(input_files=draw.input_files, **extra),
+                               draw.references)
+        if staged is not None:
+            publish(staged)
+    finally:
+        discard(staged)
+    return result, staged
