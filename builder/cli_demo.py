@@ -18,8 +18,9 @@ def demo(store_dir: str) -> None:
     The corpus: 20 text-context pairs x 6 espeak-ng generations in NeMo's layout,
     with real failures (dropped, repeated, truncated words, another speaker, long
     pauses), codec codes, and metrics from pocketsphinx and Resemblyzer. The demo
-    copies it into STORE/demo, then runs prompts, ingest nemo and a few SQL
-    summaries, printing the equivalent ttspo command of each step.
+    copies it into STORE/demo, then runs prompts, ingest nemo, SQL summaries,
+    score (a slice, re-scored), build pareto, tag, export nemo, a rebuild at
+    another threshold and diff, printing the equivalent ttspo command of each step.
     """
     from builder.demo import run_demo
 

@@ -10,7 +10,7 @@ absolute ones there, and runs the steps in :data:`STEPS` in order.
 Each step is a small function taking the :class:`Demo` state: it prints what it
 does and the equivalent ``ttspo`` command, then records what later steps need in
 ``demo.facts``. Later capabilities add their step to :data:`STEPS` (score,
-build, export, tag, diff ...), after the ones whose facts they read.
+build, export, tag, diff ...: demo_sets.py), after the ones whose facts they read.
 
 Re-running on the same store is safe and shows ttspo's idempotence: prompts and
 ingest find everything present and make no new version.
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from builder import demo_sets
 from builder.errors import InputError
 
 CORPUS = Path(__file__).resolve().parent / "demo_corpus"
@@ -184,25 +185,18 @@ SUMMARIES = (
      "(ttspo's recipes rank tied samples on one Pareto front)"),
 )
 
-# The steps, in order. Later capabilities append theirs (score, build, export,
-# tag, diff, train ...); a step reads what earlier ones left in demo.facts.
+# The steps, in order; a step reads what earlier ones left in demo.facts. Later
+# capabilities keep their steps in their own module (demo_sets.py: score, build,
+# rebuild) and list them here.
 STEPS: list[tuple[str, Callable[[Demo], None]]] = [
     ("corpus", step_corpus),
     ("prompts", step_prompts),
     ("ingest", step_ingest),
     ("summaries", step_summaries),
+    ("score", demo_sets.step_score),
+    ("build", demo_sets.step_build),
+    ("rebuild", demo_sets.step_rebuild),
 ]
-
-
-def _later_steps() -> None:
-    """Steps of later capabilities, defined in their own module (demo_sets.py)."""
-    from builder import demo_sets
-
-    STEPS.extend([("score", demo_sets.step_score), ("build", demo_sets.step_build),
-                  ("rebuild", demo_sets.step_rebuild)])
-
-
-_later_steps()
 
 
 # ----------------------------------------------------------------- running
