@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from builder.errors import InputError
 from builder.schemas import ERR, GEN, GENERATIONS_SCHEMA, INGEST_ERRORS_SCHEMA
-from builder.store import Store, make_lineage
+from builder.store import Store, make_lineage, sql_string
 
 GENERATIONS = "generations"
 INGEST_ERRORS = "ingest_errors"
@@ -152,10 +152,6 @@ def _workers(workers: int | None, todo: int) -> int:
     if todo < PARALLEL_FROM:
         return 1
     return max(1, min(len(os.sched_getaffinity(0)), 8))
-
-
-def sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def existing_lines(store: Store, run: str) -> np.ndarray:

@@ -224,7 +224,9 @@ def restrict_runs(session, store, runs: Sequence[str]) -> None:
     if missing:
         raise InputError(f"no run {', '.join(missing)} in generations@{session.versions['generations']} "
                          f"(runs: {', '.join(sorted(known))})")
-    listed = ", ".join("'" + r.replace("'", "''") + "'" for r in sorted(set(runs)))
+    from builder.store import sql_string  # (lance: not for `ttspo recipes`)
+
+    listed = ", ".join(sql_string(r) for r in sorted(set(runs)))
     session.restrict("generations", f'"{GEN.run}" IN ({listed})')
 
 

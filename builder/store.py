@@ -54,6 +54,11 @@ def parse_ref(ref: str) -> tuple[str, int | str | None]:
     return m.group("table"), version
 
 
+def sql_string(value: str) -> str:
+    """VALUE as a SQL string literal (Lance filters and DuckDB alike)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def make_lineage(command: str, args: dict[str, Any], inputs: dict[str, int] | None = None,
                  **extra: Any) -> dict[str, Any]:
     """The lineage record of one command: stored in each commit it makes."""
