@@ -205,6 +205,25 @@ def _options_args(options: ScoreOptions, workers: int) -> dict[str, Any]:
     return args
 
 
+# Which end of each metric is "worst".
+WORST_FIRST = {"cer": "DESC", "wer": "DESC", "ssim": "ASC", "pesq": "ASC", "squim": "ASC"}
+
+
+def worst(store: Store, metric: str = "cer", limit: int = 5) -> list[dict[str, Any]]:
+    """The LIMIT worst scored generations by METRIC (highest CER/WER, lowest SSIM,
+    PESQ, SQUIM), with the transcript and the metric's source; nulls are left out."""
+    from builder.query import run
+    from builder.schemas import GEN, METRIC_SOURCE
+
+    if metric not in WORST_FIRST:
+        raise InputError(f"unknown metric '{metric}' (choose {', '.join(WORST_FIRST)})")
+    source = METRIC_SOURCE[metric]
+    sql = (f"SELECT {GEN.generation_id}, {GEN.text}, {GEN.pred_transcript}, {metric}, "
+           f"{source} FROM generations WHERE {metric} IS NOT NULL "
+           f"ORDER BY {metric} {WORST_FIRST[metric]}, {GEN.generation_id} LIMIT {int(limit)}")
+    return run(store, sql)[0].to_pylist()
+
+
 # ------------------------------------------------------- local workers
 def spawn_workers(n: int, store_root, options: ScoreOptions, lineage: dict) -> ScoreSummary:
     """Run N ranks as fresh ``python -m builder.score`` processes (what torchrun would
