@@ -34,8 +34,8 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from builder.schemas import GEN, GENERATIONS_SCHEMA  # noqa: E402
-from builder.store import Store, make_lineage  # noqa: E402
+from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA  # noqa: E402
+from ttspo.builder.core.store import Store, make_lineage  # noqa: E402
 
 RUN = "bench"
 PARAMS = {"cer_threshold": 0.02, "min_duration": 1.5, "max_duration": 19.0,
@@ -189,7 +189,7 @@ def _reward_and_split(pairs: list[dict], params: dict) -> None:
 # ----------------------------------------------------------------- timing
 def _child_build(path: str, name: str, params: dict, out) -> None:
     """Child process: `build pareto` end to end (recipe, checks, Lance write)."""
-    from builder.build import build_set
+    from ttspo.builder.sets.build import build_set
 
     start = time.perf_counter()
     result = build_set(Store(path), "pareto", name, params)

@@ -5,7 +5,7 @@
 Runs ``ttspo demo`` as a user would (a fresh process, so imports count) into a
 fresh store, then again on the same store (the idempotent re-run: nothing new
 is written). Baseline, in the same run: a fresh ``python -c "import
-builder.cli"``, the start-up every command pays. Prints wall times, the ratio
+ttspo.builder.cli.main"``, the start-up every command pays. Prints wall times, the ratio
 of the first run to the 60 s budget (target < 1) and to the start-up, and the
 machine's load average, on which the figures depend.
 """
@@ -33,12 +33,12 @@ def main() -> None:
     python = sys.executable
     ttspo = str(Path(python).with_name("ttspo"))
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    startup = timed(python, "-c", "import builder.cli")
+    startup = timed(python, "-c", "import ttspo.builder.cli.main")
     with tempfile.TemporaryDirectory() as tmp:
         store = str(Path(tmp) / "store")
         first = timed(ttspo, "demo", "--store", store)
         again = timed(ttspo, "demo", "--store", store)
-    print(f"start-up (import builder.cli): {startup:.2f} s")
+    print(f"start-up (import ttspo.builder.cli.main): {startup:.2f} s")
     print(f"ttspo demo, fresh store:        {first:.2f} s  ({first / BUDGET:.2f} of the "
           f"{BUDGET:.0f} s budget; {first / startup:.1f}x start-up)")
     print(f"ttspo demo, same store again:   {again:.2f} s")

@@ -9,7 +9,7 @@ reused between runs), then in the same run:
 
 - baseline: for every generation, json.load(metrics) + torch.load(codes), the way
   NeMo's scripts read them (in this process);
-- ingest: builder.ingest.ingest_nemo end to end (find files, check, read, write
+- ingest: ttspo.builder.ingest.run.ingest_nemo end to end (find files, check, read, write
   one Lance commit) in a fresh store, in a child process so its peak RSS (and its
   reader processes') is measured alone. A second ingest of a corpus 10x smaller
   shows whether memory grows with the corpus.
@@ -135,8 +135,8 @@ class ChildPeaks(threading.Thread):
 
 def ingest_child(root: str, workers: str) -> None:
     """Runs in a child process: one ingest into a fresh store, then its figures."""
-    from builder.ingest import ingest_nemo
-    from builder.store import Store
+    from ttspo.builder.ingest.run import ingest_nemo
+    from ttspo.builder.core.store import Store
 
     store_dir = tempfile.mkdtemp(prefix="ttspo-bench-store-")
     sampler = ChildPeaks()

@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from builder.scoring import cosine, load_asr, load_quality, load_speaker  # noqa: E402
-from builder.scoring.audio import MODEL_SR, read_audio  # noqa: E402
-from builder.store import Store  # noqa: E402
+from ttspo.builder.scoring import cosine, load_asr, load_quality, load_speaker  # noqa: E402
+from ttspo.builder.scoring.audio import MODEL_SR, read_audio  # noqa: E402
+from ttspo.builder.core.store import Store  # noqa: E402
 from test_scoring_helpers import (CONTEXT, generation, write_generations,  # noqa: E402
                                   write_prompts)
 

@@ -7,11 +7,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from builder import recipes
-from builder.build import build_set, open_set
-from builder.cli import cli
-from builder.errors import StoreError
-from builder.export import export_nemo
+from ttspo.builder.sets import recipes
+from ttspo.builder.sets.build import build_set, open_set
+from ttspo.builder.cli.main import cli
+from ttspo.builder.core.errors import StoreError
+from ttspo.builder.sets.export import export_nemo
 from test_build_helpers import BASIC, add_run, make_store
 
 PARETO_SHA = recipes.load_recipe("pareto").sha256
@@ -71,8 +71,8 @@ def test_a_set_cannot_take_a_core_table_name(store):
 
 
 def test_a_store_without_generations(tmp_path):
-    from builder.errors import InputError
-    from builder.store import Store
+    from ttspo.builder.core.errors import InputError
+    from ttspo.builder.core.store import Store
 
     with pytest.raises(InputError, match="has no generations table"):
         build_set(Store(tmp_path / "empty"), "pareto", "prefs")

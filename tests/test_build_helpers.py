@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-from builder.schemas import GEN, GENERATIONS_SCHEMA
-from builder.store import Store, make_lineage
+from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA
+from ttspo.builder.core.store import Store, make_lineage
 
 # One generation: (cer, ssim) or (cer, ssim, duration) or (cer, ssim, duration, invalid)
 Point = Sequence[Any]

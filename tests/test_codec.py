@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import builder
-from trainer import codec as C
+import ttspo.builder.demo
+from ttspo.trainer import codec as C
 
-CORPUS = Path(builder.__file__).resolve().parent / "demo_corpus"
+CORPUS = Path(ttspo.builder.demo.__file__).resolve().parent / "corpus"
 AUDIOS = CORPUS / "generations" / "audios"
 
 

@@ -11,15 +11,15 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-import builder
-from builder import demo as demo_api
-from builder.cli import cli
-from builder.errors import InputError
-from builder import query
-from builder.store import Store
-from trainer import codec as C
+import ttspo.builder.demo
+from ttspo.builder.demo import run as demo_api
+from ttspo.builder.cli.main import cli
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.core import query
+from ttspo.builder.core.store import Store
+from ttspo.trainer import codec as C
 
-CORPUS = Path(builder.__file__).resolve().parent / "demo_corpus"
+CORPUS = Path(ttspo.builder.demo.__file__).resolve().parent / "corpus"
 AUDIOS = CORPUS / "generations" / "audios"
 CONFIG = json.loads((CORPUS / "corpus.json").read_text())
 METRIC_KEYS = ["cer_gt", "wer_gt", "duration", "spk_similarity", "pred_transcript",

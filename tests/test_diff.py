@@ -7,10 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from builder.build import build_set
-from builder.cli import cli
-from builder.diff import diff
-from builder.errors import InputError
+from ttspo.builder.sets.build import build_set
+from ttspo.builder.cli.main import cli
+from ttspo.builder.sets.diff import diff
+from ttspo.builder.core.errors import InputError
 from test_build_helpers import BASIC, add_run, make_store
 
 

@@ -13,12 +13,12 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from builder.build import build_set
-from builder.cli import cli
-from builder.errors import InputError
-from builder.export import export_nemo, export_trl
-from builder.schemas import GEN, GENERATIONS_SCHEMA
-from builder.store import Store, make_lineage
+from ttspo.builder.sets.build import build_set
+from ttspo.builder.cli.main import cli
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.sets.export import export_nemo, export_trl
+from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA
+from ttspo.builder.core.store import Store, make_lineage
 from test_build_helpers import BASIC, gen_rows
 
 SR = 22050

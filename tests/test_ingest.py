@@ -14,10 +14,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from builder import ids
-from builder.cli import cli
-from builder.ingest import ingest_nemo
-from builder.store import Store
+from ttspo.builder.core import ids
+from ttspo.builder.cli.main import cli
+from ttspo.builder.ingest.run import ingest_nemo
+from ttspo.builder.core.store import Store
 from nemo_layout import codes_for, make_nemo_run, metrics_for, write_codes, write_wav
 
 LIGHT = ["generation_id", "run", "prompt_id", "group_id", "group_index", "sample_index",
@@ -246,7 +246,7 @@ def test_jsonl_ingest(tmp_path):
 
 
 def test_ingest_never_imports_torch(tmp_path, demo):
-    code = ("import sys\nfrom click.testing import CliRunner\nfrom builder.cli import cli\n"
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom ttspo.builder.cli.main import cli\n"
             "r = CliRunner().invoke(cli, sys.argv[1:])\n"
             "print(r.exit_code, 'torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code, "--store", str(tmp_path / "st"), "ingest",

@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from builder.ingest import ingest_nemo
-from builder.store import Store
+from ttspo.builder.ingest.run import ingest_nemo
+from ttspo.builder.core.store import Store
 from nemo_layout import make_nemo_run, metrics_for
 
 REPO = Path(__file__).resolve().parent.parent
-TTSPO = [sys.executable, "-c", "from builder.cli import main; main()"]
+TTSPO = [sys.executable, "-c", "from ttspo.builder.cli.main import main; main()"]
 
 
 def ingest_process(store: Path, run, name: str, tmpdir: Path, batch_rows: int = 4):
     """`ingest_nemo` in its own process (readers in-process, small batches)."""
     tmpdir.mkdir(exist_ok=True)
-    code = ("import sys\nfrom builder.ingest import ingest_nemo\nfrom builder.store import Store\n"
+    code = ("import sys\nfrom ttspo.builder.ingest.run import ingest_nemo\nfrom ttspo.builder.core.store import Store\n"
             "r = ingest_nemo(Store(sys.argv[1]), sys.argv[2], sys.argv[3], run=sys.argv[4], "
             "workers=1, batch_rows=int(sys.argv[5]))\nprint(r.ingested)\n")
     env = {**os.environ, "TMPDIR": str(tmpdir)}

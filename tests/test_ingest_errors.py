@@ -11,10 +11,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from builder.cli import cli
-from builder.errors import InputError
-from builder.ingest import ingest_nemo
-from builder.store import Store
+from ttspo.builder.cli.main import cli
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.ingest.run import ingest_nemo
+from ttspo.builder.core.store import Store
 from nemo_layout import make_nemo_run, write_wav
 
 AUDIO = "T5TTS/version_0/audios"

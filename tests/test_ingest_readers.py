@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from builder import nemo_codes as nc, nemo_files as nf
+from ttspo.builder.ingest import codes as nc
+from ttspo.builder.ingest import files as nf
 
 
 def saved(tmp_path, tensor, name="x_codes.pt"):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder.metrics import (NORMALIZERS, cer, cer_reward, clamped_cer, clamped_ssim,
+from ttspo.builder.scoring.metrics import (NORMALIZERS, cer, cer_reward, clamped_cer, clamped_ssim,
                              error_rates, normalize_text, pesq_reward, ssim_reward, wer)
 
 
@@ -128,7 +128,7 @@ def test_unknown_normalizer_is_an_error():
 
 
 def test_normalizer_choices_of_cli_match_metrics():
-    from builder.cli_score import NORMALIZER_CHOICES
+    from ttspo.builder.cli.score import NORMALIZER_CHOICES
 
     assert NORMALIZER_CHOICES == NORMALIZERS
 

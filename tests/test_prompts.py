@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from builder import prompts as api
-from builder.cli import cli
-from builder.schemas import PROMPT
-from builder.store import Store, make_lineage
+from ttspo.builder.prompts import draw as api
+from ttspo.builder.cli.main import cli
+from ttspo.builder.core.schemas import PROMPT
+from ttspo.builder.core.store import Store, make_lineage
 
 AUDIO_KEYS = ["text", "duration", "audio_filepath", "context_audio_filepath",
               "context_audio_duration", "record_type"]

@@ -10,8 +10,8 @@ import math
 
 import pytest
 
-from builder import recipes
-from builder.errors import InputError, QueryError
+from ttspo.builder.sets import recipes
+from ttspo.builder.core.errors import InputError, QueryError
 from test_build_helpers import BASIC, add_run, make_store
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from builder import recipes
-from builder.build import build_set
-from builder.errors import InputError, QueryError, RecipeError
+from ttspo.builder.sets import recipes
+from ttspo.builder.sets.build import build_set
+from ttspo.builder.core.errors import InputError, QueryError, RecipeError
 from test_build_helpers import BASIC, add_run, make_store
 
 GOOD = """-- my recipe: sample 0 against sample 3 of each group

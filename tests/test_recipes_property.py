@@ -22,9 +22,9 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder import query
-from builder import recipes
-from builder.schemas import GENERATIONS_SCHEMA
+from ttspo.builder.core import query
+from ttspo.builder.sets import recipes
+from ttspo.builder.core.schemas import GENERATIONS_SCHEMA
 from test_build_helpers import gen_table
 
 GRID = [i / 64 for i in range(65)]

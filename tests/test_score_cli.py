@@ -7,10 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from builder.cli import cli
-from builder.schemas import GEN
-from builder.score import ScoreOptions, score
-from builder.store import Store
+from ttspo.builder.cli.main import cli
+from ttspo.builder.core.schemas import GEN
+from ttspo.builder.scoring.run import ScoreOptions, score
+from ttspo.builder.core.store import Store
 from test_scoring_helpers import (data_files, fixture, generation, metrics_by_id,
                                   standard_store, write_generations)
 
@@ -57,7 +57,7 @@ def test_text_context_has_null_ssim_with_its_source(scored):
 
 
 def test_transcripts_and_provenance_are_stored(scored):
-    from builder.metrics import cer
+    from ttspo.builder.scoring.metrics import cer
 
     for row in metrics_by_id(scored[0]).values():
         assert row[GEN.cer_source] == "pocketsphinx:en-us+nemo-normalizer"
@@ -109,7 +109,7 @@ def test_lineage_records_inputs_and_sources(scored):
 
 
 def test_sql_views_see_the_scores(scored):
-    from builder.query import run
+    from ttspo.builder.core.query import run
 
     table, versions = run(scored[0], "SELECT count(*) AS n FROM generations WHERE cer IS NOT NULL")
     assert table.to_pylist() == [{"n": 5}] and versions == {"generations": 2}
@@ -245,7 +245,7 @@ def test_help_lists_the_backends():
 def test_summary_round_trips_through_json():
     from dataclasses import asdict
 
-    from builder.score import ScoreSummary
+    from ttspo.builder.scoring.run import ScoreSummary
 
     s = ScoreSummary(3, 2, 5, ["asr"], {"asr": "x"}, 2, {"asr": 1.5}, 10.0, 3.0)
     assert ScoreSummary(**json.loads(json.dumps(asdict(s)))) == s
@@ -253,7 +253,7 @@ def test_summary_round_trips_through_json():
 
 
 def test_worst_generations_by_cer_and_by_ssim(scored):
-    from builder.score import worst
+    from ttspo.builder.scoring.run import worst
 
     store = scored[0]
     by_cer = worst(store, "cer", limit=2)
@@ -297,7 +297,7 @@ def test_scores_land_on_the_right_rows_after_deletes_and_compaction(tmp_path):
 
 
 def test_shards_balance_audio_not_row_counts(tmp_path):
-    from builder.scoring.plan import make_plan
+    from ttspo.builder.scoring.plan import make_plan
 
     store = Store(tmp_path)
     # Long and short rows alternate: dealing every other row would give one rank

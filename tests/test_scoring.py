@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from builder.errors import InputError, ModelError
-from builder.metrics import cer
-from builder.scoring import cosine, load_asr, load_quality, load_speaker
-from builder.scoring.audio import read_audio, read_audio_bytes, resample
+from ttspo.builder.core.errors import InputError, ModelError
+from ttspo.builder.scoring.metrics import cer
+from ttspo.builder.scoring import cosine, load_asr, load_quality, load_speaker
+from ttspo.builder.scoring.audio import read_audio, read_audio_bytes, resample
 from test_scoring_helpers import CONTEXT, TEXT, fixture
 
 

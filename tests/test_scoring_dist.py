@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.schemas import GEN
-from builder.score import ScoreOptions, score
-from builder.store import Store
+from ttspo.builder.core.schemas import GEN
+from ttspo.builder.scoring.run import ScoreOptions, score
+from ttspo.builder.core.store import Store
 from test_scoring_helpers import (STANDARD, generation, metrics_by_id, write_generations,
                                   write_prompts)
 
@@ -42,7 +42,7 @@ def test_torchrun_two_ranks_give_the_numbers_of_one_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m",
-         "builder.score", "--store", str(two.root), "--metrics", "cer,wer,ssim,pesq",
+         "ttspo.builder.scoring.run", "--store", str(two.root), "--metrics", "cer,wer,ssim,pesq",
          "--batch-size", "2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

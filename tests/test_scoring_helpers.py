@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from builder.schemas import GEN, GENERATIONS_SCHEMA, PROMPT, PROMPTS_SCHEMA
-from builder.store import Store, make_lineage
+from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT, PROMPTS_SCHEMA
+from ttspo.builder.core.store import Store, make_lineage
 
 AUDIO = Path(__file__).parent / "fixtures" / "audio"
 TEXT = (AUDIO / "text.txt").read_text().strip()

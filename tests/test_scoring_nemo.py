@@ -12,8 +12,8 @@ nemo_asr = pytest.importorskip("nemo.collections.asr")
 
 from omegaconf import DictConfig  # noqa: E402
 
-from builder.scoring import cosine, load_asr, load_speaker  # noqa: E402
-from builder.scoring.audio import read_audio  # noqa: E402
+from ttspo.builder.scoring import cosine, load_asr, load_speaker  # noqa: E402
+from ttspo.builder.scoring.audio import read_audio  # noqa: E402
 from test_scoring_helpers import fixture  # noqa: E402
 
 VOCAB = [" "] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["'"]
@@ -73,8 +73,8 @@ def test_nemo_speaker_backend_gives_unit_embeddings(tiny_speaker):
 
 
 def test_score_with_nemo_backends_records_them(tmp_path, tiny_ctc, tiny_speaker):
-    from builder.schemas import GEN
-    from builder.score import ScoreOptions, score
+    from ttspo.builder.core.schemas import GEN
+    from ttspo.builder.scoring.run import ScoreOptions, score
     from test_scoring_helpers import metrics_by_id, standard_store
 
     store = standard_store(tmp_path)

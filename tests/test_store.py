@@ -5,10 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from builder import query
-from builder.errors import QueryError, StoreError
-from builder.schemas import GEN, GENERATIONS_SCHEMA
-from builder.store import Store, make_lineage, parse_ref
+from ttspo.builder.core import query
+from ttspo.builder.core.errors import QueryError, StoreError
+from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA
+from ttspo.builder.core.store import Store, make_lineage, parse_ref
 
 
 def gen_rows(n: int, run: str = "r") -> pa.Table:

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from builder.cli import cli
-from builder.schemas import GEN, GENERATIONS_SCHEMA
-from builder.store import Store, make_lineage
+from ttspo.builder.cli.main import cli
+from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA
+from ttspo.builder.core.store import Store, make_lineage
 
 
 def gen_rows(n: int, run: str) -> pa.Table:

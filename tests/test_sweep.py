@@ -7,10 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from builder.build import build_set
-from builder.cli import cli
-from builder.errors import InputError
-from builder.sweep import sweep
+from ttspo.builder.sets.build import build_set
+from ttspo.builder.cli.main import cli
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.sets.sweep import sweep
 from test_build_helpers import BASIC, make_store
 
 

@@ -1,13 +1,13 @@
-"""`ttspo demo`: the workflow on the bundled corpus (thin over builder.demo)."""
+"""`ttspo demo`: the workflow on the bundled corpus (thin over ttspo.builder.demo.run)."""
 
 from __future__ import annotations
 
 import click
 
-from builder.cli import cli
 
 
-@cli.command()
+
+@click.command()
 @click.option("--store", "store_dir", type=click.Path(file_okay=False),
               default="ttspo-demo-store", show_default=True,
               help="Store folder for the demo (its own, so a real store is never touched). "
@@ -22,6 +22,9 @@ def demo(store_dir: str) -> None:
     score (a slice, re-scored), build pareto, tag, export nemo, a rebuild at
     another threshold and diff, printing the equivalent ttspo command of each step.
     """
-    from builder.demo import run_demo
+    from ttspo.builder.demo.run import run_demo
 
     run_demo(store_dir, echo=click.echo)
+
+
+COMMANDS = [demo]

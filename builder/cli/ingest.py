@@ -1,6 +1,6 @@
 """`ttspo ingest`: bring generations and their metrics into the store (step 2 in).
 
-Thin over builder.ingest; heavy libraries are imported inside the commands so
+Thin over ttspo.builder.ingest.run; heavy libraries are imported inside the commands so
 `ttspo --help` stays fast (and nothing here ever imports torch).
 """
 
@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import click
 
-from builder.cli import cli, get_store, lineage_for
+from ttspo.builder.cli.common import get_store, lineage_for
 
 ON_ERROR_HELP = ("fail: list every bad {unit} and write nothing. skip: ingest the rest and "
                  "log the rejects (run, file, reason) in the ingest_errors table.")
 
 
-@cli.group()
+@click.group()
 def ingest() -> None:
     """Ingest generations into the `generations` table.
 
@@ -59,7 +59,7 @@ def ingest_nemo_cmd(ctx: click.Context, gen_dir: str, manifest: str, run_name: s
     manifest/file count mismatch, always stop the ingest (the file-to-line
     mapping would be wrong), even with --on-error skip.
     """
-    from builder.ingest import ingest_nemo
+    from ttspo.builder.ingest.run import ingest_nemo
 
     result = ingest_nemo(get_store(ctx), gen_dir, manifest, run=run_name, group_size=group_size,
                          on_error=on_error, embed_audio=embed_audio, lineage=lineage_for(ctx),
@@ -83,7 +83,7 @@ def ingest_jsonl_cmd(ctx: click.Context, file: str, run_name: str | None, on_err
     [codebooks, frames]), cer, wer, ssim, pesq, squim, codes_len,
     pred_transcript, gt_transcript, invalid. Line N (from 0) is generation RUN:N.
     """
-    from builder.ingest import ingest_jsonl
+    from ttspo.builder.ingest.run import ingest_jsonl
 
     result = ingest_jsonl(get_store(ctx), file, run=run_name, on_error=on_error,
                           embed_audio=embed_audio, lineage=lineage_for(ctx), progress=True)
@@ -113,3 +113,6 @@ def _report(result) -> None:
         line += (f"; skipped {result.skipped} bad generation(s) ({result.errors_logged} new "
                  f"problem(s) in ingest_errors@{result.errors_version})")
     click.echo(line)
+
+
+COMMANDS = [ingest]

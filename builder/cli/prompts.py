@@ -1,10 +1,10 @@
-"""`ttspo prompts`: step 1, text-context pairs (thin over builder.prompts)."""
+"""`ttspo prompts`: step 1, text-context pairs (thin over ttspo.builder.prompts.draw)."""
 
 from __future__ import annotations
 
 import click
 
-from builder.cli import cli, get_store, lineage_for
+from ttspo.builder.cli.common import get_store, lineage_for
 
 # Input file options: (option, parameter) in NeMo's order.
 INPUT_FILES = (
@@ -19,7 +19,7 @@ INPUT_FILES = (
 COUNT = click.IntRange(min=0)
 
 
-@cli.command()
+@click.command()
 @click.option("--challenging-texts", type=click.Path(dir_okay=False),
               help="Challenging texts, one per line.")
 @click.option("--regular-texts-for-audiocontext", type=click.Path(dir_okay=False),
@@ -58,7 +58,7 @@ def prompts(ctx: click.Context, **opts) -> None:
     new, in one commit; a pair drawn twice stays twice in the manifest (two
     groups) and is one row in the table.
     """
-    from builder import prompts as api
+    from ttspo.builder.prompts import draw as api
 
     paths = {param: opts[param] for _, param in INPUT_FILES if opts[param] is not None}
     counts = api.PairCounts(
@@ -85,3 +85,6 @@ def _report(records, result, staged, nsamples: int) -> None:
                f"{result.already_present} already in the table) -> {where}")
     if staged is not None:
         click.echo(f"manifest: {staged.path} ({staged.lines} lines, {nsamples} per pair)")
+
+
+COMMANDS = [prompts]

@@ -1,17 +1,17 @@
-"""`ttspo score`: compute metrics for generations that lack them (builder.score)."""
+"""`ttspo score`: compute metrics for generations that lack them (ttspo.builder.scoring.run)."""
 
 from __future__ import annotations
 
 import click
 
-from builder.cli import cli, get_store, lineage_for
+from ttspo.builder.cli.common import get_store, lineage_for
 
 # Kept literal so `ttspo --help` does not import jiwer; a test checks they equal
-# builder.metrics.NORMALIZERS.
+# ttspo.builder.scoring.metrics.NORMALIZERS.
 NORMALIZER_CHOICES = ("nemo", "basic", "none")
 
 
-@cli.command()
+@click.command()
 @click.option("--metrics", default="cer,wer,ssim", show_default=True,
               help="Comma-separated metrics: cer,wer,ssim,pesq,squim. CER and WER come "
                    "from one transcript and are computed together.")
@@ -30,7 +30,7 @@ NORMALIZER_CHOICES = ("nemo", "basic", "none")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Rows per model batch.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Local processes (ranks) to score with; torchrun -m builder.score "
+              help="Local processes (ranks) to score with; torchrun -m ttspo.builder.scoring.run "
                    "does the same across machines.")
 @click.pass_context
 def score(ctx: click.Context, metrics: str, asr: str, sv: str, squim: str | None,
@@ -42,10 +42,13 @@ def score(ctx: click.Context, metrics: str, asr: str, sv: str, squim: str | None
     the transcripts; audio and codes are not rewritten. Models are never
     downloaded: a missing model file is an error naming the option to fix.
     """
-    from builder.score import describe, options_from
-    from builder.score import score as run_score
+    from ttspo.builder.scoring.run import describe, options_from
+    from ttspo.builder.scoring.run import score as run_score
 
     options = options_from(metrics, asr=asr, sv=sv, squim=squim, normalizer=normalizer,
                            where=where, rescore=rescore, batch_size=batch_size)
     summary = run_score(get_store(ctx), options, workers=workers, lineage=lineage_for(ctx))
     click.echo(describe(summary))
+
+
+COMMANDS = [score]

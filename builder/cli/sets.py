@@ -1,5 +1,5 @@
 """`ttspo` preference-set commands: recipes, build, export, diff, sweep (thin over
-builder.recipes, builder.build, builder.export, builder.diff, builder.sweep)."""
+ttspo.builder.sets.recipes, ttspo.builder.sets.build, ttspo.builder.sets.export, ttspo.builder.sets.diff, ttspo.builder.sets.sweep)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from typing import Any
 
 import click
 
-from builder.cli import cli, emit, format_option, get_store, lineage_for
-from builder.errors import InputError
+from ttspo.builder.cli.common import emit, format_option, get_store, lineage_for
+from ttspo.builder.core.errors import InputError
 
 BUILD_COLUMNS = ["set", "version", "recipe", "pairs", "train", "val", "groups", "prompts",
                  "generations", "recipe_sha256"]
 
 
 # ---------------------------------------------------------------- recipes
-@cli.command()
+@click.command()
 @click.argument("recipe", required=False)
 @format_option
 def recipes(recipe: str | None, fmt: str) -> None:
@@ -24,7 +24,7 @@ def recipes(recipe: str | None, fmt: str) -> None:
 
     RECIPE is a built-in name (pareto, best_worst) or a path ending in .sql.
     """
-    from builder import recipes as r
+    from ttspo.builder.sets import recipes as r
 
     if recipe is None:
         rows = []
@@ -42,7 +42,7 @@ def recipes(recipe: str | None, fmt: str) -> None:
 
 
 # ------------------------------------------------------------------ build
-@cli.command()
+@click.command()
 @click.argument("recipe")
 @click.option("--name", required=True, help="The preference set to write (a table in the store).")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
@@ -64,8 +64,8 @@ def build(ctx: click.Context, recipe: str, name: str, params: tuple[str, ...],
     check fails. The version records the recipe, its SHA-256, the parameters,
     the runs and the generations version it read.
     """
-    from builder import build as b
-    from builder import recipes as r
+    from ttspo.builder.sets import build as b
+    from ttspo.builder.sets import recipes as r
 
     rec = r.load_recipe(recipe)
     result = b.build_set(get_store(ctx), rec, name, r.parse_assignments(params), runs,
@@ -74,7 +74,7 @@ def build(ctx: click.Context, recipe: str, name: str, params: tuple[str, ...],
 
 
 # ----------------------------------------------------------------- export
-@cli.group()
+@click.group()
 def export() -> None:
     """Write a preference set as files a trainer reads (nemo, trl)."""
 
@@ -92,7 +92,7 @@ def export_nemo(ctx: click.Context, ref: str, out_dir: str, fmt: str) -> None:
     max_duration around the reported duration range: NeMo drops lines outside
     them before pairing lines, which would shift every later pair.
     """
-    from builder import export as e
+    from ttspo.builder.sets import export as e
 
     result = e.export_nemo(get_store(ctx), ref, out_dir)
     emit([_export_row(result)], fmt, list(_export_row(result)))
@@ -107,7 +107,7 @@ def export_nemo(ctx: click.Context, ref: str, out_dir: str, fmt: str) -> None:
 def export_trl(ctx: click.Context, ref: str, out_file: str, fmt: str) -> None:
     """Write one row per pair: prompt (text), chosen and rejected (wav paths),
     metrics, rewards and split, as Parquet or JSON lines."""
-    from builder import export as e
+    from ttspo.builder.sets import export as e
 
     result = e.export_trl(get_store(ctx), ref, out_file)
     emit([_export_row(result)], fmt, list(_export_row(result)))
@@ -121,7 +121,7 @@ def _export_row(result) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------- diff
-@cli.command()
+@click.command()
 @click.argument("a")
 @click.argument("b")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
@@ -137,7 +137,7 @@ def diff(ctx: click.Context, a: str, b: str, fmt: str) -> None:
     """
     import json
 
-    from builder import diff as d
+    from ttspo.builder.sets import diff as d
 
     result = d.diff(get_store(ctx), a, b)
     if fmt == "json":
@@ -163,7 +163,7 @@ SWEEP_COLUMNS = ["pairs", "train", "val", "groups", "prompts", "cer_margin_min",
                  "chosen_cer_mean", "rejected_cer_mean", "rejected_reward_mean"]
 
 
-@cli.command()
+@click.command()
 @click.argument("recipe")
 @click.option("--param", "params", multiple=True, metavar="NAME=V1,V2,...",
               help="The swept parameter with its values (exactly one has a list); "
@@ -180,8 +180,8 @@ def sweep(ctx: click.Context, recipe: str, params: tuple[str, ...], runs: tuple[
 
     Example: ttspo sweep pareto --param cer_threshold=0.005,0.01,0.02,0.05
     """
-    from builder import recipes as r
-    from builder import sweep as s
+    from ttspo.builder.sets import recipes as r
+    from ttspo.builder.sets import sweep as s
 
     rec = r.load_recipe(recipe)
     name, values, fixed = _swept(r.parse_assignments(params))
@@ -201,3 +201,6 @@ def _swept(assignments: dict[str, str]) -> tuple[str, list[str], dict[str, str]]
     values = [v.strip() for v in assignments[name].split(",") if v.strip()]
     fixed = {k: v for k, v in assignments.items() if k != name}
     return name, values, fixed
+
+
+COMMANDS = [recipes, build, export, diff, sweep]

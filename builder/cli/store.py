@@ -1,5 +1,5 @@
 """`ttspo` store commands: sql, tables, versions, tag, restore (thin over
-builder.store and builder.query)."""
+ttspo.builder.core.store and ttspo.builder.core.query)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from typing import Any, Sequence
 
 import click
 
-from builder.cli import cli, emit, format_option, get_store, lineage_for, render
-from builder.errors import InputError, QueryError, StoreError
+from ttspo.builder.cli.common import emit, format_option, get_store, lineage_for
+from ttspo.builder.core.render import render
+from ttspo.builder.core.errors import InputError, QueryError, StoreError
 
 OUT_FORMATS = (".parquet", ".csv", ".json")
 
 
 # ------------------------------------------------------------------- sql
-@cli.command()
+@click.command()
 @click.argument("query")
 @format_option
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
@@ -37,7 +38,7 @@ def sql(ctx: click.Context, query: str, fmt: str, out_path: str | None,
     accepted and the query cannot read or write files. stdout holds exactly the
     result (nothing with --out).
     """
-    from builder import query as q
+    from ttspo.builder.core import query as q
 
     text = _query_text(query)
     out = _check_out(out_path) if out_path else None
@@ -120,7 +121,7 @@ def _write_result(result, out: Path) -> None:
 
 
 # ---------------------------------------------------------------- tables
-@cli.command()
+@click.command()
 @format_option
 @click.pass_context
 def tables(ctx: click.Context, fmt: str) -> None:
@@ -136,7 +137,7 @@ def tables(ctx: click.Context, fmt: str) -> None:
 
 
 # -------------------------------------------------------------- versions
-@cli.command()
+@click.command()
 @click.argument("table")
 @format_option
 @click.pass_context
@@ -169,7 +170,7 @@ def _tag_text(tags: dict[str, int]) -> str:
 
 
 # ------------------------------------------------------------ tag/restore
-@cli.command()
+@click.command()
 @click.argument("table")
 @click.argument("version")
 @click.argument("name")
@@ -185,7 +186,7 @@ def tag(ctx: click.Context, table: str, version: str, name: str) -> None:
     click.echo(f"tagged {table} version {number} as '{name}'")
 
 
-@cli.command()
+@click.command()
 @click.argument("table")
 @click.argument("version")
 @click.pass_context
@@ -210,3 +211,6 @@ def resolve_version(store, table: str, version: str) -> int:
         raise StoreError(f"table '{table}' has no version {version} "
                          f"(latest is {max(known)})")
     return int(version)
+
+
+COMMANDS = [sql, tables, versions, tag, restore]

@@ -21,9 +21,9 @@ from typing import Any, Iterable
 import duckdb
 import pyarrow as pa
 
-from builder.errors import QueryError
-from builder.schemas import BLOB_METADATA, HEAVY_COLUMNS
-from builder.store import Store, parse_ref
+from ttspo.builder.core.errors import QueryError
+from ttspo.builder.core.schemas import BLOB_METADATA, HEAVY_COLUMNS
+from ttspo.builder.core.store import Store, parse_ref
 
 QUOTED_REF = re.compile(r'"([A-Za-z_][A-Za-z0-9_\-]*@[A-Za-z0-9_.\-]+)"')
 

@@ -25,9 +25,9 @@ from typing import Any, Iterable, Iterator
 import lance
 import pyarrow as pa
 
-from builder import __version__
-from builder.errors import StoreError
-from builder.schemas import CORE_TABLES
+from ttspo import __version__
+from ttspo.builder.core.errors import StoreError
+from ttspo.builder.core.schemas import CORE_TABLES
 
 LINEAGE_KEY = "ttspo.lineage"
 # Lance file format for new tables. 2.0 rather than the newer default 2.2: it

@@ -1,6 +1,6 @@
 """`ttspo demo`: the whole workflow on the bundled corpus, saying what each step does.
 
-The corpus (``builder/demo_corpus``, shipped as package data) is real speech in
+The corpus (``builder/demo/corpus``, shipped as package data) is real speech in
 NeMo's layout: 20 text-context pairs x 6 espeak-ng generations with the
 failures real TTS makes, their codec codes and metrics (see its
 ``make_corpus.py``). The demo copies it into ``<store>/demo/`` (so the store
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from builder import demo_sets
-from builder.errors import InputError
+from ttspo.builder.demo import sets as demo_sets
+from ttspo.builder.core.errors import InputError
 
-CORPUS = Path(__file__).resolve().parent / "demo_corpus"
+CORPUS = Path(__file__).resolve().parent / "corpus"
 DEFAULT_STORE = "ttspo-demo-store"
 WORK_DIR = "demo"  # inside the store folder: the corpus copy and the manifest
 RUN = "base"  # the run name of the bundled generations (a base checkpoint's samples)
@@ -47,7 +47,7 @@ PATH_FIELDS = ("audio_filepath", "context_audio_filepath", "context_audio_codes_
 class Demo:
     """What the steps share: where things are, how to print, what earlier steps found."""
 
-    store: Any  # builder.store.Store
+    store: Any  # ttspo.builder.core.store.Store
     corpus: Path  # the demo's copy of the corpus, under the store
     config: dict  # corpus.json
     echo: Callable[[str], None]
@@ -89,8 +89,8 @@ def step_corpus(demo: Demo) -> None:
 
 def step_prompts(demo: Demo) -> None:
     """Step 1: draw the text-context pairs (seeded) into `prompts` and write the manifest."""
-    from builder import prompts as api
-    from builder.store import make_lineage
+    from ttspo.builder.prompts import draw as api
+    from ttspo.builder.core.store import make_lineage
 
     cfg = demo.config
     files = {k: demo.path(v) for k, v in PROMPT_FILES.items()}
@@ -116,8 +116,8 @@ def step_prompts(demo: Demo) -> None:
 
 def step_ingest(demo: Demo) -> None:
     """Step 2 in: ingest NeMo's generation folder against the manifest."""
-    from builder.ingest import ingest_nemo
-    from builder.store import make_lineage
+    from ttspo.builder.ingest.run import ingest_nemo
+    from ttspo.builder.core.store import make_lineage
 
     gen_dir, manifest = demo.path("generations"), demo.facts["manifest"]
     group = demo.config["nsamples_perpair"]
@@ -139,8 +139,8 @@ def step_ingest(demo: Demo) -> None:
 
 def step_summaries(demo: Demo) -> None:
     """A few DuckDB queries over the tables (the kind `ttspo sql` runs)."""
-    from builder import query
-    from builder.cli import render_table
+    from ttspo.builder.core import query
+    from ttspo.builder.core.render import render_table
 
     for title, sql, note in SUMMARIES:
         table, versions = query.run(demo.store, sql)
@@ -203,7 +203,7 @@ STEPS: list[tuple[str, Callable[[Demo], None]]] = [
 def run_demo(store_dir: str | Path = DEFAULT_STORE, echo: Callable[[str], None] = print,
              steps: list[tuple[str, Callable[[Demo], None]]] | None = None) -> Demo:
     """Run STEPS (default: all) on the bundled corpus into the store at STORE_DIR."""
-    from builder.store import Store
+    from ttspo.builder.core.store import Store
 
     store = Store(store_dir)
     demo = Demo(store=store, corpus=store.root / WORK_DIR, config=load_config(CORPUS),

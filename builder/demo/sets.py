@@ -11,7 +11,7 @@ NeMo's thresholds (chosen CER < 0.3, then < 0.5; durations from 1.0 s).
 
 from __future__ import annotations
 
-from builder.store import make_lineage
+from ttspo.builder.core.store import make_lineage
 
 SET = "demo-pareto"
 TAG = "v1"
@@ -35,7 +35,7 @@ def _scored_before(store) -> int | None:
 
 def step_score(demo) -> None:
     """Score a slice again with the offline models: pocketsphinx, resemblyzer, PESQ."""
-    from builder.score import ScoreOptions, describe, score
+    from ttspo.builder.scoring.run import ScoreOptions, describe, score
 
     store = demo.store
     demo.command("score", "--metrics", ",".join(SCORE_METRICS), "--where", SCORE_WHERE,
@@ -70,8 +70,8 @@ def step_score(demo) -> None:
 
 def step_build(demo) -> None:
     """Step 3: build a Pareto preference set with a SQL recipe, export it for NeMo, tag it."""
-    from builder.build import build_set
-    from builder.export import export_nemo
+    from ttspo.builder.sets.build import build_set
+    from ttspo.builder.sets.export import export_nemo
 
     store = demo.store
     demo.command("build", "pareto", "--name", SET, *_param_args(FIRST))
@@ -102,8 +102,8 @@ def step_build(demo) -> None:
 
 def step_rebuild(demo) -> None:
     """Re-threshold in seconds without touching a file, then ask why the set changed."""
-    from builder.build import build_set
-    from builder.diff import diff, render_text
+    from ttspo.builder.sets.build import build_set
+    from ttspo.builder.sets.diff import diff, render_text
 
     store = demo.store
     demo.command("build", "pareto", "--name", SET, *_param_args(SECOND))
@@ -127,8 +127,8 @@ def _lineage(command: str, params: dict):
 
 
 def _table(demo, sql: str) -> None:
-    from builder import query
-    from builder.cli import render_table
+    from ttspo.builder.core import query
+    from ttspo.builder.core.render import render_table
 
     table, _ = query.run(demo.store, sql)
     demo.echo(render_table(table.to_pylist(), table.column_names).rstrip("\n"))

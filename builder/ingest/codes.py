@@ -7,7 +7,7 @@ restricted unpickler that only knows the handful of names a saved tensor uses,
 so a file can never run code. Storage offsets and strides (views) are honoured.
 torch.load costs ~0.2 ms per file; this ~5 us once a file layout has been seen.
 
-Every reader raises :class:`builder.nemo_files.BadFile` with a reason for the user.
+Every reader raises :class:`ttspo.builder.ingest.files.BadFile` with a reason for the user.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from builder.nemo_files import BadFile, read_file_bytes
+from ttspo.builder.ingest.files import BadFile, read_file_bytes
 
 _STORAGE_DTYPES = {
     "ShortStorage": "int16", "IntStorage": "int32", "LongStorage": "int64",

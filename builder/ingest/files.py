@@ -5,7 +5,7 @@ NeMo writes, per generated item, ``predicted_audioRank{r}_{i}.wav``,
 ``..._metrics.json``. Reading 100k of them with ``torch.load`` costs ~0.2 ms
 each, so these readers avoid torch entirely:
 
-- codes: see :mod:`builder.nemo_codes` (a torch.save reader without torch).
+- codes: see :mod:`ttspo.builder.ingest.codes` (a torch.save reader without torch).
 - wav: the RIFF header is parsed directly (one read), soundfile for other formats.
 - metrics: UTF-8 and JSON checked strictly; NaN/inf and non-numbers rejected.
 

@@ -21,11 +21,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from builder import nemo_codes, nemo_files as nf
-from builder.ingest_nemo import parse_manifest_record, spill_batch
-from builder.ingest_rows import RowBuffer, prompt_fields
-from builder.errors import InputError
-from builder.schemas import GEN
+from ttspo.builder.ingest import codes as nemo_codes
+from ttspo.builder.ingest import files as nf
+from ttspo.builder.ingest.nemo import parse_manifest_record, spill_batch
+from ttspo.builder.ingest.rows import RowBuffer, prompt_fields
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.schemas import GEN
 
 JSONL_SOURCE = "jsonl"
 METRIC_KEYS = (GEN.cer, GEN.wer, GEN.ssim, GEN.pesq, GEN.squim)

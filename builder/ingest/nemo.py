@@ -20,10 +20,11 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from builder import nemo_codes, nemo_files as nf
-from builder.errors import InputError
-from builder.ingest_rows import RowBuffer, prompt_fields
-from builder.schemas import GEN
+from ttspo.builder.ingest import codes as nemo_codes
+from ttspo.builder.ingest import files as nf
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.ingest.rows import RowBuffer, prompt_fields
+from ttspo.builder.core.schemas import GEN
 
 NEMO_SOURCE = "nemo-metrics-json"
 # Matched over a chunk of a folder listing joined by newlines, one name per line

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from builder import ids
-from builder.schemas import CODES_TYPE, GEN, GENERATIONS_SCHEMA
+from ttspo.builder.core import ids
+from ttspo.builder.core.schemas import CODES_TYPE, GEN, GENERATIONS_SCHEMA
 
 # Manifest-derived fields of a prompt, in this order, as shipped to workers.
 PROMPT_FIELDS = (GEN.text, GEN.record_type, GEN.context_audio_filepath,

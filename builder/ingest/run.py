@@ -2,7 +2,7 @@
 
 Python API behind ``ttspo ingest nemo`` and ``ttspo ingest jsonl``::
 
-    from builder.ingest import ingest_nemo, ingest_jsonl
+    from ttspo.builder.ingest.run import ingest_nemo, ingest_jsonl
     result = ingest_nemo(Store("st"), "exp/audios", "pairs.json", run="base")
 
 How a run lands, and why:
@@ -33,9 +33,9 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from builder.errors import InputError
-from builder.schemas import ERR, GEN, GENERATIONS_SCHEMA, INGEST_ERRORS_SCHEMA
-from builder.store import Store, make_lineage, sql_string
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.schemas import ERR, GEN, GENERATIONS_SCHEMA, INGEST_ERRORS_SCHEMA
+from ttspo.builder.core.store import Store, make_lineage, sql_string
 
 GENERATIONS = "generations"
 INGEST_ERRORS = "ingest_errors"
@@ -73,7 +73,7 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
     its text-context manifest. Raises InputError listing every bad file (store
     unchanged) unless on_error="skip". With workers > 1 the files are read in
     'spawn' processes: scripts calling this need the usual `if __name__ == "__main__":`."""
-    from builder import ingest_nemo as nemo
+    from ttspo.builder.ingest import nemo
 
     _check_on_error(on_error)
     gen_label, man_label = str(gen_dir), str(manifest)
@@ -112,7 +112,7 @@ def ingest_jsonl(store: Store, path: str | os.PathLike, *, run: str | None = Non
                  lineage: dict | None = None, batch_rows: int = 1024,
                  progress: bool = False) -> IngestResult:
     """Ingest one generation per JSON line (data from systems other than NeMo)."""
-    from builder import ingest_jsonl as jl
+    from ttspo.builder.ingest import jsonl as jl
 
     _check_on_error(on_error)
     label = str(path)
@@ -179,7 +179,7 @@ class Readers:
 
     def __enter__(self) -> "Readers":
         if self.workers > 1:
-            from builder.ingest_nemo import warm_up
+            from ttspo.builder.ingest.nemo import warm_up
 
             ctx = multiprocessing.get_context("spawn")
             self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)

@@ -25,7 +25,7 @@ Differences, on purpose:
 * bad inputs are reported as :class:`InputError` naming the file and line.
 
 The ``prompts`` table has ONE row per distinct pair (``prompt_id`` is a hash of
-the text and its context, see :func:`builder.ids.prompt_id`). A draw with
+the text and its context, see :func:`ttspo.builder.core.ids.prompt_id`). A draw with
 replacement can produce the same pair twice: the manifest keeps both records
 (as NeMo does: two groups of generations for that pair), the table keeps one
 row whose ``position`` is the pair's first index in the shuffled draw. Pair
@@ -46,13 +46,13 @@ from typing import Any, Callable, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from builder import ids
-from builder.errors import InputError
+from ttspo.builder.core import ids
+from ttspo.builder.core.errors import InputError
 # Input readers are part of this API too (re-exported).
-from builder.prompt_inputs import (  # noqa: F401
+from ttspo.builder.prompts.inputs import (  # noqa: F401
     AudioContext, PairInputs, file_sha256, load_inputs, read_audio_contexts,
     read_reference_audios, read_text_lines)
-from builder.schemas import PROMPT, PROMPTS_SCHEMA
+from ttspo.builder.core.schemas import PROMPT, PROMPTS_SCHEMA
 
 PROMPTS_TABLE = "prompts"
 # NeMo's placeholder target duration: it does not matter, it only keeps the

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from builder.errors import InputError
+from ttspo.builder.core.errors import InputError
 
 
 @dataclass(frozen=True)

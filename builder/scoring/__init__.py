@@ -1,6 +1,6 @@
 """Scoring backends: ASR (for CER/WER), speaker verification (SSIM), quality (PESQ, SQUIM).
 
-    from builder.scoring import load_asr, load_speaker
+    from ttspo.builder.scoring import load_asr, load_speaker
     asr = load_asr("pocketsphinx")          # .name, .transcribe(audio, sr) -> str
     sv = load_speaker("resemblyzer")        # .name, .embed(audio, sr) -> unit vector
 
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from builder.scoring.speaker import cosine
+from ttspo.builder.scoring.speaker import cosine
 
 
 @lru_cache(maxsize=None)
 def load_asr(spec: str = "pocketsphinx", option: str = "--asr"):
     """The ASR backend SPEC (pocketsphinx, nemo:PATH.nemo, whisper:DIR)."""
-    from builder.scoring.asr import make_asr
+    from ttspo.builder.scoring.asr import make_asr
 
     return make_asr(spec, option)
 
@@ -26,7 +26,7 @@ def load_asr(spec: str = "pocketsphinx", option: str = "--asr"):
 @lru_cache(maxsize=None)
 def load_speaker(spec: str = "resemblyzer", option: str = "--sv"):
     """The speaker-verification backend SPEC (resemblyzer[:PATH.pt], nemo:PATH.nemo)."""
-    from builder.scoring.speaker import make_speaker
+    from ttspo.builder.scoring.speaker import make_speaker
 
     return make_speaker(spec, option)
 
@@ -34,7 +34,7 @@ def load_speaker(spec: str = "resemblyzer", option: str = "--sv"):
 @lru_cache(maxsize=None)
 def load_quality(spec: str, option: str = "--quality"):
     """A quality backend: ``pesq`` (needs a reference) or ``squim:PATH`` (reference-free)."""
-    from builder.scoring.quality import make_quality
+    from ttspo.builder.scoring.quality import make_quality
 
     return make_quality(spec, option)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from builder.errors import ModelError
-from builder.scoring.audio import MODEL_SR, resample
-from builder.scoring.backends import (restore_nemo, require_dir, require_file, require_module, split_spec,
+from ttspo.builder.core.errors import ModelError
+from ttspo.builder.scoring.audio import MODEL_SR, resample
+from ttspo.builder.scoring.backends import (restore_nemo, require_dir, require_file, require_module, split_spec,
                                       unknown)
 
 ASR_BACKENDS = ("pocketsphinx", "nemo:PATH.nemo", "whisper:DIR")

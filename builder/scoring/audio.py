@@ -13,7 +13,7 @@ import os
 import numpy as np
 import soundfile as sf
 
-from builder.errors import InputError
+from ttspo.builder.core.errors import InputError
 
 MODEL_SR = 16000  # every offline model here (and TitaNet, SQUIM, PESQ wb) wants 16 kHz
 

@@ -12,7 +12,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from builder.errors import ModelError
+from ttspo.builder.core.errors import ModelError
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:

@@ -1,8 +1,8 @@
 """The few collective steps of a scoring run, for one process or many.
 
-``torchrun --nproc-per-node N -m builder.score`` and ``ttspo score --workers N``
+``torchrun --nproc-per-node N -m ttspo.builder.scoring.run`` and ``ttspo score --workers N``
 run the same entry point: the first through torch.distributed's env://
-rendezvous, the second (N fresh ``python -m builder.score`` processes, never
+rendezvous, the second (N fresh ``python -m ttspo.builder.scoring.run`` processes, never
 forked: Lance is not fork-safe) through a file rendezvous in a temporary
 directory; both on the gloo backend (CPU). A single process uses
 :class:`LocalComm` and never imports torch for communication.

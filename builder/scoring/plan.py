@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from builder.errors import InputError, QueryError
-from builder.metrics import check_normalizer
-from builder.schemas import GEN, GENERATIONS_SCHEMA, METRICS, PROMPT
-from builder.store import Store
+from ttspo.builder.core.errors import InputError, QueryError
+from ttspo.builder.scoring.metrics import check_normalizer
+from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, METRICS, PROMPT
+from ttspo.builder.core.store import Store
 
 GROUPS = {
     "asr": (GEN.cer, GEN.wer, GEN.pred_transcript, GEN.gt_transcript, GEN.invalid,
@@ -181,7 +181,7 @@ def _filter_where(store: Store, table: pa.Table, where: str, version: int,
     """Apply a DuckDB WHERE clause over the generations view (read-only session)."""
     import duckdb
 
-    from builder.query import check_read_only, open_session
+    from ttspo.builder.core.query import check_read_only, open_session
 
     sql = f"SELECT generation_id FROM generations WHERE {where}"
     check_read_only(sql)

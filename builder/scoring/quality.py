@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from builder.errors import ModelError
-from builder.scoring.audio import MODEL_SR, resample
-from builder.scoring.backends import require_file, split_spec, unknown
+from ttspo.builder.core.errors import ModelError
+from ttspo.builder.scoring.audio import MODEL_SR, resample
+from ttspo.builder.scoring.backends import require_file, split_spec, unknown
 
 QUALITY_BACKENDS = ("pesq", "squim:PATH")
 MIN_SECONDS = 0.25  # PESQ needs at least 1/4 s of signal

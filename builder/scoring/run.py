@@ -1,6 +1,6 @@
 """Score the generations table: CER/WER, SSIM, PESQ, SQUIM, with provenance.
 
-    from builder.score import score, ScoreOptions
+    from ttspo.builder.scoring.run import score, ScoreOptions
     summary = score(Store("st"), ScoreOptions(metrics=("cer", "wer", "ssim")), workers=2)
 
 Only rows lacking the asked metrics are scored (all selected rows with
@@ -8,7 +8,7 @@ Only rows lacking the asked metrics are scored (all selected rows with
 are written back in ONE new version of ``generations``; audio and codes are not
 rewritten (see builder.scoring.write).
 
-Distributed: ``torchrun --nproc-per-node N -m builder.score --store ST ...``
+Distributed: ``torchrun --nproc-per-node N -m ttspo.builder.scoring.run --store ST ...``
 runs :func:`run_rank` in N processes; ``score(..., workers=N)`` (and
 ``ttspo score --workers N``) spawns N local processes running the same code.
 Rank 0 plans at one pinned version, ranks score interleaved rows, each fragment
@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder import errors
-from builder.errors import InputError, ModelError, StoreError, TtspoError
-from builder.scoring.plan import DEFAULT_METRICS, ScoreOptions
-from builder.store import Store, make_lineage
+from ttspo.builder.core import errors
+from ttspo.builder.core.errors import InputError, ModelError, StoreError, TtspoError
+from ttspo.builder.scoring.plan import DEFAULT_METRICS, ScoreOptions
+from ttspo.builder.core.store import Store, make_lineage
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -63,8 +63,8 @@ class ScoreSummary:
 def run_rank(comm, store_root: str | os.PathLike, options: ScoreOptions,
              lineage: dict[str, Any]) -> ScoreSummary:
     """One rank's whole run. Every rank returns the same summary or raises the same error."""
-    from builder.scoring.dist import share_cores
-    from builder.scoring.plan import make_plan
+    from ttspo.builder.scoring.dist import share_cores
+    from ttspo.builder.scoring.plan import make_plan
 
     started = time.perf_counter()
     store = Store(store_root)
@@ -84,7 +84,7 @@ def run_rank(comm, store_root: str | os.PathLike, options: ScoreOptions,
 
 
 def _large_models(options: ScoreOptions) -> bool:
-    from builder.scoring.backends import split_spec
+    from ttspo.builder.scoring.backends import split_spec
 
     return any(split_spec(spec)[0] in ("nemo", "whisper") for spec in (options.asr, options.sv))
 
@@ -114,7 +114,7 @@ def _rebuild(kind: str, message: str) -> TtspoError:
 
 
 def _score_and_share(comm, plan, options, dataset):
-    from builder.scoring.scorer import score_shard
+    from ttspo.builder.scoring.scorer import score_shard
 
     mine = score_shard(plan.shard(comm.rank, comm.world), options, plan.groups,
                        plan.write_columns, dataset)
@@ -134,8 +134,8 @@ def _score_and_share(comm, plan, options, dataset):
 def _write_and_commit(comm, store, plan, options, results, lineage) -> int:
     import pyarrow as pa
 
-    from builder.scoring.scorer import sources
-    from builder.scoring.write import commit_updates, owned_fragments, write_fragment_updates
+    from ttspo.builder.scoring.scorer import sources
+    from ttspo.builder.scoring.write import commit_updates, owned_fragments, write_fragment_updates
 
     table = pa.concat_tables([r.table for r in results])
     fragments = sorted(set(table["_fragment"].to_pylist()))
@@ -156,7 +156,7 @@ def _write_and_commit(comm, store, plan, options, results, lineage) -> int:
 
 
 def _summary(plan, options, results, version, world, wall) -> ScoreSummary:
-    from builder.scoring.scorer import TIMED, sources
+    from ttspo.builder.scoring.scorer import TIMED, sources
 
     seconds = {k: sum(r.seconds.get(k, 0.0) for r in results) for k in TIMED}
     return ScoreSummary(version, plan.version, sum(r.rows for r in results), plan.groups,
@@ -175,7 +175,7 @@ def score(store: Store, options: ScoreOptions | None = None, workers: int = 1,
     if not store.exists("generations"):
         raise StoreError(f"no table 'generations' in store {store.root}")
     if workers <= 1:
-        from builder.scoring.dist import LocalComm
+        from ttspo.builder.scoring.dist import LocalComm
 
         return run_rank(LocalComm(), store.root, options, lineage)
     return spawn_workers(workers, store.root, options, lineage)
@@ -183,10 +183,10 @@ def score(store: Store, options: ScoreOptions | None = None, workers: int = 1,
 
 def check_backends(options: ScoreOptions) -> None:
     """Fail before any process starts when a backend spec or model file is wrong."""
-    from builder.scoring.asr import check_asr
-    from builder.scoring.backends import require_file
-    from builder.scoring.scorer import squim_spec
-    from builder.scoring.speaker import check_speaker
+    from ttspo.builder.scoring.asr import check_asr
+    from ttspo.builder.scoring.backends import require_file
+    from ttspo.builder.scoring.scorer import squim_spec
+    from ttspo.builder.scoring.speaker import check_speaker
 
     groups = options.groups()
     if "asr" in groups:
@@ -212,8 +212,8 @@ WORST_FIRST = {"cer": "DESC", "wer": "DESC", "ssim": "ASC", "pesq": "ASC", "squi
 def worst(store: Store, metric: str = "cer", limit: int = 5) -> list[dict[str, Any]]:
     """The LIMIT worst scored generations by METRIC (highest CER/WER, lowest SSIM,
     PESQ, SQUIM), with the transcript and the metric's source; nulls are left out."""
-    from builder.query import run
-    from builder.schemas import GEN, METRIC_SOURCE
+    from ttspo.builder.core.query import run
+    from ttspo.builder.core.schemas import GEN, METRIC_SOURCE
 
     if metric not in WORST_FIRST:
         raise InputError(f"unknown metric '{metric}' (choose {', '.join(WORST_FIRST)})")
@@ -226,7 +226,7 @@ def worst(store: Store, metric: str = "cer", limit: int = 5) -> list[dict[str, A
 
 # ------------------------------------------------------- local workers
 def spawn_workers(n: int, store_root, options: ScoreOptions, lineage: dict) -> ScoreSummary:
-    """Run N ranks as fresh ``python -m builder.score`` processes (what torchrun would
+    """Run N ranks as fresh ``python -m ttspo.builder.scoring.run`` processes (what torchrun would
     start, with a file rendezvous instead of a TCP one). Fresh interpreters, not
     fork: Lance and the models' thread pools are not fork-safe, and unlike
     multiprocessing's spawn this does not re-import the caller's main module.
@@ -241,7 +241,7 @@ def spawn_workers(n: int, store_root, options: ScoreOptions, lineage: dict) -> S
             env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n),
                        TTSPO_RENDEZVOUS_FILE=str(tmp / "rendezvous"))
             logs.append(open(tmp / f"rank{rank}.log", "wb"))
-            procs.append(subprocess.Popen([sys.executable, "-m", "builder.score", *argv],
+            procs.append(subprocess.Popen([sys.executable, "-m", "ttspo.builder.scoring.run", *argv],
                                           env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
         _wait_all(procs, tmp)
         outcome = json.loads((tmp / "outcome.json").read_text())
@@ -295,7 +295,7 @@ def _last_line(log: Path) -> str:
 
 # ------------------------------------------------------------ torchrun
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="torchrun -m builder.score",
+    ap = argparse.ArgumentParser(prog="torchrun -m ttspo.builder.scoring.run",
                                  description="Score generations; one process per rank.")
     ap.add_argument("--store", default=os.environ.get("TTSPO_STORE", "ttspo-store"))
     ap.add_argument("--metrics", default=",".join(DEFAULT_METRICS))
@@ -318,8 +318,8 @@ def options_from(metrics: str, **kw) -> ScoreOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``torchrun -m builder.score``: rank 0 reports, all exit alike."""
-    from builder.scoring.dist import comm_from_env
+    """Entry point of ``torchrun -m ttspo.builder.scoring.run``: rank 0 reports, all exit alike."""
+    from ttspo.builder.scoring.dist import comm_from_env
 
     args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
@@ -371,8 +371,8 @@ def describe(summary: ScoreSummary) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    # Run the imported module's main, so pickled objects name builder.score, not __main__.
-    from builder.score import main as _main
+    # Run the imported module's main, so pickled objects name ttspo.builder.scoring.run, not __main__.
+    from ttspo.builder.scoring.run import main as _main
 
     code = _main()
     # The work is committed and reported: skip the second-long interpreter teardown

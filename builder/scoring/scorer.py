@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from builder.errors import InputError, ModelError
-from builder.metrics import error_rates
-from builder.schemas import GEN
-from builder.scoring import cosine, load_asr, load_quality, load_speaker
-from builder.scoring.audio import MODEL_SR, read_audio, read_audio_bytes
-from builder.scoring.plan import BLOB_SIZE, FRAGMENT, REFERENCE, ROWID, GROUPS, ScoreOptions
+from ttspo.builder.core.errors import InputError, ModelError
+from ttspo.builder.scoring.metrics import error_rates
+from ttspo.builder.core.schemas import GEN
+from ttspo.builder.scoring import cosine, load_asr, load_quality, load_speaker
+from ttspo.builder.scoring.audio import MODEL_SR, read_audio, read_audio_bytes
+from ttspo.builder.scoring.plan import BLOB_SIZE, FRAGMENT, REFERENCE, ROWID, GROUPS, ScoreOptions
 
 TIMED = ("read", "asr", "ssim", "pesq", "squim")
 
@@ -196,7 +196,7 @@ def _needs(row: dict, group: str) -> bool:
 
 
 def _result_schema(columns: list[str]) -> pa.Schema:
-    from builder.scoring.plan import write_schema
+    from ttspo.builder.scoring.plan import write_schema
 
     schema = write_schema(columns)
     return schema.insert(1, pa.field(FRAGMENT, pa.uint64()))

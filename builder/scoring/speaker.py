@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from builder.scoring.audio import MODEL_SR, resample
-from builder.scoring.backends import restore_nemo, require_file, require_module, split_spec, unknown
+from ttspo.builder.scoring.audio import MODEL_SR, resample
+from ttspo.builder.scoring.backends import restore_nemo, require_file, require_module, split_spec, unknown
 
 SPEAKER_BACKENDS = ("resemblyzer", "resemblyzer:PATH.pt", "nemo:PATH.nemo")
 

@@ -21,9 +21,9 @@ import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from builder.errors import StoreError
-from builder.scoring.plan import FRAGMENT, ROWID, write_schema
-from builder.store import Store
+from ttspo.builder.core.errors import StoreError
+from ttspo.builder.scoring.plan import FRAGMENT, ROWID, write_schema
+from ttspo.builder.core.store import Store
 
 
 @dataclass

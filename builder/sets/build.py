@@ -27,10 +27,10 @@ from typing import Any, Callable, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from builder.errors import StoreError
-from builder.recipes import Recipe, load_recipe, run_recipe
-from builder.schemas import PAIR, PREFERENCES_SCHEMA
-from builder.store import Store, make_lineage, parse_ref
+from ttspo.builder.core.errors import StoreError
+from ttspo.builder.sets.recipes import Recipe, load_recipe, run_recipe
+from ttspo.builder.core.schemas import PAIR, PREFERENCES_SCHEMA
+from ttspo.builder.core.store import Store, make_lineage, parse_ref
 
 BUILD_KEY = b"ttspo.build"
 

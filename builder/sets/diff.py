@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from builder.build import SetVersion, open_set
-from builder.errors import InputError
-from builder.schemas import GEN, METRICS, PAIR
-from builder.store import Store, parse_ref
+from ttspo.builder.sets.build import SetVersion, open_set
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.schemas import GEN, METRICS, PAIR
+from ttspo.builder.core.store import Store, parse_ref
 
 SET_METRICS = (PAIR.chosen_cer, PAIR.rejected_cer, PAIR.chosen_ssim, PAIR.rejected_ssim,
                PAIR.rejected_reward, PAIR.cer_delta, PAIR.sim_delta)
@@ -197,7 +197,7 @@ def _counts_by_join(con) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ text
 def render_text(result: dict[str, Any]) -> str:
     """The diff as `ttspo diff` prints it: a summary, then tables."""
-    from builder.cli import render_table
+    from ttspo.builder.core.render import render_table
 
     a, b = result["a"], result["b"]
     lines = [f"{a['ref']} -> {b['ref']} ({result['kind']})"]

@@ -45,9 +45,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from builder.build import SetVersion, open_set
-from builder.errors import InputError
-from builder.schemas import GEN, PAIR, PROMPT
+from ttspo.builder.sets.build import SetVersion, open_set
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.schemas import GEN, PAIR, PROMPT
 
 TRAIN_MANIFEST = "dpo_train_manifest.json"
 VAL_MANIFEST = "dpo_val_manifest.json"
@@ -76,7 +76,7 @@ class ExportResult:
 def generation_rows(store, sv: SetVersion, pairs: pa.Table) -> dict[str, dict[str, Any]]:
     """generation_id -> its row (plus the prompt's context codes path), for the
     generations PAIRS name, read at the version the set was built from."""
-    from builder import query
+    from ttspo.builder.core import query
 
     gen_ref = f"generations@{sv.record.inputs['generations']}"
     refs = [gen_ref]

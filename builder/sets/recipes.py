@@ -36,8 +36,8 @@ from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 
-from builder.errors import InputError, QueryError, RecipeError
-from builder.schemas import GEN, PAIR, PAIR_REQUIRED, PREFERENCES_SCHEMA
+from ttspo.builder.core.errors import InputError, QueryError, RecipeError
+from ttspo.builder.core.schemas import GEN, PAIR, PAIR_REQUIRED, PREFERENCES_SCHEMA
 
 PARAM_LINE = re.compile(r"^--\s*param\s+([A-Za-z_]\w*)\s*=\s*(\S+)\s*(.*)$")
 PLACEHOLDER = re.compile(r"\$([A-Za-z_]\w*)")
@@ -69,7 +69,7 @@ class Recipe:
 
 
 # ---------------------------------------------------------------- loading
-NOT_RECIPES = ("macros.sql",)  # shared macros every session defines (builder.query)
+NOT_RECIPES = ("macros.sql",)  # shared macros every session defines (ttspo.builder.core.query)
 
 
 def builtin_names() -> list[str]:
@@ -178,7 +178,7 @@ class RecipeOutput:
 def run_recipe(store, recipe: Recipe, params: dict[str, Any] | None = None,
                runs: Sequence[str] = (), session=None) -> RecipeOutput:
     """Run RECIPE over the store, complete and check its output. Writes nothing."""
-    from builder import query
+    from ttspo.builder.core import query
 
     values = resolve_params(recipe, params)
     query.check_read_only(recipe.sql)
@@ -224,7 +224,7 @@ def restrict_runs(session, store, runs: Sequence[str]) -> None:
     if missing:
         raise InputError(f"no run {', '.join(missing)} in generations@{session.versions['generations']} "
                          f"(runs: {', '.join(sorted(known))})")
-    from builder.store import sql_string  # (lance: not for `ttspo recipes`)
+    from ttspo.builder.core.store import sql_string  # (lance: not for `ttspo recipes`)
 
     listed = ", ".join(sql_string(r) for r in sorted(set(runs)))
     session.restrict("generations", f'"{GEN.run}" IN ({listed})')

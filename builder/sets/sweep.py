@@ -17,10 +17,10 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from builder.build import count_pairs
-from builder.errors import InputError
-from builder.recipes import Recipe, load_recipe, run_recipe, typed_value
-from builder.schemas import PAIR
+from ttspo.builder.sets.build import count_pairs
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.sets.recipes import Recipe, load_recipe, run_recipe, typed_value
+from ttspo.builder.core.schemas import PAIR
 
 COLUMNS = ("pairs", "train", "val", "groups", "prompts", "chosen_cer_mean", "rejected_cer_mean",
            "cer_margin_min", "cer_margin_median", "cer_margin_mean",
@@ -30,7 +30,7 @@ COLUMNS = ("pairs", "train", "val", "groups", "prompts", "chosen_cer_mean", "rej
 def sweep(store, recipe: Recipe | str, param: str, values: Sequence[Any],
           params: dict[str, Any] | None = None, runs: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One row per value of PARAM: the set the recipe would build, summarised."""
-    from builder import query
+    from ttspo.builder.core import query
 
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     if param not in recipe.params:

@@ -1,7 +1,7 @@
 """Make the bundled demo corpus (run by hand; its output is committed).
 
     apt-get install espeak-ng sox        # the synthesiser and the audio tool
-    .venv/bin/python builder/demo_corpus/make_corpus.py
+    .venv/bin/python builder/demo/corpus/make_corpus.py
 
 What it writes, beside this script (NeMo's step-1 inputs and step-2 outputs):
 
@@ -10,7 +10,7 @@ What it writes, beside this script (NeMo's step-1 inputs and step-2 outputs):
   ``audio_contexts.jsonl`` (paths relative to this folder; ``ttspo demo``
   rewrites them to absolute paths at run time) and ``contexts/*.wav`` (one
   recording per speaker, with its ``*_codes.pt``);
-- ``manifest.json``: the text-context manifest, made by :mod:`builder.prompts`
+- ``manifest.json``: the text-context manifest, made by :mod:`ttspo.builder.prompts.draw`
   with ``corpus.json``'s seed and counts (20 pairs x 6 samples = 120 lines);
 - ``generations/audios/predicted_audioRank{r}_{i}.wav`` / ``_codes.pt`` /
   ``_metrics.json``: NeMo's generation layout with 2 ranks (file (r, i) is
@@ -34,7 +34,7 @@ small); the codec resamples to 22050 Hz when encoding.
 
 Metrics are computed the way NeMo's generation step does, with the offline
 defaults: pocketsphinx transcribes, CER/WER use NeMo's normaliser
-(:mod:`builder.metrics`), ``pred_transcript`` and ``gt_transcript`` are the
+(:mod:`ttspo.builder.scoring.metrics`), ``pred_transcript`` and ``gt_transcript`` are the
 normalised texts, and ``spk_similarity`` is the Resemblyzer cosine between the
 generation and the record's ``audio_filepath``. For audio-context records that
 is the context; for text-context records it is, as in NeMo, the dummy
@@ -62,9 +62,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from builder import metrics, prompts  # noqa: E402
-from builder.scoring import cosine, load_asr, load_speaker  # noqa: E402
-from trainer import codec as codec_mod  # noqa: E402
+from ttspo.builder.scoring import metrics
+from ttspo.builder.prompts import draw as prompts  # noqa: E402
+from ttspo.builder.scoring import cosine, load_asr, load_speaker  # noqa: E402
+from ttspo.trainer import codec as codec_mod  # noqa: E402
 
 SEED = 0
 NSAMPLES_PERPAIR = 6

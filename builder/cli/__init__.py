@@ -1,0 +1,1 @@
+"""The `ttspo` command line: `main` assembles one module per command family."""

@@ -1,0 +1,46 @@
+"""What every command module shares: the store, lineage, the --format option, output.
+
+Command modules import this, never `main` (which imports them): no cycle.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import click
+
+from ttspo.builder.core.render import FORMATS, render
+
+
+def get_store(ctx: click.Context):
+    from ttspo.builder.core.store import Store
+
+    return Store(ctx.find_root().obj["store_path"])
+
+
+def lineage_for(ctx: click.Context, inputs: dict[str, int] | None = None, **extra: Any) -> dict:
+    """Lineage of the running command: its path, its parameters, input versions."""
+    from ttspo.builder.core.store import make_lineage
+
+    command = ctx.command_path.split(" ", 1)[1] if " " in ctx.command_path else ctx.command_path
+    args = {k: _jsonable(v) for k, v in ctx.params.items()}
+    return make_lineage(command, args, inputs, **extra)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def format_option(f):
+    """The shared --format option."""
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table",
+                        show_default=True, help="Output format.")(f)
+
+
+def emit(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str] | None = None) -> None:
+    """Print rows as an aligned table, CSV, or one JSON array of objects."""
+    click.echo(render(rows, fmt, columns), nl=False)

@@ -1,0 +1,70 @@
+"""Rendering result rows for people and programs: aligned tables, CSV, JSON.
+
+Shared by the CLI, `diff` and the demo (none of them imports the CLI for it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any, Iterable, Sequence
+
+FORMATS = ("table", "csv", "json")
+
+
+def render(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str] | None = None) -> str:
+    columns = list(columns if columns is not None else (rows[0].keys() if rows else []))
+    if fmt == "json":
+        return json.dumps([{c: _json_value(r.get(c)) for c in columns} for r in rows],
+                          indent=2, default=str) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([_csv_cell(r.get(c)) for c in columns])
+        return buf.getvalue()
+    return render_table(rows, columns)
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else str(v)
+    if isinstance(v, bytes):
+        return f"<{len(v)} bytes>"
+    return v
+
+
+def _csv_cell(value: Any) -> str:
+    """CSV keeps every value whole: no truncation, floats that round-trip."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _cell(v: Any, width: int = 60) -> str:
+    """A table cell: short floats, long text cut (tables are for reading)."""
+    if isinstance(v, float):
+        text = f"{v:.6g}"
+    elif isinstance(v, bytes):
+        text = f"<{len(v)} bytes>"
+    elif isinstance(v, (list, dict)):
+        text = json.dumps(v, default=str)
+    else:
+        text = str(v)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
+    rows = list(rows)
+    cells = [[("" if r.get(c) is None else _cell(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
+    out = [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,1 @@
+"""The demo: the whole workflow on the bundled corpus (`corpus/`)."""

@@ -1,0 +1,1 @@
+"""Step 2 in: NeMo generation folders and JSON lines into the `generations` table."""

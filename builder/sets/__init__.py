@@ -1,0 +1,1 @@
+"""Step 3: preference sets: SQL recipes, build, export, diff, sweep."""
