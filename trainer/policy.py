@@ -1,0 +1,108 @@
+"""The one policy interface that DPO, precompute-ref, generate, GRPO and NeMo share.
+
+A policy is a codec language model plus its codec. The loops never look inside a
+batch: they ask the policy to collate store rows, to run the teacher-forced pass,
+and to sample. Losses never see a model: they take the log-prob tensors that
+:func:`sequence_logps` and :func:`token_logps` make from a :class:`TeacherForced`.
+
+Rows (what ``collate`` takes) are plain dicts keyed by the store's column names
+(``ttspo.builder.core.schemas``: ``GEN.text``, ``GEN.context_text``, ``GEN.codes``)
+plus ``context_codes``: the context audio's codec codes ``[C, T]`` (numpy int), or
+None for a text context. The data layer resolves context codes once per prompt
+(its ``*_codes.pt`` file, else the codec encodes the context audio).
+
+Implementations: ``ttspo.trainer.tiny.TinyCodecLM`` (built-in codec) and, later,
+the NeMo MagpieTTS adapter. Both are registered in :data:`POLICIES` by name, so the
+CLI's ``--policy tiny`` / ``--policy nemo:PATH`` picks one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, Sequence
+
+import torch
+
+CONTEXT_CODES = "context_codes"  # the row key the data layer adds (not a table column)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample: the options NeMo's inference exposes, plus a seed."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k
+    cfg_scale: float = 1.0  # 1.0: no classifier-free guidance
+    max_steps: int = 430  # decoder steps before a sample counts as unfinished
+    use_kv_cache: bool = True
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TeacherForced:
+    """The teacher-forced pass over target codes, per codebook.
+
+    logits: [B, C, T, V] float; labels: [B, C, T] int64 (targets, EOS appended);
+    mask: [B, C, T] bool (real target positions, padding False).
+    """
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a checkpoint or table records about a policy: which model, which weights."""
+
+    architecture: str  # "tiny" | "nemo-magpietts" ...
+    config: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""  # of the saved weights file
+
+
+class Codec(Protocol):
+    num_codebooks: int
+    codebook_size: int
+    sample_rate: int
+    frame_rate: float
+
+    def encode(self, audio: Any, sr: int) -> Any: ...  # -> int codes [C, T]
+
+    def decode(self, codes: Any) -> tuple[Any, int]: ...  # -> (float audio, sample rate)
+
+
+class Policy(Protocol):
+    """What every loop needs from a model. ``torch.nn.Module`` subclasses implement it."""
+
+    codec: Codec
+
+    def identity(self) -> Identity: ...
+
+    def collate(self, rows: Sequence[dict[str, Any]], *, with_targets: bool = True) -> Any: ...
+
+    def forward_teacher(self, batch: Any) -> TeacherForced: ...
+
+    def generate(self, batch: Any, sampling: Sampling,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
+    # -> (codes [B, C, T] int64 padded, lengths [B] int64: frames before EOS)
+
+    def save(self, path: str) -> str: ...  # -> sha256 of the written file
+
+
+def token_logps(tf: TeacherForced) -> torch.Tensor:
+    """Per-token log-probs of the labels, [B, C, T], zero where the mask is False."""
+    logps = torch.log_softmax(tf.logits.float(), dim=-1)
+    picked = logps.gather(-1, tf.labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * tf.mask
+
+
+def sequence_logps(tf: TeacherForced) -> torch.Tensor:
+    """Per-codebook sequence log-probs [B, C]: masked sums over time.
+
+    Summing over codebooks (optionally weighted) is the losses' job, so the
+    reference cache can keep codebooks apart.
+    """
+    return token_logps(tf).sum(dim=-1)
