@@ -34,3 +34,11 @@ class RecipeError(TtspoError):
 
 class ModelError(TtspoError):
     """A scoring model that cannot be loaded (missing file, missing extra)."""
+
+
+class ConfigError(TtspoError):
+    """A training config key, value or loss name that is not valid."""
+
+
+class TrainingError(TtspoError):
+    """A training run that cannot start or continue (another run's folder, a NaN loss)."""
