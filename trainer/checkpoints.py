@@ -88,7 +88,7 @@ def gather_weight_digests(model: torch.nn.Module) -> list[str]:
     h = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     mine = h.hexdigest()
     if not (dist.is_available() and dist.is_initialized()):
         return [mine]
