@@ -196,6 +196,6 @@ def _add(buf: RowBuffer, number: int, group: int, sample: int, prompt: int,
         invalid = get(GEN.pred_transcript) == nf.INVALID_TRANSCRIPT
     metrics = [nf.number(record, key) for key in METRIC_KEYS]
     buf.add((number - 1, group, sample, row["audio_filepath"], row["audio"], row["codes_path"],
-             info.frames / info.sample_rate, info.sample_rate, *metrics,
+             info.duration, info.sample_rate, *metrics,
              nf.number(record, GEN.codes_len, integer=True), get(GEN.pred_transcript),
              get(GEN.gt_transcript), invalid, f"{path}:{number}"), prompt, row["codes"])

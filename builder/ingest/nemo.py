@@ -279,7 +279,7 @@ def build_batch(task: dict) -> tuple:
             continue
         if prompt not in local_prompt:
             local_prompt[prompt] = buf.add_prompt(task["prompts"][prompt])
-        buf.add((line, group, sample, wav, audio, codes, info.frames / info.sample_rate,
+        buf.add((line, group, sample, wav, audio, codes, info.duration,
                  info.sample_rate, m[0], m[1], m[2], m[3], None, m[4], m[5], m[6],
                  m[5] == nf.INVALID_TRANSCRIPT, metrics), local_prompt[prompt], parts)
     return spill_batch(buf.to_batch() if len(buf) else None, task["spill"], problems)
