@@ -27,7 +27,7 @@ NORMALIZER_CHOICES = ("nemo", "basic", "none")
               show_default=True, help="Text normalisation before CER/WER (nemo = NeMo's).")
 @click.option("--where", default=DEFAULTS.where, metavar="SQL",
               help="DuckDB condition on generations: score only matching rows.")
-@click.option("--rescore", is_flag=True,
+@click.option("--rescore", is_flag=True, default=DEFAULTS.rescore,
               help="Score the selected rows again even if they have the metrics.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
               show_default=True,
