@@ -11,11 +11,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    if name == "Store":
-        from ttspo.builder.api import Store
+    if name in ("Store", "recipes"):
+        from ttspo.builder import api
 
-        return Store
+        return getattr(api, name)
     raise AttributeError(f"module 'ttspo' has no attribute {name!r}")
 
 
-__all__ = ["Store", "__version__"]
+__all__ = ["Store", "recipes", "__version__"]

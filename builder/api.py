@@ -248,6 +248,21 @@ class Store:
         return path
 
 
+def recipes(recipe: str | None = None) -> list[dict[str, Any]]:
+    """The built-in recipes (recipe, parameters, sha256), or RECIPE's parameters
+    (parameter, default, required, description); RECIPE: a name or a .sql path."""
+    from ttspo.builder.sets import recipes as r
+
+    if recipe is None:
+        return [{"recipe": name, "parameters": ", ".join(sorted(rec.params)),
+                 "sha256": rec.sha256[:12]}
+                for name in r.builtin_names() for rec in [r.load_recipe(name)]]
+    rec = r.load_recipe(recipe)
+    return [{"parameter": p.name, "default": p.default if p.has_default else None,
+             "required": not p.has_default, "description": p.description}
+            for p in sorted(rec.params.values(), key=lambda p: p.name)]
+
+
 def write_result(result, path: Path) -> None:
     """A query result as PATH (.parquet, .csv or .json), atomically."""
     from ttspo.builder.core.files import atomic_write, write_text_atomic

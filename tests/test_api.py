@@ -146,6 +146,12 @@ def test_prompts(tmp_path):
     assert lineage["args"]["seed"] == 1 and lineage["manifest"]["lines"] == 4
 
 
+def test_recipes():
+    assert [r["recipe"] for r in ttspo.recipes()] == ["best_worst", "pareto"]
+    params = {p["parameter"]: p for p in ttspo.recipes("pareto")}
+    assert params["cer_threshold"]["default"] == 0.02 and not params["seed"]["required"]
+
+
 def test_reading_a_missing_store_is_an_error_and_creates_nothing(tmp_path):
     store = ttspo.Store(tmp_path / "typo")
     message = f"no store at {tmp_path / 'typo'} \\(no such folder; check --store\\)"

@@ -95,6 +95,8 @@ def test_parameters_are_typed_one_way():
     for bad, like in (("nan", 0.1), ("inf", 0.1), (float("nan"), None)):
         with pytest.raises(InputError, match="is not a finite number"):
             typed_param("t", bad, like)
+    with pytest.raises(InputError, match=r"^--param t=-Infinity is not a finite number$"):
+        typed_param("t", "-Infinity", numbers_only=True)  # a recipe's $t without a default
     with pytest.raises(InputError, match=r"^--param 'k' is not NAME=VALUE$"):
         parse_params(["k"])
 

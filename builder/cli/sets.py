@@ -1,5 +1,5 @@
 """`ttspo` preference-set commands: recipes, build, export, diff, sweep (thin over
-ttspo.builder.api.Store; `recipes` reads ttspo.builder.sets.recipes)."""
+ttspo.builder.api)."""
 
 from __future__ import annotations
 
@@ -23,21 +23,11 @@ def recipes(recipe: str | None, fmt: str) -> None:
 
     RECIPE is a built-in name (pareto, best_worst) or a path ending in .sql.
     """
-    from ttspo.builder.sets import recipes as r
+    from ttspo.builder.api import recipes as listing
 
-    if recipe is None:
-        rows = []
-        for name in r.builtin_names():
-            rec = r.load_recipe(name)
-            rows.append({"recipe": name, "parameters": ", ".join(sorted(rec.params)),
-                         "sha256": rec.sha256[:12]})
-        emit(rows, fmt, ["recipe", "parameters", "sha256"])
-        return
-    rec = r.load_recipe(recipe)
-    rows = [{"parameter": p.name, "default": p.default if p.has_default else None,
-             "required": not p.has_default, "description": p.description}
-            for p in sorted(rec.params.values(), key=lambda p: p.name)]
-    emit(rows, fmt, ["parameter", "default", "required", "description"])
+    columns = (["recipe", "parameters", "sha256"] if recipe is None
+               else ["parameter", "default", "required", "description"])
+    emit(listing(recipe), fmt, columns)
 
 
 # ------------------------------------------------------------------ build

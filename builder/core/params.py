@@ -36,9 +36,11 @@ def parse_params(items: Iterable[str]) -> dict[str, Any]:
     return {k: typed_param(k, v) for k, v in parse_assignments(items).items()}
 
 
-def typed_param(name: str, value: Any, like: Any = None) -> Any:
+def typed_param(name: str, value: Any, like: Any = None, numbers_only: bool = False) -> Any:
     """VALUE typed like LIKE (a default), or guessed from the text when LIKE is None.
-    Values that are not text are only checked (a non-finite float is refused)."""
+    Values that are not text are only checked (a non-finite float is refused).
+    NUMBERS_ONLY (recipes): text spelling a non-finite number (``nan``, ``inf``) is
+    refused rather than kept as text, since SQL would cast it back to NaN."""
     if not isinstance(value, str):
         if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"--param {name}={value} is not a finite number")
@@ -62,7 +64,17 @@ def typed_param(name: str, value: Any, like: Any = None) -> Any:
         return number
     if like is not None:
         return value
-    return _guess(value)
+    guess = _guess(value)
+    if numbers_only and isinstance(guess, str) and _non_finite(guess):
+        raise InputError(f"--param {name}={value} is not a finite number")
+    return guess
+
+
+def _non_finite(text: str) -> bool:
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _guess(value: str) -> int | float | str:

@@ -33,7 +33,6 @@ from typing import Any
 from ttspo.builder.core import errors
 from ttspo.builder.core.errors import InputError, ModelError, StoreError, TtspoError
 from ttspo.builder.scoring.options import ScoreOptions, add_arguments, from_namespace, to_argv
-from ttspo.builder.scoring.options import options_from  # noqa: F401 (the CLI's and tests')
 from ttspo.builder.core.store import Lineage, Store, make_lineage
 
 MAX_PROBLEMS_SHOWN = 20

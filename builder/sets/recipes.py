@@ -122,7 +122,7 @@ def typed_value(recipe: Recipe, name: str, value: Any) -> Any:
     """Type a value given as text like the parameter's default (see core.params)."""
     default = recipe.params[name].default if name in recipe.params else None
     try:
-        return typed_param(name, value, default)
+        return typed_param(name, value, default, numbers_only=True)
     except InputError as exc:
         raise InputError(f"recipe {recipe.name}: {exc}") from None
 
