@@ -110,6 +110,10 @@ def part1(steps: int, trials: int, size: str) -> None:
             queue = ctx.Queue()
             proc = ctx.Process(target=run_variant, args=(name, steps, size, queue))
             proc.start()
+            while queue.empty():  # a child that crashed must not leave us waiting
+                if not proc.is_alive() and queue.empty():
+                    raise SystemExit(f"the {name} step process failed (exit {proc.exitcode})")
+                time.sleep(0.2)
             got = queue.get()
             proc.join()
             results[name].append(got[1:])
