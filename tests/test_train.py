@@ -206,3 +206,17 @@ def test_bad_input_is_one_line_and_exit_1(store, bad_store, tmp_path):
     assert invoke(store, "dpo", SET, "--out", str(used), *quick, "-o", "loss.beta=0.1").output \
         .startswith(f"Error: {used} holds another run (config ")
     assert not (tmp_path / "a").exists()  # nothing half-written
+
+
+def test_a_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path):
+    store = pattern_store(tmp_path / "store", groups=16, val_size=2)
+    cfg = load_config(None, tiny_overrides(**{"train.max_steps": 6, "train.val_every": 0,
+                                              "train.checkpoint_every": 1, "optim.lr": 1e30}))
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError) as err:
+        train_dpo(store, SET, cfg=cfg, out=out, echo=quiet)
+    # lr 1e30: step 1 is finite, its update blows the weights up, step 2's loss is nan
+    assert str(err.value) == (f"step 2: the loss is nan; the run stopped. Last good checkpoint: "
+                              f"{out}/checkpoints/step_000001")
+    assert [r["step"] for r in store.open("checkpoints").to_table().to_pylist()] == [1]
+    assert ckpt.latest_checkpoint(out).name == "step_000001"
