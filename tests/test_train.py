@@ -22,7 +22,8 @@ from ttspo.trainer.config import load_config
 from ttspo.trainer.data import load_pairs
 from ttspo.trainer.loop import read_metrics, train_dpo
 from ttspo.trainer.policy import load_policy
-from ttspo.trainer.ref import file_sha256, lookup, precompute
+from ttspo.builder.core.files import file_sha256
+from ttspo.trainer.ref import lookup, precompute
 from train_helpers import SET, TINY, pattern_store, tiny_overrides
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 cores, shared: one thread per process

@@ -170,7 +170,7 @@ def checkpoint_row(saved: Saved, *, run: str, trainer: str) -> dict[str, Any]:
     }
 
 
-def record_checkpoint(store: Any, row: dict[str, Any], lineage: dict[str, Any]) -> int:
+def record_checkpoint(store: Any, row: dict[str, Any], lineage: Any) -> int:
     """Append one row to the store's `checkpoints` table (one commit)."""
     table = pa.Table.from_pylist([row], schema=CHECKPOINTS_SCHEMA)
     return store.write(CHECKPOINTS, table, CHECKPOINTS_SCHEMA, lineage)

@@ -31,11 +31,13 @@ import torch
 import torch.distributed as dist
 
 from ttspo.builder.core.errors import TrainingError
+from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.trainer import checkpoints as ckpt
 from ttspo.trainer import losses as L
 from ttspo.trainer.config import Config, save_config
 from ttspo.trainer.data import PairOrder, Pairs, load_pairs, shard
-from ttspo.trainer.ref import RefCache, file_sha256, lookup, pair_logps
+from ttspo.builder.core.files import file_sha256
+from ttspo.trainer.ref import RefCache, lookup, pair_logps
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -228,12 +230,13 @@ def warn_dropout(policy: torch.nn.Module, echo: Callable[[str], None]) -> None:
 
 
 def train_dpo(store: Any, set_ref: str, *, cfg: Config, out: str | Path, spec: str = "tiny",
-              init: str | None = None, lineage: dict[str, Any] | None = None,
+              init: str | None = None, lineage: Lineage | dict[str, Any] | None = None,
               echo: Callable[[str], None] = print) -> RunResult:
     """Train SPEC's policy on set SET_REF with the preference losses of CFG; see the module."""
     c = compute_init(cfg.train.device)
     try:
-        return _train(store, set_ref, cfg, Path(out).absolute(), spec, init, lineage or {}, echo, c)
+        lineage = as_lineage(lineage or make_lineage("train dpo", {"set": set_ref}))
+        return _train(store, set_ref, cfg, Path(out).absolute(), spec, init, lineage, echo, c)
     finally:
         compute_cleanup()
 
@@ -286,7 +289,8 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
     say(f"train dpo: {pairs.ref} (generations@{pairs.generations_version}), {len(train)} train / "
         f"{len(val)} val pairs, {c.world_size} process(es), reference {reference}, "
         + (f"resuming at step {start}" if latest is not None else "from step 0"))
-    meta = {"config": cfg.to_dict(), "lineage": lineage, "set_name": pairs.set_name,
+    lineage = lineage.with_inputs(pairs.lineage_inputs())
+    meta = {"config": cfg.to_dict(), "lineage": lineage.record(), "set_name": pairs.set_name,
             "set_version": pairs.set_version, "generations_version": pairs.generations_version,
             "prompts_version": pairs.prompts_version, "init_sha256": init_sha, "trainer": "dpo"}
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
@@ -307,9 +311,7 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
                                            "rank_weights_sha256": weights, **(extra or {})},
                                      kind=kind)
         row = ckpt.checkpoint_row(saved, run=out.name, trainer="dpo")
-        commit = {**lineage, "inputs": {**lineage.get("inputs", {}), **pairs.lineage_inputs()},
-                  "run": out.name, "step": step, "kind": kind}
-        ckpt.record_checkpoint(store, row, commit)
+        ckpt.record_checkpoint(store, row, lineage.with_extra(run=out.name, step=step, kind=kind))
         result.checkpoints.append(row)
         return saved.path
 

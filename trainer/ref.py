@@ -15,7 +15,6 @@ another checkpoint: the key says so.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,19 +23,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ttspo.builder.core.files import file_sha256
 from ttspo.builder.core.schemas import REF, REF_LOGPS_SCHEMA
-from ttspo.builder.core.store import Store, sql_string
+from ttspo.builder.core.store import Lineage, Store, as_lineage, sql_string
 from ttspo.trainer.data import Pairs, collate_pairs
 
 TABLE = "ref_logps"
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pair_logps(model: Any, policy: Any, pairs: Pairs, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +98,7 @@ def compute(policy: Any, pairs: Pairs, *, batch_pairs: int = 16,
 
 
 def precompute(store: Store, pairs: Pairs, policy: Any, ref_path: str | Path, *,
-               lineage: dict[str, Any], batch_pairs: int = 16) -> dict[str, Any]:
+               lineage: Lineage | dict[str, Any], batch_pairs: int = 16) -> dict[str, Any]:
     """Write the reference log-probs of PAIRS under POLICY (loaded from REF_PATH).
 
     One commit; nothing when the key is already complete in the table. Returns a
@@ -124,8 +116,8 @@ def precompute(store: Store, pairs: Pairs, policy: Any, ref_path: str | Path, *,
         REF.pair_id: pairs.pair_ids, REF.split: pairs.split,
         REF.chosen_logps: list(chosen), REF.rejected_logps: list(rejected),
     }, schema=REF_LOGPS_SCHEMA)
-    extra = {"ref_sha256": sha, "ref_path": str(Path(ref_path).absolute())}
-    lineage = {**lineage, "inputs": {**lineage.get("inputs", {}), **pairs.lineage_inputs()}, **extra}
+    lineage = as_lineage(lineage).with_inputs(pairs.lineage_inputs()).with_extra(
+        ref_sha256=sha, ref_path=str(Path(ref_path).absolute()))
     with store.lock(f"{TABLE} {pairs.ref} {sha}"):  # two precomputes of one key: one writes
         if lookup(store, pairs, sha) is None:
             summary["version"] = store.write(TABLE, table, REF_LOGPS_SCHEMA, lineage)

@@ -46,7 +46,7 @@ def dpo(ctx: click.Context, set_ref: str, spec: str, init: str | None, config_fi
     from ttspo.trainer.loop import train_dpo
 
     cfg = load_config(config_file, overrides)
-    result = train_dpo(get_store(ctx), set_ref, cfg=cfg, out=out, spec=spec, init=init,
+    result = train_dpo(get_store(ctx).core, set_ref, cfg=cfg, out=out, spec=spec, init=init,
                        lineage=lineage_for(ctx), echo=click.echo)
     for name, metrics in (("first", result.first), ("last", result.last)):
         if metrics:
@@ -76,7 +76,7 @@ def precompute_ref(ctx: click.Context, set_ref: str, spec: str, ref_path: str,
     from ttspo.trainer.policy import load_policy
     from ttspo.trainer.ref import precompute
 
-    store = get_store(ctx)
+    store = get_store(ctx).core
     policy = load_policy(spec, init=ref_path)
     pairs = load_pairs(store, set_ref, encode=policy.codec.encode)
     summary = precompute(store, pairs, policy, ref_path, lineage=lineage_for(ctx),
