@@ -9,20 +9,18 @@ Rank 0 writes files and table rows; every rank computes. A resumed run continues
 the same data order (a function of the step), RNG streams (every rank's, saved in
 each checkpoint), optimizer and schedule, so its losses equal an uninterrupted
 run's. GRPO imports the pieces above :func:`train_dpo` (compute_init,
-build_optimizer, build_scheduler, MetricsLog, open_run_dir, resume, save) and
-adds its rollout phase.
+build_optimizer, build_scheduler), the run folder's (trainer/runs.py: MetricsLog,
+open_run_dir) and checkpoints' (trainer/checkpoints.py), and adds its rollout phase.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,16 +32,12 @@ from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.trainer import checkpoints as ckpt
 from ttspo.trainer import losses as L
-from ttspo.trainer.config import Config, save_config
+from ttspo.trainer.config import Config
 from ttspo.trainer.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.builder.core.files import file_sha256
 from ttspo.trainer.ref import RefCache, lookup, pair_logps
+from ttspo.trainer.runs import MetricsLog, open_run_dir, read_metrics, run_identity  # noqa: F401
 
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.jsonl"
-# Config keys a resumed run may change (they do not change what the run computes).
-RESUMABLE = ("train.max_steps", "train.progress", "train.tensorboard", "train.log_every",
-             "train.val_every", "train.checkpoint_every")
 
 
 # ------------------------------------------------------------------ compute
@@ -90,11 +84,6 @@ def all_mean(values: torch.Tensor, c: Compute) -> torch.Tensor:
     return values
 
 
-def barrier(c: Compute) -> None:
-    if c.ddp:
-        dist.barrier()
-
-
 # ------------------------------------------------------- optimizer, schedule
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     o = cfg.optim
@@ -121,85 +110,6 @@ def autocast(cfg: Config, c: Compute) -> Any:
     if cfg.train.precision == "bf16":
         return torch.autocast(c.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-# ------------------------------------------------------------------ metrics
-class MetricsLog:
-    """JSON lines (one per logged step) and TensorBoard, written by rank 0 only."""
-
-    def __init__(self, run_dir: Path, c: Compute, *, start_step: int, tensorboard: bool):
-        self.path = Path(run_dir) / METRICS_FILE
-        self.writer = None
-        self.enabled = c.master
-        if not c.master:
-            return
-        # A killed run may have logged past its last checkpoint: drop those lines,
-        # the resumed run logs those steps again.
-        kept = [line for line in self._lines() if json.loads(line)["step"] <= start_step]
-        self.path.write_text("".join(kept))
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1)
-
-    def _lines(self) -> list[str]:
-        return self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as fh:
-            fh.write(json.dumps({"step": step, **metrics}, sort_keys=True) + "\n")
-        if self.writer is not None:
-            for key, value in metrics.items():
-                self.writer.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-# ----------------------------------------------------------------- run folder
-def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -> bool:
-    """Make OUT a run folder for IDENTITY, or check that it already is; True if resuming."""
-    path = Path(out) / RUN_FILE
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved != identity:
-            diff = [k for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
-            what = ", ".join(f"{k} {_short(saved.get(k))} (now {_short(identity.get(k))})"
-                             for k in diff[:3])
-            raise TrainingError(f"{out} holds another run ({what}); choose another --out")
-        return True
-    if Path(out).exists() and any(Path(out).iterdir()):
-        raise TrainingError(f"{out} is not empty and holds no ttspo run; choose another --out")
-    barrier(c)  # every rank has looked before rank 0 writes
-    if c.master:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        save_config(cfg, Path(out) / "config.yaml")
-        path.write_text(json.dumps(identity, indent=2, sort_keys=True))
-    barrier(c)
-    return False
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def run_identity(cfg: Config, *, trainer: str, pairs: Pairs, spec: str,
-                 init_sha256: str | None) -> dict[str, Any]:
-    conf = cfg.to_dict()
-    for key in RESUMABLE:
-        section, name = key.split(".")
-        conf[section].pop(name)
-    return {"trainer": trainer, "set": pairs.ref, "generations_version": pairs.generations_version,
-            "policy": spec, "init_sha256": init_sha256, "config": conf}
 
 
 # ---------------------------------------------------------------- the loop
@@ -258,9 +168,10 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
     if not cfg.loss.reference_free:
         cache = lookup(store, pairs, init_sha) if init_sha else None
         if cache is None and cfg.train.require_ref_cache:
-            raise TrainingError(f"no ref_logps for {pairs.ref} and reference sha256 "
-                                f"{init_sha or '(a fresh init has no file)'}; run "
-                                f"'ttspo train precompute-ref {pairs.ref} --ref {init}' first")
+            raise TrainingError(
+                f"no ref_logps for {pairs.ref} and reference sha256 {init_sha}; run 'ttspo train "
+                f"precompute-ref {pairs.ref} --ref {init}' first" if init else
+                "train.require_ref_cache needs --init (the checkpoint precompute-ref used)")
         if cache is None:
             ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
     reference = "none" if cfg.loss.reference_free else ("cached" if cache else "live")
