@@ -43,6 +43,11 @@ GROUP_SOURCE = {"asr": GEN.cer_source, "ssim": GEN.ssim_source, "pesq": GEN.pesq
 METRIC_GROUP = {GEN.cer: "asr", GEN.wer: "asr", GEN.ssim: "ssim", GEN.pesq: "pesq",
                 GEN.squim: "squim"}
 
+
+def metric_groups(options: ScoreOptions) -> list[str]:
+    """The column groups OPTIONS' metrics write, in GROUPS order."""
+    return [g for g in GROUPS if any(METRIC_GROUP[m] == g for m in options.metrics)]
+
 # Plan columns besides the group columns.
 ROWID = "_rowid"
 FRAGMENT = "_fragment"
@@ -96,7 +101,7 @@ def make_plan(store: Store, options: ScoreOptions) -> Plan:
     if options.where:
         table = _filter_where(store, table, options.where, version, inputs)
     table = _add_references(store, table, inputs)
-    groups = options.groups()
+    groups = metric_groups(options)
     needs = {g: _needs(table, g, options.rescore) for g in groups}
     any_need = functools.reduce(pc.or_, needs.values())
     for g, mask in needs.items():
