@@ -33,11 +33,6 @@ class ScoreOptions:
     rescore: bool = False
     batch_size: int = 16
 
-    def groups(self) -> list[str]:
-        from ttspo.builder.scoring.plan import GROUPS, METRIC_GROUP
-
-        return [g for g in GROUPS if any(METRIC_GROUP[m] == g for m in self.metrics)]
-
     def check(self) -> None:
         from ttspo.builder.core.schemas import METRICS
         from ttspo.builder.scoring.metrics import check_normalizer

@@ -83,6 +83,11 @@ class Plan:
         return self.rows.take(pa.array(mine, pa.int64()))
 
 
+def groups_for(options: ScoreOptions) -> list[str]:
+    """The metric groups OPTIONS asks for, in GROUPS order."""
+    return [g for g in GROUPS if any(METRIC_GROUP[m] == g for m in options.metrics)]
+
+
 def make_plan(store: Store, options: ScoreOptions) -> Plan:
     """Rank 0's job: pin a version, select rows, mark the groups each one lacks."""
     options.check()
@@ -96,7 +101,7 @@ def make_plan(store: Store, options: ScoreOptions) -> Plan:
     if options.where:
         table = _filter_where(store, table, options.where, version, inputs)
     table = _add_references(store, table, inputs)
-    groups = options.groups()
+    groups = groups_for(options)
     needs = {g: _needs(table, g, options.rescore) for g in groups}
     any_need = functools.reduce(pc.or_, needs.values())
     for g, mask in needs.items():
