@@ -65,11 +65,11 @@ class Store:
     def query(self, query: str, params: dict[str, Any] | None = None):
         """:meth:`sql` as a pyarrow Table (column names made distinct)."""
         from ttspo.builder.core import query as q
-        from ttspo.builder.core.params import typed_param
+        from ttspo.builder.core.params import checked_value
 
         self._require()
-        typed = {k: typed_param(k, v) for k, v in (params or {}).items()}
-        return q.run(self.core, query, typed)[0]
+        values = {k: checked_value(k, v) for k, v in (params or {}).items()}  # typed already
+        return q.run(self.core, query, values)[0]
 
     def save_sql(self, query: str, out: str | os.PathLike, /, **params: Any) -> int:
         """Write a query's result to OUT (.parquet, .csv or .json, atomically);
