@@ -12,8 +12,10 @@ as in issue 8's comparison with NeMo's script), in the same run:
    (`store.build` + `store.export_nemo`), which is what a notebook user repeats;
 3. checks that both wrote byte-identical manifests, and prints the ratio.
 
-Target: the session re-threshold at least 3x faster than the CLI's (the CLI pays
-two interpreter start-ups and imports per re-threshold).
+No target of its own: issue 8's target for the session re-threshold is against
+NeMo's script (bench/vs_nemo.py); this shows what a session saves over the CLI
+(two interpreter start-ups and their imports per re-threshold) and where the
+session's time goes (build vs export).
 """
 
 from __future__ import annotations
@@ -83,8 +85,7 @@ def main() -> None:
     same = all(filecmp.cmp(data / "cli-manifests" / m, data / "nb-manifests" / m, shallow=False)
                for m in MANIFESTS)
     print(f"same manifests (byte for byte): {'yes' if same else 'NO'}")
-    print(f"\nratio: session re-threshold {cli_seconds / total:.1f}x faster than the CLI's "
-          "(target >= 3x)")
+    print(f"\nratio: session re-threshold {cli_seconds / total:.1f}x faster than the CLI's")
     if not same:
         sys.exit(1)
 
