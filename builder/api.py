@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ttspo.builder.core.errors import InputError, StoreError
-from ttspo.builder.core.store import Lineage, make_lineage
+from ttspo.builder.core.store import Lineage, as_lineage, default_store_path, make_lineage
 from ttspo.builder.core.store import Store as CoreStore
 from ttspo.builder.scoring.options import DEFAULTS as SCORE
 
@@ -36,12 +36,13 @@ RESULT_FORMATS = (".parquet", ".csv", ".json")
 class Store:
     """A ttspo store (a folder of versioned Lance tables), for notebooks and scripts.
 
-    Constructing one touches nothing: writers create the folder, readers refuse
-    a folder that does not exist.
+    PATH defaults to the CLI's: $TTSPO_STORE, else ./ttspo-store. Constructing one
+    touches nothing: writers create the folder, readers refuse a folder that does
+    not exist.
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.core = CoreStore(path)
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.core = CoreStore(default_store_path() if path is None else path)
 
     @property
     def root(self) -> Path:
@@ -137,7 +138,7 @@ class Store:
         """Make VERSION the latest again, as a new version (history is kept); returns it."""
         number = self.resolve(table, version)
         lineage = lineage or make_lineage("restore", {"table": table, "version": str(version)})
-        return self.core.restore(table, number, lineage.with_inputs({table: number}))
+        return self.core.restore(table, number, as_lineage(lineage).with_inputs({table: number}))
 
     def prompts(self, *, challenging_texts=None, regular_texts_for_audiocontext=None,
                 regular_texts_for_textcontext=None, audio_contexts=None, text_contexts=None,

@@ -150,6 +150,14 @@ def test_prompts(tmp_path):
     assert lineage["args"]["seed"] == 1 and lineage["manifest"]["lines"] == 4
 
 
+def test_the_default_store_is_the_clis(tmp_path, monkeypatch):
+    monkeypatch.setenv("TTSPO_STORE", str(tmp_path / "env"))
+    assert ttspo.Store().root == tmp_path / "env"
+    monkeypatch.delenv("TTSPO_STORE")
+    monkeypatch.chdir(tmp_path)
+    assert ttspo.Store().root == tmp_path / "ttspo-store"
+
+
 def test_recipes():
     assert [r["recipe"] for r in ttspo.recipes()] == ["best_worst", "pareto"]
     params = {p["parameter"]: p for p in ttspo.recipes("pareto")}
@@ -180,7 +188,7 @@ def test_non_finite_parameters_are_refused(pipeline):
 def test_an_explicit_lineage_is_the_one_recorded(pipeline):
     store = pipeline[0]
     v = store.tag("generations", 1, "lineage-test")
-    new = store.restore("generations", v, lineage=Lineage("restore", {"why": "test"}, extra={"n": 1}))
+    new = store.restore("generations", v, lineage=Lineage("restore", {"why": "test"}, n=1))
     record = store.versions("generations")[-1]["lineage"]
     assert (record["args"], record["n"], record["inputs"]) == ({"why": "test"}, 1, {"generations": 1})
     store.restore("generations", new - 1)
