@@ -51,6 +51,13 @@ class Store:
     def __repr__(self) -> str:
         return f"ttspo.Store({str(self.root)!r})"
 
+    def __getattr__(self, name: str):
+        # Code written against the core store (open, write, lineage ...) gets told where it is.
+        if not name.startswith("_") and hasattr(CoreStore, name):
+            raise AttributeError(f"ttspo.Store has no '{name}'; the core store's is "
+                                 f"store.core.{name} (ttspo.builder.core.store.Store)")
+        raise AttributeError(f"'ttspo.Store' object has no attribute '{name}'")
+
     # ------------------------------------------------------------ reading
     def sql(self, query: str, /, **params: Any):
         """Run a read-only DuckDB query over the store: a polars DataFrame.

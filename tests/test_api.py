@@ -158,6 +158,13 @@ def test_the_default_store_is_the_clis(tmp_path, monkeypatch):
     assert ttspo.Store().root == tmp_path / "ttspo-store"
 
 
+def test_the_core_store_is_one_attribute_away(tmp_path):
+    store = ttspo.Store(tmp_path)
+    with pytest.raises(AttributeError, match=r"ttspo.Store has no 'open'; .* store.core.open"):
+        store.open("generations")
+    assert store.core.root == tmp_path
+
+
 def test_recipes():
     assert [r["recipe"] for r in ttspo.recipes()] == ["best_worst", "pareto"]
     params = {p["parameter"]: p for p in ttspo.recipes("pareto")}
