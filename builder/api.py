@@ -236,7 +236,8 @@ class Store:
     def _require(self) -> None:
         """Reading a store that does not exist is an error, not an empty result."""
         if not self.root.is_dir():
-            raise StoreError(f"no store at {self.root} (no such folder; check --store)")
+            what = "not a folder" if self.root.exists() else "no such folder"
+            raise StoreError(f"no store at {self.root} ({what}; check --store)")
 
     def check_output(self, out: str | os.PathLike, suffixes: Sequence[str] = ()) -> Path:
         """OUT, if a result may be written there: never inside one of the store's

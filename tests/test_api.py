@@ -181,6 +181,9 @@ def test_reading_a_missing_store_is_an_error_and_creates_nothing(tmp_path):
         with pytest.raises(StoreError, match=message):
             read()
     assert not (tmp_path / "typo").exists() and not (tmp_path / "o").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match=r"no store at .*file \(not a folder; check --store\)"):
+        ttspo.Store(tmp_path / "file").tables()
 
 
 def test_non_finite_parameters_are_refused(pipeline):
