@@ -27,7 +27,13 @@ ODD = so.ScoreOptions(metrics=("cer", "pesq"), asr="whisper:/models/w", sv="nemo
 
 # ---------------------------------------------------------- scoring defaults
 def test_default_metrics_are_the_metric_columns():
+    from ttspo.builder.core.schemas import METRICS
+    from ttspo.builder.scoring.plan import GROUPS
+
     assert so.DEFAULT_METRICS == (GEN.cer, GEN.wer, GEN.ssim)
+    assert tuple(so.METRIC_GROUPS) == METRICS  # every metric has its group
+    assert list(dict.fromkeys(so.METRIC_GROUPS.values())) == list(GROUPS)  # in scoring order
+    assert so.ScoreOptions(metrics=("squim", "wer", "ssim")).groups() == ["asr", "ssim", "squim"]
 
 
 def test_the_cli_and_the_api_take_their_defaults_from_score_options():

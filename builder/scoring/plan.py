@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import QueryError, first_line
-from ttspo.builder.scoring.options import DEFAULT_METRICS, ScoreOptions  # noqa: F401
+from ttspo.builder.scoring.options import DEFAULT_METRICS, METRIC_GROUPS, ScoreOptions  # noqa: F401
 from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT
 from ttspo.builder.core.store import Store
 
@@ -40,8 +40,7 @@ GROUPS = {
 }
 GROUP_SOURCE = {"asr": GEN.cer_source, "ssim": GEN.ssim_source, "pesq": GEN.pesq_source,
                 "squim": GEN.squim_source}
-METRIC_GROUP = {GEN.cer: "asr", GEN.wer: "asr", GEN.ssim: "ssim", GEN.pesq: "pesq",
-                GEN.squim: "squim"}
+METRIC_GROUP = METRIC_GROUPS  # metric -> group (scoring.options, beside the defaults)
 
 # Plan columns besides the group columns.
 ROWID = "_rowid"
@@ -83,11 +82,6 @@ class Plan:
         return self.rows.take(pa.array(mine, pa.int64()))
 
 
-def groups_for(options: ScoreOptions) -> list[str]:
-    """The metric groups OPTIONS asks for, in GROUPS order."""
-    return [g for g in GROUPS if any(METRIC_GROUP[m] == g for m in options.metrics)]
-
-
 def make_plan(store: Store, options: ScoreOptions) -> Plan:
     """Rank 0's job: pin a version, select rows, mark the groups each one lacks."""
     options.check()
@@ -101,7 +95,7 @@ def make_plan(store: Store, options: ScoreOptions) -> Plan:
     if options.where:
         table = _filter_where(store, table, options.where, version, inputs)
     table = _add_references(store, table, inputs)
-    groups = groups_for(options)
+    groups = options.groups()
     needs = {g: _needs(table, g, options.rescore) for g in groups}
     any_need = functools.reduce(pc.or_, needs.values())
     for g, mask in needs.items():

@@ -184,11 +184,10 @@ def check_backends(options: ScoreOptions) -> None:
     """Fail before any process starts when a backend spec or model file is wrong."""
     from ttspo.builder.scoring.asr import check_asr
     from ttspo.builder.scoring.backends import require_file
-    from ttspo.builder.scoring.plan import groups_for
     from ttspo.builder.scoring.scorer import squim_spec
     from ttspo.builder.scoring.speaker import check_speaker
 
-    groups = groups_for(options)
+    groups = options.groups()
     if "asr" in groups:
         check_asr(options.asr)
     if "ssim" in groups:
