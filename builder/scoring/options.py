@@ -18,6 +18,9 @@ from ttspo.builder.core.errors import InputError
 # The metric columns GEN.cer, GEN.wer, GEN.ssim (kept literal so --help does not
 # import pyarrow for the schemas; a test checks they are those columns).
 DEFAULT_METRICS = ("cer", "wer", "ssim")
+# The group of each metric (what one model run produces together), groups in
+# scoring order; the metric names are schemas.METRICS (a test checks).
+METRIC_GROUPS = {"cer": "asr", "wer": "asr", "ssim": "ssim", "pesq": "pesq", "squim": "squim"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,11 @@ class ScoreOptions:
     where: str | None = None
     rescore: bool = False
     batch_size: int = 16
+
+    def groups(self) -> list[str]:
+        """The metric groups these options ask for, in scoring order."""
+        asked = {METRIC_GROUPS.get(m) for m in self.metrics}
+        return [g for g in dict.fromkeys(METRIC_GROUPS.values()) if g in asked]
 
     def check(self) -> None:
         from ttspo.builder.core.schemas import METRICS

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import QueryError, first_line
-from ttspo.builder.scoring.options import DEFAULT_METRICS, ScoreOptions  # noqa: F401
+from ttspo.builder.scoring.options import DEFAULT_METRICS, METRIC_GROUPS, ScoreOptions  # noqa: F401
 from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT
 from ttspo.builder.core.store import Store
 
@@ -40,13 +40,7 @@ GROUPS = {
 }
 GROUP_SOURCE = {"asr": GEN.cer_source, "ssim": GEN.ssim_source, "pesq": GEN.pesq_source,
                 "squim": GEN.squim_source}
-METRIC_GROUP = {GEN.cer: "asr", GEN.wer: "asr", GEN.ssim: "ssim", GEN.pesq: "pesq",
-                GEN.squim: "squim"}
-
-
-def metric_groups(options: ScoreOptions) -> list[str]:
-    """The column groups OPTIONS' metrics write, in GROUPS order."""
-    return [g for g in GROUPS if any(METRIC_GROUP[m] == g for m in options.metrics)]
+METRIC_GROUP = METRIC_GROUPS  # metric -> group (scoring.options, beside the defaults)
 
 # Plan columns besides the group columns.
 ROWID = "_rowid"
@@ -101,7 +95,7 @@ def make_plan(store: Store, options: ScoreOptions) -> Plan:
     if options.where:
         table = _filter_where(store, table, options.where, version, inputs)
     table = _add_references(store, table, inputs)
-    groups = metric_groups(options)
+    groups = options.groups()
     needs = {g: _needs(table, g, options.rescore) for g in groups}
     any_need = functools.reduce(pc.or_, needs.values())
     for g, mask in needs.items():
