@@ -143,13 +143,16 @@ def greedy_reference(model: TinyCodecLM, row: dict, steps: int, cfg_scale: float
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
 def test_top_k_1_is_argmax_decoding(model, cfg_scale):
-    row = rows(1)[0]
-    expected = greedy_reference(model, row, 12, cfg_scale)
+    """In a batch whose context prefixes differ in length (left padding), each row's
+    top-1 samples equal the argmax decoding of that row alone by teacher forcing."""
+    batch = rows(3)
+    expected = [greedy_reference(model, row, 12, cfg_scale) for row in batch]
     for seed, temperature in ((0, 1.0), (5, 1.7)):
         sampling = Sampling(temperature=temperature, top_k=1, cfg_scale=cfg_scale, max_steps=12)
-        codes, lengths = model.generate(model.collate([row], with_targets=False), sampling,
+        codes, lengths = model.generate(model.collate(batch, with_targets=False), sampling,
                                         torch.Generator().manual_seed(seed))
-        assert torch.equal(codes[0, :, :lengths[0]], expected)
+        for i in range(3):
+            assert torch.equal(codes[i, :, :lengths[i]], expected[i])
 
 
 def test_guidance_changes_the_samples(model):
