@@ -111,6 +111,7 @@ class Decoder:
         self.valid = torch.ones((b, self.start + steps), dtype=torch.bool, device=self.frames.device)
         self.valid[:, :p] = batch.prefix_mask
         self.offset = (~batch.prefix_mask).sum(1, keepdim=True)  # left pads per row
+        self.key_mask = self.valid[:, None, None, :]  # what a single new frame may attend to
         self.length = self.start  # frames fed so far
         self.memory_mask = batch.text_mask[:, None, None, :]
         self.memory_kv = model.memory_kv(model.encode(batch.text, batch.text_mask))
@@ -127,6 +128,13 @@ class Decoder:
 
     def next_logits(self) -> torch.Tensor:
         """Logits [B, C, V] for the frame after the ones fed so far."""
+        if self.use_cache and self.cached == self.length - 1:  # one new (real) frame
+            last = self.length - 1
+            logits = self.model.decode(self.frames[:, :, last:self.length], last - self.offset,
+                                       self.key_mask[..., :self.length], self.memory_kv,
+                                       self.memory_mask, self.caches)
+            self.cached = self.length
+            return logits[:, :, -1]
         first = self.cached if self.use_cache else 0
         cols = torch.arange(first, self.length, device=self.frames.device)
         positions = (cols[None, :] - self.offset).clamp(min=0)
