@@ -162,6 +162,16 @@ def test_guidance_changes_the_samples(model):
     assert not torch.equal(off[0], on[0])
 
 
+def test_cfg_dropout_trains_the_unconditional_branch():
+    """With cfg_dropout 1 every training row reads what CFG's unconditional branch reads."""
+    model = build(replace(SMALL, cfg_dropout=1.0))
+    uncond = [{**r, GEN.text: "", GEN.context_text: None, CONTEXT_CODES: None} for r in rows()]
+    expected = model.forward_teacher(model.collate(uncond)).logits  # eval mode: nothing dropped
+    assert not torch.allclose(model.forward_teacher(model.collate(rows())).logits, expected)
+    got = model.train().forward_teacher(model.collate(rows())).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
 def test_a_rows_samples_do_not_depend_on_its_batch(model):
     seeded = [{**r, SAMPLE_SEED: 100 + i} for i, r in enumerate(rows(3))]
     sampling = Sampling(temperature=1.0, top_k=50, cfg_scale=1.5, max_steps=25)

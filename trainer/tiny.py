@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,6 +69,10 @@ class TinyConfig:
     decoder_layers: int = 3
     d_ffn: int = 512
     dropout: float = 0.0  # 0 so that a policy equal to its reference gives DPO loss log 2
+    # In training mode, the probability that a row's text and context are dropped, so
+    # the unconditional branch that classifier-free guidance uses is learned (NeMo's
+    # cfg_unconditional_prob). Drawn from torch's global RNG.
+    cfg_dropout: float = 0.0
     max_text_len: int = 512  # encoder tokens: bytes of context text + text, plus 3
     max_frames: int = 1024  # decoder positions: context frames + BOS + target frames
     num_codebooks: int = codec_mod.NUM_CODEBOOKS
@@ -122,6 +126,16 @@ class TinyBatch:
         moved = {f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
                  for f in fields(self)}
         return TinyBatch(**moved)
+
+
+def drop_conditioning(batch: TinyBatch, rows: torch.Tensor) -> TinyBatch:
+    """BATCH with the text and context of ROWS ([B] bool) dropped: the encoder reads
+    ``BOS SEP EOS`` and the context prefix is all padding (the unconditional branch)."""
+    text = batch.text.clone()
+    text[rows] = TEXT_PAD
+    text[rows, :3] = torch.tensor([TEXT_BOS, TEXT_SEP, TEXT_EOS], device=text.device)
+    return replace(batch, text=text, text_mask=text != TEXT_PAD,
+                   prefix_mask=batch.prefix_mask & ~rows[:, None])
 
 
 # ------------------------------------------------------------------ collate
@@ -272,6 +286,8 @@ class TinyCodecLM(nn.Module):
             raise ValueError("forward_teacher needs a batch collated with_targets=True")
         cfg = self.config
         b, c, t = batch.codes.shape
+        if self.training and cfg.cfg_dropout > 0:
+            batch = drop_conditioning(batch, torch.rand(b, device=batch.text.device) < cfg.cfg_dropout)
         bos = batch.codes.new_full((b, c, 1), cfg.bos)
         frames = torch.cat([batch.prefix, bos, batch.codes], dim=2)
         valid = torch.cat([batch.prefix_mask, batch.prefix_mask.new_ones((b, 1 + t))], dim=1)

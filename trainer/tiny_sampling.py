@@ -13,7 +13,7 @@ import torch
 
 from ttspo.builder.core.errors import InputError
 from ttspo.trainer.policy import Sampling
-from ttspo.trainer.tiny import TEXT_BOS, TEXT_EOS, TEXT_PAD, TEXT_SEP, TinyBatch, TinyCodecLM
+from ttspo.trainer.tiny import TinyBatch, TinyCodecLM, drop_conditioning
 from ttspo.trainer.tiny_blocks import KVCache
 
 SEED_BOUND = 2 ** 62
@@ -21,9 +21,7 @@ SEED_BOUND = 2 ** 62
 
 def unconditional(batch: TinyBatch) -> TinyBatch:
     """BATCH with text and context dropped: the encoder reads BOS SEP EOS, no prefix."""
-    text = torch.full_like(batch.text, TEXT_PAD)
-    text[:, :3] = torch.tensor([TEXT_BOS, TEXT_SEP, TEXT_EOS], device=text.device)
-    return TinyBatch(text, text != TEXT_PAD, batch.prefix, torch.zeros_like(batch.prefix_mask))
+    return drop_conditioning(batch, torch.ones(batch.size, dtype=torch.bool, device=batch.text.device))
 
 
 def stack(a: TinyBatch, b: TinyBatch) -> TinyBatch:
