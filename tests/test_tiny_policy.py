@@ -256,6 +256,12 @@ def test_bad_rows_are_named(model):
     row = rows(1)[0]
     with pytest.raises(InputError, match=r"^run:0: codes: shape \[7, 7\], expected \[8, frames\]$"):
         model.collate([{**row, GEN.codes: row[GEN.codes][:7]}])
+    as_object = np.empty(8, dtype=object)  # what Arrow's to_numpy gives for list<list<int16>>
+    as_object[:] = [np.asarray(c, dtype=np.int16) for c in row[GEN.codes]]
+    assert torch.equal(model.collate([{**row, GEN.codes: as_object}]).codes,
+                       model.collate([row]).codes)
+    with pytest.raises(InputError, match=r"^run:0: codes: codes outside \[0, 256\): \[-1, 255\]$"):
+        model.collate([{**row, GEN.codes: [[-1] + c[1:] for c in row[GEN.codes]]}])
     with pytest.raises(InputError, match=r"^run:0: no codes to train on$"):
         model.collate([{**row, GEN.codes: None}])
     with pytest.raises(InputError, match=r"^5 context frames \+ max_steps 252 exceed"):

@@ -157,8 +157,9 @@ def text_tokens(row: dict[str, Any], i: int, max_len: int) -> list[int]:
 
 def code_array(value: Any, cfg: TinyConfig, what: str) -> np.ndarray:
     """VALUE ([C][T] lists, list of arrays, or an array) as int64 [C, T], checked."""
-    try:
-        codes = np.asarray([np.asarray(c) for c in value] if isinstance(value, list) else value)
+    nested = isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype == object)
+    try:  # Lance/Arrow give [C] lists (or an object array) of per-codebook lists
+        codes = np.asarray([np.asarray(c) for c in value] if nested else value)
     except ValueError as e:  # ragged codebooks
         raise InputError(f"{what}: codebooks of unequal length ({e})") from None
     if codes.ndim != 2 or codes.shape[0] != cfg.num_codebooks:

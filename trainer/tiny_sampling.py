@@ -92,7 +92,7 @@ def generate(model: TinyCodecLM, batch: TinyBatch, sampling: Sampling,
     codes = decoder.frames[:b, :, decoder.start:decoder.start + int(lengths.max())]
     steps_idx = torch.arange(codes.shape[2], device=codes.device)
     codes = codes.masked_fill(steps_idx[None, None, :] >= lengths.to(codes.device)[:, None, None], cfg.pad)
-    return codes.clone(), lengths
+    return codes.clone(), lengths.to(codes.device)
 
 
 class Decoder:
