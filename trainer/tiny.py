@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ttspo.builder.core.errors import InputError, ModelError
+from ttspo.builder.core.errors import InputError, ModelError, first_line
 from ttspo.builder.core.schemas import GEN
 from ttspo.trainer import codec as codec_mod
 from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Identity, Sampling, TeacherForced
@@ -347,8 +347,7 @@ class TinyCodecLM(nn.Module):
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001  any unreadable file is "not a checkpoint"
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-            raise ModelError(f"{path}: not a ttspo policy checkpoint ({reason})") from None
+            raise ModelError(f"{path}: not a ttspo policy checkpoint ({first_line(e, 120)})") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ModelError(f"{path}: not a ttspo policy checkpoint (no '{FORMAT}' header)")
         if payload.get("architecture") != ARCHITECTURE:
@@ -367,7 +366,7 @@ class TinyCodecLM(nn.Module):
             model.load_state_dict(payload["state_dict"])
         except RuntimeError as e:
             raise ModelError(f"{path}: weights do not fit the config it records "
-                             f"({str(e).splitlines()[0][:120]})") from None
+                             f"({first_line(e, 120)})") from None
         return model
 
 
