@@ -47,7 +47,8 @@ from ttspo.builder.core.errors import InputError, ModelError, first_line
 from ttspo.builder.core.schemas import GEN
 from ttspo.trainer import codec as codec_mod
 from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Identity, Sampling, TeacherForced
-from ttspo.trainer.tiny_blocks import DecoderLayer, EncoderLayer, KVCache
+from ttspo.trainer import tiny_sampling
+from ttspo.trainer.tiny_blocks import DecoderLayer, EncoderLayer
 
 ARCHITECTURE = "tiny"
 FORMAT = "ttspo-policy-v1"  # the header that tells a checkpoint from any other file
@@ -127,15 +128,14 @@ class TinyBatch:
                  for f in fields(self)}
         return TinyBatch(**moved)
 
-
-def drop_conditioning(batch: TinyBatch, rows: torch.Tensor) -> TinyBatch:
-    """BATCH with the text and context of ROWS ([B] bool) dropped: the encoder reads
-    ``BOS SEP EOS`` and the context prefix is all padding (the unconditional branch)."""
-    text = batch.text.clone()
-    text[rows] = TEXT_PAD
-    text[rows, :3] = torch.tensor([TEXT_BOS, TEXT_SEP, TEXT_EOS], device=text.device)
-    return replace(batch, text=text, text_mask=text != TEXT_PAD,
-                   prefix_mask=batch.prefix_mask & ~rows[:, None])
+    def drop_conditioning(self, rows: torch.Tensor) -> "TinyBatch":
+        """This batch with the text and context of ROWS ([B] bool) dropped: the encoder
+        reads ``BOS SEP EOS``, the context prefix is all padding (CFG's unconditional branch)."""
+        text = self.text.clone()
+        text[rows] = TEXT_PAD
+        text[rows, :3] = torch.tensor([TEXT_BOS, TEXT_SEP, TEXT_EOS], device=text.device)
+        return replace(self, text=text, text_mask=text != TEXT_PAD,
+                       prefix_mask=self.prefix_mask & ~rows[:, None])
 
 
 # ------------------------------------------------------------------ collate
@@ -288,7 +288,7 @@ class TinyCodecLM(nn.Module):
         cfg = self.config
         b, c, t = batch.codes.shape
         if self.training and cfg.cfg_dropout > 0:
-            batch = drop_conditioning(batch, torch.rand(b, device=batch.text.device) < cfg.cfg_dropout)
+            batch = batch.drop_conditioning(torch.rand(b, device=batch.text.device) < cfg.cfg_dropout)
         bos = batch.codes.new_full((b, c, 1), cfg.bos)
         frames = torch.cat([batch.prefix, bos, batch.codes], dim=2)
         valid = torch.cat([batch.prefix_mask, batch.prefix_mask.new_ones((b, 1 + t))], dim=1)
@@ -311,9 +311,7 @@ class TinyCodecLM(nn.Module):
 
     def generate(self, batch: TinyBatch, sampling: Sampling,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        from ttspo.trainer.tiny_sampling import generate
-
-        return generate(self, batch, sampling, generator)
+        return tiny_sampling.generate(self, batch, sampling, generator)
 
     # ---------------------------------------------------------- checkpoints
     def identity(self) -> Identity:

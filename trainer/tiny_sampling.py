@@ -1,5 +1,9 @@
 """Autoregressive sampling for TinyCodecLM: KV cache on or off, temperature, top-k, CFG.
 
+It works on the model and batch it is given (``ttspo.trainer.tiny`` imports it, not
+the other way round): the model's ``encode``, ``memory_kv``, ``decode`` and
+``config``, the batch's tensors and ``drop_conditioning``.
+
 The two paths compute the same numbers in a different order. With the cache the
 prefix (context frames + BOS) runs once and then each step feeds one frame; without
 it every step reruns the decoder over everything so far and keeps the last position.
@@ -9,25 +13,30 @@ the row's own generator), so they give the same tokens for the same seed.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import torch
 
 from ttspo.builder.core.errors import InputError
 from ttspo.trainer.policy import Sampling
-from ttspo.trainer.tiny import TinyBatch, TinyCodecLM, drop_conditioning
 from ttspo.trainer.tiny_blocks import KVCache
+
+TinyCodecLM = TinyBatch = Any  # (annotations only: see the module docstring)
 
 SEED_BOUND = 2 ** 62
 
 
 def unconditional(batch: TinyBatch) -> TinyBatch:
     """BATCH with text and context dropped: the encoder reads BOS SEP EOS, no prefix."""
-    return drop_conditioning(batch, torch.ones(batch.size, dtype=torch.bool, device=batch.text.device))
+    return batch.drop_conditioning(torch.ones(batch.size, dtype=torch.bool, device=batch.text.device))
 
 
 def stack(a: TinyBatch, b: TinyBatch) -> TinyBatch:
-    return TinyBatch(*(torch.cat([x, y]) for x, y in
-                       ((a.text, b.text), (a.text_mask, b.text_mask),
-                        (a.prefix, b.prefix), (a.prefix_mask, b.prefix_mask))))
+    """Rows of A then rows of B (the inputs sampling reads; no targets, no seeds)."""
+    return replace(a, codes=None, code_lens=None, seeds=None,
+                   **{k: torch.cat([getattr(a, k), getattr(b, k)])
+                      for k in ("text", "text_mask", "prefix", "prefix_mask")})
 
 
 def row_generators(batch: TinyBatch, generator: torch.Generator) -> list[torch.Generator]:
