@@ -7,7 +7,7 @@ speech is the committed espeak-ng fixtures through the built-in codec.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +223,17 @@ def test_save_load_round_trip(model, tmp_path):
                        model.generate(batch, sampling, torch.Generator().manual_seed(2))[0])
     again = load_policy("tiny", init=str(path), config=SMALL)
     assert again.identity().sha256 == sha
+
+
+def test_load_policy_builds_a_fresh_tiny_policy_from_a_config():
+    fresh = load_policy("tiny", config={"d_model": 32, "n_heads": 2, "d_ffn": 64, "decoder_layers": 1})
+    assert isinstance(fresh, TinyCodecLM) and fresh.config.d_model == 32
+    assert fresh.identity().config == {**asdict(TinyConfig()), "d_model": 32, "n_heads": 2,
+                                       "d_ffn": 64, "decoder_layers": 1}
+    with pytest.raises(ModelError, match=r"^unknown tiny policy config key 'd_modle' \(known: cfg_dropout, "):
+        load_policy("tiny", config={"d_modle": 32})
+    with pytest.raises(ModelError, match=r"^policy 'tiny' takes no argument, got 'tiny:big'$"):
+        load_policy("tiny:big")
 
 
 def test_loading_what_is_not_a_tiny_checkpoint_is_one_line(model, tmp_path):
