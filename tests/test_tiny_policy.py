@@ -273,6 +273,12 @@ def test_bad_rows_are_named(model):
                        model.collate([row]).codes)
     with pytest.raises(InputError, match=r"^run:0: codes: codes outside \[0, 256\): \[-1, 255\]$"):
         model.collate([{**row, GEN.codes: [[-1] + c[1:] for c in row[GEN.codes]]}])
+    with pytest.raises(InputError, match=r"^run:0: codes: codes of type float64, not integers$"):
+        model.collate([{**row, GEN.codes: np.asarray(row[GEN.codes], dtype=np.float64) + 0.5}])
+    with pytest.raises(InputError, match=r"^run:1: no sample_seed while other rows of the batch have one$"):
+        model.collate([{**row, SAMPLE_SEED: 1}, {**row, GEN.generation_id: "run:1"}])
+    with pytest.raises(ModelError, match=r"^tiny policy config: d_model 64 is not a multiple of n_heads 3$"):
+        replace(SMALL, n_heads=3)
     with pytest.raises(InputError, match=r"^run:0: no codes to train on$"):
         model.collate([{**row, GEN.codes: None}])
     with pytest.raises(InputError, match=r"^5 context frames \+ max_steps 252 exceed"):
