@@ -203,7 +203,7 @@ def test_the_same_generator_seed_gives_the_same_codes(model):
 def test_generated_codes_decode_to_frames_times_1024_samples(model):
     codes, lengths = model.generate(model.collate(rows(3), with_targets=False),
                                     Sampling(max_steps=15), torch.Generator().manual_seed(3))
-    assert (lengths >= 2).all()  # (the codec cannot decode a single frame)
+    assert (lengths >= 2).all()  # (seed 3: every sample has several frames)
     for i in range(3):
         audio, sr = model.codec.decode(codes[i, :, :lengths[i]].numpy())
         assert sr == 22050 and audio.shape == (int(lengths[i]) * 1024,)
