@@ -5,11 +5,10 @@ nothing imports it). Errors are one line on stderr and exit code 1, from every r
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ttspo.builder.core.errors import TtspoError
-from ttspo.builder.core.store import Store, make_lineage
+from ttspo.builder.core.store import Store, default_store_path, make_lineage
 
 
 def parser() -> argparse.ArgumentParser:
@@ -17,7 +16,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="trainer", required=True)
     dpo = sub.add_parser("dpo", help="offline DPO/IPO/RPO on a preference set")
     dpo.add_argument("set_ref", metavar="SET[@VERSION|@TAG]")
-    dpo.add_argument("--store", default=os.environ.get("TTSPO_STORE", "ttspo-store"))
+    dpo.add_argument("--store", default=str(default_store_path()))
     dpo.add_argument("--policy", dest="spec", default="tiny")
     dpo.add_argument("--init")
     dpo.add_argument("--config", dest="config_file")

@@ -201,7 +201,7 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
         f"{len(val)} val pairs, {c.world_size} process(es), reference {reference}, "
         + (f"resuming at step {start}" if latest is not None else "from step 0"))
     lineage = lineage.with_inputs(pairs.lineage_inputs())
-    meta = {"config": cfg.to_dict(), "lineage": lineage.record(), "set_name": pairs.set_name,
+    meta = {"config": cfg.to_dict(), "lineage": dict(lineage), "set_name": pairs.set_name,
             "set_version": pairs.set_version, "generations_version": pairs.generations_version,
             "prompts_version": pairs.prompts_version, "init_sha256": init_sha, "trainer": "dpo"}
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
