@@ -67,6 +67,7 @@ def test_held_out_preference_accuracy_rises_from_half_to_above_0_9(store, tmp_pa
 
 def test_cached_and_live_reference_give_the_same_losses(store, tmp_path):
     init = tmp_path / "init.pt"
+    torch.manual_seed(7)  # an init (so a cache key) of its own: the store is shared
     load_policy("tiny", config=TINY).save(str(init))
     cfg = load_config(None, tiny_overrides(**{"train.max_steps": 3, "train.val_every": 3}))
     live = train_dpo(store, SET, cfg=cfg, out=tmp_path / "live", init=str(init), echo=quiet)
@@ -135,6 +136,7 @@ def invoke(store, *args):
 
 def test_cli_train_and_precompute(store, tmp_path):
     init = tmp_path / "init.pt"
+    torch.manual_seed(8)  # an init (so a cache key) of its own: the store is shared
     load_policy("tiny", config=TINY).save(str(init))
     sha = file_sha256(init)
     first = invoke(store, "precompute-ref", f"{SET}@1", "--ref", str(init))
