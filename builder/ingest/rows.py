@@ -73,8 +73,12 @@ class RowBuffer:
         if codes is None:
             self.codes_shape.append((0, -1))
         else:
-            self.codes_shape.append((codes[0], codes[1]))
-            self.codes_chunks.append(codes[2])
+            rows, cols, chunk = codes
+            if rows < 0 or cols < 0 or len(chunk) != rows * cols * 2:
+                # a reader bug, never data: a chunk of the wrong length shifts every later row
+                raise ValueError(f"codes chunk of {len(chunk)} bytes for shape [{rows}, {cols}]")
+            self.codes_shape.append((rows, cols))
+            self.codes_chunks.append(chunk)
 
     def to_batch(self) -> pa.RecordBatch:
         n = len(self)
@@ -117,6 +121,8 @@ class RowBuffer:
         outer = np.zeros(len(shapes) + 1, dtype=np.int32)
         np.cumsum(rows, out=outer[1:])
         inner_len = np.repeat(shapes[present, 1], shapes[present, 0])
+        if rows.sum() >= 2**31 or inner_len.sum() >= 2**31:  # int32 list offsets
+            raise ValueError("too many codes for one batch: lower batch_rows")
         inner = np.zeros(len(inner_len) + 1, dtype=np.int32)
         np.cumsum(inner_len, out=inner[1:])
         values = np.frombuffer(b"".join(self.codes_chunks), dtype="<i2").astype(np.int16, copy=False)
