@@ -17,6 +17,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from contextlib import contextmanager
 from datetime import timezone
 from pathlib import Path
@@ -37,6 +38,24 @@ STORAGE_VERSION = "2.0"
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 TAG_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")  # what a TABLE@TAG reference can spell
 REF = re.compile(r"^(?P<table>[A-Za-z_][A-Za-z0-9_\-]*)(?:@(?P<version>[A-Za-z0-9_.\-]+))?$")
+
+
+COMMIT_RETRIES = 8  # Lance commit conflicts retried before a one-line error
+
+
+def is_commit_conflict(exc: BaseException) -> bool:
+    """Lance's 'Retryable commit conflict' (another writer committed first)."""
+    return "commit conflict" in str(exc).lower()
+
+
+def write_error(root: Path, table: str, exc: BaseException) -> StoreError:
+    """One line for a write that failed: a concurrent commit, or the file system's reason."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if is_commit_conflict(exc):
+        return StoreError(f"table '{table}' in store {root} was changed by another command "
+                          "while this one wrote it; nothing was written, run it again")
+    reason = getattr(exc, "strerror", None) or re.sub(r",? /\S+\.rs:\d+:\d+.*$", "", first)
+    return StoreError(f"cannot write table '{table}' in store {root}: {reason}")
 
 
 def default_store_path() -> Path:
@@ -82,6 +101,30 @@ def _lineage_of(ds: lance.LanceDataset, version: int) -> dict[str, Any]:
     props = (tx.transaction_properties or {}) if tx is not None else {}
     raw = props.get(LINEAGE_KEY)
     return json.loads(raw) if raw else {}
+
+
+LOCK_FOLDER = "ttspo-locks"
+
+
+def open_lock_file(key: str) -> int:
+    """A descriptor on the lock file KEY in the shared lock folder.
+
+    The folder is shared by every user of the machine (sticky and world-writable,
+    like /tmp itself), and a lock file is opened read-only (flock needs no more),
+    so a lock folder or file made by another user still works.
+    """
+    folder = os.path.join(tempfile.gettempdir(), LOCK_FOLDER)
+    path = os.path.join(folder, key)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        info = os.stat(folder)
+        if info.st_uid == os.getuid() and info.st_mode & 0o7777 != 0o1777:
+            os.chmod(folder, 0o1777)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"cannot use the lock file {path} ({exc.strerror}); "
+                         "set TMPDIR to a folder you can write") from None
+    return fd
 
 
 class Store:
@@ -178,7 +221,8 @@ class Store:
         if self.exists(table):
             return self._write(table, data, schema, lineage, mode)
         # Two first writers would both "create": one fails, or one's rows are lost.
-        # Serialise creation; whoever comes second finds the table and appends.
+        # Serialise creation; whoever comes second finds the table and appends
+        # (or overwrites): the mode is decided here, under the lock, never before it.
         with self.lock(f"create {table}"):
             return self._write(table, data, schema, lineage,
                                mode if self.exists(table) else "create")
@@ -187,16 +231,26 @@ class Store:
                mode: str) -> int:
         # A create killed before its first commit leaves data files and no version:
         # Lance creates over them (the orphans are never referenced by a manifest).
-        ds = lance.write_dataset(
-            data,
-            str(self.path(table)),
-            schema=schema,
-            mode=mode,
-            enable_stable_row_ids=True,
-            data_storage_version=STORAGE_VERSION,
-            transaction_properties=commit_properties(lineage),
-        )
-        return ds.version
+        for attempt in range(COMMIT_RETRIES):
+            try:
+                ds = lance.write_dataset(
+                    data,
+                    str(self.path(table)),
+                    schema=schema,
+                    mode=mode,
+                    enable_stable_row_ids=True,
+                    data_storage_version=STORAGE_VERSION,
+                    transaction_properties=commit_properties(lineage),
+                )
+                return ds.version
+            except OSError as exc:
+                # A table can be written again after a conflict; a stream cannot be replayed.
+                if (is_commit_conflict(exc) and isinstance(data, pa.Table)
+                        and attempt + 1 < COMMIT_RETRIES):
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise write_error(self.root, table, exc) from None
+        raise AssertionError("unreachable")
 
     @contextmanager
     def lock(self, what: str) -> Iterator[None]:
@@ -207,15 +261,14 @@ class Store:
         appends; this is for what it cannot: creating a table, or two ingests of
         the same run that would both find their rows missing.
         """
-        key = hashlib.sha256(f"{self.root}\0{what}".encode()).hexdigest()[:24]
-        folder = os.path.join(tempfile.gettempdir(), "ttspo-locks")
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, key), "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        # Keyed on the resolved path: a symlink or a '..' spelling is the same store.
+        key = hashlib.sha256(f"{os.path.realpath(self.root)}\0{what}".encode()).hexdigest()[:24]
+        fd = open_lock_file(key)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def tag(self, table: str, version: int, name: str) -> None:
         ds = self.open(table)
