@@ -39,6 +39,7 @@ def prompt_fields(record: dict[str, Any]) -> tuple:
     context_text = record.get(GEN.context_text) or None
     audio = None if context_text else (record.get(GEN.context_audio_filepath) or None)
     duration = None if context_text else record.get(GEN.context_audio_duration)
+    duration = None if duration is None else float(duration)  # an int: checked in range
     pid = ids.prompt_id(text, audio, context_text)
     return (text, record.get(GEN.record_type), audio, duration, context_text, pid)
 
