@@ -37,6 +37,8 @@ LINEAGE_KEY = "ttspo.lineage"
 STORAGE_VERSION = "2.0"
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 TAG_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")  # what a TABLE@TAG reference can spell
+TAG_DOTS = re.compile(r"^\.|\.$|\.\.")  # Lance refuses these tags (they are file names)
+MAX_NAME = 128  # table, set and tag names become file names: keep well under NAME_MAX
 REF = re.compile(r"^(?P<table>[A-Za-z_][A-Za-z0-9_\-]*)(?:@(?P<version>[A-Za-z0-9_.\-]+))?$")
 
 
@@ -54,8 +56,16 @@ def write_error(root: Path, table: str, exc: BaseException) -> StoreError:
     if is_commit_conflict(exc):
         return StoreError(f"table '{table}' in store {root} was changed by another command "
                           "while this one wrote it; nothing was written, run it again")
-    reason = getattr(exc, "strerror", None) or re.sub(r",? /\S+\.rs:\d+:\d+.*$", "", first)
-    return StoreError(f"cannot write table '{table}' in store {root}: {reason}")
+    return StoreError(f"cannot write table '{table}' in store {root}: {os_error_reason(exc)}")
+
+
+def os_error_reason(exc: BaseException) -> str:
+    """An OSError (Python's or Lance's) as one line: reason and path, no Rust source location."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = re.sub(r"^LanceError\(\w+\): (Generic \w+ error: )?", "", first)
+    return re.sub(r",? /\S+\.rs:\d+:\d+.*$", "", first)
 
 
 def default_store_path() -> Path:
@@ -135,7 +145,7 @@ class Store:
 
     # ------------------------------------------------------------- naming
     def path(self, table: str) -> Path:
-        if not TABLE_NAME.match(table):
+        if not TABLE_NAME.match(table) or len(table) > MAX_NAME:
             raise StoreError(f"'{table}' is not a valid table name")
         return self.root / f"{table}.lance"
 
@@ -155,6 +165,9 @@ class Store:
             raise StoreError(f"'{name}' is a core table name; choose another set name")
         if not TABLE_NAME.match(name):
             raise StoreError(f"'{name}' is not a valid set name (letters, digits, _ and -)")
+        if len(name) > MAX_NAME:
+            raise StoreError(f"'{name[:20]}...' is not a valid set name (longer than {MAX_NAME} "
+                             "characters)")
 
     # -------------------------------------------------------------- reading
     def open(self, table: str, version: int | str | None = None) -> lance.LanceDataset:
@@ -276,11 +289,18 @@ class Store:
             raise StoreError(f"table '{table}' has no version {version}")
         if not TAG_NAME.match(name):
             raise StoreError(f"tag '{name}' may only use letters, digits, '_', '.' and '-'")
+        if TAG_DOTS.search(name):
+            raise StoreError(f"tag '{name}' must not begin or end with '.' or hold '..'")
+        if len(name) > MAX_NAME:
+            raise StoreError(f"tag '{name[:20]}...' is longer than {MAX_NAME} characters")
         if name.isdigit():
             raise StoreError(f"tag '{name}' must not be a number (it would read as a version)")
         if name in ds.tags.list():
             raise StoreError(f"table '{table}' already has a tag '{name}'")
-        ds.tags.create(name, version)
+        try:
+            ds.tags.create(name, version)
+        except OSError as exc:
+            raise write_error(self.root, table, exc) from None
 
     def restore(self, table: str, version: int | str, lineage: dict[str, Any]) -> int:
         """Make VERSION the latest again, as a new version (history is kept).
@@ -294,7 +314,10 @@ class Store:
             operation=lance.LanceOperation.Restore(target),
             transaction_properties=commit_properties(lineage),
         )
-        return lance.LanceDataset.commit(latest.uri, tx).version
+        try:
+            return lance.LanceDataset.commit(latest.uri, tx).version
+        except OSError as exc:
+            raise write_error(self.root, table, exc) from None
 
     def commit(self, table: str, operation: Any, read_version: int,
                lineage: dict[str, Any]) -> int:

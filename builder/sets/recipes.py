@@ -85,7 +85,14 @@ def load_recipe(ref: str | Path) -> Recipe:
         path = Path(text)
         if not path.is_file():
             raise InputError(f"recipe file {path} not found")
-        return parse_recipe(path.read_text(encoding="utf-8"), path.name, str(path.absolute()))
+        try:
+            sql = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"recipe file {path} is not UTF-8 (byte 0x{exc.object[exc.start]:02x} "
+                             f"at offset {exc.start})") from None
+        except OSError as exc:
+            raise InputError(f"recipe file {path}: cannot read ({exc.strerror})") from None
+        return parse_recipe(sql, path.name, str(path.absolute()))
     if text not in builtin_names():
         raise InputError(f"no built-in recipe '{text}' (built-in: {', '.join(builtin_names())}; "
                          "a user recipe is a path ending in .sql)")
