@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -137,6 +138,66 @@ def open_lock_file(key: str) -> int:
     return fd
 
 
+# ------------------------------------------------- what killed commands leave
+OWNER_FILE = ".owner"  # in a temp folder: locked while its command lives
+TEMP_KINDS = ("ingest",)  # ttspo-<kind>-* folders in the temp dir (ingest: spilled batches)
+STALE_UNOWNED = 60.0  # seconds: an owner-less folder this old was never finished by anyone
+
+
+@contextmanager
+def temp_dir(kind: str) -> Iterator[str]:
+    """A private folder in the temp dir for one command, removed on exit.
+
+    A SIGKILL skips the removal, so the folder holds a lock file locked for the
+    command's life: any later command finds the lock free and removes the folder
+    (clean_temp_dirs). The descriptor is not inherited by spawned workers.
+    """
+    clean_temp_dirs()
+    path = tempfile.mkdtemp(prefix=f"ttspo-{kind}-")
+    fd = os.open(os.path.join(path, OWNER_FILE), os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+
+
+def clean_temp_dirs() -> int:
+    """Remove the temp folders of ttspo commands that died; returns how many."""
+    removed = 0
+    base = tempfile.gettempdir()
+    prefixes = tuple(f"ttspo-{kind}-" for kind in TEMP_KINDS)
+    try:
+        entries = [e for e in os.scandir(base) if e.name.startswith(prefixes)]
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat().st_uid != os.getuid():
+                continue
+            fd = os.open(os.path.join(entry.path, OWNER_FILE), os.O_RDONLY)
+        except FileNotFoundError:  # being made right now, or made before owner files
+            try:
+                if time.time() - entry.stat().st_mtime > STALE_UNOWNED:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed += 1
+            except OSError:
+                pass
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its command is alive
+        finally:
+            os.close(fd)
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
 class Store:
     """A folder of Lance tables. Cheap to construct; opens tables on demand."""
 
@@ -231,6 +292,7 @@ class Store:
             data = data.cast(schema) if data.schema != schema else data
         elif not isinstance(data, pa.RecordBatchReader):
             data = pa.RecordBatchReader.from_batches(schema, data)
+        clean_temp_dirs()
         if self.exists(table):
             return self._write(table, data, schema, lineage, mode)
         # Two first writers would both "create": one fails, or one's rows are lost.
@@ -246,15 +308,16 @@ class Store:
         # Lance creates over them (the orphans are never referenced by a manifest).
         for attempt in range(COMMIT_RETRIES):
             try:
-                ds = lance.write_dataset(
-                    data,
-                    str(self.path(table)),
-                    schema=schema,
-                    mode=mode,
-                    enable_stable_row_ids=True,
-                    data_storage_version=STORAGE_VERSION,
-                    transaction_properties=commit_properties(lineage),
-                )
+                with self.writing(table):
+                    ds = lance.write_dataset(
+                        data,
+                        str(self.path(table)),
+                        schema=schema,
+                        mode=mode,
+                        enable_stable_row_ids=True,
+                        data_storage_version=STORAGE_VERSION,
+                        transaction_properties=commit_properties(lineage),
+                    )
                 return ds.version
             except OSError as exc:
                 # A table can be written again after a conflict; a stream cannot be replayed.
@@ -266,6 +329,40 @@ class Store:
         raise AssertionError("unreachable")
 
     @contextmanager
+    def writing(self, table: str) -> Iterator[None]:
+        """Held (shared) while this process writes TABLE's files. First, when no other
+        command writes TABLE, remove the unfinished files (``.tmp*``: Lance writes a
+        file there, then renames it) that a killed writer left."""
+        self._clean_interrupted(table)
+        fd = open_lock_file(self._lock_key(f"writing {table}"))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def _clean_interrupted(self, table: str) -> int:
+        folder = self.path(table)
+        if not folder.is_dir():
+            return 0
+        fd = open_lock_file(self._lock_key(f"writing {table}"))
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # another command is writing: its .tmp files are alive
+            orphans = [p for p in folder.rglob(".tmp*") if p.is_file()]
+            for path in orphans:
+                path.unlink(missing_ok=True)
+            return len(orphans)
+        finally:
+            os.close(fd)
+
+    def _lock_key(self, what: str) -> str:
+        # Keyed on the resolved path: a symlink or a '..' spelling is the same store.
+        return hashlib.sha256(f"{os.path.realpath(self.root)}\0{what}".encode()).hexdigest()[:24]
+
+    @contextmanager
     def lock(self, what: str) -> Iterator[None]:
         """An exclusive lock among this host's processes on (this store, what).
 
@@ -274,9 +371,7 @@ class Store:
         appends; this is for what it cannot: creating a table, or two ingests of
         the same run that would both find their rows missing.
         """
-        # Keyed on the resolved path: a symlink or a '..' spelling is the same store.
-        key = hashlib.sha256(f"{os.path.realpath(self.root)}\0{what}".encode()).hexdigest()[:24]
-        fd = open_lock_file(key)
+        fd = open_lock_file(self._lock_key(what))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -315,7 +410,8 @@ class Store:
             transaction_properties=commit_properties(lineage),
         )
         try:
-            return lance.LanceDataset.commit(latest.uri, tx).version
+            with self.writing(table):
+                return lance.LanceDataset.commit(latest.uri, tx).version
         except OSError as exc:
             raise write_error(self.root, table, exc) from None
 
@@ -325,4 +421,5 @@ class Store:
         ranks) as ONE version carrying lineage. Used by distributed writers."""
         tx = lance.Transaction(read_version=read_version, operation=operation,
                                transaction_properties=commit_properties(lineage))
-        return lance.LanceDataset.commit(str(self.path(table)), tx).version
+        with self.writing(table):
+            return lance.LanceDataset.commit(str(self.path(table)), tx).version
