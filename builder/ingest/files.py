@@ -134,8 +134,22 @@ def wav_info_bytes(head: bytes, file_size: int) -> WavInfo | None:
     return "need-more"  # type: ignore[return-value]
 
 
+PLAIN_TAGS = (1, 3, 6, 7, 0xFFFE)  # PCM, float, A-law, mu-law, extensible: frames = bytes / align
+
+
+class _NotPlain(Exception):
+    """A compressed wav (ADPCM...): its length is libsndfile's to tell."""
+
+
 def _fmt(body: bytes) -> tuple[int, int, int]:
-    _tag, channels, rate, _bps, align, _bits = struct.unpack_from("<HHIIHH", body)
+    tag, channels, rate, _bps, align, bits = struct.unpack_from("<HHIIHH", body)
+    if tag not in PLAIN_TAGS:
+        raise _NotPlain
+    if bits == 0:
+        raise BadFile("wav header has 0 bits per sample")
+    if channels and align != channels * ((bits + 7) // 8):
+        raise BadFile(f"wav header's frame size {align} does not fit {channels} channel(s) "
+                      f"of {bits} bits")
     return channels, rate, align
 
 
@@ -179,6 +193,13 @@ def _walk_chunks(read_at, file_size: int) -> WavInfo:
 
 def wav_info(path: str, data: bytes | None = None) -> WavInfo:
     """Sample rate and length of a wav; `data` when the whole file is at hand."""
+    try:
+        return _wav_info(path, data)
+    except _NotPlain:
+        return _soundfile_info(path)
+
+
+def _wav_info(path: str, data: bytes | None) -> WavInfo:
     if data is not None:
         info = wav_info_bytes(data, len(data))
         if info == "need-more":

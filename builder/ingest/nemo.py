@@ -216,7 +216,8 @@ def parse_manifest_record(raw: bytes) -> dict[str, Any]:
     record = nf.parse_json_object(nf.decode_utf8(raw))
     if GEN.text not in record:
         raise nf.BadFile("no 'text' field")
-    nf.string(record, GEN.text)
+    if nf.string(record, GEN.text) is None:
+        raise nf.BadFile("text is null")
     for key in (GEN.record_type, GEN.context_audio_filepath, GEN.context_text):
         nf.string(record, key)
     nf.number(record, GEN.context_audio_duration)
