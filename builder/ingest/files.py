@@ -22,6 +22,8 @@ import stat
 import struct
 from dataclasses import dataclass
 
+from ttspo.builder.core.files import special_kind
+
 NEMO_FILE = re.compile(r"^predicted_audioRank(\d+)_(\d+)(\.wav|_codes\.pt|_metrics\.json)$")
 SUFFIXES = (".wav", "_codes.pt", "_metrics.json")
 KINDS = {suffix: kind for kind, suffix in enumerate(SUFFIXES)}  # column in the layout table
@@ -53,30 +55,6 @@ def open_for_reading(path: str) -> int:
         os.close(fd)
         raise BadFile("is a directory" if stat.S_ISDIR(mode) else f"not a regular file ({special_kind(mode)})")
     return fd
-
-
-def special_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISDIR, "a directory")):
-        if test(mode):
-            return name
-    return "not a file"
-
-
-def check_regular(path: str, label: str) -> None:
-    """InputError unless PATH is a regular file (for the manifest and the JSONL file,
-    read with open(): a FIFO would block it forever, a device would never end)."""
-    from ttspo.builder.core.errors import InputError
-
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise InputError(f"{label}: cannot read (No such file or directory)") from None
-    except OSError as exc:
-        raise InputError(f"{label}: cannot read ({exc.strerror})") from None
-    if not stat.S_ISREG(mode):
-        raise InputError(f"{label}: not a regular file ({special_kind(mode)})")
 
 
 def read_file_bytes(path: str, limit: int | None = None) -> bytes:
