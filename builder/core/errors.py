@@ -33,4 +33,5 @@ class RecipeError(TtspoError):
 
 
 class ModelError(TtspoError):
-    """A scoring model that cannot be loaded (missing file, missing extra)."""
+    """A model (scorer or policy) that cannot be loaded: missing file, missing extra,
+    not a checkpoint, another architecture or size."""
