@@ -61,7 +61,8 @@ def generate(ctx: click.Context, run: str, checkpoint: str, policy: str, samples
     duration, the sampling parameters and the checkpoint's sha256 and its
     `checkpoints` row. Samples the run already has are skipped, so a rerun after
     a crash completes the run; a run made with other weights or sampling is
-    refused. Under `torchrun --nproc-per-node N -m ttspo.builder.cli generate ...`
+    refused. Under `torchrun --nproc-per-node N -m ttspo.builder.cli -- --store ST
+    generate ...` (the `--` keeps torchrun from reading --run as its --run-path)
     each rank samples its share of the prompts and rank 0 commits once.
     Prints the time spent sampling, decoding, scoring and writing (summed over ranks).
     """
