@@ -25,7 +25,6 @@ exists with another checkpoint or other sampling parameters is refused.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,42 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from ttspo.builder.core.errors import InputError, ModelError, TtspoError
+from ttspo.builder.core.files import file_sha256
 from ttspo.builder.core.schemas import CKPT, GEN, GENERATE_COLUMNS, PROMPT
-from ttspo.builder.core.store import Store, parse_ref, sql_string
-from ttspo.builder.scoring.plan import ScoreOptions
-from ttspo.trainer.policy import Sampling
+from ttspo.builder.core.store import Lineage, Store, as_lineage, parse_ref, sql_string
+from ttspo.trainer.generate_rows import (GENERATIONS, PROMPTS, STAGES, GenerateOptions,
+                                         generation_id, settings_columns)
 
-GENERATIONS = "generations"
-PROMPTS = "prompts"
 CHECKPOINTS = "checkpoints"
-SEED_BOUND = 2 ** 62  # sample seeds lie in [0, SEED_BOUND)
-STAGES = ("sampling", "decoding", "scoring", "writing")
-
-
-@dataclass(frozen=True)
-class GenerateOptions:
-    """What one `ttspo generate` call makes."""
-
-    run: str
-    checkpoint: str
-    policy: str = "tiny"
-    samples: int = 4  # per prompt
-    prompts: str = PROMPTS  # prompts, prompts@VERSION or prompts@TAG
-    where: str | None = None  # DuckDB condition on the prompts
-    sampling: Sampling = Sampling()
-    audio_dir: str | None = None
-    embed_audio: bool = False
-    score: ScoreOptions | None = None  # None: no scoring on the way
-    batch_size: int = 8
-    threads: int | None = 1  # torch threads per rank (None: the cores / ranks)
-
-    def check(self) -> None:
-        if not self.run:
-            raise InputError("--run must name the run")
-        if self.samples < 1:
-            raise InputError(f"--samples must be at least 1, not {self.samples}")
-        if not self.audio_dir and not self.embed_audio:
-            raise InputError("say where the audio goes: --audio-dir DIR and/or --embed-audio")
 
 
 @dataclass
@@ -105,6 +75,7 @@ class Result:
     existing: int
     seconds: dict[str, float]
     world: int
+    rank: int = 0  # of the process holding this result (only rank 0 prints it)
 
     def summary(self) -> dict[str, Any]:
         out = {"run": self.run, "version": self.version, "rows": self.rows,
@@ -113,22 +84,8 @@ class Result:
         return out
 
 
-def sample_seed(seed: int, prompt_id: str, sample: int) -> int:
-    """The seed of one sample's noise: a function of (seed, prompt, sample) only."""
-    digest = hashlib.sha256(f"{seed}\0{prompt_id}\0{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % SEED_BOUND
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------- driver
-def generate(store: Store, options: GenerateOptions, *, lineage: dict[str, Any],
+def generate(store: Store, options: GenerateOptions, *, lineage: Lineage,
              comm: Any = None) -> Result:
     """Plan on rank 0, generate on every rank, commit once on rank 0 (see module doc)."""
     import torch
@@ -147,7 +104,7 @@ def generate(store: Store, options: GenerateOptions, *, lineage: dict[str, Any],
         torch.set_num_threads(previous)
 
 
-def _generate(store: Store, options: GenerateOptions, lineage: dict[str, Any], comm: Any) -> Result:
+def _generate(store: Store, options: GenerateOptions, lineage: Lineage, comm: Any) -> Result:
     from ttspo.trainer import generate_rows
 
     plan = _agreed(comm, lambda: make_plan(store, options))
@@ -155,7 +112,8 @@ def _generate(store: Store, options: GenerateOptions, lineage: dict[str, Any], c
     try:
         mine = plan.share(comm.rank, comm.world)
         if mine:
-            table = generate_rows.make_rows(plan, mine, options, outcome.seconds)
+            table = generate_rows.make_rows(plan.prompts, plan.missing, plan.checkpoint, mine,
+                                            options, outcome.seconds)
             t = time.perf_counter()
             outcome.fragments = generate_rows.write_fragments(store, table)
             outcome.seconds["writing"] += time.perf_counter() - t
@@ -171,14 +129,13 @@ def _generate(store: Store, options: GenerateOptions, lineage: dict[str, Any], c
     if comm.rank == 0 and any(o.fragments for o in outcomes):
         t = time.perf_counter()
         fragments = [f for o in outcomes for f in o.fragments]
-        full = {**lineage, "inputs": {**lineage.get("inputs", {}), **plan.inputs},
-                "checkpoint": plan.checkpoint, "sampling": options.sampling.as_dict(),
-                "world_size": comm.world}
+        full = as_lineage(lineage).with_inputs(plan.inputs).with_extra(
+            checkpoint=plan.checkpoint, sampling=options.sampling.as_dict(), world_size=comm.world)
         version = generate_rows.commit(store, fragments, full)
         seconds["writing"] += time.perf_counter() - t
     version = comm.broadcast(version)
     return Result(options.run, version, sum(o.rows for o in outcomes), len(plan.prompts),
-                  plan.existing, seconds, comm.world)
+                  plan.existing, seconds, comm.world, comm.rank)
 
 
 def _agreed(comm: Any, make):
@@ -287,15 +244,3 @@ def existing_samples(store: Store, options: GenerateOptions, checkpoint: dict[st
             raise InputError(f"run '{options.run}' exists with {name} {shown}, not {value}: "
                              "choose another --run")
     return set(have[GEN.generation_id].to_pylist())
-
-
-def settings_columns(options: GenerateOptions, checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """Every row's GENERATE_COLUMNS values."""
-    s = options.sampling
-    return {**checkpoint, GEN.temperature: float(s.temperature), GEN.top_k: int(s.top_k),
-            GEN.cfg_scale: float(s.cfg_scale), GEN.max_steps: int(s.max_steps),
-            GEN.seed: int(s.seed)}
-
-
-def generation_id(run: str, prompt_id: str, sample: int) -> str:
-    return f"{run}:{prompt_id}:{sample}"

@@ -1,15 +1,17 @@
 """One rank's share of `ttspo generate`: sample, decode, score, and write fragments.
 
 Split from generate.py (the plan and the collective steps) so each file reads in
-one sitting. Times go to the caller's ``seconds`` dict under sampling, decoding,
-scoring and writing.
+one sitting; the options, ids and seeds live here, the lower of the two modules.
+Times go to the caller's ``seconds`` dict under sampling, decoding, scoring and
+writing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +19,78 @@ import numpy as np
 import pyarrow as pa
 
 from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.files import atomic_write
 from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT
-from ttspo.builder.core.store import STORAGE_VERSION, Store, commit_properties
-from ttspo.trainer.generate import (GENERATIONS, GenerateOptions, Plan, generation_id,
-                                    sample_seed, settings_columns)
-from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED
+from ttspo.builder.core.store import STORAGE_VERSION, Lineage, Store, commit_properties
+from ttspo.builder.scoring.options import ScoreOptions
+from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Sampling
+
+GENERATIONS = "generations"
+PROMPTS = "prompts"
+SEED_BOUND = 2 ** 62  # sample seeds lie in [0, SEED_BOUND)
+STAGES = ("sampling", "decoding", "scoring", "writing")
 
 
-def make_rows(plan: Plan, mine: list[int], options: GenerateOptions,
-              seconds: dict[str, float]) -> pa.Table:
-    """The rows of prompts MINE (indices into plan.prompts), as a GENERATIONS_SCHEMA table."""
+@dataclass(frozen=True)
+class GenerateOptions:
+    """What one `ttspo generate` call makes."""
+
+    run: str
+    checkpoint: str
+    policy: str = "tiny"
+    samples: int = 4  # per prompt
+    prompts: str = PROMPTS  # prompts, prompts@VERSION or prompts@TAG
+    where: str | None = None  # DuckDB condition on the prompts
+    sampling: Sampling = Sampling()
+    audio_dir: str | None = None
+    embed_audio: bool = False
+    score: ScoreOptions | None = None  # None: no scoring on the way
+    batch_size: int = 8
+    threads: int | None = 1  # torch threads per rank (None: the cores / ranks)
+
+    def check(self) -> None:
+        if not self.run:
+            raise InputError("--run must name the run")
+        if self.samples < 1:
+            raise InputError(f"--samples must be at least 1, not {self.samples}")
+        if not self.audio_dir and not self.embed_audio:
+            raise InputError("say where the audio goes: --audio-dir DIR and/or --embed-audio")
+
+
+def sample_seed(seed: int, prompt_id: str, sample: int) -> int:
+    """The seed of one sample's noise: a function of (seed, prompt, sample) only."""
+    digest = hashlib.sha256(f"{seed}\0{prompt_id}\0{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % SEED_BOUND
+
+
+def settings_columns(options: GenerateOptions, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Every row's GENERATE_COLUMNS values."""
+    s = options.sampling
+    return {**checkpoint, GEN.temperature: float(s.temperature), GEN.top_k: int(s.top_k),
+            GEN.cfg_scale: float(s.cfg_scale), GEN.max_steps: int(s.max_steps),
+            GEN.seed: int(s.seed)}
+
+
+def generation_id(run: str, prompt_id: str, sample: int) -> str:
+    return f"{run}:{prompt_id}:{sample}"
+
+
+
+
+def make_rows(prompts: list[dict[str, Any]], missing: list[list[int]], checkpoint: dict[str, Any],
+              mine: list[int], options: GenerateOptions, seconds: dict[str, float]) -> pa.Table:
+    """The rows of prompts MINE (indices into PROMPTS; MISSING their samples to make),
+    as a GENERATIONS_SCHEMA table."""
     import torch
 
     from ttspo.trainer.policy import load_policy
 
     policy = load_policy(options.policy, init=options.checkpoint)
     policy.eval()
-    settings = settings_columns(options, plan.checkpoint)
-    jobs = [(plan.prompts[i], k) for i in mine for k in plan.missing[i]]
+    settings = settings_columns(options, checkpoint)
+    jobs = [(prompts[i], k) for i in mine for k in missing[i]]
     contexts = {p[PROMPT.prompt_id]: context_codes(p, policy.codec)
-                for p in (plan.prompts[i] for i in mine)}
+                for p in (prompts[i] for i in mine)}
     scorer = make_scorer(options)
     rows = []
     for start in range(0, len(jobs), options.batch_size):
@@ -131,9 +185,8 @@ def audio_columns(row: dict[str, Any], audio: np.ndarray, sr: int, frames: np.nd
         path = Path(options.audio_dir).absolute() / options.run / \
             f"{row[GEN.prompt_id]}_{row[GEN.sample_index]}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_bytes(wav)
-        os.replace(tmp, path)  # a killed run leaves whole files or none
+        with atomic_write(path, "wb") as fh:  # a killed run leaves whole files or none
+            fh.write(wav)
         out[GEN.audio_filepath] = str(path)
     return out
 
@@ -187,7 +240,7 @@ def write_fragments(store: Store, table: pa.Table) -> list:
         return write("append")
 
 
-def commit(store: Store, fragments: list, lineage: dict[str, Any]) -> int:
+def commit(store: Store, fragments: list, lineage: Lineage) -> int:
     """Every rank's fragments as ONE new version (the table is created if missing)."""
     import lance
 

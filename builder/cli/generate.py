@@ -66,33 +66,19 @@ def generate(ctx: click.Context, run: str, checkpoint: str, policy: str, samples
     each rank samples its share of the prompts and rank 0 commits once.
     Prints the time spent sampling, decoding, scoring and writing (summed over ranks).
     """
-    from ttspo.builder.scoring.dist import comm_from_env
-    from ttspo.builder.scoring.run import check_backends, options_from
-    from ttspo.trainer import generate as g
-    from ttspo.trainer.policy import Sampling
-
-    scoring = options_from(metrics, asr=asr, sv=sv) if do_score else None
-    if scoring is not None:
-        scoring.check()
-        check_backends(scoring)
-    sampling = Sampling(temperature=temperature, top_k=top_k, cfg_scale=cfg_scale,
-                        max_steps=max_steps, use_kv_cache=not no_kv_cache, seed=seed)
-    options = g.GenerateOptions(run=run, checkpoint=checkpoint, policy=policy, samples=samples,
-                                prompts=prompts_ref, where=where, sampling=sampling,
-                                audio_dir=audio_dir, embed_audio=embed_audio, score=scoring,
-                                batch_size=batch_size)
-    comm = comm_from_env()
-    try:
-        result = g.generate(get_store(ctx), options, lineage=lineage_for(ctx), comm=comm)
-    finally:
-        comm.close()
-    if comm.rank == 0:
+    result = get_store(ctx).generate(
+        run=run, checkpoint=checkpoint, policy=policy, samples=samples, prompts=prompts_ref,
+        where=where, temperature=temperature, top_k=top_k, cfg_scale=cfg_scale,
+        max_steps=max_steps, seed=seed, use_kv_cache=not no_kv_cache, audio_dir=audio_dir,
+        embed_audio=embed_audio, score=do_score, metrics=metrics, asr=asr, sv=sv,
+        batch_size=batch_size, lineage=lineage_for(ctx))
+    if result.rank == 0:
         emit([result.summary()], fmt, GENERATE_COLUMNS)
 
 
 # ---------------------------------------------------------------- compare
 @click.command()
-@click.argument("runs", nargs=-1, required=True)
+@click.argument("runs", nargs=-1, required=True, metavar="RUN_A RUN_B [RUN]...")
 @click.option("--metric", "metrics", multiple=True,
               type=click.Choice(["cer", "wer", "ssim", "pesq", "squim"]),
               help="Only this metric (repeatable); default: every metric both runs have.")
@@ -121,16 +107,12 @@ def compare(ctx: click.Context, runs: tuple[str, ...], metrics: tuple[str, ...],
     bootstrap interval (prompts resampled) and a sign-flip permutation p-value.
     The same numbers in SQL: SELECT * FROM compare_runs('generations', 'a', 'b').
     """
-    from ttspo.trainer import compare as c
+    from ttspo.trainer.compare import COLUMNS
 
-    store = get_store(ctx)
-    table = c.compare_runs(store, runs, metrics=metrics or None, seed=seed, n_boot=n_boot,
-                           n_perm=n_perm, confidence=confidence, generations=generations)
-    if plot_path:
-        per_prompt = c.prompt_differences(store, runs, metrics=metrics or None,
-                                          generations=generations)
-        c.plot_differences(per_prompt, plot_path)
-    emit(table.to_dicts(), fmt, list(c.COLUMNS))
+    table = get_store(ctx).compare(runs, metrics=metrics or None, seed=seed, n_boot=n_boot,
+                                   n_perm=n_perm, confidence=confidence,
+                                   generations=generations, plot=plot_path)
+    emit(table.to_dicts(), fmt, list(COLUMNS))
     if plot_path:
         click.echo(f"per-prompt differences drawn to {plot_path}", err=True)
 
