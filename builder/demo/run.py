@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ttspo.builder.demo import sets as demo_sets
+from ttspo.builder.demo import train as demo_train
 from ttspo.builder.core.errors import InputError
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -195,6 +196,7 @@ STEPS: list[tuple[str, Callable[[Demo], None]]] = [
     ("summaries", step_summaries),
     ("score", demo_sets.step_score),
     ("build", demo_sets.step_build),
+    ("train", demo_train.step_train),
     ("rebuild", demo_sets.step_rebuild),
 ]
 
