@@ -260,3 +260,15 @@ def test_score_on_the_way_fills_the_metrics(tmp_path, checkpoint):
     assert all(r[GEN.cer_source].startswith("pocketsphinx") for r in got)
     assert [r[GEN.ssim] is not None for r in got] == [False, False, False, True]  # p3: audio
     assert store.version("generations") == 1  # scored rows written in the one commit
+
+
+def test_where_may_read_another_table_and_its_version_is_in_the_lineage(tmp_path, checkpoint):
+    store = make_prompts(tmp_path / "st")
+    schema = pa.schema([pa.field("prompt_id", pa.string())])
+    store.write("trained", pa.table({"prompt_id": ["p0", "p2"]}, schema=schema), schema,
+                make_lineage("test", {}))
+    generate(store, options(checkpoint, tmp_path, samples=1,
+                            where="prompt_id NOT IN (SELECT prompt_id FROM trained)"),
+             lineage=lineage())
+    assert [r[GEN.prompt_id] for r in rows(store)] == ["p1", "p3"]
+    assert store.lineage("generations", 1)["inputs"] == {"prompts": 1, "trained": 1}

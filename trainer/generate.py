@@ -197,7 +197,7 @@ def select_prompts(store: Store, options: GenerateOptions,
     """The prompt rows --prompts and --where select, ordered by position then id."""
     import duckdb
 
-    from ttspo.builder.core.query import check_read_only, open_session
+    from ttspo.builder.core.query import check_read_only, mentions, open_session, refs_in
 
     table, version = parse_ref(options.prompts)
     if table != PROMPTS:
@@ -206,8 +206,11 @@ def select_prompts(store: Store, options: GenerateOptions,
     sql = f'SELECT * FROM "{ref}"' + (f" WHERE {options.where}" if options.where else "")
     sql += f" ORDER BY {PROMPT.position} NULLS LAST, {PROMPT.prompt_id}"
     check_read_only(sql)
-    session = open_session(store, [ref] if version is not None else [],
-                           [] if version is not None else [PROMPTS])
+    # --where may read other tables too (e.g. the prompts a set did not train on)
+    where = options.where or ""
+    others = [t for t in store.tables() if t != PROMPTS and mentions(where, t)]
+    session = open_session(store, ([ref] if version is not None else []) + refs_in(where),
+                           others + ([] if version is not None else [PROMPTS]))
     try:
         rows = session.con.sql(sql).to_arrow_table().to_pylist()
     except duckdb.Error as exc:
@@ -217,6 +220,7 @@ def select_prompts(store: Store, options: GenerateOptions,
     if not rows:
         raise InputError(f"no prompt in {options.prompts} matches --where {options.where}"
                          if options.where else f"{options.prompts} holds no prompt")
+    inputs.update({k: v for k, v in session.inputs_for(where).items() if "@" not in k})
     inputs[PROMPTS] = session.versions[ref]
     for i, row in enumerate(rows):  # a group index even for prompts without a position
         row["_group"] = row[PROMPT.position] if row[PROMPT.position] is not None else i
