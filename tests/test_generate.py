@@ -272,3 +272,14 @@ def test_where_may_read_another_table_and_its_version_is_in_the_lineage(tmp_path
              lineage=lineage())
     assert [r[GEN.prompt_id] for r in rows(store)] == ["p1", "p3"]
     assert store.lineage("generations", 1)["inputs"] == {"prompts": 1, "trained": 1}
+
+
+def test_two_generates_of_one_run_at_once_write_each_sample_once(tmp_path, checkpoint):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = make_prompts(tmp_path / "st")
+    with ThreadPoolExecutor(2) as pool:  # the run's lock is a file lock: threads contend too
+        results = list(pool.map(lambda _: generate(store, options(checkpoint, tmp_path, samples=1),
+                                                   lineage=lineage()), range(2)))
+    assert sorted(r.rows for r in results) == [0, 4]
+    assert len(rows(store)) == 4

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,10 @@ def generate(store: Store, options: GenerateOptions, *, lineage: Lineage,
     # slower (measured: 0.15 s vs 2-5 s per sample). Parallelism comes from ranks.
     torch.set_num_threads(options.threads or max(1, (os.cpu_count() or 1) // comm.world))
     try:
-        return _generate(store, options, lineage, comm)
+        # Two generates of one run would both find the same samples missing: rank 0
+        # holds the run's lock from the plan to the commit (as ingest does).
+        with store.lock(f"generate {options.run}") if comm.rank == 0 else nullcontext():
+            return _generate(store, options, lineage, comm)
     finally:
         torch.set_num_threads(previous)
 
