@@ -136,7 +136,7 @@ def test_demo_runs_each_step_and_says_what_it_did(demo_run):
     store, result = demo_run
     assert result.exit_code == 0, result.output
     out = result.output
-    names = ["corpus", "prompts", "ingest", "summaries", "score", "build", "rebuild"]
+    names = ["corpus", "prompts", "ingest", "summaries", "score", "build", "train", "rebuild"]
     for n, name in enumerate(names, start=1):
         assert re.search(rf"^== {n}/{len(names)} {name}: ", out, re.M), name
     work = store.absolute() / "demo"
@@ -185,7 +185,8 @@ def test_demo_summaries_print_tables(demo_run):
 def test_demo_again_on_the_same_store_writes_nothing(demo_run):
     store, first = demo_run
     assert first.exit_code == 0, first.output
-    versions = {t: Store(store).version(t) for t in ("prompts", "generations", "demo-pareto")}
+    versions = {t: Store(store).version(t) for t in ("prompts", "generations", "demo-pareto",
+                                                     "ref_logps", "checkpoints")}
     again = CliRunner().invoke(cli, ["demo", "--store", str(store)])
     assert again.exit_code == 0, again.output
     assert "-> no new version (all present)\n" in again.output
@@ -194,6 +195,8 @@ def test_demo_again_on_the_same_store_writes_nothing(demo_run):
     assert "already scored by an earlier demo run in generations@2; nothing written" in again.output
     assert "demo-pareto is already built and tagged v1 (version 1); nothing written" in again.output
     assert "demo-pareto@2 was rebuilt by an earlier demo run; nothing written" in again.output
+    assert "already in ref_logps; nothing written" in again.output
+    assert "already trained to step 30; nothing to do" in again.output
     assert {t: Store(store).version(t) for t in versions} == versions
 
 
@@ -227,6 +230,24 @@ def test_demo_scores_builds_exports_tags_and_diffs(demo_run):
     # diff: the parameter change and the pairs it added
     assert "param cer_threshold: 0.3 -> 0.5" in out
     assert "pairs: 3 added, 0 removed, 5 kept (0 changed split)" in out
+
+
+def test_demo_trains_on_the_cached_reference_and_records_checkpoints(demo_run):
+    store, result = demo_run
+    out = result.output
+    st = Store(store)
+    assert "5 pairs of demo-pareto@1 under reference " in out and "wrote ref_logps@1" in out
+    assert ("train dpo: demo-pareto@1 (generations@2), 4 train / 1 val pairs, 1 process(es), "
+            "reference cached, from step 0") in out
+    assert re.search(r"^start \(step 1\): loss 0\.6931, reward accuracy 0\.50", out, re.M)
+    end = re.search(r"^end \(step 30\): loss (\S+), reward accuracy (\S+),", out, re.M)
+    assert end and float(end.group(1)) < 0.6931 and float(end.group(2)) > 0.5
+    rows, _ = query.run(st, "SELECT step, kind, set_name, set_version, generations_version "
+                            "FROM checkpoints WHERE kind = 'step'")
+    assert rows.to_pylist() == [{"step": 30, "kind": "step", "set_name": "demo-pareto",
+                                 "set_version": 1, "generations_version": 2}]
+    assert st.lineage("ref_logps", 1)["inputs"] == {"demo-pareto": 1, "generations": 2,
+                                                    "prompts": 1}
 
 
 def test_demo_refuses_a_store_path_that_is_a_file(tmp_path):
