@@ -1,7 +1,7 @@
-"""`ttspo demo`, after training: close the loop on prompts the policy did not train on.
+"""`ttspo demo`, last step: close the loop on prompts the policy did not train on.
 
 The base (the fresh init the DPO run started from) and the trained checkpoint each
-sample four held-out prompts (no pair in the tagged set's train split), scored on
+sample three held-out prompts (no pair in the tagged set's train split), scored on
 the way; then ``compare`` says what changed, with intervals. The demo states only
 what the interval shows: at this size (a tiny policy, 30 steps, a few prompts) the
 honest answer is usually "no difference shown". A re-run finds both runs complete
@@ -14,7 +14,7 @@ from ttspo.builder.core.store import make_lineage
 from ttspo.builder.demo.sets import SET, TAG
 
 RUNS = ("demo-base", "demo-dpo")
-HELD_OUT_PROMPTS = 4  # the first four by position: keeps the step short
+HELD_OUT_PROMPTS = 3  # the first three by position: keeps the step short
 
 
 def held_out(limit: int) -> str:
@@ -25,7 +25,7 @@ def held_out(limit: int) -> str:
 
 
 SAMPLES = 2
-MAX_STEPS = 32  # about 1.5 s of audio: enough for the ASR to hear something
+MAX_STEPS = 24  # about 1.1 s of audio: enough for the ASR to hear something
 TOP_K = 80
 NAMES = {"cer": "CER", "wer": "WER", "ssim": "speaker similarity", "pesq": "PESQ"}
 

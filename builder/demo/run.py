@@ -198,8 +198,9 @@ STEPS: list[tuple[str, Callable[[Demo], None]]] = [
     ("score", demo_sets.step_score),
     ("build", demo_sets.step_build),
     ("train", demo_train.step_train),
-    ("loop", demo_loop.step_loop),
     ("rebuild", demo_sets.step_rebuild),
+    # last: its generated runs would otherwise be in the generations the rebuild reads
+    ("loop", demo_loop.step_loop),
 ]
 
 
