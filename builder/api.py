@@ -232,6 +232,62 @@ class Store:
         self._require()
         return export_trl(self.core, ref, self.check_output(out))
 
+    # ------------------------------------------------------- generate, compare
+    def generate(self, *, run: str, checkpoint: str | os.PathLike, policy: str = "tiny",
+                 samples: int = 4, prompts: str = "prompts", where: str | None = None,
+                 temperature: float = 1.0, top_k: int = 0, cfg_scale: float = 1.0,
+                 max_steps: int = 430, seed: int = 0, use_kv_cache: bool = True,
+                 audio_dir: str | os.PathLike | None = None, embed_audio: bool = False,
+                 score: bool = False, metrics: str | Sequence[str] = SCORE.metrics,
+                 asr: str = SCORE.asr, sv: str = SCORE.sv, batch_size: int = 8,
+                 lineage: Lineage | None = None):
+        """SAMPLES samples per selected prompt from CHECKPOINT into generations as RUN
+        (ttspo.trainer.generate: seeded per prompt and sample, one commit, reruns fill
+        what is missing). Under torchrun each rank takes its share. A Result."""
+        from ttspo.builder.scoring.dist import comm_from_env
+        from ttspo.builder.scoring.options import options_from
+        from ttspo.builder.scoring.run import check_backends
+        from ttspo.trainer.generate import GenerateOptions, generate
+        from ttspo.trainer.policy import Sampling
+
+        self._require()
+        scoring = options_from(metrics, asr=asr, sv=sv) if score else None
+        if scoring is not None:
+            scoring.check()
+            check_backends(scoring)
+        sampling = Sampling(temperature=temperature, top_k=top_k, cfg_scale=cfg_scale,
+                            max_steps=max_steps, use_kv_cache=use_kv_cache, seed=seed)
+        options = GenerateOptions(run=run, checkpoint=str(checkpoint), policy=policy,
+                                  samples=samples, prompts=prompts, where=where,
+                                  sampling=sampling, embed_audio=embed_audio, score=scoring,
+                                  audio_dir=None if audio_dir is None else str(audio_dir),
+                                  batch_size=batch_size)
+        lineage = lineage or make_lineage("generate", {"run": run, "checkpoint": str(checkpoint),
+                                                       "samples": samples, "where": where})
+        comm = comm_from_env()
+        try:
+            return generate(self.core, options, lineage=lineage, comm=comm)
+        finally:
+            comm.close()
+
+    def compare(self, runs: Sequence[str], *, metrics: Sequence[str] | None = None,
+                seed: int = 0, n_boot: int = 1000, n_perm: int = 1000,
+                confidence: float = 0.95, generations: str = "generations",
+                plot: str | os.PathLike | None = None):
+        """Each run after the first against the first, per metric and breakdown: a
+        polars DataFrame from the compare_runs SQL macro (ttspo.trainer.compare).
+        PLOT: also draw the per-prompt differences to that PNG file."""
+        from ttspo.trainer import compare as c
+
+        self._require()
+        table = c.compare_runs(self.core, runs, metrics=metrics, seed=seed, n_boot=n_boot,
+                               n_perm=n_perm, confidence=confidence, generations=generations)
+        if plot is not None:
+            per_prompt = c.prompt_differences(self.core, runs, metrics=metrics,
+                                              generations=generations)
+            c.plot_differences(per_prompt, self.check_output(plot))
+        return table
+
     # ------------------------------------------------------------- checks
     def _require(self) -> None:
         """Reading a store that does not exist is an error, not an empty result."""

@@ -80,3 +80,107 @@ drawn AS (
 SELECT * EXCLUDE (__unit, __drawn),
        CASE WHEN __drawn <= (SELECT t.val_size FROM settings t) THEN 'val' ELSE 'train' END AS split
 FROM drawn;
+
+-- ------------------------------------------------------------ comparing runs
+-- compare_prompts(gen, run_a, run_b): one row per metric and prompt that BOTH runs
+-- have a value for (gen names a generations view: 'generations' or 'generations@12').
+-- Each run's samples of a prompt are averaged first (rows NeMo marked invalid are
+-- left out: their metrics are placeholders). diff = b - a. context: 'text' when the
+-- prompt has a context text, else 'audio'. Means sum sorted lists: same bits always.
+CREATE OR REPLACE MACRO compare_prompts(gen, run_a, run_b) AS TABLE
+WITH
+picked AS (
+    SELECT run, prompt_id, record_type,
+           CASE WHEN context_text IS NOT NULL THEN 'text' ELSE 'audio' END AS context,
+           cer, wer, ssim, pesq, squim
+    FROM query_table(gen)
+    WHERE run IN (run_a, run_b) AND NOT invalid
+),
+long AS (
+    UNPIVOT picked ON cer, wer, ssim, pesq, squim INTO NAME metric VALUE value
+),
+per_prompt AS (
+    SELECT metric, prompt_id, min(record_type) AS record_type, min(context) AS context,
+           list_sum(list(value ORDER BY value) FILTER (WHERE run = run_a))
+               / count(value) FILTER (WHERE run = run_a) AS a,
+           list_sum(list(value ORDER BY value) FILTER (WHERE run = run_b))
+               / count(value) FILTER (WHERE run = run_b) AS b,
+           count(value) FILTER (WHERE run = run_a) AS samples_a,
+           count(value) FILTER (WHERE run = run_b) AS samples_b
+    FROM long
+    WHERE isfinite(value)
+    GROUP BY metric, prompt_id
+)
+SELECT run_a::VARCHAR AS run_a, run_b::VARCHAR AS run_b, metric, prompt_id, record_type, context,
+       samples_a, samples_b, a, b, b - a AS diff
+FROM per_prompt
+WHERE samples_a > 0 AND samples_b > 0
+ORDER BY metric, prompt_id;
+
+-- The seeded draw number J of replicate REPLICATE of the stream WHAT (see below).
+CREATE OR REPLACE MACRO replicate_key(what, seed, replicate) AS
+    hash(what || ':' || seed::VARCHAR || ':' || replicate::VARCHAR);
+CREATE OR REPLACE MACRO seeded_draw(key, j) AS hash(xor(key, hash(j)));
+
+-- compare_runs(gen, run_a, run_b [, seed, n_boot, n_perm, confidence]): per metric,
+-- over the prompts both runs share (compare_prompts), overall and per record type
+-- and context kind: prompts, means of a and b, the mean paired difference b - a,
+-- its percentile bootstrap interval (n_boot resamples of prompts with replacement)
+-- and the two-sided p-value of a sign-flip permutation test (n_perm random sign
+-- flips of the per-prompt differences; (extreme + 1) / (n_perm + 1)). Every draw is
+-- a hash of the seed, its replicate and its position: the same data and seed give the
+-- same numbers, whatever the thread count. ttspo compare and the Python API call this.
+-- Why two hashes: DuckDB's many-argument hash() combines its arguments' hashes so
+-- weakly that replicates come out as complements of each other; one string hash per
+-- replicate, then one integer hash per position, gives independent draws.
+CREATE OR REPLACE MACRO compare_runs(gen, run_a, run_b, seed := 0, n_boot := 1000,
+                                     n_perm := 1000, confidence := 0.95) AS TABLE
+WITH
+per_prompt AS MATERIALIZED (SELECT * FROM compare_prompts(gen, run_a, run_b)),
+sliced AS (
+    SELECT metric, 'all' AS breakdown, 'all' AS slice, prompt_id, a, b, diff FROM per_prompt
+    UNION ALL
+    SELECT metric, 'record_type', record_type, prompt_id, a, b, diff FROM per_prompt
+    WHERE record_type IS NOT NULL
+    UNION ALL
+    SELECT metric, 'context', context, prompt_id, a, b, diff FROM per_prompt
+),
+slices AS MATERIALIZED (
+    SELECT metric, breakdown, slice, count(*) AS n,
+           list(a ORDER BY prompt_id) AS av, list(b ORDER BY prompt_id) AS bv,
+           list(diff ORDER BY prompt_id) AS dv
+    FROM sliced GROUP BY metric, breakdown, slice
+),
+boot AS (
+    SELECT metric, breakdown, slice,
+           quantile_cont(m, (1 - confidence) / 2) AS ci_low,
+           quantile_cont(m, 1 - (1 - confidence) / 2) AS ci_high
+    FROM (SELECT s.metric, s.breakdown, s.slice,
+                 list_sum(list_transform(range(s.n),
+                     lambda j: s.dv[(seeded_draw(r.key, j) % s.n)::BIGINT + 1])) / s.n AS m
+          FROM slices s,
+               (SELECT replicate_key('boot', seed, range) AS key FROM range(n_boot)) r)
+    GROUP BY metric, breakdown, slice
+),
+perm AS (
+    SELECT metric, breakdown, slice,
+           count(*) FILTER (WHERE abs(m) >= abs(observed) * (1 - 1e-12)) AS extreme
+    FROM (SELECT s.metric, s.breakdown, s.slice, list_sum(s.dv) / s.n AS observed,
+                 list_sum(list_transform(range(s.n),
+                     lambda j: CASE WHEN seeded_draw(r.key, j) % 2 = 0
+                                    THEN s.dv[j + 1] ELSE -s.dv[j + 1] END)) / s.n AS m
+          FROM slices s,
+               (SELECT replicate_key('perm', seed, range) AS key FROM range(n_perm)) r)
+    GROUP BY metric, breakdown, slice
+)
+SELECT run_a::VARCHAR AS run_a, run_b::VARCHAR AS run_b, s.metric,
+       CASE WHEN s.metric IN ('cer', 'wer') THEN 'lower' ELSE 'higher' END AS better,
+       s.breakdown, s.slice, s.n AS prompts,
+       list_sum(s.av) / s.n AS mean_a, list_sum(s.bv) / s.n AS mean_b,
+       list_sum(s.dv) / s.n AS diff, b.ci_low, b.ci_high,
+       (p.extreme + 1) / (n_perm + 1) AS p_value
+FROM slices s
+JOIN boot b USING (metric, breakdown, slice)
+JOIN perm p USING (metric, breakdown, slice)
+ORDER BY list_position(['cer', 'wer', 'ssim', 'pesq', 'squim'], s.metric),
+         list_position(['all', 'record_type', 'context'], s.breakdown), s.slice;

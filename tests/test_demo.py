@@ -136,7 +136,8 @@ def test_demo_runs_each_step_and_says_what_it_did(demo_run):
     store, result = demo_run
     assert result.exit_code == 0, result.output
     out = result.output
-    names = ["corpus", "prompts", "ingest", "summaries", "score", "build", "train", "rebuild"]
+    names = ["corpus", "prompts", "ingest", "summaries", "score", "build", "train", "rebuild",
+             "loop"]
     for n, name in enumerate(names, start=1):
         assert re.search(rf"^== {n}/{len(names)} {name}: ", out, re.M), name
     work = store.absolute() / "demo"
@@ -148,6 +149,10 @@ def test_demo_runs_each_step_and_says_what_it_did(demo_run):
     assert f"wrote the NeMo manifest {work / 'pairs.json'} (120 lines)" in out
     for title, _, _ in demo_api.SUMMARIES:
         assert title in out
+    # the loop: both checkpoints sampled and scored, then one verdict per metric
+    assert re.search(r"^demo-base: 3 held-out prompts lacked samples, 6 generations written", out, re.M)
+    assert re.search(r"^CER: (no difference shown|demo-dpo is (higher|lower) than demo-base) \(",
+                     out, re.M)
 
 
 def test_demo_tables_have_the_corpus_rows(demo_run):
@@ -158,7 +163,8 @@ def test_demo_tables_have_the_corpus_rows(demo_run):
     distinct = {json.dumps([r["text"], r.get("context_audio_filepath"), r.get("context_text")])
                 for r in MANIFEST}
     assert st.open("prompts").count_rows() == len(distinct)
-    gens = st.open("generations").to_table(columns=["invalid", "group_id", "codes"])
+    gens = st.open("generations").to_table(columns=["invalid", "group_id", "codes"],
+                                           filter="run = 'base'")  # the loop step adds runs
     assert gens.num_rows == 120
     assert sum(gens.column("invalid").to_pylist()) == 6
     assert len(set(gens.column("group_id").to_pylist())) == 20
@@ -191,12 +197,14 @@ def test_demo_again_on_the_same_store_writes_nothing(demo_run):
     assert again.exit_code == 0, again.output
     assert "-> no new version (all present)\n" in again.output
     assert ("nothing to ingest: the 120 generations of run base are already in "
-            "generations@2\n") in again.output
+            "generations@4\n") in again.output  # 3, 4: the loop step's two runs
     assert "already scored by an earlier demo run in generations@2; nothing written" in again.output
     assert "demo-pareto is already built and tagged v1 (version 1); nothing written" in again.output
     assert "demo-pareto@2 was rebuilt by an earlier demo run; nothing written" in again.output
     assert "already in ref_logps; nothing written" in again.output
     assert "already trained to step 30; nothing to do" in again.output
+    assert ("demo-dpo: 0 held-out prompts lacked samples, 0 generations written (all there "
+            "already; nothing written)\n") in again.output
     assert {t: Store(store).version(t) for t in versions} == versions
 
 

@@ -182,6 +182,9 @@ class Codec:
         import torch
         import torchaudio.transforms as T
 
+        if np.shape(codes)[-1] == 1:  # the centred inverse STFT needs two frames:
+            audio, sr = self.decode(np.repeat(codes, 2, axis=-1))  # decode it twice,
+            return audio[:HOP_LENGTH], sr  # keep the first hop
         mel = torch.from_numpy(np.exp(self.features(codes)).T.copy())  # [80, frames]
         inverse = T.InverseMelScale(n_stft=N_FFT // 2 + 1, n_mels=N_MELS,
                                     sample_rate=SAMPLE_RATE, f_min=F_MIN, f_max=F_MAX,

@@ -54,8 +54,9 @@ def main() -> None:
 def _register_commands() -> None:
     """Each command module lists its top-level commands in COMMANDS."""
     from ttspo.builder.cli import demo, ingest, prompts, score, sets, store, train
+    from ttspo.builder.cli import generate
 
-    for module in (store, prompts, ingest, sets, score, train, demo):
+    for module in (store, prompts, ingest, sets, score, train, generate, demo):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -99,7 +99,24 @@ GEN = _names(
     pesq_source="pesq_source",
     squim_source="squim_source",
     source_file="source_file",  # the file this row was ingested from
+    # Written by `ttspo generate` (null for ingested runs): which weights made the
+    # row, and how it was sampled, so compare and SQL can group by them.
+    policy="policy",  # the policy's architecture, e.g. "tiny"
+    checkpoint_path="checkpoint_path",  # absolute path of the weights file
+    checkpoint_sha256="checkpoint_sha256",  # sha256 of that file
+    checkpoint_run="checkpoint_run",  # its `checkpoints` row (run, step), when it has one
+    checkpoint_step="checkpoint_step",
+    temperature="temperature",
+    top_k="top_k",  # 0: no top-k
+    cfg_scale="cfg_scale",  # 1.0: no classifier-free guidance
+    max_steps="max_steps",  # frames before a sample counts as unfinished
+    seed="seed",  # the run's seed; a row's noise is seeded by (seed, prompt_id, sample_index)
 )
+
+# The columns `ttspo generate` adds, in schema order.
+GENERATE_COLUMNS = (GEN.policy, GEN.checkpoint_path, GEN.checkpoint_sha256, GEN.checkpoint_run,
+                    GEN.checkpoint_step, GEN.temperature, GEN.top_k, GEN.cfg_scale,
+                    GEN.max_steps, GEN.seed)
 
 # Metric columns and the provenance column that records their producer.
 METRICS = (GEN.cer, GEN.wer, GEN.ssim, GEN.pesq, GEN.squim)
@@ -147,6 +164,16 @@ GENERATIONS_SCHEMA = pa.schema(
         pa.field(GEN.pesq_source, pa.string()),
         pa.field(GEN.squim_source, pa.string()),
         pa.field(GEN.source_file, pa.string()),
+        pa.field(GEN.policy, pa.string()),
+        pa.field(GEN.checkpoint_path, pa.string()),
+        pa.field(GEN.checkpoint_sha256, pa.string()),
+        pa.field(GEN.checkpoint_run, pa.string()),
+        pa.field(GEN.checkpoint_step, pa.int64()),
+        pa.field(GEN.temperature, pa.float64()),
+        pa.field(GEN.top_k, pa.int32()),
+        pa.field(GEN.cfg_scale, pa.float64()),
+        pa.field(GEN.max_steps, pa.int32()),
+        pa.field(GEN.seed, pa.int64()),
     ]
 )
 

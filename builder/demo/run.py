@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ttspo.builder.demo import loop as demo_loop
 from ttspo.builder.demo import sets as demo_sets
 from ttspo.builder.demo import train as demo_train
 from ttspo.builder.core.errors import InputError
@@ -198,6 +199,8 @@ STEPS: list[tuple[str, Callable[[Demo], None]]] = [
     ("build", demo_sets.step_build),
     ("train", demo_train.step_train),
     ("rebuild", demo_sets.step_rebuild),
+    # last: its generated runs would otherwise be in the generations the rebuild reads
+    ("loop", demo_loop.step_loop),
 ]
 
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.core import ids
-from ttspo.builder.core.schemas import CODES_TYPE, GEN, GENERATIONS_SCHEMA
+from ttspo.builder.core.schemas import CODES_TYPE, GEN, GENERATE_COLUMNS, GENERATIONS_SCHEMA
 
 # Manifest-derived fields of a prompt, in this order, as shipped to workers.
 PROMPT_FIELDS = (GEN.text, GEN.record_type, GEN.context_audio_filepath,
@@ -104,6 +104,8 @@ class RowBuffer:
                                 (pc.is_valid(arrays[GEN.pesq]), GEN.pesq_source),
                                 (pc.is_valid(arrays[GEN.squim]), GEN.squim_source)):
             arrays[source] = pc.if_else(present, tag, pa.scalar(None, pa.string()))
+        for name in GENERATE_COLUMNS:  # what `ttspo generate` records: null when ingested
+            arrays[name] = pa.nulls(n, GENERATIONS_SCHEMA.field(name).type)
         return pa.RecordBatch.from_arrays([arrays[f.name] for f in GENERATIONS_SCHEMA],
                                           schema=GENERATIONS_SCHEMA)
 

@@ -94,6 +94,13 @@ class Scorer:
         audios = self._read_generations(batch, result)
         result.seconds["read"] += time.perf_counter() - t
         ok = [(row, a) for row, a in zip(batch, audios) if a is not None]
+        self.score_audio(ok, result)
+        return [row for row, _ in ok]
+
+    def score_audio(self, ok: list[tuple[dict, np.ndarray]], result: ShardResult) -> None:
+        """Fill the metric columns of each (row, audio at MODEL_SR) in place: the rows
+        need the plan's keys (``_needs_<group>``, the reference path). `ttspo generate
+        --score` calls this on audio it has just decoded."""
         for row, audio in ok:
             result.audio_seconds += len(audio) / MODEL_SR
         if self.asr is not None:
@@ -104,7 +111,6 @@ class Scorer:
             self._timed(result, "pesq", self._score_pesq, ok, result)
         if self.squim is not None:
             self._timed(result, "squim", self._score_squim, ok)
-        return [row for row, _ in ok]
 
     @staticmethod
     def _timed(result: ShardResult, key: str, fn, *args) -> None:
