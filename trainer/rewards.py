@@ -20,7 +20,7 @@ A null metric (SSIM of a text-context prompt has no voice to compare with) gives
 a null part that counts 0 in the sum: every sample of a group shares the prompt,
 so the shift is the same for the whole group and advantages do not move.
 
-Combining: ``sum`` (NeMo: weighted sum of the fixed-anchor rewards) or
+Combining: ``none`` (NeMo: weighted sum of the fixed-anchor rewards) or
 ``group`` (``normalize_then_sum``, NeMo's decoder-only recipe: each part is
 z-scored within its group over the valid samples, then weighted and summed).
 
@@ -55,7 +55,7 @@ from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import GEN, RWD
 
 STD_EPS = 1e-4  # NeMo's: advantage = (r - mean) / (std + 1e-4)
-COMBINE = ("sum", "group")
+NORMALIZE = ("none", "group")
 INVALID_REWARD = ("zero", "group_min")
 LOSS_TYPES = ("grpo", "dr_grpo")
 
@@ -65,7 +65,7 @@ class RewardConfig:
     """Weights, anchors, combination and validity rules: all a reward depends on."""
 
     weights: dict[str, float] = field(default_factory=lambda: {"cer": 0.5, "ssim": 0.5})
-    normalize: str = "sum"  # "sum" (fixed anchors) | "group" (normalize_then_sum)
+    normalize: str = "none"  # "none" (sum of fixed-anchor rewards) | "group" (normalize_then_sum)
     mean_cer: float = 0.1  # NeMo: mean_cer_dataset
     mean_ssim: float = 0.6  # NeMo: mean_ssim_dataset
     best_ssim: float = 0.9  # NeMo: best_ssim_achievable
@@ -78,7 +78,7 @@ class RewardConfig:
     loss_type: str = "grpo"  # "grpo" (scaled advantages) | "dr_grpo" (unscaled)
 
     def __post_init__(self) -> None:
-        checks = ((self.normalize, COMBINE, "normalize"),
+        checks = ((self.normalize, NORMALIZE, "normalize"),
                   (self.invalid_reward, INVALID_REWARD, "invalid_reward"),
                   (self.loss_type, LOSS_TYPES, "loss_type"))
         for value, allowed, name in checks:
@@ -212,8 +212,9 @@ def compute_rewards(df: pl.DataFrame, cfg: RewardConfig, *, group: str = GEN.gro
     builtin = [n for n in cfg.weights if n in REWARDS]
     df = df.with_columns(
         *[REWARDS[n].expr(cfg).alias(REWARDS[n].part) for n in builtin],
-        (pl.col(GEN.codes_len).is_between(cfg.min_valid_len, cfg.max_valid_len)
-         & ~pl.col(GEN.invalid).fill_null(False)).fill_null(False).alias(RWD.valid))
+        # An unknown length (generations ingested without codes) is not held against a sample.
+        (pl.col(GEN.codes_len).is_between(cfg.min_valid_len, cfg.max_valid_len).fill_null(True)
+         & ~pl.col(GEN.invalid).fill_null(False)).alias(RWD.valid))
     parts = {n: REWARDS[n].part for n in builtin}
     for name, fn in custom.items():
         tmp = f"__custom_{len(parts)}"

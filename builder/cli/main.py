@@ -50,8 +50,9 @@ def main() -> None:
 def _register_commands() -> None:
     """Each command module lists its top-level commands in COMMANDS."""
     from ttspo.builder.cli import demo, ingest, prompts, score, sets, store
+    from ttspo.builder.cli import rewards
 
-    for module in (store, prompts, ingest, sets, score, demo):
+    for module in (store, prompts, ingest, sets, score, demo, rewards):
         for command in module.COMMANDS:
             cli.add_command(command)
 
