@@ -58,7 +58,7 @@ def test_quality_and_length_rewards():
 def test_null_part_counts_zero_and_keeps_advantages():
     # Text-context prompts have no SSIM: the part is null, the sum treats it as 0.
     df = compute_rewards(frame(["g", "g"], [0.0, 0.1], ssim=[None, None]),
-                         RewardConfig(weights={"cer": 0.5, "ssim": 0.5}, loss_type="dr_grpo"))
+                         RewardConfig(weights={"cer": 0.5, "ssim": 0.5}, scale_rewards=False))
     assert col(df, RWD.reward_ssim) == [None, None]
     assert col(df, RWD.reward) == pytest.approx([0.5, 0.25])
     assert col(df, RWD.advantage) == pytest.approx([0.125, -0.125])
@@ -74,14 +74,14 @@ def test_weighted_sum_and_both_advantage_scalings():
     a = 0.5 / 0.5001
     assert col(grpo, RWD.advantage) == pytest.approx([a, 0.0, -a, 0.0, 0.0, 0.0])
     assert not any(math.isnan(x) for x in col(grpo, RWD.advantage))  # zero spread, group of one
-    dr = compute_rewards(df, RewardConfig(weights={"cer": 0.5, "ssim": 0.5}, loss_type="dr_grpo"))
+    dr = compute_rewards(df, RewardConfig(weights={"cer": 0.5, "ssim": 0.5}, scale_rewards=False))
     assert col(dr, RWD.advantage) == pytest.approx([0.5, 0.0, -0.5, 0.0, 0.0, 0.0])
 
 
 def test_normalize_then_sum_zscores_each_part_within_its_group():
     df = frame(["a"] * 3, [0.0, 0.1, 1.0], ssim=[0.75] * 3)  # cer parts 1, .5, 0; ssim constant
     out = compute_rewards(df, RewardConfig(weights={"cer": 1.0, "ssim": 1.0}, normalize="group",
-                                           loss_type="dr_grpo"))
+                                           scale_rewards=False))
     z = 0.5 / 0.5001
     assert col(out, RWD.reward) == pytest.approx([z, 0.0, -z])  # ssim: zero spread -> 0
     assert col(out, RWD.reward_ssim) == pytest.approx([0.75] * 3)  # parts stay un-normalised
@@ -91,7 +91,7 @@ def test_normalize_then_sum_zscores_each_part_within_its_group():
 def test_invalid_samples_get_zero_or_the_group_minimum():
     df = frame(["a"] * 4, [0.0, 0.1, 0.0, 0.0], ssim=[0.9, 0.6, 0.9, 0.9],
                codes_len=[10, 10, 3, 430], invalid=[False] * 4)
-    cfg = dict(weights={"cer": 0.5, "ssim": 0.5}, max_valid_len=429, loss_type="dr_grpo")
+    cfg = dict(weights={"cer": 0.5, "ssim": 0.5}, max_valid_len=429, scale_rewards=False)
     zero = compute_rewards(df, RewardConfig(**cfg))
     assert col(zero, RWD.valid) == [True, True, False, False]  # empty (<= 3), unfinished
     assert col(zero, RWD.reward) == pytest.approx([1.0, 0.5, 0.0, 0.0])

@@ -116,7 +116,7 @@ def test_rewards_over_generations_derive_lengths_from_codes(tmp_path):
     store.write("generations", pa.Table.from_pylist(rows, GENERATIONS_SCHEMA),
                 schema=GENERATIONS_SCHEMA, lineage=make_lineage("ingest", {}))
     result = invoke(store, "--table", "generations", "--weights", "length=1",
-                    "--length-target", "20", "--loss-type", "dr_grpo", "--as", "len",
+                    "--length-target", "20", "--no-scale-rewards", "--as", "len",
                     "--format", "json")
     assert result.exit_code == 0, result.output
     out = store.open("len").to_table()

@@ -33,8 +33,8 @@ total of its group's valid samples (``invalid_reward="group_min"``: under
 invalid (its loss masked) when its best clamped CER exceeds
 ``best_cer_threshold`` or its worst exceeds ``worst_cer_threshold``.
 
-Advantages: total - group mean, divided by (group std + 1e-4) for ``grpo``
-(``scale_rewards``), unscaled for ``dr_grpo``. std is the sample std (ddof 1, as
+Advantages: total - group mean, divided by (group std + 1e-4) when
+``scale_rewards`` (NeMo's grpo), unscaled otherwise (dr_grpo). std is the sample std (ddof 1, as
 torch.std); a group of one sample or with zero spread has advantage 0, never NaN.
 
 The two loss types (pure functions of tensors) are at the end: :data:`GRPO_LOSSES`.
@@ -57,7 +57,6 @@ from ttspo.builder.core.schemas import GEN, RWD
 STD_EPS = 1e-4  # NeMo's: advantage = (r - mean) / (std + 1e-4)
 NORMALIZE = ("none", "group")
 INVALID_REWARD = ("zero", "group_min")
-LOSS_TYPES = ("grpo", "dr_grpo")
 
 
 @dataclass(frozen=True)
@@ -75,12 +74,11 @@ class RewardConfig:
     best_cer_threshold: float = 1.0
     worst_cer_threshold: float = 1.0
     invalid_reward: str = "zero"  # "zero" (NeMo) | "group_min"
-    loss_type: str = "grpo"  # "grpo" (scaled advantages) | "dr_grpo" (unscaled)
+    scale_rewards: bool = True  # divide advantages by group std + 1e-4 (grpo); dr_grpo: False
 
     def __post_init__(self) -> None:
         checks = ((self.normalize, NORMALIZE, "normalize"),
-                  (self.invalid_reward, INVALID_REWARD, "invalid_reward"),
-                  (self.loss_type, LOSS_TYPES, "loss_type"))
+                  (self.invalid_reward, INVALID_REWARD, "invalid_reward"))
         for value, allowed, name in checks:
             if value not in allowed:
                 raise InputError(f"{name} '{value}' is not one of {', '.join(allowed)}")
@@ -262,7 +260,7 @@ def _group_valid(cfg: RewardConfig, group: str, has_cer: bool) -> pl.Expr:
 def _advantage(cfg: RewardConfig, group: str) -> pl.Expr:
     r = pl.col(RWD.reward)
     centred = r - r.mean().over(group)
-    if cfg.loss_type == "dr_grpo":
+    if not cfg.scale_rewards:
         return centred
     std = r.std().over(group).fill_null(0.0)  # ddof 1; a group of one has no spread
     return pl.when(std > 0).then(centred / (std + STD_EPS)).otherwise(0.0)

@@ -18,8 +18,8 @@ from ttspo.builder.cli.common import emit, format_option, get_store, lineage_for
 @click.option("--as", "name", required=True, help="Rewards table to write (a new version).")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False),
               help="PNG of the new reward distribution over the one it replaces.")
-@click.option("--loss-type", type=click.Choice(["grpo", "dr_grpo"]), default="grpo",
-              show_default=True, help="grpo scales advantages by the group std; dr_grpo does not.")
+@click.option("--scale-rewards/--no-scale-rewards", default=True, show_default=True,
+              help="Divide advantages by the group std (grpo); dr_grpo does not.")
 @click.option("--invalid-reward", type=click.Choice(["zero", "group_min"]), default="zero",
               show_default=True, help="Total of an invalid sample: 0, or its group's minimum.")
 @click.option("--mean-cer", type=float, default=0.1, show_default=True, help="CER anchor.")
@@ -38,7 +38,7 @@ from ttspo.builder.cli.common import emit, format_option, get_store, lineage_for
 @format_option
 @click.pass_context
 def rewards(ctx: click.Context, source: str, weights: str, normalize: str, name: str,
-            plot: str | None, loss_type: str, invalid_reward: str, mean_cer: float,
+            plot: str | None, scale_rewards: bool, invalid_reward: str, mean_cer: float,
             mean_ssim: float, best_ssim: float, length_target: float | None,
             min_valid_len: int, max_valid_len: int, best_cer_threshold: float,
             worst_cer_threshold: float, fmt: str) -> None:
@@ -47,7 +47,7 @@ def rewards(ctx: click.Context, source: str, weights: str, normalize: str, name:
     from ttspo.trainer.rewards import RewardConfig, parse_weights
     from ttspo.trainer.rollouts import recompute_rewards
 
-    cfg = RewardConfig(weights=parse_weights(weights), normalize=normalize, loss_type=loss_type,
+    cfg = RewardConfig(weights=parse_weights(weights), normalize=normalize, scale_rewards=scale_rewards,
                        invalid_reward=invalid_reward, mean_cer=mean_cer, mean_ssim=mean_ssim,
                        best_ssim=best_ssim, length_target=length_target,
                        min_valid_len=min_valid_len, max_valid_len=max_valid_len,
