@@ -18,6 +18,7 @@ GRPO uses the same functions (``trainer="grpo"``, ``prompts_version``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -80,6 +81,20 @@ def gather_rng_states() -> list[dict[str, Any]]:
     states: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(states, mine)
     return states
+
+
+def gather_weight_digests(model: torch.nn.Module) -> list[str]:
+    """sha256 of each rank's parameters, in rank order (a collective)."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    mine = h.hexdigest()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    digests: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, mine)
+    return digests
 
 
 def save_checkpoint(run_dir: Path, step: int, *, policy: Any, optimizer: Any, scheduler: Any,
