@@ -13,7 +13,7 @@ from ttspo.builder.cli.main import cli
 from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, ROLL, ROLLOUTS_SCHEMA, RWD
 from ttspo.builder.core.store import Store, make_lineage
 from ttspo.trainer.rewards import RewardConfig, compute_rewards
-from ttspo.trainer.rollouts import RolloutWriter, committed_through
+from ttspo.trainer.rollouts import RolloutWriter, committed_steps
 
 CFG = RewardConfig(weights={"cer": 0.5, "ssim": 0.5})
 
@@ -45,7 +45,7 @@ def test_writer_commits_every_n_steps_and_skips_committed_steps_on_resume(tmp_pa
         writer.add(step, step_rows("r", step, [[0.0, 0.5]]))
     assert store.version("rollouts") == 1  # steps 0-1 in one commit; step 2 buffered
     assert store.lineage("rollouts", 1)["steps"] == [0, 1]
-    assert committed_through(store, "r") == 1
+    assert committed_steps(store, "r") == {(0, "train"), (1, "train")}
     # Killed here: step 2 is lost. Resume from a checkpoint at step 0: 1 is skipped.
     resumed = RolloutWriter(store, "r", lineage, every=2)
     for step in (1, 2, 3):

@@ -121,6 +121,10 @@ class Scoring:
         return cls(asr if cer else None, sv if "ssim" in names else None, "pesq" in names,
                    squim if "squim" in names else None, normalizer)
 
+    @property
+    def any(self) -> bool:
+        return bool(self.asr or self.sv or self.pesq or self.squim)
+
     def score(self, audios: list[np.ndarray], sr: int, rows: list[dict[str, Any]]) -> None:
         """Add metric columns to ROWS (one per audio), in place."""
         from ttspo.builder.scoring import cosine, load_asr, load_quality, load_speaker
@@ -180,13 +184,20 @@ def rollout(policy, prompts: Prompts, indices: Sequence[int], *, run: str, step:
                                          torch.Generator().manual_seed(seed))
     frames = [codes[i, :, :int(lengths[i])].cpu().numpy() for i in range(len(rows))]
     seconds["generate"], t = time.perf_counter() - t, time.perf_counter()
-    audios, sr = decode(policy.codec, frames)
+    # Audio only when a metric or the table needs it (a length reward needs neither).
+    if scoring.any or store_audio:
+        audios, sr = decode(policy.codec, frames)
+    else:
+        audios, sr = [None] * len(frames), int(policy.codec.sample_rate)
     seconds["decode"], t = time.perf_counter() - t, time.perf_counter()
-    out = [sample_row(r, f, a, sr, run=run, step=step, split=split, group=g // n, sample=g % n,
-                      prompt_index=p, checkpoint=checkpoint)
+    # A group is named by its prompt's index: unique in a step whatever the process count.
+    out = [sample_row(r, f, a, sr, run=run, step=step, split=split, group=p, sample=g % n,
+                      checkpoint=checkpoint,
+                      frame_rate=float(policy.codec.frame_rate))
            for g, (r, f, a, p) in enumerate(zip(rows, frames, audios,
                                                 [p for p in indices for _ in range(n)]))]
-    scoring.score(audios, sr, out)
+    if scoring.any:
+        scoring.score(audios, sr, out)
     seconds["score"] = time.perf_counter() - t
     table = rollout_table(out, rewards, audios if store_audio else None, sr)
     train_rows = [{GEN.text: r[GEN.text], GEN.context_text: r[GEN.context_text],
@@ -208,9 +219,9 @@ def decode(codec, frames: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
     return audios, sr
 
 
-def sample_row(prompt: dict[str, Any], frames: np.ndarray, audio: np.ndarray, sr: int, *,
-               run: str, step: int, split: str, group: int, sample: int, prompt_index: int,
-               checkpoint: str) -> dict[str, Any]:
+def sample_row(prompt: dict[str, Any], frames: np.ndarray, audio: np.ndarray | None, sr: int,
+               *, run: str, step: int, split: str, group: int, sample: int, checkpoint: str, frame_rate: float) -> dict[str, Any]:
+    duration = len(audio) / sr if audio is not None else frames.shape[1] / frame_rate
     group_id = f"{run}:{step}:{split}:{group}"
     return {ROLL.rollout_id: f"{group_id}:{sample}", GEN.run: run, ROLL.step: step,
             ROLL.split: split, GEN.prompt_id: prompt[PROMPT.prompt_id], GEN.group_id: group_id,
@@ -219,7 +230,7 @@ def sample_row(prompt: dict[str, Any], frames: np.ndarray, audio: np.ndarray, sr
             GEN.context_text: prompt[PROMPT.context_text],
             PROMPT.reference_audio_filepath: prompt.get(PROMPT.reference_audio_filepath),
             GEN.codes: frames.astype(np.int16).tolist(), GEN.codes_len: int(frames.shape[1]),
-            GEN.duration: len(audio) / sr, GEN.sample_rate: sr, GEN.invalid: False,
+            GEN.duration: duration, GEN.sample_rate: sr, GEN.invalid: False,
             ROLL.checkpoint: checkpoint}
 
 

@@ -10,7 +10,8 @@ Resume without duplicates: rollouts are flushed BEFORE a checkpoint is saved, so
 checkpoint at step S means every row up to S is committed. A run killed after a
 flush but before its checkpoint has rows past S; resumed at S with the same data
 order and RNG streams it samples those steps again, identically, so the writer
-skips steps up to :func:`committed_through` instead of appending them twice. A
+skips the (step, split) pairs :func:`committed_steps` finds instead of
+appending them twice. A
 killed run loses at most its unflushed steps.
 
 Recomputing (``ttspo rewards``): :func:`recompute_rewards` reads the stored
@@ -38,13 +39,14 @@ SOURCES = {ROLLOUTS: ROLL.rollout_id, "generations": GEN.generation_id}
 
 
 # ----------------------------------------------------------------- writing
-def committed_through(store: Store, run: str) -> int:
-    """The last step of RUN with rows in ``rollouts`` (-1 if none)."""
+def committed_steps(store: Store, run: str) -> set[tuple[int, str]]:
+    """The (step, split) pairs of RUN that have rows in ``rollouts``."""
     if not store.exists(ROLLOUTS):
-        return -1
-    steps = store.open(ROLLOUTS).to_table(columns=[ROLL.step],
-                                          filter=f"{GEN.run} = {sql_string(run)}")
-    return int(pc.max(steps[ROLL.step]).as_py()) if steps.num_rows else -1
+        return set()
+    rows = store.open(ROLLOUTS).to_table(columns=[ROLL.step, ROLL.split],
+                                         filter=f"{GEN.run} = {sql_string(run)}")
+    keys = rows.group_by([ROLL.step, ROLL.split]).aggregate([])
+    return set(zip(keys[ROLL.step].to_pylist(), keys[ROLL.split].to_pylist()))
 
 
 class RolloutWriter:
@@ -54,13 +56,16 @@ class RolloutWriter:
                  compact_over: int = 64) -> None:
         self.store, self.run, self.lineage = store, run, lineage
         self.every, self.compact_over = max(1, every), compact_over
-        self.skip_through = committed_through(store, run)  # rows a killed run already wrote
+        self.committed = committed_steps(store, run)  # rows a killed run already wrote
         self._pending: list[pa.Table] = []
         self._steps: list[int] = []
         self.commits = 0
+        self.skipped = 0  # rows not appended again after a resume
 
-    def add(self, step: int, rows: pa.Table) -> None:
-        if step <= self.skip_through:
+    def add(self, step: int, rows: pa.Table, split: str = "train") -> None:
+        """Buffer one step's rows of one split; commit once ``every`` steps are buffered."""
+        if (step, split) in self.committed:
+            self.skipped += rows.num_rows
             return
         self._pending.append(rows.select(ROLLOUTS_SCHEMA.names).cast(ROLLOUTS_SCHEMA))
         self._steps.append(step)

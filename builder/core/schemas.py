@@ -341,6 +341,7 @@ REWARD_PARTS = tuple(f.name for f in REWARD_FIELDS[:7])
 # training step, the policy that sampled it, and its reward.
 ROLL = _names(
     rollout_id="rollout_id",  # f"{run}:{step}:{split}:{group_index}:{sample_index}"
+    # (group_index: the prompt's index in the run's prompts, so ids do not depend on ranks)
     step="step",  # optimizer step whose policy sampled it
     split="split",  # "train" (used for the update) | "val" (validation prompts)
     checkpoint="checkpoint",  # sha256 of the policy weights that sampled it
