@@ -16,7 +16,8 @@ TINY = {"d_model": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "
 
 def make_prompts(store: Store, n: int = 4) -> int:
     """N prompts (short texts, audio contexts with codes files) in `prompts`; its version."""
-    texts = [t for t in (CORPUS / "challenging_texts.txt").read_text().splitlines() if t][:n]
+    texts = [t for name in ("challenging_texts.txt", "regular_texts_for_audiocontext.txt")
+             for t in (CORPUS / name).read_text().splitlines() if t][:n]
     contexts = [json.loads(line) for line in
                 (CORPUS / "audio_contexts.jsonl").read_text().splitlines() if line]
     rows = []

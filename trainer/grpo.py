@@ -268,7 +268,7 @@ def update(model, policy, ref_model, ro, g: GrpoConfig) -> dict[str, torch.Tenso
         with torch.no_grad():
             ref = token_logps(ref_model.forward_teacher(batch))
     entropy = token_entropy(tf.logits) if g.entropy_coef else token_entropy(tf.logits.detach())
-    adv = torch.as_tensor(ro.table[RWD.advantage].to_numpy(), dtype=torch.float32, device=device)
+    adv = torch.tensor(ro.table[RWD.advantage].to_pylist(), dtype=torch.float32, device=device)
     keep = torch.as_tensor(np.asarray(ro.table[RWD.group_valid].to_pylist()), device=device)
     out = GRPO_LOSSES[g.loss_type](logps, adv, tf.mask, keep, ref_logps=ref, entropy=entropy,
                                    kl_beta=g.grpo_beta, entropy_coef=g.entropy_coef,
