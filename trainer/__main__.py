@@ -66,6 +66,8 @@ def main_grpo(args: argparse.Namespace) -> int:
         return 1
     if result.last:
         print(f"last step {result.last['step']}: reward/mean {result.last['reward/mean']:.4g}")
+    print(f"rollouts: {result.rollout_commits} commit(s)"
+          + (f", {result.skipped_rows} row(s) already stored" if result.skipped_rows else ""))
     return 0
 
 
