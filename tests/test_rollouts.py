@@ -28,6 +28,7 @@ def step_rows(run: str, step: int, cers: list[list[float]], cfg: RewardConfig = 
                          GEN.group_id: f"{run}:{step}:train:{g}", GEN.group_index: g,
                          GEN.sample_index: s, GEN.text: "hello", GEN.cer: cer,
                          GEN.ssim: 0.9 - cer / 2, GEN.codes_len: 10 + s, GEN.invalid: False,
+                         GEN.duration: 2.0,
                          GEN.codes: [[1] * (10 + s)] * 2})
     frame = compute_rewards(pl.DataFrame(rows, infer_schema_length=None), cfg)
     table = frame.to_arrow()
@@ -142,3 +143,31 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     assert result.exit_code == 1
     assert result.output == message + "\n"
     assert store.tables() == ["rollouts"]
+
+
+def test_promoted_rollouts_build_the_next_dpo_set_with_lineage_to_the_steps(tmp_path):
+    store = Store(tmp_path / "st")
+    writer = RolloutWriter(store, "r", make_lineage("train grpo", {}), every=3)
+    for step in range(3):
+        writer.add(step, step_rows("r", step, [[0.0, 0.1, 0.6], [1.0, 0.2, 0.3]]))
+    runner = CliRunner()
+    out = runner.invoke(cli, ["--store", str(store.root), "rollouts", "promote", "r", "--as-run",
+                              "it1", "--steps", "1:2", "--format", "csv"])
+    assert out.exit_code == 0, out.output
+    assert out.output == "run,rows,groups,generations,rollouts\nit1,12,4,1,1\n"
+    gens = store.open("generations").to_table().sort_by(GEN.generation_id).to_pylist()
+    assert gens[0][GEN.generation_id] == "it1:1:0:0" and gens[0][GEN.group_id] == "it1:1:0"
+    assert gens[0][GEN.source_file] == "rollouts@1:r:1:train:0:0"
+    lineage = store.lineage("generations", 1)
+    assert lineage["inputs"] == {"rollouts": 1} and lineage["steps"] == [1, 2]
+    built = runner.invoke(cli, ["--store", str(store.root), "build", "best_worst", "--name", "it",
+                                "--run", "it1", "--param", "cer_threshold=0.5"])
+    assert built.exit_code == 0, built.output
+    pairs = store.open("it").to_table().sort_by("pair_id").to_pylist()
+    assert [(p["chosen_id"], p["rejected_id"]) for p in pairs] == [
+        ("it1:1:0:0", "it1:1:0:2"), ("it1:1:1:1", "it1:1:1:0"),
+        ("it1:2:0:0", "it1:2:0:2"), ("it1:2:1:1", "it1:2:1:0")]
+    again = runner.invoke(cli, ["--store", str(store.root), "rollouts", "promote", "r",
+                                "--as-run", "it1"])
+    assert again.exit_code == 1
+    assert again.output == "Error: generations already has a run 'it1'; choose another --as-run\n"

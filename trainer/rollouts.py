@@ -210,3 +210,50 @@ def previous_rewards(store: Store, name: str, data_table: str, data: pa.Table
         return data[RWD.reward].to_pylist(), f"{data_table} (stored)"
     return [], ""
 
+
+
+# ------------------------------------------------------- rollouts -> DPO set
+def promote(store: Store, *, run: str, as_run: str, steps: tuple[int, int] | None = None,
+            valid_only: bool = True, lineage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Copy RUN's training rollouts (STEPS inclusive; valid samples of valid groups
+    unless VALID_ONLY is False) into ``generations`` as run AS_RUN, in one commit whose
+    lineage names the rollouts version and steps. ``ttspo build best_worst --run AS_RUN``
+    (or pareto) then makes the next DPO set from them: iterative DPO."""
+    from ttspo.builder.core.schemas import GENERATIONS_SCHEMA
+
+    ds = store.open(ROLLOUTS)
+    where = [f"{GEN.run} = {sql_string(run)}", f"{ROLL.split} = 'train'"]
+    if steps is not None:
+        where.append(f"{ROLL.step} BETWEEN {int(steps[0])} AND {int(steps[1])}")
+    if valid_only:
+        where += [f"{RWD.valid}", f"{RWD.group_valid}"]
+    names = [n for n in ds.schema.names if n != GEN.audio]
+    rows = ds.to_table(columns=names, filter=" AND ".join(where), with_row_id=True)
+    if not rows.num_rows:
+        raise InputError(f"rollouts@{ds.version}: no rows of run '{run}' match "
+                         f"({' AND '.join(where)})")
+    if store.exists("generations"):
+        known = store.open("generations").to_table(columns=[GEN.run],
+                                                   filter=f"{GEN.run} = {sql_string(as_run)}")
+        if known.num_rows:
+            raise InputError(f"generations already has a run '{as_run}'; choose another --as-run")
+    rows = rows.sort_by([(ROLL.step, "ascending"), (GEN.group_index, "ascending"),
+                         (GEN.sample_index, "ascending")])
+    blobs = ds.take_blobs(GEN.audio, ids=rows["_rowid"].to_pylist())
+    out = []
+    groups: dict[tuple[int, int], int] = {}
+    for r, blob in zip(rows.to_pylist(), blobs):
+        g = groups.setdefault((r[ROLL.step], r[GEN.group_index]), len(groups))
+        key = f"{r[ROLL.step]}:{r[GEN.group_index]}"
+        out.append({**{f.name: r.get(f.name) for f in GENERATIONS_SCHEMA},
+                    GEN.generation_id: f"{as_run}:{key}:{r[GEN.sample_index]}",
+                    GEN.run: as_run, GEN.group_id: f"{as_run}:{key}", GEN.group_index: g,
+                    GEN.audio: blob.readall() if blob is not None else None,
+                    GEN.source_file: f"rollouts@{ds.version}:{r[ROLL.rollout_id]}"})
+    table = pa.Table.from_pylist(out, GENERATIONS_SCHEMA)
+    record = dict(lineage or make_lineage("rollouts promote", {"run": run, "as_run": as_run}),
+                  inputs={ROLLOUTS: ds.version}, steps=list(steps) if steps else None,
+                  rollouts_run=run)
+    version = store.write("generations", table, schema=GENERATIONS_SCHEMA, lineage=record)
+    return {"run": as_run, "rows": table.num_rows, "groups": len(groups),
+            "generations": version, "rollouts": ds.version}

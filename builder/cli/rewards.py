@@ -1,4 +1,5 @@
-"""`ttspo rewards`: recompute GRPO rewards from stored metrics (ttspo.trainer.rollouts)."""
+"""`ttspo rewards` (recompute GRPO rewards from stored metrics) and `ttspo rollouts
+promote` (rollouts into generations, for the next DPO set): ttspo.trainer.rollouts."""
 
 from __future__ import annotations
 
@@ -59,4 +60,36 @@ def rewards(ctx: click.Context, source: str, weights: str, normalize: str, name:
            **result.summary}], fmt)
 
 
-COMMANDS = [rewards]
+@click.group()
+def rollouts() -> None:
+    """The rollouts table that `ttspo train grpo` fills (query it with `ttspo sql`)."""
+
+
+@rollouts.command("promote")
+@click.argument("run")
+@click.option("--as-run", "as_run", required=True, help="Run name in generations.")
+@click.option("--steps", default=None, metavar="A:B", help="Training steps A to B (inclusive).")
+@click.option("--all-samples", is_flag=True,
+              help="Also invalid samples and samples of invalid groups.")
+@format_option
+@click.pass_context
+def promote(ctx: click.Context, run: str, as_run: str, steps: str | None, all_samples: bool,
+            fmt: str) -> None:
+    """Copy RUN's training rollouts into generations as run AS_RUN (one commit, lineage
+    to the rollouts version and steps), so `ttspo build best_worst --run AS_RUN` makes
+    the next DPO set from online samples (iterative DPO)."""
+    from ttspo.builder.core.errors import InputError
+    from ttspo.trainer.rollouts import promote as run_promote
+
+    span = None
+    if steps:
+        a, sep, b = steps.partition(":")
+        if not (sep and a.strip().isdigit() and b.strip().isdigit()):
+            raise InputError(f"--steps '{steps}' is not A:B (two step numbers)")
+        span = (int(a), int(b))
+    summary = run_promote(get_store(ctx), run=run, as_run=as_run, steps=span,
+                          valid_only=not all_samples, lineage=lineage_for(ctx))
+    emit([summary], fmt)
+
+
+COMMANDS = [rewards, rollouts]
