@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ttspo.builder.demo import grpo as demo_grpo
 from ttspo.builder.demo import sets as demo_sets
 from ttspo.builder.core.errors import InputError
 
@@ -196,6 +197,7 @@ STEPS: list[tuple[str, Callable[[Demo], None]]] = [
     ("score", demo_sets.step_score),
     ("build", demo_sets.step_build),
     ("rebuild", demo_sets.step_rebuild),
+    ("grpo", demo_grpo.step_grpo),
 ]
 
 
