@@ -60,11 +60,15 @@ def test_one_step_end_to_end_real_audio_asr_and_speaker_metrics(tmp_path):
     make_prompts(store, 2)
     result = train(store, tmp_path / "run", "grpo.prompts_per_step=1",
                    "grpo.n_generations_per_item=2", "grpo.max_decoder_steps=12",
-                   "grpo.min_valid_codes_len=2", "train.max_steps=1", "optim.lr=1e-3")
+                   "grpo.min_valid_codes_len=2", "train.max_steps=1", "optim.lr=1e-3",
+                   "grpo.val_prompts=1", "train.val_every=1")
     assert result.exit_code == 0, result.output
     ds = store.open("rollouts")
     names = [n for n in ds.schema.names if n != GEN.audio]
-    table = ds.to_table(columns=names, with_row_id=True)
+    everything = ds.to_table(columns=[ROLL.step, ROLL.split])
+    assert sorted(zip(everything[ROLL.step].to_pylist(), everything[ROLL.split].to_pylist())) == \
+        [(0, "train"), (0, "train"), (0, "val"), (0, "val"), (1, "val"), (1, "val")]
+    table = ds.to_table(columns=names, with_row_id=True, filter="split = 'train'")
     rows = table.to_pylist()
     blobs = ds.take_blobs(GEN.audio, ids=table["_rowid"].to_pylist())
     assert len(rows) == 2 and {r[ROLL.split] for r in rows} == {"train"}
@@ -82,8 +86,10 @@ def test_one_step_end_to_end_real_audio_asr_and_speaker_metrics(tmp_path):
     # rollouts commit lineage and the checkpoint row trace back to the prompts version
     assert store.lineage("rollouts", 1)["inputs"]["prompts"] == 1
     ckpts = store.open("checkpoints").to_table().to_pylist()
-    assert [(c[CKPT.trainer], c[CKPT.step], c[CKPT.prompts_version]) for c in ckpts] == \
-        [("grpo", 1, 1)]
+    assert sorted((c[CKPT.trainer], c[CKPT.kind], c[CKPT.step], c[CKPT.prompts_version])
+                  for c in ckpts) == [("grpo", "best", 1, 1), ("grpo", "step", 1, 1)]
+    best = json.loads(next(c for c in ckpts if c[CKPT.kind] == "best")[CKPT.val_metrics])
+    assert set(best) == {"val/cer", "val/ssim", "val/reward"}  # best = lowest val CER
     # `ttspo rewards` over the stored rollouts, same weights: the same numbers
     again = CliRunner().invoke(cli, ["--store", str(store.root), "rewards", "--weights",
                                      "cer=0.5,ssim=0.5", "--max-valid-len", "11",
@@ -96,7 +102,8 @@ def test_one_step_end_to_end_real_audio_asr_and_speaker_metrics(tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert {"reward/mean", "reward/cer", "reward/ssim", "advantage/std", "groups/valid_fraction",
             "kl", "entropy", "time/generate", "time/decode", "time/score",
-            "time/update"} <= set(metrics[0])
+            "time/update"} <= set(metrics[1])
+    assert [m["step"] for m in metrics] == [0, 1, 1] and "val/cer" in metrics[0]
 
 
 LENGTH = ["grpo.reward_weights=length=1", "grpo.length_target=3", "grpo.max_decoder_steps=16",
