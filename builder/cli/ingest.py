@@ -1,6 +1,6 @@
 """`ttspo ingest`: bring generations and their metrics into the store (step 2 in).
 
-Thin over ttspo.builder.ingest.run; heavy libraries are imported inside the commands so
+Thin over ttspo.builder.api.Store; heavy libraries are imported inside the commands so
 `ttspo --help` stays fast (and nothing here ever imports torch).
 """
 
@@ -59,11 +59,9 @@ def ingest_nemo_cmd(ctx: click.Context, gen_dir: str, manifest: str, run_name: s
     manifest/file count mismatch, always stop the ingest (the file-to-line
     mapping would be wrong), even with --on-error skip.
     """
-    from ttspo.builder.ingest.run import ingest_nemo
-
-    result = ingest_nemo(get_store(ctx), gen_dir, manifest, run=run_name, group_size=group_size,
-                         on_error=on_error, embed_audio=embed_audio, lineage=lineage_for(ctx),
-                         workers=workers, progress=True)
+    result = get_store(ctx).ingest_nemo(
+        gen_dir, manifest=manifest, run=run_name, group_size=group_size, on_error=on_error,
+        embed_audio=embed_audio, lineage=lineage_for(ctx), workers=workers, progress=True)
     _report(result)
 
 
@@ -83,10 +81,9 @@ def ingest_jsonl_cmd(ctx: click.Context, file: str, run_name: str | None, on_err
     [codebooks, frames]), cer, wer, ssim, pesq, squim, codes_len,
     pred_transcript, gt_transcript, invalid. Line N (from 0) is generation RUN:N.
     """
-    from ttspo.builder.ingest.run import ingest_jsonl
-
-    result = ingest_jsonl(get_store(ctx), file, run=run_name, on_error=on_error,
-                          embed_audio=embed_audio, lineage=lineage_for(ctx), progress=True)
+    result = get_store(ctx).ingest_jsonl(file, run=run_name, on_error=on_error,
+                                         embed_audio=embed_audio, lineage=lineage_for(ctx),
+                                         progress=True)
     _report(result)
 
 
