@@ -54,7 +54,7 @@ def rewards(ctx: click.Context, source: str, weights: str, normalize: str, name:
                        min_valid_len=min_valid_len, max_valid_len=max_valid_len,
                        best_cer_threshold=best_cer_threshold,
                        worst_cer_threshold=worst_cer_threshold)
-    result = recompute_rewards(get_store(ctx), source=source, cfg=cfg, name=name,
+    result = recompute_rewards(get_store(ctx).core, source=source, cfg=cfg, name=name,
                                lineage=lineage_for(ctx), plot=plot)
     emit([{"table": result.name, "version": result.version, "source": result.source,
            **result.summary}], fmt)
@@ -87,7 +87,7 @@ def promote(ctx: click.Context, run: str, as_run: str, steps: str | None, all_sa
         if not (sep and a.strip().isdigit() and b.strip().isdigit()):
             raise InputError(f"--steps '{steps}' is not A:B (two step numbers)")
         span = (int(a), int(b))
-    summary = run_promote(get_store(ctx), run=run, as_run=as_run, steps=span,
+    summary = run_promote(get_store(ctx).core, run=run, as_run=as_run, steps=span,
                           valid_only=not all_samples, lineage=lineage_for(ctx))
     emit([summary], fmt)
 

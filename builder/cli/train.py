@@ -119,7 +119,7 @@ def grpo(ctx: click.Context, spec: str, init: str | None, prompts_ref: str | Non
     extra = ([f"grpo.prompts={prompts_ref}"] if prompts_ref else []) + \
         ([f"grpo.where={json_string(where)}"] if where else [])
     cfg = load_config(config_file, [*overrides, *extra])
-    result = train_grpo(get_store(ctx), cfg=cfg, out=out, spec=spec, init=init,
+    result = train_grpo(get_store(ctx).core, cfg=cfg, out=out, spec=spec, init=init,
                         lineage=lineage_for(ctx), echo=click.echo)
     for name, metrics in (("first", result.first), ("last", result.last)):
         if metrics:
