@@ -137,7 +137,7 @@ def test_demo_runs_each_step_and_says_what_it_did(demo_run):
     assert result.exit_code == 0, result.output
     out = result.output
     names = ["corpus", "prompts", "ingest", "summaries", "score", "build", "train", "rebuild",
-             "loop"]
+             "grpo", "loop"]
     for n, name in enumerate(names, start=1):
         assert re.search(rf"^== {n}/{len(names)} {name}: ", out, re.M), name
     work = store.absolute() / "demo"
@@ -192,7 +192,7 @@ def test_demo_again_on_the_same_store_writes_nothing(demo_run):
     store, first = demo_run
     assert first.exit_code == 0, first.output
     versions = {t: Store(store).version(t) for t in ("prompts", "generations", "demo-pareto",
-                                                     "ref_logps", "checkpoints")}
+                                                     "ref_logps", "checkpoints", "rollouts")}
     again = CliRunner().invoke(cli, ["demo", "--store", str(store)])
     assert again.exit_code == 0, again.output
     assert "-> no new version (all present)\n" in again.output
@@ -205,6 +205,7 @@ def test_demo_again_on_the_same_store_writes_nothing(demo_run):
     assert "already trained to step 30; nothing to do" in again.output
     assert ("demo-dpo: 0 held-out prompts lacked samples, 0 generations written (all there "
             "already; nothing written)\n") in again.output
+    assert "grpo-run was trained by an earlier demo run; nothing written" in again.output
     assert {t: Store(store).version(t) for t in versions} == versions
 
 
@@ -264,3 +265,15 @@ def test_demo_refuses_a_store_path_that_is_a_file(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--store", str(path)])
     assert result.exit_code == 2
     assert f"Invalid value for '--store': Directory '{path}' is a file." in result.output
+
+
+def test_demo_grpo_steps_fill_rollouts_and_summarise_them(demo_run):
+    store, result = demo_run
+    assert result.exit_code == 0, result.output
+    st = Store(store)
+    rows, _ = query.run(st, "SELECT step, count(*) AS n, count(cer) AS with_cer, "
+                            "count(ssim) AS with_ssim FROM rollouts GROUP BY step ORDER BY step")
+    assert rows.to_pylist() == [{"step": s, "n": 6, "with_cer": 6, "with_ssim": 6} for s in range(2)]
+    assert st.versions("rollouts")[-1]["lineage"]["steps"] == [0, 1]  # one batched commit
+    assert re.search(r"^step\s+samples\s+frames\s+mean_cer\s+mean_ssim\s+mean_reward\s+valid$",
+                     result.output, re.M)

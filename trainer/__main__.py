@@ -1,5 +1,5 @@
-"""``torchrun --nproc-per-node N -m ttspo.trainer dpo SET --out DIR ...``: the same run as
-``ttspo train dpo``, one process per rank (options as the CLI's; the CLI is not imported:
+"""``torchrun --nproc-per-node N -m ttspo.trainer dpo SET --out DIR ...`` (or ``grpo --out
+DIR ...``): the same run as ``ttspo train dpo`` (``train grpo``), one process per rank (options as the CLI's; the CLI is not imported:
 nothing imports it). Errors are one line on stderr and exit code 1, from every rank."""
 
 from __future__ import annotations
@@ -22,11 +22,20 @@ def parser() -> argparse.ArgumentParser:
     dpo.add_argument("--config", dest="config_file")
     dpo.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     dpo.add_argument("--out", required=True)
+    grpo = sub.add_parser("grpo", help="online GRPO on the store's prompts")
+    grpo.add_argument("--store", default=str(default_store_path()))
+    grpo.add_argument("--policy", dest="spec", default="tiny")
+    grpo.add_argument("--init")
+    grpo.add_argument("--config", dest="config_file")
+    grpo.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    grpo.add_argument("--out", required=True)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.trainer == "grpo":
+        return main_grpo(args)
     from ttspo.trainer.config import load_config
     from ttspo.trainer.loop import train_dpo
 
@@ -40,6 +49,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if result.last:
         print(f"last step {result.last['step']}: loss/total {result.last['loss/total']:.4g}")
+    return 0
+
+
+def main_grpo(args: argparse.Namespace) -> int:
+    from ttspo.trainer.config import load_config
+    from ttspo.trainer.grpo import train_grpo
+
+    try:
+        cfg = load_config(args.config_file, args.overrides)
+        lineage = make_lineage("train grpo", {k: v for k, v in vars(args).items()}, torchrun=True)
+        result = train_grpo(Store(args.store), cfg=cfg, out=args.out, spec=args.spec,
+                            init=args.init, lineage=lineage, echo=print)
+    except TtspoError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    if result.last:
+        print(f"last step {result.last['step']}: reward/mean {result.last['reward/mean']:.4g}")
+    print(f"rollouts: {result.rollout_commits} commit(s)"
+          + (f", {result.skipped_rows} row(s) already stored" if result.skipped_rows else ""))
     return 0
 
 

@@ -82,12 +82,56 @@ class TrainConfig:
 
 
 @dataclass
+class GrpoConfig:
+    """Online GRPO (``ttspo train grpo``), NeMo's option names where it has them.
+
+    NeMo reads ``n_generations_per_item`` (its docs say ``num_generations_per_item``,
+    which it silently ignores); here a misspelt key is an error naming the right one.
+    """
+
+    prompts: str = "prompts"  # the prompts table, at a version or tag (prompts@v1)
+    where: Optional[str] = None  # DuckDB condition on prompts
+    val_prompts: int = 0  # held out of the selected prompts (seeded), for validation
+    prompts_per_step: int = 2  # per process
+    n_generations_per_item: int = 6
+    temperature: float = 0.8
+    topk: int = 80  # 0: no top-k
+    inference_cfg_prob: float = 0.0  # share of steps sampled with CFG
+    inference_cfg_scale: float = 2.5
+    use_kv_cache: bool = True
+    max_decoder_steps: int = 430
+    loss_type: str = "grpo"  # grpo | dr_grpo
+    scale_rewards: Optional[bool] = None  # divide advantages by group std; None: grpo yes, dr_grpo no
+    grpo_beta: float = 0.0  # KL weight
+    reference_free: bool = False  # no reference model, no KL term
+    entropy_coef: float = 0.0  # entropy bonus
+    reward_weights: str = "cer=0.5,ssim=0.5"  # NAME=WEIGHT,... (ttspo.trainer.rewards)
+    normalize_then_sum: bool = False  # z-score each reward within its group, then sum
+    invalid_reward: str = "zero"  # zero (NeMo) | group_min
+    mean_cer_dataset: float = 0.1
+    mean_ssim_dataset: float = 0.6
+    best_ssim_achievable: float = 0.9
+    length_target: Optional[float] = None  # frames, for the `length` reward
+    best_cer_threshold: float = 1.0
+    worst_cer_threshold: float = 1.0
+    min_valid_codes_len: int = 4
+    max_valid_codes_len: Optional[int] = None  # None: max_decoder_steps - 1 (unfinished beyond)
+    asr: str = "pocketsphinx"  # scoring backends (ttspo.builder.scoring)
+    sv: str = "resemblyzer"
+    squim: Optional[str] = None  # SQUIM weights, for the squim reward
+    normalizer: str = "nemo"
+    store_audio: bool = True  # rollout audio as a Lance blob in `rollouts`
+    rollouts_every: int = 1  # steps per rollouts commit (also flushed before each checkpoint)
+
+
+@dataclass
 class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,6 +143,9 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.best_metric": ("val/loss", "val/accuracy", "val/margin"),
     "train.best_mode": ("max", "min"),
+    "grpo.loss_type": ("grpo", "dr_grpo"),
+    "grpo.invalid_reward": ("zero", "group_min"),
+    "grpo.normalizer": ("nemo", "basic", "none"),
 }
 FREE_FORM = ("policy.model",)  # dict fields: any sub-key, YAML-typed
 
@@ -162,7 +209,8 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"config loss.weights has {len(cfg.loss.weights)} values for "
                           f"{len(cfg.loss.types)} loss.types")
     for key in ("data.pairs_per_device", "data.val_pairs_per_device", "optim.grad_accum",
-                "train.log_every"):
+                "train.log_every", "grpo.prompts_per_step", "grpo.n_generations_per_item",
+                "grpo.max_decoder_steps", "grpo.rollouts_every"):
         if _resolve(cfg, key) < 1:
             raise ConfigError(f"config {key}: must be at least 1")
     if cfg.loss.beta <= 0:

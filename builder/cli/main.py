@@ -53,10 +53,9 @@ def main() -> None:
 
 def _register_commands() -> None:
     """Each command module lists its top-level commands in COMMANDS."""
-    from ttspo.builder.cli import demo, ingest, prompts, score, sets, store, train
-    from ttspo.builder.cli import generate
+    from ttspo.builder.cli import demo, generate, ingest, prompts, rewards, score, sets, store, train
 
-    for module in (store, prompts, ingest, sets, score, train, generate, demo):
+    for module in (store, prompts, ingest, sets, score, train, rewards, generate, demo):
         for command in module.COMMANDS:
             cli.add_command(command)
 

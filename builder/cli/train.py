@@ -1,4 +1,4 @@
-"""`ttspo train dpo` and `ttspo train precompute-ref` (thin over ttspo.trainer).
+"""`ttspo train dpo`, `ttspo train precompute-ref`, `ttspo train grpo` (thin over ttspo.trainer).
 
 The same run under torchrun: ``torchrun --nproc-per-node N -m ttspo.trainer dpo ...``
 (trainer/__main__.py takes the same options).
@@ -16,7 +16,7 @@ SHOWN = ("loss/total", "rewards/accuracies", "rewards/margins", "rewards/chosen"
 
 @click.group()
 def train() -> None:
-    """Train a policy on a preference set of the store (offline DPO, IPO, RPO)."""
+    """Train a policy: offline on a preference set (DPO, IPO, RPO), or online (GRPO)."""
 
 
 @train.command("dpo")
@@ -85,6 +85,61 @@ def precompute_ref(ctx: click.Context, set_ref: str, spec: str, ref_path: str,
              else "already in ref_logps; nothing written")
     click.echo(f"{summary['set']}: {summary['pairs']} pairs under reference "
                f"{summary['ref_sha256'][:12]}: {where}")
+
+
+GRPO_SHOWN = ("reward/mean", "advantage/std", "groups/valid_fraction", "kl", "entropy",
+              "rollouts_per_second")
+
+
+@train.command("grpo")
+@click.option("--policy", "spec", default="tiny", show_default=True,
+              help="Policy from the registry (tiny; nemo:PATH when installed).")
+@click.option("--init", type=click.Path(dir_okay=False),
+              help="Start from this checkpoint (also the KL reference). Default: a fresh policy.")
+@click.option("--prompts", "prompts_ref", default=None, metavar="prompts[@VERSION|@TAG]",
+              help="Prompts table version or tag (sets grpo.prompts).")
+@click.option("--where", default=None, metavar="SQL",
+              help="DuckDB condition on prompts: train on matching prompts (sets grpo.where).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML config (sections policy, optim, train, grpo ...).")
+@click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. -o grpo.n_generations_per_item=4.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, metrics, config. An existing run there resumes.")
+@click.pass_context
+def grpo(ctx: click.Context, spec: str, init: str | None, prompts_ref: str | None,
+         where: str | None, config_file: str | None, overrides: tuple[str, ...], out: str) -> None:
+    """Online GRPO on the store's prompts: sample N per prompt, decode, score in-process,
+    reward, update. Every sample lands in the rollouts table (batched commits, with
+    lineage); checkpoints in OUT/checkpoints and the checkpoints table; metrics in
+    OUT/metrics.jsonl and OUT/tb. Killed, the same command resumes."""
+    from ttspo.trainer.config import load_config
+    from ttspo.trainer.grpo import train_grpo
+
+    extra = ([f"grpo.prompts={prompts_ref}"] if prompts_ref else []) + \
+        ([f"grpo.where={json_string(where)}"] if where else [])
+    cfg = load_config(config_file, [*overrides, *extra])
+    result = train_grpo(get_store(ctx).core, cfg=cfg, out=out, spec=spec, init=init,
+                        lineage=lineage_for(ctx), echo=click.echo)
+    for name, metrics in (("first", result.first), ("last", result.last)):
+        if metrics:
+            click.echo(f"{name} step {metrics['step']}: " + ", ".join(
+                f"{k} {metrics[k]:.4g}" for k in GRPO_SHOWN if k in metrics))
+    if result.val:
+        click.echo(f"val at step {result.val['step']}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in result.val.items() if k != "step"))
+    click.echo(f"rollouts: {result.rollout_commits} commit(s)"
+               + (f", {result.skipped_rows} row(s) already stored" if result.skipped_rows else ""))
+    for row in result.checkpoints:
+        click.echo(f"checkpoint {row['kind']} step {row['step']}: {row['path']} "
+                   f"(sha256 {row['sha256'][:12]})")
+
+
+def json_string(text: str) -> str:
+    """TEXT as a YAML scalar that stays a string (an override value is parsed as YAML)."""
+    import json
+
+    return json.dumps(text)
 
 
 COMMANDS = [train]

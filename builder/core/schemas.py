@@ -12,6 +12,8 @@ ingest_errors  rejected input files from ``ingest --on-error skip``
 <set name>   one table per preference set (step 3): chosen/rejected pairs
 ref_logps    reference log-probs per pair and codebook, keyed by (set, version, ref sha256)
 checkpoints  one row per checkpoint a training run wrote
+rollouts     one row per GRPO sample: metrics, reward parts, advantage, validity
+<rewards name>  rewards recomputed by `ttspo rewards --as NAME`
 """
 
 from __future__ import annotations
@@ -321,5 +323,86 @@ CHECKPOINTS_SCHEMA = pa.schema(
         pa.field(CKPT.val_metrics, pa.string()),
         pa.field(CKPT.config, pa.string()),
         pa.field(CKPT.created, pa.string(), nullable=False),
+    ]
+)
+
+# ------------------------------------------------------------ GRPO rewards
+# Reward parts in [0, 1] (one per registry entry of ttspo.trainer.rewards), the
+# total, validity and group advantage. Shared by `rollouts` and by the tables
+# `ttspo rewards --as NAME` writes.
+RWD = _names(
+    row_id="row_id",  # the rewarded row: a rollout_id or a generation_id
+    utmos="utmos",  # predicted MOS (1..5) when a local UTMOS model scored the audio
+    reward_cer="reward_cer",
+    reward_ssim="reward_ssim",
+    reward_pesq="reward_pesq",
+    reward_squim="reward_squim",
+    reward_utmos="reward_utmos",
+    reward_length="reward_length",
+    reward_custom="reward_custom",  # user callables: list of {name, value}
+    reward="reward",  # weighted total (invalid samples: 0 or the group's minimum)
+    advantage="advantage",
+    valid="valid",  # code length within the guards and ASR did not fail
+    group_valid="group_valid",  # the group's best/worst CER within thresholds
+)
+
+REWARD_CUSTOM_TYPE = pa.list_(pa.struct([("name", pa.string()), ("value", pa.float64())]))
+
+REWARD_FIELDS = [
+    pa.field(RWD.reward_cer, pa.float64()),
+    pa.field(RWD.reward_ssim, pa.float64()),
+    pa.field(RWD.reward_pesq, pa.float64()),
+    pa.field(RWD.reward_squim, pa.float64()),
+    pa.field(RWD.reward_utmos, pa.float64()),
+    pa.field(RWD.reward_length, pa.float64()),
+    pa.field(RWD.reward_custom, REWARD_CUSTOM_TYPE),
+    pa.field(RWD.reward, pa.float64(), nullable=False),
+    pa.field(RWD.advantage, pa.float64(), nullable=False),
+    pa.field(RWD.valid, pa.bool_(), nullable=False),
+    pa.field(RWD.group_valid, pa.bool_(), nullable=False),
+]
+REWARD_PARTS = tuple(f.name for f in REWARD_FIELDS[:7])
+
+# ---------------------------------------------------------------- rollouts
+# One row per GRPO sample: generation columns (same names as GEN) plus the
+# training step, the policy that sampled it, and its reward.
+ROLL = _names(
+    rollout_id="rollout_id",  # f"{run}:{step}:{split}:{group_index}:{sample_index}"
+    # (group_index: the prompt's index in the run's prompts, so ids do not depend on ranks)
+    step="step",  # optimizer step whose policy sampled it
+    split="split",  # "train" (used for the update) | "val" (validation prompts)
+    checkpoint="checkpoint",  # sha256 of the policy weights that sampled it
+    utmos_source="utmos_source",
+)
+
+_GEN_FIELDS = {f.name: f for f in GENERATIONS_SCHEMA}
+ROLLOUTS_SCHEMA = pa.schema(
+    [
+        pa.field(ROLL.rollout_id, pa.string(), nullable=False),
+        _GEN_FIELDS[GEN.run],
+        pa.field(ROLL.step, pa.int64(), nullable=False),
+        pa.field(ROLL.split, pa.string(), nullable=False),
+        *[_GEN_FIELDS[c] for c in (GEN.prompt_id, GEN.group_id, GEN.group_index,
+                                   GEN.sample_index, GEN.text, GEN.context_audio_filepath,
+                                   GEN.context_text, GEN.audio_filepath, GEN.audio, GEN.codes,
+                                   GEN.codes_len, GEN.duration, GEN.sample_rate, GEN.cer,
+                                   GEN.wer, GEN.ssim, GEN.pesq, GEN.squim)],
+        pa.field(RWD.utmos, pa.float64()),
+        *[_GEN_FIELDS[c] for c in (GEN.pred_transcript, GEN.invalid, GEN.cer_source,
+                                   GEN.ssim_source, GEN.pesq_source, GEN.squim_source)],
+        pa.field(ROLL.utmos_source, pa.string()),
+        *REWARD_FIELDS,
+        pa.field(ROLL.checkpoint, pa.string()),
+    ]
+)
+
+# What `ttspo rewards --as NAME` writes: the recomputed rewards of a table's rows.
+REWARDS_SCHEMA = pa.schema(
+    [
+        pa.field(RWD.row_id, pa.string(), nullable=False),
+        _GEN_FIELDS[GEN.run],
+        pa.field(ROLL.step, pa.int64()),  # null for generations
+        _GEN_FIELDS[GEN.group_id],
+        *REWARD_FIELDS,
     ]
 )

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ttspo.builder.demo import grpo as demo_grpo
 from ttspo.builder.demo import loop as demo_loop
 from ttspo.builder.demo import sets as demo_sets
 from ttspo.builder.demo import train as demo_train
@@ -199,6 +200,7 @@ STEPS: list[tuple[str, Callable[[Demo], None]]] = [
     ("build", demo_sets.step_build),
     ("train", demo_train.step_train),
     ("rebuild", demo_sets.step_rebuild),
+    ("grpo", demo_grpo.step_grpo),
     # last: its generated runs would otherwise be in the generations the rebuild reads
     ("loop", demo_loop.step_loop),
 ]

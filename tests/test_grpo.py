@@ -1,0 +1,123 @@
+"""`ttspo train grpo`: config checks, an end-to-end step with real audio and real
+scorers, learning a length target, and `ttspo rewards` equal to training's rewards."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from ttspo.builder.cli.main import cli
+from ttspo.builder.core.schemas import CKPT, GEN, ROLL, RWD
+from ttspo.builder.core.store import Store
+
+sys.path.insert(0, str(Path(__file__).parent))
+from grpo_helpers import TINY, make_prompts  # noqa: E402
+
+SMALL = [f"policy.model.{k}={v}" for k, v in TINY.items()] + [
+    "train.progress=false", "train.tensorboard=false", "train.val_every=0"]
+
+
+def train(store: Store, out: Path, *overrides: str):
+    args = ["--store", str(store.root), "train", "grpo", "--out", str(out)]
+    for o in (*SMALL, *overrides):
+        args += ["-o", o]
+    return CliRunner().invoke(cli, args)
+
+
+def test_misspelt_nemo_key_is_an_error_naming_the_right_one(tmp_path):
+    store = Store(tmp_path / "st")
+    make_prompts(store, 2)
+    result = train(store, tmp_path / "run", "grpo.num_generations_per_item=4")
+    assert result.exit_code == 1
+    assert result.output == ("Error: -o: unknown config key 'grpo.num_generations_per_item'; "
+                             "did you mean 'grpo.n_generations_per_item'?\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_reward_weights_and_too_few_prompts_fail_cleanly(tmp_path):
+    store = Store(tmp_path / "st")
+    make_prompts(store, 2)
+    result = train(store, tmp_path / "run", "grpo.reward_weights=wer=1")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: unknown reward 'wer' (choose cer, ssim,")
+    result = train(store, tmp_path / "run", "grpo.prompts_per_step=3")
+    assert result.output == ("Error: 2 training prompts, fewer than one step's 3 "
+                             "(grpo.prompts_per_step x processes)\n")
+    result = train(store, tmp_path / "run", "grpo.where=text = 'nothing like this'")
+    assert result.output == "Error: prompts@1: no prompt matches \"text = 'nothing like this'\"\n"
+    assert store.tables() == ["prompts"]
+
+
+def test_one_step_end_to_end_real_audio_asr_and_speaker_metrics(tmp_path):
+    store = Store(tmp_path / "st")
+    make_prompts(store, 2)
+    result = train(store, tmp_path / "run", "grpo.prompts_per_step=1",
+                   "grpo.n_generations_per_item=2", "grpo.max_decoder_steps=12",
+                   "grpo.min_valid_codes_len=2", "train.max_steps=1", "optim.lr=1e-3",
+                   "grpo.val_prompts=1", "train.val_every=1")
+    assert result.exit_code == 0, result.output
+    ds = store.open("rollouts")
+    names = [n for n in ds.schema.names if n != GEN.audio]
+    everything = ds.to_table(columns=[ROLL.step, ROLL.split])
+    assert sorted(zip(everything[ROLL.step].to_pylist(), everything[ROLL.split].to_pylist())) == \
+        [(0, "train"), (0, "train"), (0, "val"), (0, "val"), (1, "val"), (1, "val")]
+    table = ds.to_table(columns=names, with_row_id=True, filter="split = 'train'")
+    rows = table.to_pylist()
+    blobs = ds.take_blobs(GEN.audio, ids=table["_rowid"].to_pylist())
+    assert len(rows) == 2 and {r[ROLL.split] for r in rows} == {"train"}
+    run = "run"
+    assert sorted(r[ROLL.rollout_id] for r in rows) == [f"{run}:0:train:{rows[0][GEN.group_index]}:{s}"
+                                                        for s in (0, 1)]
+    for r, blob in zip(rows, blobs):
+        audio, sr = sf.read(io.BytesIO(blob.readall()))
+        assert sr == 22050 and len(audio) == r[GEN.codes_len] * 1024  # the codec's hop
+        assert np.asarray(r[GEN.codes]).shape == (8, r[GEN.codes_len])
+        assert r[GEN.cer_source].startswith("pocketsphinx") and r[GEN.cer] >= 0
+        assert r[GEN.ssim_source].startswith("resemblyzer") and -1 <= r[GEN.ssim] <= 1
+        assert r[GEN.pred_transcript] is not None
+        assert r[ROLL.checkpoint] and len(r[ROLL.checkpoint]) == 64
+    # rollouts commit lineage and the checkpoint row trace back to the prompts version
+    assert store.lineage("rollouts", 1)["inputs"]["prompts"] == 1
+    ckpts = store.open("checkpoints").to_table().to_pylist()
+    assert sorted((c[CKPT.trainer], c[CKPT.kind], c[CKPT.step], c[CKPT.prompts_version])
+                  for c in ckpts) == [("grpo", "best", 1, 1), ("grpo", "step", 1, 1)]
+    best = json.loads(next(c for c in ckpts if c[CKPT.kind] == "best")[CKPT.val_metrics])
+    assert set(best) == {"val/cer", "val/ssim", "val/reward"}  # best = lowest val CER
+    # `ttspo rewards` over the stored rollouts, same weights: the same numbers
+    again = CliRunner().invoke(cli, ["--store", str(store.root), "rewards", "--weights",
+                                     "cer=0.5,ssim=0.5", "--max-valid-len", "11",
+                                     "--min-valid-len", "2", "--as", "rw"])
+    assert again.exit_code == 0, again.output
+    recomputed = {r[RWD.row_id]: r for r in store.open("rw").to_table().to_pylist()}
+    for r in rows:
+        for column in (RWD.reward_cer, RWD.reward_ssim, RWD.reward, RWD.advantage, RWD.valid):
+            assert recomputed[r[ROLL.rollout_id]][column] == r[column], column
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert {"reward/mean", "reward/cer", "reward/ssim", "advantage/std", "groups/valid_fraction",
+            "kl", "entropy", "time/generate", "time/decode", "time/score",
+            "time/update"} <= set(metrics[1])
+    assert [m["step"] for m in metrics] == [0, 1, 1] and "val/cer" in metrics[0]
+
+
+LENGTH = ["grpo.reward_weights=length=1", "grpo.length_target=3", "grpo.max_decoder_steps=16",
+          "grpo.min_valid_codes_len=1", "grpo.store_audio=false", "grpo.topk=0",
+          "grpo.temperature=1.0", "train.checkpoint_every=0"]
+
+
+def test_tiny_policy_learns_a_length_target(tmp_path):
+    """Reward 1 - |frames - 3| / 3: the mean reward of steps 11-14 beats steps 1-4 by 0.15."""
+    store = Store(tmp_path / "st")
+    make_prompts(store, 4)
+    result = train(store, tmp_path / "run", *LENGTH, "grpo.n_generations_per_item=8",
+                   "grpo.prompts_per_step=2", "optim.lr=1e-2", "train.max_steps=14")
+    assert result.exit_code == 0, result.output
+    rewards = [json.loads(line)["reward/mean"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert len(rewards) == 14
+    assert np.mean(rewards[-4:]) - np.mean(rewards[:4]) > 0.15, rewards

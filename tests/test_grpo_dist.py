@@ -1,0 +1,102 @@
+"""GRPO as real processes: 2-process torchrun, and SIGKILL mid-run then resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ttspo.builder.core.schemas import GEN, ROLL, RWD
+from ttspo.builder.core.store import Store
+from ttspo.trainer.rollouts import committed_steps
+
+sys.path.insert(0, str(Path(__file__).parent))
+from grpo_helpers import TINY, make_prompts  # noqa: E402
+
+BIN = Path(sys.executable).parent
+# A length reward: no scoring models, so the runs stay short.
+LENGTH = [f"policy.model.{k}={v}" for k, v in TINY.items()] + [
+    "grpo.reward_weights=length=1", "grpo.length_target=3", "grpo.max_decoder_steps=12",
+    "grpo.min_valid_codes_len=1", "grpo.store_audio=false", "grpo.n_generations_per_item=4",
+    "grpo.topk=0", "grpo.temperature=1.0", "optim.lr=1e-2", "train.progress=false",
+    "train.tensorboard=false", "train.val_every=0"]
+KEYS = (ROLL.rollout_id, GEN.codes, GEN.codes_len, RWD.reward, RWD.advantage)
+
+
+def command(store: Store, out: Path, *overrides: str, nproc: int = 1) -> list[str]:
+    head = ([str(BIN / "torchrun"), "--nproc-per-node", str(nproc), "--master-port",
+             str(29500 + os.getpid() % 1000), "-m"] if nproc > 1 else [sys.executable, "-m"])
+    args = [*head, "ttspo.trainer", "grpo", "--store", str(store.root), "--out", str(out)]
+    for o in (*LENGTH, *overrides):
+        args += ["-o", o]
+    return args
+
+
+def rollouts(store: Store) -> dict[str, dict]:
+    rows = store.open("rollouts").to_table(columns=list(KEYS)).to_pylist()
+    ids = [r[ROLL.rollout_id] for r in rows]
+    assert len(ids) == len(set(ids)), "a rollout row is stored twice"
+    return {r[ROLL.rollout_id]: r for r in rows}
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_two_torchrun_processes_sample_what_one_process_samples(tmp_path):
+    """2 ranks x 1 prompt per step = 1 process x 2 prompts: the same groups, the same
+    per-sample seeds, so step 0's rollouts are identical and every step has all rows."""
+    stores = []
+    for nproc, per_rank in ((1, 2), (2, 1)):
+        store = Store(tmp_path / f"st{nproc}")
+        make_prompts(store, 4)
+        run(command(store, tmp_path / f"p{nproc}" / "run", f"grpo.prompts_per_step={per_rank}",
+                    "train.max_steps=2", nproc=nproc))
+        stores.append(rollouts(store))
+    one, two = stores
+    assert sorted(one) == sorted(two) and len(one) == 2 * 2 * 4  # steps x prompts x samples
+    for rid in one:
+        if rid.split(":")[1] == "0":
+            assert one[rid] == two[rid], rid
+
+
+def test_sigkill_then_resume_loses_and_doubles_no_rollout_row(tmp_path):
+    overrides = ("grpo.prompts_per_step=1", "train.max_steps=6", "train.checkpoint_every=2")
+    straight = Store(tmp_path / "a" / "st")
+    make_prompts(straight, 3)
+    run(command(straight, tmp_path / "a" / "run", *overrides))
+
+    store = Store(tmp_path / "b" / "st")
+    make_prompts(store, 3)
+    out = tmp_path / "b" / "run"
+    proc = subprocess.Popen(command(store, out, *overrides), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:  # kill once step 2 is checkpointed and step 2's rollouts (past it) are committed
+        deadline = time.time() + 300
+        while not (out / "checkpoints" / "step_000002" / "meta.json").exists() or \
+                (2, "train") not in committed_steps(store, "run"):
+            assert proc.poll() is None and time.time() < deadline, "the run ended before the kill"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "checkpoints" / "step_000006").exists()
+    killed = rollouts(store)
+    resumed = run(command(store, out, *overrides))
+    assert "already stored" in resumed.stdout
+    after, expected = rollouts(store), rollouts(straight)
+    assert sorted(after) == sorted(expected)
+    for rid, row in expected.items():
+        assert after[rid] == row, rid  # the resumed run sampled and trained exactly the same
+    assert all(killed[rid] == after[rid] for rid in killed)

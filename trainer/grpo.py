@@ -1,0 +1,308 @@
+"""Online GRPO, one file read top to bottom (the DPO loop's pieces, plus a rollout phase).
+
+    init (torchrun env or one process) -> prompts (the prompts table, pinned version,
+    seeded train/val split) -> policy (+ a live reference when the KL term is on) ->
+    optimizer, schedule -> resume -> for step: rollout (sample N per prompt, decode,
+    score, reward, advantages, validity), update (per-token loss, backward, clip,
+    step), rollouts to the table, log, validate, checkpoint.
+
+Every rank samples its own prompts; groups never cross ranks, so advantages are
+local. Rank 0 gathers the rollout rows and appends them to ``rollouts`` (batched,
+flushed before every checkpoint: see ttspo.trainer.rollouts), writes checkpoints
+and their rows. A resumed run continues the same prompt order and per-sample
+seeds (functions of the step), optimizer and schedule, so it samples and trains
+exactly what an uninterrupted run would, and rows already committed are not
+appended again. Validation samples the held-out prompts every ``val_every`` steps;
+the best checkpoint is the one with the lowest validation CER (the highest mean
+reward when CER is not scored).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.distributed as dist
+
+from ttspo.builder.core.errors import ConfigError, TrainingError
+from ttspo.builder.core.schemas import GEN, RWD
+from ttspo.trainer import checkpoints as ckpt
+from ttspo.trainer.config import Config, GrpoConfig
+from ttspo.trainer.data import shard
+from ttspo.trainer.grpo_rollout import (PHASES, Prompts, Scoring, load_prompts, rollout,
+                                        split_prompts, step_prompts)
+from ttspo.trainer.loop import (RESUMABLE, MetricsLog, _progress, all_mean, build_optimizer,
+                                build_scheduler, compute_cleanup, compute_init, make_policy,
+                                open_run_dir)
+from ttspo.trainer.policy import Sampling, token_logps
+from ttspo.trainer.ref import file_sha256
+from ttspo.trainer.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
+from ttspo.trainer.rollouts import RolloutWriter
+
+PARTS = {name: spec.part for name, spec in REWARDS.items()}
+
+
+def reward_config(g: GrpoConfig) -> RewardConfig:
+    """The rewards of a GRPO config (what `ttspo rewards` takes as options)."""
+    weights = parse_weights(g.reward_weights)
+    if "utmos" in weights:
+        raise ConfigError("grpo.reward_weights: utmos has no in-process scorer yet; score "
+                          "a utmos column and recompute with 'ttspo rewards'")
+    return RewardConfig(
+        weights=weights, normalize="group" if g.normalize_then_sum else "none",
+        mean_cer=g.mean_cer_dataset, mean_ssim=g.mean_ssim_dataset,
+        best_ssim=g.best_ssim_achievable, length_target=g.length_target,
+        min_valid_len=g.min_valid_codes_len,
+        max_valid_len=g.max_valid_codes_len or g.max_decoder_steps - 1,
+        best_cer_threshold=g.best_cer_threshold, worst_cer_threshold=g.worst_cer_threshold,
+        invalid_reward=g.invalid_reward,
+        scale_rewards=g.scale_rewards if g.scale_rewards is not None else g.loss_type == "grpo")
+
+
+def sampling_for(g: GrpoConfig, step: int, seed: int) -> Sampling:
+    """NeMo samples a share ``inference_cfg_prob`` of steps with CFG: a seeded coin per step."""
+    guided = np.random.default_rng([seed, step, 3]).random() < g.inference_cfg_prob
+    return Sampling(temperature=g.temperature, top_k=g.topk,
+                    cfg_scale=g.inference_cfg_scale if guided else 1.0,
+                    max_steps=g.max_decoder_steps, use_kv_cache=g.use_kv_cache, seed=seed)
+
+
+@dataclass
+class GrpoResult:
+    run_dir: Path
+    steps: int
+    first: dict[str, float] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+    val: dict[str, float] = field(default_factory=dict)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    rollout_commits: int = 0
+    skipped_rows: int = 0
+
+
+def train_grpo(store: Any, *, cfg: Config, out: str | Path, spec: str = "tiny",
+               init: str | None = None, lineage: dict[str, Any] | None = None,
+               echo: Callable[[str], None] = print) -> GrpoResult:
+    """Train SPEC's policy online on the store's prompts with GRPO; see the module."""
+    c = compute_init(cfg.train.device)
+    try:
+        return _train(store, cfg, Path(out).absolute(), spec, init, lineage or {}, echo, c)
+    finally:
+        compute_cleanup()
+
+
+def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoResult:
+    say = echo if c.master else (lambda *_: None)
+    g, seed = cfg.grpo, cfg.data.seed
+    rewards = reward_config(g)
+    scoring = Scoring.needed(rewards, asr=g.asr, sv=g.sv, squim=g.squim, normalizer=g.normalizer)
+    # Prompts: a pinned version of the table, a seeded train/val split.
+    policy = make_policy(spec, init, cfg, cfg.train.seed)
+    prompts = load_prompts(store, g.prompts, g.where, encode=policy.codec.encode)
+    train, val = split_prompts(prompts, g.val_prompts, seed)
+    step_prompts(train, 0, g.prompts_per_step, c.rank, c.world_size, seed)  # enough prompts?
+    init_sha = file_sha256(init) if init else None
+    resuming = open_run_dir(out, run_identity(cfg, prompts, spec, init_sha), cfg, c)
+    run = out.name
+    ref_model = None
+    if not g.reference_free and g.grpo_beta > 0:  # the KL term's reference: the initial policy
+        ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
+    latest = ckpt.latest_checkpoint(out) if resuming else None
+    if latest is not None:
+        policy = make_policy(spec, str(latest / ckpt.POLICY_FILE), cfg, cfg.train.seed)
+    policy.to(c.device).train()
+    model = torch.nn.parallel.DistributedDataParallel(policy) if c.ddp else policy
+    optimizer, start, best = build_optimizer(policy, cfg), 0, None
+    scheduler = build_scheduler(optimizer, cfg)
+    if latest is not None:
+        state = ckpt.load_state(latest, rank=c.rank, world_size=c.world_size)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        start = state["step"]
+        best_meta = out / ckpt.CHECKPOINTS / "best" / ckpt.META_FILE
+        best = ckpt.read_meta(best_meta.parent).get("best_value") if best_meta.exists() else None
+    say(f"train grpo: prompts@{prompts.version}, {len(train)} train / {len(val)} val prompts, "
+        f"{g.n_generations_per_item} samples each, {c.world_size} process(es), "
+        + (f"resuming at step {start}" if latest is not None else "from step 0"))
+    meta = {"config": cfg.to_dict(), "lineage": lineage, "prompts_version": prompts.version,
+            "init_sha256": init_sha, "trainer": "grpo"}
+    inputs = {**lineage.get("inputs", {}), "prompts": prompts.version}
+    writer = RolloutWriter(store, run, {**lineage, "inputs": inputs, "run": run,
+                                        "rewards": rewards.as_dict()},
+                           every=g.rollouts_every) if c.master else None
+    log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
+    result = GrpoResult(out, start)
+    args = dict(run=run, n=g.n_generations_per_item, seed=seed, rewards=rewards, scoring=scoring,
+                store_audio=g.store_audio)
+
+    def collect(step: int, table: pa.Table, split: str) -> None:
+        """Every rank's rows to rank 0's writer (a collective)."""
+        tables = [table]
+        if c.ddp:
+            tables = [None] * c.world_size
+            dist.all_gather_object(tables, table)
+        if writer is not None:
+            writer.add(step, pa.concat_tables([t for t in tables if t is not None]), split)
+
+    def save(step: int, kind: str, val_metrics: dict[str, float], extra: dict | None = None):
+        rngs = ckpt.gather_rng_states()  # collectives: every rank calls save
+        weights = ckpt.gather_weight_digests(policy)
+        if not c.master:
+            return None
+        if len(set(weights)) > 1:
+            raise TrainingError(f"step {step}: the ranks' weights differ ({weights}); stopped")
+        writer.flush()  # rollouts first: a checkpoint at S means rows through S are stored
+        saved = ckpt.save_checkpoint(out, step, policy=policy, optimizer=optimizer,
+                                     scheduler=scheduler, rng_states=rngs,
+                                     data_state={"step": step}, kind=kind,
+                                     meta={**meta, "val_metrics": val_metrics, **(extra or {})})
+        row = ckpt.checkpoint_row(saved, run=run, trainer="grpo")
+        ckpt.record_checkpoint(store, row, {**lineage, "inputs": inputs, "run": run,
+                                            "step": step, "kind": kind})
+        result.checkpoints.append(row)
+        return saved.path
+
+    def validate(step: int) -> dict[str, float]:
+        mine = [val[i] for i in shard(len(val), c.rank, c.world_size)]
+        sums = torch.zeros(4, dtype=torch.float64)
+        if mine:
+            ro = rollout(policy, prompts, mine, step=step, split="val",
+                         sampling=sampling_for(g, step, seed + 1),
+                         checkpoint=policy.identity().sha256, **args)
+            t = ro.table
+            sums += torch.tensor([_sum(t, GEN.cer), _sum(t, GEN.ssim), _sum(t, RWD.reward),
+                                  t.num_rows], dtype=torch.float64)
+            collect(step, t, "val")
+        elif c.ddp:
+            collect(step, None, "val")
+        if c.ddp:
+            dist.all_reduce(sums)
+        n = max(1.0, float(sums[3]))
+        out_ = {"val/reward": float(sums[2]) / n}
+        if scoring.asr:
+            out_["val/cer"] = float(sums[0]) / n
+        if scoring.sv:
+            out_["val/ssim"] = float(sums[1]) / n
+        return out_
+
+    def maybe_best(step: int, val_metrics: dict[str, float]) -> None:
+        nonlocal best
+        key, sign = ("val/cer", -1.0) if "val/cer" in val_metrics else ("val/reward", 1.0)
+        value = val_metrics[key]
+        if best is None or sign * value > sign * best:
+            best = value
+            save(step, "best", val_metrics, {"best_metric": key, "best_value": value})
+
+    if start == 0 and val and cfg.train.val_every:  # the baseline the run improves on
+        result.val = {"step": 0, **validate(0)}
+        log.log(0, {k: v for k, v in result.val.items() if k != "step"})
+    for step in _progress(range(start, cfg.train.max_steps), c, cfg):
+        began = time.perf_counter()
+        idx = step_prompts(train, step, g.prompts_per_step, c.rank, c.world_size, seed)
+        ro = rollout(policy, prompts, idx, step=step, split="train",
+                     sampling=sampling_for(g, step, seed), checkpoint=policy.identity().sha256,
+                     **args)
+        t = time.perf_counter()
+        stats = update(model, policy, ref_model, ro, g)
+        if not torch.isfinite(all_mean(stats["loss"].reshape(1), c)).all():
+            raise TrainingError(f"step {step + 1}: the loss is not finite; the run stopped")
+        clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = {**ro.seconds, "update": time.perf_counter() - t}
+        collect(step, ro.table, "train")
+        done = step + 1
+        metrics = step_metrics(ro.table, stats, seconds, c)
+        metrics.update(lr=lr, grad_norm=float(grad_norm), rollouts_per_second=(
+            ro.table.num_rows * c.world_size / (time.perf_counter() - began)))
+        if done % cfg.train.log_every == 0 or done == cfg.train.max_steps or not result.first:
+            log.log(done, metrics)
+            result.first = result.first or {"step": done, **metrics}
+            result.last = {"step": done, **metrics}
+        val_metrics: dict[str, float] = {}
+        if val and cfg.train.val_every and (done % cfg.train.val_every == 0
+                                            or done == cfg.train.max_steps):
+            val_metrics = validate(done)
+            log.log(done, val_metrics)
+            result.val = {"step": done, **val_metrics}
+            maybe_best(done, val_metrics)
+        if (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) \
+                or done == cfg.train.max_steps:
+            save(done, "step", val_metrics)
+        result.steps = done
+    if writer is not None:
+        writer.flush()
+        result.rollout_commits, result.skipped_rows = writer.commits, writer.skipped
+    log.close()
+    return result
+
+
+def run_identity(cfg: Config, prompts: Prompts, spec: str, init_sha: str | None) -> dict:
+    conf = cfg.to_dict()
+    for key in RESUMABLE:
+        section, name = key.split(".")
+        conf[section].pop(name)
+    return {"trainer": "grpo", "prompts": f"prompts@{prompts.version}", "policy": spec,
+            "init_sha256": init_sha, "config": conf}
+
+
+def update(model, policy, ref_model, ro, g: GrpoConfig) -> dict[str, torch.Tensor]:
+    """The GRPO loss of one rollout (on-policy: one update per rollout), backward done."""
+    batch = policy.collate(ro.train_rows, with_targets=True)
+    device = next(policy.parameters()).device
+    batch = batch.to(device) if hasattr(batch, "to") else batch
+    tf = model(batch)
+    logps = token_logps(tf)
+    ref = None
+    if ref_model is not None:
+        with torch.no_grad():
+            ref = token_logps(ref_model.forward_teacher(batch))
+    entropy = token_entropy(tf.logits) if g.entropy_coef else token_entropy(tf.logits.detach())
+    adv = torch.tensor(ro.table[RWD.advantage].to_pylist(), dtype=torch.float32, device=device)
+    keep = torch.as_tensor(np.asarray(ro.table[RWD.group_valid].to_pylist()), device=device)
+    out = GRPO_LOSSES[g.loss_type](logps, adv, tf.mask, keep, ref_logps=ref, entropy=entropy,
+                                   kl_beta=g.grpo_beta, entropy_coef=g.entropy_coef,
+                                   max_steps=g.max_decoder_steps)
+    out.loss.backward()
+    return {"loss": out.loss.detach(), "kl": out.kl, "entropy": out.entropy}
+
+
+def step_metrics(table: pa.Table, stats: dict[str, torch.Tensor], seconds: dict[str, float],
+                 c) -> dict[str, float]:
+    """This step's metrics, averaged over ranks (every rank has as many samples)."""
+    values = {"loss": stats["loss"], "kl": stats["kl"], "entropy": stats["entropy"],
+              "reward/mean": _mean(table, RWD.reward),
+              "advantage/std": float(np.std(table[RWD.advantage].to_numpy())),
+              "groups/valid_fraction": _mean(table, RWD.group_valid),
+              "samples/valid_fraction": _mean(table, RWD.valid),
+              "codes_len/mean": _mean(table, GEN.codes_len)}
+    for name, part in PARTS.items():
+        if table[part].null_count < table.num_rows:
+            values[f"reward/{name}"] = _mean(table, part)
+    for metric in (GEN.cer, GEN.ssim):
+        if table[metric].null_count < table.num_rows:
+            values[f"{metric}/mean"] = _mean(table, metric)
+    for phase in (*PHASES, "update"):
+        values[f"time/{phase}"] = seconds[phase]
+    keys = sorted(values)
+    means = all_mean(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64), c)
+    return dict(zip(keys, means.tolist()))
+
+
+def _mean(table: pa.Table, column: str) -> float:
+    value = pc.mean(table[column].cast(pa.float64())).as_py()
+    return float("nan") if value is None else value
+
+
+def _sum(table: pa.Table, column: str) -> float:
+    return float(pc.sum(table[column].cast(pa.float64())).as_py() or 0.0)

@@ -1,0 +1,264 @@
+"""The GRPO rollout phase: prompts -> N samples each -> audio -> metrics -> rewards.
+
+:func:`load_prompts` reads the ``prompts`` table (at a pinned version, filtered
+by a DuckDB condition) and resolves each prompt's context codes once.
+:func:`rollout` samples a group of N per prompt with the policy (KV cache),
+decodes each sample with the policy's codec, scores the audio in-process with
+the scoring backends (ttspo.builder.scoring: ASR for CER/WER, speaker embeddings
+for SSIM, PESQ/SQUIM when asked), computes rewards, validity and advantages
+with :func:`ttspo.trainer.rewards.compute_rewards`, and returns the step's rows
+in the ``rollouts`` schema, timing each phase.
+
+Each sample's noise comes from its own seed, a function of (seed, step, split,
+prompt, sample): a resumed run draws the same samples, and so does a run
+sharded over more processes.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.schemas import GEN, PROMPT, ROLL, ROLLOUTS_SCHEMA, RWD
+from ttspo.builder.core.store import Store, parse_ref
+from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Sampling
+from ttspo.trainer.rewards import REWARDS, RewardConfig, compute_rewards
+
+PHASES = ("generate", "decode", "score")
+MIN_DECODE = 2  # frames
+
+
+# ------------------------------------------------------------------ prompts
+@dataclass
+class Prompts:
+    version: int  # of the prompts table
+    rows: list[dict[str, Any]]  # policy rows: text, context_text, context_codes, ...
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def load_prompts(store: Store, ref: str = "prompts", where: str | None = None, *,
+                 encode=None) -> Prompts:
+    """Prompts of REF (``prompts``, ``prompts@3``, ``prompts@v1``) matching WHERE,
+    ordered by prompt_id; ENCODE(audio, sr) makes context codes without a codes file."""
+    from ttspo.builder.core import query
+    from ttspo.trainer.data import encode_audio, read_context_codes
+
+    table, version = parse_ref(ref)
+    if table != "prompts":
+        raise InputError(f"grpo.prompts '{ref}': GRPO reads prompts from the prompts table")
+    pinned = store.open(table, version).version
+    sql = f'SELECT * FROM "prompts@{pinned}"'
+    rows = query.run(store, sql + (f" WHERE {where}" if where else "") +
+                     f' ORDER BY "{PROMPT.prompt_id}"')[0].to_pylist()
+    if not rows:
+        raise InputError(f"prompts@{pinned}: no prompt matches {where!r}" if where
+                         else f"prompts@{pinned} is empty")
+    for r in rows:
+        pid = r[PROMPT.prompt_id]
+        if r[PROMPT.context_audio_codes_path]:
+            r[CONTEXT_CODES] = read_context_codes(r[PROMPT.context_audio_codes_path], pid)
+        elif r[PROMPT.context_audio_filepath] and encode is not None:
+            r[CONTEXT_CODES] = encode_audio(r[PROMPT.context_audio_filepath], encode, pid)
+        else:
+            r[CONTEXT_CODES] = None  # a text context
+    return Prompts(pinned, rows)
+
+
+def split_prompts(prompts: Prompts, val: int, seed: int) -> tuple[list[int], list[int]]:
+    """(train, val) prompt indices: VAL held out by a seeded permutation."""
+    n = len(prompts)
+    if val >= n:
+        raise InputError(f"grpo.val_prompts {val} leaves no training prompt of {n}")
+    perm = np.random.default_rng([seed, 7]).permutation(n)
+    return sorted(perm[val:].tolist()), sorted(perm[:val].tolist())
+
+
+def step_prompts(train: Sequence[int], step: int, per_step: int, rank: int, world: int,
+                 seed: int) -> list[int]:
+    """RANK's prompts at STEP: consecutive slices of a per-epoch seeded permutation."""
+    total = per_step * world
+    if total > len(train):
+        raise InputError(f"{len(train)} training prompts, fewer than one step's {total} "
+                         "(grpo.prompts_per_step x processes)")
+    steps_per_epoch = len(train) // total
+    epoch, k = divmod(step, steps_per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(len(train))
+    start = k * total + rank * per_step
+    return [train[i] for i in perm[start:start + per_step]]
+
+
+def sample_seed(seed: int, step: int, split: str, prompt: int, sample: int) -> int:
+    key = [seed, step, 0 if split == "train" else 1, prompt, sample]
+    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> np.uint64(2))
+
+
+# ------------------------------------------------------------------ scoring
+@dataclass
+class Scoring:
+    """What to score: derived from the reward weights and the validity rules."""
+
+    asr: str | None  # None: no CER/WER
+    sv: str | None  # None: no SSIM
+    pesq: bool = False
+    squim: str | None = None
+    normalizer: str = "nemo"
+    _context: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def needed(cls, cfg: RewardConfig, *, asr: str, sv: str, squim: str | None,
+               normalizer: str, always_cer: bool = False) -> "Scoring":
+        names = set(cfg.weights)
+        cer = always_cer or "cer" in names or cfg.best_cer_threshold < 1 or cfg.worst_cer_threshold < 1
+        return cls(asr if cer else None, sv if "ssim" in names else None, "pesq" in names,
+                   squim if "squim" in names else None, normalizer)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.asr or self.sv or self.pesq or self.squim)
+
+    def score(self, audios: list[np.ndarray], sr: int, rows: list[dict[str, Any]]) -> None:
+        """Add metric columns to ROWS (one per audio), in place."""
+        from ttspo.builder.scoring import cosine, load_asr, load_quality, load_speaker
+        from ttspo.builder.scoring.audio import MODEL_SR, read_audio, resample
+        from ttspo.builder.scoring.metrics import error_rates
+
+        wavs = [resample(a, sr, MODEL_SR) for a in audios]
+        if self.asr:
+            asr = load_asr(self.asr, "grpo.asr")
+            for row, hyp in zip(rows, asr.transcribe_batch(wavs, MODEL_SR)):
+                rates = error_rates(row[GEN.text], hyp, self.normalizer)
+                row.update({GEN.cer: rates.cer, GEN.wer: rates.wer,
+                            GEN.pred_transcript: rates.hypothesis,
+                            GEN.cer_source: f"{asr.name}+{self.normalizer}-normalizer"})
+        if self.sv:
+            sv = load_speaker(self.sv, "grpo.sv")
+            for row, emb in zip(rows, sv.embed_batch(wavs, MODEL_SR)):
+                path = row[GEN.context_audio_filepath]
+                if path and path not in self._context:
+                    self._context[path] = sv.embed(read_audio(path, MODEL_SR)[0], MODEL_SR)
+                row[GEN.ssim] = cosine(emb, self._context[path]) if path else None
+                row[GEN.ssim_source] = sv.name
+        if self.pesq:
+            pesq = load_quality("pesq", "grpo.reward_weights pesq")
+            for row, wav in zip(rows, wavs):
+                ref = row.get(PROMPT.reference_audio_filepath)
+                row[GEN.pesq] = pesq.score(wav, MODEL_SR, *read_audio(ref, MODEL_SR)) if ref else None
+                row[GEN.pesq_source] = pesq.name
+        if self.squim:
+            squim = load_quality(f"squim:{self.squim}", "grpo.squim")
+            for row, wav in zip(rows, wavs):
+                row[GEN.squim], row[GEN.squim_source] = squim.score(wav, MODEL_SR), squim.name
+
+
+# ------------------------------------------------------------------ rollout
+@dataclass
+class Rollout:
+    """One step's samples: the policy rows to train on and the table rows to store."""
+
+    train_rows: list[dict[str, Any]]  # text, context, codes [C, T]: collate(with_targets=True)
+    table: pa.Table  # ROLLOUTS_SCHEMA, with rewards, advantages, validity
+    seconds: dict[str, float]
+
+
+def rollout(policy, prompts: Prompts, indices: Sequence[int], *, run: str, step: int,
+            split: str, n: int, sampling: Sampling, seed: int, rewards: RewardConfig,
+            scoring: Scoring, checkpoint: str, store_audio: bool) -> Rollout:
+    """Sample N per prompt of INDICES, decode, score, reward (see the module docstring)."""
+    import torch
+
+    seconds = dict.fromkeys(PHASES, 0.0)
+    t = time.perf_counter()
+    rows = [dict(prompts.rows[p], **{SAMPLE_SEED: sample_seed(seed, step, split, p, s)})
+            for p in indices for s in range(n)]
+    with torch.no_grad():
+        codes, lengths = policy.generate(policy.collate(rows, with_targets=False), sampling,
+                                         torch.Generator().manual_seed(seed))
+    frames = [codes[i, :, :int(lengths[i])].cpu().numpy() for i in range(len(rows))]
+    seconds["generate"], t = time.perf_counter() - t, time.perf_counter()
+    # Audio only when a metric or the table needs it (a length reward needs neither).
+    if scoring.any or store_audio:
+        audios, sr = decode(policy.codec, frames)
+    else:
+        audios, sr = [None] * len(frames), int(policy.codec.sample_rate)
+    seconds["decode"], t = time.perf_counter() - t, time.perf_counter()
+    # A group is named by its prompt's index: unique in a step whatever the process count.
+    out = [sample_row(r, f, a, sr, run=run, step=step, split=split, group=p, sample=g % n,
+                      checkpoint=checkpoint,
+                      frame_rate=float(policy.codec.frame_rate))
+           for g, (r, f, a, p) in enumerate(zip(rows, frames, audios,
+                                                [p for p in indices for _ in range(n)]))]
+    if scoring.any:
+        scoring.score(audios, sr, out)
+    seconds["score"] = time.perf_counter() - t
+    table = rollout_table(out, rewards, audios if store_audio else None, sr)
+    train_rows = [{GEN.text: r[GEN.text], GEN.context_text: r[GEN.context_text],
+                   CONTEXT_CODES: r[CONTEXT_CODES], GEN.codes: f} for r, f in zip(rows, frames)]
+    return Rollout(train_rows, table, seconds)
+
+
+def decode(codec, frames: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """Each sample's audio. Griffin-Lim cannot invert a single frame: a sample of
+    fewer than MIN_DECODE frames (invalid anyway: empty) becomes silence of its length."""
+    audios, sr = [], int(codec.sample_rate)
+    hop = int(round(codec.sample_rate / codec.frame_rate))
+    for f in frames:
+        if f.shape[1] < MIN_DECODE:
+            audios.append(np.zeros(f.shape[1] * hop, dtype=np.float32))
+            continue
+        audio, sr = codec.decode(f)
+        audios.append(np.asarray(audio, dtype=np.float32).reshape(-1))
+    return audios, sr
+
+
+def sample_row(prompt: dict[str, Any], frames: np.ndarray, audio: np.ndarray | None, sr: int,
+               *, run: str, step: int, split: str, group: int, sample: int, checkpoint: str, frame_rate: float) -> dict[str, Any]:
+    duration = len(audio) / sr if audio is not None else frames.shape[1] / frame_rate
+    group_id = f"{run}:{step}:{split}:{group}"
+    return {ROLL.rollout_id: f"{group_id}:{sample}", GEN.run: run, ROLL.step: step,
+            ROLL.split: split, GEN.prompt_id: prompt[PROMPT.prompt_id], GEN.group_id: group_id,
+            GEN.group_index: group, GEN.sample_index: sample, GEN.text: prompt[PROMPT.text],
+            GEN.context_audio_filepath: prompt[PROMPT.context_audio_filepath],
+            GEN.context_text: prompt[PROMPT.context_text],
+            PROMPT.reference_audio_filepath: prompt.get(PROMPT.reference_audio_filepath),
+            GEN.codes: frames.astype(np.int16).tolist(), GEN.codes_len: int(frames.shape[1]),
+            GEN.duration: duration, GEN.sample_rate: sr, GEN.invalid: False,
+            ROLL.checkpoint: checkpoint}
+
+
+def wav_bytes(audio: np.ndarray, sr: int) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, audio, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def rollout_table(rows: list[dict[str, Any]], cfg: RewardConfig,
+                  audios: list[np.ndarray] | None, sr: int) -> pa.Table:
+    """ROWS rewarded (compute_rewards, as `ttspo rewards` does) as ROLLOUTS_SCHEMA."""
+    metrics = [GEN.cer, GEN.wer, GEN.ssim, GEN.pesq, GEN.squim, RWD.utmos]
+    frame = pl.DataFrame([{k: r.get(k) for k in (GEN.group_id, GEN.codes_len, GEN.invalid,
+                                                  *metrics)} for r in rows],
+                         schema_overrides={m: pl.Float64 for m in metrics})
+    rewarded = compute_rewards(frame, cfg).to_arrow()
+    data = {f.name: pa.array([r.get(f.name) for r in rows], f.type) for f in ROLLOUTS_SCHEMA
+            if f.name not in rewarded.column_names or f.name in (GEN.group_id,)}
+    for name in rewarded.column_names:
+        if name in ROLLOUTS_SCHEMA.names and name not in data:
+            data[name] = rewarded[name]
+    if audios is not None:
+        data[GEN.audio] = pa.array([wav_bytes(a, sr) for a in audios], pa.large_binary())
+    columns = [data[f.name] if f.name in data else pa.nulls(len(rows), f.type)
+               for f in ROLLOUTS_SCHEMA]
+    return pa.Table.from_arrays([c.cast(f.type) if not isinstance(c, pa.ChunkedArray)
+                                 else c.cast(f.type) for c, f in zip(columns, ROLLOUTS_SCHEMA)],
+                                schema=ROLLOUTS_SCHEMA)

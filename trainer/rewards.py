@@ -1,0 +1,343 @@
+"""GRPO rewards: metrics -> [0, 1] reward parts -> total -> group advantages.
+
+Everything here runs on a polars DataFrame of scored samples (one row per sample,
+a group column saying which samples share a prompt), so the same code computes
+rewards during training (over one step's rollouts) and afterwards
+(``ttspo rewards`` over a stored ``rollouts`` or ``generations`` table). Each
+reward is a polars expression: vectorised over any number of rows.
+
+Registry (:data:`REWARDS`, nemo-formats.md section 5; CER and SSIM clamped first):
+
+- ``cer``: 0.5 at the dataset's mean CER ``m``, 1 at CER 0, 0 at CER 1 (piecewise linear)
+- ``ssim``: 0.5 at the dataset's mean SSIM, 1 at the best achievable (0.9), 0 at 0
+- ``pesq``: PESQ / 4.5; ``squim``: SQUIM's PESQ estimate / 4.5
+- ``utmos``: (MOS - 1) / 4, from a ``utmos`` column (scored with a local model)
+- ``length``: 1 - |codes_len - target| / target, floored at 0 (needs ``length_target``)
+- ``pkg.mod:fn``: a user callable, called with the DataFrame; it returns a polars
+  expression, Series or array of values in [0, 1], one per row.
+
+A null metric (SSIM of a text-context prompt has no voice to compare with) gives
+a null part that counts 0 in the sum: every sample of a group shares the prompt,
+so the shift is the same for the whole group and advantages do not move.
+
+Combining: ``none`` (NeMo: weighted sum of the fixed-anchor rewards) or
+``group`` (``normalize_then_sum``, NeMo's decoder-only recipe: each part is
+z-scored within its group over the valid samples, then weighted and summed).
+
+Validity: a sample is invalid when its code length is outside
+[``min_valid_len``, ``max_valid_len``] (empty, or unfinished: it hit the decoder's
+step limit; NeMo hard-codes 425 frames, we derive it from ``max_decoder_steps``)
+or when its ASR failed; an invalid sample's total is 0 (NeMo) or the minimum
+total of its group's valid samples (``invalid_reward="group_min"``: under
+``normalize_then_sum`` 0 is about the group mean, no penalty at all). A group is
+invalid (its loss masked) when its best clamped CER exceeds
+``best_cer_threshold`` or its worst exceeds ``worst_cer_threshold``.
+
+Advantages: total - group mean, divided by (group std + 1e-4) when
+``scale_rewards`` (NeMo's grpo), unscaled otherwise (dr_grpo). std is the sample std (ddof 1, as
+torch.std); a group of one sample or with zero spread has advantage 0, never NaN.
+
+The two loss types (pure functions of tensors) are at the end: :data:`GRPO_LOSSES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+import torch
+
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.schemas import GEN, RWD
+
+STD_EPS = 1e-4  # NeMo's: advantage = (r - mean) / (std + 1e-4)
+NORMALIZE = ("none", "group")
+INVALID_REWARD = ("zero", "group_min")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Weights, anchors, combination and validity rules: all a reward depends on."""
+
+    weights: dict[str, float] = field(default_factory=lambda: {"cer": 0.5, "ssim": 0.5})
+    normalize: str = "none"  # "none" (sum of fixed-anchor rewards) | "group" (normalize_then_sum)
+    mean_cer: float = 0.1  # NeMo: mean_cer_dataset
+    mean_ssim: float = 0.6  # NeMo: mean_ssim_dataset
+    best_ssim: float = 0.9  # NeMo: best_ssim_achievable
+    length_target: float | None = None  # frames, for the `length` reward
+    min_valid_len: int = 4  # NeMo: a sample of <= 3 frames is empty
+    max_valid_len: int = 429  # max_decoder_steps - 1: a sample that hit the limit is unfinished
+    best_cer_threshold: float = 1.0
+    worst_cer_threshold: float = 1.0
+    invalid_reward: str = "zero"  # "zero" (NeMo) | "group_min"
+    scale_rewards: bool = True  # divide advantages by group std + 1e-4 (grpo); dr_grpo: False
+
+    def __post_init__(self) -> None:
+        checks = ((self.normalize, NORMALIZE, "normalize"),
+                  (self.invalid_reward, INVALID_REWARD, "invalid_reward"))
+        for value, allowed, name in checks:
+            if value not in allowed:
+                raise InputError(f"{name} '{value}' is not one of {', '.join(allowed)}")
+        if not self.weights:
+            raise InputError("reward weights are empty: give at least one, e.g. cer=1")
+        for name, weight in self.weights.items():
+            if not math.isfinite(weight):
+                raise InputError(f"reward weight {name}={weight} is not a finite number")
+            reward_spec(name)  # unknown names fail here, before any data is read
+        if "length" in self.weights and not self.length_target:
+            raise InputError("the 'length' reward needs length_target (frames) > 0")
+        if not 0 < self.mean_cer < 1 or not 0 < self.mean_ssim < self.best_ssim <= 1:
+            raise InputError("reward anchors need 0 < mean_cer < 1 and "
+                             "0 < mean_ssim < best_ssim <= 1")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``"cer=0.5,ssim=0.5"`` -> {"cer": 0.5, "ssim": 0.5} (names checked later)."""
+    weights: dict[str, float] = {}
+    for item in (p.strip() for p in text.split(",")):
+        name, sep, value = item.rpartition("=")
+        if not sep or not name.strip():
+            raise InputError(f"reward weight '{item}' is not NAME=NUMBER")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"reward weight '{item}': '{value}' is not a number") from None
+    return weights
+
+
+# ---------------------------------------------------------------- registry
+def _clip(expr: pl.Expr, lo: float, hi: float) -> pl.Expr:
+    return expr.cast(pl.Float64).clip(lo, hi)
+
+
+def cer_expr(cfg: RewardConfig) -> pl.Expr:
+    c, m = _clip(pl.col(GEN.cer), 0.0, 1.0), cfg.mean_cer
+    return (pl.when(c <= m).then(0.5 + 0.5 * (m - c) / m)
+            .otherwise(0.5 - 0.5 * (c - m) / (1.0 - m)))
+
+
+def ssim_expr(cfg: RewardConfig) -> pl.Expr:
+    s, ms, best = _clip(pl.col(GEN.ssim), 0.0, cfg.best_ssim), cfg.mean_ssim, cfg.best_ssim
+    return (pl.when(s >= ms).then(0.5 + 0.5 * (s - ms) / (best - ms))
+            .otherwise(0.5 - 0.5 * (ms - s) / ms))
+
+
+def length_expr(cfg: RewardConfig) -> pl.Expr:
+    n, target = pl.col(GEN.codes_len).cast(pl.Float64), float(cfg.length_target or 1.0)
+    return (1.0 - (n - target).abs() / target).clip(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    column: str  # the metric it reads (a GEN column name)
+    part: str  # the column its [0, 1] value is stored in (an RWD name)
+    expr: Callable[[RewardConfig], pl.Expr]
+
+
+REWARDS: dict[str, RewardSpec] = {
+    "cer": RewardSpec(GEN.cer, RWD.reward_cer, cer_expr),
+    "ssim": RewardSpec(GEN.ssim, RWD.reward_ssim, ssim_expr),
+    "pesq": RewardSpec(GEN.pesq, RWD.reward_pesq,
+                       lambda cfg: _clip(pl.col(GEN.pesq) / 4.5, 0.0, 1.0)),
+    "squim": RewardSpec(GEN.squim, RWD.reward_squim,
+                        lambda cfg: _clip(pl.col(GEN.squim) / 4.5, 0.0, 1.0)),
+    "utmos": RewardSpec(RWD.utmos, RWD.reward_utmos,
+                        lambda cfg: _clip((pl.col(RWD.utmos) - 1.0) / 4.0, 0.0, 1.0)),
+    "length": RewardSpec(GEN.codes_len, RWD.reward_length, length_expr),
+}
+
+
+def is_callable_name(name: str) -> bool:
+    return ":" in name
+
+
+def reward_spec(name: str) -> RewardSpec | Callable:
+    """The registry entry for NAME, or the user callable ``pkg.mod:fn`` it names."""
+    if name in REWARDS:
+        return REWARDS[name]
+    if not is_callable_name(name):
+        raise InputError(f"unknown reward '{name}' (choose {', '.join(REWARDS)}, "
+                         "or a Python callable as pkg.module:function)")
+    module, _, attr = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"reward '{name}': cannot import it ({exc})") from None
+    if not callable(fn):
+        raise InputError(f"reward '{name}' is not callable")
+    return fn
+
+
+def needed_columns(cfg: RewardConfig) -> list[str]:
+    """Metric columns the built-in rewards of CFG read (user callables read what they like)."""
+    return sorted({REWARDS[n].column for n in cfg.weights if n in REWARDS})
+
+
+def _custom_part(name: str, fn: Callable, df: pl.DataFrame) -> pl.Series:
+    out = fn(df)
+    if isinstance(out, pl.Expr):
+        out = df.select(out.alias(name)).to_series()
+    values = pl.Series(name, np.asarray(out, dtype=np.float64) if not isinstance(out, pl.Series)
+                       else out.cast(pl.Float64))
+    bad = values.is_null() | ~values.is_finite() | (values < 0) | (values > 1)
+    if len(values) != df.height or bad.any():
+        raise InputError(f"reward '{name}' must return one finite value in [0, 1] per row "
+                         f"({len(values)} values for {df.height} rows)")
+    return values
+
+
+# ------------------------------------------------------------- computing
+def compute_rewards(df: pl.DataFrame, cfg: RewardConfig, *, group: str = GEN.group_id
+                    ) -> pl.DataFrame:
+    """DF plus the reward parts, total, validity and advantage columns (RWD names).
+
+    DF needs the GROUP column, ``codes_len`` and ``invalid`` (ASR failed), plus the
+    metrics the weights read. Rows keep their order.
+    """
+    missing = [c for c in (group, GEN.codes_len, GEN.invalid, *needed_columns(cfg))
+               if c not in df.columns]
+    if missing:
+        raise InputError(f"cannot compute rewards {','.join(cfg.weights)}: "
+                         f"no column(s) {', '.join(missing)}")
+    custom = {n: reward_spec(n) for n in cfg.weights if is_callable_name(n)}
+    builtin = [n for n in cfg.weights if n in REWARDS]
+    df = df.with_columns(
+        *[REWARDS[n].expr(cfg).alias(REWARDS[n].part) for n in builtin],
+        # An unknown length (generations ingested without codes) is not held against a sample.
+        (pl.col(GEN.codes_len).is_between(cfg.min_valid_len, cfg.max_valid_len).fill_null(True)
+         & ~pl.col(GEN.invalid).fill_null(False)).alias(RWD.valid))
+    parts = {n: REWARDS[n].part for n in builtin}
+    for name, fn in custom.items():
+        tmp = f"__custom_{len(parts)}"
+        df = df.with_columns(_custom_part(name, fn, df).alias(tmp))
+        parts[name] = tmp
+    df = df.with_columns(_total(cfg, parts, group).alias(RWD.reward))
+    df = _apply_invalid(df, cfg, group)
+    df = df.with_columns(_group_valid(cfg, group, GEN.cer in df.columns).alias(RWD.group_valid),
+                         _advantage(cfg, group).alias(RWD.advantage))
+    return _pack_custom(df, custom, parts)
+
+
+def _zscore(col: str, group: str) -> pl.Expr:
+    # Over the group's valid samples only: an unfinished sample must not set the scale.
+    x = pl.when(pl.col(RWD.valid)).then(pl.col(col))
+    mean, std = x.mean().over(group), x.std().over(group).fill_null(0.0)
+    return pl.when(std > 0).then((pl.col(col) - mean) / (std + STD_EPS)).otherwise(0.0)
+
+
+def _total(cfg: RewardConfig, parts: dict[str, str], group: str) -> pl.Expr:
+    terms = []
+    for name, col in parts.items():
+        value = _zscore(col, group) if cfg.normalize == "group" else pl.col(col)
+        terms.append(cfg.weights[name] * value.fill_null(0.0))
+    return pl.sum_horizontal(terms)
+
+
+def _apply_invalid(df: pl.DataFrame, cfg: RewardConfig, group: str) -> pl.DataFrame:
+    if cfg.invalid_reward == "zero":
+        floor = pl.lit(0.0)
+    else:  # the worst valid sample's total; 0 when the whole group is invalid
+        floor = pl.when(pl.col(RWD.valid)).then(pl.col(RWD.reward)).min().over(group).fill_null(0.0)
+    return df.with_columns(pl.when(pl.col(RWD.valid)).then(pl.col(RWD.reward))
+                           .otherwise(floor).alias(RWD.reward))
+
+
+def _group_valid(cfg: RewardConfig, group: str, has_cer: bool) -> pl.Expr:
+    if not has_cer:  # e.g. a length-only reward scored without ASR: no CER rule to break
+        return pl.lit(True)
+    c = pl.col(GEN.cer).cast(pl.Float64).clip(0.0, 1.0)
+    best, worst = c.min().over(group), c.max().over(group)
+    return ~((best > cfg.best_cer_threshold) | (worst > cfg.worst_cer_threshold)).fill_null(False)
+
+
+def _advantage(cfg: RewardConfig, group: str) -> pl.Expr:
+    r = pl.col(RWD.reward)
+    centred = r - r.mean().over(group)
+    if not cfg.scale_rewards:
+        return centred
+    std = r.std().over(group).fill_null(0.0)  # ddof 1; a group of one has no spread
+    return pl.when(std > 0).then(centred / (std + STD_EPS)).otherwise(0.0)
+
+
+def _pack_custom(df: pl.DataFrame, custom: dict, parts: dict[str, str]) -> pl.DataFrame:
+    """User-callable parts go into one list<struct{name, value}> column."""
+    if not custom:
+        return df.with_columns(pl.lit(None, dtype=CUSTOM_DTYPE).alias(RWD.reward_custom))
+    fields = [pl.struct(pl.lit(n).alias("name"), pl.col(parts[n]).alias("value")) for n in custom]
+    df = df.with_columns(pl.concat_list(fields).alias(RWD.reward_custom))
+    return df.drop([parts[n] for n in custom])
+
+
+CUSTOM_DTYPE = pl.List(pl.Struct({"name": pl.String, "value": pl.Float64}))
+
+
+# ------------------------------------------------------------------ losses
+# Pure functions of tensors. Shapes: logps, ref_logps, entropy, mask [B, C, T]
+# (per codebook, per token of the sampled codes); advantages, seq_mask [B].
+# seq_mask is False for samples of invalid groups: their loss is masked out.
+@dataclass
+class GrpoLossOut:
+    loss: torch.Tensor  # scalar, what backward() is called on
+    kl: torch.Tensor  # mean per-token KL estimate over unmasked tokens (0 if reference-free)
+    entropy: torch.Tensor  # mean per-token entropy over unmasked tokens
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each token's distribution: logits [..., V] -> [...]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def _per_token(logps, advantages, ref_logps, entropy, kl_beta, entropy_coef):
+    # exp(logp - logp.detach()) is 1 in value but carries d logp: the on-policy ratio.
+    loss = -torch.exp(logps - logps.detach()) * advantages[:, None, None]
+    kl = torch.zeros_like(logps)
+    if ref_logps is not None:
+        # k3 estimator of KL(pi || ref): exp(ref - pi) - (ref - pi) - 1 >= 0.
+        diff = ref_logps - logps
+        kl = torch.exp(diff) - diff - 1.0
+        loss = loss + kl_beta * kl
+    if entropy is not None and entropy_coef:
+        loss = loss - entropy_coef * entropy  # a bonus: higher entropy, lower loss
+    return loss, kl
+
+
+def _stats(kl, entropy, mask):
+    n = mask.sum().clamp(min=1)
+    ent = (entropy * mask).sum() / n if entropy is not None else torch.zeros(())
+    return (kl * mask).sum().detach() / n, ent.detach()
+
+
+def grpo_loss(logps, advantages, mask, seq_mask, *, ref_logps=None, entropy=None,
+              kl_beta=0.0, entropy_coef=0.0, max_steps=None) -> GrpoLossOut:
+    """``grpo``: each sequence's token mean (per codebook), averaged over codebooks,
+    then over the valid sequences."""
+    mask = mask.float() * seq_mask.float()[:, None, None]
+    per_token, kl = _per_token(logps, advantages, ref_logps, entropy, kl_beta, entropy_coef)
+    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B, C]
+    per_seq = per_seq.mean(-1)  # [B]
+    loss = (per_seq * seq_mask.float()).sum() / seq_mask.float().sum().clamp(min=1)
+    return GrpoLossOut(loss, *_stats(kl, entropy, mask))
+
+
+def dr_grpo_loss(logps, advantages, mask, seq_mask, *, ref_logps=None, entropy=None,
+                 kl_beta=0.0, entropy_coef=0.0, max_steps=None) -> GrpoLossOut:
+    """``dr_grpo``: token sums divided by a constant (batch * max decoder steps), so
+    long and short samples weigh by their tokens, not per sequence; averaged over
+    codebooks."""
+    if not max_steps:
+        raise ValueError("dr_grpo needs max_steps (the max decoder steps)")
+    mask = mask.float() * seq_mask.float()[:, None, None]
+    per_token, kl = _per_token(logps, advantages, ref_logps, entropy, kl_beta, entropy_coef)
+    loss = (per_token * mask).sum(-1).mean(-1).sum() / (logps.shape[0] * max_steps)
+    return GrpoLossOut(loss, *_stats(kl, entropy, mask))
+
+
+GRPO_LOSSES = {"grpo": grpo_loss, "dr_grpo": dr_grpo_loss}
