@@ -33,7 +33,8 @@ class RecipeError(TtspoError):
 
 
 class ModelError(TtspoError):
-    """A scoring model that cannot be loaded (missing file, missing extra)."""
+    """A model (scorer or policy) that cannot be loaded: missing file, missing extra,
+    not a checkpoint, another architecture or size."""
 
 
 def first_line(exc: BaseException, limit: int | None = None) -> str:
