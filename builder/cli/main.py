@@ -26,6 +26,10 @@ class TtspoGroup(click.Group):
             return super().invoke(ctx)
         except TtspoError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a read-only store, an unwritable --out folder, a full disk
+            from ttspo.builder.core.store import os_error_reason
+
+            raise click.ClickException(os_error_reason(exc)) from None
 
 
 @click.group(cls=TtspoGroup)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class Digest:
 def file_digest(path: str | os.PathLike, label: str | None = None) -> Digest:
     """SHA-256 and newline count of PATH in one chunked pass (InputError naming
     LABEL, else PATH, if it cannot be read)."""
+    check_regular(path, label)
     sha, lines = hashlib.sha256(), 0
     try:
         with open(path, "rb") as fh:
@@ -39,6 +41,27 @@ def file_digest(path: str | os.PathLike, label: str | None = None) -> Digest:
     except OSError as exc:
         raise InputError(f"{label or path}: cannot read ({exc.strerror})") from None
     return Digest(sha.hexdigest(), lines)
+
+
+def check_regular(path: str | os.PathLike, label: str | None = None) -> None:
+    """InputError unless PATH is a regular file: open() blocks forever on a FIFO without
+    a writer, and a device (a link to /dev/zero) never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise InputError(f"{label or path}: cannot read ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{label or path}: not a regular file ({special_kind(mode)})")
+
+
+def special_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a file"
 
 
 def file_sha256(path: str | os.PathLike) -> str:

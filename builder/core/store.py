@@ -16,7 +16,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from datetime import timezone
 from pathlib import Path
@@ -37,7 +39,35 @@ LINEAGE_KEY = "ttspo.lineage"
 STORAGE_VERSION = "2.0"
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 TAG_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")  # what a TABLE@TAG reference can spell
+TAG_DOTS = re.compile(r"^\.|\.$|\.\.")  # Lance refuses these tags (they are file names)
+MAX_NAME = 128  # table, set and tag names become file names: keep well under NAME_MAX
 REF = re.compile(r"^(?P<table>[A-Za-z_][A-Za-z0-9_\-]*)(?:@(?P<version>[A-Za-z0-9_.\-]+))?$")
+
+
+COMMIT_RETRIES = 8  # Lance commit conflicts retried before a one-line error
+
+
+def is_commit_conflict(exc: BaseException) -> bool:
+    """Lance's 'Retryable commit conflict' (another writer committed first)."""
+    return "commit conflict" in str(exc).lower()
+
+
+def write_error(root: Path, table: str, exc: BaseException) -> StoreError:
+    """One line for a write that failed: a concurrent commit, or the file system's reason."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if is_commit_conflict(exc):
+        return StoreError(f"table '{table}' in store {root} was changed by another command "
+                          "while this one wrote it; nothing was written, run it again")
+    return StoreError(f"cannot write table '{table}' in store {root}: {os_error_reason(exc)}")
+
+
+def os_error_reason(exc: BaseException) -> str:
+    """An OSError (Python's or Lance's) as one line: reason and path, no Rust source location."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = re.sub(r"^LanceError\(\w+\): (Generic \w+ error: )?", "", first)
+    return re.sub(r",? /\S+\.rs:\d+:\d+.*$", "", first)
 
 
 def parse_ref(ref: str) -> tuple[str, int | str | None]:
@@ -131,6 +161,90 @@ def _lineage_of(ds: lance.LanceDataset, version: int) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+LOCK_FOLDER = "ttspo-locks"
+
+
+def open_lock_file(key: str) -> int:
+    """A descriptor on the lock file KEY in the shared lock folder.
+
+    The folder is shared by every user of the machine (sticky and world-writable,
+    like /tmp itself), and a lock file is opened read-only (flock needs no more),
+    so a lock folder or file made by another user still works.
+    """
+    folder = os.path.join(tempfile.gettempdir(), LOCK_FOLDER)
+    path = os.path.join(folder, key)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        info = os.stat(folder)
+        if info.st_uid == os.getuid() and info.st_mode & 0o7777 != 0o1777:
+            os.chmod(folder, 0o1777)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"cannot use the lock file {path} ({exc.strerror}); "
+                         "set TMPDIR to a folder you can write") from None
+    return fd
+
+
+# ------------------------------------------------- what killed commands leave
+OWNER_FILE = ".owner"  # in a temp folder: locked while its command lives
+TEMP_KINDS = ("ingest",)  # ttspo-<kind>-* folders in the temp dir (ingest: spilled batches)
+STALE_UNOWNED = 60.0  # seconds: an owner-less folder this old was never finished by anyone
+
+
+@contextmanager
+def temp_dir(kind: str) -> Iterator[str]:
+    """A private folder in the temp dir for one command, removed on exit.
+
+    A SIGKILL skips the removal, so the folder holds a lock file locked for the
+    command's life: any later command finds the lock free and removes the folder
+    (clean_temp_dirs). The descriptor is not inherited by spawned workers.
+    """
+    clean_temp_dirs()
+    path = tempfile.mkdtemp(prefix=f"ttspo-{kind}-")
+    fd = os.open(os.path.join(path, OWNER_FILE), os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+
+
+def clean_temp_dirs() -> int:
+    """Remove the temp folders of ttspo commands that died; returns how many."""
+    removed = 0
+    base = tempfile.gettempdir()
+    prefixes = tuple(f"ttspo-{kind}-" for kind in TEMP_KINDS)
+    try:
+        entries = [e for e in os.scandir(base) if e.name.startswith(prefixes)]
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat().st_uid != os.getuid():
+                continue
+            fd = os.open(os.path.join(entry.path, OWNER_FILE), os.O_RDONLY)
+        except FileNotFoundError:  # being made right now, or made before owner files
+            try:
+                if time.time() - entry.stat().st_mtime > STALE_UNOWNED:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed += 1
+            except OSError:
+                pass
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its command is alive
+        finally:
+            os.close(fd)
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
 class Store:
     """A folder of Lance tables. Cheap to construct; opens tables on demand."""
 
@@ -139,7 +253,7 @@ class Store:
 
     # ------------------------------------------------------------- naming
     def path(self, table: str) -> Path:
-        if not TABLE_NAME.match(table):
+        if not TABLE_NAME.match(table) or len(table) > MAX_NAME:
             raise StoreError(f"'{table}' is not a valid table name")
         return self.root / f"{table}.lance"
 
@@ -159,6 +273,9 @@ class Store:
             raise StoreError(f"'{name}' is a core table name; choose another set name")
         if not TABLE_NAME.match(name):
             raise StoreError(f"'{name}' is not a valid set name (letters, digits, _ and -)")
+        if len(name) > MAX_NAME:
+            raise StoreError(f"'{name[:20]}...' is not a valid set name (longer than {MAX_NAME} "
+                             "characters)")
 
     # -------------------------------------------------------------- reading
     def open(self, table: str, version: int | str | None = None) -> lance.LanceDataset:
@@ -222,10 +339,12 @@ class Store:
             data = data.cast(schema) if data.schema != schema else data
         elif not isinstance(data, pa.RecordBatchReader):
             data = pa.RecordBatchReader.from_batches(schema, data)
+        clean_temp_dirs()
         if self.exists(table):
             return self._write(table, data, schema, lineage, mode)
         # Two first writers would both "create": one fails, or one's rows are lost.
-        # Serialise creation; whoever comes second finds the table and appends.
+        # Serialise creation; whoever comes second finds the table and appends
+        # (or overwrites): the mode is decided here, under the lock, never before it.
         with self.lock(f"create {table}"):
             return self._write(table, data, schema, lineage,
                                mode if self.exists(table) else "create")
@@ -234,16 +353,61 @@ class Store:
                mode: str) -> int:
         # A create killed before its first commit leaves data files and no version:
         # Lance creates over them (the orphans are never referenced by a manifest).
-        ds = lance.write_dataset(
-            data,
-            str(self.path(table)),
-            schema=schema,
-            mode=mode,
-            enable_stable_row_ids=True,
-            data_storage_version=STORAGE_VERSION,
-            transaction_properties=commit_properties(lineage),
-        )
-        return ds.version
+        for attempt in range(COMMIT_RETRIES):
+            try:
+                with self.writing(table):
+                    ds = lance.write_dataset(
+                        data,
+                        str(self.path(table)),
+                        schema=schema,
+                        mode=mode,
+                        enable_stable_row_ids=True,
+                        data_storage_version=STORAGE_VERSION,
+                        transaction_properties=commit_properties(lineage),
+                    )
+                return ds.version
+            except OSError as exc:
+                # A table can be written again after a conflict; a stream cannot be replayed.
+                if (is_commit_conflict(exc) and isinstance(data, pa.Table)
+                        and attempt + 1 < COMMIT_RETRIES):
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise write_error(self.root, table, exc) from None
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def writing(self, table: str) -> Iterator[None]:
+        """Held (shared) while this process writes TABLE's files. First, when no other
+        command writes TABLE, remove the unfinished files (``.tmp*``: Lance writes a
+        file there, then renames it) that a killed writer left."""
+        self._clean_interrupted(table)
+        fd = open_lock_file(self._lock_key(f"writing {table}"))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def _clean_interrupted(self, table: str) -> int:
+        folder = self.path(table)
+        if not folder.is_dir():
+            return 0
+        fd = open_lock_file(self._lock_key(f"writing {table}"))
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # another command is writing: its .tmp files are alive
+            orphans = [p for p in folder.rglob(".tmp*") if p.is_file()]
+            for path in orphans:
+                path.unlink(missing_ok=True)
+            return len(orphans)
+        finally:
+            os.close(fd)
+
+    def _lock_key(self, what: str) -> str:
+        # Keyed on the resolved path: a symlink or a '..' spelling is the same store.
+        return hashlib.sha256(f"{os.path.realpath(self.root)}\0{what}".encode()).hexdigest()[:24]
 
     @contextmanager
     def lock(self, what: str) -> Iterator[None]:
@@ -254,15 +418,12 @@ class Store:
         appends; this is for what it cannot: creating a table, or two ingests of
         the same run that would both find their rows missing.
         """
-        key = hashlib.sha256(f"{self.root}\0{what}".encode()).hexdigest()[:24]
-        folder = os.path.join(tempfile.gettempdir(), "ttspo-locks")
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, key), "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        fd = open_lock_file(self._lock_key(what))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def tag(self, table: str, version: int, name: str) -> None:
         ds = self.open(table)
@@ -270,11 +431,18 @@ class Store:
             raise StoreError(f"table '{table}' has no version {version}")
         if not TAG_NAME.match(name):
             raise StoreError(f"tag '{name}' may only use letters, digits, '_', '.' and '-'")
+        if TAG_DOTS.search(name):
+            raise StoreError(f"tag '{name}' must not begin or end with '.' or hold '..'")
+        if len(name) > MAX_NAME:
+            raise StoreError(f"tag '{name[:20]}...' is longer than {MAX_NAME} characters")
         if name.isdigit():
             raise StoreError(f"tag '{name}' must not be a number (it would read as a version)")
         if name in ds.tags.list():
             raise StoreError(f"table '{table}' already has a tag '{name}'")
-        ds.tags.create(name, version)
+        try:
+            ds.tags.create(name, version)
+        except OSError as exc:
+            raise write_error(self.root, table, exc) from None
 
     def restore(self, table: str, version: int | str, lineage: Lineage) -> int:
         """Make VERSION the latest again, as a new version (history is kept).
@@ -288,7 +456,11 @@ class Store:
             operation=lance.LanceOperation.Restore(target),
             transaction_properties=commit_properties(lineage),
         )
-        return lance.LanceDataset.commit(latest.uri, tx).version
+        try:
+            with self.writing(table):
+                return lance.LanceDataset.commit(latest.uri, tx).version
+        except OSError as exc:
+            raise write_error(self.root, table, exc) from None
 
     def commit(self, table: str, operation: Any, read_version: int,
                lineage: Lineage) -> int:
@@ -296,4 +468,5 @@ class Store:
         ranks) as ONE version carrying lineage. Used by distributed writers."""
         tx = lance.Transaction(read_version=read_version, operation=operation,
                                transaction_properties=commit_properties(lineage))
-        return lance.LanceDataset.commit(str(self.path(table)), tx).version
+        with self.writing(table):
+            return lance.LanceDataset.commit(str(self.path(table)), tx).version

@@ -141,6 +141,55 @@ def _entry(data: bytes, entries: dict, name: bytes) -> memoryview | bytes:
     return memoryview(data)[start:start + size]
 
 
+MAX_CODES = 1 << 20  # values per file: 8 codebooks x 131072 frames (~100 min at 21.5 fps)
+
+
+def _show(numbers: tuple) -> str:
+    return "[" + ", ".join(str(n) for n in numbers) + "]"
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_numbers(ref: "_TensorRef") -> None:
+    """What the pickle alone can tell: whole, non-negative sizes, strides, offset, length.
+
+    A negative size once passed as an empty-looking tensor whose bytes still joined
+    the batch, shifting every later row's codes: every number is checked here, and
+    the view against its storage in _check_view.
+    """
+    for what, numbers in (("shape", ref.size), ("stride", ref.stride)):
+        if len(numbers) != 2 or not all(_whole(n) for n in numbers):
+            raise BadFile(f"codes {what} {_show(numbers)} is not made of whole numbers")
+    if not _whole(ref.offset) or not _whole(ref.numel):
+        raise BadFile("codes storage offset or length is not a whole number")
+    if min(ref.size) < 0:
+        raise BadFile(f"codes shape {_show(ref.size)} has a negative size")
+    if ref.offset < 0:
+        raise BadFile(f"codes storage offset {ref.offset} is negative")
+    if min(ref.stride) < 0:
+        raise BadFile(f"codes stride {_show(ref.stride)} has a negative step")
+    if ref.numel < 0:
+        raise BadFile(f"codes storage length {ref.numel} is negative")
+
+
+def _check_view(ref: "_TensorRef", stored_bytes: int) -> None:
+    """The view (offset, size, stride) lies inside a storage of exactly NUMEL values."""
+    if stored_bytes != ref.numel * 2:
+        raise BadFile(f"codes storage holds {stored_bytes // 2} values, its record says {ref.numel}")
+    rows, cols = ref.size
+    if rows == 0 or cols == 0:
+        if ref.offset > ref.numel:
+            raise BadFile("codes tensor reaches outside its storage")
+        return
+    last = ref.offset + (rows - 1) * ref.stride[0] + (cols - 1) * ref.stride[1]
+    if last >= ref.numel:
+        raise BadFile("codes tensor reaches outside its storage")
+    if rows * cols > MAX_CODES:
+        raise BadFile(f"codes shape {_show(ref.size)} is too large (over {MAX_CODES} values)")
+
+
 # Saved codes of the same shape pickle to the same bytes: parse each once.
 _REF_CACHE: dict[bytes, "_TensorRef"] = {}
 
@@ -160,8 +209,8 @@ def _tensor_ref(pkl: bytes) -> "_TensorRef":
     if ref.dtype != "int16":
         raise BadFile(f"codes dtype is {ref.dtype}, expected int16")
     if len(ref.size) != 2:
-        shape = "[" + ", ".join(str(s) for s in ref.size) + "]"
-        raise BadFile(f"codes shape is {shape}, expected [codebooks, frames]")
+        raise BadFile(f"codes shape is {_show(ref.size)}, expected [codebooks, frames]")
+    _check_numbers(ref)
     if len(_REF_CACHE) > 4096:
         _REF_CACHE.clear()
     _REF_CACHE[pkl] = ref
@@ -237,14 +286,11 @@ def _codes_full(data: bytes) -> tuple[int, int, Any, tuple | None]:
     if name not in entries:
         raise BadFile(f"codes storage {ref.key} missing from the file")
     raw = _entry(data, entries, name)
-    if len(raw) < ref.numel * 2:
-        raise BadFile("truncated codes storage")
+    _check_view(ref, len(raw))
     rows, cols = ref.size
     order = prefix + b"byteorder"
     big = order in entries and bytes(_entry(data, entries, order)) == b"big"
     if rows and cols and not big and ref.stride == (cols, 1):
-        if ref.offset < 0 or ref.offset + rows * cols > ref.numel:
-            raise BadFile("codes tensor reaches outside its storage")
         buf = raw[ref.offset * 2:(ref.offset + rows * cols) * 2]
         return rows, cols, buf, _layout(data, entries, name, order, ref, pkl)
     return rows, cols, _strided(raw, ref, big).tobytes(), None
@@ -273,9 +319,6 @@ def _strided(raw, ref: "_TensorRef", big: bool) -> np.ndarray:
     if rows == 0 or cols == 0:
         return np.zeros((rows, cols), dtype=np.int16)
     storage = np.frombuffer(raw, dtype=(">i2" if big else "<i2"), count=ref.numel)
-    last = ref.offset + (rows - 1) * ref.stride[0] + (cols - 1) * ref.stride[1]
-    if ref.offset < 0 or min(ref.stride) < 0 or last >= ref.numel:
-        raise BadFile("codes tensor reaches outside its storage")
     view = np.lib.stride_tricks.as_strided(
         storage[ref.offset:], shape=(rows, cols),
         strides=(ref.stride[0] * 2, ref.stride[1] * 2), writeable=False)

@@ -14,6 +14,7 @@ A line's generation id is ``run:N`` with N its 0-based line number.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -174,12 +175,11 @@ def _read_files(record: dict, base: str, embed_audio: bool) -> dict[str, Any]:
 
 def _read_codes(path: str) -> tuple[int, int, bytes]:
     if not path.endswith(".npy"):
-        return nemo_codes.codes_parts(nf.read_file_bytes(path))
+        return nemo_codes.codes_parts(nf.read_file_bytes(path, nf.MAX_CODES_BYTES))
+    data = nf.read_file_bytes(path, nf.MAX_CODES_BYTES)  # a regular file: no FIFO, no device
     try:
-        arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise nf.BadFile("missing") from None
-    except (OSError, ValueError) as exc:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
         raise nf.BadFile(f"not a readable .npy file ({exc})") from None
     if arr.dtype != np.int16:
         raise nf.BadFile(f"codes dtype is {arr.dtype}, expected int16")

@@ -30,6 +30,7 @@ NEMO_SOURCE = "nemo-metrics-json"
 # (one regex call per chunk, not per name; anchored lines are its fastest form).
 NEMO_FILES = re.compile(nf.NEMO_FILE.pattern, re.M)
 SCAN_CHUNK = 1 << 15  # names matched per regex call
+MAX_DIGITS = 9  # rank and index in a file name: i*R + r then fits an int64
 MAX_LISTED = 10  # mapping problems listed (the rest counted): a wrong manifest is one fault
 
 
@@ -78,6 +79,10 @@ def _match_names(names: list[str], d: int) -> np.ndarray:
     """[rank, index, kind, d] for each NeMo file name among names."""
     found = NEMO_FILES.findall("\n".join(names))  # [(rank, index, suffix)]
     flat = list(chain.from_iterable(found))
+    if any(len(n) > MAX_DIGITS for n in flat[0::3]) or any(len(n) > MAX_DIGITS for n in flat[1::3]):
+        rank, index, suffix = next(f for f in found if max(len(f[0]), len(f[1])) > MAX_DIGITS)
+        raise InputError(f"predicted_audioRank{rank}_{index}{suffix}: rank or index out of "
+                         f"range (at most {MAX_DIGITS} digits)")
     table = np.empty((len(found), 4), dtype=np.int64)
     table[:, 0] = np.fromiter(map(int, flat[0::3]), np.int64, len(found))
     table[:, 1] = np.fromiter(map(int, flat[1::3]), np.int64, len(found))
@@ -195,7 +200,8 @@ def parse_manifest_record(raw: bytes) -> dict[str, Any]:
     record = nf.parse_json_object(nf.decode_utf8(raw))
     if GEN.text not in record:
         raise nf.BadFile("no 'text' field")
-    nf.string(record, GEN.text)
+    if nf.string(record, GEN.text) is None:
+        raise nf.BadFile("text is null")
     for key in (GEN.record_type, GEN.context_audio_filepath, GEN.context_text):
         nf.string(record, key)
     nf.number(record, GEN.context_audio_duration)
@@ -269,8 +275,8 @@ def build_batch(task: dict) -> tuple:
             metrics = prefix[dm] + base + "_metrics.json"
             audio = read(wav) if embed else None
             info = wav_info(wav, audio)
-            parts = codes_parts(read(codes))
-            m = parse_metrics(read(metrics))
+            parts = codes_parts(read(codes, nf.MAX_CODES_BYTES))
+            m = parse_metrics(read(metrics, nf.MAX_METRICS_BYTES))
         except (nf.BadFile, TypeError):  # TypeError: a missing file has no folder (None)
             bad = _problems(line, base, (dw, dc, dm), dirs, prefix, embed)
             if not bad:
@@ -314,9 +320,9 @@ def _problems(line: int, base: str, where: tuple, dirs: dict, prefix: dict,
             if kind == 0:
                 nf.wav_info(path, nf.read_file_bytes(path) if embed else None)
             elif kind == 1:
-                nemo_codes.codes_parts(nf.read_file_bytes(path))
+                nemo_codes.codes_parts(nf.read_file_bytes(path, nf.MAX_CODES_BYTES))
             else:
-                nf.parse_metrics(nf.read_file_bytes(path))
+                nf.parse_metrics(nf.read_file_bytes(path, nf.MAX_METRICS_BYTES))
         except nf.BadFile as exc:
             out.append((line, os.path.join(dirs[some_dir if d < 0 else d], name), str(exc)))
     return out

@@ -39,6 +39,7 @@ def prompt_fields(record: dict[str, Any]) -> tuple:
     context_text = record.get(GEN.context_text) or None
     audio = None if context_text else (record.get(GEN.context_audio_filepath) or None)
     duration = None if context_text else record.get(GEN.context_audio_duration)
+    duration = None if duration is None else float(duration)  # an int: checked in range
     pid = ids.prompt_id(text, audio, context_text)
     return (text, record.get(GEN.record_type), audio, duration, context_text, pid)
 
@@ -73,8 +74,12 @@ class RowBuffer:
         if codes is None:
             self.codes_shape.append((0, -1))
         else:
-            self.codes_shape.append((codes[0], codes[1]))
-            self.codes_chunks.append(codes[2])
+            rows, cols, chunk = codes
+            if rows < 0 or cols < 0 or len(chunk) != rows * cols * 2:
+                # a reader bug, never data: a chunk of the wrong length shifts every later row
+                raise ValueError(f"codes chunk of {len(chunk)} bytes for shape [{rows}, {cols}]")
+            self.codes_shape.append((rows, cols))
+            self.codes_chunks.append(chunk)
 
     def to_batch(self) -> pa.RecordBatch:
         n = len(self)
@@ -117,6 +122,8 @@ class RowBuffer:
         outer = np.zeros(len(shapes) + 1, dtype=np.int32)
         np.cumsum(rows, out=outer[1:])
         inner_len = np.repeat(shapes[present, 1], shapes[present, 0])
+        if rows.sum() >= 2**31 or inner_len.sum() >= 2**31:  # int32 list offsets
+            raise ValueError("too many codes for one batch: lower batch_rows")
         inner = np.zeros(len(inner_len) + 1, dtype=np.int32)
         np.cumsum(inner_len, out=inner[1:])
         values = np.frombuffer(b"".join(self.codes_chunks), dtype="<i2").astype(np.int16, copy=False)

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -36,7 +34,8 @@ import pyarrow as pa
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import file_digest
 from ttspo.builder.core.schemas import ERR, GEN, GENERATIONS_SCHEMA, INGEST_ERRORS_SCHEMA
-from ttspo.builder.core.store import Lineage, Store, as_lineage, make_lineage, sql_string
+from ttspo.builder.core.store import (Lineage, Store, as_lineage, make_lineage, sql_string,
+                                      temp_dir)
 
 GENERATIONS = "generations"
 INGEST_ERRORS = "ingest_errors"
@@ -216,15 +215,19 @@ class Readers:
 class SpillDir:
     """Checked batches wait here, one Arrow stream file per batch, until the commit.
 
-    A temporary folder (TMPDIR), removed on exit: a failed ingest leaves nothing.
+    A temporary folder (TMPDIR), removed on exit: a failed ingest leaves nothing,
+    and the folder of a killed one goes with the next command that writes
+    (store.temp_dir).
     """
 
     def __init__(self):
         self.dir = ""
         self.files: list[str] = []
+        self._owner: Any = None
 
     def __enter__(self) -> "SpillDir":
-        self.dir = tempfile.mkdtemp(prefix="ttspo-ingest-")
+        self._owner = temp_dir("ingest")
+        self.dir = self._owner.__enter__()
         return self
 
     def reader(self, schema: pa.Schema) -> pa.RecordBatchReader:
@@ -236,7 +239,7 @@ class SpillDir:
         return pa.RecordBatchReader.from_batches(schema, batches())
 
     def __exit__(self, *exc: Any) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._owner.__exit__(*exc)
 
 
 def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo: int,

@@ -140,8 +140,9 @@ def _write_and_commit(comm, store, plan, options, results, lineage) -> int:
     table = pa.concat_tables([r.table for r in results])
     fragments = sorted(set(table["_fragment"].to_pylist()))
     dataset = store.open("generations", plan.version)
-    mine = write_fragment_updates(dataset, table, plan.write_columns,
-                                  owned_fragments(fragments, comm.rank, comm.world))
+    with store.writing("generations"):  # a later write must not take these files for orphans
+        mine = write_fragment_updates(dataset, table, plan.write_columns,
+                                      owned_fragments(fragments, comm.rank, comm.world))
     gathered = comm.gather(mine)
 
     def commit():

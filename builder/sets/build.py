@@ -93,11 +93,22 @@ def build_set(store: Store, recipe: Recipe | str, name: str, params: dict[str, A
     metadata = {BUILD_KEY: record.to_json().encode()}
     schema = PREFERENCES_SCHEMA.with_metadata(metadata)
     table = out.table.replace_schema_metadata(metadata)
-    mode = "overwrite" if store.exists(name) else "append"
     start = time.perf_counter()
+    # "overwrite" creates a missing set: whether it exists is decided under the store's
+    # lock, so two first builds cannot both "append" (a set holding every pair twice).
     version = store.write(name, table, schema, lineage.with_inputs(out.inputs).with_extra(**extra),
-                          mode=mode)
+                          mode="overwrite")
+    check_committed(store, name, version, table)
     return BuildResult(name, version, record, {**out.seconds, "write": time.perf_counter() - start})
+
+
+def check_committed(store: Store, name: str, version: int, table: pa.Table) -> None:
+    """The contract holds for what was committed, not only for what was sent."""
+    pairs = store.open(name, version).to_table(columns=[PAIR.pair_id]).column(0)
+    if len(pairs) != table.num_rows or pc.count_distinct(pairs).as_py() != table.num_rows:
+        raise StoreError(f"set {name}@{version} holds {len(pairs)} pairs, this build wrote "
+                         f"{table.num_rows}: another command wrote the set at the same time; "
+                         "build it again")
 
 
 def count_pairs(table: pa.Table) -> dict[str, int]:

@@ -86,7 +86,14 @@ def load_recipe(ref: str | Path) -> Recipe:
         path = Path(text)
         if not path.is_file():
             raise InputError(f"recipe file {path} not found")
-        return parse_recipe(path.read_text(encoding="utf-8"), path.name, str(path.absolute()))
+        try:
+            sql = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"recipe file {path} is not UTF-8 (byte 0x{exc.object[exc.start]:02x} "
+                             f"at offset {exc.start})") from None
+        except OSError as exc:
+            raise InputError(f"recipe file {path}: cannot read ({exc.strerror})") from None
+        return parse_recipe(sql, path.name, str(path.absolute()))
     if text not in builtin_names():
         raise InputError(f"no built-in recipe '{text}' (built-in: {', '.join(builtin_names())}; "
                          "a user recipe is a path ending in .sql)")
@@ -265,11 +272,15 @@ def _completion_sql(names: list[str]) -> str:
         f'c."{GEN.generation_id}" IS NOT NULL AS __chosen_found',
         f'r."{GEN.generation_id}" IS NOT NULL AS __rejected_found',
         f'c."{GEN.prompt_id}" AS __chosen_prompt', f'r."{GEN.prompt_id}" AS __rejected_prompt',
+        f'c."{GEN.group_id}" AS __c_group', f'r."{GEN.group_id}" AS __r_group',
+        f'c."{GEN.run}" AS __c_run', f'r."{GEN.run}" AS __r_run',
+        f'c."{GEN.record_type}" AS __c_type', f'r."{GEN.record_type}" AS __r_type',
         f'c."{GEN.cer}" AS __c_cer', f'r."{GEN.cer}" AS __r_cer',
         f'c."{GEN.ssim}" AS __c_ssim', f'r."{GEN.ssim}" AS __r_ssim',
     ]
     # One scan of generations, kept to the generations the pairs name.
-    needed = (f'SELECT "{GEN.generation_id}", "{GEN.prompt_id}", "{GEN.run}", "{GEN.record_type}", '
+    needed = (f'SELECT "{GEN.generation_id}", "{GEN.prompt_id}", "{GEN.group_id}", "{GEN.run}", '
+              f'"{GEN.record_type}", '
               f'"{GEN.cer}", "{GEN.ssim}" FROM generations WHERE "{GEN.generation_id}" IN '
               f'(SELECT {PAIR.chosen_id} FROM __recipe_rows UNION ALL '
               f'SELECT {PAIR.rejected_id} FROM __recipe_rows)')
@@ -296,6 +307,14 @@ def _invariants(names: list[str]) -> list[tuple[str, str]]:
         ("pair generations of different prompts (or not of prompt_id)",
          f"__chosen_prompt <> __rejected_prompt OR {PAIR.prompt_id} <> __chosen_prompt"),
     ]
+    # Copied ids must be the generations' own (the chosen's, or for a pair across
+    # groups or runs of one prompt, the rejected's): an id that exists nowhere is refused.
+    for col, c_real, r_real in ((PAIR.group_id, "__c_group", "__r_group"),
+                                (PAIR.run, "__c_run", "__r_run"),
+                                (PAIR.record_type, "__c_type", "__r_type")):
+        if col in names:
+            checks.append((f"have a {col} that is neither their chosen's nor their rejected's",
+                           f"{col} IS DISTINCT FROM {c_real} AND {col} IS DISTINCT FROM {r_real}"))
     if PAIR.pair_id in names:
         checks.append(("have a pair_id other than chosen_id>rejected_id",
                        f"{PAIR.pair_id} <> {PAIR.chosen_id} || '>' || {PAIR.rejected_id}"))
@@ -330,10 +349,14 @@ def _check_invariants(session, recipe: Recipe, names: list[str]) -> None:
 
 def _duplicates(session) -> list[str]:
     out = []
+    # A pair is the unordered pair of generations: A>B in train and B>A in val is one
+    # pair on both sides of the split.
+    unordered = (f"least({PAIR.chosen_id}, {PAIR.rejected_id}) || chr(0) || "
+                 f"greatest({PAIR.chosen_id}, {PAIR.rejected_id})")
     row = session.con.sql(
-        f"SELECT count(*), min({PAIR.pair_id}), bool_or(splits > 1) FROM ("
-        f"  SELECT {PAIR.pair_id}, count(DISTINCT {PAIR.split}) AS splits FROM __set_rows"
-        f"  GROUP BY {PAIR.pair_id} HAVING count(*) > 1)").fetchall()[0]
+        f"SELECT count(*), min(first), bool_or(splits > 1) FROM ("
+        f"  SELECT min({PAIR.pair_id}) AS first, count(DISTINCT {PAIR.split}) AS splits"
+        f"  FROM __set_rows GROUP BY {unordered} HAVING count(*) > 1)").fetchall()[0]
     if row[0]:
         where = "in both splits" if row[2] else "more than once"
         out.append(f"{row[0]} pair(s) appear {where} (first: {row[1]})")
