@@ -61,6 +61,10 @@ class NemoASR:
     def __init__(self, path: Path, option: str, spec: str) -> None:
         self.model = restore_nemo("ASRModel", path, option, spec, "ASR")
         self.name = f"nemo:{path.name}"
+        # NeMo's transcribe() of arrays needs the model's sample rate: checkpoints
+        # carry cfg.sample_rate; one without it gets its preprocessor's.
+        if "sample_rate" not in self.model.cfg and not hasattr(self.model, "sample_rate"):
+            self.model.sample_rate = self.model.cfg.preprocessor.get("sample_rate", MODEL_SR)
 
     def transcribe(self, audio: np.ndarray, sr: int) -> str:
         return self.transcribe_batch([audio], sr)[0]
