@@ -1,0 +1,369 @@
+"""NeMo's ``MagpieTTSModel`` as a ttspo policy (:class:`ttspo.trainer.policy.Policy`).
+
+    policy = load_nemo("/m/magpie.nemo", config={"codec": "/m/codec.nemo"})
+    batch = policy.collate(rows)              # store rows -> the model's own batch dict
+    tf = policy.forward_teacher(batch)        # per-codebook logits/labels/mask
+    codes, lengths = policy.generate(policy.collate(rows, with_targets=False), Sampling(), g)
+
+Collate builds the batch ``MagpieTTSDataset.collate_fn`` would build for the same
+records, deterministically: text tokens from the model's own tokenizer plus its EOS;
+context codes cut (from the start, not a random offset) or tiled to the model's
+``context_duration_max``; context text padded to the context length when the model
+pads it; ``[NO TEXT CONTEXT]`` for an audio context; int64 target codes padded with 0
+to the longest row (the model needs exactly that length); the beta-binomial
+alignment prior when the config names ``prior_scaling_factor``. The teacher-forced
+pass is the model's ``process_batch``: its codebook-major logits ``(B, T+1, C*V)``
+become ``(B, C, T+1, V)``, with its EOS-appended targets and loss mask, so
+:func:`ttspo.trainer.policy.sequence_logps` equals NeMo's DPO log-probs.
+
+Dropout: MagpieTTS trains with dropout and with classifier-free-guidance dropout of
+the context. A DPO reference must be deterministic, and a policy equal to its
+reference must give loss log 2, so :func:`load_nemo` sets both to what the caller
+asks (default 0) and warns when either is on. NeMo's ``MagpieTTSModelOfflinePO``
+keeps them on for the policy and off for the reference: its first loss is not log 2.
+
+Checkpoints (``save``) are one ``torch.save`` file: a format tag, the architecture,
+the model config and the weights (the codec is not included: the config names it),
+so ``identity().sha256`` is the sha256 of the file ``save`` writes. ``load_nemo``
+builds the model from a ``.nemo`` (or a Lightning ``.ckpt`` with its config) and,
+given ``init``, loads such a checkpoint's weights. ``save_nemo`` writes a ``.nemo``
+for NeMo's own tools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ttspo.builder.core.errors import InputError, ModelError
+from ttspo.builder.core.schemas import GEN
+from ttspo.trainer.nemo.codec import NemoCodec
+from ttspo.trainer.policy import CONTEXT_CODES, Identity, Sampling, TeacherForced
+
+ARCHITECTURE = "nemo-magpietts"
+FORMAT = "ttspo-policy-v1"
+NO_TEXT_CONTEXT = "[NO TEXT CONTEXT]"  # what NeMo's dataset feeds for an audio context
+
+
+def _quiet():
+    """NeMo prints per step ("Decoding timestep", "Not using Prior"): keep stdout clean."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+class NemoMagpiePolicy(nn.Module):
+    """A MagpieTTSModel behind ttspo's policy interface. ``forward`` is ``forward_teacher``
+    (so DistributedDataParallel wraps it as it wraps the tiny policy)."""
+
+    def __init__(self, model, *, source: str = "", local_transformer_logits: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.source = source  # the file the model came from (recorded in the identity)
+        self.local_transformer_logits = local_transformer_logits
+        self.codec = NemoCodec(model._codec_model, model.cfg.codecmodel_path)
+        names = list(model.tokenizer.tokenizers)
+        self.tokenizer_name = "english_phoneme" if "english_phoneme" in names else names[0]
+
+    # ------------------------------------------------------------- collate
+    def collate(self, rows: Sequence[dict[str, Any]], *, with_targets: bool = True) -> dict:
+        if not rows:
+            raise InputError("no rows to collate")
+        m = self.model
+        texts = [self._text_tokens(r, i) for i, r in enumerate(rows)]
+        contexts = [self._context(r, i) for i, r in enumerate(rows)]
+        batch = {"text": _stack([torch.tensor(t) for t in texts], m.tokenizer.pad),
+                 "text_lens": torch.tensor([len(t) for t in texts], dtype=torch.int32)}
+        codes = [c for c, _ in contexts]
+        batch["context_audio_codes"] = _stack(codes, 0)
+        batch["context_audio_codes_lens"] = torch.tensor([c.shape[1] for c in codes], dtype=torch.int32)
+        if m.use_text_conditioning_encoder:
+            tokens = [torch.tensor(t) for _, (t, _) in contexts]
+            batch["context_text_tokens"] = _stack(tokens, 0)
+            batch["context_text_tokens_lens"] = torch.tensor([len(t) for t in tokens], dtype=torch.int32)
+            batch["has_text_context"] = torch.tensor([has for _, (_, has) in contexts])
+        if with_targets:
+            targets = [self._target(r, i) for i, r in enumerate(rows)]
+            batch["audio_codes"] = _stack(targets, 0)
+            batch["audio_codes_lens"] = torch.tensor([t.shape[1] for t in targets], dtype=torch.int32)
+            prior = self._prior(texts, targets)
+            if prior is not None:
+                batch["align_prior_matrix"] = prior
+        return batch
+
+    def _text_tokens(self, row: dict[str, Any], i: int) -> list[int]:
+        text = row.get(GEN.text)
+        if not isinstance(text, str) or not text:
+            raise InputError(f"{_name(row, i)}: no text ({GEN.text} is {text!r})")
+        return list(self.model.tokenizer.encode(text=text, tokenizer_name=self.tokenizer_name)) + [
+            self.model.eos_id]
+
+    def _context(self, row: dict[str, Any], i: int):
+        """(context codes [C, n] int64, (context text tokens, has_text_context))."""
+        m = self.model
+        frames = int(m.cfg.context_duration_max * m.sample_rate / m.codec_model_samples_per_frame)
+        value = row.get(CONTEXT_CODES)
+        if value is None:
+            codes = torch.zeros((m.data_num_audio_codebooks, 0), dtype=torch.int64)
+        else:
+            codes = self._codes(value, f"{_name(row, i)}: {CONTEXT_CODES}")
+            if codes.shape[1] == 0:
+                raise InputError(f"{_name(row, i)}: {CONTEXT_CODES} has no frames")
+            repeats = -(-frames // codes.shape[1])  # tile a short context, as NeMo's dataset does
+            codes = codes.repeat(1, repeats)[:, :frames]
+        context_text = row.get(GEN.context_text)
+        has_text = value is None and bool(context_text)
+        if value is None and not has_text:
+            raise InputError(f"{_name(row, i)}: neither {CONTEXT_CODES} nor {GEN.context_text}")
+        name = m.text_conditioning_tokenizer_name
+        tokens = list(m.tokenizer.encode(context_text if has_text else NO_TEXT_CONTEXT, name))
+        if m.pad_context_text_to_max_duration:
+            need = frames + 2  # + context BOS and EOS, as NeMo's dataset pads
+            tokens = (tokens + [m.tokenizer.tokenizer_pad_ids[name]] * need)[:need]
+        return codes, (tokens, has_text)
+
+    def _target(self, row: dict[str, Any], i: int) -> torch.Tensor:
+        if row.get(GEN.codes) is None:
+            raise InputError(f"{_name(row, i)}: no {GEN.codes} to train on")
+        codes = self._codes(row[GEN.codes], f"{_name(row, i)}: {GEN.codes}")
+        if codes.shape[1] == 0:
+            raise InputError(f"{_name(row, i)}: {GEN.codes} has no frames")
+        return codes
+
+    def _codes(self, value: Any, what: str) -> torch.Tensor:
+        c, size = self.model.data_num_audio_codebooks, self.codec.codebook_size
+        try:
+            codes = np.asarray([np.asarray(x) for x in value] if isinstance(value, list) else value)
+        except ValueError as e:
+            raise InputError(f"{what}: codebooks of unequal length ({e})") from None
+        if codes.ndim != 2 or codes.shape[0] != c:
+            raise InputError(f"{what}: shape {list(codes.shape)}, expected [{c}, frames]")
+        if codes.size and (codes.min() < 0 or codes.max() >= size):
+            raise InputError(f"{what}: codes outside [0, {size}): [{codes.min()}, {codes.max()}]")
+        return torch.from_numpy(codes.astype(np.int64))
+
+    def _prior(self, texts: list[list[int]], targets: list[torch.Tensor]) -> torch.Tensor | None:
+        scaling = self.model.cfg.get("prior_scaling_factor")
+        if scaling is None:
+            return None
+        from nemo.collections.tts.parts.utils.tts_dataset_utils import beta_binomial_prior_distribution
+
+        priors = [torch.tensor(beta_binomial_prior_distribution(len(t), c.shape[1] + 1, scaling),
+                               dtype=torch.float32) for t, c in zip(texts, targets)]
+        out = torch.zeros(len(priors), max(p.shape[0] for p in priors), max(p.shape[1] for p in priors))
+        for i, p in enumerate(priors):
+            out[i, : p.shape[0], : p.shape[1]] = p
+        return out
+
+    # ------------------------------------------------------ teacher forcing
+    def forward(self, batch: dict) -> TeacherForced:
+        return self.forward_teacher(batch)
+
+    def forward_teacher(self, batch: dict) -> TeacherForced:
+        """The model's process_batch, its logits split per codebook: [B, C, T+1, V]."""
+        if "audio_codes" not in batch:
+            raise ValueError("forward_teacher needs a batch collated with_targets=True")
+        with _quiet():
+            out = self.model.process_batch(batch)
+        logits = out["logits"]
+        if self.local_transformer_logits:
+            if out.get("local_transformer_logits") is None:
+                raise ModelError("local_transformer_logits asked, but the model has no local transformer")
+            logits = out["local_transformer_logits"]
+        b, t, _ = logits.shape
+        c, v = self.model.num_audio_codebooks, self.model.num_all_tokens_per_codebook
+        logits = logits.view(b, t, c, v).permute(0, 2, 1, 3)
+        return TeacherForced(logits=logits, labels=out["audio_codes_target"].long(),
+                             mask=out["loss_mask"].bool())
+
+    # ------------------------------------------------------------ sampling
+    def generate(self, batch: dict, sampling: Sampling,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample with the model's infer_batch: codes [B, C, T] (0 after each length), lengths."""
+        m = self.model
+        if sampling.max_steps < 4:
+            raise ValueError(f"max_steps must be at least 4 for a NeMo codec, got {sampling.max_steps}")
+        params = m.inference_parameters
+        params.temperature = max(float(sampling.temperature), 1e-5)  # NeMo divides by it
+        params.topk = sampling.top_k if sampling.top_k > 0 else m.num_all_tokens_per_codebook
+        params.topk = min(params.topk, m.num_all_tokens_per_codebook)
+        params.cfg_scale = float(sampling.cfg_scale)
+        params.max_decoder_steps = int(sampling.max_steps)
+        m.use_kv_cache_for_inference = bool(sampling.use_kv_cache)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        was_training = self.training
+        self.eval()
+        try:
+            # NeMo samples from the global RNG: fork it so a run's other streams do not move.
+            with torch.random.fork_rng(devices=[]), _quiet():
+                torch.manual_seed(seed)
+                out = m.infer_batch(batch, use_cfg=sampling.cfg_scale != 1.0)
+        finally:
+            self.train(was_training)
+        codes, lens = out.predicted_codes.long(), out.predicted_codes_lens.long()
+        keep = torch.arange(codes.shape[2])[None, None, :] < lens[:, None, None]
+        return codes.masked_fill(~keep, 0), lens
+
+    # --------------------------------------------------------- checkpoints
+    def config_dict(self) -> dict[str, Any]:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(self.model.cfg, resolve=True)
+
+    def to_bytes(self) -> bytes:
+        payload = {"format": FORMAT, "architecture": ARCHITECTURE, "config": self.config_dict(),
+                   "codec": self.codec.fingerprint,
+                   "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}}
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        return buffer.getvalue()
+
+    def identity(self) -> Identity:
+        cfg = self.config_dict()
+        summary = {k: cfg.get(k) for k in ("model_type", "embedding_dim", "codecmodel_path")}
+        summary.update(source=self.source, num_codebooks=self.model.num_audio_codebooks,
+                       codebook_size=self.model.codebook_size)
+        return Identity(ARCHITECTURE, summary, hashlib.sha256(self.to_bytes()).hexdigest())
+
+    def save(self, path: str | os.PathLike) -> str:
+        data, path = self.to_bytes(), Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return hashlib.sha256(data).hexdigest()
+
+    def save_nemo(self, path: str | os.PathLike) -> Path:
+        """The weights as a ``.nemo`` archive NeMo's own scripts restore."""
+        self.model.save_to(str(path))
+        return Path(path)
+
+
+def _name(row: dict[str, Any], i: int) -> str:
+    return str(row.get(GEN.generation_id) or f"row {i}")
+
+
+def _stack(tensors: list[torch.Tensor], pad: int) -> torch.Tensor:
+    """Right-pad 1-D or [C, T] tensors to the longest (NeMo needs exactly that length)."""
+    longest = max(t.shape[-1] for t in tensors)
+    out = torch.full((len(tensors), *tensors[0].shape[:-1], longest), pad, dtype=torch.int64)
+    for i, t in enumerate(tensors):
+        out[i, ..., : t.shape[-1]] = t
+    return out
+
+
+# ------------------------------------------------------------------ loading
+def set_dropout(model, p: float, cfg_dropout: float) -> None:
+    """Every nn.Dropout to P; NeMo's context (CFG) and decoder-input dropout to CFG_DROPOUT."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+    model.cfg_unconditional_prob = cfg_dropout
+    model.decoder_input_dropout_prob = cfg_dropout
+    if p > 0 or cfg_dropout > 0:
+        warnings.warn(f"NeMo policy dropout is on (dropout {p}, context dropout {cfg_dropout}): "
+                      "the reference runs in eval mode, so a policy equal to it will not give "
+                      "DPO loss log 2", stacklevel=3)
+
+
+def _model_config(path: Path, codec: str | None, config_yaml: str | None):
+    from omegaconf import OmegaConf, open_dict
+
+    if path.suffix == ".nemo":
+        from nemo.collections.tts.models import MagpieTTSModel
+
+        cfg = MagpieTTSModel.restore_from(str(path), return_config=True)
+    else:
+        if not config_yaml:
+            raise ModelError(f"policy nemo:{path}: a Lightning checkpoint needs its config "
+                             "(nemo:CKPT,config=CONFIG.yaml)")
+        cfg = OmegaConf.load(config_yaml)
+        cfg = cfg.model if "model" in cfg else cfg
+    with open_dict(cfg):
+        if codec:
+            cfg.codecmodel_path = str(codec)
+        cfg.train_ds = None
+        cfg.validation_ds = None
+    where = str(cfg.get("codecmodel_path"))
+    if not Path(where).is_file():
+        raise ModelError(f"policy nemo:{path}: its codec {where} is not a local file "
+                         "(give one: nemo:MODEL,codec=CODEC.nemo; nothing is downloaded)")
+    return cfg
+
+
+def restore_magpie(path: str | Path, *, codec: str | None = None, config_yaml: str | None = None):
+    """A MagpieTTSModel from a .nemo, or a Lightning .ckpt plus its config, on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"policy nemo:{path}: file not found")
+    from nemo.collections.tts.models import MagpieTTSModel
+
+    cfg = _model_config(path, codec, config_yaml)
+    try:
+        if path.suffix == ".nemo":
+            model = MagpieTTSModel.restore_from(str(path), override_config_path=cfg, map_location="cpu")
+        else:
+            model = MagpieTTSModel(cfg=cfg)
+            state = torch.load(str(path), map_location="cpu", weights_only=False)
+            model.load_state_dict(state.get("state_dict", state), strict=False)
+    except ModelError:
+        raise
+    except Exception as exc:  # NeMo raises many types for a bad archive
+        raise ModelError(f"policy nemo:{path}: cannot restore a MagpieTTSModel ({exc})") from None
+    return model
+
+
+def load_weights(model, path: str | os.PathLike) -> None:
+    """Weights from a checkpoint ``NemoMagpiePolicy.save`` wrote."""
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  any unreadable file is "not a checkpoint"
+        raise ModelError(f"{path}: not a ttspo policy checkpoint ({str(exc)[:120]})") from None
+    if not isinstance(payload, dict) or payload.get("architecture") != ARCHITECTURE:
+        raise ModelError(f"{path}: not a checkpoint of policy '{ARCHITECTURE}'")
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0][:120]})") from None
+
+
+def parse_arg(arg: str) -> tuple[str, dict[str, str]]:
+    """``PATH[,codec=C][,config=Y]`` -> (PATH, options)."""
+    path, *rest = arg.split(",")
+    options = {}
+    for item in rest:
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("codec", "config"):
+            raise ModelError(f"policy nemo:{arg}: unknown option '{item}' (codec=PATH, config=PATH)")
+        options[key] = value
+    if not path:
+        raise ModelError("policy nemo: give the model as nemo:PATH.nemo (or nemo:CKPT,config=YAML)")
+    return path, options
+
+
+def load_nemo(arg: str, *, init: str | None = None, config: dict[str, Any] | None = None
+              ) -> NemoMagpiePolicy:
+    """The registry's loader for ``--policy nemo:PATH[,codec=C][,config=Y]``.
+
+    CONFIG may give ``codec``, ``config`` (as the options), ``dropout`` and
+    ``cfg_dropout`` (default 0: see the module doc) and ``local_transformer_logits``.
+    """
+    config = dict(config or {})
+    path, options = parse_arg(arg)
+    options = {**{k: config.pop(k) for k in ("codec", "config") if k in config}, **options}
+    dropout, cfg_dropout = float(config.pop("dropout", 0.0)), float(config.pop("cfg_dropout", 0.0))
+    lt_logits = bool(config.pop("local_transformer_logits", False))
+    if config:
+        raise ModelError(f"policy nemo: unknown settings {sorted(config)}")
+    model = restore_magpie(path, codec=options.get("codec"), config_yaml=options.get("config"))
+    if init:
+        load_weights(model, init)
+    set_dropout(model, dropout, cfg_dropout)
+    return NemoMagpiePolicy(model, source=str(Path(path).resolve()), local_transformer_logits=lt_logits)
