@@ -11,19 +11,35 @@ plus ``context_codes``: the context audio's codec codes ``[C, T]`` (numpy int), 
 None for a text context. The data layer resolves context codes once per prompt
 (its ``*_codes.pt`` file, else the codec encodes the context audio).
 
+A row may also carry ``sample_seed`` (:data:`SAMPLE_SEED`, an int): ``generate``
+then draws that row's noise from a generator seeded with it alone, so a row's
+samples do not depend on the batch it shares (sharded runs equal unsharded ones).
+Without it, each row's seed is drawn from the ``generator`` argument in row order.
+(Added with the tiny policy; the rest of this interface is as first written.)
+
 Implementations: ``ttspo.trainer.tiny.TinyCodecLM`` (built-in codec) and, later,
 the NeMo MagpieTTS adapter. Both are registered in :data:`POLICIES` by name, so the
-CLI's ``--policy tiny`` / ``--policy nemo:PATH`` picks one.
+CLI's ``--policy tiny`` / ``--policy nemo:PATH`` picks one (:func:`load_policy`).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Sequence
 
 import torch
 
+from ttspo.builder.core.errors import ModelError
+
 CONTEXT_CODES = "context_codes"  # the row key the data layer adds (not a table column)
+SAMPLE_SEED = "sample_seed"  # optional row key: the seed of that row's sampling noise
+
+# name -> "module:loader"; a loader takes (argument after "name:", init=, config=).
+# Imported on use, so naming a policy never imports another one's dependencies.
+POLICIES: dict[str, str] = {
+    "tiny": "ttspo.trainer.tiny:load_tiny",
+}
 
 
 @dataclass(frozen=True)
@@ -106,3 +122,12 @@ def sequence_logps(tf: TeacherForced) -> torch.Tensor:
     reference cache can keep codebooks apart.
     """
     return token_logps(tf).sum(dim=-1)
+
+
+def load_policy(spec: str, *, init: str | None = None, config: Any = None) -> Policy:
+    """The policy SPEC names (``tiny``, ``nemo:PATH``): INIT's weights, or fresh from CONFIG."""
+    name, _, arg = spec.partition(":")
+    if name not in POLICIES:
+        raise ModelError(f"unknown policy '{spec}' (known: {', '.join(sorted(POLICIES))})")
+    module, _, loader = POLICIES[name].partition(":")
+    return getattr(importlib.import_module(module), loader)(arg, init=init, config=config)

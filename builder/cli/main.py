@@ -49,9 +49,9 @@ def main() -> None:
 
 def _register_commands() -> None:
     """Each command module lists its top-level commands in COMMANDS."""
-    from ttspo.builder.cli import demo, ingest, prompts, score, sets, store
+    from ttspo.builder.cli import demo, ingest, prompts, score, sets, store, train
 
-    for module in (store, prompts, ingest, sets, score, demo):
+    for module in (store, prompts, ingest, sets, score, train, demo):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -33,4 +33,13 @@ class RecipeError(TtspoError):
 
 
 class ModelError(TtspoError):
-    """A scoring model that cannot be loaded (missing file, missing extra)."""
+    """A model (scorer or policy) that cannot be loaded: missing file, missing extra,
+    not a checkpoint, another architecture or size."""
+
+
+class ConfigError(TtspoError):
+    """A training config key, value or loss name that is not valid."""
+
+
+class TrainingError(TtspoError):
+    """A training run that cannot start or continue (another run's folder, a NaN loss)."""

@@ -95,7 +95,7 @@ def macros_sql() -> str:
     """The SQL macros every session defines (sql/macros.sql)."""
     from importlib.resources import files
 
-    return files("sql").joinpath("macros.sql").read_text(encoding="utf-8")
+    return files("ttspo.sql").joinpath("macros.sql").read_text(encoding="utf-8")
 
 
 def _register(session: Session, view: str, ds) -> None:

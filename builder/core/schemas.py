@@ -10,6 +10,8 @@ prompts      one row per text-context pair (step 1 of the NeMo workflow)
 generations  one row per generated audio, with its metrics (step 2)
 ingest_errors  rejected input files from ``ingest --on-error skip``
 <set name>   one table per preference set (step 3): chosen/rejected pairs
+ref_logps    reference log-probs per pair and codebook, keyed by (set, version, ref sha256)
+checkpoints  one row per checkpoint a training run wrote
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import pyarrow as pa
 BLOB_METADATA = {b"lance-encoding:blob": b"true"}
 
 # Names no preference set may take, because core tables use them.
-CORE_TABLES = ("prompts", "generations", "ingest_errors", "rollouts")
+CORE_TABLES = ("prompts", "generations", "ingest_errors", "rollouts", "ref_logps",
+               "checkpoints")
 
 
 def _names(**kw: str) -> SimpleNamespace:
@@ -212,5 +215,84 @@ PREFERENCES_SCHEMA = pa.schema(
         pa.field(PAIR.sim_delta, pa.float64()),
         pa.field(PAIR.split, pa.string(), nullable=False),
         pa.field(PAIR.position, pa.int64(), nullable=False),
+    ]
+)
+
+# ------------------------------------------------------------- ref_logps
+# Reference log-probs of a set version's pairs under one reference checkpoint,
+# per codebook (so per-codebook weights can change without recomputing). A
+# trainer uses them only when (set, set_version, ref_sha256) match exactly.
+REF = _names(
+    set_name="set_name",
+    set_version="set_version",
+    ref_sha256="ref_sha256",  # sha256 of the reference checkpoint file
+    ref_architecture="ref_architecture",
+    pair_id="pair_id",
+    split="split",
+    chosen_logps="chosen_logps",  # [C] float32: masked sum over frames, per codebook
+    rejected_logps="rejected_logps",
+)
+
+REF_LOGPS_SCHEMA = pa.schema(
+    [
+        pa.field(REF.set_name, pa.string(), nullable=False),
+        pa.field(REF.set_version, pa.int64(), nullable=False),
+        pa.field(REF.ref_sha256, pa.string(), nullable=False),
+        pa.field(REF.ref_architecture, pa.string(), nullable=False),
+        pa.field(REF.pair_id, pa.string(), nullable=False),
+        pa.field(REF.split, pa.string(), nullable=False),
+        pa.field(REF.chosen_logps, pa.list_(pa.float32()), nullable=False),
+        pa.field(REF.rejected_logps, pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+# ----------------------------------------------------------- checkpoints
+# One row per checkpoint file a run wrote: "which data made this model" is a
+# join on set_name/set_version/generations_version; validation metrics are
+# columns so "the run with the best val accuracy" is one ORDER BY. GRPO runs
+# fill prompts_version instead of the set columns.
+CKPT = _names(
+    run="run",
+    step="step",
+    kind="kind",  # "step" (every N steps) | "best" (best by the chosen val metric so far)
+    path="path",  # absolute path of the policy weights file
+    sha256="sha256",  # of that file
+    architecture="architecture",  # policy identity
+    policy_config="policy_config",  # JSON of the policy's size/config
+    init_sha256="init_sha256",  # the checkpoint the run started from, if any
+    trainer="trainer",  # "dpo" | "grpo" ...
+    set_name="set_name",
+    set_version="set_version",
+    generations_version="generations_version",
+    prompts_version="prompts_version",
+    val_loss="val_loss",
+    val_accuracy="val_accuracy",
+    val_margin="val_margin",
+    val_metrics="val_metrics",  # JSON of every validation metric at this step
+    config="config",  # JSON of the run's resolved config
+    created="created",  # UTC ISO time the row was written
+)
+
+CHECKPOINTS_SCHEMA = pa.schema(
+    [
+        pa.field(CKPT.run, pa.string(), nullable=False),
+        pa.field(CKPT.step, pa.int64(), nullable=False),
+        pa.field(CKPT.kind, pa.string(), nullable=False),
+        pa.field(CKPT.path, pa.string(), nullable=False),
+        pa.field(CKPT.sha256, pa.string(), nullable=False),
+        pa.field(CKPT.architecture, pa.string(), nullable=False),
+        pa.field(CKPT.policy_config, pa.string()),
+        pa.field(CKPT.init_sha256, pa.string()),
+        pa.field(CKPT.trainer, pa.string(), nullable=False),
+        pa.field(CKPT.set_name, pa.string()),
+        pa.field(CKPT.set_version, pa.int64()),
+        pa.field(CKPT.generations_version, pa.int64()),
+        pa.field(CKPT.prompts_version, pa.int64()),
+        pa.field(CKPT.val_loss, pa.float64()),
+        pa.field(CKPT.val_accuracy, pa.float64()),
+        pa.field(CKPT.val_margin, pa.float64()),
+        pa.field(CKPT.val_metrics, pa.string()),
+        pa.field(CKPT.config, pa.string()),
+        pa.field(CKPT.created, pa.string(), nullable=False),
     ]
 )

@@ -73,7 +73,7 @@ NOT_RECIPES = ("macros.sql",)  # shared macros every session defines (ttspo.buil
 
 
 def builtin_names() -> list[str]:
-    folder = importlib.resources.files("sql")
+    folder = importlib.resources.files("ttspo.sql")
     return sorted(p.name[:-4] for p in folder.iterdir()
                   if p.name.endswith(".sql") and p.name not in NOT_RECIPES)
 
@@ -89,7 +89,7 @@ def load_recipe(ref: str | Path) -> Recipe:
     if text not in builtin_names():
         raise InputError(f"no built-in recipe '{text}' (built-in: {', '.join(builtin_names())}; "
                          "a user recipe is a path ending in .sql)")
-    sql = (importlib.resources.files("sql") / f"{text}.sql").read_text(encoding="utf-8")
+    sql = (importlib.resources.files("ttspo.sql") / f"{text}.sql").read_text(encoding="utf-8")
     return parse_recipe(sql, text, f"sql/{text}.sql")
 
 

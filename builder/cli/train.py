@@ -1,0 +1,90 @@
+"""`ttspo train dpo` and `ttspo train precompute-ref` (thin over ttspo.trainer).
+
+The same run under torchrun: ``torchrun --nproc-per-node N -m ttspo.trainer dpo ...``
+(trainer/__main__.py takes the same options).
+"""
+
+from __future__ import annotations
+
+import click
+
+from ttspo.builder.cli.common import get_store, lineage_for
+
+SHOWN = ("loss/total", "rewards/accuracies", "rewards/margins", "rewards/chosen",
+         "rewards/rejected", "grad_norm")
+
+
+@click.group()
+def train() -> None:
+    """Train a policy on a preference set of the store (offline DPO, IPO, RPO)."""
+
+
+@train.command("dpo")
+@click.argument("set_ref", metavar="SET[@VERSION|@TAG]")
+@click.option("--policy", "spec", default="tiny", show_default=True,
+              help="Policy from the registry (tiny; nemo:PATH when installed).")
+@click.option("--init", type=click.Path(dir_okay=False),
+              help="Start from this checkpoint (also the reference). Default: a fresh policy "
+                   "of policy.model's size, seeded by train.seed.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML config (sections policy, data, loss, optim, train).")
+@click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. -o optim.lr=1e-4 -o loss.types=dpo,sft.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, metrics, config. An existing run there resumes.")
+@click.pass_context
+def dpo(ctx: click.Context, set_ref: str, spec: str, init: str | None, config_file: str | None,
+        overrides: tuple[str, ...], out: str) -> None:
+    """Train on SET's train split with DPO/IPO/RPO; validate on its val split.
+
+    Reads the set version and the generations version it was built from; uses
+    the ref_logps table when precompute-ref made it for this set version and
+    --init, else a live reference. Checkpoints go to OUT/checkpoints and to the
+    store's checkpoints table; metrics to OUT/metrics.jsonl and OUT/tb.
+    """
+    from ttspo.trainer.config import load_config
+    from ttspo.trainer.loop import train_dpo
+
+    cfg = load_config(config_file, overrides)
+    result = train_dpo(get_store(ctx), set_ref, cfg=cfg, out=out, spec=spec, init=init,
+                       lineage=lineage_for(ctx), echo=click.echo)
+    for name, metrics in (("first", result.first), ("last", result.last)):
+        if metrics:
+            click.echo(f"{name} step {metrics['step']}: " + ", ".join(
+                f"{k} {metrics[k]:.4g}" for k in SHOWN if k in metrics))
+    if result.val:
+        click.echo(f"val at step {result.val['step']}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in result.val.items() if k != "step"))
+    for row in result.checkpoints:
+        click.echo(f"checkpoint {row['kind']} step {row['step']}: {row['path']} "
+                   f"(sha256 {row['sha256'][:12]})")
+
+
+@train.command("precompute-ref")
+@click.argument("set_ref", metavar="SET[@VERSION|@TAG]")
+@click.option("--policy", "spec", default="tiny", show_default=True, help="Policy from the registry.")
+@click.option("--ref", "ref_path", required=True, type=click.Path(dir_okay=False),
+              help="The reference checkpoint (the --init of the training runs that use it).")
+@click.option("--batch-pairs", default=16, show_default=True, type=click.IntRange(min=1))
+@click.pass_context
+def precompute_ref(ctx: click.Context, set_ref: str, spec: str, ref_path: str,
+                   batch_pairs: int) -> None:
+    """Compute the reference log-probs of every pair of SET once, per codebook, into the
+    ref_logps table keyed by (set, version, sha256 of --ref). Nothing is written when
+    that key is already there."""
+    from ttspo.trainer.data import load_pairs
+    from ttspo.trainer.policy import load_policy
+    from ttspo.trainer.ref import precompute
+
+    store = get_store(ctx)
+    policy = load_policy(spec, init=ref_path)
+    pairs = load_pairs(store, set_ref, encode=policy.codec.encode)
+    summary = precompute(store, pairs, policy, ref_path, lineage=lineage_for(ctx),
+                         batch_pairs=batch_pairs)
+    where = (f"wrote ref_logps@{summary['version']}" if summary["version"] is not None
+             else "already in ref_logps; nothing written")
+    click.echo(f"{summary['set']}: {summary['pairs']} pairs under reference "
+               f"{summary['ref_sha256'][:12]}: {where}")
+
+
+COMMANDS = [train]

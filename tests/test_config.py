@@ -1,0 +1,53 @@
+"""The training config: YAML + key=value overrides, typed by field, unknown keys named."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ttspo.builder.core.errors import ConfigError
+from ttspo.trainer.config import Config, load_config, save_config
+
+
+def test_yaml_then_overrides_typed_by_field(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n  schedule: cosine\nloss:\n  types: [dpo, ipo]\n"
+                    "  weights: [1, 0.5]\npolicy:\n  model: {d_model: 32}\n")
+    cfg = load_config(path, ["optim.lr=2e-4", "train.max_steps=7", "loss.codebook_weights=1,2",
+                             "policy.model.n_heads=2", "train.require_ref_cache=true"])
+    assert cfg.optim.lr == 2e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.schedule == "cosine" and cfg.train.max_steps == 7
+    assert cfg.loss.types == ["dpo", "ipo"] and cfg.loss.weights == [1.0, 0.5]
+    assert cfg.loss.codebook_weights == [1.0, 2.0]
+    assert cfg.policy.model == {"d_model": 32, "n_heads": 2}
+    assert cfg.train.require_ref_cache is True
+    assert Config().optim.lr == 2e-7 and Config().loss.beta == 0.01  # NeMo's recipe
+
+
+def test_saved_config_loads_back_equal(tmp_path):
+    cfg = load_config(None, ["optim.lr=0.01", "loss.types=ipo", "policy.model.d_model=16"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=1", "-o: unknown config key 'optim.lrr'; did you mean 'optim.lr'?"),
+    ("trian.max_steps=3", "-o: unknown config key 'trian.max_steps'; did you mean 'train.max_steps'?"),
+    ("train.max_steps=1.5", "-o: config train.max_steps wants int, got 1.5"),
+    ("train.require_ref_cache=yes please", "-o: config train.require_ref_cache wants bool, got 'yes please'"),
+    ("optim.schedule=linear", "config optim.schedule: 'linear' is not one of constant, cosine"),
+    ("loss.weights=1,2", "config loss.weights has 2 values for 1 loss.types"),
+    ("lr", "override 'lr' is not key=value"),
+])
+def test_bad_overrides(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value) == message
+
+
+def test_unknown_key_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"loss": {"betta": 0.1}}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: unknown config key 'loss.betta'; did you mean 'loss.beta'?"

@@ -1,0 +1,208 @@
+"""Offline DPO end to end on real Lance tables and a real TinyCodecLM: learning, the
+reference cache, checkpoints as rows, resume after SIGKILL, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ttspo.builder.cli.main import cli
+from ttspo.builder.core.errors import TrainingError
+from ttspo.trainer import checkpoints as ckpt
+from ttspo.trainer.config import load_config
+from ttspo.trainer.data import load_pairs
+from ttspo.trainer.loop import read_metrics, train_dpo
+from ttspo.trainer.policy import load_policy
+from ttspo.trainer.ref import file_sha256, lookup, precompute
+from train_helpers import SET, TINY, pattern_store, tiny_overrides
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 cores, shared: one thread per process
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return pattern_store(tmp_path_factory.mktemp("store") / "store")
+
+
+def quiet(*_):
+    pass
+
+
+def test_held_out_preference_accuracy_rises_from_half_to_above_0_9(store, tmp_path):
+    cfg = load_config(None, tiny_overrides(**{"train.max_steps": 10, "train.val_every": 5,
+                                              "optim.lr": 1e-3, "data.pairs_per_device": 8}))
+    result = train_dpo(store, SET, cfg=cfg, out=tmp_path / "run", echo=quiet)
+    val = [m for m in read_metrics(tmp_path / "run") if "val/accuracy" in m]
+    assert [m["step"] for m in val] == [0, 5, 10]
+    assert val[0]["val/accuracy"] == 0.5 and val[0]["val/margin"] == 0.0  # policy == reference
+    assert val[-1]["val/accuracy"] > 0.9
+    assert result.first["loss/dpo"] == pytest.approx(0.6931472, abs=1e-6)  # log 2 at step 1
+    # Checkpoints are rows: which data made this model, and the best by val accuracy.
+    rows = store.open("checkpoints").to_table().to_pylist()
+    mine = [r for r in rows if r["path"].startswith(str(tmp_path))]
+    assert {(r["kind"], r["step"]) for r in mine} >= {("step", 10), ("best", 5)}
+    final = next(r for r in mine if r["kind"] == "step" and r["step"] == 10)
+    assert (final["set_name"], final["set_version"], final["generations_version"]) == (SET, 1, 1)
+    assert final["sha256"] == file_sha256(final["path"]) and final["val_accuracy"] > 0.9
+    assert json.loads(final["config"])["optim"]["lr"] == 1e-3
+
+
+def test_cached_and_live_reference_give_the_same_losses(store, tmp_path):
+    init = tmp_path / "init.pt"
+    load_policy("tiny", config=TINY).save(str(init))
+    cfg = load_config(None, tiny_overrides(**{"train.max_steps": 3, "train.val_every": 3}))
+    live = train_dpo(store, SET, cfg=cfg, out=tmp_path / "live", init=str(init), echo=quiet)
+    policy = load_policy("tiny", init=str(init))
+    pairs = load_pairs(store, SET)
+    wrote = precompute(store, pairs, policy, init, lineage={"command": "test"})
+    assert wrote["version"] is not None and lookup(store, pairs, file_sha256(init)) is not None
+    again = precompute(store, pairs, policy, init, lineage={"command": "test"})
+    assert again["version"] is None  # the key is there: nothing written
+    cached = train_dpo(store, SET, cfg=cfg, out=tmp_path / "cached", init=str(init), echo=quiet)
+    assert (live.reference, cached.reference) == ("live", "cached")
+    losses = lambda run: [(m["step"], k, m[k]) for m in read_metrics(tmp_path / run)
+                          for k in ("loss/total", "val/loss", "rewards/margins") if k in m]
+    assert len(losses("live")) == 3 * 2 + 2  # 3 steps, val at steps 0 and 3
+    for a, b in zip(losses("live"), losses("cached"), strict=True):
+        assert a[:2] == b[:2] and a[2] == pytest.approx(b[2], rel=1e-5, abs=1e-6)
+    # Another checkpoint is another key: with the cache required, the run stops.
+    other = tmp_path / "other.pt"
+    load_policy("tiny", config={**TINY, "d_ffn": 32}).save(str(other))
+    strict = load_config(None, tiny_overrides(**{"train.require_ref_cache": True,
+                                                 "policy.model.d_ffn": 32}))
+    with pytest.raises(TrainingError, match="no ref_logps for prefs@1 and reference sha256"):
+        train_dpo(store, SET, cfg=strict, out=tmp_path / "strict", init=str(other), echo=quiet)
+
+
+RESUME = {"train.max_steps": 8, "train.checkpoint_every": 3, "train.val_every": 0,
+          "data.pairs_per_device": 4}
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(store, tmp_path):
+    # The killed run is a real process (torch import and all); the others run here,
+    # with the same single thread, so the numbers must agree bit for bit.
+    cmd = [sys.executable, "-m", "ttspo.trainer", "dpo", SET, "--store", str(store.root),
+           "--out", str(tmp_path / "killed"), *[w for o in tiny_overrides(**RESUME)
+                                                for w in ("-o", o)]]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg = load_config(None, tiny_overrides(**RESUME))
+    train_dpo(store, SET, cfg=cfg, out=tmp_path / "whole", echo=quiet)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            break  # step 3's checkpoint is written, step 6's is not yet
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(metrics.read_text().splitlines())
+    assert 5 <= killed_at < 8, "the run was not killed mid-way"
+    assert ckpt.latest_checkpoint(tmp_path / "killed").name in ("step_000003", "step_000006")
+    said = []
+    train_dpo(store, SET, cfg=cfg, out=tmp_path / "killed", echo=said.append)
+    assert "resuming at step" in said[0]
+    strip = lambda run: [{k: v for k, v in m.items() if k != "pairs_per_second"}
+                         for m in read_metrics(tmp_path / run)]
+    assert len(strip("whole")) == 8
+    assert strip("killed") == strip("whole")  # every loss, reward, lr and grad norm, exactly
+    final = lambda run: ckpt.read_meta(tmp_path / run / "checkpoints" / "step_000008")["sha256"]
+    assert final("killed") == final("whole")
+
+
+def invoke(store, *args):
+    return CliRunner().invoke(cli, ["--store", str(store.root), "train", *args])
+
+
+def test_cli_train_and_precompute(store, tmp_path):
+    init = tmp_path / "init.pt"
+    load_policy("tiny", config=TINY).save(str(init))
+    sha = file_sha256(init)
+    first = invoke(store, "precompute-ref", f"{SET}@1", "--ref", str(init))
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith(f"{SET}@1: 64 pairs under reference {sha[:12]}: wrote ref_logps@")
+    again = invoke(store, "precompute-ref", SET, "--ref", str(init))
+    assert again.output == (f"{SET}@1: 64 pairs under reference {sha[:12]}: already in "
+                            "ref_logps; nothing written\n")
+    args = ["dpo", SET, "--init", str(init), "--out", str(tmp_path / "run"),
+            *[w for o in tiny_overrides(**{"train.max_steps": 2, "train.val_every": 2})
+              for w in ("-o", o)]]
+    result = invoke(store, *args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == (f"train dpo: {SET}@1 (generations@1), 48 train / 16 val pairs, "
+                        "1 process(es), reference cached, from step 0")
+    assert lines[1].startswith("first step 1: loss/total 0.6931, rewards/accuracies 0.5,")
+    assert lines[-1].startswith(f"checkpoint step step 2: {tmp_path}/run/checkpoints/step_000002/")
+    lineage = store.versions("checkpoints")[-1]["lineage"]
+    assert lineage["command"] == "train dpo" and lineage["inputs"] == {SET: 1, "generations": 1}
+    # The same command again: the run is complete, it resumes at its end and writes nothing.
+    rows = store.open("checkpoints").count_rows()
+    again = invoke(store, *args)
+    assert again.exit_code == 0 and "resuming at step 2" in again.output
+    assert store.open("checkpoints").count_rows() == rows
+
+
+@pytest.fixture(scope="module")
+def bad_store(tmp_path_factory):
+    store = pattern_store(tmp_path_factory.mktemp("bad") / "store", groups=8, val_size=2,
+                          no_codes=(5,))
+    store.tag(SET, 1, "v1")
+    return store
+
+
+def test_bad_input_is_one_line_and_exit_1(store, bad_store, tmp_path):
+    small = tmp_path / "small.pt"
+    load_policy("tiny", config={**TINY, "d_model": 16}).save(str(small))
+    not_ckpt = tmp_path / "notes.pt"
+    not_ckpt.write_text("hello")
+    used = tmp_path / "used"
+    quick = [w for o in tiny_overrides(**{"train.max_steps": 1, "train.val_every": 0})
+             for w in ("-o", o)]
+    assert invoke(store, "dpo", SET, "--out", str(used), *quick).exit_code == 0
+    cases = [
+        (store, ["dpo", "nosuch", "--out", str(tmp_path / "a")],
+         f"Error: no table 'nosuch' in store {store.root}"),
+        (store, ["dpo", f"{SET}@7", "--out", str(tmp_path / "a")],
+         f"Error: table '{SET}' has no version or tag '7'"),
+        (bad_store, ["dpo", f"{SET}@v2", "--out", str(tmp_path / "a")],
+         f"Error: table '{SET}' has no version or tag 'v2' (tags: v1)"),
+        (bad_store, ["dpo", f"{SET}@v1", "--out", str(tmp_path / "a")],
+         f"Error: {SET}@1: generation r:5 has no codes in generations@1 (ingest it with its "
+         "*_codes.pt file, or generate it with ttspo)"),
+        (store, ["dpo", SET, "--out", str(tmp_path / "a"), "-o", "optim.lrate=1"],
+         "Error: -o: unknown config key 'optim.lrate'; did you mean 'optim.lr'?"),
+        (store, ["dpo", SET, "--init", str(small), "--out", str(tmp_path / "a"), *quick],
+         f"Error: {small}: a tiny policy of another size: d_model=16 (expected 32)"),
+        (store, ["dpo", SET, "--init", str(not_ckpt), "--out", str(tmp_path / "a"), *quick],
+         None),
+        (store, ["dpo", SET, "--out", str(used), *quick, "-o", "loss.beta=0.1"],
+         None),
+    ]
+    for target, args, message in cases:
+        result = invoke(target, *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert len(result.output.splitlines()) == 1 and "Traceback" not in result.output
+        if message is not None:
+            assert result.output == message + "\n"
+    assert invoke(store, "dpo", SET, "--init", str(not_ckpt), "--out", str(tmp_path / "a"),
+                  *quick).output.startswith(f"Error: {not_ckpt}: not a ttspo policy checkpoint")
+    assert invoke(store, "dpo", SET, "--out", str(used), *quick, "-o", "loss.beta=0.1").output \
+        .startswith(f"Error: {used} holds another run (config ")
+    assert not (tmp_path / "a").exists()  # nothing half-written

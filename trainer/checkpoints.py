@@ -1,0 +1,176 @@
+"""Step-numbered checkpoints in a run folder, and their rows in the `checkpoints` table.
+
+A run folder (``--out DIR``) holds::
+
+    run.json                      what run this is (set, versions, config): resume checks it
+    config.yaml                   the resolved config
+    metrics.jsonl, tb/            metrics (loop.py)
+    checkpoints/step_000040/      policy.pt (weights: the policy's own format),
+                                  state.pt (optimizer, scheduler, every rank's RNG state),
+                                  meta.json (step, data position, sha256, val metrics, lineage)
+    checkpoints/best/             the best so far by the chosen validation metric (same files)
+
+A checkpoint folder is written under a temporary name and renamed when complete,
+so a run killed while saving leaves the previous checkpoint as the latest. Rank 0
+writes the files and the table row; every rank's RNG state reaches it by a gather.
+GRPO uses the same functions (``trainer="grpo"``, ``prompts_version``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.distributed as dist
+
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.schemas import CHECKPOINTS_SCHEMA, CKPT
+
+CHECKPOINTS = "checkpoints"  # the table, and the run folder's sub-folder
+POLICY_FILE = "policy.pt"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+@dataclass
+class Saved:
+    """A checkpoint written: where, its weights' sha256, its meta record."""
+
+    path: Path  # the checkpoint folder
+    sha256: str
+    meta: dict[str, Any]
+
+    @property
+    def policy_path(self) -> Path:
+        return self.path / POLICY_FILE
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step_{step:06d}"
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG streams (dropout and sampling draw from torch's)."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (a collective: all ranks call it)."""
+    mine = rng_state()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def gather_weight_digests(model: torch.nn.Module) -> list[str]:
+    """sha256 of each rank's parameters, in rank order (a collective)."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    mine = h.hexdigest()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    digests: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, mine)
+    return digests
+
+
+def save_checkpoint(run_dir: Path, step: int, *, policy: Any, optimizer: Any, scheduler: Any,
+                    rng_states: list[dict[str, Any]], data_state: dict[str, Any],
+                    meta: dict[str, Any], kind: str = "step") -> Saved:
+    """Write one checkpoint folder (rank 0 only) and return it.
+
+    ``meta`` carries what the row and a resume need (config, lineage, val metrics);
+    this adds step, kind, data position, sha256 and the policy identity.
+    """
+    final = step_dir(run_dir, step) if kind == "step" else Path(run_dir) / CHECKPOINTS / kind
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    sha = policy.save(str(tmp / POLICY_FILE))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_states, "data": data_state, "step": step}, tmp / STATE_FILE)
+    identity = policy.identity()
+    record = {**meta, "step": step, "kind": kind, "sha256": sha, "data": data_state,
+              "architecture": identity.architecture, "policy_config": identity.config,
+              "world_size": len(rng_states)}
+    (tmp / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+    if final.exists():  # "best" is replaced; a step folder only after a crash mid-rename
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return Saved(final, sha, record)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete step folder of a run, or None."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    steps = [(int(m.group(1)), p) for p in folder.iterdir()
+             if (m := STEP_DIR.match(p.name)) and (p / META_FILE).is_file()]
+    return max(steps)[1] if steps else None
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / META_FILE).read_text())
+
+
+def load_state(path: Path, *, rank: int, world_size: int) -> dict[str, Any]:
+    """Optimizer, scheduler, data position and THIS rank's RNG state of a checkpoint."""
+    state = torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=False)
+    saved_world = len(state["rng"])
+    if saved_world != world_size:
+        raise InputError(f"{path}: saved by {saved_world} process(es), resumed with "
+                         f"{world_size}: resume with --nproc-per-node {saved_world}")
+    state["rng"] = state["rng"][rank]
+    return state
+
+
+# ------------------------------------------------------------------ table rows
+def checkpoint_row(saved: Saved, *, run: str, trainer: str) -> dict[str, Any]:
+    """The `checkpoints` row for a written checkpoint (its meta says the rest)."""
+    meta = saved.meta
+    val = meta.get("val_metrics") or {}
+    return {
+        CKPT.run: run, CKPT.step: meta["step"], CKPT.kind: meta["kind"],
+        CKPT.path: str(saved.policy_path.absolute()), CKPT.sha256: saved.sha256,
+        CKPT.architecture: meta["architecture"],
+        CKPT.policy_config: json.dumps(meta["policy_config"], sort_keys=True, default=str),
+        CKPT.init_sha256: meta.get("init_sha256"), CKPT.trainer: trainer,
+        CKPT.set_name: meta.get("set_name"), CKPT.set_version: meta.get("set_version"),
+        CKPT.generations_version: meta.get("generations_version"),
+        CKPT.prompts_version: meta.get("prompts_version"),
+        CKPT.val_loss: val.get("val/loss"), CKPT.val_accuracy: val.get("val/accuracy"),
+        CKPT.val_margin: val.get("val/margin"),
+        CKPT.val_metrics: json.dumps(val, sort_keys=True) if val else None,
+        CKPT.config: json.dumps(meta.get("config"), sort_keys=True, default=str),
+        CKPT.created: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def record_checkpoint(store: Any, row: dict[str, Any], lineage: dict[str, Any]) -> int:
+    """Append one row to the store's `checkpoints` table (one commit)."""
+    table = pa.Table.from_pylist([row], schema=CHECKPOINTS_SCHEMA)
+    return store.write(CHECKPOINTS, table, CHECKPOINTS_SCHEMA, lineage)

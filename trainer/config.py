@@ -1,0 +1,249 @@
+"""The one training config: a dataclass of sections, from YAML plus ``key=value`` overrides.
+
+    cfg = load_config("dpo.yaml", ["optim.lr=1e-4", "loss.types=dpo,sft", "policy.model.d_model=64"])
+
+Keys are dotted paths into :class:`Config` (``section.field``); a value is parsed
+as YAML, then checked against the field's type (an int field takes ``3``, a float
+field ``1e-4`` or ``3``, a list field ``[a, b]`` or ``a,b``). An unknown key is an
+error naming the closest valid one. ``policy.model`` is free-form: the policy
+checks its own keys (TinyConfig fields for ``tiny``). The resolved config is saved
+as ``config.yaml`` in the run folder, so a run can be re-made from it.
+
+Defaults are NeMo's MagpieTTS recipe (beta 0.01, lr 2e-7, no scheduler, 4 pairs
+per GPU); a tiny CPU policy needs a far larger lr (the demo uses 1e-3).
+Another trainer adds its own section (a dataclass field of :class:`Config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from ttspo.builder.core.errors import ConfigError
+
+
+@dataclass
+class PolicyConfig:
+    name: str = "tiny"  # the policy registry's name
+    model: dict[str, Any] = field(default_factory=dict)  # the policy's size, when not --init
+
+
+@dataclass
+class DataConfig:
+    pairs_per_device: int = 4  # pairs per process per micro-step (chosen+rejected: 2x rows)
+    val_pairs_per_device: int = 16
+    seed: int = 0  # shuffles the pairs anew each epoch; same seed, same order
+
+
+@dataclass
+class LossConfig:
+    types: list[str] = field(default_factory=lambda: ["dpo"])  # dpo | ipo | rpo | rpo_sq
+    weights: list[float] = field(default_factory=lambda: [1.0])  # one per type
+    beta: float = 0.01
+    label_smoothing: float = 0.0
+    gt_reward_scale: float = 1.0  # rpo, rpo_sq
+    sft_weight: float = 0.0  # + sft_weight * mean(-logp(chosen))
+    codebook_weights: Optional[list[float]] = None  # one per codebook; None: all 1
+    reference_free: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-7
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "constant"  # constant | cosine (linear warmup, then cosine to min_lr_ratio)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_accum: int = 1  # micro-steps per optimizer step
+    clip_grad_norm: float = 1.0  # 0: no clipping
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100  # optimizer steps
+    seed: int = 0  # model init (without --init) and dropout streams
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 1
+    val_every: int = 50  # 0: no validation
+    checkpoint_every: int = 50  # 0: only the final checkpoint
+    best_metric: str = "val/accuracy"  # val/loss | val/accuracy | val/margin
+    best_mode: str = "max"  # max | min
+    require_ref_cache: bool = False  # stop unless precompute-ref made this set's reference
+    progress: bool = True  # tqdm bar on rank 0
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "optim.schedule": ("constant", "cosine"),
+    "train.precision": ("fp32", "bf16"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.best_metric": ("val/loss", "val/accuracy", "val/margin"),
+    "train.best_mode": ("max", "min"),
+}
+FREE_FORM = ("policy.model",)  # dict fields: any sub-key, YAML-typed
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                base: Config | None = None) -> Config:
+    """BASE (default: the defaults), then the YAML file at PATH, then OVERRIDES."""
+    cfg = base if base is not None else Config()
+    if path is not None:
+        data = _read_yaml(Path(path))
+        for key, value in _flatten(data):
+            set_key(cfg, key, value, where=str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not key=value")
+        set_key(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "", where="-o")
+    check(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def valid_keys(cfg: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config (free-form dicts as their own key)."""
+    cfg = Config() if cfg is None else cfg
+    keys = []
+    for f in dataclasses.fields(cfg):
+        key = f"{prefix}{f.name}"
+        value = getattr(cfg, f.name)
+        keys += valid_keys(value, key + ".") if dataclasses.is_dataclass(value) else [key]
+    return keys
+
+
+def set_key(cfg: Config, key: str, value: Any, *, where: str) -> None:
+    """Set the dotted KEY to VALUE, typed by the field; errors name KEY and WHERE."""
+    for free in FREE_FORM:
+        if key.startswith(free + "."):
+            _resolve(cfg, free)[key[len(free) + 1:]] = value
+            return
+    keys = valid_keys(cfg)
+    if key not in keys:
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{where}: unknown config key '{key}'{hint}")
+    section_key, _, name = key.rpartition(".")
+    section = _resolve(cfg, section_key) if section_key else cfg
+    hint = typing.get_type_hints(type(section))[name]
+    setattr(section, name, _typed(value, hint, key, where))
+
+
+def check(cfg: Config) -> None:
+    """Values that are typed right but not allowed."""
+    for key, allowed in CHOICES.items():
+        value = _resolve(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config {key}: '{value}' is not one of {', '.join(allowed)}")
+    if len(cfg.loss.types) != len(cfg.loss.weights):
+        raise ConfigError(f"config loss.weights has {len(cfg.loss.weights)} values for "
+                          f"{len(cfg.loss.types)} loss.types")
+    for key in ("data.pairs_per_device", "data.val_pairs_per_device", "optim.grad_accum",
+                "train.log_every"):
+        if _resolve(cfg, key) < 1:
+            raise ConfigError(f"config {key}: must be at least 1")
+    if cfg.loss.beta <= 0:
+        raise ConfigError("config loss.beta: must be positive")
+
+
+# ----------------------------------------------------------------- helpers
+
+def _resolve(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections, not a {type(data).__name__}")
+    return data
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key not in FREE_FORM:
+            out += _flatten(v, key + ".")
+        else:
+            out.append((key, v))
+    return out
+
+
+def _typed(value: Any, hint: Any, key: str, where: str) -> Any:
+    """VALUE checked (and lightly coerced) against the field type HINT."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    bad = ConfigError(f"{where}: config {key} wants {_type_name(hint)}, got {value!r}")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise bad
+        return [_typed(v, args[0], key, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise bad
+        return str(value)
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))

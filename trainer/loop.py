@@ -1,0 +1,439 @@
+"""The offline preference loop (DPO, IPO, RPO), one file read top to bottom.
+
+    init (torchrun env or one process) -> data (a set version from the store) ->
+    policy (+ a live reference, unless precomputed log-probs match) -> optimizer,
+    schedule -> resume from the run folder -> for step: micro-batches (chosen and
+    rejected in ONE forward), loss, backward, clip, step, log, validate, checkpoint.
+
+Rank 0 writes files and table rows; every rank computes. A resumed run continues
+the same data order (a function of the step), RNG streams (every rank's, saved in
+each checkpoint), optimizer and schedule, so its losses equal an uninterrupted
+run's. GRPO imports the pieces above :func:`train_dpo` (compute_init,
+build_optimizer, build_scheduler, MetricsLog, open_run_dir, resume, save) and
+adds its rollout phase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from ttspo.builder.core.errors import TrainingError
+from ttspo.trainer import checkpoints as ckpt
+from ttspo.trainer import losses as L
+from ttspo.trainer.config import Config, save_config
+from ttspo.trainer.data import PairOrder, Pairs, load_pairs, shard
+from ttspo.trainer.ref import RefCache, file_sha256, lookup, pair_logps
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+# Config keys a resumed run may change (they do not change what the run computes).
+RESUMABLE = ("train.max_steps", "train.progress", "train.tensorboard", "train.log_every",
+             "train.val_every", "train.checkpoint_every")
+
+
+# ------------------------------------------------------------------ compute
+@dataclass
+class Compute:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def ddp(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def compute_init(device: str = "auto") -> Compute:
+    """One process, or torchrun's (RANK/WORLD_SIZE env): gloo on CPU, nccl on GPU."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    c = Compute(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if use_cuda:
+        torch.cuda.set_device(c.local_rank)
+        c.device = torch.device("cuda", c.local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return c
+
+
+def compute_cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_mean(values: torch.Tensor, c: Compute) -> torch.Tensor:
+    """The mean over ranks of a float tensor (itself in one process)."""
+    if c.ddp:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= c.world_size
+    return values
+
+
+def barrier(c: Compute) -> None:
+    if c.ddp:
+        dist.barrier()
+
+
+# ------------------------------------------------------- optimizer, schedule
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> Any:
+    """constant (NeMo's recipe), or linear warmup then cosine down to min_lr_ratio."""
+    o, total = cfg.optim, cfg.train.max_steps
+
+    def factor(step: int) -> float:
+        if o.schedule == "constant":
+            return 1.0
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(cfg: Config, c: Compute) -> Any:
+    if cfg.train.precision == "bf16":
+        return torch.autocast(c.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------ metrics
+class MetricsLog:
+    """JSON lines (one per logged step) and TensorBoard, written by rank 0 only."""
+
+    def __init__(self, run_dir: Path, c: Compute, *, start_step: int, tensorboard: bool):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.writer = None
+        self.enabled = c.master
+        if not c.master:
+            return
+        # A killed run may have logged past its last checkpoint: drop those lines,
+        # the resumed run logs those steps again.
+        kept = [line for line in self._lines() if json.loads(line)["step"] <= start_step]
+        self.path.write_text("".join(kept))
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1)
+
+    def _lines(self) -> list[str]:
+        return self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"step": step, **metrics}, sort_keys=True) + "\n")
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# ----------------------------------------------------------------- run folder
+def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -> bool:
+    """Make OUT a run folder for IDENTITY, or check that it already is; True if resuming."""
+    path = Path(out) / RUN_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != identity:
+            diff = [k for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
+            what = ", ".join(f"{k} {_short(saved.get(k))} (now {_short(identity.get(k))})"
+                             for k in diff[:3])
+            raise TrainingError(f"{out} holds another run ({what}); choose another --out")
+        return True
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise TrainingError(f"{out} is not empty and holds no ttspo run; choose another --out")
+    barrier(c)  # every rank has looked before rank 0 writes
+    if c.master:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(out) / "config.yaml")
+        path.write_text(json.dumps(identity, indent=2, sort_keys=True))
+    barrier(c)
+    return False
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def run_identity(cfg: Config, *, trainer: str, pairs: Pairs, spec: str,
+                 init_sha256: str | None) -> dict[str, Any]:
+    conf = cfg.to_dict()
+    for key in RESUMABLE:
+        section, name = key.split(".")
+        conf[section].pop(name)
+    return {"trainer": trainer, "set": pairs.ref, "generations_version": pairs.generations_version,
+            "policy": spec, "init_sha256": init_sha256, "config": conf}
+
+
+# ---------------------------------------------------------------- the loop
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    reference: str  # "cached" | "live" | "none"
+    first: dict[str, float]  # metrics of the first logged step of this process
+    last: dict[str, float]
+    val: dict[str, float]
+    checkpoints: list[dict[str, Any]]  # rows written by this process
+
+
+def make_policy(spec: str, init: str | None, cfg: Config, seed: int) -> Any:
+    """INIT's weights, or a fresh policy from the config's size and the seed."""
+    from ttspo.trainer.policy import load_policy
+
+    torch.manual_seed(seed)  # a fresh init is the same on every rank and every resume
+    return load_policy(spec, init=init, config=cfg.policy.model or None)
+
+
+def warn_dropout(policy: torch.nn.Module, echo: Callable[[str], None]) -> None:
+    p = [m.p for m in policy.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    if p:
+        echo(f"warning: dropout is on (p={max(p)}): the policy trains in train mode and the "
+             "reference runs in eval mode, so the first loss is not log 2")
+
+
+def train_dpo(store: Any, set_ref: str, *, cfg: Config, out: str | Path, spec: str = "tiny",
+              init: str | None = None, lineage: dict[str, Any] | None = None,
+              echo: Callable[[str], None] = print) -> RunResult:
+    """Train SPEC's policy on set SET_REF with the preference losses of CFG; see the module."""
+    c = compute_init(cfg.train.device)
+    try:
+        return _train(store, set_ref, cfg, Path(out).absolute(), spec, init, lineage or {}, echo, c)
+    finally:
+        compute_cleanup()
+
+
+def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
+    say = echo if c.master else (lambda *_: None)
+    # Data: the set version, joined at its generations version (codec only for contexts).
+    policy = make_policy(spec, init, cfg, cfg.train.seed)
+    pairs = load_pairs(store, set_ref, encode=policy.codec.encode)
+    train, val = pairs.select("train"), pairs.select("val")
+    order = PairOrder(len(train), cfg.data.pairs_per_device, c.world_size, cfg.optim.grad_accum,
+                      cfg.data.seed)
+    order.check(pairs.ref)
+    init_sha = file_sha256(init) if init else None
+    resuming = open_run_dir(out, run_identity(cfg, trainer="dpo", pairs=pairs, spec=spec,
+                                              init_sha256=init_sha), cfg, c)
+    # Reference: cached log-probs on an exact key match, else a live copy of the init.
+    cache, ref_model = None, None
+    if not cfg.loss.reference_free:
+        cache = lookup(store, pairs, init_sha) if init_sha else None
+        if cache is None and cfg.train.require_ref_cache:
+            raise TrainingError(f"no ref_logps for {pairs.ref} and reference sha256 "
+                                f"{init_sha or '(a fresh init has no file)'}; run "
+                                f"'ttspo train precompute-ref {pairs.ref} --ref {init}' first")
+        if cache is None:
+            ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
+    reference = "none" if cfg.loss.reference_free else ("cached" if cache else "live")
+    # Resume: the latest complete checkpoint's weights, optimizer, schedule, RNG, step.
+    latest = ckpt.latest_checkpoint(out) if resuming else None
+    if latest is not None:
+        policy = make_policy(spec, str(latest / ckpt.POLICY_FILE), cfg, cfg.train.seed)
+    policy.to(c.device).train()
+    if ref_model is not None:
+        ref_model.to(c.device)
+    warn_dropout(policy, say)
+    model = torch.nn.parallel.DistributedDataParallel(policy) if c.ddp else policy
+    optimizer, start = build_optimizer(policy, cfg), 0
+    scheduler = build_scheduler(optimizer, cfg)
+    best = None
+    if latest is not None:
+        state = ckpt.load_state(latest, rank=c.rank, world_size=c.world_size)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        start = state["step"]
+        best_dir = out / ckpt.CHECKPOINTS / "best"
+        best = ckpt.read_meta(best_dir).get("best_value") if (best_dir / ckpt.META_FILE).exists() else None
+    else:
+        torch.manual_seed(cfg.train.seed + 1000 * c.rank)  # each rank's own dropout stream
+    say(f"train dpo: {pairs.ref} (generations@{pairs.generations_version}), {len(train)} train / "
+        f"{len(val)} val pairs, {c.world_size} process(es), reference {reference}, "
+        + (f"resuming at step {start}" if latest is not None else "from step 0"))
+    meta = {"config": cfg.to_dict(), "lineage": lineage, "set_name": pairs.set_name,
+            "set_version": pairs.set_version, "generations_version": pairs.generations_version,
+            "prompts_version": pairs.prompts_version, "init_sha256": init_sha, "trainer": "dpo"}
+    log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
+    result = RunResult(out, start, reference, {}, {}, {}, [])
+    last_good = latest
+
+    def save(step: int, kind: str, val_metrics: dict[str, float], extra: dict | None = None):
+        rngs = ckpt.gather_rng_states()  # a collective: every rank calls save
+        weights = ckpt.gather_weight_digests(policy)  # DDP keeps ranks equal: check it
+        if not c.master:
+            return None
+        if len(set(weights)) > 1:
+            raise TrainingError(f"step {step}: the ranks' weights differ ({weights}); stopped")
+        saved = ckpt.save_checkpoint(out, step, policy=policy, optimizer=optimizer,
+                                     scheduler=scheduler, rng_states=rngs,
+                                     data_state=order.position(step),
+                                     meta={**meta, "val_metrics": val_metrics,
+                                           "rank_weights_sha256": weights, **(extra or {})},
+                                     kind=kind)
+        row = ckpt.checkpoint_row(saved, run=out.name, trainer="dpo")
+        commit = {**lineage, "inputs": {**lineage.get("inputs", {}), **pairs.lineage_inputs()},
+                  "run": out.name, "step": step, "kind": kind}
+        ckpt.record_checkpoint(store, row, commit)
+        result.checkpoints.append(row)
+        return saved.path
+
+    if start == 0 and len(val) and cfg.train.val_every:  # the baseline the run improves on
+        result.val = {"step": 0, **validate(policy, ref_model, cache, val, cfg, c)}
+        log.log(0, {k: v for k, v in result.val.items() if k != "step"})
+    bar = _progress(range(start, cfg.train.max_steps), c, cfg)
+    for step in bar:
+        began = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        micro = order.micro_batches(step, c.rank)
+        for a, idx in enumerate(micro):
+            sync = a == len(micro) - 1
+            with (contextlib.nullcontext() if sync or not c.ddp else model.no_sync()):
+                with autocast(cfg, c):
+                    loss, metrics = pair_step(model, policy, ref_model, cache, train, idx, cfg)
+                checked = all_mean(loss.detach().float().reshape(1), c)
+                if not torch.isfinite(checked).all():
+                    raise TrainingError(
+                        f"step {step + 1}: the loss is {checked.item()}; the run stopped. Last good "
+                        f"checkpoint: {last_good or 'none (no checkpoint was written)'}")
+                (loss / len(micro)).backward()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0) + v / len(micro)
+        clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        keys = sorted(sums)
+        means = all_mean(torch.stack([sums[k].float() for k in keys]), c).tolist()
+        metrics = dict(zip(keys, means), lr=lr, grad_norm=float(grad_norm),
+                       pairs_per_second=order.pairs_per_step / (time.perf_counter() - began))
+        if done % cfg.train.log_every == 0 or done == cfg.train.max_steps or not result.first:
+            log.log(done, metrics)
+            result.first = result.first or {"step": done, **metrics}
+            result.last = {"step": done, **metrics}
+        if c.master and hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{metrics['loss/total']:.4f}",
+                            acc=f"{metrics['rewards/accuracies']:.2f}")
+        val_metrics: dict[str, float] = {}
+        if len(val) and cfg.train.val_every and (done % cfg.train.val_every == 0
+                                                 or done == cfg.train.max_steps):
+            val_metrics = validate(policy, ref_model, cache, val, cfg, c)
+            log.log(done, val_metrics)
+            result.val = {"step": done, **val_metrics}
+            value = val_metrics[cfg.train.best_metric]
+            better = best is None or (value > best if cfg.train.best_mode == "max" else value < best)
+            if better:
+                best = value
+                save(done, "best", val_metrics, {"best_metric": cfg.train.best_metric,
+                                                 "best_value": value})
+        if (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) \
+                or done == cfg.train.max_steps:
+            last_good = save(done, "step", val_metrics) or last_good
+        result.steps = done
+    log.close()
+    if latest is not None and start >= cfg.train.max_steps:
+        say(f"{out}: already trained to step {start}; nothing to do")
+    return result
+
+
+def _progress(steps: range, c: Compute, cfg: Config) -> Any:
+    if not (c.master and cfg.train.progress):
+        return steps
+    from tqdm import tqdm
+
+    return tqdm(steps, total=len(steps), file=sys.stderr, desc="dpo", leave=False)
+
+
+def pair_step(model, policy, ref_model, cache: RefCache | None, pairs: Pairs, idx, cfg: Config
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss and metrics of one micro-batch: ONE policy forward over chosen + rejected."""
+    w = cfg.loss.codebook_weights
+    pi_c, pi_r = pair_logps(model, policy, pairs, idx)
+    if cache is not None:
+        ref_c, ref_r = (t.to(pi_c.device) for t in cache.lookup(pairs.pair_ids, idx))
+    elif ref_model is not None:
+        with torch.no_grad():
+            ref_c, ref_r = pair_logps(ref_model, ref_model, pairs, idx)
+    else:
+        ref_c, ref_r = torch.zeros_like(pi_c), torch.zeros_like(pi_r)
+    rewards = [torch.as_tensor(r[idx], dtype=torch.float32, device=pi_c.device)
+               for r in (pairs.chosen_reward, pairs.rejected_reward)]
+    x = L.PairLogps(L.sequence_logp(pi_c.float(), w), L.sequence_logp(pi_r.float(), w),
+                    L.sequence_logp(ref_c.float(), w), L.sequence_logp(ref_r.float(), w), *rewards)
+    loss, parts = L.combine(x, losses=list(zip(cfg.loss.types, cfg.loss.weights)),
+                            beta=cfg.loss.beta, label_smoothing=cfg.loss.label_smoothing,
+                            gt_reward_scale=cfg.loss.gt_reward_scale, sft_weight=cfg.loss.sft_weight)
+    chosen, rejected = L.implicit_rewards(x, cfg.loss.beta)
+    margin = chosen - rejected
+    metrics = {**parts, "loss/total": loss.detach(),
+               "rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
+               "rewards/margins": margin.mean(), "rewards/accuracies": accuracy(margin).mean(),
+               "logps/chosen": x.pi_chosen.detach().mean(),
+               "logps/rejected": x.pi_rejected.detach().mean()}
+    return loss, metrics
+
+
+def accuracy(margin: torch.Tensor) -> torch.Tensor:
+    """1 where chosen's implicit reward is higher, 0 where lower, 0.5 on a tie (a policy
+    equal to its reference prefers neither, so it starts at 0.5, not 0)."""
+    return (margin > 0).float() + 0.5 * (margin == 0).float()
+
+
+@torch.no_grad()
+def validate(policy, ref_model, cache, val: Pairs, cfg: Config, c: Compute) -> dict[str, float]:
+    """Loss, preference accuracy and reward margin over the val split (every rank a shard)."""
+    policy.eval()
+    mine = shard(len(val), c.rank, c.world_size)
+    sums = torch.zeros(4, dtype=torch.float64)
+    size = cfg.data.val_pairs_per_device
+    for start in range(0, len(mine), size):
+        idx = mine[start:start + size]
+        with autocast(cfg, c):
+            loss, m = pair_step(policy, policy, ref_model, cache, val, idx, cfg)
+        n = len(idx)
+        sums += torch.tensor([float(loss) * n, float(m["rewards/accuracies"]) * n,
+                              float(m["rewards/margins"]) * n, n], dtype=torch.float64)
+    policy.train()
+    if c.ddp:
+        dist.all_reduce(sums)
+    n = max(1.0, float(sums[3]))
+    return {"val/loss": float(sums[0]) / n, "val/accuracy": float(sums[1]) / n,
+            "val/margin": float(sums[2]) / n}

@@ -1,0 +1,124 @@
+"""Offline preference losses: small pure functions over log-prob tensors.
+
+Formulas as NeMo's MagpieTTS offline PO (shared/reference/nemo-formats.md §4). A
+loss never sees a model: it takes :class:`PairLogps`, the sequence log-probs of
+chosen and rejected under the policy and the reference (zeros when
+reference-free), plus the pairs' rewards (for rpo), and returns one value per pair.
+
+    logits = (pi_c - pi_r) - (ref_c - ref_r)
+    dpo     -logsigmoid(beta*logits)*(1-ls) - logsigmoid(-beta*logits)*ls
+    ipo     (logits - 1/(2*beta))**2
+    rpo     exp(a)*(a-b) + exp(a')*(a'-b'), a=logsigmoid(d), b=logsigmoid(beta*logits),
+            primes with the signs flipped, d = gt_reward_scale*(reward_c - reward_r)
+    rpo_sq  (beta*logits - d)**2
+    sft     -pi_c (the chosen's negative log-likelihood)
+
+:func:`combine` takes a weighted list of preference losses plus the SFT weight:
+``total = sum_i w_i * mean(loss_i) + sft_weight * mean(-pi_c)``. Sequence log-probs
+come from the policy per codebook, ``[B, C]``; :func:`sequence_logp` sums them with
+optional per-codebook weights (early codebooks carry most of the content).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ttspo.builder.core.errors import ConfigError
+
+
+@dataclass
+class PairLogps:
+    """Per-pair inputs of the losses, each [B]."""
+
+    pi_chosen: torch.Tensor
+    pi_rejected: torch.Tensor
+    ref_chosen: torch.Tensor
+    ref_rejected: torch.Tensor
+    reward_chosen: torch.Tensor | None = None
+    reward_rejected: torch.Tensor | None = None
+
+    def logits(self) -> torch.Tensor:
+        return (self.pi_chosen - self.pi_rejected) - (self.ref_chosen - self.ref_rejected)
+
+
+def sequence_logp(per_codebook: torch.Tensor,
+                  weights: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
+    """[B, C] per-codebook log-prob sums -> [B], optionally weighted per codebook."""
+    if weights is None:
+        return per_codebook.sum(dim=-1)
+    w = torch.as_tensor(weights, dtype=per_codebook.dtype, device=per_codebook.device)
+    if w.shape != per_codebook.shape[-1:]:
+        raise ConfigError(f"loss.codebook_weights has {w.numel()} values; the policy has "
+                          f"{per_codebook.shape[-1]} codebooks")
+    return (per_codebook * w).sum(dim=-1)
+
+
+def dpo(x: PairLogps, *, beta: float, label_smoothing: float = 0.0, **_) -> torch.Tensor:
+    z = beta * x.logits()
+    return -F.logsigmoid(z) * (1 - label_smoothing) - F.logsigmoid(-z) * label_smoothing
+
+
+def ipo(x: PairLogps, *, beta: float, **_) -> torch.Tensor:
+    return (x.logits() - 1 / (2 * beta)) ** 2
+
+
+def _reward_gap(x: PairLogps, gt_reward_scale: float) -> torch.Tensor:
+    if x.reward_chosen is None or x.reward_rejected is None:
+        raise ConfigError("rpo and rpo_sq need the pairs' rewards")
+    return gt_reward_scale * (x.reward_chosen - x.reward_rejected)
+
+
+def rpo(x: PairLogps, *, beta: float, gt_reward_scale: float = 1.0, **_) -> torch.Tensor:
+    d = _reward_gap(x, gt_reward_scale)
+    a, a_neg = F.logsigmoid(d), F.logsigmoid(-d)
+    z = beta * x.logits()
+    b, b_neg = F.logsigmoid(z), F.logsigmoid(-z)
+    return torch.exp(a) * (a - b) + torch.exp(a_neg) * (a_neg - b_neg)
+
+
+def rpo_sq(x: PairLogps, *, beta: float, gt_reward_scale: float = 1.0, **_) -> torch.Tensor:
+    return (beta * x.logits() - _reward_gap(x, gt_reward_scale)) ** 2
+
+
+def sft(x: PairLogps, **_) -> torch.Tensor:
+    return -x.pi_chosen
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "dpo": dpo, "ipo": ipo, "rpo": rpo, "rpo_sq": rpo_sq,
+}
+
+
+def get_loss(name: str) -> Callable[..., torch.Tensor]:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ConfigError(f"unknown loss '{name}' (known: {', '.join(sorted(LOSSES))})") from None
+
+
+def implicit_rewards(x: PairLogps, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """beta * (pi - ref) for chosen and rejected, detached (they are metrics)."""
+    return ((beta * (x.pi_chosen - x.ref_chosen)).detach(),
+            (beta * (x.pi_rejected - x.ref_rejected)).detach())
+
+
+def combine(x: PairLogps, *, losses: Sequence[tuple[str, float]], beta: float,
+            label_smoothing: float = 0.0, gt_reward_scale: float = 1.0,
+            sft_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The total loss (a scalar) and its parts (``loss/NAME``: unweighted batch means)."""
+    parts: dict[str, torch.Tensor] = {}
+    total = x.pi_chosen.new_zeros(())
+    for name, weight in losses:
+        value = get_loss(name)(x, beta=beta, label_smoothing=label_smoothing,
+                               gt_reward_scale=gt_reward_scale).mean()
+        parts[f"loss/{name}"] = value.detach()
+        total = total + weight * value
+    if sft_weight:
+        value = sft(x).mean()
+        parts["loss/sft"] = value.detach()
+        total = total + sft_weight * value
+    return total, parts

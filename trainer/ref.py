@@ -1,0 +1,132 @@
+"""Reference log-probs: computed once per (set version, reference checkpoint), kept in the store.
+
+``ttspo train precompute-ref SET[@V] --policy tiny --ref CKPT`` runs the reference
+policy over every pair of the set version (train and val) under no_grad, in eval
+mode, and writes one row per pair to the ``ref_logps`` table: the chosen and
+rejected log-prob sums PER CODEBOOK (so per-codebook loss weights need no
+recompute), keyed by (set, set version, sha256 of the checkpoint file).
+
+``train dpo`` looks the key up (:func:`lookup`): only an exact match with a row
+for every pair counts. Then the run holds no reference model and runs one
+policy forward per step; otherwise it keeps a live reference (or stops, with
+``train.require_ref_cache``). Rows are never reused for another set version or
+another checkpoint: the key says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ttspo.builder.core.schemas import REF, REF_LOGPS_SCHEMA
+from ttspo.builder.core.store import Store, sql_string
+from ttspo.trainer.data import Pairs, collate_pairs
+
+TABLE = "ref_logps"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pair_logps(model: Any, policy: Any, pairs: Pairs, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-codebook sequence log-probs [B, C] of chosen and rejected, in ONE forward.
+
+    MODEL is what runs the forward (the policy, or its DDP wrapper); POLICY collates.
+    """
+    from ttspo.trainer.policy import sequence_logps
+
+    device = next(policy.parameters()).device
+    batch = collate_pairs(policy, pairs, index).to(device)
+    logps = sequence_logps(model(batch))  # [2B, C]
+    return logps.chunk(2)
+
+
+@dataclass
+class RefCache:
+    """Cached reference log-probs of one key: pair id -> row index."""
+
+    sha256: str
+    chosen: np.ndarray  # [N, C] float32
+    rejected: np.ndarray
+    index: dict[str, int]
+
+    def lookup(self, pair_ids: list[str], idx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.index[pair_ids[i]] for i in idx]
+        return torch.from_numpy(self.chosen[rows]), torch.from_numpy(self.rejected[rows])
+
+
+def _key_filter(set_name: str, set_version: int, sha256: str) -> str:
+    return (f"{REF.set_name} = {sql_string(set_name)} AND {REF.set_version} = {int(set_version)} "
+            f"AND {REF.ref_sha256} = {sql_string(sha256)}")
+
+
+def lookup(store: Store, pairs: Pairs, sha256: str) -> RefCache | None:
+    """The cache for exactly (pairs' set, its version, SHA256), covering every pair; else None."""
+    if not store.exists(TABLE):
+        return None
+    table = store.open(TABLE).to_table(
+        columns=[REF.pair_id, REF.chosen_logps, REF.rejected_logps],
+        filter=_key_filter(pairs.set_name, pairs.set_version, sha256))
+    ids = table.column(REF.pair_id).to_pylist()
+    index = {p: i for i, p in enumerate(ids)}
+    if not all(p in index for p in pairs.pair_ids):
+        return None
+    stack = lambda col: np.asarray(table.column(col).to_pylist(), dtype=np.float32)
+    return RefCache(sha256, stack(REF.chosen_logps), stack(REF.rejected_logps), index)
+
+
+@torch.no_grad()
+def compute(policy: Any, pairs: Pairs, *, batch_pairs: int = 16,
+            autocast: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """[N, C] chosen and rejected log-probs of every pair under POLICY (eval mode)."""
+    was_training = policy.training
+    policy.eval()
+    chosen, rejected = [], []
+    try:
+        for start in range(0, len(pairs), batch_pairs):
+            idx = range(start, min(start + batch_pairs, len(pairs)))
+            with autocast if autocast is not None else torch.autocast("cpu", enabled=False):
+                c, r = pair_logps(policy, policy, pairs, idx)
+            chosen.append(c.float().cpu().numpy())
+            rejected.append(r.float().cpu().numpy())
+    finally:
+        policy.train(was_training)
+    return np.concatenate(chosen), np.concatenate(rejected)
+
+
+def precompute(store: Store, pairs: Pairs, policy: Any, ref_path: str | Path, *,
+               lineage: dict[str, Any], batch_pairs: int = 16) -> dict[str, Any]:
+    """Write the reference log-probs of PAIRS under POLICY (loaded from REF_PATH).
+
+    One commit; nothing when the key is already complete in the table. Returns a
+    summary: key, pairs, version written (None when already there).
+    """
+    sha = file_sha256(ref_path)
+    summary = {"set": pairs.ref, "ref_sha256": sha, "pairs": len(pairs), "version": None}
+    if lookup(store, pairs, sha) is not None:
+        return summary
+    chosen, rejected = compute(policy, pairs, batch_pairs=batch_pairs)
+    n = len(pairs)
+    table = pa.table({
+        REF.set_name: [pairs.set_name] * n, REF.set_version: [pairs.set_version] * n,
+        REF.ref_sha256: [sha] * n, REF.ref_architecture: [policy.identity().architecture] * n,
+        REF.pair_id: pairs.pair_ids, REF.split: pairs.split,
+        REF.chosen_logps: list(chosen), REF.rejected_logps: list(rejected),
+    }, schema=REF_LOGPS_SCHEMA)
+    extra = {"ref_sha256": sha, "ref_path": str(Path(ref_path).absolute())}
+    lineage = {**lineage, "inputs": {**lineage.get("inputs", {}), **pairs.lineage_inputs()}, **extra}
+    with store.lock(f"{TABLE} {pairs.ref} {sha}"):  # two precomputes of one key: one writes
+        if lookup(store, pairs, sha) is None:
+            summary["version"] = store.write(TABLE, table, REF_LOGPS_SCHEMA, lineage)
+    return summary
