@@ -252,3 +252,25 @@ def test_policy_checkpoint_round_trip(world, policy, models, tmp_path):
     assert other.identity() == policy.identity()
     assert policy.identity().architecture == "nemo-magpietts"
     assert policy.identity().config["codecmodel_path"] == str(models["codec"])
+
+
+# ------------------------------------------------------------- ttspo's loop
+def test_two_dpo_steps_through_ttspos_loop(world, models, tmp_path):
+    from ttspo.trainer.config import load_config
+    from ttspo.trainer.loop import read_metrics, train_dpo
+    from ttspo.trainer.policy import load_policy
+
+    cfg = load_config(None, [f"{k}={v}" for k, v in {
+        "train.max_steps": 2, "train.val_every": 0, "train.checkpoint_every": 0, "optim.lr": 1e-3,
+        "loss.beta": 0.5, "data.pairs_per_device": 2, "train.progress": False,
+        "train.tensorboard": False}.items()])
+    spec = f"nemo:{models['magpie']}"
+    result = train_dpo(world["store"], "prefs", cfg=cfg, out=tmp_path / "run", spec=spec,
+                       echo=lambda *_: None)
+    steps = [m for m in read_metrics(tmp_path / "run") if "loss/dpo" in m]
+    assert [m["step"] for m in steps] == [1, 2] and result.reference == "live"
+    assert steps[0]["loss/dpo"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
+    assert steps[1]["loss/dpo"] != pytest.approx(math.log(2), abs=1e-4)  # one update later
+    final = result.checkpoints[-1]
+    trained = load_policy(spec, init=final["path"])
+    assert trained.identity().sha256 == final["sha256"] != load_policy(spec).identity().sha256

@@ -54,6 +54,17 @@ FORMAT = "ttspo-policy-v1"
 NO_TEXT_CONTEXT = "[NO TEXT CONTEXT]"  # what NeMo's dataset feeds for an audio context
 
 
+class MagpieBatch(dict):
+    """The model's batch dict (what process_batch and infer_batch read), movable with .to()."""
+
+    def to(self, device: torch.device | str) -> "MagpieBatch":
+        return MagpieBatch({k: v.to(device) if torch.is_tensor(v) else v for k, v in self.items()})
+
+    @property
+    def size(self) -> int:
+        return int(self["text"].shape[0])
+
+
 def _quiet():
     """NeMo prints per step ("Decoding timestep", "Not using Prior"): keep stdout clean."""
     return contextlib.redirect_stdout(io.StringIO())
@@ -72,15 +83,33 @@ class NemoMagpiePolicy(nn.Module):
         names = list(model.tokenizer.tokenizers)
         self.tokenizer_name = "english_phoneme" if "english_phoneme" in names else names[0]
 
+    def __deepcopy__(self, memo) -> "NemoMagpiePolicy":
+        """A second model with these weights (NeMo's modules refuse copy.deepcopy): what
+        the loop makes its live reference from. Dropout settings are copied too."""
+        from nemo.collections.tts.models import MagpieTTSModel
+        from omegaconf import OmegaConf
+
+        with torch.random.fork_rng(devices=[]), _quiet():  # building draws init weights
+            model = MagpieTTSModel(cfg=OmegaConf.create(OmegaConf.to_container(self.model.cfg)))
+        model.load_state_dict(self.model.state_dict())
+        for mine, theirs in zip(self.model.modules(), model.modules()):
+            if isinstance(mine, nn.Dropout):
+                theirs.p = mine.p
+        model.cfg_unconditional_prob = self.model.cfg_unconditional_prob
+        model.decoder_input_dropout_prob = self.model.decoder_input_dropout_prob
+        copy = NemoMagpiePolicy(model, source=self.source,
+                                local_transformer_logits=self.local_transformer_logits)
+        return copy.to(next(self.parameters()).device).train(self.training)
+
     # ------------------------------------------------------------- collate
-    def collate(self, rows: Sequence[dict[str, Any]], *, with_targets: bool = True) -> dict:
+    def collate(self, rows: Sequence[dict[str, Any]], *, with_targets: bool = True) -> MagpieBatch:
         if not rows:
             raise InputError("no rows to collate")
         m = self.model
         texts = [self._text_tokens(r, i) for i, r in enumerate(rows)]
         contexts = [self._context(r, i) for i, r in enumerate(rows)]
-        batch = {"text": _stack([torch.tensor(t) for t in texts], m.tokenizer.pad),
-                 "text_lens": torch.tensor([len(t) for t in texts], dtype=torch.int32)}
+        batch = MagpieBatch(text=_stack([torch.tensor(t) for t in texts], m.tokenizer.pad),
+                            text_lens=torch.tensor([len(t) for t in texts], dtype=torch.int32))
         codes = [c for c, _ in contexts]
         batch["context_audio_codes"] = _stack(codes, 0)
         batch["context_audio_codes_lens"] = torch.tensor([c.shape[1] for c in codes], dtype=torch.int32)
