@@ -274,3 +274,32 @@ def test_two_dpo_steps_through_ttspos_loop(world, models, tmp_path):
     final = result.checkpoints[-1]
     trained = load_policy(spec, init=final["path"])
     assert trained.identity().sha256 == final["sha256"] != load_policy(spec).identity().sha256
+
+
+# ------------------------------------------------------------------- ingest
+def test_ingest_jsonl_encodes_audio_without_codes(models, codec, tmp_path):
+    from click.testing import CliRunner
+
+    from ttspo.builder.cli.main import cli
+
+    rng = np.random.default_rng(5)
+    lines = []
+    for i, seconds in enumerate((0.5, 0.8)):
+        sf.write(tmp_path / f"a{i}.wav", rng.uniform(-0.3, 0.3, int(SR * seconds)).astype("float32"), SR)
+        lines.append({"text": "hello there", "group": 0, "audio_filepath": f"a{i}.wav",
+                      "context_text": "calm"})
+    (tmp_path / "other.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    store = tmp_path / "store"
+    args = ["--store", str(store), "ingest", "jsonl", str(tmp_path / "other.jsonl")]
+    result = CliRunner().invoke(cli, args + ["--codec", f"nemo:{models['codec']}"])
+    assert (result.exit_code, result.stdout) == (
+        0, "ingested 2 generations (1 groups) from run other into generations@1\n")
+    rows = Store(store).open("generations").to_table().sort_by(GEN.generation_id).to_pylist()
+    for i, row in enumerate(rows):
+        expected = codec.encode(*sf.read(tmp_path / f"a{i}.wav", dtype="float32"))
+        assert row[GEN.codes] == expected.tolist() and row[GEN.codes_path] is None
+    lineage = Store(store).versions("generations")[-1]
+    assert str(models["codec"]) in json.dumps(lineage, default=str)
+    bad = CliRunner().invoke(cli, args + ["--run", "x", "--codec", "nemo:/no/codec.nemo"])
+    assert (bad.exit_code, bad.output) == (
+        1, "Error: codec /no/codec.nemo: file not found (give a local .nemo; nothing is downloaded)\n")

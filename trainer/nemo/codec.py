@@ -11,6 +11,7 @@ Nothing is downloaded: a ``nvidia/...`` name is refused, the path must exist.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ def restore_codec(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"codec {path}: file not found (give a local .nemo; nothing is downloaded)")
+    if importlib.util.find_spec("nemo") is None:
+        raise ModelError(f"codec {path}: needs the 'nemo' package (install the 'nemo' extra)")
     from nemo.collections.tts.models import AudioCodecModel
 
     try:
