@@ -381,7 +381,8 @@ def load_nemo(arg: str, *, init: str | None = None, config: dict[str, Any] | Non
               ) -> NemoMagpiePolicy:
     """The registry's loader for ``--policy nemo:PATH[,codec=C][,config=Y]``.
 
-    CONFIG may give ``codec``, ``config`` (as the options), ``dropout`` and
+    INIT is a checkpoint ``save`` wrote (or another ``.nemo``, restored instead of
+    PATH). CONFIG may give ``codec``, ``config`` (as the options), ``dropout`` and
     ``cfg_dropout`` (default 0: see the module doc) and ``local_transformer_logits``.
     """
     config = dict(config or {})
@@ -391,6 +392,8 @@ def load_nemo(arg: str, *, init: str | None = None, config: dict[str, Any] | Non
     lt_logits = bool(config.pop("local_transformer_logits", False))
     if config:
         raise ModelError(f"policy nemo: unknown settings {sorted(config)}")
+    if init and Path(init).suffix == ".nemo":  # a .nemo checkpoint: its weights, PATH's place
+        path, init = init, None
     model = restore_magpie(path, codec=options.get("codec"), config_yaml=options.get("config"))
     if init:
         load_weights(model, init)
