@@ -303,3 +303,15 @@ def test_ingest_jsonl_encodes_audio_without_codes(models, codec, tmp_path):
     bad = CliRunner().invoke(cli, args + ["--run", "x", "--codec", "nemo:/no/codec.nemo"])
     assert (bad.exit_code, bad.output) == (
         1, "Error: codec /no/codec.nemo: file not found (give a local .nemo; nothing is downloaded)\n")
+
+
+def test_dropout_is_what_the_user_asks_and_warned(models, policy):
+    import copy
+
+    dropouts = lambda p: {m.p for m in p.modules() if isinstance(m, torch.nn.Dropout)}
+    assert dropouts(policy) == {0.0} and policy.model.cfg_unconditional_prob == 0.0  # default
+    with pytest.warns(UserWarning, match=r"NeMo policy dropout is on \(dropout 0.1, context dropout 0.2\)"):
+        noisy = load_nemo(str(models["magpie"]), config={"dropout": 0.1, "cfg_dropout": 0.2})
+    assert dropouts(noisy) == {0.1} and noisy.model.cfg_unconditional_prob == 0.2
+    reference = copy.deepcopy(noisy)  # what the loop makes its live reference from
+    assert dropouts(reference) == {0.1} and reference.identity() == noisy.identity()
