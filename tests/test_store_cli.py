@@ -61,8 +61,13 @@ def test_tables(store):
 
 
 def test_tables_of_an_empty_store(tmp_path):
-    result = ttspo(Store(tmp_path / "none"), "tables", "--format", "csv")
+    (tmp_path / "empty").mkdir()
+    result = ttspo(Store(tmp_path / "empty"), "tables", "--format", "csv")
     assert (result.exit_code, result.output) == (0, "table,rows,version,tags\n")
+    # a store path that does not exist is a typo, not an empty store (issue 9)
+    result = ttspo(Store(tmp_path / "none"), "tables", "--format", "csv")
+    assert (result.exit_code, result.output) == (
+        1, f"Error: no store at {tmp_path / 'none'} (no such folder; check --store)\n")
 
 
 # --------------------------------------------------------------- versions

@@ -13,18 +13,20 @@ from ttspo.builder.core.render import FORMATS, render
 
 
 def get_store(ctx: click.Context):
-    from ttspo.builder.core.store import Store
+    """The notebook API's Store for --store: every command is thin over it."""
+    from ttspo.builder.api import Store
 
     return Store(ctx.find_root().obj["store_path"])
 
 
-def lineage_for(ctx: click.Context, inputs: dict[str, int] | None = None, **extra: Any) -> dict:
-    """Lineage of the running command: its path, its parameters, input versions."""
+def lineage_for(ctx: click.Context):
+    """Lineage of the running command: its path and its parameters (the API
+    adds the versions it reads and what it learns)."""
     from ttspo.builder.core.store import make_lineage
 
     command = ctx.command_path.split(" ", 1)[1] if " " in ctx.command_path else ctx.command_path
     args = {k: _jsonable(v) for k, v in ctx.params.items()}
-    return make_lineage(command, args, inputs, **extra)
+    return make_lineage(command, args)
 
 
 def _jsonable(value: Any) -> Any:

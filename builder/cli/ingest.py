@@ -1,6 +1,6 @@
 """`ttspo ingest`: bring generations and their metrics into the store (step 2 in).
 
-Thin over ttspo.builder.ingest.run; heavy libraries are imported inside the commands so
+Thin over ttspo.builder.api.Store; heavy libraries are imported inside the commands so
 `ttspo --help` stays fast (and nothing here ever imports torch).
 """
 
@@ -59,11 +59,9 @@ def ingest_nemo_cmd(ctx: click.Context, gen_dir: str, manifest: str, run_name: s
     manifest/file count mismatch, always stop the ingest (the file-to-line
     mapping would be wrong), even with --on-error skip.
     """
-    from ttspo.builder.ingest.run import ingest_nemo
-
-    result = ingest_nemo(get_store(ctx), gen_dir, manifest, run=run_name, group_size=group_size,
-                         on_error=on_error, embed_audio=embed_audio, lineage=lineage_for(ctx),
-                         workers=workers, progress=True)
+    result = get_store(ctx).ingest_nemo(
+        gen_dir, manifest=manifest, run=run_name, group_size=group_size, on_error=on_error,
+        embed_audio=embed_audio, lineage=lineage_for(ctx), workers=workers, progress=True)
     _report(result)
 
 
@@ -87,25 +85,10 @@ def ingest_jsonl_cmd(ctx: click.Context, file: str, run_name: str | None, codec_
     With --codec nemo:CODEC.nemo, lines without codes_path get the codes of their
     audio under that codec (the lineage records the codec file and its hash).
     """
-    from ttspo.builder.ingest.run import ingest_jsonl
-
-    codec = _codec(codec_spec) if codec_spec else None
-    result = ingest_jsonl(get_store(ctx), file, run=run_name, on_error=on_error,
-                          embed_audio=embed_audio, lineage=lineage_for(ctx), progress=True,
-                          codec=codec)
+    result = get_store(ctx).ingest_jsonl(file, run=run_name, on_error=on_error,
+                                         embed_audio=embed_audio, lineage=lineage_for(ctx),
+                                         progress=True, codec=codec_spec)
     _report(result)
-
-
-def _codec(spec: str):
-    """The codec --codec names (only NeMo codecs: nemo:PATH.nemo, a local file)."""
-    from ttspo.builder.core.errors import ModelError
-
-    name, _, path = spec.partition(":")
-    if name != "nemo" or not path:
-        raise ModelError(f"--codec {spec}: give a NeMo codec as nemo:PATH.nemo")
-    from ttspo.trainer.nemo.codec import NemoCodec
-
-    return NemoCodec.load(path)
 
 
 def _report(result) -> None:

@@ -1,4 +1,4 @@
-"""`ttspo prompts`: step 1, text-context pairs (thin over ttspo.builder.prompts.draw)."""
+"""`ttspo prompts`: step 1, text-context pairs (thin over ttspo.builder.api.Store.prompts)."""
 
 from __future__ import annotations
 
@@ -58,19 +58,18 @@ def prompts(ctx: click.Context, **opts) -> None:
     new, in one commit; a pair drawn twice stays twice in the manifest (two
     groups) and is one row in the table.
     """
-    from ttspo.builder.prompts import draw as api
+    from ttspo.builder.prompts.draw import PairCounts
 
-    paths = {param: opts[param] for _, param in INPUT_FILES if opts[param] is not None}
-    counts = api.PairCounts(
+    paths = {param: opts[param] for _, param in INPUT_FILES}
+    counts = PairCounts(
         audio_per_challenging=opts["audio_contexts_per_challenging"],
         text_per_challenging=opts["text_contexts_per_challenging"],
         audio_per_regular=opts["audio_contexts_per_regular"],
         text_per_regular=opts["text_contexts_per_regular"],
     )
-    draw = api.draw_pairs(paths, counts, opts["seed"])
-    result, staged = api.commit_draw(get_store(ctx), draw, lambda **kw: lineage_for(ctx, **kw),
-                                     opts["manifest_out"], opts["nsamples_perpair"])
-    records = draw.records
+    result, staged, records = get_store(ctx).prompts(
+        **paths, counts=counts, seed=opts["seed"], manifest_out=opts["manifest_out"],
+        nsamples_perpair=opts["nsamples_perpair"], lineage=lineage_for(ctx))
     _report(records, result, staged, opts["nsamples_perpair"])
 
 

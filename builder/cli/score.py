@@ -1,10 +1,12 @@
-"""`ttspo score`: compute metrics for generations that lack them (ttspo.builder.scoring.run)."""
+"""`ttspo score`: compute metrics for generations that lack them (thin over
+ttspo.builder.api.Store.score; the defaults are ScoreOptions')."""
 
 from __future__ import annotations
 
 import click
 
 from ttspo.builder.cli.common import get_store, lineage_for
+from ttspo.builder.scoring.options import DEFAULTS
 
 # Kept literal so `ttspo --help` does not import jiwer; a test checks they equal
 # ttspo.builder.scoring.metrics.NORMALIZERS.
@@ -12,22 +14,23 @@ NORMALIZER_CHOICES = ("nemo", "basic", "none")
 
 
 @click.command()
-@click.option("--metrics", default="cer,wer,ssim", show_default=True,
+@click.option("--metrics", default=",".join(DEFAULTS.metrics), show_default=True,
               help="Comma-separated metrics: cer,wer,ssim,pesq,squim. CER and WER come "
                    "from one transcript and are computed together.")
-@click.option("--asr", default="pocketsphinx", show_default=True, metavar="BACKEND",
+@click.option("--asr", default=DEFAULTS.asr, show_default=True, metavar="BACKEND",
               help="ASR for CER/WER: pocketsphinx | nemo:PATH.nemo | whisper:DIR.")
-@click.option("--sv", default="resemblyzer", show_default=True, metavar="BACKEND",
+@click.option("--sv", default=DEFAULTS.sv, show_default=True, metavar="BACKEND",
               help="Speaker embeddings for SSIM: resemblyzer[:PATH.pt] | nemo:PATH.nemo.")
-@click.option("--squim", default=None, metavar="PATH",
+@click.option("--squim", default=DEFAULTS.squim, metavar="PATH",
               help="SQUIM objective weights file (needed by --metrics squim).")
-@click.option("--normalizer", type=click.Choice(NORMALIZER_CHOICES), default="nemo",
+@click.option("--normalizer", type=click.Choice(NORMALIZER_CHOICES), default=DEFAULTS.normalizer,
               show_default=True, help="Text normalisation before CER/WER (nemo = NeMo's).")
-@click.option("--where", default=None, metavar="SQL",
+@click.option("--where", default=DEFAULTS.where, metavar="SQL",
               help="DuckDB condition on generations: score only matching rows.")
-@click.option("--rescore", is_flag=True,
+@click.option("--rescore", is_flag=True, default=DEFAULTS.rescore,
               help="Score the selected rows again even if they have the metrics.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
+              show_default=True,
               help="Rows per model batch.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Local processes (ranks) to score with; torchrun -m ttspo.builder.scoring.run "
@@ -42,12 +45,12 @@ def score(ctx: click.Context, metrics: str, asr: str, sv: str, squim: str | None
     the transcripts; audio and codes are not rewritten. Models are never
     downloaded: a missing model file is an error naming the option to fix.
     """
-    from ttspo.builder.scoring.run import describe, options_from
-    from ttspo.builder.scoring.run import score as run_score
+    from ttspo.builder.scoring.run import describe
 
-    options = options_from(metrics, asr=asr, sv=sv, squim=squim, normalizer=normalizer,
-                           where=where, rescore=rescore, batch_size=batch_size)
-    summary = run_score(get_store(ctx), options, workers=workers, lineage=lineage_for(ctx))
+    summary = get_store(ctx).score(metrics=metrics, asr=asr, sv=sv, squim=squim,
+                                   normalizer=normalizer, where=where, rescore=rescore,
+                                   batch_size=batch_size, workers=workers,
+                                   lineage=lineage_for(ctx))
     click.echo(describe(summary))
 
 

@@ -1,9 +1,8 @@
 """`ttspo` preference-set commands: recipes, build, export, diff, sweep (thin over
-ttspo.builder.sets.recipes, ttspo.builder.sets.build, ttspo.builder.sets.export, ttspo.builder.sets.diff, ttspo.builder.sets.sweep)."""
+ttspo.builder.api)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import click
@@ -24,21 +23,11 @@ def recipes(recipe: str | None, fmt: str) -> None:
 
     RECIPE is a built-in name (pareto, best_worst) or a path ending in .sql.
     """
-    from ttspo.builder.sets import recipes as r
+    from ttspo.builder.api import recipes as listing
 
-    if recipe is None:
-        rows = []
-        for name in r.builtin_names():
-            rec = r.load_recipe(name)
-            rows.append({"recipe": name, "parameters": ", ".join(sorted(rec.params)),
-                         "sha256": rec.sha256[:12]})
-        emit(rows, fmt, ["recipe", "parameters", "sha256"])
-        return
-    rec = r.load_recipe(recipe)
-    rows = [{"parameter": p.name, "default": p.default if p.has_default else None,
-             "required": not p.has_default, "description": p.description}
-            for p in sorted(rec.params.values(), key=lambda p: p.name)]
-    emit(rows, fmt, ["parameter", "default", "required", "description"])
+    columns = (["recipe", "parameters", "sha256"] if recipe is None
+               else ["parameter", "default", "required", "description"])
+    emit(listing(recipe), fmt, columns)
 
 
 # ------------------------------------------------------------------ build
@@ -64,12 +53,10 @@ def build(ctx: click.Context, recipe: str, name: str, params: tuple[str, ...],
     check fails. The version records the recipe, its SHA-256, the parameters,
     the runs and the generations version it read.
     """
-    from ttspo.builder.sets import build as b
-    from ttspo.builder.sets import recipes as r
+    from ttspo.builder.core.params import parse_assignments
 
-    rec = r.load_recipe(recipe)
-    result = b.build_set(get_store(ctx), rec, name, r.parse_assignments(params), runs,
-                         lineage=lambda inputs, **extra: lineage_for(ctx, inputs, **extra))
+    result = get_store(ctx).build(recipe, name=name, params=parse_assignments(params), runs=runs,
+                                  lineage=lineage_for(ctx))
     emit([result.summary()], fmt, BUILD_COLUMNS)
 
 
@@ -96,9 +83,7 @@ def export_nemo(ctx: click.Context, ref: str, out_dir: str, codes_dtype: str, fm
     range (or wider): NeMo drops lines outside them before pairing lines, which
     would shift every later pair. The range is also printed to stderr.
     """
-    from ttspo.builder.sets import export as e
-
-    result = e.export_nemo(get_store(ctx), ref, out_dir, codes_dtype=codes_dtype)
+    result = get_store(ctx).export_nemo(ref, out=out_dir, codes_dtype=codes_dtype)
     emit([_export_row(result)], fmt, list(_export_row(result)))
     if result.min_duration is not None:
         click.echo(f"set train_ds.datasets.min_duration <= {result.min_duration} and max_duration >= "
@@ -114,9 +99,7 @@ def export_nemo(ctx: click.Context, ref: str, out_dir: str, codes_dtype: str, fm
 def export_trl(ctx: click.Context, ref: str, out_file: str, fmt: str) -> None:
     """Write one row per pair: prompt (text), chosen and rejected (wav paths),
     metrics, rewards and split, as Parquet or JSON lines."""
-    from ttspo.builder.sets import export as e
-
-    result = e.export_trl(get_store(ctx), ref, out_file)
+    result = get_store(ctx).export_trl(ref, out=out_file)
     emit([_export_row(result)], fmt, list(_export_row(result)))
 
 
@@ -142,26 +125,14 @@ def diff(ctx: click.Context, a: str, b: str, fmt: str) -> None:
     and input changes; shifts in chosen/rejected CER, SSIM and reward.
     Generations: rows added, removed, kept and updated per run; metric shifts.
     """
-    import json
-
+    from ttspo.builder.core.render import strict_json
     from ttspo.builder.sets import diff as d
 
-    result = d.diff(get_store(ctx), a, b)
+    result = get_store(ctx).diff(a, b)
     if fmt == "json":
-        click.echo(json.dumps(_nan_to_none(result), indent=2, default=str))
+        click.echo(strict_json(result, indent=2))
         return
     click.echo(d.render_text(result), nl=False)
-
-
-def _nan_to_none(obj: Any) -> Any:
-    """JSON has no NaN or infinity: they become null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
-    return obj
 
 
 # ------------------------------------------------------------------ sweep
@@ -187,12 +158,13 @@ def sweep(ctx: click.Context, recipe: str, params: tuple[str, ...], runs: tuple[
 
     Example: ttspo sweep pareto --param cer_threshold=0.005,0.01,0.02,0.05
     """
+    from ttspo.builder.core.params import parse_assignments
     from ttspo.builder.sets import recipes as r
     from ttspo.builder.sets import sweep as s
 
     rec = r.load_recipe(recipe)
-    name, values, fixed = _swept(r.parse_assignments(params))
-    rows = s.sweep(get_store(ctx), rec, name, values, fixed, runs)
+    name, values, fixed = _swept(parse_assignments(params))
+    rows = get_store(ctx).sweep(rec, param=name, values=values, params=fixed, runs=runs)
     emit(rows, fmt, [name, *SWEEP_COLUMNS])
     if plot_path:
         s.plot(rows, name, plot_path, title=f"{rec.name}: sweep over {name}")

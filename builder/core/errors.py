@@ -43,3 +43,11 @@ class ConfigError(TtspoError):
 
 class TrainingError(TtspoError):
     """A training run that cannot start or continue (another run's folder, a NaN loss)."""
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its class name if it has none):
+    what a one-line error shows of a library's multi-line message."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:limit] if limit else line

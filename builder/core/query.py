@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import duckdb
 import pyarrow as pa
 
-from ttspo.builder.core.errors import QueryError
+from ttspo.builder.core.errors import QueryError, first_line
 from ttspo.builder.core.schemas import BLOB_METADATA, HEAVY_COLUMNS
 from ttspo.builder.core.store import Store, parse_ref
 
@@ -57,10 +57,18 @@ def mentions(sql: str, name: str) -> bool:
     return re.search(rf'(?<![\w@]){re.escape(name)}(?![\w@])', strip_comments(sql)) is not None
 
 
-def strip_comments(sql: str) -> str:
-    """SQL without -- and /* */ comments (string literals are left alone)."""
-    return re.sub(r"('(?:[^']|'')*')|--[^\n]*|/\*.*?\*/", lambda m: m.group(1) or " ", sql,
-                  flags=re.S)
+SQL_TOKENS = re.compile(r"""('(?:[^']|'')*')|("(?:[^"]|"")*")|--[^\n]*|/\*.*?\*/""", re.S)
+
+
+def strip_comments(sql: str, strings: bool = False) -> str:
+    """SQL without -- and /* */ comments (and without 'string literals' if STRINGS);
+    quoted identifiers are kept. For scanning a query, not for running it."""
+    def keep(m: re.Match) -> str:
+        if m.group(1):
+            return " " if strings else m.group(1)
+        return m.group(2) or " "
+
+    return SQL_TOKENS.sub(keep, sql)
 
 
 def view_columns(schema: pa.Schema) -> list[str]:
@@ -106,15 +114,16 @@ def _register(session: Session, view: str, ds) -> None:
 
 
 def refs_in(sql: str) -> list[str]:
-    """The quoted ``"table@version"`` references a query uses."""
-    return sorted(set(QUOTED_REF.findall(sql)))
+    """The quoted ``"table@version"`` references a query uses (not those inside a
+    comment or a string literal, which it does not read)."""
+    return sorted(set(QUOTED_REF.findall(strip_comments(sql, strings=True))))
 
 
 def check_read_only(sql: str) -> None:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise QueryError(f"SQL error: {_first_line(exc)}") from None
+        raise QueryError(f"SQL error: {first_line(exc)}") from None
     if not statements:
         raise QueryError("empty query")
     if len(statements) > 1:
@@ -132,12 +141,28 @@ def run(store: Store, sql: str, params: dict[str, Any] | None = None) -> tuple[p
     try:
         result = session.con.sql(sql, params=params or None).to_arrow_table()
     except duckdb.Error as exc:
-        raise QueryError(f"SQL error: {_first_line(exc)}") from None
+        raise QueryError(f"SQL error: {first_line(exc)}") from None
     finally:
         session.con.close()
-    return result, session.inputs_for(sql)
+    return unique_columns(result), session.inputs_for(sql)
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def unique_columns(table: pa.Table) -> pa.Table:
+    """TABLE with repeated column names made distinct: ``SELECT 1 AS a, 2 AS a``
+    or a join's shared column would otherwise lose values wherever rows become
+    dicts (or polars frames). The second ``a`` becomes ``a_1`` (DuckDB's own
+    convention), the third ``a_2``, skipping names the result already has."""
+    names = table.column_names
+    if len(set(names)) == len(names):
+        return table
+    taken, out = set(names), []
+    for name in names:
+        if name not in out:
+            out.append(name)
+            continue
+        n = 1
+        while f"{name}_{n}" in taken:
+            n += 1
+        taken.add(f"{name}_{n}")
+        out.append(f"{name}_{n}")
+    return table.rename_columns(out)

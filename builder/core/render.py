@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+from decimal import Decimal
 from typing import Any, Iterable, Sequence
 
 FORMATS = ("table", "csv", "json")
@@ -17,8 +18,7 @@ FORMATS = ("table", "csv", "json")
 def render(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str] | None = None) -> str:
     columns = list(columns if columns is not None else (rows[0].keys() if rows else []))
     if fmt == "json":
-        return json.dumps([{c: _json_value(r.get(c)) for c in columns} for r in rows],
-                          indent=2, default=str) + "\n"
+        return strict_json([{c: r.get(c) for c in columns} for r in rows], indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -29,9 +29,23 @@ def render(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str] | No
     return render_table(rows, columns)
 
 
-def _json_value(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else str(v)
+def strict_json(obj: Any, **kw: Any) -> str:
+    """JSON any strict parser reads: NaN and infinities become null, integral
+    decimals (DuckDB's HUGEINT, e.g. every sum() of integers) integers."""
+    return json.dumps(json_safe(obj), allow_nan=False, default=str, **kw)
+
+
+def json_safe(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, Decimal):
+        if not v.is_finite():
+            return None
+        return int(v) if v == v.to_integral_value() else float(v)
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
     if isinstance(v, bytes):
         return f"<{len(v)} bytes>"
     return v

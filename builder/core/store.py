@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -27,6 +28,7 @@ import pyarrow as pa
 
 from ttspo import __version__
 from ttspo.builder.core.errors import StoreError
+from ttspo.builder.core.render import strict_json
 from ttspo.builder.core.schemas import CORE_TABLES
 
 LINEAGE_KEY = "ttspo.lineage"
@@ -37,10 +39,6 @@ STORAGE_VERSION = "2.0"
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 TAG_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")  # what a TABLE@TAG reference can spell
 REF = re.compile(r"^(?P<table>[A-Za-z_][A-Za-z0-9_\-]*)(?:@(?P<version>[A-Za-z0-9_.\-]+))?$")
-
-
-def default_store_path() -> Path:
-    return Path(os.environ.get("TTSPO_STORE") or "ttspo-store")
 
 
 def parse_ref(ref: str) -> tuple[str, int | str | None]:
@@ -59,22 +57,59 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def make_lineage(command: str, args: dict[str, Any], inputs: dict[str, int] | None = None,
-                 **extra: Any) -> dict[str, Any]:
-    """The lineage record of one command: stored in each commit it makes."""
-    record = {
-        "command": command,
-        "args": args,
-        "inputs": dict(inputs or {}),
-        "ttspo_version": __version__,
-    }
-    record.update(extra)
-    return record
+@dataclass(frozen=True)
+class Lineage:
+    """What made a version: the command, its arguments, the versions of the tables
+    it read, and command-specific facts (a recipe's SHA-256, a manifest's ...).
+
+    The one lineage type every writer takes. Writers that learn more as they go
+    (the inputs they read, the files they hashed) add it with :meth:`with_inputs`
+    and :meth:`with_extra`, which return a new Lineage. Stored as strict JSON in
+    each commit's transaction properties (key ``ttspo.lineage``).
+    """
+
+    command: str
+    args: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_inputs(self, inputs: dict[str, int] | None = None) -> "Lineage":
+        return replace(self, inputs={**self.inputs, **(inputs or {})})
+
+    def with_extra(self, **extra: Any) -> "Lineage":
+        return replace(self, extra={**self.extra, **extra})
+
+    def record(self) -> dict[str, Any]:
+        """The stored record: command, args, inputs, ttspo_version, then the extras."""
+        return {"command": self.command, "args": self.args, "inputs": dict(self.inputs),
+                "ttspo_version": __version__, **self.extra}
+
+    def to_json(self) -> str:
+        return strict_json(self.record(), sort_keys=True)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Lineage":
+        """A Lineage back from its record (e.g. passed to another process as JSON)."""
+        known = ("command", "args", "inputs", "ttspo_version")
+        return cls(record.get("command", ""), dict(record.get("args") or {}),
+                   dict(record.get("inputs") or {}),
+                   {k: v for k, v in record.items() if k not in known})
 
 
-def commit_properties(lineage: dict[str, Any]) -> dict[str, str]:
+def make_lineage(command: str, args: dict[str, Any] | None = None,
+                 inputs: dict[str, int] | None = None, **extra: Any) -> Lineage:
+    """The lineage of one command: stored in each commit it makes."""
+    return Lineage(command, dict(args or {}), dict(inputs or {}), extra)
+
+
+def as_lineage(lineage: Lineage | dict[str, Any]) -> Lineage:
+    """Writers take a Lineage; a record dict (as read back from a commit) is converted."""
+    return lineage if isinstance(lineage, Lineage) else Lineage.from_record(lineage)
+
+
+def commit_properties(lineage: Lineage | dict[str, Any]) -> dict[str, str]:
     """Lance transaction properties for a commit: pass to any Lance write call."""
-    return {LINEAGE_KEY: json.dumps(lineage, sort_keys=True, default=str)}
+    return {LINEAGE_KEY: as_lineage(lineage).to_json()}
 
 
 def _lineage_of(ds: lance.LanceDataset, version: int) -> dict[str, Any]:
@@ -161,7 +196,7 @@ class Store:
 
     # -------------------------------------------------------------- writing
     def write(self, table: str, data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
-              schema: pa.Schema, lineage: dict[str, Any], mode: str = "append") -> int:
+              schema: pa.Schema, lineage: Lineage, mode: str = "append") -> int:
         """Write data to TABLE in ONE Lance commit and return the new version.
 
         mode: "append" (creates the table if missing) or "overwrite". Data may be a
@@ -183,7 +218,7 @@ class Store:
             return self._write(table, data, schema, lineage,
                                mode if self.exists(table) else "create")
 
-    def _write(self, table: str, data: Any, schema: pa.Schema, lineage: dict[str, Any],
+    def _write(self, table: str, data: Any, schema: pa.Schema, lineage: Lineage,
                mode: str) -> int:
         # A create killed before its first commit leaves data files and no version:
         # Lance creates over them (the orphans are never referenced by a manifest).
@@ -229,7 +264,7 @@ class Store:
             raise StoreError(f"table '{table}' already has a tag '{name}'")
         ds.tags.create(name, version)
 
-    def restore(self, table: str, version: int | str, lineage: dict[str, Any]) -> int:
+    def restore(self, table: str, version: int | str, lineage: Lineage) -> int:
         """Make VERSION the latest again, as a new version (history is kept).
 
         A Lance Restore operation: no data is copied, and the commit carries lineage.
@@ -244,7 +279,7 @@ class Store:
         return lance.LanceDataset.commit(latest.uri, tx).version
 
     def commit(self, table: str, operation: Any, read_version: int,
-               lineage: dict[str, Any]) -> int:
+               lineage: Lineage) -> int:
         """Commit a prepared Lance operation (e.g. fragments written by several
         ranks) as ONE version carrying lineage. Used by distributed writers."""
         tx = lance.Transaction(read_version=read_version, operation=operation,

@@ -101,7 +101,7 @@ def step_prompts(demo: Demo) -> None:
     args = {"seed": cfg["seed"], "nsamples_perpair": cfg["nsamples_perpair"], **cfg["counts"],
             **{k: str(v) for k, v in files.items()}, "manifest_out": str(manifest)}
     result, staged = api.commit_draw(demo.store, draw,
-                                     lambda **kw: make_lineage("prompts", args, demo=True, **kw),
+                                     make_lineage("prompts", args, demo=True),
                                      manifest, cfg["nsamples_perpair"])
     lines = staged.lines
     demo.command("prompts", *prompt_cli_args(files, cfg, manifest))

@@ -119,11 +119,8 @@ def step_rebuild(demo) -> None:
 
 
 def _lineage(command: str, params: dict):
-    """A build lineage factory (inputs, **extra) -> lineage, marked as the demo's."""
-    def make(inputs, **extra):
-        return make_lineage(command, {"recipe": "pareto", "name": SET, "params": params},
-                            inputs, demo=True, **extra)
-    return make
+    """A build lineage, marked as the demo's."""
+    return make_lineage(command, {"recipe": "pareto", "name": SET, "params": params}, demo=True)
 
 
 def _table(demo, sql: str) -> None:

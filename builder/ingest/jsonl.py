@@ -14,7 +14,6 @@ A line's generation id is ``run:N`` with N its 0-based line number.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -26,6 +25,7 @@ from ttspo.builder.ingest import files as nf
 from ttspo.builder.ingest.nemo import parse_manifest_record, spill_batch
 from ttspo.builder.ingest.rows import RowBuffer, prompt_fields
 from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.files import file_digest
 from ttspo.builder.core.schemas import GEN
 
 JSONL_SOURCE = "jsonl"
@@ -47,12 +47,11 @@ class Plan:
 def plan(label: str, run: str, present_lines: set[int]) -> Plan:
     """Hash and count the lines (no parsing yet): lineage and the progress total."""
     path = os.path.abspath(label)
-    sha = hashlib.sha256()
+    sha = file_digest(path, label).sha256
     records = todo = 0
     try:
         with open(path, "rb") as fh:
             for number, raw in enumerate(fh, 1):
-                sha.update(raw)
                 if raw.strip():
                     records += 1
                     todo += (number - 1) not in present_lines
@@ -60,7 +59,7 @@ def plan(label: str, run: str, present_lines: set[int]) -> Plan:
         raise InputError(f"{label}: cannot read ({exc.strerror})") from None
     if records == 0:
         raise InputError(f"{label}: no records (empty file)")
-    return Plan(label, path, sha.hexdigest(), records, run, present_lines, todo, records - todo)
+    return Plan(label, path, sha, records, run, present_lines, todo, records - todo)
 
 
 @dataclass
@@ -224,6 +223,6 @@ def _add(buf: RowBuffer, number: int, group: int, sample: int, prompt: int,
         invalid = get(GEN.pred_transcript) == nf.INVALID_TRANSCRIPT
     metrics = [nf.number(record, key) for key in METRIC_KEYS]
     buf.add((number - 1, group, sample, row["audio_filepath"], row["audio"], row["codes_path"],
-             info.frames / info.sample_rate, info.sample_rate, *metrics,
+             info.duration, info.sample_rate, *metrics,
              nf.number(record, GEN.codes_len, integer=True), get(GEN.pred_transcript),
              get(GEN.gt_transcript), invalid, f"{path}:{number}"), prompt, row["codes"])

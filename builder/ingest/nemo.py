@@ -9,7 +9,6 @@ problems with one generation's files are reported per file and can be skipped.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections import Counter
@@ -159,22 +158,8 @@ class Manifest:
     run_prompts: list[tuple]  # prompt fields of each run (ingest_rows.PROMPT_FIELDS)
 
 
-def file_digest(path: str, label: str) -> tuple[str, int]:
-    """(sha256, number of newlines) in one chunked pass: lineage, and an early
-    estimate of the work (to start reader processes while the rest is scanned)."""
-    sha, lines = hashlib.sha256(), 0
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                sha.update(chunk)
-                lines += chunk.count(b"\n")
-    except OSError as exc:
-        raise InputError(f"{label}: cannot read ({exc.strerror})") from None
-    return sha.hexdigest(), lines
-
-
 def read_manifest(path: str, label: str, sha: str) -> Manifest:
-    """The manifest's runs of identical records; SHA: its digest (file_digest)."""
+    """The manifest's runs of identical records; SHA: its digest (core.files.file_digest)."""
     starts: list[int] = []
     prompts: list[tuple] = []
     problems: list[tuple[str, str]] = []
@@ -294,7 +279,7 @@ def build_batch(task: dict) -> tuple:
             continue
         if prompt not in local_prompt:
             local_prompt[prompt] = buf.add_prompt(task["prompts"][prompt])
-        buf.add((line, group, sample, wav, audio, codes, info.frames / info.sample_rate,
+        buf.add((line, group, sample, wav, audio, codes, info.duration,
                  info.sample_rate, m[0], m[1], m[2], m[3], None, m[4], m[5], m[6],
                  m[5] == nf.INVALID_TRANSCRIPT, metrics), local_prompt[prompt], parts)
     return spill_batch(buf.to_batch() if len(buf) else None, task["spill"], problems)

@@ -34,8 +34,9 @@ import numpy as np
 import pyarrow as pa
 
 from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.files import file_digest
 from ttspo.builder.core.schemas import ERR, GEN, GENERATIONS_SCHEMA, INGEST_ERRORS_SCHEMA
-from ttspo.builder.core.store import Store, make_lineage, sql_string
+from ttspo.builder.core.store import Lineage, Store, make_lineage, sql_string
 
 GENERATIONS = "generations"
 INGEST_ERRORS = "ingest_errors"
@@ -66,7 +67,7 @@ class IngestResult:
 # ------------------------------------------------------------------- NeMo
 def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.PathLike, *,
                 run: str | None = None, group_size: int | None = None, on_error: str = "fail",
-                embed_audio: bool = False, lineage: dict | None = None,
+                embed_audio: bool = False, lineage: Lineage | None = None,
                 workers: int | None = None, batch_rows: int = 1024,
                 progress: bool = False) -> IngestResult:
     """Ingest a NeMo generation folder (files found anywhere under GEN_DIR) against
@@ -79,7 +80,8 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
     gen_label, man_label = str(gen_dir), str(manifest)
     run = check_run(run or os.path.basename(os.path.abspath(gen_dir)))
     started = time.perf_counter()
-    man_sha, estimate = nemo.file_digest(man_label, man_label)
+    digest = file_digest(man_label, man_label)
+    man_sha, estimate = digest.sha256, digest.newlines
     with Readers(_workers(workers, estimate)) as readers, SpillDir() as spill, \
             store.lock(f"ingest run {run}"):
         # A reader parses the manifest while this process scans the folder.
@@ -95,12 +97,12 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
         todo = lines_to_do(man.lines, present)
         tasks = nemo.plan_tasks(layout, where, ranks, man, starts, todo, run, batch_rows,
                                 embed_audio, spill.dir)
-        lineage = _lineage(lineage, "ingest nemo", dict(
+        lineage = (lineage or make_lineage("ingest nemo", dict(
             gen_dir=gen_label, manifest=man_label, run=run, group_size=group_size,
-            on_error=on_error, embed_audio=embed_audio))
-        lineage.update(gen_dir=layout.gen_dir, manifest_path=os.path.abspath(man_label),
-                       manifest_sha256=man.sha256, manifest_lines=man.lines, ranks=ranks,
-                       groups_in_manifest=len(starts))
+            on_error=on_error, embed_audio=embed_audio))).with_extra(
+            gen_dir=layout.gen_dir, manifest_path=os.path.abspath(man_label),
+            manifest_sha256=man.sha256, manifest_lines=man.lines, ranks=ranks,
+            groups_in_manifest=len(starts))
         results = readers.map(nemo.build_batch, tasks)
         return land(store, run, results, spill, len(todo), len(present), before, on_error,
                     lineage, progress, "file", started)
@@ -109,7 +111,7 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
 # ------------------------------------------------------------------ JSONL
 def ingest_jsonl(store: Store, path: str | os.PathLike, *, run: str | None = None,
                  on_error: str = "fail", embed_audio: bool = False,
-                 lineage: dict | None = None, batch_rows: int = 1024,
+                 lineage: Lineage | None = None, batch_rows: int = 1024,
                  progress: bool = False, codec: Any = None) -> IngestResult:
     """Ingest one generation per JSON line (data from systems other than NeMo).
 
@@ -124,13 +126,13 @@ def ingest_jsonl(store: Store, path: str | os.PathLike, *, run: str | None = Non
     with SpillDir() as spill, store.lock(f"ingest run {run}"):
         before = store.version(GENERATIONS)
         plan = jl.plan(label, run, set(existing_lines(store, run).tolist()))  # fatal problems (unreadable file) raise here
-        lineage = _lineage(lineage, "ingest jsonl", dict(
-            file=label, run=run, on_error=on_error, embed_audio=embed_audio))
-        lineage.update(file_path=os.path.abspath(label), file_sha256=plan.sha256,
-                       file_lines=plan.records)
-        if codec is not None:
-            lineage["codec"] = {"path": str(getattr(codec, "path", "") or ""),
-                                "fingerprint": getattr(codec, "fingerprint", "")}
+        codec_info = ({"codec": {"path": str(getattr(codec, "path", "") or ""),
+                                 "fingerprint": getattr(codec, "fingerprint", "")}}
+                      if codec is not None else {})
+        lineage = (lineage or make_lineage("ingest jsonl", dict(
+            file=label, run=run, on_error=on_error, embed_audio=embed_audio))).with_extra(
+            file_path=os.path.abspath(label), file_sha256=plan.sha256, file_lines=plan.records,
+            **codec_info)
         results = jl.read_batches(plan, embed_audio, batch_rows, spill.dir,
                                   codec.encode if codec is not None else None)
         return land(store, run, results, spill, plan.todo, plan.present, before, on_error,
@@ -147,10 +149,6 @@ def check_run(run: str) -> str:
 def _check_on_error(on_error: str) -> None:
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
-
-
-def _lineage(lineage: dict | None, command: str, args: dict) -> dict:
-    return dict(lineage) if lineage is not None else make_lineage(command, args)
 
 
 def _workers(workers: int | None, todo: int) -> int:
@@ -250,7 +248,7 @@ class SpillDir:
 
 
 def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo: int,
-         present: int, before: int | None, on_error: str, lineage: dict, progress: bool,
+         present: int, before: int | None, on_error: str, lineage: Lineage, progress: bool,
          unit: str, started: float) -> IngestResult:
     """Collect every chunk's outcome, then commit the good rows (one commit) and, in
     skip mode, the rejects (one commit to ingest_errors).
@@ -280,10 +278,8 @@ def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo
         raise InputError(f"cannot ingest run {run}: {len(problems)} bad {unit}(s); "
                          "nothing was written", result.problems)
     result.skipped = len({p[0] for p in problems})
-    lineage = dict(lineage)
-    lineage["inputs"] = {**lineage.get("inputs", {}),
-                         **({GENERATIONS: before} if before is not None else {})}
-    lineage.update(ingested=rows, skipped=result.skipped, already_present=present)
+    lineage = lineage.with_inputs({GENERATIONS: before} if before is not None else {}).with_extra(
+        ingested=rows, skipped=result.skipped, already_present=present)
     if rows:
         reader = spill.reader(GENERATIONS_SCHEMA)
         result.version = store.write(GENERATIONS, reader, GENERATIONS_SCHEMA, lineage)
@@ -296,7 +292,7 @@ def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo
 
 
 def _write_errors(store: Store, run: str, problems: list[tuple[str, str]],
-                  lineage: dict) -> tuple[int | None, int]:
+                  lineage: Lineage) -> tuple[int | None, int]:
     """Append the rejects not already logged for this run (reruns add no duplicates)."""
     seen: set[tuple[str, str]] = set()
     if store.exists(INGEST_ERRORS):

@@ -38,16 +38,17 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.core import ids
 from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.files import StagedFile
+from ttspo.builder.core.store import Lineage
 # Input readers are part of this API too (re-exported).
 from ttspo.builder.prompts.inputs import (  # noqa: F401
     AudioContext, PairInputs, file_sha256, load_inputs, read_audio_contexts,
@@ -181,10 +182,13 @@ def write_manifest(path: str | os.PathLike, records: Sequence[dict], nsamples_pe
 class StagedManifest:
     """A manifest written to a temporary file beside its destination."""
 
-    path: Path
-    tmp: Path
+    file: StagedFile
     lines: int
     sha256: str
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
 
 
 def stage_manifest(path: str | os.PathLike, records: Sequence[dict],
@@ -198,36 +202,29 @@ def stage_manifest(path: str | os.PathLike, records: Sequence[dict],
         raise InputError(f"{path}: directory {dest.parent} does not exist")
     if dest.is_dir():
         raise InputError(f"{path}: is a directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a manifest is an ordinary file
+    staged = StagedFile(dest)
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+        with staged.open("wb", buffering=1 << 20) as f:
             for record in records:
                 # Serialised once, written N times: the N samples of one group.
                 line = (json.dumps(record) + "\n").encode("utf-8") * nsamples_perpair
                 digest.update(line)
                 f.write(line)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        staged.discard()
         raise
-    return StagedManifest(dest, Path(tmp), len(records) * nsamples_perpair, digest.hexdigest())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return StagedManifest(staged, len(records) * nsamples_perpair, digest.hexdigest())
 
 
 def publish(staged: StagedManifest) -> int:
-    os.replace(staged.tmp, staged.path)
+    staged.file.publish()
     return staged.lines
 
 
 def discard(staged: StagedManifest | None) -> None:
     if staged is not None:
-        staged.tmp.unlink(missing_ok=True)
+        staged.file.discard()
 
 
 def prompts_table(records: Sequence[dict],
@@ -287,7 +284,7 @@ class PromptsWrite:
         return self.pairs - self.distinct
 
 
-def write_prompts(store, records: Sequence[dict], lineage: dict[str, Any],
+def write_prompts(store, records: Sequence[dict], lineage: Lineage,
                   references: dict[tuple[str, str], str] | None = None,
                   table: str = PROMPTS_TABLE) -> PromptsWrite:
     """Append the pairs not yet in TABLE, in ONE commit carrying LINEAGE.
@@ -297,12 +294,11 @@ def write_prompts(store, records: Sequence[dict], lineage: dict[str, Any],
     """
     rows = prompts_table(records, references)
     new_rows = rows
-    lineage = dict(lineage, inputs=dict(lineage.get("inputs") or {}))
     if store.exists(table):
         ds = store.open(table)
         existing = ds.to_table(columns=[PROMPT.prompt_id]).column(0)
         new_rows = rows.filter(pc.invert(pc.is_in(rows.column(PROMPT.prompt_id), value_set=existing)))
-        lineage["inputs"][table] = ds.version
+        lineage = lineage.with_inputs({table: ds.version})
     version = None
     if new_rows.num_rows:
         version = store.write(table, new_rows, PROMPTS_SCHEMA, lineage, mode="append")
@@ -330,13 +326,13 @@ def draw_pairs(paths: dict[str, str | os.PathLike], counts: PairCounts, seed: in
     return Draw(make_pairs(inputs, counts, seed=seed), references, input_files)
 
 
-def commit_draw(store, draw: Draw, lineage: Callable[..., dict[str, Any]],
+def commit_draw(store, draw: Draw, lineage: Lineage,
                 manifest_out: str | os.PathLike | None = None,
                 nsamples_perpair: int = 6) -> tuple[PromptsWrite, StagedManifest | None]:
     """ONE commit of the draw's new pairs; the manifest, if asked, is written
     beside its destination first and renamed into place only after the commit.
 
-    LINEAGE(input_files=..., [manifest=...]) makes the commit's lineage.
+    LINEAGE gets the input files (and the manifest written) as extras.
     """
     staged = None
     try:
@@ -345,7 +341,8 @@ def commit_draw(store, draw: Draw, lineage: Callable[..., dict[str, Any]],
             staged = stage_manifest(manifest_out, draw.records, nsamples_perpair)
             extra["manifest"] = {"path": str(staged.path.absolute()), "lines": staged.lines,
                                  "sha256": staged.sha256}
-        result = write_prompts(store, draw.records, lineage(input_files=draw.input_files, **extra),
+        result = write_prompts(store, draw.records,
+                               lineage.with_extra(input_files=draw.input_files, **extra),
                                draw.references)
         if staged is not None:
             publish(staged)

@@ -7,7 +7,6 @@ line, and how many more there are).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.files import file_sha256  # noqa: F401 (prompts' input files)
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,6 @@ def load_inputs(challenging_texts=None, regular_texts_for_audiocontext=None,
         audio_contexts=read_audio_contexts(audio_contexts) if audio_contexts is not None else [],
         text_contexts=read(text_contexts, "text contexts"),
     )
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_utf8(path: str | os.PathLike) -> str:

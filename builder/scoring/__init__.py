@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ttspo.builder.scoring.speaker import cosine
-
 
 @lru_cache(maxsize=None)
 def load_asr(spec: str = "pocketsphinx", option: str = "--asr"):
@@ -37,6 +35,16 @@ def load_quality(spec: str, option: str = "--quality"):
     from ttspo.builder.scoring.quality import make_quality
 
     return make_quality(spec, option)
+
+
+def __getattr__(name: str):
+    # Lazy: importing ttspo.builder.scoring.options (the CLI's defaults) must not
+    # load numpy and the speaker models' code.
+    if name == "cosine":
+        from ttspo.builder.scoring.speaker import cosine
+
+        return cosine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["load_asr", "load_speaker", "load_quality", "cosine"]

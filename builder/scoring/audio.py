@@ -13,7 +13,7 @@ import os
 import numpy as np
 import soundfile as sf
 
-from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.errors import InputError, first_line
 
 MODEL_SR = 16000  # every offline model here (and TitaNet, SQUIM, PESQ wb) wants 16 kHz
 
@@ -40,7 +40,7 @@ def read_audio(path: str | os.PathLike, target_sr: int | None = None) -> tuple[n
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise InputError(f"{path}: cannot read audio ({_reason(exc)})") from None
+        raise InputError(f"{path}: cannot read audio ({first_line(exc)})") from None
     audio = _to_mono(data)
     if target_sr is not None and target_sr != sr:
         return resample(audio, sr, target_sr), target_sr
@@ -53,13 +53,8 @@ def read_audio_bytes(data: bytes, target_sr: int | None = None,
     try:
         samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise InputError(f"{where}: cannot decode audio ({_reason(exc)})") from None
+        raise InputError(f"{where}: cannot decode audio ({first_line(exc)})") from None
     audio = _to_mono(samples)
     if target_sr is not None and target_sr != sr:
         return resample(audio, sr, target_sr), target_sr
     return audio, int(sr)
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ttspo.builder.core.errors import InputError, QueryError
-from ttspo.builder.scoring.metrics import check_normalizer
-from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, METRICS, PROMPT
+from ttspo.builder.core.errors import QueryError, first_line
+from ttspo.builder.scoring.options import DEFAULT_METRICS, ScoreOptions  # noqa: F401
+from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT
 from ttspo.builder.core.store import Store
 
 GROUPS = {
@@ -42,7 +42,6 @@ GROUP_SOURCE = {"asr": GEN.cer_source, "ssim": GEN.ssim_source, "pesq": GEN.pesq
                 "squim": GEN.squim_source}
 METRIC_GROUP = {GEN.cer: "asr", GEN.wer: "asr", GEN.ssim: "ssim", GEN.pesq: "pesq",
                 GEN.squim: "squim"}
-DEFAULT_METRICS = (GEN.cer, GEN.wer, GEN.ssim)
 
 # Plan columns besides the group columns.
 ROWID = "_rowid"
@@ -53,37 +52,6 @@ WEIGHT = "_weight"  # estimated audio seconds, to balance shards
 INPUT_COLUMNS = (GEN.generation_id, GEN.text, GEN.audio_filepath, GEN.context_audio_filepath,
                  GEN.duration)
 BYTES_PER_SECOND = 2 * 16000  # 16-bit mono at 16 kHz: a size-based duration estimate
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    """What `ttspo score` computes and with which backends."""
-
-    metrics: tuple[str, ...] = DEFAULT_METRICS
-    asr: str = "pocketsphinx"
-    sv: str = "resemblyzer"
-    squim: str | None = None  # path of SQUIM objective weights
-    normalizer: str = "nemo"
-    where: str | None = None
-    rescore: bool = False
-    batch_size: int = 16
-
-    def groups(self) -> list[str]:
-        return [g for g in GROUPS if any(METRIC_GROUP[m] == g for m in self.metrics)]
-
-    def check(self) -> None:
-        unknown = [m for m in self.metrics if m not in METRICS]
-        if unknown:
-            raise InputError(f"--metrics: unknown metric '{','.join(unknown)}' "
-                             f"(choose from {','.join(METRICS)})")
-        if not self.metrics:
-            raise InputError(f"--metrics: name at least one of {','.join(METRICS)}")
-        try:
-            check_normalizer(self.normalizer)
-        except ValueError as exc:
-            raise InputError(f"--normalizer: {exc}") from None
-        if self.batch_size < 1:
-            raise InputError("--batch-size must be at least 1")
 
 
 @dataclass
@@ -190,7 +158,7 @@ def _filter_where(store: Store, table: pa.Table, where: str, version: int,
         query = sql.replace("FROM generations", f'FROM "generations@{version}"', 1)
         ids = session.con.sql(query).to_arrow_table()[GEN.generation_id]
     except duckdb.Error as exc:
-        raise QueryError(f"--where: {str(exc).strip().splitlines()[0]}") from None
+        raise QueryError(f"--where: {first_line(exc)}") from None
     finally:
         session.con.close()
     inputs.update({k: v for k, v in session.inputs_for(where).items() if "@" not in k})

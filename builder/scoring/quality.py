@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttspo.builder.core.errors import ModelError
+from ttspo.builder.core.errors import ModelError, first_line
 from ttspo.builder.scoring.audio import MODEL_SR, resample
 from ttspo.builder.scoring.backends import require_file, split_spec, unknown
 
@@ -60,7 +60,7 @@ class SquimMetric:
                 state = state["state_dict"]
             model.load_state_dict(state)
         except Exception as exc:  # unpickling and shape errors come in many types
-            raise ModelError(f"{option} {spec}: not SQUIM objective weights ({_first(exc)})") from None
+            raise ModelError(f"{option} {spec}: not SQUIM objective weights ({first_line(exc, 200)})") from None
         self.model = model.eval()
         self.name = f"squim:{path.name}"
 
@@ -74,11 +74,6 @@ class SquimMetric:
             _stoi, pesq_est, _si_sdr = self.model(torch.from_numpy(wav)[None, :])
         value = float(pesq_est[0])
         return value if np.isfinite(value) else None
-
-
-def _first(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def make_quality(spec: str, option: str = "--quality"):

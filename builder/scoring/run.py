@@ -32,8 +32,8 @@ from typing import Any
 
 from ttspo.builder.core import errors
 from ttspo.builder.core.errors import InputError, ModelError, StoreError, TtspoError
-from ttspo.builder.scoring.plan import DEFAULT_METRICS, ScoreOptions
-from ttspo.builder.core.store import Store, make_lineage
+from ttspo.builder.scoring.options import ScoreOptions, add_arguments, from_namespace, to_argv
+from ttspo.builder.core.store import Lineage, Store, make_lineage
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -61,7 +61,7 @@ class ScoreSummary:
 
 # ---------------------------------------------------------------- the rank
 def run_rank(comm, store_root: str | os.PathLike, options: ScoreOptions,
-             lineage: dict[str, Any]) -> ScoreSummary:
+             lineage: Lineage) -> ScoreSummary:
     """One rank's whole run. Every rank returns the same summary or raises the same error."""
     from ttspo.builder.scoring.dist import share_cores
     from ttspo.builder.scoring.plan import make_plan
@@ -146,10 +146,9 @@ def _write_and_commit(comm, store, plan, options, results, lineage) -> int:
 
     def commit():
         updates = [u for part in gathered for u in part]
-        record = dict(lineage)
-        record["inputs"] = {**record.get("inputs", {}), **plan.inputs}
-        record["scoring"] = {"sources": sources(options, plan.groups),
-                             "rows": table.num_rows, "world_size": comm.world}
+        record = lineage.with_inputs(plan.inputs).with_extra(scoring={
+            "sources": sources(options, plan.groups), "rows": table.num_rows,
+            "world_size": comm.world})
         return commit_updates(store, updates, plan.version, record)
 
     return _agreed(comm, commit)
@@ -166,7 +165,7 @@ def _summary(plan, options, results, version, world, wall) -> ScoreSummary:
 
 # ------------------------------------------------------------ public API
 def score(store: Store, options: ScoreOptions | None = None, workers: int = 1,
-          lineage: dict[str, Any] | None = None) -> ScoreSummary:
+          lineage: Lineage | None = None) -> ScoreSummary:
     """Score STORE's generations in this process (workers=1) or in N spawned ones."""
     options = options or ScoreOptions()
     options.check()
@@ -200,9 +199,7 @@ def check_backends(options: ScoreOptions) -> None:
 
 
 def _options_args(options: ScoreOptions, workers: int) -> dict[str, Any]:
-    args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options).items()}
-    args["workers"] = workers
-    return args
+    return {**options.args(), "workers": workers}
 
 
 # Which end of each metric is "worst".
@@ -225,16 +222,16 @@ def worst(store: Store, metric: str = "cer", limit: int = 5) -> list[dict[str, A
 
 
 # ------------------------------------------------------- local workers
-def spawn_workers(n: int, store_root, options: ScoreOptions, lineage: dict) -> ScoreSummary:
+def spawn_workers(n: int, store_root, options: ScoreOptions, lineage: Lineage) -> ScoreSummary:
     """Run N ranks as fresh ``python -m ttspo.builder.scoring.run`` processes (what torchrun would
     start, with a file rendezvous instead of a TCP one). Fresh interpreters, not
     fork: Lance and the models' thread pools are not fork-safe, and unlike
     multiprocessing's spawn this does not re-import the caller's main module.
     A dead rank stops the others; nothing is committed then."""
     tmp = Path(tempfile.mkdtemp(prefix="ttspo-score-"))
-    (tmp / "lineage.json").write_text(json.dumps(lineage, default=str))
-    argv = _argv_for(options, store_root) + ["--lineage-file", str(tmp / "lineage.json"),
-                                             "--outcome-file", str(tmp / "outcome.json")]
+    (tmp / "lineage.json").write_text(lineage.to_json())
+    argv = ["--store", str(store_root), *to_argv(options), "--lineage-file",
+            str(tmp / "lineage.json"), "--outcome-file", str(tmp / "outcome.json")]
     procs, logs = [], []
     try:
         for rank in range(n):
@@ -256,19 +253,6 @@ def spawn_workers(n: int, store_root, options: ScoreOptions, lineage: dict) -> S
         for log in logs:
             log.close()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _argv_for(options: ScoreOptions, store_root) -> list[str]:
-    argv = ["--store", str(store_root), "--metrics", ",".join(options.metrics),
-            "--asr", options.asr, "--sv", options.sv, "--normalizer", options.normalizer,
-            "--batch-size", str(options.batch_size)]
-    if options.squim:
-        argv += ["--squim", options.squim]
-    if options.where:
-        argv += ["--where", options.where]
-    if options.rescore:
-        argv.append("--rescore")
-    return argv
 
 
 def _wait_all(procs, tmp: Path) -> None:
@@ -298,23 +282,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="torchrun -m ttspo.builder.scoring.run",
                                  description="Score generations; one process per rank.")
     ap.add_argument("--store", default=os.environ.get("TTSPO_STORE", "ttspo-store"))
-    ap.add_argument("--metrics", default=",".join(DEFAULT_METRICS))
-    ap.add_argument("--asr", default="pocketsphinx")
-    ap.add_argument("--sv", default="resemblyzer")
-    ap.add_argument("--squim", default=None)
-    ap.add_argument("--normalizer", default="nemo")
-    ap.add_argument("--where", default=None)
-    ap.add_argument("--rescore", action="store_true")
-    ap.add_argument("--batch-size", type=int, default=16)
+    add_arguments(ap)  # --metrics, --asr, ... with ScoreOptions' defaults
     # Used by `ttspo score --workers N`, which starts the ranks itself:
     ap.add_argument("--lineage-file", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--outcome-file", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
-
-
-def options_from(metrics: str, **kw) -> ScoreOptions:
-    names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip())
-    return ScoreOptions(metrics=names, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,9 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     comm = None
     try:
-        options = options_from(args.metrics, asr=args.asr, sv=args.sv, squim=args.squim,
-                               normalizer=args.normalizer, where=args.where,
-                               rescore=args.rescore, batch_size=args.batch_size)
+        options = from_namespace(args)
         options.check()
         check_backends(options)
         comm = comm_from_env()
@@ -343,9 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if outcome[0] == "ok" else 1
 
 
-def _lineage_for_main(args, options: ScoreOptions, world: int) -> dict[str, Any]:
+def _lineage_for_main(args, options: ScoreOptions, world: int) -> Lineage:
     if args.lineage_file:
-        return json.loads(Path(args.lineage_file).read_text())
+        return Lineage.from_record(json.loads(Path(args.lineage_file).read_text()))
     return make_lineage("score", _options_args(options, world), launcher="torchrun")
 
 

@@ -21,7 +21,7 @@ import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ttspo.builder.core.errors import StoreError
+from ttspo.builder.core.errors import StoreError, first_line
 from ttspo.builder.scoring.plan import FRAGMENT, ROWID, write_schema
 from ttspo.builder.core.store import Store
 
@@ -58,7 +58,7 @@ def write_fragment_updates(dataset: lance.LanceDataset, results: pa.Table, colum
 
 
 def commit_updates(store: Store, updates: list[FragmentUpdate], read_version: int,
-                   lineage: dict) -> int:
+                   lineage) -> int:
     """Commit every fragment's rewrite as ONE new version carrying lineage."""
     fields = sorted({f for u in updates for f in u.fields})
     op = lance.LanceOperation.Update(
@@ -70,6 +70,5 @@ def commit_updates(store: Store, updates: list[FragmentUpdate], read_version: in
     try:
         return store.commit("generations", op, read_version, lineage)
     except (OSError, ValueError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StoreError(f"generations changed while scoring (read version {read_version}); "
-                         f"run ttspo score again ({reason})") from None
+                         f"run ttspo score again ({first_line(exc)})") from None

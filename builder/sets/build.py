@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,11 +30,9 @@ import pyarrow.compute as pc
 from ttspo.builder.core.errors import StoreError
 from ttspo.builder.sets.recipes import Recipe, load_recipe, run_recipe
 from ttspo.builder.core.schemas import PAIR, PREFERENCES_SCHEMA
-from ttspo.builder.core.store import Store, make_lineage, parse_ref
+from ttspo.builder.core.store import Lineage, Store, make_lineage, parse_ref
 
 BUILD_KEY = b"ttspo.build"
-
-LineageFactory = Callable[..., dict]  # (inputs, **extra) -> lineage dict
 
 
 @dataclass
@@ -72,12 +70,12 @@ class BuildResult:
 
 
 def build_set(store: Store, recipe: Recipe | str, name: str, params: dict[str, Any] | None = None,
-              runs: Sequence[str] = (), lineage: LineageFactory | None = None) -> BuildResult:
+              runs: Sequence[str] = (), lineage: Lineage | None = None) -> BuildResult:
     """Run RECIPE, check its output, and write it as a new version of set NAME.
 
     Writes nothing if the recipe fails or its output breaks an invariant.
-    LINEAGE builds the commit's lineage from (inputs, **extra); the CLI passes
-    one that records its command line. Returns the version written.
+    LINEAGE (default: a "build" lineage of these arguments; the CLI passes its
+    command line) gets the versions read and the build record added.
     """
     Store.check_set_name(name)
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
@@ -87,7 +85,8 @@ def build_set(store: Store, recipe: Recipe | str, name: str, params: dict[str, A
         params=out.params, seed=out.params.get("seed"), runs=sorted(set(runs)),
         inputs=out.inputs, prompts_version=store.version("prompts") if store.exists("prompts") else None,
         counts=count_pairs(out.table))
-    make = lineage or _default_lineage(name, recipe, params, runs)
+    lineage = lineage or make_lineage("build", {
+        "recipe": recipe.source, "name": name, "params": dict(params or {}), "runs": list(runs)})
     extra = {"set": name, "recipe": record.recipe, "recipe_sha256": record.recipe_sha256,
              "params": record.params, "seed": record.seed, "runs": record.runs,
              "counts": record.counts, "prompts_version": record.prompts_version}
@@ -96,13 +95,9 @@ def build_set(store: Store, recipe: Recipe | str, name: str, params: dict[str, A
     table = out.table.replace_schema_metadata(metadata)
     mode = "overwrite" if store.exists(name) else "append"
     start = time.perf_counter()
-    version = store.write(name, table, schema, make(out.inputs, **extra), mode=mode)
+    version = store.write(name, table, schema, lineage.with_inputs(out.inputs).with_extra(**extra),
+                          mode=mode)
     return BuildResult(name, version, record, {**out.seconds, "write": time.perf_counter() - start})
-
-
-def _default_lineage(name: str, recipe: Recipe, params, runs) -> LineageFactory:
-    args = {"recipe": recipe.source, "name": name, "params": dict(params or {}), "runs": list(runs)}
-    return lambda inputs, **extra: make_lineage("build", args, inputs, **extra)
 
 
 def count_pairs(table: pa.Table) -> dict[str, int]:

@@ -50,6 +50,7 @@ import pyarrow.compute as pc
 
 from ttspo.builder.sets.build import SetVersion, open_set
 from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.files import atomic_write, write_text_atomic
 from ttspo.builder.core.schemas import GEN, PAIR, PROMPT
 
 TRAIN_MANIFEST = "dpo_train_manifest.json"
@@ -217,7 +218,7 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *,
         lines[p[PAIR.split]] += [_json_line(chosen), _json_line(rejected)]
     files = []
     for split, name in (("train", TRAIN_MANIFEST), ("val", VAL_MANIFEST)):
-        files.append(str(_write_atomic(out / name, "".join(lines[split]))))
+        files.append(str(write_text_atomic(out / name, "".join(lines[split]))))
     durations = [r[GEN.duration] for r in rows.values()]
     return ExportResult(files, {s: len(v) // 2 for s, v in lines.items()}, written,
                         min(durations, default=None), max(durations, default=None))
@@ -228,13 +229,6 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes
 
 def _json_line(record: dict[str, Any]) -> str:
     return _ENCODER.encode(record) + "\n"
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 # -------------------------------------------------------------------- TRL
@@ -285,11 +279,10 @@ def export_trl(store, ref: str, out_file: str | os.PathLike) -> ExportResult:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as fh:
+            pq.write_table(table, fh)
     else:
-        _write_atomic(path, "".join(_json_line(r) for r in table.to_pylist()))
+        write_text_atomic(path, "".join(_json_line(r) for r in table.to_pylist()))
     splits = table.column("split").to_pylist()
     durations = [d for col in ("chosen_duration", "rejected_duration")
                  for d in table.column(col).to_pylist() if d is not None]

@@ -36,7 +36,8 @@ from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
 
-from ttspo.builder.core.errors import InputError, QueryError, RecipeError
+from ttspo.builder.core.errors import InputError, QueryError, RecipeError, first_line
+from ttspo.builder.core.params import parse_assignments, typed_param  # noqa: F401 (re-exported)
 from ttspo.builder.core.schemas import GEN, PAIR, PAIR_REQUIRED, PREFERENCES_SCHEMA
 
 PARAM_LINE = re.compile(r"^--\s*param\s+([A-Za-z_]\w*)\s*=\s*(\S+)\s*(.*)$")
@@ -117,35 +118,13 @@ def _strip_comments_and_strings(sql: str) -> str:
 
 
 # ------------------------------------------------------------- parameters
-def parse_assignments(items: Iterable[str]) -> dict[str, str]:
-    """``["k=v", ...]`` -> {"k": "v"}; the values stay text until typed."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--param '{item}' is not NAME=VALUE")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def typed_value(recipe: Recipe, name: str, value: Any) -> Any:
-    """Type a value given as text like the parameter's default (int, float, bool, str)."""
-    if not isinstance(value, str):
-        return value
+    """Type a value given as text like the parameter's default (see core.params)."""
     default = recipe.params[name].default if name in recipe.params else None
     try:
-        if isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return value.lower() in ("true", "1")
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except ValueError:
-        kind = type(default).__name__
-        raise InputError(f"recipe {recipe.name}: --param {name}={value} is not a {kind}") from None
-    return value if default is not None else _literal(value)
+        return typed_param(name, value, default, numbers_only=True)
+    except InputError as exc:
+        raise InputError(f"recipe {recipe.name}: {exc}") from None
 
 
 def resolve_params(recipe: Recipe, given: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -209,8 +188,7 @@ def _execute(session, recipe: Recipe, values: dict[str, Any]) -> pa.Table:
     try:
         return session.con.sql(recipe.sql, params=used or None).to_arrow_table()
     except duckdb.Error as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        message = re.sub(r"^Invalid Input Error: ", "", message)
+        message = re.sub(r"^Invalid Input Error: ", "", first_line(exc))
         raise QueryError(f"recipe {recipe.name}: {message}") from None
 
 
@@ -268,9 +246,8 @@ def complete_and_check(session, recipe: Recipe, raw: pa.Table) -> pa.Table:
         return completed.select(ALLOWED).cast(PREFERENCES_SCHEMA)
     except (duckdb.Error, pa.ArrowException) as exc:
         # e.g. a text column where a number belongs: name what the contract says
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RecipeError(f"recipe {recipe.name} returned columns of the wrong type for a "
-                          f"preference set ({first})") from None
+                          f"preference set ({first_line(exc)})") from None
 
 
 def _completion_sql(names: list[str]) -> str:

@@ -1,0 +1,111 @@
+"""What `ttspo score` computes and with which backends: the ONE place scoring
+defaults live.
+
+The click options of ``ttspo score``, the argparse of ``torchrun -m
+ttspo.builder.scoring.run``, the argv a local worker is started with and the
+notebook API's keywords are all derived from :class:`ScoreOptions`' fields.
+Nothing heavy is imported here (``ttspo score --help`` shows the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
+
+from ttspo.builder.core.errors import InputError
+
+# The metric columns GEN.cer, GEN.wer, GEN.ssim (kept literal so --help does not
+# import pyarrow for the schemas; a test checks they are those columns).
+DEFAULT_METRICS = ("cer", "wer", "ssim")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """What `ttspo score` computes and with which backends."""
+
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    asr: str = "pocketsphinx"
+    sv: str = "resemblyzer"
+    squim: str | None = None  # path of SQUIM objective weights
+    normalizer: str = "nemo"
+    where: str | None = None
+    rescore: bool = False
+    batch_size: int = 16
+
+    def groups(self) -> list[str]:
+        from ttspo.builder.scoring.plan import GROUPS, METRIC_GROUP
+
+        return [g for g in GROUPS if any(METRIC_GROUP[m] == g for m in self.metrics)]
+
+    def check(self) -> None:
+        from ttspo.builder.core.schemas import METRICS
+        from ttspo.builder.scoring.metrics import check_normalizer
+
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise InputError(f"--metrics: unknown metric '{','.join(unknown)}' "
+                             f"(choose from {','.join(METRICS)})")
+        if not self.metrics:
+            raise InputError(f"--metrics: name at least one of {','.join(METRICS)}")
+        try:
+            check_normalizer(self.normalizer)
+        except ValueError as exc:
+            raise InputError(f"--normalizer: {exc}") from None
+        if self.batch_size < 1:
+            raise InputError("--batch-size must be at least 1")
+
+    def args(self) -> dict[str, Any]:
+        """The options as plain JSON values (for lineage)."""
+        return {f.name: list(v) if isinstance(v, tuple) else v
+                for f in fields(self) for v in [getattr(self, f.name)]}
+
+
+DEFAULTS = ScoreOptions()
+
+
+def parse_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
+    """``"cer, WER"`` or ``["cer", "wer"]`` -> ("cer", "wer")."""
+    items = metrics.split(",") if isinstance(metrics, str) else metrics
+    return tuple(m.strip().lower() for m in items if m.strip())
+
+
+def options_from(metrics: str | Sequence[str] = DEFAULT_METRICS, **kw: Any) -> ScoreOptions:
+    return ScoreOptions(metrics=parse_metrics(metrics), **kw)
+
+
+def option_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def to_argv(options: ScoreOptions) -> list[str]:
+    """The command-line options that rebuild OPTIONS (see :func:`add_arguments`)."""
+    argv: list[str] = []
+    for f in fields(options):
+        value = getattr(options, f.name)
+        if isinstance(value, bool):
+            argv += [option_name(f.name)] if value else []
+        elif value is not None:
+            argv += [option_name(f.name), _text(value)]
+    return argv
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """One argparse option per field, with the field's default."""
+    for f in fields(ScoreOptions):
+        default = getattr(DEFAULTS, f.name)
+        if isinstance(default, bool):
+            ap.add_argument(option_name(f.name), action="store_true")
+        elif isinstance(default, int):
+            ap.add_argument(option_name(f.name), type=int, default=default)
+        else:
+            ap.add_argument(option_name(f.name), default=None if default is None else _text(default))
+
+
+def from_namespace(ns: argparse.Namespace) -> ScoreOptions:
+    values = {f.name: getattr(ns, f.name) for f in fields(ScoreOptions)}
+    return options_from(**values)
+
+
+def _text(value: Any) -> str:
+    return ",".join(value) if isinstance(value, (tuple, list)) else str(value)

@@ -1,0 +1,131 @@
+"""The built wheel, installed NOT editable into a fresh venv, works on its own.
+
+A source checkout hides packaging mistakes: with the repo root on sys.path, bare
+`builder`/`sql` imports and files missing from the wheel still resolve. Here the
+wheel is built from a copy of the source (`uv build --wheel`), installed with the
+locked dependencies into a new venv (offline, from the uv cache `.ci/setup`
+filled: hard links, a few seconds), and run from a folder outside the repo: its
+top-level import names must be exactly `ttspo`, and `ttspo --help`, an ingest, a
+build and an export of a tiny NeMo-layout corpus must work there.
+
+Part of the suite (CI runs it): it needs `uv` on PATH, which `.ci/setup` installs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from nemo_layout import make_nemo_run
+
+ROOT = Path(__file__).resolve().parent.parent
+# What the wheel is built from: the source, not local state (venvs, stores, builds).
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
+                                    ".pytest_cache", ".hypothesis", "_data", "ttspo-store",
+                                    "ttspo-demo-store")
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"{' '.join(map(str, cmd))} exited {out.returncode}:\n{out.stderr}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> dict:
+    """Build the wheel, install it with the locked requirements into a fresh venv."""
+    uv = shutil.which("uv")
+    assert uv, "uv is not on PATH (bash .ci/setup installs it)"
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, ignore=NOT_SOURCE)
+    run([uv, "build", "--wheel", "--offline", "-q", "--out-dir", str(tmp / "dist")], cwd=src)
+    wheels = list((tmp / "dist").glob("ttspo-*.whl"))
+    assert len(wheels) == 1, wheels
+    reqs = run([uv, "export", "--frozen", "--no-hashes", "--no-emit-project", "-q"], cwd=ROOT).stdout
+    (tmp / "requirements.txt").write_text(reqs)
+    venv = tmp / "venv"
+    run([uv, "venv", "-q", "--python", sys.executable, str(venv)], cwd=tmp)
+    # --no-deps: the export is the whole locked closure, so nothing is resolved (an
+    # offline resolve would need metadata that `uv sync` never put in the cache).
+    run([uv, "pip", "install", "-q", "--offline", "--no-deps", "--python", str(venv / "bin" / "python"),
+         "-r", str(tmp / "requirements.txt"), str(wheels[0])], cwd=tmp)
+    # The child sees none of this process's paths (pytest puts tests/ and the repo
+    # root on sys.path) and reaches no model hub.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["HF_HUB_OFFLINE"] = "1"
+    work = tmp / "work"
+    work.mkdir()
+    return {"wheel": wheels[0], "venv": venv, "env": env, "work": work}
+
+
+def site_packages(venv: Path) -> Path:
+    (found,) = (venv / "lib").glob("python3.*/site-packages")
+    return found
+
+
+def test_the_wheel_installs_only_ttspo(installed):
+    with zipfile.ZipFile(installed["wheel"]) as whl:
+        names = whl.namelist()
+        (top_level,) = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+        assert whl.read(top_level).decode().split() == ["ttspo"]
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"ttspo"}
+    # What landed in site-packages, by the installed RECORD.
+    site = site_packages(installed["venv"])
+    (record,) = site.glob("ttspo-*.dist-info/RECORD")
+    tops = {line.split(",")[0].split("/")[0] for line in record.read_text().splitlines()}
+    assert {t for t in tops if not t.endswith(".dist-info") and t != ".."} == {"ttspo"}
+    for generic in ("builder", "trainer", "sql"):
+        assert not (site / generic).exists(), f"{generic}/ landed in site-packages"
+    # Every stage package and the data files that ship with them.
+    for path in ("builder/core/store.py", "builder/scoring/run.py", "builder/cli/main.py",
+                 "trainer/codec.py", "sql/pareto.sql", "sql/macros.sql",
+                 "builder/demo/corpus/manifest.json"):
+        assert (site / "ttspo" / path).is_file(), path
+    assert not (site / "ttspo" / "setup.py").exists()
+    assert not (site / "ttspo" / "tests").exists()
+
+
+def test_the_installed_ttspo_runs_outside_the_repo(installed, tmp_path):
+    venv, env, work = installed["venv"], installed["env"], installed["work"]
+    bin_ = venv / "bin"
+    where = run([str(bin_ / "python"), "-c", "import ttspo; print(ttspo.__file__)"], work, env)
+    assert where.stdout.strip() == str(site_packages(venv) / "ttspo" / "__init__.py")
+
+    help_ = run([str(bin_ / "ttspo"), "--help"], work, env).stdout
+    for command in ("prompts", "ingest", "score", "build", "export", "sql", "demo"):
+        assert f"\n  {command} " in help_, command
+
+    corpus = make_nemo_run(tmp_path, n_prompts=6, group_size=4, ranks=2)
+    store = ["--store", str(tmp_path / "store")]
+    ingest = run([str(bin_ / "ttspo"), *store, "ingest", "nemo", str(corpus.gen_dir),
+                  "--manifest", str(corpus.manifest), "--run", "base"], work, env)
+    assert ingest.stdout == "ingested 24 generations (6 groups) from run base into generations@1\n"
+
+    build = run([str(bin_ / "ttspo"), *store, "build", "pareto", "--name", "prefs", "--format", "json",
+                 "--param", "min_duration=0.1", "--param", "val_size=0"], work, env)
+    # The recipe the installed package ran is the repo's sql/pareto.sql, byte for byte.
+    sha = hashlib.sha256((ROOT / "sql" / "pareto.sql").read_bytes()).hexdigest()
+    assert json.loads(build.stdout) == [{
+        "set": "prefs", "version": 1, "recipe": "pareto", "pairs": 4, "train": 4, "val": 0,
+        "groups": 4, "prompts": 4, "generations": 1, "recipe_sha256": sha}]
+
+    out = tmp_path / "manifests"
+    export = run([str(bin_ / "ttspo"), *store, "export", "nemo", "prefs", "--out", str(out),
+                  "--format", "json"], work, env)
+    assert json.loads(export.stdout) == [{
+        "files": f"{out}/dpo_train_manifest.json {out}/dpo_val_manifest.json", "train_pairs": 4,
+        "val_pairs": 0, "codes_written": 0, "min_duration": 0.2, "max_duration": 0.2}]
+    lines = [json.loads(line) for line in (out / "dpo_train_manifest.json").read_text().splitlines()]
+    assert len(lines) == 8 and (out / "dpo_val_manifest.json").read_text() == ""
+    assert [line["reward"] for line in lines[0::2]] == [1.0] * 4
+    assert all(line["reward"] < 1 for line in lines[1::2])
+    assert {line["audio_filepath"] for line in lines} <= {str(corpus.wav(i)) for i in range(24)}
