@@ -242,6 +242,15 @@ def test_policy_generates_codes_that_decode(world, policy, codec):
     for i in range(2):
         wav, sr = codec.decode(codes[i, :, : lengths[i]].numpy())
         assert sr == SR and wav.shape == (int(lengths[i]) * 1024,) and np.isfinite(wav).all()
+    # Rows with their own seed (what `generate` and GRPO pass): a row's codes do not
+    # depend on the batch it is in.
+    seeded = [dict(r, sample_seed=s) for r, s in zip(rows, (11, 12))]
+    both, both_lens = policy.generate(policy.collate(seeded, with_targets=False), sampling,
+                                      torch.Generator().manual_seed(0))
+    alone, alone_lens = policy.generate(policy.collate(seeded[1:], with_targets=False), sampling,
+                                        torch.Generator().manual_seed(99))
+    n = int(alone_lens[0])
+    assert int(both_lens[1]) == n and torch.equal(both[1, :, :n], alone[0, :, :n])
 
 
 def test_policy_checkpoint_round_trip(world, policy, models, tmp_path):

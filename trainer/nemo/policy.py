@@ -47,7 +47,7 @@ from torch import nn
 from ttspo.builder.core.errors import InputError, ModelError
 from ttspo.builder.core.schemas import GEN
 from ttspo.trainer.nemo.codec import NemoCodec
-from ttspo.trainer.policy import CONTEXT_CODES, Identity, Sampling, TeacherForced
+from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Identity, Sampling, TeacherForced
 
 ARCHITECTURE = "nemo-magpietts"
 FORMAT = "ttspo-policy-v1"
@@ -118,6 +118,12 @@ class NemoMagpiePolicy(nn.Module):
             batch["context_text_tokens"] = _stack(tokens, 0)
             batch["context_text_tokens_lens"] = torch.tensor([len(t) for t in tokens], dtype=torch.int32)
             batch["has_text_context"] = torch.tensor([has for _, (_, has) in contexts])
+        seeds = [r.get(SAMPLE_SEED) for r in rows]
+        if any(x is not None for x in seeds):
+            if any(x is None for x in seeds):
+                i = seeds.index(None)
+                raise InputError(f"{_name(rows[i], i)}: no {SAMPLE_SEED} while other rows of the batch have one")
+            batch["sample_seeds"] = torch.tensor([int(x) for x in seeds], dtype=torch.int64)
         if with_targets:
             targets = [self._target(r, i) for i, r in enumerate(rows)]
             batch["audio_codes"] = _stack(targets, 0)
@@ -215,7 +221,13 @@ class NemoMagpiePolicy(nn.Module):
     # ------------------------------------------------------------ sampling
     def generate(self, batch: dict, sampling: Sampling,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample with the model's infer_batch: codes [B, C, T] (0 after each length), lengths."""
+        """Sample with the model's infer_batch: codes [B, C, T] (0 after each length), lengths.
+
+        NeMo draws a batch's noise from one stream, so when the rows carry
+        ``sample_seed`` (the batch then holds ``sample_seeds``) each row is sampled
+        alone, seeded by its own seed: its codes do not depend on its batch. Otherwise
+        the whole batch is one call, seeded from GENERATOR.
+        """
         m = self.model
         if sampling.max_steps < 4:
             raise ValueError(f"max_steps must be at least 4 for a NeMo codec, got {sampling.max_steps}")
@@ -226,19 +238,32 @@ class NemoMagpiePolicy(nn.Module):
         params.cfg_scale = float(sampling.cfg_scale)
         params.max_decoder_steps = int(sampling.max_steps)
         m.use_kv_cache_for_inference = bool(sampling.use_kv_cache)
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        seeds = batch.get("sample_seeds")
+        if seeds is None:
+            parts = [(batch, int(torch.randint(0, 2**62, (1,), generator=generator)))]
+        else:
+            parts = [(_row(batch, i), int(s)) for i, s in enumerate(seeds.tolist())]
         was_training = self.training
         self.eval()
         try:
-            # NeMo samples from the global RNG: fork it so a run's other streams do not move.
-            with torch.random.fork_rng(devices=[]), _quiet():
-                torch.manual_seed(seed)
-                out = m.infer_batch(batch, use_cfg=sampling.cfg_scale != 1.0)
+            outs = [self._infer(part, seed, sampling.cfg_scale != 1.0) for part, seed in parts]
         finally:
             self.train(was_training)
-        codes, lens = out.predicted_codes.long(), out.predicted_codes_lens.long()
-        keep = torch.arange(codes.shape[2])[None, None, :] < lens[:, None, None]
-        return codes.masked_fill(~keep, 0), lens
+        lens = torch.cat([n for _, n in outs])
+        codes = torch.zeros((len(lens), m.num_audio_codebooks, int(lens.max())), dtype=torch.int64)
+        row = 0
+        for c, n in outs:
+            for k in range(c.shape[0]):
+                codes[row, :, : n[k]] = c[k, :, : n[k]]
+                row += 1
+        return codes, lens
+
+    def _infer(self, batch: dict, seed: int, use_cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        # NeMo samples from the global RNG: fork it so a run's other streams do not move.
+        with torch.random.fork_rng(devices=[]), _quiet():
+            torch.manual_seed(seed)
+            out = self.model.infer_batch(batch, use_cfg=use_cfg)
+        return out.predicted_codes.long().cpu(), out.predicted_codes_lens.long().cpu()
 
     # --------------------------------------------------------- checkpoints
     def config_dict(self) -> dict[str, Any]:
@@ -273,6 +298,21 @@ class NemoMagpiePolicy(nn.Module):
         """The weights as a ``.nemo`` archive NeMo's own scripts restore."""
         self.model.save_to(str(path))
         return Path(path)
+
+
+def _row(batch: dict, i: int) -> MagpieBatch:
+    """Row I of BATCH alone, every padded axis cut to its own length (NeMo needs that)."""
+    lengths = {"text": "text_lens", "context_audio_codes": "context_audio_codes_lens",
+               "context_text_tokens": "context_text_tokens_lens", "audio_codes": "audio_codes_lens"}
+    out = MagpieBatch()
+    for key, value in batch.items():
+        if not torch.is_tensor(value) or key == "sample_seeds":
+            continue
+        value = value[i : i + 1]
+        if key in lengths:
+            value = value[..., : int(batch[lengths[key]][i])]
+        out[key] = value
+    return out
 
 
 def _name(row: dict[str, Any], i: int) -> str:
