@@ -73,7 +73,7 @@ def build(paths: dict, side: str):
     import torch
 
     if side == "ttspo":
-        from ttspo.trainer.nemo.policy import load_nemo
+        from ttspo.trainer.nemo.load import load_nemo
 
         return load_nemo(str(paths["magpie"]))  # dropout 0, as asked
     import nemo_models
@@ -115,7 +115,7 @@ class TtspoSide:
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def nemo_batches(policy, chosen, rejected) -> dict:
@@ -147,7 +147,7 @@ class NemoSide:
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def memory_child(paths, args, side, batches, queue):
@@ -181,7 +181,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ttspo-bench-nemo-"))
     paths = {"codec": nemo_models.save_codec(tmp / "codec.nemo")}
     paths["magpie"] = nemo_models.save_magpie(paths["codec"], tmp / "magpie.nemo")
-    from ttspo.trainer.nemo.policy import load_nemo
+    from ttspo.trainer.nemo.load import load_nemo
 
     torch.save({"state_dict": load_nemo(str(paths["magpie"])).model.state_dict()}, tmp / "ref.ckpt")
     paths["ref"] = tmp / "ref.ckpt"

@@ -25,7 +25,7 @@ from ttspo.builder.core.store import Store, make_lineage  # noqa: E402
 from ttspo.builder.sets.build import build_set  # noqa: E402
 from ttspo.builder.sets.export import export_nemo  # noqa: E402
 from ttspo.trainer.nemo.codec import NemoCodec  # noqa: E402
-from ttspo.trainer.nemo.policy import load_nemo  # noqa: E402
+from ttspo.trainer.nemo.load import load_nemo  # noqa: E402
 from ttspo.trainer.policy import CONTEXT_CODES, Sampling, sequence_logps  # noqa: E402
 from test_build_helpers import BASIC, gen_rows  # noqa: E402
 

@@ -1,6 +1,6 @@
 """NeMo's ``MagpieTTSModel`` as a ttspo policy (:class:`ttspo.trainer.policy.Policy`).
 
-    policy = load_nemo("/m/magpie.nemo", config={"codec": "/m/codec.nemo"})
+    policy = load_nemo("/m/magpie.nemo", config={"codec": "/m/codec.nemo"})  # trainer/nemo/load.py
     batch = policy.collate(rows)              # store rows -> the model's own batch dict
     tf = policy.forward_teacher(batch)        # per-codebook logits/labels/mask
     codes, lengths = policy.generate(policy.collate(rows, with_targets=False), Sampling(), g)
@@ -18,14 +18,15 @@ become ``(B, C, T+1, V)``, with its EOS-appended targets and loss mask, so
 
 Dropout: MagpieTTS trains with dropout and with classifier-free-guidance dropout of
 the context. A DPO reference must be deterministic, and a policy equal to its
-reference must give loss log 2, so :func:`load_nemo` sets both to what the caller
+reference must give loss log 2, so ``load_nemo`` sets both to what the caller
 asks (default 0) and warns when either is on. NeMo's ``MagpieTTSModelOfflinePO``
 keeps them on for the policy and off for the reference: its first loss is not log 2.
 
 Checkpoints (``save``) are one ``torch.save`` file: a format tag, the architecture,
 the model config and the weights (the codec is not included: the config names it),
-so ``identity().sha256`` is the sha256 of the file ``save`` writes. ``load_nemo``
-builds the model from a ``.nemo`` (or a Lightning ``.ckpt`` with its config) and,
+so ``identity().sha256`` is the sha256 of the file ``save`` writes.
+``ttspo.trainer.nemo.load.load_nemo`` builds the model from a ``.nemo`` (or a
+Lightning ``.ckpt`` with its config) and,
 given ``init``, loads such a checkpoint's weights. ``save_nemo`` writes a ``.nemo``
 for NeMo's own tools.
 """
@@ -36,7 +37,6 @@ import contextlib
 import hashlib
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -122,7 +122,8 @@ class NemoMagpiePolicy(nn.Module):
         if any(x is not None for x in seeds):
             if any(x is None for x in seeds):
                 i = seeds.index(None)
-                raise InputError(f"{_name(rows[i], i)}: no {SAMPLE_SEED} while other rows of the batch have one")
+                raise InputError(f"{_name(rows[i], i)}: no {SAMPLE_SEED} while other rows "
+                                 "of the batch have one")
             batch["sample_seeds"] = torch.tensor([int(x) for x in seeds], dtype=torch.int64)
         if with_targets:
             targets = [self._target(r, i) for i, r in enumerate(rows)]
@@ -326,116 +327,3 @@ def _stack(tensors: list[torch.Tensor], pad: int) -> torch.Tensor:
     for i, t in enumerate(tensors):
         out[i, ..., : t.shape[-1]] = t
     return out
-
-
-# ------------------------------------------------------------------ loading
-def set_dropout(model, p: float, cfg_dropout: float) -> None:
-    """Every nn.Dropout to P; NeMo's context (CFG) and decoder-input dropout to CFG_DROPOUT."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = p
-    model.cfg_unconditional_prob = cfg_dropout
-    model.decoder_input_dropout_prob = cfg_dropout
-    if p > 0 or cfg_dropout > 0:
-        warnings.warn(f"NeMo policy dropout is on (dropout {p}, context dropout {cfg_dropout}): "
-                      "the reference runs in eval mode, so a policy equal to it will not give "
-                      "DPO loss log 2", stacklevel=3)
-
-
-def _model_config(path: Path, codec: str | None, config_yaml: str | None):
-    from omegaconf import OmegaConf, open_dict
-
-    if path.suffix == ".nemo":
-        from nemo.collections.tts.models import MagpieTTSModel
-
-        cfg = MagpieTTSModel.restore_from(str(path), return_config=True)
-    else:
-        if not config_yaml:
-            raise ModelError(f"policy nemo:{path}: a Lightning checkpoint needs its config "
-                             "(nemo:CKPT,config=CONFIG.yaml)")
-        cfg = OmegaConf.load(config_yaml)
-        cfg = cfg.model if "model" in cfg else cfg
-    with open_dict(cfg):
-        if codec:
-            cfg.codecmodel_path = str(codec)
-        cfg.train_ds = None
-        cfg.validation_ds = None
-    where = str(cfg.get("codecmodel_path"))
-    if not Path(where).is_file():
-        raise ModelError(f"policy nemo:{path}: its codec {where} is not a local file "
-                         "(give one: nemo:MODEL,codec=CODEC.nemo; nothing is downloaded)")
-    return cfg
-
-
-def restore_magpie(path: str | Path, *, codec: str | None = None, config_yaml: str | None = None):
-    """A MagpieTTSModel from a .nemo, or a Lightning .ckpt plus its config, on the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"policy nemo:{path}: file not found")
-    from nemo.collections.tts.models import MagpieTTSModel
-
-    cfg = _model_config(path, codec, config_yaml)
-    try:
-        if path.suffix == ".nemo":
-            model = MagpieTTSModel.restore_from(str(path), override_config_path=cfg, map_location="cpu")
-        else:
-            model = MagpieTTSModel(cfg=cfg)
-            state = torch.load(str(path), map_location="cpu", weights_only=False)
-            model.load_state_dict(state.get("state_dict", state), strict=False)
-    except ModelError:
-        raise
-    except Exception as exc:  # NeMo raises many types for a bad archive
-        raise ModelError(f"policy nemo:{path}: cannot restore a MagpieTTSModel ({exc})") from None
-    return model
-
-
-def load_weights(model, path: str | os.PathLike) -> None:
-    """Weights from a checkpoint ``NemoMagpiePolicy.save`` wrote."""
-    try:
-        payload = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  any unreadable file is "not a checkpoint"
-        raise ModelError(f"{path}: not a ttspo policy checkpoint ({str(exc)[:120]})") from None
-    if not isinstance(payload, dict) or payload.get("architecture") != ARCHITECTURE:
-        raise ModelError(f"{path}: not a checkpoint of policy '{ARCHITECTURE}'")
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0][:120]})") from None
-
-
-def parse_arg(arg: str) -> tuple[str, dict[str, str]]:
-    """``PATH[,codec=C][,config=Y]`` -> (PATH, options)."""
-    path, *rest = arg.split(",")
-    options = {}
-    for item in rest:
-        key, sep, value = item.partition("=")
-        if not sep or key not in ("codec", "config"):
-            raise ModelError(f"policy nemo:{arg}: unknown option '{item}' (codec=PATH, config=PATH)")
-        options[key] = value
-    if not path:
-        raise ModelError("policy nemo: give the model as nemo:PATH.nemo (or nemo:CKPT,config=YAML)")
-    return path, options
-
-
-def load_nemo(arg: str, *, init: str | None = None, config: dict[str, Any] | None = None
-              ) -> NemoMagpiePolicy:
-    """The registry's loader for ``--policy nemo:PATH[,codec=C][,config=Y]``.
-
-    INIT is a checkpoint ``save`` wrote (or another ``.nemo``, restored instead of
-    PATH). CONFIG may give ``codec``, ``config`` (as the options), ``dropout`` and
-    ``cfg_dropout`` (default 0: see the module doc) and ``local_transformer_logits``.
-    """
-    config = dict(config or {})
-    path, options = parse_arg(arg)
-    options = {**{k: config.pop(k) for k in ("codec", "config") if k in config}, **options}
-    dropout, cfg_dropout = float(config.pop("dropout", 0.0)), float(config.pop("cfg_dropout", 0.0))
-    lt_logits = bool(config.pop("local_transformer_logits", False))
-    if config:
-        raise ModelError(f"policy nemo: unknown settings {sorted(config)}")
-    if init and Path(init).suffix == ".nemo":  # a .nemo checkpoint: its weights, PATH's place
-        path, init = init, None
-    model = restore_magpie(path, codec=options.get("codec"), config_yaml=options.get("config"))
-    if init:
-        load_weights(model, init)
-    set_dropout(model, dropout, cfg_dropout)
-    return NemoMagpiePolicy(model, source=str(Path(path).resolve()), local_transformer_logits=lt_logits)
