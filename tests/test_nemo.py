@@ -232,7 +232,12 @@ def test_policy_generates_codes_that_decode(world, policy, codec):
     rows = store_rows(world, ["r:0", "r:4"])  # an audio context and a text context
     batch = policy.collate(rows, with_targets=False)
     sampling = Sampling(temperature=0.8, top_k=40, max_steps=8)
+    teacher = lambda: sequence_logps(policy.forward_teacher(policy.collate(rows)))
+    with torch.no_grad():
+        before = teacher()
     codes, lengths = policy.generate(batch, sampling, torch.Generator().manual_seed(3))
+    with torch.no_grad():  # sampling leaves no KV cache behind for the next forward (GRPO's)
+        torch.testing.assert_close(teacher(), before)
     again, _ = policy.generate(batch, sampling, torch.Generator().manual_seed(3))
     assert torch.equal(codes, again)  # seeded by the generator, not the global RNG
     assert codes.shape == (2, 8, int(lengths.max())) and all(4 <= n <= 8 for n in lengths.tolist())
@@ -324,3 +329,44 @@ def test_dropout_is_what_the_user_asks_and_warned(models, policy):
     assert dropouts(noisy) == {0.1} and noisy.model.cfg_unconditional_prob == 0.2
     reference = copy.deepcopy(noisy)  # what the loop makes its live reference from
     assert dropouts(reference) == {0.1} and reference.identity() == noisy.identity()
+
+
+# ------------------------------------------- generate and GRPO (their branches)
+def test_generate_rows_with_the_nemo_policy_decode(world, models, codec):
+    gen = pytest.importorskip("ttspo.trainer.generate")  # lands with `ttspo generate`
+    from ttspo.trainer.generate_rows import GenerateOptions
+
+    options = GenerateOptions(run="nemo-gen", checkpoint=str(models["magpie"]),
+                              policy=f"nemo:{models['magpie']}", samples=2, batch_size=3,
+                              sampling=Sampling(temperature=0.8, top_k=40, max_steps=8),
+                              audio_dir=str(world["dir"] / "gen-audio"))
+    result = gen.generate(world["store"], options, lineage=make_lineage("generate", {}))
+    assert (result.rows, result.prompts) == (6, 3)
+    table = world["store"].open("generations").to_table(
+        columns=[GEN.generation_id, GEN.codes, GEN.audio_filepath, GEN.sample_rate],
+        filter="run = 'nemo-gen'")
+    assert table.num_rows == 6
+    for row in table.to_pylist():
+        codes = np.asarray(row[GEN.codes])
+        assert codes.shape[0] == 8 and 4 <= codes.shape[1] <= 8
+        wav, sr = codec.decode(codes)
+        on_disk, disk_sr = sf.read(row[GEN.audio_filepath], dtype="float32")
+        assert sr == disk_sr == row[GEN.sample_rate] == SR and len(on_disk) == len(wav)
+
+
+def test_one_grpo_step_with_the_nemo_policy(world, models, tmp_path):
+    grpo = pytest.importorskip("ttspo.trainer.grpo")  # lands with `ttspo train grpo`
+    from ttspo.trainer.config import load_config
+
+    cfg = load_config(None, [
+        "grpo.prompts_per_step=1", "grpo.n_generations_per_item=2", "grpo.max_decoder_steps=8",
+        "grpo.min_valid_codes_len=2", "grpo.where=context_type = 'audio'", "train.max_steps=1",
+        "optim.lr=1e-3", "train.val_every=0", "train.progress=false", "train.tensorboard=false"])
+    grpo.train_grpo(world["store"], cfg=cfg, out=tmp_path / "grpo", spec=f"nemo:{models['magpie']}",
+                    echo=lambda *_: None)
+    rows = world["store"].open("rollouts").to_table(columns=[GEN.codes, GEN.codes_len, GEN.cer]).to_pylist()
+    assert len(rows) == 2
+    for r in rows:
+        assert np.asarray(r[GEN.codes]).shape == (8, r[GEN.codes_len]) and r[GEN.cer] is not None
+    metrics = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").open()]
+    assert metrics[0]["step"] == 1 and math.isfinite(metrics[0]["reward/mean"])

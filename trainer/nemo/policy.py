@@ -261,9 +261,14 @@ class NemoMagpiePolicy(nn.Module):
 
     def _infer(self, batch: dict, seed: int, use_cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
         # NeMo samples from the global RNG: fork it so a run's other streams do not move.
-        with torch.random.fork_rng(devices=[]), _quiet():
-            torch.manual_seed(seed)
-            out = self.model.infer_batch(batch, use_cfg=use_cfg)
+        try:
+            with torch.random.fork_rng(devices=[]), _quiet():
+                torch.manual_seed(seed)
+                out = self.model.infer_batch(batch, use_cfg=use_cfg)
+        finally:
+            # infer_batch leaves its KV cache on: the next teacher-forced pass (GRPO's
+            # log-probs of these samples) would attend to stale keys. Switch it off.
+            self.model.decoder.reset_cache(use_cache=False)
         return out.predicted_codes.long().cpu(), out.predicted_codes_lens.long().cpu()
 
     # --------------------------------------------------------- checkpoints
