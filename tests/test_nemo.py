@@ -370,3 +370,22 @@ def test_one_grpo_step_with_the_nemo_policy(world, models, tmp_path):
         assert np.asarray(r[GEN.codes]).shape == (8, r[GEN.codes_len]) and r[GEN.cer] is not None
     metrics = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").open()]
     assert metrics[0]["step"] == 1 and math.isfinite(metrics[0]["reward/mean"])
+
+
+def test_policy_from_a_lightning_checkpoint_and_its_config(policy, models, tmp_path):
+    from omegaconf import OmegaConf
+
+    from ttspo.builder.core.errors import ModelError
+    from ttspo.trainer.policy import load_policy
+
+    ckpt, yaml = tmp_path / "last.ckpt", tmp_path / "magpie.yaml"
+    torch.save({"state_dict": policy.model.state_dict(), "epoch": 3}, ckpt)
+    OmegaConf.save({"model": OmegaConf.to_container(policy.model.cfg)}, yaml)
+    restored = load_policy(f"nemo:{ckpt},config={yaml},codec={models['codec']}")
+    assert restored.identity().sha256 == policy.identity().sha256
+    with pytest.raises(ModelError, match=r"a Lightning checkpoint needs its config \(nemo:CKPT,config=CONFIG.yaml\)"):
+        load_policy(f"nemo:{ckpt}")
+    with pytest.raises(ModelError, match=r"its codec /gone/codec.nemo is not a local file"):
+        load_policy(f"nemo:{models['magpie']},codec=/gone/codec.nemo")
+    with pytest.raises(ModelError, match=r"^policy nemo:/no/magpie.nemo: file not found$"):
+        load_policy("nemo:/no/magpie.nemo")
