@@ -141,7 +141,8 @@ def store_rows(world, ids):
 
 def manifest_pairs(world):
     lines = [json.loads(x) for x in (world["dir"] / "export" / "dpo_train_manifest.json").open()]
-    return [(lines[2 * k]["generation_id"], lines[2 * k + 1]["generation_id"]) for k in range(len(lines) // 2)]
+    return [(lines[2 * k]["generation_id"], lines[2 * k + 1]["generation_id"])
+            for k in range(len(lines) // 2)]
 
 
 # ------------------------------------------------------------------ codec
@@ -383,7 +384,8 @@ def test_policy_from_a_lightning_checkpoint_and_its_config(policy, models, tmp_p
     OmegaConf.save({"model": OmegaConf.to_container(policy.model.cfg)}, yaml)
     restored = load_policy(f"nemo:{ckpt},config={yaml},codec={models['codec']}")
     assert restored.identity().sha256 == policy.identity().sha256
-    with pytest.raises(ModelError, match=r"a Lightning checkpoint needs its config \(nemo:CKPT,config=CONFIG.yaml\)"):
+    with pytest.raises(ModelError, match=r"a Lightning checkpoint needs its config "
+                                         r"\(nemo:CKPT,config=CONFIG.yaml\)"):
         load_policy(f"nemo:{ckpt}")
     with pytest.raises(ModelError, match=r"its codec /gone/codec.nemo is not a local file"):
         load_policy(f"nemo:{models['magpie']},codec=/gone/codec.nemo")
