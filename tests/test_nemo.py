@@ -33,6 +33,11 @@ SR = nemo_models.CODEC_SR
 TEXT_CONTEXT_GROUP = 1  # prompt p1 has a text context, the others a context recording
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    yield from nemo_models.one_thread()
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("nemo-models")

@@ -23,6 +23,11 @@ from ttspo.builder.scoring.audio import read_audio  # noqa: E402
 from test_scoring_helpers import fixture  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    yield from nemo_models.one_thread()
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("nemo-scorers")
