@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ttspo.builder.core.errors import InputError, ModelError, StoreError
-from ttspo.builder.core.store import Lineage, make_lineage
+from ttspo.builder.core.store import Lineage, as_lineage, default_store_path, make_lineage
 from ttspo.builder.core.store import Store as CoreStore
 from ttspo.builder.scoring.options import DEFAULTS as SCORE
 
@@ -36,12 +36,13 @@ RESULT_FORMATS = (".parquet", ".csv", ".json")
 class Store:
     """A ttspo store (a folder of versioned Lance tables), for notebooks and scripts.
 
-    Constructing one touches nothing: writers create the folder, readers refuse
-    a folder that does not exist.
+    PATH defaults to the CLI's: $TTSPO_STORE, else ./ttspo-store. Constructing one
+    touches nothing: writers create the folder, readers refuse a folder that does
+    not exist.
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.core = CoreStore(path)
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.core = CoreStore(default_store_path() if path is None else path)
 
     @property
     def root(self) -> Path:
@@ -49,6 +50,13 @@ class Store:
 
     def __repr__(self) -> str:
         return f"ttspo.Store({str(self.root)!r})"
+
+    def __getattr__(self, name: str):
+        # Code written against the core store (open, write, lineage ...) gets told where it is.
+        if not name.startswith("_") and hasattr(CoreStore, name):
+            raise AttributeError(f"ttspo.Store has no '{name}'; the core store's is "
+                                 f"store.core.{name} (ttspo.builder.core.store.Store)")
+        raise AttributeError(f"'ttspo.Store' object has no attribute '{name}'")
 
     # ------------------------------------------------------------ reading
     def sql(self, query: str, /, **params: Any):
@@ -65,11 +73,11 @@ class Store:
     def query(self, query: str, params: dict[str, Any] | None = None):
         """:meth:`sql` as a pyarrow Table (column names made distinct)."""
         from ttspo.builder.core import query as q
-        from ttspo.builder.core.params import typed_param
+        from ttspo.builder.core.params import checked_value
 
         self._require()
-        typed = {k: typed_param(k, v) for k, v in (params or {}).items()}
-        return q.run(self.core, query, typed)[0]
+        values = {k: checked_value(k, v) for k, v in (params or {}).items()}  # typed already
+        return q.run(self.core, query, values)[0]
 
     def save_sql(self, query: str, out: str | os.PathLike, /, **params: Any) -> int:
         """Write a query's result to OUT (.parquet, .csv or .json, atomically);
@@ -137,7 +145,7 @@ class Store:
         """Make VERSION the latest again, as a new version (history is kept); returns it."""
         number = self.resolve(table, version)
         lineage = lineage or make_lineage("restore", {"table": table, "version": str(version)})
-        return self.core.restore(table, number, lineage.with_inputs({table: number}))
+        return self.core.restore(table, number, as_lineage(lineage).with_inputs({table: number}))
 
     def prompts(self, *, challenging_texts=None, regular_texts_for_audiocontext=None,
                 regular_texts_for_textcontext=None, audio_contexts=None, text_contexts=None,
@@ -232,7 +240,8 @@ class Store:
     def _require(self) -> None:
         """Reading a store that does not exist is an error, not an empty result."""
         if not self.root.is_dir():
-            raise StoreError(f"no store at {self.root} (no such folder; check --store)")
+            what = "not a folder" if self.root.exists() else "no such folder"
+            raise StoreError(f"no store at {self.root} ({what}; check --store)")
 
     def check_output(self, out: str | os.PathLike, suffixes: Sequence[str] = ()) -> Path:
         """OUT, if a result may be written there: never inside one of the store's

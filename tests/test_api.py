@@ -63,6 +63,10 @@ def test_sql_returns_a_polars_frame_with_typed_params(pipeline):
                    "WHERE cer <= $max GROUP BY run ORDER BY run", max=0.5)
     assert isinstance(df, pl.DataFrame)
     assert df.to_dicts() == [{"run": "base", "n": 16, "s": 24}, {"run": "other", "n": 1, "s": 0}]
+    assert df.schema["s"] == pl.Int64  # DuckDB's HUGEINT sum, as a plain integer
+    # a Python value keeps its type (only --param text is typed)
+    assert store.sql("SELECT $x AS x, typeof($x) AS t", x="007").to_dicts() == [
+        {"x": "007", "t": "VARCHAR"}]
     # duplicate names stay apart (polars refuses duplicates outright)
     assert store.sql("SELECT 1 AS a, 2 AS a").to_dicts() == [{"a": 1, "a_1": 2}]
     assert store.sql('SELECT count(*) AS n FROM "generations@1"').item() == 16
@@ -146,6 +150,21 @@ def test_prompts(tmp_path):
     assert lineage["args"]["seed"] == 1 and lineage["manifest"]["lines"] == 4
 
 
+def test_the_default_store_is_the_clis(tmp_path, monkeypatch):
+    monkeypatch.setenv("TTSPO_STORE", str(tmp_path / "env"))
+    assert ttspo.Store().root == tmp_path / "env"
+    monkeypatch.delenv("TTSPO_STORE")
+    monkeypatch.chdir(tmp_path)
+    assert ttspo.Store().root == tmp_path / "ttspo-store"
+
+
+def test_the_core_store_is_one_attribute_away(tmp_path):
+    store = ttspo.Store(tmp_path)
+    with pytest.raises(AttributeError, match=r"ttspo.Store has no 'open'; .* store.core.open"):
+        store.open("generations")
+    assert store.core.root == tmp_path
+
+
 def test_recipes():
     assert [r["recipe"] for r in ttspo.recipes()] == ["best_worst", "pareto"]
     params = {p["parameter"]: p for p in ttspo.recipes("pareto")}
@@ -162,6 +181,9 @@ def test_reading_a_missing_store_is_an_error_and_creates_nothing(tmp_path):
         with pytest.raises(StoreError, match=message):
             read()
     assert not (tmp_path / "typo").exists() and not (tmp_path / "o").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match=r"no store at .*file \(not a folder; check --store\)"):
+        ttspo.Store(tmp_path / "file").tables()
 
 
 def test_non_finite_parameters_are_refused(pipeline):
@@ -176,7 +198,7 @@ def test_non_finite_parameters_are_refused(pipeline):
 def test_an_explicit_lineage_is_the_one_recorded(pipeline):
     store = pipeline[0]
     v = store.tag("generations", 1, "lineage-test")
-    new = store.restore("generations", v, lineage=Lineage("restore", {"why": "test"}, extra={"n": 1}))
+    new = store.restore("generations", v, lineage=Lineage("restore", {"why": "test"}, n=1))
     record = store.versions("generations")[-1]["lineage"]
     assert (record["args"], record["n"], record["inputs"]) == ({"why": "test"}, 1, {"generations": 1})
     store.restore("generations", new - 1)

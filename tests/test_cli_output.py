@@ -46,6 +46,9 @@ def test_integer_sums_are_json_numbers(store):
     assert strict(ok(ttspo(store, "sql", query, "--format", "json"))) == [
         {"s": 30, "g": 40, "n": 20}]
     assert ok(ttspo(store, "sql", query, "--format", "csv")) == "s,g,n\n30,40,20\n"
+    huge = "SELECT 170141183460469231731687303715884105727::HUGEINT AS big, sum(1.5) AS d"
+    assert strict(ok(ttspo(store, "sql", huge, "--format", "json"))) == [
+        {"big": 170141183460469231731687303715884105727, "d": 1.5}]
 
 
 # ---------------------------------------------------- duplicate columns

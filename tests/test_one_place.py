@@ -16,7 +16,7 @@ from ttspo.builder.core.errors import InputError, first_line
 from ttspo.builder.core.files import atomic_write, file_digest
 from ttspo.builder.core.params import parse_params, typed_param
 from ttspo.builder.core.schemas import GEN
-from ttspo.builder.core.store import Lineage, make_lineage
+from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.builder.scoring import options as so
 from ttspo.builder.scoring.run import parse_args
 
@@ -27,7 +27,13 @@ ODD = so.ScoreOptions(metrics=("cer", "pesq"), asr="whisper:/models/w", sv="nemo
 
 # ---------------------------------------------------------- scoring defaults
 def test_default_metrics_are_the_metric_columns():
+    from ttspo.builder.core.schemas import METRICS
+    from ttspo.builder.scoring.plan import GROUPS
+
     assert so.DEFAULT_METRICS == (GEN.cer, GEN.wer, GEN.ssim)
+    assert tuple(so.METRIC_GROUPS) == METRICS  # every metric has its group
+    assert list(dict.fromkeys(so.METRIC_GROUPS.values())) == list(GROUPS)  # in scoring order
+    assert so.ScoreOptions(metrics=("squim", "wer", "ssim")).groups() == ["asr", "ssim", "squim"]
 
 
 def test_the_cli_and_the_api_take_their_defaults_from_score_options():
@@ -47,16 +53,17 @@ def test_torchrun_arguments_and_worker_argv_round_trip():
 
 
 # ------------------------------------------------------------------ lineage
-def test_lineage_is_one_value_type():
+def test_lineage_is_one_record_type():
     base = make_lineage("build", {"recipe": "pareto"})
     grown = base.with_inputs({"generations": 3}).with_extra(recipe_sha256="abc")
     assert base == Lineage("build", {"recipe": "pareto"})  # with_* never mutate
-    record = grown.record()
-    assert list(record)[:4] == ["command", "args", "inputs", "ttspo_version"]
-    assert record["inputs"] == {"generations": 3} and record["recipe_sha256"] == "abc"
+    assert list(grown)[:4] == ["command", "args", "inputs", "ttspo_version"]
+    assert grown.inputs == {"generations": 3} and grown["recipe_sha256"] == "abc"
+    assert grown["ttspo_version"] == ttspo.__version__
     assert Lineage.from_record(json.loads(grown.to_json())) == grown
+    assert as_lineage({**grown, "x": 1}) == grown.with_extra(x=1)  # a plain record converts
     nan = make_lineage("x", {"t": float("nan")}, p=[float("inf"), 1.0])
-    assert json.loads(nan.to_json()) == {**nan.record(), "args": {"t": None}, "p": [None, 1.0]}
+    assert json.loads(nan.to_json()) == {**nan, "args": {"t": None}, "p": [None, 1.0]}
 
 
 # ------------------------------------------------------------ atomic writes

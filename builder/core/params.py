@@ -42,9 +42,7 @@ def typed_param(name: str, value: Any, like: Any = None, numbers_only: bool = Fa
     NUMBERS_ONLY (recipes): text spelling a non-finite number (``nan``, ``inf``) is
     refused rather than kept as text, since SQL would cast it back to NaN."""
     if not isinstance(value, str):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InputError(f"--param {name}={value} is not a finite number")
-        return value
+        return checked_value(name, value)
     if isinstance(like, bool):
         if value.lower() not in TRUE + FALSE:
             raise InputError(f"--param {name}={value} is not a bool")
@@ -75,6 +73,14 @@ def _non_finite(text: str) -> bool:
         return not math.isfinite(float(text))
     except ValueError:
         return False
+
+
+def checked_value(name: str, value: Any) -> Any:
+    """A value given as a Python object (the notebook API), kept as it is: only a
+    non-finite float is refused."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"--param {name}={value} is not a finite number")
+    return value
 
 
 def _guess(value: str) -> int | float | str:

@@ -144,7 +144,20 @@ def run(store: Store, sql: str, params: dict[str, Any] | None = None) -> tuple[p
         raise QueryError(f"SQL error: {first_line(exc)}") from None
     finally:
         session.con.close()
-    return unique_columns(result), session.inputs_for(sql)
+    return plain_integers(unique_columns(result)), session.inputs_for(sql)
+
+
+def plain_integers(table: pa.Table) -> pa.Table:
+    """DuckDB's HUGEINT (every sum() of integers) arrives as decimal128(38, 0):
+    as int64 when the values fit, so results hold integers (JSON numbers, polars
+    Int64), not decimals. Values beyond int64 stay decimals."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_decimal(f.type) and f.type.scale == 0:
+            try:
+                table = table.set_column(i, f.name, table.column(i).cast(pa.int64()))
+            except pa.ArrowInvalid:
+                pass
+    return table
 
 
 def unique_columns(table: pa.Table) -> pa.Table:

@@ -18,7 +18,6 @@ import os
 import re
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from datetime import timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -57,54 +56,67 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-@dataclass(frozen=True)
-class Lineage:
-    """What made a version: the command, its arguments, the versions of the tables
-    it read, and command-specific facts (a recipe's SHA-256, a manifest's ...).
+class Lineage(dict):
+    """What made a version: the command, its arguments (``args``), the versions of
+    the tables it read (``inputs``), the ttspo version, and command-specific facts
+    (a recipe's SHA-256, a manifest's lines ...), as the one record every writer
+    takes and every commit stores (strict JSON, key ``ttspo.lineage``).
 
-    The one lineage type every writer takes. Writers that learn more as they go
-    (the inputs they read, the files they hashed) add it with :meth:`with_inputs`
-    and :meth:`with_extra`, which return a new Lineage. Stored as strict JSON in
-    each commit's transaction properties (key ``ttspo.lineage``).
+    It is the stored record itself (a dict: JSON-serialisable, readable like the
+    records ``Store.lineage`` returns). Writers that learn more as they go add it
+    with :meth:`with_inputs` and :meth:`with_extra`, which return a new Lineage.
     """
 
-    command: str
-    args: dict[str, Any] = field(default_factory=dict)
-    inputs: dict[str, int] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, command: str, args: dict[str, Any] | None = None,
+                 inputs: dict[str, int] | None = None, **extra: Any):
+        super().__init__(command=command, args=dict(args or {}), inputs=dict(inputs or {}),
+                         ttspo_version=__version__, **extra)
+
+    @property
+    def command(self) -> str:
+        return self["command"]
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return self["args"]
+
+    @property
+    def inputs(self) -> dict[str, int]:
+        return self["inputs"]
 
     def with_inputs(self, inputs: dict[str, int] | None = None) -> "Lineage":
-        return replace(self, inputs={**self.inputs, **(inputs or {})})
+        return Lineage.from_record({**self, "inputs": {**self.inputs, **(inputs or {})}})
 
     def with_extra(self, **extra: Any) -> "Lineage":
-        return replace(self, extra={**self.extra, **extra})
-
-    def record(self) -> dict[str, Any]:
-        """The stored record: command, args, inputs, ttspo_version, then the extras."""
-        return {"command": self.command, "args": self.args, "inputs": dict(self.inputs),
-                "ttspo_version": __version__, **self.extra}
+        return Lineage.from_record({**self, **extra})
 
     def to_json(self) -> str:
-        return strict_json(self.record(), sort_keys=True)
+        return strict_json(self, sort_keys=True)
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "Lineage":
-        """A Lineage back from its record (e.g. passed to another process as JSON)."""
+        """A Lineage from a record (read back, or passed to another process as JSON);
+        it records the running ttspo version."""
         known = ("command", "args", "inputs", "ttspo_version")
-        return cls(record.get("command", ""), dict(record.get("args") or {}),
-                   dict(record.get("inputs") or {}),
-                   {k: v for k, v in record.items() if k not in known})
+        return cls(record.get("command", ""), record.get("args"), record.get("inputs"),
+                   **{k: v for k, v in record.items() if k not in known})
 
 
 def make_lineage(command: str, args: dict[str, Any] | None = None,
                  inputs: dict[str, int] | None = None, **extra: Any) -> Lineage:
     """The lineage of one command: stored in each commit it makes."""
-    return Lineage(command, dict(args or {}), dict(inputs or {}), extra)
+    return Lineage(command, args, inputs, **extra)
 
 
-def as_lineage(lineage: Lineage | dict[str, Any]) -> Lineage:
-    """Writers take a Lineage; a record dict (as read back from a commit) is converted."""
+def as_lineage(lineage: dict[str, Any]) -> Lineage:
+    """Writers take a Lineage; a plain record dict (``{**lineage, ...}``, or one read
+    back from a commit) becomes one."""
     return lineage if isinstance(lineage, Lineage) else Lineage.from_record(lineage)
+
+
+def default_store_path() -> Path:
+    """The store a command uses without --store: $TTSPO_STORE, else ./ttspo-store."""
+    return Path(os.environ.get("TTSPO_STORE") or "ttspo-store")
 
 
 def commit_properties(lineage: Lineage | dict[str, Any]) -> dict[str, str]:

@@ -36,7 +36,7 @@ import pyarrow as pa
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import file_digest
 from ttspo.builder.core.schemas import ERR, GEN, GENERATIONS_SCHEMA, INGEST_ERRORS_SCHEMA
-from ttspo.builder.core.store import Lineage, Store, make_lineage, sql_string
+from ttspo.builder.core.store import Lineage, Store, as_lineage, make_lineage, sql_string
 
 GENERATIONS = "generations"
 INGEST_ERRORS = "ingest_errors"
@@ -97,7 +97,7 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
         todo = lines_to_do(man.lines, present)
         tasks = nemo.plan_tasks(layout, where, ranks, man, starts, todo, run, batch_rows,
                                 embed_audio, spill.dir)
-        lineage = (lineage or make_lineage("ingest nemo", dict(
+        lineage = as_lineage(lineage or make_lineage("ingest nemo", dict(
             gen_dir=gen_label, manifest=man_label, run=run, group_size=group_size,
             on_error=on_error, embed_audio=embed_audio))).with_extra(
             gen_dir=layout.gen_dir, manifest_path=os.path.abspath(man_label),
@@ -129,7 +129,7 @@ def ingest_jsonl(store: Store, path: str | os.PathLike, *, run: str | None = Non
         codec_info = ({"codec": {"path": str(getattr(codec, "path", "") or ""),
                                  "fingerprint": getattr(codec, "fingerprint", "")}}
                       if codec is not None else {})
-        lineage = (lineage or make_lineage("ingest jsonl", dict(
+        lineage = as_lineage(lineage or make_lineage("ingest jsonl", dict(
             file=label, run=run, on_error=on_error, embed_audio=embed_audio))).with_extra(
             file_path=os.path.abspath(label), file_sha256=plan.sha256, file_lines=plan.records,
             **codec_info)

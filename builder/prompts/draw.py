@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 from ttspo.builder.core import ids
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import StagedFile
-from ttspo.builder.core.store import Lineage
+from ttspo.builder.core.store import Lineage, as_lineage
 # Input readers are part of this API too (re-exported).
 from ttspo.builder.prompts.inputs import (  # noqa: F401
     AudioContext, PairInputs, file_sha256, load_inputs, read_audio_contexts,
@@ -298,7 +298,7 @@ def write_prompts(store, records: Sequence[dict], lineage: Lineage,
         ds = store.open(table)
         existing = ds.to_table(columns=[PROMPT.prompt_id]).column(0)
         new_rows = rows.filter(pc.invert(pc.is_in(rows.column(PROMPT.prompt_id), value_set=existing)))
-        lineage = lineage.with_inputs({table: ds.version})
+        lineage = as_lineage(lineage).with_inputs({table: ds.version})
     version = None
     if new_rows.num_rows:
         version = store.write(table, new_rows, PROMPTS_SCHEMA, lineage, mode="append")
@@ -342,7 +342,7 @@ def commit_draw(store, draw: Draw, lineage: Lineage,
             extra["manifest"] = {"path": str(staged.path.absolute()), "lines": staged.lines,
                                  "sha256": staged.sha256}
         result = write_prompts(store, draw.records,
-                               lineage.with_extra(input_files=draw.input_files, **extra),
+                               as_lineage(lineage).with_extra(input_files=draw.input_files, **extra),
                                draw.references)
         if staged is not None:
             publish(staged)

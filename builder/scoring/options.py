@@ -18,6 +18,9 @@ from ttspo.builder.core.errors import InputError
 # The metric columns GEN.cer, GEN.wer, GEN.ssim (kept literal so --help does not
 # import pyarrow for the schemas; a test checks they are those columns).
 DEFAULT_METRICS = ("cer", "wer", "ssim")
+# The group of each metric (what one model run produces together), groups in
+# scoring order; the metric names are schemas.METRICS (a test checks).
+METRIC_GROUPS = {"cer": "asr", "wer": "asr", "ssim": "ssim", "pesq": "pesq", "squim": "squim"}
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,9 @@ class ScoreOptions:
     batch_size: int = 16
 
     def groups(self) -> list[str]:
-        from ttspo.builder.scoring.plan import GROUPS, METRIC_GROUP
-
-        return [g for g in GROUPS if any(METRIC_GROUP[m] == g for m in self.metrics)]
+        """The metric groups these options ask for, in scoring order."""
+        asked = {METRIC_GROUPS.get(m) for m in self.metrics}
+        return [g for g in dict.fromkeys(METRIC_GROUPS.values()) if g in asked]
 
     def check(self) -> None:
         from ttspo.builder.core.schemas import METRICS

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import QueryError, first_line
-from ttspo.builder.scoring.options import DEFAULT_METRICS, ScoreOptions  # noqa: F401
+from ttspo.builder.scoring.options import DEFAULT_METRICS, METRIC_GROUPS, ScoreOptions  # noqa: F401
 from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT
 from ttspo.builder.core.store import Store
 
@@ -40,8 +40,7 @@ GROUPS = {
 }
 GROUP_SOURCE = {"asr": GEN.cer_source, "ssim": GEN.ssim_source, "pesq": GEN.pesq_source,
                 "squim": GEN.squim_source}
-METRIC_GROUP = {GEN.cer: "asr", GEN.wer: "asr", GEN.ssim: "ssim", GEN.pesq: "pesq",
-                GEN.squim: "squim"}
+METRIC_GROUP = METRIC_GROUPS  # metric -> group (scoring.options, beside the defaults)
 
 # Plan columns besides the group columns.
 ROWID = "_rowid"

@@ -33,7 +33,7 @@ from typing import Any
 from ttspo.builder.core import errors
 from ttspo.builder.core.errors import InputError, ModelError, StoreError, TtspoError
 from ttspo.builder.scoring.options import ScoreOptions, add_arguments, from_namespace, to_argv
-from ttspo.builder.core.store import Lineage, Store, make_lineage
+from ttspo.builder.core.store import Lineage, Store, as_lineage, make_lineage
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -146,7 +146,7 @@ def _write_and_commit(comm, store, plan, options, results, lineage) -> int:
 
     def commit():
         updates = [u for part in gathered for u in part]
-        record = lineage.with_inputs(plan.inputs).with_extra(scoring={
+        record = as_lineage(lineage).with_inputs(plan.inputs).with_extra(scoring={
             "sources": sources(options, plan.groups), "rows": table.num_rows,
             "world_size": comm.world})
         return commit_updates(store, updates, plan.version, record)
@@ -170,7 +170,7 @@ def score(store: Store, options: ScoreOptions | None = None, workers: int = 1,
     options = options or ScoreOptions()
     options.check()
     check_backends(options)
-    lineage = lineage or make_lineage("score", _options_args(options, workers))
+    lineage = as_lineage(lineage or make_lineage("score", _options_args(options, workers)))
     if not store.exists("generations"):
         raise StoreError(f"no table 'generations' in store {store.root}")
     if workers <= 1:

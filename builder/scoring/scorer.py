@@ -22,7 +22,8 @@ from ttspo.builder.scoring.metrics import error_rates
 from ttspo.builder.core.schemas import GEN
 from ttspo.builder.scoring import cosine, load_asr, load_quality, load_speaker
 from ttspo.builder.scoring.audio import MODEL_SR, read_audio, read_audio_bytes
-from ttspo.builder.scoring.plan import BLOB_SIZE, FRAGMENT, REFERENCE, ROWID, GROUPS, ScoreOptions
+from ttspo.builder.scoring.options import ScoreOptions
+from ttspo.builder.scoring.plan import BLOB_SIZE, FRAGMENT, REFERENCE, ROWID, GROUPS
 
 TIMED = ("read", "asr", "ssim", "pesq", "squim")
 

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from ttspo.builder.core.errors import StoreError
 from ttspo.builder.sets.recipes import Recipe, load_recipe, run_recipe
 from ttspo.builder.core.schemas import PAIR, PREFERENCES_SCHEMA
-from ttspo.builder.core.store import Lineage, Store, make_lineage, parse_ref
+from ttspo.builder.core.store import Lineage, Store, as_lineage, make_lineage, parse_ref
 
 BUILD_KEY = b"ttspo.build"
 
@@ -85,7 +85,7 @@ def build_set(store: Store, recipe: Recipe | str, name: str, params: dict[str, A
         params=out.params, seed=out.params.get("seed"), runs=sorted(set(runs)),
         inputs=out.inputs, prompts_version=store.version("prompts") if store.exists("prompts") else None,
         counts=count_pairs(out.table))
-    lineage = lineage or make_lineage("build", {
+    lineage = as_lineage(lineage) if lineage is not None else make_lineage("build", {
         "recipe": recipe.source, "name": name, "params": dict(params or {}), "runs": list(runs)})
     extra = {"set": name, "recipe": record.recipe, "recipe_sha256": record.recipe_sha256,
              "params": record.params, "seed": record.seed, "runs": record.runs,
