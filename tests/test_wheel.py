@@ -27,10 +27,24 @@ import pytest
 from nemo_layout import make_nemo_run
 
 ROOT = Path(__file__).resolve().parent.parent
-# What the wheel is built from: the source, not local state (venvs, stores, builds).
+# Outside a git checkout: what the wheel must not be built from (venvs, stores, builds).
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
                                     ".pytest_cache", ".hypothesis", "_data", "ttspo-store",
                                     "ttspo-demo-store")
+
+
+def copy_source(dest: Path) -> None:
+    """The source tree as git sees it (tracked and new files, not ignored ones:
+    no venvs, stores or bench data), else the tree less NOT_SOURCE."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True)
+    if listed.returncode:
+        shutil.copytree(ROOT, dest, ignore=NOT_SOURCE)
+        return
+    for rel in filter(None, listed.stdout.decode().split("\0")):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -46,7 +60,7 @@ def installed(tmp_path_factory) -> dict:
     assert uv, "uv is not on PATH (bash .ci/setup installs it)"
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
-    shutil.copytree(ROOT, src, ignore=NOT_SOURCE)
+    copy_source(src)
     run([uv, "build", "--wheel", "--offline", "-q", "--out-dir", str(tmp / "dist")], cwd=src)
     wheels = list((tmp / "dist").glob("ttspo-*.whl"))
     assert len(wheels) == 1, wheels

@@ -28,6 +28,10 @@ Checkpoints
     One ``torch.save`` file: a format tag, the architecture, the config, the codec's
     fingerprint and the weights. Its bytes are a function of the weights, so
     ``identity().sha256`` equals the sha256 of the file ``save`` writes.
+
+Files: ``tiny_batch.py`` (config, token ids, batch, collate), ``tiny_blocks.py``
+(attention with its KV cache, encoder and decoder layers), ``tiny_sampling.py``
+(generate), this one (the model, its teacher-forced pass and checkpoints).
 """
 
 from __future__ import annotations
@@ -35,176 +39,24 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from ttspo.builder.core.errors import InputError, ModelError
-from ttspo.builder.core.schemas import GEN
+from ttspo.builder.core.errors import ModelError, first_line
 from ttspo.trainer import codec as codec_mod
-from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Identity, Sampling, TeacherForced
-from ttspo.trainer.tiny_blocks import DecoderLayer, EncoderLayer, KVCache
+from ttspo.trainer import tiny_sampling
+from ttspo.trainer.policy import Identity, Sampling, TeacherForced
+from ttspo.trainer.tiny_batch import (  # noqa: F401  (re-exported: the tiny policy's names)
+    AUDIO_SPECIALS, IGNORE, TEXT_BOS, TEXT_EOS, TEXT_PAD, TEXT_SEP, TEXT_VOCAB, TinyBatch,
+    TinyConfig, collate_rows)
+from ttspo.trainer.tiny_blocks import DecoderLayer, EncoderLayer
 
 ARCHITECTURE = "tiny"
 FORMAT = "ttspo-policy-v1"  # the header that tells a checkpoint from any other file
-
-# Text tokens: bytes 0..255, then the specials.
-TEXT_PAD, TEXT_BOS, TEXT_EOS, TEXT_SEP = 256, 257, 258, 259
-TEXT_VOCAB = 260
-AUDIO_SPECIALS = 3  # BOS, EOS, PAD after each codebook's codes
-IGNORE = -100  # label at padded positions (the mask says so too)
-
-
-@dataclass(frozen=True)
-class TinyConfig:
-    """Size of a TinyCodecLM. The codebook shape must match the codec's."""
-
-    d_model: int = 128
-    n_heads: int = 4
-    encoder_layers: int = 2
-    decoder_layers: int = 3
-    d_ffn: int = 512
-    dropout: float = 0.0  # 0 so that a policy equal to its reference gives DPO loss log 2
-    max_text_len: int = 512  # encoder tokens: bytes of context text + text, plus 3
-    max_frames: int = 1024  # decoder positions: context frames + BOS + target frames
-    num_codebooks: int = codec_mod.NUM_CODEBOOKS
-    codebook_size: int = codec_mod.CODEBOOK_SIZE
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TinyConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ModelError(f"unknown tiny policy config key '{unknown[0]}' "
-                             f"(known: {', '.join(sorted(known))})")
-        return cls(**values)
-
-    @property
-    def vocab(self) -> int:
-        return self.codebook_size + AUDIO_SPECIALS
-
-    @property
-    def bos(self) -> int:
-        return self.codebook_size
-
-    @property
-    def eos(self) -> int:
-        return self.codebook_size + 1
-
-    @property
-    def pad(self) -> int:
-        return self.codebook_size + 2
-
-
-@dataclass
-class TinyBatch:
-    """Collated rows. text [B, L] + text_mask; prefix [B, C, P] left-padded context codes
-    + prefix_mask [B, P]; codes [B, C, T] right-padded targets + code_lens [B] (None
-    without targets); seeds [B] (None unless the rows carry ``sample_seed``)."""
-
-    text: torch.Tensor
-    text_mask: torch.Tensor
-    prefix: torch.Tensor
-    prefix_mask: torch.Tensor
-    codes: torch.Tensor | None = None
-    code_lens: torch.Tensor | None = None
-    seeds: torch.Tensor | None = None
-
-    @property
-    def size(self) -> int:
-        return int(self.text.shape[0])
-
-    def to(self, device: torch.device | str) -> "TinyBatch":
-        moved = {f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
-                 for f in fields(self)}
-        return TinyBatch(**moved)
-
-
-# ------------------------------------------------------------------ collate
-def row_name(row: dict[str, Any], i: int) -> str:
-    return str(row.get(GEN.generation_id) or f"row {i}")
-
-
-def text_tokens(row: dict[str, Any], i: int, max_len: int) -> list[int]:
-    context = (row.get(GEN.context_text) or "").encode("utf-8")
-    text = row.get(GEN.text)
-    if not isinstance(text, str):
-        raise InputError(f"{row_name(row, i)}: no text ({GEN.text} is {text!r})")
-    tokens = [TEXT_BOS, *context, TEXT_SEP, *text.encode("utf-8"), TEXT_EOS]
-    if len(tokens) > max_len:
-        raise InputError(f"{row_name(row, i)}: context text + text take {len(tokens)} tokens, "
-                         f"more than the policy's max_text_len {max_len}")
-    return tokens
-
-
-def code_array(value: Any, cfg: TinyConfig, what: str) -> np.ndarray:
-    """VALUE ([C][T] lists, list of arrays, or an array) as int64 [C, T], checked."""
-    try:
-        codes = np.asarray([np.asarray(c) for c in value] if isinstance(value, list) else value)
-    except ValueError as e:  # ragged codebooks
-        raise InputError(f"{what}: codebooks of unequal length ({e})") from None
-    if codes.ndim != 2 or codes.shape[0] != cfg.num_codebooks:
-        raise InputError(f"{what}: shape {list(codes.shape)}, expected [{cfg.num_codebooks}, frames]")
-    if codes.size and (codes.min() < 0 or codes.max() >= cfg.codebook_size):
-        raise InputError(f"{what}: codes outside [0, {cfg.codebook_size}): "
-                         f"[{codes.min()}, {codes.max()}]")
-    return codes.astype(np.int64)
-
-
-def target_codes(row: dict[str, Any], i: int, cfg: TinyConfig) -> np.ndarray:
-    if row.get(GEN.codes) is None:
-        raise InputError(f"{row_name(row, i)}: no {GEN.codes} to train on")
-    return code_array(row[GEN.codes], cfg, f"{row_name(row, i)}: {GEN.codes}")
-
-
-def collate_rows(rows: Sequence[dict[str, Any]], cfg: TinyConfig, *,
-                 with_targets: bool = True) -> TinyBatch:
-    if not rows:
-        raise InputError("no rows to collate")
-    texts = [text_tokens(r, i, cfg.max_text_len) for i, r in enumerate(rows)]
-    empty = np.zeros((cfg.num_codebooks, 0), dtype=np.int64)
-    prefixes = [empty if r.get(CONTEXT_CODES) is None
-                else code_array(r[CONTEXT_CODES], cfg, f"{row_name(r, i)}: {CONTEXT_CODES}")
-                for i, r in enumerate(rows)]
-    targets = None
-    if with_targets:
-        targets = [target_codes(r, i, cfg) for i, r in enumerate(rows)]
-        for i, (p, t) in enumerate(zip(prefixes, targets)):
-            if p.shape[1] + 1 + t.shape[1] > cfg.max_frames:
-                raise InputError(f"{row_name(rows[i], i)}: {p.shape[1]} context + {t.shape[1]} "
-                                 f"target frames exceed the policy's max_frames {cfg.max_frames}")
-    b, width, pwidth = len(rows), max(map(len, texts)), max(p.shape[1] for p in prefixes)
-    text = torch.full((b, width), TEXT_PAD, dtype=torch.long)
-    prefix = torch.full((b, cfg.num_codebooks, pwidth), cfg.pad, dtype=torch.long)
-    prefix_mask = torch.zeros((b, pwidth), dtype=torch.bool)
-    for i, (tok, p) in enumerate(zip(texts, prefixes)):
-        text[i, :len(tok)] = torch.tensor(tok)
-        if p.shape[1]:  # left-padded: BOS lands in column pwidth for every row
-            prefix[i, :, pwidth - p.shape[1]:] = torch.from_numpy(p)
-            prefix_mask[i, pwidth - p.shape[1]:] = True
-    batch = TinyBatch(text, text != TEXT_PAD, prefix, prefix_mask, seeds=row_seeds(rows))
-    if targets is not None:
-        lens = torch.tensor([t.shape[1] for t in targets], dtype=torch.long)
-        codes = torch.full((b, cfg.num_codebooks, int(lens.max())), cfg.pad, dtype=torch.long)
-        for i, t in enumerate(targets):
-            codes[i, :, :t.shape[1]] = torch.from_numpy(t)
-        batch.codes, batch.code_lens = codes, lens
-    return batch
-
-
-def row_seeds(rows: Sequence[dict[str, Any]]) -> torch.Tensor | None:
-    have = [r.get(SAMPLE_SEED) is not None for r in rows]
-    if not any(have):
-        return None
-    if not all(have):
-        missing = row_name(rows[have.index(False)], have.index(False))
-        raise InputError(f"{missing}: no {SAMPLE_SEED} while other rows of the batch have one")
-    return torch.tensor([int(r[SAMPLE_SEED]) for r in rows], dtype=torch.long)
-
 
 # -------------------------------------------------------------------- model
 class TinyCodecLM(nn.Module):
@@ -272,6 +124,8 @@ class TinyCodecLM(nn.Module):
             raise ValueError("forward_teacher needs a batch collated with_targets=True")
         cfg = self.config
         b, c, t = batch.codes.shape
+        if self.training and cfg.cfg_dropout > 0:
+            batch = batch.drop_conditioning(torch.rand(b, device=batch.text.device) < cfg.cfg_dropout)
         bos = batch.codes.new_full((b, c, 1), cfg.bos)
         frames = torch.cat([batch.prefix, bos, batch.codes], dim=2)
         valid = torch.cat([batch.prefix_mask, batch.prefix_mask.new_ones((b, 1 + t))], dim=1)
@@ -294,9 +148,7 @@ class TinyCodecLM(nn.Module):
 
     def generate(self, batch: TinyBatch, sampling: Sampling,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        from ttspo.trainer.tiny_sampling import generate
-
-        return generate(self, batch, sampling, generator)
+        return tiny_sampling.generate(self, batch, sampling, generator)
 
     # ---------------------------------------------------------- checkpoints
     def identity(self) -> Identity:
@@ -330,8 +182,7 @@ class TinyCodecLM(nn.Module):
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001  any unreadable file is "not a checkpoint"
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-            raise ModelError(f"{path}: not a ttspo policy checkpoint ({reason})") from None
+            raise ModelError(f"{path}: not a ttspo policy checkpoint ({first_line(e, 120)})") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ModelError(f"{path}: not a ttspo policy checkpoint (no '{FORMAT}' header)")
         if payload.get("architecture") != ARCHITECTURE:
@@ -350,7 +201,7 @@ class TinyCodecLM(nn.Module):
             model.load_state_dict(payload["state_dict"])
         except RuntimeError as e:
             raise ModelError(f"{path}: weights do not fit the config it records "
-                             f"({str(e).splitlines()[0][:120]})") from None
+                             f"({first_line(e, 120)})") from None
         return model
 
 

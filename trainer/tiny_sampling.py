@@ -1,5 +1,9 @@
 """Autoregressive sampling for TinyCodecLM: KV cache on or off, temperature, top-k, CFG.
 
+It works on the model and batch it is given (``ttspo.trainer.tiny`` imports it, not
+the other way round): the model's ``encode``, ``memory_kv``, ``decode`` and
+``config``, the batch's tensors and ``drop_conditioning``.
+
 The two paths compute the same numbers in a different order. With the cache the
 prefix (context frames + BOS) runs once and then each step feeds one frame; without
 it every step reruns the decoder over everything so far and keeps the last position.
@@ -9,27 +13,30 @@ the row's own generator), so they give the same tokens for the same seed.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import torch
 
 from ttspo.builder.core.errors import InputError
 from ttspo.trainer.policy import Sampling
-from ttspo.trainer.tiny import TEXT_BOS, TEXT_EOS, TEXT_PAD, TEXT_SEP, TinyBatch, TinyCodecLM
 from ttspo.trainer.tiny_blocks import KVCache
+
+TinyCodecLM = TinyBatch = Any  # (annotations only: see the module docstring)
 
 SEED_BOUND = 2 ** 62
 
 
 def unconditional(batch: TinyBatch) -> TinyBatch:
     """BATCH with text and context dropped: the encoder reads BOS SEP EOS, no prefix."""
-    text = torch.full_like(batch.text, TEXT_PAD)
-    text[:, :3] = torch.tensor([TEXT_BOS, TEXT_SEP, TEXT_EOS], device=text.device)
-    return TinyBatch(text, text != TEXT_PAD, batch.prefix, torch.zeros_like(batch.prefix_mask))
+    return batch.drop_conditioning(torch.ones(batch.size, dtype=torch.bool, device=batch.text.device))
 
 
 def stack(a: TinyBatch, b: TinyBatch) -> TinyBatch:
-    return TinyBatch(*(torch.cat([x, y]) for x, y in
-                       ((a.text, b.text), (a.text_mask, b.text_mask),
-                        (a.prefix, b.prefix), (a.prefix_mask, b.prefix_mask))))
+    """Rows of A then rows of B (the inputs sampling reads; no targets, no seeds)."""
+    return replace(a, codes=None, code_lens=None, seeds=None,
+                   **{k: torch.cat([getattr(a, k), getattr(b, k)])
+                      for k in ("text", "text_mask", "prefix", "prefix_mask")})
 
 
 def row_generators(batch: TinyBatch, generator: torch.Generator) -> list[torch.Generator]:
@@ -94,7 +101,7 @@ def generate(model: TinyCodecLM, batch: TinyBatch, sampling: Sampling,
     codes = decoder.frames[:b, :, decoder.start:decoder.start + int(lengths.max())]
     steps_idx = torch.arange(codes.shape[2], device=codes.device)
     codes = codes.masked_fill(steps_idx[None, None, :] >= lengths.to(codes.device)[:, None, None], cfg.pad)
-    return codes.clone(), lengths
+    return codes.clone(), lengths.to(codes.device)
 
 
 class Decoder:
@@ -111,6 +118,7 @@ class Decoder:
         self.valid = torch.ones((b, self.start + steps), dtype=torch.bool, device=self.frames.device)
         self.valid[:, :p] = batch.prefix_mask
         self.offset = (~batch.prefix_mask).sum(1, keepdim=True)  # left pads per row
+        self.key_mask = self.valid[:, None, None, :]  # what a single new frame may attend to
         self.length = self.start  # frames fed so far
         self.memory_mask = batch.text_mask[:, None, None, :]
         self.memory_kv = model.memory_kv(model.encode(batch.text, batch.text_mask))
@@ -127,6 +135,13 @@ class Decoder:
 
     def next_logits(self) -> torch.Tensor:
         """Logits [B, C, V] for the frame after the ones fed so far."""
+        if self.use_cache and self.cached == self.length - 1:  # one new (real) frame
+            last = self.length - 1
+            logits = self.model.decode(self.frames[:, :, last:self.length], last - self.offset,
+                                       self.key_mask[..., :self.length], self.memory_kv,
+                                       self.memory_mask, self.caches)
+            self.cached = self.length
+            return logits[:, :, -1]
         first = self.cached if self.use_cache else 0
         cols = torch.arange(first, self.length, device=self.frames.device)
         positions = (cols[None, :] - self.offset).clamp(min=0)
