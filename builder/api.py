@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ttspo.builder.core.errors import InputError, StoreError
+from ttspo.builder.core.errors import InputError, ModelError, StoreError
 from ttspo.builder.core.store import Lineage, as_lineage, default_store_path, make_lineage
 from ttspo.builder.core.store import Store as CoreStore
 from ttspo.builder.scoring.options import DEFAULTS as SCORE
@@ -188,12 +188,15 @@ class Store:
 
     def ingest_jsonl(self, file: str | os.PathLike, *, run: str | None = None,
                      on_error: str = "fail", embed_audio: bool = False,
-                     progress: bool = False, lineage: Lineage | None = None):
-        """Ingest one generation per JSON line (IngestResult)."""
+                     progress: bool = False, lineage: Lineage | None = None,
+                     codec: str | None = None):
+        """Ingest one generation per JSON line (IngestResult). CODEC (``nemo:PATH.nemo``)
+        encodes the audio of lines that have no codes_path."""
         from ttspo.builder.ingest.run import ingest_jsonl
 
         return ingest_jsonl(self.core, file, run=run, on_error=on_error,
-                            embed_audio=embed_audio, lineage=lineage, progress=progress)
+                            embed_audio=embed_audio, lineage=lineage, progress=progress,
+                            codec=load_codec(codec) if codec else None)
 
     def score(self, *, metrics: str | Sequence[str] = SCORE.metrics, asr: str = SCORE.asr,
               sv: str = SCORE.sv, squim: str | None = SCORE.squim,
@@ -218,12 +221,13 @@ class Store:
 
         return build_set(self.core, recipe, name, params, runs, lineage=lineage)
 
-    def export_nemo(self, ref: str, *, out: str | os.PathLike):
-        """Write set REF (NAME, NAME@VERSION, NAME@TAG) as NeMo DPO manifests in folder OUT."""
+    def export_nemo(self, ref: str, *, out: str | os.PathLike, codes_dtype: str = "int32"):
+        """Write set REF (NAME, NAME@VERSION, NAME@TAG) as NeMo DPO manifests in folder OUT,
+        every generation's codes as a CODES_DTYPE (int32 | int64) file under OUT/codes."""
         from ttspo.builder.sets.export import export_nemo
 
         self._require()
-        return export_nemo(self.core, ref, self.check_output(out))
+        return export_nemo(self.core, ref, self.check_output(out), codes_dtype=codes_dtype)
 
     def export_trl(self, ref: str, *, out: str | os.PathLike):
         """Write set REF as OUT.parquet or OUT.jsonl, one row per pair."""
@@ -342,3 +346,13 @@ def write_result(result, path: Path) -> None:
         return
     text = render(result.to_pylist(), "csv" if suffix == ".csv" else "json", result.column_names)
     write_text_atomic(path, text)
+
+
+def load_codec(spec: str):
+    """The codec SPEC names: ``nemo:PATH.nemo`` (a local NeMo AudioCodecModel)."""
+    name, _, path = spec.partition(":")
+    if name != "nemo" or not path:
+        raise ModelError(f"--codec {spec}: give a NeMo codec as nemo:PATH.nemo")
+    from ttspo.trainer.nemo.codec import NemoCodec
+
+    return NemoCodec.load(path)

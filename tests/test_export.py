@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from ttspo.builder.sets.build import build_set
 from ttspo.builder.cli.main import cli
 from ttspo.builder.core.errors import InputError
-from ttspo.builder.sets.export import export_nemo, export_trl
+from ttspo.builder.sets.export import export_nemo, export_trl, safe_name
 from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA
 from ttspo.builder.core.store import Store, make_lineage
 from test_build_helpers import BASIC, gen_rows
@@ -63,7 +63,7 @@ def read_like_magpie_dpo(path, min_duration=None, max_duration=None):
         chosen, rejected = entries[2 * k], entries[2 * k + 1]
         for e in (chosen, rejected):
             codes = torch.load(e["target_audio_codes_path"])
-            assert codes.dtype == torch.int16 and codes.dim() == 2
+            assert codes.dtype == torch.int32 and codes.dim() == 2  # NeMo's DPO gather needs int32/64
             audio, sr = sf.read(os.path.join("/", e["audio_filepath"]))
             assert sr == SR and len(audio) > 0
             if "context_audio_filepath" in e:
@@ -104,7 +104,7 @@ def test_nemo_records_carry_nemo_fields(store, tmp_path):
         "target_audio_codes_path", "duration", "cer_gts", "wer_gts", "pred_context_similarity",
         "pred_transcript", "gt_transcript", "reward", "pair_id", "generation_id"]
     assert audio["audio_filepath"].endswith("/files/r_0.wav")
-    assert audio["target_audio_codes_path"].endswith("/files/r_0_codes.pt")
+    assert audio["target_audio_codes_path"] == str(tmp_path / "out" / "codes" / f"{safe_name('r:0')}.pt")
     text_context = next(r for r in records if r["generation_id"] == "r:4")
     assert text_context["context_text"] == "Speak calmly."
     assert "context_audio_filepath" not in text_context
@@ -118,14 +118,35 @@ def test_codes_kept_only_in_the_table_are_written_as_pt_files(tmp_path):
     s.write("generations", pa.Table.from_pylist(rows, schema=GENERATIONS_SCHEMA), GENERATIONS_SCHEMA,
             make_lineage("t", {}))
     build_set(s, "pareto", "prefs")
-    result = export_nemo(s, "prefs", tmp_path / "out")
+    result = export_nemo(s, "prefs", tmp_path / "out", codes_dtype="int64")
     assert result.codes_written == 4
     for line in (tmp_path / "out" / "dpo_train_manifest.json").read_text().splitlines():
         record = json.loads(line)
         i = int(record["generation_id"].split(":")[1])
         codes = torch.load(record["target_audio_codes_path"])
-        assert codes.dtype == torch.int16 and codes.tolist() == [[i, i + 1, 7], [3, 2, 1]]
+        assert codes.dtype == torch.int64 and codes.tolist() == [[i, i + 1, 7], [3, 2, 1]]
         assert record["target_audio_codes_path"].startswith(str(tmp_path / "out" / "codes"))
+
+
+def test_codes_only_in_files_are_rewritten_as_int32_and_int16_is_refused(tmp_path):
+    rows = gen_rows(BASIC[:2], files=tmp_path)  # codes in NeMo's int16 files, none in the table
+    for i, r in enumerate(rows):
+        torch.save(torch.tensor([[i, 5], [6, i]], dtype=torch.int16), r[GEN.codes_path])
+    s = Store(tmp_path / "store")
+    s.write("generations", pa.Table.from_pylist(rows, schema=GENERATIONS_SCHEMA), GENERATIONS_SCHEMA,
+            make_lineage("t", {}))
+    build_set(s, "pareto", "prefs")
+    assert export_nemo(s, "prefs", tmp_path / "out").codes_written == 4
+    for line in (tmp_path / "out" / "dpo_train_manifest.json").read_text().splitlines():
+        record = json.loads(line)
+        i = int(record["generation_id"].split(":")[1])
+        codes = torch.load(record["target_audio_codes_path"])
+        assert codes.dtype == torch.int32 and codes.tolist() == [[i, 5], [6, i]]
+    with pytest.raises(InputError, match=r"^--codes-dtype int16: choose int32 or int64 \(NeMo's DPO step"):
+        export_nemo(s, "prefs", tmp_path / "out2", codes_dtype="int16")
+    os.remove(rows[0][GEN.codes_path])
+    with pytest.raises(InputError, match=r"_codes.pt: cannot read the codes of generation r:0 \("):
+        export_nemo(s, "prefs", tmp_path / "out3")
 
 
 def test_a_mix_of_generations_with_and_without_codes_is_refused(tmp_path):
@@ -147,8 +168,11 @@ def test_export_reads_the_generations_version_the_set_was_built_from(store, tmp_
     store.write("generations", pa.Table.from_pylist(later, schema=GENERATIONS_SCHEMA),
                 GENERATIONS_SCHEMA, make_lineage("t", {}))
     export_nemo(store, "prefs", tmp_path / "b")
-    for name in ("dpo_train_manifest.json", "dpo_val_manifest.json"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    for name in ("dpo_train_manifest.json", "dpo_val_manifest.json"):  # same but for the folder
+        a = (tmp_path / "a" / name).read_text().replace(str(tmp_path / "a"), "OUT")
+        assert a == (tmp_path / "b" / name).read_text().replace(str(tmp_path / "b"), "OUT")
+    for codes in (tmp_path / "a" / "codes").iterdir():
+        assert torch.equal(torch.load(codes), torch.load(tmp_path / "b" / "codes" / codes.name))
 
 
 def test_trl_export_parquet_and_jsonl(store, tmp_path):
@@ -176,9 +200,11 @@ def test_cli_export_by_tag_and_errors(store, tmp_path):
     result = runner.invoke(cli, base + ["nemo", "prefs@first", "--out", str(tmp_path / "o"),
                                         "--format", "json"])
     assert result.exit_code == 0, result.output
-    out = json.loads(result.output)[0]
-    assert (out["train_pairs"], out["val_pairs"], out["codes_written"]) == (3, 2, 0)
+    out = json.loads(result.stdout)[0]
+    assert (out["train_pairs"], out["val_pairs"], out["codes_written"]) == (3, 2, 10)
     assert (out["min_duration"], out["max_duration"]) == (5.0, 5.0)
+    assert result.stderr == ("set train_ds.datasets.min_duration <= 5.0 and max_duration >= 5.0: "
+                             "NeMo drops lines outside them before pairing\n")
     result = runner.invoke(cli, base + ["nemo", "prefs@nope", "--out", str(tmp_path / "o")])
     assert (result.exit_code, result.output) == (1, "Error: table 'prefs' has no version or tag 'nope' "
                                                     "(tags: first)\n")

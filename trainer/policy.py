@@ -39,6 +39,7 @@ SAMPLE_SEED = "sample_seed"  # optional row key: the seed of that row's sampling
 # Imported on use, so naming a policy never imports another one's dependencies.
 POLICIES: dict[str, str] = {
     "tiny": "ttspo.trainer.tiny:load_tiny",
+    "nemo": "ttspo.trainer.nemo.load:load_nemo",  # nemo:MODEL.nemo[,codec=C][,config=Y]
 }
 
 

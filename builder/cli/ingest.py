@@ -68,10 +68,12 @@ def ingest_nemo_cmd(ctx: click.Context, gen_dir: str, manifest: str, run_name: s
 @ingest.command("jsonl", short_help="Ingest one generation per JSON line (other systems).")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--run", "run_name", help="Run name.  [default: FILE's name without extension]")
+@click.option("--codec", "codec_spec", metavar="nemo:PATH",
+              help="Encode the audio of lines without codes_path with this NeMo codec (.nemo).")
 @_common("line")
 @click.pass_context
-def ingest_jsonl_cmd(ctx: click.Context, file: str, run_name: str | None, on_error: str,
-                     embed_audio: bool) -> None:
+def ingest_jsonl_cmd(ctx: click.Context, file: str, run_name: str | None, codec_spec: str | None,
+                     on_error: str, embed_audio: bool) -> None:
     """Ingest one generation per JSON line (data from other systems).
 
     Required per line: text, group, audio_filepath (relative paths are taken
@@ -80,10 +82,12 @@ def ingest_jsonl_cmd(ctx: click.Context, file: str, run_name: str | None, on_err
     context_audio_duration, context_text, codes_path (.pt or .npy, int16
     [codebooks, frames]), cer, wer, ssim, pesq, squim, codes_len,
     pred_transcript, gt_transcript, invalid. Line N (from 0) is generation RUN:N.
+    With --codec nemo:CODEC.nemo, lines without codes_path get the codes of their
+    audio under that codec (the lineage records the codec file and its hash).
     """
     result = get_store(ctx).ingest_jsonl(file, run=run_name, on_error=on_error,
                                          embed_audio=embed_audio, lineage=lineage_for(ctx),
-                                         progress=True)
+                                         progress=True, codec=codec_spec)
     _report(result)
 
 

@@ -70,17 +70,24 @@ def export() -> None:
 @click.argument("ref", metavar="NAME[@VERSION|@TAG]")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for dpo_train_manifest.json and dpo_val_manifest.json.")
+@click.option("--codes-dtype", type=click.Choice(["int32", "int64"]), default="int32", show_default=True,
+              help="Integer type of the codes files written under OUT/codes (NeMo's DPO step "
+                   "crashes on the int16 its generation writes).")
 @format_option
 @click.pass_context
-def export_nemo(ctx: click.Context, ref: str, out_dir: str, fmt: str) -> None:
+def export_nemo(ctx: click.Context, ref: str, out_dir: str, codes_dtype: str, fmt: str) -> None:
     """Write NeMo DPO manifests: each pair as its chosen line then its rejected line.
 
-    MagpieTTSDatasetDPO reads them unchanged. Set the dataset's min_duration /
-    max_duration around the reported duration range: NeMo drops lines outside
-    them before pairing lines, which would shift every later pair.
+    MagpieTTSDatasetDPO reads them unchanged and MagpieTTSModelOfflinePO trains on
+    them. Set the dataset's min_duration / max_duration to the reported duration
+    range (or wider): NeMo drops lines outside them before pairing lines, which
+    would shift every later pair. The range is also printed to stderr.
     """
-    result = get_store(ctx).export_nemo(ref, out=out_dir)
+    result = get_store(ctx).export_nemo(ref, out=out_dir, codes_dtype=codes_dtype)
     emit([_export_row(result)], fmt, list(_export_row(result)))
+    if result.min_duration is not None:
+        click.echo(f"set train_ds.datasets.min_duration <= {result.min_duration} and max_duration >= "
+                   f"{result.max_duration}: NeMo drops lines outside them before pairing", err=True)
 
 
 @export.command("trl")

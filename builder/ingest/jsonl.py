@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -72,14 +72,16 @@ class _Group:
 
 
 def read_batches(plan: Plan, embed_audio: bool, batch_rows: int,
-                 spill_dir: str) -> Iterator[tuple]:
+                 spill_dir: str, encode: Callable | None = None) -> Iterator[tuple]:
     """Parse and check every line; per chunk, spill the good new rows (see
-    ingest_nemo.spill_batch for what is yielded)."""
-    for k, (batch, problems) in enumerate(_batches(plan, embed_audio, batch_rows)):
+    ingest_nemo.spill_batch for what is yielded). ENCODE(audio, sr) -> codes [C, T]
+    gives codes to lines that have audio but no codes_path."""
+    for k, (batch, problems) in enumerate(_batches(plan, embed_audio, batch_rows, encode)):
         yield spill_batch(batch, os.path.join(spill_dir, f"{k:08d}.arrows"), problems)
 
 
-def _batches(plan: Plan, embed_audio: bool, batch_rows: int) -> Iterator[tuple[Any, list]]:
+def _batches(plan: Plan, embed_audio: bool, batch_rows: int,
+             encode: Callable | None) -> Iterator[tuple[Any, list]]:
     groups: dict[Any, _Group] = {}
     taken: set[tuple[int, int]] = set()
     buf, problems = RowBuffer(plan.run, JSONL_SOURCE), []
@@ -100,7 +102,7 @@ def _batches(plan: Plan, embed_audio: bool, batch_rows: int) -> Iterator[tuple[A
             if (number - 1) in plan.present_lines:
                 continue
             try:
-                row = _read_files(record, base, embed_audio)
+                row = _read_files(record, base, embed_audio, encode)
             except nf.BadFile as exc:
                 problems.append((number, where, str(exc)))
                 continue
@@ -154,7 +156,8 @@ def _place(record: dict, fields: tuple, groups: dict, taken: set, number: int) -
     return group.index, sample
 
 
-def _read_files(record: dict, base: str, embed_audio: bool) -> dict[str, Any]:
+def _read_files(record: dict, base: str, embed_audio: bool,
+                encode: Callable | None = None) -> dict[str, Any]:
     audio_path = os.path.abspath(os.path.join(base, record["audio_filepath"]))
     try:
         data = nf.read_file_bytes(audio_path) if embed_audio else None
@@ -170,7 +173,31 @@ def _read_files(record: dict, base: str, embed_audio: bool) -> dict[str, Any]:
         except nf.BadFile as exc:
             raise nf.BadFile(f"codes {record[GEN.codes_path]}: {exc}") from None
         row["codes_path"] = codes_path
+    elif encode is not None:
+        try:
+            row["codes"] = _encode(audio_path, data, encode)
+        except nf.BadFile as exc:
+            raise nf.BadFile(f"audio {record['audio_filepath']}: {exc}") from None
     return row
+
+
+def _encode(path: str, data: bytes | None, encode: Callable) -> tuple[int, int, bytes]:
+    """The codec's codes of the audio at PATH, as (codebooks, frames, int16 LE bytes)."""
+    import io
+
+    import soundfile as sf
+
+    try:
+        audio, sr = sf.read(io.BytesIO(data) if data is not None else path, dtype="float32",
+                            always_2d=True)
+    except (OSError, RuntimeError, sf.LibsndfileError) as exc:
+        raise nf.BadFile(f"unreadable ({exc})") from None
+    codes = np.asarray(encode(audio.mean(axis=1), sr))
+    if codes.ndim != 2 or codes.size == 0:
+        raise nf.BadFile(f"the codec gave codes of shape {list(codes.shape)}")
+    if codes.min() < np.iinfo(np.int16).min or codes.max() > np.iinfo(np.int16).max:
+        raise nf.BadFile("the codec's codes do not fit int16")
+    return codes.shape[0], codes.shape[1], np.ascontiguousarray(codes, dtype="<i2").tobytes()
 
 
 def _read_codes(path: str) -> tuple[int, int, bytes]:

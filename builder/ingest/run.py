@@ -111,8 +111,11 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
 def ingest_jsonl(store: Store, path: str | os.PathLike, *, run: str | None = None,
                  on_error: str = "fail", embed_audio: bool = False,
                  lineage: Lineage | None = None, batch_rows: int = 1024,
-                 progress: bool = False) -> IngestResult:
-    """Ingest one generation per JSON line (data from systems other than NeMo)."""
+                 progress: bool = False, codec: Any = None) -> IngestResult:
+    """Ingest one generation per JSON line (data from systems other than NeMo).
+
+    CODEC (an object with ``encode(audio, sr)``, e.g. ttspo.trainer.nemo.codec.NemoCodec)
+    encodes the audio of lines without a codes_path; the lineage names it."""
     from ttspo.builder.ingest import jsonl as jl
 
     _check_on_error(on_error)
@@ -122,10 +125,15 @@ def ingest_jsonl(store: Store, path: str | os.PathLike, *, run: str | None = Non
     with SpillDir() as spill, store.lock(f"ingest run {run}"):
         before = store.version(GENERATIONS)
         plan = jl.plan(label, run, set(existing_lines(store, run).tolist()))  # fatal problems (unreadable file) raise here
+        codec_info = ({"codec": {"path": str(getattr(codec, "path", "") or ""),
+                                 "fingerprint": getattr(codec, "fingerprint", "")}}
+                      if codec is not None else {})
         lineage = as_lineage(lineage or make_lineage("ingest jsonl", dict(
             file=label, run=run, on_error=on_error, embed_audio=embed_audio))).with_extra(
-            file_path=os.path.abspath(label), file_sha256=plan.sha256, file_lines=plan.records)
-        results = jl.read_batches(plan, embed_audio, batch_rows, spill.dir)
+            file_path=os.path.abspath(label), file_sha256=plan.sha256, file_lines=plan.records,
+            **codec_info)
+        results = jl.read_batches(plan, embed_audio, batch_rows, spill.dir,
+                                  codec.encode if codec is not None else None)
         return land(store, run, results, spill, plan.todo, plan.present, before, on_error,
                     lineage, progress, "line", started)
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from ttspo.builder.core.errors import ModelError
 from ttspo.builder.scoring.audio import MODEL_SR, resample
-from ttspo.builder.scoring.backends import (restore_nemo, require_dir, require_file, require_module, split_spec,
-                                      unknown)
+from ttspo.builder.scoring.backends import (nemo_source, restore_nemo, require_dir, require_file,
+                                            require_module, split_spec, unknown)
 
 ASR_BACKENDS = ("pocketsphinx", "nemo:PATH.nemo", "whisper:DIR")
 
@@ -60,11 +60,7 @@ class NemoASR:
 
     def __init__(self, path: Path, option: str, spec: str) -> None:
         self.model = restore_nemo("ASRModel", path, option, spec, "ASR")
-        self.name = f"nemo:{path.name}"
-        # NeMo's transcribe() of arrays needs the model's sample rate: checkpoints
-        # carry cfg.sample_rate; one without it gets its preprocessor's.
-        if "sample_rate" not in self.model.cfg and not hasattr(self.model, "sample_rate"):
-            self.model.sample_rate = self.model.cfg.preprocessor.get("sample_rate", MODEL_SR)
+        self.name = nemo_source(path)
 
     def transcribe(self, audio: np.ndarray, sr: int) -> str:
         return self.transcribe_batch([audio], sr)[0]
@@ -72,7 +68,7 @@ class NemoASR:
     def transcribe_batch(self, audios: list[np.ndarray], sr: int) -> list[str]:
         import torch
 
-        batch = [resample(a, sr, MODEL_SR) for a in audios]
+        batch = [resample(a, sr, self.model.sample_rate) for a in audios]
         with torch.no_grad():
             out = self.model.transcribe(batch, batch_size=len(batch), verbose=False)
         if isinstance(out, tuple):  # older RNNT models return (best, all)

@@ -8,6 +8,7 @@ naming the option that selects it, so the user knows what to change.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -52,7 +53,30 @@ def restore_nemo(class_name: str, path: Path, option: str, spec: str, what: str)
     except Exception as exc:  # NeMo raises many types for a bad archive
         raise ModelError(f"{option} {spec}: cannot restore NeMo {what} model ({exc})") from None
     model.eval()
+    # NeMo's transcribe() of in-memory audio needs the rate on the model: a model
+    # whose config names it only in its preprocessor (or not at all) would refuse.
+    model.sample_rate = nemo_sample_rate(model)
     return model
+
+
+def nemo_sample_rate(model) -> int:
+    """The rate a NeMo ASR/speaker model takes audio at (its preprocessor's; 16 kHz default)."""
+    cfg = model.cfg
+    rate = cfg.get("sample_rate") or (cfg.get("preprocessor") or {}).get("sample_rate")
+    return int(rate or 16000)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def nemo_source(path: Path) -> str:
+    """What a ``*_source`` column records for a .nemo model: its file name and sha256."""
+    return f"nemo:{path.name}@sha256:{file_sha256(path)}"
 
 
 def require_module(option: str, spec: str, module: str, extra: str) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ttspo.builder.scoring.audio import MODEL_SR, resample
-from ttspo.builder.scoring.backends import restore_nemo, require_file, require_module, split_spec, unknown
+from ttspo.builder.scoring.backends import (nemo_source, restore_nemo, require_file, require_module,
+                                            split_spec, unknown)
 
 SPEAKER_BACKENDS = ("resemblyzer", "resemblyzer:PATH.pt", "nemo:PATH.nemo")
 
@@ -103,7 +104,7 @@ class NemoSV:
 
     def __init__(self, path: Path, option: str, spec: str) -> None:
         self.model = restore_nemo("EncDecSpeakerLabelModel", path, option, spec, "speaker")
-        self.name = f"nemo:{path.name}"
+        self.name = nemo_source(path)
 
     def embed(self, audio: np.ndarray, sr: int) -> np.ndarray:
         return self.embed_batch([audio], sr)[0]
@@ -111,7 +112,7 @@ class NemoSV:
     def embed_batch(self, audios: list[np.ndarray], sr: int) -> list[np.ndarray]:
         import torch
 
-        wavs = [resample(a, sr, MODEL_SR) for a in audios]
+        wavs = [resample(a, sr, self.model.sample_rate) for a in audios]
         lengths = torch.tensor([len(w) for w in wavs], dtype=torch.long)
         batch = torch.zeros(len(wavs), int(lengths.max()))
         for i, w in enumerate(wavs):

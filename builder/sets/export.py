@@ -23,9 +23,12 @@ Two NeMo pitfalls the export guards against:
   pairing lines, which would shift every later pair: keep those bounds around
   the range the export reports (the recipe's duration limits).
 
-Codes stored only in the table (no ``codes_path``) are written to
-``OUT/codes/<generation id>.pt`` with ``torch.save`` of an int16 tensor
-``[codebooks, frames]``, as NeMo writes them.
+Every generation's codes are written to ``OUT/codes/<generation id>.pt`` with
+``torch.save`` of a ``[codebooks, frames]`` tensor of ``codes_dtype`` (int32 by
+default, or int64): NeMo's own generation writes int16 codes, on which its DPO
+training step crashes (``gather(): Expected dtype int32/int64 for index``), so
+the export never points at those files. The codes are the table's (as ingested),
+else those of the generation's ``codes_path``.
 
 ``export_trl`` writes one row per pair (``prompt``, ``chosen``, ``rejected`` =
 text and the two wav paths, plus metrics, rewards and split) as Parquet or JSON
@@ -51,6 +54,8 @@ from ttspo.builder.core.files import atomic_write, write_text_atomic
 from ttspo.builder.core.schemas import GEN, PAIR, PROMPT
 
 TRAIN_MANIFEST = "dpo_train_manifest.json"
+CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices
+DEFAULT_CODES_DTYPE = "int32"
 VAL_MANIFEST = "dpo_val_manifest.json"
 # Generation columns an export reads (views leave out the heavy `codes`).
 GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
@@ -63,7 +68,7 @@ GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
 class ExportResult:
     files: list[str]
     pairs: dict[str, int]  # split -> pairs written
-    codes_written: int  # codes files written from in-table codes
+    codes_written: int  # codes files written under OUT/codes
     min_duration: float | None
     max_duration: float | None
 
@@ -110,32 +115,52 @@ def _ids(pairs: pa.Table) -> list[str]:
     return pairs.column(PAIR.chosen_id).to_pylist() + pairs.column(PAIR.rejected_id).to_pylist()
 
 
-def codes_files(store, sv: SetVersion, rows: dict[str, dict], out_dir: Path) -> int:
-    """Give every generation a codes file: its codes_path, or one written from the
-    table's codes. Refuses a mix of generations with and without codes."""
-    need = sorted(g for g, r in rows.items() if not r[GEN.codes_path])
-    if not need:
-        return 0
+def codes_files(store, sv: SetVersion, rows: dict[str, dict], out_dir: Path,
+                codes_dtype: str = DEFAULT_CODES_DTYPE) -> int:
+    """Write every generation's codes to OUT/codes/ as CODES_DTYPE and point its
+    row there. Codes come from the table (as ingested), else from its codes_path.
+    Refuses a mix of generations with and without codes; without any, writes none
+    (NeMo's dataset then reads the wavs)."""
+    if codes_dtype not in CODES_DTYPES:
+        raise InputError(f"--codes-dtype {codes_dtype}: choose {' or '.join(CODES_DTYPES)} (NeMo's DPO "
+                         "step gathers log-probs with the codes as index: int16 crashes it)")
     ds = store.open("generations", sv.record.inputs["generations"])
-    scan = ds.to_table(columns=[GEN.generation_id, GEN.codes],
-                       filter=f"{GEN.codes_path} IS NULL AND {GEN.codes} IS NOT NULL")
+    scan = ds.to_table(columns=[GEN.generation_id, GEN.codes], filter=f"{GEN.codes} IS NOT NULL")
     # only the set's generations become Python lists, not every row's codes
-    scan = scan.filter(pc.is_in(scan.column(GEN.generation_id), value_set=pa.array(need)))
-    found = dict(zip(scan.column(GEN.generation_id).to_pylist(), scan.column(GEN.codes).to_pylist()))
-    without = [g for g in need if g not in found]
+    wanted = pa.array(sorted(rows), type=pa.string())
+    scan = scan.filter(pc.is_in(scan.column(GEN.generation_id), value_set=wanted))
+    found: dict[str, Any] = dict(zip(scan.column(GEN.generation_id).to_pylist(),
+                                     scan.column(GEN.codes).to_pylist()))
+    without = sorted(g for g in rows if g not in found and not rows[g][GEN.codes_path])
     if without and len(without) < len(rows):
         raise InputError(f"{sv.ref}: {len(without)} of {len(rows)} generations have no codes "
                          f"(first: {without[0]}); NeMo cannot batch codes with audio, export none or all")
     if without:
         return 0  # no codes at all: NeMo's dataset reads the wavs instead
+    for gid in sorted(set(rows) - set(found)):
+        found[gid] = read_codes_file(rows[gid][GEN.codes_path], gid)
     import torch
 
+    dtype = getattr(torch, codes_dtype)
     (out_dir / "codes").mkdir(parents=True, exist_ok=True)
-    for gid in need:
+    for gid in sorted(rows):
         path = out_dir / "codes" / f"{safe_name(gid)}.pt"
-        torch.save(torch.tensor(found[gid], dtype=torch.int16), path)
+        torch.save(torch.as_tensor(found[gid]).to(dtype), path)
         rows[gid][GEN.codes_path] = str(path.absolute())
-    return len(need)
+    return len(rows)
+
+
+def read_codes_file(path: str, gid: str):
+    """The [codebooks, frames] tensor in a NeMo codes file (no code runs while reading)."""
+    import torch
+
+    try:
+        codes = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  missing, truncated or not a tensor file
+        raise InputError(f"{path}: cannot read the codes of generation {gid} ({str(exc)[:120]})") from None
+    if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
+        raise InputError(f"{path}: the codes of generation {gid} are not a [codebooks, frames] tensor")
+    return codes
 
 
 def safe_name(generation_id: str) -> str:
@@ -172,15 +197,17 @@ def check_for_nemo(sv: SetVersion, rows: dict[str, dict]) -> None:
             raise InputError(f"{sv.ref}: generation {gid} has a context audio without its duration")
 
 
-def export_nemo(store, ref: str, out_dir: str | os.PathLike) -> ExportResult:
-    """Write NAME[@VERSION|@TAG] as NeMo DPO train/val manifests in OUT_DIR."""
+def export_nemo(store, ref: str, out_dir: str | os.PathLike, *,
+                codes_dtype: str = DEFAULT_CODES_DTYPE) -> ExportResult:
+    """Write NAME[@VERSION|@TAG] as NeMo DPO train/val manifests in OUT_DIR, with
+    every generation's codes as a CODES_DTYPE file under OUT_DIR/codes."""
     sv = open_set(store, ref)
     pairs = sv.rows()
     rows = generation_rows(store, sv, pairs)
     check_for_nemo(sv, rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = codes_files(store, sv, rows, out)
+    written = codes_files(store, sv, rows, out, codes_dtype)
     fields = {gid: nemo_fields(gen) for gid, gen in rows.items()}
     lines: dict[str, list[str]] = {"train": [], "val": []}
     for p in pairs.to_pylist():  # in shuffle order
