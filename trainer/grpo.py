@@ -38,13 +38,13 @@ from ttspo.trainer.config import Config, GrpoConfig
 from ttspo.trainer.data import shard
 from ttspo.trainer.grpo_rollout import (PHASES, Prompts, Scoring, load_prompts, rollout,
                                         split_prompts, step_prompts)
-from ttspo.trainer.loop import (RESUMABLE, MetricsLog, _progress, all_mean, build_optimizer,
-                                build_scheduler, compute_cleanup, compute_init, make_policy,
-                                open_run_dir)
+from ttspo.trainer.loop import (_progress, all_mean, build_optimizer, build_scheduler,
+                                compute_cleanup, compute_init, make_policy)
 from ttspo.trainer.policy import Sampling, token_logps
 from ttspo.trainer.ref import file_sha256
 from ttspo.trainer.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
 from ttspo.trainer.rollouts import RolloutWriter
+from ttspo.trainer.runs import RESUMABLE, MetricsLog, open_run_dir
 
 PARTS = {name: spec.part for name, spec in REWARDS.items()}
 
