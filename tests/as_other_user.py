@@ -21,7 +21,7 @@ def _child(args: list[str], tmpdir: str | None, queue) -> None:
         os.environ["TMPDIR"] = tmpdir
         tempfile.tempdir = None
     import csv, importlib.readers, importlib.resources, json  # noqa: E401,F401
-    import duckdb, lance, pyarrow.parquet, tqdm  # noqa: E401,F401
+    import duckdb, lance, pyarrow.parquet, torch, tqdm  # noqa: E401,F401  (export saves codes with torch)
     import ttspo.builder.cli.main as main
     import ttspo.builder.core.query, ttspo.builder.ingest.nemo, ttspo.builder.ingest.run  # noqa: E401,F401
     import ttspo.builder.sets.build, ttspo.builder.sets.export, ttspo.builder.sets.recipes  # noqa: E401,F401

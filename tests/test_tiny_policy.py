@@ -251,7 +251,7 @@ def test_loading_what_is_not_a_tiny_checkpoint_is_one_line(model, tmp_path):
         (lambda: TinyCodecLM.load(foreign), f"{foreign}: a checkpoint of policy 'nemo-magpietts', not 'tiny'"),
         (lambda: load_policy("tiny", init=str(bigger), config=SMALL),
          f"{bigger}: a tiny policy of another size: d_model=32 (expected 64), d_ffn=64 (expected 128)"),
-        (lambda: load_policy("magpie"), "unknown policy 'magpie' (known: tiny)"),
+        (lambda: load_policy("magpie"), "unknown policy 'magpie' (known: nemo, tiny)"),
     ]
     for load, message in cases:
         with pytest.raises(ModelError) as e:

@@ -43,7 +43,7 @@ from ttspo.trainer.loop import (_progress, all_mean, build_optimizer, build_sche
 from ttspo.trainer.policy import Sampling, token_logps
 from ttspo.trainer.ref import file_sha256
 from ttspo.trainer.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
-from ttspo.trainer.rollouts import RolloutWriter
+from ttspo.trainer.rollouts import RolloutWriter, committed_steps
 from ttspo.trainer.runs import RESUMABLE, MetricsLog, open_run_dir
 
 PARTS = {name: spec.part for name, spec in REWARDS.items()}
@@ -110,6 +110,11 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
     init_sha = file_sha256(init) if init else None
     resuming = open_run_dir(out, run_identity(cfg, prompts, spec, init_sha), cfg, c)
     run = out.name
+    if not resuming and committed_steps(store, run):
+        # The run is named by its folder: a new run under a used name would have its
+        # rollouts skipped as "already stored" and mixed with the old run's rows.
+        raise TrainingError(f"rollouts already holds a run named '{run}' that {out} did not "
+                            "make; train into a folder with another name")
     ref_model = None
     if not g.reference_free and g.grpo_beta > 0:  # the KL term's reference: the initial policy
         ref_model = copy.deepcopy(policy).eval().requires_grad_(False)

@@ -318,12 +318,14 @@ def _stats(kl, entropy, mask):
 def grpo_loss(logps, advantages, mask, seq_mask, *, ref_logps=None, entropy=None,
               kl_beta=0.0, entropy_coef=0.0, max_steps=None) -> GrpoLossOut:
     """``grpo``: each sequence's token mean (per codebook), averaged over codebooks,
-    then over the valid sequences."""
+    then over the batch (invalid sequences count 0)."""
     mask = mask.float() * seq_mask.float()[:, None, None]
     per_token, kl = _per_token(logps, advantages, ref_logps, entropy, kl_beta, entropy_coef)
     per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B, C]
     per_seq = per_seq.mean(-1)  # [B]
-    loss = (per_seq * seq_mask.float()).sum() / seq_mask.float().sum().clamp(min=1)
+    # Over the whole batch, invalid sequences counting 0 (NeMo's mean): dividing by the
+    # valid count would scale the step up whenever a group is invalid.
+    loss = (per_seq * seq_mask.float()).sum() / per_seq.shape[0]
     return GrpoLossOut(loss, *_stats(kl, entropy, mask))
 
 

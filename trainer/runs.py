@@ -40,8 +40,10 @@ class MetricsLog:
         if not c.master:
             return
         # A killed run may have logged past its last checkpoint: drop those lines,
-        # the resumed run logs those steps again (from step 0, its baseline validation too).
-        kept = [line for line in self._lines() if 0 < json.loads(line)["step"] <= start_step]
+        # the resumed run logs those steps again (from step 0, its baseline validation
+        # too, when it restarts from scratch; a resumed run keeps its step-0 baseline).
+        kept = [line for line in self._lines()
+                if start_step and json.loads(line)["step"] <= start_step]
         self.path.write_text("".join(kept))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -137,12 +137,12 @@ def codes_files(store, sv: SetVersion, rows: dict[str, dict], out_dir: Path,
                          f"(first: {without[0]}); NeMo cannot batch codes with audio, export none or all")
     if without:
         return 0  # no codes at all: NeMo's dataset reads the wavs instead
+    (out_dir / "codes").mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails first
     for gid in sorted(set(rows) - set(found)):
         found[gid] = read_codes_file(rows[gid][GEN.codes_path], gid)
     import torch
 
     dtype = getattr(torch, codes_dtype)
-    (out_dir / "codes").mkdir(parents=True, exist_ok=True)
     for gid in sorted(rows):
         path = out_dir / "codes" / f"{safe_name(gid)}.pt"
         torch.save(torch.as_tensor(found[gid]).to(dtype), path)
