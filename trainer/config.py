@@ -1,6 +1,6 @@
 """The one training config: a dataclass of sections, from YAML plus ``key=value`` overrides.
 
-    cfg = load_config("dpo.yaml", ["optim.lr=1e-4", "loss.types=dpo,sft", "policy.model.d_model=64"])
+    cfg = load_config("dpo.yaml", ["optim.lr=1e-4", "loss.sft_weight=0.1", "policy.model.d_model=64"])
 
 Keys are dotted paths into :class:`Config` (``section.field``); a value is parsed
 as YAML, then checked against the field's type (an int field takes ``3``, a float

@@ -19,8 +19,11 @@ def demo(store_dir: str) -> None:
     with real failures (dropped, repeated, truncated words, another speaker, long
     pauses), codec codes, and metrics from pocketsphinx and Resemblyzer. The demo
     copies it into STORE/demo, then runs prompts, ingest nemo, SQL summaries,
-    score (a slice, re-scored), build pareto, tag, export nemo, a rebuild at
-    another threshold and diff, printing the equivalent ttspo command of each step.
+    score (a slice, re-scored), build pareto, tag, export nemo, train
+    precompute-ref and 30 train dpo steps, a rebuild at another threshold and
+    diff, two train grpo steps with the rollouts by SQL, and last generate (base
+    and trained policy, held-out prompts) and compare, printing the equivalent
+    ttspo command of each step.
     """
     from ttspo.builder.demo.run import run_demo
 

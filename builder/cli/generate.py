@@ -17,7 +17,7 @@ GENERATE_COLUMNS = ["run", "version", "rows", "prompts", "already_there", "ranks
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="The policy weights file to sample from.")
 @click.option("--policy", default="tiny", show_default=True,
-              help="Which policy reads the checkpoint (tiny; nemo:PATH later).")
+              help="Which policy reads the checkpoint: tiny, or nemo:MODEL.nemo[,codec=CODEC.nemo] (extra nemo).")
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True,
               help="Samples per prompt.")
 @click.option("--prompts", "prompts_ref", default="prompts", show_default=True,

@@ -29,7 +29,7 @@ def train() -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="YAML config (sections policy, data, loss, optim, train).")
 @click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key, e.g. -o optim.lr=1e-4 -o loss.types=dpo,sft.")
+              help="Override a config key, e.g. -o optim.lr=1e-4 -o loss.sft_weight=0.1.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, metrics, config. An existing run there resumes.")
 @click.pass_context
