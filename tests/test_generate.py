@@ -105,7 +105,8 @@ def test_rows_hold_codes_audio_of_the_right_length_and_the_settings(tmp_path, ch
         assert blobs[r[GEN.generation_id]] == Path(r[GEN.audio_filepath]).read_bytes()
         assert (r[GEN.checkpoint_sha256], r[GEN.policy], r[GEN.temperature], r[GEN.top_k],
                 r[GEN.cfg_scale], r[GEN.max_steps], r[GEN.seed]) == (sha, "tiny", 1.0, 50, 1.0, 6, 3)
-        assert r[GEN.group_id] == f"r:g{r[GEN.prompt_id][1:]}"
+        # a group per prompt (positions repeat across prompt draws; ids do not)
+        assert r[GEN.group_id] == f"r:{r[GEN.prompt_id]}"
     audio_ctx = [r for r in got if r[GEN.prompt_id] == "p3"]
     assert all(r[GEN.context_audio_filepath] == str(CONTEXT_WAV) and r[GEN.context_text] is None
                for r in audio_ctx)

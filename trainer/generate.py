@@ -226,7 +226,9 @@ def select_prompts(store: Store, options: GenerateOptions,
                          if options.where else f"{options.prompts} holds no prompt")
     inputs.update({k: v for k, v in session.inputs_for(where).items() if "@" not in k})
     inputs[PROMPTS] = session.versions[ref]
-    for i, row in enumerate(rows):  # a group index even for prompts without a position
+    # group_index is informational (positions repeat across draws): groups are keyed
+    # by prompt id (generate_rows.base_row)
+    for i, row in enumerate(rows):
         row["_group"] = row[PROMPT.position] if row[PROMPT.position] is not None else i
     return rows
 

@@ -153,7 +153,7 @@ def base_row(prompt: dict[str, Any], k: int, options: GenerateOptions,
     text_context = prompt[PROMPT.context_type] == "text"
     return {
         GEN.generation_id: generation_id(options.run, pid, k), GEN.run: options.run,
-        GEN.prompt_id: pid, GEN.group_id: f"{options.run}:g{group}", GEN.group_index: group,
+        GEN.prompt_id: pid, GEN.group_id: f"{options.run}:{pid}", GEN.group_index: group,
         GEN.sample_index: k, GEN.text: prompt[PROMPT.text], GEN.record_type: prompt[PROMPT.record_type],
         GEN.context_audio_filepath: None if text_context else prompt[PROMPT.context_audio_filepath],
         GEN.context_audio_duration: None if text_context else prompt[PROMPT.context_audio_duration],
