@@ -38,11 +38,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-SIZES = {  # TinyConfig's default size (~2M parameters), and a wider one (~7M)
+SIZES = {  # TinyConfig's default size (~2M parameters), a wider one (~7M), a large one (~40M)
     "default": {"d_model": 128, "n_heads": 4, "encoder_layers": 2, "decoder_layers": 3,
                 "d_ffn": 512, "max_text_len": 256, "max_frames": 512},
     "wide": {"d_model": 256, "n_heads": 4, "encoder_layers": 2, "decoder_layers": 4,
              "d_ffn": 1024, "max_text_len": 256, "max_frames": 512},
+    # where the reference model's weights outweigh the activations, as in real models
+    "large": {"d_model": 512, "n_heads": 8, "encoder_layers": 4, "decoder_layers": 8,
+              "d_ffn": 2048, "max_text_len": 256, "max_frames": 512},
 }
 MODEL = SIZES["default"]
 PAIRS, CONTEXT_FRAMES, TARGET_FRAMES = 4, 60, 100

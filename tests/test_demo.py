@@ -252,7 +252,7 @@ def test_demo_trains_on_the_cached_reference_and_records_checkpoints(demo_run):
     end = re.search(r"^end \(step 30\): loss (\S+), reward accuracy (\S+),", out, re.M)
     assert end and float(end.group(1)) < 0.6931 and float(end.group(2)) > 0.5
     rows, _ = query.run(st, "SELECT step, kind, set_name, set_version, generations_version "
-                            "FROM checkpoints WHERE kind = 'step'")
+                            "FROM checkpoints WHERE kind = 'step' AND trainer = 'dpo'")
     assert rows.to_pylist() == [{"step": 30, "kind": "step", "set_name": "demo-pareto",
                                  "set_version": 1, "generations_version": 2}]
     assert st.lineage("ref_logps", 1)["inputs"] == {"demo-pareto": 1, "generations": 2,

@@ -44,7 +44,7 @@ from ttspo.trainer.policy import Sampling, token_logps
 from ttspo.trainer.ref import file_sha256
 from ttspo.trainer.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
 from ttspo.trainer.rollouts import RolloutWriter, committed_steps
-from ttspo.trainer.runs import RESUMABLE, MetricsLog, open_run_dir
+from ttspo.trainer.runs import MetricsLog, identity_config, open_run_dir
 
 PARTS = {name: spec.part for name, spec in REWARDS.items()}
 
@@ -253,10 +253,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
 
 
 def run_identity(cfg: Config, prompts: Prompts, spec: str, init_sha: str | None) -> dict:
-    conf = cfg.to_dict()
-    for key in RESUMABLE:
-        section, name = key.split(".")
-        conf[section].pop(name)
+    conf = identity_config(cfg)
     return {"trainer": "grpo", "prompts": f"prompts@{prompts.version}", "policy": spec,
             "init_sha256": init_sha, "config": conf}
 

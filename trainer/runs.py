@@ -101,11 +101,20 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def run_identity(cfg: Config, *, trainer: str, pairs: Pairs, spec: str,
-                 init_sha256: str | None) -> dict[str, Any]:
+def identity_config(cfg: Config) -> dict[str, Any]:
+    """The config minus what a resumed run may change. max_steps stays in it under a
+    cosine schedule: the schedule's length is part of what the run computes."""
     conf = cfg.to_dict()
     for key in RESUMABLE:
+        if key == "train.max_steps" and cfg.optim.schedule != "constant":
+            continue
         section, name = key.split(".")
         conf[section].pop(name)
+    return conf
+
+
+def run_identity(cfg: Config, *, trainer: str, pairs: Pairs, spec: str,
+                 init_sha256: str | None) -> dict[str, Any]:
+    conf = identity_config(cfg)
     return {"trainer": trainer, "set": pairs.ref, "generations_version": pairs.generations_version,
             "policy": spec, "init_sha256": init_sha256, "config": conf}
