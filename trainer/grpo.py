@@ -117,7 +117,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
                             "make; train into a folder with another name")
     ref_model = None
     if not g.reference_free and g.grpo_beta > 0:  # the KL term's reference: the initial policy
-        ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
+        ref_model = copy.deepcopy(policy).eval().requires_grad_(False).to(c.device)
     latest = ckpt.latest_checkpoint(out) if resuming else None
     if latest is not None:
         policy = make_policy(spec, str(latest / ckpt.POLICY_FILE), cfg, cfg.train.seed)
