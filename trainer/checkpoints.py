@@ -105,7 +105,10 @@ def save_checkpoint(run_dir: Path, step: int, *, policy: Any, optimizer: Any, sc
     ``meta`` carries what the row and a resume need (config, lineage, val metrics);
     this adds step, kind, data position, sha256 and the policy identity.
     """
-    final = step_dir(run_dir, step) if kind == "step" else Path(run_dir) / CHECKPOINTS / kind
+    # Every checkpoint gets its own folder, so each `checkpoints` row keeps pointing at
+    # the weights its sha256 names; "best" is a link to the newest best_NNNNNN.
+    final = step_dir(run_dir, step) if kind == "step" else \
+        Path(run_dir) / CHECKPOINTS / f"{kind}_{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -117,10 +120,23 @@ def save_checkpoint(run_dir: Path, step: int, *, policy: Any, optimizer: Any, sc
               "architecture": identity.architecture, "policy_config": identity.config,
               "world_size": len(rng_states)}
     (tmp / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-    if final.exists():  # "best" is replaced; a step folder only after a crash mid-rename
+    if final.exists():  # only after a crash mid-rename (or a resumed run redoing a step)
         shutil.rmtree(final)
     os.replace(tmp, final)
+    if kind != "step":
+        _point(Path(run_dir) / CHECKPOINTS / kind, final)
     return Saved(final, sha, record)
+
+
+def _point(link: Path, target: Path) -> None:
+    """Make LINK a relative symlink to TARGET, swapped in atomically."""
+    staged = link.with_name(link.name + ".link")
+    if staged.is_symlink() or staged.exists():
+        staged.unlink()
+    os.symlink(target.name, staged)
+    if link.is_dir() and not link.is_symlink():  # a run folder from before best_NNNNNN
+        shutil.rmtree(link)
+    os.replace(staged, link)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
