@@ -46,6 +46,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ttspo.builder.core.files import write_bytes_atomic
 from ttspo.builder.core.errors import ModelError, first_line
 from ttspo.trainer import codec as codec_mod
 from ttspo.trainer import tiny_sampling
@@ -165,12 +166,7 @@ class TinyCodecLM(nn.Module):
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the checkpoint to PATH atomically; return its sha256."""
-        data, path = self.to_bytes(), Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        return hashlib.sha256(data).hexdigest()
+        return write_bytes_atomic(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, config: TinyConfig | None = None) -> "TinyCodecLM":

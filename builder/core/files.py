@@ -113,6 +113,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> str:
+    """DATA to PATH (its folder made if missing), whole or not at all; its sha256."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ttspo.builder.core.files import write_bytes_atomic
 from ttspo.builder.core.errors import InputError, ModelError
 from ttspo.builder.core.schemas import GEN
 from ttspo.trainer.nemo.codec import NemoCodec
@@ -293,12 +294,7 @@ class NemoMagpiePolicy(nn.Module):
         return Identity(ARCHITECTURE, summary, hashlib.sha256(self.to_bytes()).hexdigest())
 
     def save(self, path: str | os.PathLike) -> str:
-        data, path = self.to_bytes(), Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        return hashlib.sha256(data).hexdigest()
+        return write_bytes_atomic(path, self.to_bytes())
 
     def save_nemo(self, path: str | os.PathLike) -> Path:
         """The weights as a ``.nemo`` archive NeMo's own scripts restore."""
