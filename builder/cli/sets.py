@@ -106,7 +106,7 @@ def export_trl(ctx: click.Context, ref: str, out_file: str, fmt: str) -> None:
 def _export_row(result) -> dict[str, Any]:
     s = result.summary()
     return {"files": " ".join(s["files"]), "train_pairs": s["train_pairs"], "val_pairs": s["val_pairs"],
-            "codes_written": s["codes_written"], "min_duration": s["min_duration"],
+            "codes_written": s["codes_written"], "codes_reused": s["codes_reused"], "min_duration": s["min_duration"],
             "max_duration": s["max_duration"]}
 
 

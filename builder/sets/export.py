@@ -37,31 +37,25 @@ lines, for trainers in the TRL mould.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ttspo.builder.sets.build import SetVersion, open_set
+from ttspo.builder.sets.codes import (CODES_DTYPES, DEFAULT_CODES_DTYPE, check_codes_dtype,  # noqa: F401
+                                      read_codes_file, safe_name, write_codes)
+from ttspo.builder.sets.nemo_lines import (GEN_COLUMNS, check_for_nemo, fixed_parts, nemo_manifest_lines,
+                                           set_generations)
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import atomic_write, write_text_atomic
 from ttspo.builder.core.schemas import GEN, PAIR, PROMPT
 
 TRAIN_MANIFEST = "dpo_train_manifest.json"
-CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices
-DEFAULT_CODES_DTYPE = "int32"
 VAL_MANIFEST = "dpo_val_manifest.json"
-# Generation columns an export reads (views leave out the heavy `codes`).
-GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
-               GEN.context_audio_filepath, GEN.context_audio_duration, GEN.context_text,
-               GEN.audio_filepath, GEN.codes_path, GEN.duration, GEN.cer, GEN.wer, GEN.ssim,
-               GEN.pred_transcript, GEN.gt_transcript)
 
 
 @dataclass
@@ -71,10 +65,11 @@ class ExportResult:
     codes_written: int  # codes files written under OUT/codes
     min_duration: float | None
     max_duration: float | None
+    codes_reused: int = 0  # codes files already in OUT/codes with these codes: kept (see codes.py)
 
     def summary(self) -> dict[str, Any]:
         return {"files": self.files, **{f"{k}_pairs": v for k, v in self.pairs.items()},
-                "codes_written": self.codes_written,
+                "codes_written": self.codes_written, "codes_reused": self.codes_reused,
                 "min_duration": self.min_duration, "max_duration": self.max_duration}
 
 
@@ -115,113 +110,27 @@ def _ids(pairs: pa.Table) -> list[str]:
     return pairs.column(PAIR.chosen_id).to_pylist() + pairs.column(PAIR.rejected_id).to_pylist()
 
 
-def codes_files(store, sv: SetVersion, rows: dict[str, dict], out_dir: Path,
-                codes_dtype: str = DEFAULT_CODES_DTYPE) -> int:
-    """Write every generation's codes to OUT/codes/ as CODES_DTYPE and point its
-    row there. Codes come from the table (as ingested), else from its codes_path.
-    Refuses a mix of generations with and without codes; without any, writes none
-    (NeMo's dataset then reads the wavs)."""
-    if codes_dtype not in CODES_DTYPES:
-        raise InputError(f"--codes-dtype {codes_dtype}: choose {' or '.join(CODES_DTYPES)} (NeMo's DPO "
-                         "step gathers log-probs with the codes as index: int16 crashes it)")
-    ds = store.open("generations", sv.record.inputs["generations"])
-    scan = ds.to_table(columns=[GEN.generation_id, GEN.codes], filter=f"{GEN.codes} IS NOT NULL")
-    # only the set's generations become Python lists, not every row's codes
-    wanted = pa.array(sorted(rows), type=pa.string())
-    scan = scan.filter(pc.is_in(scan.column(GEN.generation_id), value_set=wanted))
-    found: dict[str, Any] = dict(zip(scan.column(GEN.generation_id).to_pylist(),
-                                     scan.column(GEN.codes).to_pylist()))
-    without = sorted(g for g in rows if g not in found and not rows[g][GEN.codes_path])
-    if without and len(without) < len(rows):
-        raise InputError(f"{sv.ref}: {len(without)} of {len(rows)} generations have no codes "
-                         f"(first: {without[0]}); NeMo cannot batch codes with audio, export none or all")
-    if without:
-        return 0  # no codes at all: NeMo's dataset reads the wavs instead
-    (out_dir / "codes").mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails first
-    for gid in sorted(set(rows) - set(found)):
-        found[gid] = read_codes_file(rows[gid][GEN.codes_path], gid)
-    import torch
-
-    dtype = getattr(torch, codes_dtype)
-    for gid in sorted(rows):
-        path = out_dir / "codes" / f"{safe_name(gid)}.pt"
-        torch.save(torch.as_tensor(found[gid]).to(dtype), path)
-        rows[gid][GEN.codes_path] = str(path.absolute())
-    return len(rows)
-
-
-def read_codes_file(path: str, gid: str):
-    """The [codebooks, frames] tensor in a NeMo codes file (no code runs while reading)."""
-    import torch
-
-    try:
-        codes = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  missing, truncated or not a tensor file
-        raise InputError(f"{path}: cannot read the codes of generation {gid} ({str(exc)[:120]})") from None
-    if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
-        raise InputError(f"{path}: the codes of generation {gid} are not a [codebooks, frames] tensor")
-    return codes
-
-
-def safe_name(generation_id: str) -> str:
-    """A file name for an id: readable, and unique even if two ids clean alike."""
-    clean = re.sub(r"[^A-Za-z0-9_.-]", "_", generation_id)
-    return f"{clean}-{hashlib.sha256(generation_id.encode()).hexdigest()[:8]}"
-
-
 # ------------------------------------------------------------------- NeMo
-def nemo_fields(gen: dict[str, Any]) -> dict[str, Any]:
-    """A generation's part of its manifest lines, keys in NeMo's order, unknown
-    values left out. Each pair adds reward (and deltas), pair_id, generation_id."""
-    context = ({"context_text": gen[GEN.context_text]} if not gen[GEN.context_audio_filepath] else {
-        "context_audio_filepath": gen[GEN.context_audio_filepath],
-        "context_audio_duration": gen[GEN.context_audio_duration],
-        "context_audio_codes_path": gen["context_audio_codes_path"]})
-    record = {
-        "text": gen[GEN.text], "record_type": gen[GEN.record_type], **context,
-        "audio_filepath": gen[GEN.audio_filepath], "target_audio_codes_path": gen[GEN.codes_path],
-        "duration": gen[GEN.duration], "cer_gts": gen[GEN.cer], "wer_gts": gen[GEN.wer],
-        "pred_context_similarity": gen[GEN.ssim], "pred_transcript": gen[GEN.pred_transcript],
-        "gt_transcript": gen[GEN.gt_transcript],
-    }
-    return {k: v for k, v in record.items() if v is not None}
-
-
-def check_for_nemo(sv: SetVersion, rows: dict[str, dict]) -> None:
-    for gid, r in rows.items():
-        if r[GEN.duration] is None:
-            raise InputError(f"{sv.ref}: generation {gid} has no duration (NeMo's dataset filters on it)")
-        if not r[GEN.audio_filepath]:
-            raise InputError(f"{sv.ref}: generation {gid} has no audio_filepath")
-        if r[GEN.context_audio_filepath] and r[GEN.context_audio_duration] is None:
-            raise InputError(f"{sv.ref}: generation {gid} has a context audio without its duration")
-
-
 def export_nemo(store, ref: str, out_dir: str | os.PathLike, *,
                 codes_dtype: str = DEFAULT_CODES_DTYPE) -> ExportResult:
     """Write NAME[@VERSION|@TAG] as NeMo DPO train/val manifests in OUT_DIR, with
     every generation's codes as a CODES_DTYPE file under OUT_DIR/codes."""
+    check_codes_dtype(codes_dtype)
     sv = open_set(store, ref)
     pairs = sv.rows()
-    rows = generation_rows(store, sv, pairs)
-    check_for_nemo(sv, rows)
+    gens = set_generations(store, sv, pairs)
+    check_for_nemo(sv.ref, gens)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = codes_files(store, sv, rows, out, codes_dtype)
-    fields = {gid: nemo_fields(gen) for gid, gen in rows.items()}
-    lines: dict[str, list[str]] = {"train": [], "val": []}
-    for p in pairs.to_pylist():  # in shuffle order
-        c, r, pair_id = p[PAIR.chosen_id], p[PAIR.rejected_id], p[PAIR.pair_id]
-        chosen = {**fields[c], "reward": p[PAIR.chosen_reward], "pair_id": pair_id, "generation_id": c}
-        rejected = {**fields[r], "reward": p[PAIR.rejected_reward], "cer_delta": p[PAIR.cer_delta],
-                    "sim_delta": p[PAIR.sim_delta], "pair_id": pair_id, "generation_id": r}
-        lines[p[PAIR.split]] += [_json_line(chosen), _json_line(rejected)]
+    paths, written, kept = write_codes(sv.ref, gens.ds, gens.offsets, gens.ids,
+                                       {g: gens.lines[g].codes_path for g in gens.ids}, out, codes_dtype)
+    lines = nemo_manifest_lines(pairs, fixed_parts(gens, paths))
     files = []
     for split, name in (("train", TRAIN_MANIFEST), ("val", VAL_MANIFEST)):
         files.append(str(write_text_atomic(out / name, "".join(lines[split]))))
-    durations = [r[GEN.duration] for r in rows.values()]
+    durations = [gens.lines[g].duration for g in gens.ids]
     return ExportResult(files, {s: len(v) // 2 for s, v in lines.items()}, written,
-                        min(durations, default=None), max(durations, default=None))
+                        min(durations, default=None), max(durations, default=None), kept)
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one per call

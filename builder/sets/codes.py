@@ -1,0 +1,219 @@
+"""The codes files of a NeMo export: ``OUT/codes/<generation id>.pt``.
+
+Every generation's codes are written with ``torch.save`` of a ``[codebooks,
+frames]`` tensor of ``codes_dtype`` (int32 by default, or int64; see export.py
+for why not int16). They come from the generations table (as ingested), else
+from the generation's ``codes_path``.
+
+Writing ~25k small files is most of an export (a re-threshold exports the same
+generations again), so an export keeps an index, ``OUT/.ttspo-codes.json``:
+for each file it wrote, the SHA-256 of what it saved (torch version, dtype,
+shape and the codes' bytes: ``torch.save`` of the same tensor under the same
+name gives the same bytes) and the file's size, mtime, ctime and inode right
+after writing. A later export into the same OUT leaves a file as it is only if
+the codes it would save have the same key AND the file still has that size,
+mtime, ctime and inode (the quick check of rsync and make: any write, rename or
+``touch`` changes the ctime); otherwise it writes the file again. A file the
+index does not know is always written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.files import write_text_atomic
+from ttspo.builder.core.schemas import GEN
+
+CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices
+DEFAULT_CODES_DTYPE = "int32"
+INDEX_NAME = ".ttspo-codes.json"
+INDEX_FORMAT = 1
+
+
+def check_codes_dtype(codes_dtype: str) -> None:
+    if codes_dtype not in CODES_DTYPES:
+        raise InputError(f"--codes-dtype {codes_dtype}: choose {' or '.join(CODES_DTYPES)} (NeMo's DPO "
+                         "step gathers log-probs with the codes as index: int16 crashes it)")
+
+
+@dataclass
+class TableCodes:
+    """The codes of some generations as one flat array: generation id -> (start,
+    end, shape) in VALUES (the table's dtype, e.g. int16)."""
+
+    values: np.ndarray
+    rows: dict[str, tuple[int, int, tuple[int, ...]]]
+    ids: list[str]  # every generation read, with codes or not
+
+    def array(self, gid: str) -> np.ndarray:
+        start, end, shape = self.rows[gid]
+        return self.values[start:end].reshape(shape)
+
+
+def table_codes(ds, offsets: np.ndarray, ids: list[str]) -> TableCodes:
+    """The [codebooks, frames] codes of the rows at OFFSETS of DS (IDS in the same
+    order); generations without codes are left out."""
+    taken = ds.take(pa.array(offsets, pa.int64()), columns=[GEN.generation_id, GEN.codes])
+    if taken.column(GEN.generation_id).to_pylist() != ids:
+        raise InputError(f"{ds.uri}: rows moved while the export read them; export again")
+    outer = taken.column(GEN.codes).combine_chunks()
+    if outer.null_count == len(outer):
+        return TableCodes(np.zeros(0, np.int16), {}, ids)
+    inner = outer.values  # one list per codebook (offsets below index the unsliced children)
+    if inner.null_count or inner.values.null_count:
+        bad = next(i for i in range(len(ids)) if outer[i].is_valid and _has_null(outer[i]))
+        raise InputError(f"{ds.uri}: the codes of generation {ids[bad]} hold a null")
+    valid = outer.is_valid().to_numpy(zero_copy_only=False)
+    outer_off = outer.offsets.to_numpy()
+    inner_off = inner.offsets.to_numpy()
+    frames = np.diff(inner_off)[:outer_off[-1]]  # per codebook
+    books = np.diff(outer_off)
+    starts = outer_off[:-1][books > 0]
+    lo = np.zeros(len(ids), frames.dtype)
+    hi = np.zeros(len(ids), frames.dtype)
+    if len(starts):
+        lo[books > 0] = np.minimum.reduceat(frames, starts)
+        hi[books > 0] = np.maximum.reduceat(frames, starts)
+    ragged = np.flatnonzero(valid & (lo != hi))
+    if len(ragged):
+        i = ragged[0]
+        raise InputError(f"{ds.uri}: the codes of generation {ids[i]} are ragged "
+                         f"(codebooks of {lo[i]} to {hi[i]} frames)")
+    rows = {}
+    for i in np.flatnonzero(valid).tolist():
+        a, b = outer_off[i], outer_off[i + 1]
+        # no codebook: as torch.as_tensor([]), shape (0,)
+        rows[ids[i]] = (int(inner_off[a]), int(inner_off[b]), (int(b - a), int(lo[i])) if b > a else (0,))
+    return TableCodes(inner.values.to_numpy(zero_copy_only=False), rows, ids)
+
+
+def _has_null(codes: pa.Scalar) -> bool:
+    return any(row is None or None in row for row in codes.as_py())
+
+
+def read_codes_file(path: str, gid: str):
+    """The [codebooks, frames] tensor in a NeMo codes file (no code runs while reading)."""
+    import torch
+
+    try:
+        codes = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  missing, truncated or not a tensor file
+        raise InputError(f"{path}: cannot read the codes of generation {gid} ({str(exc)[:120]})") from None
+    if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
+        raise InputError(f"{path}: the codes of generation {gid} are not a [codebooks, frames] tensor")
+    return codes
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def safe_name(generation_id: str) -> str:
+    """A file name for an id: readable, and unique even if two ids clean alike."""
+    clean = _UNSAFE.sub("_", generation_id)
+    return f"{clean}-{hashlib.sha256(generation_id.encode()).hexdigest()[:8]}"
+
+
+def codes_stamp(ds, codes_dtype: str) -> str:
+    import torch
+
+    return f"{torch.__version__}|{codes_dtype}|{ds.schema.field(GEN.codes).type}"
+
+
+def content_key(stamp: str, table: TableCodes, gid: str) -> str:
+    """SHA-256 of what torch.save of GID's codes is a function of."""
+    start, end, shape = table.rows[gid]
+    return hashlib.sha256(f"{stamp}|{shape}|".encode() + table.values[start:end].data).hexdigest()
+
+
+def write_codes(sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes_paths: dict[str, Any],
+                out_dir: Path, codes_dtype: str) -> tuple[dict[str, str], int, int]:
+    """Write (or keep, see the module doc) the codes files of the generations GIDS
+    (OFFSETS: their rows in DS; CODES_PATHS: their codes_path). Returns (generation
+    id -> absolute path of its codes file, files written now, files kept as they
+    were). Refuses a mix of generations with and without codes; without any,
+    writes none (NeMo's dataset then reads the wavs) and returns an empty mapping."""
+    from ttspo.builder.sets.session_cache import cached, table_identity
+
+    check_codes_dtype(codes_dtype)
+    stamp = codes_stamp(ds, codes_dtype)
+    # generation id -> content key, or None without codes in the table (per table version)
+    keys: dict[str, str | None] = cached("export.codes", (table_identity(ds), stamp), dict)
+    fresh = _take_codes(ds, offsets, [g for g in gids if g not in keys])
+    for gid in fresh.ids:
+        keys[gid] = content_key(stamp, fresh, gid) if gid in fresh.rows else None
+    without = sorted(g for g in gids if keys[g] is None and not codes_paths[g])
+    if without and len(without) < len(gids):
+        raise InputError(f"{sv_ref}: {len(without)} of {len(gids)} generations have no codes "
+                         f"(first: {without[0]}); NeMo cannot batch codes with audio, export none or all")
+    if without:
+        return {}, 0, 0
+    codes_dir = out_dir / "codes"
+    codes_dir.mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails first
+    from_files = {gid: read_codes_file(codes_paths[gid], gid) for gid in sorted(gids) if keys[gid] is None}
+    index = _read_index(out_dir)
+    base = str(codes_dir.absolute())
+    paths = {gid: f"{base}/{safe_name(gid)}.pt" for gid in sorted(gids)}
+    stale = [g for g in paths if g not in from_files
+             and not _unchanged(index.get(paths[g][len(base) + 1:]), keys[g], paths[g])]
+    missing = [g for g in stale if g not in fresh.rows]
+    table = _take_codes(ds, offsets, missing) if missing else fresh
+    import torch
+
+    written = 0
+    for gid, path in paths.items():
+        name = path[len(base) + 1:]
+        if gid in from_files:  # as read (any strides): always written, never indexed
+            torch.save(from_files[gid].to(getattr(torch, codes_dtype)), path)
+            index.pop(name, None)
+            written += 1
+    for gid in stale:
+        path = paths[gid]
+        codes = (table if gid in table.rows else fresh).array(gid)
+        torch.save(torch.from_numpy(codes.astype(codes_dtype)), path)
+        index[path[len(base) + 1:]] = [keys[gid], *_stat(path)]
+        written += 1
+    if written:
+        write_text_atomic(out_dir / INDEX_NAME, json.dumps({"format": INDEX_FORMAT, "files": index}))
+    return paths, written, len(paths) - written
+
+
+def _take_codes(ds, offsets: dict[str, int], gids: list[str]) -> TableCodes:
+    ordered = sorted(gids, key=offsets.__getitem__)
+    if not ordered:
+        return TableCodes(np.zeros(0, np.int16), {}, [])
+    return table_codes(ds, np.array([offsets[g] for g in ordered], np.int64), ordered)
+
+
+def _stat(path: str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _unchanged(entry: list | None, key: str, path: str) -> bool:
+    if entry is None or entry[0] != key:
+        return False
+    try:
+        return entry[1:] == _stat(path)
+    except OSError:  # deleted: write it again
+        return False
+
+
+def _read_index(out_dir: Path) -> dict[str, list]:
+    """The index of an earlier export into this OUT (empty if none or unreadable)."""
+    try:
+        data = json.loads((out_dir / INDEX_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("files"), dict):
+        return {}
+    return data["files"]
