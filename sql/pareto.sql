@@ -30,13 +30,13 @@
 -- param val_by = pair         what val draws whole: pair (NeMo), group or prompt (no leak)
 -- param seed = 0              shuffle seed
 WITH RECURSIVE
+-- ttspo cache: candidate_pairs
+-- (from here to "cache end", what depends only on generations and $num_chosen: a
+-- Python session runs it once per generations version and reuses the result)
 params AS (
     SELECT
         CASE WHEN $num_chosen IN (1, 2) THEN $num_chosen::INTEGER
-             ELSE error('num_chosen must be 1 or 2, not ' || $num_chosen::VARCHAR) END AS num_chosen,
-        $cer_threshold::DOUBLE AS cer_threshold,
-        $min_duration::DOUBLE AS min_duration,
-        $max_duration::DOUBLE AS max_duration
+             ELSE error('num_chosen must be 1 or 2, not ' || $num_chosen::VARCHAR) END AS num_chosen
 ),
 usable_groups AS MATERIALIZED (
     -- gk, k: compact integer keys, used only to join (MATERIALIZED: computed once)
@@ -86,32 +86,39 @@ worst AS (
     FROM ordered o JOIN group_ends e USING (gk), params p
     WHERE o.rn > e.last_rn - p.num_chosen
 ),
-candidate_pairs AS (
-    -- NeMo: chosen at positions 0[, 1], rejected at last[, last - 1]
-    SELECT b.ck, w.rk FROM best b JOIN worst w USING (gk)
+candidates AS MATERIALIZED (
+    -- NeMo: chosen at positions 0[, 1], rejected at last[, last - 1]; every
+    -- combination, with what the filters below read. Joined one side at a time:
+    -- DuckDB cannot estimate Arrow scans, and a three-way join may become a nested loop.
+    SELECT b.gk, b.ck, w.rk FROM best b JOIN worst w USING (gk)
 ),
 with_chosen AS MATERIALIZED (
-    -- joined one side at a time: DuckDB cannot estimate Arrow scans, and a
-    -- three-way join here may be planned as a nested loop
-    SELECT cp.rk, c.*
-    FROM candidate_pairs cp JOIN points c ON c.k = cp.ck
-    WHERE c.cer < $cer_threshold
-      AND c.duration BETWEEN $min_duration AND $max_duration
+    SELECT cp.rk, c.k AS c_k, c.generation_id AS c_id, c.prompt_id, c.group_id, c.run,
+           c.record_type, c.cer AS c_cer, c.ssim AS c_ssim, c.duration AS c_duration
+    FROM candidates cp JOIN points c ON c.k = cp.ck
 ),
-pairs AS (
-    SELECT c.generation_id || '>' || r.generation_id AS pair_id,
-           c.prompt_id, c.group_id, c.run, c.record_type,
-           c.generation_id AS chosen_id, r.generation_id AS rejected_id,
-           c.cer AS chosen_cer, r.cer AS rejected_cer,
-           c.ssim AS chosen_ssim, r.ssim AS rejected_ssim,
-           r.cer - c.cer AS cer_delta,
-           c.ssim - r.ssim AS sim_delta
+candidate_pairs AS MATERIALIZED (
+    SELECT c.*, r.k AS r_k, r.generation_id AS r_id, r.cer AS r_cer, r.ssim AS r_ssim,
+           r.duration AS r_duration
     FROM with_chosen c JOIN points r ON r.k = c.rk
-    WHERE c.k <> r.k
+),
+-- ttspo cache end
+pairs AS (
+    SELECT c_id || '>' || r_id AS pair_id,
+           prompt_id, group_id, run, record_type,
+           c_id AS chosen_id, r_id AS rejected_id,
+           c_cer AS chosen_cer, r_cer AS rejected_cer,
+           c_ssim AS chosen_ssim, r_ssim AS rejected_ssim,
+           r_cer - c_cer AS cer_delta,
+           c_ssim - r_ssim AS sim_delta
+    FROM candidate_pairs
+    WHERE c_cer < $cer_threshold
+      AND c_duration BETWEEN $min_duration AND $max_duration
+      AND c_k <> r_k
       -- NeMo: never a pair whose rejected is better on a metric, nor a zero margin
-      AND (r.cer - c.cer) + (c.ssim - r.ssim) > 0
-      AND r.cer >= c.cer AND r.ssim <= c.ssim
-      AND r.duration BETWEEN $min_duration AND $max_duration
+      AND (r_cer - c_cer) + (c_ssim - r_ssim) > 0
+      AND r_cer >= c_cer AND r_ssim <= c_ssim
+      AND r_duration BETWEEN $min_duration AND $max_duration
 ),
 kept AS (
     -- rewards (z over all kept pairs), split and shuffle: sql/macros.sql

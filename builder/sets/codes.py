@@ -162,7 +162,11 @@ def write_codes(sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes
     from_files = {gid: read_codes_file(codes_paths[gid], gid) for gid in sorted(gids) if keys[gid] is None}
     index = _read_index(out_dir)
     base = str(codes_dir.absolute())
-    paths = {gid: f"{base}/{safe_name(gid)}.pt" for gid in sorted(gids)}
+    names = cached("export.names", None, dict)  # safe_name is a pure function of the id
+    for gid in gids:
+        if gid not in names:
+            names[gid] = f"{safe_name(gid)}.pt"
+    paths = {gid: f"{base}/{names[gid]}" for gid in sorted(gids)}
     stale = [g for g in paths if g not in from_files
              and not _unchanged(index.get(paths[g][len(base) + 1:]), keys[g], paths[g])]
     missing = [g for g in stale if g not in fresh.rows]
@@ -183,7 +187,7 @@ def write_codes(sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes
         index[path[len(base) + 1:]] = [keys[gid], *_stat(path)]
         written += 1
     if written:
-        write_text_atomic(out_dir / INDEX_NAME, json.dumps({"format": INDEX_FORMAT, "files": index}))
+        _write_index(out_dir, index)
     return paths, written, len(paths) - written
 
 
@@ -209,11 +213,30 @@ def _unchanged(entry: list | None, key: str, path: str) -> bool:
 
 
 def _read_index(out_dir: Path) -> dict[str, list]:
-    """The index of an earlier export into this OUT (empty if none or unreadable)."""
+    """A copy of the index of an earlier export into this OUT (empty if none or
+    unreadable); parsed once per version of the file in a session."""
+    from ttspo.builder.sets.session_cache import cached
+
+    path = out_dir / INDEX_NAME
     try:
-        data = json.loads((out_dir / INDEX_NAME).read_text(encoding="utf-8"))
+        stamp = (str(path.absolute()), *_stat(path))
+    except OSError:
+        return {}
+    return dict(cached("export.index", stamp, lambda: _parse_index(path)))
+
+
+def _parse_index(path: Path) -> dict[str, list]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("files"), dict):
         return {}
     return data["files"]
+
+
+def _write_index(out_dir: Path, index: dict[str, list]) -> None:
+    from ttspo.builder.sets.session_cache import cached
+
+    path = write_text_atomic(out_dir / INDEX_NAME, json.dumps({"format": INDEX_FORMAT, "files": index}))
+    cached("export.index", (str(Path(path).absolute()), *_stat(path)), lambda: dict(index))
