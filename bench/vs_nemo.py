@@ -17,8 +17,9 @@ with T ~ 21.5 frames per second. Then, in one run:
 2. ttspo's first pass from the CLI: ingest nemo, build pareto, export nemo;
 3. a re-threshold (build + export at the other threshold) from the CLI;
 4. the same re-threshold from one Python session (a 'spawn' child that imports
-   ttspo first, as a notebook has): build_set + export_nemo, plain calls, timed
-   alone; then a few more thresholds in the same session;
+   ttspo first, as a notebook has): build_set + export_nemo into the first
+   pass's OUT, plain calls, timed alone; then a few more thresholds in the same
+   session; then one export into a new OUT (every codes file written);
 
 and asserts that ttspo's pairs (chosen, rejected) and rewards equal the
 script's num_chosen 1 manifests at both thresholds (rewards within 2.5e-7:
@@ -163,8 +164,13 @@ def build_args(name: str, threshold: float) -> list[str]:
             "--param", f"val_size={VAL_LINES // 2}"]
 
 
-def session(store: str, out: str, thresholds: list[float], queue) -> None:
-    """A Python session: imports first (a notebook has them), then timed calls."""
+def session(store: str, out: str, into: str, thresholds: list[float], queue) -> None:
+    """A Python session: imports first (a notebook has them), then timed calls.
+    Each re-threshold exports into INTO (the first pass's OUT, as a researcher
+    re-exporting their training folder would: codes files already there with the
+    same codes are kept, see builder/sets/codes.py); its manifests are then copied
+    to OUT/py_<threshold> (untimed) for the same-pairs check. Last, one export into
+    a new folder (every codes file written), timed on its own."""
     from ttspo.builder.core.store import Store
     from ttspo.builder.sets.build import build_set
     from ttspo.builder.sets.export import export_nemo
@@ -176,15 +182,23 @@ def session(store: str, out: str, thresholds: list[float], queue) -> None:
         t0 = time.perf_counter()
         built = build_set(st, "pareto", name, {"cer_threshold": t, "val_size": VAL_LINES // 2})
         t1 = time.perf_counter()
-        export_nemo(st, name, Path(out) / name)
-        times.append((t, t1 - t0, time.perf_counter() - t1, built.seconds))
-    queue.put(times)
+        exported = export_nemo(st, name, into)
+        times.append((t, t1 - t0, time.perf_counter() - t1, built.seconds,
+                      (exported.codes_written, exported.codes_reused)))
+        (Path(out) / name).mkdir(parents=True, exist_ok=True)
+        for manifest in ("dpo_train_manifest.json", "dpo_val_manifest.json"):
+            shutil.copyfile(Path(into) / manifest, Path(out) / name / manifest)
+    name = f"py_{str(thresholds[0]).replace('.', '_')}"
+    t0 = time.perf_counter()
+    exported = export_nemo(st, name, Path(out) / f"{name}_new_out")
+    fresh = (time.perf_counter() - t0, exported.codes_written)
+    queue.put((times, fresh))
 
 
-def python_session(store: Path, out: Path, thresholds: list[float]) -> list[tuple[float, float, float]]:
+def python_session(store: Path, out: Path, into: Path, thresholds: list[float]):
     ctx = mp.get_context("spawn")  # Lance is not fork-safe
     queue = ctx.Queue()
-    p = ctx.Process(target=session, args=(str(store), str(out), thresholds, queue))
+    p = ctx.Process(target=session, args=(str(store), str(out), str(into), thresholds, queue))
     p.start()
     times = queue.get()
     p.join()
@@ -255,12 +269,16 @@ def main() -> None:
     }
     again = {"build": ttspo_cli(store, *build_args("cli_2", t2)),
              "export": ttspo_cli(store, "export", "nemo", "cli_2", "--out", str(out / "cli_2"))}
-    py = python_session(store, out, [t2, t1, *MORE])
-
     n1 = same_pairs(script[t1][1], out / "cli_1")
     n2 = same_pairs(script[t2][1], out / "cli_2")
+    py, fresh = python_session(store, out, out / "cli_1", [t2, t1, *MORE])
     same_pairs(script[t2][1], out / f"py_{str(t2).replace('.', '_')}")
     same_pairs(script[t1][1], out / f"py_{str(t1).replace('.', '_')}")
+    py2 = f"py_{str(t2).replace('.', '_')}"
+    for manifest in ("dpo_train_manifest.json", "dpo_val_manifest.json"):  # kept codes = written codes
+        kept = (out / py2 / manifest).read_text().replace(str((out / "cli_1").absolute()), "OUT")
+        assert kept == (out / f"{py2}_new_out" / manifest).read_text().replace(
+            str((out / f"{py2}_new_out").absolute()), "OUT"), manifest
     print(f"same pairs (and rewards within 2.5e-7) as the script's num_chosen 1 manifests: yes "
           f"({n1} pairs at cer_threshold {t1}, {n2} at {t2}; val {VAL_LINES // 2} pairs)")
 
@@ -273,15 +291,17 @@ def main() -> None:
     print(f"{f're-threshold, CLI (build+export at {t2}):':<47}{sum(again.values()):6.2f} s  "
           f"({', '.join(f'{k} {v:.2f}' for k, v in again.items())})  "
           f"{base / sum(again.values()):.1f}x")
-    for i, (t, b, e, phases) in enumerate(py):
+    for i, (t, b, e, phases, (written, kept)) in enumerate(py):
         label = "re-threshold, Python session" if i == 0 else "  same session, again"
         label = f"{label} (at {t}):"
         parts = ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
-        print(f"{label:<47}{b + e:6.2f} s  (build {b:.2f} = {parts}; export {e:.2f})  "
-              f"{base / (b + e):.1f}x")
-    best = min(b + e for _, b, e, _ in py)
+        print(f"{label:<47}{b + e:6.2f} s  (build {b:.2f} = {parts}; export {e:.2f}, codes files "
+              f"{written} written, {kept} kept)  {base / (b + e):.1f}x")
+    best = min(b + e for _, b, e, _, _ in py)
     print(f"ratio, Python-session re-threshold vs the script: {base / (py[0][1] + py[0][2]):.1f}x "
           f"first call, {base / best:.1f}x best (target >= 20x)")
+    print(f"{f'  export at {t2} into a new OUT (same session):':<47}{fresh[0]:6.2f} s  "
+          f"({fresh[1]} codes files written)")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
