@@ -279,6 +279,9 @@ def main() -> None:
         kept = (out / py2 / manifest).read_text().replace(str((out / "cli_1").absolute()), "OUT")
         assert kept == (out / f"{py2}_new_out" / manifest).read_text().replace(
             str((out / f"{py2}_new_out").absolute()), "OUT"), manifest
+    for codes in (out / f"{py2}_new_out" / "codes").iterdir():  # and the same bytes
+        assert codes.read_bytes() == (out / "cli_1" / "codes" / codes.name).read_bytes(), codes.name
+    print("kept codes files and manifests: byte-identical to an export into a new OUT")
     print(f"same pairs (and rewards within 2.5e-7) as the script's num_chosen 1 manifests: yes "
           f"({n1} pairs at cer_threshold {t1}, {n2} at {t2}; val {VAL_LINES // 2} pairs)")
 
