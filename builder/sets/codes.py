@@ -124,9 +124,11 @@ def safe_name(generation_id: str) -> str:
 
 
 def codes_stamp(ds, codes_dtype: str) -> str:
-    import torch
+    """What torch.save's bytes depend on besides the codes (torch's version read
+    without importing torch: an export that keeps every file never loads it)."""
+    from importlib.metadata import version
 
-    return f"{torch.__version__}|{codes_dtype}|{ds.schema.field(GEN.codes).type}"
+    return f"{version('torch')}|{codes_dtype}|{ds.schema.field(GEN.codes).type}"
 
 
 def content_key(stamp: str, table: TableCodes, gid: str) -> str:
@@ -171,9 +173,11 @@ def write_codes(sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes
              and not _unchanged(index.get(paths[g][len(base) + 1:]), keys[g], paths[g])]
     missing = [g for g in stale if g not in fresh.rows]
     table = _take_codes(ds, offsets, missing) if missing else fresh
+    written = 0
+    if not (stale or from_files):
+        return paths, 0, len(paths)
     import torch
 
-    written = 0
     for gid, path in paths.items():
         name = path[len(base) + 1:]
         if gid in from_files:  # as read (any strides): always written, never indexed

@@ -58,11 +58,16 @@ class GenLine:
     tail: str
     duration: float | None
     problem: str | None  # why NeMo cannot use it (check_for_nemo), if it cannot
+    _last: tuple | None = None  # (codes_path, opening) of the last call
 
     def opening(self, codes_path: str | None) -> str:
         """``{"text": ..., "gt_transcript": ...`` (no closing brace)."""
+        if self._last is not None and self._last[0] == codes_path:  # a re-export into the same OUT
+            return self._last[1]
         middle = None if codes_path is None else f'"target_audio_codes_path": {_STRING(codes_path)}'
-        return "{" + ", ".join([p for p in (self.head, middle, self.tail) if p])
+        text = "{" + ", ".join([p for p in (self.head, middle, self.tail) if p])
+        self._last = (codes_path, text)
+        return text
 
 
 @dataclass

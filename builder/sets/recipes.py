@@ -169,7 +169,10 @@ def run_recipe(store, recipe: Recipe, params: dict[str, Any] | None = None,
     values = resolve_params(recipe, params)
     query.check_read_only(recipe.sql)
     own = session is None
-    session = session or query.open_session(store, query.refs_in(recipe.sql))
+    # generations (the checks read it) and the tables the recipe names: a store with
+    # many sets opens just those
+    session = session or query.open_session(store, query.refs_in(recipe.sql), [
+        t for t in store.tables() if t == "generations" or query.mentions(recipe.sql, t)])
     try:
         if "generations" not in session.versions:
             raise InputError(f"store {store.root} has no generations table")
