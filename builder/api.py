@@ -292,6 +292,62 @@ class Store:
             c.plot_differences(per_prompt, self.check_output(plot))
         return table
 
+    # ---------------------------------------------------------------- train
+    def precompute_ref(self, set_ref: str, *, ref: str | os.PathLike, policy: str = "tiny",
+                       config: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+                       batch_pairs: int = 16, lineage: Lineage | None = None) -> dict[str, Any]:
+        """Reference log-probs of every pair of SET_REF under checkpoint REF into
+        ref_logps, keyed by (set, version, REF's sha256, the policy config's sha256).
+        CONFIG / OVERRIDES: the Config ``train_dpo`` takes (its ``policy.model`` is the
+        config the key hashes). A summary: set, ref_sha256, policy_sha256, pairs,
+        version (None when the key was already there)."""
+        from ttspo.trainer.config import load_config
+        from ttspo.trainer.ref import precompute_ref
+
+        self._require()
+        cfg = load_config(config, list(overrides))
+        lineage = lineage or make_lineage("train precompute-ref", {
+            "set_ref": set_ref, "ref": str(ref), "policy": policy,
+            "config": None if config is None else str(config), "overrides": list(overrides),
+            "batch_pairs": batch_pairs})
+        return precompute_ref(self.core, set_ref, ref_path=ref, cfg=cfg, spec=policy,
+                              lineage=lineage, batch_pairs=batch_pairs)
+
+    def train_dpo(self, set_ref: str, *, out: str | os.PathLike, policy: str = "tiny",
+                  init: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
+                  overrides: Sequence[str] = (), lineage: Lineage | None = None, echo=print):
+        """DPO/IPO/RPO on SET_REF into run folder OUT (ttspo.trainer.loop): a RunResult."""
+        from ttspo.trainer.config import load_config
+        from ttspo.trainer.loop import train_dpo
+
+        self._require()
+        cfg = load_config(config, list(overrides))
+        lineage = lineage or make_lineage("train dpo", self._train_args(
+            out, policy, init, config, overrides, set_ref=set_ref))
+        return train_dpo(self.core, set_ref, cfg=cfg, out=out, spec=policy,
+                         init=None if init is None else str(init), lineage=lineage, echo=echo)
+
+    def train_grpo(self, *, out: str | os.PathLike, policy: str = "tiny",
+                   init: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
+                   overrides: Sequence[str] = (), lineage: Lineage | None = None, echo=print):
+        """Online GRPO on the prompts table into run folder OUT (ttspo.trainer.grpo;
+        ``grpo.prompts`` / ``grpo.where`` in CONFIG or OVERRIDES): a GrpoResult."""
+        from ttspo.trainer.config import load_config
+        from ttspo.trainer.grpo import train_grpo
+
+        self._require()
+        cfg = load_config(config, list(overrides))
+        lineage = lineage or make_lineage("train grpo", self._train_args(
+            out, policy, init, config, overrides))
+        return train_grpo(self.core, cfg=cfg, out=out, spec=policy,
+                          init=None if init is None else str(init), lineage=lineage, echo=echo)
+
+    @staticmethod
+    def _train_args(out, policy, init, config, overrides, **more) -> dict[str, Any]:
+        return {**more, "out": str(out), "policy": policy,
+                "init": None if init is None else str(init),
+                "config": None if config is None else str(config), "overrides": list(overrides)}
+
     # ------------------------------------------------------------- checks
     def _require(self) -> None:
         """Reading a store that does not exist is an error, not an empty result."""

@@ -37,7 +37,7 @@ from ttspo.builder.core.store import Store
 from ttspo.builder.ingest.codes import read_codes
 from ttspo.builder.sets.build import open_set
 from ttspo.builder.sets.export import generation_rows
-from ttspo.trainer.policy import CONTEXT_CODES
+from ttspo.trainer.policy import CONTEXT_CODES, DROPOUT_GROUP
 
 PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
                 PAIR.chosen_reward, PAIR.rejected_reward, PAIR.split)
@@ -207,6 +207,9 @@ def shard(num: int, rank: int, world_size: int) -> np.ndarray:
 
 
 def collate_pairs(policy: Any, pairs: Pairs, index: Sequence[int]) -> Any:
-    """ONE batch: the chosen rows of INDEX, then their rejected rows."""
-    rows = [pairs.chosen[i] for i in index] + [pairs.rejected[i] for i in index]
+    """ONE batch: the chosen rows of INDEX, then their rejected rows. Rows k and k + B
+    are one pair: they share a dropout group, so conditioning dropout drops both or
+    neither (a pair never compares a conditioned chosen with an unconditioned rejected)."""
+    rows = [{**pairs.chosen[i], DROPOUT_GROUP: k} for k, i in enumerate(index)] + \
+        [{**pairs.rejected[i], DROPOUT_GROUP: k} for k, i in enumerate(index)]
     return policy.collate(rows, with_targets=True)
