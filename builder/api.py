@@ -293,60 +293,53 @@ class Store:
         return table
 
     # ---------------------------------------------------------------- train
+    # CONFIG (a YAML path) and OVERRIDES ("key=value") make the one training Config.
     def precompute_ref(self, set_ref: str, *, ref: str | os.PathLike, policy: str = "tiny",
-                       config: str | os.PathLike | None = None, overrides: Sequence[str] = (),
-                       batch_pairs: int = 16, lineage: Lineage | None = None) -> dict[str, Any]:
-        """Reference log-probs of every pair of SET_REF under checkpoint REF into
-        ref_logps, keyed by (set, version, REF's sha256, the policy config's sha256).
-        CONFIG / OVERRIDES: the Config ``train_dpo`` takes (its ``policy.model`` is the
-        config the key hashes). A summary: set, ref_sha256, policy_sha256, pairs,
-        version (None when the key was already there)."""
-        from ttspo.trainer.config import load_config
+                       config=None, overrides: Sequence[str] = (), batch_pairs: int = 16,
+                       lineage: Lineage | None = None) -> dict[str, Any]:
+        """Reference log-probs of SET_REF's pairs under checkpoint REF into ref_logps, keyed
+        by (set, version, REF's sha256, the policy config's sha256: give train_dpo's
+        CONFIG/OVERRIDES). A summary; its version is None when the key was there."""
         from ttspo.trainer.ref import precompute_ref
 
-        self._require()
-        cfg = load_config(config, list(overrides))
-        lineage = lineage or make_lineage("train precompute-ref", {
-            "set_ref": set_ref, "ref": str(ref), "policy": policy,
-            "config": None if config is None else str(config), "overrides": list(overrides),
-            "batch_pairs": batch_pairs})
+        cfg, lineage = self._train_setup("train precompute-ref", config, overrides, lineage,
+                                         set_ref=set_ref, ref=str(ref), policy=policy,
+                                         batch_pairs=batch_pairs)
         return precompute_ref(self.core, set_ref, ref_path=ref, cfg=cfg, spec=policy,
                               lineage=lineage, batch_pairs=batch_pairs)
 
     def train_dpo(self, set_ref: str, *, out: str | os.PathLike, policy: str = "tiny",
-                  init: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
-                  overrides: Sequence[str] = (), lineage: Lineage | None = None, echo=print):
+                  init=None, config=None, overrides: Sequence[str] = (),
+                  lineage: Lineage | None = None, echo=print):
         """DPO/IPO/RPO on SET_REF into run folder OUT (ttspo.trainer.loop): a RunResult."""
-        from ttspo.trainer.config import load_config
         from ttspo.trainer.loop import train_dpo
 
-        self._require()
-        cfg = load_config(config, list(overrides))
-        lineage = lineage or make_lineage("train dpo", self._train_args(
-            out, policy, init, config, overrides, set_ref=set_ref))
-        return train_dpo(self.core, set_ref, cfg=cfg, out=out, spec=policy,
-                         init=None if init is None else str(init), lineage=lineage, echo=echo)
+        init = None if init is None else str(init)
+        cfg, lineage = self._train_setup("train dpo", config, overrides, lineage, set_ref=set_ref,
+                                         out=str(out), policy=policy, init=init)
+        return train_dpo(self.core, set_ref, cfg=cfg, out=out, spec=policy, init=init,
+                         lineage=lineage, echo=echo)
 
-    def train_grpo(self, *, out: str | os.PathLike, policy: str = "tiny",
-                   init: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
-                   overrides: Sequence[str] = (), lineage: Lineage | None = None, echo=print):
-        """Online GRPO on the prompts table into run folder OUT (ttspo.trainer.grpo;
-        ``grpo.prompts`` / ``grpo.where`` in CONFIG or OVERRIDES): a GrpoResult."""
-        from ttspo.trainer.config import load_config
+    def train_grpo(self, *, out: str | os.PathLike, policy: str = "tiny", init=None,
+                   config=None, overrides: Sequence[str] = (), lineage: Lineage | None = None,
+                   echo=print):
+        """Online GRPO on the prompts table (``grpo.prompts``, ``grpo.where``) into run
+        folder OUT (ttspo.trainer.grpo): a GrpoResult."""
         from ttspo.trainer.grpo import train_grpo
 
+        init = None if init is None else str(init)
+        cfg, lineage = self._train_setup("train grpo", config, overrides, lineage,
+                                         out=str(out), policy=policy, init=init)
+        return train_grpo(self.core, cfg=cfg, out=out, spec=policy, init=init, lineage=lineage,
+                          echo=echo)
+
+    def _train_setup(self, command: str, config, overrides, lineage, **args):
+        from ttspo.trainer.config import load_config
+
         self._require()
         cfg = load_config(config, list(overrides))
-        lineage = lineage or make_lineage("train grpo", self._train_args(
-            out, policy, init, config, overrides))
-        return train_grpo(self.core, cfg=cfg, out=out, spec=policy,
-                          init=None if init is None else str(init), lineage=lineage, echo=echo)
-
-    @staticmethod
-    def _train_args(out, policy, init, config, overrides, **more) -> dict[str, Any]:
-        return {**more, "out": str(out), "policy": policy,
-                "init": None if init is None else str(init),
-                "config": None if config is None else str(config), "overrides": list(overrides)}
+        return cfg, lineage or make_lineage(command, {
+            **args, "config": None if config is None else str(config), "overrides": list(overrides)})
 
     # ------------------------------------------------------------- checks
     def _require(self) -> None:

@@ -19,7 +19,8 @@ step: a resumed run continues exactly where it stopped.
 
 :func:`collate_pairs` puts the B chosen rows first and the B rejected rows after
 in ONE batch: the policy runs one forward over 2B rows and the loop splits
-its log-probs with ``chunk(2)``.
+its log-probs with ``chunk(2)``. Rows k and k + B share a dropout group
+(``trainer.policy.DROPOUT_GROUP``), so conditioning dropout treats a pair as one.
 """
 
 from __future__ import annotations

@@ -139,11 +139,18 @@ def precompute(store: Store, pairs: Pairs, policy: Any, ref_path: str | Path, *,
         policy_config=identity.config)
     with store.lock(f"{TABLE} {pairs.ref} {sha} {policy_sha}"):  # one of two precomputes writes
         if lookup(store, pairs, sha, policy_sha) is None:
-            if store.exists(TABLE) and REF.policy_sha256 not in store.open(TABLE).schema.names:
-                store.add_null_columns(TABLE, REF_LOGPS_SCHEMA, lineage.with_extra(
-                    schema_change=f"add column {REF.policy_sha256} (older rows: null, never used)"))
+            upgrade_table(store, lineage)
             summary["version"] = store.write(TABLE, table, REF_LOGPS_SCHEMA, lineage)
     return summary
+
+
+def upgrade_table(store: Store, lineage: Lineage) -> None:
+    """Give a ref_logps table made before the policy config was keyed that column
+    (null in the old rows: they never match). One commit, by one precompute."""
+    with store.lock(f"{TABLE} schema"):  # two precomputes of other keys: one upgrades
+        if store.exists(TABLE) and REF.policy_sha256 not in store.open(TABLE).schema.names:
+            store.add_null_columns(TABLE, REF_LOGPS_SCHEMA, lineage.with_extra(
+                schema_change=f"add column {REF.policy_sha256} (older rows: null, never used)"))
 
 
 def precompute_ref(store: Store, set_ref: str, *, ref_path: str | Path, cfg: Any = None,
