@@ -160,7 +160,8 @@ def test_cli_train_and_precompute(store, tmp_path):
     assert lines[1].startswith("first step 1: loss/total 0.6931, rewards/accuracies ")
     assert lines[-1].startswith(f"checkpoint step step 2: {tmp_path}/run/checkpoints/step_000002/")
     lineage = store.versions("checkpoints")[-1]["lineage"]
-    assert lineage["command"] == "train dpo" and lineage["inputs"] == {SET: 1, "generations": 1}
+    assert lineage["command"] == "train dpo" and lineage["inputs"] == {
+        SET: 1, "generations": 1, "ref_logps": store.version("ref_logps")}
     # The same command again: the run is complete, it resumes at its end and writes nothing.
     rows = store.open("checkpoints").count_rows()
     again = invoke(store, *args)
