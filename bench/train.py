@@ -11,10 +11,13 @@ prefix, as the demo's), one torch thread:
 Each variant runs in its own spawned process, trials interleaved; steps/s is the
 best trial's, per CPU-second of the (single-threaded) process (robust on a shared
 machine, where wall time mostly measures the neighbours) and per wall second.
-Memory: the peak RSS from building the optimizer to the last step (reset by
-/proc/self/clear_refs after the one-off reference precompute) minus the RSS before
-any model was built: models, optimizer state, activations. Target: ttspo >= 1.25x
-and a lower peak.
+Memory, two ways: the peak bytes of live tensors over building the models and
+3 steps (the profiler's memory timeline: exact, the same on every run, what
+``torch.cuda.max_memory_allocated`` reports on a GPU), and the peak RSS from
+before the models were built to the last step, minus the RSS at that point
+(models, optimizer state, activations, but also the code pages the first step
+touches and what the C allocator keeps), in a run of its own with
+MALLOC_MMAP_THRESHOLD_ fixed so that freed activations go back to the OS. Target: ttspo >= 1.25x and a lower peak.
 
 Part 2: ``python -m ttspo.trainer dpo`` on 1 process against ``torchrun
 --nproc-per-node 2`` on a synthetic set, the same pairs per process (so 2 processes
@@ -184,13 +187,22 @@ def part1(steps: int, trials: int, size: str) -> None:
         for name in ("naive", "ttspo"):
             results[name].append(in_child(run_variant, name, steps, size)[1:])
     tensors = {name: in_child(tensor_peak, name, size)[1] for name in ("naive", "ttspo")}
+    # RSS in its own runs: glibc's malloc raises its mmap threshold as large blocks
+    # are freed (up to 32 MB), after which freed activations stay in the heap and
+    # RSS measures the allocator's history more than the step. A fixed threshold
+    # (read by the spawned child at start) returns large frees to the OS; not in
+    # the speed runs, where it would add page faults to every step.
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    try:
+        rss = {name: in_child(run_variant, name, 3, size)[2] for name in ("naive", "ttspo")}
+    finally:
+        del os.environ["MALLOC_MMAP_THRESHOLD_"]
     best = {n: max(r[0] for r in v) for n, v in results.items()}
-    rss = {n: min(r[1] for r in v) for n, v in results.items()}
     per_cpu = {n: max(r[2] for r in v) for n, v in results.items()}
     print(f"part 1: size {size}, {PAIRS} pairs, context {CONTEXT_FRAMES} + target ~{TARGET_FRAMES} frames, "
           f"{steps} steps x {trials} trials, load {os.getloadavg()[0]:.1f}")
     print("| step | steps per CPU-s (best) | steps/s wall (best) | wall, all trials "
-          "| peak tensor memory | peak RSS above imports (min) |")
+          "| peak tensor memory | peak RSS above imports |")
     print("|---|---|---|---|---|---|")
     for n in ("naive", "ttspo"):
         print(f"| {n} | {per_cpu[n]:.2f} | {best[n]:.2f} | {', '.join(f'{r[0]:.2f}' for r in results[n])} "
