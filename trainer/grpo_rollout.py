@@ -40,6 +40,9 @@ MIN_DECODE = 2  # frames
 class Prompts:
     version: int  # of the prompts table
     rows: list[dict[str, Any]]  # policy rows: text, context_text, context_codes, ...
+    # every table the selection read and its version: prompts, and any table the
+    # where condition's subqueries name (its lineage inputs)
+    inputs: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -57,8 +60,10 @@ def load_prompts(store: Store, ref: str = "prompts", where: str | None = None, *
         raise InputError(f"grpo.prompts '{ref}': GRPO reads prompts from the prompts table")
     pinned = store.open(table, version).version
     sql = f'SELECT * FROM "prompts@{pinned}"'
-    rows = query.run(store, sql + (f" WHERE {where}" if where else "") +
-                     f' ORDER BY "{PROMPT.prompt_id}"')[0].to_pylist()
+    table_, read = query.run(store, sql + (f" WHERE {where}" if where else "") +
+                             f' ORDER BY "{PROMPT.prompt_id}"')
+    rows = table_.to_pylist()
+    inputs = {parse_ref(view)[0]: v for view, v in sorted(read.items())}
     if not rows:
         raise InputError(f"prompts@{pinned}: no prompt matches {where!r}" if where
                          else f"prompts@{pinned} is empty")
@@ -70,7 +75,7 @@ def load_prompts(store: Store, ref: str = "prompts", where: str | None = None, *
             r[CONTEXT_CODES] = encode_audio(r[PROMPT.context_audio_filepath], encode, pid)
         else:
             r[CONTEXT_CODES] = None  # a text context
-    return Prompts(pinned, rows)
+    return Prompts(pinned, rows, {**inputs, "prompts": pinned})
 
 
 def split_prompts(prompts: Prompts, val: int, seed: int) -> tuple[list[int], list[int]]:

@@ -57,6 +57,9 @@ from ttspo.trainer.tiny_batch import (  # noqa: F401  (re-exported: the tiny pol
 from ttspo.trainer.tiny_blocks import DecoderLayer, EncoderLayer
 
 ARCHITECTURE = "tiny"
+# Config keys a checkpoint may be loaded with other values of (they change training,
+# not the weights' shape): fine-tune with dropout from a checkpoint saved without.
+TRAINING_ONLY = ("dropout", "cfg_dropout")
 FORMAT = "ttspo-policy-v1"  # the header that tells a checkpoint from any other file
 
 # -------------------------------------------------------------------- model
@@ -102,13 +105,16 @@ class TinyCodecLM(nn.Module):
 
     def decode(self, frames: torch.Tensor, positions: torch.Tensor, self_mask: torch.Tensor,
                memory_kv: list, memory_mask: torch.Tensor,
-               caches: list[KVCache] | None = None) -> torch.Tensor:
-        """FRAMES [B, C, S] at POSITIONS [B, S] -> logits [B, C, S, V]."""
+               caches: list[KVCache] | None = None, logits_from: int = 0) -> torch.Tensor:
+        """FRAMES [B, C, S] at POSITIONS [B, S] -> logits [B, C, S - LOGITS_FROM, V].
+
+        LOGITS_FROM skips the heads over a context prefix whose logits nothing
+        reads: C * V outputs per frame, the largest tensor of a training step."""
         x = self.code_embed(frames + self.code_offsets).sum(dim=1) + self.frame_pos(positions)
         x = self.drop(x)
         for i, layer in enumerate(self.decoder):
             x = layer(x, self_mask, memory_kv[i], memory_mask, None if caches is None else caches[i])
-        logits = self.heads(self.decoder_norm(x))  # [B, S, C * V]
+        logits = self.heads(self.decoder_norm(x[:, logits_from:]))  # [B, S', C * V]
         b, s, _ = logits.shape
         return logits.view(b, s, self.config.num_codebooks, -1).permute(0, 2, 1, 3)
 
@@ -125,8 +131,8 @@ class TinyCodecLM(nn.Module):
             raise ValueError("forward_teacher needs a batch collated with_targets=True")
         cfg = self.config
         b, c, t = batch.codes.shape
-        if self.training and cfg.cfg_dropout > 0:
-            batch = batch.drop_conditioning(torch.rand(b, device=batch.text.device) < cfg.cfg_dropout)
+        if self.training and cfg.cfg_dropout > 0:  # one draw per dropout group (a DPO pair)
+            batch = batch.drop_conditioning(batch.draw_dropout(cfg.cfg_dropout))
         bos = batch.codes.new_full((b, c, 1), cfg.bos)
         frames = torch.cat([batch.prefix, bos, batch.codes], dim=2)
         valid = torch.cat([batch.prefix_mask, batch.prefix_mask.new_ones((b, 1 + t))], dim=1)
@@ -139,8 +145,8 @@ class TinyCodecLM(nn.Module):
         self_mask = (causal & (valid[:, None, :] | eye))[:, None]
         memory = self.encode(batch.text, batch.text_mask)
         logits = self.decode(frames, positions, self_mask, self.memory_kv(memory),
-                             batch.text_mask[:, None, None, :])
-        logits = logits[:, :, batch.prefix.shape[2]:]  # [B, C, T + 1, V]
+                             batch.text_mask[:, None, None, :], logits_from=batch.prefix.shape[2])
+        # [B, C, T + 1, V]: BOS predicts the first frame, the last frame predicts EOS
         steps = torch.arange(t + 1, device=frames.device)
         mask = (steps[None, :] <= batch.code_lens[:, None]).unsqueeze(1).expand(b, c, t + 1)
         labels = torch.cat([batch.codes, batch.codes.new_full((b, c, 1), IGNORE)], dim=2)
@@ -171,7 +177,8 @@ class TinyCodecLM(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, *, config: TinyConfig | None = None) -> "TinyCodecLM":
         """The policy saved at PATH; ModelError (one line naming PATH) if it is not a tiny
-        policy checkpoint, or not one of CONFIG's size when CONFIG is given."""
+        policy checkpoint, or not one of CONFIG's size when CONFIG is given (CONFIG's
+        :data:`TRAINING_ONLY` values then replace the saved ones)."""
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"{path}: no such checkpoint file")
@@ -185,10 +192,12 @@ class TinyCodecLM(nn.Module):
             raise ModelError(f"{path}: a checkpoint of policy '{payload.get('architecture')}', "
                              f"not '{ARCHITECTURE}'")
         saved = TinyConfig.from_dict(payload["config"])
-        if config is not None and config != saved:
+        if config is not None:
             diff = [f"{k}={v} (expected {getattr(config, k)})" for k, v in asdict(saved).items()
-                    if getattr(config, k) != v]
-            raise ModelError(f"{path}: a tiny policy of another size: {', '.join(diff)}")
+                    if getattr(config, k) != v and k not in TRAINING_ONLY]
+            if diff:
+                raise ModelError(f"{path}: a tiny policy of another size: {', '.join(diff)}")
+            saved = config  # the same size; CONFIG's dropout settings
         model = cls(saved)
         if payload.get("codec") != model.codec.fingerprint:
             raise ModelError(f"{path}: made for codec {payload.get('codec')}, "
