@@ -169,8 +169,7 @@ def write_codes(sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes
         if gid not in names:
             names[gid] = f"{safe_name(gid)}.pt"
     paths = {gid: f"{base}/{names[gid]}" for gid in sorted(gids)}
-    stale = [g for g in paths if g not in from_files
-             and not _unchanged(index.get(paths[g][len(base) + 1:]), keys[g], paths[g])]
+    stale = [g for g in paths if g not in from_files and not _unchanged(index.get(names[g]), keys[g], paths[g])]
     missing = [g for g in stale if g not in fresh.rows]
     table = _take_codes(ds, offsets, missing) if missing else fresh
     written = 0
@@ -211,9 +210,11 @@ def _unchanged(entry: list | None, key: str, path: str) -> bool:
     if entry is None or entry[0] != key:
         return False
     try:
-        return entry[1:] == _stat(path)
+        st = os.stat(path)
     except OSError:  # deleted: write it again
         return False
+    return (entry[1] == st.st_size and entry[2] == st.st_mtime_ns and entry[3] == st.st_ctime_ns
+            and entry[4] == st.st_ino and len(entry) == 5)
 
 
 def _read_index(out_dir: Path) -> dict[str, list]:

@@ -28,7 +28,9 @@ Every generation's codes are written to ``OUT/codes/<generation id>.pt`` with
 default, or int64): NeMo's own generation writes int16 codes, on which its DPO
 training step crashes (``gather(): Expected dtype int32/int64 for index``), so
 the export never points at those files. The codes are the table's (as ingested),
-else those of the generation's ``codes_path``.
+else those of the generation's ``codes_path``. An export into an OUT that already
+holds a generation's codes file with the same content keeps it (codes.py says how
+that is known); the lines are encoded column by column (nemo_lines.py).
 
 ``export_trl`` writes one row per pair (``prompt``, ``chosen``, ``rejected`` =
 text and the two wav paths, plus metrics, rewards and split) as Parquet or JSON

@@ -177,22 +177,31 @@ def fixed_parts(gens: SetGenerations, codes_paths: dict[str, str]) -> dict[str, 
     return {g: lines[g].opening(lines[g].codes_path) for g in gens.ids}
 
 
+def _strings(values: list) -> list[str]:
+    return list(map(_STRING, values)) if None not in values else [encode_value(v) for v in values]
+
+
 def nemo_manifest_lines(pairs: pa.Table, fixed: dict[str, str]) -> dict[str, list[str]]:
     """split -> its lines, each pair as its chosen line then its rejected line, in
-    the order of PAIRS (the shuffle)."""
-    lines: dict[str, list[str]] = {"train": [], "val": []}
+    the order of PAIRS (the shuffle). Column by column: each value encoded once."""
     col = {name: pairs.column(name).to_pylist() for name in (
         PAIR.chosen_id, PAIR.rejected_id, PAIR.pair_id, PAIR.chosen_reward, PAIR.rejected_reward,
         PAIR.cer_delta, PAIR.sim_delta, PAIR.split)}
-    enc = encode_value
-    for c, r, pair_id, c_reward, r_reward, cer_delta, sim_delta, split in zip(*col.values()):
-        c_open, r_open = fixed[c], fixed[r]
-        pid = enc(pair_id)
-        lines[split] += [
-            f'{c_open}{", " if len(c_open) > 1 else ""}"reward": {enc(c_reward)}, "pair_id": {pid}, '
-            f'"generation_id": {enc(c)}}}\n',
-            f'{r_open}{", " if len(r_open) > 1 else ""}"reward": {enc(r_reward)}, '
-            f'"cer_delta": {enc(cer_delta)}, "sim_delta": {enc(sim_delta)}, "pair_id": {pid}, '
-            f'"generation_id": {enc(r)}}}\n',
-        ]
-    return lines
+    splits = col[PAIR.split]
+    unknown = set(splits) - {"train", "val"}
+    if unknown:
+        raise InputError(f"a pair has split {sorted(map(str, unknown))[0]!r}, not train or val")
+    c_ids, r_ids = col[PAIR.chosen_id], col[PAIR.rejected_id]
+    pid = _strings(col[PAIR.pair_id])
+    numbers = {name: [encode_value(v) for v in col[name]] for name in (
+        PAIR.chosen_reward, PAIR.rejected_reward, PAIR.cer_delta, PAIR.sim_delta)}
+    openings = [(fixed[c], fixed[r]) for c, r in zip(c_ids, r_ids)]
+    chosen = [f'{o}{", " if len(o) > 1 else ""}"reward": {w}, "pair_id": {p}, "generation_id": {g}}}\n'
+              for (o, _), w, p, g in zip(openings, numbers[PAIR.chosen_reward], pid, _strings(c_ids))]
+    rejected = [f'{o}{", " if len(o) > 1 else ""}"reward": {w}, "cer_delta": {cd}, "sim_delta": {sd}, '
+                f'"pair_id": {p}, "generation_id": {g}}}\n'
+                for (_, o), w, cd, sd, p, g in zip(openings, numbers[PAIR.rejected_reward],
+                                                    numbers[PAIR.cer_delta], numbers[PAIR.sim_delta],
+                                                    pid, _strings(r_ids))]
+    return {split: [line for c, r, s in zip(chosen, rejected, splits) if s == split for line in (c, r)]
+            for split in ("train", "val")}

@@ -39,6 +39,7 @@ import pyarrow as pa
 from ttspo.builder.core.errors import InputError, QueryError, RecipeError, first_line
 from ttspo.builder.core.params import parse_assignments, typed_param  # noqa: F401 (re-exported)
 from ttspo.builder.core.schemas import GEN, PAIR, PAIR_REQUIRED, PREFERENCES_SCHEMA
+from ttspo.builder.sets.recipe_cache import cache_region, with_cached_region
 
 PARAM_LINE = re.compile(r"^--\s*param\s+([A-Za-z_]\w*)\s*=\s*(\S+)\s*(.*)$")
 PLACEHOLDER = re.compile(r"\$([A-Za-z_]\w*)")
@@ -198,7 +199,7 @@ def _execute(session, recipe: Recipe, values: dict[str, Any], store=None, runs: 
     try:
         region = cache_region(sql)
         if region is not None and store is not None:
-            sql = _with_cached_region(session, store, recipe, values, runs, region)
+            sql = with_cached_region(session, store, recipe, values, runs, region)
         used = {k: v for k, v in values.items() if k in _placeholders(sql)}
         return session.con.sql(sql, params=used or None).to_arrow_table()
     except duckdb.Error as exc:
@@ -206,48 +207,8 @@ def _execute(session, recipe: Recipe, values: dict[str, Any], store=None, runs: 
         raise QueryError(f"recipe {recipe.name}: {message}") from None
 
 
-# A recipe may mark consecutive CTEs that depend on no parameter but those they
-# name: "-- ttspo cache: NAME" before the first, "-- ttspo cache end" after the
-# last (NAME is the last one, the one the rest reads). In one Python session the
-# region runs once per (recipe text, its parameter values, the content of every
-# table version it reads, runs) and the rest of the recipe reads its result (a
-# re-threshold does not rank every group again). The file stays one SELECT: run
-# whole (``ttspo sql``), it gives the same rows.
-CACHE_START = re.compile(r"^--\s*ttspo cache:\s*([A-Za-z_]\w*)\s*$", re.M)
-CACHE_END = re.compile(r"^--\s*ttspo cache end\s*$", re.M)
-
-
-def cache_region(sql: str) -> tuple[str, int, int] | None:
-    """(name, start, end) of the cached region's text in SQL, or None."""
-    start, end = CACHE_START.search(sql), CACHE_END.search(sql)
-    if start is None or end is None or end.start() < start.end():
-        return None
-    return start.group(1), start.start(), end.start()
-
-
 def _placeholders(sql: str) -> set[str]:
     return set(PLACEHOLDER.findall(_strip_comments_and_strings(sql)))
-
-
-def _with_cached_region(session, store, recipe: Recipe, values: dict[str, Any], runs: Sequence[str],
-                        region: tuple[str, int, int]) -> str:
-    """Register the region's result (from the session cache, else computed) and
-    return the recipe with the region replaced by a read of it."""
-    from ttspo.builder.core.store import parse_ref
-    from ttspo.builder.sets.session_cache import cached, table_identity
-
-    name, start, end = region
-    text = recipe.sql[start:end].rstrip().rstrip(",")
-    used = {k: values[k] for k in sorted(_placeholders(text)) if k in values}
-    tables = []
-    for view, version in sorted(session.inputs_for(text).items()):
-        table, _ = parse_ref(view)
-        tables.append((view, table_identity(store.open(table, version))))
-    key = (recipe.sha256, start, end, tuple(used.items()), tuple(tables), tuple(sorted(set(runs))))
-    result = cached("recipe.region", key, lambda: session.con.sql(
-        f"WITH RECURSIVE {text} SELECT * FROM {name}", params=used or None).to_arrow_table())
-    session.con.register(f"__cached_{name}", result)
-    return f"{recipe.sql[:start]}{name} AS (SELECT * FROM __cached_{name}),\n{recipe.sql[end:]}"
 
 
 def restrict_runs(session, store, runs: Sequence[str]) -> None:

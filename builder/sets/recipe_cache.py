@@ -1,0 +1,50 @@
+"""The cached region of a recipe (see below): run once per Python session.
+
+A recipe may mark consecutive CTEs that depend on no parameter but those they
+name: "-- ttspo cache: NAME" before the first, "-- ttspo cache end" after the
+last (NAME is the last one, the one the rest reads). In one Python session the
+region runs once per (recipe text, its parameter values, the content of every
+table version it reads, runs) and the rest of the recipe reads its result (a
+re-threshold does not rank every group again). The file stays one SELECT: run
+whole (``ttspo sql``), it gives the same rows. Keys: session_cache.py.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+CACHE_START = re.compile(r"^--\s*ttspo cache:\s*([A-Za-z_]\w*)\s*$", re.M)
+CACHE_END = re.compile(r"^--\s*ttspo cache end\s*$", re.M)
+
+
+def cache_region(sql: str) -> tuple[str, int, int] | None:
+    """(name, start, end) of the cached region's text in SQL, or None."""
+    start, end = CACHE_START.search(sql), CACHE_END.search(sql)
+    if start is None or end is None or end.start() < start.end():
+        return None
+    return start.group(1), start.start(), end.start()
+
+
+def with_cached_region(session, store, recipe, values: dict[str, Any], runs: Sequence[str],
+                       region: tuple[str, int, int]) -> str:
+    """Register the region's result (from the session cache, else computed) and
+    return the recipe with the region replaced by a read of it."""
+    from ttspo.builder.core.store import parse_ref
+    from ttspo.builder.sets.recipes import _placeholders
+    from ttspo.builder.sets.session_cache import cached, table_identity
+
+    name, start, end = region
+    text = recipe.sql[start:end].rstrip().rstrip(",")
+    used = {k: values[k] for k in sorted(_placeholders(text)) if k in values}
+    tables = []
+    for view, version in sorted(session.inputs_for(text).items()):
+        table, _ = parse_ref(view)
+        tables.append((view, table_identity(store.open(table, version))))
+    key = (recipe.sha256, start, end, tuple(used.items()), tuple(tables), tuple(sorted(set(runs))))
+    result = cached("recipe.region", key, lambda: session.con.sql(
+        f"WITH RECURSIVE {text} SELECT * FROM {name}", params=used or None).to_arrow_table())
+    session.con.register(f"__cached_{name}", result)
+    return f"{recipe.sql[:start]}{name} AS (SELECT * FROM __cached_{name}),\n{recipe.sql[end:]}"
+
+
