@@ -248,3 +248,21 @@ def test_runs_are_part_of_the_cache_key(store):
     for got, truth in zip(results, truths):
         assert got.equals(truth)
     assert len({r.num_rows for r in results}) > 1
+
+
+def test_the_checks_read_the_generations_of_the_runs_built_from(store, tmp_path):
+    """The output checks' generations are cached per runs too: a pair naming a
+    generation of a run left out is refused even after a build over that run."""
+    more = gen_rows(BASIC[:1], run="other")
+    store.write("generations", pa.Table.from_pylist([{**r, GEN.codes: [[1]]} for r in more],
+                                                    schema=GENERATIONS_SCHEMA), GENERATIONS_SCHEMA,
+                make_lineage("t", {}))
+    recipe = tmp_path / "literal.sql"
+    recipe.write_text("SELECT 'p0' AS prompt_id, 'other:g0' AS group_id, 'other:0' AS chosen_id, "
+                      "'other:3' AS rejected_id, 1.0 AS chosen_reward, 0.5 AS rejected_reward, "
+                      "'train' AS split FROM generations LIMIT 1")
+    assert build_set(store, str(recipe), "lit", runs=("other",)).record.counts["pairs"] == 1
+    from ttspo.builder.core.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"1 pair\(s\) name a chosen_id that is not in generations"):
+        build_set(store, str(recipe), "lit", runs=("r",))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
+from ttspo.builder.core.schemas import GEN
+
 CACHE_START = re.compile(r"^--\s*ttspo cache:\s*([A-Za-z_]\w*)\s*$", re.M)
 CACHE_END = re.compile(r"^--\s*ttspo cache end\s*$", re.M)
 
@@ -48,3 +50,22 @@ def with_cached_region(session, store, recipe, values: dict[str, Any], runs: Seq
     return f"{recipe.sql[:start]}{name} AS (SELECT * FROM __cached_{name}),\n{recipe.sql[end:]}"
 
 
+
+
+CHECK_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.group_id, GEN.run, GEN.record_type, GEN.cer, GEN.ssim)
+
+
+def checked_generations(session, store, runs: Sequence[str]) -> str:
+    """The view the output checks read generations from: in a session, the columns
+    they need, kept per generations content and runs (a DuckDB join over Arrow, not
+    a Lance scan per build)."""
+    from ttspo.builder.sets.session_cache import cached, table_identity
+
+    if store is None:
+        return "generations"
+    key = (table_identity(store.open("generations", session.versions["generations"])), tuple(sorted(set(runs))))
+    listed = ", ".join(f'"{c}"' for c in CHECK_COLUMNS)
+    table = cached("recipe.generations", key,
+                   lambda: session.con.sql(f"SELECT {listed} FROM generations").to_arrow_table())
+    session.con.register("__checked_generations", table)
+    return "__checked_generations"

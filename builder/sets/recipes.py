@@ -39,7 +39,7 @@ import pyarrow as pa
 from ttspo.builder.core.errors import InputError, QueryError, RecipeError, first_line
 from ttspo.builder.core.params import parse_assignments, typed_param  # noqa: F401 (re-exported)
 from ttspo.builder.core.schemas import GEN, PAIR, PAIR_REQUIRED, PREFERENCES_SCHEMA
-from ttspo.builder.sets.recipe_cache import cache_region, with_cached_region
+from ttspo.builder.sets.recipe_cache import cache_region, checked_generations, with_cached_region
 
 PARAM_LINE = re.compile(r"^--\s*param\s+([A-Za-z_]\w*)\s*=\s*(\S+)\s*(.*)$")
 PLACEHOLDER = re.compile(r"\$([A-Za-z_]\w*)")
@@ -181,7 +181,7 @@ def run_recipe(store, recipe: Recipe, params: dict[str, Any] | None = None,
         start = time.perf_counter()
         raw = _execute(session, recipe, values, store, runs)
         ran = time.perf_counter()
-        table = complete_and_check(session, recipe, raw)
+        table = complete_and_check(session, recipe, raw, checked_generations(session, store, runs))
         seconds = {"recipe": ran - start, "checks": time.perf_counter() - ran}
         # (comments left out: a recipe that merely mentions a table did not read it)
         inputs = session.inputs_for(recipe.sql)
@@ -240,7 +240,7 @@ FROM_GENERATIONS = {
 }
 
 
-def complete_and_check(session, recipe: Recipe, raw: pa.Table) -> pa.Table:
+def complete_and_check(session, recipe: Recipe, raw: pa.Table, source: str = "generations") -> pa.Table:
     """Fill the optional columns, check every invariant, return the set's rows."""
     names = raw.column_names
     unknown = [c for c in names if c not in ALLOWED]
@@ -257,7 +257,7 @@ def complete_and_check(session, recipe: Recipe, raw: pa.Table) -> pa.Table:
 
     try:
         session.con.register("__recipe_rows", raw)
-        completed = session.con.sql(_completion_sql(raw.column_names)).to_arrow_table()
+        completed = session.con.sql(_completion_sql(raw.column_names, source)).to_arrow_table()
         session.con.register("__set_rows", completed)
         _check_invariants(session, recipe, raw.column_names)
         for view in ("__recipe_rows", "__set_rows"):
@@ -269,7 +269,7 @@ def complete_and_check(session, recipe: Recipe, raw: pa.Table) -> pa.Table:
                           f"preference set ({first_line(exc)})") from None
 
 
-def _completion_sql(names: list[str]) -> str:
+def _completion_sql(names: list[str], source: str = "generations") -> str:
     computed = {
         PAIR.pair_id: f"o.{PAIR.chosen_id} || '>' || o.{PAIR.rejected_id}",
         PAIR.cer_delta: f'r."{GEN.cer}" - c."{GEN.cer}"',
@@ -293,7 +293,7 @@ def _completion_sql(names: list[str]) -> str:
     # One scan of generations, kept to the generations the pairs name.
     needed = (f'SELECT "{GEN.generation_id}", "{GEN.prompt_id}", "{GEN.group_id}", "{GEN.run}", '
               f'"{GEN.record_type}", '
-              f'"{GEN.cer}", "{GEN.ssim}" FROM generations WHERE "{GEN.generation_id}" IN '
+              f'"{GEN.cer}", "{GEN.ssim}" FROM {source} WHERE "{GEN.generation_id}" IN '
               f'(SELECT {PAIR.chosen_id} FROM __recipe_rows UNION ALL '
               f'SELECT {PAIR.rejected_id} FROM __recipe_rows)')
     return (f"WITH g AS MATERIALIZED ({needed}) "
