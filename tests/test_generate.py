@@ -21,7 +21,7 @@ from ttspo.builder.cli.main import cli
 from ttspo.builder.core.schemas import (CHECKPOINTS_SCHEMA, CKPT, GEN, PROMPT, PROMPTS_SCHEMA)
 from ttspo.builder.core.store import Store, make_lineage
 from ttspo.trainer.generate import GenerateOptions, generate
-from ttspo.trainer.generate_rows import sample_seed
+from ttspo.trainer.samples import sample_seed
 from ttspo.trainer.policy import Sampling
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,14 +1,14 @@
 """One rank's share of `ttspo generate`: sample, decode, score, and write fragments.
 
 Split from generate.py (the plan and the collective steps) so each file reads in
-one sitting; the options, ids and seeds live here, the lower of the two modules.
+one sitting; the options and ids live here, the lower of the two modules (seeds and
+decoding: trainer/samples.py, shared with GRPO's rollouts).
 Times go to the caller's ``seconds`` dict under sampling, decoding, scoring and
 writing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import time
 from dataclasses import dataclass
@@ -24,10 +24,10 @@ from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT
 from ttspo.builder.core.store import STORAGE_VERSION, Lineage, Store, commit_properties
 from ttspo.builder.scoring.options import ScoreOptions
 from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Sampling
+from ttspo.trainer.samples import sample_seed
 
 GENERATIONS = "generations"
 PROMPTS = "prompts"
-SEED_BOUND = 2 ** 62  # sample seeds lie in [0, SEED_BOUND)
 STAGES = ("sampling", "decoding", "scoring", "writing")
 
 
@@ -55,12 +55,6 @@ class GenerateOptions:
             raise InputError(f"--samples must be at least 1, not {self.samples}")
         if not self.audio_dir and not self.embed_audio:
             raise InputError("say where the audio goes: --audio-dir DIR and/or --embed-audio")
-
-
-def sample_seed(seed: int, prompt_id: str, sample: int) -> int:
-    """The seed of one sample's noise: a function of (seed, prompt, sample) only."""
-    digest = hashlib.sha256(f"{seed}\0{prompt_id}\0{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % SEED_BOUND
 
 
 def settings_columns(options: GenerateOptions, checkpoint: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ with :func:`ttspo.trainer.rewards.compute_rewards`, and returns the step's rows
 in the ``rollouts`` schema, timing each phase.
 
 Each sample's noise comes from its own seed, a function of (seed, step, split,
-prompt, sample): a resumed run draws the same samples, and so does a run
-sharded over more processes.
+prompt id, sample) (:func:`ttspo.trainer.samples.sample_seed`, as `generate`'s):
+a resumed run draws the same samples, and so does a run sharded over more
+processes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ttspo.builder.core.schemas import GEN, PROMPT, ROLL, ROLLOUTS_SCHEMA, RWD
 from ttspo.builder.core.store import Store, parse_ref
 from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Sampling
 from ttspo.trainer.rewards import REWARDS, RewardConfig, compute_rewards
+from ttspo.trainer.samples import sample_seed
 
 PHASES = ("generate", "decode", "score")
 MIN_DECODE = 2  # frames
@@ -94,11 +96,6 @@ def step_prompts(train: Sequence[int], step: int, per_step: int, rank: int, worl
     perm = np.random.default_rng([seed, epoch]).permutation(len(train))
     start = k * total + rank * per_step
     return [train[i] for i in perm[start:start + per_step]]
-
-
-def sample_seed(seed: int, step: int, split: str, prompt: int, sample: int) -> int:
-    key = [seed, step, 0 if split == "train" else 1, prompt, sample]
-    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> np.uint64(2))
 
 
 # ------------------------------------------------------------------ scoring
@@ -177,7 +174,8 @@ def rollout(policy, prompts: Prompts, indices: Sequence[int], *, run: str, step:
 
     seconds = dict.fromkeys(PHASES, 0.0)
     t = time.perf_counter()
-    rows = [dict(prompts.rows[p], **{SAMPLE_SEED: sample_seed(seed, step, split, p, s)})
+    rows = [dict(prompts.rows[p], **{SAMPLE_SEED: sample_seed(
+                seed, step, split, prompts.rows[p][PROMPT.prompt_id], s)})
             for p in indices for s in range(n)]
     with torch.no_grad():
         codes, lengths = policy.generate(policy.collate(rows, with_targets=False), sampling,

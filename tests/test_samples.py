@@ -1,0 +1,47 @@
+"""What generate and GRPO share about a sample (trainer/samples.py, trainer/data.py):
+its seed, its audio, and the context codes of its prompt, each made in one place."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from grpo_helpers import TINY, make_prompts
+from ttspo.builder.core.schemas import GEN, PROMPT
+from ttspo.builder.core.store import Store
+from ttspo.trainer.grpo_rollout import Scoring, load_prompts, rollout
+from ttspo.trainer.policy import Sampling, load_policy
+from ttspo.trainer.rewards import RewardConfig
+from ttspo.trainer.samples import sample_seed
+
+
+# ------------------------------------------------------------------- seeds
+def test_generate_seeds_are_what_they_were_and_every_key_part_counts():
+    # generate's rows already in stores were drawn with these seeds: a rerun that
+    # adds a run's missing samples must draw the rest with the same derivation.
+    assert sample_seed(3, "p1", 0) == 2022760370391479079
+    assert sample_seed(0, "prompt-x", 5) == 1469357362583954956
+    keys = [(3, "p1", 0), (3, "p1", 1), (4, "p1", 0), (3, "p2", 0), (0, 3, "train", "p1", 0),
+            (0, 3, "val", "p1", 0), (0, 4, "train", "p1", 0)]
+    seeds = [sample_seed(*k) for k in keys]
+    assert len(set(seeds)) == len(keys)
+    assert all(0 <= s < 2 ** 62 for s in seeds)
+
+
+def test_a_grpo_sample_is_keyed_by_its_prompt_id_not_its_position(tmp_path):
+    """p2 is the third prompt of all four and the first under --where: same samples."""
+    store = Store(tmp_path / "st")
+    make_prompts(store, 4)
+    torch.manual_seed(0)
+    policy = load_policy("tiny", config=TINY).eval()
+    every = load_prompts(store, encode=policy.codec.encode)
+    some = load_prompts(store, where=f"{PROMPT.prompt_id} >= 'p2'", encode=policy.codec.encode)
+    args = dict(run="r", step=5, split="train", n=3, seed=7, rewards=RewardConfig(),
+                scoring=Scoring(None, None), checkpoint="c", store_audio=False,
+                sampling=Sampling(temperature=1.0, max_steps=6))
+    a = rollout(policy, every, [2], **args).table
+    b = rollout(policy, some, [0], **args).table
+    assert a[GEN.prompt_id].to_pylist() == b[GEN.prompt_id].to_pylist() == ["p2"] * 3
+    assert a[GEN.codes].to_pylist() == b[GEN.codes].to_pylist()
+    other = rollout(policy, every, [2], **{**args, "step": 6}).table
+    assert other[GEN.codes].to_pylist() != a[GEN.codes].to_pylist()  # the step is in the key
