@@ -12,7 +12,8 @@ from ttspo.builder.core.store import Store
 from ttspo.trainer.grpo_rollout import Scoring, load_prompts, rollout
 from ttspo.trainer.policy import Sampling, load_policy
 from ttspo.trainer.rewards import RewardConfig
-from ttspo.trainer.samples import sample_seed
+from ttspo.builder.scoring.audio import read_audio_bytes
+from ttspo.trainer.samples import decode, sample_seed
 
 
 # ------------------------------------------------------------------- seeds
@@ -45,3 +46,26 @@ def test_a_grpo_sample_is_keyed_by_its_prompt_id_not_its_position(tmp_path):
     assert a[GEN.codes].to_pylist() == b[GEN.codes].to_pylist()
     other = rollout(policy, every, [2], **{**args, "step": 6}).table
     assert other[GEN.codes].to_pylist() != a[GEN.codes].to_pylist()  # the step is in the key
+
+
+# ------------------------------------------------------------------- audio
+def test_a_one_frame_rollout_stores_its_codes_audio_not_silence(tmp_path):
+    """GRPO decodes as generate does: 1 frame is the codec's 1024 samples of it (it
+    used to be silence there), 0 frames is no audio."""
+    store = Store(tmp_path / "st")
+    make_prompts(store, 2)
+    torch.manual_seed(0)
+    policy = load_policy("tiny", config=TINY).eval()
+    prompts = load_prompts(store, encode=policy.codec.encode)
+    table = rollout(policy, prompts, [0, 1], run="r", step=0, split="train", n=4, seed=0,
+                    rewards=RewardConfig(), scoring=Scoring(None, None), checkpoint="c",
+                    store_audio=True, sampling=Sampling(temperature=1.0, max_steps=1)).table
+    lengths = table[GEN.codes_len].to_pylist()
+    assert set(lengths) <= {0, 1} and 1 in lengths
+    for codes, wav in zip(table[GEN.codes].to_pylist(), table[GEN.audio].to_pylist()):
+        audio, sr = read_audio_bytes(wav)
+        frames = np.asarray(codes, dtype=np.int64).reshape(8, -1)
+        expected, _ = decode(policy.codec, frames)
+        assert (sr, len(audio)) == (22050, frames.shape[1] * 1024)
+        assert np.allclose(audio, expected, atol=1 / 2 ** 14)  # PCM_16 in the table
+        assert frames.shape[1] == 0 or np.abs(audio).max() > 0

@@ -24,7 +24,7 @@ from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT
 from ttspo.builder.core.store import STORAGE_VERSION, Lineage, Store, commit_properties
 from ttspo.builder.scoring.options import ScoreOptions
 from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Sampling
-from ttspo.trainer.samples import sample_seed
+from ttspo.trainer.samples import decode, sample_seed
 
 GENERATIONS = "generations"
 PROMPTS = "prompts"
@@ -155,14 +155,6 @@ def base_row(prompt: dict[str, Any], k: int, options: GenerateOptions,
         GEN.invalid: False, **settings,
         "_reference": prompt[PROMPT.reference_audio_filepath],
     }
-
-
-def decode(codec: Any, frames: np.ndarray) -> tuple[np.ndarray, int]:
-    """Audio of FRAMES [C, T]; a sample that ended at once (T = 0) is silence of length 0."""
-    if frames.shape[1] == 0:
-        return np.zeros(0, dtype=np.float32), int(codec.sample_rate)
-    audio, sr = codec.decode(frames)
-    return np.asarray(audio, dtype=np.float32), int(sr)
 
 
 def audio_columns(row: dict[str, Any], audio: np.ndarray, sr: int, frames: np.ndarray,

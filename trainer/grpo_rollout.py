@@ -31,10 +31,9 @@ from ttspo.builder.core.schemas import GEN, PROMPT, ROLL, ROLLOUTS_SCHEMA, RWD
 from ttspo.builder.core.store import Store, parse_ref
 from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Sampling
 from ttspo.trainer.rewards import REWARDS, RewardConfig, compute_rewards
-from ttspo.trainer.samples import sample_seed
+from ttspo.trainer.samples import decode, sample_seed
 
 PHASES = ("generate", "decode", "score")
-MIN_DECODE = 2  # frames
 
 
 # ------------------------------------------------------------------ prompts
@@ -184,7 +183,9 @@ def rollout(policy, prompts: Prompts, indices: Sequence[int], *, run: str, step:
     seconds["generate"], t = time.perf_counter() - t, time.perf_counter()
     # Audio only when a metric or the table needs it (a length reward needs neither).
     if scoring.any or store_audio:
-        audios, sr = decode(policy.codec, frames)
+        decoded = [decode(policy.codec, f) for f in frames]
+        audios = [a for a, _ in decoded]
+        sr = decoded[0][1] if decoded else int(policy.codec.sample_rate)
     else:
         audios, sr = [None] * len(frames), int(policy.codec.sample_rate)
     seconds["decode"], t = time.perf_counter() - t, time.perf_counter()
@@ -201,20 +202,6 @@ def rollout(policy, prompts: Prompts, indices: Sequence[int], *, run: str, step:
     train_rows = [{GEN.text: r[GEN.text], GEN.context_text: r[GEN.context_text],
                    CONTEXT_CODES: r[CONTEXT_CODES], GEN.codes: f} for r, f in zip(rows, frames)]
     return Rollout(train_rows, table, seconds)
-
-
-def decode(codec, frames: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
-    """Each sample's audio. Griffin-Lim cannot invert a single frame: a sample of
-    fewer than MIN_DECODE frames (invalid anyway: empty) becomes silence of its length."""
-    audios, sr = [], int(codec.sample_rate)
-    hop = int(round(codec.sample_rate / codec.frame_rate))
-    for f in frames:
-        if f.shape[1] < MIN_DECODE:
-            audios.append(np.zeros(f.shape[1] * hop, dtype=np.float32))
-            continue
-        audio, sr = codec.decode(f)
-        audios.append(np.asarray(audio, dtype=np.float32).reshape(-1))
-    return audios, sr
 
 
 def sample_row(prompt: dict[str, Any], frames: np.ndarray, audio: np.ndarray | None, sr: int,
