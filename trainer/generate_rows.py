@@ -9,7 +9,6 @@ writing.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,11 +158,9 @@ def base_row(prompt: dict[str, Any], k: int, options: GenerateOptions,
 
 def audio_columns(row: dict[str, Any], audio: np.ndarray, sr: int, frames: np.ndarray,
                   options: GenerateOptions) -> dict[str, Any]:
-    import soundfile as sf
+    from ttspo.builder.scoring.audio import wav_bytes
 
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, sr, format="WAV", subtype="PCM_16")
-    wav = buffer.getvalue()
+    wav = wav_bytes(audio, sr)
     out = {GEN.codes: frames.astype(np.int16).tolist(), GEN.codes_len: int(frames.shape[1]),
            GEN.duration: len(audio) / sr, GEN.sample_rate: sr,
            GEN.audio: wav if options.embed_audio else None, GEN.audio_filepath: None}

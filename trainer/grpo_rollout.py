@@ -17,7 +17,6 @@ processes.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -219,14 +218,6 @@ def sample_row(prompt: dict[str, Any], frames: np.ndarray, audio: np.ndarray | N
             ROLL.checkpoint: checkpoint}
 
 
-def wav_bytes(audio: np.ndarray, sr: int) -> bytes:
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, audio, sr, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
 def rollout_table(rows: list[dict[str, Any]], cfg: RewardConfig,
                   audios: list[np.ndarray] | None, sr: int) -> pa.Table:
     """ROWS rewarded (compute_rewards, as `ttspo rewards` does) as ROLLOUTS_SCHEMA."""
@@ -241,6 +232,8 @@ def rollout_table(rows: list[dict[str, Any]], cfg: RewardConfig,
         if name in ROLLOUTS_SCHEMA.names and name not in data:
             data[name] = rewarded[name]
     if audios is not None:
+        from ttspo.builder.scoring.audio import wav_bytes
+
         data[GEN.audio] = pa.array([wav_bytes(a, sr) for a in audios], pa.large_binary())
     columns = [data[f.name] if f.name in data else pa.nulls(len(rows), f.type)
                for f in ROLLOUTS_SCHEMA]
