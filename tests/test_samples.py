@@ -4,11 +4,17 @@ its seed, its audio, and the context codes of its prompt, each made in one place
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pytest
 import torch
+from click.testing import CliRunner
 
 from grpo_helpers import TINY, make_prompts
-from ttspo.builder.core.schemas import GEN, PROMPT
-from ttspo.builder.core.store import Store
+from ttspo.builder.cli.main import cli
+from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.schemas import GEN, PROMPT, PROMPTS_SCHEMA
+from ttspo.builder.core.store import Store, make_lineage
+from ttspo.trainer.data import context_codes, prompt_context
 from ttspo.trainer.grpo_rollout import Scoring, load_prompts, rollout
 from ttspo.trainer.policy import Sampling, load_policy
 from ttspo.trainer.rewards import RewardConfig
@@ -69,3 +75,41 @@ def test_a_one_frame_rollout_stores_its_codes_audio_not_silence(tmp_path):
         assert (sr, len(audio)) == (22050, frames.shape[1] * 1024)
         assert np.allclose(audio, expected, atol=1 / 2 ** 14)  # PCM_16 in the table
         assert frames.shape[1] == 0 or np.abs(audio).max() > 0
+
+
+# --------------------------------------------------------- context codes
+def test_an_unreadable_context_is_one_line_naming_the_prompt_in_generate_grpo_and_dpo(tmp_path):
+    """One rule for generate, GRPO and DPO; a missing codes file was a BadFile traceback."""
+    missing, bad = tmp_path / "missing.pt", tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    audio = {PROMPT.context_type: "audio", PROMPT.record_type: "regular",
+             PROMPT.context_audio_duration: 1.0}
+    prompts = [
+        {**audio, PROMPT.prompt_id: "p0", PROMPT.text: "a", PROMPT.position: 0,
+         PROMPT.context_audio_filepath: str(bad), PROMPT.context_audio_codes_path: str(missing)},
+        {**audio, PROMPT.prompt_id: "p1", PROMPT.text: "b", PROMPT.position: 1,
+         PROMPT.context_audio_filepath: str(bad)},
+        {PROMPT.prompt_id: "p2", PROMPT.text: "c", PROMPT.position: 2, PROMPT.context_type: "text",
+         PROMPT.context_text: "calm", PROMPT.record_type: "regular"}]
+    store = Store(tmp_path / "st")
+    store.write("prompts", pa.Table.from_pylist(prompts, PROMPTS_SCHEMA), PROMPTS_SCHEMA,
+                make_lineage("test", {}))
+    torch.manual_seed(0)
+    policy = load_policy("tiny", config=TINY)
+    policy.save(str(tmp_path / "policy.pt"))
+    result = CliRunner().invoke(cli, [
+        "--store", str(store.root), "generate", "--run", "r", "--checkpoint",
+        str(tmp_path / "policy.pt"), "--audio-dir", str(tmp_path / "audio"),
+        "--where", "prompt_id = 'p0'"])
+    assert (result.exit_code, result.output) == (
+        1, f"Error: prompt p0: context codes {missing}: missing\n")
+    assert not store.exists("generations")
+    with pytest.raises(InputError, match=rf"^prompt p1: context {bad}: cannot read audio \("):
+        load_prompts(store, where="prompt_id = 'p1'", encode=policy.codec.encode)
+    with pytest.raises(InputError, match=r"^prompt p1: context audio .* needs a codec to encode it$"):
+        prompt_context(prompts[1], None)
+    assert prompt_context(prompts[2], policy.codec.encode) is None
+    gen = {GEN.prompt_id: "p0", PROMPT.context_audio_codes_path: str(missing),
+           GEN.context_audio_filepath: str(bad), GEN.context_text: None}
+    with pytest.raises(InputError, match=rf"^generation g7: context codes {missing}: missing$"):
+        context_codes({"g7": gen}, policy.codec.encode)

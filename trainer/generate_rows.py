@@ -76,13 +76,14 @@ def make_rows(prompts: list[dict[str, Any]], missing: list[list[int]], checkpoin
     as a GENERATIONS_SCHEMA table."""
     import torch
 
+    from ttspo.trainer.data import prompt_context
     from ttspo.trainer.policy import load_policy
 
     policy = load_policy(options.policy, init=options.checkpoint)
     policy.eval()
     settings = settings_columns(options, checkpoint)
     jobs = [(prompts[i], k) for i in mine for k in missing[i]]
-    contexts = {p[PROMPT.prompt_id]: context_codes(p, policy.codec)
+    contexts = {p[PROMPT.prompt_id]: prompt_context(p, policy.codec.encode)
                 for p in (prompts[i] for i in mine)}
     scorer = make_scorer(options)
     rows = []
@@ -109,28 +110,6 @@ def make_rows(prompts: list[dict[str, Any]], missing: list[list[int]], checkpoin
         score(scorer, rows, options)
         seconds["scoring"] += time.perf_counter() - t
     return pa.Table.from_pylist([r for r, _, _ in rows], schema=GENERATIONS_SCHEMA)
-
-
-def context_codes(prompt: dict[str, Any], codec: Any) -> np.ndarray | None:
-    """The prompt's context codes [C, T]: its codes file, else the codec encodes its
-    context audio; None for a text context."""
-    from ttspo.builder.ingest.codes import read_codes
-    from ttspo.builder.scoring.audio import read_audio
-
-    pid = prompt[PROMPT.prompt_id]
-    if prompt[PROMPT.context_type] == "text":
-        return None
-    path = prompt[PROMPT.context_audio_codes_path]
-    try:
-        if path:
-            return np.asarray(read_codes(path), dtype=np.int64)
-        audio_path = prompt[PROMPT.context_audio_filepath]
-        if not audio_path:
-            raise InputError("no context audio and no context codes")
-        audio, sr = read_audio(audio_path)
-        return np.asarray(codec.encode(audio, sr), dtype=np.int64)
-    except (OSError, InputError) as exc:
-        raise InputError(f"prompt {pid}: context: {exc}") from None
 
 
 def policy_row(prompt: dict[str, Any], k: int, contexts: dict, options: GenerateOptions) -> dict:

@@ -50,7 +50,7 @@ def load_prompts(store: Store, ref: str = "prompts", where: str | None = None, *
     """Prompts of REF (``prompts``, ``prompts@3``, ``prompts@v1``) matching WHERE,
     ordered by prompt_id; ENCODE(audio, sr) makes context codes without a codes file."""
     from ttspo.builder.core import query
-    from ttspo.trainer.data import encode_audio, read_context_codes
+    from ttspo.trainer.data import prompt_context
 
     table, version = parse_ref(ref)
     if table != "prompts":
@@ -63,13 +63,7 @@ def load_prompts(store: Store, ref: str = "prompts", where: str | None = None, *
         raise InputError(f"prompts@{pinned}: no prompt matches {where!r}" if where
                          else f"prompts@{pinned} is empty")
     for r in rows:
-        pid = r[PROMPT.prompt_id]
-        if r[PROMPT.context_audio_codes_path]:
-            r[CONTEXT_CODES] = read_context_codes(r[PROMPT.context_audio_codes_path], pid)
-        elif r[PROMPT.context_audio_filepath] and encode is not None:
-            r[CONTEXT_CODES] = encode_audio(r[PROMPT.context_audio_filepath], encode, pid)
-        else:
-            r[CONTEXT_CODES] = None  # a text context
+        r[CONTEXT_CODES] = prompt_context(r, encode)
     return Prompts(pinned, rows)
 
 
