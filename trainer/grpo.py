@@ -123,16 +123,10 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
         policy = make_policy(spec, str(latest / ckpt.POLICY_FILE), cfg, cfg.train.seed)
     policy.to(c.device).train()
     model = torch.nn.parallel.DistributedDataParallel(policy) if c.ddp else policy
-    optimizer, start, best = build_optimizer(policy, cfg), 0, None
+    optimizer = build_optimizer(policy, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    if latest is not None:
-        state = ckpt.load_state(latest, rank=c.rank, world_size=c.world_size)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        start = state["step"]
-        best_meta = out / ckpt.CHECKPOINTS / "best" / ckpt.META_FILE
-        best = ckpt.read_meta(best_meta.parent).get("best_value") if best_meta.exists() else None
+    start, best = ckpt.resume(latest, out, optimizer=optimizer, scheduler=scheduler,
+                              rank=c.rank, world_size=c.world_size)
     say(f"train grpo: prompts@{prompts.version}, {len(train)} train / {len(val)} val prompts, "
         f"{g.n_generations_per_item} samples each, {c.world_size} process(es), "
         + (f"resuming at step {start}" if latest is not None else "from step 0"))

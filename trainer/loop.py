@@ -184,18 +184,11 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
         ref_model.to(c.device)
     warn_dropout(policy, say)
     model = torch.nn.parallel.DistributedDataParallel(policy) if c.ddp else policy
-    optimizer, start = build_optimizer(policy, cfg), 0
+    optimizer = build_optimizer(policy, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    best = None
-    if latest is not None:
-        state = ckpt.load_state(latest, rank=c.rank, world_size=c.world_size)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        start = state["step"]
-        best_dir = out / ckpt.CHECKPOINTS / "best"
-        best = ckpt.read_meta(best_dir).get("best_value") if (best_dir / ckpt.META_FILE).exists() else None
-    else:
+    start, best = ckpt.resume(latest, out, optimizer=optimizer, scheduler=scheduler,
+                              rank=c.rank, world_size=c.world_size)
+    if latest is None:
         torch.manual_seed(cfg.train.seed + 1000 * c.rank)  # each rank's own dropout stream
     say(f"train dpo: {pairs.ref} (generations@{pairs.generations_version}), {len(train)} train / "
         f"{len(val)} val pairs, {c.world_size} process(es), reference {reference}, "
