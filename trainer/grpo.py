@@ -39,7 +39,7 @@ from ttspo.trainer.data import shard
 from ttspo.trainer.grpo_rollout import (PHASES, Prompts, Scoring, load_prompts, rollout,
                                         split_prompts, step_prompts)
 from ttspo.trainer.loop import (_progress, all_mean, build_optimizer, build_scheduler,
-                                compute_cleanup, compute_init, make_policy)
+                                compute_cleanup, compute_init, make_policy, optimizer_step)
 from ttspo.trainer.policy import Sampling, token_logps
 from ttspo.trainer.ref import file_sha256
 from ttspo.trainer.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
@@ -212,12 +212,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
         stats = update(model, policy, ref_model, ro, g)
         if not torch.isfinite(all_mean(stats["loss"].reshape(1), c)).all():
             raise TrainingError(f"step {step + 1}: the loss is not finite; the run stopped")
-        clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(policy, optimizer, scheduler, cfg)
         seconds = {**ro.seconds, "update": time.perf_counter() - t}
         collect(step, ro.table, "train")
         done = step + 1

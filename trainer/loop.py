@@ -9,8 +9,9 @@ Rank 0 writes files and table rows; every rank computes. A resumed run continues
 the same data order (a function of the step), RNG streams (every rank's, saved in
 each checkpoint), optimizer and schedule, so its losses equal an uninterrupted
 run's. GRPO imports the pieces above :func:`train_dpo` (compute_init,
-build_optimizer, build_scheduler), the run folder's (trainer/runs.py: MetricsLog,
-open_run_dir) and checkpoints' (trainer/checkpoints.py), and adds its rollout phase.
+build_optimizer, build_scheduler, optimizer_step), the run folder's
+(trainer/runs.py: MetricsLog, open_run_dir) and checkpoints' (trainer/checkpoints.py:
+resume, save), and adds its rollout phase.
 """
 
 from __future__ import annotations
@@ -104,6 +105,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> Any:
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_step(policy: torch.nn.Module, optimizer: Any, scheduler: Any,
+                   cfg: Config) -> tuple[float, float]:
+    """Clip (optim.clip_grad_norm; 0 measures without clipping), step, schedule, zero:
+    (the gradient norm before clipping, the lr the step used). DPO and GRPO alike."""
+    clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm), lr
 
 
 def autocast(cfg: Config, c: Compute) -> Any:
@@ -240,12 +254,7 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
                 (loss / len(micro)).backward()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v / len(micro)
-        clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(policy, optimizer, scheduler, cfg)
         done = step + 1
         keys = sorted(sums)
         means = all_mean(torch.stack([sums[k].float() for k in keys]), c).tolist()
