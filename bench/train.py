@@ -11,10 +11,13 @@ prefix, as the demo's), one torch thread:
 Each variant runs in its own spawned process, trials interleaved; steps/s is the
 best trial's, per CPU-second of the (single-threaded) process (robust on a shared
 machine, where wall time mostly measures the neighbours) and per wall second.
-Memory: the peak RSS from building the optimizer to the last step (reset by
-/proc/self/clear_refs after the one-off reference precompute) minus the RSS before
-any model was built: models, optimizer state, activations. Target: ttspo >= 1.25x
-and a lower peak.
+Memory, two ways: the peak bytes of live tensors over building the models and
+3 steps (the profiler's memory timeline: exact, the same on every run, what
+``torch.cuda.max_memory_allocated`` reports on a GPU), and the peak RSS from
+before the models were built to the last step, minus the RSS at that point
+(models, optimizer state, activations, but also the code pages the first step
+touches and what the C allocator keeps), in a run of its own with
+MALLOC_MMAP_THRESHOLD_ fixed so that freed activations go back to the OS. Target: ttspo >= 1.25x and a lower peak.
 
 Part 2: ``python -m ttspo.trainer dpo`` on 1 process against ``torchrun
 --nproc-per-node 2`` on a synthetic set, the same pairs per process (so 2 processes
@@ -63,18 +66,16 @@ def rows(seed: int) -> tuple[list[dict], list[dict]]:
     return [make() for _ in range(PAIRS)], [make() for _ in range(PAIRS)]
 
 
-def run_variant(name: str, steps: int, size: str, queue) -> None:
+def make_step(name: str, size: str):
+    """The variant's models, optimizer and one-step function, on the bench batch."""
     import torch
 
     from ttspo.trainer import losses as L
     from ttspo.trainer.policy import load_policy, sequence_logps
 
-    torch.set_num_threads(1)
     torch.manual_seed(0)
-    base = rss_mb()  # libraries loaded, no model yet
     policy = load_policy("tiny", config=SIZES[size])
     chosen, rejected = rows(0)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
     if name == "ttspo":
         batch = policy.collate(chosen + rejected)
         with torch.no_grad():  # what ref_logps holds: computed once, outside the loop
@@ -84,6 +85,7 @@ def run_variant(name: str, steps: int, size: str, queue) -> None:
         batch_c, batch_r = policy.collate(chosen), policy.collate(rejected)
         torch.manual_seed(0)
         ref_model = load_policy("tiny", config=SIZES[size]).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
 
     def step() -> None:
         if ref_model is None:
@@ -99,7 +101,17 @@ def run_variant(name: str, steps: int, size: str, queue) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    reset_peak()  # from here: models + optimizer + steps (not the one-off reference precompute)
+    return step
+
+
+def run_variant(name: str, steps: int, size: str, queue) -> None:
+    """Speed: steps per CPU-second and per wall second; peak RSS above the imports."""
+    import torch
+
+    torch.set_num_threads(1)
+    base = rss_mb()  # libraries loaded, no model yet
+    reset_peak()  # from here: models + optimizer + steps
+    step = make_step(name, size)
     for _ in range(3):
         step()
     start, cpu = time.perf_counter(), time.process_time()
@@ -107,6 +119,31 @@ def run_variant(name: str, steps: int, size: str, queue) -> None:
         step()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     queue.put((name, steps / seconds, peak_mb() - base, steps / cpu))
+
+
+def tensor_peak(name: str, size: str, queue) -> None:
+    """Peak bytes of live CPU tensors (what torch.cuda.max_memory_allocated reports
+    on a GPU) over building the models and optimizer and 3 steps, from the
+    profiler's memory timeline: every allocation and free torch makes, so the
+    figure is exact and the same on every run, unlike RSS, which also counts the
+    code pages the first step loads and what the C allocator keeps."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        step = make_step(name, size)
+        for _ in range(3):
+            step()
+    live = peak = 0
+    for _, action, _, size_bytes in prof._memory_profile().timeline:  # sorted by time
+        if action.name == "CREATE":
+            live += size_bytes
+        elif action.name == "DESTROY":
+            live -= size_bytes
+        peak = max(peak, live)
+    queue.put((name, peak / 2**20))
 
 
 def rss_mb() -> float:
@@ -129,35 +166,53 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def part1(steps: int, trials: int, size: str) -> None:
+def in_child(target, *args):
+    """Run TARGET(*args, queue) in a spawned process; its one queued result."""
     ctx = mp.get_context("spawn")  # Lance and torch threads are not fork-safe
-    results: dict[str, list[tuple[float, float]]] = {"ttspo": [], "naive": []}
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    while queue.empty():  # a child that crashed must not leave us waiting
+        if not proc.is_alive() and queue.empty():
+            raise SystemExit(f"{target.__name__}{args[:1]} failed (exit {proc.exitcode})")
+        time.sleep(0.2)
+    got = queue.get()
+    proc.join()
+    return got
+
+
+def part1(steps: int, trials: int, size: str) -> None:
+    results: dict[str, list[tuple[float, float, float]]] = {"ttspo": [], "naive": []}
     for _ in range(trials):
         for name in ("naive", "ttspo"):
-            queue = ctx.Queue()
-            proc = ctx.Process(target=run_variant, args=(name, steps, size, queue))
-            proc.start()
-            while queue.empty():  # a child that crashed must not leave us waiting
-                if not proc.is_alive() and queue.empty():
-                    raise SystemExit(f"the {name} step process failed (exit {proc.exitcode})")
-                time.sleep(0.2)
-            got = queue.get()
-            proc.join()
-            results[name].append(got[1:])
+            results[name].append(in_child(run_variant, name, steps, size)[1:])
+    tensors = {name: in_child(tensor_peak, name, size)[1] for name in ("naive", "ttspo")}
+    # RSS in its own runs: glibc's malloc raises its mmap threshold as large blocks
+    # are freed (up to 32 MB), after which freed activations stay in the heap and
+    # RSS measures the allocator's history more than the step. A fixed threshold
+    # (read by the spawned child at start) returns large frees to the OS; not in
+    # the speed runs, where it would add page faults to every step.
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    try:
+        rss = {name: in_child(run_variant, name, 3, size)[2] for name in ("naive", "ttspo")}
+    finally:
+        del os.environ["MALLOC_MMAP_THRESHOLD_"]
     best = {n: max(r[0] for r in v) for n, v in results.items()}
-    peak = {n: min(r[1] for r in v) for n, v in results.items()}
     per_cpu = {n: max(r[2] for r in v) for n, v in results.items()}
     print(f"part 1: size {size}, {PAIRS} pairs, context {CONTEXT_FRAMES} + target ~{TARGET_FRAMES} frames, "
           f"{steps} steps x {trials} trials, load {os.getloadavg()[0]:.1f}")
-    print("| step | steps per CPU-second (best) | steps/s wall (best) | wall, all trials | peak RSS above imports |")
-    print("|---|---|---|---|---|")
+    print("| step | steps per CPU-s (best) | steps/s wall (best) | wall, all trials "
+          "| peak tensor memory | peak RSS above imports |")
+    print("|---|---|---|---|---|---|")
     for n in ("naive", "ttspo"):
-        print(f"| {n} | {per_cpu[n]:.2f} | {best[n]:.2f} | "
-              f"{', '.join(f'{r[0]:.2f}' for r in results[n])} | {peak[n]:.0f} MB |")
+        print(f"| {n} | {per_cpu[n]:.2f} | {best[n]:.2f} | {', '.join(f'{r[0]:.2f}' for r in results[n])} "
+              f"| {tensors[n]:.1f} MB | {rss[n]:.0f} MB |")
     ratio, wall = per_cpu["ttspo"] / per_cpu["naive"], best["ttspo"] / best["naive"]
+    lower = tensors["ttspo"] < tensors["naive"]
     print(f"ttspo / naive: {ratio:.2f}x per CPU-second, {wall:.2f}x wall (target >= {TARGET}x: "
-          f"{'met' if ratio >= TARGET else 'NOT met'}); peak {peak['ttspo']:.0f} MB vs "
-          f"{peak['naive']:.0f} MB")
+          f"{'met' if ratio >= TARGET else 'NOT met'}); peak tensor memory {tensors['ttspo']:.1f} vs "
+          f"{tensors['naive']:.1f} MB, {tensors['ttspo'] / tensors['naive']:.2f}x "
+          f"({'lower: met' if lower else 'NOT lower'}); RSS {rss['ttspo']:.0f} vs {rss['naive']:.0f} MB")
 
 
 def part2(steps: int) -> None:

@@ -53,3 +53,28 @@ def test_every_kind_of_writer_at_once_through_three_spellings(tmp_path):
         assert len(pairs) > 0
     assert len(store.versions("prefs")) == sum(c == 0 for c, _, _ in outcomes[2:4])
     assert store.tags("generations") == {"base-only": 1}
+
+
+def test_four_concurrent_builds_of_an_existing_set(tmp_path):
+    """Four rebuilds of one existing set at once: each lands as its own version
+    (each pair once, its counts true) or is refused in one line, never a traceback."""
+    run = make_nemo_run(tmp_path, n_prompts=6, group_size=4, ranks=2)
+    store = Store(tmp_path / "st")
+    ingest_nemo(store, run.gen_dir, run.manifest, run="base", workers=1)
+    build = ["build", "best_worst", "--name", "prefs", "--param", "min_duration=0.1"]
+    first = start(store.root, *build)
+    assert first.wait(300) == 0, first.communicate()
+    thresholds = ("0.01", "0.05", "0.2", "1.0")
+    procs = [start(store.root, *build, "--param", f"cer_threshold={t}") for t in thresholds]
+    outcomes = [(p.wait(300), *p.communicate()) for p in procs]
+    for code, out, err in outcomes:
+        assert "Traceback" not in err, err
+        if code != 0:
+            assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1, err
+    versions = Store(store.root).versions("prefs")
+    assert len(versions) == 1 + sum(code == 0 for code, _, _ in outcomes)
+    for version in versions:
+        pairs = store.open("prefs", version["version"]).to_table(columns=["pair_id"]).column(0)
+        assert len(pairs) == len(set(pairs.to_pylist())) == version["lineage"]["counts"]["pairs"]
+    params = sorted(v["lineage"]["params"]["cer_threshold"] for v in versions[1:])
+    assert params == sorted(float(t) for t, (c, _, _) in zip(thresholds, outcomes) if c == 0)
