@@ -14,11 +14,11 @@ from ttspo.builder.cli.main import cli
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import GEN, PROMPT, PROMPTS_SCHEMA
 from ttspo.builder.core.store import Store, make_lineage
+from ttspo.builder.scoring.audio import read_audio_bytes
 from ttspo.trainer.data import context_codes, prompt_context
 from ttspo.trainer.grpo_rollout import Scoring, load_prompts, rollout
 from ttspo.trainer.policy import Sampling, load_policy
 from ttspo.trainer.rewards import RewardConfig
-from ttspo.builder.scoring.audio import read_audio_bytes
 from ttspo.trainer.samples import decode, sample_seed
 
 

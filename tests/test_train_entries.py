@@ -3,8 +3,6 @@ the same options, defined once (trainer/train_options.py), and print the same li
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from grpo_helpers import make_prompts
@@ -46,8 +44,7 @@ def test_torchrun_grpo_trains_on_the_prompts_where_selects(tmp_path, capsys):
     assert ids and ids <= {"p2", "p3"}
     config = (out / "config.yaml").read_text()
     assert "prompts: prompts@1" in config and "where: prompt_id >= 'p2'" in config
-    lineage = json.loads(json.dumps(store.lineage("rollouts", 1)))
-    assert lineage["args"]["where"] == "prompt_id >= 'p2'"
+    assert store.lineage("rollouts", 1)["args"]["where"] == "prompt_id >= 'p2'"
     lines = capsys.readouterr().out.splitlines()
     assert lines[-3].startswith("last step 1: reward/mean ")
     assert lines[-2:] == ["rollouts: 1 commit(s)", f"checkpoint step step 1: "
