@@ -292,6 +292,55 @@ class Store:
             c.plot_differences(per_prompt, self.check_output(plot))
         return table
 
+    # ---------------------------------------------------------------- train
+    # CONFIG (a YAML path) and OVERRIDES ("key=value") make the one training Config.
+    def precompute_ref(self, set_ref: str, *, ref: str | os.PathLike, policy: str = "tiny",
+                       config=None, overrides: Sequence[str] = (), batch_pairs: int = 16,
+                       lineage: Lineage | None = None) -> dict[str, Any]:
+        """Reference log-probs of SET_REF's pairs under checkpoint REF into ref_logps, keyed
+        by (set, version, REF's sha256, the policy config's sha256: give train_dpo's
+        CONFIG/OVERRIDES). A summary; its version is None when the key was there."""
+        from ttspo.trainer.ref import precompute_ref
+
+        cfg, lineage = self._train_setup("train precompute-ref", config, overrides, lineage,
+                                         set_ref=set_ref, ref=str(ref), policy=policy,
+                                         batch_pairs=batch_pairs)
+        return precompute_ref(self.core, set_ref, ref_path=ref, cfg=cfg, spec=policy,
+                              lineage=lineage, batch_pairs=batch_pairs)
+
+    def train_dpo(self, set_ref: str, *, out: str | os.PathLike, policy: str = "tiny",
+                  init=None, config=None, overrides: Sequence[str] = (),
+                  lineage: Lineage | None = None, echo=print):
+        """DPO/IPO/RPO on SET_REF into run folder OUT (ttspo.trainer.loop): a RunResult."""
+        from ttspo.trainer.loop import train_dpo
+
+        init = None if init is None else str(init)
+        cfg, lineage = self._train_setup("train dpo", config, overrides, lineage, set_ref=set_ref,
+                                         out=str(out), policy=policy, init=init)
+        return train_dpo(self.core, set_ref, cfg=cfg, out=out, spec=policy, init=init,
+                         lineage=lineage, echo=echo)
+
+    def train_grpo(self, *, out: str | os.PathLike, policy: str = "tiny", init=None,
+                   config=None, overrides: Sequence[str] = (), lineage: Lineage | None = None,
+                   echo=print):
+        """Online GRPO on the prompts table (``grpo.prompts``, ``grpo.where``) into run
+        folder OUT (ttspo.trainer.grpo): a GrpoResult."""
+        from ttspo.trainer.grpo import train_grpo
+
+        init = None if init is None else str(init)
+        cfg, lineage = self._train_setup("train grpo", config, overrides, lineage,
+                                         out=str(out), policy=policy, init=init)
+        return train_grpo(self.core, cfg=cfg, out=out, spec=policy, init=init, lineage=lineage,
+                          echo=echo)
+
+    def _train_setup(self, command: str, config, overrides, lineage, **args):
+        from ttspo.trainer.config import load_config
+
+        self._require()
+        cfg = load_config(config, list(overrides))
+        return cfg, lineage or make_lineage(command, {
+            **args, "config": None if config is None else str(config), "overrides": list(overrides)})
+
     # ------------------------------------------------------------- checks
     def _require(self) -> None:
         """Reading a store that does not exist is an error, not an empty result."""

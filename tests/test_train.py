@@ -74,7 +74,8 @@ def test_cached_and_live_reference_give_the_same_losses(store, tmp_path):
     policy = load_policy("tiny", init=str(init))
     pairs = load_pairs(store, SET)
     wrote = precompute(store, pairs, policy, init, lineage={"command": "test"})
-    assert wrote["version"] is not None and lookup(store, pairs, file_sha256(init)) is not None
+    key = (file_sha256(init), policy.identity().config_sha256)
+    assert wrote["version"] is not None and lookup(store, pairs, *key) is not None
     again = precompute(store, pairs, policy, init, lineage={"command": "test"})
     assert again["version"] is None  # the key is there: nothing written
     cached = train_dpo(store, SET, cfg=cfg, out=tmp_path / "cached", init=str(init), echo=quiet)
@@ -91,7 +92,7 @@ def test_cached_and_live_reference_give_the_same_losses(store, tmp_path):
     load_policy("tiny", config={**TINY, "d_ffn": 32}).save(str(other))
     strict = load_config(None, tiny_overrides(**{"train.require_ref_cache": True,
                                                  "policy.model.d_ffn": 32}))
-    with pytest.raises(TrainingError, match="no ref_logps for prefs@1 and reference sha256"):
+    with pytest.raises(TrainingError, match="no ref_logps for prefs@1, reference sha256"):
         train_dpo(store, SET, cfg=strict, out=tmp_path / "strict", init=str(other), echo=quiet)
 
 
@@ -139,11 +140,12 @@ def test_cli_train_and_precompute(store, tmp_path):
     torch.manual_seed(8)  # an init (so a cache key) of its own: the store is shared
     load_policy("tiny", config=TINY).save(str(init))
     sha = file_sha256(init)
+    key = f"{sha[:12]} (policy config {load_policy('tiny', init=str(init)).identity().config_sha256[:12]})"
     first = invoke(store, "precompute-ref", f"{SET}@1", "--ref", str(init))
     assert first.exit_code == 0, first.output
-    assert first.output.startswith(f"{SET}@1: 64 pairs under reference {sha[:12]}: wrote ref_logps@")
+    assert first.output.startswith(f"{SET}@1: 64 pairs under reference {key}: wrote ref_logps@")
     again = invoke(store, "precompute-ref", SET, "--ref", str(init))
-    assert again.output == (f"{SET}@1: 64 pairs under reference {sha[:12]}: already in "
+    assert again.output == (f"{SET}@1: 64 pairs under reference {key}: already in "
                             "ref_logps; nothing written\n")
     args = ["dpo", SET, "--init", str(init), "--out", str(tmp_path / "run"),
             *[w for o in tiny_overrides(**{"train.max_steps": 2, "train.val_every": 2})
@@ -158,7 +160,8 @@ def test_cli_train_and_precompute(store, tmp_path):
     assert lines[1].startswith("first step 1: loss/total 0.6931, rewards/accuracies ")
     assert lines[-1].startswith(f"checkpoint step step 2: {tmp_path}/run/checkpoints/step_000002/")
     lineage = store.versions("checkpoints")[-1]["lineage"]
-    assert lineage["command"] == "train dpo" and lineage["inputs"] == {SET: 1, "generations": 1}
+    assert lineage["command"] == "train dpo" and lineage["inputs"] == {
+        SET: 1, "generations": 1, "ref_logps": store.version("ref_logps")}
     # The same command again: the run is complete, it resumes at its end and writes nothing.
     rows = store.open("checkpoints").count_rows()
     again = invoke(store, *args)

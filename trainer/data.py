@@ -19,7 +19,8 @@ step: a resumed run continues exactly where it stopped.
 
 :func:`collate_pairs` puts the B chosen rows first and the B rejected rows after
 in ONE batch: the policy runs one forward over 2B rows and the loop splits
-its log-probs with ``chunk(2)``.
+its log-probs with ``chunk(2)``. Rows k and k + B share a dropout group
+(``trainer.policy.DROPOUT_GROUP``), so conditioning dropout treats a pair as one.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ttspo.builder.ingest.files import BadFile
 from ttspo.builder.scoring.audio import read_audio
 from ttspo.builder.sets.build import open_set
 from ttspo.builder.sets.export import generation_rows
-from ttspo.trainer.policy import CONTEXT_CODES
+from ttspo.trainer.policy import CONTEXT_CODES, DROPOUT_GROUP
 
 PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
                 PAIR.chosen_reward, PAIR.rejected_reward, PAIR.split)
@@ -215,6 +216,9 @@ def shard(num: int, rank: int, world_size: int) -> np.ndarray:
 
 
 def collate_pairs(policy: Any, pairs: Pairs, index: Sequence[int]) -> Any:
-    """ONE batch: the chosen rows of INDEX, then their rejected rows."""
-    rows = [pairs.chosen[i] for i in index] + [pairs.rejected[i] for i in index]
+    """ONE batch: the chosen rows of INDEX, then their rejected rows. Rows k and k + B
+    are one pair: they share a dropout group, so conditioning dropout drops both or
+    neither (a pair never compares a conditioned chosen with an unconditioned rejected)."""
+    rows = [{**pairs.chosen[i], DROPOUT_GROUP: k} for k, i in enumerate(index)] + \
+        [{**pairs.rejected[i], DROPOUT_GROUP: k} for k, i in enumerate(index)]
     return policy.collate(rows, with_targets=True)

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from ttspo.builder.core.errors import ConfigError, TrainingError
+from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.builder.core.schemas import GEN, RWD
 from ttspo.trainer import checkpoints as ckpt
 from ttspo.trainer.config import Config, GrpoConfig
@@ -44,7 +45,7 @@ from ttspo.trainer.policy import Sampling, token_logps
 from ttspo.trainer.ref import file_sha256
 from ttspo.trainer.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
 from ttspo.trainer.rollouts import RolloutWriter, committed_steps
-from ttspo.trainer.runs import MetricsLog, identity_config, open_run_dir
+from ttspo.trainer.runs import MetricsLog, identity_config, log_lineage, open_run_dir
 
 PARTS = {name: spec.part for name, spec in REWARDS.items()}
 
@@ -87,12 +88,13 @@ class GrpoResult:
 
 
 def train_grpo(store: Any, *, cfg: Config, out: str | Path, spec: str = "tiny",
-               init: str | None = None, lineage: dict[str, Any] | None = None,
+               init: str | None = None, lineage: Lineage | dict[str, Any] | None = None,
                echo: Callable[[str], None] = print) -> GrpoResult:
     """Train SPEC's policy online on the store's prompts with GRPO; see the module."""
     c = compute_init(cfg.train.device)
     try:
-        return _train(store, cfg, Path(out).absolute(), spec, init, lineage or {}, echo, c)
+        lineage = as_lineage(lineage or make_lineage("train grpo", {"out": str(out)}))
+        return _train(store, cfg, Path(out).absolute(), spec, init, lineage, echo, c)
     finally:
         compute_cleanup()
 
@@ -130,11 +132,15 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
     say(f"train grpo: prompts@{prompts.version}, {len(train)} train / {len(val)} val prompts, "
         f"{g.n_generations_per_item} samples each, {c.world_size} process(es), "
         + (f"resuming at step {start}" if latest is not None else "from step 0"))
-    meta = {"config": cfg.to_dict(), "lineage": lineage, "prompts_version": prompts.version,
+    # Lineage (rollouts, checkpoint rows and meta.json, lineage.jsonl): the prompts
+    # version and every table the where condition read, with the selection itself.
+    lineage = lineage.with_inputs(prompts.inputs).with_extra(
+        run=run, prompts=f"prompts@{prompts.version}", where=g.where,
+        reference="live" if ref_model is not None else "none")  # the KL term's
+    log_lineage(out, lineage, start, c)
+    meta = {"config": cfg.to_dict(), "lineage": dict(lineage), "prompts_version": prompts.version,
             "init_sha256": init_sha, "trainer": "grpo"}
-    inputs = {**lineage.get("inputs", {}), "prompts": prompts.version}
-    writer = RolloutWriter(store, run, {**lineage, "inputs": inputs, "run": run,
-                                        "rewards": rewards.as_dict()},
+    writer = RolloutWriter(store, run, lineage.with_extra(rewards=rewards.as_dict()),
                            every=g.rollouts_every) if c.master else None
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
     result = GrpoResult(out, start)
@@ -163,8 +169,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
                                      data_state={"step": step}, kind=kind,
                                      meta={**meta, "val_metrics": val_metrics, **(extra or {})})
         row = ckpt.checkpoint_row(saved, run=run, trainer="grpo")
-        ckpt.record_checkpoint(store, row, {**lineage, "inputs": inputs, "run": run,
-                                            "step": step, "kind": kind})
+        ckpt.record_checkpoint(store, row, lineage.with_extra(step=step, kind=kind))
         result.checkpoints.append(row)
         return saved.path
 
@@ -243,8 +248,12 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
 
 def run_identity(cfg: Config, prompts: Prompts, spec: str, init_sha: str | None) -> dict:
     conf = identity_config(cfg)
-    return {"trainer": "grpo", "prompts": f"prompts@{prompts.version}", "policy": spec,
-            "init_sha256": init_sha, "config": conf}
+    identity = {"trainer": "grpo", "prompts": f"prompts@{prompts.version}", "policy": spec,
+                "init_sha256": init_sha, "config": conf}
+    others = {k: v for k, v in prompts.inputs.items() if k != "prompts"}
+    if others:  # the where condition read other tables: a resume must read the same versions
+        identity["where_inputs"] = others
+    return identity
 
 
 def update(model, policy, ref_model, ro, g: GrpoConfig) -> dict[str, torch.Tensor]:

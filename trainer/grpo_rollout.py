@@ -40,6 +40,9 @@ PHASES = ("generate", "decode", "score")
 class Prompts:
     version: int  # of the prompts table
     rows: list[dict[str, Any]]  # policy rows: text, context_text, context_codes, ...
+    # every table the selection read and its version: prompts, and any table the
+    # where condition's subqueries name (its lineage inputs)
+    inputs: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -57,14 +60,16 @@ def load_prompts(store: Store, ref: str = "prompts", where: str | None = None, *
         raise InputError(f"grpo.prompts '{ref}': GRPO reads prompts from the prompts table")
     pinned = store.open(table, version).version
     sql = f'SELECT * FROM "prompts@{pinned}"'
-    rows = query.run(store, sql + (f" WHERE {where}" if where else "") +
-                     f' ORDER BY "{PROMPT.prompt_id}"')[0].to_pylist()
+    table_, read = query.run(store, sql + (f" WHERE {where}" if where else "") +
+                             f' ORDER BY "{PROMPT.prompt_id}"')
+    rows = table_.to_pylist()
+    inputs = {parse_ref(view)[0]: v for view, v in sorted(read.items())}
     if not rows:
         raise InputError(f"prompts@{pinned}: no prompt matches {where!r}" if where
                          else f"prompts@{pinned} is empty")
     for r in rows:
         r[CONTEXT_CODES] = prompt_context(r, encode)
-    return Prompts(pinned, rows)
+    return Prompts(pinned, rows, {**inputs, "prompts": pinned})
 
 
 def split_prompts(prompts: Prompts, val: int, seed: int) -> tuple[list[int], list[int]]:

@@ -37,7 +37,8 @@ from ttspo.trainer.config import Config
 from ttspo.trainer.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.builder.core.files import file_sha256
 from ttspo.trainer.ref import RefCache, lookup, pair_logps
-from ttspo.trainer.runs import MetricsLog, open_run_dir, read_metrics, run_identity  # noqa: F401
+from ttspo.trainer.runs import (MetricsLog, log_lineage, open_run_dir, read_metrics,  # noqa: F401
+                               run_identity)
 
 
 
@@ -177,14 +178,17 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
     init_sha = file_sha256(init) if init else None
     resuming = open_run_dir(out, run_identity(cfg, trainer="dpo", pairs=pairs, spec=spec,
                                               init_sha256=init_sha), cfg, c)
-    # Reference: cached log-probs on an exact key match, else a live copy of the init.
+    # Reference: cached log-probs on an exact key match (the init's file and the
+    # policy's config: both change the logits), else a live copy of the init.
     cache, ref_model = None, None
+    policy_sha = policy.identity().config_sha256
     if not cfg.loss.reference_free:
-        cache = lookup(store, pairs, init_sha) if init_sha else None
+        cache = lookup(store, pairs, init_sha, policy_sha) if init_sha else None
         if cache is None and cfg.train.require_ref_cache:
             raise TrainingError(
-                f"no ref_logps for {pairs.ref} and reference sha256 {init_sha}; run 'ttspo train "
-                f"precompute-ref {pairs.ref} --ref {init}' first" if init else
+                f"no ref_logps for {pairs.ref}, reference sha256 {init_sha} and policy config "
+                f"sha256 {policy_sha[:12]}; run 'ttspo train precompute-ref {pairs.ref} --ref "
+                f"{init}' with this run's --config/-o first" if init else
                 "train.require_ref_cache needs --init (the checkpoint precompute-ref used)")
         if cache is None:
             ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -207,7 +211,12 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
     say(f"train dpo: {pairs.ref} (generations@{pairs.generations_version}), {len(train)} train / "
         f"{len(val)} val pairs, {c.world_size} process(es), reference {reference}, "
         + (f"resuming at step {start}" if latest is not None else "from step 0"))
-    lineage = lineage.with_inputs(pairs.lineage_inputs())
+    # Lineage (checkpoint rows, their meta.json, the run folder's lineage.jsonl): the
+    # set's versions, and where the reference log-probs came from.
+    lineage = lineage.with_inputs({**pairs.lineage_inputs(),
+                                   **({"ref_logps": cache.version} if cache else {})})
+    lineage = lineage.with_extra(reference=reference, policy_sha256=policy_sha)
+    log_lineage(out, lineage, start, c)
     meta = {"config": cfg.to_dict(), "lineage": dict(lineage), "set_name": pairs.set_name,
             "set_version": pairs.set_version, "generations_version": pairs.generations_version,
             "prompts_version": pairs.prompts_version, "init_sha256": init_sha, "trainer": "dpo"}

@@ -17,6 +17,12 @@ samples do not depend on the batch it shares (sharded runs equal unsharded ones)
 Without it, each row's seed is drawn from the ``generator`` argument in row order.
 (Added with the tiny policy; the rest of this interface is as first written.)
 
+A row may also carry ``dropout_group`` (:data:`DROPOUT_GROUP`, an int): in training
+mode, rows of one batch with equal groups share ONE draw of conditioning (CFG)
+dropout. DPO's collator gives a pair's chosen and rejected row the same group, so
+a pair never compares a conditioned chosen with an unconditioned rejected. (NeMo's
+MagpieTTS draws once per batch: every row shares it, which satisfies this too.)
+
 Implementations: ``ttspo.trainer.tiny.TinyCodecLM`` (built-in codec) and, later,
 the NeMo MagpieTTS adapter. Both are registered in :data:`POLICIES` by name, so the
 CLI's ``--policy tiny`` / ``--policy nemo:PATH`` picks one (:func:`load_policy`).
@@ -24,7 +30,9 @@ CLI's ``--policy tiny`` / ``--policy nemo:PATH`` picks one (:func:`load_policy`)
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Sequence
 
@@ -34,6 +42,7 @@ from ttspo.builder.core.errors import ModelError
 
 CONTEXT_CODES = "context_codes"  # the row key the data layer adds (not a table column)
 SAMPLE_SEED = "sample_seed"  # optional row key: the seed of that row's sampling noise
+DROPOUT_GROUP = "dropout_group"  # optional row key: rows sharing one conditioning-dropout draw
 
 # name -> "module:loader"; a loader takes (argument after "name:", init=, config=).
 # Imported on use, so naming a policy never imports another one's dependencies.
@@ -73,11 +82,23 @@ class TeacherForced:
 
 @dataclass(frozen=True)
 class Identity:
-    """What a checkpoint or table records about a policy: which model, which weights."""
+    """What a checkpoint or table records about a policy: which model, which weights.
+
+    CONFIG must name everything besides the weights that changes the policy's
+    logits (the reference cache is keyed by :attr:`config_sha256` with the weights
+    file's sha256). (config_sha256 was added with that key.)
+    """
 
     architecture: str  # "tiny" | "nemo-magpietts" ...
     config: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""  # of the saved weights file
+
+    @property
+    def config_sha256(self) -> str:
+        """sha256 of the architecture and config (canonical JSON), not of the weights."""
+        text = json.dumps({"architecture": self.architecture, "config": self.config},
+                          sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Codec(Protocol):

@@ -1,9 +1,11 @@
-"""A run folder: what run it holds (resume or refuse), and its metrics log.
+"""A run folder: what run it holds (resume or refuse), its metrics log and lineage.
 
 ``run.json`` records the run's identity (trainer, set version, generations version,
 policy, init sha256, config minus the keys in :data:`RESUMABLE`): the same command
 again resumes, another run in the same folder is refused. ``metrics.jsonl`` holds one
 JSON object per logged step (and TensorBoard events under ``tb/``), written by rank 0.
+``lineage.jsonl`` holds one line per start or resume: the step it started at and its
+lineage (input tables and versions, the reference used).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ttspo.trainer.config import Config, save_config
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
+LINEAGE_FILE = "lineage.jsonl"  # one line per start or resume: step and lineage
 # Config keys a resumed run may change (they do not change what the run computes).
 RESUMABLE = ("train.max_steps", "train.progress", "train.tensorboard", "train.log_every",
              "train.val_every", "train.checkpoint_every")
@@ -66,6 +69,21 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def log_lineage(run_dir: Path, lineage: dict[str, Any], start_step: int, c: Any) -> None:
+    """Append this session's lineage (inputs and their versions, the reference used)
+    to the run folder's lineage.jsonl: a resumed run may read other versions (a
+    reference cache made since), so each start keeps its own line. Rank 0 writes."""
+    if c.master:
+        with (Path(run_dir) / LINEAGE_FILE).open("a") as fh:
+            fh.write(json.dumps({"start_step": start_step, "lineage": lineage}, sort_keys=True,
+                                default=str) + "\n")
+
+
+def read_lineage(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / LINEAGE_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

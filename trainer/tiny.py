@@ -57,6 +57,9 @@ from ttspo.trainer.tiny_batch import (  # noqa: F401  (re-exported: the tiny pol
 from ttspo.trainer.tiny_blocks import DecoderLayer, EncoderLayer
 
 ARCHITECTURE = "tiny"
+# Config keys a checkpoint may be loaded with other values of (they change training,
+# not the weights' shape): fine-tune with dropout from a checkpoint saved without.
+TRAINING_ONLY = ("dropout", "cfg_dropout")
 FORMAT = "ttspo-policy-v1"  # the header that tells a checkpoint from any other file
 
 # -------------------------------------------------------------------- model
@@ -128,8 +131,8 @@ class TinyCodecLM(nn.Module):
             raise ValueError("forward_teacher needs a batch collated with_targets=True")
         cfg = self.config
         b, c, t = batch.codes.shape
-        if self.training and cfg.cfg_dropout > 0:
-            batch = batch.drop_conditioning(torch.rand(b, device=batch.text.device) < cfg.cfg_dropout)
+        if self.training and cfg.cfg_dropout > 0:  # one draw per dropout group (a DPO pair)
+            batch = batch.drop_conditioning(batch.draw_dropout(cfg.cfg_dropout))
         bos = batch.codes.new_full((b, c, 1), cfg.bos)
         frames = torch.cat([batch.prefix, bos, batch.codes], dim=2)
         valid = torch.cat([batch.prefix_mask, batch.prefix_mask.new_ones((b, 1 + t))], dim=1)
@@ -174,7 +177,8 @@ class TinyCodecLM(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, *, config: TinyConfig | None = None) -> "TinyCodecLM":
         """The policy saved at PATH; ModelError (one line naming PATH) if it is not a tiny
-        policy checkpoint, or not one of CONFIG's size when CONFIG is given."""
+        policy checkpoint, or not one of CONFIG's size when CONFIG is given (CONFIG's
+        :data:`TRAINING_ONLY` values then replace the saved ones)."""
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"{path}: no such checkpoint file")
@@ -188,10 +192,12 @@ class TinyCodecLM(nn.Module):
             raise ModelError(f"{path}: a checkpoint of policy '{payload.get('architecture')}', "
                              f"not '{ARCHITECTURE}'")
         saved = TinyConfig.from_dict(payload["config"])
-        if config is not None and config != saved:
+        if config is not None:
             diff = [f"{k}={v} (expected {getattr(config, k)})" for k, v in asdict(saved).items()
-                    if getattr(config, k) != v]
-            raise ModelError(f"{path}: a tiny policy of another size: {', '.join(diff)}")
+                    if getattr(config, k) != v and k not in TRAINING_ONLY]
+            if diff:
+                raise ModelError(f"{path}: a tiny policy of another size: {', '.join(diff)}")
+            saved = config  # the same size; CONFIG's dropout settings
         model = cls(saved)
         if payload.get("codec") != model.codec.fingerprint:
             raise ModelError(f"{path}: made for codec {payload.get('codec')}, "

@@ -15,7 +15,7 @@ import torch
 from ttspo.builder.core.errors import InputError, ModelError
 from ttspo.builder.core.schemas import GEN
 from ttspo.trainer import codec as codec_mod
-from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED
+from ttspo.trainer.policy import CONTEXT_CODES, DROPOUT_GROUP, SAMPLE_SEED
 
 # Text tokens: bytes 0..255, then the specials.
 TEXT_PAD, TEXT_BOS, TEXT_EOS, TEXT_SEP = 256, 257, 258, 259
@@ -36,7 +36,8 @@ class TinyConfig:
     dropout: float = 0.0  # 0 so that a policy equal to its reference gives DPO loss log 2
     # In training mode, the probability that a row's text and context are dropped, so
     # the unconditional branch that classifier-free guidance uses is learned (NeMo's
-    # cfg_unconditional_prob). Drawn from torch's global RNG.
+    # cfg_unconditional_prob). Drawn from torch's global RNG, once per dropout group
+    # (a DPO pair's two rows share one draw), else once per row.
     cfg_dropout: float = 0.0
     max_text_len: int = 512  # encoder tokens: bytes of context text + text, plus 3
     max_frames: int = 1024  # decoder positions: context frames + BOS + target frames
@@ -88,7 +89,8 @@ class TinyConfig:
 class TinyBatch:
     """Collated rows. text [B, L] + text_mask; prefix [B, C, P] left-padded context codes
     + prefix_mask [B, P]; codes [B, C, T] right-padded targets + code_lens [B] (None
-    without targets); seeds [B] (None unless the rows carry ``sample_seed``)."""
+    without targets); seeds [B] (None unless the rows carry ``sample_seed``);
+    dropout_groups [B] (None unless the rows carry ``dropout_group``)."""
 
     text: torch.Tensor
     text_mask: torch.Tensor
@@ -97,6 +99,7 @@ class TinyBatch:
     codes: torch.Tensor | None = None
     code_lens: torch.Tensor | None = None
     seeds: torch.Tensor | None = None
+    dropout_groups: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -106,6 +109,14 @@ class TinyBatch:
         moved = {f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device))
                  for f in fields(self)}
         return TinyBatch(**moved)
+
+    def draw_dropout(self, p: float) -> torch.Tensor:
+        """[B] bool: which rows lose their conditioning, each with probability P; rows
+        of one dropout group share one draw (torch's global RNG, one number per group)."""
+        if self.dropout_groups is None:
+            return torch.rand(self.size, device=self.text.device) < p
+        groups, row_group = torch.unique(self.dropout_groups, return_inverse=True)
+        return (torch.rand(len(groups), device=self.text.device) < p)[row_group]
 
     def drop_conditioning(self, rows: torch.Tensor) -> "TinyBatch":
         """This batch with the text and context of ROWS ([B] bool) dropped: the encoder
@@ -182,7 +193,8 @@ def collate_rows(rows: Sequence[dict[str, Any]], cfg: TinyConfig, *,
         if p.shape[1]:  # left-padded: BOS lands in column pwidth for every row
             prefix[i, :, pwidth - p.shape[1]:] = torch.from_numpy(p)
             prefix_mask[i, pwidth - p.shape[1]:] = True
-    batch = TinyBatch(text, text != TEXT_PAD, prefix, prefix_mask, seeds=row_seeds(rows))
+    batch = TinyBatch(text, text != TEXT_PAD, prefix, prefix_mask, seeds=row_seeds(rows),
+                      dropout_groups=row_groups(rows))
     if targets is not None:
         lens = torch.tensor([t.shape[1] for t in targets], dtype=torch.long)
         codes = torch.full((b, cfg.num_codebooks, int(lens.max())), cfg.pad, dtype=torch.long)
@@ -203,3 +215,14 @@ def row_seeds(rows: Sequence[dict[str, Any]]) -> torch.Tensor | None:
         if not 0 <= int(r[SAMPLE_SEED]) < 2 ** 63:
             raise InputError(f"{row_name(r, i)}: {SAMPLE_SEED} {r[SAMPLE_SEED]} is not in [0, 2**63)")
     return torch.tensor([int(r[SAMPLE_SEED]) for r in rows], dtype=torch.long)
+
+
+def row_groups(rows: Sequence[dict[str, Any]]) -> torch.Tensor | None:
+    """The rows' dropout groups [B] int64, or None when no row has one."""
+    have = [r.get(DROPOUT_GROUP) is not None for r in rows]
+    if not any(have):
+        return None
+    if not all(have):
+        missing = row_name(rows[have.index(False)], have.index(False))
+        raise InputError(f"{missing}: no {DROPOUT_GROUP} while other rows of the batch have one")
+    return torch.tensor([int(r[DROPOUT_GROUP]) for r in rows], dtype=torch.long)

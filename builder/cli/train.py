@@ -41,8 +41,8 @@ def dpo(ctx: click.Context, set_ref: str, spec: str, init: str | None, config_fi
     """Train on SET's train split with DPO/IPO/RPO; validate on its val split.
 
     Reads the set version and the generations version it was built from; uses
-    the ref_logps table when precompute-ref made it for this set version and
-    --init, else a live reference. Checkpoints go to OUT/checkpoints and to the
+    the ref_logps table when precompute-ref made it for this set version, --init
+    and policy config, else a live reference. Checkpoints go to OUT/checkpoints and to the
     store's checkpoints table; metrics to OUT/metrics.jsonl and OUT/tb.
     """
     from ttspo.trainer.config import load_config
@@ -60,26 +60,27 @@ def dpo(ctx: click.Context, set_ref: str, spec: str, init: str | None, config_fi
 @click.option("--policy", "spec", default="tiny", show_default=True, help="Policy from the registry.")
 @click.option("--ref", "ref_path", required=True, type=click.Path(dir_okay=False),
               help="The reference checkpoint (the --init of the training runs that use it).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="The YAML config the training runs take: its policy.model loads the policy.")
+@click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, as for train dpo (e.g. -o policy.model.dropout=0.1).")
 @click.option("--batch-pairs", default=16, show_default=True, type=click.IntRange(min=1))
 @click.pass_context
 def precompute_ref(ctx: click.Context, set_ref: str, spec: str, ref_path: str,
-                   batch_pairs: int) -> None:
+                   config_file: str | None, overrides: tuple[str, ...], batch_pairs: int) -> None:
     """Compute the reference log-probs of every pair of SET once, per codebook, into the
-    ref_logps table keyed by (set, version, sha256 of --ref). Nothing is written when
-    that key is already there."""
-    from ttspo.trainer.data import load_pairs
-    from ttspo.trainer.policy import load_policy
-    from ttspo.trainer.ref import precompute
-
-    store = get_store(ctx).core
-    policy = load_policy(spec, init=ref_path)
-    pairs = load_pairs(store, set_ref, encode=policy.codec.encode)
-    summary = precompute(store, pairs, policy, ref_path, lineage=lineage_for(ctx),
-                         batch_pairs=batch_pairs)
+    ref_logps table keyed by (set, version, sha256 of --ref, sha256 of the policy's
+    config). Give the --config and -o of the dpo runs that will use it: a run whose
+    policy config differs does not use these rows. Nothing is written when that key
+    is already there."""
+    summary = get_store(ctx).precompute_ref(set_ref, ref=ref_path, policy=spec,
+                                            config=config_file, overrides=overrides,
+                                            batch_pairs=batch_pairs, lineage=lineage_for(ctx))
     where = (f"wrote ref_logps@{summary['version']}" if summary["version"] is not None
              else "already in ref_logps; nothing written")
     click.echo(f"{summary['set']}: {summary['pairs']} pairs under reference "
-               f"{summary['ref_sha256'][:12]}: {where}")
+               f"{summary['ref_sha256'][:12]} (policy config {summary['policy_sha256'][:12]}): "
+               f"{where}")
 
 
 @train.command("grpo")

@@ -10,7 +10,8 @@ prompts      one row per text-context pair (step 1 of the NeMo workflow)
 generations  one row per generated audio, with its metrics (step 2)
 ingest_errors  rejected input files from ``ingest --on-error skip``
 <set name>   one table per preference set (step 3): chosen/rejected pairs
-ref_logps    reference log-probs per pair and codebook, keyed by (set, version, ref sha256)
+ref_logps    reference log-probs per pair and codebook, keyed by (set, version, ref sha256,
+             policy config sha256)
 checkpoints  one row per checkpoint a training run wrote
 rollouts     one row per GRPO sample: metrics, reward parts, advantage, validity
 <rewards name>  rewards recomputed by `ttspo rewards --as NAME`
@@ -250,7 +251,9 @@ PREFERENCES_SCHEMA = pa.schema(
 # ------------------------------------------------------------- ref_logps
 # Reference log-probs of a set version's pairs under one reference checkpoint,
 # per codebook (so per-codebook weights can change without recomputing). A
-# trainer uses them only when (set, set_version, ref_sha256) match exactly.
+# trainer uses them only when (set, set_version, ref_sha256, policy_sha256) match
+# exactly. policy_sha256 came later: rows written before it hold null (or a table
+# made before it lacks the column) and never match.
 REF = _names(
     set_name="set_name",
     set_version="set_version",
@@ -260,6 +263,9 @@ REF = _names(
     split="split",
     chosen_logps="chosen_logps",  # [C] float32: masked sum over frames, per codebook
     rejected_logps="rejected_logps",
+    # sha256 of the policy's identity config (Identity.config_sha256): what changes
+    # the logits besides the weights file (a NeMo model config, local-transformer logits)
+    policy_sha256="policy_sha256",
 )
 
 REF_LOGPS_SCHEMA = pa.schema(
@@ -272,6 +278,7 @@ REF_LOGPS_SCHEMA = pa.schema(
         pa.field(REF.split, pa.string(), nullable=False),
         pa.field(REF.chosen_logps, pa.list_(pa.float32()), nullable=False),
         pa.field(REF.rejected_logps, pa.list_(pa.float32()), nullable=False),
+        pa.field(REF.policy_sha256, pa.string()),  # last: older tables gain it (ref.py)
     ]
 )
 

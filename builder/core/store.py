@@ -460,6 +460,28 @@ class Store:
         except OSError as exc:
             raise write_error(self.root, table, exc) from None
 
+    def add_null_columns(self, table: str, schema: pa.Schema, lineage: Lineage) -> int:
+        """Give TABLE the columns of SCHEMA it lacks (appended, null in its rows), ONE
+        commit with lineage; SCHEMA must be TABLE's schema plus those columns at the end
+        (a table made before a schema gained columns). Returns the new version."""
+        latest = self.open(table)
+        have = latest.schema
+        if list(schema)[:len(have)] != list(have):
+            raise StoreError(f"table '{table}' in store {self.root} has columns "
+                             f"{have.names}, not a prefix of {schema.names}")
+        from lance.schema import LanceSchema
+
+        # Field ids follow the schema's order (as when the table was made from the
+        # old prefix), so the old columns keep theirs and the new ones read as null.
+        tx = lance.Transaction(read_version=latest.version,
+                               operation=lance.LanceOperation.Project(LanceSchema.from_pyarrow(schema)),
+                               transaction_properties=commit_properties(lineage))
+        try:
+            with self.writing(table):
+                return lance.LanceDataset.commit(latest.uri, tx).version
+        except OSError as exc:
+            raise write_error(self.root, table, exc) from None
+
     def commit(self, table: str, operation: Any, read_version: int,
                lineage: Lineage) -> int:
         """Commit a prepared Lance operation (e.g. fragments written by several

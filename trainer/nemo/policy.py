@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -290,7 +291,12 @@ class NemoMagpiePolicy(nn.Module):
         cfg = self.config_dict()
         summary = {k: cfg.get(k) for k in ("model_type", "embedding_dim", "codecmodel_path")}
         summary.update(source=self.source, num_codebooks=self.model.num_audio_codebooks,
-                       codebook_size=self.model.codebook_size)
+                       codebook_size=self.model.codebook_size,
+                       # what changes the logits besides the weights: the whole model
+                       # config (policy.model's config=YAML) and which logits are read
+                       model_config_sha256=hashlib.sha256(json.dumps(
+                           cfg, sort_keys=True, default=str).encode()).hexdigest(),
+                       local_transformer_logits=self.local_transformer_logits)
         return Identity(ARCHITECTURE, summary, hashlib.sha256(self.to_bytes()).hexdigest())
 
     def save(self, path: str | os.PathLike) -> str:
