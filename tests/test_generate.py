@@ -21,7 +21,7 @@ from ttspo.builder.cli.main import cli
 from ttspo.builder.core.schemas import (CHECKPOINTS_SCHEMA, CKPT, GEN, PROMPT, PROMPTS_SCHEMA)
 from ttspo.builder.core.store import Store, make_lineage
 from ttspo.trainer.generate import GenerateOptions, generate
-from ttspo.trainer.generate_rows import sample_seed
+from ttspo.trainer.samples import sample_seed
 from ttspo.trainer.policy import Sampling
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,7 +241,7 @@ def test_sigkill_mid_generate_then_rerun_loses_and_doubles_nothing(tmp_path, che
 @pytest.mark.parametrize("frames", [0, 1, 2, 5])
 def test_generated_codes_decode_to_frames_times_hop_samples(frames):
     from ttspo.trainer.codec import Codec
-    from ttspo.trainer.generate_rows import decode
+    from ttspo.trainer.samples import decode
 
     codes = np.random.default_rng(frames).integers(0, 256, (8, frames))
     audio, sr = decode(Codec.load(), codes)

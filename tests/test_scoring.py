@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -11,7 +9,7 @@ import soundfile as sf
 from ttspo.builder.core.errors import InputError, ModelError
 from ttspo.builder.scoring.metrics import cer
 from ttspo.builder.scoring import cosine, load_asr, load_quality, load_speaker
-from ttspo.builder.scoring.audio import read_audio, read_audio_bytes, resample
+from ttspo.builder.scoring.audio import read_audio, read_audio_bytes, resample, wav_bytes
 from test_scoring_helpers import CONTEXT, TEXT, fixture
 
 
@@ -205,9 +203,7 @@ def test_optional_backend_without_its_package_names_the_extra(tmp_path):
 
 def test_wav_bytes_round_trip_through_blob_reader():
     samples, sr = audio("truncated")
-    buf = io.BytesIO()
-    sf.write(buf, samples, sr, format="WAV", subtype="PCM_16")
-    again, sr2 = read_audio_bytes(buf.getvalue(), target_sr=8000)
+    again, sr2 = read_audio_bytes(wav_bytes(samples, sr), target_sr=8000)
     assert sr2 == 8000 and abs(len(again) - len(samples) / 2) <= 1
 
 

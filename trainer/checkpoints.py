@@ -164,6 +164,22 @@ def load_state(path: Path, *, rank: int, world_size: int) -> dict[str, Any]:
     return state
 
 
+def resume(latest: Path | None, run_dir: Path, *, optimizer: Any, scheduler: Any, rank: int,
+           world_size: int) -> tuple[int, float | None]:
+    """(step to start at, best validation value so far) of a run resumed from LATEST,
+    its optimizer, schedule and THIS rank's RNG streams restored; (0, None) without one.
+    DPO and GRPO resume alike (the weights are loaded before: the optimizer holds them)."""
+    if latest is None:
+        return 0, None
+    state = load_state(latest, rank=rank, world_size=world_size)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    best_dir = Path(run_dir) / CHECKPOINTS / "best"
+    best = read_meta(best_dir).get("best_value") if (best_dir / META_FILE).exists() else None
+    return state["step"], best
+
+
 # ------------------------------------------------------------------ table rows
 def checkpoint_row(saved: Saved, *, run: str, trainer: str) -> dict[str, Any]:
     """The `checkpoints` row for a written checkpoint (its meta says the rest)."""

@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from ttspo.builder.core.errors import ConfigError
+from ttspo.builder.core.errors import ConfigError, first_line
 
 
 @dataclass
@@ -231,7 +231,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

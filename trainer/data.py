@@ -5,10 +5,10 @@ joins each pair's chosen and rejected generations AT THE GENERATIONS VERSION THE
 SET WAS BUILT FROM (its build record names it), so later scoring or ingest never
 changes what a set version trains on. Text and context come through the same
 join the exports use; codes are read from Lance by row id (the SQL views leave
-them out). Context codes are resolved once per prompt: the prompt's
-``context_audio_codes_path`` file (builder/ingest/codes.py's reader, no torch
-unpickling), else the policy's codec encodes the context audio; a text context
-has none.
+them out). Context codes are resolved once per prompt by :func:`resolve_context`,
+the rule `generate` and GRPO share: the prompt's ``context_audio_codes_path`` file
+(builder/ingest/codes.py's reader, no torch unpickling), else none for a text
+context, else the policy's codec encodes the context audio.
 
 :class:`PairOrder` deals pairs to ranks: each epoch is a permutation seeded by
 (seed, epoch); an optimizer step takes ``world * pairs_per_device * grad_accum``
@@ -33,9 +33,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
-from ttspo.builder.core.schemas import GEN, PAIR
+from ttspo.builder.core.schemas import GEN, PAIR, PROMPT
 from ttspo.builder.core.store import Store
 from ttspo.builder.ingest.codes import read_codes
+from ttspo.builder.ingest.files import BadFile
+from ttspo.builder.scoring.audio import read_audio
 from ttspo.builder.sets.build import open_set
 from ttspo.builder.sets.export import generation_rows
 from ttspo.trainer.policy import CONTEXT_CODES, DROPOUT_GROUP
@@ -126,38 +128,44 @@ def context_codes(gens: dict[str, dict[str, Any]], encode: Callable | None
     """prompt_id -> its context codes (once per prompt), None for a text context."""
     out: dict[str, np.ndarray | None] = {}
     for gid, r in gens.items():
-        prompt = r[GEN.prompt_id]
-        if prompt in out:
-            continue
-        codes_path, audio = r.get("context_audio_codes_path"), r[GEN.context_audio_filepath]
-        if r[GEN.context_text] is not None and not codes_path:
-            out[prompt] = None
-        elif codes_path:
-            out[prompt] = read_context_codes(codes_path, gid)
-        elif audio and encode is not None:
-            out[prompt] = encode_audio(audio, encode, gid)
-        else:
-            raise InputError(f"generation {gid}: its prompt has neither context text, context "
-                             "codes nor context audio")
+        if r[GEN.prompt_id] not in out:
+            out[r[GEN.prompt_id]] = resolve_context(
+                codes_path=r.get(PROMPT.context_audio_codes_path),
+                audio_path=r[GEN.context_audio_filepath], text=r[GEN.context_text] is not None,
+                encode=encode, what=f"generation {gid}")
     return out
 
 
-def read_context_codes(path: str, gid: str) -> np.ndarray:
+def prompt_context(prompt: dict[str, Any], encode: Callable | None) -> np.ndarray | None:
+    """The context codes of a ``prompts`` row (generate, GRPO): see :func:`resolve_context`."""
+    return resolve_context(codes_path=prompt.get(PROMPT.context_audio_codes_path),
+                           audio_path=prompt.get(PROMPT.context_audio_filepath),
+                           text=prompt[PROMPT.context_type] == "text", encode=encode,
+                           what=f"prompt {prompt[PROMPT.prompt_id]}")
+
+
+def resolve_context(*, codes_path: str | None, audio_path: str | None, text: bool,
+                    encode: Callable | None, what: str) -> np.ndarray | None:
+    """A prompt's context codes [C, T] (int64), the one rule DPO, generate and GRPO use:
+    its codes file (builder/ingest/codes.py's reader), else None for a text context,
+    else ENCODE(audio, sr) of its context audio (the policy's ``codec.encode``).
+    A file that cannot be read is an InputError naming WHAT, the file and why."""
+    if codes_path:
+        try:
+            return np.asarray(read_codes(codes_path), dtype=np.int64)
+        except (OSError, InputError, BadFile) as exc:
+            raise InputError(f"{what}: context codes {codes_path}: {exc}") from None
+    if text:
+        return None
+    if not audio_path:
+        raise InputError(f"{what}: its prompt has neither context text, context codes nor "
+                         "context audio")
+    if encode is None:
+        raise InputError(f"{what}: context audio {audio_path} needs a codec to encode it")
     try:
-        return np.asarray(read_codes(path), dtype=np.int64)
-    except (OSError, InputError) as exc:
-        raise InputError(f"generation {gid}: context codes {path}: {exc}") from None
-
-
-def encode_audio(path: str, encode: Callable, gid: str) -> np.ndarray:
-    import soundfile as sf
-
-    try:
-        audio, sr = sf.read(path, dtype="float32", always_2d=False)
-    except (OSError, RuntimeError) as exc:
-        raise InputError(f"generation {gid}: context audio {path}: {exc}") from None
-    if audio.ndim > 1:
-        audio = audio.mean(axis=1)
+        audio, sr = read_audio(audio_path)
+    except InputError as exc:
+        raise InputError(f"{what}: context {exc}") from None
     return np.asarray(encode(audio, sr), dtype=np.int64)
 
 

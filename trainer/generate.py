@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ttspo.builder.core.errors import InputError, ModelError, TtspoError
+from ttspo.builder.core.errors import InputError, ModelError, TtspoError, first_line
 from ttspo.builder.core.files import file_sha256
 from ttspo.builder.core.schemas import CKPT, GEN, GENERATE_COLUMNS, PROMPT
 from ttspo.builder.core.store import Lineage, Store, as_lineage, parse_ref, sql_string
@@ -218,7 +218,7 @@ def select_prompts(store: Store, options: GenerateOptions,
     try:
         rows = session.con.sql(sql).to_arrow_table().to_pylist()
     except duckdb.Error as exc:
-        raise InputError(f"--where: {str(exc).strip().splitlines()[0]}") from None
+        raise InputError(f"--where: {first_line(exc)}") from None
     finally:
         session.con.close()
     if not rows:

@@ -1,15 +1,14 @@
 """One rank's share of `ttspo generate`: sample, decode, score, and write fragments.
 
 Split from generate.py (the plan and the collective steps) so each file reads in
-one sitting; the options, ids and seeds live here, the lower of the two modules.
+one sitting; the options and ids live here, the lower of the two modules (seeds and
+decoding: trainer/samples.py, shared with GRPO's rollouts).
 Times go to the caller's ``seconds`` dict under sampling, decoding, scoring and
 writing.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,10 @@ from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT
 from ttspo.builder.core.store import STORAGE_VERSION, Lineage, Store, commit_properties
 from ttspo.builder.scoring.options import ScoreOptions
 from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Sampling
+from ttspo.trainer.samples import decode, sample_seed
 
 GENERATIONS = "generations"
 PROMPTS = "prompts"
-SEED_BOUND = 2 ** 62  # sample seeds lie in [0, SEED_BOUND)
 STAGES = ("sampling", "decoding", "scoring", "writing")
 
 
@@ -57,12 +56,6 @@ class GenerateOptions:
             raise InputError("say where the audio goes: --audio-dir DIR and/or --embed-audio")
 
 
-def sample_seed(seed: int, prompt_id: str, sample: int) -> int:
-    """The seed of one sample's noise: a function of (seed, prompt, sample) only."""
-    digest = hashlib.sha256(f"{seed}\0{prompt_id}\0{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % SEED_BOUND
-
-
 def settings_columns(options: GenerateOptions, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Every row's GENERATE_COLUMNS values."""
     s = options.sampling
@@ -83,13 +76,14 @@ def make_rows(prompts: list[dict[str, Any]], missing: list[list[int]], checkpoin
     as a GENERATIONS_SCHEMA table."""
     import torch
 
+    from ttspo.trainer.data import prompt_context
     from ttspo.trainer.policy import load_policy
 
     policy = load_policy(options.policy, init=options.checkpoint)
     policy.eval()
     settings = settings_columns(options, checkpoint)
     jobs = [(prompts[i], k) for i in mine for k in missing[i]]
-    contexts = {p[PROMPT.prompt_id]: context_codes(p, policy.codec)
+    contexts = {p[PROMPT.prompt_id]: prompt_context(p, policy.codec.encode)
                 for p in (prompts[i] for i in mine)}
     scorer = make_scorer(options)
     rows = []
@@ -118,28 +112,6 @@ def make_rows(prompts: list[dict[str, Any]], missing: list[list[int]], checkpoin
     return pa.Table.from_pylist([r for r, _, _ in rows], schema=GENERATIONS_SCHEMA)
 
 
-def context_codes(prompt: dict[str, Any], codec: Any) -> np.ndarray | None:
-    """The prompt's context codes [C, T]: its codes file, else the codec encodes its
-    context audio; None for a text context."""
-    from ttspo.builder.ingest.codes import read_codes
-    from ttspo.builder.scoring.audio import read_audio
-
-    pid = prompt[PROMPT.prompt_id]
-    if prompt[PROMPT.context_type] == "text":
-        return None
-    path = prompt[PROMPT.context_audio_codes_path]
-    try:
-        if path:
-            return np.asarray(read_codes(path), dtype=np.int64)
-        audio_path = prompt[PROMPT.context_audio_filepath]
-        if not audio_path:
-            raise InputError("no context audio and no context codes")
-        audio, sr = read_audio(audio_path)
-        return np.asarray(codec.encode(audio, sr), dtype=np.int64)
-    except (OSError, InputError) as exc:
-        raise InputError(f"prompt {pid}: context: {exc}") from None
-
-
 def policy_row(prompt: dict[str, Any], k: int, contexts: dict, options: GenerateOptions) -> dict:
     pid = prompt[PROMPT.prompt_id]
     return {GEN.generation_id: generation_id(options.run, pid, k), GEN.text: prompt[PROMPT.text],
@@ -163,21 +135,11 @@ def base_row(prompt: dict[str, Any], k: int, options: GenerateOptions,
     }
 
 
-def decode(codec: Any, frames: np.ndarray) -> tuple[np.ndarray, int]:
-    """Audio of FRAMES [C, T]; a sample that ended at once (T = 0) is silence of length 0."""
-    if frames.shape[1] == 0:
-        return np.zeros(0, dtype=np.float32), int(codec.sample_rate)
-    audio, sr = codec.decode(frames)
-    return np.asarray(audio, dtype=np.float32), int(sr)
-
-
 def audio_columns(row: dict[str, Any], audio: np.ndarray, sr: int, frames: np.ndarray,
                   options: GenerateOptions) -> dict[str, Any]:
-    import soundfile as sf
+    from ttspo.builder.scoring.audio import wav_bytes
 
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, sr, format="WAV", subtype="PCM_16")
-    wav = buffer.getvalue()
+    wav = wav_bytes(audio, sr)
     out = {GEN.codes: frames.astype(np.int16).tolist(), GEN.codes_len: int(frames.shape[1]),
            GEN.duration: len(audio) / sr, GEN.sample_rate: sr,
            GEN.audio: wav if options.embed_audio else None, GEN.audio_filepath: None}

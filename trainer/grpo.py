@@ -40,7 +40,7 @@ from ttspo.trainer.data import shard
 from ttspo.trainer.grpo_rollout import (PHASES, Prompts, Scoring, load_prompts, rollout,
                                         split_prompts, step_prompts)
 from ttspo.trainer.loop import (_progress, all_mean, build_optimizer, build_scheduler,
-                                compute_cleanup, compute_init, make_policy)
+                                compute_cleanup, compute_init, make_policy, optimizer_step)
 from ttspo.trainer.policy import Sampling, token_logps
 from ttspo.trainer.ref import file_sha256
 from ttspo.trainer.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
@@ -125,16 +125,10 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
         policy = make_policy(spec, str(latest / ckpt.POLICY_FILE), cfg, cfg.train.seed)
     policy.to(c.device).train()
     model = torch.nn.parallel.DistributedDataParallel(policy) if c.ddp else policy
-    optimizer, start, best = build_optimizer(policy, cfg), 0, None
+    optimizer = build_optimizer(policy, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    if latest is not None:
-        state = ckpt.load_state(latest, rank=c.rank, world_size=c.world_size)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        start = state["step"]
-        best_meta = out / ckpt.CHECKPOINTS / "best" / ckpt.META_FILE
-        best = ckpt.read_meta(best_meta.parent).get("best_value") if best_meta.exists() else None
+    start, best = ckpt.resume(latest, out, optimizer=optimizer, scheduler=scheduler,
+                              rank=c.rank, world_size=c.world_size)
     say(f"train grpo: prompts@{prompts.version}, {len(train)} train / {len(val)} val prompts, "
         f"{g.n_generations_per_item} samples each, {c.world_size} process(es), "
         + (f"resuming at step {start}" if latest is not None else "from step 0"))
@@ -223,12 +217,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
         stats = update(model, policy, ref_model, ro, g)
         if not torch.isfinite(all_mean(stats["loss"].reshape(1), c)).all():
             raise TrainingError(f"step {step + 1}: the loss is not finite; the run stopped")
-        clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(policy, optimizer, scheduler, cfg)
         seconds = {**ro.seconds, "update": time.perf_counter() - t}
         collect(step, ro.table, "train")
         done = step + 1

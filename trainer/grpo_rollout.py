@@ -10,13 +10,13 @@ with :func:`ttspo.trainer.rewards.compute_rewards`, and returns the step's rows
 in the ``rollouts`` schema, timing each phase.
 
 Each sample's noise comes from its own seed, a function of (seed, step, split,
-prompt, sample): a resumed run draws the same samples, and so does a run
-sharded over more processes.
+prompt id, sample) (:func:`ttspo.trainer.samples.sample_seed`, as `generate`'s):
+a resumed run draws the same samples, and so does a run sharded over more
+processes.
 """
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -30,9 +30,9 @@ from ttspo.builder.core.schemas import GEN, PROMPT, ROLL, ROLLOUTS_SCHEMA, RWD
 from ttspo.builder.core.store import Store, parse_ref
 from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Sampling
 from ttspo.trainer.rewards import REWARDS, RewardConfig, compute_rewards
+from ttspo.trainer.samples import decode, sample_seed
 
 PHASES = ("generate", "decode", "score")
-MIN_DECODE = 2  # frames
 
 
 # ------------------------------------------------------------------ prompts
@@ -53,7 +53,7 @@ def load_prompts(store: Store, ref: str = "prompts", where: str | None = None, *
     """Prompts of REF (``prompts``, ``prompts@3``, ``prompts@v1``) matching WHERE,
     ordered by prompt_id; ENCODE(audio, sr) makes context codes without a codes file."""
     from ttspo.builder.core import query
-    from ttspo.trainer.data import encode_audio, read_context_codes
+    from ttspo.trainer.data import prompt_context
 
     table, version = parse_ref(ref)
     if table != "prompts":
@@ -68,13 +68,7 @@ def load_prompts(store: Store, ref: str = "prompts", where: str | None = None, *
         raise InputError(f"prompts@{pinned}: no prompt matches {where!r}" if where
                          else f"prompts@{pinned} is empty")
     for r in rows:
-        pid = r[PROMPT.prompt_id]
-        if r[PROMPT.context_audio_codes_path]:
-            r[CONTEXT_CODES] = read_context_codes(r[PROMPT.context_audio_codes_path], pid)
-        elif r[PROMPT.context_audio_filepath] and encode is not None:
-            r[CONTEXT_CODES] = encode_audio(r[PROMPT.context_audio_filepath], encode, pid)
-        else:
-            r[CONTEXT_CODES] = None  # a text context
+        r[CONTEXT_CODES] = prompt_context(r, encode)
     return Prompts(pinned, rows, {**inputs, "prompts": pinned})
 
 
@@ -99,11 +93,6 @@ def step_prompts(train: Sequence[int], step: int, per_step: int, rank: int, worl
     perm = np.random.default_rng([seed, epoch]).permutation(len(train))
     start = k * total + rank * per_step
     return [train[i] for i in perm[start:start + per_step]]
-
-
-def sample_seed(seed: int, step: int, split: str, prompt: int, sample: int) -> int:
-    key = [seed, step, 0 if split == "train" else 1, prompt, sample]
-    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> np.uint64(2))
 
 
 # ------------------------------------------------------------------ scoring
@@ -182,7 +171,8 @@ def rollout(policy, prompts: Prompts, indices: Sequence[int], *, run: str, step:
 
     seconds = dict.fromkeys(PHASES, 0.0)
     t = time.perf_counter()
-    rows = [dict(prompts.rows[p], **{SAMPLE_SEED: sample_seed(seed, step, split, p, s)})
+    rows = [dict(prompts.rows[p], **{SAMPLE_SEED: sample_seed(
+                seed, step, split, prompts.rows[p][PROMPT.prompt_id], s)})
             for p in indices for s in range(n)]
     with torch.no_grad():
         codes, lengths = policy.generate(policy.collate(rows, with_targets=False), sampling,
@@ -191,7 +181,9 @@ def rollout(policy, prompts: Prompts, indices: Sequence[int], *, run: str, step:
     seconds["generate"], t = time.perf_counter() - t, time.perf_counter()
     # Audio only when a metric or the table needs it (a length reward needs neither).
     if scoring.any or store_audio:
-        audios, sr = decode(policy.codec, frames)
+        decoded = [decode(policy.codec, f) for f in frames]
+        audios = [a for a, _ in decoded]
+        sr = decoded[0][1] if decoded else int(policy.codec.sample_rate)
     else:
         audios, sr = [None] * len(frames), int(policy.codec.sample_rate)
     seconds["decode"], t = time.perf_counter() - t, time.perf_counter()
@@ -210,20 +202,6 @@ def rollout(policy, prompts: Prompts, indices: Sequence[int], *, run: str, step:
     return Rollout(train_rows, table, seconds)
 
 
-def decode(codec, frames: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
-    """Each sample's audio. Griffin-Lim cannot invert a single frame: a sample of
-    fewer than MIN_DECODE frames (invalid anyway: empty) becomes silence of its length."""
-    audios, sr = [], int(codec.sample_rate)
-    hop = int(round(codec.sample_rate / codec.frame_rate))
-    for f in frames:
-        if f.shape[1] < MIN_DECODE:
-            audios.append(np.zeros(f.shape[1] * hop, dtype=np.float32))
-            continue
-        audio, sr = codec.decode(f)
-        audios.append(np.asarray(audio, dtype=np.float32).reshape(-1))
-    return audios, sr
-
-
 def sample_row(prompt: dict[str, Any], frames: np.ndarray, audio: np.ndarray | None, sr: int,
                *, run: str, step: int, split: str, group: int, sample: int, checkpoint: str, frame_rate: float) -> dict[str, Any]:
     duration = len(audio) / sr if audio is not None else frames.shape[1] / frame_rate
@@ -237,14 +215,6 @@ def sample_row(prompt: dict[str, Any], frames: np.ndarray, audio: np.ndarray | N
             GEN.codes: frames.astype(np.int16).tolist(), GEN.codes_len: int(frames.shape[1]),
             GEN.duration: duration, GEN.sample_rate: sr, GEN.invalid: False,
             ROLL.checkpoint: checkpoint}
-
-
-def wav_bytes(audio: np.ndarray, sr: int) -> bytes:
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, audio, sr, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def rollout_table(rows: list[dict[str, Any]], cfg: RewardConfig,
@@ -261,6 +231,8 @@ def rollout_table(rows: list[dict[str, Any]], cfg: RewardConfig,
         if name in ROLLOUTS_SCHEMA.names and name not in data:
             data[name] = rewarded[name]
     if audios is not None:
+        from ttspo.builder.scoring.audio import wav_bytes
+
         data[GEN.audio] = pa.array([wav_bytes(a, sr) for a in audios], pa.large_binary())
     columns = [data[f.name] if f.name in data else pa.nulls(len(rows), f.type)
                for f in ROLLOUTS_SCHEMA]

@@ -9,8 +9,9 @@ Rank 0 writes files and table rows; every rank computes. A resumed run continues
 the same data order (a function of the step), RNG streams (every rank's, saved in
 each checkpoint), optimizer and schedule, so its losses equal an uninterrupted
 run's. GRPO imports the pieces above :func:`train_dpo` (compute_init,
-build_optimizer, build_scheduler), the run folder's (trainer/runs.py: MetricsLog,
-open_run_dir) and checkpoints' (trainer/checkpoints.py), and adds its rollout phase.
+build_optimizer, build_scheduler, optimizer_step), the run folder's
+(trainer/runs.py: MetricsLog, open_run_dir) and checkpoints' (trainer/checkpoints.py:
+resume, save), and adds its rollout phase.
 """
 
 from __future__ import annotations
@@ -107,6 +108,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def optimizer_step(policy: torch.nn.Module, optimizer: Any, scheduler: Any,
+                   cfg: Config) -> tuple[float, float]:
+    """Clip (optim.clip_grad_norm; 0 measures without clipping), step, schedule, zero:
+    (the gradient norm before clipping, the lr the step used). DPO and GRPO alike."""
+    clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm), lr
+
+
 def autocast(cfg: Config, c: Compute) -> Any:
     if cfg.train.precision == "bf16":
         return torch.autocast(c.device.type, dtype=torch.bfloat16)
@@ -188,18 +202,11 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
         ref_model.to(c.device)
     warn_dropout(policy, say)
     model = torch.nn.parallel.DistributedDataParallel(policy) if c.ddp else policy
-    optimizer, start = build_optimizer(policy, cfg), 0
+    optimizer = build_optimizer(policy, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    best = None
-    if latest is not None:
-        state = ckpt.load_state(latest, rank=c.rank, world_size=c.world_size)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        start = state["step"]
-        best_dir = out / ckpt.CHECKPOINTS / "best"
-        best = ckpt.read_meta(best_dir).get("best_value") if (best_dir / ckpt.META_FILE).exists() else None
-    else:
+    start, best = ckpt.resume(latest, out, optimizer=optimizer, scheduler=scheduler,
+                              rank=c.rank, world_size=c.world_size)
+    if latest is None:
         torch.manual_seed(cfg.train.seed + 1000 * c.rank)  # each rank's own dropout stream
     say(f"train dpo: {pairs.ref} (generations@{pairs.generations_version}), {len(train)} train / "
         f"{len(val)} val pairs, {c.world_size} process(es), reference {reference}, "
@@ -256,12 +263,7 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
                 (loss / len(micro)).backward()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v / len(micro)
-        clip = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(policy, optimizer, scheduler, cfg)
         done = step + 1
         keys = sorted(sums)
         means = all_mean(torch.stack([sums[k].float() for k in keys]), c).tolist()

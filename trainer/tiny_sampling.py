@@ -20,11 +20,10 @@ import torch
 
 from ttspo.builder.core.errors import InputError
 from ttspo.trainer.policy import Sampling
+from ttspo.trainer.samples import SEED_BOUND
 from ttspo.trainer.tiny_blocks import KVCache
 
 TinyCodecLM = TinyBatch = Any  # (annotations only: see the module docstring)
-
-SEED_BOUND = 2 ** 62
 
 
 def unconditional(batch: TinyBatch) -> TinyBatch:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import click
 
 from ttspo.builder.cli.common import get_store, lineage_for
-
-SHOWN = ("loss/total", "rewards/accuracies", "rewards/margins", "rewards/chosen",
-         "rewards/rejected", "grad_norm")
+from ttspo.trainer.train_options import (DPO_OPTIONS, DPO_SHOWN, GRPO_OPTIONS, GRPO_SHOWN,
+                                         SET_METAVAR, Option, grpo_overrides, result_lines)
 
 
 @click.group()
@@ -19,19 +18,23 @@ def train() -> None:
     """Train a policy: offline on a preference set (DPO, IPO, RPO), or online (GRPO)."""
 
 
+def options(specs: tuple[Option, ...]):
+    """Click options made from SPECS (trainer/train_options.py, torchrun's parser's too)."""
+    types = {"file": click.Path(dir_okay=False), "dir": click.Path(file_okay=False)}
+
+    def decorate(f):
+        for o in reversed(specs):
+            f = click.option(o.flag, o.dest, default=o.default, type=types.get(o.path),
+                             metavar=o.metavar, required=o.required, multiple=o.multiple,
+                             show_default=o.default is not None, help=o.help)(f)
+        return f
+
+    return decorate
+
+
 @train.command("dpo")
-@click.argument("set_ref", metavar="SET[@VERSION|@TAG]")
-@click.option("--policy", "spec", default="tiny", show_default=True,
-              help="Policy from the registry (tiny; nemo:PATH when installed).")
-@click.option("--init", type=click.Path(dir_okay=False),
-              help="Start from this checkpoint (also the reference). Default: a fresh policy "
-                   "of policy.model's size, seeded by train.seed.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="YAML config (sections policy, data, loss, optim, train).")
-@click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key, e.g. -o optim.lr=1e-4 -o loss.sft_weight=0.1.")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Run folder: checkpoints, metrics, config. An existing run there resumes.")
+@click.argument("set_ref", metavar=SET_METAVAR)
+@options(DPO_OPTIONS)
 @click.pass_context
 def dpo(ctx: click.Context, set_ref: str, spec: str, init: str | None, config_file: str | None,
         overrides: tuple[str, ...], out: str) -> None:
@@ -48,16 +51,8 @@ def dpo(ctx: click.Context, set_ref: str, spec: str, init: str | None, config_fi
     cfg = load_config(config_file, overrides)
     result = train_dpo(get_store(ctx).core, set_ref, cfg=cfg, out=out, spec=spec, init=init,
                        lineage=lineage_for(ctx), echo=click.echo)
-    for name, metrics in (("first", result.first), ("last", result.last)):
-        if metrics:
-            click.echo(f"{name} step {metrics['step']}: " + ", ".join(
-                f"{k} {metrics[k]:.4g}" for k in SHOWN if k in metrics))
-    if result.val:
-        click.echo(f"val at step {result.val['step']}: " + ", ".join(
-            f"{k} {v:.4g}" for k, v in result.val.items() if k != "step"))
-    for row in result.checkpoints:
-        click.echo(f"checkpoint {row['kind']} step {row['step']}: {row['path']} "
-                   f"(sha256 {row['sha256'][:12]})")
+    for line in result_lines(result, DPO_SHOWN):
+        click.echo(line)
 
 
 @train.command("precompute-ref")
@@ -88,25 +83,8 @@ def precompute_ref(ctx: click.Context, set_ref: str, spec: str, ref_path: str,
                f"{where}")
 
 
-GRPO_SHOWN = ("reward/mean", "advantage/std", "groups/valid_fraction", "kl", "entropy",
-              "rollouts_per_second")
-
-
 @train.command("grpo")
-@click.option("--policy", "spec", default="tiny", show_default=True,
-              help="Policy from the registry (tiny; nemo:PATH when installed).")
-@click.option("--init", type=click.Path(dir_okay=False),
-              help="Start from this checkpoint (also the KL reference). Default: a fresh policy.")
-@click.option("--prompts", "prompts_ref", default=None, metavar="prompts[@VERSION|@TAG]",
-              help="Prompts table version or tag (sets grpo.prompts).")
-@click.option("--where", default=None, metavar="SQL",
-              help="DuckDB condition on prompts: train on matching prompts (sets grpo.where).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="YAML config (sections policy, optim, train, grpo ...).")
-@click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key, e.g. -o grpo.n_generations_per_item=4.")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Run folder: checkpoints, metrics, config. An existing run there resumes.")
+@options(GRPO_OPTIONS)
 @click.pass_context
 def grpo(ctx: click.Context, spec: str, init: str | None, prompts_ref: str | None,
          where: str | None, config_file: str | None, overrides: tuple[str, ...], out: str) -> None:
@@ -117,30 +95,11 @@ def grpo(ctx: click.Context, spec: str, init: str | None, prompts_ref: str | Non
     from ttspo.trainer.config import load_config
     from ttspo.trainer.grpo import train_grpo
 
-    extra = ([f"grpo.prompts={prompts_ref}"] if prompts_ref else []) + \
-        ([f"grpo.where={json_string(where)}"] if where else [])
-    cfg = load_config(config_file, [*overrides, *extra])
+    cfg = load_config(config_file, grpo_overrides(overrides, prompts_ref, where))
     result = train_grpo(get_store(ctx).core, cfg=cfg, out=out, spec=spec, init=init,
                         lineage=lineage_for(ctx), echo=click.echo)
-    for name, metrics in (("first", result.first), ("last", result.last)):
-        if metrics:
-            click.echo(f"{name} step {metrics['step']}: " + ", ".join(
-                f"{k} {metrics[k]:.4g}" for k in GRPO_SHOWN if k in metrics))
-    if result.val:
-        click.echo(f"val at step {result.val['step']}: " + ", ".join(
-            f"{k} {v:.4g}" for k, v in result.val.items() if k != "step"))
-    click.echo(f"rollouts: {result.rollout_commits} commit(s)"
-               + (f", {result.skipped_rows} row(s) already stored" if result.skipped_rows else ""))
-    for row in result.checkpoints:
-        click.echo(f"checkpoint {row['kind']} step {row['step']}: {row['path']} "
-                   f"(sha256 {row['sha256'][:12]})")
-
-
-def json_string(text: str) -> str:
-    """TEXT as a YAML scalar that stays a string (an override value is parsed as YAML)."""
-    import json
-
-    return json.dumps(text)
+    for line in result_lines(result, GRPO_SHOWN):
+        click.echo(line)
 
 
 COMMANDS = [train]

@@ -28,7 +28,7 @@ import lance
 import pyarrow as pa
 
 from ttspo import __version__
-from ttspo.builder.core.errors import StoreError
+from ttspo.builder.core.errors import StoreError, first_line
 from ttspo.builder.core.render import strict_json
 from ttspo.builder.core.schemas import CORE_TABLES
 
@@ -54,7 +54,6 @@ def is_commit_conflict(exc: BaseException) -> bool:
 
 def write_error(root: Path, table: str, exc: BaseException) -> StoreError:
     """One line for a write that failed: a concurrent commit, or the file system's reason."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if is_commit_conflict(exc):
         return StoreError(f"table '{table}' in store {root} was changed by another command "
                           "while this one wrote it; nothing was written, run it again")
@@ -65,8 +64,7 @@ def os_error_reason(exc: BaseException) -> str:
     """An OSError (Python's or Lance's) as one line: reason and path, no Rust source location."""
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    first = re.sub(r"^LanceError\(\w+\): (Generic \w+ error: )?", "", first)
+    first = re.sub(r"^LanceError\(\w+\): (Generic \w+ error: )?", "", first_line(exc))
     return re.sub(r",? /\S+\.rs:\d+:\d+.*$", "", first)
 
 

@@ -1,4 +1,5 @@
-"""Reading audio for scoring: soundfile to read, torchaudio to resample.
+"""Reading audio for scoring: soundfile to read, torchaudio to resample (and
+:func:`wav_bytes`, the writer of the wav bytes :func:`read_audio_bytes` reads).
 
 Audio is float32 mono throughout. Generations store their audio as a file path
 or as a Lance blob (the wav bytes); both go through soundfile. torchaudio.load is
@@ -58,3 +59,11 @@ def read_audio_bytes(data: bytes, target_sr: int | None = None,
     if target_sr is not None and target_sr != sr:
         return resample(audio, sr, target_sr), target_sr
     return audio, int(sr)
+
+
+def wav_bytes(audio: np.ndarray, sr: int) -> bytes:
+    """AUDIO as the bytes of a 16-bit PCM wav file: what generate and GRPO store as a
+    wav file or a Lance blob."""
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, sr, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()

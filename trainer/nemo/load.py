@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ttspo.builder.core.errors import ModelError
+from ttspo.builder.core.errors import ModelError, first_line
 from ttspo.trainer.nemo.policy import ARCHITECTURE, NemoMagpiePolicy
 
 
@@ -90,7 +90,7 @@ def load_weights(model, path: str | os.PathLike) -> None:
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0][:120]})") from None
+        raise ModelError(f"{path}: weights do not fit the model ({first_line(exc, 120)})") from None
 
 
 def parse_arg(arg: str) -> tuple[str, dict[str, str]]:
