@@ -12,7 +12,7 @@ whole (``ttspo sql``), it gives the same rows. Keys: session_cache.py.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ttspo.builder.core.schemas import GEN
 
@@ -29,16 +29,16 @@ def cache_region(sql: str) -> tuple[str, int, int] | None:
 
 
 def with_cached_region(session, store, recipe, values: dict[str, Any], runs: Sequence[str],
-                       region: tuple[str, int, int]) -> str:
+                       region: tuple[str, int, int], placeholders: Callable[[str], set[str]]) -> str:
     """Register the region's result (from the session cache, else computed) and
-    return the recipe with the region replaced by a read of it."""
+    return the recipe with the region replaced by a read of it (PLACEHOLDERS: the
+    $names a SQL text uses)."""
     from ttspo.builder.core.store import parse_ref
-    from ttspo.builder.sets.recipes import _placeholders
     from ttspo.builder.sets.session_cache import cached, table_identity
 
     name, start, end = region
     text = recipe.sql[start:end].rstrip().rstrip(",")
-    used = {k: values[k] for k in sorted(_placeholders(text)) if k in values}
+    used = {k: values[k] for k in sorted(placeholders(text)) if k in values}
     tables = []
     for view, version in sorted(session.inputs_for(text).items()):
         table, _ = parse_ref(view)

@@ -199,7 +199,7 @@ def _execute(session, recipe: Recipe, values: dict[str, Any], store=None, runs: 
     try:
         region = cache_region(sql)
         if region is not None and store is not None:
-            sql = with_cached_region(session, store, recipe, values, runs, region)
+            sql = with_cached_region(session, store, recipe, values, runs, region, _placeholders)
         used = {k: v for k, v in values.items() if k in _placeholders(sql)}
         return session.con.sql(sql, params=used or None).to_arrow_table()
     except duckdb.Error as exc:
