@@ -266,3 +266,16 @@ def test_the_checks_read_the_generations_of_the_runs_built_from(store, tmp_path)
 
     with pytest.raises(RecipeError, match=r"1 pair\(s\) name a chosen_id that is not in generations"):
         build_set(store, str(recipe), "lit", runs=("r",))
+
+
+def test_the_recipe_file_run_whole_gives_the_cached_builds_rows(store):
+    from ttspo.builder.core import query
+    from ttspo.builder.sets.recipes import load_recipe, resolve_params
+
+    recipe = load_recipe("pareto")
+    for params in THRESHOLDS:
+        rows, _, _ = built(store, "s", params)
+        values = resolve_params(recipe, params)
+        whole, _ = query.run(store, recipe.sql, {k: v for k, v in values.items() if k in recipe.placeholders})
+        for col in (PAIR.pair_id, PAIR.split, PAIR.position, PAIR.rejected_reward, PAIR.cer_delta):
+            assert whole.column(col).to_pylist() == rows.column(col).to_pylist()
