@@ -26,12 +26,7 @@ from grpo_helpers import TINY as GRPO_TINY, make_prompts  # noqa: E402
 QUICK = {"train.max_steps": 2, "train.val_every": 0, "data.pairs_per_device": 4}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()

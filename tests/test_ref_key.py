@@ -30,12 +30,7 @@ A = tiny_overrides(**QUICK)  # the init's own config
 B = tiny_overrides(**QUICK, **{"policy.model.cfg_dropout": 0.3})  # same weights file, another config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()

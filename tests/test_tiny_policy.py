@@ -26,13 +26,7 @@ SMALL = TinyConfig(d_model=64, n_heads=2, encoder_layers=1, decoder_layers=2, d_
                    max_text_len=128, max_frames=256)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two spinning threads run ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(config: TinyConfig = SMALL, seed: int = 0) -> TinyCodecLM:
