@@ -61,7 +61,7 @@ def test_any_later_write_removes_it_but_not_a_live_commands_folder(tmp_path, tmp
     dead = spill_folders(tmpdir_env)
     other = make_store(tmp_path / "other", BASIC)
     with Store(tmp_path / "x").lock("ingest run held"):  # not an ingest: a live temp folder
-        from ttspo.builder.core.store import temp_dir
+        from ttspo.builder.core.locks import temp_dir
 
         with temp_dir("ingest") as live:
             build_set(other, "pareto", "prefs")  # a write to another store

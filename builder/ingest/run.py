@@ -34,8 +34,8 @@ import pyarrow as pa
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import file_digest
 from ttspo.builder.core.schemas import ERR, GEN, GENERATIONS_SCHEMA, INGEST_ERRORS_SCHEMA
-from ttspo.builder.core.store import (Lineage, Store, as_lineage, make_lineage, sql_string,
-                                      temp_dir)
+from ttspo.builder.core.locks import temp_dir
+from ttspo.builder.core.store import Lineage, Store, as_lineage, make_lineage, sql_string
 
 GENERATIONS = "generations"
 INGEST_ERRORS = "ingest_errors"
