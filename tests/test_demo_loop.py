@@ -24,6 +24,11 @@ def test_verdicts_say_no_difference_when_the_interval_holds_zero():
     assert demo_loop.verdict(row("ssim", better="higher")).endswith("better on these prompts.")
     assert demo_loop.verdict(row(diff=-0.1, low=-0.15, high=-0.05)).startswith(
         "CER: demo-dpo is lower than demo-base")
+    # an interval that excludes 0 over 2 prompts, with a test that cannot reject
+    assert demo_loop.verdict(row("ssim", diff=-0.062, low=-0.108, high=-0.015, p=0.499, n=2,
+                                 better="higher")) == (
+        "speaker similarity: no difference shown (-0.062, 95% CI [-0.108, -0.015], p = 0.499, "
+        "2 prompts): p >= 0.05; over 2 prompts the interval alone is not evidence.")
 
 
 def test_the_loop_step_generates_scores_and_compares_then_a_rerun_writes_nothing(tmp_path):

@@ -62,6 +62,9 @@ def step_loop(demo, *, prompts: int = HELD_OUT_PROMPTS, samples: int = SAMPLES,
         demo.say(verdict(row))
 
 
+ALPHA = 0.05  # the test level a claimed difference must also pass
+
+
 def verdict(row: dict) -> str:
     """One sentence that claims only what the interval and the test show."""
     name, n = NAMES.get(row["metric"], row["metric"]), row["prompts"]
@@ -69,6 +72,12 @@ def verdict(row: dict) -> str:
                 f"p = {row['p_value']:.3f}, {n} prompts")
     if row["ci_low"] <= 0 <= row["ci_high"]:
         return f"{name}: no difference shown ({interval}): the interval includes 0."
+    # Both must agree: over a handful of prompts a bootstrap interval is as narrow
+    # as the few differences it resamples (2 prompts of one sign exclude 0), while
+    # the paired permutation test cannot go below 1/2 there.
+    if row["p_value"] >= ALPHA:
+        return (f"{name}: no difference shown ({interval}): p >= {ALPHA}; over {n} prompts the "
+                "interval alone is not evidence.")
     higher = row["diff"] > 0
     better = higher == (row["better"] == "higher")
     return (f"{name}: {row['run_b']} is {'higher' if higher else 'lower'} than {row['run_a']} "
