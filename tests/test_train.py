@@ -225,3 +225,23 @@ def test_a_nan_loss_stops_the_run_and_names_the_last_good_checkpoint(tmp_path):
                               f"{out}/checkpoints/step_000001")
     assert [r["step"] for r in store.open("checkpoints").to_table().to_pylist()] == [1]
     assert ckpt.latest_checkpoint(out).name == "step_000001"
+
+
+def test_under_bf16_the_live_reference_is_fp32_as_the_cache(store, tmp_path):
+    """A bf16 run's losses are the same with the (fp32) cache as with a live reference:
+    the live reference runs outside autocast."""
+    init = tmp_path / "init.pt"
+    torch.manual_seed(11)
+    load_policy("tiny", config=TINY).save(str(init))
+    cfg = load_config(None, tiny_overrides(**{"train.max_steps": 2, "train.val_every": 0,
+                                              "train.precision": "bf16"}))
+    live = train_dpo(store, SET, cfg=cfg, out=tmp_path / "live", init=str(init), echo=quiet)
+    precompute(store, load_pairs(store, SET), load_policy("tiny", init=str(init)), init,
+               lineage={"command": "test"})
+    cached = train_dpo(store, SET, cfg=cfg, out=tmp_path / "cached", init=str(init), echo=quiet)
+    assert (live.reference, cached.reference) == ("live", "cached")
+    losses = lambda run: [(m["step"], m["loss/total"]) for m in read_metrics(tmp_path / run)
+                          if "loss/total" in m]
+    assert len(losses("live")) == 2
+    for a, b in zip(losses("live"), losses("cached"), strict=True):
+        assert a[0] == b[0] and a[1] == pytest.approx(b[1], rel=1e-5, abs=1e-4)

@@ -314,7 +314,9 @@ def pair_step(model, policy, ref_model, cache: RefCache | None, pairs: Pairs, id
     if cache is not None:
         ref_c, ref_r = (t.to(pi_c.device) for t in cache.lookup(pairs.pair_ids, idx))
     elif ref_model is not None:
-        with torch.no_grad():
+        # fp32 even under bf16 autocast: the cache (precompute-ref) is fp32, and cached
+        # and live references must give the same losses
+        with torch.no_grad(), torch.autocast(pi_c.device.type, enabled=False):
             ref_c, ref_r = pair_logps(ref_model, ref_model, pairs, idx)
     else:
         ref_c, ref_r = torch.zeros_like(pi_c), torch.zeros_like(pi_r)

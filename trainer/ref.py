@@ -92,16 +92,16 @@ def lookup(store: Store, pairs: Pairs, sha256: str, policy_sha256: str) -> RefCa
 
 
 @torch.no_grad()
-def compute(policy: Any, pairs: Pairs, *, batch_pairs: int = 16,
-            autocast: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """[N, C] chosen and rejected log-probs of every pair under POLICY (eval mode)."""
+def compute(policy: Any, pairs: Pairs, *, batch_pairs: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """[N, C] chosen and rejected log-probs of every pair under POLICY (eval mode, fp32:
+    a bf16 run's live reference runs in fp32 too, so cached and live agree)."""
     was_training = policy.training
     policy.eval()
     chosen, rejected = [], []
     try:
         for start in range(0, len(pairs), batch_pairs):
             idx = range(start, min(start + batch_pairs, len(pairs)))
-            with autocast if autocast is not None else torch.autocast("cpu", enabled=False):
+            with torch.autocast(next(policy.parameters()).device.type, enabled=False):
                 c, r = pair_logps(policy, policy, pairs, idx)
             chosen.append(c.float().cpu().numpy())
             rejected.append(r.float().cpu().numpy())
