@@ -147,7 +147,7 @@ def test_a_second_export_into_the_same_out_keeps_identical_codes_files(store, tm
     for name in ("dpo_train_manifest.json", "dpo_val_manifest.json"):
         kept = (tmp_path / "out" / name).read_text().replace(str(tmp_path / "out"), "OUT")
         assert kept == (tmp_path / "new" / name).read_text().replace(str(tmp_path / "new"), "OUT")
-    for p in (tmp_path / "new" / "codes").iterdir():  # torch.save names the archive after the file
+    for p in (tmp_path / "new" / "codes").iterdir():  # kept files: the bytes a fresh export writes
         assert p.read_bytes() == (tmp_path / "out" / "codes" / p.name).read_bytes()
 
 
@@ -163,6 +163,36 @@ def test_a_changed_deleted_or_touched_codes_file_is_written_again(store, tmp_pat
     result = export_nemo(store, "a", tmp_path / "out")
     assert (result.codes_written, result.codes_reused) == (4, len(files) - 4)
     assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "codes").iterdir()} == good
+
+
+def test_a_rewrite_is_a_new_file_renamed_into_place(store, tmp_path):
+    """A codes file is never rewritten in place: a hard link to the old file keeps
+    the old bytes (so a concurrent writer's bytes can never sit under this
+    export's recorded stat), and no temporary file is left behind."""
+    build_set(store, "pareto", "a", {"cer_threshold": 0.02})
+    export_nemo(store, "a", tmp_path / "out")
+    path = sorted((tmp_path / "out" / "codes").iterdir())[0]
+    old = path.read_bytes()
+    os.link(path, tmp_path / "old-link")
+    write_generations(store, gen_rows(BASIC), codes=lambda i: codes_of(i + 100, frames=2))
+    build_set(store, "pareto", "a", {"cer_threshold": 0.02})
+    export_nemo(store, "a", tmp_path / "out")
+    assert (tmp_path / "old-link").read_bytes() == old != path.read_bytes()
+    assert not [p for p in (tmp_path / "out" / "codes").iterdir() if p.suffix == ".tmp"]
+
+
+@pytest.mark.parametrize("entry", [{}, [], 5, "x", [None, 1, 2, 3]])
+def test_an_index_entry_it_cannot_read_means_the_file_is_written_again(store, tmp_path, entry):
+    build_set(store, "pareto", "a", {"cer_threshold": 0.02})
+    first = export_nemo(store, "a", tmp_path / "out")
+    index_path = tmp_path / "out" / ".ttspo-codes.json"
+    index = json.loads(index_path.read_text())
+    name = sorted(index["files"])[0]
+    index["files"][name] = entry
+    index_path.write_text(json.dumps(index))
+    session_cache.clear()
+    again = export_nemo(store, "a", tmp_path / "out")
+    assert (again.codes_written, again.codes_reused) == (1, first.codes_written - 1)
 
 
 def test_new_codes_for_the_same_generation_ids_are_written(store, tmp_path):

@@ -8,21 +8,26 @@ from the generation's ``codes_path``.
 Writing ~25k small files is most of an export (a re-threshold exports the same
 generations again), so an export keeps an index, ``OUT/.ttspo-codes.json``:
 for each file it wrote, the SHA-256 of what it saved (torch version, dtype,
-shape and the codes' bytes: ``torch.save`` of the same tensor under the same
-name gives the same bytes) and the file's size, mtime, ctime and inode right
-after writing. A later export into the same OUT leaves a file as it is only if
-the codes it would save have the same key AND the file still has that size,
-mtime, ctime and inode (the quick check of rsync and make: any write, rename or
-``touch`` changes the ctime); otherwise it writes the file again. A file the
-index does not know is always written.
+shape, the codes' bytes and how the file is written: ``torch.save`` of the same
+tensor into a buffer gives the same bytes) and the file's size, mtime, ctime and
+inode right after writing (each file is written under a temporary name and
+renamed into place, so those details name exactly the bytes this export wrote).
+A later export into the same OUT leaves a file as it is only if the codes it
+would save have the same key AND the file still has that size, mtime, ctime and
+inode (the quick check of rsync and make: any write, rename or ``touch`` changes
+the ctime); otherwise it writes the file again. A file the index does not know,
+or an entry it cannot read, is always written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,7 @@ CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/in
 DEFAULT_CODES_DTYPE = "int32"
 INDEX_NAME = ".ttspo-codes.json"
 INDEX_FORMAT = 1
+WRITER = "buffer-rename"  # how a file's bytes are made (_write_file); part of every content key
 
 
 def check_codes_dtype(codes_dtype: str) -> None:
@@ -128,7 +134,7 @@ def codes_stamp(ds, codes_dtype: str) -> str:
     without importing torch: an export that keeps every file never loads it)."""
     from importlib.metadata import version
 
-    return f"{version('torch')}|{codes_dtype}|{ds.schema.field(GEN.codes).type}"
+    return f"{version('torch')}|{codes_dtype}|{ds.schema.field(GEN.codes).type}|{WRITER}"
 
 
 def content_key(stamp: str, table: TableCodes, gid: str) -> str:
@@ -180,14 +186,14 @@ def write_codes(sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes
     for gid, path in paths.items():
         name = path[len(base) + 1:]
         if gid in from_files:  # as read (any strides): always written, never indexed
-            torch.save(from_files[gid].to(getattr(torch, codes_dtype)), path)
+            _write_file(torch, from_files[gid].to(getattr(torch, codes_dtype)), path)
             index.pop(name, None)
             written += 1
     for gid in stale:
         path = paths[gid]
         codes = (table if gid in table.rows else fresh).array(gid)
-        torch.save(torch.from_numpy(codes.astype(codes_dtype)), path)
-        index[path[len(base) + 1:]] = [keys[gid], *_stat(path)]
+        index[path[len(base) + 1:]] = [keys[gid], *_write_file(torch, torch.from_numpy(
+            codes.astype(codes_dtype)), path)]
         written += 1
     if written:
         _write_index(out_dir, index)
@@ -202,12 +208,44 @@ def _take_codes(ds, offsets: dict[str, int], gids: list[str]) -> TableCodes:
 
 
 def _stat(path: str) -> list[int]:
-    st = os.stat(path)
+    return _details(os.stat(path))
+
+
+def _details(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def _unchanged(entry: list | None, key: str, path: str) -> bool:
-    if entry is None or entry[0] != key:
+def _write_file(torch, tensor, path: str) -> list[int]:
+    """torch.save TENSOR as a new file renamed over PATH; returns that file's details.
+
+    Why not torch.save(tensor, path): that rewrites PATH in place, and a stat taken
+    after it may see another export's write into the same OUT (the index would then
+    vouch for bytes it did not write). A new inode per write, stat'ed through its
+    own descriptor after the rename, names exactly these bytes; readers never see
+    half a file. Saved through a buffer, so the bytes do not depend on the file name.
+    """
+    buffer = io.BytesIO()
+    torch.save(tensor, buffer)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = buffer.getbuffer()
+        while view:
+            view = view[os.write(fd, view):]
+        os.replace(tmp, path)
+        return _details(os.fstat(fd))  # after the rename, which sets the ctime
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _unchanged(entry: Any, key: str, path: str) -> bool:
+    if not (isinstance(entry, list) and len(entry) == 5):  # unknown, or not an entry we write
+        return False
+    if entry[0] != key:
         return False
     try:
         st = os.stat(path)
