@@ -309,3 +309,20 @@ def test_the_recipe_file_run_whole_gives_the_cached_builds_rows(store):
         whole, _ = query.run(store, recipe.sql, {k: v for k, v in values.items() if k in recipe.placeholders})
         for col in (PAIR.pair_id, PAIR.split, PAIR.position, PAIR.rejected_reward, PAIR.cer_delta):
             assert whole.column(col).to_pylist() == rows.column(col).to_pylist()
+
+
+def test_a_cached_region_after_another_cte_is_refused(store, tmp_path):
+    """A CTE before the region could shadow a view the region reads (cached, the
+    region would read the view; run whole, the CTE): such a recipe is refused."""
+    from ttspo.builder.core.errors import RecipeError
+    from ttspo.builder.sets.recipes import load_recipe
+
+    sql = load_recipe("pareto").sql.replace(
+        "WITH RECURSIVE\n-- ttspo cache:", "WITH RECURSIVE\ngenerations AS (SELECT * FROM generations "
+        "WHERE cer < 0.5),\n-- ttspo cache:", 1)
+    assert "generations AS (SELECT" in sql
+    path = tmp_path / "shadow.sql"
+    path.write_text(sql)
+    with pytest.raises(RecipeError, match="the cached region 'candidate_pairs' must start at the "
+                                          "recipe's first CTE"):
+        build_set(store, str(path), "s", {"cer_threshold": 0.02})

@@ -99,11 +99,13 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
         raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{version} "
                          f"({len(missing)} missing)")
     ids = sorted(set(named), key=offsets.__getitem__)
-    lines = cached("export.lines", (gen_key, prompts and table_identity(prompts)), dict)
+    lines = cached("export.lines", (gen_key, None if prompts is None else table_identity(prompts)), dict)
     new = [g for g in ids if g not in lines]
     if new:
         table = ds.take(pa.array([offsets[g] for g in new], pa.int64()), columns=list(GEN_COLUMNS))
         columns = {c: table.column(c).to_pylist() for c in GEN_COLUMNS}
+        if columns[GEN.generation_id] != new:  # rows are matched by offset: check they are these
+            raise InputError(f"{ds.uri}: rows moved while the export read them; export again")
         columns[CONTEXT_CODES] = context_codes(prompts, table.column(GEN.prompt_id))
         lines.update(zip(new, gen_lines(columns)))
     return SetGenerations(ds, offsets, lines, ids)

@@ -14,10 +14,13 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Sequence
 
+from ttspo.builder.core.errors import RecipeError
 from ttspo.builder.core.schemas import GEN
 
 CACHE_START = re.compile(r"^--\s*ttspo cache:\s*([A-Za-z_]\w*)\s*$", re.M)
 CACHE_END = re.compile(r"^--\s*ttspo cache end\s*$", re.M)
+PREFIX = re.compile(r"\s*WITH(\s+RECURSIVE)?\s*", re.I)  # all that may come before the region
+SQL_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
 
 
 def cache_region(sql: str) -> tuple[str, int, int] | None:
@@ -37,6 +40,11 @@ def with_cached_region(session, store, recipe, values: dict[str, Any], runs: Seq
     from ttspo.builder.sets.session_cache import cached, table_identity
 
     name, start, end = region
+    # The region runs alone: a CTE before it could shadow a view it reads (run
+    # whole, the recipe would read the CTE; cached, the view). Only WITH may precede.
+    if not PREFIX.fullmatch(SQL_COMMENT.sub(" ", recipe.sql[:start])):
+        raise RecipeError(f"{recipe.name}: the cached region '{name}' must start at the recipe's "
+                          "first CTE (only WITH [RECURSIVE] and comments before '-- ttspo cache:')")
     text = recipe.sql[start:end].rstrip().rstrip(",")
     used = {k: values[k] for k in sorted(placeholders(text)) if k in values}
     tables = []
