@@ -166,3 +166,22 @@ def test_cached_and_live_reference_agree_under_cfg_dropout(store, tmp_path):
     assert len(losses("live")) == 3
     for a, b in zip(losses("live"), losses("cached"), strict=True):
         assert a[0] == b[0] and a[1:] == pytest.approx(b[1:], rel=1e-5, abs=1e-4)
+
+
+def test_grpo_where_reading_the_latest_prompts_beside_pinned_ones_records_both(tmp_path):
+    """grpo.prompts=prompts@1 with a where over the latest prompts (version 2): both
+    versions are inputs, and a resume after prompts changes again is refused."""
+    core = Store(tmp_path / "st")
+    make_prompts(core, 3)
+    make_prompts(core, 4)  # prompts@2
+    where = ("grpo.where=prompt_id IN (SELECT prompt_id FROM prompts "
+             "WHERE prompt_id IN ('p0', 'p2'))")
+    overrides = [o for o in GRPO if not o.startswith("grpo.where=")] + [where, "grpo.prompts=prompts@1"]
+    out = tmp_path / "run"
+    ttspo.Store(core.root).train_grpo(out=out, overrides=overrides, echo=quiet)
+    row, meta, folder = written_lineage(core, out)
+    for lineage in (row, meta, folder[0]["lineage"]):
+        assert lineage["inputs"] == {"prompts": 1, "prompts@2": 2}
+    make_prompts(core, 5)  # prompts@3: the where now reads another version
+    with pytest.raises(TrainingError, match=f"{out} holds another run \\(where_inputs "):
+        ttspo.Store(core.root).train_grpo(out=out, overrides=overrides, echo=quiet)

@@ -63,13 +63,18 @@ def load_prompts(store: Store, ref: str = "prompts", where: str | None = None, *
     table_, read = query.run(store, sql + (f" WHERE {where}" if where else "") +
                              f' ORDER BY "{PROMPT.prompt_id}"')
     rows = table_.to_pylist()
-    inputs = {parse_ref(view)[0]: v for view, v in sorted(read.items())}
+    # Table -> version; a second version of one table (the where reading the latest
+    # prompts beside the pinned ones) is kept as "table@version", not dropped.
+    inputs = {"prompts": pinned}
+    for view, v in sorted(read.items()):
+        name = parse_ref(view)[0]
+        inputs[name if inputs.get(name, v) == v else f"{name}@{v}"] = v
     if not rows:
         raise InputError(f"prompts@{pinned}: no prompt matches {where!r}" if where
                          else f"prompts@{pinned} is empty")
     for r in rows:
         r[CONTEXT_CODES] = prompt_context(r, encode)
-    return Prompts(pinned, rows, {**inputs, "prompts": pinned})
+    return Prompts(pinned, rows, inputs)
 
 
 def split_prompts(prompts: Prompts, val: int, seed: int) -> tuple[list[int], list[int]]:
