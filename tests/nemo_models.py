@@ -26,17 +26,6 @@ TOKENIZER = {  # an offline character tokenizer, under the name NeMo's datasets 
         "punct": True, "apostrophe": True, "pad_with_space": False}}
 
 
-def one_thread():
-    """A generator for a module-scoped fixture: torch on one thread while NeMo tests run.
-
-    On a shared, loaded machine OpenMP threads spin: an untrained RNNT's transcribe took
-    331 s with the default threads and 5 s with one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def codec_config() -> dict:
     return {
         "sample_rate": CODEC_SR, "samples_per_frame": SAMPLES_PER_FRAME,

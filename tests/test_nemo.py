@@ -33,9 +33,9 @@ SR = nemo_models.CODEC_SR
 TEXT_CONTEXT_GROUP = 1  # prompt p1 has a text context, the others a context recording
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from nemo_models.one_thread()
+# On a loaded machine OpenMP threads spin: an untrained RNNT's transcribe took 331 s
+# with the default threads and 5 s with one.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ from ttspo.builder.scoring.audio import read_audio  # noqa: E402
 from test_scoring_helpers import fixture  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from nemo_models.one_thread()
+# On a loaded machine OpenMP threads spin: an untrained RNNT's transcribe took 331 s
+# with the default threads and 5 s with one.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

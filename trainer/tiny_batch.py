@@ -204,25 +204,24 @@ def collate_rows(rows: Sequence[dict[str, Any]], cfg: TinyConfig, *,
     return batch
 
 
-def row_seeds(rows: Sequence[dict[str, Any]]) -> torch.Tensor | None:
-    have = [r.get(SAMPLE_SEED) is not None for r in rows]
+def row_ints(rows: Sequence[dict[str, Any]], key: str) -> torch.Tensor | None:
+    """The rows' KEY values [B] int64, or None when no row has one; all or none."""
+    have = [r.get(key) is not None for r in rows]
     if not any(have):
         return None
     if not all(have):
         missing = row_name(rows[have.index(False)], have.index(False))
-        raise InputError(f"{missing}: no {SAMPLE_SEED} while other rows of the batch have one")
-    for i, r in enumerate(rows):
-        if not 0 <= int(r[SAMPLE_SEED]) < 2 ** 63:
+        raise InputError(f"{missing}: no {key} while other rows of the batch have one")
+    return torch.tensor([int(r[key]) for r in rows], dtype=torch.long)
+
+
+def row_seeds(rows: Sequence[dict[str, Any]]) -> torch.Tensor | None:
+    for i, r in enumerate(rows):  # before any tensor: 2**63 would overflow it
+        if r.get(SAMPLE_SEED) is not None and not 0 <= int(r[SAMPLE_SEED]) < 2 ** 63:
             raise InputError(f"{row_name(r, i)}: {SAMPLE_SEED} {r[SAMPLE_SEED]} is not in [0, 2**63)")
-    return torch.tensor([int(r[SAMPLE_SEED]) for r in rows], dtype=torch.long)
+    return row_ints(rows, SAMPLE_SEED)
 
 
 def row_groups(rows: Sequence[dict[str, Any]]) -> torch.Tensor | None:
     """The rows' dropout groups [B] int64, or None when no row has one."""
-    have = [r.get(DROPOUT_GROUP) is not None for r in rows]
-    if not any(have):
-        return None
-    if not all(have):
-        missing = row_name(rows[have.index(False)], have.index(False))
-        raise InputError(f"{missing}: no {DROPOUT_GROUP} while other rows of the batch have one")
-    return torch.tensor([int(r[DROPOUT_GROUP]) for r in rows], dtype=torch.long)
+    return row_ints(rows, DROPOUT_GROUP)
