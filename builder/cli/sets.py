@@ -82,6 +82,10 @@ def export_nemo(ctx: click.Context, ref: str, out_dir: str, codes_dtype: str, fm
     them. Set the dataset's min_duration / max_duration to the reported duration
     range (or wider): NeMo drops lines outside them before pairing lines, which
     would shift every later pair. The range is also printed to stderr.
+
+    Each generation's codes go to OUT/codes. Exporting again into the same OUT
+    (a re-threshold) keeps the codes files an earlier export wrote with the same
+    content, untouched since (OUT/.ttspo-codes.json), and writes the others.
     """
     result = get_store(ctx).export_nemo(ref, out=out_dir, codes_dtype=codes_dtype)
     emit([_export_row(result)], fmt, list(_export_row(result)))
