@@ -201,7 +201,8 @@ def select_prompts(store: Store, options: GenerateOptions,
     """The prompt rows --prompts and --where select, ordered by position then id."""
     import duckdb
 
-    from ttspo.builder.core.query import check_read_only, mentions, open_session, refs_in
+    from ttspo.builder.core.query import (check_read_only, inputs_by_table, mentions,
+                                          open_session, refs_in)
 
     table, version = parse_ref(options.prompts)
     if table != PROMPTS:
@@ -224,8 +225,7 @@ def select_prompts(store: Store, options: GenerateOptions,
     if not rows:
         raise InputError(f"no prompt in {options.prompts} matches --where {options.where}"
                          if options.where else f"{options.prompts} holds no prompt")
-    inputs.update({k: v for k, v in session.inputs_for(where).items() if "@" not in k})
-    inputs[PROMPTS] = session.versions[ref]
+    inputs.update(inputs_by_table(session.inputs_for(where), {PROMPTS: session.versions[ref]}))
     # group_index is informational (positions repeat across draws): groups are keyed
     # by prompt id (generate_rows.base_row)
     for i, row in enumerate(rows):

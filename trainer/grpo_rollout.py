@@ -63,12 +63,7 @@ def load_prompts(store: Store, ref: str = "prompts", where: str | None = None, *
     table_, read = query.run(store, sql + (f" WHERE {where}" if where else "") +
                              f' ORDER BY "{PROMPT.prompt_id}"')
     rows = table_.to_pylist()
-    # Table -> version; a second version of one table (the where reading the latest
-    # prompts beside the pinned ones) is kept as "table@version", not dropped.
-    inputs = {"prompts": pinned}
-    for view, v in sorted(read.items()):
-        name = parse_ref(view)[0]
-        inputs[name if inputs.get(name, v) == v else f"{name}@{v}"] = v
+    inputs = query.inputs_by_table(read, {"prompts": pinned})
     if not rows:
         raise InputError(f"prompts@{pinned}: no prompt matches {where!r}" if where
                          else f"prompts@{pinned} is empty")

@@ -147,6 +147,17 @@ def run(store: Store, sql: str, params: dict[str, Any] | None = None) -> tuple[p
     return plain_integers(unique_columns(result)), session.inputs_for(sql)
 
 
+def inputs_by_table(read: dict[str, int], pinned: dict[str, int]) -> dict[str, int]:
+    """Lineage inputs from the views a query READ (view -> version): table ->
+    version, PINNED first; a second version of one table (the latest prompts read
+    beside a pinned prompts@N) is kept as "table@version", never dropped."""
+    inputs = dict(pinned)
+    for view, version in sorted(read.items()):
+        table = parse_ref(view)[0]
+        inputs[table if inputs.get(table, version) == version else f"{table}@{version}"] = version
+    return inputs
+
+
 def plain_integers(table: pa.Table) -> pa.Table:
     """DuckDB's HUGEINT (every sum() of integers) arrives as decimal128(38, 0):
     as int64 when the values fit, so results hold integers (JSON numbers, polars

@@ -8,12 +8,12 @@ naming the option that selects it, so the user knows what to change.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
 
 from ttspo.builder.core.errors import ModelError
+from ttspo.builder.core.files import file_sha256
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -64,14 +64,6 @@ def nemo_sample_rate(model) -> int:
     cfg = model.cfg
     rate = cfg.get("sample_rate") or (cfg.get("preprocessor") or {}).get("sample_rate")
     return int(rate or 16000)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def nemo_source(path: Path) -> str:

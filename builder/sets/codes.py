@@ -252,7 +252,7 @@ def _unchanged(entry: Any, key: str, path: str) -> bool:
     except OSError:  # deleted: write it again
         return False
     return (entry[1] == st.st_size and entry[2] == st.st_mtime_ns and entry[3] == st.st_ctime_ns
-            and entry[4] == st.st_ino and len(entry) == 5)
+            and entry[4] == st.st_ino)
 
 
 def _read_index(out_dir: Path) -> dict[str, list]:

@@ -10,6 +10,7 @@ Nothing is downloaded: a ``nvidia/...`` name is refused, the path must exist.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 from pathlib import Path
@@ -74,9 +75,10 @@ class NemoCodec:
     def frame_rate(self) -> float:
         return self.model.sample_rate / self.model.samples_per_frame
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """Short hash of the codec file: codes only mean something under one codec."""
+        """Short hash of the codec file: codes only mean something under one codec.
+        Once per loaded codec (the model in memory is what it was loaded from)."""
         if self.path is None:
             return ""
         return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
