@@ -85,7 +85,7 @@ def make_rows(prompts: list[dict[str, Any]], missing: list[list[int]], checkpoin
     jobs = [(prompts[i], k) for i in mine for k in missing[i]]
     contexts = {p[PROMPT.prompt_id]: prompt_context(p, policy.codec.encode)
                 for p in (prompts[i] for i in mine)}
-    scorer = make_scorer(options)
+    scorer = make_scorer(options.score)
     rows = []
     for start in range(0, len(jobs), options.batch_size):
         chunk = jobs[start:start + options.batch_size]
@@ -107,7 +107,7 @@ def make_rows(prompts: list[dict[str, Any]], missing: list[list[int]], checkpoin
             rows.append((row, audio, sr))
     if scorer is not None:
         t = time.perf_counter()
-        score(scorer, rows, options)
+        score(scorer, rows, batch_size=options.score.batch_size)
         seconds["scoring"] += time.perf_counter() - t
     return pa.Table.from_pylist([r for r, _, _ in rows], schema=GENERATIONS_SCHEMA)
 
@@ -154,16 +154,24 @@ def audio_columns(row: dict[str, Any], audio: np.ndarray, sr: int, frames: np.nd
 
 
 # ------------------------------------------------------------------ scoring
-def make_scorer(options: GenerateOptions):
-    if options.score is None:
+def make_scorer(score: ScoreOptions | None, labels: dict[str, str] | None = None):
+    """The one in-process scorer of decoded audio (`generate --score` and GRPO's
+    rollouts): `ttspo score`'s Scorer, its backends loaded once, and the context
+    embeddings and reference recordings it reads cached by path for its lifetime
+    (a run), so a prompt's recordings are read once however many steps sample it."""
+    if score is None:
         return None
-    from ttspo.builder.scoring.scorer import Scorer
+    from ttspo.builder.scoring.scorer import LABELS, Scorer
 
-    return Scorer(options.score, options.score.groups(), None)
+    return Scorer(score, score.groups(), None, labels or LABELS)
 
 
-def score(scorer: Any, rows: list, options: GenerateOptions) -> None:
-    """Metrics for the decoded audio, in place, with the scoring backends (in-process)."""
+def score(scorer: Any, rows: list, *, batch_size: int, reference: str = "_reference") -> None:
+    """Metrics for the decoded audio, in place, with the scoring backends (in-process).
+
+    ROWS are (row, audio, sample rate); each row's reference recording (for PESQ) is
+    under its key REFERENCE. A recording that cannot be read is an InputError naming it.
+    """
     from ttspo.builder.scoring.audio import MODEL_SR, resample
     from ttspo.builder.scoring.plan import REFERENCE
     from ttspo.builder.scoring.scorer import ShardResult
@@ -172,11 +180,10 @@ def score(scorer: Any, rows: list, options: GenerateOptions) -> None:
     ok = []
     for row, audio, sr in rows:
         row.update({f"_needs_{g}": True for g in scorer.groups})
-        row[REFERENCE] = row["_reference"]
+        row[REFERENCE] = row.get(reference)
         ok.append((row, resample(audio, sr, MODEL_SR)))
-    size = options.score.batch_size
-    for start in range(0, len(ok), size):
-        scorer.score_audio(ok[start:start + size], result)
+    for start in range(0, len(ok), batch_size):
+        scorer.score_audio(ok[start:start + batch_size], result)
     if result.problems:
         where, why = result.problems[0]
         raise InputError(f"{where}: {why}")

@@ -28,11 +28,15 @@ import pyarrow as pa
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import GEN, PROMPT, ROLL, ROLLOUTS_SCHEMA, RWD
 from ttspo.builder.core.store import Store, parse_ref
+from ttspo.builder.scoring.options import DEFAULTS, ScoreOptions
 from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Sampling
 from ttspo.trainer.rewards import REWARDS, RewardConfig, compute_rewards
 from ttspo.trainer.samples import decode, sample_seed
 
 PHASES = ("generate", "decode", "score")
+# GRPO's config keys, named in a scoring backend's load error (ttspo score names its options)
+LABELS = {"asr": "grpo.asr", "ssim": "grpo.sv", "pesq": "grpo.reward_weights pesq",
+          "squim": "grpo.squim"}
 
 
 # ------------------------------------------------------------------ prompts
@@ -105,7 +109,7 @@ class Scoring:
     pesq: bool = False
     squim: str | None = None
     normalizer: str = "nemo"
-    _context: dict[str, np.ndarray] = field(default_factory=dict)
+    _scorer: Any = field(default=None, repr=False, compare=False)  # made at the first score
 
     @classmethod
     def needed(cls, cfg: RewardConfig, *, asr: str, sv: str, squim: str | None,
@@ -119,38 +123,26 @@ class Scoring:
     def any(self) -> bool:
         return bool(self.asr or self.sv or self.pesq or self.squim)
 
-    def score(self, audios: list[np.ndarray], sr: int, rows: list[dict[str, Any]]) -> None:
-        """Add metric columns to ROWS (one per audio), in place."""
-        from ttspo.builder.scoring import cosine, load_asr, load_quality, load_speaker
-        from ttspo.builder.scoring.audio import MODEL_SR, read_audio, resample
-        from ttspo.builder.scoring.metrics import error_rates
+    def options(self) -> ScoreOptions:
+        """These metrics as `ttspo score`'s options (a backend not used keeps its default)."""
+        metrics = (("cer", "wer") if self.asr else ()) + (("ssim",) if self.sv else ()) \
+            + (("pesq",) if self.pesq else ()) + (("squim",) if self.squim else ())
+        return ScoreOptions(metrics=metrics, asr=self.asr or DEFAULTS.asr,
+                            sv=self.sv or DEFAULTS.sv, squim=self.squim,
+                            normalizer=self.normalizer)
 
-        wavs = [resample(a, sr, MODEL_SR) for a in audios]
-        if self.asr:
-            asr = load_asr(self.asr, "grpo.asr")
-            for row, hyp in zip(rows, asr.transcribe_batch(wavs, MODEL_SR)):
-                rates = error_rates(row[GEN.text], hyp, self.normalizer)
-                row.update({GEN.cer: rates.cer, GEN.wer: rates.wer,
-                            GEN.pred_transcript: rates.hypothesis,
-                            GEN.cer_source: f"{asr.name}+{self.normalizer}-normalizer"})
-        if self.sv:
-            sv = load_speaker(self.sv, "grpo.sv")
-            for row, emb in zip(rows, sv.embed_batch(wavs, MODEL_SR)):
-                path = row[GEN.context_audio_filepath]
-                if path and path not in self._context:
-                    self._context[path] = sv.embed(read_audio(path, MODEL_SR)[0], MODEL_SR)
-                row[GEN.ssim] = cosine(emb, self._context[path]) if path else None
-                row[GEN.ssim_source] = sv.name
-        if self.pesq:
-            pesq = load_quality("pesq", "grpo.reward_weights pesq")
-            for row, wav in zip(rows, wavs):
-                ref = row.get(PROMPT.reference_audio_filepath)
-                row[GEN.pesq] = pesq.score(wav, MODEL_SR, *read_audio(ref, MODEL_SR)) if ref else None
-                row[GEN.pesq_source] = pesq.name
-        if self.squim:
-            squim = load_quality(f"squim:{self.squim}", "grpo.squim")
-            for row, wav in zip(rows, wavs):
-                row[GEN.squim], row[GEN.squim_source] = squim.score(wav, MODEL_SR), squim.name
+    def score(self, audios: list[np.ndarray], sr: int, rows: list[dict[str, Any]]) -> None:
+        """Add metric columns to ROWS (one per audio), in place, through generate's
+        scorer (trainer/generate_rows.py). The scorer is made at the first call and
+        kept: a prompt's context embedding and reference recording are read once a run."""
+        from ttspo.trainer.generate_rows import make_scorer, score
+
+        if self._scorer is None:
+            self._scorer = make_scorer(self.options(), LABELS)
+        for row in rows:  # what the scorer names a row by in an error
+            row[GEN.generation_id] = row[ROLL.rollout_id]
+        score(self._scorer, list(zip(rows, audios, [sr] * len(rows))), batch_size=len(rows) or 1,
+              reference=PROMPT.reference_audio_filepath)
 
 
 # ------------------------------------------------------------------ rollout

@@ -40,18 +40,24 @@ class ShardResult:
     rows: int = 0
 
 
-def sources(options: ScoreOptions, groups: list[str]) -> dict[str, str]:
+# The option each group's backend is named by in errors (`ttspo score`'s; GRPO names
+# its config keys: grpo.asr, ...).
+LABELS = {"asr": "--asr", "ssim": "--sv", "pesq": "--metrics pesq", "squim": "--squim"}
+
+
+def sources(options: ScoreOptions, groups: list[str],
+            labels: dict[str, str] = LABELS) -> dict[str, str]:
     """Provenance strings of the groups computed (loads, and caches, their models)."""
     out = {}
     for g in groups:
         if g == "asr":
-            out[g] = f"{load_asr(options.asr).name}+{options.normalizer}-normalizer"
+            out[g] = f"{load_asr(options.asr, labels['asr']).name}+{options.normalizer}-normalizer"
         elif g == "ssim":
-            out[g] = load_speaker(options.sv).name
+            out[g] = load_speaker(options.sv, labels["ssim"]).name
         elif g == "pesq":
-            out[g] = load_quality("pesq", "--metrics pesq").name
+            out[g] = load_quality("pesq", labels["pesq"]).name
         else:
-            out[g] = load_quality(squim_spec(options), "--squim").name
+            out[g] = load_quality(squim_spec(options), labels["squim"]).name
     return out
 
 
@@ -65,15 +71,17 @@ def squim_spec(options: ScoreOptions) -> str:
 class Scorer:
     """Loads the backends the plan needs, once, and scores batches of rows."""
 
-    def __init__(self, options: ScoreOptions, groups: list[str], dataset) -> None:
+    def __init__(self, options: ScoreOptions, groups: list[str], dataset,
+                 labels: dict[str, str] = LABELS) -> None:
         self.options = options
         self.groups = groups
         self.dataset = dataset  # pinned version, to read audio blobs by row id
-        self.sources = sources(options, groups)  # loads (and caches) the models
-        self.asr = load_asr(options.asr) if "asr" in groups else None
-        self.sv = load_speaker(options.sv) if "ssim" in groups else None
-        self.pesq = load_quality("pesq", "--metrics pesq") if "pesq" in groups else None
-        self.squim = load_quality(squim_spec(options), "--squim") if "squim" in groups else None
+        self.sources = sources(options, groups, labels)  # loads (and caches) the models
+        self.asr = load_asr(options.asr, labels["asr"]) if "asr" in groups else None
+        self.sv = load_speaker(options.sv, labels["ssim"]) if "ssim" in groups else None
+        self.pesq = load_quality("pesq", labels["pesq"]) if "pesq" in groups else None
+        self.squim = load_quality(squim_spec(options), labels["squim"]) \
+            if "squim" in groups else None
         self._context: dict[str, np.ndarray] = {}
         self._reference: dict[str, tuple[np.ndarray, int]] = {}
 
