@@ -121,3 +121,30 @@ def test_tiny_policy_learns_a_length_target(tmp_path):
     rewards = [json.loads(line)["reward/mean"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert len(rewards) == 14
     assert np.mean(rewards[-4:]) - np.mean(rewards[:4]) > 0.15, rewards
+
+
+def test_rollouts_name_the_newest_checkpoint_or_the_start_weights(tmp_path):
+    """The policy tag is not a per-step hash: steps 0-1 carry the start weights' sha256
+    (the lineage's start_sha256), steps 2-3 step 2's checkpoint file's."""
+    import hashlib
+
+    import torch
+
+    from ttspo.trainer.policy import load_policy
+
+    store = Store(tmp_path / "st")
+    make_prompts(store, 2)
+    result = train(store, tmp_path / "run", *LENGTH, "grpo.n_generations_per_item=4",
+                   "grpo.prompts_per_step=2", "optim.lr=1e-2", "train.max_steps=4",
+                   "train.checkpoint_every=2")
+    assert result.exit_code == 0, result.output
+    torch.manual_seed(0)  # train.seed: the fresh policy the run starts from
+    start = load_policy("tiny", config=TINY).identity().sha256
+    step2 = tmp_path / "run" / "checkpoints" / "step_000002" / "policy.pt"
+    at2 = hashlib.sha256(step2.read_bytes()).hexdigest()
+    rows = store.open("rollouts").to_table(columns=[ROLL.step, ROLL.checkpoint]).to_pylist()
+    tags = {r[ROLL.step]: r[ROLL.checkpoint] for r in rows}
+    assert len(rows) == 32 and tags == {0: start, 1: start, 2: at2, 3: at2}
+    assert start != at2 and store.lineage("rollouts", 1)["start_sha256"] == start
+    ckpts = store.open("checkpoints").to_table(columns=[CKPT.step, CKPT.sha256]).to_pylist()
+    assert {c[CKPT.step]: c[CKPT.sha256] for c in ckpts}[2] == at2

@@ -217,6 +217,10 @@ def test_save_load_round_trip(model, tmp_path):
                        model.generate(batch, sampling, torch.Generator().manual_seed(2))[0])
     again = load_policy("tiny", init=str(path), config=SMALL)
     assert again.identity().sha256 == sha
+    # without the weights' sha (nothing serialised): the same architecture, config and key
+    light = model.identity(with_sha256=False)
+    assert light.sha256 == "" and light.config_sha256 == model.identity().config_sha256
+    assert (light.architecture, light.config) == (model.identity().architecture, model.identity().config)
 
 
 def test_load_policy_builds_a_fresh_tiny_policy_from_a_config():

@@ -97,6 +97,15 @@ def gather_weight_digests(model: torch.nn.Module) -> list[str]:
     return digests
 
 
+def broadcast_sha(sha: str | None) -> str:
+    """Rank 0's SHA on every rank (a collective in a torchrun; SHA itself in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return sha
+    box = [sha]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def save_checkpoint(run_dir: Path, step: int, *, policy: Any, optimizer: Any, scheduler: Any,
                     rng_states: list[dict[str, Any]], data_state: dict[str, Any],
                     meta: dict[str, Any], kind: str = "step") -> Saved:
@@ -112,10 +121,10 @@ def save_checkpoint(run_dir: Path, step: int, *, policy: Any, optimizer: Any, sc
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    sha = policy.save(str(tmp / POLICY_FILE))
+    sha = policy.save(str(tmp / POLICY_FILE))  # the weights serialised once: sha of those bytes
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_states, "data": data_state, "step": step}, tmp / STATE_FILE)
-    identity = policy.identity()
+    identity = policy.identity(with_sha256=False)  # the sha is the file's, above
     record = {**meta, "step": step, "kind": kind, "sha256": sha, "data": data_state,
               "architecture": identity.architecture, "policy_config": identity.config,
               "world_size": len(rng_states)}

@@ -183,7 +183,7 @@ def checkpoint_columns(store: Store, options: GenerateOptions,
         raise ModelError(f"{path}: no such checkpoint file")
     policy = load_policy(options.policy, init=str(path))
     sha = file_sha256(path)
-    out = {GEN.policy: policy.identity().architecture, GEN.checkpoint_path: str(path.absolute()),
+    out = {GEN.policy: policy.identity(with_sha256=False).architecture, GEN.checkpoint_path: str(path.absolute()),
            GEN.checkpoint_sha256: sha, GEN.checkpoint_run: None, GEN.checkpoint_step: None}
     if store.exists(CHECKPOINTS):
         ds = store.open(CHECKPOINTS)

@@ -129,6 +129,12 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
     scheduler = build_scheduler(optimizer, cfg)
     start, best = ckpt.resume(latest, out, optimizer=optimizer, scheduler=scheduler,
                               rank=c.rank, world_size=c.world_size)
+    # The rollouts' policy tag (ROLL.checkpoint): the sha256 of the newest checkpoint
+    # file at or before the sampling step, or of the weights the run started from. Not a
+    # hash per step (it serialised the whole policy every step): the weights at step S
+    # are that checkpoint's plus S - its step updates of this run, which a resume
+    # replays exactly; at a checkpoint's own step it is the sampling weights' sha256.
+    tag = ckpt.read_meta(latest)["sha256"] if latest is not None else policy.identity().sha256
     say(f"train grpo: prompts@{prompts.version}, {len(train)} train / {len(val)} val prompts, "
         f"{g.n_generations_per_item} samples each, {c.world_size} process(es), "
         + (f"resuming at step {start}" if latest is not None else "from step 0"))
@@ -136,7 +142,8 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
     # version and every table the where condition read, with the selection itself.
     lineage = lineage.with_inputs(prompts.inputs).with_extra(
         run=run, prompts=f"prompts@{prompts.version}", where=g.where,
-        reference="live" if ref_model is not None else "none")  # the KL term's
+        reference="live" if ref_model is not None else "none",  # the KL term's
+        start_sha256=tag)  # the first rollouts' tag: the weights this start or resume loaded
     log_lineage(out, lineage, start, c)
     meta = {"config": cfg.to_dict(), "lineage": dict(lineage), "prompts_version": prompts.version,
             "init_sha256": init_sha, "trainer": "grpo"}
@@ -157,9 +164,11 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
             writer.add(step, pa.concat_tables([t for t in tables if t is not None]), split)
 
     def save(step: int, kind: str, val_metrics: dict[str, float], extra: dict | None = None):
+        nonlocal tag
         rngs = ckpt.gather_rng_states()  # collectives: every rank calls save
         weights = ckpt.gather_weight_digests(policy)
         if not c.master:
+            tag = ckpt.broadcast_sha(None)  # rank 0's file: the later rollouts' tag
             return None
         if len(set(weights)) > 1:
             raise TrainingError(f"step {step}: the ranks' weights differ ({weights}); stopped")
@@ -171,6 +180,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
         row = ckpt.checkpoint_row(saved, run=run, trainer="grpo")
         ckpt.record_checkpoint(store, row, lineage.with_extra(step=step, kind=kind))
         result.checkpoints.append(row)
+        tag = ckpt.broadcast_sha(saved.sha256)
         return saved.path
 
     def validate(step: int) -> dict[str, float]:
@@ -179,7 +189,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
         if mine:
             ro = rollout(policy, prompts, mine, step=step, split="val",
                          sampling=sampling_for(g, step, seed + 1),
-                         checkpoint=policy.identity().sha256, **args)
+                         checkpoint=tag, **args)
             t = ro.table
             sums += torch.tensor([_sum(t, GEN.cer), _sum(t, GEN.ssim), _sum(t, RWD.reward),
                                   t.num_rows], dtype=torch.float64)
@@ -211,8 +221,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
         began = time.perf_counter()
         idx = step_prompts(train, step, g.prompts_per_step, c.rank, c.world_size, seed)
         ro = rollout(policy, prompts, idx, step=step, split="train",
-                     sampling=sampling_for(g, step, seed), checkpoint=policy.identity().sha256,
-                     **args)
+                     sampling=sampling_for(g, step, seed), checkpoint=tag, **args)
         t = time.perf_counter()
         stats = update(model, policy, ref_model, ro, g)
         if not torch.isfinite(all_mean(stats["loss"].reshape(1), c)).all():

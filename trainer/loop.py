@@ -181,7 +181,7 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
     # Reference: cached log-probs on an exact key match (the init's file and the
     # policy's config: both change the logits), else a live copy of the init.
     cache, ref_model = None, None
-    policy_sha = policy.identity().config_sha256
+    policy_sha = policy.identity(with_sha256=False).config_sha256
     if not cfg.loss.reference_free:
         cache = lookup(store, pairs, init_sha, policy_sha) if init_sha else None
         if cache is None and cfg.train.require_ref_cache:

@@ -15,7 +15,9 @@ A row may also carry ``sample_seed`` (:data:`SAMPLE_SEED`, an int): ``generate``
 then draws that row's noise from a generator seeded with it alone, so a row's
 samples do not depend on the batch it shares (sharded runs equal unsharded ones).
 Without it, each row's seed is drawn from the ``generator`` argument in row order.
-(Added with the tiny policy; the rest of this interface is as first written.)
+(Added with the tiny policy; the rest of this interface is as first written, but
+``identity(with_sha256=False)``, which skips serialising the weights when only the
+architecture and config are wanted: the reference-cache key, a checkpoint's meta.)
 
 A row may also carry ``dropout_group`` (:data:`DROPOUT_GROUP`, an int): in training
 mode, rows of one batch with equal groups share ONE draw of conditioning (CFG)
@@ -91,7 +93,7 @@ class Identity:
 
     architecture: str  # "tiny" | "nemo-magpietts" ...
     config: dict[str, Any] = field(default_factory=dict)
-    sha256: str = ""  # of the saved weights file
+    sha256: str = ""  # of the saved weights file ("" from identity(with_sha256=False))
 
     @property
     def config_sha256(self) -> str:
@@ -117,7 +119,8 @@ class Policy(Protocol):
 
     codec: Codec
 
-    def identity(self) -> Identity: ...
+    def identity(self, *, with_sha256: bool = True) -> Identity: ...
+    # with_sha256=False: sha256 "" (architecture and config only: no weights serialised)
 
     def collate(self, rows: Sequence[dict[str, Any]], *, with_targets: bool = True) -> Any: ...
 

@@ -119,7 +119,7 @@ def precompute(store: Store, pairs: Pairs, policy: Any, ref_path: str | Path, *,
     commit, once). Returns a summary: key, pairs, version written (None when already
     there).
     """
-    sha, identity = file_sha256(ref_path), policy.identity()
+    sha, identity = file_sha256(ref_path), policy.identity(with_sha256=False)
     policy_sha = identity.config_sha256
     summary = {"set": pairs.ref, "ref_sha256": sha, "policy_sha256": policy_sha,
                "pairs": len(pairs), "version": None}

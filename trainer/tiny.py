@@ -158,8 +158,9 @@ class TinyCodecLM(nn.Module):
         return tiny_sampling.generate(self, batch, sampling, generator)
 
     # ---------------------------------------------------------- checkpoints
-    def identity(self) -> Identity:
-        return Identity(ARCHITECTURE, asdict(self.config), hashlib.sha256(self.to_bytes()).hexdigest())
+    def identity(self, *, with_sha256: bool = True) -> Identity:
+        sha = hashlib.sha256(self.to_bytes()).hexdigest() if with_sha256 else ""
+        return Identity(ARCHITECTURE, asdict(self.config), sha)
 
     def to_bytes(self) -> bytes:
         """The checkpoint file's bytes (deterministic for given weights)."""

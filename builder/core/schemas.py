@@ -378,7 +378,10 @@ ROLL = _names(
     # (group_index: the prompt's index in the run's prompts, so ids do not depend on ranks)
     step="step",  # optimizer step whose policy sampled it
     split="split",  # "train" (used for the update) | "val" (validation prompts)
-    checkpoint="checkpoint",  # sha256 of the policy weights that sampled it
+    # sha256 of the newest checkpoint file of the run at or before `step` (or of the
+    # weights the run started from: its lineage's start_sha256); the sampling weights are
+    # that checkpoint's plus (step - its step) updates, replayed exactly by a resume
+    checkpoint="checkpoint",
     utmos_source="utmos_source",
 )
 

@@ -287,7 +287,7 @@ class NemoMagpiePolicy(nn.Module):
         torch.save(payload, buffer)
         return buffer.getvalue()
 
-    def identity(self) -> Identity:
+    def identity(self, *, with_sha256: bool = True) -> Identity:
         cfg = self.config_dict()
         summary = {k: cfg.get(k) for k in ("model_type", "embedding_dim", "codecmodel_path")}
         summary.update(source=self.source, num_codebooks=self.model.num_audio_codebooks,
@@ -297,7 +297,8 @@ class NemoMagpiePolicy(nn.Module):
                        model_config_sha256=hashlib.sha256(json.dumps(
                            cfg, sort_keys=True, default=str).encode()).hexdigest(),
                        local_transformer_logits=self.local_transformer_logits)
-        return Identity(ARCHITECTURE, summary, hashlib.sha256(self.to_bytes()).hexdigest())
+        sha = hashlib.sha256(self.to_bytes()).hexdigest() if with_sha256 else ""
+        return Identity(ARCHITECTURE, summary, sha)
 
     def save(self, path: str | os.PathLike) -> str:
         return write_bytes_atomic(path, self.to_bytes())
