@@ -148,3 +148,40 @@ def test_rollouts_name_the_newest_checkpoint_or_the_start_weights(tmp_path):
     assert start != at2 and store.lineage("rollouts", 1)["start_sha256"] == start
     ckpts = store.open("checkpoints").to_table(columns=[CKPT.step, CKPT.sha256]).to_pylist()
     assert {c[CKPT.step]: c[CKPT.sha256] for c in ckpts}[2] == at2
+
+
+def test_a_nan_loss_stops_grpo_naming_the_last_good_checkpoint_whose_meta_has_every_rank(tmp_path):
+    """DPO's and GRPO's checkpoints are one implementation (checkpoints.Checkpointer)."""
+    import pytest
+
+    from ttspo.builder.core.errors import TrainingError
+    from ttspo.trainer import checkpoints as ckpt
+    from ttspo.trainer.config import load_config
+    from ttspo.trainer.grpo import train_grpo
+
+    store = Store(tmp_path / "st")
+    make_prompts(store, 2)
+    # lr 1e30 and an entropy bonus (argmax samples: a group has no spread, so only the
+    # bonus has a gradient): step 1 is finite, its update blows the weights up, step 2's
+    # loss is nan
+    cfg = load_config(None, [*SMALL, *LENGTH, "grpo.temperature=0", "grpo.entropy_coef=0.1",
+                             "grpo.max_decoder_steps=8", "grpo.n_generations_per_item=2",
+                             "grpo.prompts_per_step=1", "optim.lr=1e30", "train.max_steps=5",
+                             "train.checkpoint_every=1"])
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError) as err:
+        train_grpo(store, cfg=cfg, out=out, echo=lambda *_: None)
+    assert str(err.value) == (f"step 2: the loss is nan; the run stopped. Last good checkpoint: "
+                              f"{out}/checkpoints/step_000001")
+    assert ckpt.latest_checkpoint(out).name == "step_000001"
+    meta = ckpt.read_meta(out / "checkpoints" / "step_000001")
+    assert meta["rank_weights_sha256"] == [ckpt.gather_weight_digests(
+        load_policy_file(out / "checkpoints" / "step_000001" / "policy.pt"))[0]]
+    assert meta["trainer"] == "grpo" and meta["sha256"] == \
+        store.open("checkpoints").to_table().to_pylist()[0][CKPT.sha256]
+
+
+def load_policy_file(path):
+    from ttspo.trainer.policy import load_policy
+
+    return load_policy("tiny", init=str(path), config=TINY)

@@ -150,7 +150,13 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
     writer = RolloutWriter(store, run, lineage.with_extra(rewards=rewards.as_dict()),
                            every=g.rollouts_every) if c.master else None
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
-    result = GrpoResult(out, start)
+    best_rule = ("val/cer", "min") if scoring.asr else ("val/reward", "max")
+    # Rollouts first: a checkpoint at S means the rows through S are stored.
+    saver = ckpt.Checkpointer(store, out, "grpo", policy, optimizer, scheduler, meta, lineage,
+                              c.master, lambda step: {"step": step}, *best_rule,
+                              best=best, last_good=latest, tag=tag,
+                              before_save=writer.flush if writer is not None else None)
+    result = GrpoResult(out, start, checkpoints=saver.rows)
     args = dict(run=run, n=g.n_generations_per_item, seed=seed, rewards=rewards, scoring=scoring,
                 store_audio=g.store_audio)
 
@@ -163,33 +169,13 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
         if writer is not None:
             writer.add(step, pa.concat_tables([t for t in tables if t is not None]), split)
 
-    def save(step: int, kind: str, val_metrics: dict[str, float], extra: dict | None = None):
-        nonlocal tag
-        rngs = ckpt.gather_rng_states()  # collectives: every rank calls save
-        weights = ckpt.gather_weight_digests(policy)
-        if not c.master:
-            tag = ckpt.broadcast_sha(None)  # rank 0's file: the later rollouts' tag
-            return None
-        if len(set(weights)) > 1:
-            raise TrainingError(f"step {step}: the ranks' weights differ ({weights}); stopped")
-        writer.flush()  # rollouts first: a checkpoint at S means rows through S are stored
-        saved = ckpt.save_checkpoint(out, step, policy=policy, optimizer=optimizer,
-                                     scheduler=scheduler, rng_states=rngs,
-                                     data_state={"step": step}, kind=kind,
-                                     meta={**meta, "val_metrics": val_metrics, **(extra or {})})
-        row = ckpt.checkpoint_row(saved, run=run, trainer="grpo")
-        ckpt.record_checkpoint(store, row, lineage.with_extra(step=step, kind=kind))
-        result.checkpoints.append(row)
-        tag = ckpt.broadcast_sha(saved.sha256)
-        return saved.path
-
     def validate(step: int) -> dict[str, float]:
         mine = [val[i] for i in shard(len(val), c.rank, c.world_size)]
         sums = torch.zeros(4, dtype=torch.float64)
         if mine:
             ro = rollout(policy, prompts, mine, step=step, split="val",
                          sampling=sampling_for(g, step, seed + 1),
-                         checkpoint=tag, **args)
+                         checkpoint=saver.tag, **args)
             t = ro.table
             sums += torch.tensor([_sum(t, GEN.cer), _sum(t, GEN.ssim), _sum(t, RWD.reward),
                                   t.num_rows], dtype=torch.float64)
@@ -206,14 +192,6 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
             out_["val/ssim"] = float(sums[1]) / n
         return out_
 
-    def maybe_best(step: int, val_metrics: dict[str, float]) -> None:
-        nonlocal best
-        key, sign = ("val/cer", -1.0) if "val/cer" in val_metrics else ("val/reward", 1.0)
-        value = val_metrics[key]
-        if best is None or sign * value > sign * best:
-            best = value
-            save(step, "best", val_metrics, {"best_metric": key, "best_value": value})
-
     if start == 0 and val and cfg.train.val_every:  # the baseline the run improves on
         result.val = {"step": 0, **validate(0)}
         log.log(0, {k: v for k, v in result.val.items() if k != "step"})
@@ -221,11 +199,10 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
         began = time.perf_counter()
         idx = step_prompts(train, step, g.prompts_per_step, c.rank, c.world_size, seed)
         ro = rollout(policy, prompts, idx, step=step, split="train",
-                     sampling=sampling_for(g, step, seed), checkpoint=tag, **args)
+                     sampling=sampling_for(g, step, seed), checkpoint=saver.tag, **args)
         t = time.perf_counter()
         stats = update(model, policy, ref_model, ro, g)
-        if not torch.isfinite(all_mean(stats["loss"].reshape(1), c)).all():
-            raise TrainingError(f"step {step + 1}: the loss is not finite; the run stopped")
+        saver.check_loss(step, all_mean(stats["loss"].reshape(1), c))
         grad_norm, lr = optimizer_step(policy, optimizer, scheduler, cfg)
         seconds = {**ro.seconds, "update": time.perf_counter() - t}
         collect(step, ro.table, "train")
@@ -243,10 +220,8 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
             val_metrics = validate(done)
             log.log(done, val_metrics)
             result.val = {"step": done, **val_metrics}
-            maybe_best(done, val_metrics)
-        if (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) \
-                or done == cfg.train.max_steps:
-            save(done, "step", val_metrics)
+        saver.after_step(done, val_metrics, max_steps=cfg.train.max_steps,
+                         every=cfg.train.checkpoint_every)
         result.steps = done
     if writer is not None:
         writer.flush()

@@ -11,7 +11,8 @@ each checkpoint), optimizer and schedule, so its losses equal an uninterrupted
 run's. GRPO imports the pieces above :func:`train_dpo` (compute_init,
 build_optimizer, build_scheduler, optimizer_step), the run folder's
 (trainer/runs.py: MetricsLog, open_run_dir) and checkpoints' (trainer/checkpoints.py:
-resume, save), and adds its rollout phase.
+resume, and the Checkpointer both loops save, pick `best` and stop on a
+non-finite loss with), and adds its rollout phase.
 """
 
 from __future__ import annotations
@@ -221,26 +222,10 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
             "set_version": pairs.set_version, "generations_version": pairs.generations_version,
             "prompts_version": pairs.prompts_version, "init_sha256": init_sha, "trainer": "dpo"}
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
-    result = RunResult(out, start, reference, {}, {}, {}, [])
-    last_good = latest
-
-    def save(step: int, kind: str, val_metrics: dict[str, float], extra: dict | None = None):
-        rngs = ckpt.gather_rng_states()  # a collective: every rank calls save
-        weights = ckpt.gather_weight_digests(policy)  # DDP keeps ranks equal: check it
-        if not c.master:
-            return None
-        if len(set(weights)) > 1:
-            raise TrainingError(f"step {step}: the ranks' weights differ ({weights}); stopped")
-        saved = ckpt.save_checkpoint(out, step, policy=policy, optimizer=optimizer,
-                                     scheduler=scheduler, rng_states=rngs,
-                                     data_state=order.position(step),
-                                     meta={**meta, "val_metrics": val_metrics,
-                                           "rank_weights_sha256": weights, **(extra or {})},
-                                     kind=kind)
-        row = ckpt.checkpoint_row(saved, run=out.name, trainer="dpo")
-        ckpt.record_checkpoint(store, row, lineage.with_extra(run=out.name, step=step, kind=kind))
-        result.checkpoints.append(row)
-        return saved.path
+    saver = ckpt.Checkpointer(store, out, "dpo", policy, optimizer, scheduler, meta, lineage,
+                              c.master, order.position, cfg.train.best_metric,
+                              cfg.train.best_mode, best=best, last_good=latest)
+    result = RunResult(out, start, reference, {}, {}, {}, saver.rows)
 
     if start == 0 and len(val) and cfg.train.val_every:  # the baseline the run improves on
         result.val = {"step": 0, **validate(policy, ref_model, cache, val, cfg, c)}
@@ -255,11 +240,7 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
             with (contextlib.nullcontext() if sync or not c.ddp else model.no_sync()):
                 with autocast(cfg, c):
                     loss, metrics = pair_step(model, policy, ref_model, cache, train, idx, cfg)
-                checked = all_mean(loss.detach().float().reshape(1), c)
-                if not torch.isfinite(checked).all():
-                    raise TrainingError(
-                        f"step {step + 1}: the loss is {checked.item()}; the run stopped. Last good "
-                        f"checkpoint: {last_good or 'none (no checkpoint was written)'}")
+                saver.check_loss(step, all_mean(loss.detach().float().reshape(1), c))
                 (loss / len(micro)).backward()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v / len(micro)
@@ -282,15 +263,8 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
             val_metrics = validate(policy, ref_model, cache, val, cfg, c)
             log.log(done, val_metrics)
             result.val = {"step": done, **val_metrics}
-            value = val_metrics[cfg.train.best_metric]
-            better = best is None or (value > best if cfg.train.best_mode == "max" else value < best)
-            if better:
-                best = value
-                save(done, "best", val_metrics, {"best_metric": cfg.train.best_metric,
-                                                 "best_value": value})
-        if (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0) \
-                or done == cfg.train.max_steps:
-            last_good = save(done, "step", val_metrics) or last_good
+        saver.after_step(done, val_metrics, max_steps=cfg.train.max_steps,
+                         every=cfg.train.checkpoint_every)
         result.steps = done
     log.close()
     if latest is not None and start >= cfg.train.max_steps:
