@@ -51,3 +51,28 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value) == f"{path}: unknown config key 'loss.betta'; did you mean 'loss.beta'?"
+
+
+def test_best_rule_per_trainer():
+    from ttspo.trainer.config import BEST_METRICS, best_rule
+
+    dpo, grpo = list(BEST_METRICS["dpo"]), ["val/reward", "val/cer", "val/ssim"]
+    rule = lambda trainer, measured, *o: best_rule(load_config(None, list(o)), trainer, measured)
+    assert rule("dpo", dpo) == ("val/accuracy", "max")  # auto: what DPO always used
+    assert rule("dpo", dpo, "train.best_metric=val/loss") == ("val/loss", "min")
+    assert rule("dpo", dpo, "train.best_metric=val/loss", "train.best_mode=max") == ("val/loss", "max")
+    assert rule("grpo", grpo) == ("val/cer", "min")
+    assert rule("grpo", ["val/reward", "val/ssim"]) == ("val/reward", "max")  # no CER scored
+    assert rule("grpo", grpo, "train.best_metric=val/ssim") == ("val/ssim", "max")
+    with pytest.raises(ConfigError) as err:
+        rule("grpo", grpo, "train.best_metric=val/accuracy")
+    assert str(err.value) == ("config train.best_metric: 'val/accuracy' is not a grpo metric "
+                              "(choose auto, val/cer, val/reward, val/ssim)")
+    with pytest.raises(ConfigError) as err:
+        rule("grpo", ["val/reward"], "train.best_metric=val/cer")
+    assert str(err.value) == ("config train.best_metric: 'val/cer' is not measured by this run "
+                              "(it measures val/reward)")
+    with pytest.raises(ConfigError) as err:
+        rule("dpo", dpo, "train.best_metric=val/reward")
+    assert str(err.value) == ("config train.best_metric: 'val/reward' is not a dpo metric "
+                              "(choose auto, val/accuracy, val/loss, val/margin)")

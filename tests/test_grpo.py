@@ -185,3 +185,36 @@ def load_policy_file(path):
     from ttspo.trainer.policy import load_policy
 
     return load_policy("tiny", init=str(path), config=TINY)
+
+
+def test_grpo_best_checkpoint_by_the_configs_best_metric(tmp_path):
+    """train.best_metric/best_mode pick GRPO's best (here the LOWEST val reward: not
+    the built-in rule's choice); a metric GRPO does not measure fails before anything
+    is written; a resume may change them."""
+    store = Store(tmp_path / "st")
+    make_prompts(store, 3)
+    quick = [*LENGTH, "grpo.n_generations_per_item=4", "grpo.prompts_per_step=1",
+             "optim.lr=1e-2", "grpo.val_prompts=1", "train.val_every=1"]
+    bad = train(store, tmp_path / "bad", *quick, "train.best_metric=val/accuracy")
+    assert bad.exit_code == 1 and bad.output == (
+        "Error: config train.best_metric: 'val/accuracy' is not a grpo metric "
+        "(choose auto, val/cer, val/reward, val/ssim)\n")
+    assert not (tmp_path / "bad").exists() and store.tables() == ["prompts"]
+    result = train(store, tmp_path / "run", *quick, "train.max_steps=3",
+                   "train.best_metric=val/reward", "train.best_mode=min")
+    assert result.exit_code == 0, result.output
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    rewards = {m["step"]: m["val/reward"] for m in metrics if "val/reward" in m}
+    ckpts = store.open("checkpoints").to_table().to_pylist()
+    bests = sorted(c[CKPT.step] for c in ckpts if c[CKPT.kind] == "best")
+    expected, top = [], None
+    for s in (1, 2, 3):  # a best whenever the val reward is below every earlier one
+        if top is None or rewards[s] < top:
+            expected.append(s)
+            top = rewards[s]
+    assert bests == expected
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "best" / "meta.json").read_text())
+    assert (meta["best_metric"], meta["best_value"]) == ("val/reward", top)
+    again = train(store, tmp_path / "run", *quick, "train.max_steps=4",
+                  "train.best_metric=val/reward", "train.best_mode=max")
+    assert again.exit_code == 0 and "resuming at step 3" in again.output, again.output

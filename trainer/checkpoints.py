@@ -176,10 +176,11 @@ def load_state(path: Path, *, rank: int, world_size: int) -> dict[str, Any]:
 
 
 def resume(latest: Path | None, run_dir: Path, *, optimizer: Any, scheduler: Any, rank: int,
-           world_size: int) -> tuple[int, float | None]:
-    """(step to start at, best validation value so far) of a run resumed from LATEST,
-    its optimizer, schedule and THIS rank's RNG streams restored; (0, None) without one.
-    DPO and GRPO resume alike (the weights are loaded before: the optimizer holds them)."""
+           world_size: int, best_metric: str) -> tuple[int, float | None]:
+    """(step to start at, best BEST_METRIC value so far: None when `best` was picked by
+    another metric) of a run resumed from LATEST, its optimizer, schedule and THIS
+    rank's RNG streams restored; (0, None) without one. DPO and GRPO resume alike (the
+    weights are loaded before: the optimizer holds them)."""
     if latest is None:
         return 0, None
     state = load_state(latest, rank=rank, world_size=world_size)
@@ -187,8 +188,8 @@ def resume(latest: Path | None, run_dir: Path, *, optimizer: Any, scheduler: Any
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     best_dir = Path(run_dir) / CHECKPOINTS / "best"
-    best = read_meta(best_dir).get("best_value") if (best_dir / META_FILE).exists() else None
-    return state["step"], best
+    meta = read_meta(best_dir) if (best_dir / META_FILE).exists() else {}
+    return state["step"], meta.get("best_value") if meta.get("best_metric") == best_metric else None
 
 
 # ------------------------------------------------------------------ table rows

@@ -74,8 +74,11 @@ class TrainConfig:
     log_every: int = 1
     val_every: int = 50  # 0: no validation
     checkpoint_every: int = 50  # 0: only the final checkpoint
-    best_metric: str = "val/accuracy"  # val/loss | val/accuracy | val/margin
-    best_mode: str = "max"  # max | min
+    # the validation metric that picks `best` (BEST_METRICS: DPO val/loss|accuracy|margin,
+    # GRPO val/cer|reward|ssim); auto: DPO val/accuracy, GRPO val/cer (val/reward when
+    # the rewards score no CER)
+    best_metric: str = "auto"
+    best_mode: str = "auto"  # max | min | auto (the metric's own: min for loss and CER)
     require_ref_cache: bool = False  # stop unless precompute-ref made this set's reference
     progress: bool = True  # tqdm bar on rank 0
     tensorboard: bool = True
@@ -141,13 +144,36 @@ CHOICES = {
     "optim.schedule": ("constant", "cosine"),
     "train.precision": ("fp32", "bf16"),
     "train.device": ("auto", "cpu", "cuda"),
-    "train.best_metric": ("val/loss", "val/accuracy", "val/margin"),
-    "train.best_mode": ("max", "min"),
+    "train.best_metric": ("auto", "val/loss", "val/accuracy", "val/margin", "val/cer",
+                          "val/reward", "val/ssim"),
+    "train.best_mode": ("auto", "max", "min"),
     "grpo.loss_type": ("grpo", "dr_grpo"),
     "grpo.invalid_reward": ("zero", "group_min"),
     "grpo.normalizer": ("nemo", "basic", "none"),
 }
-FREE_FORM = ("policy.model",)  # dict fields: any sub-key, YAML-typed
+FREE_FORM = ("policy.model",)
+# Each trainer's validation metrics that may pick `best`, with their better direction;
+# the first is auto's choice (GRPO's second when its validation scores no CER).
+BEST_METRICS = {"dpo": {"val/accuracy": "max", "val/loss": "min", "val/margin": "max"},
+                "grpo": {"val/cer": "min", "val/reward": "max", "val/ssim": "max"}}
+
+
+def best_rule(cfg: "Config", trainer: str, measured: Sequence[str]) -> tuple[str, str]:
+    """(metric, "max" | "min") that picks TRAINER's `best` checkpoint; MEASURED: the
+    validation metrics this run computes. A metric of the other trainer, or one this
+    run does not measure, is a ConfigError."""
+    known = BEST_METRICS[trainer]
+    metric = cfg.train.best_metric
+    if metric == "auto":
+        metric = next(m for m in known if m in measured)
+    if metric not in known:
+        raise ConfigError(f"config train.best_metric: '{metric}' is not a {trainer} metric "
+                          f"(choose auto, {', '.join(known)})")
+    if metric not in measured:
+        raise ConfigError(f"config train.best_metric: '{metric}' is not measured by this run "
+                          f"(it measures {', '.join(m for m in known if m in measured)})")
+    mode = known[metric] if cfg.train.best_mode == "auto" else cfg.train.best_mode
+    return metric, mode  # dict fields: any sub-key, YAML-typed
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),

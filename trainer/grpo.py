@@ -13,8 +13,8 @@ and their rows. A resumed run continues the same prompt order and per-sample
 seeds (functions of the step), optimizer and schedule, so it samples and trains
 exactly what an uninterrupted run would, and rows already committed are not
 appended again. Validation samples the held-out prompts every ``val_every`` steps;
-the best checkpoint is the one with the lowest validation CER (the highest mean
-reward when CER is not scored).
+the best checkpoint is picked by ``train.best_metric`` (config.BEST_METRICS: auto is
+the lowest validation CER, the highest mean reward when CER is not scored).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from ttspo.builder.core.errors import ConfigError, TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.builder.core.schemas import GEN, RWD
 from ttspo.trainer import checkpoints as ckpt
-from ttspo.trainer.config import Config, GrpoConfig
+from ttspo.trainer.config import Config, GrpoConfig, best_rule
 from ttspo.trainer.data import shard
 from ttspo.trainer.grpo_rollout import (PHASES, Prompts, Scoring, load_prompts, rollout,
                                         split_prompts, step_prompts)
@@ -104,6 +104,8 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
     g, seed = cfg.grpo, cfg.data.seed
     rewards = reward_config(g)
     scoring = Scoring.needed(rewards, asr=g.asr, sv=g.sv, squim=g.squim, normalizer=g.normalizer)
+    measured = ["val/reward"] + ["val/cer"] * bool(scoring.asr) + ["val/ssim"] * bool(scoring.sv)
+    best_metric, best_mode = best_rule(cfg, "grpo", measured)  # before anything is written
     # Prompts: a pinned version of the table, a seeded train/val split.
     policy = make_policy(spec, init, cfg, cfg.train.seed)
     prompts = load_prompts(store, g.prompts, g.where, encode=policy.codec.encode)
@@ -128,7 +130,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
     optimizer = build_optimizer(policy, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     start, best = ckpt.resume(latest, out, optimizer=optimizer, scheduler=scheduler,
-                              rank=c.rank, world_size=c.world_size)
+                              rank=c.rank, world_size=c.world_size, best_metric=best_metric)
     # The rollouts' policy tag (ROLL.checkpoint): the sha256 of the newest checkpoint
     # file at or before the sampling step, or of the weights the run started from. Not a
     # hash per step (it serialised the whole policy every step): the weights at step S
@@ -150,10 +152,9 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
     writer = RolloutWriter(store, run, lineage.with_extra(rewards=rewards.as_dict()),
                            every=g.rollouts_every) if c.master else None
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
-    best_rule = ("val/cer", "min") if scoring.asr else ("val/reward", "max")
     # Rollouts first: a checkpoint at S means the rows through S are stored.
     saver = ckpt.Checkpointer(store, out, "grpo", policy, optimizer, scheduler, meta, lineage,
-                              c.master, lambda step: {"step": step}, *best_rule,
+                              c.master, lambda step: {"step": step}, best_metric, best_mode,
                               best=best, last_good=latest, tag=tag,
                               before_save=writer.flush if writer is not None else None)
     result = GrpoResult(out, start, checkpoints=saver.rows)

@@ -34,7 +34,7 @@ from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.trainer import checkpoints as ckpt
 from ttspo.trainer import losses as L
-from ttspo.trainer.config import Config
+from ttspo.trainer.config import BEST_METRICS, Config, best_rule
 from ttspo.trainer.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.builder.core.files import file_sha256
 from ttspo.trainer.ref import RefCache, lookup, pair_logps
@@ -169,6 +169,7 @@ def train_dpo(store: Any, set_ref: str, *, cfg: Config, out: str | Path, spec: s
 
 def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
     say = echo if c.master else (lambda *_: None)
+    best_metric, best_mode = best_rule(cfg, "dpo", BEST_METRICS["dpo"])
     # Data: the set version, joined at its generations version (codec only for contexts).
     policy = make_policy(spec, init, cfg, cfg.train.seed)
     pairs = load_pairs(store, set_ref, encode=policy.codec.encode)
@@ -206,7 +207,7 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
     optimizer = build_optimizer(policy, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     start, best = ckpt.resume(latest, out, optimizer=optimizer, scheduler=scheduler,
-                              rank=c.rank, world_size=c.world_size)
+                              rank=c.rank, world_size=c.world_size, best_metric=best_metric)
     if latest is None:
         torch.manual_seed(cfg.train.seed + 1000 * c.rank)  # each rank's own dropout stream
     say(f"train dpo: {pairs.ref} (generations@{pairs.generations_version}), {len(train)} train / "
@@ -223,8 +224,8 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
             "prompts_version": pairs.prompts_version, "init_sha256": init_sha, "trainer": "dpo"}
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
     saver = ckpt.Checkpointer(store, out, "dpo", policy, optimizer, scheduler, meta, lineage,
-                              c.master, order.position, cfg.train.best_metric,
-                              cfg.train.best_mode, best=best, last_good=latest)
+                              c.master, order.position, best_metric, best_mode, best=best,
+                              last_good=latest)
     result = RunResult(out, start, reference, {}, {}, {}, saver.rows)
 
     if start == 0 and len(val) and cfg.train.val_every:  # the baseline the run improves on

@@ -22,7 +22,7 @@ METRICS_FILE = "metrics.jsonl"
 LINEAGE_FILE = "lineage.jsonl"  # one line per start or resume: step and lineage
 # Config keys a resumed run may change (they do not change what the run computes).
 RESUMABLE = ("train.max_steps", "train.progress", "train.tensorboard", "train.log_every",
-             "train.val_every", "train.checkpoint_every")
+             "train.val_every", "train.checkpoint_every", "train.best_metric", "train.best_mode")
 
 
 def barrier(c: Any) -> None:
@@ -97,6 +97,10 @@ def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -
     path = Path(out) / RUN_FILE
     if path.exists():
         saved = json.loads(path.read_text())
+        for key in RESUMABLE:  # a folder made when a key was not yet resumable
+            section, name = key.split(".")
+            if name not in identity.get("config", {}).get(section, {}):
+                saved.get("config", {}).get(section, {}).pop(name, None)
         if saved != identity:
             diff = [k for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
             what = ", ".join(f"{k} {_short(saved.get(k))} (now {_short(identity.get(k))})"

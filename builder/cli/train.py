@@ -43,7 +43,9 @@ def dpo(ctx: click.Context, set_ref: str, spec: str, init: str | None, config_fi
     Reads the set version and the generations version it was built from; uses
     the ref_logps table when precompute-ref made it for this set version, --init
     and policy config, else a live reference. Checkpoints go to OUT/checkpoints and to the
-    store's checkpoints table; metrics to OUT/metrics.jsonl and OUT/tb.
+    store's checkpoints table; metrics to OUT/metrics.jsonl and OUT/tb. The best
+    checkpoint: -o train.best_metric=val/accuracy|val/loss|val/margin (auto:
+    val/accuracy; train.best_mode auto: min for the loss, else max).
     """
     from ttspo.trainer.config import load_config
     from ttspo.trainer.loop import train_dpo
@@ -91,7 +93,10 @@ def grpo(ctx: click.Context, spec: str, init: str | None, prompts_ref: str | Non
     """Online GRPO on the store's prompts: sample N per prompt, decode, score in-process,
     reward, update. Every sample lands in the rollouts table (batched commits, with
     lineage); checkpoints in OUT/checkpoints and the checkpoints table; metrics in
-    OUT/metrics.jsonl and OUT/tb. Killed, the same command resumes."""
+    OUT/metrics.jsonl and OUT/tb. Killed, the same command resumes. The best
+    checkpoint: -o train.best_metric=val/cer|val/reward|val/ssim (auto: val/cer, or
+    val/reward when the rewards score no CER; train.best_mode auto: min for CER,
+    else max)."""
     from ttspo.trainer.config import load_config
     from ttspo.trainer.grpo import train_grpo
 
