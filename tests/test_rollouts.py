@@ -171,3 +171,45 @@ def test_promoted_rollouts_build_the_next_dpo_set_with_lineage_to_the_steps(tmp_
                                 "--as-run", "it1"])
     assert again.exit_code == 1
     assert again.output == "Error: generations already has a run 'it1'; choose another --as-run\n"
+
+
+def test_rollout_table_is_the_rows_and_their_rewards_column_by_column():
+    """rollout_table builds columns, not rows: the same contents as a row-by-row table
+    of each row and its compute_rewards values; parts the weights do not use are null."""
+    import numpy as np
+
+    from ttspo.builder.core.schemas import REWARD_PARTS
+    from ttspo.builder.scoring.audio import read_audio_bytes
+    from ttspo.trainer.grpo_rollout import rollout_table
+
+    rows = []
+    for g in range(2):
+        for s in range(3):
+            row = {ROLL.rollout_id: f"r:4:train:{g}:{s}", GEN.run: "r", ROLL.step: 4,
+                   ROLL.split: "train", GEN.prompt_id: f"p{g}", GEN.group_id: f"r:4:train:{g}",
+                   GEN.group_index: g, GEN.sample_index: s, GEN.text: "hi", GEN.codes_len: 3 + s,
+                   GEN.codes: [[s] * (3 + s)] * 2, GEN.duration: 0.5, GEN.sample_rate: 8000,
+                   GEN.invalid: False, GEN.cer: 0.1 * (g + s), ROLL.checkpoint: "c",
+                   "context_codes": np.zeros((2, 3)), "_needs_asr": True}  # extra keys: ignored
+            if s:  # one sample of each group has no SSIM key at all, one a null
+                row[GEN.ssim] = None if s == 1 else 0.5 + 0.1 * g
+            rows.append(row)
+    cfg = RewardConfig(weights={"cer": 0.6, "ssim": 0.4}, min_valid_len=4)
+    audios = [np.full(80, 0.01 * i, dtype=np.float32) for i in range(len(rows))]
+    table = rollout_table(rows, cfg, audios, 8000)
+    assert table.schema == ROLLOUTS_SCHEMA
+    frame = pl.DataFrame([{k: r.get(k) for k in (GEN.group_id, GEN.codes_len, GEN.invalid,
+                                                  GEN.cer, GEN.ssim)} for r in rows],
+                         schema_overrides={GEN.cer: pl.Float64, GEN.ssim: pl.Float64})
+    rewarded = compute_rewards(frame, cfg).to_dicts()
+    parts = [RWD.reward_cer, RWD.reward_ssim, RWD.reward, RWD.advantage, RWD.valid,
+             RWD.group_valid]
+    expected = pa.Table.from_pylist(
+        [{**r, **{p: w[p] for p in parts}} for r, w in zip(rows, rewarded)],
+        schema=ROLLOUTS_SCHEMA)
+    assert table.drop_columns([GEN.audio]).equals(expected.drop_columns([GEN.audio]))
+    assert table[RWD.valid].to_pylist() == [False, True, True] * 2  # min_valid_len 4
+    unused = [p for p in REWARD_PARTS if p not in (RWD.reward_cer, RWD.reward_ssim)]
+    assert all(table[p].null_count == table.num_rows for p in unused)
+    for wav, audio in zip(table[GEN.audio].to_pylist(), audios):
+        assert np.allclose(read_audio_bytes(wav)[0], audio, atol=1 / 2 ** 14)

@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 
 from ttspo.builder.core.errors import InputError
-from ttspo.builder.core.schemas import GEN, PROMPT, ROLL, ROLLOUTS_SCHEMA, RWD
+from ttspo.builder.core.schemas import GEN, PROMPT, REWARD_FIELDS, ROLL, ROLLOUTS_SCHEMA, RWD
 from ttspo.builder.core.store import Store, parse_ref
 from ttspo.builder.scoring.options import DEFAULTS, ScoreOptions
 from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Sampling
@@ -211,23 +211,19 @@ def sample_row(prompt: dict[str, Any], frames: np.ndarray, audio: np.ndarray | N
 
 def rollout_table(rows: list[dict[str, Any]], cfg: RewardConfig,
                   audios: list[np.ndarray] | None, sr: int) -> pa.Table:
-    """ROWS rewarded (compute_rewards, as `ttspo rewards` does) as ROLLOUTS_SCHEMA."""
-    metrics = [GEN.cer, GEN.wer, GEN.ssim, GEN.pesq, GEN.squim, RWD.utmos]
-    frame = pl.DataFrame([{k: r.get(k) for k in (GEN.group_id, GEN.codes_len, GEN.invalid,
-                                                  *metrics)} for r in rows],
-                         schema_overrides={m: pl.Float64 for m in metrics})
-    rewarded = compute_rewards(frame, cfg).to_arrow()
-    data = {f.name: pa.array([r.get(f.name) for r in rows], f.type) for f in ROLLOUTS_SCHEMA
-            if f.name not in rewarded.column_names or f.name in (GEN.group_id,)}
-    for name in rewarded.column_names:
-        if name in ROLLOUTS_SCHEMA.names and name not in data:
-            data[name] = rewarded[name]
+    """ROWS rewarded (compute_rewards, as `ttspo rewards` does) as ROLLOUTS_SCHEMA,
+    built a column at a time: a key no row has (a metric not scored) is a null column."""
+    reward_names = {f.name for f in REWARD_FIELDS}
+    base = pa.Table.from_pylist(rows, schema=pa.schema(
+        [f for f in ROLLOUTS_SCHEMA if f.name not in reward_names]))
+    metrics = [GEN.group_id, GEN.codes_len, GEN.invalid, GEN.cer, GEN.wer, GEN.ssim,
+               GEN.pesq, GEN.squim, RWD.utmos]
+    rewarded = compute_rewards(pl.from_arrow(base.select(metrics)), cfg).to_arrow()
     if audios is not None:
         from ttspo.builder.scoring.audio import wav_bytes
 
-        data[GEN.audio] = pa.array([wav_bytes(a, sr) for a in audios], pa.large_binary())
-    columns = [data[f.name] if f.name in data else pa.nulls(len(rows), f.type)
-               for f in ROLLOUTS_SCHEMA]
-    return pa.Table.from_arrays([c.cast(f.type) if not isinstance(c, pa.ChunkedArray)
-                                 else c.cast(f.type) for c, f in zip(columns, ROLLOUTS_SCHEMA)],
-                                schema=ROLLOUTS_SCHEMA)
+        base = base.set_column(base.schema.get_field_index(GEN.audio), GEN.audio, pa.array(
+            [wav_bytes(a, sr) for a in audios], ROLLOUTS_SCHEMA.field(GEN.audio).type))
+    return pa.Table.from_arrays(
+        [rewarded[f.name].cast(f.type) if f.name in reward_names else base[f.name]
+         for f in ROLLOUTS_SCHEMA], schema=ROLLOUTS_SCHEMA)

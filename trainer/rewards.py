@@ -52,7 +52,7 @@ import polars as pl
 import torch
 
 from ttspo.builder.core.errors import InputError
-from ttspo.builder.core.schemas import GEN, RWD
+from ttspo.builder.core.schemas import GEN, REWARD_PARTS, RWD
 
 STD_EPS = 1e-4  # NeMo's: advantage = (r - mean) / (std + 1e-4)
 NORMALIZE = ("none", "group")
@@ -269,10 +269,18 @@ def _advantage(cfg: RewardConfig, group: str) -> pl.Expr:
 def _pack_custom(df: pl.DataFrame, custom: dict, parts: dict[str, str]) -> pl.DataFrame:
     """User-callable parts go into one list<struct{name, value}> column."""
     if not custom:
-        return df.with_columns(pl.lit(None, dtype=CUSTOM_DTYPE).alias(RWD.reward_custom))
+        return pad_parts(df)
     fields = [pl.struct(pl.lit(n).alias("name"), pl.col(parts[n]).alias("value")) for n in custom]
     df = df.with_columns(pl.concat_list(fields).alias(RWD.reward_custom))
-    return df.drop([parts[n] for n in custom])
+    return pad_parts(df.drop([parts[n] for n in custom]))
+
+
+def pad_parts(df: pl.DataFrame) -> pl.DataFrame:
+    """Every reward part column (REWARD_PARTS), null where the weights do not use it:
+    the one place parts are padded (rollouts, `ttspo rewards` tables)."""
+    return df.with_columns([pl.lit(None, dtype=CUSTOM_DTYPE if name == RWD.reward_custom
+                                   else pl.Float64).alias(name)
+                            for name in REWARD_PARTS if name not in df.columns])
 
 
 CUSTOM_DTYPE = pl.List(pl.Struct({"name": pl.String, "value": pl.Float64}))

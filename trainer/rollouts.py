@@ -128,10 +128,7 @@ def rewards_frame(data: pa.Table, table: str, cfg: RewardConfig) -> pa.Table:
     frame = frame.rename({SOURCES[table]: RWD.row_id})
     if ROLL.step not in frame.columns:
         frame = frame.with_columns(pl.lit(None, dtype=pl.Int64).alias(ROLL.step))
-    for part in (RWD.reward_cer, RWD.reward_ssim, RWD.reward_pesq, RWD.reward_squim,
-                 RWD.reward_utmos, RWD.reward_length):
-        if part not in frame.columns:
-            frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(part))
+    # every reward part is there: compute_rewards pads them (rewards.pad_parts)
     return frame.select(REWARDS_SCHEMA.names).to_arrow().cast(REWARDS_SCHEMA)
 
 
