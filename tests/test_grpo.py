@@ -218,3 +218,15 @@ def test_grpo_best_checkpoint_by_the_configs_best_metric(tmp_path):
     again = train(store, tmp_path / "run", *quick, "train.max_steps=4",
                   "train.best_metric=val/reward", "train.best_mode=max")
     assert again.exit_code == 0 and "resuming at step 3" in again.output, again.output
+
+
+@pytest.mark.parametrize("command", [["grpo"], ["dpo", "some-set"]])
+def test_train_commands_go_through_the_api(tmp_path, command):
+    """`ttspo train dpo|grpo` call Store.train_dpo|train_grpo (builder/api.py): a store
+    that does not exist is the API's one-line error, and nothing is made."""
+    missing = tmp_path / "nostore"
+    result = CliRunner().invoke(cli, ["--store", str(missing), "train", *command,
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert result.output == f"Error: no store at {missing} (no such folder; check --store)\n"
+    assert not missing.exists() and not (tmp_path / "run").exists()

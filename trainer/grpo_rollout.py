@@ -113,9 +113,9 @@ class Scoring:
 
     @classmethod
     def needed(cls, cfg: RewardConfig, *, asr: str, sv: str, squim: str | None,
-               normalizer: str, always_cer: bool = False) -> "Scoring":
+               normalizer: str) -> "Scoring":
         names = set(cfg.weights)
-        cer = always_cer or "cer" in names or cfg.best_cer_threshold < 1 or cfg.worst_cer_threshold < 1
+        cer = "cer" in names or cfg.best_cer_threshold < 1 or cfg.worst_cer_threshold < 1
         return cls(asr if cer else None, sv if "ssim" in names else None, "pesq" in names,
                    squim if "squim" in names else None, normalizer)
 

@@ -45,6 +45,14 @@ WHERE = Option("--where", "where", "DuckDB condition on prompts: train on matchi
 
 SET_METAVAR = "SET[@VERSION|@TAG]"  # dpo's one argument
 DPO_OPTIONS = (POLICY, INIT, CONFIG, OVERRIDES, OUT)
+PRECOMPUTE_OPTIONS = (  # `ttspo train precompute-ref` (CLI only), plus its --batch-pairs
+    replace(POLICY, help="Policy from the registry."),
+    Option("--ref", "ref_path", "The reference checkpoint (the --init of the training runs "
+           "that use it).", required=True, path="file"),
+    replace(CONFIG, help="The YAML config the training runs take: its policy.model loads the "
+            "policy."),
+    replace(OVERRIDES, help="Override a config key, as for train dpo (e.g. -o "
+            "policy.model.dropout=0.1)."))
 GRPO_OPTIONS = (
     POLICY,
     replace(INIT, help="Start from this checkpoint (also the KL reference). Default: a fresh policy."),
@@ -61,14 +69,11 @@ GRPO_SHOWN = ("reward/mean", "advantage/std", "groups/valid_fraction", "kl", "en
 
 def grpo_overrides(overrides: Sequence[str], prompts_ref: str | None,
                    where: str | None) -> list[str]:
-    """OVERRIDES, then the config keys ``--prompts`` and ``--where`` set (they win)."""
+    """OVERRIDES, then the config keys ``--prompts`` and ``--where`` set (they win).
+    The condition goes in as a JSON string: an override's value is parsed as YAML, and
+    JSON is YAML that stays a string whatever the SQL holds (quotes, colons, "1")."""
     return [*overrides, *([f"grpo.prompts={prompts_ref}"] if prompts_ref else []),
-            *([f"grpo.where={json_string(where)}"] if where else [])]
-
-
-def json_string(text: str) -> str:
-    """TEXT as a YAML scalar that stays a string (an override value is parsed as YAML)."""
-    return json.dumps(text)
+            *([f"grpo.where={json.dumps(where)}"] if where else [])]
 
 
 def result_lines(result: Any, shown: Sequence[str]) -> list[str]:

@@ -10,7 +10,8 @@ import click
 
 from ttspo.builder.cli.common import get_store, lineage_for
 from ttspo.trainer.train_options import (DPO_OPTIONS, DPO_SHOWN, GRPO_OPTIONS, GRPO_SHOWN,
-                                         SET_METAVAR, Option, grpo_overrides, result_lines)
+                                         PRECOMPUTE_OPTIONS, SET_METAVAR, Option, grpo_overrides,
+                                         result_lines)
 
 
 @click.group()
@@ -47,25 +48,16 @@ def dpo(ctx: click.Context, set_ref: str, spec: str, init: str | None, config_fi
     checkpoint: -o train.best_metric=val/accuracy|val/loss|val/margin (auto:
     val/accuracy; train.best_mode auto: min for the loss, else max).
     """
-    from ttspo.trainer.config import load_config
-    from ttspo.trainer.loop import train_dpo
-
-    cfg = load_config(config_file, overrides)
-    result = train_dpo(get_store(ctx).core, set_ref, cfg=cfg, out=out, spec=spec, init=init,
-                       lineage=lineage_for(ctx), echo=click.echo)
+    result = get_store(ctx).train_dpo(set_ref, out=out, policy=spec, init=init,
+                                      config=config_file, overrides=overrides,
+                                      lineage=lineage_for(ctx), echo=click.echo)
     for line in result_lines(result, DPO_SHOWN):
         click.echo(line)
 
 
 @train.command("precompute-ref")
-@click.argument("set_ref", metavar="SET[@VERSION|@TAG]")
-@click.option("--policy", "spec", default="tiny", show_default=True, help="Policy from the registry.")
-@click.option("--ref", "ref_path", required=True, type=click.Path(dir_okay=False),
-              help="The reference checkpoint (the --init of the training runs that use it).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="The YAML config the training runs take: its policy.model loads the policy.")
-@click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key, as for train dpo (e.g. -o policy.model.dropout=0.1).")
+@click.argument("set_ref", metavar=SET_METAVAR)
+@options(PRECOMPUTE_OPTIONS)
 @click.option("--batch-pairs", default=16, show_default=True, type=click.IntRange(min=1))
 @click.pass_context
 def precompute_ref(ctx: click.Context, set_ref: str, spec: str, ref_path: str,
@@ -97,12 +89,9 @@ def grpo(ctx: click.Context, spec: str, init: str | None, prompts_ref: str | Non
     checkpoint: -o train.best_metric=val/cer|val/reward|val/ssim (auto: val/cer, or
     val/reward when the rewards score no CER; train.best_mode auto: min for CER,
     else max)."""
-    from ttspo.trainer.config import load_config
-    from ttspo.trainer.grpo import train_grpo
-
-    cfg = load_config(config_file, grpo_overrides(overrides, prompts_ref, where))
-    result = train_grpo(get_store(ctx).core, cfg=cfg, out=out, spec=spec, init=init,
-                        lineage=lineage_for(ctx), echo=click.echo)
+    result = get_store(ctx).train_grpo(out=out, policy=spec, init=init, config=config_file,
+                                       overrides=grpo_overrides(overrides, prompts_ref, where),
+                                       lineage=lineage_for(ctx), echo=click.echo)
     for line in result_lines(result, GRPO_SHOWN):
         click.echo(line)
 
