@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ttspo.builder.core.schemas import GEN, ROLL, RWD
+from ttspo.builder.core.schemas import CKPT, GEN, ROLL, RWD
 from ttspo.builder.core.store import Store
 from ttspo.trainer.rollouts import committed_steps
 
@@ -54,19 +54,32 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
 
 def test_two_torchrun_processes_sample_what_one_process_samples(tmp_path):
     """2 ranks x 1 prompt per step = 1 process x 2 prompts: the same groups, the same
-    per-sample seeds, so step 0's rollouts are identical and every step has all rows."""
+    per-sample seeds and the same update (DDP averages what one process averages over
+    its two prompts), so every step's rollouts are identical. (The weights agree to
+    rounding, not bit for bit: the checkpoints' sha256s differ.) Both ranks' rows
+    carry rank 0's checkpoint sha256."""
     stores = []
     for nproc, per_rank in ((1, 2), (2, 1)):
         store = Store(tmp_path / f"st{nproc}")
         make_prompts(store, 4)
         run(command(store, tmp_path / f"p{nproc}" / "run", f"grpo.prompts_per_step={per_rank}",
-                    "train.max_steps=2", nproc=nproc))
-        stores.append(rollouts(store))
-    one, two = stores
-    assert sorted(one) == sorted(two) and len(one) == 2 * 2 * 4  # steps x prompts x samples
+                    "train.max_steps=3", "train.checkpoint_every=1",
+                    "grpo.n_generations_per_item=8", nproc=nproc))
+        stores.append(store)
+    one, two = (rollouts(s) for s in stores)
+    assert sorted(one) == sorted(two) and len(one) == 3 * 2 * 8  # steps x prompts x samples
     for rid in one:
-        if rid.split(":")[1] == "0":
-            assert one[rid] == two[rid], rid
+        assert one[rid] == two[rid], rid
+    # the updates before steps 1 and 2 have signal (8 samples a group: some finish), so
+    # their rows test the update too (a rank's gradient left out fails at step 1)
+    learning = {rid.split(":")[1] for rid, r in one.items() if r[RWD.advantage] != 0}
+    assert {"0", "1"} <= learning
+    tags = {}
+    for r in stores[1].open("rollouts").to_table(columns=[ROLL.step, ROLL.checkpoint]).to_pylist():
+        tags.setdefault(r[ROLL.step], set()).add(r[ROLL.checkpoint])
+    ckpts = stores[1].open("checkpoints").to_table(columns=[CKPT.step, CKPT.sha256]).to_pylist()
+    shas = {c[CKPT.step]: c[CKPT.sha256] for c in ckpts}
+    assert tags[1] == {shas[1]} and tags[2] == {shas[2]} and len(tags[0]) == 1
 
 
 def test_sigkill_then_resume_loses_and_doubles_no_rollout_row(tmp_path):
