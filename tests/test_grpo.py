@@ -215,6 +215,11 @@ def test_grpo_best_checkpoint_by_the_configs_best_metric(tmp_path):
     assert bests == expected
     meta = json.loads((tmp_path / "run" / "checkpoints" / "best" / "meta.json").read_text())
     assert (meta["best_metric"], meta["best_value"]) == ("val/reward", top)
+    # a run folder made when best_metric/best_mode were part of the run's identity
+    run_json = tmp_path / "run" / "run.json"
+    identity = json.loads(run_json.read_text())
+    identity["config"]["train"].update(best_metric="val/accuracy", best_mode="max")
+    run_json.write_text(json.dumps(identity))
     again = train(store, tmp_path / "run", *quick, "train.max_steps=4",
                   "train.best_metric=val/reward", "train.best_mode=max")
     assert again.exit_code == 0 and "resuming at step 3" in again.output, again.output
