@@ -1,15 +1,15 @@
 """The codes files of a NeMo export: ``OUT/codes/<generation id>.pt``.
 
-Every generation's codes are written with ``torch.save`` of a ``[codebooks,
-frames]`` tensor of ``codes_dtype`` (int32 by default, or int64; see export.py
-for why not int16). They come from the generations table (as ingested), else
-from the generation's ``codes_path``.
+Every generation's codes are a ``[codebooks, frames]`` tensor of ``codes_dtype``
+(int32 by default, or int64; see export.py for why not int16), in the bytes
+``torch.save`` writes. They come from the generations table (as ingested),
+written by torch_file.py (the same bytes, without torch's per-file cost), else
+from the generation's ``codes_path`` (read and saved with torch).
 
 Writing ~25k small files is most of an export (a re-threshold exports the same
 generations again), so an export keeps an index, ``OUT/.ttspo-codes.json``:
-for each file it wrote, the SHA-256 of what it saved (torch version, dtype,
-shape, the codes' bytes and how the file is written: ``torch.save`` of the same
-tensor into a buffer gives the same bytes) and the file's size, mtime, ctime and
+for each file it wrote, the SHA-256 of what it saved (dtype, shape, the codes'
+bytes and the writer's name: the same tensor gives the same bytes) and the file's size, mtime, ctime and
 inode right after writing (each file is written under a temporary name and
 renamed into place, so those details name exactly the bytes this export wrote).
 A later export into the same OUT leaves a file as it is only if the codes it
@@ -38,12 +38,13 @@ import pyarrow as pa
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import write_text_atomic
 from ttspo.builder.core.schemas import GEN
+from ttspo.builder.sets.torch_file import torch_file_bytes
 
 CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices
 DEFAULT_CODES_DTYPE = "int32"
 INDEX_NAME = ".ttspo-codes.json"
 INDEX_FORMAT = 1
-WRITER = "buffer-rename"  # how a file's bytes are made (_write_file); part of every content key
+WRITER = "torch_file-1"  # what makes a file's bytes (torch_file.py); part of every content key
 
 
 def check_codes_dtype(codes_dtype: str) -> None:
@@ -130,11 +131,8 @@ def safe_name(generation_id: str) -> str:
 
 
 def codes_stamp(ds, codes_dtype: str) -> str:
-    """What torch.save's bytes depend on besides the codes (torch's version read
-    without importing torch: an export that keeps every file never loads it)."""
-    from importlib.metadata import version
-
-    return f"{version('torch')}|{codes_dtype}|{ds.schema.field(GEN.codes).type}|{WRITER}"
+    """What a codes file's bytes depend on besides the codes."""
+    return f"{codes_dtype}|{ds.schema.field(GEN.codes).type}|{WRITER}"
 
 
 def content_key(stamp: str, table: TableCodes, gid: str) -> str:
@@ -181,19 +179,20 @@ def write_codes(sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes
     written = 0
     if not (stale or from_files):
         return paths, 0, len(paths)
-    import torch
-
     for gid, path in paths.items():
-        name = path[len(base) + 1:]
         if gid in from_files:  # as read (any strides): always written, never indexed
-            _write_file(torch, from_files[gid].to(getattr(torch, codes_dtype)), path)
-            index.pop(name, None)
+            import torch
+
+            buffer = io.BytesIO()
+            torch.save(from_files[gid].to(getattr(torch, codes_dtype)), buffer)
+            _write_file(buffer.getbuffer(), path)
+            index.pop(path[len(base) + 1:], None)
             written += 1
     for gid in stale:
         path = paths[gid]
         codes = (table if gid in table.rows else fresh).array(gid)
-        index[path[len(base) + 1:]] = [keys[gid], *_write_file(torch, torch.from_numpy(
-            codes.astype(codes_dtype)), path)]
+        data = torch_file_bytes(np.ascontiguousarray(codes.astype(codes_dtype)))
+        index[path[len(base) + 1:]] = [keys[gid], *_write_file(memoryview(data), path)]
         written += 1
     if written:
         _write_index(out_dir, index)
@@ -215,21 +214,17 @@ def _details(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def _write_file(torch, tensor, path: str) -> list[int]:
-    """torch.save TENSOR as a new file renamed over PATH; returns that file's details.
+def _write_file(view: memoryview, path: str) -> list[int]:
+    """VIEW's bytes as a new file renamed over PATH; returns that file's details.
 
-    Why not torch.save(tensor, path): that rewrites PATH in place, and a stat taken
-    after it may see another export's write into the same OUT (the index would then
-    vouch for bytes it did not write). A new inode per write, stat'ed through its
-    own descriptor after the rename, names exactly these bytes; readers never see
-    half a file. Saved through a buffer, so the bytes do not depend on the file name.
+    Why not write PATH in place: a stat taken after it may see another export's
+    write into the same OUT (the index would then vouch for bytes it did not
+    write). A new inode per write, stat'ed through its own descriptor after the
+    rename, names exactly these bytes; readers never see half a file.
     """
-    buffer = io.BytesIO()
-    torch.save(tensor, buffer)
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = buffer.getbuffer()
         while view:
             view = view[os.write(fd, view):]
         os.replace(tmp, path)

@@ -23,9 +23,9 @@ Two NeMo pitfalls the export guards against:
   pairing lines, which would shift every later pair: keep those bounds around
   the range the export reports (the recipe's duration limits).
 
-Every generation's codes are written to ``OUT/codes/<generation id>.pt`` with
-``torch.save`` of a ``[codebooks, frames]`` tensor of ``codes_dtype`` (int32 by
-default, or int64): NeMo's own generation writes int16 codes, on which its DPO
+Every generation's codes are written to ``OUT/codes/<generation id>.pt`` as
+``torch.save`` of a ``[codebooks, frames]`` tensor of ``codes_dtype`` writes it
+(int32 by default, or int64; torch_file.py): NeMo's own generation writes int16 codes, on which its DPO
 training step crashes (``gather(): Expected dtype int32/int64 for index``), so
 the export never points at those files. The codes are the table's (as ingested),
 else those of the generation's ``codes_path``. An export into an OUT that already
