@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import write_text_atomic
-from ttspo.builder.core.schemas import GEN
+from ttspo.builder.core.schemas import CODES_KEYS_SCHEMA, DERIVED, GEN
 from ttspo.builder.sets.torch_file import torch_file_bytes
 
 CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices
@@ -141,22 +141,28 @@ def content_key(stamp: str, table: TableCodes, gid: str) -> str:
     return hashlib.sha256(f"{stamp}|{shape}|".encode() + table.values[start:end].data).hexdigest()
 
 
-def write_codes(sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes_paths: dict[str, Any],
+def write_codes(store, sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes_paths: dict[str, Any],
                 out_dir: Path, codes_dtype: str) -> tuple[dict[str, str], int, int]:
     """Write (or keep, see the module doc) the codes files of the generations GIDS
     (OFFSETS: their rows in DS; CODES_PATHS: their codes_path). Returns (generation
     id -> absolute path of its codes file, files written now, files kept as they
     were). Refuses a mix of generations with and without codes; without any,
     writes none (NeMo's dataset then reads the wavs) and returns an empty mapping."""
-    from ttspo.builder.sets.session_cache import cached, table_identity
+    from ttspo.builder.sets.session_cache import cached, stored_map, table_identity
 
     check_codes_dtype(codes_dtype)
     stamp = codes_stamp(ds, codes_dtype)
-    # generation id -> content key, or None without codes in the table (per table version)
-    keys: dict[str, str | None] = cached("export.codes", (table_identity(ds), stamp), dict)
-    fresh = _take_codes(ds, offsets, [g for g in gids if g not in keys])
-    for gid in fresh.ids:
-        keys[gid] = content_key(stamp, fresh, gid) if gid in fresh.rows else None
+    fresh = _take_codes(ds, offsets, [])
+
+    def compute(todo: list[str]) -> pa.Table:
+        nonlocal fresh
+        fresh = _take_codes(ds, offsets, todo)
+        return pa.table([todo, [content_key(stamp, fresh, g) if g in fresh.rows else None for g in todo]],
+                        schema=CODES_KEYS_SCHEMA)
+
+    # generation id -> (content key, or None without codes in the table), per table version
+    stored = stored_map(store, "export.codes", (table_identity(ds), stamp), CODES_KEYS_SCHEMA, gids, compute)
+    keys = dict(zip(gids, stored.column(DERIVED.key).to_pylist()))
     without = sorted(g for g in gids if keys[g] is None and not codes_paths[g])
     if without and len(without) < len(gids):
         raise InputError(f"{sv_ref}: {len(without)} of {len(gids)} generations have no codes "
@@ -168,12 +174,13 @@ def write_codes(sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes
     from_files = {gid: read_codes_file(codes_paths[gid], gid) for gid in sorted(gids) if keys[gid] is None}
     index = _read_index(out_dir)
     base = str(codes_dir.absolute())
-    names = cached("export.names", None, dict)  # safe_name is a pure function of the id
+    # safe_name is a pure function of the id; kept per table version (so bounded like the rest)
+    names = cached("export.names", table_identity(ds), dict)
     for gid in gids:
         if gid not in names:
             names[gid] = f"{safe_name(gid)}.pt"
     paths = {gid: f"{base}/{names[gid]}" for gid in sorted(gids)}
-    stale = [g for g in paths if g not in from_files and not _unchanged(index.get(names[g]), keys[g], paths[g])]
+    stale = _stale([g for g in paths if g not in from_files], names, keys, index, codes_dir)
     missing = [g for g in stale if g not in fresh.rows]
     table = _take_codes(ds, offsets, missing) if missing else fresh
     written = 0
@@ -237,17 +244,31 @@ def _write_file(view: memoryview, path: str) -> list[int]:
         os.close(fd)
 
 
-def _unchanged(entry: Any, key: str, path: str) -> bool:
-    if not (isinstance(entry, list) and len(entry) == 5):  # unknown, or not an entry we write
-        return False
-    if entry[0] != key:
-        return False
+def _stale(gids: list[str], names: dict[str, str], keys: dict[str, str], index: dict[str, Any],
+           codes_dir: Path) -> list[str]:
+    """The GIDS whose file must be written: no index entry of ours, another content
+    key, or a file whose size, mtime, ctime or inode are not those the entry names
+    (deleted, replaced, edited or touched). One stat per file, by name in the folder."""
+    stale = []
+    folder = os.open(codes_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        st = os.stat(path)
-    except OSError:  # deleted: write it again
-        return False
-    return (entry[1] == st.st_size and entry[2] == st.st_mtime_ns and entry[3] == st.st_ctime_ns
-            and entry[4] == st.st_ino)
+        for gid in gids:
+            name = names[gid]
+            entry = index.get(name)
+            if not (type(entry) is list and len(entry) == 5 and entry[0] == keys[gid]):
+                stale.append(gid)  # unknown, not an entry we write, or other codes
+                continue
+            try:
+                st = os.stat(name, dir_fd=folder)
+            except OSError:  # deleted: write it again
+                stale.append(gid)
+                continue
+            if (entry[1] != st.st_size or entry[2] != st.st_mtime_ns or entry[3] != st.st_ctime_ns
+                    or entry[4] != st.st_ino):
+                stale.append(gid)
+    finally:
+        os.close(folder)
+    return stale
 
 
 def _read_index(out_dir: Path) -> dict[str, list]:

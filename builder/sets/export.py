@@ -46,15 +46,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ttspo.builder.sets.build import SetVersion, open_set
 from ttspo.builder.sets.codes import (CODES_DTYPES, DEFAULT_CODES_DTYPE, check_codes_dtype,  # noqa: F401
                                       read_codes_file, safe_name, write_codes)
-from ttspo.builder.sets.nemo_lines import (GEN_COLUMNS, check_for_nemo, fixed_parts, nemo_manifest_lines,
-                                           set_generations)
+from ttspo.builder.sets.nemo_lines import GEN_COLUMNS, check_for_nemo, nemo_manifests, openings, set_generations
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import atomic_write, write_text_atomic
-from ttspo.builder.core.schemas import GEN, PAIR, PROMPT
+from ttspo.builder.core.schemas import DERIVED, GEN, PAIR, PROMPT
 
 TRAIN_MANIFEST = "dpo_train_manifest.json"
 VAL_MANIFEST = "dpo_val_manifest.json"
@@ -124,15 +124,17 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *,
     check_for_nemo(sv.ref, gens)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths, written, kept = write_codes(sv.ref, gens.ds, gens.offsets, gens.ids,
-                                       {g: gens.lines[g].codes_path for g in gens.ids}, out, codes_dtype)
-    lines = nemo_manifest_lines(pairs, fixed_parts(gens, paths))
+    own = dict(zip(gens.ids, gens.column(DERIVED.codes_path)))
+    paths, written, kept = write_codes(store, sv.ref, gens.ds, gens.offsets, gens.ids, own, out, codes_dtype)
+    manifests = nemo_manifests(pairs, gens.ids, openings(gens, paths))
     files = []
     for split, name in (("train", TRAIN_MANIFEST), ("val", VAL_MANIFEST)):
-        files.append(str(write_text_atomic(out / name, "".join(lines[split]))))
-    durations = [gens.lines[g].duration for g in gens.ids]
-    return ExportResult(files, {s: len(v) // 2 for s, v in lines.items()}, written,
-                        min(durations, default=None), max(durations, default=None), kept)
+        with atomic_write(out / name, "wb") as fh:
+            fh.write(manifests[split][0])
+        files.append(str(out / name))
+    durations = pc.min_max(gens.parts.column(DERIVED.duration)).as_py()
+    return ExportResult(files, {s: lines // 2 for s, (_, lines) in manifests.items()}, written,
+                        durations["min"], durations["max"], kept)
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one per call
