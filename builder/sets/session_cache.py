@@ -30,7 +30,7 @@ import functools
 import hashlib
 import os
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator, Sequence
@@ -44,6 +44,9 @@ MAX_FILES = 8
 DERIVED_DIR = ".derived"
 _entries: dict[str, OrderedDict] = {}
 _enabled = [True]
+# kind -> entries computed (stored_table) or ids computed (stored_map) by this
+# process, not read from the session or the store: what a re-threshold still costs.
+computed: Counter = Counter()
 # What stored entries are computed by: an edit of any of these gives new file names.
 _SOURCES = ("builder/sets/session_cache.py", "builder/sets/recipe_cache.py", "builder/sets/recipes.py",
             "builder/sets/nemo_lines.py", "builder/sets/codes.py", "builder/sets/torch_file.py",
@@ -76,7 +79,9 @@ def cached(kind: str, key: Hashable, compute: Callable[[], Any]) -> Any:
 
 
 def clear() -> None:
+    """Forget this session's entries (the store's copies stay: a new session)."""
     _entries.clear()
+    computed.clear()
 
 
 def size(kind: str) -> int:
@@ -163,6 +168,7 @@ def stored_table(store, kind: str, key: Hashable, compute: Callable[[], pa.Table
         table = _read(path)
         if table is None:
             table = compute()
+            computed[kind] += 1
             _write(path, table)
         return table
 
@@ -192,11 +198,12 @@ def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence
     entry = cached(kind, key, load)
     new = [i for i in ids if i not in entry.rows]
     if new:
-        computed = compute(new)
-        if computed.column(DERIVED.id).to_pylist() != new:
+        made = compute(new)
+        if made.column(DERIVED.id).to_pylist() != new:
             raise AssertionError(f"{kind}: the computed rows are not those asked for")
+        computed[kind] += len(new)
         start = entry.table.num_rows
-        entry.table = pa.concat_tables([entry.table, computed.cast(schema)]).combine_chunks()
+        entry.table = pa.concat_tables([entry.table, made.cast(schema)]).combine_chunks()
         entry.rows.update((i, start + n) for n, i in enumerate(new))
         if store is not None:
             _write(_path(store, kind, key), entry.table)
