@@ -148,7 +148,7 @@ def write_codes(store, sv_ref: str, ds, offsets: dict[str, int], gids: list[str]
     id -> absolute path of its codes file, files written now, files kept as they
     were). Refuses a mix of generations with and without codes; without any,
     writes none (NeMo's dataset then reads the wavs) and returns an empty mapping."""
-    from ttspo.builder.sets.session_cache import cached, stored_map, table_identity
+    from ttspo.builder.sets.session_cache import stored_map, table_identity
 
     check_codes_dtype(codes_dtype)
     stamp = codes_stamp(ds, codes_dtype)
@@ -157,12 +157,13 @@ def write_codes(store, sv_ref: str, ds, offsets: dict[str, int], gids: list[str]
     def compute(todo: list[str]) -> pa.Table:
         nonlocal fresh
         fresh = _take_codes(ds, offsets, todo)
-        return pa.table([todo, [content_key(stamp, fresh, g) if g in fresh.rows else None for g in todo]],
-                        schema=CODES_KEYS_SCHEMA)
+        return pa.table([todo, [content_key(stamp, fresh, g) if g in fresh.rows else None for g in todo],
+                         [f"{safe_name(g)}.pt" for g in todo]], schema=CODES_KEYS_SCHEMA)
 
     # generation id -> (content key, or None without codes in the table), per table version
     stored = stored_map(store, "export.codes", (table_identity(ds), stamp), CODES_KEYS_SCHEMA, gids, compute)
     keys = dict(zip(gids, stored.column(DERIVED.key).to_pylist()))
+    names = dict(zip(gids, stored.column(DERIVED.file).to_pylist()))  # safe_name(id).pt
     without = sorted(g for g in gids if keys[g] is None and not codes_paths[g])
     if without and len(without) < len(gids):
         raise InputError(f"{sv_ref}: {len(without)} of {len(gids)} generations have no codes "
@@ -174,11 +175,6 @@ def write_codes(store, sv_ref: str, ds, offsets: dict[str, int], gids: list[str]
     from_files = {gid: read_codes_file(codes_paths[gid], gid) for gid in sorted(gids) if keys[gid] is None}
     index = _read_index(out_dir)
     base = str(codes_dir.absolute())
-    # safe_name is a pure function of the id; kept per table version (so bounded like the rest)
-    names = cached("export.names", table_identity(ds), dict)
-    for gid in gids:
-        if gid not in names:
-            names[gid] = f"{safe_name(gid)}.pt"
     paths = {gid: f"{base}/{names[gid]}" for gid in sorted(gids)}
     stale = _stale([g for g in paths if g not in from_files], names, keys, index, codes_dir)
     missing = [g for g in stale if g not in fresh.rows]

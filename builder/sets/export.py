@@ -125,7 +125,7 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     own = dict(zip(gens.ids, gens.column(DERIVED.codes_path)))
-    paths, written, kept = write_codes(store, sv.ref, gens.ds, gens.offsets, gens.ids, own, out, codes_dtype)
+    paths, written, kept = write_codes(store, sv.ref, gens.ds, gens.rows, gens.ids, own, out, codes_dtype)
     manifests = nemo_manifests(pairs, gens.ids, openings(gens, paths))
     files = []
     for split, name in (("train", TRAIN_MANIFEST), ("val", VAL_MANIFEST)):

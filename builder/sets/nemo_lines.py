@@ -57,21 +57,23 @@ class SetGenerations:
     """The generations a set names, at the version it was built from."""
 
     ds: Any  # the generations table at that version
-    offsets: dict[str, int]  # generation id -> row offset in ds (every row)
     ids: list[str]  # the set's generations, in table order
-    parts: pa.Table  # their LINE_PARTS_SCHEMA rows, in the order of ids: the encoded "key": value
-    # items before and after target_audio_codes_path ("" if none), their own codes_path,
-    # duration and why NeMo cannot use them (check_for_nemo), if it cannot
+    parts: pa.Table  # their LINE_PARTS_SCHEMA rows, in the order of ids
 
     def column(self, name: str) -> list:
         return self.parts.column(name).to_pylist()
 
+    @property
+    def rows(self) -> dict[str, int]:
+        """generation id -> its row in ds."""
+        return dict(zip(self.ids, self.column(DERIVED.row)))
+
 
 def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
     """The generations PAIRS name, read at the version the set was built from (plus
-    each prompt's context codes path at the set's prompts version). Their ids and
-    line parts are kept per table version, in the session and in the store
-    (session_cache)."""
+    each prompt's context codes path at the set's prompts version). Their line parts
+    are kept per table version, in the session and in the store (session_cache): a
+    table's every id is read only for generations not kept yet."""
     from ttspo.builder.sets.session_cache import cached, stored_map, stored_table, table_identity
 
     version = sv.record.inputs["generations"]
@@ -79,28 +81,34 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
     gen_key = table_identity(ds)
     prompts = (store.open("prompts", sv.record.prompts_version) if sv.record.prompts_version is not None
                else None)
-    offsets = cached("export.offsets", gen_key, lambda: {g: i for i, g in enumerate(stored_table(
-        store, "export.ids", gen_key, lambda: ds.to_table(columns=[GEN.generation_id])).column(0).to_pylist())})
-    named = pairs.column(PAIR.chosen_id).to_pylist() + pairs.column(PAIR.rejected_id).to_pylist()
-    missing = [g for g in named if g not in offsets]
-    if missing:
-        raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{version} "
-                         f"({len(missing)} missing)")
-    ids = sorted(set(named), key=offsets.__getitem__)
+
+    def compute(todo: list[str]) -> pa.Table:
+        rows = cached("export.offsets", gen_key, lambda: {g: i for i, g in enumerate(stored_table(
+            store, "export.ids", gen_key, lambda: ds.to_table(columns=[GEN.generation_id])).column(0).to_pylist())})
+        missing = [g for g in todo if g not in rows]
+        if missing:
+            raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{version} "
+                             f"({len(missing)} missing)")
+        return line_parts(ds, rows, prompts, todo)
+
+    named = pa.concat_arrays([pairs.column(PAIR.chosen_id).combine_chunks(),
+                              pairs.column(PAIR.rejected_id).combine_chunks()])
+    unique = pc.unique(named).to_pylist()
     key = (gen_key, None if prompts is None else table_identity(prompts))
-    parts = stored_map(store, "export.line_parts", key, LINE_PARTS_SCHEMA, ids,
-                       lambda todo: line_parts(ds, offsets, prompts, todo))
-    return SetGenerations(ds, offsets, ids, parts)
+    parts = stored_map(store, "export.line_parts", key, LINE_PARTS_SCHEMA, unique, compute)
+    parts = parts.take(pc.sort_indices(parts.column(DERIVED.row)))  # table order
+    return SetGenerations(ds, parts.column(DERIVED.id).to_pylist(), parts)
 
 
-def line_parts(ds, offsets: dict[str, int], prompts, ids: list[str]) -> pa.Table:
-    """LINE_PARTS_SCHEMA rows of the generations IDS (rows at OFFSETS of DS)."""
-    table = ds.take(pa.array([offsets[g] for g in ids], pa.int64()), columns=list(GEN_COLUMNS))
+def line_parts(ds, rows: dict[str, int], prompts, ids: list[str]) -> pa.Table:
+    """LINE_PARTS_SCHEMA rows of the generations IDS (at ROWS of DS)."""
+    at = [rows[g] for g in ids]
+    table = ds.take(pa.array(at, pa.int64()), columns=list(GEN_COLUMNS))
     columns = {c: table.column(c).to_pylist() for c in GEN_COLUMNS}
     if columns[GEN.generation_id] != ids:  # rows are matched by offset: check they are these
         raise InputError(f"{ds.uri}: rows moved while the export read them; export again")
     columns[CONTEXT_CODES] = context_codes(prompts, table.column(GEN.prompt_id))
-    return gen_parts(columns)
+    return gen_parts(columns, at)
 
 
 def context_codes(prompts, prompt_ids: pa.ChunkedArray) -> list:
@@ -138,9 +146,9 @@ def _joined(encoded: list[list]) -> list[str]:
     return [", ".join([p for p in parts if p is not None]) for parts in zip(*encoded)]
 
 
-def gen_parts(c: dict[str, list]) -> pa.Table:
-    """LINE_PARTS_SCHEMA rows of the generations in the columns C (keys in NeMo's order,
-    unknown values left out), column by column."""
+def gen_parts(c: dict[str, list], rows: list[int]) -> pa.Table:
+    """LINE_PARTS_SCHEMA rows of the generations in the columns C, at ROWS of their
+    table (keys in NeMo's order, unknown values left out), column by column."""
     audio_context = [bool(x) for x in c[GEN.context_audio_filepath]]
 
     def only(values: list, when: bool) -> list:
@@ -157,7 +165,7 @@ def gen_parts(c: dict[str, list]) -> pa.Table:
             ("gt_transcript", c[GEN.gt_transcript])]
     problems = [_problem(*x) for x in zip(c[GEN.duration], c[GEN.audio_filepath],
                                           c[GEN.context_audio_filepath], c[GEN.context_audio_duration])]
-    return pa.table([c[GEN.generation_id], _joined([_encoded(k, v) for k, v in head]), c[GEN.codes_path],
+    return pa.table([c[GEN.generation_id], rows, _joined([_encoded(k, v) for k, v in head]), c[GEN.codes_path],
                      _joined([_encoded(k, v) for k, v in tail]), c[GEN.duration], problems],
                     schema=LINE_PARTS_SCHEMA)
 
