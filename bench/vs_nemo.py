@@ -16,10 +16,12 @@ with T ~ 21.5 frames per second. Then, in one run:
    filter, write manifests for num_chosen 1 and 2);
 2. ttspo's first pass from the CLI: ingest nemo, build pareto, export nemo;
 3. a re-threshold (build + export at the other threshold) from the CLI;
-4. the same re-threshold from one Python session (a 'spawn' child that imports
-   ttspo first, as a notebook has): build_set + export_nemo into the first
-   pass's OUT, plain calls, timed alone; then a few more thresholds in the same
-   session; then one export into a new OUT (every codes file written);
+4. the same re-threshold from one new Python session (a 'spawn' child that
+   imports ttspo first, as a notebook has): build_set + export_nemo into the
+   first pass's OUT, plain calls, timed alone (what the first pass computed and
+   kept in the store, STORE/.derived, is read, not computed: session_cache.py);
+   then a few more thresholds in the same session; then one export into a new
+   OUT (every codes file written);
 
 and asserts that ttspo's pairs (chosen, rejected) and rewards equal the
 script's num_chosen 1 manifests at both thresholds (rewards within 2.5e-7:
@@ -165,7 +167,7 @@ def build_args(name: str, threshold: float) -> list[str]:
 
 
 def session(store: str, out: str, into: str, thresholds: list[float], queue) -> None:
-    """A Python session: imports first (a notebook has them), then timed calls.
+    """A new Python session: imports first (a notebook has them), then timed calls.
     Each re-threshold exports into INTO (the first pass's OUT, as a researcher
     re-exporting their training folder would: codes files already there with the
     same codes are kept, see builder/sets/codes.py); its manifests are then copied

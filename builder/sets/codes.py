@@ -9,9 +9,11 @@ from the generation's ``codes_path`` (read and saved with torch).
 Writing ~25k small files is most of an export (a re-threshold exports the same
 generations again), so an export keeps an index, ``OUT/.ttspo-codes.json``:
 for each file it wrote, the SHA-256 of what it saved (dtype, shape, the codes'
-bytes and the writer's name: the same tensor gives the same bytes) and the file's size, mtime, ctime and
-inode right after writing (each file is written under a temporary name and
-renamed into place, so those details name exactly the bytes this export wrote).
+bytes and the writer's name: the same tensor gives the same bytes) and the
+file's size, mtime, ctime and inode right after writing (each file is written
+under a temporary name and renamed into place, so those details name exactly
+the bytes this export wrote). The content keys are kept per table version in
+the store (session_cache.stored_map), so a re-threshold reads no codes.
 A later export into the same OUT leaves a file as it is only if the codes it
 would save have the same key AND the file still has that size, mtime, ctime and
 inode (the quick check of rsync and make: any write, rename or ``touch`` changes
