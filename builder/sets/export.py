@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ class ExportResult:
     min_duration: float | None
     max_duration: float | None
     codes_reused: int = 0  # codes files already in OUT/codes with these codes: kept (see codes.py)
+    seconds: dict[str, float] = field(default_factory=dict)  # generations, codes, lines, write
 
     def summary(self) -> dict[str, Any]:
         return {"files": self.files, **{f"{k}_pairs": v for k, v in self.pairs.items()},
@@ -118,23 +120,29 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *,
     """Write NAME[@VERSION|@TAG] as NeMo DPO train/val manifests in OUT_DIR, with
     every generation's codes as a CODES_DTYPE file under OUT_DIR/codes."""
     check_codes_dtype(codes_dtype)
+    clock = [time.perf_counter()]
     sv = open_set(store, ref)
     pairs = sv.rows()
     gens = set_generations(store, sv, pairs)
     check_for_nemo(sv.ref, gens)
+    clock.append(time.perf_counter())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     own = dict(zip(gens.ids, gens.column(DERIVED.codes_path)))
     paths, written, kept = write_codes(store, sv.ref, gens.ds, gens.rows, gens.ids, own, out, codes_dtype)
+    clock.append(time.perf_counter())
     manifests = nemo_manifests(pairs, gens.ids, openings(gens, paths))
+    clock.append(time.perf_counter())
     files = []
     for split, name in (("train", TRAIN_MANIFEST), ("val", VAL_MANIFEST)):
         with atomic_write(out / name, "wb") as fh:
             fh.write(manifests[split][0])
         files.append(str(out / name))
+    clock.append(time.perf_counter())
     durations = pc.min_max(gens.parts.column(DERIVED.duration)).as_py()
+    seconds = dict(zip(("generations", "codes", "lines", "write"), (b - a for a, b in zip(clock, clock[1:]))))
     return ExportResult(files, {s: lines // 2 for s, (_, lines) in manifests.items()}, written,
-                        durations["min"], durations["max"], kept)
+                        durations["min"], durations["max"], kept, seconds)
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one per call

@@ -34,6 +34,10 @@ GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
                GEN.pred_transcript, GEN.gt_transcript)
 CONTEXT_CODES = "context_audio_codes_path"  # from the prompt, at the set's prompts version
 
+# The lines' buffers (tens of MB) come from the system allocator: Arrow's default
+# (mimalloc) pays ~0.2 s of first-touch page faults for them in a new process,
+# a third of a new session's re-threshold (bench/RESULTS.md).
+POOL = pa.system_memory_pool()
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
 _STRING = json.encoder.encode_basestring  # what that encoder uses for str (C when available)
 _INF = float("inf")
@@ -178,21 +182,22 @@ def openings(gens: SetGenerations, codes_paths: dict[str, str]) -> pa.Array:
     head, tail = gens.parts.column(DERIVED.head), gens.parts.column(DERIVED.tail)
     if None not in paths and pc.min(pc.binary_length(head)).as_py() and pc.min(pc.binary_length(tail)).as_py():
         # the usual case, joined by Arrow: every generation has all three parts
-        middle = pa.array(map(_STRING, paths), pa.large_string(), size=len(paths))
-        return pc.binary_join_element_wise(head.cast(pa.large_string()), _lit(', "target_audio_codes_path": '),
-                                           middle, _lit(", "), tail.cast(pa.large_string()), _lit(", "),
-                                           _lit("")).combine_chunks()
+        middle = pa.array(map(_STRING, paths), pa.large_string(), size=len(paths), memory_pool=POOL)
+        return pc.binary_join_element_wise(
+            pc.cast(head, pa.large_string(), memory_pool=POOL), _lit(', "target_audio_codes_path": '), middle,
+            _lit(", "), pc.cast(tail, pa.large_string(), memory_pool=POOL), _lit(", "), _lit(""),
+            memory_pool=POOL).combine_chunks(POOL)
     out = []
     for head_items, path, tail_items in zip(head.to_pylist(), paths, tail.to_pylist()):
         middle = "" if path is None else f'"target_audio_codes_path": {_STRING(path)}'
         text = ", ".join([p for p in (head_items, middle, tail_items) if p])
         out.append(f"{text}, " if text else "")
-    return pa.array(out, pa.large_string())
+    return pa.array(out, pa.large_string(), memory_pool=POOL)
 
 
 def _strings(values: list) -> pa.Array:
     encoded = list(map(_STRING, values)) if None not in values else [encode_value(v) for v in values]
-    return pa.array(encoded, pa.large_string())
+    return pa.array(encoded, pa.large_string(), memory_pool=POOL)
 
 
 def _numbers(column: pa.ChunkedArray) -> pa.Array:
@@ -202,7 +207,7 @@ def _numbers(column: pa.ChunkedArray) -> pa.Array:
         encoded = list(map(float.__repr__, values))
     else:
         encoded = [encode_value(v) for v in values]
-    return pa.array(encoded, pa.large_string())
+    return pa.array(encoded, pa.large_string(), memory_pool=POOL)
 
 
 def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: pa.Array) -> dict[str, tuple[memoryview, int]]:
@@ -213,8 +218,8 @@ def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: pa.Array) -> dict[str
     unknown = set(pc.unique(splits).to_pylist()) - {"train", "val"}
     if unknown:
         raise InputError(f"a pair has split {sorted(map(str, unknown))[0]!r}, not train or val")
-    value_set = pa.array(ids, pa.string())
-    at = {side: pc.index_in(pairs.column(side).combine_chunks(), value_set=value_set)
+    value_set = pa.array(ids, pa.string(), memory_pool=POOL)
+    at = {side: pc.index_in(pairs.column(side), value_set=value_set, memory_pool=POOL).combine_chunks(POOL)
           for side in (PAIR.chosen_id, PAIR.rejected_id)}
     if any(a.null_count for a in at.values()):
         raise InputError("a pair names a generation the export did not read")
@@ -222,19 +227,21 @@ def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: pa.Array) -> dict[str
     value = {n: _numbers(pairs.column(n)) for n in (PAIR.chosen_reward, PAIR.rejected_reward,
                                                      PAIR.cer_delta, PAIR.sim_delta)}
     two_lines = pc.binary_join_element_wise(
-        _lit("{"), fixed.take(at[PAIR.chosen_id]), _lit('"reward": '), value[PAIR.chosen_reward],
+        _lit("{"), pc.take(fixed, at[PAIR.chosen_id], memory_pool=POOL), _lit('"reward": '),
+        value[PAIR.chosen_reward],
         _lit(', "pair_id": '), pid, _lit(', "generation_id": '), _strings(pairs.column(PAIR.chosen_id).to_pylist()),
-        _lit("}\n{"), fixed.take(at[PAIR.rejected_id]), _lit('"reward": '), value[PAIR.rejected_reward],
+        _lit("}\n{"), pc.take(fixed, at[PAIR.rejected_id], memory_pool=POOL), _lit('"reward": '),
+        value[PAIR.rejected_reward],
         _lit(', "cer_delta": '), value[PAIR.cer_delta], _lit(', "sim_delta": '), value[PAIR.sim_delta],
         _lit(', "pair_id": '), pid, _lit(', "generation_id": '), _strings(pairs.column(PAIR.rejected_id).to_pylist()),
-        _lit("}\n"), _lit(""))
+        _lit("}\n"), _lit(""), memory_pool=POOL)
     if two_lines.null_count:
         raise AssertionError("a manifest line came out null")
     split_of = np.asarray(splits.to_numpy(zero_copy_only=False))
     out = {}
     for split in ("train", "val"):
         rows = np.flatnonzero(split_of == split)
-        lines = two_lines if len(rows) == len(two_lines) else two_lines.take(pa.array(rows))
+        lines = two_lines if len(rows) == len(two_lines) else pc.take(two_lines, rows, memory_pool=POOL)
         out[split] = (_text(lines), 2 * len(rows))
     return out
 
