@@ -67,7 +67,7 @@ class Recipe:
     @property
     def placeholders(self) -> list[str]:
         """The $names the SQL uses (comments and string literals left out)."""
-        return sorted(set(PLACEHOLDER.findall(_strip_comments_and_strings(self.sql))))
+        return sorted(_placeholders(self.sql))
 
 
 # ---------------------------------------------------------------- loading
