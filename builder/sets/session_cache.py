@@ -19,8 +19,8 @@ source of the modules that compute the entries, the SQL macros and the DuckDB
 and Lance versions, so an upgrade or an edit never reads an old entry. Files are
 written to a temporary name and renamed (readers see whole files); one that
 cannot be read is computed again; a store that cannot be written to is only not
-cached. Each kind keeps its MAX_FILES newest files. ``rm -r STORE/.derived`` is
-always safe.
+cached. Each kind keeps its MAX_FILES most recently used files. ``rm -r
+STORE/.derived`` is always safe.
 """
 
 from __future__ import annotations
@@ -106,10 +106,11 @@ def code_stamp() -> str:
 
     from ttspo import __version__
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[2]  # the ttspo package (the repo, or site-packages/ttspo)
     digest = hashlib.sha256(f"{__version__}|{version('duckdb')}|{version('pylance')}".encode())
     for name in _SOURCES:
-        digest.update(name.encode() + b"\0" + (root / name).read_bytes())
+        source = root / name
+        digest.update(name.encode() + b"\0" + (source.read_bytes() if source.is_file() else b"(missing)"))
     return digest.hexdigest()
 
 
@@ -126,7 +127,11 @@ def _read(path: Path, schema: pa.Schema | None = None) -> pa.Table | None:
             table = pa.ipc.open_file(source).read_all()
     except (OSError, pa.ArrowException):
         return None
-    return table if schema is None or table.schema.equals(schema) else None
+    if schema is not None and not table.schema.equals(schema):
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # used now: the newest files of a kind are the ones kept (_prune)
+    return table
 
 
 def _write(path: Path, table: pa.Table) -> None:
