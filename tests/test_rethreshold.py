@@ -17,8 +17,8 @@ from ttspo.builder.core.store import Store, make_lineage
 from ttspo.builder.sets import session_cache
 from ttspo.builder.sets.build import build_set, open_set
 from ttspo.builder.sets.export import export_nemo
-from ttspo.builder.sets.nemo_lines import CONTEXT_CODES, GEN_COLUMNS, fixed_parts, gen_lines, \
-    nemo_manifest_lines, SetGenerations
+from ttspo.builder.sets.nemo_lines import (CONTEXT_CODES, GEN_COLUMNS, SetGenerations, gen_parts,
+                                           nemo_manifests, openings)
 from test_build_helpers import BASIC, gen_rows
 
 OLD_ENCODER = json.JSONEncoder(ensure_ascii=False)
@@ -76,6 +76,19 @@ def awkward_generations(n=10):
     return gens
 
 
+def manifests(gens, pairs, ids, paths):
+    """What the column writer makes of GENS (dicts) and PAIRS: split -> lines."""
+    columns = {c: [g[c] for g in gens] for c in (*GEN_COLUMNS, CONTEXT_CODES)}
+    parts = gen_parts(columns, list(range(len(ids))))
+    fixed = openings(SetGenerations(None, ids, parts), paths)
+    made = nemo_manifests(pa.Table.from_pylist(pairs), ids, fixed)
+    return {split: bytes(text).decode() for split, (text, _) in made.items()}
+
+
+def joined(lines):
+    return {split: "".join(v) for split, v in lines.items()}
+
+
 def test_column_writer_gives_the_old_encoders_bytes_on_awkward_values():
     gens = awkward_generations(len(AWKWARD_TEXT) * len(AWKWARD_FLOAT))
     ids = [g[GEN.generation_id] for g in gens]
@@ -83,26 +96,25 @@ def test_column_writer_gives_the_old_encoders_bytes_on_awkward_values():
               PAIR.chosen_reward: AWKWARD_FLOAT[i % 3] or 1.0, PAIR.rejected_reward: AWKWARD_FLOAT[i % 10],
               PAIR.cer_delta: AWKWARD_FLOAT[(i + 3) % 10], PAIR.sim_delta: AWKWARD_FLOAT[(i + 5) % 10],
               PAIR.split: "val" if i % 4 == 0 else "train"} for i in range(len(ids))]
-    columns = {c: [g[c] for g in gens] for c in (*GEN_COLUMNS, CONTEXT_CODES)}
-    lines = dict(zip(ids, gen_lines(columns)))
-    new = nemo_manifest_lines(pa.Table.from_pylist(pairs), fixed_parts(SetGenerations(None, {}, lines, ids), {}))
     old = old_lines(gens, pairs)
-    assert new == old
-    assert sum(len(v) for v in new.values()) == 2 * len(pairs)
+    assert manifests(gens, pairs, ids, {}) == joined(old)
+    assert sum(len(v) for v in old.values()) == 2 * len(pairs) and old["val"] and old["train"]
     # and with the export's own codes paths in place of the generations' codes_path
     paths = {g: f"/out/codes/{g}\u00e9.pt" for g in ids}
-    new = nemo_manifest_lines(pa.Table.from_pylist(pairs), fixed_parts(SetGenerations(None, {}, lines, ids), paths))
-    assert new == old_lines([{**g, GEN.codes_path: paths[g[GEN.generation_id]]} for g in gens], pairs)
+    assert manifests(gens, pairs, ids, paths) == joined(
+        old_lines([{**g, GEN.codes_path: paths[g[GEN.generation_id]]} for g in gens], pairs))
+    # finite floats only (the fast path) and a pair order other than the ids'
+    finite = [{**p, PAIR.rejected_reward: 0.1 * i, PAIR.cer_delta: 1e-05 * i, PAIR.sim_delta: -2.5 / (i + 1)}
+              for i, p in enumerate(pairs)][::-1]
+    assert manifests(gens, finite, ids, {}) == joined(old_lines(gens, finite))
 
 
 def test_a_generation_with_no_known_field_still_gives_the_old_bytes():
-    empty = {c: [None] for c in (*GEN_COLUMNS, CONTEXT_CODES)}
-    lines = {"x": gen_lines(empty)[0]}
+    empty = {c: None for c in (*GEN_COLUMNS, CONTEXT_CODES)}
+    gens = [{**empty, GEN.generation_id: "x"}]
     pair = [{PAIR.chosen_id: "x", PAIR.rejected_id: "x", PAIR.pair_id: "x>x", PAIR.chosen_reward: 1.0,
              PAIR.rejected_reward: 0.5, PAIR.cer_delta: None, PAIR.sim_delta: 0.0, PAIR.split: "train"}]
-    gens = SetGenerations(None, {}, lines, ["x"])
-    assert nemo_manifest_lines(pa.Table.from_pylist(pair), fixed_parts(gens, {})) == old_lines(
-        [{**{c: None for c in empty}, GEN.generation_id: "x"}], pair)
+    assert manifests(gens, pair, ["x"], {}) == joined(old_lines(gens, pair))
 
 
 # ------------------------------------------------------------ a store with codes

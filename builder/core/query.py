@@ -14,6 +14,7 @@ them with the Python API (``Store.open(...)``).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -120,17 +121,27 @@ def refs_in(sql: str) -> list[str]:
 
 
 def check_read_only(sql: str) -> None:
+    problem = _read_only_problem(sql)
+    if problem:
+        raise QueryError(problem)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_only_problem(sql: str) -> str | None:
+    """Why SQL is not one read-only query, or None (parsing a recipe takes ~20 ms:
+    a re-threshold checks the same text again)."""
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise QueryError(f"SQL error: {first_line(exc)}") from None
+        return f"SQL error: {first_line(exc)}"
     if not statements:
-        raise QueryError("empty query")
+        return "empty query"
     if len(statements) > 1:
-        raise QueryError(f"one statement per query, please (got {len(statements)})")
+        return f"one statement per query, please (got {len(statements)})"
     for st in statements:
         if st.type != duckdb.StatementType.SELECT:
-            raise QueryError(f"only SELECT queries are allowed (got {st.type.name})")
+            return f"only SELECT queries are allowed (got {st.type.name})"
+    return None
 
 
 def run(store: Store, sql: str, params: dict[str, Any] | None = None) -> tuple[pa.Table, dict[str, int]]:

@@ -416,3 +416,21 @@ REWARDS_SCHEMA = pa.schema(
         *REWARD_FIELDS,
     ]
 )
+
+# ------------------------------------------- derived files (STORE/.derived)
+# Not tables: what a re-threshold would compute again from a table version, kept
+# by builder/sets/session_cache.py (maps keyed by `id`, a generation id).
+DERIVED = _names(id="id", row="row", head="head", codes_path="codes_path", tail="tail",
+                 duration="duration", problem="problem", key="key", file="file")
+
+# A generation's manifest line parts (builder/sets/nemo_lines.py): its row in the
+# table version, the encoded items before and after target_audio_codes_path ("" if
+# none), its own codes_path and duration, and why NeMo cannot use it (null if it can).
+LINE_PARTS_SCHEMA = pa.schema([(DERIVED.id, pa.string()), (DERIVED.row, pa.int64()), (DERIVED.head, pa.string()),
+                               (DERIVED.codes_path, pa.string()), (DERIVED.tail, pa.string()),
+                               (DERIVED.duration, pa.float64()), (DERIVED.problem, pa.string())])
+
+# A generation's codes content key (builder/sets/codes.py), null without codes, and
+# the name of its codes file.
+CODES_KEYS_SCHEMA = pa.schema([(DERIVED.id, pa.string()), (DERIVED.key, pa.string()),
+                               (DERIVED.file, pa.string())])

@@ -94,22 +94,25 @@ MAX_CHUNKS = 4096  # RIFF chunks walked before 'data' (metadata chunks are few a
 
 
 def wav_info_bytes(head: bytes, file_size: int) -> WavInfo | None:
-    """Parse a RIFF/WAVE header held in HEAD; None when the file is some other format,
-    "need-more" when 'data' starts past HEAD (see _walk_chunks)."""
+    """Parse a RIFF/WAVE header held in HEAD (the first bytes of a file of FILE_SIZE);
+    None when the file is some other format, "need-more" when 'data' starts past
+    HEAD (then _walk_chunks over the file)."""
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
-    pos, fmt = 12, None
-    while pos + 8 <= len(head):
-        cid, size = head[pos:pos + 4], struct.unpack_from("<I", head, pos + 4)[0]
-        body = pos + 8
-        if cid == b"fmt ":
-            if body + 16 > len(head):
-                break  # the fmt body lies past HEAD: walk the file
-            fmt = _fmt(head[body:body + 16])
-        elif cid == b"data":
-            return _data_info(fmt, size, file_size - body)
-        pos = body + size + (size & 1)
-    return "need-more"  # type: ignore[return-value]
+
+    def read_at(at: int, n: int) -> bytes:
+        if at + n > len(head) and len(head) < file_size:
+            raise _NeedMore
+        return head[at:at + n]
+
+    try:
+        return _walk_chunks(read_at, file_size)
+    except _NeedMore:
+        return "need-more"  # type: ignore[return-value]
+
+
+class _NeedMore(Exception):
+    """A chunk header or fmt body lies past the bytes at hand."""
 
 
 PLAIN_TAGS = (1, 3, 6, 7, 0xFFFE)  # PCM, float, A-law, mu-law, extensible: frames = bytes / align

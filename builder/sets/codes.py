@@ -1,17 +1,19 @@
 """The codes files of a NeMo export: ``OUT/codes/<generation id>.pt``.
 
-Every generation's codes are written with ``torch.save`` of a ``[codebooks,
-frames]`` tensor of ``codes_dtype`` (int32 by default, or int64; see export.py
-for why not int16). They come from the generations table (as ingested), else
-from the generation's ``codes_path``.
+Every generation's codes are a ``[codebooks, frames]`` tensor of ``codes_dtype``
+(int32 by default, or int64; see export.py for why not int16), in the bytes
+``torch.save`` writes. They come from the generations table (as ingested),
+written by torch_file.py (the same bytes, without torch's per-file cost), else
+from the generation's ``codes_path`` (read and saved with torch).
 
 Writing ~25k small files is most of an export (a re-threshold exports the same
 generations again), so an export keeps an index, ``OUT/.ttspo-codes.json``:
-for each file it wrote, the SHA-256 of what it saved (torch version, dtype,
-shape, the codes' bytes and how the file is written: ``torch.save`` of the same
-tensor into a buffer gives the same bytes) and the file's size, mtime, ctime and
-inode right after writing (each file is written under a temporary name and
-renamed into place, so those details name exactly the bytes this export wrote).
+for each file it wrote, the SHA-256 of what it saved (dtype, shape, the codes'
+bytes and the writer's name: the same tensor gives the same bytes) and the
+file's size, mtime, ctime and inode right after writing (each file is written
+under a temporary name and renamed into place, so those details name exactly
+the bytes this export wrote). The content keys are kept per table version in
+the store (session_cache.stored_map), so a re-threshold reads no codes.
 A later export into the same OUT leaves a file as it is only if the codes it
 would save have the same key AND the file still has that size, mtime, ctime and
 inode (the quick check of rsync and make: any write, rename or ``touch`` changes
@@ -37,13 +39,14 @@ import pyarrow as pa
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import write_text_atomic
-from ttspo.builder.core.schemas import GEN
+from ttspo.builder.core.schemas import CODES_KEYS_SCHEMA, DERIVED, GEN
+from ttspo.builder.sets.torch_file import torch_file_bytes
 
 CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices
 DEFAULT_CODES_DTYPE = "int32"
 INDEX_NAME = ".ttspo-codes.json"
 INDEX_FORMAT = 1
-WRITER = "buffer-rename"  # how a file's bytes are made (_write_file); part of every content key
+WRITER = "torch_file-1"  # what makes a file's bytes (torch_file.py); part of every content key
 
 
 def check_codes_dtype(codes_dtype: str) -> None:
@@ -130,11 +133,8 @@ def safe_name(generation_id: str) -> str:
 
 
 def codes_stamp(ds, codes_dtype: str) -> str:
-    """What torch.save's bytes depend on besides the codes (torch's version read
-    without importing torch: an export that keeps every file never loads it)."""
-    from importlib.metadata import version
-
-    return f"{version('torch')}|{codes_dtype}|{ds.schema.field(GEN.codes).type}|{WRITER}"
+    """What a codes file's bytes depend on besides the codes."""
+    return f"{codes_dtype}|{ds.schema.field(GEN.codes).type}|{WRITER}"
 
 
 def content_key(stamp: str, table: TableCodes, gid: str) -> str:
@@ -143,22 +143,29 @@ def content_key(stamp: str, table: TableCodes, gid: str) -> str:
     return hashlib.sha256(f"{stamp}|{shape}|".encode() + table.values[start:end].data).hexdigest()
 
 
-def write_codes(sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes_paths: dict[str, Any],
+def write_codes(store, sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes_paths: dict[str, Any],
                 out_dir: Path, codes_dtype: str) -> tuple[dict[str, str], int, int]:
     """Write (or keep, see the module doc) the codes files of the generations GIDS
     (OFFSETS: their rows in DS; CODES_PATHS: their codes_path). Returns (generation
     id -> absolute path of its codes file, files written now, files kept as they
     were). Refuses a mix of generations with and without codes; without any,
     writes none (NeMo's dataset then reads the wavs) and returns an empty mapping."""
-    from ttspo.builder.sets.session_cache import cached, table_identity
+    from ttspo.builder.sets.session_cache import stored_map, table_identity
 
     check_codes_dtype(codes_dtype)
     stamp = codes_stamp(ds, codes_dtype)
-    # generation id -> content key, or None without codes in the table (per table version)
-    keys: dict[str, str | None] = cached("export.codes", (table_identity(ds), stamp), dict)
-    fresh = _take_codes(ds, offsets, [g for g in gids if g not in keys])
-    for gid in fresh.ids:
-        keys[gid] = content_key(stamp, fresh, gid) if gid in fresh.rows else None
+    fresh = _take_codes(ds, offsets, [])
+
+    def compute(todo: list[str]) -> pa.Table:
+        nonlocal fresh
+        fresh = _take_codes(ds, offsets, todo)
+        return pa.table([todo, [content_key(stamp, fresh, g) if g in fresh.rows else None for g in todo],
+                         [f"{safe_name(g)}.pt" for g in todo]], schema=CODES_KEYS_SCHEMA)
+
+    # generation id -> (content key, or None without codes in the table), per table version
+    stored = stored_map(store, "export.codes", (table_identity(ds), stamp), CODES_KEYS_SCHEMA, gids, compute)
+    keys = dict(zip(gids, stored.column(DERIVED.key).to_pylist()))
+    names = dict(zip(gids, stored.column(DERIVED.file).to_pylist()))  # safe_name(id).pt
     without = sorted(g for g in gids if keys[g] is None and not codes_paths[g])
     if without and len(without) < len(gids):
         raise InputError(f"{sv_ref}: {len(without)} of {len(gids)} generations have no codes "
@@ -170,30 +177,27 @@ def write_codes(sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes
     from_files = {gid: read_codes_file(codes_paths[gid], gid) for gid in sorted(gids) if keys[gid] is None}
     index = _read_index(out_dir)
     base = str(codes_dir.absolute())
-    names = cached("export.names", None, dict)  # safe_name is a pure function of the id
-    for gid in gids:
-        if gid not in names:
-            names[gid] = f"{safe_name(gid)}.pt"
     paths = {gid: f"{base}/{names[gid]}" for gid in sorted(gids)}
-    stale = [g for g in paths if g not in from_files and not _unchanged(index.get(names[g]), keys[g], paths[g])]
+    stale = _stale([g for g in paths if g not in from_files], names, keys, index, codes_dir)
     missing = [g for g in stale if g not in fresh.rows]
     table = _take_codes(ds, offsets, missing) if missing else fresh
     written = 0
     if not (stale or from_files):
         return paths, 0, len(paths)
-    import torch
-
     for gid, path in paths.items():
-        name = path[len(base) + 1:]
         if gid in from_files:  # as read (any strides): always written, never indexed
-            _write_file(torch, from_files[gid].to(getattr(torch, codes_dtype)), path)
-            index.pop(name, None)
+            import torch
+
+            buffer = io.BytesIO()
+            torch.save(from_files[gid].to(getattr(torch, codes_dtype)), buffer)
+            _write_file(buffer.getbuffer(), path)
+            index.pop(path[len(base) + 1:], None)
             written += 1
     for gid in stale:
         path = paths[gid]
         codes = (table if gid in table.rows else fresh).array(gid)
-        index[path[len(base) + 1:]] = [keys[gid], *_write_file(torch, torch.from_numpy(
-            codes.astype(codes_dtype)), path)]
+        data = torch_file_bytes(np.ascontiguousarray(codes.astype(codes_dtype)))
+        index[path[len(base) + 1:]] = [keys[gid], *_write_file(memoryview(data), path)]
         written += 1
     if written:
         _write_index(out_dir, index)
@@ -215,21 +219,17 @@ def _details(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def _write_file(torch, tensor, path: str) -> list[int]:
-    """torch.save TENSOR as a new file renamed over PATH; returns that file's details.
+def _write_file(view: memoryview, path: str) -> list[int]:
+    """VIEW's bytes as a new file renamed over PATH; returns that file's details.
 
-    Why not torch.save(tensor, path): that rewrites PATH in place, and a stat taken
-    after it may see another export's write into the same OUT (the index would then
-    vouch for bytes it did not write). A new inode per write, stat'ed through its
-    own descriptor after the rename, names exactly these bytes; readers never see
-    half a file. Saved through a buffer, so the bytes do not depend on the file name.
+    Why not write PATH in place: a stat taken after it may see another export's
+    write into the same OUT (the index would then vouch for bytes it did not
+    write). A new inode per write, stat'ed through its own descriptor after the
+    rename, names exactly these bytes; readers never see half a file.
     """
-    buffer = io.BytesIO()
-    torch.save(tensor, buffer)
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = buffer.getbuffer()
         while view:
             view = view[os.write(fd, view):]
         os.replace(tmp, path)
@@ -242,17 +242,31 @@ def _write_file(torch, tensor, path: str) -> list[int]:
         os.close(fd)
 
 
-def _unchanged(entry: Any, key: str, path: str) -> bool:
-    if not (isinstance(entry, list) and len(entry) == 5):  # unknown, or not an entry we write
-        return False
-    if entry[0] != key:
-        return False
+def _stale(gids: list[str], names: dict[str, str], keys: dict[str, str], index: dict[str, Any],
+           codes_dir: Path) -> list[str]:
+    """The GIDS whose file must be written: no index entry of ours, another content
+    key, or a file whose size, mtime, ctime or inode are not those the entry names
+    (deleted, replaced, edited or touched). One stat per file, by name in the folder."""
+    stale = []
+    folder = os.open(codes_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        st = os.stat(path)
-    except OSError:  # deleted: write it again
-        return False
-    return (entry[1] == st.st_size and entry[2] == st.st_mtime_ns and entry[3] == st.st_ctime_ns
-            and entry[4] == st.st_ino)
+        for gid in gids:
+            name = names[gid]
+            entry = index.get(name)
+            if not (type(entry) is list and len(entry) == 5 and entry[0] == keys[gid]):
+                stale.append(gid)  # unknown, not an entry we write, or other codes
+                continue
+            try:
+                st = os.stat(name, dir_fd=folder)
+            except OSError:  # deleted: write it again
+                stale.append(gid)
+                continue
+            if (entry[1] != st.st_size or entry[2] != st.st_mtime_ns or entry[3] != st.st_ctime_ns
+                    or entry[4] != st.st_ino):
+                stale.append(gid)
+    finally:
+        os.close(folder)
+    return stale
 
 
 def _read_index(out_dir: Path) -> dict[str, list]:

@@ -23,9 +23,9 @@ Two NeMo pitfalls the export guards against:
   pairing lines, which would shift every later pair: keep those bounds around
   the range the export reports (the recipe's duration limits).
 
-Every generation's codes are written to ``OUT/codes/<generation id>.pt`` with
-``torch.save`` of a ``[codebooks, frames]`` tensor of ``codes_dtype`` (int32 by
-default, or int64): NeMo's own generation writes int16 codes, on which its DPO
+Every generation's codes are written to ``OUT/codes/<generation id>.pt`` as
+``torch.save`` of a ``[codebooks, frames]`` tensor of ``codes_dtype`` writes it
+(int32 by default, or int64; torch_file.py): NeMo's own generation writes int16 codes, on which its DPO
 training step crashes (``gather(): Expected dtype int32/int64 for index``), so
 the export never points at those files. The codes are the table's (as ingested),
 else those of the generation's ``codes_path``. An export into an OUT that already
@@ -41,20 +41,21 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ttspo.builder.sets.build import SetVersion, open_set
 from ttspo.builder.sets.codes import (CODES_DTYPES, DEFAULT_CODES_DTYPE, check_codes_dtype,  # noqa: F401
                                       read_codes_file, safe_name, write_codes)
-from ttspo.builder.sets.nemo_lines import (GEN_COLUMNS, check_for_nemo, fixed_parts, nemo_manifest_lines,
-                                           set_generations)
+from ttspo.builder.sets.nemo_lines import GEN_COLUMNS, check_for_nemo, nemo_manifests, openings, set_generations
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import atomic_write, write_text_atomic
-from ttspo.builder.core.schemas import GEN, PAIR, PROMPT
+from ttspo.builder.core.schemas import DERIVED, GEN, PAIR, PROMPT
 
 TRAIN_MANIFEST = "dpo_train_manifest.json"
 VAL_MANIFEST = "dpo_val_manifest.json"
@@ -68,6 +69,7 @@ class ExportResult:
     min_duration: float | None
     max_duration: float | None
     codes_reused: int = 0  # codes files already in OUT/codes with these codes: kept (see codes.py)
+    seconds: dict[str, float] = field(default_factory=dict)  # generations, codes, lines, write
 
     def summary(self) -> dict[str, Any]:
         return {"files": self.files, **{f"{k}_pairs": v for k, v in self.pairs.items()},
@@ -118,21 +120,29 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *,
     """Write NAME[@VERSION|@TAG] as NeMo DPO train/val manifests in OUT_DIR, with
     every generation's codes as a CODES_DTYPE file under OUT_DIR/codes."""
     check_codes_dtype(codes_dtype)
+    clock = [time.perf_counter()]
     sv = open_set(store, ref)
     pairs = sv.rows()
     gens = set_generations(store, sv, pairs)
     check_for_nemo(sv.ref, gens)
+    clock.append(time.perf_counter())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths, written, kept = write_codes(sv.ref, gens.ds, gens.offsets, gens.ids,
-                                       {g: gens.lines[g].codes_path for g in gens.ids}, out, codes_dtype)
-    lines = nemo_manifest_lines(pairs, fixed_parts(gens, paths))
+    own = dict(zip(gens.ids, gens.column(DERIVED.codes_path)))
+    paths, written, kept = write_codes(store, sv.ref, gens.ds, gens.rows, gens.ids, own, out, codes_dtype)
+    clock.append(time.perf_counter())
+    manifests = nemo_manifests(pairs, gens.ids, openings(gens, paths))
+    clock.append(time.perf_counter())
     files = []
     for split, name in (("train", TRAIN_MANIFEST), ("val", VAL_MANIFEST)):
-        files.append(str(write_text_atomic(out / name, "".join(lines[split]))))
-    durations = [gens.lines[g].duration for g in gens.ids]
-    return ExportResult(files, {s: len(v) // 2 for s, v in lines.items()}, written,
-                        min(durations, default=None), max(durations, default=None), kept)
+        with atomic_write(out / name, "wb") as fh:
+            fh.write(manifests[split][0])
+        files.append(str(out / name))
+    clock.append(time.perf_counter())
+    durations = pc.min_max(gens.parts.column(DERIVED.duration)).as_py()
+    seconds = dict(zip(("generations", "codes", "lines", "write"), (b - a for a, b in zip(clock, clock[1:]))))
+    return ExportResult(files, {s: lines // 2 for s, (_, lines) in manifests.items()}, written,
+                        durations["min"], durations["max"], kept, seconds)
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one per call

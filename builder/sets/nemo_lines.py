@@ -3,11 +3,14 @@
 A manifest line is JSON as ``json.JSONEncoder(ensure_ascii=False).encode`` writes
 a dict: ``{"key": value, ...}`` with ", " and ": " separators. A re-threshold
 writes ~25k such lines, so instead of a dict and an encoder call per line, each
-generation's fixed part (prompt fields, wav, codes, metrics) is encoded once,
-column by column, and each line is that part plus the pair's few values. The
-values are encoded exactly as the encoder does (strings by its own
-``encode_basestring``, floats by ``float.__repr__`` with NaN/Infinity, anything
-else by the encoder); tests/test_export.py compares both on awkward values.
+generation's fixed parts (prompt fields, wav, metrics: before and after its codes
+path) are encoded once, column by column, and kept per generations version in the
+session and the store (session_cache); each line is then that part, its codes
+path and the pair's few values, joined by Arrow, and a manifest is the joined
+lines' bytes. The values are encoded exactly as the encoder does (strings by its
+own ``encode_basestring``, floats by ``float.__repr__`` with NaN/Infinity,
+anything else by the encoder); tests/test_rethreshold.py compares both on
+awkward values.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import json.encoder
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
-from ttspo.builder.core.schemas import GEN, PAIR, PROMPT
+from ttspo.builder.core.schemas import DERIVED, GEN, LINE_PARTS_SCHEMA, PAIR, PROMPT
 
 # Generation columns an export reads (not the heavy `codes`).
 GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
@@ -30,6 +34,10 @@ GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
                GEN.pred_transcript, GEN.gt_transcript)
 CONTEXT_CODES = "context_audio_codes_path"  # from the prompt, at the set's prompts version
 
+# The lines' buffers (tens of MB) come from the system allocator: Arrow's default
+# (mimalloc) pays ~0.2 s of first-touch page faults for them in a new process,
+# a third of a new session's re-threshold (bench/RESULTS.md).
+POOL = pa.system_memory_pool()
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
 _STRING = json.encoder.encode_basestring  # what that encoder uses for str (C when available)
 _INF = float("inf")
@@ -49,66 +57,62 @@ def encode_value(v: Any) -> str:
 
 
 @dataclass
-class GenLine:
-    """A generation's part of its manifest lines: the encoded "key": value items
-    before and after target_audio_codes_path (joined by ", ", "" if none)."""
-
-    head: str
-    codes_path: str | None  # the generation's own; an export with codes points elsewhere
-    tail: str
-    duration: float | None
-    problem: str | None  # why NeMo cannot use it (check_for_nemo), if it cannot
-    _last: tuple | None = None  # (codes_path, opening) of the last call
-
-    def opening(self, codes_path: str | None) -> str:
-        """``{"text": ..., "gt_transcript": ...`` (no closing brace)."""
-        if self._last is not None and self._last[0] == codes_path:  # a re-export into the same OUT
-            return self._last[1]
-        middle = None if codes_path is None else f'"target_audio_codes_path": {_STRING(codes_path)}'
-        text = "{" + ", ".join([p for p in (self.head, middle, self.tail) if p])
-        self._last = (codes_path, text)
-        return text
-
-
-@dataclass
 class SetGenerations:
     """The generations a set names, at the version it was built from."""
 
     ds: Any  # the generations table at that version
-    offsets: dict[str, int]  # generation id -> row offset in ds (every row)
-    lines: dict[str, GenLine]  # generation id -> its line parts (at least the set's)
     ids: list[str]  # the set's generations, in table order
+    parts: pa.Table  # their LINE_PARTS_SCHEMA rows, in the order of ids
+
+    def column(self, name: str) -> list:
+        return self.parts.column(name).to_pylist()
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """generation id -> its row in ds."""
+        return dict(zip(self.ids, self.column(DERIVED.row)))
 
 
 def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
     """The generations PAIRS name, read at the version the set was built from (plus
-    each prompt's context codes path at the set's prompts version). Kept per table
-    version for the session (session_cache)."""
-    from ttspo.builder.sets.session_cache import cached, table_identity
+    each prompt's context codes path at the set's prompts version). Their line parts
+    are kept per table version, in the session and in the store (session_cache): a
+    table's every id is read only for generations not kept yet."""
+    from ttspo.builder.sets.session_cache import cached, stored_map, stored_table, table_identity
 
     version = sv.record.inputs["generations"]
     ds = store.open("generations", version)
     gen_key = table_identity(ds)
     prompts = (store.open("prompts", sv.record.prompts_version) if sv.record.prompts_version is not None
                else None)
-    offsets = cached("export.offsets", gen_key, lambda: {
-        g: i for i, g in enumerate(ds.to_table(columns=[GEN.generation_id]).column(0).to_pylist())})
-    named = pairs.column(PAIR.chosen_id).to_pylist() + pairs.column(PAIR.rejected_id).to_pylist()
-    missing = [g for g in named if g not in offsets]
-    if missing:
-        raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{version} "
-                         f"({len(missing)} missing)")
-    ids = sorted(set(named), key=offsets.__getitem__)
-    lines = cached("export.lines", (gen_key, None if prompts is None else table_identity(prompts)), dict)
-    new = [g for g in ids if g not in lines]
-    if new:
-        table = ds.take(pa.array([offsets[g] for g in new], pa.int64()), columns=list(GEN_COLUMNS))
-        columns = {c: table.column(c).to_pylist() for c in GEN_COLUMNS}
-        if columns[GEN.generation_id] != new:  # rows are matched by offset: check they are these
-            raise InputError(f"{ds.uri}: rows moved while the export read them; export again")
-        columns[CONTEXT_CODES] = context_codes(prompts, table.column(GEN.prompt_id))
-        lines.update(zip(new, gen_lines(columns)))
-    return SetGenerations(ds, offsets, lines, ids)
+
+    def compute(todo: list[str]) -> pa.Table:
+        rows = cached("export.offsets", gen_key, lambda: {g: i for i, g in enumerate(stored_table(
+            store, "export.ids", gen_key, lambda: ds.to_table(columns=[GEN.generation_id])).column(0).to_pylist())})
+        missing = [g for g in todo if g not in rows]
+        if missing:
+            raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{version} "
+                             f"({len(missing)} missing)")
+        return line_parts(ds, rows, prompts, todo)
+
+    named = pa.concat_arrays([pairs.column(PAIR.chosen_id).combine_chunks(),
+                              pairs.column(PAIR.rejected_id).combine_chunks()])
+    unique = pc.unique(named).to_pylist()
+    key = (gen_key, None if prompts is None else table_identity(prompts))
+    parts = stored_map(store, "export.line_parts", key, LINE_PARTS_SCHEMA, unique, compute)
+    parts = parts.take(pc.sort_indices(parts.column(DERIVED.row)))  # table order
+    return SetGenerations(ds, parts.column(DERIVED.id).to_pylist(), parts)
+
+
+def line_parts(ds, rows: dict[str, int], prompts, ids: list[str]) -> pa.Table:
+    """LINE_PARTS_SCHEMA rows of the generations IDS (at ROWS of DS)."""
+    at = [rows[g] for g in ids]
+    table = ds.take(pa.array(at, pa.int64()), columns=list(GEN_COLUMNS))
+    columns = {c: table.column(c).to_pylist() for c in GEN_COLUMNS}
+    if columns[GEN.generation_id] != ids:  # rows are matched by offset: check they are these
+        raise InputError(f"{ds.uri}: rows moved while the export read them; export again")
+    columns[CONTEXT_CODES] = context_codes(prompts, table.column(GEN.prompt_id))
+    return gen_parts(columns, at)
 
 
 def context_codes(prompts, prompt_ids: pa.ChunkedArray) -> list:
@@ -121,10 +125,10 @@ def context_codes(prompts, prompt_ids: pa.ChunkedArray) -> list:
 
 
 def check_for_nemo(ref: str, gens: SetGenerations) -> None:
-    for gid in gens.ids:
-        problem = gens.lines[gid].problem
-        if problem:
-            raise InputError(f"{ref}: generation {gid} {problem}")
+    problems = gens.parts.column(DERIVED.problem)
+    if problems.null_count < len(problems):
+        first = pc.index(pc.is_valid(problems), True).as_py()
+        raise InputError(f"{ref}: generation {gens.ids[first]} {problems[first].as_py()}")
 
 
 def _problem(duration, audio, context, context_duration) -> str | None:
@@ -146,9 +150,9 @@ def _joined(encoded: list[list]) -> list[str]:
     return [", ".join([p for p in parts if p is not None]) for parts in zip(*encoded)]
 
 
-def gen_lines(c: dict[str, list]) -> list[GenLine]:
-    """Line parts of each generation in the columns C (keys in NeMo's order,
-    unknown values left out), column by column."""
+def gen_parts(c: dict[str, list], rows: list[int]) -> pa.Table:
+    """LINE_PARTS_SCHEMA rows of the generations in the columns C, at ROWS of their
+    table (keys in NeMo's order, unknown values left out), column by column."""
     audio_context = [bool(x) for x in c[GEN.context_audio_filepath]]
 
     def only(values: list, when: bool) -> list:
@@ -163,47 +167,92 @@ def gen_lines(c: dict[str, list]) -> list[GenLine]:
     tail = [("duration", c[GEN.duration]), ("cer_gts", c[GEN.cer]), ("wer_gts", c[GEN.wer]),
             ("pred_context_similarity", c[GEN.ssim]), ("pred_transcript", c[GEN.pred_transcript]),
             ("gt_transcript", c[GEN.gt_transcript])]
-    heads = _joined([_encoded(k, v) for k, v in head])
-    tails = _joined([_encoded(k, v) for k, v in tail])
     problems = [_problem(*x) for x in zip(c[GEN.duration], c[GEN.audio_filepath],
                                           c[GEN.context_audio_filepath], c[GEN.context_audio_duration])]
-    return [GenLine(h, p, t, d, problem) for h, p, t, d, problem in zip(
-        heads, c[GEN.codes_path], tails, c[GEN.duration], problems)]
+    return pa.table([c[GEN.generation_id], rows, _joined([_encoded(k, v) for k, v in head]), c[GEN.codes_path],
+                     _joined([_encoded(k, v) for k, v in tail]), c[GEN.duration], problems],
+                    schema=LINE_PARTS_SCHEMA)
 
 
-def fixed_parts(gens: SetGenerations, codes_paths: dict[str, str]) -> dict[str, str]:
-    """generation id -> its lines' opening, pointing at CODES_PATHS (its own codes_path without)."""
-    lines = gens.lines
-    if codes_paths:
-        return {g: lines[g].opening(codes_paths[g]) for g in gens.ids}
-    return {g: lines[g].opening(lines[g].codes_path) for g in gens.ids}
+# ------------------------------------------------------------------ lines
+def openings(gens: SetGenerations, codes_paths: dict[str, str]) -> pa.Array:
+    """Per generation of GENS (in its order), its lines' fixed items pointing at
+    CODES_PATHS (its own codes_path without), joined, with ", " after unless empty."""
+    paths = [codes_paths[g] for g in gens.ids] if codes_paths else gens.column(DERIVED.codes_path)
+    head, tail = gens.parts.column(DERIVED.head), gens.parts.column(DERIVED.tail)
+    if None not in paths and pc.min(pc.binary_length(head)).as_py() and pc.min(pc.binary_length(tail)).as_py():
+        # the usual case, joined by Arrow: every generation has all three parts
+        middle = pa.array(map(_STRING, paths), pa.large_string(), size=len(paths), memory_pool=POOL)
+        return pc.binary_join_element_wise(
+            pc.cast(head, pa.large_string(), memory_pool=POOL), _lit(', "target_audio_codes_path": '), middle,
+            _lit(", "), pc.cast(tail, pa.large_string(), memory_pool=POOL), _lit(", "), _lit(""),
+            memory_pool=POOL).combine_chunks(POOL)
+    out = []
+    for head_items, path, tail_items in zip(head.to_pylist(), paths, tail.to_pylist()):
+        middle = "" if path is None else f'"target_audio_codes_path": {_STRING(path)}'
+        text = ", ".join([p for p in (head_items, middle, tail_items) if p])
+        out.append(f"{text}, " if text else "")
+    return pa.array(out, pa.large_string(), memory_pool=POOL)
 
 
-def _strings(values: list) -> list[str]:
-    return list(map(_STRING, values)) if None not in values else [encode_value(v) for v in values]
+def _strings(values: list) -> pa.Array:
+    encoded = list(map(_STRING, values)) if None not in values else [encode_value(v) for v in values]
+    return pa.array(encoded, pa.large_string(), memory_pool=POOL)
 
 
-def nemo_manifest_lines(pairs: pa.Table, fixed: dict[str, str]) -> dict[str, list[str]]:
-    """split -> its lines, each pair as its chosen line then its rejected line, in
-    the order of PAIRS (the shuffle). Column by column: each value encoded once."""
-    col = {name: pairs.column(name).to_pylist() for name in (
-        PAIR.chosen_id, PAIR.rejected_id, PAIR.pair_id, PAIR.chosen_reward, PAIR.rejected_reward,
-        PAIR.cer_delta, PAIR.sim_delta, PAIR.split)}
-    splits = col[PAIR.split]
-    unknown = set(splits) - {"train", "val"}
+def _numbers(column: pa.ChunkedArray) -> pa.Array:
+    values = column.to_pylist()
+    if (pa.types.is_floating(column.type) and column.null_count == 0
+            and np.isfinite(column.to_numpy()).all()):
+        encoded = list(map(float.__repr__, values))
+    else:
+        encoded = [encode_value(v) for v in values]
+    return pa.array(encoded, pa.large_string(), memory_pool=POOL)
+
+
+def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: pa.Array) -> dict[str, tuple[memoryview, int]]:
+    """split -> (its manifest's bytes, lines): each pair as its chosen line then its
+    rejected line, in the order of PAIRS (the shuffle). FIXED: openings() of the
+    generations IDS. Each value encoded once; each pair's two lines joined by Arrow."""
+    splits = pairs.column(PAIR.split)
+    unknown = set(pc.unique(splits).to_pylist()) - {"train", "val"}
     if unknown:
         raise InputError(f"a pair has split {sorted(map(str, unknown))[0]!r}, not train or val")
-    c_ids, r_ids = col[PAIR.chosen_id], col[PAIR.rejected_id]
-    pid = _strings(col[PAIR.pair_id])
-    numbers = {name: [encode_value(v) for v in col[name]] for name in (
-        PAIR.chosen_reward, PAIR.rejected_reward, PAIR.cer_delta, PAIR.sim_delta)}
-    openings = [(fixed[c], fixed[r]) for c, r in zip(c_ids, r_ids)]
-    chosen = [f'{o}{", " if len(o) > 1 else ""}"reward": {w}, "pair_id": {p}, "generation_id": {g}}}\n'
-              for (o, _), w, p, g in zip(openings, numbers[PAIR.chosen_reward], pid, _strings(c_ids))]
-    rejected = [f'{o}{", " if len(o) > 1 else ""}"reward": {w}, "cer_delta": {cd}, "sim_delta": {sd}, '
-                f'"pair_id": {p}, "generation_id": {g}}}\n'
-                for (_, o), w, cd, sd, p, g in zip(openings, numbers[PAIR.rejected_reward],
-                                                    numbers[PAIR.cer_delta], numbers[PAIR.sim_delta],
-                                                    pid, _strings(r_ids))]
-    return {split: [line for c, r, s in zip(chosen, rejected, splits) if s == split for line in (c, r)]
-            for split in ("train", "val")}
+    value_set = pa.array(ids, pa.string(), memory_pool=POOL)
+    at = {side: pc.index_in(pairs.column(side), value_set=value_set, memory_pool=POOL).combine_chunks(POOL)
+          for side in (PAIR.chosen_id, PAIR.rejected_id)}
+    if any(a.null_count for a in at.values()):
+        raise InputError("a pair names a generation the export did not read")
+    pid = _strings(pairs.column(PAIR.pair_id).to_pylist())
+    value = {n: _numbers(pairs.column(n)) for n in (PAIR.chosen_reward, PAIR.rejected_reward,
+                                                     PAIR.cer_delta, PAIR.sim_delta)}
+    two_lines = pc.binary_join_element_wise(
+        _lit("{"), pc.take(fixed, at[PAIR.chosen_id], memory_pool=POOL), _lit('"reward": '),
+        value[PAIR.chosen_reward],
+        _lit(', "pair_id": '), pid, _lit(', "generation_id": '), _strings(pairs.column(PAIR.chosen_id).to_pylist()),
+        _lit("}\n{"), pc.take(fixed, at[PAIR.rejected_id], memory_pool=POOL), _lit('"reward": '),
+        value[PAIR.rejected_reward],
+        _lit(', "cer_delta": '), value[PAIR.cer_delta], _lit(', "sim_delta": '), value[PAIR.sim_delta],
+        _lit(', "pair_id": '), pid, _lit(', "generation_id": '), _strings(pairs.column(PAIR.rejected_id).to_pylist()),
+        _lit("}\n"), _lit(""), memory_pool=POOL)
+    if two_lines.null_count:
+        raise AssertionError("a manifest line came out null")
+    split_of = np.asarray(splits.to_numpy(zero_copy_only=False))
+    out = {}
+    for split in ("train", "val"):
+        rows = np.flatnonzero(split_of == split)
+        lines = two_lines if len(rows) == len(two_lines) else pc.take(two_lines, rows, memory_pool=POOL)
+        out[split] = (_text(lines), 2 * len(rows))
+    return out
+
+
+def _lit(text: str) -> pa.Scalar:
+    return pa.scalar(text, pa.large_string())
+
+
+def _text(lines: pa.Array) -> memoryview:
+    """The bytes of LINES (a large_string array without nulls) one after another."""
+    if len(lines) == 0:
+        return memoryview(b"")
+    offsets = np.frombuffer(lines.buffers()[1], np.int64)[lines.offset:lines.offset + len(lines) + 1]
+    return memoryview(lines.buffers()[2])[int(offsets[0]):int(offsets[-1])]

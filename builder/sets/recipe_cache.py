@@ -1,12 +1,14 @@
-"""The cached region of a recipe (see below): run once per Python session.
+"""The cached region of a recipe (see below): run once per generations version.
 
 A recipe may mark consecutive CTEs that depend on no parameter but those they
 name: "-- ttspo cache: NAME" before the first, "-- ttspo cache end" after the
 last (NAME is the last one, the one the rest reads). In one Python session the
 region runs once per (recipe text, its parameter values, the content of every
 table version it reads, runs) and the rest of the recipe reads its result (a
-re-threshold does not rank every group again). The file stays one SELECT: run
-whole (``ttspo sql``), it gives the same rows. Keys: session_cache.py.
+re-threshold does not rank every group again). The result is also kept in the
+store (session_cache.stored_table), so a new session or a CLI build reads it
+instead of ranking again. The file stays one SELECT: run whole (``ttspo sql``),
+it gives the same rows. Keys: session_cache.py.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def with_cached_region(session, store, recipe, values: dict[str, Any], runs: Seq
     return the recipe with the region replaced by a read of it (PLACEHOLDERS: the
     $names a SQL text uses)."""
     from ttspo.builder.core.store import parse_ref
-    from ttspo.builder.sets.session_cache import cached, table_identity
+    from ttspo.builder.sets.session_cache import stored_table, table_identity
 
     name, start, end = region
     # The region runs alone: a CTE before it could shadow a view it reads (run
@@ -52,7 +54,7 @@ def with_cached_region(session, store, recipe, values: dict[str, Any], runs: Seq
         table, _ = parse_ref(view)
         tables.append((view, table_identity(store.open(table, version))))
     key = (recipe.sha256, start, end, tuple(used.items()), tuple(tables), tuple(sorted(set(runs))))
-    result = cached("recipe.region", key, lambda: session.con.sql(
+    result = stored_table(store, "recipe.region", key, lambda: session.con.sql(
         f"WITH RECURSIVE {text} SELECT * FROM {name}", params=used or None).to_arrow_table())
     session.con.register(f"__cached_{name}", result)
     return f"{recipe.sql[:start]}{name} AS (SELECT * FROM __cached_{name}),\n{recipe.sql[end:]}"
@@ -67,13 +69,13 @@ def checked_generations(session, store, runs: Sequence[str]) -> str:
     """The view the output checks read generations from: in a session, the columns
     they need, kept per generations content and runs (a DuckDB join over Arrow, not
     a Lance scan per build)."""
-    from ttspo.builder.sets.session_cache import cached, table_identity
+    from ttspo.builder.sets.session_cache import stored_table, table_identity
 
     if store is None:
         return "generations"
     key = (table_identity(store.open("generations", session.versions["generations"])), tuple(sorted(set(runs))))
     listed = ", ".join(f'"{c}"' for c in CHECK_COLUMNS)
-    table = cached("recipe.generations", key,
-                   lambda: session.con.sql(f"SELECT {listed} FROM generations").to_arrow_table())
+    table = stored_table(store, "recipe.generations", key,
+                         lambda: session.con.sql(f"SELECT {listed} FROM generations").to_arrow_table())
     session.con.register("__checked_generations", table)
     return "__checked_generations"

@@ -67,7 +67,7 @@ class Recipe:
     @property
     def placeholders(self) -> list[str]:
         """The $names the SQL uses (comments and string literals left out)."""
-        return sorted(set(PLACEHOLDER.findall(_strip_comments_and_strings(self.sql))))
+        return sorted(_placeholders(self.sql))
 
 
 # ---------------------------------------------------------------- loading
@@ -345,14 +345,16 @@ def _invariants(names: list[str]) -> list[tuple[str, str]]:
 
 def _check_invariants(session, recipe: Recipe, names: list[str]) -> None:
     checks = _invariants(names)
-    parts = []
-    for i, (_, cond) in enumerate(checks):
-        parts.append(f"count(*) FILTER (WHERE coalesce({cond}, false)) AS n{i}")
-        parts.append(f"arg_min(coalesce({PAIR.pair_id}, '#' || {PAIR.position}), {PAIR.position}) "
-                     f"FILTER (WHERE coalesce({cond}, false)) AS e{i}")
-    row = session.con.sql(f"SELECT {', '.join(parts)} FROM __set_rows").fetchall()[0]
-    problems = [f"{row[2 * i]} pair(s) {what} (first: {row[2 * i + 1]})"
-                for i, (what, _) in enumerate(checks) if row[2 * i]]
+    # Counts first (one cheap pass); the first offender of each broken one only then.
+    counts = session.con.sql("SELECT " + ", ".join(
+        f"count(*) FILTER (WHERE coalesce({cond}, false))" for _, cond in checks) + " FROM __set_rows").fetchall()[0]
+    broken = [(what, cond, n) for (what, cond), n in zip(checks, counts) if n]
+    problems = []
+    if broken:
+        firsts = session.con.sql("SELECT " + ", ".join(
+            f"arg_min(coalesce({PAIR.pair_id}, '#' || {PAIR.position}), {PAIR.position}) "
+            f"FILTER (WHERE coalesce({cond}, false))" for _, cond, _ in broken) + " FROM __set_rows").fetchall()[0]
+        problems = [f"{n} pair(s) {what} (first: {first})" for (what, _, n), first in zip(broken, firsts)]
     problems += _duplicates(session)
     if problems:
         raise RecipeError(f"recipe {recipe.name} broke the preference-set contract, nothing written: "

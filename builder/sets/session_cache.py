@@ -8,19 +8,49 @@ immutable, uniquely named files. So a cache entry is keyed by
 :func:`table_identity` (the table's path, version and the names of its data and
 deletion files: a new version, a restore, or a store deleted and built again at
 the same path gives another key) plus whatever else the result depends on.
-Entries live in this process only (at most MAX_ENTRIES per kind, least recently
-used dropped first); :func:`clear` empties them, :func:`disabled` turns them off.
+Entries live in this process (at most MAX_ENTRIES per kind, least recently
+used dropped first); :func:`clear` empties them, :func:`disabled` turns them off
+(and the store's copies below).
+
+What a new session would compute again is also kept in the store, in
+``STORE/.derived/`` (:func:`stored_table`, :func:`stored_map`): Arrow IPC files
+named by the SHA-256 of (kind, key, CODE): CODE hashes ttspo's version, the
+source of the modules that compute the entries, the SQL macros and the DuckDB
+and Lance versions, so an upgrade or an edit never reads an old entry. Files are
+written to a temporary name and renamed (readers see whole files); one that
+cannot be read is computed again; a store that cannot be written to is only not
+cached. Each kind keeps its MAX_FILES most recently used files. ``rm -r
+STORE/.derived`` is always safe.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import contextlib
+import functools
+import hashlib
+import os
+import threading
+from collections import Counter, OrderedDict
 from contextlib import contextmanager
-from typing import Any, Callable, Hashable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterator, Sequence
+
+import pyarrow as pa
+
+from ttspo.builder.core.schemas import DERIVED
 
 MAX_ENTRIES = 4
+MAX_FILES = 8
+DERIVED_DIR = ".derived"
 _entries: dict[str, OrderedDict] = {}
 _enabled = [True]
+# kind -> entries computed (stored_table) or ids computed (stored_map) by this
+# process, not read from the session or the store: what a re-threshold still costs.
+computed: Counter = Counter()
+# What stored entries are computed by: an edit of any of these gives new file names.
+_SOURCES = ("builder/sets/session_cache.py", "builder/sets/recipe_cache.py", "builder/sets/recipes.py",
+            "builder/sets/nemo_lines.py", "builder/sets/codes.py", "builder/sets/torch_file.py",
+            "builder/core/query.py", "builder/core/schemas.py", "sql/macros.sql")
 
 
 def table_identity(ds) -> tuple:
@@ -49,7 +79,9 @@ def cached(kind: str, key: Hashable, compute: Callable[[], Any]) -> Any:
 
 
 def clear() -> None:
+    """Forget this session's entries (the store's copies stay: a new session)."""
     _entries.clear()
+    computed.clear()
 
 
 def size(kind: str) -> int:
@@ -64,3 +96,120 @@ def disabled() -> Iterator[None]:
         yield
     finally:
         _enabled[0] = True
+
+
+# ------------------------------------------------------------ kept in the store
+@functools.lru_cache(maxsize=1)
+def code_stamp() -> str:
+    """SHA-256 of what stored entries are computed by (see the module doc)."""
+    from importlib.metadata import version
+
+    from ttspo import __version__
+
+    root = Path(__file__).resolve().parents[2]  # the ttspo package (the repo, or site-packages/ttspo)
+    digest = hashlib.sha256(f"{__version__}|{version('duckdb')}|{version('pylance')}".encode())
+    for name in _SOURCES:
+        source = root / name
+        digest.update(name.encode() + b"\0" + (source.read_bytes() if source.is_file() else b"(missing)"))
+    return digest.hexdigest()
+
+
+def _path(store, kind: str, key: Hashable) -> Path:
+    name = hashlib.sha256(repr((kind, key, code_stamp())).encode()).hexdigest()[:32]
+    return Path(store.root) / DERIVED_DIR / f"{kind}-{name}.arrow"
+
+
+def _read(path: Path, schema: pa.Schema | None = None) -> pa.Table | None:
+    """The table in PATH, or None if there is none, it cannot be read or it is
+    not of SCHEMA (memory-mapped: only the columns used are paged in)."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+    except (OSError, pa.ArrowException):
+        return None
+    if schema is not None and not table.schema.equals(schema):
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # used now: the newest files of a kind are the ones kept (_prune)
+    return table
+
+
+def _write(path: Path, table: pa.Table) -> None:
+    """TABLE as PATH (whole or not at all); a store we cannot write to is not cached."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(exist_ok=True)
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, path)
+        _prune(path.parent, path.name.split("-")[0])
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _prune(folder: Path, kind: str) -> None:
+    files = sorted(folder.glob(f"{kind}-*.arrow"), key=_mtime, reverse=True)
+    for old in files[MAX_FILES:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def stored_table(store, kind: str, key: Hashable, compute: Callable[[], pa.Table]) -> pa.Table:
+    """The table of KIND for KEY: from this session, else the store's copy, else
+    COMPUTE (then kept in both). STORE None: this session only."""
+    if store is None or not _enabled[0]:
+        return cached(kind, key, compute)
+
+    def load() -> pa.Table:
+        path = _path(store, kind, key)
+        table = _read(path)
+        if table is None:
+            table = compute()
+            computed[kind] += 1
+            _write(path, table)
+        return table
+
+    return cached(kind, key, load)
+
+
+class _Map:
+    """A stored map in memory: its table and each id's row in it."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+        self.rows = {i: n for n, i in enumerate(table.column(DERIVED.id).to_pylist())}
+
+
+def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence[str],
+               compute: Callable[[list[str]], pa.Table]) -> pa.Table:
+    """The SCHEMA rows of IDS (unique), in that order. Rows neither this session nor
+    the store's copy has are computed (COMPUTE(new ids) returns their SCHEMA rows in
+    that order) and kept in both. STORE None: this session only."""
+    if not _enabled[0]:
+        return compute(list(ids))
+
+    def load() -> _Map:
+        table = _read(_path(store, kind, key), schema) if store is not None else None
+        return _Map(table if table is not None else schema.empty_table())
+
+    entry = cached(kind, key, load)
+    new = [i for i in ids if i not in entry.rows]
+    if new:
+        made = compute(new)
+        if made.column(DERIVED.id).to_pylist() != new:
+            raise AssertionError(f"{kind}: the computed rows are not those asked for")
+        computed[kind] += len(new)
+        start = entry.table.num_rows
+        entry.table = pa.concat_tables([entry.table, made.cast(schema)]).combine_chunks()
+        entry.rows.update((i, start + n) for n, i in enumerate(new))
+        if store is not None:
+            _write(_path(store, kind, key), entry.table)
+    return entry.table.take(pa.array([entry.rows[i] for i in ids], pa.int64()))

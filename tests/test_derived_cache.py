@@ -1,0 +1,114 @@
+"""What a re-threshold would compute again is kept in the store (STORE/.derived):
+a new session reads it instead of computing, gets the same bytes as without any
+cache, and a damaged, unwritable or outgrown cache costs time, never results."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA
+from ttspo.builder.core.store import Store, make_lineage
+from ttspo.builder.sets import session_cache
+from ttspo.builder.sets.build import build_set, open_set
+from ttspo.builder.sets.export import export_nemo
+from test_build_helpers import BASIC, gen_rows
+
+KINDS = ("recipe.region", "recipe.generations", "export.ids", "export.line_parts", "export.codes")
+
+
+def write_generations(s, rows):
+    table = pa.Table.from_pylist([{**r, GEN.codes_path: None, GEN.codes: [[i, 1], [2, i]]}
+                                  for i, r in enumerate(rows)], schema=GENERATIONS_SCHEMA)
+    return s.write("generations", table, GENERATIONS_SCHEMA, make_lineage("t", {}), mode="overwrite")
+
+
+@pytest.fixture
+def store(tmp_path):
+    session_cache.clear()
+    s = Store(tmp_path / "store")
+    write_generations(s, gen_rows(BASIC))
+    yield s
+    session_cache.clear()
+
+
+def rethreshold(store, out, threshold):
+    """build + export, as a notebook re-thresholds: (pairs, manifests, codes bytes)."""
+    build_set(store, "pareto", "s", {"cer_threshold": threshold, "val_size": 2})
+    result = export_nemo(store, "s", out)
+    manifests = tuple((out / name).read_text().replace(str(out), "OUT")
+                      for name in ("dpo_train_manifest.json", "dpo_val_manifest.json"))
+    codes = {p.name: p.read_bytes() for p in (out / "codes").iterdir()}
+    return open_set(store, "s").rows(), manifests, codes, result
+
+
+def truth(store, out, threshold):
+    with session_cache.disabled():
+        return rethreshold(store, out, threshold)[:3]
+
+
+def stored_files(store):
+    return sorted(p.name for p in (store.root / session_cache.DERIVED_DIR).glob("*.arrow"))
+
+
+def test_a_new_session_reads_what_an_earlier_one_kept(store, tmp_path):
+    rethreshold(store, tmp_path / "out", 0.1)
+    assert {name.split("-")[0] for name in stored_files(store)} == set(KINDS)
+    for threshold in (0.02, 0.1):
+        session_cache.clear()  # a new Python session (or a CLI command)
+        got = rethreshold(store, tmp_path / "out", threshold)
+        assert not session_cache.computed, dict(session_cache.computed)
+        expected = truth(store, tmp_path / f"truth{threshold}", threshold)
+        assert got[0].equals(expected[0]) and got[0].num_rows > 0
+        assert got[1:3] == expected[1:3]
+
+
+def test_a_set_naming_more_generations_computes_only_those(store, tmp_path):
+    first = rethreshold(store, tmp_path / "out", 0.008)[3]  # 4 of the 5 groups
+    session_cache.clear()
+    rethreshold(store, tmp_path / "out", 0.1)  # all 5
+    assert session_cache.computed["export.line_parts"] == 2  # the fifth group's pair
+    assert session_cache.computed["export.codes"] == 2
+    session_cache.clear()
+    rethreshold(store, tmp_path / "out", 0.008)
+    assert not session_cache.computed and first.codes_written == 8
+
+
+def test_a_damaged_entry_is_computed_again(store, tmp_path):
+    rethreshold(store, tmp_path / "out", 0.1)
+    folder = store.root / session_cache.DERIVED_DIR
+    for i, path in enumerate(sorted(folder.glob("*.arrow"))):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if i % 2 else b"not arrow")
+    session_cache.clear()
+    got = rethreshold(store, tmp_path / "out", 0.1)
+    assert set(session_cache.computed) == set(KINDS)
+    expected = truth(store, tmp_path / "truth", 0.1)
+    assert got[0].equals(expected[0]) and got[1:3] == expected[1:3]
+    session_cache.clear()  # and what was computed again is kept again
+    rethreshold(store, tmp_path / "out", 0.1)
+    assert not session_cache.computed
+
+
+def test_a_store_it_cannot_write_to_is_only_not_cached(store, tmp_path):
+    (store.root / session_cache.DERIVED_DIR).write_text("a file where the folder would be")
+    got = rethreshold(store, tmp_path / "out", 0.1)
+    expected = truth(store, tmp_path / "truth", 0.1)
+    assert got[0].equals(expected[0]) and got[1:3] == expected[1:3]
+    assert not list(store.root.glob(f"{session_cache.DERIVED_DIR}/*"))
+
+
+def test_disabled_writes_nothing_and_each_kind_keeps_its_newest_files(store, tmp_path):
+    with session_cache.disabled():
+        rethreshold(store, tmp_path / "out", 0.1)
+    assert not (store.root / session_cache.DERIVED_DIR).exists()
+    rows = gen_rows(BASIC)
+    for version in range(session_cache.MAX_FILES + 2):  # a new generations version each time
+        rows[0][GEN.cer] = 0.001 * version
+        write_generations(store, rows)
+        build_set(store, "pareto", "s", {"cer_threshold": 0.1})
+    regions = [n for n in stored_files(store) if n.startswith("recipe.region-")]
+    assert len(regions) == session_cache.MAX_FILES
+    session_cache.clear()
+    build_set(store, "pareto", "s", {"cer_threshold": 0.1})  # the newest is among them
+    assert not session_cache.computed
