@@ -26,11 +26,12 @@ import polars as pl
 import pyarrow as pa
 
 from ttspo.builder.core.errors import InputError
-from ttspo.builder.core.schemas import GEN, PROMPT, REWARD_FIELDS, ROLL, ROLLOUTS_SCHEMA, RWD
+from ttspo.builder.core.schemas import (GEN, PROMPT, REWARD_FIELDS, ROLL, ROLLOUTS_SCHEMA,
+                                        RWD)
 from ttspo.builder.core.store import Store, parse_ref
 from ttspo.builder.scoring.options import DEFAULTS, ScoreOptions
 from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Sampling
-from ttspo.trainer.rewards import REWARDS, RewardConfig, compute_rewards
+from ttspo.trainer.rewards import RewardConfig, compute_rewards
 from ttspo.trainer.samples import decode, sample_seed
 
 PHASES = ("generate", "decode", "score")
