@@ -4,32 +4,14 @@ cache, and a damaged, unwritable or outgrown cache costs time, never results."""
 
 from __future__ import annotations
 
-import pyarrow as pa
-import pytest
-
-from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA
-from ttspo.builder.core.store import Store, make_lineage
+from ttspo.builder.core.schemas import GEN
 from ttspo.builder.sets import session_cache
 from ttspo.builder.sets.build import build_set, open_set
 from ttspo.builder.sets.export import export_nemo
 from test_build_helpers import BASIC, gen_rows
+from test_rethreshold import store, write_generations  # noqa: F401  (store: the fixture)
 
 KINDS = ("recipe.region", "recipe.generations", "export.ids", "export.line_parts", "export.codes")
-
-
-def write_generations(s, rows):
-    table = pa.Table.from_pylist([{**r, GEN.codes_path: None, GEN.codes: [[i, 1], [2, i]]}
-                                  for i, r in enumerate(rows)], schema=GENERATIONS_SCHEMA)
-    return s.write("generations", table, GENERATIONS_SCHEMA, make_lineage("t", {}), mode="overwrite")
-
-
-@pytest.fixture
-def store(tmp_path):
-    session_cache.clear()
-    s = Store(tmp_path / "store")
-    write_generations(s, gen_rows(BASIC))
-    yield s
-    session_cache.clear()
 
 
 def rethreshold(store, out, threshold):
