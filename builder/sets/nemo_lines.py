@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import DERIVED, GEN, LINE_PARTS_SCHEMA, PAIR, PROMPT
+from ttspo.builder.sets.session_cache import POOL
 
 # Generation columns an export reads (not the heavy `codes`).
 GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
@@ -34,10 +35,6 @@ GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
                GEN.pred_transcript, GEN.gt_transcript)
 CONTEXT_CODES = "context_audio_codes_path"  # from the prompt, at the set's prompts version
 
-# The lines' buffers (tens of MB) come from the system allocator: Arrow's default
-# (mimalloc) pays ~0.2 s of first-touch page faults for them in a new process,
-# a third of a new session's re-threshold (bench/RESULTS.md).
-POOL = pa.system_memory_pool()
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
 _STRING = json.encoder.encode_basestring  # what that encoder uses for str (C when available)
 _INF = float("inf")
@@ -137,7 +134,7 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
 
     key = (gen_key, None if prompts is None else table_identity(prompts))
     parts = stored_map(store, "export.line_parts", key, LINE_PARTS_SCHEMA, _named(pairs), compute)
-    parts = parts.take(pc.sort_indices(parts.column(DERIVED.row)))  # table order
+    parts = pc.take(parts, pc.sort_indices(parts.column(DERIVED.row)), memory_pool=POOL)  # table order
     return SetGenerations(ds, parts.column(DERIVED.id).to_pylist(), parts)
 
 
@@ -209,10 +206,8 @@ def openings(gens: SetGenerations, codes_paths: dict[str, str]) -> pa.Array:
     if None not in paths and pc.min(pc.binary_length(head)).as_py() and pc.min(pc.binary_length(tail)).as_py():
         # the usual case, joined by Arrow: every generation has all three parts
         middle = pa.array(map(_STRING, paths), pa.large_string(), size=len(paths), memory_pool=POOL)
-        return pc.binary_join_element_wise(
-            pc.cast(head, pa.large_string(), memory_pool=POOL), _lit(', "target_audio_codes_path": '), middle,
-            _lit(", "), pc.cast(tail, pa.large_string(), memory_pool=POOL), _lit(", "), _lit(""),
-            memory_pool=POOL).combine_chunks(POOL)
+        return pc.binary_join_element_wise(head, _lit(', "target_audio_codes_path": '), middle, _lit(", "), tail,
+                                           _lit(", "), _lit(""), memory_pool=POOL).combine_chunks(POOL)
     out = []
     for head_items, path, tail_items in zip(head.to_pylist(), paths, tail.to_pylist()):
         middle = "" if path is None else f'"target_audio_codes_path": {_STRING(path)}'

@@ -36,9 +36,14 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ttspo.builder.core.schemas import DERIVED
 
+# Large derived buffers (line parts, manifest lines: tens of MB) come from the system
+# allocator: Arrow's default (mimalloc) paid ~0.2 s of first-touch page faults for
+# them in a new process, a third of a new session's re-threshold (bench/RESULTS.md).
+POOL = pa.system_memory_pool()
 MAX_ENTRIES = 4
 MAX_FILES = 8
 DERIVED_DIR = ".derived"
@@ -208,8 +213,8 @@ def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence
             raise AssertionError(f"{kind}: the computed rows are not those asked for")
         computed[kind] += len(new)
         start = entry.table.num_rows
-        entry.table = pa.concat_tables([entry.table, made.cast(schema)]).combine_chunks()
+        entry.table = pa.concat_tables([entry.table, made.cast(schema)]).combine_chunks(POOL)
         entry.rows.update((i, start + n) for n, i in enumerate(new))
         if store is not None:
             _write(_path(store, kind, key), entry.table)
-    return entry.table.take(pa.array([entry.rows[i] for i in ids], pa.int64()))
+    return pc.take(entry.table, pa.array([entry.rows[i] for i in ids], pa.int64()), memory_pool=POOL)
