@@ -94,3 +94,16 @@ def test_disabled_writes_nothing_and_each_kind_keeps_its_newest_files(store, tmp
     session_cache.clear()
     build_set(store, "pareto", "s", {"cer_threshold": 0.1})  # the newest is among them
     assert not session_cache.computed
+
+
+def test_entries_another_ttspo_wrote_go_at_the_next_write_of_their_kind(store, tmp_path):
+    folder = store.root / session_cache.DERIVED_DIR
+    folder.mkdir()
+    old = folder / f"recipe.region-{'0' * 12}-{'1' * 32}.arrow"  # as an older ttspo named it
+    old.write_bytes(b"an entry of other code")
+    other_kind = folder / f"recipe.regionx-{'0' * 12}-{'1' * 32}.arrow"
+    other_kind.write_bytes(b"not this kind")
+    build_set(store, "pareto", "s", {"cer_threshold": 0.1})
+    assert not old.exists() and other_kind.exists()
+    regions = [n for n in stored_files(store) if n.startswith("recipe.region-")]
+    assert len(regions) == 1 and regions[0].startswith(f"recipe.region-{session_cache.code_stamp()[:12]}-")
