@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import DERIVED, GEN, LINE_PARTS_SCHEMA, PAIR, PROMPT
-from ttspo.builder.sets.session_cache import POOL
+from ttspo.builder.sets.session_cache import POOL, cached, stored_map, stored_table, table_identity
 
 # Generation columns an export reads (not the heavy `codes`).
 GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
@@ -73,8 +73,6 @@ class SetGenerations:
 def _version(store, sv) -> tuple[Any, tuple, Any]:
     """(generations at the set's version, its table_identity, prompts at the set's
     prompts version or None)."""
-    from ttspo.builder.sets.session_cache import table_identity
-
     ds = store.open("generations", sv.record.inputs["generations"])
     prompts = (store.open("prompts", sv.record.prompts_version) if sv.record.prompts_version is not None
                else None)
@@ -84,8 +82,6 @@ def _version(store, sv) -> tuple[Any, tuple, Any]:
 def _rows_of(store, sv, ds, gen_key, ids: list[str]) -> list[int]:
     """The rows of the generations IDS in DS (every id read once per table version
     and session, and kept in the store); an id it lacks is an InputError."""
-    from ttspo.builder.sets.session_cache import cached, stored_table
-
     rows = cached("export.offsets", gen_key, lambda: {g: i for i, g in enumerate(stored_table(
         store, "export.ids", gen_key, lambda: ds.to_table(columns=[GEN.generation_id])).column(0).to_pylist())})
     missing = [g for g in ids if g not in rows]
@@ -124,8 +120,6 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
     each prompt's context codes path at the set's prompts version). Their line parts
     are kept per table version, in the session and in the store (session_cache): a
     table's every id is read only for generations not kept yet."""
-    from ttspo.builder.sets.session_cache import stored_map, table_identity
-
     ds, gen_key, prompts = _version(store, sv)
 
     def compute(todo: list[str]) -> pa.Table:
