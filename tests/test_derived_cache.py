@@ -4,32 +4,14 @@ cache, and a damaged, unwritable or outgrown cache costs time, never results."""
 
 from __future__ import annotations
 
-import pyarrow as pa
-import pytest
-
-from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA
-from ttspo.builder.core.store import Store, make_lineage
+from ttspo.builder.core.schemas import GEN
 from ttspo.builder.sets import session_cache
 from ttspo.builder.sets.build import build_set, open_set
 from ttspo.builder.sets.export import export_nemo
 from test_build_helpers import BASIC, gen_rows
+from test_rethreshold import store, write_generations  # noqa: F401  (store: the fixture)
 
 KINDS = ("recipe.region", "recipe.generations", "export.ids", "export.line_parts", "export.codes")
-
-
-def write_generations(s, rows):
-    table = pa.Table.from_pylist([{**r, GEN.codes_path: None, GEN.codes: [[i, 1], [2, i]]}
-                                  for i, r in enumerate(rows)], schema=GENERATIONS_SCHEMA)
-    return s.write("generations", table, GENERATIONS_SCHEMA, make_lineage("t", {}), mode="overwrite")
-
-
-@pytest.fixture
-def store(tmp_path):
-    session_cache.clear()
-    s = Store(tmp_path / "store")
-    write_generations(s, gen_rows(BASIC))
-    yield s
-    session_cache.clear()
 
 
 def rethreshold(store, out, threshold):
@@ -112,3 +94,16 @@ def test_disabled_writes_nothing_and_each_kind_keeps_its_newest_files(store, tmp
     session_cache.clear()
     build_set(store, "pareto", "s", {"cer_threshold": 0.1})  # the newest is among them
     assert not session_cache.computed
+
+
+def test_entries_another_ttspo_wrote_go_at_the_next_write_of_their_kind(store, tmp_path):
+    folder = store.root / session_cache.DERIVED_DIR
+    folder.mkdir()
+    old = folder / f"recipe.region-{'0' * 12}-{'1' * 32}.arrow"  # as an older ttspo named it
+    old.write_bytes(b"an entry of other code")
+    other_kind = folder / f"recipe.regionx-{'0' * 12}-{'1' * 32}.arrow"
+    other_kind.write_bytes(b"not this kind")
+    build_set(store, "pareto", "s", {"cer_threshold": 0.1})
+    assert not old.exists() and other_kind.exists()
+    regions = [n for n in stored_files(store) if n.startswith("recipe.region-")]
+    assert len(regions) == 1 and regions[0].startswith(f"recipe.region-{session_cache.code_stamp()[:12]}-")

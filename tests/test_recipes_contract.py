@@ -79,6 +79,11 @@ BROKEN = [
     (GOOD.replace("ORDER BY c.group_id", "") + "UNION ALL " + GOOD.replace("'train'", "'val'")
          .replace("-- param margin = 0.0  minimum CER margin\n", "").replace("ORDER BY c.group_id", ""),
      "5 pair(s) appear in both splits"),
+    (GOOD.replace("ORDER BY c.group_id", "") + "UNION ALL " + GOOD
+         .replace("-- param margin = 0.0  minimum CER margin\n", "").replace("ORDER BY c.group_id", ""),
+     "5 pair(s) appear more than once"),
+    (GOOD.replace("'train' AS split", "'train' AS split, 7 AS position"),
+     "1 position(s) are shared by several pairs (first: 7)"),
 ]
 
 

@@ -426,8 +426,8 @@ DERIVED = _names(id="id", row="row", head="head", codes_path="codes_path", tail=
 # A generation's manifest line parts (builder/sets/nemo_lines.py): its row in the
 # table version, the encoded items before and after target_audio_codes_path ("" if
 # none), its own codes_path and duration, and why NeMo cannot use it (null if it can).
-LINE_PARTS_SCHEMA = pa.schema([(DERIVED.id, pa.string()), (DERIVED.row, pa.int64()), (DERIVED.head, pa.string()),
-                               (DERIVED.codes_path, pa.string()), (DERIVED.tail, pa.string()),
+LINE_PARTS_SCHEMA = pa.schema([(DERIVED.id, pa.string()), (DERIVED.row, pa.int64()), (DERIVED.head, pa.large_string()),
+                               (DERIVED.codes_path, pa.string()), (DERIVED.tail, pa.large_string()),
                                (DERIVED.duration, pa.float64()), (DERIVED.problem, pa.string())])
 
 # A generation's codes content key (builder/sets/codes.py), null without codes, and

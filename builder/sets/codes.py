@@ -40,6 +40,7 @@ import pyarrow as pa
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import write_text_atomic
 from ttspo.builder.core.schemas import CODES_KEYS_SCHEMA, DERIVED, GEN
+from ttspo.builder.sets.session_cache import cached, stored_map, table_identity
 from ttspo.builder.sets.torch_file import torch_file_bytes
 
 CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices
@@ -150,8 +151,6 @@ def write_codes(store, sv_ref: str, ds, offsets: dict[str, int], gids: list[str]
     id -> absolute path of its codes file, files written now, files kept as they
     were). Refuses a mix of generations with and without codes; without any,
     writes none (NeMo's dataset then reads the wavs) and returns an empty mapping."""
-    from ttspo.builder.sets.session_cache import stored_map, table_identity
-
     check_codes_dtype(codes_dtype)
     stamp = codes_stamp(ds, codes_dtype)
     fresh = _take_codes(ds, offsets, [])
@@ -272,8 +271,6 @@ def _stale(gids: list[str], names: dict[str, str], keys: dict[str, str], index: 
 def _read_index(out_dir: Path) -> dict[str, list]:
     """A copy of the index of an earlier export into this OUT (empty if none or
     unreadable); parsed once per version of the file in a session."""
-    from ttspo.builder.sets.session_cache import cached
-
     path = out_dir / INDEX_NAME
     try:
         stamp = (str(path.absolute()), *_stat(path))
@@ -293,7 +290,5 @@ def _parse_index(path: Path) -> dict[str, list]:
 
 
 def _write_index(out_dir: Path, index: dict[str, list]) -> None:
-    from ttspo.builder.sets.session_cache import cached
-
     path = write_text_atomic(out_dir / INDEX_NAME, json.dumps({"format": INDEX_FORMAT, "files": index}))
     cached("export.index", (str(Path(path).absolute()), *_stat(path)), lambda: dict(index))

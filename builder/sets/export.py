@@ -52,10 +52,11 @@ import pyarrow.compute as pc
 from ttspo.builder.sets.build import SetVersion, open_set
 from ttspo.builder.sets.codes import (CODES_DTYPES, DEFAULT_CODES_DTYPE, check_codes_dtype,  # noqa: F401
                                       read_codes_file, safe_name, write_codes)
-from ttspo.builder.sets.nemo_lines import GEN_COLUMNS, check_for_nemo, nemo_manifests, openings, set_generations
+from ttspo.builder.sets.nemo_lines import (check_for_nemo, generation_columns, nemo_manifests, openings,
+                                           set_generations)
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import atomic_write, write_text_atomic
-from ttspo.builder.core.schemas import DERIVED, GEN, PAIR, PROMPT
+from ttspo.builder.core.schemas import DERIVED, GEN, PAIR
 
 TRAIN_MANIFEST = "dpo_train_manifest.json"
 VAL_MANIFEST = "dpo_val_manifest.json"
@@ -81,37 +82,9 @@ class ExportResult:
 def generation_rows(store, sv: SetVersion, pairs: pa.Table) -> dict[str, dict[str, Any]]:
     """generation_id -> its row (plus the prompt's context codes path), for the
     generations PAIRS name, read at the version the set was built from."""
-    from ttspo.builder.core import query
-
-    gen_ref = f"generations@{sv.record.inputs['generations']}"
-    refs = [gen_ref]
-    prompts_version = sv.record.prompts_version
-    if prompts_version is not None:
-        refs.append(f"prompts@{prompts_version}")
-    session = query.open_session(store, refs, tables=[])
-    try:
-        session.con.register("__pairs", pairs.select([PAIR.chosen_id, PAIR.rejected_id]))
-        cols = ", ".join(f'g."{c}"' for c in GEN_COLUMNS)
-        context_codes = (f'p."{PROMPT.context_audio_codes_path}"' if prompts_version is not None
-                         else "NULL::VARCHAR")
-        join_prompts = (f'LEFT JOIN "prompts@{prompts_version}" p ON p."{PROMPT.prompt_id}" = g."{GEN.prompt_id}"'
-                        if prompts_version is not None else "")
-        sql = (f'SELECT {cols}, {context_codes} AS context_audio_codes_path FROM "{gen_ref}" g {join_prompts} '
-               f'WHERE g."{GEN.generation_id}" IN (SELECT {PAIR.chosen_id} FROM __pairs '
-               f'UNION SELECT {PAIR.rejected_id} FROM __pairs)')
-        table = session.con.sql(sql).to_arrow_table()
-    finally:
-        session.con.close()
-    rows = {r[GEN.generation_id]: r for r in table.to_pylist()}
-    missing = [g for g in _ids(pairs) if g not in rows]
-    if missing:
-        raise InputError(f"{sv.ref}: generation {missing[0]} is not in {gen_ref} "
-                         f"({len(missing)} missing)")
-    return rows
-
-
-def _ids(pairs: pa.Table) -> list[str]:
-    return pairs.column(PAIR.chosen_id).to_pylist() + pairs.column(PAIR.rejected_id).to_pylist()
+    columns = generation_columns(store, sv, pairs)
+    names = list(columns)
+    return {row[0]: dict(zip(names, row)) for row in zip(*columns.values())}
 
 
 # ------------------------------------------------------------------- NeMo

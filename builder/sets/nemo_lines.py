@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import DERIVED, GEN, LINE_PARTS_SCHEMA, PAIR, PROMPT
+from ttspo.builder.sets.session_cache import POOL, cached, stored_map, stored_table, table_identity
 
 # Generation columns an export reads (not the heavy `codes`).
 GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
@@ -34,10 +35,6 @@ GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
                GEN.pred_transcript, GEN.gt_transcript)
 CONTEXT_CODES = "context_audio_codes_path"  # from the prompt, at the set's prompts version
 
-# The lines' buffers (tens of MB) come from the system allocator: Arrow's default
-# (mimalloc) pays ~0.2 s of first-touch page faults for them in a new process,
-# a third of a new session's re-threshold (bench/RESULTS.md).
-POOL = pa.system_memory_pool()
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
 _STRING = json.encoder.encode_basestring  # what that encoder uses for str (C when available)
 _INF = float("inf")
@@ -73,46 +70,66 @@ class SetGenerations:
         return dict(zip(self.ids, self.column(DERIVED.row)))
 
 
+def _version(store, sv) -> tuple[Any, tuple, Any]:
+    """(generations at the set's version, its table_identity, prompts at the set's
+    prompts version or None)."""
+    ds = store.open("generations", sv.record.inputs["generations"])
+    prompts = (store.open("prompts", sv.record.prompts_version) if sv.record.prompts_version is not None
+               else None)
+    return ds, table_identity(ds), prompts
+
+
+def _rows_of(store, sv, ds, gen_key, ids: list[str]) -> list[int]:
+    """The rows of the generations IDS in DS (every id read once per table version
+    and session, and kept in the store); an id it lacks is an InputError."""
+    rows = cached("export.offsets", gen_key, lambda: {g: i for i, g in enumerate(stored_table(
+        store, "export.ids", gen_key, lambda: ds.to_table(columns=[GEN.generation_id])).column(0).to_pylist())})
+    missing = [g for g in ids if g not in rows]
+    if missing:
+        raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{ds.version} "
+                         f"({len(missing)} missing)")
+    return [rows[g] for g in ids]
+
+
+def _named(pairs: pa.Table) -> list[str]:
+    """The generations PAIRS name, each once (chosen ids first, in pair order)."""
+    return pc.unique(pa.concat_arrays([pairs.column(PAIR.chosen_id).combine_chunks(),
+                                       pairs.column(PAIR.rejected_id).combine_chunks()])).to_pylist()
+
+
+def generation_columns(store, sv, pairs: pa.Table) -> dict[str, list]:
+    """GEN_COLUMNS (plus each prompt's context codes path) of the generations PAIRS
+    name, in table order, read at the version the set was built from."""
+    ds, gen_key, prompts = _version(store, sv)
+    ids = _named(pairs)
+    order = sorted(zip(_rows_of(store, sv, ds, gen_key, ids), ids))
+    return _read_columns(ds, prompts, [g for _, g in order], [r for r, _ in order])
+
+
+def _read_columns(ds, prompts, ids: list[str], rows: list[int]) -> dict[str, list]:
+    table = ds.take(pa.array(rows, pa.int64()), columns=list(GEN_COLUMNS))
+    columns = {c: table.column(c).to_pylist() for c in GEN_COLUMNS}
+    if columns[GEN.generation_id] != ids:  # rows are matched by offset: check they are these
+        raise InputError(f"{ds.uri}: rows moved while the export read them; export again")
+    columns[CONTEXT_CODES] = context_codes(prompts, table.column(GEN.prompt_id))
+    return columns
+
+
 def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
     """The generations PAIRS name, read at the version the set was built from (plus
     each prompt's context codes path at the set's prompts version). Their line parts
     are kept per table version, in the session and in the store (session_cache): a
     table's every id is read only for generations not kept yet."""
-    from ttspo.builder.sets.session_cache import cached, stored_map, stored_table, table_identity
-
-    version = sv.record.inputs["generations"]
-    ds = store.open("generations", version)
-    gen_key = table_identity(ds)
-    prompts = (store.open("prompts", sv.record.prompts_version) if sv.record.prompts_version is not None
-               else None)
+    ds, gen_key, prompts = _version(store, sv)
 
     def compute(todo: list[str]) -> pa.Table:
-        rows = cached("export.offsets", gen_key, lambda: {g: i for i, g in enumerate(stored_table(
-            store, "export.ids", gen_key, lambda: ds.to_table(columns=[GEN.generation_id])).column(0).to_pylist())})
-        missing = [g for g in todo if g not in rows]
-        if missing:
-            raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{version} "
-                             f"({len(missing)} missing)")
-        return line_parts(ds, rows, prompts, todo)
+        rows = _rows_of(store, sv, ds, gen_key, todo)
+        return gen_parts(_read_columns(ds, prompts, todo, rows), rows)
 
-    named = pa.concat_arrays([pairs.column(PAIR.chosen_id).combine_chunks(),
-                              pairs.column(PAIR.rejected_id).combine_chunks()])
-    unique = pc.unique(named).to_pylist()
     key = (gen_key, None if prompts is None else table_identity(prompts))
-    parts = stored_map(store, "export.line_parts", key, LINE_PARTS_SCHEMA, unique, compute)
-    parts = parts.take(pc.sort_indices(parts.column(DERIVED.row)))  # table order
+    parts = stored_map(store, "export.line_parts", key, LINE_PARTS_SCHEMA, _named(pairs), compute)
+    parts = pc.take(parts, pc.sort_indices(parts.column(DERIVED.row)), memory_pool=POOL)  # table order
     return SetGenerations(ds, parts.column(DERIVED.id).to_pylist(), parts)
-
-
-def line_parts(ds, rows: dict[str, int], prompts, ids: list[str]) -> pa.Table:
-    """LINE_PARTS_SCHEMA rows of the generations IDS (at ROWS of DS)."""
-    at = [rows[g] for g in ids]
-    table = ds.take(pa.array(at, pa.int64()), columns=list(GEN_COLUMNS))
-    columns = {c: table.column(c).to_pylist() for c in GEN_COLUMNS}
-    if columns[GEN.generation_id] != ids:  # rows are matched by offset: check they are these
-        raise InputError(f"{ds.uri}: rows moved while the export read them; export again")
-    columns[CONTEXT_CODES] = context_codes(prompts, table.column(GEN.prompt_id))
-    return gen_parts(columns, at)
 
 
 def context_codes(prompts, prompt_ids: pa.ChunkedArray) -> list:
@@ -183,10 +200,8 @@ def openings(gens: SetGenerations, codes_paths: dict[str, str]) -> pa.Array:
     if None not in paths and pc.min(pc.binary_length(head)).as_py() and pc.min(pc.binary_length(tail)).as_py():
         # the usual case, joined by Arrow: every generation has all three parts
         middle = pa.array(map(_STRING, paths), pa.large_string(), size=len(paths), memory_pool=POOL)
-        return pc.binary_join_element_wise(
-            pc.cast(head, pa.large_string(), memory_pool=POOL), _lit(', "target_audio_codes_path": '), middle,
-            _lit(", "), pc.cast(tail, pa.large_string(), memory_pool=POOL), _lit(", "), _lit(""),
-            memory_pool=POOL).combine_chunks(POOL)
+        return pc.binary_join_element_wise(head, _lit(', "target_audio_codes_path": '), middle, _lit(", "), tail,
+                                           _lit(", "), _lit(""), memory_pool=POOL).combine_chunks(POOL)
     out = []
     for head_items, path, tail_items in zip(head.to_pylist(), paths, tail.to_pylist()):
         middle = "" if path is None else f'"target_audio_codes_path": {_STRING(path)}'

@@ -345,38 +345,35 @@ def _invariants(names: list[str]) -> list[tuple[str, str]]:
 
 def _check_invariants(session, recipe: Recipe, names: list[str]) -> None:
     checks = _invariants(names)
-    # Counts first (one cheap pass); the first offender of each broken one only then.
-    counts = session.con.sql("SELECT " + ", ".join(
-        f"count(*) FILTER (WHERE coalesce({cond}, false))" for _, cond in checks) + " FROM __set_rows").fetchall()[0]
-    broken = [(what, cond, n) for (what, cond), n in zip(checks, counts) if n]
+    # One query: each invariant's count and the duplicate summaries; the first
+    # offender of each broken invariant only when one is broken.
+    counts = ", ".join(f"count(*) FILTER (WHERE coalesce({cond}, false))" for _, cond in checks)
+    row = session.con.sql(f"SELECT * FROM (SELECT {counts} FROM __set_rows), ({DUPLICATE_PAIRS}), "
+                          f"({SHARED_POSITIONS})").fetchall()[0]
+    broken = [(what, cond, n) for (what, cond), n in zip(checks, row) if n]
     problems = []
     if broken:
         firsts = session.con.sql("SELECT " + ", ".join(
             f"arg_min(coalesce({PAIR.pair_id}, '#' || {PAIR.position}), {PAIR.position}) "
             f"FILTER (WHERE coalesce({cond}, false))" for _, cond, _ in broken) + " FROM __set_rows").fetchall()[0]
         problems = [f"{n} pair(s) {what} (first: {first})" for (what, _, n), first in zip(broken, firsts)]
-    problems += _duplicates(session)
+    pairs, first_pair, across_splits, positions, first_position = row[len(checks):]
+    if pairs:
+        where = "in both splits" if across_splits else "more than once"
+        problems.append(f"{pairs} pair(s) appear {where} (first: {first_pair})")
+    if positions:
+        problems.append(f"{positions} position(s) are shared by several pairs (first: {first_position})")
     if problems:
         raise RecipeError(f"recipe {recipe.name} broke the preference-set contract, nothing written: "
                           + "; ".join(problems))
 
 
-def _duplicates(session) -> list[str]:
-    out = []
-    # A pair is the unordered pair of generations: A>B in train and B>A in val is one
-    # pair on both sides of the split.
-    unordered = (f"least({PAIR.chosen_id}, {PAIR.rejected_id}) || chr(0) || "
-                 f"greatest({PAIR.chosen_id}, {PAIR.rejected_id})")
-    row = session.con.sql(
-        f"SELECT count(*), min(first), bool_or(splits > 1) FROM ("
-        f"  SELECT min({PAIR.pair_id}) AS first, count(DISTINCT {PAIR.split}) AS splits"
-        f"  FROM __set_rows GROUP BY {unordered} HAVING count(*) > 1)").fetchall()[0]
-    if row[0]:
-        where = "in both splits" if row[2] else "more than once"
-        out.append(f"{row[0]} pair(s) appear {where} (first: {row[1]})")
-    row = session.con.sql(
-        f"SELECT count(*), min({PAIR.position}) FROM ("
-        f"  SELECT {PAIR.position} FROM __set_rows GROUP BY {PAIR.position} HAVING count(*) > 1)").fetchall()[0]
-    if row[0]:
-        out.append(f"{row[0]} position(s) are shared by several pairs (first: {row[1]})")
-    return out
+# A pair is the unordered pair of generations: A>B in train and B>A in val is one
+# pair on both sides of the split.
+_UNORDERED = (f"least({PAIR.chosen_id}, {PAIR.rejected_id}) || chr(0) || "
+              f"greatest({PAIR.chosen_id}, {PAIR.rejected_id})")
+DUPLICATE_PAIRS = (f"SELECT count(*), min(first), bool_or(splits > 1) FROM ("
+                   f"  SELECT min({PAIR.pair_id}) AS first, count(DISTINCT {PAIR.split}) AS splits"
+                   f"  FROM __set_rows GROUP BY {_UNORDERED} HAVING count(*) > 1)")
+SHARED_POSITIONS = (f"SELECT count(*), min({PAIR.position}) FROM ("
+                    f"  SELECT {PAIR.position} FROM __set_rows GROUP BY {PAIR.position} HAVING count(*) > 1)")

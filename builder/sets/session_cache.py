@@ -16,7 +16,8 @@ What a new session would compute again is also kept in the store, in
 ``STORE/.derived/`` (:func:`stored_table`, :func:`stored_map`): Arrow IPC files
 named by the SHA-256 of (kind, key, CODE): CODE hashes ttspo's version, the
 source of the modules that compute the entries, the SQL macros and the DuckDB
-and Lance versions, so an upgrade or an edit never reads an old entry. Files are
+and Lance versions, so an upgrade or an edit never reads an old entry (and the
+next write of a kind removes the entries other code wrote). Files are
 written to a temporary name and renamed (readers see whole files); one that
 cannot be read is computed again; a store that cannot be written to is only not
 cached. Each kind keeps its MAX_FILES most recently used files. ``rm -r
@@ -36,9 +37,14 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ttspo.builder.core.schemas import DERIVED
 
+# Large derived buffers (line parts, manifest lines: tens of MB) come from the system
+# allocator: Arrow's default (mimalloc) paid ~0.2 s of first-touch page faults for
+# them in a new process, a third of a new session's re-threshold (bench/RESULTS.md).
+POOL = pa.system_memory_pool()
 MAX_ENTRIES = 4
 MAX_FILES = 8
 DERIVED_DIR = ".derived"
@@ -115,8 +121,10 @@ def code_stamp() -> str:
 
 
 def _path(store, kind: str, key: Hashable) -> Path:
+    """STORE/.derived/KIND-CODE-KEY.arrow (CODE: the start of code_stamp; KEY: a
+    hash of the key and the whole code stamp)."""
     name = hashlib.sha256(repr((kind, key, code_stamp())).encode()).hexdigest()[:32]
-    return Path(store.root) / DERIVED_DIR / f"{kind}-{name}.arrow"
+    return Path(store.root) / DERIVED_DIR / f"{kind}-{code_stamp()[:12]}-{name}.arrow"
 
 
 def _read(path: Path, schema: pa.Schema | None = None) -> pa.Table | None:
@@ -142,15 +150,19 @@ def _write(path: Path, table: pa.Table) -> None:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
         os.replace(tmp, path)
-        _prune(path.parent, path.name.split("-")[0])
+        _prune(path.parent, path.name.split("-", 1)[0])
     except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink()
 
 
 def _prune(folder: Path, kind: str) -> None:
+    """Keep KIND's MAX_FILES most recently used files of this code; those another
+    ttspo (an upgrade, an edit) wrote can never be read again: they go."""
+    ours = f"{kind}-{code_stamp()[:12]}-"
     files = sorted(folder.glob(f"{kind}-*.arrow"), key=_mtime, reverse=True)
-    for old in files[MAX_FILES:]:
+    kept = [p for p in files if p.name.startswith(ours)][:MAX_FILES]
+    for old in set(files) - set(kept):
         with contextlib.suppress(OSError):
             old.unlink()
 
@@ -208,8 +220,8 @@ def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence
             raise AssertionError(f"{kind}: the computed rows are not those asked for")
         computed[kind] += len(new)
         start = entry.table.num_rows
-        entry.table = pa.concat_tables([entry.table, made.cast(schema)]).combine_chunks()
+        entry.table = pa.concat_tables([entry.table, made.cast(schema)]).combine_chunks(POOL)
         entry.rows.update((i, start + n) for n, i in enumerate(new))
         if store is not None:
             _write(_path(store, kind, key), entry.table)
-    return entry.table.take(pa.array([entry.rows[i] for i in ids], pa.int64()))
+    return pc.take(entry.table, pa.array([entry.rows[i] for i in ids], pa.int64()), memory_pool=POOL)
