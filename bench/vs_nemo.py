@@ -23,8 +23,10 @@ with T ~ 21.5 frames per second. Then, in one run:
    then a few more thresholds in the same session; then one export into a new
    OUT (every codes file written);
 
-and asserts that ttspo's pairs (chosen, rejected) and rewards equal the
-script's num_chosen 1 manifests at both thresholds (rewards within 2.5e-7:
+Before each timed run the bench flushes the page cache's dirty data (os.sync,
+untimed), so no contender pays for the writeback of the one before it (an export
+writes ~25k codes files). It asserts that ttspo's pairs (chosen, rejected) and
+rewards equal the script's num_chosen 1 manifests at both thresholds (rewards within 2.5e-7:
 ttspo's normal CDF is erfcc; the script shuffles without
 a seed: pairs are compared as sets, val counts by size). Prints the ratios;
 target: the Python-session re-threshold >= 20x faster than the script.
@@ -139,6 +141,7 @@ def run_script(python: str, script: str, root: Path, threshold: float) -> tuple[
            "--generated_audio_dir", str(root / SUBDIR), "--group_size", str(GROUP),
            "--cer_threshold", str(threshold), "--val_size", str(VAL_LINES)]
     log = root / f"script_{threshold}.log"
+    os.sync()
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
@@ -153,6 +156,7 @@ def run_script(python: str, script: str, root: Path, threshold: float) -> tuple[
 
 def ttspo_cli(store: Path, *args: str) -> float:
     cmd = [str(Path(sys.executable).parent / "ttspo"), "--store", str(store), *args]
+    os.sync()
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -181,6 +185,7 @@ def session(store: str, out: str, into: str, thresholds: list[float], queue) -> 
     times = []
     for t in thresholds:
         name = f"py_{str(t).replace('.', '_')}"
+        os.sync()
         t0 = time.perf_counter()
         built = build_set(st, "pareto", name, {"cer_threshold": t, "val_size": VAL_LINES // 2})
         t1 = time.perf_counter()
@@ -191,6 +196,7 @@ def session(store: str, out: str, into: str, thresholds: list[float], queue) -> 
         for manifest in ("dpo_train_manifest.json", "dpo_val_manifest.json"):
             shutil.copyfile(Path(into) / manifest, Path(out) / name / manifest)
     name = f"py_{str(thresholds[0]).replace('.', '_')}"
+    os.sync()
     t0 = time.perf_counter()
     exported = export_nemo(st, name, Path(out) / f"{name}_new_out")
     fresh = (time.perf_counter() - t0, exported.codes_written)

@@ -256,7 +256,10 @@ def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: pa.Array) -> dict[str
     out = {}
     for split in ("train", "val"):
         rows = np.flatnonzero(split_of == split)
-        lines = two_lines if len(rows) == len(two_lines) else pc.take(two_lines, rows, memory_pool=POOL)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # one run (val is a prefix): no copy
+            lines = two_lines.slice(int(rows[0]), len(rows))
+        else:
+            lines = pc.take(two_lines, rows, memory_pool=POOL)
         out[split] = (_text(lines), 2 * len(rows))
     return out
 
