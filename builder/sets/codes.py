@@ -10,9 +10,9 @@ Writing ~25k small files is most of an export (a re-threshold exports the same
 generations again), so an export keeps an index, ``OUT/.ttspo-codes.json``:
 for each file it wrote, the SHA-256 of what it saved (dtype, shape, the codes'
 bytes and the writer's name: the same tensor gives the same bytes) and the
-file's size, mtime, ctime and inode right after writing (each file is written
-under a temporary name and renamed into place, so those details name exactly
-the bytes this export wrote). The content keys are kept per table version in
+file's size, mtime, ctime and inode right after writing (each write makes a new
+file: a new name directly, an existing one under a temporary name renamed into
+place; so those details name exactly the bytes this export wrote). The content keys are kept per table version in
 the store (session_cache.stored_map), so a re-threshold reads no codes.
 A later export into the same OUT leaves a file as it is only if the codes it
 would save have the same key AND the file still has that size, mtime, ctime and
@@ -219,18 +219,37 @@ def _details(st: os.stat_result) -> list[int]:
 
 
 def _write_file(view: memoryview, path: str) -> list[int]:
-    """VIEW's bytes as a new file renamed over PATH; returns that file's details.
+    """VIEW's bytes as the file PATH, always a new inode; returns its details.
 
-    Why not write PATH in place: a stat taken after it may see another export's
-    write into the same OUT (the index would then vouch for bytes it did not
-    write). A new inode per write, stat'ed through its own descriptor after the
-    rename, names exactly these bytes; readers never see half a file.
+    Why never write an existing PATH in place: a stat taken after it may see another
+    export's write into the same OUT (the index would then vouch for bytes it did
+    not write). A new inode per write, stat'ed through its own descriptor, names
+    exactly these bytes. A name that exists gets a new file renamed over it
+    (readers see the old bytes or the new, never half); a new name is created
+    directly (no rename: a third of the cost of a file on a busy disk; nothing
+    refers to it yet, as the manifests are written after every codes file).
     """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return _replace_file(view, path)
+    try:
+        _write_all(fd, view)
+        return _details(os.fstat(fd))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:  # still ours: leave no half file
+                os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _replace_file(view: memoryview, path: str) -> list[int]:
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, view)
         os.replace(tmp, path)
         return _details(os.fstat(fd))  # after the rename, which sets the ctime
     except BaseException:
@@ -239,6 +258,11 @@ def _write_file(view: memoryview, path: str) -> list[int]:
         raise
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _stale(gids: list[str], names: dict[str, str], keys: dict[str, str], index: dict[str, Any],
