@@ -127,8 +127,8 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
         return gen_parts(_read_columns(ds, prompts, todo, rows), rows)
 
     key = (gen_key, None if prompts is None else table_identity(prompts))
-    parts = stored_map(store, "export.line_parts", key, LINE_PARTS_SCHEMA, _named(pairs), compute)
-    parts = pc.take(parts, pc.sort_indices(parts.column(DERIVED.row)), memory_pool=POOL)  # table order
+    parts = stored_map(store, "export.line_parts", key, LINE_PARTS_SCHEMA, _named(pairs), compute,
+                       order_by=DERIVED.row)  # table order
     return SetGenerations(ds, parts.column(DERIVED.id).to_pylist(), parts)
 
 

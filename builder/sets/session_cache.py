@@ -201,12 +201,13 @@ class _Map:
 
 
 def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence[str],
-               compute: Callable[[list[str]], pa.Table]) -> pa.Table:
-    """The SCHEMA rows of IDS (unique), in that order. Rows neither this session nor
-    the store's copy has are computed (COMPUTE(new ids) returns their SCHEMA rows in
-    that order) and kept in both. STORE None: this session only."""
+               compute: Callable[[list[str]], pa.Table], order_by: str | None = None) -> pa.Table:
+    """The SCHEMA rows of IDS (unique), in that order (or sorted by column ORDER_BY).
+    Rows neither this session nor the store's copy has are computed (COMPUTE(new
+    ids) returns their SCHEMA rows in that order) and kept in both. STORE None:
+    this session only."""
     if not _enabled[0]:
-        return compute(list(ids))
+        return _ordered(compute(list(ids)), pa.array(range(len(ids)), pa.int64()), order_by)
 
     def load() -> _Map:
         table = _read(_path(store, kind, key), schema) if store is not None else None
@@ -224,4 +225,11 @@ def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence
         entry.rows.update((i, start + n) for n, i in enumerate(new))
         if store is not None:
             _write(_path(store, kind, key), entry.table)
-    return pc.take(entry.table, pa.array([entry.rows[i] for i in ids], pa.int64()), memory_pool=POOL)
+    return _ordered(entry.table, pa.array([entry.rows[i] for i in ids], pa.int64()), order_by)
+
+
+def _ordered(table: pa.Table, positions: pa.Array, order_by: str | None) -> pa.Table:
+    """TABLE's rows at POSITIONS (sorted by column ORDER_BY), in one take."""
+    if order_by is not None:
+        positions = pc.take(positions, pc.sort_indices(pc.take(table.column(order_by), positions)))
+    return pc.take(table, positions, memory_pool=POOL)
