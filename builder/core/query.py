@@ -15,6 +15,7 @@ them with the Python API (``Store.open(...)``).
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -49,7 +50,7 @@ class Session:
     def _define(self, view: str, raw: str, cols: list[str], where: str | None = None) -> None:
         listed = ", ".join(f'"{c}"' for c in cols)
         condition = f" WHERE {where}" if where else ""
-        self.con.execute(f'CREATE OR REPLACE VIEW "{view}" AS SELECT {listed} FROM "{raw}"{condition}')
+        self.con.execute(f'CREATE OR REPLACE TEMP VIEW "{view}" AS SELECT {listed} FROM "{raw}"{condition}')
         self.sources[view] = (raw, cols)
 
 
@@ -85,19 +86,34 @@ def view_columns(schema: pa.Schema) -> list[str]:
 
 def open_session(store: Store, refs: Iterable[str] = (), tables: Iterable[str] | None = None) -> Session:
     """Register every table (latest version) plus each ``name@version`` in refs."""
-    con = duckdb.connect()
-    session = Session(con)
+    session = Session(_database().cursor())
     names = list(tables) if tables is not None else store.tables()
     for name in names:
         _register(session, name, store.open(name))
     for ref in refs:
         table, version = parse_ref(ref)
         _register(session, ref, store.open(table, version))
-    con.execute(macros_sql())  # normal_cdf, zscore, nemo_rejected_reward ...
-    # From here on nothing can touch the file system, and nothing can undo that.
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
     return session
+
+
+_DATABASE: dict[int, duckdb.DuckDBPyConnection] = {}  # process id -> its database
+
+
+def _database() -> duckdb.DuckDBPyConnection:
+    """This process's in-memory DuckDB: the macros defined, then nothing can touch
+    the file system and nothing can undo that. Each session is a cursor on it (its
+    own connection: its views and registered tables are its own), which costs
+    nothing, where a new database and its macros took ~50 ms (a re-threshold
+    opens one per build). Per process: a forked child makes its own."""
+    pid = os.getpid()
+    if pid not in _DATABASE:
+        con = duckdb.connect()
+        con.execute(macros_sql())  # normal_cdf, zscore, nemo_rejected_reward ...
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        _DATABASE.clear()
+        _DATABASE[pid] = con
+    return _DATABASE[pid]
 
 
 def macros_sql() -> str:
