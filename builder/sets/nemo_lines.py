@@ -192,22 +192,23 @@ def gen_parts(c: dict[str, list], rows: list[int]) -> pa.Table:
 
 
 # ------------------------------------------------------------------ lines
-def openings(gens: SetGenerations, codes_paths: dict[str, str]) -> pa.Array:
+def openings(gens: SetGenerations, codes_paths: dict[str, str]) -> list:
     """Per generation of GENS (in its order), its lines' fixed items pointing at
-    CODES_PATHS (its own codes_path without), joined, with ", " after unless empty."""
+    CODES_PATHS (its own codes_path without), joined, with ", " after unless empty:
+    as pieces to join (arrays, one value per generation, and scalars)."""
     paths = [codes_paths[g] for g in gens.ids] if codes_paths else gens.column(DERIVED.codes_path)
     head, tail = gens.parts.column(DERIVED.head), gens.parts.column(DERIVED.tail)
     if None not in paths and pc.min(pc.binary_length(head)).as_py() and pc.min(pc.binary_length(tail)).as_py():
-        # the usual case, joined by Arrow: every generation has all three parts
+        # the usual case: every generation has all three parts, joined with the lines
         middle = pa.array(map(_STRING, paths), pa.large_string(), size=len(paths), memory_pool=POOL)
-        return pc.binary_join_element_wise(head, _lit(', "target_audio_codes_path": '), middle, _lit(", "), tail,
-                                           _lit(", "), _lit(""), memory_pool=POOL).combine_chunks(POOL)
+        return [head.combine_chunks(POOL), _lit(', "target_audio_codes_path": '), middle, _lit(", "),
+                tail.combine_chunks(POOL), _lit(", ")]
     out = []
     for head_items, path, tail_items in zip(head.to_pylist(), paths, tail.to_pylist()):
         middle = "" if path is None else f'"target_audio_codes_path": {_STRING(path)}'
         text = ", ".join([p for p in (head_items, middle, tail_items) if p])
         out.append(f"{text}, " if text else "")
-    return pa.array(out, pa.large_string(), memory_pool=POOL)
+    return [pa.array(out, pa.large_string(), memory_pool=POOL)]
 
 
 def _strings(values: list) -> pa.Array:
@@ -225,7 +226,7 @@ def _numbers(column: pa.ChunkedArray) -> pa.Array:
     return pa.array(encoded, pa.large_string(), memory_pool=POOL)
 
 
-def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: pa.Array) -> dict[str, tuple[memoryview, int]]:
+def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: list) -> dict[str, tuple[memoryview, int]]:
     """split -> (its manifest's bytes, lines): each pair as its chosen line then its
     rejected line, in the order of PAIRS (the shuffle). FIXED: openings() of the
     generations IDS. Each value encoded once; each pair's two lines joined by Arrow."""
@@ -241,12 +242,14 @@ def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: pa.Array) -> dict[str
     pid = _strings(pairs.column(PAIR.pair_id).to_pylist())
     value = {n: _numbers(pairs.column(n)) for n in (PAIR.chosen_reward, PAIR.rejected_reward,
                                                      PAIR.cer_delta, PAIR.sim_delta)}
+
+    def opening(side: str) -> list:
+        return [p if isinstance(p, pa.Scalar) else pc.take(p, at[side], memory_pool=POOL) for p in fixed]
+
     two_lines = pc.binary_join_element_wise(
-        _lit("{"), pc.take(fixed, at[PAIR.chosen_id], memory_pool=POOL), _lit('"reward": '),
-        value[PAIR.chosen_reward],
+        _lit("{"), *opening(PAIR.chosen_id), _lit('"reward": '), value[PAIR.chosen_reward],
         _lit(', "pair_id": '), pid, _lit(', "generation_id": '), _strings(pairs.column(PAIR.chosen_id).to_pylist()),
-        _lit("}\n{"), pc.take(fixed, at[PAIR.rejected_id], memory_pool=POOL), _lit('"reward": '),
-        value[PAIR.rejected_reward],
+        _lit("}\n{"), *opening(PAIR.rejected_id), _lit('"reward": '), value[PAIR.rejected_reward],
         _lit(', "cer_delta": '), value[PAIR.cer_delta], _lit(', "sim_delta": '), value[PAIR.sim_delta],
         _lit(', "pair_id": '), pid, _lit(', "generation_id": '), _strings(pairs.column(PAIR.rejected_id).to_pylist()),
         _lit("}\n"), _lit(""), memory_pool=POOL)
