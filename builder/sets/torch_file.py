@@ -19,6 +19,7 @@ the records' CRC-32s folded with ``c10::hash_combine`` (empty records skipped).
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 
@@ -93,6 +94,7 @@ def _global(module: str, name: str, memo: _Memo) -> bytes:
     return b"c" + f"{module}\n{name}\n".encode() + memo.put()
 
 
+@functools.lru_cache(maxsize=4096)  # an export's codes come in a few hundred shapes
 def _pickle(storage: str, numel: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> bytes:
     """torch._utils._rebuild_tensor_v2((storage persistent id), 0, shape, strides,
     False, OrderedDict()), as torch's protocol-2 pickler writes it."""
