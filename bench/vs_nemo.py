@@ -171,7 +171,7 @@ def build_args(name: str, threshold: float) -> list[str]:
             "--param", f"val_size={VAL_LINES // 2}"]
 
 
-def session(store: str, out: str, into: str, thresholds: list[float], queue) -> None:
+def session(store: str, out: str, into: str, thresholds: list[float], queue, fresh_export: bool = True) -> None:
     """A new Python session: imports first (a notebook has them), then timed calls.
     Each re-threshold exports into INTO (the first pass's OUT, as a researcher
     re-exporting their training folder would: codes files already there with the
@@ -196,6 +196,9 @@ def session(store: str, out: str, into: str, thresholds: list[float], queue) -> 
         (Path(out) / name).mkdir(parents=True, exist_ok=True)
         for manifest in ("dpo_train_manifest.json", "dpo_val_manifest.json"):
             shutil.copyfile(Path(into) / manifest, Path(out) / name / manifest)
+    if not fresh_export:
+        queue.put((times, None))
+        return
     name = f"py_{str(thresholds[0]).replace('.', '_')}"
     os.sync()
     t0 = time.perf_counter()
@@ -204,10 +207,10 @@ def session(store: str, out: str, into: str, thresholds: list[float], queue) -> 
     queue.put((times, fresh))
 
 
-def python_session(store: Path, out: Path, into: Path, thresholds: list[float]):
+def python_session(store: Path, out: Path, into: Path, thresholds: list[float], fresh_export: bool = True):
     ctx = mp.get_context("spawn")  # Lance is not fork-safe
     queue = ctx.Queue()
-    p = ctx.Process(target=session, args=(str(store), str(out), str(into), thresholds, queue))
+    p = ctx.Process(target=session, args=(str(store), str(out), str(into), thresholds, queue, fresh_export))
     p.start()
     times = queue.get()
     p.join()
@@ -282,7 +285,7 @@ def main() -> None:
     n2 = same_pairs(script[t2][1], out / "cli_2")
     py, fresh = python_session(store, out, out / "cli_1", [t2, t1, *MORE])
     # a second new session: its first call has every codes file it needs in cli_1
-    again_py, _ = python_session(store, out, out / "cli_1", [t1])
+    again_py, _ = python_session(store, out, out / "cli_1", [t1], fresh_export=False)
     same_pairs(script[t2][1], out / f"py_{str(t2).replace('.', '_')}")
     same_pairs(script[t1][1], out / f"py_{str(t1).replace('.', '_')}")
     py2 = f"py_{str(t2).replace('.', '_')}"
