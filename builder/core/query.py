@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -97,6 +98,7 @@ def open_session(store: Store, refs: Iterable[str] = (), tables: Iterable[str] |
 
 
 _DATABASE: dict[int, duckdb.DuckDBPyConnection] = {}  # process id -> its database
+_DATABASE_LOCK = threading.Lock()
 
 
 def _database() -> duckdb.DuckDBPyConnection:
@@ -106,14 +108,15 @@ def _database() -> duckdb.DuckDBPyConnection:
     nothing, where a new database and its macros took ~50 ms (a re-threshold
     opens one per build). Per process: a forked child makes its own."""
     pid = os.getpid()
-    if pid not in _DATABASE:
-        con = duckdb.connect()
-        con.execute(macros_sql())  # normal_cdf, zscore, nemo_rejected_reward ...
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        _DATABASE.clear()
-        _DATABASE[pid] = con
-    return _DATABASE[pid]
+    with _DATABASE_LOCK:
+        if pid not in _DATABASE:
+            con = duckdb.connect()
+            con.execute(macros_sql())  # normal_cdf, zscore, nemo_rejected_reward ...
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            # (a parent's database, inherited by fork, is left alone: never used, never closed)
+            _DATABASE[pid] = con
+        return _DATABASE[pid]
 
 
 def macros_sql() -> str:
