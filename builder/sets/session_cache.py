@@ -1,4 +1,4 @@
-"""What one Python session (a notebook re-thresholding a set) computes once.
+"""What a re-threshold computes once: in this process, and kept in the store.
 
 A re-threshold builds and exports the same generations again: the recipe ranks
 the same groups, the export encodes the same generations and hashes the same
