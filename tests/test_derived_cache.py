@@ -107,3 +107,85 @@ def test_entries_another_ttspo_wrote_go_at_the_next_write_of_their_kind(store, t
     assert not old.exists() and other_kind.exists()
     regions = [n for n in stored_files(store) if n.startswith("recipe.region-")]
     assert len(regions) == 1 and regions[0].startswith(f"recipe.region-{session_cache.code_stamp()[:12]}-")
+
+
+def test_a_region_naming_a_table_in_other_letter_case_still_sees_a_new_version(store, tmp_path):
+    from ttspo.builder.sets.recipes import load_recipe
+
+    sql = load_recipe("pareto").sql.replace("FROM generations", "FROM Generations")
+    assert "FROM Generations" in sql
+    recipe = tmp_path / "cased.sql"
+    recipe.write_text(sql)
+    build_set(store, str(recipe), "s", {"cer_threshold": 0.1})
+    rows = gen_rows(BASIC)
+    rows[0][GEN.invalid] = True  # a new version: group 0 is no longer usable
+    write_generations(store, rows)
+    session_cache.clear()  # (a new session: the store's copy would be read)
+    build_set(store, str(recipe), "s", {"cer_threshold": 0.1})
+    got = open_set(store, "s").rows()
+    with session_cache.disabled():
+        build_set(store, str(recipe), "t", {"cer_threshold": 0.1})
+    assert got.equals(open_set(store, "t").rows())
+    assert not [p for p in got.column("chosen_id").to_pylist() if p == "r:0"]
+
+
+def test_threads_asking_one_stored_map_for_other_ids_get_their_own_rows(store):
+    import threading
+
+    import pyarrow as pa
+
+    from ttspo.builder.core.schemas import CODES_KEYS_SCHEMA
+
+    def compute(ids):
+        return pa.table([ids, [f"key of {i}" for i in ids], [f"{i}.pt" for i in ids]], schema=CODES_KEYS_SCHEMA)
+
+    for trial in range(10):
+        results, errors = {}, []
+
+        def ask(name, ids):
+            try:
+                results[name] = session_cache.stored_map(store, "test.map", trial, CODES_KEYS_SCHEMA, ids, compute)
+            except Exception as exc:  # noqa: BLE001  reported below
+                errors.append(exc)
+
+        asks = {n: [f"{n}{i}" for i in range(300)] for n in "abcd"}
+        threads = [threading.Thread(target=ask, args=item) for item in asks.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        for name, ids in asks.items():
+            assert results[name].column("key").to_pylist() == [f"key of {i}" for i in ids]
+
+
+def test_the_same_version_with_another_row_deleted_is_another_key(tmp_path):
+    import shutil
+
+    import lance
+    import pyarrow as pa
+
+    path = tmp_path / "t.lance"
+    lance.write_dataset(pa.table({"a": [1, 2, 3]}), str(path), enable_stable_row_ids=True)
+    shutil.copytree(path, tmp_path / "backup")
+    lance.dataset(str(path)).delete("a = 1")
+    first = session_cache.table_identity(lance.dataset(str(path)))
+    shutil.rmtree(path)  # the folder restored from a copy: the same data files, the same version
+    shutil.copytree(tmp_path / "backup", path)
+    lance.dataset(str(path)).delete("a = 2")
+    second = session_cache.table_identity(lance.dataset(str(path)))
+    assert first[1] == second[1] == 2 and first != second
+
+
+def test_a_temporary_file_a_killed_writer_left_goes_once_it_is_old(store, tmp_path):
+    import os
+    import time
+
+    folder = store.root / session_cache.DERIVED_DIR
+    folder.mkdir()
+    old, new = folder / "recipe.region-x.arrow.1.2.tmp", folder / "recipe.region-y.arrow.1.2.tmp"
+    for path in (old, new):
+        path.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    build_set(store, "pareto", "s", {"cer_threshold": 0.1})
+    assert not old.exists() and new.exists()

@@ -56,8 +56,9 @@ class Session:
 
 
 def mentions(sql: str, name: str) -> bool:
-    """Whether SQL names NAME outside comments (as a whole word, not NAME@...)."""
-    return re.search(rf'(?<![\w@]){re.escape(name)}(?![\w@])', strip_comments(sql)) is not None
+    """Whether SQL names NAME outside comments (as a whole word, not NAME@...), in
+    any letter case (DuckDB's names are case-insensitive: FROM Generations reads it)."""
+    return re.search(rf'(?<![\w@]){re.escape(name)}(?![\w@])', strip_comments(sql), re.I) is not None
 
 
 SQL_TOKENS = re.compile(r"""('(?:[^']|'')*')|("(?:[^"]|"")*")|--[^\n]*|/\*.*?\*/""", re.S)
@@ -101,14 +102,25 @@ _DATABASE: dict[int, duckdb.DuckDBPyConnection] = {}  # process id -> its databa
 _DATABASE_LOCK = threading.Lock()
 
 
+def _reset_after_fork() -> None:
+    """A child forked while a thread held the lock would wait on it forever."""
+    global _DATABASE_LOCK
+    _DATABASE_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def _database() -> duckdb.DuckDBPyConnection:
     """This process's in-memory DuckDB: the macros defined, then nothing can touch
     the file system and nothing can undo that. Each session is a cursor on it (its
     own connection: its views and registered tables are its own), which costs
     nothing, where a new database and its macros took ~50 ms (a re-threshold
-    opens one per build). Per process: a forked child makes its own."""
+    opens one per build). Per process: a forked child makes its own. The catalog
+    is shared: a table someone CREATEs through a session's connection is seen by
+    later sessions (ttspo's own queries are read-only: check_read_only)."""
     pid = os.getpid()
-    with _DATABASE_LOCK:
+    with _DATABASE_LOCK:  # (a new lock in a forked child: see _reset_after_fork)
         if pid not in _DATABASE:
             con = duckdb.connect()
             con.execute(macros_sql())  # normal_cdf, zscore, nemo_rejected_reward ...

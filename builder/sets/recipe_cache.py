@@ -49,8 +49,10 @@ def with_cached_region(session, store, recipe, values: dict[str, Any], runs: Seq
                           "first CTE (only WITH [RECURSIVE] and comments before '-- ttspo cache:')")
     text = recipe.sql[start:end].rstrip().rstrip(",")
     used = {k: values[k] for k in sorted(placeholders(text)) if k in values}
+    # Every view the session registered, not only those the text names as written:
+    # a name in other letter case (FROM Generations) reads the same table.
     tables = []
-    for view, version in sorted(session.inputs_for(text).items()):
+    for view, version in sorted(session.versions.items()):
         table, _ = parse_ref(view)
         tables.append((view, table_identity(store.open(table, version))))
     key = (recipe.sha256, start, end, tuple(used.items()), tuple(tables), tuple(sorted(set(runs))))

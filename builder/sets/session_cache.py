@@ -19,8 +19,9 @@ source of the modules that compute the entries, the SQL macros and the DuckDB
 and Lance versions, so an upgrade or an edit never reads an old entry (and the
 next write of a kind removes the entries other code wrote). Files are
 written to a temporary name and renamed (readers see whole files); one that
-cannot be read is computed again; a store that cannot be written to is only not
-cached. Each kind keeps its MAX_FILES most recently used files. ``rm -r
+cannot be read (truncated, not Arrow, another schema) is computed again (the files
+carry no checksum: a flipped bit inside one is not seen); a store that cannot be
+written to is only not cached. Each kind keeps its MAX_FILES most recently used files. ``rm -r
 STORE/.derived`` is always safe.
 """
 
@@ -31,6 +32,7 @@ import functools
 import hashlib
 import os
 import threading
+import time
 from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +52,7 @@ MAX_FILES = 8
 DERIVED_DIR = ".derived"
 _entries: dict[str, OrderedDict] = {}
 _enabled = [True]
+_LOCK = threading.RLock()
 # kind -> entries computed (stored_table) or ids computed (stored_map) by this
 # process, not read from the session or the store: what a re-threshold still costs.
 computed: Counter = Counter()
@@ -64,8 +67,10 @@ def table_identity(ds) -> tuple:
     files = []
     for fragment in ds.get_fragments():
         meta = fragment.metadata
+        deletion = meta.deletion_file  # its id and read version name its file (its repr does not)
         files.append((fragment.fragment_id, tuple(d.path for d in meta.files),
-                      str(meta.deletion_file) if meta.deletion_file is not None else None))
+                      None if deletion is None else (deletion.file_type, deletion.id, deletion.read_version,
+                                                     deletion.num_deleted_rows)))
     return (str(ds.uri), ds.version, tuple(files))
 
 
@@ -73,15 +78,16 @@ def cached(kind: str, key: Hashable, compute: Callable[[], Any]) -> Any:
     """The value of KIND for KEY, computed (and kept) on first use."""
     if not _enabled[0]:
         return compute()
-    entries = _entries.setdefault(kind, OrderedDict())
-    if key in entries:
-        entries.move_to_end(key)
-        return entries[key]
-    value = compute()
-    entries[key] = value
-    while len(entries) > MAX_ENTRIES:
-        entries.popitem(last=False)
-    return value
+    with _LOCK:  # threads of one notebook share the entries: one computes, the others wait
+        entries = _entries.setdefault(kind, OrderedDict())
+        if key in entries:
+            entries.move_to_end(key)
+            return entries[key]
+        value = compute()
+        entries[key] = value
+        while len(entries) > MAX_ENTRIES:
+            entries.popitem(last=False)
+        return value
 
 
 def clear() -> None:
@@ -162,7 +168,9 @@ def _prune(folder: Path, kind: str) -> None:
     ours = f"{kind}-{code_stamp()[:12]}-"
     files = sorted(folder.glob(f"{kind}-*.arrow"), key=_mtime, reverse=True)
     kept = [p for p in files if p.name.startswith(ours)][:MAX_FILES]
-    for old in set(files) - set(kept):
+    # and what a killed writer left (a live one renames its file within seconds)
+    orphans = [p for p in folder.glob(f"{kind}-*.tmp") if _mtime(p) < time.time() - 3600]
+    for old in (set(files) - set(kept)) | set(orphans):
         with contextlib.suppress(OSError):
             old.unlink()
 
@@ -213,7 +221,13 @@ def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence
         table = _read(_path(store, kind, key), schema) if store is not None else None
         return _Map(table if table is not None else schema.empty_table())
 
-    entry = cached(kind, key, load)
+    with _LOCK:  # the entry grows in place: one thread at a time
+        return _grown_rows(entry=cached(kind, key, load), store=store, kind=kind, key=key, schema=schema,
+                        ids=ids, compute=compute, order_by=order_by)
+
+
+def _grown_rows(*, entry: "_Map", store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence[str],
+             compute: Callable[[list[str]], pa.Table], order_by: str | None) -> pa.Table:
     new = [i for i in ids if i not in entry.rows]
     if new:
         made = compute(new)
