@@ -189,3 +189,10 @@ def test_a_temporary_file_a_killed_writer_left_goes_once_it_is_old(store, tmp_pa
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     build_set(store, "pareto", "s", {"cer_threshold": 0.1})
     assert not old.exists() and new.exists()
+
+
+def test_rebuilding_a_set_named_like_a_recipe_cte_keeps_the_ranking(store):
+    build_set(store, "pareto", "pairs", {"cer_threshold": 0.1})  # pareto has a CTE `pairs`
+    session_cache.clear()
+    build_set(store, "pareto", "pairs", {"cer_threshold": 0.02})
+    assert not session_cache.computed

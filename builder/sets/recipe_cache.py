@@ -49,10 +49,11 @@ def with_cached_region(session, store, recipe, values: dict[str, Any], runs: Seq
                           "first CTE (only WITH [RECURSIVE] and comments before '-- ttspo cache:')")
     text = recipe.sql[start:end].rstrip().rstrip(",")
     used = {k: values[k] for k in sorted(placeholders(text)) if k in values}
-    # Every view the session registered, not only those the text names as written:
-    # a name in other letter case (FROM Generations) reads the same table.
+    # The views the region names (in any letter case: FROM Generations reads generations).
+    # Not every view the session has: a set named like one of the recipe's CTEs
+    # ("pairs") would change the key at each of its own rebuilds.
     tables = []
-    for view, version in sorted(session.versions.items()):
+    for view, version in sorted(session.inputs_for(text).items()):
         table, _ = parse_ref(view)
         tables.append((view, table_identity(store.open(table, version))))
     key = (recipe.sha256, start, end, tuple(used.items()), tuple(tables), tuple(sorted(set(runs))))
