@@ -77,7 +77,10 @@ def test_a_store_it_cannot_write_to_is_only_not_cached(store, tmp_path):
     got = rethreshold(store, tmp_path / "out", 0.1)
     expected = truth(store, tmp_path / "truth", 0.1)
     assert got[0].equals(expected[0]) and got[1:3] == expected[1:3]
-    assert not list(store.root.glob(f"{session_cache.DERIVED_DIR}/*"))
+    assert (store.root / session_cache.DERIVED_DIR).is_file()
+    session_cache.clear()  # a new session computes everything again: nothing was kept
+    rethreshold(store, tmp_path / "out", 0.1)
+    assert set(session_cache.computed) == set(KINDS)
 
 
 def test_disabled_writes_nothing_and_each_kind_keeps_its_newest_files(store, tmp_path):
@@ -183,7 +186,7 @@ def test_a_temporary_file_a_killed_writer_left_goes_once_it_is_old(store, tmp_pa
 
     folder = store.root / session_cache.DERIVED_DIR
     folder.mkdir()
-    old, new = folder / "recipe.region-x.arrow.1.2.tmp", folder / "recipe.region-y.arrow.1.2.tmp"
+    old, new = folder / ".recipe.region-x.arrow.ab12.tmp", folder / ".recipe.region-y.arrow.cd34.tmp"
     for path in (old, new):
         path.write_bytes(b"half")
     os.utime(old, (time.time() - 7200, time.time() - 7200))

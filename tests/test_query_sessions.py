@@ -55,6 +55,9 @@ def test_a_session_cannot_read_or_write_files(store, tmp_path):
     s = query.open_session(store, [], ["generations"])
     with pytest.raises(duckdb.Error, match="disabled by configuration"):
         s.con.sql(f"SELECT * FROM read_csv('{secret}')").fetchall()
+    with pytest.raises(duckdb.Error, match="disabled by configuration"):
+        s.con.execute(f"COPY (SELECT 1) TO '{tmp_path / 'x.csv'}'")
+    assert not (tmp_path / "x.csv").exists()
     with pytest.raises(duckdb.Error):
         s.con.execute("SET enable_external_access = true")
     with pytest.raises(QueryError):

@@ -51,7 +51,9 @@ def build(ctx: click.Context, recipe: str, name: str, params: tuple[str, ...],
     rejected better on both CER and SSIM, no generation on both sides, no pair
     twice or in both splits, known ids and columns) and nothing is written if a
     check fails. The version records the recipe, its SHA-256, the parameters,
-    the runs and the generations version it read.
+    the runs and the generations version it read. What a later build or export
+    of the same generations would compute again (a recipe's cached ranking, the
+    checks' columns) is kept in STORE/.derived (safe to delete).
     """
     from ttspo.builder.core.params import parse_assignments
 

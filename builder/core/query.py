@@ -37,6 +37,7 @@ class Session:
 
     con: duckdb.DuckDBPyConnection
     versions: dict[str, int] = field(default_factory=dict)  # view name -> Lance version
+    datasets: dict[str, Any] = field(default_factory=dict)  # view name -> the Lance dataset it reads
     sources: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # view -> (raw, columns)
 
     def inputs_for(self, sql: str) -> dict[str, int]:
@@ -98,14 +99,15 @@ def open_session(store: Store, refs: Iterable[str] = (), tables: Iterable[str] |
     return session
 
 
-_DATABASE: dict[int, duckdb.DuckDBPyConnection] = {}  # process id -> its database
+_DATABASE: list[duckdb.DuckDBPyConnection] = []  # this process's database, once made
 _DATABASE_LOCK = threading.Lock()
 
 
 def _reset_after_fork() -> None:
-    """A child forked while a thread held the lock would wait on it forever."""
-    global _DATABASE_LOCK
-    _DATABASE_LOCK = threading.Lock()
+    """A forked child makes its own database (the parent's is left alone: never used,
+    never closed) and its own lock (one a thread held at the fork stays held)."""
+    global _DATABASE, _DATABASE_LOCK
+    _DATABASE, _DATABASE_LOCK = [], threading.Lock()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -116,19 +118,17 @@ def _database() -> duckdb.DuckDBPyConnection:
     the file system and nothing can undo that. Each session is a cursor on it (its
     own connection: its views and registered tables are its own), which costs
     nothing, where a new database and its macros took ~50 ms (a re-threshold
-    opens one per build). Per process: a forked child makes its own. The catalog
-    is shared: a table someone CREATEs through a session's connection is seen by
-    later sessions (ttspo's own queries are read-only: check_read_only)."""
-    pid = os.getpid()
-    with _DATABASE_LOCK:  # (a new lock in a forked child: see _reset_after_fork)
-        if pid not in _DATABASE:
+    opens one per build). The catalog is shared: a table someone CREATEs through a
+    session's connection is seen by later sessions (ttspo's own queries are
+    read-only: check_read_only)."""
+    with _DATABASE_LOCK:
+        if not _DATABASE:
             con = duckdb.connect()
             con.execute(macros_sql())  # normal_cdf, zscore, nemo_rejected_reward ...
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
-            # (a parent's database, inherited by fork, is left alone: never used, never closed)
-            _DATABASE[pid] = con
-        return _DATABASE[pid]
+            _DATABASE.append(con)
+        return _DATABASE[0]
 
 
 def macros_sql() -> str:
@@ -143,6 +143,7 @@ def _register(session: Session, view: str, ds) -> None:
     session.con.register(raw, ds)
     session._define(view, raw, view_columns(ds.schema))
     session.versions[view] = ds.version
+    session.datasets[view] = ds
 
 
 def refs_in(sql: str) -> list[str]:

@@ -225,7 +225,7 @@ class SpillDir:
 
     A temporary folder (TMPDIR), removed on exit: a failed ingest leaves nothing,
     and the folder of a killed one goes with the next command that writes
-    (store.temp_dir).
+    (core.locks.temp_dir).
     """
 
     def __init__(self):

@@ -63,7 +63,6 @@ class TableCodes:
 
     values: np.ndarray
     rows: dict[str, tuple[int, int, tuple[int, ...]]]
-    ids: list[str]  # every generation read, with codes or not
 
     def array(self, gid: str) -> np.ndarray:
         start, end, shape = self.rows[gid]
@@ -78,7 +77,7 @@ def table_codes(ds, offsets: np.ndarray, ids: list[str]) -> TableCodes:
         raise InputError(f"{ds.uri}: rows moved while the export read them; export again")
     outer = taken.column(GEN.codes).combine_chunks()
     if outer.null_count == len(outer):
-        return TableCodes(np.zeros(0, np.int16), {}, ids)
+        return TableCodes(np.zeros(0, np.int16), {})
     inner = outer.values  # one list per codebook (offsets below index the unsliced children)
     if inner.null_count or inner.values.null_count:
         bad = next(i for i in range(len(ids)) if outer[i].is_valid and _has_null(outer[i]))
@@ -104,7 +103,7 @@ def table_codes(ds, offsets: np.ndarray, ids: list[str]) -> TableCodes:
         a, b = outer_off[i], outer_off[i + 1]
         # no codebook: as torch.as_tensor([]), shape (0,)
         rows[ids[i]] = (int(inner_off[a]), int(inner_off[b]), (int(b - a), int(lo[i])) if b > a else (0,))
-    return TableCodes(inner.values.to_numpy(zero_copy_only=False), rows, ids)
+    return TableCodes(inner.values.to_numpy(zero_copy_only=False), rows)
 
 
 def _has_null(codes: pa.Scalar) -> bool:
@@ -183,20 +182,18 @@ def write_codes(store, sv_ref: str, ds, offsets: dict[str, int], gids: list[str]
     written = 0
     if not (stale or from_files):
         return paths, 0, len(paths)
-    for gid, path in paths.items():
-        if gid in from_files:  # as read (any strides): always written, never indexed
-            import torch
+    for gid, codes in from_files.items():  # as read (any strides): always written, never indexed
+        import torch
 
-            buffer = io.BytesIO()
-            torch.save(from_files[gid].to(getattr(torch, codes_dtype)), buffer)
-            _write_file(buffer.getbuffer(), path)
-            index.pop(path[len(base) + 1:], None)
-            written += 1
+        buffer = io.BytesIO()
+        torch.save(codes.to(getattr(torch, codes_dtype)), buffer)
+        _write_file(buffer.getbuffer(), paths[gid])
+        index.pop(names[gid], None)
+        written += 1
     for gid in stale:
-        path = paths[gid]
         codes = (table if gid in table.rows else fresh).array(gid)
         data = torch_file_bytes(np.ascontiguousarray(codes.astype(codes_dtype)))
-        index[path[len(base) + 1:]] = [keys[gid], *_write_file(memoryview(data), path)]
+        index[names[gid]] = [keys[gid], *_write_file(memoryview(data), paths[gid])]
         written += 1
     if written:
         _write_index(out_dir, index)
@@ -206,7 +203,7 @@ def write_codes(store, sv_ref: str, ds, offsets: dict[str, int], gids: list[str]
 def _take_codes(ds, offsets: dict[str, int], gids: list[str]) -> TableCodes:
     ordered = sorted(gids, key=offsets.__getitem__)
     if not ordered:
-        return TableCodes(np.zeros(0, np.int16), {}, [])
+        return TableCodes(np.zeros(0, np.int16), {})
     return table_codes(ds, np.array([offsets[g] for g in ordered], np.int64), ordered)
 
 

@@ -39,7 +39,6 @@ lines, for trainers in the TRL mould.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -50,9 +49,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.sets.build import SetVersion, open_set
-from ttspo.builder.sets.codes import (CODES_DTYPES, DEFAULT_CODES_DTYPE, check_codes_dtype,  # noqa: F401
-                                      read_codes_file, safe_name, write_codes)
-from ttspo.builder.sets.nemo_lines import (check_for_nemo, generation_columns, nemo_manifests, openings,
+from ttspo.builder.sets.codes import DEFAULT_CODES_DTYPE, safe_name, write_codes  # noqa: F401 (safe_name)
+from ttspo.builder.sets.nemo_lines import (_ENCODER, check_for_nemo, generation_columns, nemo_manifests, openings,
                                            set_generations)
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import atomic_write, write_text_atomic
@@ -92,7 +90,6 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *,
                 codes_dtype: str = DEFAULT_CODES_DTYPE) -> ExportResult:
     """Write NAME[@VERSION|@TAG] as NeMo DPO train/val manifests in OUT_DIR, with
     every generation's codes as a CODES_DTYPE file under OUT_DIR/codes."""
-    check_codes_dtype(codes_dtype)
     clock = [time.perf_counter()]
     sv = open_set(store, ref)
     pairs = sv.rows()
@@ -116,9 +113,6 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *,
     seconds = dict(zip(("generations", "codes", "lines", "write"), (b - a for a, b in zip(clock, clock[1:]))))
     return ExportResult(files, {s: lines // 2 for s, (_, lines) in manifests.items()}, written,
                         durations["min"], durations["max"], kept, seconds)
-
-
-_ENCODER = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one per call
 
 
 def _json_line(record: dict[str, Any]) -> str:

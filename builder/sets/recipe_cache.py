@@ -22,7 +22,6 @@ from ttspo.builder.core.schemas import GEN
 CACHE_START = re.compile(r"^--\s*ttspo cache:\s*([A-Za-z_]\w*)\s*$", re.M)
 CACHE_END = re.compile(r"^--\s*ttspo cache end\s*$", re.M)
 PREFIX = re.compile(r"\s*WITH(\s+RECURSIVE)?\s*", re.I)  # all that may come before the region
-SQL_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
 
 
 def cache_region(sql: str) -> tuple[str, int, int] | None:
@@ -38,13 +37,13 @@ def with_cached_region(session, store, recipe, values: dict[str, Any], runs: Seq
     """Register the region's result (from the session cache, else computed) and
     return the recipe with the region replaced by a read of it (PLACEHOLDERS: the
     $names a SQL text uses)."""
-    from ttspo.builder.core.store import parse_ref
+    from ttspo.builder.core.query import strip_comments
     from ttspo.builder.sets.session_cache import stored_table, table_identity
 
     name, start, end = region
     # The region runs alone: a CTE before it could shadow a view it reads (run
     # whole, the recipe would read the CTE; cached, the view). Only WITH may precede.
-    if not PREFIX.fullmatch(SQL_COMMENT.sub(" ", recipe.sql[:start])):
+    if not PREFIX.fullmatch(strip_comments(recipe.sql[:start])):
         raise RecipeError(f"{recipe.name}: the cached region '{name}' must start at the recipe's "
                           "first CTE (only WITH [RECURSIVE] and comments before '-- ttspo cache:')")
     text = recipe.sql[start:end].rstrip().rstrip(",")
@@ -52,10 +51,7 @@ def with_cached_region(session, store, recipe, values: dict[str, Any], runs: Seq
     # The views the region names (in any letter case: FROM Generations reads generations).
     # Not every view the session has: a set named like one of the recipe's CTEs
     # ("pairs") would change the key at each of its own rebuilds.
-    tables = []
-    for view, version in sorted(session.inputs_for(text).items()):
-        table, _ = parse_ref(view)
-        tables.append((view, table_identity(store.open(table, version))))
+    tables = [(view, table_identity(session.datasets[view])) for view in sorted(session.inputs_for(text))]
     key = (recipe.sha256, start, end, tuple(used.items()), tuple(tables), tuple(sorted(set(runs))))
     result = stored_table(store, "recipe.region", key, lambda: session.con.sql(
         f"WITH RECURSIVE {text} SELECT * FROM {name}", params=used or None).to_arrow_table())
@@ -76,7 +72,7 @@ def checked_generations(session, store, runs: Sequence[str]) -> str:
 
     if store is None:
         return "generations"
-    key = (table_identity(store.open("generations", session.versions["generations"])), tuple(sorted(set(runs))))
+    key = (table_identity(session.datasets["generations"]), tuple(sorted(set(runs))))
     listed = ", ".join(f'"{c}"' for c in CHECK_COLUMNS)
     table = stored_table(store, "recipe.generations", key,
                          lambda: session.con.sql(f"SELECT {listed} FROM generations").to_arrow_table())

@@ -41,6 +41,7 @@ from typing import Any, Callable, Hashable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ttspo.builder.core.files import atomic_write
 from ttspo.builder.core.schemas import DERIVED
 
 # Large derived buffers (line parts, manifest lines: tens of MB) come from the system
@@ -150,16 +151,13 @@ def _read(path: Path, schema: pa.Schema | None = None) -> pa.Table | None:
 
 def _write(path: Path, table: pa.Table) -> None:
     """TABLE as PATH (whole or not at all); a store we cannot write to is not cached."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(exist_ok=True)
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        with atomic_write(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
-        os.replace(tmp, path)
         _prune(path.parent, path.name.split("-", 1)[0])
     except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        pass
 
 
 def _prune(folder: Path, kind: str) -> None:
@@ -169,7 +167,7 @@ def _prune(folder: Path, kind: str) -> None:
     files = sorted(folder.glob(f"{kind}-*.arrow"), key=_mtime, reverse=True)
     kept = [p for p in files if p.name.startswith(ours)][:MAX_FILES]
     # and what a killed writer left (a live one renames its file within seconds)
-    orphans = [p for p in folder.glob(f"{kind}-*.tmp") if _mtime(p) < time.time() - 3600]
+    orphans = [p for p in folder.glob(f".{kind}-*.tmp") if _mtime(p) < time.time() - 3600]  # atomic_write's
     for old in (set(files) - set(kept)) | set(orphans):
         with contextlib.suppress(OSError):
             old.unlink()
