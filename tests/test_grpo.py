@@ -150,6 +150,28 @@ def test_rollouts_name_the_newest_checkpoint_or_the_start_weights(tmp_path):
     assert {c[CKPT.step]: c[CKPT.sha256] for c in ckpts}[2] == at2
 
 
+def test_a_best_checkpoint_does_not_tag_rollouts(tmp_path):
+    """Only step checkpoints tag rollouts (a resume finds those, and best/ is
+    overwritten): with validation every step and the first step checkpoint at 4,
+    every training row carries the start weights' sha256."""
+    from ttspo.trainer.policy import load_policy
+
+    import torch
+
+    store = Store(tmp_path / "st")
+    make_prompts(store, 3)
+    result = train(store, tmp_path / "run", *LENGTH, "grpo.n_generations_per_item=4",
+                   "grpo.prompts_per_step=2", "grpo.val_prompts=1", "train.val_every=1",
+                   "train.max_steps=3", "train.checkpoint_every=4")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "checkpoints" / "best").is_dir()
+    torch.manual_seed(0)
+    start = load_policy("tiny", config=TINY).identity().sha256
+    rows = store.open("rollouts").to_table(columns=[ROLL.step, ROLL.split, ROLL.checkpoint]).to_pylist()
+    assert {r[ROLL.checkpoint] for r in rows if r[ROLL.split] == "train"} == {start}
+    assert {r[ROLL.step] for r in rows if r[ROLL.split] == "train"} == {0, 1, 2}
+
+
 def test_a_nan_loss_stops_grpo_naming_the_last_good_checkpoint_whose_meta_has_every_rank(tmp_path):
     """DPO's and GRPO's checkpoints are one implementation (checkpoints.Checkpointer)."""
     import pytest

@@ -287,8 +287,8 @@ class Checkpointer:
         sha, path, error = broadcast_object(outcome)
         if error is not None:
             raise TrainingError(f"step {step}: rank 0 could not save the checkpoint: {error}")
-        self.tag = sha
-        if kind == "step":
+        if kind == "step":  # a resume finds step checkpoints only: best/ never tags rollouts
+            self.tag = sha
             self.last_good = Path(path)
         return Path(path)
 
