@@ -151,7 +151,7 @@ CHOICES = {
     "grpo.invalid_reward": ("zero", "group_min"),
     "grpo.normalizer": ("nemo", "basic", "none"),
 }
-FREE_FORM = ("policy.model",)
+FREE_FORM = ("policy.model",)  # dict fields: any sub-key, YAML-typed
 # Each trainer's validation metrics that may pick `best`, with their better direction;
 # the first is auto's choice (GRPO's second when its validation scores no CER).
 BEST_METRICS = {"dpo": {"val/accuracy": "max", "val/loss": "min", "val/margin": "max"},
@@ -173,7 +173,7 @@ def best_rule(cfg: "Config", trainer: str, measured: Sequence[str]) -> tuple[str
         raise ConfigError(f"config train.best_metric: '{metric}' is not measured by this run "
                           f"(it measures {', '.join(m for m in known if m in measured)})")
     mode = known[metric] if cfg.train.best_mode == "auto" else cfg.train.best_mode
-    return metric, mode  # dict fields: any sub-key, YAML-typed
+    return metric, mode
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),

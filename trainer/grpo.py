@@ -186,12 +186,8 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
         if c.ddp:
             dist.all_reduce(sums)
         n = max(1.0, float(sums[3]))
-        out_ = {"val/reward": float(sums[2]) / n}
-        if scoring.asr:
-            out_["val/cer"] = float(sums[0]) / n
-        if scoring.sv:
-            out_["val/ssim"] = float(sums[1]) / n
-        return out_
+        means = {"val/cer": float(sums[0]) / n, "val/ssim": float(sums[1]) / n, "val/reward": float(sums[2]) / n}
+        return {name: means[name] for name in measured}  # what this run scores (best_rule's list)
 
     if start == 0 and val and cfg.train.val_every:  # the baseline the run improves on
         result.val = {"step": 0, **validate(0)}

@@ -37,7 +37,7 @@ from ttspo.trainer import losses as L
 from ttspo.trainer.config import BEST_METRICS, Config, best_rule
 from ttspo.trainer.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.builder.core.files import file_sha256
-from ttspo.trainer.ref import RefCache, lookup, pair_logps
+from ttspo.trainer.ref import RefCache, lookup, pair_logps, reference_logps
 from ttspo.trainer.runs import (MetricsLog, log_lineage, open_run_dir, read_metrics,  # noqa: F401
                                run_identity)
 
@@ -289,10 +289,7 @@ def pair_step(model, policy, ref_model, cache: RefCache | None, pairs: Pairs, id
     if cache is not None:
         ref_c, ref_r = (t.to(pi_c.device) for t in cache.lookup(pairs.pair_ids, idx))
     elif ref_model is not None:
-        # fp32 even under bf16 autocast: the cache (precompute-ref) is fp32, and cached
-        # and live references must give the same losses
-        with torch.no_grad(), torch.autocast(pi_c.device.type, enabled=False):
-            ref_c, ref_r = pair_logps(ref_model, ref_model, pairs, idx)
+        ref_c, ref_r = reference_logps(ref_model, pairs, idx)
     else:
         ref_c, ref_r = torch.zeros_like(pi_c), torch.zeros_like(pi_r)
     rewards = [torch.as_tensor(r[idx], dtype=torch.float32, device=pi_c.device)

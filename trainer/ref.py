@@ -92,6 +92,15 @@ def lookup(store: Store, pairs: Pairs, sha256: str, policy_sha256: str) -> RefCa
 
 
 @torch.no_grad()
+def reference_logps(model: Any, pairs: Pairs, idx) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected log-probs of the pairs IDX under the reference MODEL: no
+    gradient, and fp32 even under bf16 autocast (the cache is fp32, and cached and
+    live references must give the same losses)."""
+    device = next(model.parameters()).device.type
+    with torch.no_grad(), torch.autocast(device, enabled=False):
+        return pair_logps(model, model, pairs, idx)
+
+
 def compute(policy: Any, pairs: Pairs, *, batch_pairs: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """[N, C] chosen and rejected log-probs of every pair under POLICY (eval mode, fp32:
     a bf16 run's live reference runs in fp32 too, so cached and live agree)."""
@@ -101,8 +110,7 @@ def compute(policy: Any, pairs: Pairs, *, batch_pairs: int = 16) -> tuple[np.nda
     try:
         for start in range(0, len(pairs), batch_pairs):
             idx = range(start, min(start + batch_pairs, len(pairs)))
-            with torch.autocast(next(policy.parameters()).device.type, enabled=False):
-                c, r = pair_logps(policy, policy, pairs, idx)
+            c, r = reference_logps(policy, pairs, idx)
             chosen.append(c.float().cpu().numpy())
             rejected.append(r.float().cpu().numpy())
     finally:

@@ -45,8 +45,8 @@ WHERE = Option("--where", "where", "DuckDB condition on prompts: train on matchi
 
 SET_METAVAR = "SET[@VERSION|@TAG]"  # dpo's one argument
 DPO_OPTIONS = (POLICY, INIT, CONFIG, OVERRIDES, OUT)
-PRECOMPUTE_OPTIONS = (  # `ttspo train precompute-ref` (CLI only), plus its --batch-pairs
-    replace(POLICY, help="Policy from the registry."),
+PRECOMPUTE_OPTIONS = (  # `ttspo train precompute-ref`, plus its --batch-pairs
+    POLICY,
     Option("--ref", "ref_path", "The reference checkpoint (the --init of the training runs "
            "that use it).", required=True, path="file"),
     replace(CONFIG, help="The YAML config the training runs take: its policy.model loads the "
