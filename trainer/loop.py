@@ -34,7 +34,7 @@ from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.trainer import checkpoints as ckpt
 from ttspo.trainer import losses as L
-from ttspo.trainer.config import BEST_METRICS, Config, best_rule
+from ttspo.trainer.config import BEST_METRICS, Config, best_rule, check_codebooks
 from ttspo.trainer.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.builder.core.files import file_sha256
 from ttspo.trainer.ref import RefCache, lookup, pair_logps, reference_logps
@@ -172,6 +172,7 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
     best_metric, best_mode = best_rule(cfg, "dpo", BEST_METRICS["dpo"])
     # Data: the set version, joined at its generations version (codec only for contexts).
     policy = make_policy(spec, init, cfg, cfg.train.seed)
+    check_codebooks(cfg, policy.codec.num_codebooks)
     pairs = load_pairs(store, set_ref, encode=policy.codec.encode)
     train, val = pairs.select("train"), pairs.select("val")
     order = PairOrder(len(train), cfg.data.pairs_per_device, c.world_size, cfg.optim.grad_accum,
