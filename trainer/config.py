@@ -5,8 +5,11 @@
 Keys are dotted paths into :class:`Config` (``section.field``); a value is parsed
 as YAML, then checked against the field's type (an int field takes ``3``, a float
 field ``1e-4`` or ``3``, a list field ``[a, b]`` or ``a,b``). An unknown key is an
-error naming the closest valid one. ``policy.model`` is free-form: the policy
-checks its own keys (TinyConfig fields for ``tiny``). The resolved config is saved
+error naming the closest valid one. Then every value is checked against its rule in
+:data:`RULES` (a range, a choice, a list's length; nan and inf nowhere), before a
+command writes anything: the first key out of range is one line naming the key, the
+value and what is allowed. ``policy.model`` is free-form: the policy checks its own
+keys (TinyConfig fields for ``tiny``) as it loads, also before anything is written. The resolved config is saved
 as ``config.yaml`` in the run folder, so a run can be re-made from it.
 
 Defaults are NeMo's MagpieTTS recipe (beta 0.01, lr 2e-7, no scheduler, 4 pairs

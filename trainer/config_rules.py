@@ -137,3 +137,14 @@ def _finite(value: Any) -> bool:
 
 def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def markdown(rules: dict[str, Rule]) -> str:
+    """RULES as a markdown table (key | allowed), for the docs."""
+    lines = ["| key | allowed |", "|---|---|"]
+    for key, rule in rules.items():
+        count = (f"; {rule.length} values" if isinstance(rule.length, int) else
+                 f"; as many as {rule.length}" if rule.length else
+                 f"; at least {rule.min_length}" if rule.min_length else "")
+        lines.append(f"| `{key}` | {rule.interval.replace('|', '&#124;')}{count} |")
+    return "\n".join(lines)
