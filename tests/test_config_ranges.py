@@ -119,6 +119,19 @@ def test_a_bad_value_is_one_line_and_no_run_folder(store, tmp_path, overrides, m
     assert not out.exists()
 
 
+@pytest.mark.parametrize("override, message", [
+    ("policy.model.encoder_layers=-1", "encoder_layers must be an integer >= 0, got -1"),
+    ("policy.model.decoder_layers=1.5", "decoder_layers must be an integer >= 0, got 1.5"),
+    ("policy.model.dropout=.nan", "dropout must lie in [0, 1], got nan"),
+    ("policy.model.cfg_dropout=2", "cfg_dropout must lie in [0, 1], got 2"),
+])
+def test_the_policys_own_keys_are_refused_before_the_run_folder(store, tmp_path, override, message):
+    out = tmp_path / "run"
+    result = train(store, out, override)
+    assert (result.exit_code, result.output) == (1, f"Error: tiny policy config: {message}\n")
+    assert not out.exists()
+
+
 def test_grpo_refuses_before_anything_is_written_too(store, tmp_path):
     out = tmp_path / "run"
     result = train(store, out, "grpo.temperature=nan", trainer="grpo")
