@@ -147,10 +147,11 @@ def _path(store, kind: str, key: Hashable) -> Path:
 
 def _read(path: Path, schema: pa.Schema | None = None) -> pa.Table | None:
     """The table in PATH, or None if there is none, its checksum does not match,
-    it cannot be read or it is not of SCHEMA (memory-mapped: the checksum reads
-    every page once, the table's columns use them without a copy)."""
+    it cannot be read or it is not of SCHEMA. Read into this process's memory, not
+    memory-mapped: the bytes the table uses are the bytes checked (a mapped page
+    evicted and read again could come back from a disk that changed since)."""
     try:
-        with pa.memory_map(str(path)) as source:
+        with pa.OSFile(str(path), memory_pool=POOL) as source:
             payload = _checked(source.read_buffer())
             if payload is None:
                 return None
