@@ -61,7 +61,9 @@ DERIVED_DIR = ".derived"
 # A checksum kept with the file is against damage, not against whoever can write it.
 MAGIC = b"ttspo-crc32\0"
 _TRAILER = struct.Struct(f"<{len(MAGIC)}sI")
-_verify = [True]  # bench/derived_check.py times a read without the check
+# False: entries memory-mapped, their CRC not compared (the read before checksums:
+# bench/derived_check.py's baseline; never for use)
+_verify = [True]
 _entries: dict[str, OrderedDict] = {}
 _enabled = [True]
 _LOCK = threading.RLock()
@@ -150,8 +152,10 @@ def _read(path: Path, schema: pa.Schema | None = None) -> pa.Table | None:
     it cannot be read or it is not of SCHEMA. Read into this process's memory, not
     memory-mapped: the bytes the table uses are the bytes checked (a mapped page
     evicted and read again could come back from a disk that changed since)."""
+    opener = (functools.partial(pa.OSFile, memory_pool=POOL) if _verify[0]
+              else pa.memory_map)  # unchecked: as before the checksums (the bench's baseline)
     try:
-        with pa.OSFile(str(path), memory_pool=POOL) as source:
+        with opener(str(path)) as source:
             payload = _checked(source.read_buffer())
             if payload is None:
                 return None
