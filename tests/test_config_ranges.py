@@ -198,3 +198,12 @@ def test_holds_another_run_names_the_keys_that_differ(store, tmp_path):
     result = train(store, out)
     assert result.output == (f"Error: {out} holds another run (config.loss.sft_weight absent "
                              "(now 0.0)); choose another --out\n")
+
+
+def test_a_missing_reference_cache_leaves_no_run_folder(store, tmp_path):
+    out = tmp_path / "run"
+    result = train(store, out, "train.require_ref_cache=true")
+    assert (result.exit_code, result.output) == (
+        1, "Error: train.require_ref_cache needs --init (the checkpoint precompute-ref used)\n")
+    assert not out.exists()
+    assert train(store, out).exit_code == 0  # the corrected command, same --out

@@ -179,10 +179,9 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
                       cfg.data.seed)
     order.check(pairs.ref)
     init_sha = file_sha256(init) if init else None
-    resuming = open_run_dir(out, run_identity(cfg, trainer="dpo", pairs=pairs, spec=spec,
-                                              init_sha256=init_sha), cfg, c)
     # Reference: cached log-probs on an exact key match (the init's file and the
-    # policy's config: both change the logits), else a live copy of the init.
+    # policy's config: both change the logits), else a live copy of the init. Before
+    # the run folder: a missing cache under require_ref_cache leaves nothing behind.
     cache, ref_model = None, None
     policy_sha = policy.identity(with_sha256=False).config_sha256
     if not cfg.loss.reference_free:
@@ -195,6 +194,8 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
                 "train.require_ref_cache needs --init (the checkpoint precompute-ref used)")
         if cache is None:
             ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
+    resuming = open_run_dir(out, run_identity(cfg, trainer="dpo", pairs=pairs, spec=spec,
+                                              init_sha256=init_sha), cfg, c)
     reference = "none" if cfg.loss.reference_free else ("cached" if cache else "live")
     # Resume: the latest complete checkpoint's weights, optimizer, schedule, RNG, step.
     latest = ckpt.latest_checkpoint(out) if resuming else None
