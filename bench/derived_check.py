@@ -9,8 +9,8 @@ corpus), one Python process (imports done first, as in a notebook):
 2. rounds, interleaved so that the machine's drift hits both alike, of:
    - **new session, checked**: `session_cache.clear()`, then build + export at 0.05:
      every entry is read from the store and its checksum verified;
-   - **new session, unchecked**: the same with the CRC comparison switched off
-     (`session_cache._verify`), the files read the same way;
+   - **new session, unchecked**: the same as before the checksums
+     (`session_cache._verify` off: each file memory-mapped, its CRC not compared);
    - **in session**: build + export at 0.05 again without clearing (what a notebook
      repeats: entries in memory, no file read, nothing to verify), checked and unchecked;
 3. the CRC-32 of each entry alone (what the check adds per file).
@@ -123,16 +123,31 @@ def main() -> None:
           f".derived: {len(files)} files, {sum(p.stat().st_size for p in files) / 1e6:.1f} MB")
     times: dict[str, list[tuple[float, float]]] = {
         k: [] for k in ("new checked", "new unchecked", "in checked", "in unchecked")}
+    spent = [0.0]  # CPU seconds inside session_cache._read: the part the check changes
+    read = session_cache._read
+
+    def timed_read(*a, **k):
+        cpu = time.process_time()
+        try:
+            return read(*a, **k)
+        finally:
+            spent[0] += time.process_time() - cpu
+
+    session_cache._read = timed_read
+    in_read: dict[str, list[float]] = {"checked": [], "unchecked": []}
     for r in range(args.rounds):
         order = (True, False) if r % 2 == 0 else (False, True)
         for verify in order:
             session_cache._verify[0] = verify
             session_cache.clear()
             name = "checked" if verify else "unchecked"
+            spent[0] = 0.0
             times[f"new {name}"].append(rethreshold(store, out, 0.05))
+            in_read[name].append(spent[0])
             assert not session_cache.computed, dict(session_cache.computed)  # all read, none bad
             times[f"in {name}"].append(rethreshold(store, out, 0.05))
     session_cache._verify[0] = True
+    session_cache._read = read
     for i, unit in ((0, "wall"), (1, "CPU")):
         for key, values in times.items():
             runs = [v[i] for v in values]
@@ -143,6 +158,9 @@ def main() -> None:
                      / statistics.median(v[i] for v in times[f"{where} unchecked"]))
             print(f"ratio checked / unchecked, {'new session' if where == 'new' else 'in session'}"
                   f", {unit}: {ratio:.3f}")
+    print(f"CPU inside _read during the new-session calls: checked "
+          f"{statistics.median(in_read['checked']) * 1000:.1f} ms, unchecked "
+          f"{statistics.median(in_read['unchecked']) * 1000:.1f} ms (median)")
     reads = read_entries(files, 2 * args.rounds)
     checked, unchecked = (statistics.median(reads[k]) for k in ("checked", "unchecked"))
     print(f"reading every entry, CPU: checked {checked * 1000:.1f} ms, unchecked "
