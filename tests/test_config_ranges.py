@@ -207,3 +207,14 @@ def test_a_missing_reference_cache_leaves_no_run_folder(store, tmp_path):
         1, "Error: train.require_ref_cache needs --init (the checkpoint precompute-ref used)\n")
     assert not out.exists()
     assert train(store, out).exit_code == 0  # the corrected command, same --out
+
+
+def test_the_rules_table_renders_as_the_docs_table():
+    from ttspo.trainer.config_rules import markdown
+
+    lines = markdown(RULES).splitlines()
+    assert lines[:2] == ["| key | allowed |", "|---|---|"] and len(lines) == 2 + len(RULES)
+    assert "| `optim.betas` | [0, 1); 2 values |" in lines
+    assert "| `loss.weights` | [0, inf); as many as loss.types |" in lines
+    assert "| `optim.warmup_steps` | [0, train.max_steps] |" in lines
+    assert "| `train.precision` | fp32 &#124; bf16 |" in lines
