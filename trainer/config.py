@@ -9,8 +9,9 @@ error naming the closest valid one. Then every value is checked against its rule
 :data:`RULES` (a range, a choice, a list's length; nan and inf nowhere), before a
 command writes anything: the first key out of range is one line naming the key, the
 value and what is allowed. ``policy.model`` is free-form: the policy checks its own
-keys (TinyConfig fields for ``tiny``) as it loads, also before anything is written. The resolved config is saved
-as ``config.yaml`` in the run folder, so a run can be re-made from it.
+keys (TinyConfig fields for ``tiny``) as it loads, also before anything is written.
+The resolved config is saved as ``config.yaml`` in the run folder, so a run can be
+re-made from it.
 
 Defaults are NeMo's MagpieTTS recipe (beta 0.01, lr 2e-7, no scheduler, 4 pairs
 per GPU); a tiny CPU policy needs a far larger lr (the demo uses 1e-3).
@@ -147,12 +148,12 @@ class Config:
 # What each key allows (trainer/config_rules.py: a Span is an interval, its bounds
 # numbers or other keys; a list key's rule holds for each item). Checked by
 # load_config, before a command writes anything. Every key has a rule
-# (test_config checks), so a new key cannot skip its range.
+# (test_config_ranges checks), so a new key cannot skip its range.
 BOOL = Free("true | false")
 SEED = Span("[0, 4294967295]")  # numpy's seeds are 32-bit
 AT_LEAST_1, AT_LEAST_0 = Span("[1, inf)"), Span("[0, inf)")
 POSITIVE, SHARE = Span("(0, inf)"), Span("[0, 1]")
-LOSS_TYPES = ("dpo", "ipo", "rpo", "rpo_sq")  # losses.LOSSES (test_config checks)
+LOSS_TYPES = ("dpo", "ipo", "rpo", "rpo_sq")  # losses.LOSSES (test_config_ranges checks)
 RULES: dict[str, Rule] = {
     "policy.name": Free("a policy registry name: tiny, nemo:PATH (checked as the policy loads)"),
     "policy.model": Free("the policy's own keys (tiny: TinyConfig, checked as the policy loads)"),
