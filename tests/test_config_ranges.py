@@ -218,3 +218,16 @@ def test_the_rules_table_renders_as_the_docs_table():
     assert "| `loss.weights` | [0, inf); as many as loss.types |" in lines
     assert "| `optim.warmup_steps` | [0, train.max_steps] |" in lines
     assert "| `train.precision` | fp32 &#124; bf16 |" in lines
+
+
+def test_the_torchrun_entry_refuses_the_same_way(store, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "ttspo.trainer", "dpo", SET, "--store",
+                           str(store.root), "--out", str(out), "-o", "optim.betas=[0.9,nan]"],
+                          capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        1, "", "Error: config optim.betas[1]: nan is not in [0, 1)\n")
+    assert not out.exists()
