@@ -209,7 +209,7 @@ def test_bad_input_is_one_line_and_exit_1(store, bad_store, tmp_path):
     assert invoke(store, "dpo", SET, "--init", str(not_ckpt), "--out", str(tmp_path / "a"),
                   *quick).output.startswith(f"Error: {not_ckpt}: not a ttspo policy checkpoint")
     assert invoke(store, "dpo", SET, "--out", str(used), *quick, "-o", "loss.beta=0.1").output \
-        .startswith(f"Error: {used} holds another run (config ")
+        == f"Error: {used} holds another run (config.loss.beta 0.5 (now 0.1)); choose another --out\n"
     assert not (tmp_path / "a").exists()  # nothing half-written
 
 

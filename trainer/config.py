@@ -5,9 +5,13 @@
 Keys are dotted paths into :class:`Config` (``section.field``); a value is parsed
 as YAML, then checked against the field's type (an int field takes ``3``, a float
 field ``1e-4`` or ``3``, a list field ``[a, b]`` or ``a,b``). An unknown key is an
-error naming the closest valid one. ``policy.model`` is free-form: the policy
-checks its own keys (TinyConfig fields for ``tiny``). The resolved config is saved
-as ``config.yaml`` in the run folder, so a run can be re-made from it.
+error naming the closest valid one. Then every value is checked against its rule in
+:data:`RULES` (a range, a choice, a list's length; nan and inf nowhere), before a
+command writes anything: the first key out of range is one line naming the key, the
+value and what is allowed. ``policy.model`` is free-form: the policy checks its own
+keys (TinyConfig fields for ``tiny``) as it loads, also before anything is written.
+The resolved config is saved as ``config.yaml`` in the run folder, so a run can be
+re-made from it.
 
 Defaults are NeMo's MagpieTTS recipe (beta 0.01, lr 2e-7, no scheduler, 4 pairs
 per GPU); a tiny CPU policy needs a far larger lr (the demo uses 1e-3).
@@ -26,6 +30,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from ttspo.builder.core.errors import ConfigError, first_line
+from ttspo.trainer.config_rules import Free, OneOf, Rule, Span, check_rules
 
 
 @dataclass
@@ -140,16 +145,85 @@ class Config:
         return dataclasses.asdict(self)
 
 
-CHOICES = {
-    "optim.schedule": ("constant", "cosine"),
-    "train.precision": ("fp32", "bf16"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.best_metric": ("auto", "val/loss", "val/accuracy", "val/margin", "val/cer",
-                          "val/reward", "val/ssim"),
-    "train.best_mode": ("auto", "max", "min"),
-    "grpo.loss_type": ("grpo", "dr_grpo"),
-    "grpo.invalid_reward": ("zero", "group_min"),
-    "grpo.normalizer": ("nemo", "basic", "none"),
+# What each key allows (trainer/config_rules.py: a Span is an interval, its bounds
+# numbers or other keys; a list key's rule holds for each item). Checked by
+# load_config, before a command writes anything. Every key has a rule
+# (test_config_ranges checks), so a new key cannot skip its range.
+BOOL = Free("true | false")
+SEED = Span("[0, 4294967295]")  # numpy's seeds are 32-bit
+AT_LEAST_1, AT_LEAST_0 = Span("[1, inf)"), Span("[0, inf)")
+POSITIVE, SHARE = Span("(0, inf)"), Span("[0, 1]")
+LOSS_TYPES = ("dpo", "ipo", "rpo", "rpo_sq")  # losses.LOSSES (test_config_ranges checks)
+RULES: dict[str, Rule] = {
+    "policy.name": Free("a policy registry name: tiny, nemo:PATH (checked as the policy loads)"),
+    "policy.model": Free("the policy's own keys (tiny: TinyConfig, checked as the policy loads)"),
+    "data.pairs_per_device": AT_LEAST_1,
+    "data.val_pairs_per_device": AT_LEAST_1,
+    "data.seed": SEED,
+    "loss.types": OneOf(LOSS_TYPES, min_length=1),
+    "loss.weights": Span("[0, inf)", length="loss.types"),
+    "loss.beta": POSITIVE,
+    # the share of preferences taken as flipped (cDPO): at 0.5 and above a pair teaches
+    # nothing, or the reverse of its label
+    "loss.label_smoothing": Span("[0, 0.5)"),
+    "loss.gt_reward_scale": POSITIVE,
+    "loss.sft_weight": AT_LEAST_0,
+    "loss.codebook_weights": Span("[0, inf)", min_length=1),  # their count: the policy's codebooks
+    "loss.reference_free": BOOL,
+    "optim.lr": POSITIVE,
+    "optim.weight_decay": AT_LEAST_0,
+    "optim.betas": Span("[0, 1)", length=2),  # AdamW's (beta1, beta2)
+    "optim.schedule": OneOf(("constant", "cosine")),
+    "optim.warmup_steps": Span("[0, train.max_steps]"),
+    "optim.min_lr_ratio": SHARE,
+    "optim.grad_accum": AT_LEAST_1,
+    "optim.clip_grad_norm": AT_LEAST_0,  # 0: no clipping
+    "train.max_steps": AT_LEAST_1,
+    "train.seed": SEED,
+    "train.precision": OneOf(("fp32", "bf16")),
+    "train.device": OneOf(("auto", "cpu", "cuda")),
+    "train.log_every": AT_LEAST_1,
+    "train.val_every": AT_LEAST_0,  # 0: no validation
+    "train.checkpoint_every": AT_LEAST_0,  # 0: only the final checkpoint
+    "train.best_metric": OneOf(("auto", "val/loss", "val/accuracy", "val/margin", "val/cer",
+                                "val/reward", "val/ssim")),
+    "train.best_mode": OneOf(("auto", "max", "min")),
+    "train.require_ref_cache": BOOL,
+    "train.progress": BOOL,
+    "train.tensorboard": BOOL,
+    "grpo.prompts": Free("prompts[@VERSION|@TAG] (checked as the prompts load)"),
+    "grpo.where": Free("a DuckDB condition on prompts, or null (checked as the prompts load)"),
+    "grpo.val_prompts": AT_LEAST_0,
+    "grpo.prompts_per_step": AT_LEAST_1,
+    "grpo.n_generations_per_item": Span("[2, inf)"),  # a group of one has advantage 0: no signal
+    "grpo.temperature": AT_LEAST_0,  # 0: greedy
+    "grpo.topk": AT_LEAST_0,  # 0: no top-k
+    "grpo.inference_cfg_prob": SHARE,
+    "grpo.inference_cfg_scale": AT_LEAST_0,  # 1: no guidance
+    "grpo.use_kv_cache": BOOL,
+    "grpo.max_decoder_steps": AT_LEAST_1,
+    "grpo.loss_type": OneOf(("grpo", "dr_grpo")),
+    "grpo.scale_rewards": Free("true | false | null"),
+    "grpo.grpo_beta": AT_LEAST_0,
+    "grpo.reference_free": BOOL,
+    "grpo.entropy_coef": AT_LEAST_0,
+    "grpo.reward_weights": Free("NAME=WEIGHT,... (checked as the GRPO run starts)"),
+    "grpo.normalize_then_sum": BOOL,
+    "grpo.invalid_reward": OneOf(("zero", "group_min")),
+    "grpo.mean_cer_dataset": Span("(0, 1)"),  # the CER reward's anchors (rewards.py)
+    "grpo.mean_ssim_dataset": Span("(0, grpo.best_ssim_achievable)"),
+    "grpo.best_ssim_achievable": Span("(0, 1]"),
+    "grpo.length_target": POSITIVE,
+    "grpo.best_cer_threshold": SHARE,  # a clamped CER: 1 filters nothing
+    "grpo.worst_cer_threshold": SHARE,
+    "grpo.min_valid_codes_len": Span("[0, grpo.max_decoder_steps]"),
+    "grpo.max_valid_codes_len": Span("[grpo.min_valid_codes_len, grpo.max_decoder_steps]"),
+    "grpo.asr": Free("an ASR backend (checked as the GRPO run starts)"),
+    "grpo.sv": Free("a speaker-verification backend (checked as the GRPO run starts)"),
+    "grpo.squim": Free("SQUIM weights, or null (checked as the GRPO run starts)"),
+    "grpo.normalizer": OneOf(("nemo", "basic", "none")),
+    "grpo.store_audio": BOOL,
+    "grpo.rollouts_every": AT_LEAST_1,
 }
 FREE_FORM = ("policy.model",)  # dict fields: any sub-key, YAML-typed
 # Each trainer's validation metrics that may pick `best`, with their better direction;
@@ -226,21 +300,17 @@ def set_key(cfg: Config, key: str, value: Any, *, where: str) -> None:
 
 
 def check(cfg: Config) -> None:
-    """Values that are typed right but not allowed."""
-    for key, allowed in CHOICES.items():
-        value = _resolve(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"config {key}: '{value}' is not one of {', '.join(allowed)}")
-    if len(cfg.loss.types) != len(cfg.loss.weights):
-        raise ConfigError(f"config loss.weights has {len(cfg.loss.weights)} values for "
-                          f"{len(cfg.loss.types)} loss.types")
-    for key in ("data.pairs_per_device", "data.val_pairs_per_device", "optim.grad_accum",
-                "train.log_every", "grpo.prompts_per_step", "grpo.n_generations_per_item",
-                "grpo.max_decoder_steps", "grpo.rollouts_every"):
-        if _resolve(cfg, key) < 1:
-            raise ConfigError(f"config {key}: must be at least 1")
-    if cfg.loss.beta <= 0:
-        raise ConfigError("config loss.beta: must be positive")
+    """Values that are typed right but not allowed: RULES, first broken key named."""
+    check_rules(RULES, lambda key: _resolve(cfg, key))
+
+
+def check_codebooks(cfg: Config, num_codebooks: int) -> None:
+    """loss.codebook_weights against the policy's codebooks: known once the policy
+    loads, which a trainer does before it writes anything."""
+    weights = cfg.loss.codebook_weights
+    if weights is not None and len(weights) != num_codebooks:
+        raise ConfigError(f"config loss.codebook_weights has {len(weights)} values; the policy "
+                          f"has {num_codebooks} codebooks")
 
 
 # ----------------------------------------------------------------- helpers
@@ -304,14 +374,12 @@ def _typed(value: Any, hint: Any, key: str, where: str) -> Any:
             raise bad
         return value
     if hint is float:
-        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise bad
-        return float(value)
+        try:  # YAML reads 1e-4 (no dot) as a string; an int past float's range overflows
+            return float(value)
+        except (ValueError, OverflowError):
+            raise bad from None
     if hint is str:
         if isinstance(value, (dict, list)) or value is None:
             raise bad

@@ -34,7 +34,7 @@ from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.trainer import checkpoints as ckpt
 from ttspo.trainer import losses as L
-from ttspo.trainer.config import BEST_METRICS, Config, best_rule
+from ttspo.trainer.config import BEST_METRICS, Config, best_rule, check_codebooks
 from ttspo.trainer.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.builder.core.files import file_sha256
 from ttspo.trainer.ref import RefCache, lookup, pair_logps, reference_logps
@@ -172,16 +172,16 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
     best_metric, best_mode = best_rule(cfg, "dpo", BEST_METRICS["dpo"])
     # Data: the set version, joined at its generations version (codec only for contexts).
     policy = make_policy(spec, init, cfg, cfg.train.seed)
+    check_codebooks(cfg, policy.codec.num_codebooks)
     pairs = load_pairs(store, set_ref, encode=policy.codec.encode)
     train, val = pairs.select("train"), pairs.select("val")
     order = PairOrder(len(train), cfg.data.pairs_per_device, c.world_size, cfg.optim.grad_accum,
                       cfg.data.seed)
     order.check(pairs.ref)
     init_sha = file_sha256(init) if init else None
-    resuming = open_run_dir(out, run_identity(cfg, trainer="dpo", pairs=pairs, spec=spec,
-                                              init_sha256=init_sha), cfg, c)
     # Reference: cached log-probs on an exact key match (the init's file and the
-    # policy's config: both change the logits), else a live copy of the init.
+    # policy's config: both change the logits), else a live copy of the init. Before
+    # the run folder: a missing cache under require_ref_cache leaves nothing behind.
     cache, ref_model = None, None
     policy_sha = policy.identity(with_sha256=False).config_sha256
     if not cfg.loss.reference_free:
@@ -194,6 +194,8 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
                 "train.require_ref_cache needs --init (the checkpoint precompute-ref used)")
         if cache is None:
             ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
+    resuming = open_run_dir(out, run_identity(cfg, trainer="dpo", pairs=pairs, spec=spec,
+                                              init_sha256=init_sha), cfg, c)
     reference = "none" if cfg.loss.reference_free else ("cached" if cache else "live")
     # Resume: the latest complete checkpoint's weights, optimizer, schedule, RNG, step.
     latest = ckpt.latest_checkpoint(out) if resuming else None

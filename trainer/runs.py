@@ -102,9 +102,7 @@ def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -
             if name not in identity.get("config", {}).get(section, {}):
                 saved.get("config", {}).get(section, {}).pop(name, None)
         if saved != identity:
-            diff = [k for k in sorted(set(saved) | set(identity)) if saved.get(k) != identity.get(k)]
-            what = ", ".join(f"{k} {_short(saved.get(k))} (now {_short(identity.get(k))})"
-                             for k in diff[:3])
+            what = _differences(saved, identity)
             raise TrainingError(f"{out} holds another run ({what}); choose another --out")
         return True
     if Path(out).exists() and any(Path(out).iterdir()):
@@ -118,7 +116,33 @@ def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -
     return False
 
 
+SHOWN_DIFFERENCES = 5
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """``config.optim.lr 0.001 (now 0.0001), ...``: each differing dotted key with its
+    recorded and its new value (a key only one side has: "absent"), the first few."""
+    diff = _differing_keys(saved, now)
+    what = ", ".join(f"{k} {_short(a)} (now {_short(b)})" for k, a, b in diff[:SHOWN_DIFFERENCES])
+    more = len(diff) - SHOWN_DIFFERENCES
+    return what + (f" and {more} more key(s)" if more > 0 else "")
+
+
+_ABSENT = object()
+
+
+def _differing_keys(saved: Any, now: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, recorded value, new value) wherever SAVED and NOW differ; dicts
+    (the config's sections) are compared key by key, anything else as a whole."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(saved) | set(now), key=str)
+                for d in _differing_keys(saved.get(k, _ABSENT), now.get(k, _ABSENT), f"{prefix}{k}.")]
+    return [] if saved == now else [(prefix.rstrip("."), saved, now)]
+
+
 def _short(value: Any) -> str:
+    if value is _ABSENT:
+        return "absent"
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 

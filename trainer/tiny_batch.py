@@ -51,6 +51,10 @@ class TinyConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ModelError(f"tiny policy config: {name} must be a positive integer, "
                                  f"got {getattr(self, name)!r}")
+        for name in ("encoder_layers", "decoder_layers"):  # range(-1) would build none, silently
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ModelError(f"tiny policy config: {name} must be an integer >= 0, got {value!r}")
         if self.d_model % self.n_heads:
             raise ModelError(f"tiny policy config: d_model {self.d_model} is not a multiple "
                              f"of n_heads {self.n_heads}")

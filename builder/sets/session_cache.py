@@ -17,11 +17,13 @@ What a new session would compute again is also kept in the store, in
 named by the SHA-256 of (kind, key, CODE): CODE hashes ttspo's version, the
 source of the modules that compute the entries, the SQL macros and the DuckDB
 and Lance versions, so an upgrade or an edit never reads an old entry (and the
-next write of a kind removes the entries other code wrote). Files are
-written to a temporary name and renamed (readers see whole files); one that
-cannot be read (truncated, not Arrow, another schema) is computed again (the files
-carry no checksum: a flipped bit inside one is not seen); a store that cannot be
-written to is only not cached. Each kind keeps its MAX_FILES most recently used files. ``rm -r
+next write of a kind removes the entries other code wrote). Each file ends in a
+trailer, the CRC-32 of the Arrow bytes before it, written with them to a temporary
+name and renamed (readers see whole files, checksum included). An entry is used
+only once its checksum matches: one that does not (a flipped bit anywhere), has no
+trailer (an older ttspo's) or cannot be read (truncated, not Arrow, another schema)
+is computed again and replaced; a store that cannot be written to is only not
+cached. Each kind keeps its MAX_FILES most recently used files. ``rm -r
 STORE/.derived`` is always safe.
 """
 
@@ -31,8 +33,10 @@ import contextlib
 import functools
 import hashlib
 import os
+import struct
 import threading
 import time
+import zlib
 from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +55,15 @@ POOL = pa.system_memory_pool()
 MAX_ENTRIES = 4
 MAX_FILES = 8
 DERIVED_DIR = ".derived"
+# A stored entry: an Arrow IPC file, then MAGIC and the CRC-32 of those Arrow bytes.
+# CRC-32, not a hash: it sees every burst of up to 32 flipped bits for sure (a hash
+# almost surely), and zlib's costs ~0.3 ms of CPU per MB (bench/RESULTS.md).
+# A checksum kept with the file is against damage, not against whoever can write it.
+MAGIC = b"ttspo-crc32\0"
+_TRAILER = struct.Struct(f"<{len(MAGIC)}sI")
+# False: entries memory-mapped, their CRC not compared (the read before checksums:
+# bench/derived_check.py's baseline; never for use)
+_verify = [True]
 _entries: dict[str, OrderedDict] = {}
 _enabled = [True]
 _LOCK = threading.RLock()
@@ -135,11 +148,18 @@ def _path(store, kind: str, key: Hashable) -> Path:
 
 
 def _read(path: Path, schema: pa.Schema | None = None) -> pa.Table | None:
-    """The table in PATH, or None if there is none, it cannot be read or it is
-    not of SCHEMA (memory-mapped: only the columns used are paged in)."""
+    """The table in PATH, or None if there is none, its checksum does not match,
+    it cannot be read or it is not of SCHEMA. Read into this process's memory, not
+    memory-mapped: the bytes the table uses are the bytes checked (a mapped page
+    evicted and read again could come back from a disk that changed since)."""
+    opener = (functools.partial(pa.OSFile, memory_pool=POOL) if _verify[0]
+              else pa.memory_map)  # unchecked: as before the checksums (the bench's baseline)
     try:
-        with pa.memory_map(str(path)) as source:
-            table = pa.ipc.open_file(source).read_all()
+        with opener(str(path)) as source:
+            payload = _checked(source.read_buffer())
+            if payload is None:
+                return None
+            table = pa.ipc.open_file(payload).read_all()
     except (OSError, pa.ArrowException):
         return None
     if schema is not None and not table.schema.equals(schema):
@@ -149,12 +169,45 @@ def _read(path: Path, schema: pa.Schema | None = None) -> pa.Table | None:
     return table
 
 
+def _checked(data: pa.Buffer) -> pa.Buffer | None:
+    """The Arrow bytes of a stored file's DATA if its trailer is there and its
+    checksum matches them, else None (a file without one: an older ttspo's entry)."""
+    if data.size < _TRAILER.size:
+        return None
+    magic, crc = _TRAILER.unpack(data.slice(data.size - _TRAILER.size).to_pybytes())
+    payload = data.slice(0, data.size - _TRAILER.size)
+    if magic != MAGIC or (_verify[0] and zlib.crc32(payload) != crc):
+        return None
+    return payload
+
+
+class _Crc32Sink:
+    """A file that keeps the CRC-32 of what goes through it (one pass: no copy)."""
+
+    def __init__(self, sink):
+        self.sink, self.crc, self.closed = sink, 0, False
+
+    def write(self, data) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        return self.sink.write(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def close(self) -> None:  # the trailer still goes after: the real file stays open
+        self.closed = True
+
+
 def _write(path: Path, table: pa.Table) -> None:
-    """TABLE as PATH (whole or not at all); a store we cannot write to is not cached."""
+    """TABLE as PATH, its checksum after it (whole or not at all: one rename); a
+    store we cannot write to is not cached."""
     try:
         path.parent.mkdir(exist_ok=True)
-        with atomic_write(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
+        with atomic_write(path, "wb") as sink:
+            counted = _Crc32Sink(sink)
+            with pa.ipc.new_file(pa.PythonFile(counted, mode="w"), table.schema) as writer:
+                writer.write_table(table)
+            sink.write(_TRAILER.pack(MAGIC, counted.crc))
         _prune(path.parent, path.name.split("-", 1)[0])
     except OSError:
         pass

@@ -1,0 +1,150 @@
+"""What values a config key allows: the rule kinds of ``config.RULES`` and their check.
+
+A rule is data (a table beside the dataclasses, so the docs can be generated from
+it), never an ``if`` in a loop: :class:`Span` (a numeric interval written as in the
+docs, ``"[0, 1)"``, whose bounds may name another key: ``"[0, train.max_steps]"``),
+:class:`OneOf` (a choice), :class:`Free` (any value of the field's type: a bool, or a
+name another part resolves before anything is written). A list field's rule holds
+for each item; ``length`` fixes how many items (a number, or another list key's length).
+Every float must be finite, whatever its rule: nan and inf pass no comparison a
+trainer makes correctly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+from ttspo.builder.core.errors import ConfigError
+
+Resolve = Callable[[str], Any]  # a dotted key -> its value in the config being checked
+_INTERVAL = re.compile(r"^([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])$")
+
+
+@dataclass(frozen=True)
+class Span:
+    """A closed/open interval ``"[lo, hi)"``; a bound is a number, ``inf`` or a dotted key."""
+
+    interval: str
+    length: Optional[Union[int, str]] = None  # list fields: how many items (or another list's count)
+    min_length: int = 0
+
+    def __post_init__(self) -> None:
+        if not _INTERVAL.match(self.interval):
+            raise ValueError(f"not an interval: {self.interval!r}")
+
+    def bounds(self, resolve: Resolve) -> tuple[str, float, float, str]:
+        left, lo, hi, right = _INTERVAL.match(self.interval).groups()
+        return left, _bound(lo, resolve, -math.inf), _bound(hi, resolve, math.inf), right
+
+    def problem(self, value: Any, resolve: Resolve) -> Optional[str]:
+        left, lo, hi, right = self.bounds(resolve)
+        above = value > lo if left == "(" else value >= lo
+        below = value < hi if right == ")" else value <= hi
+        if above and below and _finite(value):
+            return None
+        named = [b for b in _INTERVAL.match(self.interval).groups()[1:3] if _is_key(b)]
+        where = "".join(f"; {k} is {_show(resolve(k))}" for k in named)
+        return f"{_show(value)} is not in {self.interval}{where}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    choices: tuple[str, ...]
+    length: Optional[Union[int, str]] = None
+    min_length: int = 0
+
+    @property
+    def interval(self) -> str:
+        return " | ".join(self.choices)
+
+    def problem(self, value: Any, resolve: Resolve) -> Optional[str]:
+        if value in self.choices:
+            return None
+        return f"{_show(value)} is not one of {', '.join(self.choices)}"
+
+
+@dataclass(frozen=True)
+class Free:
+    """Any value of the field's type; WHAT says what is allowed and who checks it."""
+
+    what: str
+    length: Optional[Union[int, str]] = None
+    min_length: int = 0
+
+    @property
+    def interval(self) -> str:
+        return self.what
+
+    def problem(self, value: Any, resolve: Resolve) -> Optional[str]:
+        return f"{_show(value)} is not finite" if not _finite(value) else None
+
+
+Rule = Union[Span, OneOf, Free]
+
+
+def check_rules(rules: dict[str, Rule], resolve: Resolve) -> None:
+    """The first key (in RULES' order) whose value breaks its rule: a ConfigError
+    naming the key, the value and what is allowed. None (an Optional unset) passes.
+    Rules bounded by other keys go last: those keys are then known to be in range."""
+    for key, rule in sorted(rules.items(), key=lambda item: _refers(item[1])):
+        value = resolve(key)
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else None
+        if items is not None:
+            _check_length(key, items, rule, resolve)
+        for i, item in enumerate(items if items is not None else [value]):
+            problem = rule.problem(item, resolve)
+            if problem is not None:
+                name = f"{key}[{i}]" if items is not None else key
+                raise ConfigError(f"config {name}: {problem}")
+
+
+def _check_length(key: str, items: list, rule: Rule, resolve: Resolve) -> None:
+    want = rule.length
+    if isinstance(want, str):  # as many as another list key holds
+        other = resolve(want)
+        if other is not None and len(items) != len(other):
+            raise ConfigError(f"config {key} has {len(items)} values for {len(other)} {want}")
+    elif want is not None and len(items) != want:
+        raise ConfigError(f"config {key} has {len(items)} value(s); it takes {want}")
+    if len(items) < rule.min_length:
+        raise ConfigError(f"config {key} is empty; it takes at least {rule.min_length} value")
+
+
+def _refers(rule: Rule) -> bool:
+    return isinstance(rule, Span) and any(
+        _is_key(b) for b in _INTERVAL.match(rule.interval).groups()[1:3])
+
+
+def _bound(text: str, resolve: Resolve, unset: float) -> float:
+    if _is_key(text):
+        value = resolve(text)
+        return unset if value is None else value  # an unset Optional bound: no bound
+    return float(text)
+
+
+def _is_key(text: str) -> bool:
+    return "." in text and text[0].isalpha()
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def markdown(rules: dict[str, Rule]) -> str:
+    """RULES as a markdown table (key | allowed), for the docs."""
+    lines = ["| key | allowed |", "|---|---|"]
+    for key, rule in rules.items():
+        count = (f"; {rule.length} values" if isinstance(rule.length, int) else
+                 f"; as many as {rule.length}" if rule.length else
+                 f"; at least {rule.min_length}" if rule.min_length else "")
+        lines.append(f"| `{key}` | {rule.interval.replace('|', '&#124;')}{count} |")
+    return "\n".join(lines)
