@@ -225,14 +225,16 @@ def load_state(path: Path, *, rank: int, world_size: int) -> dict[str, Any]:
 
 def numpy_array_globals() -> list[Any]:
     """What pickling numpy's RNG key array (uint32) writes: its reconstruct function
-    (under numpy 1's and numpy 2's module names), ndarray and dtype. None of them
-    calls code a file names: the array's class and dtype must themselves be allowed."""
+    (under numpy 1's and numpy 2's module names), ndarray, dtype and the uint32 dtype's
+    class. None of them calls code a file names: an array's class and dtype must
+    themselves be allowed, so an array can only be a plain ndarray of uint32."""
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy 1
         from numpy.core.multiarray import _reconstruct
     return [(_reconstruct, "numpy._core.multiarray._reconstruct"),
-            (_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype]
+            (_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+            type(np.dtype(np.uint32))]  # the keys' dtype alone may be built
 
 
 def resume(latest: Path | None, run_dir: Path, *, optimizer: Any, scheduler: Any, rank: int,

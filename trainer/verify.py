@@ -190,8 +190,6 @@ def refused_reason(exc: BaseException) -> str:
     found = re.search(r"GLOBAL (\S+)", text) or re.search(r"unrecognized function (\S+)", text)
     if found:
         return f"it holds {found.group(1)}, which ttspo never unpickles"
-    if "Weights only load failed" in text:
-        lines = [s.strip() for s in text.splitlines() if s.strip()]
-        detail = next((s for s in lines if s.startswith("WeightsUnpickler error")), lines[-1])
-        return detail[:160]
-    return first_line(exc, 160)
+    _, marker, detail = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    return lines[0][:160] if marker and lines else first_line(exc, 160)
