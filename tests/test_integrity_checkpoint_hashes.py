@@ -199,3 +199,34 @@ def test_last_the_intact_run_resumes_and_trains_on(run):
     assert result.exit_code == 0, result.output
     assert "resuming at step 4" in result.output
     assert step(out, 6).is_dir() and store.open("checkpoints").count_rows() > rows
+
+
+def test_a_state_changed_after_the_folder_was_checked_is_refused_where_it_is_read(run):
+    # A second writer or a fault between the check and the read: load_state hashes
+    # the very bytes it loads.
+    from ttspo.builder.core.errors import InputError
+    from ttspo.trainer import checkpoints as ckpt
+
+    store, out = run
+    flip_a_byte(step(out, 4) / "state.pt")
+    with pytest.raises(InputError) as err:
+        ckpt.load_state(step(out, 4), rank=0, world_size=1)
+    assert str(err.value).startswith(f"{step(out, 4) / 'state.pt'}: damaged or replaced, not used")
+    assert str(err.value).endswith(f"last intact checkpoint: {step(out, 2)}")
+
+
+def test_generate_ranks_load_the_file_the_plan_checked(run):
+    # The plan hashes (and checks) the checkpoint; each rank loads it again later:
+    # a file replaced in between is refused, so the rows never name other weights.
+    from ttspo.builder.core.errors import InputError
+    from ttspo.builder.core.schemas import GEN
+    from ttspo.trainer.generate_rows import GenerateOptions, make_rows
+
+    store, out = run
+    given = step(out, 4) / "policy.pt"
+    options = GenerateOptions(run="g", checkpoint=str(given), embed_audio=True)
+    checked = {GEN.checkpoint_sha256: sha(given)}
+    assert make_rows([], [], checked, [], options, {}).num_rows == 0  # the same file: fine
+    shutil.copyfile(step(out, 2) / "policy.pt", given)
+    with pytest.raises(InputError, match=r"policy.pt: changed since it was checked"):
+        make_rows([], [], checked, [], options, {})

@@ -42,8 +42,8 @@ from ttspo.builder.core.schemas import CHECKPOINTS_SCHEMA, CKPT
 
 # The folder layout lives with the checks of its files (trainer/verify.py).
 from ttspo.trainer.verify import (CHECKPOINTS, META_FILE, POLICY_FILE, STATE_FILE,  # noqa: F401
-                                  STATE_SHA256, STEP_DIR, bytes_sha256, recorded,
-                                  refused_reason)
+                                  STATE_SHA256, STEP_DIR, bytes_sha256, mismatch,
+                                  recorded, refused_reason)
 
 
 @dataclass
@@ -202,8 +202,9 @@ def load_state(path: Path, *, rank: int, world_size: int) -> dict[str, Any]:
     except OSError as exc:
         raise InputError(f"{file}: cannot read ({first_line(exc, 120)})") from None
     if STATE_SHA256 in meta and bytes_sha256(data) != meta[STATE_SHA256]:
-        raise InputError(f"{file}: damaged or replaced, not used: sha256 {bytes_sha256(data)[:16]} "
-                         f"is not the {meta[STATE_SHA256][:16]} recorded in {Path(path) / META_FILE}")
+        # verified_latest checked it before; it changed since (another writer, a fault)
+        raise InputError(mismatch(file, bytes_sha256(data), str(Path(path) / META_FILE),
+                                  meta[STATE_SHA256], run_dir=Path(path).parent.parent, store=None))
     older = STATE_SHA256 not in meta
     try:
         with torch.serialization.safe_globals(numpy_array_globals()) if older else nullcontext():
