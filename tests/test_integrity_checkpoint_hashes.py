@@ -230,3 +230,24 @@ def test_generate_ranks_load_the_file_the_plan_checked(run):
     shutil.copyfile(step(out, 2) / "policy.pt", given)
     with pytest.raises(InputError, match=r"policy.pt: changed since it was checked"):
         make_rows([], [], checked, [], options, {})
+
+
+@pytest.mark.parametrize("name", ["policy.pt", "state.pt"])
+def test_grpo_never_resumes_from_a_damaged_checkpoint_file(tmp_path, name):
+    from ttspo.builder.core.store import Store
+    from grpo_helpers import TINY as GRPO_TINY, make_prompts
+
+    store = Store(tmp_path / "st")
+    make_prompts(store, 2)
+    out = tmp_path / "run"
+    grpo = lambda steps: ("train", "grpo", "--out", str(out), *[w for o in (
+        *[f"policy.model.{k}={v}" for k, v in GRPO_TINY.items()], "train.progress=false",
+        "train.tensorboard=false", "train.val_every=0", "grpo.reward_weights=length=1",
+        "grpo.length_target=3", "grpo.max_decoder_steps=16", "grpo.min_valid_codes_len=1",
+        "grpo.store_audio=false", "grpo.n_generations_per_item=2", "grpo.prompts_per_step=2",
+        "train.checkpoint_every=1", f"train.max_steps={steps}") for w in ("-o", o)])
+    assert invoke(store, *grpo(2)).exit_code == 0
+    flip_a_byte(step(out, 2) / name)
+    said = refused(store, out, *grpo(3))  # rollouts, checkpoints, metrics: all unchanged
+    assert said.startswith(f"Error: {step(out, 2) / name}: damaged or replaced, not used: ")
+    assert said.endswith(f"last intact checkpoint: {step(out, 1)}\n")
