@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from ttspo.builder.core.errors import InputError, TrainingError, first_line
+from ttspo.builder.core.files import file_sha256
 from ttspo.builder.core.schemas import CHECKPOINTS_SCHEMA, CKPT
 
 # The folder layout lives with the checks of its files (trainer/verify.py).
@@ -139,12 +140,12 @@ def save_checkpoint(run_dir: Path, step: int, *, policy: Any, optimizer: Any, sc
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     sha = policy.save(str(tmp / POLICY_FILE))  # the weights serialised once: sha of those bytes
-    state = state_bytes({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "rng": rng_states, "data": data_state, "step": step})
-    (tmp / STATE_FILE).write_bytes(state)
+    # Streamed to the file, then hashed from it: no second copy of the optimizer in memory.
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_states, "data": data_state, "step": step}, tmp / STATE_FILE)
     identity = policy.identity(with_sha256=False)  # the sha is the file's, above
     record = {**meta, "step": step, "kind": kind, "sha256": sha, "data": data_state,
-              STATE_SHA256: bytes_sha256(state),  # a resume checks state.pt against it
+              STATE_SHA256: file_sha256(tmp / STATE_FILE),  # a resume checks state.pt against it
               "architecture": identity.architecture, "policy_config": identity.config,
               "world_size": len(rng_states)}
     (tmp / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
@@ -179,13 +180,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def read_meta(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / META_FILE).read_text())
-
-
-def state_bytes(state: dict[str, Any]) -> bytes:
-    """STATE as state.pt's bytes (hashed into meta.json before they are written)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
 
 
 def load_state(path: Path, *, rank: int, world_size: int) -> dict[str, Any]:
