@@ -251,3 +251,17 @@ def test_grpo_never_resumes_from_a_damaged_checkpoint_file(tmp_path, name):
     said = refused(store, out, *grpo(3))  # rollouts, checkpoints, metrics: all unchanged
     assert said.startswith(f"Error: {step(out, 2) / name}: damaged or replaced, not used: ")
     assert said.endswith(f"last intact checkpoint: {step(out, 1)}\n")
+
+
+def test_a_damaged_meta_json_beside_an_intact_file_is_named_as_the_damage(run):
+    # The file still matches its checkpoints row: meta.json is what changed.
+    store, out = run
+    meta_path = step(out, 4) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["sha256"] = "f" * 64
+    meta_path.write_text(json.dumps(meta))
+    said = refused(store, out)
+    assert said == (f"Error: {meta_path}: damaged, not used: it records sha256 {'f' * 16} for "
+                    f"policy.pt, whose file and its checkpoints row (run run, step 4, step) hold "
+                    f"{sha(step(out, 4) / 'policy.pt')[:16]}; last intact checkpoint: "
+                    f"{step(out, 2)}\n")

@@ -88,18 +88,26 @@ def policy_records(folder: Path | None, meta: dict[str, Any] | None, store: Any,
 
 def check(path: Path, actual: str, records: list[tuple[str, str]], *,
           run_dir: Path | None, store: Any) -> None:
-    """Refuse PATH (one line) when its ACTUAL sha256 differs from a recorded one."""
+    """Refuse PATH (one line) when its ACTUAL sha256 differs from a recorded one. When
+    the file matches its row and only meta.json differs, meta.json is what was damaged."""
     for where, want in records:
-        if actual != want:
-            raise InputError(mismatch(path, actual, where, want, run_dir=run_dir, store=store))
+        if actual == want:
+            continue
+        if where.endswith(META_FILE) and len(records) > 1 and records[-1][1] == actual:
+            raise InputError(f"{where}: damaged, not used: it records sha256 {want[:16]} for "
+                             f"{Path(path).name}, whose file and {records[-1][0]} hold "
+                             f"{actual[:16]}{_tail(run_dir, store)}")
+        raise InputError(mismatch(path, actual, where, want, run_dir=run_dir, store=store))
+
+
+def _tail(run_dir: Path | None, store: Any) -> str:
+    return f"; last intact checkpoint: {_last(run_dir, store)}" if run_dir is not None else ""
 
 
 def mismatch(path: Path, actual: str, where: str, want: str, *, run_dir: Path | None,
              store: Any) -> str:
-    intact = last_intact(run_dir, store) if run_dir is not None else None
-    tail = f"; last intact checkpoint: {intact or 'none'}" if run_dir is not None else ""
     return (f"{path}: damaged or replaced, not used: sha256 {actual[:16]} is not the "
-            f"{want[:16]} recorded in {where}{tail}")
+            f"{want[:16]} recorded in {where}{_tail(run_dir, store)}")
 
 
 # ------------------------------------------------------------ a whole folder
