@@ -81,7 +81,7 @@ def build(paths: dict, side: str):
 
     po = nemo_models.build_magpie(paths["codec"], cls=MagpieTTSModelOfflinePO, dpo_beta=BETA,
                                   reference_model_ckpt_path=str(paths["ref"]))
-    po.load_state_dict(torch.load(paths["ref"])["state_dict"], strict=False)  # the same weights
+    po.load_state_dict(torch.load(paths["ref"], weights_only=True)["state_dict"], strict=False)  # the same weights
     return po
 
 

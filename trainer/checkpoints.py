@@ -21,11 +21,12 @@ weights digest), rows and lineage, and the non-finite-loss stop naming the last 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
-import re
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,14 +37,14 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
-from ttspo.builder.core.errors import InputError, TrainingError
+from ttspo.builder.core.errors import InputError, TrainingError, first_line
+from ttspo.builder.core.files import file_sha256
 from ttspo.builder.core.schemas import CHECKPOINTS_SCHEMA, CKPT
 
-CHECKPOINTS = "checkpoints"  # the table, and the run folder's sub-folder
-POLICY_FILE = "policy.pt"
-STATE_FILE = "state.pt"
-META_FILE = "meta.json"
-STEP_DIR = re.compile(r"^step_(\d{6,})$")
+# The folder layout lives with the checks of its files (trainer/verify.py).
+from ttspo.trainer.verify import (CHECKPOINTS, META_FILE, POLICY_FILE, STATE_FILE,  # noqa: F401
+                                  STATE_SHA256, STEP_DIR, bytes_sha256, mismatch,
+                                  recorded, refused_reason)
 
 
 @dataclass
@@ -64,15 +65,30 @@ def step_dir(run_dir: Path, step: int) -> Path:
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's RNG streams (dropout and sampling draw from torch's)."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate()}
+    """This process's RNG streams (dropout and sampling draw from torch's), as tensors,
+    numbers, strings, lists and dicts: what a weights-only load reads back (numpy's
+    state is an array, Python's nested tuples: both become lists)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"kind": str(kind), "keys": [int(k) for k in keys], "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+            "python": {"version": int(version), "internal": list(internal),
+                       "gauss_next": gauss_next}}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore RNG_STATE (as :func:`rng_state` makes it, or as checkpoints before it
+    held it: numpy's tuple with its array, Python's tuples)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n, p = state["numpy"], state["python"]
+    if isinstance(n, dict):
+        n = (n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+             n["cached_gaussian"])
+    if isinstance(p, dict):
+        p = (p["version"], tuple(p["internal"]), p["gauss_next"])
+    np.random.set_state(n)
+    random.setstate(p)
 
 
 def gather_rng_states() -> list[dict[str, Any]]:
@@ -124,10 +140,12 @@ def save_checkpoint(run_dir: Path, step: int, *, policy: Any, optimizer: Any, sc
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     sha = policy.save(str(tmp / POLICY_FILE))  # the weights serialised once: sha of those bytes
+    # Streamed to the file, then hashed from it: no second copy of the optimizer in memory.
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_states, "data": data_state, "step": step}, tmp / STATE_FILE)
     identity = policy.identity(with_sha256=False)  # the sha is the file's, above
     record = {**meta, "step": step, "kind": kind, "sha256": sha, "data": data_state,
+              STATE_SHA256: file_sha256(tmp / STATE_FILE),  # a resume checks state.pt against it
               "architecture": identity.architecture, "policy_config": identity.config,
               "world_size": len(rng_states)}
     (tmp / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
@@ -165,8 +183,33 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def load_state(path: Path, *, rank: int, world_size: int) -> dict[str, Any]:
-    """Optimizer, scheduler, data position and THIS rank's RNG state of a checkpoint."""
-    state = torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=False)
+    """Optimizer, scheduler, data position and THIS rank's RNG state of a checkpoint.
+
+    state.pt is read once: checked against meta.json's state_sha256, then loaded
+    weights-only from those bytes (a file from a shared run folder runs no code). A
+    checkpoint from before state_sha256 holds numpy's RNG state as a pickled array:
+    numpy's array reconstruct globals, and nothing else, are allowed for it."""
+    file = Path(path) / STATE_FILE
+    meta = recorded(path)
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{file}: cannot read ({first_line(exc, 120)})") from None
+    if STATE_SHA256 in meta and bytes_sha256(data) != meta[STATE_SHA256]:
+        # verified_latest checked it before; it changed since (another writer, a fault)
+        raise InputError(mismatch(file, bytes_sha256(data), str(Path(path) / META_FILE),
+                                  meta[STATE_SHA256], run_dir=Path(path).parent.parent, store=None))
+    older = STATE_SHA256 not in meta
+    try:
+        with torch.serialization.safe_globals(numpy_array_globals()) if older else nullcontext():
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  any unreadable file: one line, never code run
+        raise InputError(f"{file}: not a ttspo checkpoint state, refused "
+                         f"({refused_reason(exc)})") from None
+    if not (isinstance(state, dict) and {"optimizer", "scheduler", "rng", "step"} <= state.keys()
+            and isinstance(state["rng"], list) and isinstance(state["step"], int)):
+        raise InputError(f"{file}: not a ttspo checkpoint state (no optimizer, scheduler, rng "
+                         "and step)")
     saved_world = len(state["rng"])
     if saved_world != world_size:
         raise InputError(f"{path}: saved by {saved_world} process(es), resumed with "
@@ -175,18 +218,37 @@ def load_state(path: Path, *, rank: int, world_size: int) -> dict[str, Any]:
     return state
 
 
+def numpy_array_globals() -> list[Any]:
+    """What pickling numpy's RNG key array (uint32) writes: its reconstruct function
+    (under numpy 1's and numpy 2's module names), ndarray, dtype and the uint32 dtype's
+    class. None of them calls code a file names: an array's class and dtype must
+    themselves be allowed, so an array can only be a plain ndarray of uint32."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import _reconstruct
+    return [(_reconstruct, "numpy._core.multiarray._reconstruct"),
+            (_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+            type(np.dtype(np.uint32))]  # the keys' dtype alone may be built
+
+
 def resume(latest: Path | None, run_dir: Path, *, optimizer: Any, scheduler: Any, rank: int,
            world_size: int, best_metric: str) -> tuple[int, float | None]:
     """(step to start at, best BEST_METRIC value so far: None when `best` was picked by
     another metric) of a run resumed from LATEST, its optimizer, schedule and THIS
     rank's RNG streams restored; (0, None) without one. DPO and GRPO resume alike (the
-    weights are loaded before: the optimizer holds them)."""
+    weights are loaded before: the optimizer holds them; LATEST was checked against
+    its records then: verify.verified_latest)."""
     if latest is None:
         return 0, None
     state = load_state(latest, rank=rank, world_size=world_size)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{Path(latest) / STATE_FILE}: does not fit this run "
+                         f"({first_line(exc, 120)})") from None
     best_dir = Path(run_dir) / CHECKPOINTS / "best"
     meta = read_meta(best_dir) if (best_dir / META_FILE).exists() else {}
     return state["step"], meta.get("best_value") if meta.get("best_metric") == best_metric else None

@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ttspo.builder.core.errors import InputError, ModelError, TtspoError, first_line
-from ttspo.builder.core.files import file_sha256
+from ttspo.builder.core.errors import InputError, TtspoError, first_line
 from ttspo.builder.core.schemas import CKPT, GEN, GENERATE_COLUMNS, PROMPT
 from ttspo.builder.core.store import Lineage, Store, as_lineage, parse_ref, sql_string
 from ttspo.trainer.generate_rows import (GENERATIONS, PROMPTS, STAGES, GenerateOptions,
@@ -178,11 +177,11 @@ def checkpoint_columns(store: Store, options: GenerateOptions,
     """The checkpoint's GEN columns; loads it once here so a bad file fails the plan."""
     from ttspo.trainer.policy import load_policy
 
+    from ttspo.trainer.verify import checked_sha256
+
     path = Path(options.checkpoint)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such checkpoint file")
+    sha = checked_sha256(path, store)  # against its folder's meta.json and its rows, before use
     policy = load_policy(options.policy, init=str(path))
-    sha = file_sha256(path)
     out = {GEN.policy: policy.identity(with_sha256=False).architecture, GEN.checkpoint_path: str(path.absolute()),
            GEN.checkpoint_sha256: sha, GEN.checkpoint_run: None, GEN.checkpoint_step: None}
     if store.exists(CHECKPOINTS):

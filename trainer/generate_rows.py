@@ -79,6 +79,10 @@ def make_rows(prompts: list[dict[str, Any]], missing: list[list[int]], checkpoin
     from ttspo.trainer.data import prompt_context
     from ttspo.trainer.policy import load_policy
 
+    from ttspo.trainer.verify import check_sha256
+
+    # The rows record the sha256 the plan checked: every rank loads that very file.
+    check_sha256(options.checkpoint, checkpoint[GEN.checkpoint_sha256])
     policy = load_policy(options.policy, init=options.checkpoint)
     policy.eval()
     settings = settings_columns(options, checkpoint)

@@ -42,7 +42,7 @@ from ttspo.trainer.grpo_rollout import (PHASES, Prompts, Scoring, load_prompts, 
 from ttspo.trainer.loop import (_progress, all_mean, build_optimizer, build_scheduler,
                                 compute_cleanup, compute_init, make_policy, optimizer_step)
 from ttspo.trainer.policy import Sampling, token_logps
-from ttspo.trainer.ref import file_sha256
+from ttspo.trainer.verify import checked_sha256, verified_latest
 from ttspo.trainer.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
 from ttspo.trainer.rollouts import RolloutWriter, committed_steps
 from ttspo.trainer.runs import MetricsLog, identity_config, log_lineage, open_run_dir
@@ -107,11 +107,12 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
     measured = ["val/reward"] + ["val/cer"] * bool(scoring.asr) + ["val/ssim"] * bool(scoring.sv)
     best_metric, best_mode = best_rule(cfg, "grpo", measured)  # before anything is written
     # Prompts: a pinned version of the table, a seeded train/val split.
+    # An --init checked against what records it (a run's checkpoint) before it is used.
+    init_sha = checked_sha256(init, store) if init else None
     policy = make_policy(spec, init, cfg, cfg.train.seed)
     prompts = load_prompts(store, g.prompts, g.where, encode=policy.codec.encode)
     train, val = split_prompts(prompts, g.val_prompts, seed)
     step_prompts(train, 0, g.prompts_per_step, c.rank, c.world_size, seed)  # enough prompts?
-    init_sha = file_sha256(init) if init else None
     resuming = open_run_dir(out, run_identity(cfg, prompts, spec, init_sha), cfg, c)
     run = out.name
     if not resuming and committed_steps(store, run):
@@ -122,7 +123,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
     ref_model = None
     if not g.reference_free and g.grpo_beta > 0:  # the KL term's reference: the initial policy
         ref_model = copy.deepcopy(policy).eval().requires_grad_(False).to(c.device)
-    latest = ckpt.latest_checkpoint(out) if resuming else None
+    latest = verified_latest(out, store) if resuming else None  # every file checked
     if latest is not None:
         policy = make_policy(spec, str(latest / ckpt.POLICY_FILE), cfg, cfg.train.seed)
     policy.to(c.device).train()

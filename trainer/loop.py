@@ -36,7 +36,7 @@ from ttspo.trainer import checkpoints as ckpt
 from ttspo.trainer import losses as L
 from ttspo.trainer.config import BEST_METRICS, Config, best_rule, check_codebooks
 from ttspo.trainer.data import PairOrder, Pairs, load_pairs, shard
-from ttspo.builder.core.files import file_sha256
+from ttspo.trainer.verify import checked_sha256, verified_latest
 from ttspo.trainer.ref import RefCache, lookup, pair_logps, reference_logps
 from ttspo.trainer.runs import (MetricsLog, log_lineage, open_run_dir, read_metrics,  # noqa: F401
                                run_identity)
@@ -171,6 +171,8 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
     say = echo if c.master else (lambda *_: None)
     best_metric, best_mode = best_rule(cfg, "dpo", BEST_METRICS["dpo"])
     # Data: the set version, joined at its generations version (codec only for contexts).
+    # An --init checked against what records it (a run's checkpoint) before it is used.
+    init_sha = checked_sha256(init, store) if init else None
     policy = make_policy(spec, init, cfg, cfg.train.seed)
     check_codebooks(cfg, policy.codec.num_codebooks)
     pairs = load_pairs(store, set_ref, encode=policy.codec.encode)
@@ -178,7 +180,6 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
     order = PairOrder(len(train), cfg.data.pairs_per_device, c.world_size, cfg.optim.grad_accum,
                       cfg.data.seed)
     order.check(pairs.ref)
-    init_sha = file_sha256(init) if init else None
     # Reference: cached log-probs on an exact key match (the init's file and the
     # policy's config: both change the logits), else a live copy of the init. Before
     # the run folder: a missing cache under require_ref_cache leaves nothing behind.
@@ -198,7 +199,7 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
                                               init_sha256=init_sha), cfg, c)
     reference = "none" if cfg.loss.reference_free else ("cached" if cache else "live")
     # Resume: the latest complete checkpoint's weights, optimizer, schedule, RNG, step.
-    latest = ckpt.latest_checkpoint(out) if resuming else None
+    latest = verified_latest(out, store) if resuming else None  # every file checked
     if latest is not None:
         policy = make_policy(spec, str(latest / ckpt.POLICY_FILE), cfg, cfg.train.seed)
     policy.to(c.device).train()

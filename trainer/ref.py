@@ -170,6 +170,9 @@ def precompute_ref(store: Store, set_ref: str, *, ref_path: str | Path, cfg: Any
     from ttspo.trainer.data import load_pairs
     from ttspo.trainer.policy import load_policy
 
+    from ttspo.trainer.verify import checked_sha256
+
+    checked_sha256(ref_path, store)  # a run's checkpoint: checked against its records first
     model = cfg.policy.model if cfg is not None else None
     policy = load_policy(spec, init=str(ref_path), config=model or None)
     pairs = load_pairs(store, set_ref, encode=policy.codec.encode)

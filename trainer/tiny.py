@@ -55,6 +55,7 @@ from ttspo.trainer.tiny_batch import (  # noqa: F401  (re-exported: the tiny pol
     AUDIO_SPECIALS, IGNORE, TEXT_BOS, TEXT_EOS, TEXT_PAD, TEXT_SEP, TEXT_VOCAB, TinyBatch,
     TinyConfig, collate_rows)
 from ttspo.trainer.tiny_blocks import DecoderLayer, EncoderLayer
+from ttspo.trainer.verify import refused_reason
 
 ARCHITECTURE = "tiny"
 # Config keys a checkpoint may be loaded with other values of (they change training,
@@ -186,7 +187,7 @@ class TinyCodecLM(nn.Module):
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001  any unreadable file is "not a checkpoint"
-            raise ModelError(f"{path}: not a ttspo policy checkpoint ({first_line(e, 120)})") from None
+            raise ModelError(f"{path}: not a ttspo policy checkpoint ({refused_reason(e)})") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ModelError(f"{path}: not a ttspo policy checkpoint (no '{FORMAT}' header)")
         if payload.get("architecture") != ARCHITECTURE:

@@ -17,6 +17,7 @@ from torch import nn
 
 from ttspo.builder.core.errors import ModelError, first_line
 from ttspo.trainer.nemo.policy import ARCHITECTURE, NemoMagpiePolicy
+from ttspo.trainer.verify import refused_reason
 
 
 def set_dropout(model, p: float, cfg_dropout: float) -> None:
@@ -69,9 +70,9 @@ def restore_magpie(path: str | Path, *, codec: str | None = None, config_yaml: s
         if path.suffix == ".nemo":
             model = MagpieTTSModel.restore_from(str(path), override_config_path=cfg, map_location="cpu")
         else:
+            state = read_lightning(path)  # before the model is built: a refusal costs nothing
             model = MagpieTTSModel(cfg=cfg)
-            state = torch.load(str(path), map_location="cpu", weights_only=False)
-            model.load_state_dict(state.get("state_dict", state), strict=False)
+            model.load_state_dict(state, strict=False)
     except ModelError:
         raise
     except Exception as exc:  # NeMo raises many types for a bad archive
@@ -79,12 +80,41 @@ def restore_magpie(path: str | Path, *, codec: str | None = None, config_yaml: s
     return model
 
 
+def lightning_globals() -> list[Any]:
+    """What a Lightning checkpoint needs beyond tensors, numbers and strings: its
+    ``hyper_parameters`` hold omegaconf configs (their nodes, metadata and the types
+    metadata names). Each only stores values; none runs code a file names."""
+    import typing
+    from collections import defaultdict
+
+    from omegaconf import DictConfig, ListConfig, base, nodes
+
+    return [DictConfig, ListConfig, base.ContainerMetadata, base.Metadata, nodes.AnyNode,
+            nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode,
+            (typing.Any, "typing.Any"), dict, list, int, float, str, bool, defaultdict]
+
+
+def read_lightning(path: Path) -> dict[str, Any]:
+    """The state dict of a Lightning checkpoint, loaded weights-only (omegaconf's types
+    allowed, nothing else): a pickle payload in it is refused, never run."""
+    try:
+        with torch.serialization.safe_globals(lightning_globals()):
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  any unreadable file: one line, no code run
+        raise ModelError(f"policy nemo:{path}: not a Lightning checkpoint ttspo reads, "
+                         f"refused ({refused_reason(exc)})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ModelError(f"policy nemo:{path}: holds no state_dict of tensors")
+    return state
+
+
 def load_weights(model, path: str | os.PathLike) -> None:
     """Weights from a checkpoint ``NemoMagpiePolicy.save`` wrote."""
     try:
         payload = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  any unreadable file is "not a checkpoint"
-        raise ModelError(f"{path}: not a ttspo policy checkpoint ({str(exc)[:120]})") from None
+        raise ModelError(f"{path}: not a ttspo policy checkpoint ({refused_reason(exc)})") from None
     if not isinstance(payload, dict) or payload.get("architecture") != ARCHITECTURE:
         raise ModelError(f"{path}: not a checkpoint of policy '{ARCHITECTURE}'")
     try:
