@@ -38,6 +38,8 @@ import torch.distributed as dist
 
 from ttspo.builder.core.errors import InputError, TrainingError
 from ttspo.builder.core.schemas import CHECKPOINTS_SCHEMA, CKPT
+from ttspo.builder.core.store import sql_string
+from ttspo.trainer import faults
 
 CHECKPOINTS = "checkpoints"  # the table, and the run folder's sub-folder
 POLICY_FILE = "policy.pt"
@@ -53,6 +55,7 @@ class Saved:
     path: Path  # the checkpoint folder
     sha256: str
     meta: dict[str, Any]
+    replaced: bool = False  # a folder of that name was there (its rows name other weights)
 
     @property
     def policy_path(self) -> Path:
@@ -121,22 +124,44 @@ def save_checkpoint(run_dir: Path, step: int, *, policy: Any, optimizer: Any, sc
     final = step_dir(run_dir, step) if kind == "step" else \
         Path(run_dir) / CHECKPOINTS / f"{kind}_{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
+    faults.point("before_tmp", step=step, folder=final.name)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     sha = policy.save(str(tmp / POLICY_FILE))  # the weights serialised once: sha of those bytes
+    faults.point("after_policy", step=step, folder=final.name)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_states, "data": data_state, "step": step}, tmp / STATE_FILE)
+    faults.point("after_state", step=step, folder=final.name)
     identity = policy.identity(with_sha256=False)  # the sha is the file's, above
     record = {**meta, "step": step, "kind": kind, "sha256": sha, "data": data_state,
               "architecture": identity.architecture, "policy_config": identity.config,
               "world_size": len(rng_states)}
     (tmp / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-    if final.exists():  # only after a crash mid-rename (or a resumed run redoing a step)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    faults.point("after_meta", step=step, folder=final.name)
+    replaced = publish(tmp, final)
+    faults.point("after_rename", step=step, folder=final.name)
     if kind != "step":
         _point(Path(run_dir) / CHECKPOINTS / kind, final)
-    return Saved(final, sha, record)
+        faults.point("after_link", step=step, folder=final.name)
+    return Saved(final, sha, record, replaced)
+
+
+def publish(tmp: Path, final: Path) -> bool:
+    """Rename the complete folder TMP to FINAL; True if it replaced a FINAL there (a
+    step a resumed run redoes). The old one is renamed aside first, never removed in
+    place: a kill mid-removal would leave a FINAL with its meta.json and without its
+    weights, which a resume would take for complete. A kill between the renames
+    leaves no FINAL and two ``*.tmp`` folders, which a resume removes."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return False
+    aside = final.with_name(final.name + ".old.tmp")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(final, aside)
+    faults.point("after_set_aside", folder=final.name)
+    os.replace(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
 
 
 def _point(link: Path, target: Path) -> None:
@@ -220,6 +245,14 @@ def record_checkpoint(store: Any, row: dict[str, Any], lineage: Any) -> int:
     return store.write(CHECKPOINTS, table, CHECKPOINTS_SCHEMA, lineage)
 
 
+def remove_rows(store: Any, paths: list[str], lineage: Any) -> int | None:
+    """Delete the `checkpoints` rows naming PATHS (policy.pt files), one commit."""
+    if not paths or not store.exists(CHECKPOINTS):
+        return None
+    where = f"{CKPT.path} IN ({', '.join(sql_string(p) for p in paths)})"
+    return store.delete_rows(CHECKPOINTS, where, lineage)
+
+
 # ------------------------------------------------------------ one run's saving
 @dataclass
 class Checkpointer:
@@ -245,6 +278,7 @@ class Checkpointer:
     tag: str = ""  # sha256 of the newest checkpoint file (GRPO tags its rollouts with it)
     before_save: Callable[[], None] | None = None  # rank 0, first (GRPO: flush rollouts)
     rows: list[dict[str, Any]] = field(default_factory=list)  # rows written (rank 0)
+    guard: Callable[[], None] | None = None  # rank 0, before writing: is the run lock still ours?
 
     @property
     def run(self) -> str:
@@ -295,6 +329,8 @@ class Checkpointer:
     def _write(self, step, kind, val_metrics, extra, rngs, weights) -> Saved:
         if len(set(weights)) > 1:
             raise TrainingError(f"step {step}: the ranks' weights differ ({weights}); stopped")
+        if self.guard is not None:
+            self.guard()
         if self.before_save is not None:
             self.before_save()
         saved = save_checkpoint(self.out, step, policy=self.policy, optimizer=self.optimizer,
@@ -302,8 +338,13 @@ class Checkpointer:
                                 data_state=self.data_state(step), kind=kind,
                                 meta={**self.meta, "val_metrics": val_metrics,
                                       "rank_weights_sha256": weights, **(extra or {})})
+        lineage = self.lineage.with_extra(run=self.run, step=step, kind=kind)
+        if saved.replaced:  # its rows name the weights it replaced: one row per folder
+            remove_rows(self.store, [str(saved.policy_path.absolute())],
+                        lineage.with_extra(removed="rows of a checkpoint folder written again"))
+            faults.point("after_rows_removed", step=step, folder=saved.path.name)
         row = checkpoint_row(saved, run=self.run, trainer=self.trainer)
-        record_checkpoint(self.store, row, self.lineage.with_extra(run=self.run, step=step,
-                                                                   kind=kind))
+        record_checkpoint(self.store, row, lineage)
+        faults.point("after_row", step=step, folder=saved.path.name)
         self.rows.append(row)
         return saved

@@ -11,11 +11,14 @@ lineage (input tables and versions, the reference used).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from ttspo.builder.core.errors import TrainingError
+from ttspo.builder.core.errors import TrainingError, first_line
+from ttspo.trainer import faults
 from ttspo.trainer.config import Config, save_config
+from ttspo.trainer.runlock import is_lock_file
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -42,26 +45,28 @@ class MetricsLog:
         self.enabled = c.master
         if not c.master:
             return
-        # A killed run may have logged past its last checkpoint: drop those lines,
-        # the resumed run logs those steps again (from step 0, its baseline validation
-        # too, when it restarts from scratch; a resumed run keeps its step-0 baseline).
-        kept = [line for line in self._lines()
-                if start_step and json.loads(line)["step"] <= start_step]
-        self.path.write_text("".join(kept))
+        # A killed run may have logged past its last checkpoint (and cut its last line
+        # short): drop those lines, the resumed run logs those steps again (from step
+        # 0, its baseline validation too, when it restarts from scratch; a resumed run
+        # keeps its step-0 baseline). Written aside and renamed: a kill here keeps the
+        # old file whole.
+        kept = [line for line, record in jsonl_records(self.path)
+                if start_step and _step_of(self.path, record) <= start_step]
+        atomic_text(self.path, "".join(kept))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
+            # TensorBoard drops the events at and past purge_step of earlier sessions:
+            # the steps this session logs again are never shown twice.
             self.writer = SummaryWriter(str(Path(run_dir) / "tb"),
                                         purge_step=start_step + 1 if start_step else 0)
-
-    def _lines(self) -> list[str]:
-        return self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as fh:
-            fh.write(json.dumps({"step": step, **metrics}, sort_keys=True) + "\n")
+            faults.write_line(fh, json.dumps({"step": step, **metrics}, sort_keys=True) + "\n",
+                              "mid_metrics_line", step=step)
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, step)
@@ -76,19 +81,67 @@ def log_lineage(run_dir: Path, lineage: dict[str, Any], start_step: int, c: Any)
     to the run folder's lineage.jsonl: a resumed run may read other versions (a
     reference cache made since), so each start keeps its own line. Rank 0 writes."""
     if c.master:
-        with (Path(run_dir) / LINEAGE_FILE).open("a") as fh:
-            fh.write(json.dumps({"start_step": start_step, "lineage": lineage}, sort_keys=True,
-                                default=str) + "\n")
+        path = Path(run_dir) / LINEAGE_FILE
+        lines = jsonl_records(path)
+        if path.exists() and "".join(line for line, _ in lines) != path.read_text(errors="replace"):
+            atomic_text(path, "".join(line for line, _ in lines))  # a kill cut its last line
+        with path.open("a") as fh:
+            faults.write_line(fh, json.dumps({"start_step": start_step, "lineage": lineage},
+                                             sort_keys=True, default=str) + "\n",
+                              "mid_lineage_line", step=start_step)
 
 
 def read_lineage(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / LINEAGE_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [record for _, record in jsonl_records(Path(run_dir) / LINEAGE_FILE)]
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    """The logged steps (a last line cut short, by a kill or a write in progress, left out)."""
+    return [record for _, record in jsonl_records(Path(run_dir) / METRICS_FILE)]
+
+
+def jsonl_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of each complete line of the JSON-lines file PATH ([] if none).
+
+    Only the last line may be cut short (a kill or a full disk mid-write: it is left
+    out); any other line that is not a JSON object is damage, refused by file and
+    line number rather than guessed around. A last line that parses and only lacks
+    its newline is kept (with it)."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes().split(b"\n")
+    out = []
+    for number, chunk in enumerate(raw, 1):
+        last = number >= len(raw) - 1  # the final piece, or the line before a final ""
+        if not chunk.strip():
+            continue
+        try:
+            record = json.loads(chunk.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if last:
+                continue  # cut short by a kill: its step is logged again
+            raise TrainingError(f"{path} line {number}: not a JSON object "
+                                f"({first_line(exc, 80)}); the file is damaged") from None
+        out.append((json.dumps(record, sort_keys=True, default=str) + "\n"
+                    if number == len(raw) else chunk.decode("utf-8") + "\n", record))
+    return out
+
+
+def _step_of(path: Path, record: dict[str, Any]) -> int:
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise TrainingError(f"{path}: a line with step {step!r}, not a whole number; the "
+                            "file is damaged")
+    return step
+
+
+def atomic_text(path: Path, text: str) -> None:
+    """Replace PATH's content with TEXT (written aside, then renamed)."""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------- run folder
@@ -107,7 +160,7 @@ def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -
                              for k in diff[:3])
             raise TrainingError(f"{out} holds another run ({what}); choose another --out")
         return True
-    if Path(out).exists() and any(Path(out).iterdir()):
+    if Path(out).exists() and any(not is_lock_file(p.name) for p in Path(out).iterdir()):
         raise TrainingError(f"{out} is not empty and holds no ttspo run; choose another --out")
     barrier(c)  # every rank has looked before rank 0 writes
     if c.master:
