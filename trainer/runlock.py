@@ -12,7 +12,8 @@ for the run's life:
   fails when the name exists, on NFS too), so it is never half-written. A lock file
   naming this host whose process is gone is taken over; one naming another host is
   taken over only with ``force`` (``--force-lock``), since no process there can be
-  checked from here. A live writer on this machine is never taken over.
+  checked from here. A writer holding the flock on this machine is never taken over,
+  not even with force.
 
 The second writer gets one line naming the holder, every rank of it (rank 0 tells
 the others), and writes nothing.
@@ -120,7 +121,7 @@ class RunLock:
         held = self._read(wait=False)
         here = held is not None and held.get("host") == self.record["host"]
         if held is not None and not force and (not here or _alive(held)):
-            self._refuse(held, hint=not here)
+            self._refuse(held, hint=True)  # the file, not a live flock, refuses: force may
         if held is None and not force:
             raise TrainingError(f"{self.path}: not a lock file ttspo wrote; if no run writes "
                                 f"{self.out}, remove it or run again with --force-lock")
