@@ -270,3 +270,103 @@ def test_torchrun_ranks_all_stop_with_the_line(store, tmp_path):
              if "is being written by pid 7 on host node-elsewhere" in line]
     assert len(lines) == 2, done.stderr[-3000:]  # one per rank, none waited forever
     assert sorted(p.name for p in out.iterdir()) == ["writer.lock"]
+
+
+# ------------------------------------------------------------------------ GRPO
+def grpo_cfg():
+    from test_grpo_dist import LENGTH
+
+    return load_config(None, [*LENGTH, "grpo.prompts_per_step=1", "train.max_steps=4",
+                              "train.checkpoint_every=2"])
+
+
+def grpo_state(store, out: Path) -> tuple:
+    from ttspo.builder.core.schemas import ROLL, RWD
+
+    rollouts = sorted(store.open("rollouts").to_table(columns=[
+        ROLL.rollout_id, ROLL.checkpoint, RWD.reward, RWD.advantage]).to_pylist(),
+        key=lambda r: r[ROLL.rollout_id])
+    metrics = [{k: v for k, v in m.items() if not k.startswith("time/")
+                and k != "rollouts_per_second"} for m in read_metrics(out)]
+    return rollouts, metrics, [(k, s, sha) for _, k, s, sha in rows_of(store, out)]
+
+
+@pytest.fixture(scope="module")
+def grpo_whole(tmp_path_factory):
+    from grpo_helpers import make_prompts
+    from ttspo.builder.core.store import Store
+    from ttspo.trainer.grpo import train_grpo
+
+    root = tmp_path_factory.mktemp("grpo_whole")
+    store = Store(root / "st")
+    make_prompts(store, 3)
+    train_grpo(store, cfg=grpo_cfg(), out=root / "run", echo=quiet)
+    return grpo_state(store, root / "run")
+
+
+@pytest.mark.parametrize("fault", ["after_rename@step_000002", "after_row@step_000002",
+                                   "after_rename@step_000004", "after_meta@4"])
+def test_grpo_killed_at_a_save_then_resumed_equals_an_uninterrupted_run(grpo_whole, tmp_path,
+                                                                       fault):
+    from grpo_helpers import make_prompts
+    from test_grpo_dist import command as grpo_command
+    from ttspo.builder.core.store import Store
+    from ttspo.trainer.grpo import train_grpo
+
+    store = Store(tmp_path / "st")
+    make_prompts(store, 3)
+    out = tmp_path / "run"
+    args = grpo_command(store, out, "grpo.prompts_per_step=1", "train.max_steps=4",
+                        "train.checkpoint_every=2")
+    done = subprocess.run(args, env={**ENV, "TTSPO_FAULT": fault}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    train_grpo(store, cfg=grpo_cfg(), out=out, echo=quiet)
+    assert grpo_state(store, out) == grpo_whole
+    assert_rows_equal_folders(store, out)
+    assert not (out / "writer.lock").exists()
+
+
+def test_tensorboard_shows_each_step_once_after_a_kill_and_resume(store, whole, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    done = subprocess.run(command(store, out, **{"train.tensorboard": True}),
+                          env={**ENV, "TTSPO_FAULT": "after_rename@best_000004"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    cfg = load_config(None, tiny_overrides(**{**RUN, "train.tensorboard": True}))
+    train_dpo(store, SET, cfg=cfg, out=out, echo=quiet)  # resumed at 2: logs 3 and 4 again
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    steps = lambda tag: [e.step for e in events.Scalars(tag)]
+    assert steps("loss/total") == [1, 2, 3, 4]
+    assert steps("val/loss") == [0, 2, 4]
+    want = {m["step"]: m["loss/total"] for m in read_metrics(whole) if "loss/total" in m}
+    assert {e.step: e.value for e in events.Scalars("loss/total")} == pytest.approx(want)
+
+
+def test_a_writer_whose_folder_was_taken_over_stops_at_its_next_save(store, tmp_path):
+    out = tmp_path / "run"
+    args = command(store, out, **{"train.max_steps": 400, "train.checkpoint_every": 1})
+    proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "step_000001").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended"
+            time.sleep(0.02)
+        # What --force-lock on another host leaves: the lock file names that writer.
+        (out / "writer.lock").write_text(json.dumps({"host": "node-elsewhere", "pid": 9,
+                                                     "since": "2026-01-02T03:04:05+00:00",
+                                                     "token": "theirs"}))
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1] == (
+        f"Error: {out}: the run folder was taken over by pid 9 on host node-elsewhere since "
+        "2026-01-02T03:04:05+00:00; this process stopped writing")
+    assert (out / "writer.lock").exists()  # the new holder's, left alone

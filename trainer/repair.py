@@ -30,6 +30,8 @@ REBUILT = "row rebuilt from meta.json by a resume (the run was killed before com
 
 def repair_run(store: Any, out: Path, *, trainer: str, lineage: Any) -> list[str]:
     """Repair run folder OUT and its rows; what was repaired, one note each."""
+    for staged in [*Path(out).glob(".metrics.jsonl.*.tmp"), *Path(out).glob(".lineage.jsonl.*.tmp")]:
+        staged.unlink(missing_ok=True)  # a log rewrite killed before its rename
     notes = clean_folder(Path(out) / CHECKPOINTS)
     folders = complete_folders(Path(out) / CHECKPOINTS)
     notes += sync_rows(store, Path(out), folders, trainer=trainer, lineage=lineage)

@@ -11,11 +11,11 @@ lineage (input tables and versions, the reference used).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from ttspo.builder.core.errors import TrainingError, first_line
+from ttspo.builder.core.files import write_text_atomic
 from ttspo.trainer import faults
 from ttspo.trainer.config import Config, save_config
 from ttspo.trainer.runlock import is_lock_file
@@ -52,7 +52,7 @@ class MetricsLog:
         # old file whole.
         kept = [line for line, record in jsonl_records(self.path)
                 if start_step and _step_of(self.path, record) <= start_step]
-        atomic_text(self.path, "".join(kept))
+        write_text_atomic(self.path, "".join(kept))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -70,6 +70,9 @@ class MetricsLog:
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, step)
+            # On disk before the step's checkpoint: a kill after it must not lose the
+            # events of steps a resume will not log again.
+            self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
@@ -84,7 +87,7 @@ def log_lineage(run_dir: Path, lineage: dict[str, Any], start_step: int, c: Any)
         path = Path(run_dir) / LINEAGE_FILE
         lines = jsonl_records(path)
         if path.exists() and "".join(line for line, _ in lines) != path.read_text(errors="replace"):
-            atomic_text(path, "".join(line for line, _ in lines))  # a kill cut its last line
+            write_text_atomic(path, "".join(line for line, _ in lines))  # a kill cut its last line
         with path.open("a") as fh:
             faults.write_line(fh, json.dumps({"start_step": start_step, "lineage": lineage},
                                              sort_keys=True, default=str) + "\n",
@@ -136,12 +139,6 @@ def _step_of(path: Path, record: dict[str, Any]) -> int:
                             "file is damaged")
     return step
 
-
-def atomic_text(path: Path, text: str) -> None:
-    """Replace PATH's content with TEXT (written aside, then renamed)."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------- run folder
