@@ -45,9 +45,9 @@ from ttspo.trainer.loop import (_progress, all_mean, build_optimizer, build_sche
 from ttspo.trainer.policy import Sampling, token_logps
 from ttspo.trainer.ref import file_sha256
 from ttspo.trainer.repair import repair_on_resume
-from ttspo.trainer.runlock import run_lock
 from ttspo.trainer.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
 from ttspo.trainer.rollouts import RolloutWriter, committed_steps
+from ttspo.trainer.runlock import run_lock
 from ttspo.trainer.runs import MetricsLog, identity_config, log_lineage, open_run_dir
 
 PARTS = {name: spec.part for name, spec in REWARDS.items()}

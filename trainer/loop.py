@@ -38,9 +38,9 @@ from ttspo.trainer import losses as L
 from ttspo.trainer.config import BEST_METRICS, Config, best_rule
 from ttspo.trainer.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.builder.core.files import file_sha256
+from ttspo.trainer.ref import RefCache, lookup, pair_logps, reference_logps
 from ttspo.trainer.repair import repair_on_resume
 from ttspo.trainer.runlock import run_lock
-from ttspo.trainer.ref import RefCache, lookup, pair_logps, reference_logps
 from ttspo.trainer.runs import (MetricsLog, log_lineage, open_run_dir, read_metrics,  # noqa: F401
                                run_identity)
 

@@ -23,6 +23,7 @@ from ttspo.builder.core.schemas import CKPT
 from ttspo.builder.core.store import as_lineage
 from ttspo.trainer.checkpoints import (CHECKPOINTS, META_FILE, POLICY_FILE, Saved, checkpoint_row,
                                        record_checkpoint, remove_rows)
+from ttspo.trainer.runs import LINEAGE_FILE, METRICS_FILE, jsonl_records
 
 FOLDER = re.compile(r"^(step|best)_(\d{6,})$")
 REBUILT = "row rebuilt from meta.json by a resume (the run was killed before committing it)"
@@ -32,6 +33,8 @@ def repair_run(store: Any, out: Path, *, trainer: str, lineage: Any) -> list[str
     """Repair run folder OUT and its rows; what was repaired, one note each."""
     for staged in [*Path(out).glob(".metrics.jsonl.*.tmp"), *Path(out).glob(".lineage.jsonl.*.tmp")]:
         staged.unlink(missing_ok=True)  # a log rewrite killed before its rename
+    for log in (METRICS_FILE, LINEAGE_FILE):  # damage stops every rank here, not rank 0 later
+        jsonl_records(Path(out) / log)
     notes = clean_folder(Path(out) / CHECKPOINTS)
     folders = complete_folders(Path(out) / CHECKPOINTS)
     notes += sync_rows(store, Path(out), folders, trainer=trainer, lineage=lineage)

@@ -113,9 +113,10 @@ def jsonl_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if not path.exists():
         return []
     raw = path.read_bytes().split(b"\n")
+    final = len(raw) if raw[-1].strip() else len(raw) - 1  # the last line's number
     out = []
     for number, chunk in enumerate(raw, 1):
-        last = number >= len(raw) - 1  # the final piece, or the line before a final ""
+        last = number == final
         if not chunk.strip():
             continue
         try:
