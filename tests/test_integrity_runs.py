@@ -332,11 +332,12 @@ def test_tensorboard_shows_each_step_once_after_a_kill_and_resume(store, whole, 
 
     out = tmp_path / "run"
     done = subprocess.run(command(store, out, **{"train.tensorboard": True}),
-                          env={**ENV, "TTSPO_FAULT": "after_rename@best_000004"},
+                          env={**ENV, "TTSPO_FAULT": "after_row@step_000002"},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     cfg = load_config(None, tiny_overrides(**{**RUN, "train.tensorboard": True}))
-    train_dpo(store, SET, cfg=cfg, out=out, echo=quiet)  # resumed at 2: logs 3 and 4 again
+    train_dpo(store, SET, cfg=cfg, out=out, echo=quiet)  # resumed at 2: logs 3 and 4
+    # (the killed process's last events, step 2's, were unflushed without a flush per step)
     events = EventAccumulator(str(out / "tb"))
     events.Reload()
     steps = lambda tag: [e.step for e in events.Scalars(tag)]

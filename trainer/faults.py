@@ -57,6 +57,8 @@ def armed(moment: str, *, step: int | None = None, folder: str | None = None) ->
     if fault is None or fault[0] != moment:
         return False
     when = fault[1]
+    if step is None and folder:  # step_000004 is step 4
+        step = int(folder.rsplit("_", 1)[1]) if folder.rsplit("_", 1)[-1].isdigit() else None
     return when is None or when == str(step) or when == folder
 
 

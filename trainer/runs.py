@@ -11,6 +11,7 @@ lineage (input tables and versions, the reference used).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ class MetricsLog:
 
             # TensorBoard drops the events at and past purge_step of earlier sessions:
             # the steps this session logs again are never shown twice.
+            after_earlier_events(Path(run_dir) / "tb")
             self.writer = SummaryWriter(str(Path(run_dir) / "tb"),
                                         purge_step=start_step + 1 if start_step else 0)
 
@@ -77,6 +79,19 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def after_earlier_events(tb: Path, *, at_most: float = 5.0) -> None:
+    """Wait (up to AT_MOST seconds) until the clock is past the second in the newest
+    event file's name. TensorBoard reads a folder's files in name order, and a name
+    starts with its creation second: a session resumed within that second (or on a host
+    whose clock is behind) would be read first, and the purge the killed session's file
+    begins with would hide the resumed steps."""
+    stamps = [int(part) for p in tb.glob("events.out.tfevents.*")
+              if (part := p.name.split(".")[3]).isdigit()]
+    wait = max(stamps, default=0) + 1 - time.time()
+    if 0 < wait <= at_most:
+        time.sleep(wait)
 
 
 def log_lineage(run_dir: Path, lineage: dict[str, Any], start_step: int, c: Any) -> None:
