@@ -26,7 +26,7 @@ def options(specs: tuple[Option, ...]):
     def decorate(f):
         for o in reversed(specs):
             if o.switch:
-                f = click.option(o.flag, o.dest, is_flag=True, help=o.help)(f)
+                f = click.option(o.flag, o.dest, is_flag=True, default=False, help=o.help)(f)
                 continue
             f = click.option(o.flag, o.dest, default=o.default, type=types.get(o.path),
                              metavar=o.metavar, required=o.required, multiple=o.multiple,
