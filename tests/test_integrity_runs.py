@@ -371,3 +371,13 @@ def test_a_writer_whose_folder_was_taken_over_stops_at_its_next_save(store, tmp_
         f"Error: {out}: the run folder was taken over by pid 9 on host node-elsewhere since "
         "2026-01-02T03:04:05+00:00; this process stopped writing")
     assert (out / "writer.lock").exists()  # the new holder's, left alone
+
+
+def test_an_unknown_fault_moment_is_refused_before_anything_is_written(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("TTSPO_FAULT", "after_rowz@4")  # a typo must not let a test pass unkilled
+    out = tmp_path / "run"
+    result = cli_dpo(store, out)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: TTSPO_FAULT=after_rowz@4: 'after_rowz' is not a "
+                                    "fault moment (one of before_tmp, ")
+    assert not out.exists()

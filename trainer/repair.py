@@ -82,7 +82,9 @@ def complete_folders(folder: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
     if not folder.is_dir():
         return found
     for p in sorted(folder.iterdir()):
-        if FOLDER.match(p.name) and not p.is_symlink() and (p / META_FILE).is_file():
+        # `best` itself is a folder (not a link) in a run folder from before best_NNNNNN
+        if (FOLDER.match(p.name) or p.name == "best") and not p.is_symlink() \
+                and (p / META_FILE).is_file():
             found[str((p / POLICY_FILE).absolute())] = (p, read_meta_checked(p))
     return found
 
