@@ -148,10 +148,11 @@ def test_rows_of_a_removed_folder_and_a_doubled_row_are_repaired(store, tmp_path
     import shutil
 
     shutil.rmtree(out / "checkpoints" / "step_000002")  # a folder gone (a user, a disk)
-    doubled = next(r for r in store.open("checkpoints").to_table().to_pylist()
-                   if r[CKPT.path] == before[0][0])
-    ckpt.record_checkpoint(store, doubled, {"command": "test"})  # a row written twice
-    assert len(rows_of(store, out)) == len(before) + 1
+    stored = {r[CKPT.path]: r for r in store.open("checkpoints").to_table().to_pylist()}
+    ckpt.record_checkpoint(store, stored[before[0][0]], {"command": "test"})  # a row twice
+    other = {**stored[before[1][0]], CKPT.sha256: "0" * 64}  # a row naming other weights
+    ckpt.record_checkpoint(store, other, {"command": "test"})
+    assert len(rows_of(store, out)) == len(before) + 2
     said = resume(store, out)
     assert_rows_equal_folders(store, out)
     assert rows_of(store, out) == [r for r in before if "step_000002" not in r[0]]

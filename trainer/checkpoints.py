@@ -11,7 +11,9 @@ A run folder (``--out DIR``) holds::
     checkpoints/best/             the best so far by the chosen validation metric (same files)
 
 A checkpoint folder is written under a temporary name and renamed when complete,
-so a run killed while saving leaves the previous checkpoint as the latest. Rank 0
+so a run killed while saving leaves the previous checkpoint as the latest; what a
+kill between the rename and the row leaves, a resume repairs (trainer/repair.py), and
+TTSPO_FAULT kills at each of these moments (trainer/faults.py). Rank 0
 writes the files and the table row; every rank's RNG state reaches it by a gather.
 DPO and GRPO save through one :class:`Checkpointer` (``trainer="grpo"``,
 ``prompts_version``): the periodic and best checkpoints, their meta (every rank's
