@@ -310,28 +310,29 @@ class Store:
 
     def train_dpo(self, set_ref: str, *, out: str | os.PathLike, policy: str = "tiny",
                   init=None, config=None, overrides: Sequence[str] = (),
-                  lineage: Lineage | None = None, echo=print):
-        """DPO/IPO/RPO on SET_REF into run folder OUT (ttspo.trainer.loop): a RunResult."""
+                  lineage: Lineage | None = None, echo=print, force_lock: bool = False):
+        """DPO/IPO/RPO on SET_REF into run folder OUT (ttspo.trainer.loop): a RunResult.
+        FORCE_LOCK takes OUT over from a writer another host's lock file names."""
         from ttspo.trainer.loop import train_dpo
 
         init = None if init is None else str(init)
         cfg, lineage = self._train_setup("train dpo", config, overrides, lineage, set_ref=set_ref,
                                          out=str(out), policy=policy, init=init)
         return train_dpo(self.core, set_ref, cfg=cfg, out=out, spec=policy, init=init,
-                         lineage=lineage, echo=echo)
+                         lineage=lineage, echo=echo, force_lock=force_lock)
 
     def train_grpo(self, *, out: str | os.PathLike, policy: str = "tiny", init=None,
                    config=None, overrides: Sequence[str] = (), lineage: Lineage | None = None,
-                   echo=print):
+                   echo=print, force_lock: bool = False):
         """Online GRPO on the prompts table (``grpo.prompts``, ``grpo.where``) into run
-        folder OUT (ttspo.trainer.grpo): a GrpoResult."""
+        folder OUT (ttspo.trainer.grpo): a GrpoResult. FORCE_LOCK: as train_dpo's."""
         from ttspo.trainer.grpo import train_grpo
 
         init = None if init is None else str(init)
         cfg, lineage = self._train_setup("train grpo", config, overrides, lineage,
                                          out=str(out), policy=policy, init=init)
         return train_grpo(self.core, cfg=cfg, out=out, spec=policy, init=init, lineage=lineage,
-                          echo=echo)
+                          echo=echo, force_lock=force_lock)
 
     def _train_setup(self, command: str, config, overrides, lineage, **args):
         from ttspo.trainer.config import load_config

@@ -20,6 +20,9 @@ from ttspo.trainer.train_options import (DPO_OPTIONS, DPO_SHOWN, GRPO_OPTIONS, G
 def add_options(parser: argparse.ArgumentParser, specs: tuple[Option, ...]) -> None:
     parser.add_argument("--store", default=str(default_store_path()))
     for o in specs:
+        if o.switch:
+            parser.add_argument(o.flag, dest=o.dest, action="store_true", help=o.help)
+            continue
         parser.add_argument(o.flag, dest=o.dest, metavar=o.metavar, required=o.required,
                             help=o.help, action="append" if o.multiple else "store",
                             default=[] if o.multiple else o.default)
@@ -47,13 +50,15 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config_file, grpo_overrides(args.overrides, args.prompts_ref,
                                                                 args.where))
             result: Any = train_grpo(Store(args.store), cfg=cfg, out=args.out, spec=args.spec,
-                                     init=args.init, lineage=lineage, echo=print)
+                                     init=args.init, lineage=lineage, echo=print,
+                                     force_lock=args.force_lock)
         else:
             from ttspo.trainer.loop import train_dpo
 
             cfg = load_config(args.config_file, args.overrides)
             result = train_dpo(Store(args.store), args.set_ref, cfg=cfg, out=args.out,
-                               spec=args.spec, init=args.init, lineage=lineage, echo=print)
+                               spec=args.spec, init=args.init, lineage=lineage, echo=print,
+                               force_lock=args.force_lock)
     except TtspoError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

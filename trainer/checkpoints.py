@@ -11,7 +11,9 @@ A run folder (``--out DIR``) holds::
     checkpoints/best/             the best so far by the chosen validation metric (same files)
 
 A checkpoint folder is written under a temporary name and renamed when complete,
-so a run killed while saving leaves the previous checkpoint as the latest. Rank 0
+so a run killed while saving leaves the previous checkpoint as the latest; what a
+kill between the rename and the row leaves, a resume repairs (trainer/repair.py), and
+TTSPO_FAULT kills at each of these moments (trainer/faults.py). Rank 0
 writes the files and the table row; every rank's RNG state reaches it by a gather.
 DPO and GRPO save through one :class:`Checkpointer` (``trainer="grpo"``,
 ``prompts_version``): the periodic and best checkpoints, their meta (every rank's
@@ -40,6 +42,8 @@ import torch.distributed as dist
 from ttspo.builder.core.errors import InputError, TrainingError, first_line
 from ttspo.builder.core.files import file_sha256
 from ttspo.builder.core.schemas import CHECKPOINTS_SCHEMA, CKPT
+from ttspo.builder.core.store import sql_string
+from ttspo.trainer import faults
 
 # The folder layout lives with the checks of its files (trainer/verify.py).
 from ttspo.trainer.verify import (CHECKPOINTS, META_FILE, POLICY_FILE, STATE_FILE,  # noqa: F401
@@ -126,7 +130,8 @@ def broadcast_object(value: Any) -> Any:
 
 def save_checkpoint(run_dir: Path, step: int, *, policy: Any, optimizer: Any, scheduler: Any,
                     rng_states: list[dict[str, Any]], data_state: dict[str, Any],
-                    meta: dict[str, Any], kind: str = "step") -> Saved:
+                    meta: dict[str, Any], kind: str = "step",
+                    before_replace: Callable[[], None] | None = None) -> Saved:
     """Write one checkpoint folder (rank 0 only) and return it.
 
     ``meta`` carries what the row and a resume need (config, lineage, val metrics);
@@ -137,24 +142,50 @@ def save_checkpoint(run_dir: Path, step: int, *, policy: Any, optimizer: Any, sc
     final = step_dir(run_dir, step) if kind == "step" else \
         Path(run_dir) / CHECKPOINTS / f"{kind}_{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
+    faults.point("before_tmp", step=step, folder=final.name)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     sha = policy.save(str(tmp / POLICY_FILE))  # the weights serialised once: sha of those bytes
+    faults.point("after_policy", step=step, folder=final.name)
     # Streamed to the file, then hashed from it: no second copy of the optimizer in memory.
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_states, "data": data_state, "step": step}, tmp / STATE_FILE)
+    faults.point("after_state", step=step, folder=final.name)
     identity = policy.identity(with_sha256=False)  # the sha is the file's, above
     record = {**meta, "step": step, "kind": kind, "sha256": sha, "data": data_state,
               STATE_SHA256: file_sha256(tmp / STATE_FILE),  # a resume checks state.pt against it
               "architecture": identity.architecture, "policy_config": identity.config,
               "world_size": len(rng_states)}
     (tmp / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-    if final.exists():  # only after a crash mid-rename (or a resumed run redoing a step)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    faults.point("after_meta", step=step, folder=final.name)
+    publish(tmp, final, before_replace=before_replace)
+    faults.point("after_rename", step=step, folder=final.name)
     if kind != "step":
         _point(Path(run_dir) / CHECKPOINTS / kind, final)
+        faults.point("after_link", step=step, folder=final.name)
     return Saved(final, sha, record)
+
+
+def publish(tmp: Path, final: Path, *, before_replace: Callable[[], None] | None = None) -> None:
+    """Rename the complete folder TMP to FINAL, replacing a FINAL there (a step a
+    resumed run redoes). BEFORE_REPLACE runs first (the old folder's rows are
+    removed while it is still in place: a row never names weights its folder does not
+    hold, so a row that differs from its folder is damage, never a kill, and a resume
+    refuses it). The old one is renamed aside, never removed in place: a kill
+    mid-removal would leave a FINAL with its meta.json and without its weights, which
+    a resume would take for complete. A kill between the renames leaves no FINAL and
+    two ``*.tmp`` folders, which a resume removes."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    if before_replace is not None:
+        before_replace()
+    aside = final.with_name(final.name + ".old.tmp")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(final, aside)
+    faults.point("after_set_aside", folder=final.name)
+    os.replace(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _point(link: Path, target: Path) -> None:
@@ -282,6 +313,14 @@ def record_checkpoint(store: Any, row: dict[str, Any], lineage: Any) -> int:
     return store.write(CHECKPOINTS, table, CHECKPOINTS_SCHEMA, lineage)
 
 
+def remove_rows(store: Any, paths: list[str], lineage: Any) -> int | None:
+    """Delete the `checkpoints` rows naming PATHS (policy.pt files), one commit."""
+    if not paths or not store.exists(CHECKPOINTS):
+        return None
+    where = f"{CKPT.path} IN ({', '.join(sql_string(p) for p in paths)})"
+    return store.delete_rows(CHECKPOINTS, where, lineage)
+
+
 # ------------------------------------------------------------ one run's saving
 @dataclass
 class Checkpointer:
@@ -307,6 +346,7 @@ class Checkpointer:
     tag: str = ""  # sha256 of the newest checkpoint file (GRPO tags its rollouts with it)
     before_save: Callable[[], None] | None = None  # rank 0, first (GRPO: flush rollouts)
     rows: list[dict[str, Any]] = field(default_factory=list)  # rows written (rank 0)
+    guard: Callable[[], None] | None = None  # rank 0, before writing: is the run lock still ours?
 
     @property
     def run(self) -> str:
@@ -357,15 +397,27 @@ class Checkpointer:
     def _write(self, step, kind, val_metrics, extra, rngs, weights) -> Saved:
         if len(set(weights)) > 1:
             raise TrainingError(f"step {step}: the ranks' weights differ ({weights}); stopped")
+        if self.guard is not None:
+            self.guard()
         if self.before_save is not None:
             self.before_save()
+        lineage = self.lineage.with_extra(run=self.run, step=step, kind=kind)
+        folder = step_dir(self.out, step) if kind == "step" else \
+            Path(self.out) / CHECKPOINTS / f"{kind}_{step:06d}"
+
+        def remove_old_rows() -> None:  # one row per folder: the replaced weights' go first
+            remove_rows(self.store, [str((folder / POLICY_FILE).absolute())],
+                        lineage.with_extra(removed="rows of a checkpoint folder written again"))
+            faults.point("after_rows_removed", step=step, folder=folder.name)
+
         saved = save_checkpoint(self.out, step, policy=self.policy, optimizer=self.optimizer,
                                 scheduler=self.scheduler, rng_states=rngs,
                                 data_state=self.data_state(step), kind=kind,
                                 meta={**self.meta, "val_metrics": val_metrics,
-                                      "rank_weights_sha256": weights, **(extra or {})})
+                                      "rank_weights_sha256": weights, **(extra or {})},
+                                before_replace=remove_old_rows)
         row = checkpoint_row(saved, run=self.run, trainer=self.trainer)
-        record_checkpoint(self.store, row, self.lineage.with_extra(run=self.run, step=step,
-                                                                   kind=kind))
+        record_checkpoint(self.store, row, lineage)
+        faults.point("after_row", step=step, folder=saved.path.name)
         self.rows.append(row)
         return saved

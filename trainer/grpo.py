@@ -35,6 +35,7 @@ from ttspo.builder.core.errors import ConfigError, TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.builder.core.schemas import GEN, RWD
 from ttspo.trainer import checkpoints as ckpt
+from ttspo.trainer import faults
 from ttspo.trainer.config import Config, GrpoConfig, best_rule
 from ttspo.trainer.data import shard
 from ttspo.trainer.grpo_rollout import (PHASES, Prompts, Scoring, load_prompts, rollout,
@@ -43,8 +44,10 @@ from ttspo.trainer.loop import (_progress, all_mean, build_optimizer, build_sche
                                 compute_cleanup, compute_init, make_policy, optimizer_step)
 from ttspo.trainer.policy import Sampling, token_logps
 from ttspo.trainer.verify import checked_sha256, verified_latest
+from ttspo.trainer.repair import repair_on_resume
 from ttspo.trainer.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
 from ttspo.trainer.rollouts import RolloutWriter, committed_steps
+from ttspo.trainer.runlock import run_lock
 from ttspo.trainer.runs import MetricsLog, identity_config, log_lineage, open_run_dir
 
 PARTS = {name: spec.part for name, spec in REWARDS.items()}
@@ -89,17 +92,22 @@ class GrpoResult:
 
 def train_grpo(store: Any, *, cfg: Config, out: str | Path, spec: str = "tiny",
                init: str | None = None, lineage: Lineage | dict[str, Any] | None = None,
-               echo: Callable[[str], None] = print) -> GrpoResult:
-    """Train SPEC's policy online on the store's prompts with GRPO; see the module."""
+               echo: Callable[[str], None] = print, force_lock: bool = False) -> GrpoResult:
+    """Train SPEC's policy online on the store's prompts with GRPO; see the module.
+    FORCE_LOCK takes the run folder over from a writer on another host (runlock.py)."""
     c = compute_init(cfg.train.device)
     try:
+        faults.check()
         lineage = as_lineage(lineage or make_lineage("train grpo", {"out": str(out)}))
-        return _train(store, cfg, Path(out).absolute(), spec, init, lineage, echo, c)
+        out = Path(out).absolute()
+        with run_lock(out, c, force=force_lock) as lock:  # one writer: before any read
+            return _train(store, cfg, out, spec, init, lineage, echo, c, lock=lock)
     finally:
         compute_cleanup()
 
 
-def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoResult:
+def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c, *,
+           lock=None) -> GrpoResult:
     say = echo if c.master else (lambda *_: None)
     g, seed = cfg.grpo, cfg.data.seed
     rewards = reward_config(g)
@@ -123,7 +131,12 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
     ref_model = None
     if not g.reference_free and g.grpo_beta > 0:  # the KL term's reference: the initial policy
         ref_model = copy.deepcopy(policy).eval().requires_grad_(False).to(c.device)
-    latest = verified_latest(out, store) if resuming else None  # every file checked
+    # Every file of the latest checkpoint checked against its records first: a refusal
+    # leaves the folder and the table as they were (the repair below writes).
+    latest = verified_latest(out, store) if resuming else None
+    # What a kill left (a checkpoint without its row, half-made folders) is repaired
+    # next, so rows and folders agree again (it never changes which folder is latest).
+    repaired = repair_on_resume(store, out, c, trainer="grpo", lineage=lineage) if resuming else []
     if latest is not None:
         policy = make_policy(spec, str(latest / ckpt.POLICY_FILE), cfg, cfg.train.seed)
     policy.to(c.device).train()
@@ -147,6 +160,9 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
         run=run, prompts=f"prompts@{prompts.version}", where=g.where,
         reference="live" if ref_model is not None else "none",  # the KL term's
         start_sha256=tag)  # the first rollouts' tag: the weights this start or resume loaded
+    for note in repaired:
+        say(f"repaired: {note}")
+    lineage = lineage.with_extra(repaired=repaired) if repaired else lineage
     log_lineage(out, lineage, start, c)
     meta = {"config": cfg.to_dict(), "lineage": dict(lineage), "prompts_version": prompts.version,
             "init_sha256": init_sha, "trainer": "grpo"}
@@ -157,6 +173,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c) -> GrpoR
     saver = ckpt.Checkpointer(store, out, "grpo", policy, optimizer, scheduler, meta, lineage,
                               c.master, lambda step: {"step": step}, best_metric, best_mode,
                               best=best, last_good=latest, tag=tag,
+                              guard=lock.check if lock else None,
                               before_save=writer.flush if writer is not None else None)
     result = GrpoResult(out, start, checkpoints=saver.rows)
     args = dict(run=run, n=g.n_generations_per_item, seed=seed, rewards=rewards, scoring=scoring,

@@ -33,11 +33,14 @@ import torch.distributed as dist
 from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.trainer import checkpoints as ckpt
+from ttspo.trainer import faults
 from ttspo.trainer import losses as L
 from ttspo.trainer.config import BEST_METRICS, Config, best_rule, check_codebooks
 from ttspo.trainer.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.trainer.verify import checked_sha256, verified_latest
 from ttspo.trainer.ref import RefCache, lookup, pair_logps, reference_logps
+from ttspo.trainer.repair import repair_on_resume
+from ttspo.trainer.runlock import run_lock
 from ttspo.trainer.runs import (MetricsLog, log_lineage, open_run_dir, read_metrics,  # noqa: F401
                                run_identity)
 
@@ -157,17 +160,21 @@ def warn_dropout(policy: torch.nn.Module, echo: Callable[[str], None]) -> None:
 
 def train_dpo(store: Any, set_ref: str, *, cfg: Config, out: str | Path, spec: str = "tiny",
               init: str | None = None, lineage: Lineage | dict[str, Any] | None = None,
-              echo: Callable[[str], None] = print) -> RunResult:
-    """Train SPEC's policy on set SET_REF with the preference losses of CFG; see the module."""
+              echo: Callable[[str], None] = print, force_lock: bool = False) -> RunResult:
+    """Train SPEC's policy on set SET_REF with the preference losses of CFG; see the module.
+    FORCE_LOCK takes the run folder over from a writer on another host (runlock.py)."""
     c = compute_init(cfg.train.device)
     try:
+        faults.check()
         lineage = as_lineage(lineage or make_lineage("train dpo", {"set": set_ref}))
-        return _train(store, set_ref, cfg, Path(out).absolute(), spec, init, lineage, echo, c)
+        out = Path(out).absolute()
+        with run_lock(out, c, force=force_lock) as lock:  # one writer: before any read
+            return _train(store, set_ref, cfg, out, spec, init, lineage, echo, c, lock=lock)
     finally:
         compute_cleanup()
 
 
-def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
+def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c, *, lock=None) -> RunResult:
     say = echo if c.master else (lambda *_: None)
     best_metric, best_mode = best_rule(cfg, "dpo", BEST_METRICS["dpo"])
     # Data: the set version, joined at its generations version (codec only for contexts).
@@ -199,7 +206,12 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
                                               init_sha256=init_sha), cfg, c)
     reference = "none" if cfg.loss.reference_free else ("cached" if cache else "live")
     # Resume: the latest complete checkpoint's weights, optimizer, schedule, RNG, step.
-    latest = verified_latest(out, store) if resuming else None  # every file checked
+    # Every file of the latest checkpoint checked against its records first: a refusal
+    # leaves the folder and the table as they were (the repair below writes).
+    latest = verified_latest(out, store) if resuming else None
+    # What a kill left (a checkpoint without its row, half-made folders) is repaired
+    # next, so rows and folders agree again (it never changes which folder is latest).
+    repaired = repair_on_resume(store, out, c, trainer="dpo", lineage=lineage) if resuming else []
     if latest is not None:
         policy = make_policy(spec, str(latest / ckpt.POLICY_FILE), cfg, cfg.train.seed)
     policy.to(c.device).train()
@@ -221,6 +233,9 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
     lineage = lineage.with_inputs({**pairs.lineage_inputs(),
                                    **({"ref_logps": cache.version} if cache else {})})
     lineage = lineage.with_extra(reference=reference, policy_sha256=policy_sha)
+    for note in repaired:
+        say(f"repaired: {note}")
+    lineage = lineage.with_extra(repaired=repaired) if repaired else lineage
     log_lineage(out, lineage, start, c)
     meta = {"config": cfg.to_dict(), "lineage": dict(lineage), "set_name": pairs.set_name,
             "set_version": pairs.set_version, "generations_version": pairs.generations_version,
@@ -228,7 +243,7 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c) -> RunResult:
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
     saver = ckpt.Checkpointer(store, out, "dpo", policy, optimizer, scheduler, meta, lineage,
                               c.master, order.position, best_metric, best_mode, best=best,
-                              last_good=latest)
+                              last_good=latest, guard=lock.check if lock else None)
     result = RunResult(out, start, reference, {}, {}, {}, saver.rows)
 
     if start == 0 and len(val) and cfg.train.val_every:  # the baseline the run improves on

@@ -26,6 +26,7 @@ class Option:
     required: bool = False
     multiple: bool = False  # may repeat; the values in order
     path: str | None = None  # "file" | "dir": what it names
+    switch: bool = False  # a flag without a value (False unless given)
 
 
 POLICY = Option("--policy", "spec", "Policy from the registry (tiny; nemo:PATH when installed).",
@@ -43,8 +44,13 @@ PROMPTS = Option("--prompts", "prompts_ref", "Prompts table version or tag (sets
 WHERE = Option("--where", "where", "DuckDB condition on prompts: train on matching prompts "
                "(sets grpo.where).", metavar="SQL")
 
+FORCE_LOCK = Option("--force-lock", "force_lock", "Force: take the run folder over from the "
+                    "writer its writer.lock names on another host (one writer per run folder; a "
+                    "lock of a process gone on this host is taken over without it). Only when "
+                    "that process is surely gone: two writers corrupt the run.", switch=True)
+
 SET_METAVAR = "SET[@VERSION|@TAG]"  # dpo's one argument
-DPO_OPTIONS = (POLICY, INIT, CONFIG, OVERRIDES, OUT)
+DPO_OPTIONS = (POLICY, INIT, CONFIG, OVERRIDES, OUT, FORCE_LOCK)
 PRECOMPUTE_OPTIONS = (  # `ttspo train precompute-ref`, plus its --batch-pairs
     POLICY,
     Option("--ref", "ref_path", "The reference checkpoint (the --init of the training runs "
@@ -59,7 +65,7 @@ GRPO_OPTIONS = (
     PROMPTS, WHERE,
     replace(CONFIG, help="YAML config (sections policy, optim, train, grpo ...)."),
     replace(OVERRIDES, help="Override a config key, e.g. -o grpo.n_generations_per_item=4."),
-    OUT)
+    OUT, FORCE_LOCK)
 
 DPO_SHOWN = ("loss/total", "rewards/accuracies", "rewards/margins", "rewards/chosen",
              "rewards/rejected", "grad_norm")

@@ -25,6 +25,9 @@ def options(specs: tuple[Option, ...]):
 
     def decorate(f):
         for o in reversed(specs):
+            if o.switch:
+                f = click.option(o.flag, o.dest, is_flag=True, default=False, help=o.help)(f)
+                continue
             f = click.option(o.flag, o.dest, default=o.default, type=types.get(o.path),
                              metavar=o.metavar, required=o.required, multiple=o.multiple,
                              show_default=o.default is not None, help=o.help)(f)
@@ -38,7 +41,7 @@ def options(specs: tuple[Option, ...]):
 @options(DPO_OPTIONS)
 @click.pass_context
 def dpo(ctx: click.Context, set_ref: str, spec: str, init: str | None, config_file: str | None,
-        overrides: tuple[str, ...], out: str) -> None:
+        overrides: tuple[str, ...], out: str, force_lock: bool) -> None:
     """Train on SET's train split with DPO/IPO/RPO; validate on its val split.
 
     Reads the set version and the generations version it was built from; uses
@@ -50,7 +53,8 @@ def dpo(ctx: click.Context, set_ref: str, spec: str, init: str | None, config_fi
     """
     result = get_store(ctx).train_dpo(set_ref, out=out, policy=spec, init=init,
                                       config=config_file, overrides=overrides,
-                                      lineage=lineage_for(ctx), echo=click.echo)
+                                      lineage=lineage_for(ctx), echo=click.echo,
+                                      force_lock=force_lock)
     for line in result_lines(result, DPO_SHOWN):
         click.echo(line)
 
@@ -81,7 +85,8 @@ def precompute_ref(ctx: click.Context, set_ref: str, spec: str, ref_path: str,
 @options(GRPO_OPTIONS)
 @click.pass_context
 def grpo(ctx: click.Context, spec: str, init: str | None, prompts_ref: str | None,
-         where: str | None, config_file: str | None, overrides: tuple[str, ...], out: str) -> None:
+         where: str | None, config_file: str | None, overrides: tuple[str, ...], out: str,
+         force_lock: bool) -> None:
     """Online GRPO on the store's prompts: sample N per prompt, decode, score in-process,
     reward, update. Every sample lands in the rollouts table (batched commits, with
     lineage); checkpoints in OUT/checkpoints and the checkpoints table; metrics in
@@ -91,7 +96,8 @@ def grpo(ctx: click.Context, spec: str, init: str | None, prompts_ref: str | Non
     else max)."""
     result = get_store(ctx).train_grpo(out=out, policy=spec, init=init, config=config_file,
                                        overrides=grpo_overrides(overrides, prompts_ref, where),
-                                       lineage=lineage_for(ctx), echo=click.echo)
+                                       lineage=lineage_for(ctx), echo=click.echo,
+                                       force_lock=force_lock)
     for line in result_lines(result, GRPO_SHOWN):
         click.echo(line)
 

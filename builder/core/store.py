@@ -397,6 +397,31 @@ class Store:
         except OSError as exc:
             raise write_error(self.root, table, exc) from None
 
+    def delete_rows(self, table: str, predicate: str, lineage: Lineage) -> int | None:
+        """Delete the rows of TABLE matching PREDICATE (a Lance SQL filter) in ONE commit
+        carrying LINEAGE (``LanceDataset.delete`` takes none); the new version, or None
+        when no row matched (nothing committed). History keeps the rows."""
+        for attempt in range(COMMIT_RETRIES):
+            latest = self.open(table)
+            if latest.count_rows(filter=predicate) == 0:
+                return None
+            updated, removed = [], []
+            for fragment in latest.get_fragments():
+                new = fragment.delete(predicate)  # writes a deletion file; None: all rows
+                if new is None:
+                    removed.append(fragment.fragment_id)
+                elif new != fragment.metadata:
+                    updated.append(new)
+            try:
+                return self.commit(table, lance.LanceOperation.Delete(updated, removed, predicate),
+                                   latest.version, lineage)
+            except OSError as exc:
+                if is_commit_conflict(exc) and attempt + 1 < COMMIT_RETRIES:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise write_error(self.root, table, exc) from None
+        raise AssertionError("unreachable")
+
     def commit(self, table: str, operation: Any, read_version: int,
                lineage: Lineage) -> int:
         """Commit a prepared Lance operation (e.g. fragments written by several
