@@ -29,7 +29,9 @@ from ttspo.builder.core.files import file_sha256
 from ttspo.trainer.ref import lookup, pair_logps, precompute, reference_logps
 from train_helpers import SET, TINY, log_2_tolerance, pattern_store, tiny_overrides
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 cores, shared: one thread per process
+# 2 cores, shared: one thread per process, as many as the in-process runs (conftest's
+# one_torch_thread; TTSPO_TEST_THREADS): a resumed run must equal them bit for bit.
+ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("TTSPO_TEST_THREADS", "1")}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -100,7 +102,7 @@ RESUME = {"train.max_steps": 8, "train.checkpoint_every": 3, "train.val_every": 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(store, tmp_path):
     # The killed run is a real process (torch import and all); the others run here,
-    # with the same single thread, so the numbers must agree bit for bit.
+    # with the same thread count (ENV), so the numbers must agree bit for bit.
     cmd = [sys.executable, "-m", "ttspo.trainer", "dpo", SET, "--store", str(store.root),
            "--out", str(tmp_path / "killed"), *[w for o in tiny_overrides(**RESUME)
                                                 for w in ("-o", o)]]

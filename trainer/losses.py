@@ -108,8 +108,12 @@ def get_loss(name: str) -> Callable[..., torch.Tensor]:
 # GPU kernels do) rounds each term ~log2(n) times at float32's 2^-24. TIE_RTOL allows
 # 2^6 such roundings of the four magnitudes compared (more than log2(n) for any
 # sequence), so a policy equal to its reference reads 0.5 however its reference was
-# computed; seen in practice: 0.1 rounding. A real margin lies beyond it: for four
-# sequence log-probs near -2700, 2^-18 of their 10800 is 0.04 nats.
+# computed. Seen: the demo's cached-vs-live gap, 0.1 of one rounding (a margin of
+# 6e-6 at beta 0.1 on sums near -2700); sums added one by one, the worst order, stay
+# within 10 (tests/test_losses.py). A real margin lies beyond it: for four sequence
+# log-probs near -2700, 2^-18 of their 10800 is 0.04 nats. Not covered: a bf16
+# policy forward (2^-9 rounding) against its fp32 reference; its first steps may
+# read other than 0.5.
 TIE_RTOL = 2.0 ** -18
 
 
