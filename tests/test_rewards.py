@@ -170,7 +170,8 @@ def text_values(df):
 ])
 def test_a_user_reward_that_fails_is_one_error_naming_it(fn, error):
     with pytest.raises(InputError) as err:
-        compute_rewards(frame(["a", "a"], [0.0, 0.5]), RewardConfig(weights={f"test_rewards:{fn}": 1}))
+        compute_rewards(frame(["a", "a"], [0.0, 0.5]),
+                        RewardConfig(weights={f"test_rewards:{fn}": 1}))
     assert str(err.value).startswith(f"reward 'test_rewards:{fn}' {error}")
     assert len(str(err.value).splitlines()) == 1
 

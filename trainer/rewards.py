@@ -108,7 +108,8 @@ def parse_weights(text: str) -> dict[str, float]:
         if not sep or not name:
             raise InputError(f"reward weight '{item}' is not NAME=NUMBER")
         if name in weights:
-            raise InputError(f"reward '{name}' is weighted twice in '{text}': give each reward once")
+            raise InputError(f"reward '{name}' is weighted twice in '{text}': "
+                             "give each reward once")
         try:
             weights[name] = float(value)
         except ValueError:
