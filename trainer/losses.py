@@ -17,6 +17,7 @@ reference-free), plus the pairs' rewards (for rpo), and returns one value per pa
 ``total = sum_i w_i * mean(loss_i) + sft_weight * mean(-pi_c)``. Sequence log-probs
 come from the policy per codebook, ``[B, C]``; :func:`sequence_logp` sums them with
 optional per-codebook weights (early codebooks carry most of the content).
+:func:`accuracy` is the reward-accuracy metric, with its tie rule (TIE_RTOL).
 """
 
 from __future__ import annotations
