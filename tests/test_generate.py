@@ -177,6 +177,22 @@ def test_cli_bad_prompt_selection_is_one_line(tmp_path, checkpoint, extra, messa
         assert result.output == message
 
 
+@pytest.mark.parametrize("option, value, allowed", [
+    ("--cfg-scale", "nan", " in 0<=x<=100"), ("--cfg-scale", "inf", " in 0<=x<=100"),
+    ("--cfg-scale", "-inf", " in 0<=x<=100"), ("--cfg-scale", "1e39", " in 0<=x<=100"),
+    ("--cfg-scale", "-0.5", " in 0<=x<=100"), ("--cfg-scale", "100.5", " in 0<=x<=100"),
+    ("--temperature", "nan", " in x>=0"), ("--temperature", "inf", " in x>=0"),
+    ("--temperature", "-1", " in x>=0"),
+])
+def test_cli_a_non_finite_or_out_of_range_sampling_value_is_one_line(tmp_path, checkpoint,
+                                                                      option, value, allowed):
+    make_prompts(tmp_path / "st", n=1)
+    result = CliRunner().invoke(cli, cli_args(tmp_path / "st", checkpoint, f"{option}={value}"))
+    assert (result.exit_code, result.output) == (
+        1, f"Error: {option} {value}: must be a finite number{allowed}\n")
+    assert not (tmp_path / "st" / "generations.lance").exists()
+
+
 def test_cli_a_file_that_is_not_a_checkpoint_and_a_changed_run(tmp_path, checkpoint):
     make_prompts(tmp_path / "st", n=1)
     bogus = tmp_path / "notes.pt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +82,46 @@ def test_implicit_rewards():
 def test_an_unknown_loss_lists_the_known_ones():
     with pytest.raises(ConfigError, match=r"^unknown loss 'dpoo' \(known: dpo, ipo, rpo, rpo_sq\)$"):
         L.get_loss("dpoo")
+
+
+# ------------------------------------------------------ reward accuracy's tie rule
+def noisy_sums(seed: int, pairs: int = 64, terms: int = 2400) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs of PAIRS sequences twice, as two computations give them:
+    real float32 token log-probs (log_softmax over 256 codes; 300 frames x 8
+    codebooks) summed by torch, and the same tokens one ulp apart (another kernel's
+    rounding) summed one by one (another reduction order)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(pairs, terms, 256, generator=g)
+    targets = torch.randint(0, 256, (pairs, terms, 1), generator=g)
+    tokens = torch.log_softmax(logits, -1).gather(-1, targets).squeeze(-1)  # [P, T] <= 0
+    once = tokens.sum(-1)
+    ulp = torch.where(torch.rand(tokens.shape, generator=g) < 0.5, -torch.inf, torch.inf)
+    other = torch.nextafter(tokens, ulp).numpy()
+    again = torch.from_numpy(np.add.accumulate(other, axis=1, dtype=np.float32)[:, -1])
+    return once, again
+
+
+def test_a_policy_equal_to_its_reference_reads_0_5_through_rounding_noise():
+    pi_c, ref_c = noisy_sums(0)
+    pi_r, ref_r = noisy_sums(1)
+    x = L.PairLogps(pi_c, pi_r, ref_c, ref_r)
+    assert (pi_c != ref_c).float().mean() > 0.9  # the noise is there: `==` would not hold
+    assert (x.logits() != 0).float().mean() > 0.9
+    assert L.accuracy(x).tolist() == [0.5] * 64
+    # Reference-free (the reference's log-probs are zeros): the policy compared with itself.
+    free = L.PairLogps(pi_c, ref_c, torch.zeros(64), torch.zeros(64))
+    assert L.accuracy(free).tolist() == [0.5] * 64
+
+
+def test_a_margin_beyond_the_tie_tolerance_counts():
+    pi_c, ref_c = noisy_sums(2, pairs=8)
+    pi_r, ref_r = noisy_sums(3, pairs=8)
+    scale = pi_c.abs() + pi_r.abs() + ref_c.abs() + ref_r.abs()
+    # Twice the tolerance (0.44 nats on these sums near -14500, log 256 ~ 5.5 per token).
+    step = 2 * L.TIE_RTOL * scale
+    up = L.PairLogps(pi_c + step, pi_r, ref_c, ref_r)
+    down = L.PairLogps(pi_c, pi_r + step, ref_c, ref_r)
+    assert L.accuracy(up).tolist() == [1.0] * 8 and L.accuracy(down).tolist() == [0.0] * 8
+    # Hand-made: 1 nat on sums of -10: a preference, whichever side.
+    assert L.accuracy(pair()).tolist() == [1.0]
+    assert L.accuracy(pair(pi_c=-12.0, pi_r=-10.0)).tolist() == [0.0]

@@ -150,6 +150,50 @@ def test_weights_parse_and_bad_names_fail_early():
         compute_rewards(frame(["a"], [0.0]), RewardConfig(weights={"pesq": 1.0}))
 
 
+def divides_by_zero(df):
+    return 1 / 0
+
+
+def a_failing_expression(df):
+    return pl.col("no_such_metric") / 2  # fails when polars evaluates it
+
+
+def text_values(df):
+    return ["high"] * df.height
+
+
+@pytest.mark.parametrize("fn, error", [
+    ("divides_by_zero", "raised ZeroDivisionError: division by zero"),
+    ("a_failing_expression", "raised ColumnNotFoundError: "),
+    ("text_values", "must return one finite value in [0, 1] per row (it returned list: "
+                    "ValueError: could not convert string to float: 'high')"),
+])
+def test_a_user_reward_that_fails_is_one_error_naming_it(fn, error):
+    with pytest.raises(InputError) as err:
+        compute_rewards(frame(["a", "a"], [0.0, 0.5]),
+                        RewardConfig(weights={f"test_rewards:{fn}": 1}))
+    assert str(err.value).startswith(f"reward 'test_rewards:{fn}' {error}")
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_a_reward_module_that_raises_on_import_is_one_error(tmp_path, monkeypatch):
+    (tmp_path / "broken_reward.py").write_text("import json\njson.loads('{')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(InputError, match=r"^reward 'broken_reward:fn': importing broken_reward "
+                                         r"raised JSONDecodeError: Expecting property name"):
+        RewardConfig(weights={"broken_reward:fn": 1.0})
+
+
+@pytest.mark.parametrize("text, name", [
+    ("cer=1,cer=2", "cer"), ("cer=0.5, ssim=0.5, cer =0.5", "cer"),
+    ("pkg.mod:fn=1,ssim=1,pkg.mod:fn=1", "pkg.mod:fn"),
+])
+def test_a_reward_weighted_twice_is_refused(text, name):
+    with pytest.raises(InputError) as err:
+        parse_weights(text)
+    assert str(err.value) == f"reward '{name}' is weighted twice in '{text}': give each reward once"
+
+
 # ------------------------------------------------------------------ losses
 def _logps():
     return torch.tensor([[[-1.0, -2.0]], [[-0.5, -0.5]]], requires_grad=True)

@@ -126,6 +126,10 @@ def test_rewards_over_generations_derive_lengths_from_codes(tmp_path):
     assert out[ROLL.step].to_pylist() == [None, None]
 
 
+def raises(df):
+    raise KeyError("the metric this reward wanted")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--as", "prompts"], "Error: 'prompts' is a core table name; choose another name for the rewards"),
     (["--as", "x", "--weights", "wer=1"], "Error: unknown reward 'wer' (choose cer, ssim, pesq, "
@@ -134,6 +138,14 @@ def test_rewards_over_generations_derive_lengths_from_codes(tmp_path):
     (["--as", "x", "--table", "prompts"], "Error: --table prompts: rewards are recomputed over "
                                           "rollouts or generations"),
     (["--as", "x", "--table", "rollouts@9"], "Error: table 'rollouts' has no version or tag '9'"),
+    # a reward weighted twice; a user reward that raises (and one whose module does not load)
+    (["--as", "x", "--weights", "cer=1,cer=2"], "Error: reward 'cer' is weighted twice in "
+                                                "'cer=1,cer=2': give each reward once"),
+    (["--as", "x", "--weights", "ssim=1,test_rollouts:raises=1"],
+     "Error: reward 'test_rollouts:raises' raised KeyError: 'the metric this reward wanted'"),
+    (["--as", "x", "--weights", "test_rollouts:missing=1"],
+     "Error: reward 'test_rollouts:missing': cannot import it (module 'test_rollouts' has no "
+     "attribute 'missing')"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     store = Store(tmp_path / "st")

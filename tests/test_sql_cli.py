@@ -58,6 +58,22 @@ def test_table_csv_and_json(store):
         {"run": "a", "n": 2}, {"run": "b", "n": 1}]
 
 
+def test_a_table_shows_control_characters_escaped_json_and_csv_keep_them(tmp_path):
+    # ESC sequences (colour, window title), BEL, DEL, a C1 CSI (0x9b), NUL, tab, CR, newline
+    text = "\x1b[31mred\x1b]0;title\x07\x7f\x9b2J\x00\tx\r\ny"
+    rows = gen_rows([0.5], "a").to_pylist()
+    rows[0][GEN.pred_transcript] = text
+    store = Store(tmp_path / "store")
+    store.write("generations", pa.Table.from_pylist(rows, schema=GENERATIONS_SCHEMA),
+                GENERATIONS_SCHEMA, make_lineage("ingest", {"run": "a"}))
+    query = 'SELECT pred_transcript AS "said\x1b[0m" FROM generations'
+    shown = r"\x1b[31mred\x1b]0;title\x07\x7f\x9b2J\x00\tx\r\ny"
+    assert ok(sql(store, query)) == f"said\\x1b[0m\n{'-' * len(shown)}\n{shown}\n"
+    assert json.loads(ok(sql(store, query, "--format", "json"))) == [{"said\x1b[0m": text}]
+    csv_out = sql(store, query, "--format", "csv")
+    assert csv_out.stdout_bytes.decode() == f'said\x1b[0m\n"{text}"\n'  # not even \r\n changed
+
+
 def test_csv_keeps_every_value_whole(store):
     query = "SELECT cer, pred_transcript FROM generations WHERE run = 'a' ORDER BY cer"
     assert ok(sql(store, query, "--format", "csv")) == (

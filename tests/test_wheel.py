@@ -2,11 +2,18 @@
 
 A source checkout hides packaging mistakes: with the repo root on sys.path, bare
 `builder`/`sql` imports and files missing from the wheel still resolve. Here the
-wheel is built from a copy of the source (`uv build --wheel`), installed with the
-locked dependencies into a new venv (offline, from the uv cache `.ci/setup`
-filled: hard links, a few seconds), and run from a folder outside the repo: its
-top-level import names must be exactly `ttspo`, and `ttspo --help`, an ingest, a
-build and an export of a tiny NeMo-layout corpus must work there.
+wheel is built from a copy of the source (`uv build --wheel`, with the setuptools
+of the project's .venv: no build environment to fetch), installed with `--no-deps`
+into a new venv, and run from a folder outside the repo: its top-level import
+names must be exactly `ttspo`, and `ttspo --help`, an ingest, a build and an export
+of a tiny NeMo-layout corpus must work there.
+
+The new venv takes its dependencies from the project's .venv: one `.pth` line puts
+that site-packages on the path AFTER the venv's own, so `ttspo` is the wheel's.
+Only the site-packages folder is added, not processed as a site dir: the editable
+install's `.pth` there (which would put the repo root on the path) is not run.
+No step needs the network or uv's index cache: `uv sync --locked` fetches by URL
+from the lock and never fills the index cache that an offline resolve by name needs.
 
 Part of the suite (CI runs it): it needs `uv` on PATH, which `.ci/setup` installs.
 """
@@ -19,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -55,23 +63,22 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict:
-    """Build the wheel, install it with the locked requirements into a fresh venv."""
+    """Build the wheel, install it alone into a fresh venv over the locked dependencies."""
     uv = shutil.which("uv")
     assert uv, "uv is not on PATH (bash .ci/setup installs it)"
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
     copy_source(src)
-    run([uv, "build", "--wheel", "--offline", "-q", "--out-dir", str(tmp / "dist")], cwd=src)
+    run([uv, "build", "--wheel", "--offline", "--no-build-isolation", "-q", "--python",
+         sys.executable, "--out-dir", str(tmp / "dist")], cwd=src)
     wheels = list((tmp / "dist").glob("ttspo-*.whl"))
     assert len(wheels) == 1, wheels
-    reqs = run([uv, "export", "--frozen", "--no-hashes", "--no-emit-project", "-q"], cwd=ROOT).stdout
-    (tmp / "requirements.txt").write_text(reqs)
     venv = tmp / "venv"
-    run([uv, "venv", "-q", "--python", sys.executable, str(venv)], cwd=tmp)
-    # --no-deps: the export is the whole locked closure, so nothing is resolved (an
-    # offline resolve would need metadata that `uv sync` never put in the cache).
-    run([uv, "pip", "install", "-q", "--offline", "--no-deps", "--python", str(venv / "bin" / "python"),
-         "-r", str(tmp / "requirements.txt"), str(wheels[0])], cwd=tmp)
+    run([uv, "venv", "-q", "--offline", "--python", sys.executable, str(venv)], cwd=tmp)
+    run([uv, "pip", "install", "-q", "--offline", "--no-deps", "--python",
+         str(venv / "bin" / "python"), str(wheels[0])], cwd=tmp)
+    (site_packages(venv) / "_locked_dependencies.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n")
     # The child sees none of this process's paths (pytest puts tests/ and the repo
     # root on sys.path) and reaches no model hub.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

@@ -61,3 +61,14 @@ def tiny_overrides(**extra) -> list[str]:
                  "train.tensorboard": False})
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def log_2_tolerance(beta: float, logp_chosen: float, logp_rejected: float) -> float:
+    """How far a first DPO step's loss may lie from log 2 (a policy equal to its
+    reference) when the reference was computed in other batch shapes: each pair's
+    margin over beta is within the tie rule's TIE_RTOL of the four log-probs' magnitudes
+    (the policy's and, equal to them, the reference's), and -logsigmoid(beta*d) =
+    log 2 - beta*d/2 + O(d^2)."""
+    from ttspo.trainer.losses import TIE_RTOL
+
+    return beta / 2 * TIE_RTOL * 2 * (abs(logp_chosen) + abs(logp_rejected))

@@ -321,16 +321,10 @@ def pair_step(model, policy, ref_model, cache: RefCache | None, pairs: Pairs, id
     margin = chosen - rejected
     metrics = {**parts, "loss/total": loss.detach(),
                "rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
-               "rewards/margins": margin.mean(), "rewards/accuracies": accuracy(margin).mean(),
+               "rewards/margins": margin.mean(), "rewards/accuracies": L.accuracy(x).mean(),
                "logps/chosen": x.pi_chosen.detach().mean(),
                "logps/rejected": x.pi_rejected.detach().mean()}
     return loss, metrics
-
-
-def accuracy(margin: torch.Tensor) -> torch.Tensor:
-    """1 where chosen's implicit reward is higher, 0 where lower, 0.5 on a tie (a policy
-    equal to its reference prefers neither, so it starts at 0.5, not 0)."""
-    return (margin > 0).float() + 0.5 * (margin == 0).float()
 
 
 @torch.no_grad()

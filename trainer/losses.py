@@ -17,6 +17,7 @@ reference-free), plus the pairs' rewards (for rpo), and returns one value per pa
 ``total = sum_i w_i * mean(loss_i) + sft_weight * mean(-pi_c)``. Sequence log-probs
 come from the policy per codebook, ``[B, C]``; :func:`sequence_logp` sums them with
 optional per-codebook weights (early codebooks carry most of the content).
+:func:`accuracy` is the reward-accuracy metric, with its tie rule (TIE_RTOL).
 """
 
 from __future__ import annotations
@@ -98,6 +99,34 @@ def get_loss(name: str) -> Callable[..., torch.Tensor]:
         return LOSSES[name]
     except KeyError:
         raise ConfigError(f"unknown loss '{name}' (known: {', '.join(sorted(LOSSES))})") from None
+
+
+# Reward accuracy's tie rule. A sequence log-prob is a float32 sum of per-token
+# log-probs, all <= 0, so its magnitude is the sum of its terms' magnitudes. Computed
+# in another batch shape (the reference cache in batches of 16, a live forward in
+# batches of 2) or on another CPU (other SIMD kernels, other thread counts), the
+# matmuls and sums reduce in another order: a reduction in blocks (as torch's CPU and
+# GPU kernels do) rounds each term ~log2(n) times at float32's 2^-24. TIE_RTOL allows
+# 2^6 such roundings of the four magnitudes compared (more than log2(n) for any
+# sequence), so a policy equal to its reference reads 0.5 however its reference was
+# computed. Seen: the demo's cached-vs-live gap, 0.1 of one rounding (a margin of
+# 6e-6 at beta 0.1 on sums near -2700); sums added one by one, the worst order, stay
+# within 10 (tests/test_losses.py). A real margin lies beyond it: for four sequence
+# log-probs near -2700, 2^-18 of their 10800 is 0.04 nats. Not covered: a bf16
+# policy forward (2^-9 rounding) against its fp32 reference; its first steps may
+# read other than 0.5.
+TIE_RTOL = 2.0 ** -18
+
+
+def accuracy(x: PairLogps) -> torch.Tensor:
+    """Per pair: 1 where chosen's implicit reward is higher, 0 where lower, 0.5 on a tie,
+    a margin within TIE_RTOL of the magnitudes compared (a policy equal to its reference
+    prefers neither, so it starts at 0.5 whichever way float32 rounding fell). Beta > 0
+    scales the margin, not its sign: the rule needs none."""
+    parts = [t.detach() for t in (x.pi_chosen, x.pi_rejected, x.ref_chosen, x.ref_rejected)]
+    delta = (parts[0] - parts[2]) - (parts[1] - parts[3])  # the margin over beta
+    tolerance = TIE_RTOL * sum(t.abs() for t in parts)
+    return torch.where(delta.abs() <= tolerance, 0.5, (delta > 0).to(delta.dtype))
 
 
 def implicit_rewards(x: PairLogps, beta: float) -> tuple[torch.Tensor, torch.Tensor]:

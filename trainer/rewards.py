@@ -51,7 +51,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.errors import InputError, first_line
 from ttspo.builder.core.schemas import GEN, REWARD_PARTS, RWD
 
 STD_EPS = 1e-4  # NeMo's: advantage = (r - mean) / (std + 1e-4)
@@ -99,14 +99,19 @@ class RewardConfig:
 
 
 def parse_weights(text: str) -> dict[str, float]:
-    """``"cer=0.5,ssim=0.5"`` -> {"cer": 0.5, "ssim": 0.5} (names checked later)."""
+    """``"cer=0.5,ssim=0.5"`` -> {"cer": 0.5, "ssim": 0.5} (names checked later).
+    A name given twice is refused: which weight was meant is not ours to guess."""
     weights: dict[str, float] = {}
     for item in (p.strip() for p in text.split(",")):
         name, sep, value = item.rpartition("=")
-        if not sep or not name.strip():
+        name = name.strip()
+        if not sep or not name:
             raise InputError(f"reward weight '{item}' is not NAME=NUMBER")
+        if name in weights:
+            raise InputError(f"reward '{name}' is weighted twice in '{text}': "
+                             "give each reward once")
         try:
-            weights[name.strip()] = float(value)
+            weights[name] = float(value)
         except ValueError:
             raise InputError(f"reward weight '{item}': '{value}' is not a number") from None
     return weights
@@ -170,6 +175,8 @@ def reward_spec(name: str) -> RewardSpec | Callable:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
         raise InputError(f"reward '{name}': cannot import it ({exc})") from None
+    except Exception as exc:  # the module's own code failed on import
+        raise InputError(f"reward '{name}': importing {module} raised {_error(exc)}") from None
     if not callable(fn):
         raise InputError(f"reward '{name}' is not callable")
     return fn
@@ -180,12 +187,24 @@ def needed_columns(cfg: RewardConfig) -> list[str]:
     return sorted({REWARDS[n].column for n in cfg.weights if n in REWARDS})
 
 
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {first_line(exc, 200)}"
+
+
 def _custom_part(name: str, fn: Callable, df: pl.DataFrame) -> pl.Series:
-    out = fn(df)
-    if isinstance(out, pl.Expr):
-        out = df.select(out.alias(name)).to_series()
-    values = pl.Series(name, np.asarray(out, dtype=np.float64) if not isinstance(out, pl.Series)
-                       else out.cast(pl.Float64))
+    # User code, and what it returns, may fail in any way: one line naming the reward.
+    try:
+        out = fn(df)
+        if isinstance(out, pl.Expr):
+            out = df.select(out.alias(name)).to_series()
+    except Exception as exc:
+        raise InputError(f"reward '{name}' raised {_error(exc)}") from None
+    try:
+        values = pl.Series(name, np.asarray(out, dtype=np.float64)
+                           if not isinstance(out, pl.Series) else out.cast(pl.Float64))
+    except Exception as exc:
+        raise InputError(f"reward '{name}' must return one finite value in [0, 1] per row "
+                         f"(it returned {type(out).__name__}: {_error(exc)})") from None
     bad = values.is_null() | ~values.is_finite() | (values < 0) | (values > 1)
     if len(values) != df.height or bad.any():
         raise InputError(f"reward '{name}' must return one finite value in [0, 1] per row "

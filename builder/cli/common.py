@@ -5,6 +5,7 @@ Command modules import this, never `main` (which imports them): no cycle.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import click
@@ -37,6 +38,29 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+class FiniteFloat(click.FloatRange):
+    """A float option that must be finite and within the range given (none: any
+    finite number); else one line naming the option and the value, exit 1. click's
+    FloatRange lets nan through (every comparison with nan is false), and an inf or
+    nan sampling value ends in a traceback far from the option that set it."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)  # not a number: click's usage error
+        if math.isfinite(number):
+            try:
+                return super().convert(number, param, ctx)
+            except click.BadParameter:
+                pass
+        option = param.opts[0] if param is not None and param.opts else "the value"
+        ranged = "" if self.min is None and self.max is None else f" in {self._describe_range()}"
+        raise click.ClickException(f"{option} {value}: must be a finite number{ranged}")
+
+    def _describe_range(self) -> str:  # what --help shows after the default
+        return "finite" if self.min is None and self.max is None else super()._describe_range()
+
+
 def format_option(f):
     """The shared --format option."""
     return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table",
@@ -45,4 +69,6 @@ def format_option(f):
 
 def emit(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str] | None = None) -> None:
     """Print rows as an aligned table, CSV, or one JSON array of objects."""
-    click.echo(render(rows, fmt, columns), nl=False)
+    # color=True: click would strip ANSI sequences from CSV text when stdout is not a
+    # terminal (CSV keeps every value whole); a table escapes them, JSON too.
+    click.echo(render(rows, fmt, columns), nl=False, color=True)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import click
 
-from ttspo.builder.cli.common import emit, format_option, get_store, lineage_for
+from ttspo.builder.cli.common import FiniteFloat, emit, format_option, get_store, lineage_for
 
+# Guidance far past any useful value (NeMo's default is 2.5); larger scales only
+# push the guided logits toward float32 overflow.
+CFG_SCALE_MAX = 100
 GENERATE_COLUMNS = ["run", "version", "rows", "prompts", "already_there", "ranks",
                     "sampling_s", "decoding_s", "scoring_s", "writing_s"]
 
@@ -24,12 +27,13 @@ GENERATE_COLUMNS = ["run", "version", "rows", "prompts", "already_there", "ranks
               help="The prompts version to read: prompts, prompts@VERSION, prompts@TAG.")
 @click.option("--where", default=None, metavar="SQL",
               help="DuckDB condition on the prompts: generate for matching prompts only.")
-@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--temperature", type=FiniteFloat(min=0), default=1.0, show_default=True,
               help="Sampling temperature (0: argmax).")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
               help="Sample among the k likeliest codes (0: all).")
-@click.option("--cfg-scale", type=float, default=1.0, show_default=True,
-              help="Classifier-free guidance scale (1: off).")
+@click.option("--cfg-scale", type=FiniteFloat(0, CFG_SCALE_MAX), default=1.0,
+              show_default=True,
+              help="Classifier-free guidance scale (1: off; 0: the unconditional branch alone).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=430, show_default=True,
               help="Frames before a sample counts as unfinished.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -88,7 +92,7 @@ def generate(ctx: click.Context, run: str, checkpoint: str, policy: str, samples
               help="Bootstrap resamples of the prompts.")
 @click.option("--permutations", "n_perm", type=click.IntRange(min=1), default=1000,
               show_default=True, help="Sign flips of the permutation test.")
-@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--confidence", type=FiniteFloat(0, 1, min_open=True, max_open=True),
               default=0.95, show_default=True, help="Level of the bootstrap interval.")
 @click.option("--generations", "generations", default="generations", show_default=True,
               help="The generations version to read (generations@12, generations@v1).")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from ttspo.builder.cli.common import emit, format_option, get_store, lineage_for
+from ttspo.builder.cli.common import FiniteFloat, emit, format_option, get_store, lineage_for
 
 
 @click.command()
@@ -23,18 +23,21 @@ from ttspo.builder.cli.common import emit, format_option, get_store, lineage_for
               help="Divide advantages by the group std (grpo); dr_grpo does not.")
 @click.option("--invalid-reward", type=click.Choice(["zero", "group_min"]), default="zero",
               show_default=True, help="Total of an invalid sample: 0, or its group's minimum.")
-@click.option("--mean-cer", type=float, default=0.1, show_default=True, help="CER anchor.")
-@click.option("--mean-ssim", type=float, default=0.6, show_default=True, help="SSIM anchor.")
-@click.option("--best-ssim", type=float, default=0.9, show_default=True,
+@click.option("--mean-cer", type=FiniteFloat(), default=0.1, show_default=True,
+              help="CER anchor.")
+@click.option("--mean-ssim", type=FiniteFloat(), default=0.6, show_default=True,
+              help="SSIM anchor.")
+@click.option("--best-ssim", type=FiniteFloat(), default=0.9, show_default=True,
               help="SSIM that earns the full reward.")
-@click.option("--length-target", type=float, default=None, help="Frames, for the length reward.")
+@click.option("--length-target", type=FiniteFloat(), default=None,
+              help="Frames, for the length reward.")
 @click.option("--min-valid-len", type=int, default=4, show_default=True,
               help="Shorter samples (frames) are invalid.")
 @click.option("--max-valid-len", type=int, default=429, show_default=True,
               help="Longer samples are invalid (unfinished): max decoder steps - 1.")
-@click.option("--best-cer-threshold", type=float, default=1.0, show_default=True,
+@click.option("--best-cer-threshold", type=FiniteFloat(), default=1.0, show_default=True,
               help="A group whose best CER is above this is invalid.")
-@click.option("--worst-cer-threshold", type=float, default=1.0, show_default=True,
+@click.option("--worst-cer-threshold", type=FiniteFloat(), default=1.0, show_default=True,
               help="A group whose worst CER is above this is invalid.")
 @format_option
 @click.pass_context

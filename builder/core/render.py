@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+import re
 from decimal import Decimal
 from typing import Any, Iterable, Sequence
 
@@ -62,8 +63,23 @@ def _csv_cell(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+# Control characters: C0 (ESC starts colour and window-title sequences, BEL rings),
+# DEL and C1 (0x9b is a one-byte CSI). Stored text that holds them would drive the
+# terminal that reads a table, and a newline or tab would break its rows: a table
+# shows each escaped as Python writes it (\n, \t, \r, else \xNN). JSON escapes
+# them itself; CSV keeps every value whole (programs read those two).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SHORT = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def visible(text: str) -> str:
+    """TEXT with its control characters escaped, for a terminal."""
+    return CONTROL.sub(lambda m: _SHORT.get(m[0]) or f"\\x{ord(m[0]):02x}", text)
+
+
 def _cell(v: Any, width: int = 60) -> str:
-    """A table cell: short floats, long text cut (tables are for reading)."""
+    """A table cell: short floats, control characters escaped, long text cut
+    (tables are for reading)."""
     if isinstance(v, float):
         text = f"{v:.6g}"
     elif isinstance(v, bytes):
@@ -71,13 +87,14 @@ def _cell(v: Any, width: int = 60) -> str:
     elif isinstance(v, (list, dict)):
         text = json.dumps(v, default=str)
     else:
-        text = str(v)
+        text = visible(str(v))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def render_table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
     rows = list(rows)
     cells = [[("" if r.get(c) is None else _cell(r.get(c))) for c in columns] for r in rows]
+    columns = [visible(str(c)) for c in columns]  # a column alias is text a query chose
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
     out = [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
