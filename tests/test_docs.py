@@ -109,15 +109,21 @@ def test_every_config_key_is_in_config_md():
 
 
 def test_config_keys_named_in_the_pages_exist():
-    """`-o section.key=...` in any page names a key of the config (or policy.model.*)."""
+    """`-o section.key=...`, and `section.key` in backticks, name a key of the config
+    (or a free-form policy.model.* key): a renamed key fails here."""
     keys = set(config_rows())
+    sections_ = "|".join(sorted({k.split(".")[0] for k in keys}))
+    wrong = []
     for page in PAGES:
         if page.name in gen.pages():
             continue
-        for key in re.findall(r"-o ([a-z_]+\.[\w.]+)=", page.read_text(encoding="utf-8")):
-            if key.startswith("section."):
-                continue  # the form, not a key
-            assert key in keys or key.startswith("policy.model."), f"{page.name}: -o {key}"
+        text = page.read_text(encoding="utf-8")
+        named = re.findall(r"-o ([a-z_]+\.[\w.]+)=", text)
+        named += re.findall(rf"`-?o? ?((?:{sections_})\.[a-z_][\w.]*)", text)
+        for key in named:
+            if not (key in keys or key.startswith(("policy.model.", "section."))):
+                wrong.append(f"{page.relative_to(ROOT)}: {key}")
+    assert not wrong, "not config keys:\n" + "\n".join(wrong)
 
 
 # ------------------------------------------------------------ commands shown in the pages
