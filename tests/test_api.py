@@ -1,5 +1,5 @@
 """The notebook API (`ttspo.Store`): every operation on a real store, and the
-README's notebook snippets run as written."""
+notebook snippets of docs/store.md run as written."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ttspo.builder.core.store import Lineage
 from ttspo.builder.prompts.draw import PairCounts
 from nemo_layout import make_nemo_run, write_wav
 
-README = Path(__file__).parent.parent / "README.md"
+NOTEBOOK = Path(__file__).parent.parent / "docs" / "store.md"  # its notebook section
 RELAXED = {"min_duration": 0.1}  # the layout's wavs last 0.2 s
 
 
@@ -204,15 +204,15 @@ def test_an_explicit_lineage_is_the_one_recorded(pipeline):
     store.restore("generations", new - 1)
 
 
-# ------------------------------------------------------------ the README
+# ------------------------------------------------------------ docs/store.md
 def notebook_snippets() -> list[str]:
-    """The ```python blocks of the README's notebook section, in order."""
-    text = README.read_text(encoding="utf-8")
+    """The ```python blocks of the notebook section of docs/store.md, in order."""
+    text = NOTEBOOK.read_text(encoding="utf-8")
     section = text.split("## In a notebook", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
-def test_readme_notebook_snippets_run(tmp_path, monkeypatch):
+def test_docs_notebook_snippets_run(tmp_path, monkeypatch):
     """Exactly as written, in a folder holding what they name: a NeMo generation
     folder `generations/` and its manifest `pairs.json`."""
     make_nemo_run(tmp_path, n_prompts=4, group_size=4, ranks=2, gen_name="generations")
@@ -221,7 +221,7 @@ def test_readme_notebook_snippets_run(tmp_path, monkeypatch):
     assert len(snippets) >= 3
     namespace: dict = {}
     for code in snippets:
-        exec(compile(code, "README.md", "exec"), namespace)
+        exec(compile(code, "docs/store.md", "exec"), namespace)
     store = namespace["store"]
     assert [v["command"] for v in store.versions("prefs")] == ["build", "build", "restore"]
     assert (tmp_path / "manifests" / "dpo_train_manifest.json").is_file()

@@ -1,6 +1,6 @@
 """The layout is the architecture: stages import only earlier stages, never the CLI.
 
-Order (README, Layout): builder.core < builder.prompts < builder.ingest <
+Order (docs/layout.md): builder.core < builder.prompts < builder.ingest <
 builder.scoring < builder.sets < trainer < builder.api < builder.demo < builder.cli.
 Every module of builder/, trainer/ and sql/ is parsed (no import runs), and every
 import statement counts, function-level ones included: a lazy import of a later
