@@ -17,7 +17,8 @@ from __future__ import annotations
 CLI = "ttspo.builder.cli.main:cli"  # the click group behind `ttspo`
 CLI_NAME = "ttspo"  # the program name shown in usage lines
 CONFIG = "ttspo.trainer.config:Config"  # the root config dataclass (one field per section)
-CONFIG_CHOICES = "ttspo.trainer.config:CHOICES"  # {"section.key": allowed values}; "" if none
+CONFIG_RULES = "ttspo.trainer.config:RULES"  # {"section.key": rule}: what each key allows
+CONFIG_ALLOWED = "ttspo.trainer.config_rules:allowed"  # rule -> "[0, 1); 2 values"
 CONFIG_FREE_FORM = "ttspo.trainer.config:FREE_FORM"  # keys taking any sub-key; "" if none
 WIDTH = 100  # terminal width for click's help text
 # ---------------------------------------------------------------------------
@@ -85,7 +86,7 @@ def config_keys() -> list[tuple[str, type, list[dict]]]:
     """(section name, section class, rows) for each section of the root config; a row
     is {key, type, default, notes}."""
     root = load(CONFIG)
-    choices = load(CONFIG_CHOICES) if CONFIG_CHOICES else {}
+    rules, allowed = load(CONFIG_RULES), load(CONFIG_ALLOWED)
     free_form = load(CONFIG_FREE_FORM) if CONFIG_FREE_FORM else ()
     sections = []
     for section in dataclasses.fields(root):
@@ -96,9 +97,9 @@ def config_keys() -> list[tuple[str, type, list[dict]]]:
         for f in dataclasses.fields(cls):
             key = f"{section.name}.{f.name}"
             note = notes.get(f.name, "")
-            if key in choices:
-                allowed = ", ".join(f"`{value_text(c)}`" for c in choices[key])
-                note = f"{note} (one of {allowed})" if note else f"one of {allowed}"
+            if key in rules:  # every key has one (tests/test_config_ranges.py)
+                what = f"allowed: {allowed(rules[key])}"
+                note = f"{note} ({what})" if note else what
             if key in free_form:
                 extra = f"free-form: any `{key}.KEY`, typed as YAML reads it"
                 note = f"{note}; {extra}" if note else extra

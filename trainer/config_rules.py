@@ -139,12 +139,17 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def allowed(rule: Rule) -> str:
+    """What RULE allows, as the docs say it: ``[0, 1); 2 values``."""
+    count = (f"; {rule.length} values" if isinstance(rule.length, int) else
+             f"; as many as {rule.length}" if rule.length else
+             f"; at least {rule.min_length}" if rule.min_length else "")
+    return rule.interval + count
+
+
 def markdown(rules: dict[str, Rule]) -> str:
     """RULES as a markdown table (key | allowed), for the docs."""
     lines = ["| key | allowed |", "|---|---|"]
     for key, rule in rules.items():
-        count = (f"; {rule.length} values" if isinstance(rule.length, int) else
-                 f"; as many as {rule.length}" if rule.length else
-                 f"; at least {rule.min_length}" if rule.min_length else "")
-        lines.append(f"| `{key}` | {rule.interval.replace('|', '&#124;')}{count} |")
+        lines.append(f"| `{key}` | {allowed(rule).replace('|', '&#124;')} |")
     return "\n".join(lines)
