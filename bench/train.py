@@ -70,8 +70,8 @@ def make_step(name: str, size: str):
     """The variant's models, optimizer and one-step function, on the bench batch."""
     import torch
 
-    from ttspo.trainer import losses as L
-    from ttspo.trainer.policy import load_policy, sequence_logps
+    from ttspo.trainer.dpo import losses as L
+    from ttspo.trainer.policy.base import load_policy, sequence_logps
 
     torch.manual_seed(0)
     policy = load_policy("tiny", config=SIZES[size])
@@ -236,7 +236,7 @@ def part2(steps: int) -> None:
         subprocess.run([*launcher, *args, "--out", str(run_dir)], env=env, check=True,
                        capture_output=True)
         wall = time.perf_counter() - began
-        from ttspo.trainer.loop import read_metrics
+        from ttspo.trainer.dpo.loop import read_metrics
 
         rates = [m["pairs_per_second"] for m in read_metrics(run_dir) if "pairs_per_second" in m]
         out[n] = (statistics.median(rates[3:]), wall)

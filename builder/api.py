@@ -246,13 +246,13 @@ class Store:
                  asr: str = SCORE.asr, sv: str = SCORE.sv, batch_size: int = 8,
                  lineage: Lineage | None = None):
         """SAMPLES samples per selected prompt from CHECKPOINT into generations as RUN
-        (ttspo.trainer.generate: seeded per prompt and sample, one commit, reruns fill
+        (ttspo.trainer.generate.run: seeded per prompt and sample, one commit, reruns fill
         what is missing). Under torchrun each rank takes its share. A Result."""
-        from ttspo.builder.scoring.dist import comm_from_env
+        from ttspo.builder.core.dist import comm_from_env
         from ttspo.builder.scoring.options import options_from
         from ttspo.builder.scoring.run import check_backends
-        from ttspo.trainer.generate import GenerateOptions, generate
-        from ttspo.trainer.policy import Sampling
+        from ttspo.trainer.generate.run import GenerateOptions, generate
+        from ttspo.trainer.policy.base import Sampling
 
         self._require()
         scoring = options_from(metrics, asr=asr, sv=sv) if score else None
@@ -279,9 +279,9 @@ class Store:
                 confidence: float = 0.95, generations: str = "generations",
                 plot: str | os.PathLike | None = None):
         """Each run after the first against the first, per metric and breakdown: a
-        polars DataFrame from the compare_runs SQL macro (ttspo.trainer.compare).
+        polars DataFrame from the compare_runs SQL macro (ttspo.builder.analysis.compare).
         PLOT: also draw the per-prompt differences to that PNG file."""
-        from ttspo.trainer import compare as c
+        from ttspo.builder.analysis import compare as c
 
         self._require()
         table = c.compare_runs(self.core, runs, metrics=metrics, seed=seed, n_boot=n_boot,
@@ -300,7 +300,7 @@ class Store:
         """Reference log-probs of SET_REF's pairs under checkpoint REF into ref_logps, keyed
         by (set, version, REF's sha256, the policy config's sha256: give train_dpo's
         CONFIG/OVERRIDES). A summary; its version is None when the key was there."""
-        from ttspo.trainer.ref import precompute_ref
+        from ttspo.trainer.dpo.ref import precompute_ref
 
         cfg, lineage = self._train_setup("train precompute-ref", config, overrides, lineage,
                                          set_ref=set_ref, ref=str(ref), policy=policy,
@@ -311,8 +311,8 @@ class Store:
     def train_dpo(self, set_ref: str, *, out: str | os.PathLike, policy: str = "tiny",
                   init=None, config=None, overrides: Sequence[str] = (),
                   lineage: Lineage | None = None, echo=print):
-        """DPO/IPO/RPO on SET_REF into run folder OUT (ttspo.trainer.loop): a RunResult."""
-        from ttspo.trainer.loop import train_dpo
+        """DPO/IPO/RPO on SET_REF into run folder OUT (ttspo.trainer.dpo.loop): a RunResult."""
+        from ttspo.trainer.dpo.loop import train_dpo
 
         init = None if init is None else str(init)
         cfg, lineage = self._train_setup("train dpo", config, overrides, lineage, set_ref=set_ref,
@@ -324,8 +324,8 @@ class Store:
                    config=None, overrides: Sequence[str] = (), lineage: Lineage | None = None,
                    echo=print):
         """Online GRPO on the prompts table (``grpo.prompts``, ``grpo.where``) into run
-        folder OUT (ttspo.trainer.grpo): a GrpoResult."""
-        from ttspo.trainer.grpo import train_grpo
+        folder OUT (ttspo.trainer.grpo.loop): a GrpoResult."""
+        from ttspo.trainer.grpo.loop import train_grpo
 
         init = None if init is None else str(init)
         cfg, lineage = self._train_setup("train grpo", config, overrides, lineage,
@@ -334,7 +334,7 @@ class Store:
                           echo=echo)
 
     def _train_setup(self, command: str, config, overrides, lineage, **args):
-        from ttspo.trainer.config import load_config
+        from ttspo.trainer.run.config import load_config
 
         self._require()
         cfg = load_config(config, list(overrides))
@@ -402,6 +402,6 @@ def load_codec(spec: str):
     name, _, path = spec.partition(":")
     if name != "nemo" or not path:
         raise ModelError(f"--codec {spec}: give a NeMo codec as nemo:PATH.nemo")
-    from ttspo.trainer.nemo.codec import NemoCodec
+    from ttspo.trainer.policy.nemo.codec import NemoCodec
 
     return NemoCodec.load(path)

@@ -14,7 +14,7 @@ import pytest
 
 from ttspo.builder.core.schemas import CKPT, GEN, ROLL, RWD
 from ttspo.builder.core.store import Store
-from ttspo.trainer.rollouts import committed_steps
+from ttspo.trainer.grpo.rollouts import committed_steps
 
 sys.path.insert(0, str(Path(__file__).parent))
 from grpo_helpers import TINY, make_prompts  # noqa: E402

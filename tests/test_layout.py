@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("builder", "trainer", "sql")
 STAGES = ("ttspo.builder.core", "ttspo.builder.prompts", "ttspo.builder.ingest",
           "ttspo.builder.scoring", "ttspo.builder.sets", "ttspo.trainer",
-          "ttspo.builder.api", "ttspo.builder.demo", "ttspo.builder.cli")
+          "ttspo.builder.api", "ttspo.trainer.demo", "ttspo.builder.cli")
 CLI = STAGES.index("ttspo.builder.cli")
 # Our own top-level folders: importing them bare only works with the repo root on
 # sys.path (a source checkout), never from an installed wheel.
@@ -143,7 +143,7 @@ def test_every_module_is_parsed():
     # imports of later stages would hide in them).
     assert "ttspo.builder.core.store" in MODULES
     assert "ttspo.builder.cli.__main__" in MODULES
-    assert "ttspo.trainer.codec" in MODULES
+    assert "ttspo.trainer.policy.codec" in MODULES
     assert {stage(n) for n in MODULES} >= {0, 1, 2, 3, 4, 5, 7, 8}
 
 
@@ -186,15 +186,15 @@ def test_bad_imports_are_reported(fake_modules):
         "builder/sets/build.py": "from ..core import store\nfrom builder.core import query\n",
         "builder/cli/__init__.py": "",
         "builder/cli/main.py": "from ttspo.builder.sets import build\n",
-        "builder/demo/__init__.py": "",
-        "builder/demo/run.py": "import ttspo.builder.cli.main\n",
+        "trainer/demo/__init__.py": "",
+        "trainer/demo/run.py": "import ttspo.builder.cli.main\n",
     })
     assert layering_errors(modules) == [
         "builder/core/query.py:2: ttspo.builder.core.query imports sql "
         "(a bare name: import ttspo.sql)",
         "builder/core/store.py:3: ttspo.builder.core.store imports ttspo.builder.sets.build, "
         "a later stage (ttspo.builder.sets)",
-        "builder/demo/run.py:1: ttspo.builder.demo.run imports ttspo.builder.cli.main, "
+        "trainer/demo/run.py:1: ttspo.trainer.demo.run imports ttspo.builder.cli.main, "
         "a later stage (ttspo.builder.cli)",
         "builder/sets/build.py:2: ttspo.builder.sets.build imports builder.core "
         "(a bare name: import ttspo.builder.core)",

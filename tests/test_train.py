@@ -17,13 +17,13 @@ from click.testing import CliRunner
 
 from ttspo.builder.cli.main import cli
 from ttspo.builder.core.errors import TrainingError
-from ttspo.trainer import checkpoints as ckpt
-from ttspo.trainer.config import load_config
-from ttspo.trainer.data import load_pairs
-from ttspo.trainer.loop import read_metrics, train_dpo
-from ttspo.trainer.policy import load_policy
+from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.run.config import load_config
+from ttspo.trainer.dpo.data import load_pairs
+from ttspo.trainer.dpo.loop import read_metrics, train_dpo
+from ttspo.trainer.policy.base import load_policy
 from ttspo.builder.core.files import file_sha256
-from ttspo.trainer.ref import lookup, precompute
+from ttspo.trainer.dpo.ref import lookup, precompute
 from train_helpers import SET, TINY, pattern_store, tiny_overrides
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 cores, shared: one thread per process

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from ttspo.trainer import checkpoints as ckpt
-from ttspo.trainer.config import load_config
-from ttspo.trainer.loop import read_metrics, train_dpo
-from ttspo.trainer.policy import load_policy
+from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.run.config import load_config
+from ttspo.trainer.dpo.loop import read_metrics, train_dpo
+from ttspo.trainer.policy.base import load_policy
 from train_helpers import SET, pattern_store, tiny_overrides
 
 STEPS = {"train.max_steps": 3, "train.val_every": 3, "train.checkpoint_every": 0}

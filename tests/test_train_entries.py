@@ -7,7 +7,7 @@ import pytest
 
 from grpo_helpers import make_prompts
 from test_grpo_dist import LENGTH
-from ttspo.builder.cli.train import dpo, grpo
+from ttspo.trainer.cli.train import dpo, grpo
 from ttspo.builder.core.schemas import CKPT, GEN
 from ttspo.builder.core.store import Store
 from ttspo.trainer.__main__ import main, parser

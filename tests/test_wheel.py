@@ -101,8 +101,8 @@ def test_the_wheel_installs_only_ttspo(installed):
         assert not (site / generic).exists(), f"{generic}/ landed in site-packages"
     # Every stage package and the data files that ship with them.
     for path in ("builder/core/store.py", "builder/scoring/run.py", "builder/cli/main.py",
-                 "trainer/codec.py", "sql/pareto.sql", "sql/macros.sql",
-                 "builder/demo/corpus/manifest.json"):
+                 "trainer/policy/codec.py", "sql/pareto.sql", "sql/macros.sql",
+                 "trainer/demo/corpus/manifest.json"):
         assert (site / "ttspo" / path).is_file(), path
     assert not (site / "ttspo" / "setup.py").exists()
     assert not (site / "ttspo" / "tests").exists()

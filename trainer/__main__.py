@@ -37,19 +37,19 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from ttspo.trainer.config import load_config
+    from ttspo.trainer.run.config import load_config
 
     try:
         lineage = make_lineage(f"train {args.trainer}", dict(vars(args)), torchrun=True)
         if args.trainer == "grpo":
-            from ttspo.trainer.grpo import train_grpo
+            from ttspo.trainer.grpo.loop import train_grpo
 
             cfg = load_config(args.config_file, grpo_overrides(args.overrides, args.prompts_ref,
                                                                 args.where))
             result: Any = train_grpo(Store(args.store), cfg=cfg, out=args.out, spec=args.spec,
                                      init=args.init, lineage=lineage, echo=print)
         else:
-            from ttspo.trainer.loop import train_dpo
+            from ttspo.trainer.dpo.loop import train_dpo
 
             cfg = load_config(args.config_file, args.overrides)
             result = train_dpo(Store(args.store), args.set_ref, cfg=cfg, out=args.out,

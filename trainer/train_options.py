@@ -1,7 +1,7 @@
 """What `ttspo train dpo|grpo` and ``torchrun ... -m ttspo.trainer dpo|grpo`` take and print.
 
 The two entries must accept the same run: the options are defined once here, as
-data, and each entry builds its parser from them (click in builder/cli/train.py,
+data, and each entry builds its parser from them (click in trainer/cli/train.py,
 argparse in trainer/__main__.py, which cannot import the CLI). The same goes for
 what ``--prompts``/``--where`` set in the config and for the lines a finished run
 prints.

@@ -63,7 +63,7 @@ class ScoreSummary:
 def run_rank(comm, store_root: str | os.PathLike, options: ScoreOptions,
              lineage: Lineage) -> ScoreSummary:
     """One rank's whole run. Every rank returns the same summary or raises the same error."""
-    from ttspo.builder.scoring.dist import share_cores
+    from ttspo.builder.core.dist import share_cores
     from ttspo.builder.scoring.plan import make_plan
 
     started = time.perf_counter()
@@ -175,7 +175,7 @@ def score(store: Store, options: ScoreOptions | None = None, workers: int = 1,
     if not store.exists("generations"):
         raise StoreError(f"no table 'generations' in store {store.root}")
     if workers <= 1:
-        from ttspo.builder.scoring.dist import LocalComm
+        from ttspo.builder.core.dist import LocalComm
 
         return run_rank(LocalComm(), store.root, options, lineage)
     return spawn_workers(workers, store.root, options, lineage)
@@ -292,7 +292,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``torchrun -m ttspo.builder.scoring.run``: rank 0 reports, all exit alike."""
-    from ttspo.builder.scoring.dist import comm_from_env
+    from ttspo.builder.core.dist import comm_from_env
 
     args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))

@@ -1,4 +1,4 @@
-"""`ttspo demo`: the workflow on the bundled corpus (thin over ttspo.builder.demo.run)."""
+"""`ttspo demo`: the workflow on the bundled corpus (thin over ttspo.trainer.demo.run)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def demo(store_dir: str) -> None:
     and trained policy, held-out prompts) and compare, printing the equivalent
     ttspo command of each step.
     """
-    from ttspo.builder.demo.run import run_demo
+    from ttspo.trainer.demo.run import run_demo
 
     run_demo(store_dir, echo=click.echo)
 

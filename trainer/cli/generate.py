@@ -1,5 +1,5 @@
 """`ttspo generate` and `ttspo compare`: close the loop from a checkpoint to a verdict
-(thin over ttspo.trainer.generate and ttspo.trainer.compare)."""
+(thin over ttspo.trainer.generate.run and ttspo.builder.analysis.compare)."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def compare(ctx: click.Context, runs: tuple[str, ...], metrics: tuple[str, ...],
     bootstrap interval (prompts resampled) and a sign-flip permutation p-value.
     The same numbers in SQL: SELECT * FROM compare_runs('generations', 'a', 'b').
     """
-    from ttspo.trainer.compare import COLUMNS
+    from ttspo.builder.analysis.compare import COLUMNS
 
     table = get_store(ctx).compare(runs, metrics=metrics or None, seed=seed, n_boot=n_boot,
                                    n_perm=n_perm, confidence=confidence,

@@ -1,5 +1,5 @@
 """`ttspo rewards` (recompute GRPO rewards from stored metrics) and `ttspo rollouts
-promote` (rollouts into generations, for the next DPO set): ttspo.trainer.rollouts."""
+promote` (rollouts into generations, for the next DPO set): ttspo.trainer.grpo.rollouts."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def rewards(ctx: click.Context, source: str, weights: str, normalize: str, name:
             worst_cer_threshold: float, fmt: str) -> None:
     """Recompute rewards, validity and advantages from stored metrics, without
     regenerating, as a new version of the rewards table NAME (with lineage)."""
-    from ttspo.trainer.rewards import RewardConfig, parse_weights
-    from ttspo.trainer.rollouts import recompute_rewards
+    from ttspo.trainer.grpo.rewards import RewardConfig, parse_weights
+    from ttspo.trainer.grpo.rollouts import recompute_rewards
 
     cfg = RewardConfig(weights=parse_weights(weights), normalize=normalize, scale_rewards=scale_rewards,
                        invalid_reward=invalid_reward, mean_cer=mean_cer, mean_ssim=mean_ssim,
@@ -79,7 +79,7 @@ def promote(ctx: click.Context, run: str, as_run: str, steps: str | None, all_sa
     to the rollouts version and steps), so `ttspo build best_worst --run AS_RUN` makes
     the next DPO set from online samples (iterative DPO)."""
     from ttspo.builder.core.errors import InputError
-    from ttspo.trainer.rollouts import promote as run_promote
+    from ttspo.trainer.grpo.rollouts import promote as run_promote
 
     span = None
     if steps:

@@ -20,9 +20,9 @@ FROM rollouts WHERE run = '{RUN_DIR}' GROUP BY step ORDER BY step"""
 
 def step_grpo(demo) -> None:
     """A few online GRPO steps (sample, decode, score with real ASR/SV, reward, update)."""
-    from ttspo.builder.demo.sets import _table
-    from ttspo.trainer.config import load_config
-    from ttspo.trainer.grpo import train_grpo
+    from ttspo.trainer.demo.sets import _table
+    from ttspo.trainer.run.config import load_config
+    from ttspo.trainer.grpo.loop import train_grpo
 
     out = demo.corpus / RUN_DIR
     args = ["train", "grpo", "--out", str(out)]

@@ -11,7 +11,7 @@ and writes nothing.
 from __future__ import annotations
 
 from ttspo.builder.core.store import make_lineage
-from ttspo.builder.demo.sets import SET, TAG
+from ttspo.trainer.demo.sets import SET, TAG
 
 RUNS = ("demo-base", "demo-dpo")
 HELD_OUT_PROMPTS = 3  # the first three by position: keeps the step short

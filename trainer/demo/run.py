@@ -1,6 +1,6 @@
 """`ttspo demo`: the whole workflow on the bundled corpus, saying what each step does.
 
-The corpus (``builder/demo/corpus``, shipped as package data) is real speech in
+The corpus (``trainer/demo/corpus``, shipped as package data) is real speech in
 NeMo's layout: 20 text-context pairs x 6 espeak-ng generations with the
 failures real TTS makes, their codec codes and metrics (see its
 ``make_corpus.py``). The demo copies it into ``<store>/demo/`` (so the store
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ttspo.builder.demo import grpo as demo_grpo
-from ttspo.builder.demo import loop as demo_loop
-from ttspo.builder.demo import sets as demo_sets
-from ttspo.builder.demo import train as demo_train
+from ttspo.trainer.demo import grpo as demo_grpo
+from ttspo.trainer.demo import loop as demo_loop
+from ttspo.trainer.demo import sets as demo_sets
+from ttspo.trainer.demo import train as demo_train
 from ttspo.builder.core.errors import InputError
 
 CORPUS = Path(__file__).resolve().parent / "corpus"

@@ -8,7 +8,7 @@ reference model. A re-run finds the cache and the finished run and writes nothin
 
 from __future__ import annotations
 
-from ttspo.builder.demo.sets import SET, TAG
+from ttspo.trainer.demo.sets import SET, TAG
 from ttspo.builder.core.store import make_lineage
 
 # A small TinyCodecLM: the demo's contexts plus targets run to ~300 frames.
@@ -23,11 +23,11 @@ def step_train(demo) -> None:
     """Step 4: precompute the reference log-probs, then train the tiny policy with DPO."""
     import torch
 
-    from ttspo.trainer.config import load_config
-    from ttspo.trainer.data import load_pairs
-    from ttspo.trainer.loop import read_metrics, train_dpo
-    from ttspo.trainer.policy import load_policy
-    from ttspo.trainer.ref import precompute
+    from ttspo.trainer.run.config import load_config
+    from ttspo.trainer.dpo.data import load_pairs
+    from ttspo.trainer.dpo.loop import read_metrics, train_dpo
+    from ttspo.trainer.policy.base import load_policy
+    from ttspo.trainer.dpo.ref import precompute
 
     store, ref = demo.store, f"{SET}@{TAG}"
     folder = store.root / "demo" / "train"
@@ -55,7 +55,7 @@ def step_train(demo) -> None:
             demo.say(f"{name} (step {m['step']}): loss {m['loss/total']:.4f}, reward accuracy "
                      f"{m['rewards/accuracies']:.2f}, margin {m['rewards/margins']:.3f}, "
                      f"logp chosen {m['logps/chosen']:.1f}, rejected {m['logps/rejected']:.1f}")
-    from ttspo.builder.demo.sets import _table
+    from ttspo.trainer.demo.sets import _table
 
     demo.say("The checkpoints table: which data made each model, and how it validated:")
     _table(demo, """

@@ -40,7 +40,7 @@ from ttspo.builder.ingest.files import BadFile
 from ttspo.builder.scoring.audio import read_audio
 from ttspo.builder.sets.build import open_set
 from ttspo.builder.sets.export import generation_rows
-from ttspo.trainer.policy import CONTEXT_CODES, DROPOUT_GROUP
+from ttspo.trainer.policy.base import CONTEXT_CODES, DROPOUT_GROUP
 
 PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
                 PAIR.chosen_reward, PAIR.rejected_reward, PAIR.split)

@@ -10,7 +10,7 @@ the same data order (a function of the step), RNG streams (every rank's, saved i
 each checkpoint), optimizer and schedule, so its losses equal an uninterrupted
 run's. GRPO imports the pieces above :func:`train_dpo` (compute_init,
 build_optimizer, build_scheduler, optimizer_step), the run folder's
-(trainer/runs.py: MetricsLog, open_run_dir) and checkpoints' (trainer/checkpoints.py:
+(trainer/run/folder.py: MetricsLog, open_run_dir) and checkpoints' (trainer/run/checkpoints.py:
 resume, and the Checkpointer both loops save, pick `best` and stop on a
 non-finite loss with), and adds its rollout phase.
 """
@@ -32,13 +32,13 @@ import torch.distributed as dist
 
 from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
-from ttspo.trainer import checkpoints as ckpt
-from ttspo.trainer import losses as L
-from ttspo.trainer.config import BEST_METRICS, Config, best_rule
-from ttspo.trainer.data import PairOrder, Pairs, load_pairs, shard
+from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.dpo import losses as L
+from ttspo.trainer.run.config import BEST_METRICS, Config, best_rule
+from ttspo.trainer.dpo.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.builder.core.files import file_sha256
-from ttspo.trainer.ref import RefCache, lookup, pair_logps, reference_logps
-from ttspo.trainer.runs import (MetricsLog, log_lineage, open_run_dir, read_metrics,  # noqa: F401
+from ttspo.trainer.dpo.ref import RefCache, lookup, pair_logps, reference_logps
+from ttspo.trainer.run.folder import (MetricsLog, log_lineage, open_run_dir, read_metrics,  # noqa: F401
                                run_identity)
 
 
@@ -142,7 +142,7 @@ class RunResult:
 
 def make_policy(spec: str, init: str | None, cfg: Config, seed: int) -> Any:
     """INIT's weights, or a fresh policy from the config's size and the seed."""
-    from ttspo.trainer.policy import load_policy
+    from ttspo.trainer.policy.base import load_policy
 
     torch.manual_seed(seed)  # a fresh init is the same on every rank and every resume
     return load_policy(spec, init=init, config=cfg.policy.model or None)

@@ -33,7 +33,7 @@ import torch
 from ttspo.builder.core.files import file_sha256
 from ttspo.builder.core.schemas import REF, REF_LOGPS_SCHEMA
 from ttspo.builder.core.store import Lineage, Store, as_lineage, sql_string
-from ttspo.trainer.data import Pairs, collate_pairs
+from ttspo.trainer.dpo.data import Pairs, collate_pairs
 
 TABLE = "ref_logps"
 
@@ -43,7 +43,7 @@ def pair_logps(model: Any, policy: Any, pairs: Pairs, index: Any) -> tuple[torch
 
     MODEL is what runs the forward (the policy, or its DDP wrapper); POLICY collates.
     """
-    from ttspo.trainer.policy import sequence_logps
+    from ttspo.trainer.policy.base import sequence_logps
 
     device = next(policy.parameters()).device
     batch = collate_pairs(policy, pairs, index).to(device)
@@ -167,8 +167,8 @@ def precompute_ref(store: Store, set_ref: str, *, ref_path: str | Path, cfg: Any
     """``ttspo train precompute-ref``: load SPEC's policy from REF_PATH under CFG's
     ``policy.model`` (the Config ``train dpo`` takes, so the key is the one training
     looks up) and :func:`precompute` set SET_REF's pairs."""
-    from ttspo.trainer.data import load_pairs
-    from ttspo.trainer.policy import load_policy
+    from ttspo.trainer.dpo.data import load_pairs
+    from ttspo.trainer.policy.base import load_policy
 
     model = cfg.policy.model if cfg is not None else None
     policy = load_policy(spec, init=str(ref_path), config=model or None)

@@ -2,7 +2,7 @@
 
 Split from generate.py (the plan and the collective steps) so each file reads in
 one sitting; the options and ids live here, the lower of the two modules (seeds and
-decoding: trainer/samples.py, shared with GRPO's rollouts).
+decoding: trainer/policy/samples.py, shared with GRPO's rollouts).
 Times go to the caller's ``seconds`` dict under sampling, decoding, scoring and
 writing.
 """
@@ -22,8 +22,8 @@ from ttspo.builder.core.files import atomic_write
 from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT
 from ttspo.builder.core.store import STORAGE_VERSION, Lineage, Store, commit_properties
 from ttspo.builder.scoring.options import ScoreOptions
-from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Sampling
-from ttspo.trainer.samples import decode, sample_seed
+from ttspo.trainer.policy.base import CONTEXT_CODES, SAMPLE_SEED, Sampling
+from ttspo.trainer.policy.samples import decode, sample_seed
 
 GENERATIONS = "generations"
 PROMPTS = "prompts"
@@ -76,8 +76,8 @@ def make_rows(prompts: list[dict[str, Any]], missing: list[list[int]], checkpoin
     as a GENERATIONS_SCHEMA table."""
     import torch
 
-    from ttspo.trainer.data import prompt_context
-    from ttspo.trainer.policy import load_policy
+    from ttspo.trainer.dpo.data import prompt_context
+    from ttspo.trainer.policy.base import load_policy
 
     policy = load_policy(options.policy, init=options.checkpoint)
     policy.eval()

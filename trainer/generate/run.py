@@ -36,7 +36,7 @@ from ttspo.builder.core.errors import InputError, ModelError, TtspoError, first_
 from ttspo.builder.core.files import file_sha256
 from ttspo.builder.core.schemas import CKPT, GEN, GENERATE_COLUMNS, PROMPT
 from ttspo.builder.core.store import Lineage, Store, as_lineage, parse_ref, sql_string
-from ttspo.trainer.generate_rows import (GENERATIONS, PROMPTS, STAGES, GenerateOptions,
+from ttspo.trainer.generate.rows import (GENERATIONS, PROMPTS, STAGES, GenerateOptions,
                                          generation_id, settings_columns)
 
 CHECKPOINTS = "checkpoints"
@@ -91,7 +91,7 @@ def generate(store: Store, options: GenerateOptions, *, lineage: Lineage,
     """Plan on rank 0, generate on every rank, commit once on rank 0 (see module doc)."""
     import torch
 
-    from ttspo.builder.scoring.dist import LocalComm
+    from ttspo.builder.core.dist import LocalComm
 
     comm = comm or LocalComm()
     previous = torch.get_num_threads()
@@ -109,7 +109,7 @@ def generate(store: Store, options: GenerateOptions, *, lineage: Lineage,
 
 
 def _generate(store: Store, options: GenerateOptions, lineage: Lineage, comm: Any) -> Result:
-    from ttspo.trainer import generate_rows
+    from ttspo.trainer.generate.run import rows as generate_rows
 
     plan = _agreed(comm, lambda: make_plan(store, options))
     outcome = Outcome()
@@ -176,7 +176,7 @@ def make_plan(store: Store, options: GenerateOptions) -> Plan:
 def checkpoint_columns(store: Store, options: GenerateOptions,
                        inputs: dict[str, int]) -> dict[str, Any]:
     """The checkpoint's GEN columns; loads it once here so a bad file fails the plan."""
-    from ttspo.trainer.policy import load_policy
+    from ttspo.trainer.policy.base import load_policy
 
     path = Path(options.checkpoint)
     if not path.is_file():

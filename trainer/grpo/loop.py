@@ -8,7 +8,7 @@
 
 Every rank samples its own prompts; groups never cross ranks, so advantages are
 local. Rank 0 gathers the rollout rows and appends them to ``rollouts`` (batched,
-flushed before every checkpoint: see ttspo.trainer.rollouts), writes checkpoints
+flushed before every checkpoint: see ttspo.trainer.grpo.rollouts), writes checkpoints
 and their rows. A resumed run continues the same prompt order and per-sample
 seeds (functions of the step), optimizer and schedule, so it samples and trains
 exactly what an uninterrupted run would, and rows already committed are not
@@ -34,18 +34,18 @@ import torch.distributed as dist
 from ttspo.builder.core.errors import ConfigError, TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.builder.core.schemas import GEN, RWD
-from ttspo.trainer import checkpoints as ckpt
-from ttspo.trainer.config import Config, GrpoConfig, best_rule
-from ttspo.trainer.data import shard
-from ttspo.trainer.grpo_rollout import (PHASES, Prompts, Scoring, load_prompts, rollout,
+from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.run.config import Config, GrpoConfig, best_rule
+from ttspo.trainer.dpo.data import shard
+from ttspo.trainer.grpo.rollout import (PHASES, Prompts, Scoring, load_prompts, rollout,
                                         split_prompts, step_prompts)
-from ttspo.trainer.loop import (_progress, all_mean, build_optimizer, build_scheduler,
+from ttspo.trainer.dpo.loop import (_progress, all_mean, build_optimizer, build_scheduler,
                                 compute_cleanup, compute_init, make_policy, optimizer_step)
-from ttspo.trainer.policy import Sampling, token_logps
-from ttspo.trainer.ref import file_sha256
-from ttspo.trainer.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
-from ttspo.trainer.rollouts import RolloutWriter, committed_steps
-from ttspo.trainer.runs import MetricsLog, identity_config, log_lineage, open_run_dir
+from ttspo.trainer.policy.base import Sampling, token_logps
+from ttspo.trainer.dpo.ref import file_sha256
+from ttspo.trainer.grpo.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
+from ttspo.trainer.grpo.rollouts import RolloutWriter, committed_steps
+from ttspo.trainer.run.folder import MetricsLog, identity_config, log_lineage, open_run_dir
 
 PARTS = {name: spec.part for name, spec in REWARDS.items()}
 

@@ -6,11 +6,11 @@ by a DuckDB condition) and resolves each prompt's context codes once.
 decodes each sample with the policy's codec, scores the audio in-process with
 the scoring backends (ttspo.builder.scoring: ASR for CER/WER, speaker embeddings
 for SSIM, PESQ/SQUIM when asked), computes rewards, validity and advantages
-with :func:`ttspo.trainer.rewards.compute_rewards`, and returns the step's rows
+with :func:`ttspo.trainer.grpo.rewards.compute_rewards`, and returns the step's rows
 in the ``rollouts`` schema, timing each phase.
 
 Each sample's noise comes from its own seed, a function of (seed, step, split,
-prompt id, sample) (:func:`ttspo.trainer.samples.sample_seed`, as `generate`'s):
+prompt id, sample) (:func:`ttspo.trainer.policy.samples.sample_seed`, as `generate`'s):
 a resumed run draws the same samples, and so does a run sharded over more
 processes.
 """
@@ -30,9 +30,9 @@ from ttspo.builder.core.schemas import (GEN, PROMPT, REWARD_FIELDS, ROLL, ROLLOU
                                         RWD)
 from ttspo.builder.core.store import Store, parse_ref
 from ttspo.builder.scoring.options import DEFAULTS, ScoreOptions
-from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Sampling
-from ttspo.trainer.rewards import RewardConfig, compute_rewards
-from ttspo.trainer.samples import decode, sample_seed
+from ttspo.trainer.policy.base import CONTEXT_CODES, SAMPLE_SEED, Sampling
+from ttspo.trainer.grpo.rewards import RewardConfig, compute_rewards
+from ttspo.trainer.policy.samples import decode, sample_seed
 
 PHASES = ("generate", "decode", "score")
 # GRPO's config keys, named in a scoring backend's load error (ttspo score names its options)
@@ -58,7 +58,7 @@ def load_prompts(store: Store, ref: str = "prompts", where: str | None = None, *
     """Prompts of REF (``prompts``, ``prompts@3``, ``prompts@v1``) matching WHERE,
     ordered by prompt_id; ENCODE(audio, sr) makes context codes without a codes file."""
     from ttspo.builder.core import query
-    from ttspo.trainer.data import prompt_context
+    from ttspo.trainer.dpo.data import prompt_context
 
     table, version = parse_ref(ref)
     if table != "prompts":
@@ -134,9 +134,9 @@ class Scoring:
 
     def score(self, audios: list[np.ndarray], sr: int, rows: list[dict[str, Any]]) -> None:
         """Add metric columns to ROWS (one per audio), in place, through generate's
-        scorer (trainer/generate_rows.py). The scorer is made at the first call and
+        scorer (trainer/generate/rows.py). The scorer is made at the first call and
         kept: a prompt's context embedding and reference recording are read once a run."""
-        from ttspo.trainer.generate_rows import make_scorer, score
+        from ttspo.trainer.generate.rows import make_scorer, score
 
         if self._scorer is None:
             self._scorer = make_scorer(self.options(), LABELS)

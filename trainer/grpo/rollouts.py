@@ -16,7 +16,7 @@ killed run loses at most its unflushed steps.
 
 Recomputing (``ttspo rewards``): :func:`recompute_rewards` reads the stored
 metrics of ``rollouts`` or ``generations`` (never the audio), applies a
-:class:`~ttspo.trainer.rewards.RewardConfig` with the same code training uses,
+:class:`~ttspo.trainer.grpo.rewards.RewardConfig` with the same code training uses,
 and writes the result as a new version of a rewards table NAME, with lineage.
 """
 
@@ -32,7 +32,7 @@ from ttspo.builder.core.errors import InputError, StoreError
 from ttspo.builder.core.schemas import (CORE_TABLES, GEN, HEAVY_COLUMNS, REWARDS_SCHEMA, ROLL,
                                         ROLLOUTS_SCHEMA, RWD)
 from ttspo.builder.core.store import Store, make_lineage, parse_ref, sql_string
-from ttspo.trainer.rewards import RewardConfig, compute_rewards
+from ttspo.trainer.grpo.rewards import RewardConfig, compute_rewards
 
 ROLLOUTS = "rollouts"
 SOURCES = {ROLLOUTS: ROLL.rollout_id, "generations": GEN.generation_id}

@@ -25,7 +25,7 @@ dropout. DPO's collator gives a pair's chosen and rejected row the same group, s
 a pair never compares a conditioned chosen with an unconditioned rejected. (NeMo's
 MagpieTTS draws once per batch: every row shares it, which satisfies this too.)
 
-Implementations: ``ttspo.trainer.tiny.TinyCodecLM`` (built-in codec) and, later,
+Implementations: ``ttspo.trainer.policy.tiny.TinyCodecLM`` (built-in codec) and, later,
 the NeMo MagpieTTS adapter. Both are registered in :data:`POLICIES` by name, so the
 CLI's ``--policy tiny`` / ``--policy nemo:PATH`` picks one (:func:`load_policy`).
 """
@@ -49,8 +49,8 @@ DROPOUT_GROUP = "dropout_group"  # optional row key: rows sharing one conditioni
 # name -> "module:loader"; a loader takes (argument after "name:", init=, config=).
 # Imported on use, so naming a policy never imports another one's dependencies.
 POLICIES: dict[str, str] = {
-    "tiny": "ttspo.trainer.tiny:load_tiny",
-    "nemo": "ttspo.trainer.nemo.load:load_nemo",  # nemo:MODEL.nemo[,codec=C][,config=Y]
+    "tiny": "ttspo.trainer.policy.tiny:load_tiny",
+    "nemo": "ttspo.trainer.policy.nemo.load:load_nemo",  # nemo:MODEL.nemo[,codec=C][,config=Y]
 }
 
 

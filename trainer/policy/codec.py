@@ -20,7 +20,7 @@ Decoding (torch, imported on use)
     samples at 22050 Hz.
 
 Codebooks are learned by k-means on corpus audio (:func:`fit`; the demo
-corpus maker fits the shipped ones) and stored in ``trainer/assets/codec.npz``
+corpus maker fits the shipped ones) and stored in ``trainer/policy/assets/codec.npz``
 as float16 (about 330 kB). Being a mel codec, it keeps spectral envelope and
 timing, not phase: decoded audio is intelligible but buzzy. That is enough for
 a codec-LM policy to learn from and for a listener to tell what was said.

@@ -1,7 +1,7 @@
 """What a sampled code sequence needs on its way to a table, for `generate` and GRPO alike.
 
 :func:`sample_seed` gives each sample its own seed (the policy's ``sample_seed`` row
-key, :data:`ttspo.trainer.policy.SAMPLE_SEED`) as a hash of a key that names the
+key, :data:`ttspo.trainer.policy.base.SAMPLE_SEED`) as a hash of a key that names the
 sample: ``generate`` keys by (seed, prompt id, sample index), GRPO adds the step and
 the split. A sample's noise then depends on nothing else: not the batch it shares,
 not the process that draws it, not how often the run was resumed.

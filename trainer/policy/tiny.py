@@ -1,7 +1,7 @@
 """TinyCodecLM: the built-in policy, a small encoder-decoder codec LM of the MagpieTTS family.
 
-It implements :class:`ttspo.trainer.policy.Policy` over the built-in codec
-(:mod:`ttspo.trainer.codec`: 8 codebooks x 256, ~21.5 frames per second).
+It implements :class:`ttspo.trainer.policy.base.Policy` over the built-in codec
+(:mod:`ttspo.trainer.policy.codec`: 8 codebooks x 256, ~21.5 frames per second).
 
 Text side
     UTF-8 bytes plus four specials. The encoder reads ``BOS context_text SEP text EOS``
@@ -22,7 +22,7 @@ Sampling
     branch reads ``BOS SEP EOS`` and no context prefix; ``cfg_scale`` 1 is off), KV
     cache on or off with the same tokens. Each row draws its noise from its own
     generator, seeded by the row's ``sample_seed`` when the rows carry one (see
-    :data:`ttspo.trainer.policy.SAMPLE_SEED`), else by a seed drawn for it from the
+    :data:`ttspo.trainer.policy.base.SAMPLE_SEED`), else by a seed drawn for it from the
     caller's generator in row order.
 Checkpoints
     One ``torch.save`` file: a format tag, the architecture, the config, the codec's
@@ -48,13 +48,13 @@ from torch import nn
 
 from ttspo.builder.core.files import write_bytes_atomic
 from ttspo.builder.core.errors import ModelError, first_line
-from ttspo.trainer import codec as codec_mod
-from ttspo.trainer import tiny_sampling
-from ttspo.trainer.policy import Identity, Sampling, TeacherForced
-from ttspo.trainer.tiny_batch import (  # noqa: F401  (re-exported: the tiny policy's names)
+from ttspo.trainer.policy.base import codec as codec_mod
+from ttspo.trainer.policy.base import tiny_sampling
+from ttspo.trainer.policy.base import Identity, Sampling, TeacherForced
+from ttspo.trainer.policy.tiny_batch import (  # noqa: F401  (re-exported: the tiny policy's names)
     AUDIO_SPECIALS, IGNORE, TEXT_BOS, TEXT_EOS, TEXT_PAD, TEXT_SEP, TEXT_VOCAB, TinyBatch,
     TinyConfig, collate_rows)
-from ttspo.trainer.tiny_blocks import DecoderLayer, EncoderLayer
+from ttspo.trainer.policy.tiny_blocks import DecoderLayer, EncoderLayer
 
 ARCHITECTURE = "tiny"
 # Config keys a checkpoint may be loaded with other values of (they change training,

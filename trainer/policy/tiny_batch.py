@@ -1,6 +1,6 @@
 """The tiny policy's inputs: its config, token ids, batch, and the collator of store rows.
 
-Split from :mod:`ttspo.trainer.tiny` (which re-exports these names) to keep both
+Split from :mod:`ttspo.trainer.policy.tiny` (which re-exports these names) to keep both
 files short; see that module's docstring for the token layout and padding rules.
 """
 
@@ -14,8 +14,8 @@ import torch
 
 from ttspo.builder.core.errors import InputError, ModelError
 from ttspo.builder.core.schemas import GEN
-from ttspo.trainer import codec as codec_mod
-from ttspo.trainer.policy import CONTEXT_CODES, DROPOUT_GROUP, SAMPLE_SEED
+from ttspo.trainer.policy.base import codec as codec_mod
+from ttspo.trainer.policy.base import CONTEXT_CODES, DROPOUT_GROUP, SAMPLE_SEED
 
 # Text tokens: bytes 0..255, then the specials.
 TEXT_PAD, TEXT_BOS, TEXT_EOS, TEXT_SEP = 256, 257, 258, 259

@@ -1,6 +1,6 @@
 """Autoregressive sampling for TinyCodecLM: KV cache on or off, temperature, top-k, CFG.
 
-It works on the model and batch it is given (``ttspo.trainer.tiny`` imports it, not
+It works on the model and batch it is given (``ttspo.trainer.policy.tiny`` imports it, not
 the other way round): the model's ``encode``, ``memory_kv``, ``decode`` and
 ``config``, the batch's tensors and ``drop_conditioning``.
 
@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from ttspo.builder.core.errors import InputError
-from ttspo.trainer.policy import Sampling
-from ttspo.trainer.samples import SEED_BOUND
-from ttspo.trainer.tiny_blocks import KVCache
+from ttspo.trainer.policy.base import Sampling
+from ttspo.trainer.policy.samples import SEED_BOUND
+from ttspo.trainer.policy.tiny_blocks import KVCache
 
 TinyCodecLM = TinyBatch = Any  # (annotations only: see the module docstring)
 

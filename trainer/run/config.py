@@ -108,7 +108,7 @@ class GrpoConfig:
     grpo_beta: float = 0.0  # KL weight
     reference_free: bool = False  # no reference model, no KL term
     entropy_coef: float = 0.0  # entropy bonus
-    reward_weights: str = "cer=0.5,ssim=0.5"  # NAME=WEIGHT,... (ttspo.trainer.rewards)
+    reward_weights: str = "cer=0.5,ssim=0.5"  # NAME=WEIGHT,... (ttspo.trainer.grpo.rewards)
     normalize_then_sum: bool = False  # z-score each reward within its group, then sum
     invalid_reward: str = "zero"  # zero (NeMo) | group_min
     mean_cer_dataset: float = 0.1

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ttspo.builder.core.errors import TrainingError
-from ttspo.trainer.config import Config, save_config
+from ttspo.trainer.run.config import Config, save_config
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"

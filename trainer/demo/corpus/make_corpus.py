@@ -1,7 +1,7 @@
 """Make the bundled demo corpus (run by hand; its output is committed).
 
     apt-get install espeak-ng sox        # the synthesiser and the audio tool
-    .venv/bin/python builder/demo/corpus/make_corpus.py
+    .venv/bin/python trainer/demo/corpus/make_corpus.py
 
 What it writes, beside this script (NeMo's step-1 inputs and step-2 outputs):
 
@@ -20,7 +20,7 @@ What it writes, beside this script (NeMo's step-1 inputs and step-2 outputs):
 - ``variants.jsonl``: what each generation really is (the ground truth a
   listener would give): line, failure kind, voice, speed, pitch;
 - ``corpus.json``: the settings above, the codec fingerprint and model names;
-- ``trainer/assets/codec.npz``: the built-in codec, fitted on this audio.
+- ``trainer/policy/assets/codec.npz``: the built-in codec, fitted on this audio.
 
 Speakers are espeak-ng voices. Each group of 6 samples renders the pair's text in
 its voice with the failures real codec-LM TTS makes, in a seeded random order:
@@ -65,7 +65,7 @@ sys.path.insert(0, str(REPO))
 from ttspo.builder.scoring import metrics
 from ttspo.builder.prompts import draw as prompts  # noqa: E402
 from ttspo.builder.scoring import cosine, load_asr, load_speaker  # noqa: E402
-from ttspo.trainer import codec as codec_mod  # noqa: E402
+from ttspo.trainer.policy.base import codec as codec_mod  # noqa: E402
 
 SEED = 0
 NSAMPLES_PERPAIR = 6

@@ -1,6 +1,6 @@
 """NeMo's audio codec (``AudioCodecModel`` from a local ``.nemo``) as a ttspo codec.
 
-Implements :class:`ttspo.trainer.policy.Codec`: ``encode(audio, sr)`` gives int64
+Implements :class:`ttspo.trainer.policy.base.Codec`: ``encode(audio, sr)`` gives int64
 codes ``[C, T]``, ``decode(codes)`` gives ``(float32 audio, sample rate)``. Used by
 the MagpieTTS policy adapter (generate, GRPO rollouts) and by ``ttspo ingest
 --codec nemo:PATH`` for generations that have audio but no codes.

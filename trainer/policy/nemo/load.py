@@ -1,6 +1,6 @@
 """Loading NeMo's MagpieTTS as a ttspo policy: ``--policy nemo:PATH[,codec=C][,config=Y]``.
 
-The registry (``ttspo.trainer.policy.POLICIES``) calls :func:`load_nemo`. A model comes
+The registry (``ttspo.trainer.policy.base.POLICIES``) calls :func:`load_nemo`. A model comes
 from a ``.nemo`` file, or a Lightning ``.ckpt`` plus its YAML config, with a local
 codec (the config's ``codecmodel_path``, or ``codec=``); nothing is downloaded.
 """
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ttspo.builder.core.errors import ModelError, first_line
-from ttspo.trainer.nemo.policy import ARCHITECTURE, NemoMagpiePolicy
+from ttspo.trainer.policy.nemo.policy import ARCHITECTURE, NemoMagpiePolicy
 
 
 def set_dropout(model, p: float, cfg_dropout: float) -> None:

@@ -1,6 +1,6 @@
-"""NeMo's ``MagpieTTSModel`` as a ttspo policy (:class:`ttspo.trainer.policy.Policy`).
+"""NeMo's ``MagpieTTSModel`` as a ttspo policy (:class:`ttspo.trainer.policy.base.Policy`).
 
-    policy = load_nemo("/m/magpie.nemo", config={"codec": "/m/codec.nemo"})  # trainer/nemo/load.py
+    policy = load_nemo("/m/magpie.nemo", config={"codec": "/m/codec.nemo"})  # trainer/policy/nemo/load.py
     batch = policy.collate(rows)              # store rows -> the model's own batch dict
     tf = policy.forward_teacher(batch)        # per-codebook logits/labels/mask
     codes, lengths = policy.generate(policy.collate(rows, with_targets=False), Sampling(), g)
@@ -14,7 +14,7 @@ to the longest row (the model needs exactly that length); the beta-binomial
 alignment prior when the config names ``prior_scaling_factor``. The teacher-forced
 pass is the model's ``process_batch``: its codebook-major logits ``(B, T+1, C*V)``
 become ``(B, C, T+1, V)``, with its EOS-appended targets and loss mask, so
-:func:`ttspo.trainer.policy.sequence_logps` equals NeMo's DPO log-probs.
+:func:`ttspo.trainer.policy.base.sequence_logps` equals NeMo's DPO log-probs.
 
 Dropout: MagpieTTS trains with dropout and with classifier-free-guidance dropout of
 the context. A DPO reference must be deterministic, and a policy equal to its
@@ -25,7 +25,7 @@ keeps them on for the policy and off for the reference: its first loss is not lo
 Checkpoints (``save``) are one ``torch.save`` file: a format tag, the architecture,
 the model config and the weights (the codec is not included: the config names it),
 so ``identity().sha256`` is the sha256 of the file ``save`` writes.
-``ttspo.trainer.nemo.load.load_nemo`` builds the model from a ``.nemo`` (or a
+``ttspo.trainer.policy.nemo.load.load_nemo`` builds the model from a ``.nemo`` (or a
 Lightning ``.ckpt`` with its config) and,
 given ``init``, loads such a checkpoint's weights. ``save_nemo`` writes a ``.nemo``
 for NeMo's own tools.
@@ -48,8 +48,8 @@ from torch import nn
 from ttspo.builder.core.files import write_bytes_atomic
 from ttspo.builder.core.errors import InputError, ModelError
 from ttspo.builder.core.schemas import GEN
-from ttspo.trainer.nemo.codec import NemoCodec
-from ttspo.trainer.policy import CONTEXT_CODES, SAMPLE_SEED, Identity, Sampling, TeacherForced
+from ttspo.trainer.policy.nemo.codec import NemoCodec
+from ttspo.trainer.policy.base import CONTEXT_CODES, SAMPLE_SEED, Identity, Sampling, TeacherForced
 
 ARCHITECTURE = "nemo-magpietts"
 FORMAT = "ttspo-policy-v1"
