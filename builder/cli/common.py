@@ -13,10 +13,10 @@ from ttspo.builder.core.render import FORMATS, render
 
 
 def get_store(ctx: click.Context):
-    """The notebook API's Store for --store: every command is thin over it."""
-    from ttspo.builder.api import Store
+    """The notebook API's Store for --store (both halves): every command is thin over it."""
+    import ttspo
 
-    return Store(ctx.find_root().obj["store_path"])
+    return ttspo.Store(ctx.find_root().obj["store_path"])
 
 
 def lineage_for(ctx: click.Context):

@@ -33,7 +33,7 @@ NAMES = {"cer": "CER", "wer": "WER", "ssim": "speaker similarity", "pesq": "PESQ
 def step_loop(demo, *, prompts: int = HELD_OUT_PROMPTS, samples: int = SAMPLES,
               max_steps: int = MAX_STEPS) -> None:
     """Step: sample the base and the trained policy on held-out prompts, score both, compare."""
-    from ttspo.builder.api import Store
+    from ttspo import Store
     from ttspo.builder.core.render import render_table
 
     store = Store(demo.store.root)
