@@ -1,18 +1,24 @@
-"""The few collective steps of a scoring run, for one process or many.
+"""The one distributed runtime: every command that runs under torchrun uses it.
 
-``torchrun --nproc-per-node N -m ttspo.builder.scoring.run`` and ``ttspo score --workers N``
-run the same entry point: the first through torch.distributed's env://
-rendezvous, the second (N fresh ``python -m ttspo.builder.scoring.run`` processes, never
-forked: Lance is not fork-safe) through a file rendezvous in a temporary
-directory; both on the gloo backend (CPU). A single process uses
-:class:`LocalComm` and never imports torch for communication.
+Training (``Compute``: rank, world, device; gloo on CPU, nccl on GPU, through
+torch.distributed's env:// rendezvous) and the object collectives of scoring and
+generate (``comm_from_env``: ``LocalComm`` for one process, which never imports
+torch for communication, else ``TorchComm`` on gloo). ``ttspo score --workers N``
+starts N fresh processes itself (never forked: Lance is not fork-safe) that meet
+through a file rendezvous in a temporary directory instead of a TCP one.
+torch is imported on use: the builder's CLI imports this module's callers
+without it.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 # Ranks wait for the slowest one at all_gather; scoring a large shard can take
 # hours, so the collective timeout must not be what ends a healthy run. A dead
@@ -99,3 +105,62 @@ def share_cores(world: int, large_models: bool) -> int:
     cores = os.cpu_count() or 1
     torch.set_num_threads(max(1, cores // world) if large_models else 1)
     return previous
+
+
+# ------------------------------------------------------------------ training
+def _cpu() -> torch.device:
+    import torch
+
+    return torch.device("cpu")
+
+
+@dataclass
+class Compute:
+    """This process's place in a training run: its rank, the world, its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=_cpu)
+
+    @property
+    def ddp(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def compute_init(device: str = "auto") -> Compute:
+    """One process, or torchrun's (RANK/WORLD_SIZE env): gloo on CPU, nccl on GPU."""
+    import torch
+    import torch.distributed as dist
+
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    c = Compute(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if use_cuda:
+        torch.cuda.set_device(c.local_rank)
+        c.device = torch.device("cuda", c.local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return c
+
+
+def compute_cleanup() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_mean(values: torch.Tensor, c: Compute) -> torch.Tensor:
+    """The mean over ranks of a float tensor (itself in one process)."""
+    if c.ddp:
+        import torch.distributed as dist
+
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= c.world_size
+    return values

@@ -8,8 +8,9 @@
 Rank 0 writes files and table rows; every rank computes. A resumed run continues
 the same data order (a function of the step), RNG streams (every rank's, saved in
 each checkpoint), optimizer and schedule, so its losses equal an uninterrupted
-run's. GRPO imports the pieces above :func:`train_dpo` (compute_init,
-build_optimizer, build_scheduler, optimizer_step), the run folder's
+run's. Both loops take the process's rank and device from the one distributed
+runtime (builder/core/dist.py: compute_init). GRPO imports the pieces above
+:func:`train_dpo` (build_optimizer, build_scheduler, optimizer_step), the run folder's
 (trainer/run/folder.py: MetricsLog, open_run_dir) and checkpoints' (trainer/run/checkpoints.py:
 resume, and the Checkpointer both loops save, pick `best` and stop on a
 non-finite loss with), and adds its rollout phase.
@@ -20,16 +21,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
+from ttspo.builder.core.dist import Compute, all_mean, compute_cleanup, compute_init
 from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.trainer.run import checkpoints as ckpt
@@ -41,50 +42,6 @@ from ttspo.trainer.dpo.ref import RefCache, lookup, pair_logps, reference_logps
 from ttspo.trainer.run.folder import (MetricsLog, log_lineage, open_run_dir, read_metrics,  # noqa: F401
                                run_identity)
 
-
-
-# ------------------------------------------------------------------ compute
-@dataclass
-class Compute:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def ddp(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-
-def compute_init(device: str = "auto") -> Compute:
-    """One process, or torchrun's (RANK/WORLD_SIZE env): gloo on CPU, nccl on GPU."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    c = Compute(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if use_cuda:
-        torch.cuda.set_device(c.local_rank)
-        c.device = torch.device("cuda", c.local_rank)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return c
-
-
-def compute_cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def all_mean(values: torch.Tensor, c: Compute) -> torch.Tensor:
-    """The mean over ranks of a float tensor (itself in one process)."""
-    if c.ddp:
-        values = values.clone()
-        dist.all_reduce(values)
-        values /= c.world_size
-    return values
 
 
 # ------------------------------------------------------- optimizer, schedule

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
 
+from ttspo.builder.core.dist import all_mean, compute_cleanup, compute_init
 from ttspo.builder.core.errors import ConfigError, TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.builder.core.schemas import GEN, RWD
@@ -39,8 +40,8 @@ from ttspo.trainer.run.config import Config, GrpoConfig, best_rule
 from ttspo.trainer.dpo.data import shard
 from ttspo.trainer.grpo.rollout import (PHASES, Prompts, Scoring, load_prompts, rollout,
                                         split_prompts, step_prompts)
-from ttspo.trainer.dpo.loop import (_progress, all_mean, build_optimizer, build_scheduler,
-                                compute_cleanup, compute_init, make_policy, optimizer_step)
+from ttspo.trainer.dpo.loop import (_progress, build_optimizer, build_scheduler, make_policy,
+                                    optimizer_step)
 from ttspo.trainer.policy.base import Sampling, token_logps
 from ttspo.trainer.dpo.ref import file_sha256
 from ttspo.trainer.grpo.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
