@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 import ttspo.trainer.demo
-from ttspo.trainer.policy.base import codec as C
+from ttspo.trainer.policy import codec as C
 
 CORPUS = Path(ttspo.trainer.demo.__file__).resolve().parent / "corpus"
 AUDIOS = CORPUS / "generations" / "audios"

@@ -17,7 +17,7 @@ from ttspo.builder.cli.main import cli
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core import query
 from ttspo.builder.core.store import Store
-from ttspo.trainer.policy.base import codec as C
+from ttspo.trainer.policy import codec as C
 
 CORPUS = Path(ttspo.trainer.demo.__file__).resolve().parent / "corpus"
 AUDIOS = CORPUS / "generations" / "audios"

@@ -30,9 +30,11 @@ KEYS = (ROLL.rollout_id, GEN.codes, GEN.codes_len, RWD.reward, RWD.advantage)
 
 
 def command(store: Store, out: Path, *overrides: str, nproc: int = 1) -> list[str]:
+    # torchrun reads no option after `--`: the rest is the command's.
     head = ([str(BIN / "torchrun"), "--nproc-per-node", str(nproc), "--master-port",
-             str(29500 + os.getpid() % 1000), "-m"] if nproc > 1 else [sys.executable, "-m"])
-    args = [*head, "ttspo.trainer", "grpo", "--store", str(store.root), "--out", str(out)]
+             str(29500 + os.getpid() % 1000), "-m", "ttspo.builder.cli", "--"] if nproc > 1
+            else [sys.executable, "-m", "ttspo.builder.cli"])
+    args = [*head, "--store", str(store.root), "train", "grpo", "--out", str(out)]
     for o in (*LENGTH, *overrides):
         args += ["-o", o]
     return args

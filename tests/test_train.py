@@ -98,7 +98,7 @@ RESUME = {"train.max_steps": 8, "train.checkpoint_every": 3, "train.val_every": 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(store, tmp_path):
     # The killed run is a real process (torch import and all); the others run here,
     # with the same single thread, so the numbers must agree bit for bit.
-    cmd = [sys.executable, "-m", "ttspo.trainer", "dpo", SET, "--store", str(store.root),
+    cmd = [sys.executable, "-m", "ttspo.builder.cli", "--store", str(store.root), "train", "dpo", SET,
            "--out", str(tmp_path / "killed"), *[w for o in tiny_overrides(**RESUME)
                                                 for w in ("-o", o)]]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

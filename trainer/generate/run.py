@@ -109,7 +109,7 @@ def generate(store: Store, options: GenerateOptions, *, lineage: Lineage,
 
 
 def _generate(store: Store, options: GenerateOptions, lineage: Lineage, comm: Any) -> Result:
-    from ttspo.trainer.generate.run import rows as generate_rows
+    from ttspo.trainer.generate import rows as generate_rows
 
     plan = _agreed(comm, lambda: make_plan(store, options))
     outcome = Outcome()

@@ -48,8 +48,8 @@ from torch import nn
 
 from ttspo.builder.core.files import write_bytes_atomic
 from ttspo.builder.core.errors import ModelError, first_line
-from ttspo.trainer.policy.base import codec as codec_mod
-from ttspo.trainer.policy.base import tiny_sampling
+from ttspo.trainer.policy import codec as codec_mod
+from ttspo.trainer.policy import tiny_sampling
 from ttspo.trainer.policy.base import Identity, Sampling, TeacherForced
 from ttspo.trainer.policy.tiny_batch import (  # noqa: F401  (re-exported: the tiny policy's names)
     AUDIO_SPECIALS, IGNORE, TEXT_BOS, TEXT_EOS, TEXT_PAD, TEXT_SEP, TEXT_VOCAB, TinyBatch,

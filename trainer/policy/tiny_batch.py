@@ -14,7 +14,7 @@ import torch
 
 from ttspo.builder.core.errors import InputError, ModelError
 from ttspo.builder.core.schemas import GEN
-from ttspo.trainer.policy.base import codec as codec_mod
+from ttspo.trainer.policy import codec as codec_mod
 from ttspo.trainer.policy.base import CONTEXT_CODES, DROPOUT_GROUP, SAMPLE_SEED
 
 # Text tokens: bytes 0..255, then the specials.

@@ -65,7 +65,7 @@ sys.path.insert(0, str(REPO))
 from ttspo.builder.scoring import metrics
 from ttspo.builder.prompts import draw as prompts  # noqa: E402
 from ttspo.builder.scoring import cosine, load_asr, load_speaker  # noqa: E402
-from ttspo.trainer.policy.base import codec as codec_mod  # noqa: E402
+from ttspo.trainer.policy import codec as codec_mod  # noqa: E402
 
 SEED = 0
 NSAMPLES_PERPAIR = 6
