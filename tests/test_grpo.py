@@ -249,7 +249,7 @@ def test_grpo_best_checkpoint_by_the_configs_best_metric(tmp_path):
 
 @pytest.mark.parametrize("command", [["grpo"], ["dpo", "some-set"]])
 def test_train_commands_go_through_the_api(tmp_path, command):
-    """`ttspo train dpo|grpo` call Store.train_dpo|train_grpo (builder/api.py): a store
+    """`ttspo train dpo|grpo` call Store.train_dpo|train_grpo (trainer/api.py): a store
     that does not exist is the API's one-line error, and nothing is made."""
     missing = tmp_path / "nostore"
     result = CliRunner().invoke(cli, ["--store", str(missing), "train", *command,
