@@ -22,8 +22,8 @@ import torch
 
 
 from ttspo.builder.core.schemas import GEN
-from ttspo.trainer.policy import CONTEXT_CODES, Sampling
-from ttspo.trainer.tiny import TinyCodecLM, TinyConfig
+from ttspo.trainer.policy.base import CONTEXT_CODES, Sampling
+from ttspo.trainer.policy.tiny import TinyCodecLM, TinyConfig
 
 TARGET = 5.0
 TEXTS = ["Please call Stella and ask her to bring these things with her from the store.",

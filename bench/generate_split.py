@@ -49,7 +49,7 @@ def main() -> None:
 
     import ttspo
     from ttspo.builder.core.store import make_lineage
-    from ttspo.trainer.tiny import TinyCodecLM
+    from ttspo.trainer.policy.tiny import TinyCodecLM
 
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)

@@ -6,8 +6,8 @@ second, 1 process against 2 under torchrun, in one run.
 Both runs train the same tiny policy on the same 4 prompts with real scoring
 (pocketsphinx CER + resemblyzer SSIM on the decoded audio) and the same global
 batch: 2 prompts x N samples per step, as 1 process x 2 prompts or 2 ranks x 1
-prompt. Each run is the real command (``python -m ttspo.trainer grpo`` /
-``torchrun --nproc-per-node 2 -m ttspo.trainer grpo``), so model loading and
+prompt. Each run is the real command (``ttspo train grpo`` /
+``torchrun --nproc-per-node 2 -m ttspo.builder.cli -- ... train grpo``), so model loading and
 rendezvous are paid as a user pays them; the per-step figures are read from the
 run's metrics.jsonl, leaving out step 1 (first calls load the scoring models).
 The ratio is 2-process rollouts/s over 1-process rollouts/s, measured in this run;
@@ -38,14 +38,14 @@ def run(nproc: int, root: Path, args: argparse.Namespace) -> dict[str, float]:
     store = Store(root / f"st{nproc}")
     make_prompts(store, 4)
     out = root / f"run{nproc}"
-    head = ([str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", str(nproc), "-m"]
-            if nproc > 1 else [sys.executable, "-m"])
+    head = ([str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", str(nproc), "-m",
+             "ttspo.builder.cli", "--"] if nproc > 1 else [sys.executable, "-m", "ttspo.builder.cli"])
     overrides = [f"policy.model.{k}={v}" for k, v in TINY.items()] + [
         f"grpo.prompts_per_step={2 // nproc}", f"grpo.n_generations_per_item={args.samples}",
         f"grpo.max_decoder_steps={args.frames}", "grpo.min_valid_codes_len=2",
         f"train.max_steps={args.steps}", "train.val_every=0", "train.checkpoint_every=0",
         "train.progress=false", "train.tensorboard=false", "optim.lr=1e-3"]
-    cmd = [*head, "ttspo.trainer", "grpo", "--store", str(store.root), "--out", str(out)]
+    cmd = [*head, "--store", str(store.root), "train", "grpo", "--out", str(out)]
     for o in overrides:
         cmd += ["-o", o]
     began = time.perf_counter()

@@ -54,7 +54,7 @@ def make_pairs(n: int, frames: int, seed: int = 0):
     import numpy as np
 
     from ttspo.builder.core.schemas import GEN
-    from ttspo.trainer.policy import CONTEXT_CODES
+    from ttspo.trainer.policy.base import CONTEXT_CODES
 
     rng = np.random.default_rng(seed)
     chosen, rejected = [], []
@@ -73,7 +73,7 @@ def build(paths: dict, side: str):
     import torch
 
     if side == "ttspo":
-        from ttspo.trainer.nemo.load import load_nemo
+        from ttspo.trainer.policy.nemo.load import load_nemo
 
         return load_nemo(str(paths["magpie"]))  # dropout 0, as asked
     import nemo_models
@@ -90,10 +90,10 @@ class TtspoSide:
         import numpy as np
         import torch
 
-        from ttspo.trainer.config import load_config
-        from ttspo.trainer.data import Pairs
-        from ttspo.trainer.policy import sequence_logps
-        from ttspo.trainer.ref import RefCache
+        from ttspo.trainer.run.config import load_config
+        from ttspo.trainer.dpo.data import Pairs
+        from ttspo.trainer.policy.base import sequence_logps
+        from ttspo.trainer.dpo.ref import RefCache
 
         n = len(chosen)
         self.pairs = Pairs("bench", 1, 1, None, [f"p{i}" for i in range(n)], ["train"] * n, chosen,
@@ -108,7 +108,7 @@ class TtspoSide:
         self.opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=LR)
 
     def step(self) -> float:
-        from ttspo.trainer.loop import pair_step
+        from ttspo.trainer.dpo.loop import pair_step
 
         loss, _ = pair_step(self.policy, self.policy, None, self.cache, self.pairs,
                             list(range(len(self.pairs))), self.cfg)
@@ -181,7 +181,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ttspo-bench-nemo-"))
     paths = {"codec": nemo_models.save_codec(tmp / "codec.nemo")}
     paths["magpie"] = nemo_models.save_magpie(paths["codec"], tmp / "magpie.nemo")
-    from ttspo.trainer.nemo.load import load_nemo
+    from ttspo.trainer.policy.nemo.load import load_nemo
 
     torch.save({"state_dict": load_nemo(str(paths["magpie"])).model.state_dict()}, tmp / "ref.ckpt")
     paths["ref"] = tmp / "ref.ckpt"

@@ -18,7 +18,7 @@ echo "load average before: $(cut -d' ' -f1 /proc/loadavg)"
 t0=$(date +%s.%N); bash .ci/setup "${arg[@]}"; t1=$(date +%s.%N)
 bash .ci/setup "${arg[@]}" 2>/dev/null; t2=$(date +%s.%N)
 .venv/bin/ttspo --help >/dev/null
-.venv/bin/python -c "import ttspo.builder.scoring.run, ttspo.trainer.codec" 
+.venv/bin/python -c "import ttspo.builder.scoring.run, ttspo.trainer.policy.codec" 
 if [ "$extra" = tests ]; then .venv/bin/python -c "import pytest, hypothesis, nemo"; fi
 printf 'setup %s, %s uv cache: first run %.1f s, second run %.1f s, .venv %s, uv cache %s\n' \
     "$extra" "$cache" "$(echo "$t1 - $t0" | bc)" "$(echo "$t2 - $t1" | bc)" \

@@ -19,7 +19,7 @@ before the models were built to the last step, minus the RSS at that point
 touches and what the C allocator keeps), in a run of its own with
 MALLOC_MMAP_THRESHOLD_ fixed so that freed activations go back to the OS. Target: ttspo >= 1.25x and a lower peak.
 
-Part 2: ``python -m ttspo.trainer dpo`` on 1 process against ``torchrun
+Part 2: ``ttspo train dpo`` on 1 process against ``torchrun
 --nproc-per-node 2`` on a synthetic set, the same pairs per process (so 2 processes
 do twice the pairs per step): pairs per second (median over steps after the first
 three, from metrics.jsonl). On 2 shared cores this can only show what the cores allow.
@@ -70,8 +70,8 @@ def make_step(name: str, size: str):
     """The variant's models, optimizer and one-step function, on the bench batch."""
     import torch
 
-    from ttspo.trainer import losses as L
-    from ttspo.trainer.policy import load_policy, sequence_logps
+    from ttspo.trainer.dpo import losses as L
+    from ttspo.trainer.policy.base import load_policy, sequence_logps
 
     torch.manual_seed(0)
     policy = load_policy("tiny", config=SIZES[size])
@@ -224,7 +224,7 @@ def part2(steps: int) -> None:
                              "train.checkpoint_every": 0, "data.pairs_per_device": 4,
                              **{f"policy.model.{k}": v for k, v in MODEL.items()},
                              "policy.model.max_frames": 128})
-    args = ["-m", "ttspo.trainer", "dpo", SET, "--store", str(store.root),
+    args = ["-m", "ttspo.builder.cli", "--store", str(store.root), "train", "dpo", SET,
             *[w for o in opts for w in ("-o", o)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = {}
@@ -236,7 +236,7 @@ def part2(steps: int) -> None:
         subprocess.run([*launcher, *args, "--out", str(run_dir)], env=env, check=True,
                        capture_output=True)
         wall = time.perf_counter() - began
-        from ttspo.trainer.loop import read_metrics
+        from ttspo.trainer.dpo.loop import read_metrics
 
         rates = [m["pairs_per_second"] for m in read_metrics(run_dir) if "pairs_per_second" in m]
         out[n] = (statistics.median(rates[3:]), wall)

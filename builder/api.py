@@ -1,4 +1,4 @@
-"""The notebook API: one object per store, with the operations the CLI offers.
+"""The notebook API's data half: one object per store, with the data operations the CLI offers.
 
     import ttspo
     store = ttspo.Store("ttspo-store")
@@ -16,7 +16,9 @@ an empty store). Writers record lineage: the CLI passes its command line, a
 notebook call records the method's name and arguments.
 
 ``store.core`` is the underlying ``ttspo.builder.core.store.Store`` (open a
-table at a version as a Lance dataset, read its lineage, ...).
+table at a version as a Lance dataset, read its lineage, ...). ``ttspo.Store`` is
+this class with the trainer's methods mixed in (generate, precompute_ref,
+train_dpo, train_grpo: ``ttspo.trainer.api``), assembled by ``ttspo/__init__.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ttspo.builder.core.errors import InputError, ModelError, StoreError
+from ttspo.builder.core.errors import InputError, StoreError
 from ttspo.builder.core.store import Lineage, as_lineage, default_store_path, make_lineage
 from ttspo.builder.core.store import Store as CoreStore
 from ttspo.builder.scoring.options import DEFAULTS as SCORE
@@ -56,6 +58,9 @@ class Store:
         if not name.startswith("_") and hasattr(CoreStore, name):
             raise AttributeError(f"ttspo.Store has no '{name}'; the core store's is "
                                  f"store.core.{name} (ttspo.builder.core.store.Store)")
+        if type(self) is Store:  # the data half alone, not ttspo.Store
+            raise AttributeError(f"ttspo.builder.api.Store has no '{name}': it is the data half; "
+                                 "ttspo.Store adds the trainer's methods (ttspo.trainer.api)")
         raise AttributeError(f"'ttspo.Store' object has no attribute '{name}'")
 
     # ------------------------------------------------------------ reading
@@ -236,52 +241,15 @@ class Store:
         self._require()
         return export_trl(self.core, ref, self.check_output(out))
 
-    # ------------------------------------------------------- generate, compare
-    def generate(self, *, run: str, checkpoint: str | os.PathLike, policy: str = "tiny",
-                 samples: int = 4, prompts: str = "prompts", where: str | None = None,
-                 temperature: float = 1.0, top_k: int = 0, cfg_scale: float = 1.0,
-                 max_steps: int = 430, seed: int = 0, use_kv_cache: bool = True,
-                 audio_dir: str | os.PathLike | None = None, embed_audio: bool = False,
-                 score: bool = False, metrics: str | Sequence[str] = SCORE.metrics,
-                 asr: str = SCORE.asr, sv: str = SCORE.sv, batch_size: int = 8,
-                 lineage: Lineage | None = None):
-        """SAMPLES samples per selected prompt from CHECKPOINT into generations as RUN
-        (ttspo.trainer.generate: seeded per prompt and sample, one commit, reruns fill
-        what is missing). Under torchrun each rank takes its share. A Result."""
-        from ttspo.builder.scoring.dist import comm_from_env
-        from ttspo.builder.scoring.options import options_from
-        from ttspo.builder.scoring.run import check_backends
-        from ttspo.trainer.generate import GenerateOptions, generate
-        from ttspo.trainer.policy import Sampling
-
-        self._require()
-        scoring = options_from(metrics, asr=asr, sv=sv) if score else None
-        if scoring is not None:
-            scoring.check()
-            check_backends(scoring)
-        sampling = Sampling(temperature=temperature, top_k=top_k, cfg_scale=cfg_scale,
-                            max_steps=max_steps, use_kv_cache=use_kv_cache, seed=seed)
-        options = GenerateOptions(run=run, checkpoint=str(checkpoint), policy=policy,
-                                  samples=samples, prompts=prompts, where=where,
-                                  sampling=sampling, embed_audio=embed_audio, score=scoring,
-                                  audio_dir=None if audio_dir is None else str(audio_dir),
-                                  batch_size=batch_size)
-        lineage = lineage or make_lineage("generate", {"run": run, "checkpoint": str(checkpoint),
-                                                       "samples": samples, "where": where})
-        comm = comm_from_env()
-        try:
-            return generate(self.core, options, lineage=lineage, comm=comm)
-        finally:
-            comm.close()
-
+    # -------------------------------------------------------------- compare
     def compare(self, runs: Sequence[str], *, metrics: Sequence[str] | None = None,
                 seed: int = 0, n_boot: int = 1000, n_perm: int = 1000,
                 confidence: float = 0.95, generations: str = "generations",
                 plot: str | os.PathLike | None = None):
         """Each run after the first against the first, per metric and breakdown: a
-        polars DataFrame from the compare_runs SQL macro (ttspo.trainer.compare).
+        polars DataFrame from the compare_runs SQL macro (ttspo.builder.analysis.compare).
         PLOT: also draw the per-prompt differences to that PNG file."""
-        from ttspo.trainer import compare as c
+        from ttspo.builder.analysis import compare as c
 
         self._require()
         table = c.compare_runs(self.core, runs, metrics=metrics, seed=seed, n_boot=n_boot,
@@ -291,56 +259,6 @@ class Store:
                                               generations=generations)
             c.plot_differences(per_prompt, self.check_output(plot))
         return table
-
-    # ---------------------------------------------------------------- train
-    # CONFIG (a YAML path) and OVERRIDES ("key=value") make the one training Config.
-    def precompute_ref(self, set_ref: str, *, ref: str | os.PathLike, policy: str = "tiny",
-                       config=None, overrides: Sequence[str] = (), batch_pairs: int = 16,
-                       lineage: Lineage | None = None) -> dict[str, Any]:
-        """Reference log-probs of SET_REF's pairs under checkpoint REF into ref_logps, keyed
-        by (set, version, REF's sha256, the policy config's sha256: give train_dpo's
-        CONFIG/OVERRIDES). A summary; its version is None when the key was there."""
-        from ttspo.trainer.ref import precompute_ref
-
-        cfg, lineage = self._train_setup("train precompute-ref", config, overrides, lineage,
-                                         set_ref=set_ref, ref=str(ref), policy=policy,
-                                         batch_pairs=batch_pairs)
-        return precompute_ref(self.core, set_ref, ref_path=ref, cfg=cfg, spec=policy,
-                              lineage=lineage, batch_pairs=batch_pairs)
-
-    def train_dpo(self, set_ref: str, *, out: str | os.PathLike, policy: str = "tiny",
-                  init=None, config=None, overrides: Sequence[str] = (),
-                  lineage: Lineage | None = None, echo=print, force_lock: bool = False):
-        """DPO/IPO/RPO on SET_REF into run folder OUT (ttspo.trainer.loop): a RunResult.
-        FORCE_LOCK takes OUT over from a writer another host's lock file names."""
-        from ttspo.trainer.loop import train_dpo
-
-        init = None if init is None else str(init)
-        cfg, lineage = self._train_setup("train dpo", config, overrides, lineage, set_ref=set_ref,
-                                         out=str(out), policy=policy, init=init)
-        return train_dpo(self.core, set_ref, cfg=cfg, out=out, spec=policy, init=init,
-                         lineage=lineage, echo=echo, force_lock=force_lock)
-
-    def train_grpo(self, *, out: str | os.PathLike, policy: str = "tiny", init=None,
-                   config=None, overrides: Sequence[str] = (), lineage: Lineage | None = None,
-                   echo=print, force_lock: bool = False):
-        """Online GRPO on the prompts table (``grpo.prompts``, ``grpo.where``) into run
-        folder OUT (ttspo.trainer.grpo): a GrpoResult. FORCE_LOCK: as train_dpo's."""
-        from ttspo.trainer.grpo import train_grpo
-
-        init = None if init is None else str(init)
-        cfg, lineage = self._train_setup("train grpo", config, overrides, lineage,
-                                         out=str(out), policy=policy, init=init)
-        return train_grpo(self.core, cfg=cfg, out=out, spec=policy, init=init, lineage=lineage,
-                          echo=echo, force_lock=force_lock)
-
-    def _train_setup(self, command: str, config, overrides, lineage, **args):
-        from ttspo.trainer.config import load_config
-
-        self._require()
-        cfg = load_config(config, list(overrides))
-        return cfg, lineage or make_lineage(command, {
-            **args, "config": None if config is None else str(config), "overrides": list(overrides)})
 
     # ------------------------------------------------------------- checks
     def _require(self) -> None:
@@ -399,10 +317,9 @@ def write_result(result, path: Path) -> None:
 
 
 def load_codec(spec: str):
-    """The codec SPEC names: ``nemo:PATH.nemo`` (a local NeMo AudioCodecModel)."""
-    name, _, path = spec.partition(":")
-    if name != "nemo" or not path:
-        raise ModelError(f"--codec {spec}: give a NeMo codec as nemo:PATH.nemo")
-    from ttspo.trainer.nemo.codec import NemoCodec
+    """The codec SPEC names (``nemo:PATH.nemo``): codecs are the trainer's, so the
+    loader is found through the registry, not imported."""
+    import ttspo
 
-    return NemoCodec.load(path)
+    return ttspo.registered(ttspo.CODEC_LOADER)(spec)
+

@@ -16,10 +16,10 @@ from __future__ import annotations
 # What the pages are generated from. After a module moves, repoint these.
 CLI = "ttspo.builder.cli.main:cli"  # the click group behind `ttspo`
 CLI_NAME = "ttspo"  # the program name shown in usage lines
-CONFIG = "ttspo.trainer.config:Config"  # the root config dataclass (one field per section)
-CONFIG_RULES = "ttspo.trainer.config:RULES"  # {"section.key": rule}: what each key allows
-CONFIG_ALLOWED = "ttspo.trainer.config_rules:allowed"  # rule -> "[0, 1); 2 values"
-CONFIG_FREE_FORM = "ttspo.trainer.config:FREE_FORM"  # keys taking any sub-key; "" if none
+CONFIG = "ttspo.trainer.run.config:Config"  # the root config dataclass (one field per section)
+CONFIG_RULES = "ttspo.trainer.run.config:RULES"  # {"section.key": rule}: what each key allows
+CONFIG_ALLOWED = "ttspo.trainer.run.config_rules:allowed"  # rule -> "[0, 1); 2 values"
+CONFIG_FREE_FORM = "ttspo.trainer.run.config:FREE_FORM"  # keys taking any sub-key; "" if none
 WIDTH = 100  # terminal width for click's help text
 # ---------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 from ttspo.builder.core.schemas import PROMPT, PROMPTS_SCHEMA
 from ttspo.builder.core.store import Store, make_lineage
 
-CORPUS = Path(__file__).resolve().parents[1] / "builder" / "demo" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "trainer" / "demo" / "corpus"
 TINY = {"d_model": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "d_ffn": 64}
 
 

@@ -44,8 +44,22 @@ def pipeline(tmp_path_factory):
 def test_the_store_is_loaded_lazily():
     code = "import sys, ttspo; assert 'ttspo.builder.api' not in sys.modules; " \
            "assert 'lance' not in sys.modules and 'duckdb' not in sys.modules; " \
-           "from ttspo.builder.api import Store; assert ttspo.Store is Store"
+           "S = ttspo.Store; assert 'torch' not in sys.modules; assert S is ttspo.Store"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_store_is_assembled_from_both_halves(tmp_path):
+    # The registry mixes the trainer's methods into the data half; the data half
+    # alone says where they are.
+    import ttspo
+    from ttspo.builder.api import Store as DataStore
+    from ttspo.trainer.api import TrainerMethods
+
+    assert issubclass(ttspo.Store, DataStore) and issubclass(ttspo.Store, TrainerMethods)
+    assert repr(ttspo.Store(tmp_path)) == f"ttspo.Store({str(tmp_path)!r})"
+    assert not hasattr(DataStore, "train_dpo")
+    with pytest.raises(AttributeError, match="the data half; ttspo.Store adds the trainer's"):
+        DataStore(tmp_path).train_dpo
 
 
 def test_ingest_results(pipeline):

@@ -6,8 +6,8 @@ import hashlib
 
 import torch
 
-from ttspo.trainer import checkpoints as ckpt
-from ttspo.trainer.policy import load_policy
+from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.policy.base import load_policy
 
 SMALL = {"d_model": 32, "n_heads": 2, "d_ffn": 64, "encoder_layers": 1, "decoder_layers": 1}
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import ttspo.builder.demo
-from ttspo.trainer import codec as C
+import ttspo.trainer.demo
+from ttspo.trainer.policy import codec as C
 
-CORPUS = Path(ttspo.builder.demo.__file__).resolve().parent / "corpus"
+CORPUS = Path(ttspo.trainer.demo.__file__).resolve().parent / "corpus"
 AUDIOS = CORPUS / "generations" / "audios"
 
 

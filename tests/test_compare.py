@@ -14,7 +14,7 @@ from ttspo.builder.cli.main import cli
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA
 from ttspo.builder.core.store import Store, make_lineage
-from ttspo.trainer.compare import compare_runs, prompt_differences
+from ttspo.builder.analysis.compare import compare_runs, prompt_differences
 
 
 def rows_for(run: str, values: dict[str, list[float]], *, metric: str = GEN.cer,

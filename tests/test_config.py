@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from ttspo.builder.core.errors import ConfigError
-from ttspo.trainer.config import Config, load_config, save_config
+from ttspo.trainer.run.config import Config, load_config, save_config
 
 
 def test_yaml_then_overrides_typed_by_field(tmp_path):
@@ -54,7 +54,7 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
 
 
 def test_best_rule_per_trainer():
-    from ttspo.trainer.config import BEST_METRICS, best_rule
+    from ttspo.trainer.run.config import BEST_METRICS, best_rule
 
     dpo, grpo = list(BEST_METRICS["dpo"]), ["val/reward", "val/cer", "val/ssim"]
     rule = lambda trainer, measured, *o: best_rule(load_config(None, list(o)), trainer, measured)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ttspo.builder.cli.main import cli
-from ttspo.trainer.config import LOSS_TYPES, RULES, load_config, valid_keys
+from ttspo.trainer.run.config import LOSS_TYPES, RULES, load_config, valid_keys
 from train_helpers import SET, pattern_store, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -161,7 +161,7 @@ def test_edge_values_load_and_the_corrected_command_trains_in_the_same_out(store
 
 
 def test_every_key_has_a_rule_and_the_loss_names_are_the_losses():
-    from ttspo.trainer.losses import LOSSES
+    from ttspo.trainer.dpo.losses import LOSSES
 
     assert list(RULES) == valid_keys()  # the table's order is the dataclasses'
     assert set(LOSS_TYPES) == set(LOSSES)
@@ -210,7 +210,7 @@ def test_a_missing_reference_cache_leaves_no_run_folder(store, tmp_path):
 
 
 def test_the_rules_table_renders_as_the_docs_table():
-    from ttspo.trainer.config_rules import markdown
+    from ttspo.trainer.run.config_rules import markdown
 
     lines = markdown(RULES).splitlines()
     assert lines[:2] == ["| key | allowed |", "|---|---|"] and len(lines) == 2 + len(RULES)
@@ -225,8 +225,8 @@ def test_the_torchrun_entry_refuses_the_same_way(store, tmp_path):
     import sys
 
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "ttspo.trainer", "dpo", SET, "--store",
-                           str(store.root), "--out", str(out), "-o", "optim.betas=[0.9,nan]"],
+    done = subprocess.run([sys.executable, "-m", "ttspo.builder.cli", "--store", str(store.root),
+                           "train", "dpo", SET, "--out", str(out), "-o", "optim.betas=[0.9,nan]"],
                           capture_output=True, text=True, timeout=300)
     assert (done.returncode, done.stdout, done.stderr) == (
         1, "", "Error: config optim.betas[1]: nan is not in [0, 1)\n")

@@ -12,16 +12,16 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-import ttspo.builder.demo
-from ttspo.builder.demo import run as demo_api
+import ttspo.trainer.demo
+from ttspo.trainer.demo import run as demo_api
 from ttspo.builder.cli.main import cli
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core import query
 from ttspo.builder.core.store import Store
-from ttspo.trainer import codec as C
+from ttspo.trainer.policy import codec as C
 from train_helpers import log_2_tolerance
 
-CORPUS = Path(ttspo.builder.demo.__file__).resolve().parent / "corpus"
+CORPUS = Path(ttspo.trainer.demo.__file__).resolve().parent / "corpus"
 AUDIOS = CORPUS / "generations" / "audios"
 CONFIG = json.loads((CORPUS / "corpus.json").read_text())
 METRIC_KEYS = ["cer_gt", "wer_gt", "duration", "spk_similarity", "pred_transcript",

@@ -3,10 +3,10 @@ scored, compared, with verdicts that claim only what the intervals show."""
 
 from __future__ import annotations
 
-from ttspo.builder.demo import loop as demo_loop
-from ttspo.builder.demo import run as demo_api
-from ttspo.builder.demo import sets as demo_sets
-from ttspo.builder.demo.train import MODEL
+from ttspo.trainer.demo import loop as demo_loop
+from ttspo.trainer.demo import run as demo_api
+from ttspo.trainer.demo import sets as demo_sets
+from ttspo.trainer.demo.train import MODEL
 
 
 def row(metric="cer", diff=0.1, low=0.05, high=0.15, p=0.01, better="lower", n=6):
@@ -34,7 +34,7 @@ def test_verdicts_say_no_difference_when_the_interval_holds_zero():
 def test_the_loop_step_generates_scores_and_compares_then_a_rerun_writes_nothing(tmp_path):
     import torch
 
-    from ttspo.trainer.policy import load_policy
+    from ttspo.trainer.policy.base import load_policy
 
     steps = [s for s in demo_api.STEPS if s[0] in ("corpus", "prompts", "ingest", "build")]
     lines: list[str] = []

@@ -48,9 +48,11 @@ def sections(text: str) -> dict[str, str]:
 
 
 def option_names(cmd: click.Command) -> set[str]:
-    """Every spelling of every option of CMD, --help included."""
+    """Every spelling of every option of CMD, --help included; hidden options (the
+    internal plumbing `score --workers` passes its worker processes) are not shown."""
     params = cmd.get_params(click.Context(cmd))
-    return {o for p in params if isinstance(p, click.Option) for o in (*p.opts, *p.secondary_opts)}
+    return {o for p in params if isinstance(p, click.Option) and not p.hidden
+            for o in (*p.opts, *p.secondary_opts)}
 
 
 # ------------------------------------------------------------ generated pages

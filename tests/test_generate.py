@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from ttspo.builder.cli.main import cli
 from ttspo.builder.core.schemas import (CHECKPOINTS_SCHEMA, CKPT, GEN, PROMPT, PROMPTS_SCHEMA)
 from ttspo.builder.core.store import Store, make_lineage
-from ttspo.trainer.generate import GenerateOptions, generate
-from ttspo.trainer.samples import sample_seed
-from ttspo.trainer.policy import Sampling
+from ttspo.trainer.generate.run import GenerateOptions, generate
+from ttspo.trainer.policy.samples import sample_seed
+from ttspo.trainer.policy.base import Sampling
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -35,7 +35,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", LANCE_LOG="error")
 def checkpoint(tmp_path_factory) -> Path:
     import torch
 
-    from ttspo.trainer.tiny import TinyCodecLM, TinyConfig
+    from ttspo.trainer.policy.tiny import TinyCodecLM, TinyConfig
 
     torch.manual_seed(0)
     model = TinyCodecLM(TinyConfig(d_model=32, n_heads=2, encoder_layers=1, decoder_layers=1,
@@ -256,8 +256,8 @@ def test_sigkill_mid_generate_then_rerun_loses_and_doubles_nothing(tmp_path, che
 
 @pytest.mark.parametrize("frames", [0, 1, 2, 5])
 def test_generated_codes_decode_to_frames_times_hop_samples(frames):
-    from ttspo.trainer.codec import Codec
-    from ttspo.trainer.samples import decode
+    from ttspo.trainer.policy.codec import Codec
+    from ttspo.trainer.policy.samples import decode
 
     codes = np.random.default_rng(frames).integers(0, 256, (8, frames))
     audio, sr = decode(Codec.load(), codes)

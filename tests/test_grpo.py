@@ -130,7 +130,7 @@ def test_rollouts_name_the_newest_checkpoint_or_the_start_weights(tmp_path):
 
     import torch
 
-    from ttspo.trainer.policy import load_policy
+    from ttspo.trainer.policy.base import load_policy
 
     store = Store(tmp_path / "st")
     make_prompts(store, 2)
@@ -154,7 +154,7 @@ def test_a_best_checkpoint_does_not_tag_rollouts(tmp_path):
     """Only step checkpoints tag rollouts (a resume finds those, and best/ is
     overwritten): with validation every step and the first step checkpoint at 4,
     every training row carries the start weights' sha256."""
-    from ttspo.trainer.policy import load_policy
+    from ttspo.trainer.policy.base import load_policy
 
     import torch
 
@@ -177,9 +177,9 @@ def test_a_nan_loss_stops_grpo_naming_the_last_good_checkpoint_whose_meta_has_ev
     import pytest
 
     from ttspo.builder.core.errors import TrainingError
-    from ttspo.trainer import checkpoints as ckpt
-    from ttspo.trainer.config import load_config
-    from ttspo.trainer.grpo import train_grpo
+    from ttspo.trainer.run import checkpoints as ckpt
+    from ttspo.trainer.run.config import load_config
+    from ttspo.trainer.grpo.loop import train_grpo
 
     store = Store(tmp_path / "st")
     make_prompts(store, 2)
@@ -204,7 +204,7 @@ def test_a_nan_loss_stops_grpo_naming_the_last_good_checkpoint_whose_meta_has_ev
 
 
 def load_policy_file(path):
-    from ttspo.trainer.policy import load_policy
+    from ttspo.trainer.policy.base import load_policy
 
     return load_policy("tiny", init=str(path), config=TINY)
 
@@ -249,7 +249,7 @@ def test_grpo_best_checkpoint_by_the_configs_best_metric(tmp_path):
 
 @pytest.mark.parametrize("command", [["grpo"], ["dpo", "some-set"]])
 def test_train_commands_go_through_the_api(tmp_path, command):
-    """`ttspo train dpo|grpo` call Store.train_dpo|train_grpo (builder/api.py): a store
+    """`ttspo train dpo|grpo` call Store.train_dpo|train_grpo (trainer/api.py): a store
     that does not exist is the API's one-line error, and nothing is made."""
     missing = tmp_path / "nostore"
     result = CliRunner().invoke(cli, ["--store", str(missing), "train", *command,

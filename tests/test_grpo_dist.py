@@ -14,7 +14,7 @@ import pytest
 
 from ttspo.builder.core.schemas import CKPT, GEN, ROLL, RWD
 from ttspo.builder.core.store import Store
-from ttspo.trainer.rollouts import committed_steps
+from ttspo.trainer.grpo.rollouts import committed_steps
 
 sys.path.insert(0, str(Path(__file__).parent))
 from grpo_helpers import TINY, make_prompts  # noqa: E402
@@ -30,9 +30,11 @@ KEYS = (ROLL.rollout_id, GEN.codes, GEN.codes_len, RWD.reward, RWD.advantage)
 
 
 def command(store: Store, out: Path, *overrides: str, nproc: int = 1) -> list[str]:
+    # torchrun reads no option after `--`: the rest is the command's.
     head = ([str(BIN / "torchrun"), "--nproc-per-node", str(nproc), "--master-port",
-             str(29500 + os.getpid() % 1000), "-m"] if nproc > 1 else [sys.executable, "-m"])
-    args = [*head, "ttspo.trainer", "grpo", "--store", str(store.root), "--out", str(out)]
+             str(29500 + os.getpid() % 1000), "-m", "ttspo.builder.cli", "--"] if nproc > 1
+            else [sys.executable, "-m", "ttspo.builder.cli"])
+    args = [*head, "--store", str(store.root), "train", "grpo", "--out", str(out)]
     for o in (*LENGTH, *overrides):
         args += ["-o", o]
     return args

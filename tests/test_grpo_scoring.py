@@ -1,4 +1,4 @@
-"""GRPO scores its rollouts through generate's scorer (trainer/generate_rows.py): the
+"""GRPO scores its rollouts through generate's scorer (trainer/generate/rows.py): the
 same numbers the backends give, and each prompt's recordings read once per run."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from ttspo.builder.core.schemas import GEN, PROMPT, PROMPTS_SCHEMA
 from ttspo.builder.core.store import Store, make_lineage
 from ttspo.builder.scoring import cosine, load_quality, load_speaker
 from ttspo.builder.scoring.audio import MODEL_SR, read_audio, resample
-from ttspo.trainer.grpo_rollout import Scoring, load_prompts, rollout
-from ttspo.trainer.policy import Sampling, load_policy
-from ttspo.trainer.rewards import RewardConfig
-from ttspo.trainer.samples import decode
+from ttspo.trainer.grpo.rollout import Scoring, load_prompts, rollout
+from ttspo.trainer.policy.base import Sampling, load_policy
+from ttspo.trainer.grpo.rewards import RewardConfig
+from ttspo.trainer.policy.samples import decode
 
 
 def prompts_with_own_recordings(store: Store, folder) -> list[str]:

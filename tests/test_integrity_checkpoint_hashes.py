@@ -205,7 +205,7 @@ def test_a_state_changed_after_the_folder_was_checked_is_refused_where_it_is_rea
     # A second writer or a fault between the check and the read: load_state hashes
     # the very bytes it loads.
     from ttspo.builder.core.errors import InputError
-    from ttspo.trainer import checkpoints as ckpt
+    from ttspo.trainer.run import checkpoints as ckpt
 
     store, out = run
     flip_a_byte(step(out, 4) / "state.pt")
@@ -220,7 +220,7 @@ def test_generate_ranks_load_the_file_the_plan_checked(run):
     # a file replaced in between is refused, so the rows never name other weights.
     from ttspo.builder.core.errors import InputError
     from ttspo.builder.core.schemas import GEN
-    from ttspo.trainer.generate_rows import GenerateOptions, make_rows
+    from ttspo.trainer.generate.rows import GenerateOptions, make_rows
 
     store, out = run
     given = step(out, 4) / "policy.pt"

@@ -1,5 +1,5 @@
 """One writer per run folder, and the `checkpoints` table equal to the run folders after
-any kill: a tiny DPO killed (TTSPO_FAULT, trainer/faults.py) at each moment of a save,
+any kill: a tiny DPO killed (TTSPO_FAULT, trainer/run/faults.py) at each moment of a save,
 then resumed, ends exactly as an uninterrupted run; a second writer is refused by one
 line naming the holder. Real processes, real SIGKILLs, real Lance tables."""
 
@@ -19,10 +19,10 @@ from click.testing import CliRunner
 
 from ttspo.builder.cli.main import cli
 from ttspo.builder.core.schemas import CKPT
-from ttspo.trainer import checkpoints as ckpt
-from ttspo.trainer.config import load_config
-from ttspo.trainer.loop import train_dpo
-from ttspo.trainer.runs import read_lineage, read_metrics
+from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.run.config import load_config
+from ttspo.trainer.dpo.loop import train_dpo
+from ttspo.trainer.run.folder import read_lineage, read_metrics
 from train_helpers import SET, pattern_store, tiny_overrides
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 cores, shared: one thread per process
@@ -52,8 +52,8 @@ def quiet(*_):
 
 
 def command(store, out: Path, **extra) -> list[str]:
-    args = [sys.executable, "-m", "ttspo.trainer", "dpo", SET, "--store", str(store.root),
-            "--out", str(out)]
+    args = [sys.executable, "-m", "ttspo.builder.cli", "--store", str(store.root), "train", "dpo",
+            SET, "--out", str(out)]
     for o in tiny_overrides(**{**RUN, **extra}):
         args += ["-o", o]
     return args
@@ -278,7 +278,8 @@ def test_torchrun_ranks_all_stop_with_the_line(store, tmp_path):
                                                  "since": "2026-01-02T03:04:05+00:00"}))
     args = command(store, out, **{"train.max_steps": 1})
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", "2",
-                "--master-port", str(29500 + os.getpid() % 1000 + 7), "-m", *args[2:]]
+                "--master-port", str(29500 + os.getpid() % 1000 + 7), "-m", args[2], "--",
+                *args[3:]]
     done = subprocess.run(torchrun, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines()
@@ -310,7 +311,7 @@ def grpo_state(store, out: Path) -> tuple:
 def grpo_whole(tmp_path_factory):
     from grpo_helpers import make_prompts
     from ttspo.builder.core.store import Store
-    from ttspo.trainer.grpo import train_grpo
+    from ttspo.trainer.grpo.loop import train_grpo
 
     root = tmp_path_factory.mktemp("grpo_whole")
     store = Store(root / "st")
@@ -326,7 +327,7 @@ def test_grpo_killed_at_a_save_then_resumed_equals_an_uninterrupted_run(grpo_who
     from grpo_helpers import make_prompts
     from test_grpo_dist import command as grpo_command
     from ttspo.builder.core.store import Store
-    from ttspo.trainer.grpo import train_grpo
+    from ttspo.trainer.grpo.loop import train_grpo
 
     store = Store(tmp_path / "st")
     make_prompts(store, 3)

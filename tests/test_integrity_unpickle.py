@@ -23,9 +23,9 @@ import torch
 from click.testing import CliRunner
 
 from ttspo.builder.cli.main import cli
-from ttspo.trainer import checkpoints as ckpt
-from ttspo.trainer.config import load_config
-from ttspo.trainer.loop import read_metrics, train_dpo
+from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.run.config import load_config
+from ttspo.trainer.dpo.loop import read_metrics, train_dpo
 from train_helpers import SET, pattern_store, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

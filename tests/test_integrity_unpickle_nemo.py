@@ -19,7 +19,7 @@ pytest.importorskip("nemo.collections.tts.models")
 import nemo_models  # noqa: E402
 from ttspo.builder.cli.main import cli  # noqa: E402
 from ttspo.builder.core.errors import ModelError  # noqa: E402
-from ttspo.trainer.policy import load_policy  # noqa: E402
+from ttspo.trainer.policy.base import load_policy  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,10 +1,15 @@
-"""The layout is the architecture: stages import only earlier stages, never the CLI.
+"""The layout is the architecture: stages import only earlier stages, never a CLI.
 
-Order (docs/layout.md): builder.core < builder.prompts < builder.ingest <
-builder.scoring < builder.sets < trainer < builder.api < builder.demo < builder.cli.
-Every module of builder/, trainer/ and sql/ is parsed (no import runs), and every
-import statement counts, function-level ones included: a lazy import of a later
-stage is still a dependency on it.
+Order (the tree reads the same): the builder, the data half, which never imports
+the trainer: builder.core < builder.prompts < builder.ingest < builder.scoring <
+builder.sets < builder.analysis < builder.api < builder.cli; then the trainer, in
+rooms: trainer.run < trainer.policy < trainer.dpo < trainer.generate <
+trainer.grpo < trainer.api < trainer.demo < trainer.cli. The command line and
+ttspo.Store are assembled from both halves by the registry in ttspo/__init__.py,
+which names modules as text. Only a CLI module imports a CLI module. Every module
+of builder/, trainer/ and sql/ is parsed (no import runs), and every import
+statement counts, function-level ones included: a lazy import of a later stage is
+still a dependency on it.
 """
 
 from __future__ import annotations
@@ -18,9 +23,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("builder", "trainer", "sql")
 STAGES = ("ttspo.builder.core", "ttspo.builder.prompts", "ttspo.builder.ingest",
-          "ttspo.builder.scoring", "ttspo.builder.sets", "ttspo.trainer",
-          "ttspo.builder.api", "ttspo.builder.demo", "ttspo.builder.cli")
-CLI = STAGES.index("ttspo.builder.cli")
+          "ttspo.builder.scoring", "ttspo.builder.sets", "ttspo.builder.analysis",
+          "ttspo.builder.api", "ttspo.builder.cli",
+          "ttspo.trainer.run", "ttspo.trainer.policy", "ttspo.trainer.dpo",
+          "ttspo.trainer.generate", "ttspo.trainer.grpo", "ttspo.trainer.api",
+          "ttspo.trainer.demo", "ttspo.trainer.cli")
+CLIS = ("ttspo.builder.cli", "ttspo.trainer.cli")
+LAST = len(STAGES) - 1
 # Our own top-level folders: importing them bare only works with the repo root on
 # sys.path (a source checkout), never from an installed wheel.
 BARE = {"builder", "trainer", "sql", "tests", "bench"}
@@ -37,7 +46,7 @@ def stage(name: str) -> int | None:
     """Index of the stage NAME belongs to; None for the packages above the stages
     (ttspo, ttspo.builder) and for ttspo.sql (recipes, no code)."""
     if name.rsplit(".", 1)[-1] == "__main__":
-        return CLI
+        return LAST
     for i, prefix in enumerate(STAGES):
         if name == prefix or name.startswith(prefix + "."):
             return i
@@ -82,6 +91,11 @@ def own(name: str) -> bool:
     return name == "ttspo" or name.startswith("ttspo.")
 
 
+def is_cli(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] == "__main__" or any(
+        name == cli or name.startswith(cli + ".") for cli in CLIS)
+
+
 def layering_errors(modules: dict[str, Path]) -> list[str]:
     errors = []
     for name, path in modules.items():
@@ -97,6 +111,8 @@ def layering_errors(modules: dict[str, Path]) -> list[str]:
                 errors.append(f"{where} at import time (import ttspo must stay light)")
             elif mine is not None and (stage(target) or 0) > mine:
                 errors.append(f"{where}, a later stage ({STAGES[stage(target)]})")
+            elif is_cli(target) and not is_cli(name):
+                errors.append(f"{where}, a command line (only a CLI module imports one)")
     return sorted(errors, key=lambda e: (e.split(":")[0], int(e.split(":")[1])))
 
 
@@ -143,7 +159,7 @@ def test_every_module_is_parsed():
     # imports of later stages would hide in them).
     assert "ttspo.builder.core.store" in MODULES
     assert "ttspo.builder.cli.__main__" in MODULES
-    assert "ttspo.trainer.codec" in MODULES
+    assert "ttspo.trainer.policy.codec" in MODULES
     assert {stage(n) for n in MODULES} >= {0, 1, 2, 3, 4, 5, 7, 8}
 
 
@@ -183,21 +199,28 @@ def test_bad_imports_are_reported(fake_modules):
                                  "def f():\n    from ttspo.builder.sets import build\n",
         "builder/core/query.py": "from importlib.resources import files\nfiles('sql')\n",
         "builder/sets/__init__.py": "",
-        "builder/sets/build.py": "from ..core import store\nfrom builder.core import query\n",
+        "builder/sets/build.py": "from ..core import store\nfrom builder.core import query\n"
+                                 "def f():\n    from ttspo.trainer.dpo import loop\n",
         "builder/cli/__init__.py": "",
         "builder/cli/main.py": "from ttspo.builder.sets import build\n",
-        "builder/demo/__init__.py": "",
-        "builder/demo/run.py": "import ttspo.builder.cli.main\n",
+        "trainer/dpo/__init__.py": "",
+        "trainer/dpo/loop.py": "",
+        "trainer/demo/__init__.py": "",
+        "trainer/demo/run.py": "import ttspo.builder.cli.main\n",
+        "trainer/cli/__init__.py": "",
+        "trainer/cli/train.py": "from ttspo.builder.cli import main\n",
     })
     assert layering_errors(modules) == [
         "builder/core/query.py:2: ttspo.builder.core.query imports sql "
         "(a bare name: import ttspo.sql)",
         "builder/core/store.py:3: ttspo.builder.core.store imports ttspo.builder.sets.build, "
         "a later stage (ttspo.builder.sets)",
-        "builder/demo/run.py:1: ttspo.builder.demo.run imports ttspo.builder.cli.main, "
-        "a later stage (ttspo.builder.cli)",
         "builder/sets/build.py:2: ttspo.builder.sets.build imports builder.core "
         "(a bare name: import ttspo.builder.core)",
+        "builder/sets/build.py:4: ttspo.builder.sets.build imports ttspo.trainer.dpo.loop, "
+        "a later stage (ttspo.trainer.dpo)",
+        "trainer/demo/run.py:1: ttspo.trainer.demo.run imports ttspo.builder.cli.main, "
+        "a command line (only a CLI module imports one)",
     ]
 
 

@@ -13,11 +13,11 @@ import torch
 import ttspo
 from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.store import Store, make_lineage
-from ttspo.trainer import checkpoints as ckpt
-from ttspo.trainer.data import Pairs, load_pairs
-from ttspo.trainer.policy import load_policy
-from ttspo.trainer.ref import compute, pair_logps
-from ttspo.trainer.runs import read_lineage, read_metrics
+from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.dpo.data import Pairs, load_pairs
+from ttspo.trainer.policy.base import load_policy
+from ttspo.trainer.dpo.ref import compute, pair_logps
+from ttspo.trainer.run.folder import read_lineage, read_metrics
 from train_helpers import SET, TINY, pattern_store, tiny_overrides
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -107,8 +107,8 @@ def test_grpo_from_the_api_records_its_command_and_every_table_its_prompts_read(
 
 
 def test_grpo_without_a_lineage_records_a_command(tmp_path):
-    from ttspo.trainer.config import load_config
-    from ttspo.trainer.grpo import train_grpo
+    from ttspo.trainer.run.config import load_config
+    from ttspo.trainer.grpo.loop import train_grpo
 
     core = Store(tmp_path / "st")
     make_prompts(core, 2)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ttspo.builder.core.errors import ConfigError
-from ttspo.trainer import losses as L
+from ttspo.trainer.dpo import losses as L
 
 
 def pair(pi_c=-10.0, pi_r=-12.0, ref_c=-11.0, ref_r=-11.0, rew_c=1.0, rew_r=0.25):

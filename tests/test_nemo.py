@@ -24,9 +24,9 @@ from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT, PROMPTS_
 from ttspo.builder.core.store import Store, make_lineage  # noqa: E402
 from ttspo.builder.sets.build import build_set  # noqa: E402
 from ttspo.builder.sets.export import export_nemo  # noqa: E402
-from ttspo.trainer.nemo.codec import NemoCodec  # noqa: E402
-from ttspo.trainer.nemo.load import load_nemo  # noqa: E402
-from ttspo.trainer.policy import CONTEXT_CODES, Sampling, sequence_logps  # noqa: E402
+from ttspo.trainer.policy.nemo.codec import NemoCodec  # noqa: E402
+from ttspo.trainer.policy.nemo.load import load_nemo  # noqa: E402
+from ttspo.trainer.policy.base import CONTEXT_CODES, Sampling, sequence_logps  # noqa: E402
 from test_build_helpers import BASIC, gen_rows  # noqa: E402
 
 SR = nemo_models.CODEC_SR
@@ -276,9 +276,9 @@ def test_policy_checkpoint_round_trip(world, policy, models, tmp_path):
 
 # ------------------------------------------------------------- ttspo's loop
 def test_two_dpo_steps_through_ttspos_loop(world, models, tmp_path):
-    from ttspo.trainer.config import load_config
-    from ttspo.trainer.loop import read_metrics, train_dpo
-    from ttspo.trainer.policy import load_policy
+    from ttspo.trainer.run.config import load_config
+    from ttspo.trainer.dpo.loop import read_metrics, train_dpo
+    from ttspo.trainer.policy.base import load_policy
 
     cfg = load_config(None, [f"{k}={v}" for k, v in {
         "train.max_steps": 2, "train.val_every": 0, "train.checkpoint_every": 0, "optim.lr": 1e-3,
@@ -339,8 +339,8 @@ def test_dropout_is_what_the_user_asks_and_warned(models, policy):
 
 # ------------------------------------------- generate and GRPO (their branches)
 def test_generate_rows_with_the_nemo_policy_decode(world, models, codec):
-    gen = pytest.importorskip("ttspo.trainer.generate")  # lands with `ttspo generate`
-    from ttspo.trainer.generate_rows import GenerateOptions
+    gen = pytest.importorskip("ttspo.trainer.generate.run")  # lands with `ttspo generate`
+    from ttspo.trainer.generate.rows import GenerateOptions
 
     options = GenerateOptions(run="nemo-gen", checkpoint=str(models["magpie"]),
                               policy=f"nemo:{models['magpie']}", samples=2, batch_size=3,
@@ -361,8 +361,8 @@ def test_generate_rows_with_the_nemo_policy_decode(world, models, codec):
 
 
 def test_one_grpo_step_with_the_nemo_policy(world, models, tmp_path):
-    grpo = pytest.importorskip("ttspo.trainer.grpo")  # lands with `ttspo train grpo`
-    from ttspo.trainer.config import load_config
+    grpo = pytest.importorskip("ttspo.trainer.grpo.loop")  # lands with `ttspo train grpo`
+    from ttspo.trainer.run.config import load_config
 
     cfg = load_config(None, [
         "grpo.prompts_per_step=1", "grpo.n_generations_per_item=2", "grpo.max_decoder_steps=8",
@@ -382,7 +382,7 @@ def test_policy_from_a_lightning_checkpoint_and_its_config(policy, models, tmp_p
     from omegaconf import OmegaConf
 
     from ttspo.builder.core.errors import ModelError
-    from ttspo.trainer.policy import load_policy
+    from ttspo.trainer.policy.base import load_policy
 
     ckpt, yaml = tmp_path / "last.ckpt", tmp_path / "magpie.yaml"
     torch.save({"state_dict": policy.model.state_dict(), "epoch": 3}, ckpt)

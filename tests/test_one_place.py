@@ -18,7 +18,6 @@ from ttspo.builder.core.params import parse_params, typed_param
 from ttspo.builder.core.schemas import GEN
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.builder.scoring import options as so
-from ttspo.builder.scoring.run import parse_args
 
 ODD = so.ScoreOptions(metrics=("cer", "pesq"), asr="whisper:/models/w", sv="nemo:/m.nemo",
                       squim="/w.pth", normalizer="basic", where="run = 'a b'", rescore=True,
@@ -44,9 +43,15 @@ def test_the_cli_and_the_api_take_their_defaults_from_score_options():
         assert cli_defaults[name] == (",".join(value) if name == "metrics" else value), name
 
 
-def test_torchrun_arguments_and_worker_argv_round_trip():
-    assert so.from_namespace(parse_args([])) == so.ScoreOptions()
-    assert so.from_namespace(parse_args(["--store", "st", *so.to_argv(ODD)])) == ODD
+def command_options(argv: list[str]) -> so.ScoreOptions:
+    """The ScoreOptions `ttspo score ARGV` runs with (what a worker rank builds)."""
+    params = score_command.make_context("score", argv).params
+    return so.options_from(**{name: params[name] for name in vars(so.DEFAULTS)})
+
+
+def test_worker_argv_round_trips_through_the_score_command():
+    assert command_options([]) == so.ScoreOptions()
+    assert command_options(so.to_argv(ODD)) == ODD
     assert so.to_argv(so.ScoreOptions()) == [
         "--metrics", "cer,wer,ssim", "--asr", "pocketsphinx", "--sv", "resemblyzer",
         "--normalizer", "nemo", "--batch-size", "16"]

@@ -18,11 +18,11 @@ from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.files import file_sha256
 from ttspo.builder.core.schemas import REF, REF_LOGPS_SCHEMA
 from ttspo.builder.core.store import make_lineage
-from ttspo.trainer.config import load_config
-from ttspo.trainer.data import load_pairs
-from ttspo.trainer.loop import train_dpo
-from ttspo.trainer.policy import load_policy
-from ttspo.trainer.ref import lookup
+from ttspo.trainer.run.config import load_config
+from ttspo.trainer.dpo.data import load_pairs
+from ttspo.trainer.dpo.loop import train_dpo
+from ttspo.trainer.policy.base import load_policy
+from ttspo.trainer.dpo.ref import lookup
 from train_helpers import SET, TINY, pattern_store, tiny_overrides
 
 QUICK = {"train.max_steps": 1, "train.val_every": 0, "data.pairs_per_device": 4}

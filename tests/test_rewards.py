@@ -11,7 +11,7 @@ import torch
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import GEN, RWD
-from ttspo.trainer.rewards import (GRPO_LOSSES, RewardConfig, compute_rewards, parse_weights,
+from ttspo.trainer.grpo.rewards import (GRPO_LOSSES, RewardConfig, compute_rewards, parse_weights,
                                    token_entropy)
 
 

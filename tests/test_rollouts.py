@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from ttspo.builder.cli.main import cli
 from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, ROLL, ROLLOUTS_SCHEMA, RWD
 from ttspo.builder.core.store import Store, make_lineage
-from ttspo.trainer.rewards import RewardConfig, compute_rewards
-from ttspo.trainer.rollouts import RolloutWriter, committed_steps
+from ttspo.trainer.grpo.rewards import RewardConfig, compute_rewards
+from ttspo.trainer.grpo.rollouts import RolloutWriter, committed_steps
 
 CFG = RewardConfig(weights={"cer": 0.5, "ssim": 0.5})
 
@@ -192,7 +192,7 @@ def test_rollout_table_is_the_rows_and_their_rewards_column_by_column():
 
     from ttspo.builder.core.schemas import REWARD_PARTS
     from ttspo.builder.scoring.audio import read_audio_bytes
-    from ttspo.trainer.grpo_rollout import rollout_table
+    from ttspo.trainer.grpo.rollout import rollout_table
 
     rows = []
     for g in range(2):

@@ -1,4 +1,4 @@
-"""What generate and GRPO share about a sample (trainer/samples.py, trainer/data.py):
+"""What generate and GRPO share about a sample (trainer/policy/samples.py, trainer/dpo/data.py):
 its seed, its audio, and the context codes of its prompt, each made in one place."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import GEN, PROMPT, PROMPTS_SCHEMA
 from ttspo.builder.core.store import Store, make_lineage
 from ttspo.builder.scoring.audio import read_audio_bytes
-from ttspo.trainer.data import context_codes, prompt_context
-from ttspo.trainer.grpo_rollout import Scoring, load_prompts, rollout
-from ttspo.trainer.policy import Sampling, load_policy
-from ttspo.trainer.rewards import RewardConfig
-from ttspo.trainer.samples import decode, sample_seed
+from ttspo.trainer.dpo.data import context_codes, prompt_context
+from ttspo.trainer.grpo.rollout import Scoring, load_prompts, rollout
+from ttspo.trainer.policy.base import Sampling, load_policy
+from ttspo.trainer.grpo.rewards import RewardConfig
+from ttspo.trainer.policy.samples import decode, sample_seed
 
 
 # ------------------------------------------------------------------- seeds

@@ -42,7 +42,7 @@ def test_torchrun_two_ranks_give_the_numbers_of_one_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m",
-         "ttspo.builder.scoring.run", "--store", str(two.root), "--metrics", "cer,wer,ssim,pesq",
+         "ttspo.builder.cli", "--", "--store", str(two.root), "score", "--metrics", "cer,wer,ssim,pesq",
          "--batch-size", "2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -17,9 +17,9 @@ import torch
 
 from ttspo.builder.core.errors import InputError, ModelError
 from ttspo.builder.core.schemas import GEN
-from ttspo.trainer.policy import (CONTEXT_CODES, SAMPLE_SEED, Sampling, load_policy,
+from ttspo.trainer.policy.base import (CONTEXT_CODES, SAMPLE_SEED, Sampling, load_policy,
                                   sequence_logps, token_logps)
-from ttspo.trainer.tiny import IGNORE, TinyCodecLM, TinyConfig
+from ttspo.trainer.policy.tiny import IGNORE, TinyCodecLM, TinyConfig
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "audio"
 SMALL = TinyConfig(d_model=64, n_heads=2, encoder_layers=1, decoder_layers=2, d_ffn=128,

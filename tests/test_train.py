@@ -19,14 +19,15 @@ from click.testing import CliRunner
 
 from ttspo.builder.cli.main import cli
 from ttspo.builder.core.errors import TrainingError
-from ttspo.trainer import checkpoints as ckpt
-from ttspo.trainer.config import load_config
-from ttspo.trainer.data import load_pairs
-from ttspo.trainer import losses as L
-from ttspo.trainer.loop import Compute, autocast, read_metrics, train_dpo
-from ttspo.trainer.policy import load_policy
+from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.run.config import load_config
+from ttspo.trainer.dpo.data import load_pairs
+from ttspo.trainer.dpo import losses as L
+from ttspo.builder.core.dist import Compute
+from ttspo.trainer.dpo.loop import autocast, read_metrics, train_dpo
+from ttspo.trainer.policy.base import load_policy
 from ttspo.builder.core.files import file_sha256
-from ttspo.trainer.ref import lookup, pair_logps, precompute, reference_logps
+from ttspo.trainer.dpo.ref import lookup, pair_logps, precompute, reference_logps
 from train_helpers import SET, TINY, log_2_tolerance, pattern_store, tiny_overrides
 
 # 2 cores, shared: one thread per process, as many as the in-process runs (conftest's
@@ -103,7 +104,7 @@ RESUME = {"train.max_steps": 8, "train.checkpoint_every": 3, "train.val_every": 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(store, tmp_path):
     # The killed run is a real process (torch import and all); the others run here,
     # with the same thread count (ENV), so the numbers must agree bit for bit.
-    cmd = [sys.executable, "-m", "ttspo.trainer", "dpo", SET, "--store", str(store.root),
+    cmd = [sys.executable, "-m", "ttspo.builder.cli", "--store", str(store.root), "train", "dpo", SET,
            "--out", str(tmp_path / "killed"), *[w for o in tiny_overrides(**RESUME)
                                                 for w in ("-o", o)]]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from ttspo.trainer import checkpoints as ckpt
-from ttspo.trainer.config import load_config
-from ttspo.trainer.loop import read_metrics, train_dpo
-from ttspo.trainer.policy import load_policy
+from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.run.config import load_config
+from ttspo.trainer.dpo.loop import read_metrics, train_dpo
+from ttspo.trainer.policy.base import load_policy
 from train_helpers import SET, pattern_store, tiny_overrides
 
 STEPS = {"train.max_steps": 3, "train.val_every": 3, "train.checkpoint_every": 0}
@@ -22,7 +22,8 @@ def test_two_processes_hold_equal_weights_equal_to_one_process(tmp_path):
     store = pattern_store(tmp_path / "store")
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "ttspo.trainer", "dpo", SET, "--store", str(store.root), "--out", str(two),
+           "-m", "ttspo.builder.cli", "--", "--store", str(store.root), "train", "dpo", SET,
+           "--out", str(two),
            *[w for o in tiny_overrides(**STEPS, **{"data.pairs_per_device": 4})
              for w in ("-o", o)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

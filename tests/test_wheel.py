@@ -107,9 +107,12 @@ def test_the_wheel_installs_only_ttspo(installed):
     for generic in ("builder", "trainer", "sql"):
         assert not (site / generic).exists(), f"{generic}/ landed in site-packages"
     # Every stage package and the data files that ship with them.
-    for path in ("builder/core/store.py", "builder/scoring/run.py", "builder/cli/main.py",
-                 "trainer/codec.py", "sql/pareto.sql", "sql/macros.sql",
-                 "builder/demo/corpus/manifest.json"):
+    for path in ("builder/core/store.py", "builder/scoring/run.py", "builder/analysis/compare.py",
+                 "builder/cli/main.py", "trainer/policy/codec.py", "trainer/policy/assets/codec.npz",
+                 "trainer/policy/nemo/load.py", "trainer/run/config.py", "trainer/dpo/loop.py",
+                 "trainer/generate/run.py", "trainer/grpo/loop.py", "trainer/api.py",
+                 "trainer/cli/train.py", "sql/pareto.sql", "sql/macros.sql",
+                 "trainer/demo/corpus/manifest.json"):
         assert (site / "ttspo" / path).is_file(), path
     assert not (site / "ttspo" / "setup.py").exists()
     assert not (site / "ttspo" / "tests").exists()
@@ -122,7 +125,8 @@ def test_the_installed_ttspo_runs_outside_the_repo(installed, tmp_path):
     assert where.stdout.strip() == str(site_packages(venv) / "ttspo" / "__init__.py")
 
     help_ = run([str(bin_ / "ttspo"), "--help"], work, env).stdout
-    for command in ("prompts", "ingest", "score", "build", "export", "sql", "demo"):
+    for command in ("prompts", "ingest", "score", "build", "export", "sql", "train", "generate",
+                    "compare", "rewards", "demo"):  # both halves' commands
         assert f"\n  {command} " in help_, command
 
     corpus = make_nemo_run(tmp_path, n_prompts=6, group_size=4, ranks=2)

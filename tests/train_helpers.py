@@ -69,6 +69,6 @@ def log_2_tolerance(beta: float, logp_chosen: float, logp_rejected: float) -> fl
     margin over beta is within the tie rule's TIE_RTOL of the four log-probs' magnitudes
     (the policy's and, equal to them, the reference's), and -logsigmoid(beta*d) =
     log 2 - beta*d/2 + O(d^2)."""
-    from ttspo.trainer.losses import TIE_RTOL
+    from ttspo.trainer.dpo.losses import TIE_RTOL
 
     return beta / 2 * TIE_RTOL * 2 * (abs(logp_chosen) + abs(logp_rejected))

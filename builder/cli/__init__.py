@@ -1,1 +1,1 @@
-"""The `ttspo` command line: `main` assembles one module per command family."""
+"""The `ttspo` command line: `main` owns the root group and assembles the command families of both halves."""

@@ -6,6 +6,7 @@ Command modules import this, never `main` (which imports them): no cycle.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import click
@@ -14,10 +15,10 @@ from ttspo.builder.core.render import FORMATS, render
 
 
 def get_store(ctx: click.Context):
-    """The notebook API's Store for --store: every command is thin over it."""
-    from ttspo.builder.api import Store
+    """The notebook API's Store for --store (both halves): every command is thin over it."""
+    import ttspo
 
-    return Store(ctx.find_root().obj["store_path"])
+    return ttspo.Store(ctx.find_root().obj["store_path"])
 
 
 def lineage_for(ctx: click.Context):
@@ -27,7 +28,15 @@ def lineage_for(ctx: click.Context):
 
     command = ctx.command_path.split(" ", 1)[1] if " " in ctx.command_path else ctx.command_path
     args = {k: _jsonable(v) for k, v in ctx.params.items()}
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a rank that torchrun started
+        return make_lineage(command, args, launcher="torchrun")
     return make_lineage(command, args)
+
+
+def is_rank0() -> bool:
+    """Whether this process prints a distributed command's result: one process, or
+    rank 0 of torchrun's (every rank holds the result)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _jsonable(value: Any) -> Any:

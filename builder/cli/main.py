@@ -1,7 +1,9 @@
-"""The `ttspo` command line: thin over the builder API.
+"""The `ttspo` command line: thin over ``ttspo.Store``.
 
-This module owns the root group (``--store``), assembles the command families
-(one module each in this package, each listing its COMMANDS), and turns domain
+This module owns the root group (``--store``), assembles the command families of
+both halves (the modules ``ttspo.COMMAND_FAMILIES`` names, each listing its
+COMMANDS: the builder's in this package, the trainer's in ttspo.trainer.cli,
+found by name so the builder never imports the trainer), and turns domain
 errors into one-line click errors with exit code 1. The families import only
 ``common``, never this module, so there is no cycle; they import heavy libraries
 (lance, duckdb, torch) inside their bodies so that ``ttspo --help`` starts fast.
@@ -9,12 +11,13 @@ errors into one-line click errors with exit code 1. The families import only
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
 import click
 
-from ttspo import __version__
+from ttspo import COMMAND_FAMILIES, __version__
 from ttspo.builder.core.errors import TtspoError
 
 
@@ -53,10 +56,8 @@ def main() -> None:
 
 def _register_commands() -> None:
     """Each command module lists its top-level commands in COMMANDS."""
-    from ttspo.builder.cli import demo, generate, ingest, prompts, rewards, score, sets, store, train
-
-    for module in (store, prompts, ingest, sets, score, train, rewards, generate, demo):
-        for command in module.COMMANDS:
+    for name in COMMAND_FAMILIES:
+        for command in importlib.import_module(name).COMMANDS:
             cli.add_command(command)
 
 

@@ -1,7 +1,14 @@
 """`ttspo score`: compute metrics for generations that lack them (thin over
-ttspo.builder.api.Store.score; the defaults are ScoreOptions')."""
+ttspo.builder.api.Store.score; the defaults are ScoreOptions').
+
+Under torchrun (``torchrun --nproc-per-node N -m ttspo.builder.cli -- --store ST
+score ...``) and in the processes ``--workers N`` starts, each process is one rank
+of the same command (``ttspo.builder.scoring.run.run_as_rank``).
+"""
 
 from __future__ import annotations
+
+import os
 
 import click
 
@@ -33,12 +40,15 @@ NORMALIZER_CHOICES = ("nemo", "basic", "none")
               show_default=True,
               help="Rows per model batch.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Local processes (ranks) to score with; torchrun -m ttspo.builder.scoring.run "
-                   "does the same across machines.")
+              help="Local processes (ranks) to score with; torchrun -m ttspo.builder.cli "
+                   "score does the same across machines.")
+# Set by --workers for the processes it starts (the parent records and reports).
+@click.option("--lineage-file", hidden=True)
+@click.option("--outcome-file", hidden=True)
 @click.pass_context
 def score(ctx: click.Context, metrics: str, asr: str, sv: str, squim: str | None,
           normalizer: str, where: str | None, rescore: bool, batch_size: int,
-          workers: int) -> None:
+          workers: int, lineage_file: str | None, outcome_file: str | None) -> None:
     """Score generations that lack the asked metrics, in ONE new version.
 
     Writes the metric columns, their *_source columns (backend and model) and
@@ -47,6 +57,14 @@ def score(ctx: click.Context, metrics: str, asr: str, sv: str, squim: str | None
     """
     from ttspo.builder.scoring.run import describe
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one rank of torchrun's or --workers'
+        from ttspo.builder.scoring.options import options_from
+        from ttspo.builder.scoring.run import run_as_rank
+
+        options = options_from(metrics, asr=asr, sv=sv, squim=squim, normalizer=normalizer,
+                               where=where, rescore=rescore, batch_size=batch_size)
+        ctx.exit(run_as_rank(ctx.find_root().obj["store_path"], options, lineage_file,
+                             outcome_file))
     summary = get_store(ctx).score(metrics=metrics, asr=asr, sv=sv, squim=squim,
                                    normalizer=normalizer, where=where, rescore=rescore,
                                    batch_size=batch_size, workers=workers,

@@ -334,7 +334,7 @@ CHECKPOINTS_SCHEMA = pa.schema(
 )
 
 # ------------------------------------------------------------ GRPO rewards
-# Reward parts in [0, 1] (one per registry entry of ttspo.trainer.rewards), the
+# Reward parts in [0, 1] (one per registry entry of ttspo.trainer.grpo.rewards), the
 # total, validity and group advantage. Shared by `rollouts` and by the tables
 # `ttspo rewards --as NAME` writes.
 RWD = _names(

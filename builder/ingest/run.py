@@ -114,7 +114,7 @@ def ingest_jsonl(store: Store, path: str | os.PathLike, *, run: str | None = Non
                  progress: bool = False, codec: Any = None) -> IngestResult:
     """Ingest one generation per JSON line (data from systems other than NeMo).
 
-    CODEC (an object with ``encode(audio, sr)``, e.g. ttspo.trainer.nemo.codec.NemoCodec)
+    CODEC (an object with ``encode(audio, sr)``, e.g. ttspo.trainer.policy.nemo.codec.NemoCodec)
     encodes the audio of lines without a codes_path; the lineage names it."""
     from ttspo.builder.ingest import jsonl as jl
 

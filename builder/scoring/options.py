@@ -1,15 +1,14 @@
 """What `ttspo score` computes and with which backends: the ONE place scoring
 defaults live.
 
-The click options of ``ttspo score``, the argparse of ``torchrun -m
-ttspo.builder.scoring.run``, the argv a local worker is started with and the
-notebook API's keywords are all derived from :class:`ScoreOptions`' fields.
+The click options of ``ttspo score`` (under torchrun too), the argv a local
+worker is started with and the notebook API's keywords all take :class:`ScoreOptions`'
+fields and defaults.
 Nothing heavy is imported here (``ttspo score --help`` shows the defaults).
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
@@ -82,7 +81,7 @@ def option_name(field_name: str) -> str:
 
 
 def to_argv(options: ScoreOptions) -> list[str]:
-    """The command-line options that rebuild OPTIONS (see :func:`add_arguments`)."""
+    """The `ttspo score` options that rebuild OPTIONS."""
     argv: list[str] = []
     for f in fields(options):
         value = getattr(options, f.name)
@@ -91,23 +90,6 @@ def to_argv(options: ScoreOptions) -> list[str]:
         elif value is not None:
             argv += [option_name(f.name), _text(value)]
     return argv
-
-
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    """One argparse option per field, with the field's default."""
-    for f in fields(ScoreOptions):
-        default = getattr(DEFAULTS, f.name)
-        if isinstance(default, bool):
-            ap.add_argument(option_name(f.name), action="store_true")
-        elif isinstance(default, int):
-            ap.add_argument(option_name(f.name), type=int, default=default)
-        else:
-            ap.add_argument(option_name(f.name), default=None if default is None else _text(default))
-
-
-def from_namespace(ns: argparse.Namespace) -> ScoreOptions:
-    values = {f.name: getattr(ns, f.name) for f in fields(ScoreOptions)}
-    return options_from(**values)
 
 
 def _text(value: Any) -> str:

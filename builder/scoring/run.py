@@ -8,16 +8,15 @@ Only rows lacking the asked metrics are scored (all selected rows with
 are written back in ONE new version of ``generations``; audio and codes are not
 rewritten (see builder.scoring.write).
 
-Distributed: ``torchrun --nproc-per-node N -m ttspo.builder.scoring.run --store ST ...``
-runs :func:`run_rank` in N processes; ``score(..., workers=N)`` (and
-``ttspo score --workers N``) spawns N local processes running the same code.
+Distributed: ``torchrun --nproc-per-node N -m ttspo.builder.cli -- --store ST score ...``
+runs :func:`run_rank` in N processes (:func:`run_as_rank`); ``score(..., workers=N)``
+(and ``ttspo score --workers N``) spawns N local processes running the same command.
 Rank 0 plans at one pinned version, ranks score interleaved rows, each fragment
 is written by one rank, and rank 0 commits once.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -32,7 +31,7 @@ from typing import Any
 
 from ttspo.builder.core import errors
 from ttspo.builder.core.errors import InputError, ModelError, StoreError, TtspoError
-from ttspo.builder.scoring.options import ScoreOptions, add_arguments, from_namespace, to_argv
+from ttspo.builder.scoring.options import ScoreOptions, to_argv
 from ttspo.builder.core.store import Lineage, Store, as_lineage, make_lineage
 
 MAX_PROBLEMS_SHOWN = 20
@@ -63,7 +62,7 @@ class ScoreSummary:
 def run_rank(comm, store_root: str | os.PathLike, options: ScoreOptions,
              lineage: Lineage) -> ScoreSummary:
     """One rank's whole run. Every rank returns the same summary or raises the same error."""
-    from ttspo.builder.scoring.dist import share_cores
+    from ttspo.builder.core.dist import share_cores
     from ttspo.builder.scoring.plan import make_plan
 
     started = time.perf_counter()
@@ -175,7 +174,7 @@ def score(store: Store, options: ScoreOptions | None = None, workers: int = 1,
     if not store.exists("generations"):
         raise StoreError(f"no table 'generations' in store {store.root}")
     if workers <= 1:
-        from ttspo.builder.scoring.dist import LocalComm
+        from ttspo.builder.core.dist import LocalComm
 
         return run_rank(LocalComm(), store.root, options, lineage)
     return spawn_workers(workers, store.root, options, lineage)
@@ -224,14 +223,14 @@ def worst(store: Store, metric: str = "cer", limit: int = 5) -> list[dict[str, A
 
 # ------------------------------------------------------- local workers
 def spawn_workers(n: int, store_root, options: ScoreOptions, lineage: Lineage) -> ScoreSummary:
-    """Run N ranks as fresh ``python -m ttspo.builder.scoring.run`` processes (what torchrun would
-    start, with a file rendezvous instead of a TCP one). Fresh interpreters, not
-    fork: Lance and the models' thread pools are not fork-safe, and unlike
-    multiprocessing's spawn this does not re-import the caller's main module.
+    """Run N ranks as fresh ``python -m ttspo.builder.cli --store ST score ...`` processes
+    (what torchrun would start, with a file rendezvous instead of a TCP one). Fresh
+    interpreters, not fork: Lance and the models' thread pools are not fork-safe, and
+    unlike multiprocessing's spawn this does not re-import the caller's main module.
     A dead rank stops the others; nothing is committed then."""
     tmp = Path(tempfile.mkdtemp(prefix="ttspo-score-"))
     (tmp / "lineage.json").write_text(lineage.to_json())
-    argv = ["--store", str(store_root), *to_argv(options), "--lineage-file",
+    argv = ["--store", str(store_root), "score", *to_argv(options), "--lineage-file",
             str(tmp / "lineage.json"), "--outcome-file", str(tmp / "outcome.json")]
     procs, logs = [], []
     try:
@@ -239,7 +238,7 @@ def spawn_workers(n: int, store_root, options: ScoreOptions, lineage: Lineage) -
             env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n),
                        TTSPO_RENDEZVOUS_FILE=str(tmp / "rendezvous"))
             logs.append(open(tmp / f"rank{rank}.log", "wb"))
-            procs.append(subprocess.Popen([sys.executable, "-m", "ttspo.builder.scoring.run", *argv],
+            procs.append(subprocess.Popen([sys.executable, "-m", "ttspo.builder.cli", *argv],
                                           env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
         _wait_all(procs, tmp)
         outcome = json.loads((tmp / "outcome.json").read_text())
@@ -279,44 +278,33 @@ def _last_line(log: Path) -> str:
 
 
 # ------------------------------------------------------------ torchrun
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="torchrun -m ttspo.builder.scoring.run",
-                                 description="Score generations; one process per rank.")
-    ap.add_argument("--store", default=os.environ.get("TTSPO_STORE", "ttspo-store"))
-    add_arguments(ap)  # --metrics, --asr, ... with ScoreOptions' defaults
-    # Used by `ttspo score --workers N`, which starts the ranks itself:
-    ap.add_argument("--lineage-file", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--outcome-file", default=None, help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+def run_as_rank(store_root: str | os.PathLike, options: ScoreOptions,
+                lineage_file: str | None = None, outcome_file: str | None = None) -> int:
+    """`ttspo score` in one rank of torchrun's or ``--workers``' processes: rank 0
+    reports (or writes OUTCOME_FILE for the parent of ``--workers``), all exit alike."""
+    from ttspo.builder.core.dist import comm_from_env
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``torchrun -m ttspo.builder.scoring.run``: rank 0 reports, all exit alike."""
-    from ttspo.builder.scoring.dist import comm_from_env
-
-    args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     comm = None
     try:
-        options = from_namespace(args)
         options.check()
         check_backends(options)
         comm = comm_from_env()
-        lineage = _lineage_for_main(args, options, comm.world)
-        outcome = ("ok", run_rank(comm, args.store, options, lineage))
+        lineage = _lineage_for_rank(lineage_file, options, comm.world)
+        outcome = ("ok", run_rank(comm, store_root, options, lineage))
     except TtspoError as exc:
         outcome = ("error", type(exc).__name__, str(exc))
     finally:
         if comm is not None:
             comm.close()
     if rank == 0:
-        _report(outcome, args.outcome_file)
+        _report(outcome, outcome_file)
     return 0 if outcome[0] == "ok" else 1
 
 
-def _lineage_for_main(args, options: ScoreOptions, world: int) -> Lineage:
-    if args.lineage_file:
-        return Lineage.from_record(json.loads(Path(args.lineage_file).read_text()))
+def _lineage_for_rank(lineage_file: str | None, options: ScoreOptions, world: int) -> Lineage:
+    if lineage_file:  # the parent of --workers made it
+        return Lineage.from_record(json.loads(Path(lineage_file).read_text()))
     return make_lineage("score", _options_args(options, world), launcher="torchrun")
 
 
@@ -341,13 +329,6 @@ def describe(summary: ScoreSummary) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    # Run the imported module's main, so pickled objects name ttspo.builder.scoring.run, not __main__.
-    from ttspo.builder.scoring.run import main as _main
-
-    code = _main()
-    # The work is committed and reported: skip the second-long interpreter teardown
-    # (torch, Lance, gloo) that every rank would otherwise pay at exit.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+if __name__ == "__main__":  # the old torchrun entry: say where it went
+    sys.exit("python -m ttspo.builder.scoring.run is gone: run `ttspo score ...`, under torchrun "
+             "`torchrun ... -m ttspo.builder.cli -- --store ST score ...`")

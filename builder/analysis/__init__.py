@@ -1,0 +1,1 @@
+"""Analysis of generated runs: paired comparison of runs (SQL macros, bootstrap, permutation)."""

@@ -1,0 +1,179 @@
+"""Reference log-probs: computed once per (set version, reference checkpoint, policy
+config), kept in the store.
+
+``ttspo train precompute-ref SET[@V] --policy tiny --ref CKPT [--config F] [-o k=v]``
+runs the reference policy over every pair of the set version (train and val) under
+no_grad, in eval mode, and writes one row per pair to the ``ref_logps`` table: the
+chosen and rejected log-prob sums PER CODEBOOK (so per-codebook loss weights need no
+recompute), keyed by (set, set version, sha256 of the checkpoint file, sha256 of the
+policy's identity config). The config is part of the key because it can change the
+logits without changing the weights file (a NeMo model's ``policy.model`` config or
+local-transformer logits; a tiny policy loaded with other settings): precompute-ref
+takes the same Config as ``train dpo``, so both load the same policy.
+
+``train dpo`` looks the key up (:func:`lookup`): only an exact match with a row
+for every pair counts. Then the run holds no reference model and runs one
+policy forward per step; otherwise it keeps a live reference (or stops, with
+``train.require_ref_cache``). Rows are never reused for another set version,
+another checkpoint or another policy config: the key says so. Rows written before
+the config was part of the key have none (null; a table that old gains the column
+on the next precompute) and never match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ttspo.builder.core.files import file_sha256
+from ttspo.builder.core.schemas import REF, REF_LOGPS_SCHEMA
+from ttspo.builder.core.store import Lineage, Store, as_lineage, sql_string
+from ttspo.trainer.dpo.data import Pairs, collate_pairs
+
+TABLE = "ref_logps"
+
+
+def pair_logps(model: Any, policy: Any, pairs: Pairs, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-codebook sequence log-probs [B, C] of chosen and rejected, in ONE forward.
+
+    MODEL is what runs the forward (the policy, or its DDP wrapper); POLICY collates.
+    """
+    from ttspo.trainer.policy.base import sequence_logps
+
+    device = next(policy.parameters()).device
+    batch = collate_pairs(policy, pairs, index).to(device)
+    logps = sequence_logps(model(batch))  # [2B, C]
+    return logps.chunk(2)
+
+
+@dataclass
+class RefCache:
+    """Cached reference log-probs of one key: pair id -> row index."""
+
+    sha256: str
+    chosen: np.ndarray  # [N, C] float32
+    rejected: np.ndarray
+    index: dict[str, int]
+    version: int = 0  # the ref_logps version read (the run's lineage records it)
+
+    def lookup(self, pair_ids: list[str], idx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.index[pair_ids[i]] for i in idx]
+        return torch.from_numpy(self.chosen[rows]), torch.from_numpy(self.rejected[rows])
+
+
+def _key_filter(set_name: str, set_version: int, sha256: str, policy_sha256: str) -> str:
+    return (f"{REF.set_name} = {sql_string(set_name)} AND {REF.set_version} = {int(set_version)} "
+            f"AND {REF.ref_sha256} = {sql_string(sha256)} "
+            f"AND {REF.policy_sha256} = {sql_string(policy_sha256)}")
+
+
+def lookup(store: Store, pairs: Pairs, sha256: str, policy_sha256: str) -> RefCache | None:
+    """The cache for exactly (pairs' set, its version, SHA256, POLICY_SHA256), covering
+    every pair; else None (always for a table made before the policy config was keyed)."""
+    if not store.exists(TABLE):
+        return None
+    ds = store.open(TABLE)
+    if REF.policy_sha256 not in ds.schema.names:
+        return None
+    table = ds.to_table(
+        columns=[REF.pair_id, REF.chosen_logps, REF.rejected_logps],
+        filter=_key_filter(pairs.set_name, pairs.set_version, sha256, policy_sha256))
+    ids = table.column(REF.pair_id).to_pylist()
+    index = {p: i for i, p in enumerate(ids)}
+    if not all(p in index for p in pairs.pair_ids):
+        return None
+    stack = lambda col: np.asarray(table.column(col).to_pylist(), dtype=np.float32)
+    return RefCache(sha256, stack(REF.chosen_logps), stack(REF.rejected_logps), index, ds.version)
+
+
+@torch.no_grad()
+def reference_logps(model: Any, pairs: Pairs, idx) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected log-probs of the pairs IDX under the reference MODEL: no
+    gradient, and fp32 even under bf16 autocast (the cache is fp32, and cached and
+    live references must give the same losses)."""
+    device = next(model.parameters()).device.type
+    with torch.no_grad(), torch.autocast(device, enabled=False):
+        return pair_logps(model, model, pairs, idx)
+
+
+def compute(policy: Any, pairs: Pairs, *, batch_pairs: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """[N, C] chosen and rejected log-probs of every pair under POLICY (eval mode, fp32:
+    a bf16 run's live reference runs in fp32 too, so cached and live agree)."""
+    was_training = policy.training
+    policy.eval()
+    chosen, rejected = [], []
+    try:
+        for start in range(0, len(pairs), batch_pairs):
+            idx = range(start, min(start + batch_pairs, len(pairs)))
+            c, r = reference_logps(policy, pairs, idx)
+            chosen.append(c.float().cpu().numpy())
+            rejected.append(r.float().cpu().numpy())
+    finally:
+        policy.train(was_training)
+    return np.concatenate(chosen), np.concatenate(rejected)
+
+
+def precompute(store: Store, pairs: Pairs, policy: Any, ref_path: str | Path, *,
+               lineage: Lineage | dict[str, Any], batch_pairs: int = 16) -> dict[str, Any]:
+    """Write the reference log-probs of PAIRS under POLICY (loaded from REF_PATH).
+
+    One commit of rows; nothing when the key is already complete in the table (a
+    table made before the policy config was keyed first gains that column: one more
+    commit, once). Returns a summary: key, pairs, version written (None when already
+    there).
+    """
+    sha, identity = file_sha256(ref_path), policy.identity(with_sha256=False)
+    policy_sha = identity.config_sha256
+    summary = {"set": pairs.ref, "ref_sha256": sha, "policy_sha256": policy_sha,
+               "pairs": len(pairs), "version": None}
+    if lookup(store, pairs, sha, policy_sha) is not None:
+        return summary
+    chosen, rejected = compute(policy, pairs, batch_pairs=batch_pairs)
+    n = len(pairs)
+    table = pa.table({
+        REF.set_name: [pairs.set_name] * n, REF.set_version: [pairs.set_version] * n,
+        REF.ref_sha256: [sha] * n, REF.ref_architecture: [identity.architecture] * n,
+        REF.pair_id: pairs.pair_ids, REF.split: pairs.split,
+        REF.chosen_logps: list(chosen), REF.rejected_logps: list(rejected),
+        REF.policy_sha256: [policy_sha] * n,
+    }, schema=REF_LOGPS_SCHEMA)
+    lineage = as_lineage(lineage).with_inputs(pairs.lineage_inputs()).with_extra(
+        ref_sha256=sha, ref_path=str(Path(ref_path).absolute()), policy_sha256=policy_sha,
+        policy_config=identity.config)
+    with store.lock(f"{TABLE} {pairs.ref} {sha} {policy_sha}"):  # one of two precomputes writes
+        if lookup(store, pairs, sha, policy_sha) is None:
+            upgrade_table(store, lineage)
+            summary["version"] = store.write(TABLE, table, REF_LOGPS_SCHEMA, lineage)
+    return summary
+
+
+def upgrade_table(store: Store, lineage: Lineage) -> None:
+    """Give a ref_logps table made before the policy config was keyed that column
+    (null in the old rows: they never match). One commit, by one precompute."""
+    with store.lock(f"{TABLE} schema"):  # two precomputes of other keys: one upgrades
+        if store.exists(TABLE) and REF.policy_sha256 not in store.open(TABLE).schema.names:
+            store.add_null_columns(TABLE, REF_LOGPS_SCHEMA, lineage.with_extra(
+                schema_change=f"add column {REF.policy_sha256} (older rows: null, never used)"))
+
+
+def precompute_ref(store: Store, set_ref: str, *, ref_path: str | Path, cfg: Any = None,
+                   spec: str = "tiny", lineage: Lineage | dict[str, Any],
+                   batch_pairs: int = 16) -> dict[str, Any]:
+    """``ttspo train precompute-ref``: load SPEC's policy from REF_PATH under CFG's
+    ``policy.model`` (the Config ``train dpo`` takes, so the key is the one training
+    looks up) and :func:`precompute` set SET_REF's pairs."""
+    from ttspo.trainer.dpo.data import load_pairs
+    from ttspo.trainer.policy.base import load_policy
+
+    from ttspo.trainer.run.verify import checked_sha256
+
+    checked_sha256(ref_path, store)  # a run's checkpoint: checked against its records first
+    model = cfg.policy.model if cfg is not None else None
+    policy = load_policy(spec, init=str(ref_path), config=model or None)
+    pairs = load_pairs(store, set_ref, encode=policy.codec.encode)
+    return precompute(store, pairs, policy, ref_path, lineage=lineage, batch_pairs=batch_pairs)

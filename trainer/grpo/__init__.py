@@ -1,0 +1,1 @@
+"""Online GRPO: rollout, rewards, the rollouts table, the loop."""

@@ -1,0 +1,1 @@
+"""Run infrastructure: the training config, checkpoints (files and table rows), run folders."""
