@@ -257,3 +257,21 @@ def test_train_commands_go_through_the_api(tmp_path, command):
     assert result.exit_code == 1
     assert result.output == f"Error: no store at {missing} (no such folder; check --store)\n"
     assert not missing.exists() and not (tmp_path / "run").exists()
+
+
+def test_a_new_folder_named_like_a_stored_run_is_refused_and_left_absent(tmp_path):
+    """Rollouts are keyed by the run folder's name: a new run in another folder of the
+    same name is refused before anything is written (no run folder left behind)."""
+    store = Store(tmp_path / "st")
+    make_prompts(store, 2)
+    args = (*LENGTH, "grpo.n_generations_per_item=2", "grpo.prompts_per_step=2",
+            "train.max_steps=1")
+    assert train(store, tmp_path / "a" / "run", *args).exit_code == 0
+    versions = len(store.versions("rollouts"))
+    result = train(store, tmp_path / "b" / "run", *args)
+    assert result.exit_code == 1
+    assert result.output == (f"Error: rollouts already holds a run named 'run' that "
+                             f"{tmp_path / 'b' / 'run'} did not make; train into a folder "
+                             "with another name\n")
+    assert not (tmp_path / "b" / "run").exists()
+    assert len(store.versions("rollouts")) == versions

@@ -49,7 +49,8 @@ from ttspo.trainer.run.repair import repair_on_resume
 from ttspo.trainer.grpo.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
 from ttspo.trainer.grpo.rollouts import RolloutWriter, committed_steps
 from ttspo.trainer.run.runlock import run_lock
-from ttspo.trainer.run.folder import MetricsLog, identity_config, log_lineage, open_run_dir
+from ttspo.trainer.run.folder import (RUN_FILE, MetricsLog, identity_config, log_lineage,
+                                      open_run_dir)
 
 PARTS = {name: spec.part for name, spec in REWARDS.items()}
 
@@ -122,13 +123,14 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c, *,
     prompts = load_prompts(store, g.prompts, g.where, encode=policy.codec.encode)
     train, val = split_prompts(prompts, g.val_prompts, seed)
     step_prompts(train, 0, g.prompts_per_step, c.rank, c.world_size, seed)  # enough prompts?
-    resuming = open_run_dir(out, run_identity(cfg, prompts, spec, init_sha), cfg, c)
     run = out.name
-    if not resuming and committed_steps(store, run):
+    if not (out / RUN_FILE).exists() and committed_steps(store, run):
         # The run is named by its folder: a new run under a used name would have its
         # rollouts skipped as "already stored" and mixed with the old run's rows.
+        # Checked before the run folder is made: a refused command leaves none.
         raise TrainingError(f"rollouts already holds a run named '{run}' that {out} did not "
                             "make; train into a folder with another name")
+    resuming = open_run_dir(out, run_identity(cfg, prompts, spec, init_sha), cfg, c)
     ref_model = None
     if not g.reference_free and g.grpo_beta > 0:  # the KL term's reference: the initial policy
         ref_model = copy.deepcopy(policy).eval().requires_grad_(False).to(c.device)
