@@ -201,6 +201,11 @@ class Store:
         try:
             return ds.checkout_version(version)
         except (ValueError, OSError) as exc:
+            from ttspo.builder.core.lifecycle import removal_note
+
+            note = removal_note(self, table, version) if isinstance(version, int) else None
+            if note:
+                raise StoreError(note) from None
             known = sorted(ds.tags.list())
             hint = f" (tags: {', '.join(known)})" if known else ""
             raise StoreError(f"table '{table}' has no version or tag '{version}'{hint}") from exc
