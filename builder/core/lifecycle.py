@@ -194,11 +194,12 @@ def plan_gc(store: Store, names: list[str], policy: GcPolicy, force: bool) -> li
         wanted = _candidates(stamps, policy, now)
         tagged[name] = sorted(v for v in wanted if v in tags)
         remove[name] = {v for v in wanted if v not in tags}
-    pins = _pins(store, every, infos, remove, force)
+    wanted = {t: set(vs) for t, vs in remove.items()}
+    pins = _pins(store, every, infos, remove, force)  # drops what stays from remove
     plans = []
     for name in names:
-        held = {v: pins[(name, v)] for v in sorted(remove[name]) if (name, v) in pins}
-        plan = TableGc(name, sorted(remove[name]), 0, tagged=tagged[name],
+        held = {v: pins[(name, v)] for v in sorted(wanted[name]) if (name, v) in pins}
+        plan = TableGc(name, sorted(wanted[name]), 0, tagged=tagged[name],
                        latest=max(infos[name][0]))
         if force:
             plan.forced = held
@@ -240,7 +241,12 @@ def _pins(store: Store, every: list[str], infos: dict, remove: dict[str, set[int
             for version in infos[table][0]:
                 if version not in remove.get(table, ()):
                     for pin in cache.pins_of(table, version):
-                        P.add(pins, pin, f"the lineage of {table}@{version}")
+                        # A version's own table in its lineage is what it was made on
+                        # (an append's previous version, a restore's source): its rows
+                        # are in this version or were replaced on purpose. Counting
+                        # it would chain every version of generations to the first.
+                        if pin[0] != table:
+                            P.add(pins, pin, f"the lineage of {table}@{version}")
         held = {(t, v) for t, vs in remove.items() for v in vs if (t, v) in pins}
         if force or not held:
             return pins
@@ -288,7 +294,7 @@ def _files(ds: lance.LanceDataset, version: int, manifests: dict[int, str]) -> s
         files.add(f"_transactions/{tx.read_version}-{tx.uuid}.txn")
     for fragment in ds.checkout_version(version).get_fragments():
         meta = fragment.metadata
-        files.update(f"data/{f.path}" for f in meta.data_files())
+        files.update(f"data/{f.path}" for f in meta.files)
         if meta.deletion_file is not None:
             files.add(meta.deletion_file.path(meta.id))
     return files

@@ -12,7 +12,8 @@ A version is named in two kinds of places:
   its top-level ``X_version`` facts (a build's ``prompts_version``; ``set_version``
   with ``set``), and any ``TABLE@N`` text in its arguments (``ttspo train dpo
   prefs@7``). Tags in arguments are left to the tags themselves (gc keeps tagged
-  versions).
+  versions). A lineage naming its own table (an ingest's previous generations
+  version, a restore's source) pins nothing: lifecycle.py says why.
 """
 
 from __future__ import annotations
