@@ -119,6 +119,28 @@ def test_pins_say_what_names_them(store):
     assert pinned["prefs"] == {3: ["a row of checkpoints", "the lineage of checkpoints@1"]}
 
 
+def test_rows_alone_pin_in_any_table_with_version_columns(store):
+    """ref_logps names set versions; a table made later (labels, pair_dynamics) with
+    set_name/set_version or X_version columns pins the same way. Bare lineage: the
+    rows alone pin."""
+    from ttspo.builder.core.schemas import REF_LOGPS_SCHEMA
+
+    ref = {"set_name": "prefs", "set_version": 4, "ref_sha256": "a", "ref_architecture": "tiny",
+           "pair_id": "p", "split": "train", "chosen_logps": [0.0], "rejected_logps": [0.0]}
+    store.write("ref_logps", pa.Table.from_pylist([ref], schema=REF_LOGPS_SCHEMA),
+                REF_LOGPS_SCHEMA, make_lineage("test"))
+    labels = pa.schema([("set_name", pa.string()), ("set_version", pa.int64()),
+                        ("generations_version", pa.int64())])
+    store.write("labels", pa.Table.from_pylist(
+        [{"set_name": "prefs", "set_version": 1, "generations_version": 2}], schema=labels),
+        labels, make_lineage("test"))
+    pinned = {t.table: t.pinned for t in planned(store, keep_last=2).tables}
+    assert pinned["prefs"] == {1: ["a row of labels"], 3: ["a row of checkpoints",
+                               "the lineage of checkpoints@1"], 4: ["a row of ref_logps"]}
+    assert pinned["generations"] == {1: ["the lineage of early@1", "the lineage of prefs@1"],
+                                     2: ["a row of labels"]}
+
+
 def test_default_policy_keeps_young_versions_and_either_option_alone_is_the_rule(store):
     default = ttspo(store, "gc", "--dry-run")
     assert default.stdout.splitlines()[0] == (
@@ -332,6 +354,7 @@ def test_compact_and_gc_beside_a_real_appender_lose_no_row(tmp_path):
         api.gc("generations", keep_last=2)
         done.append(writer.poll() is not None)
     assert writer.stdout.read() == "appended\n" and writer.returncode == 0
+    assert len(done) >= 2  # compact and gc ran while it appended
     ids = store.open("generations").to_table(columns=["generation_id"], with_row_id=True)
     assert ids.num_rows == 119 + 6 * 20
     assert len(set(ids["_rowid"].to_pylist())) == ids.num_rows
