@@ -181,6 +181,17 @@ def test_gc_removes_exactly_what_the_dry_run_listed(store):
     assert again.stdout.splitlines()[-1] == "nothing to remove"
 
 
+def test_the_log_pins_nothing_so_a_second_gc_removes_what_the_first_kept(store):
+    ApiStore(store.root).gc(keep_last=2)
+    for threshold in (0.4, 0.5):
+        build_set(store, "pareto", "prefs", {"cer_threshold": threshold})
+    result = ApiStore(store.root).gc(keep_last=2)
+    assert gc_table(result)["prefs"][0] == [5, 6]
+    assert every_version(store)["prefs"] == [2, 3, 7, 8]
+    assert [r["versions"] for r in store.open("store_log").to_table().to_pylist()] == [
+        [2], [1, 4], [5, 6]]
+
+
 def test_a_removed_version_reads_as_one_line(store):
     ttspo(store, "gc", "--keep-last", "2")
     when = store.open("store_log").to_table().to_pylist()[0]["time"]

@@ -173,13 +173,17 @@ def gc(store: Store, table: str | None = None, *, policy: GcPolicy, dry_run: boo
         return GcResult(policy, dry_run, force, plan_gc(store, names, policy, force))
     # Planned under the locks: no writer can add a version, a pinning row or a tag
     # between the plan and the removal.
-    with exclusive(store, names, wait=wait, command="gc"):
-        tables = plan_gc(store, names, policy, force)
-        for plan in tables:
-            plan.bytes = _remove(store, plan)
-    result = GcResult(policy, dry_run, force, tables)
-    if not dry_run and result.removed:
-        result.log_version = _log(store, result, lineage)
+    done: list[TableGc] = []
+    try:
+        with exclusive(store, names, wait=wait, command="gc"):
+            for plan in plan_gc(store, names, policy, force):
+                plan.bytes = _remove(store, plan)
+                done.append(plan)
+    finally:
+        # Logged even when a later table failed: what went must be on record.
+        result = GcResult(policy, dry_run, force, done)
+        if result.removed:
+            result.log_version = _log(store, result, lineage)
     return result
 
 
@@ -238,6 +242,8 @@ def _pins(store: Store, every: list[str], infos: dict, remove: dict[str, set[int
     while True:
         pins = {k: list(v) for k, v in rows.items()}
         for table in every:
+            if table == LOG_TABLE:  # names what gc saw, not what anything uses
+                continue
             for version in infos[table][0]:
                 if version not in remove.get(table, ()):
                     for pin in cache.pins_of(table, version):
