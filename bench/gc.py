@@ -12,7 +12,9 @@ then, in the same run:
 2. `gc --keep-last 10` on a copy: the dry run's bytes, the bytes freed, the size,
    and gc's time;
 3. `compact` on that copy, its size, and `gc --keep-last 10` again;
-4. 10 more builds (reading the compacted generations) and `gc --keep-last 10`.
+4. 10 more builds (reading the compacted generations), `gc --keep-last 10`, and
+   `gc generations --keep-last 1` (the uncompacted fragments go only with the last
+   generations version that reads them).
 
 All sizes are the bytes of the store's files (``.derived`` excluded: caches,
 bounded per kind, safe to delete).
@@ -105,11 +107,15 @@ def main() -> None:
         print(f"compact ({time.perf_counter() - start:.2f} s; {merged}): {mb(size(copy.root))}")
         gc_figures(copy, "compact + gc")
         # The kept set versions' lineage names the uncompacted generations version, so
-        # its fragments stay until 10 builds read the compacted one.
+        # its fragments stay until 10 builds read the compacted one, and until it
+        # leaves generations' last 10 versions (here: gc generations --keep-last 1).
         build_many(copy, 10)
         gc_figures(copy, "compact + 10 builds + gc")
-        print(f"ratio: no gc / gc = {grown / after_gc:.2f}x; "
-              f"no gc / (compact + gc) = {grown / size(copy.root):.2f}x")
+        last = copy.gc("generations", keep_last=1)
+        print(f"then gc generations --keep-last 1: freed {last.bytes:,} bytes; "
+              f"store {mb(size(copy.root))}")
+        print(f"ratio: no gc / gc --keep-last 10 = {grown / after_gc:.2f}x; "
+              f"no gc / end of 4. = {grown / size(copy.root):.2f}x")
 
 
 if __name__ == "__main__":
