@@ -370,3 +370,23 @@ def test_compact_and_gc_beside_a_real_appender_lose_no_row(tmp_path):
     assert ids.num_rows == 119 + 6 * 20
     assert len(set(ids["_rowid"].to_pylist())) == ids.num_rows
     assert len(set(ids["generation_id"].to_pylist())) == ids.num_rows
+
+
+def test_json_output_is_the_typed_result(store):
+    import json
+
+    result = ttspo(store, "gc", "--keep-last", "2", "--dry-run", "--format", "json")
+    assert (result.exit_code, result.stderr) == (0, "")
+    out = json.loads(result.stdout)
+    assert (out["dry_run"], out["removed"], out["policy"]) == (
+        True, 3, {"keep_last": 2, "older_than": None})
+    prefs = next(t for t in out["tables"] if t["table"] == "prefs")
+    assert (prefs["removed"], prefs["tagged"], sorted(prefs["pinned"])) == ([1, 4], [2], ["3"])
+
+
+def test_compact_of_a_missing_table_is_one_line(store):
+    before = every_version(store)
+    result = ttspo(store, "compact", "nosuch")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        1, "", f"Error: no table 'nosuch' in store {store.root}\n")
+    assert every_version(store) == before
