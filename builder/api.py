@@ -116,9 +116,7 @@ class Store:
             return self.core.open(table, text).version  # a tag
         known = [v["version"] for v in self.core.open(table).versions()]
         if int(text) not in known:
-            from ttspo.builder.core.lifecycle import removal_note
-
-            raise StoreError(removal_note(self.core, table, int(text)) or
+            raise StoreError(self.core.removed_by_gc(table, int(text)) or
                              f"table '{table}' has no version {text} (latest is {max(known)})")
         return int(text)
 

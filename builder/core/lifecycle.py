@@ -13,7 +13,7 @@ names (a writer's uncommitted fragments) are left to Lance's 7-day rule.
 Both take every named table's writing lock exclusively before changing anything
 (writers wait for them, and they wait up to WAIT seconds for running writers,
 then refuse having changed nothing). Readers of a latest version are unaffected;
-a reader of a version gc removes fails, with the one line of ``removal_note``.
+a reader of a version gc removes fails, with the one line of ``Store.removed_by_gc``.
 
 ``.derived`` entries are left alone: they are keyed by a version's data files, so
 an entry of a removed version is never read again, and each kind keeps only its
@@ -37,10 +37,10 @@ import pyarrow as pa
 from ttspo.builder.core import pins as P
 from ttspo.builder.core.errors import InputError, StoreError
 from ttspo.builder.core.locks import open_lock_file
-from ttspo.builder.core.schemas import LOG, STORE_LOG_SCHEMA
-from ttspo.builder.core.store import Lineage, Store, commit_properties, sql_string, write_error
+from ttspo.builder.core.schemas import LOG, STORE_LOG, STORE_LOG_SCHEMA
+from ttspo.builder.core.store import Lineage, Store, commit_properties, write_error
 
-LOG_TABLE = "store_log"
+LOG_TABLE = STORE_LOG
 # With neither --keep-last nor --older-than: a version goes when 10 newer ones exist
 # AND it is a week old. A week covers a working session's re-thresholds (their
 # diffs, a restore); 10 covers a fast sweep. Either option alone is the whole rule.
@@ -316,23 +316,6 @@ def _log(store: Store, result: GcResult, lineage: Lineage) -> int:
                                bytes_freed=result.bytes)
     return store.write(LOG_TABLE, pa.Table.from_pylist(rows, schema=STORE_LOG_SCHEMA),
                        STORE_LOG_SCHEMA, record)
-
-
-def removal_note(store: Store, table: str, version: int) -> str | None:
-    """"version 12 of generations was removed by gc on ..." if store_log says so."""
-    if table == LOG_TABLE or not store.exists(LOG_TABLE):
-        return None
-    try:
-        rows = store.open(LOG_TABLE).to_table(
-            columns=[LOG.time, LOG.versions, LOG.forced],
-            filter=f"{LOG.table} = {sql_string(table)}").to_pylist()
-    except (OSError, ValueError):
-        return None  # the log itself unreadable: the caller's own message stands
-    for row in rows:
-        if version in row[LOG.versions]:
-            how = " --force" if version in row[LOG.forced] else ""
-            return f"version {version} of {table} was removed by gc{how} on {row[LOG.time]}"
-    return None
 
 
 # ---------------------------------------------------------------- compact

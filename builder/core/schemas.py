@@ -422,6 +422,7 @@ REWARDS_SCHEMA = pa.schema(
 # in ONE new version of store_log (whose commit carries the run's lineage), so gc
 # makes no new version of the tables it cleans. Reading a removed version looks here
 # to say when it went.
+STORE_LOG = "store_log"
 LOG = _names(time="time", command="command", table="table", versions="versions",
              forced="forced", bytes="bytes", latest="latest")
 
