@@ -390,3 +390,13 @@ def test_compact_of_a_missing_table_is_one_line(store):
     assert (result.exit_code, result.stdout, result.stderr) == (
         1, "", f"Error: no table 'nosuch' in store {store.root}\n")
     assert every_version(store) == before
+
+
+def test_a_missing_store_is_an_error_and_creates_nothing(tmp_path):
+    from ttspo.builder.core.errors import StoreError
+
+    store = ApiStore(tmp_path / "typo")
+    for call in (store.gc, store.compact, lambda: store.gc(dry_run=True)):
+        with pytest.raises(StoreError, match="no store at .*typo"):
+            call()
+    assert not (tmp_path / "typo").exists()
