@@ -400,3 +400,18 @@ def test_a_missing_store_is_an_error_and_creates_nothing(tmp_path):
         with pytest.raises(StoreError, match="no store at .*typo"):
             call()
     assert not (tmp_path / "typo").exists()
+
+
+def test_gc_waits_for_a_writer_that_finishes(store):
+    import threading
+
+    holder = child(HOLDER, str(store.root), stdin=subprocess.PIPE)
+    assert holder.stdout.readline() == "holding\n"
+    release = threading.Timer(0.5, holder.stdin.close)
+    release.start()
+    try:
+        result = ApiStore(store.root).gc(keep_last=2, wait=60)
+    finally:
+        release.join()
+        holder.wait(timeout=60)
+    assert holder.returncode == 0 and result.removed == 3  # ran once the writer ended
