@@ -195,9 +195,9 @@ def plan_gc(store: Store, names: list[str], policy: GcPolicy, force: bool) -> li
     remove, tagged = {}, {}
     for name in names:
         stamps, tags = infos[name]
-        wanted = _candidates(stamps, policy, now)
-        tagged[name] = sorted(v for v in wanted if v in tags)
-        remove[name] = {v for v in wanted if v not in tags}
+        allowed = _candidates(stamps, policy, now)
+        tagged[name] = sorted(v for v in allowed if v in tags)
+        remove[name] = {v for v in allowed if v not in tags}
     wanted = {t: set(vs) for t, vs in remove.items()}
     pins = _pins(store, every, infos, remove, force)  # drops what stays from remove
     plans = []
