@@ -343,6 +343,30 @@ class Store:
         return cfg, lineage or make_lineage(command, {
             **args, "config": None if config is None else str(config), "overrides": list(overrides)})
 
+    # ------------------------------------------------------------- checks
+    def _require(self) -> None:
+        """Reading a store that does not exist is an error, not an empty result."""
+        if not self.root.is_dir():
+            what = "not a folder" if self.root.exists() else "no such folder"
+            raise StoreError(f"no store at {self.root} ({what}; check --store)")
+
+    def check_output(self, out: str | os.PathLike, suffixes: Sequence[str] = ()) -> Path:
+        """OUT, if a result may be written there: never inside one of the store's
+        tables (a tag file or manifest overwritten would break the table)."""
+        path = Path(out)
+        if suffixes and path.suffix.lower() not in suffixes:
+            raise InputError(f"{out}: unknown output format '{path.suffix}' "
+                             f"(use {', '.join(suffixes)})")
+        if suffixes and not path.parent.is_dir():
+            raise InputError(f"{out}: directory {path.parent} does not exist")
+        target, root = Path(os.path.realpath(path)), Path(os.path.realpath(self.root))
+        if target == root or root in target.parents:
+            inside = target.relative_to(root).parts
+            if inside and inside[0].endswith(".lance"):
+                raise InputError(f"{out}: is inside the store's table "
+                                 f"'{inside[0][:-len('.lance')]}'; write outputs elsewhere")
+        return path
+
     # ------------------------------------------------------------ lifecycle
     def compact(self, table: str | None = None, *, wait: float = 60.0,
                 lineage: Lineage | None = None):
@@ -371,30 +395,6 @@ class Store:
             "dry_run": dry_run, "force": force, "wait": wait})
         return lc.gc(self.core, table, policy=policy, dry_run=dry_run, force=force, wait=wait,
                      lineage=as_lineage(lineage))
-
-    # ------------------------------------------------------------- checks
-    def _require(self) -> None:
-        """Reading a store that does not exist is an error, not an empty result."""
-        if not self.root.is_dir():
-            what = "not a folder" if self.root.exists() else "no such folder"
-            raise StoreError(f"no store at {self.root} ({what}; check --store)")
-
-    def check_output(self, out: str | os.PathLike, suffixes: Sequence[str] = ()) -> Path:
-        """OUT, if a result may be written there: never inside one of the store's
-        tables (a tag file or manifest overwritten would break the table)."""
-        path = Path(out)
-        if suffixes and path.suffix.lower() not in suffixes:
-            raise InputError(f"{out}: unknown output format '{path.suffix}' "
-                             f"(use {', '.join(suffixes)})")
-        if suffixes and not path.parent.is_dir():
-            raise InputError(f"{out}: directory {path.parent} does not exist")
-        target, root = Path(os.path.realpath(path)), Path(os.path.realpath(self.root))
-        if target == root or root in target.parents:
-            inside = target.relative_to(root).parts
-            if inside and inside[0].endswith(".lance"):
-                raise InputError(f"{out}: is inside the store's table "
-                                 f"'{inside[0][:-len('.lance')]}'; write outputs elsewhere")
-        return path
 
 
 def recipes(recipe: str | None = None) -> list[dict[str, Any]]:
