@@ -121,7 +121,8 @@ class Store:
             return self.core.open(table, text).version  # a tag
         known = [v["version"] for v in self.core.open(table).versions()]
         if int(text) not in known:
-            raise StoreError(f"table '{table}' has no version {text} (latest is {max(known)})")
+            raise StoreError(self.core.removed_by_gc(table, int(text)) or
+                             f"table '{table}' has no version {text} (latest is {max(known)})")
         return int(text)
 
     def diff(self, a: str, b: str) -> dict[str, Any]:
@@ -283,6 +284,35 @@ class Store:
                 raise InputError(f"{out}: is inside the store's table "
                                  f"'{inside[0][:-len('.lance')]}'; write outputs elsewhere")
         return path
+
+    # ------------------------------------------------------------ lifecycle
+    def compact(self, table: str | None = None, *, wait: float = 60.0,
+                lineage: Lineage | None = None):
+        """Merge TABLE's small fragments (every table's when None) into one new version
+        each, carrying lineage; rows and row ids unchanged. A list of TableCompaction.
+        Waits up to WAIT seconds for running writers of those tables, then refuses."""
+        from ttspo.builder.core.lifecycle import compact
+
+        self._require()
+        lineage = lineage or make_lineage("compact", {"table": table, "wait": wait})
+        return compact(self.core, table, wait=wait, lineage=as_lineage(lineage))
+
+    def gc(self, table: str | None = None, *, keep_last: int | None = None,
+           older_than: str | None = None, dry_run: bool = False, force: bool = False,
+           wait: float = 60.0, lineage: Lineage | None = None):
+        """Remove old versions of TABLE (every table's when None): a GcResult. Never the
+        latest, a tagged version, or one a row or lineage names (FORCE: those too).
+        Neither KEEP_LAST nor OLDER_THAN (``7d``, ``12h``, ``30m``): keep the last 10
+        and any younger than 7 days; one of them alone is the whole rule."""
+        from ttspo.builder.core import lifecycle as lc
+
+        self._require()
+        policy = lc.policy_of(keep_last, older_than)
+        lineage = lineage or make_lineage("gc", {
+            "table": table, "keep_last": keep_last, "older_than": older_than,
+            "dry_run": dry_run, "force": force, "wait": wait})
+        return lc.gc(self.core, table, policy=policy, dry_run=dry_run, force=force, wait=wait,
+                     lineage=as_lineage(lineage))
 
 
 def recipes(recipe: str | None = None) -> list[dict[str, Any]]:

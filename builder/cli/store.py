@@ -1,5 +1,5 @@
-"""`ttspo` store commands: sql, tables, versions, tag, restore (thin over
-ttspo.builder.api.Store)."""
+"""`ttspo` store commands: sql, tables, versions, tag, restore, gc, compact (thin
+over ttspo.builder.api.Store)."""
 
 from __future__ import annotations
 
@@ -120,4 +120,102 @@ def restore(ctx: click.Context, table: str, version: str) -> None:
     click.echo(f"restored {table} to version {number} as new version {new}")
 
 
-COMMANDS = [sql, tables, versions, tag, restore]
+# ------------------------------------------------------------ gc/compact
+@click.command()
+@click.argument("table", required=False)
+@click.option("--keep-last", metavar="N", help="Keep the last N versions of each table.")
+@click.option("--older-than", metavar="AGE",
+              help="Remove only versions older than AGE: 7d, 12h, 30m, 45s, 2w.")
+@click.option("--dry-run", is_flag=True, help="List what would go and the bytes freed; "
+              "remove nothing.")
+@click.option("--force", is_flag=True, help="Remove versions a row or a lineage names too "
+              "(listed); tagged and latest versions are still kept.")
+@click.option("--wait", type=float, default=60.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for commands writing these tables.")
+@format_option
+@click.pass_context
+def gc(ctx: click.Context, table: str | None, keep_last: str | None, older_than: str | None,
+       dry_run: bool, force: bool, wait: float, fmt: str) -> None:
+    """Remove old versions of TABLE (of every table when none is named).
+
+    Never removes a table's latest version, a tagged version, or a version that a
+    row (checkpoints, ref_logps ... *_version columns) or a lineage record names,
+    unless --force. Without --keep-last and --older-than: keep the last 10 versions
+    and any younger than 7 days (either option alone is the whole rule). What goes
+    is logged in the store_log table (the cleaned tables get no new version).
+    """
+    result = get_store(ctx).gc(table, keep_last=keep_last, older_than=older_than,
+                               dry_run=dry_run, force=force, wait=wait,
+                               lineage=lineage_for(ctx))
+    rows = [_gc_row(t) for t in result.tables]
+    if fmt == "json":
+        from dataclasses import asdict
+
+        from ttspo.builder.core.render import strict_json
+
+        click.echo(strict_json({**asdict(result), "removed": result.removed,
+                                "bytes": result.bytes}, sort_keys=True))
+        return
+    notes = [f"policy: {result.policy.describe()}"]
+    click.echo(notes[0], err=fmt != "table")
+    emit(rows, fmt, ["table", "removed", "versions", "bytes", "pinned", "tagged"])
+    for t in result.tables:
+        for version, why in sorted(t.forced.items()):
+            click.echo(f"forced: {t.table}@{version} (named by {'; '.join(why)})",
+                       err=fmt != "table")
+    click.echo(_gc_summary(result), err=fmt != "table")
+
+
+def _gc_row(t) -> dict:
+    return {"table": t.table, "removed": ranges(t.removed), "versions": len(t.removed),
+            "bytes": t.bytes, "pinned": ranges(sorted(t.pinned)), "tagged": ranges(t.tagged)}
+
+
+def _gc_summary(result) -> str:
+    tables = sum(1 for t in result.tables if t.removed)
+    what = (f"{result.removed} version{'s' * (result.removed != 1)} from {tables} "
+            f"table{'s' * (tables != 1)}")
+    if result.dry_run:
+        return (f"dry run: would remove {what}, freeing {result.bytes} bytes; "
+                "nothing was removed" if result.removed else "dry run: nothing to remove")
+    if not result.removed:
+        return "nothing to remove"
+    return (f"removed {what}, freed {result.bytes} bytes "
+            f"(logged in store_log version {result.log_version})")
+
+
+def ranges(versions: list[int]) -> str:
+    """[1, 2, 3, 5] -> '1-3,5'."""
+    spans: list[list[int]] = []
+    for v in versions:
+        if spans and v == spans[-1][1] + 1:
+            spans[-1][1] = v
+        else:
+            spans.append([v, v])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+
+
+@click.command()
+@click.argument("table", required=False)
+@click.option("--wait", type=float, default=60.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for commands writing these tables.")
+@format_option
+@click.pass_context
+def compact(ctx: click.Context, table: str | None, wait: float, fmt: str) -> None:
+    """Merge TABLE's small fragments (every table's when none is named).
+
+    Each compacted table gets one new version (with lineage) holding the same rows
+    with the same row ids; the old files stay for older versions until gc.
+    """
+    done = get_store(ctx).compact(table, wait=wait, lineage=lineage_for(ctx))
+    rows = [{"table": t.table, "fragments_before": t.fragments_before,
+             "fragments_after": t.fragments_after, "rows": t.rows, "version": t.version}
+            for t in done]
+    emit(rows, fmt, ["table", "fragments_before", "fragments_after", "rows", "version"])
+    n = sum(1 for t in done if t.compacted)
+    line = (f"compacted {n} of {len(done)} table{'s' * (len(done) != 1)}; run gc to free "
+            "the files only older versions read" if n else "nothing to compact")
+    click.echo(line, err=fmt != "table")
+
+
+COMMANDS = [sql, tables, versions, tag, restore, gc, compact]

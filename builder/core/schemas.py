@@ -29,7 +29,7 @@ BLOB_METADATA = {b"lance-encoding:blob": b"true"}
 
 # Names no preference set may take, because core tables use them.
 CORE_TABLES = ("prompts", "generations", "ingest_errors", "rollouts", "ref_logps",
-               "checkpoints")
+               "checkpoints", "store_log")
 
 
 def _names(**kw: str) -> SimpleNamespace:
@@ -414,6 +414,27 @@ REWARDS_SCHEMA = pa.schema(
         pa.field(ROLL.step, pa.int64()),  # null for generations
         _GEN_FIELDS[GEN.group_id],
         *REWARD_FIELDS,
+    ]
+)
+
+# --------------------------------------------------------------- store_log
+# What `ttspo gc` removed (builder/core/lifecycle.py): one row per table per gc run,
+# in ONE new version of store_log (whose commit carries the run's lineage), so gc
+# makes no new version of the tables it cleans. Reading a removed version looks here
+# to say when it went.
+STORE_LOG = "store_log"
+LOG = _names(time="time", command="command", table="table", versions="versions",
+             forced="forced", bytes="bytes", latest="latest")
+
+STORE_LOG_SCHEMA = pa.schema(
+    [
+        pa.field(LOG.time, pa.string(), nullable=False),  # UTC ISO, seconds
+        pa.field(LOG.command, pa.string(), nullable=False),  # "gc"
+        pa.field(LOG.table, pa.string(), nullable=False),
+        pa.field(LOG.versions, pa.list_(pa.int64()), nullable=False),  # removed
+        pa.field(LOG.forced, pa.list_(pa.int64()), nullable=False),  # pinned, removed by --force
+        pa.field(LOG.bytes, pa.int64(), nullable=False),  # freed (Lance's count)
+        pa.field(LOG.latest, pa.int64(), nullable=False),  # the table's latest version then
     ]
 )
 

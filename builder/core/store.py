@@ -29,7 +29,7 @@ from ttspo import __version__
 from ttspo.builder.core.errors import StoreError, first_line
 from ttspo.builder.core.locks import clean_temp_dirs, open_lock_file
 from ttspo.builder.core.render import strict_json
-from ttspo.builder.core.schemas import CORE_TABLES
+from ttspo.builder.core.schemas import CORE_TABLES, LOG, STORE_LOG
 
 LINEAGE_KEY = "ttspo.lineage"
 # Lance file format for new tables. 2.0 rather than the newer default 2.2: it
@@ -201,6 +201,9 @@ class Store:
         try:
             return ds.checkout_version(version)
         except (ValueError, OSError) as exc:
+            note = self.removed_by_gc(table, version) if isinstance(version, int) else None
+            if note:
+                raise StoreError(note) from None
             known = sorted(ds.tags.list())
             hint = f" (tags: {', '.join(known)})" if known else ""
             raise StoreError(f"table '{table}' has no version or tag '{version}'{hint}") from exc
@@ -208,6 +211,23 @@ class Store:
     def open_ref(self, ref: str) -> lance.LanceDataset:
         table, version = parse_ref(ref)
         return self.open(table, version)
+
+    def removed_by_gc(self, table: str, version: int) -> str | None:
+        """"version 12 of generations was removed by gc on ..." when store_log (what
+        `ttspo gc` removed: builder/core/lifecycle.py) says so, else None."""
+        if table == STORE_LOG or not self.exists(STORE_LOG):
+            return None
+        try:
+            rows = self.open(STORE_LOG).to_table(
+                columns=[LOG.time, LOG.versions, LOG.forced],
+                filter=f"{LOG.table} = {sql_string(table)}").to_pylist()
+        except (OSError, ValueError):
+            return None  # the log itself unreadable: the caller's own message stands
+        for row in rows:
+            if version in row[LOG.versions]:
+                how = " --force" if version in row[LOG.forced] else ""
+                return f"version {version} of {table} was removed by gc{how} on {row[LOG.time]}"
+        return None
 
     def version(self, table: str) -> int | None:
         """Latest version of TABLE, or None if it does not exist."""

@@ -1,0 +1,356 @@
+"""Store lifecycle: `ttspo gc` (remove old table versions) and `ttspo compact`
+(merge small fragments).
+
+gc never removes a table's latest version, a tagged version, or a version the
+store names (a row's *_version column, a lineage record: ``pins.py``) unless
+forced; pins are found over every table, whichever table is cleaned. What it
+removes is logged as rows of ``store_log`` in ONE new version (its commit carries
+the lineage), so the cleaned tables get no new version. Files go through Lance's
+``cleanup_old_versions(versions=[...])``: files only the removed versions name
+(their manifests, transaction files, data and deletion files). Files no manifest
+names (a writer's uncommitted fragments) are left to Lance's 7-day rule.
+
+Both take every named table's writing lock exclusively before changing anything
+(writers wait for them, and they wait up to WAIT seconds for running writers,
+then refuse having changed nothing). Readers of a latest version are unaffected;
+a reader of a version gc removes fails, with the one line of ``Store.removed_by_gc``.
+
+``.derived`` entries are left alone: they are keyed by a version's data files, so
+an entry of a removed version is never read again, and each kind keeps only its
+8 most recently used files (session_cache.py), so they age out on their own.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Iterator
+
+import lance
+import pyarrow as pa
+
+from ttspo.builder.core import pins as P
+from ttspo.builder.core.errors import InputError, StoreError
+from ttspo.builder.core.locks import open_lock_file
+from ttspo.builder.core.schemas import LOG, STORE_LOG, STORE_LOG_SCHEMA
+from ttspo.builder.core.store import Lineage, Store, commit_properties, write_error
+
+LOG_TABLE = STORE_LOG
+# With neither --keep-last nor --older-than: a version goes when 10 newer ones exist
+# AND it is a week old. A week covers a working session's re-thresholds (their
+# diffs, a restore); 10 covers a fast sweep. Either option alone is the whole rule.
+DEFAULT_KEEP_LAST = 10
+DEFAULT_OLDER_THAN = "7d"
+AGE = re.compile(r"^(?P<n>\d+)(?P<unit>[smhdw])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+COMPACT_ROWS = 1 << 20  # rows per fragment after compaction (Lance's default target)
+
+
+# ---------------------------------------------------------------- options
+@dataclass(frozen=True)
+class GcPolicy:
+    keep_last: int | None  # versions kept counting back from the latest
+    older_than: str | None  # AGE text: only versions older than this go
+
+    def describe(self) -> str:
+        keep = f"the last {self.keep_last} versions" if self.keep_last else ""
+        young = f"versions younger than {self.older_than}" if self.older_than else ""
+        return "keep " + " and ".join(p for p in (keep, young) if p)
+
+
+def parse_age(text: str) -> timedelta:
+    """``7d``, ``12h``, ``30m``, ``45s``, ``2w`` -> a timedelta."""
+    m = AGE.match(str(text).strip())
+    if not m:
+        raise InputError(f"--older-than {text}: not an age (a whole number and s, m, h, d "
+                         "or w: 7d, 12h, 30m)")
+    return timedelta(**{UNITS[m.group("unit")]: int(m.group("n"))})
+
+
+def parse_keep_last(value: int | str) -> int:
+    text = str(value).strip()
+    if not text.lstrip("-").isdigit():
+        raise InputError(f"--keep-last {value}: not a whole number")
+    if int(text) < 1:
+        raise InputError(f"--keep-last {value}: must be 1 or more (the latest version "
+                         "is always kept)")
+    return int(text)
+
+
+def policy_of(keep_last: int | str | None, older_than: str | None) -> GcPolicy:
+    if keep_last is None and older_than is None:
+        return GcPolicy(DEFAULT_KEEP_LAST, DEFAULT_OLDER_THAN)
+    if older_than is not None:
+        parse_age(older_than)
+    return GcPolicy(None if keep_last is None else parse_keep_last(keep_last),
+                    None if older_than is None else str(older_than).strip())
+
+
+# ---------------------------------------------------------------- results
+@dataclass
+class TableGc:
+    table: str
+    removed: list[int]  # removed (a dry run: would be)
+    bytes: int  # freed (a dry run: would be)
+    pinned: dict[int, list[str]] = field(default_factory=dict)  # kept: what names them
+    tagged: list[int] = field(default_factory=list)  # kept: tagged (the policy would remove)
+    forced: dict[int, list[str]] = field(default_factory=dict)  # pinned, removed by force
+    latest: int = 0
+
+
+@dataclass
+class GcResult:
+    policy: GcPolicy
+    dry_run: bool
+    force: bool
+    tables: list[TableGc]
+    log_version: int | None = None  # store_log's version holding this run (None: no run)
+
+    @property
+    def removed(self) -> int:
+        return sum(len(t.removed) for t in self.tables)
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.bytes for t in self.tables)
+
+
+@dataclass
+class TableCompaction:
+    table: str
+    fragments_before: int
+    fragments_after: int
+    rows: int
+    version: int  # the compaction's new version, or the latest when nothing was done
+
+    @property
+    def compacted(self) -> bool:
+        return self.fragments_after != self.fragments_before
+
+
+# ------------------------------------------------------------------ locks
+@contextmanager
+def exclusive(store: Store, tables: list[str], *, wait: float, command: str) -> Iterator[None]:
+    """Every TABLE's writing lock, exclusively: writers wait until this ends. Waits up
+    to WAIT seconds for running writers; all or none (nothing is changed before)."""
+    deadline, fds = time.monotonic() + wait, []
+    try:
+        for table in sorted(tables):  # one order for every caller
+            fds.append(_take(store, table, deadline, wait, command))
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _take(store: Store, table: str, deadline: float, wait: float, command: str) -> int:
+    fd = open_lock_file(store._lock_key(f"writing {table}"))
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise StoreError(f"table '{table}' is being written by another command "
+                                 f"(waited {wait:g} s); {command} changed nothing, run it "
+                                 "again when that command ends") from None
+            time.sleep(0.1)
+
+
+# --------------------------------------------------------------------- gc
+def gc(store: Store, table: str | None = None, *, policy: GcPolicy, dry_run: bool = False,
+       force: bool = False, wait: float = 60.0, lineage: Lineage) -> GcResult:
+    names = [table] if table is not None else store.tables()
+    for name in names:
+        store.open(name)  # a table that does not exist: one line
+    if dry_run:  # reads only: no lock, writers go on
+        return GcResult(policy, dry_run, force, plan_gc(store, names, policy, force))
+    # Planned under the locks: no writer can add a version, a pinning row or a tag
+    # between the plan and the removal.
+    done: list[TableGc] = []
+    try:
+        with exclusive(store, names, wait=wait, command="gc"):
+            for plan in plan_gc(store, names, policy, force):
+                plan.bytes = _remove(store, plan)
+                done.append(plan)
+    finally:
+        # Logged even when a later table failed: what went must be on record.
+        result = GcResult(policy, dry_run, force, done)
+        if result.removed:
+            result.log_version = _log(store, result, lineage)
+    return result
+
+
+def plan_gc(store: Store, names: list[str], policy: GcPolicy, force: bool) -> list[TableGc]:
+    """What gc would remove from each of NAMES, and what it keeps for tags and pins."""
+    now = datetime.now()  # Lance's version times are naive local times
+    every = store.tables()
+    infos = {t: _versions(store, t) for t in every}
+    remove, tagged = {}, {}
+    for name in names:
+        stamps, tags = infos[name]
+        allowed = _candidates(stamps, policy, now)
+        tagged[name] = sorted(v for v in allowed if v in tags)
+        remove[name] = {v for v in allowed if v not in tags}
+    wanted = {t: set(vs) for t, vs in remove.items()}
+    pins = _pins(store, every, infos, remove, force)  # drops what stays from remove
+    plans = []
+    for name in names:
+        held = {v: pins[(name, v)] for v in sorted(wanted[name]) if (name, v) in pins}
+        plan = TableGc(name, sorted(wanted[name]), 0, tagged=tagged[name],
+                       latest=max(infos[name][0]))
+        if force:
+            plan.forced = held
+        else:
+            plan.pinned = held
+            plan.removed = [v for v in plan.removed if v not in held]
+        plan.bytes = freed_bytes(store, name, plan.removed)
+        plans.append(plan)
+    return plans
+
+
+def _versions(store: Store, table: str) -> tuple[dict[int, datetime], set[int]]:
+    ds = store.open(table)
+    stamps = {v["version"]: v["timestamp"] for v in ds.versions()}
+    return stamps, {info["version"] for info in ds.tags.list().values()}
+
+
+def _candidates(stamps: dict[int, datetime], policy: GcPolicy, now: datetime) -> set[int]:
+    """Versions the policy lets go: never the latest; outside the last N; older than AGE."""
+    ordered = sorted(stamps)
+    out = set(ordered[:-1])
+    if policy.keep_last:
+        out -= set(ordered[-policy.keep_last:])
+    if policy.older_than:
+        cutoff = now - parse_age(policy.older_than)
+        out = {v for v in out if stamps[v].replace(tzinfo=None) < cutoff}
+    return out
+
+
+def _pins(store: Store, every: list[str], infos: dict, remove: dict[str, set[int]],
+          force: bool) -> P.Pins:
+    """What names each version, from rows and from the lineage of every version that
+    stays. Not forced, a pinned version stays, and its own lineage then pins too:
+    repeated until nothing changes."""
+    rows, cache = P.row_pins(store, every), P.LineageCache(store)
+    while True:
+        pins = {k: list(v) for k, v in rows.items()}
+        for table in every:
+            if table == LOG_TABLE:  # names what gc saw, not what anything uses
+                continue
+            for version in infos[table][0]:
+                if version not in remove.get(table, ()):
+                    for pin in cache.pins_of(table, version):
+                        # A version's own table in its lineage is what it was made on
+                        # (an append's previous version, a restore's source): its rows
+                        # are in this version or were replaced on purpose. Counting
+                        # it would chain every version of generations to the first.
+                        if pin[0] != table:
+                            P.add(pins, pin, f"the lineage of {table}@{version}")
+        held = {(t, v) for t, vs in remove.items() for v in vs if (t, v) in pins}
+        if force or not held:
+            return pins
+        for t, v in held:
+            remove[t].discard(v)
+
+
+def _remove(store: Store, plan: TableGc) -> int:
+    if not plan.removed:  # forced versions are among them
+        return 0
+    try:
+        stats = store.open(plan.table).cleanup_old_versions(versions=plan.removed)
+    except OSError as exc:
+        raise write_error(store.root, plan.table, exc) from None
+    return int(stats.bytes_removed)
+
+
+def freed_bytes(store: Store, table: str, versions: list[int]) -> int:
+    """Bytes of the files only VERSIONS name (what Lance's cleanup removes)."""
+    if not versions:
+        return 0
+    root = store.path(table)
+    ds = store.open(table)
+    manifests = _manifests(root)
+    gone = set(versions)
+    drop, keep = set(), set()
+    for v in (x["version"] for x in ds.versions()):
+        (drop if v in gone else keep).update(_files(ds, v, manifests))
+    return sum((root / f).stat().st_size for f in drop - keep if (root / f).is_file())
+
+
+def _manifests(root) -> dict[int, str]:
+    """version -> its manifest file (Lance's v2 names count down from 2**64 - 1)."""
+    out = {}
+    for path in (root / "_versions").glob("*.manifest"):
+        n = int(path.stem)
+        out[(2 ** 64 - 1 - n) if n >= 2 ** 63 else n] = f"_versions/{path.name}"
+    return out
+
+
+def _files(ds: lance.LanceDataset, version: int, manifests: dict[int, str]) -> set[str]:
+    files = {manifests[version]} if version in manifests else set()
+    tx = ds.read_transaction(version)
+    if tx is not None:
+        files.add(f"_transactions/{tx.read_version}-{tx.uuid}.txn")
+    for fragment in ds.checkout_version(version).get_fragments():
+        meta = fragment.metadata
+        files.update(f"data/{f.path}" for f in meta.files)
+        if meta.deletion_file is not None:
+            files.add(meta.deletion_file.path(meta.id))
+    return files
+
+
+def _log(store: Store, result: GcResult, lineage: Lineage) -> int:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    rows = [{LOG.time: stamp, LOG.command: "gc", LOG.table: t.table, LOG.versions: t.removed,
+             LOG.forced: sorted(t.forced), LOG.bytes: t.bytes, LOG.latest: t.latest}
+            for t in result.tables if t.removed]
+    record = lineage.with_inputs({t.table: t.latest for t in result.tables if t.removed})
+    record = record.with_extra(removed={t.table: t.removed for t in result.tables if t.removed},
+                               bytes_freed=result.bytes)
+    return store.write(LOG_TABLE, pa.Table.from_pylist(rows, schema=STORE_LOG_SCHEMA),
+                       STORE_LOG_SCHEMA, record)
+
+
+# ---------------------------------------------------------------- compact
+def compact(store: Store, table: str | None = None, *, wait: float = 60.0,
+            lineage: Lineage) -> list[TableCompaction]:
+    """Merge each table's small fragments (and drop deleted rows' data) into one new
+    version carrying LINEAGE. Row ids are stable ids (tables are made with
+    stable row ids), so every row keeps its id; older versions still read their
+    old files until gc removes them."""
+    names = [table] if table is not None else store.tables()
+    for name in names:
+        store.open(name)
+    with exclusive(store, names, wait=wait, command="compact"):
+        return [_compact_one(store, name, lineage) for name in names]
+
+
+def _compact_one(store: Store, table: str, lineage: Lineage) -> TableCompaction:
+    from lance.optimize import Compaction
+
+    ds = store.open(table)
+    before, rows = len(ds.get_fragments()), ds.count_rows()
+    plan = Compaction.plan(ds, {"target_rows_per_fragment": COMPACT_ROWS})
+    if plan.num_tasks() == 0:
+        return TableCompaction(table, before, before, rows, ds.version)
+    try:
+        results = [task.execute(ds) for task in plan.tasks]
+        groups = [lance.LanceOperation.RewriteGroup(r.original_fragments, r.new_fragments)
+                  for r in results]
+        after = before - sum(len(g.old_fragments) - len(g.new_fragments) for g in groups)
+        record = lineage.with_inputs({table: plan.read_version}).with_extra(
+            fragments_before=before, fragments_after=after)
+        tx = lance.Transaction(read_version=plan.read_version,
+                               operation=lance.LanceOperation.Rewrite(groups, []),
+                               transaction_properties=commit_properties(record))
+        new = lance.LanceDataset.commit(str(store.path(table)), tx)
+    except OSError as exc:
+        raise write_error(store.root, table, exc) from None
+    return TableCompaction(table, before, len(new.get_fragments()), new.count_rows(), new.version)
