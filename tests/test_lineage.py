@@ -102,7 +102,7 @@ def test_grpo_from_the_api_records_its_command_and_every_table_its_prompts_read(
     assert row["args"]["overrides"] == GRPO
     # The selection read `picked`: a resume over another version of it is another run.
     pick(["p1"])
-    with pytest.raises(TrainingError, match=f"{out} holds another run \\(where_inputs "):
+    with pytest.raises(TrainingError, match=f"{out} holds another run \\(where_inputs\\."):
         ttspo.Store(core.root).train_grpo(out=out, overrides=GRPO, echo=quiet)
 
 
@@ -183,5 +183,5 @@ def test_grpo_where_reading_the_latest_prompts_beside_pinned_ones_records_both(t
     for lineage in (row, meta, folder[0]["lineage"]):
         assert lineage["inputs"] == {"prompts": 1, "prompts@2": 2}
     make_prompts(core, 5)  # prompts@3: the where now reads another version
-    with pytest.raises(TrainingError, match=f"{out} holds another run \\(where_inputs "):
+    with pytest.raises(TrainingError, match=f"{out} holds another run \\(where_inputs\\."):
         ttspo.Store(core.root).train_grpo(out=out, overrides=overrides, echo=quiet)
