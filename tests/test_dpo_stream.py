@@ -123,3 +123,23 @@ def test_two_ranks_stream_the_batches_and_losses_of_two_ranks_in_memory(store, t
         runs[loader] = _losses(out)
     assert len(runs["memory"]) == 3 * 3 + 2 * 2
     assert runs["stream"] == runs["memory"]
+
+
+def _sources():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        if not rel.startswith((".venv/", "tests/", ".")):
+            yield rel, path.read_text()
+
+
+def test_lances_private_take_and_the_pair_forward_each_live_in_one_place():
+    takes = [rel for rel, text in _sources() if "._take_rows(" in text]
+    assert takes == ["builder/core/lance_rows.py"]
+    # chosen + rejected are joined (collate_pairs) and split (chunk(2)) only in forward.py
+    splits = [rel for rel, text in _sources() if "collate_pairs(" in text and "chunk(2)" in text]
+    assert splits == ["trainer/dpo/forward.py"]
+    callers = {rel for rel, text in _sources() if "concatenated_forward(" in text}
+    assert {"trainer/dpo/loop.py", "trainer/dpo/ref.py"} <= callers
