@@ -1,7 +1,7 @@
 """The DPO data path in memory vs streamed: peak RSS and time by set size, and the
 pairs/s of a DPO step with each loader.
 
-    .venv/bin/python bench/dpo_data.py [--sizes 10000,50000] [--runs 5] [--steps 30]
+    .venv/bin/python bench/dpo_data.py [--sizes 10000,50000] [--runs 5] [--steps 30] [--skip-memory-part] [--skip-step-part]
 
 Part 1, for each size N: a synthetic store of 2N generations (8 codebooks x 100
 frames of int16 codes, groups of 2: one chosen and one rejected) and a Pareto set
@@ -68,6 +68,8 @@ def child_load(root: str, mode: str) -> None:
     from ttspo.trainer.dpo.data import PairOrder, load_pairs
     from ttspo.trainer.dpo.stream import step_batches
 
+    worker = 0.0
+    imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     began = time.perf_counter()
     pairs = load_pairs(Store(root), "prefs", stream=mode == "stream")
     loaded = time.perf_counter() - began
@@ -75,12 +77,24 @@ def child_load(root: str, mode: str) -> None:
         train = pairs.select("train")
         order = PairOrder(len(train), 4, seed=0)
         data = SimpleNamespace(loader="stream", workers=1, prefetch_batches=2)
-        for micro in step_batches(train, order, 0, start=0, stop=100, data=data):
+        for k, micro in enumerate(step_batches(train, order, 0, start=0, stop=100, data=data)):
             assert len(micro[0][1][0]) == 4
-    kb = lambda who: resource.getrusage(who).ru_maxrss / 1024
+            worker = worker_peak_mb() if k == 98 else worker
     print(json.dumps({"load_s": loaded, "total_s": time.perf_counter() - began,
-                      "rss_mb": kb(resource.RUSAGE_SELF),
-                      "worker_rss_mb": kb(resource.RUSAGE_CHILDREN)}))
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "imports_mb": imports, "worker_rss_mb": worker}))
+
+
+def worker_peak_mb() -> float:
+    """The reader worker's VmHWM, read while it lives: its ru_maxrss would count the
+    parent's pages it held between fork and exec (spawn), not what it used."""
+    pids = [p for t in Path("/proc/self/task").iterdir()
+            for p in (t / "children").read_text().split()]
+    peaks = []
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        peaks += [int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM")]
+    return max(peaks, default=0.0)
 
 
 def measure(root: Path, mode: str) -> dict:
@@ -90,7 +104,7 @@ def measure(root: Path, mode: str) -> dict:
 
 
 def part1(sizes: list[int], tmp: Path) -> None:
-    print("| pairs | loader | load s | total s | peak RSS MB | worker peak RSS MB |")
+    print("| pairs | loader | load s | total s | peak RSS MB (after imports) | worker peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for n in sizes:
         make_store(tmp / f"s{n}", n)
@@ -98,7 +112,7 @@ def part1(sizes: list[int], tmp: Path) -> None:
             m = measure(tmp / f"s{n}", mode)
             worker = f"{m['worker_rss_mb']:.0f}" if mode == "stream" else ""
             print(f"| {n} | {mode} | {m['load_s']:.2f} | {m['total_s']:.2f} | "
-                  f"{m['rss_mb']:.0f} | {worker} |", flush=True)
+                  f"{m['rss_mb']:.0f} ({m['imports_mb']:.0f}) | {worker} |", flush=True)
 
 
 def one_run(store, loader: str, out: Path, steps: int) -> float:
@@ -139,11 +153,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--skip-memory-part", action="store_true")
+    ap.add_argument("--skip-step-part", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_memory_part:
             part1([int(s) for s in args.sizes.split(",")], Path(tmp))
-        part2(args.runs, args.steps, Path(tmp))
+        if not args.skip_step_part:
+            part2(args.runs, args.steps, Path(tmp))
 
 
 if __name__ == "__main__":
