@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -69,7 +68,7 @@ def child_load(root: str, mode: str) -> None:
     from ttspo.trainer.dpo.stream import step_batches
 
     worker = 0.0
-    imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    imports = peak_mb("self")
     began = time.perf_counter()
     pairs = load_pairs(Store(root), "prefs", stream=mode == "stream")
     loaded = time.perf_counter() - began
@@ -81,20 +80,23 @@ def child_load(root: str, mode: str) -> None:
             assert len(micro[0][1][0]) == 4
             worker = worker_peak_mb() if k == 98 else worker
     print(json.dumps({"load_s": loaded, "total_s": time.perf_counter() - began,
-                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_mb": peak_mb("self"),
                       "imports_mb": imports, "worker_rss_mb": worker}))
 
 
+def peak_mb(pid: str) -> float:
+    """A process's VmHWM: the peak RSS since its exec. (ru_maxrss would also count the
+    parent's pages the child held between fork and exec: this bench's parent holds
+    a whole store it just built.)"""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM"))
+
+
 def worker_peak_mb() -> float:
-    """The reader worker's VmHWM, read while it lives: its ru_maxrss would count the
-    parent's pages it held between fork and exec (spawn), not what it used."""
+    """The reader worker's peak, read while it lives."""
     pids = [p for t in Path("/proc/self/task").iterdir()
             for p in (t / "children").read_text().split()]
-    peaks = []
-    for pid in pids:
-        status = Path(f"/proc/{pid}/status").read_text().splitlines()
-        peaks += [int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM")]
-    return max(peaks, default=0.0)
+    return max((peak_mb(p) for p in pids), default=0.0)
 
 
 def measure(root: Path, mode: str) -> dict:
