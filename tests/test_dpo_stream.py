@@ -143,3 +143,14 @@ def test_lances_private_take_and_the_pair_forward_each_live_in_one_place():
     assert splits == ["trainer/dpo/forward.py"]
     callers = {rel for rel, text in _sources() if "concatenated_forward(" in text}
     assert {"trainer/dpo/loop.py", "trainer/dpo/ref.py"} <= callers
+
+
+def test_reference_log_probs_of_streamed_pairs_equal_those_in_memory(store):
+    from ttspo.trainer.dpo.ref import compute
+
+    torch.manual_seed(3)
+    policy = load_policy("tiny", config=TINY)
+    memory = compute(policy, load_pairs(store, SET), batch_pairs=16)
+    stream = compute(policy, load_pairs(store, SET, stream=True), batch_pairs=16)
+    for a, b in zip(memory, stream, strict=True):
+        assert a.shape == (64, 8) and np.array_equal(a, b)
