@@ -7,7 +7,7 @@ Part 1, for each size N: a synthetic store of 2N generations (8 codebooks x 100
 frames of int16 codes, groups of 2: one chosen and one rejected) and a Pareto set
 of N pairs. In a fresh process each: ``load_pairs`` in memory (every codes array
 read), and ``load_pairs(stream=True)`` plus 100 micro-batches of 4 pairs read by a
-spawned worker (trainer/dpo/stream.py). Peak RSS of the process (ru_maxrss) and of
+spawned worker (trainer/dpo/stream.py). Peak RSS (VmHWM) of the process and of
 its reader worker, and wall time.
 
 Part 2: ``train_dpo`` of a small tiny policy (d_model 32; a tiny step makes the
