@@ -16,7 +16,8 @@ from ttspo.builder.core.store import Store, make_lineage
 from ttspo.trainer.run import checkpoints as ckpt
 from ttspo.trainer.dpo.data import Pairs, load_pairs
 from ttspo.trainer.policy.base import load_policy
-from ttspo.trainer.dpo.ref import compute, pair_logps
+from ttspo.trainer.dpo.forward import concatenated_forward
+from ttspo.trainer.dpo.ref import compute
 from ttspo.trainer.run.folder import read_lineage, read_metrics
 from train_helpers import SET, TINY, pattern_store, tiny_overrides
 
@@ -139,7 +140,7 @@ def test_cfg_dropout_draws_once_per_pair_and_the_reference_never_drops(store):
     assert policy.training  # compute put it back
     assert torch.equal(torch.from_numpy(kept_c), torch.from_numpy(kept_r))
     with torch.no_grad():
-        chosen, rejected = pair_logps(policy, policy, pairs, idx)  # training mode: dropout on
+        chosen, rejected = concatenated_forward(policy, policy, pairs, idx)  # training mode: dropout on
     assert torch.equal(chosen, rejected)  # both rows of every pair: one draw
     dropped = (chosen != torch.from_numpy(kept_c)).any(dim=1)
     assert 0 < int(dropped.sum()) < len(pairs)  # some pairs lost their conditioning, some not

@@ -27,7 +27,8 @@ from ttspo.builder.core.dist import Compute
 from ttspo.trainer.dpo.loop import autocast, read_metrics, train_dpo
 from ttspo.trainer.policy.base import load_policy
 from ttspo.builder.core.files import file_sha256
-from ttspo.trainer.dpo.ref import lookup, pair_logps, precompute, reference_logps
+from ttspo.trainer.dpo.forward import concatenated_forward
+from ttspo.trainer.dpo.ref import lookup, precompute, reference_logps
 from train_helpers import SET, TINY, log_2_tolerance, pattern_store, tiny_overrides
 
 # 2 cores, shared: one thread per process, as many as the in-process runs (conftest's
@@ -252,7 +253,7 @@ def test_under_bf16_the_live_reference_is_fp32_as_the_cache(store, tmp_path):
     with autocast(cfg, Compute()):
         live = reference_logps(policy, pairs, idx)
         with torch.no_grad():
-            bf16 = pair_logps(policy, policy, pairs, idx)  # what the policy's forward gives
+            bf16 = concatenated_forward(policy, policy, pairs, idx)  # what the policy's forward gives
     cached = cache.lookup(pairs.pair_ids, idx)
     # Per-codebook sums of float32 token log-probs (all <= 0) reduced in other blocks:
     # a few roundings of 2^-24 of the magnitude per term; the tie rule's 2^-18 (64

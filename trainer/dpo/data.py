@@ -5,10 +5,15 @@ joins each pair's chosen and rejected generations AT THE GENERATIONS VERSION THE
 SET WAS BUILT FROM (its build record names it), so later scoring or ingest never
 changes what a set version trains on. Text and context come through the same
 join the exports use; codes are read from Lance by row id (the SQL views leave
-them out). Context codes are resolved once per prompt by :func:`resolve_context`,
-the rule `generate` and GRPO share: the prompt's ``context_audio_codes_path`` file
+them out): all of them as the set loads (``stream=False``, the in-memory loader),
+or a batch at a time when a step needs them (``stream=True``: the pairs hold each
+generation's row id, 8 bytes, and :meth:`Pairs.rows` reads the codes of the pairs
+asked for; trainer/dpo/stream.py prefetches them in worker processes). Context
+codes are resolved once per prompt by :func:`resolve_context`, the rule `generate`
+and GRPO share: the prompt's ``context_audio_codes_path`` file
 (builder/ingest/codes.py's reader, no torch unpickling), else none for a text
-context, else the policy's codec encodes the context audio.
+context, else the policy's codec encodes the context audio, once per context FILE
+CONTENT (:class:`ContextEncodes`: 20k prompts over 5 speakers' files, 5 encodes).
 
 :class:`PairOrder` deals pairs to ranks: each epoch is a permutation seeded by
 (seed, epoch); an optimizer step takes ``world * pairs_per_device * grad_accum``
@@ -18,13 +23,14 @@ once per epoch across ranks, and the data position is a pure function of the
 step: a resumed run continues exactly where it stopped.
 
 :func:`collate_pairs` puts the B chosen rows first and the B rejected rows after
-in ONE batch: the policy runs one forward over 2B rows and the loop splits
-its log-probs with ``chunk(2)``. Rows k and k + B share a dropout group
-(``trainer.policy.DROPOUT_GROUP``), so conditioning dropout treats a pair as one.
+in ONE batch (trainer/dpo/forward.py runs it and splits the log-probs). Rows k
+and k + B share a dropout group (``trainer.policy.DROPOUT_GROUP``), so
+conditioning dropout treats a pair as one.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -33,6 +39,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.files import file_sha256
+from ttspo.builder.core.lance_rows import ROW_ID, row_ids, take_rows
 from ttspo.builder.core.schemas import GEN, PAIR, PROMPT
 from ttspo.builder.core.store import Store
 from ttspo.builder.ingest.codes import read_codes
@@ -57,10 +65,15 @@ class Pairs:
     prompts_version: int | None
     pair_ids: list[str]
     split: list[str]
-    chosen: list[dict[str, Any]]  # policy rows: text, context_text, codes, context_codes
+    chosen: list[dict[str, Any]]  # policy rows: text, context_text, context_codes (+ codes)
     rejected: list[dict[str, Any]]
     chosen_reward: np.ndarray
     rejected_reward: np.ndarray
+    # Streaming: each side's generations row id, and where to read codes by them
+    # (None: the rows above hold their codes, the in-memory loader).
+    codes: "CodesReader | None" = None
+    chosen_rowid: np.ndarray | None = None
+    rejected_rowid: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.pair_ids)
@@ -73,10 +86,28 @@ class Pairs:
         """The pairs of one split ("train" | "val"), in shuffle-position order."""
         keep = [i for i, s in enumerate(self.split) if s == split]
         pick = lambda xs: [xs[i] for i in keep]
+        ids = lambda a: None if a is None else a[keep]
         return Pairs(self.set_name, self.set_version, self.generations_version,
                      self.prompts_version, pick(self.pair_ids), pick(self.split),
                      pick(self.chosen), pick(self.rejected), self.chosen_reward[keep],
-                     self.rejected_reward[keep])
+                     self.rejected_reward[keep], self.codes, ids(self.chosen_rowid),
+                     ids(self.rejected_rowid))
+
+    def rows(self, index: Sequence[int], codes: "PairCodes | None" = None
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The chosen and rejected policy rows of the pairs INDEX, with their codes:
+        held (in memory), given (CODES, read ahead by a worker), or read now by row id."""
+        if self.codes is None:
+            return [self.chosen[i] for i in index], [self.rejected[i] for i in index]
+        if codes is None:
+            codes = self.read_codes(index)
+        with_codes = lambda rows, cs: [{**rows[i], GEN.codes: c} for i, c in zip(index, cs)]
+        return with_codes(self.chosen, codes[0]), with_codes(self.rejected, codes[1])
+
+    def read_codes(self, index: Sequence[int]) -> "PairCodes":
+        """The codes of the pairs INDEX (streaming): one take of 2B rows by row id."""
+        index = np.asarray(index, dtype=np.int64)
+        return self.codes.pair_codes(self.chosen_rowid[index], self.rejected_rowid[index])
 
     def lineage_inputs(self) -> dict[str, int]:
         inputs = {self.set_name: self.set_version, "generations": self.generations_version}
@@ -85,55 +116,121 @@ class Pairs:
         return inputs
 
 
-def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], Any] | None = None
-               ) -> Pairs:
+def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], Any] | None = None,
+               stream: bool = False) -> Pairs:
     """The pairs of set REF. ENCODE(audio, sr) -> codes [C, T] makes context codes
-    for prompts without a codes file (the policy's ``codec.encode``)."""
+    for prompts without a codes file (the policy's ``codec.encode``). STREAM: hold
+    row ids, not codes (a generation without codes is then found when its batch is read)."""
     sv = open_set(store, ref)
     pairs = sv.rows(list(PAIR_COLUMNS))
     gens = generation_rows(store, sv, pairs)
     gen_version = sv.record.inputs["generations"]
-    codes = read_codes_by_id(store, gen_version, sorted(gens), ref=sv.ref)
     contexts = context_codes(gens, encode)
-    rows = {g: {**{k: r[k] for k in ROW_KEYS}, GEN.codes: codes[g],
-                CONTEXT_CODES: contexts[r[GEN.prompt_id]]} for g, r in gens.items()}
+    rows = {g: {**{k: r[k] for k in ROW_KEYS}, CONTEXT_CODES: contexts[r[GEN.prompt_id]]}
+            for g, r in gens.items()}
     p = pairs.to_pydict()
-    return Pairs(sv.name, sv.version, gen_version, sv.record.prompts_version,
-                 p[PAIR.pair_id], p[PAIR.split],
-                 [rows[g] for g in p[PAIR.chosen_id]], [rows[g] for g in p[PAIR.rejected_id]],
-                 np.asarray(p[PAIR.chosen_reward], dtype=np.float64),
-                 np.asarray(p[PAIR.rejected_reward], dtype=np.float64))
-
-
-def read_codes_by_id(store: Store, version: int, ids: Sequence[str], *, ref: str
-                     ) -> dict[str, np.ndarray]:
-    """generation_id -> int codes [C, T], read by Lance row id at generations@VERSION."""
-    ds = store.open("generations", version)
-    wanted = pa.array(list(ids), pa.string())
-    index = ds.to_table(columns=[GEN.generation_id], with_row_id=True)
-    index = index.filter(pc.is_in(index.column(GEN.generation_id), value_set=wanted))
-    taken = ds._take_rows(index.column("_rowid").to_pylist(), columns=[GEN.codes])
-    out = {}
-    for gid, frames in zip(index.column(GEN.generation_id).to_pylist(),
-                           taken.column(GEN.codes).to_pylist()):
-        if not frames or not frames[0]:
-            raise InputError(f"{ref}: generation {gid} has no codes in generations@{version} "
-                             "(ingest it with its *_codes.pt file, or generate it with ttspo)")
-        out[gid] = np.asarray(frames, dtype=np.int64)
+    out = Pairs(sv.name, sv.version, gen_version, sv.record.prompts_version,
+                p[PAIR.pair_id], p[PAIR.split],
+                [rows[g] for g in p[PAIR.chosen_id]], [rows[g] for g in p[PAIR.rejected_id]],
+                np.asarray(p[PAIR.chosen_reward], dtype=np.float64),
+                np.asarray(p[PAIR.rejected_reward], dtype=np.float64))
+    ids = generation_row_ids(store, gen_version, sorted(gens))
+    if stream:
+        out.codes = CodesReader(store, gen_version, sv.ref)
+        out.chosen_rowid = np.array([ids[g] for g in p[PAIR.chosen_id]], dtype=np.int64)
+        out.rejected_rowid = np.array([ids[g] for g in p[PAIR.rejected_id]], dtype=np.int64)
+        return out
+    codes = CodesReader(store, gen_version, sv.ref).by_id(ids)
+    for row in rows.values():  # chosen/rejected share these dicts: one array per generation
+        row[GEN.codes] = codes[row[GEN.generation_id]]
     return out
+
+
+def generation_row_ids(store: Store, version: int, ids: Sequence[str]) -> dict[str, int]:
+    """generation_id -> its Lance row id at generations@VERSION, for the IDS asked."""
+    index = row_ids(store.open("generations", version), GEN.generation_id)
+    index = index.filter(pc.is_in(index.column(GEN.generation_id),
+                                  value_set=pa.array(list(ids), pa.string())))
+    return dict(zip(index.column(GEN.generation_id).to_pylist(),
+                    index.column(ROW_ID).to_pylist()))
+
+
+PairCodes = tuple[list[np.ndarray], list[np.ndarray]]  # chosen's and rejected's codes [C, T]
+
+
+class CodesReader:
+    """Codes of generations@VERSION by Lance row id. Picklable (a store path and a
+    version): a spawned worker opens its own dataset (Lance is not fork-safe)."""
+
+    def __init__(self, store: Store, version: int, ref: str):
+        self.store, self.version, self.ref = store, version, ref
+        self._ds = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_ds": None}
+
+    def take(self, rowids: Sequence[int]) -> list[np.ndarray]:
+        """Int codes [C, T] of the rows ROWIDS, in that order."""
+        if self._ds is None:
+            self._ds = self.store.open("generations", self.version)
+        taken = take_rows(self._ds, rowids, [GEN.generation_id, GEN.codes])
+        return [self._check(gid, frames) for gid, frames in
+                zip(taken.column(GEN.generation_id).to_pylist(), taken.column(GEN.codes).to_pylist())]
+
+    def _check(self, gid: str, frames: list | None) -> np.ndarray:
+        if not frames or not frames[0]:
+            raise InputError(f"{self.ref}: generation {gid} has no codes in generations@"
+                             f"{self.version} (ingest it with its *_codes.pt file, or generate "
+                             "it with ttspo)")
+        return np.asarray(frames, dtype=np.int64)
+
+    def by_id(self, ids: dict[str, int]) -> dict[str, np.ndarray]:
+        """generation_id -> codes, for IDS (generation_id -> row id)."""
+        return dict(zip(ids, self.take(list(ids.values()))))
+
+    def pair_codes(self, chosen: np.ndarray, rejected: np.ndarray) -> PairCodes:
+        codes = self.take(np.concatenate([chosen, rejected]).tolist())
+        return codes[:len(chosen)], codes[len(chosen):]
 
 
 def context_codes(gens: dict[str, dict[str, Any]], encode: Callable | None
                   ) -> dict[str, np.ndarray | None]:
-    """prompt_id -> its context codes (once per prompt), None for a text context."""
+    """prompt_id -> its context codes (once per prompt, one encode per context file
+    content), None for a text context."""
     out: dict[str, np.ndarray | None] = {}
+    once = ContextEncodes(encode)
     for gid, r in gens.items():
         if r[GEN.prompt_id] not in out:
             out[r[GEN.prompt_id]] = resolve_context(
                 codes_path=r.get(PROMPT.context_audio_codes_path),
                 audio_path=r[GEN.context_audio_filepath], text=r[GEN.context_text] is not None,
-                encode=encode, what=f"generation {gid}")
+                encode=once, what=f"generation {gid}")
     return out
+
+
+class ContextEncodes:
+    """ENCODE, once per context audio file CONTENT: many prompts share a speaker's few
+    context files (87 ms an encode with the built-in codec), so the codes are keyed by
+    the file's sha256 (itself kept per (path, size, mtime): a file is hashed once)."""
+
+    def __init__(self, encode: Callable | None):
+        self.encode, self.encodes = encode, 0
+        self._sha: dict[tuple[str, int, int], str] = {}
+        self._codes: dict[str, np.ndarray] = {}
+
+    def __bool__(self) -> bool:
+        return self.encode is not None
+
+    def of_file(self, path: str, read: Callable[[], tuple[np.ndarray, int]]) -> np.ndarray:
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        if key not in self._sha:
+            self._sha[key] = file_sha256(path)
+        sha = self._sha[key]
+        if sha not in self._codes:
+            self.encodes += 1
+            self._codes[sha] = np.asarray(self.encode(*read()), dtype=np.int64)
+        return self._codes[sha]
 
 
 def prompt_context(prompt: dict[str, Any], encode: Callable | None) -> np.ndarray | None:
@@ -160,13 +257,22 @@ def resolve_context(*, codes_path: str | None, audio_path: str | None, text: boo
     if not audio_path:
         raise InputError(f"{what}: its prompt has neither context text, context codes nor "
                          "context audio")
-    if encode is None:
+    if not encode:
         raise InputError(f"{what}: context audio {audio_path} needs a codec to encode it")
-    try:
-        audio, sr = read_audio(audio_path)
-    except InputError as exc:
-        raise InputError(f"{what}: context {exc}") from None
-    return np.asarray(encode(audio, sr), dtype=np.int64)
+
+    def read() -> tuple[np.ndarray, int]:
+        try:
+            return read_audio(audio_path)
+        except InputError as exc:
+            raise InputError(f"{what}: context {exc}") from None
+
+    if isinstance(encode, ContextEncodes):
+        try:
+            return encode.of_file(audio_path, read)
+        except OSError as exc:
+            raise InputError(f"{what}: context {audio_path}: cannot read audio ({exc.strerror})"
+                             ) from None
+    return np.asarray(encode(*read()), dtype=np.int64)
 
 
 # ------------------------------------------------------------------- order
@@ -215,10 +321,13 @@ def shard(num: int, rank: int, world_size: int) -> np.ndarray:
     return np.arange(rank, num, world_size)
 
 
-def collate_pairs(policy: Any, pairs: Pairs, index: Sequence[int]) -> Any:
-    """ONE batch: the chosen rows of INDEX, then their rejected rows. Rows k and k + B
-    are one pair: they share a dropout group, so conditioning dropout drops both or
-    neither (a pair never compares a conditioned chosen with an unconditioned rejected)."""
-    rows = [{**pairs.chosen[i], DROPOUT_GROUP: k} for k, i in enumerate(index)] + \
-        [{**pairs.rejected[i], DROPOUT_GROUP: k} for k, i in enumerate(index)]
+def collate_pairs(policy: Any, pairs: Pairs, index: Sequence[int],
+                  codes: PairCodes | None = None) -> Any:
+    """ONE batch: the chosen rows of INDEX, then their rejected rows (codes: see
+    :meth:`Pairs.rows`). Rows k and k + B are one pair: they share a dropout group, so
+    conditioning dropout drops both or neither (a pair never compares a conditioned
+    chosen with an unconditioned rejected)."""
+    chosen, rejected = pairs.rows(index, codes)
+    rows = [{**r, DROPOUT_GROUP: k} for k, r in enumerate(chosen)] + \
+        [{**r, DROPOUT_GROUP: k} for k, r in enumerate(rejected)]
     return policy.collate(rows, with_targets=True)

@@ -39,7 +39,9 @@ from ttspo.trainer.dpo import losses as L
 from ttspo.trainer.run.config import BEST_METRICS, Config, best_rule, check_codebooks
 from ttspo.trainer.dpo.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.trainer.run.verify import checked_sha256, verified_latest
-from ttspo.trainer.dpo.ref import RefCache, lookup, pair_logps, reference_logps
+from ttspo.trainer.dpo.forward import concatenated_forward
+from ttspo.trainer.dpo.ref import RefCache, lookup, reference_logps
+from ttspo.trainer.dpo.stream import step_batches
 from ttspo.trainer.run.repair import repair_on_resume
 from ttspo.trainer.run.runlock import run_lock
 from ttspo.trainer.run.folder import (MetricsLog, log_lineage, open_run_dir,  # noqa: F401
@@ -139,7 +141,8 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c, *, lock=None)
     init_sha = checked_sha256(init, store) if init else None
     policy = make_policy(spec, init, cfg, cfg.train.seed)
     check_codebooks(cfg, policy.codec.num_codebooks)
-    pairs = load_pairs(store, set_ref, encode=policy.codec.encode)
+    pairs = load_pairs(store, set_ref, encode=policy.codec.encode,
+                       stream=cfg.data.loader == "stream")
     train, val = pairs.select("train"), pairs.select("val")
     order = PairOrder(len(train), cfg.data.pairs_per_device, c.world_size, cfg.optim.grad_accum,
                       cfg.data.seed)
@@ -207,15 +210,18 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c, *, lock=None)
         result.val = {"step": 0, **validate(policy, ref_model, cache, val, cfg, c)}
         log.log(0, {k: v for k, v in result.val.items() if k != "step"})
     bar = _progress(range(start, cfg.train.max_steps), c, cfg)
+    batches = step_batches(train, order, c.rank, start=start, stop=cfg.train.max_steps,
+                           data=cfg.data)
     for step in bar:
         began = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
-        micro = order.micro_batches(step, c.rank)
-        for a, idx in enumerate(micro):
+        micro = next(batches)
+        for a, (idx, codes) in enumerate(micro):
             sync = a == len(micro) - 1
             with (contextlib.nullcontext() if sync or not c.ddp else model.no_sync()):
                 with autocast(cfg, c):
-                    loss, metrics = pair_step(model, policy, ref_model, cache, train, idx, cfg)
+                    loss, metrics = pair_step(model, policy, ref_model, cache, train, idx, cfg,
+                                              codes=codes)
                 saver.check_loss(step, all_mean(loss.detach().float().reshape(1), c))
                 (loss / len(micro)).backward()
             for k, v in metrics.items():
@@ -242,6 +248,7 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c, *, lock=None)
         saver.after_step(done, val_metrics, max_steps=cfg.train.max_steps,
                          every=cfg.train.checkpoint_every)
         result.steps = done
+    batches.close()
     log.close()
     if latest is not None and start >= cfg.train.max_steps:
         say(f"{out}: already trained to step {start}; nothing to do")
@@ -256,15 +263,18 @@ def _progress(steps: range, c: Compute, cfg: Config) -> Any:
     return tqdm(steps, total=len(steps), file=sys.stderr, desc="dpo", leave=False)
 
 
-def pair_step(model, policy, ref_model, cache: RefCache | None, pairs: Pairs, idx, cfg: Config
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss and metrics of one micro-batch: ONE policy forward over chosen + rejected."""
+def pair_step(model, policy, ref_model, cache: RefCache | None, pairs: Pairs, idx, cfg: Config,
+              *, codes=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss and metrics of one micro-batch: ONE policy forward over chosen + rejected.
+    CODES: the micro-batch's codes read ahead (streaming); read here if not."""
     w = cfg.loss.codebook_weights
-    pi_c, pi_r = pair_logps(model, policy, pairs, idx)
+    if codes is None and pairs.codes is not None:  # streaming: read once for both forwards
+        codes = pairs.read_codes(idx)
+    pi_c, pi_r = concatenated_forward(model, policy, pairs, idx, codes=codes)
     if cache is not None:
         ref_c, ref_r = (t.to(pi_c.device) for t in cache.lookup(pairs.pair_ids, idx))
     elif ref_model is not None:
-        ref_c, ref_r = reference_logps(ref_model, pairs, idx)
+        ref_c, ref_r = reference_logps(ref_model, pairs, idx, codes)
     else:
         ref_c, ref_r = torch.zeros_like(pi_c), torch.zeros_like(pi_r)
     rewards = [torch.as_tensor(r[idx], dtype=torch.float32, device=pi_c.device)

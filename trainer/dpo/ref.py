@@ -33,22 +33,10 @@ import torch
 from ttspo.builder.core.files import file_sha256
 from ttspo.builder.core.schemas import REF, REF_LOGPS_SCHEMA
 from ttspo.builder.core.store import Lineage, Store, as_lineage, sql_string
-from ttspo.trainer.dpo.data import Pairs, collate_pairs
+from ttspo.trainer.dpo.data import PairCodes, Pairs
+from ttspo.trainer.dpo.forward import concatenated_forward
 
 TABLE = "ref_logps"
-
-
-def pair_logps(model: Any, policy: Any, pairs: Pairs, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-codebook sequence log-probs [B, C] of chosen and rejected, in ONE forward.
-
-    MODEL is what runs the forward (the policy, or its DDP wrapper); POLICY collates.
-    """
-    from ttspo.trainer.policy.base import sequence_logps
-
-    device = next(policy.parameters()).device
-    batch = collate_pairs(policy, pairs, index).to(device)
-    logps = sequence_logps(model(batch))  # [2B, C]
-    return logps.chunk(2)
 
 
 @dataclass
@@ -92,13 +80,14 @@ def lookup(store: Store, pairs: Pairs, sha256: str, policy_sha256: str) -> RefCa
 
 
 @torch.no_grad()
-def reference_logps(model: Any, pairs: Pairs, idx) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_logps(model: Any, pairs: Pairs, idx, codes: PairCodes | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chosen and rejected log-probs of the pairs IDX under the reference MODEL: no
     gradient, and fp32 even under bf16 autocast (the cache is fp32, and cached and
     live references must give the same losses)."""
     device = next(model.parameters()).device.type
     with torch.no_grad(), torch.autocast(device, enabled=False):
-        return pair_logps(model, model, pairs, idx)
+        return concatenated_forward(model, model, pairs, idx, codes=codes)
 
 
 def compute(policy: Any, pairs: Pairs, *, batch_pairs: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -175,5 +164,6 @@ def precompute_ref(store: Store, set_ref: str, *, ref_path: str | Path, cfg: Any
     checked_sha256(ref_path, store)  # a run's checkpoint: checked against its records first
     model = cfg.policy.model if cfg is not None else None
     policy = load_policy(spec, init=str(ref_path), config=model or None)
-    pairs = load_pairs(store, set_ref, encode=policy.codec.encode)
+    stream = cfg is not None and cfg.data.loader == "stream"
+    pairs = load_pairs(store, set_ref, encode=policy.codec.encode, stream=stream)
     return precompute(store, pairs, policy, ref_path, lineage=lineage, batch_pairs=batch_pairs)

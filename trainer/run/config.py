@@ -44,6 +44,12 @@ class DataConfig:
     pairs_per_device: int = 4  # pairs per process per micro-step (chosen+rejected: 2x rows)
     val_pairs_per_device: int = 16
     seed: int = 0  # shuffles the pairs anew each epoch; same seed, same order
+    # memory: every pair's codes held from the start (RAM grows with the set);
+    # stream: codes read from Lance by row id a micro-batch at a time, ahead of the step
+    # (same batches, same order, same losses: a run may switch on resume)
+    loader: str = "memory"
+    workers: int = 1  # stream: spawned processes reading ahead (0: read in the step's process)
+    prefetch_batches: int = 2  # stream: micro-batches each worker holds ready (bounds memory)
 
 
 @dataclass
@@ -160,6 +166,9 @@ RULES: dict[str, Rule] = {
     "data.pairs_per_device": AT_LEAST_1,
     "data.val_pairs_per_device": AT_LEAST_1,
     "data.seed": SEED,
+    "data.loader": OneOf(("memory", "stream")),
+    "data.workers": AT_LEAST_0,
+    "data.prefetch_batches": AT_LEAST_1,
     "loss.types": OneOf(LOSS_TYPES, min_length=1),
     "loss.weights": Span("[0, inf)", length="loss.types"),
     "loss.beta": POSITIVE,

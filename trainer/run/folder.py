@@ -26,7 +26,9 @@ METRICS_FILE = "metrics.jsonl"
 LINEAGE_FILE = "lineage.jsonl"  # one line per start or resume: step and lineage
 # Config keys a resumed run may change (they do not change what the run computes).
 RESUMABLE = ("train.max_steps", "train.progress", "train.tensorboard", "train.log_every",
-             "train.val_every", "train.checkpoint_every", "train.best_metric", "train.best_mode")
+             "train.val_every", "train.checkpoint_every", "train.best_metric", "train.best_mode",
+             # the loader and its read-ahead: same batches, same losses either way
+             "data.loader", "data.workers", "data.prefetch_batches")
 
 
 def barrier(c: Any) -> None:

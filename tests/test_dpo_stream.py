@@ -1,0 +1,156 @@
+"""The streaming DPO loader: the same batches, order and losses as the in-memory one,
+on real Lance tables, a real TinyCodecLM, spawned reader processes and torchrun; and
+Lance's row-id take through its one wrapper."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from ttspo.builder.core.lance_rows import ROW_ID, row_ids, take_rows
+from ttspo.builder.core.schemas import GEN
+from ttspo.trainer.dpo.data import PairOrder, collate_pairs, load_pairs
+from ttspo.trainer.dpo.loop import read_metrics, train_dpo
+from ttspo.trainer.dpo.stream import step_batches
+from ttspo.trainer.policy.base import load_policy
+from ttspo.trainer.run.config import load_config
+from train_helpers import SET, TINY, pattern_store, tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("TTSPO_TEST_THREADS", "1")}
+# dropout on: a loader that moved the global torch RNG would change every loss
+DROPOUT = {"policy.model.dropout": 0.1, "policy.model.cfg_dropout": 0.2}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return pattern_store(tmp_path_factory.mktemp("store") / "store")
+
+
+def quiet(*_):
+    pass
+
+
+def test_take_rows_reads_rows_by_id_in_the_order_given(store):
+    ds = store.open("generations", 1)
+    index = row_ids(ds, GEN.generation_id)
+    ids, gids = index.column(ROW_ID).to_pylist(), index.column(GEN.generation_id).to_pylist()
+    pick = [5, 0, 5, 17]  # out of order, repeated
+    taken = take_rows(ds, [ids[i] for i in pick], [GEN.generation_id, GEN.codes])
+    assert taken.column(GEN.generation_id).to_pylist() == [gids[i] for i in pick]
+    full = ds.to_table(columns=[GEN.generation_id, GEN.codes]).to_pylist()
+    assert taken.column(GEN.codes).to_pylist()[1] == full[gids.index(gids[0])][GEN.codes]
+    assert take_rows(ds, [], [GEN.codes]).num_rows == 0
+    assert take_rows(ds, [], [GEN.codes]).schema.names == [GEN.codes]
+
+
+def _batches(pairs, order, loader, workers, steps):
+    data = SimpleNamespace(loader=loader, workers=workers, prefetch_batches=2)
+    return list(step_batches(pairs, order, 1, start=2, stop=2 + steps, data=data))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_every_batch_equals_the_in_memory_loaders(store, workers):
+    memory = load_pairs(store, SET).select("train")
+    stream = load_pairs(store, SET, stream=True).select("train")
+    assert stream.codes is not None and all(GEN.codes not in r for r in stream.chosen)
+    # 2 ranks, 2 micro-batches a step: rank 1's share, steps 2.. into a second epoch
+    order = PairOrder(len(memory), 3, world_size=2, grad_accum=2, seed=4)
+    steps = order.steps_per_epoch + 2
+    a = _batches(memory, order, "memory", workers, steps)
+    b = _batches(stream, order, "stream", workers, steps)
+    policy = load_policy("tiny", config=TINY)
+    assert len(a) == len(b) == steps
+    for step_a, step_b in zip(a, b, strict=True):
+        for (idx_a, codes_a), (idx_b, codes_b) in zip(step_a, step_b, strict=True):
+            assert codes_a is None and np.array_equal(idx_a, idx_b)
+            x = collate_pairs(policy, memory, idx_a)
+            y = collate_pairs(policy, stream, idx_b, codes_b)
+            for name, t in vars(x).items():
+                if isinstance(t, torch.Tensor):
+                    assert torch.equal(t, getattr(y, name)), name
+
+
+def _losses(out):
+    keys = ("loss/total", "rewards/margins", "logps/chosen", "val/loss", "val/accuracy")
+    return [(m["step"], k, m[k]) for m in read_metrics(out) for k in keys if k in m]
+
+
+def test_a_streamed_run_has_the_losses_of_an_in_memory_run_and_resumes_across(store, tmp_path):
+    base = {"train.max_steps": 6, "train.val_every": 3, "train.checkpoint_every": 3,
+            "optim.grad_accum": 2, **DROPOUT}
+    cfg = lambda **o: load_config(None, tiny_overrides(**{**base, **o}))
+    train_dpo(store, SET, cfg=cfg(), out=tmp_path / "memory", echo=quiet)
+    train_dpo(store, SET, cfg=cfg(**{"data.loader": "stream"}), out=tmp_path / "stream", echo=quiet)
+    assert len(_losses(tmp_path / "memory")) == 6 * 3 + 3 * 2
+    assert _losses(tmp_path / "stream") == _losses(tmp_path / "memory")  # bit for bit
+    # Resume: 3 steps in memory, then the rest streamed from the checkpoint.
+    train_dpo(store, SET, cfg=cfg(**{"train.max_steps": 3}), out=tmp_path / "both", echo=quiet)
+    train_dpo(store, SET, cfg=cfg(**{"data.loader": "stream", "data.workers": 0}),
+              out=tmp_path / "both", echo=quiet)
+    assert _losses(tmp_path / "both") == _losses(tmp_path / "memory")
+
+
+def test_a_generation_without_codes_stops_a_streamed_run_with_one_line(tmp_path):
+    from ttspo.builder.core.errors import InputError
+
+    store = pattern_store(tmp_path / "store", groups=16, val_size=4, no_codes=(3,))
+    pairs = load_pairs(store, SET, stream=True)
+    with pytest.raises(InputError, match=r"prefs@1: generation r:3 has no codes in generations@1"):
+        for i in range(len(pairs)):
+            pairs.read_codes([i])
+
+
+def test_two_ranks_stream_the_batches_and_losses_of_two_ranks_in_memory(store, tmp_path):
+    steps = {"train.max_steps": 3, "train.val_every": 3, "train.checkpoint_every": 0,
+             "data.pairs_per_device": 4, **DROPOUT}
+    runs = {}
+    for loader in ("memory", "stream"):
+        out = tmp_path / loader
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "ttspo.builder.cli", "--", "--store",
+               str(store.root), "train", "dpo", SET, "--out", str(out),
+               *[w for o in tiny_overrides(**steps, **{"data.loader": loader}) for w in ("-o", o)]]
+        run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        runs[loader] = _losses(out)
+    assert len(runs["memory"]) == 3 * 3 + 2 * 2
+    assert runs["stream"] == runs["memory"]
+
+
+def _sources():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        if not rel.startswith((".venv/", "tests/", ".")):
+            yield rel, path.read_text()
+
+
+def test_lances_private_take_and_the_pair_forward_each_live_in_one_place():
+    takes = [rel for rel, text in _sources() if "._take_rows(" in text]
+    assert takes == ["builder/core/lance_rows.py"]
+    # chosen + rejected are joined (collate_pairs) and split (chunk(2)) only in forward.py
+    splits = [rel for rel, text in _sources() if "collate_pairs(" in text and "chunk(2)" in text]
+    assert splits == ["trainer/dpo/forward.py"]
+    callers = {rel for rel, text in _sources() if "concatenated_forward(" in text}
+    assert {"trainer/dpo/loop.py", "trainer/dpo/ref.py"} <= callers
+
+
+def test_reference_log_probs_of_streamed_pairs_equal_those_in_memory(store):
+    from ttspo.trainer.dpo.ref import compute
+
+    torch.manual_seed(3)
+    policy = load_policy("tiny", config=TINY)
+    memory = compute(policy, load_pairs(store, SET), batch_pairs=16)
+    stream = compute(policy, load_pairs(store, SET, stream=True), batch_pairs=16)
+    for a, b in zip(memory, stream, strict=True):
+        assert a.shape == (64, 8) and np.array_equal(a, b)

@@ -1,0 +1,29 @@
+"""One DPO pair batch's forward: the one place chosen and rejected are joined and split.
+
+The B chosen rows and the B rejected rows go into ONE batch (data.collate_pairs:
+chosen first, rows k and k + B sharing a dropout group), the model runs once over
+the 2B rows, and the per-codebook sequence log-probs are split back with
+``chunk(2)``. The loop's training step, validation and the reference (live or
+precomputed into ``ref_logps``) all call :func:`concatenated_forward`, so the three
+cannot disagree on how a pair is put together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ttspo.trainer.dpo.data import PairCodes, Pairs, collate_pairs
+
+
+def concatenated_forward(model: Any, policy: Any, pairs: Pairs, index: Sequence[int], *,
+                         codes: PairCodes | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-codebook sequence log-probs [B, C] of the chosen and the rejected of the
+    pairs INDEX, in ONE forward. MODEL runs it (the policy, or its DDP wrapper);
+    POLICY collates. CODES: the pairs' codes when a worker read them ahead (streaming)."""
+    from ttspo.trainer.policy.base import sequence_logps
+
+    device = next(policy.parameters()).device
+    batch = collate_pairs(policy, pairs, index, codes).to(device)
+    return sequence_logps(model(batch)).chunk(2)  # [2B, C] -> chosen, rejected

@@ -1,0 +1,76 @@
+"""The micro-batches of a DPO run, step by step: held in memory or read ahead.
+
+:func:`step_batches` yields, for each optimizer step from START to STOP, RANK's
+``grad_accum`` micro-batches as (pair indices, codes). The indices are
+:class:`~ttspo.trainer.dpo.data.PairOrder`'s, whatever the loader, so both loaders give
+the same batches in the same order. With ``data.loader=memory`` the codes are None
+(the pairs hold them). With ``stream``, a torch DataLoader of ``data.workers``
+processes reads each micro-batch's codes from Lance by row id (trainer/dpo/data.py:
+CodesReader) ``data.prefetch_batches`` micro-batches ahead, so the step does not
+wait on data and at most workers x prefetch_batches micro-batches of codes are in
+memory, whatever the set's size. Workers are SPAWNED (Lance is not fork-safe) and
+read only this rank's share.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ttspo.trainer.dpo.data import PairCodes, PairOrder, Pairs
+
+MicroBatch = tuple[np.ndarray, "PairCodes | None"]
+
+
+class RankCodes(torch.utils.data.Dataset):
+    """Item (step, a): RANK's micro-batch a of optimizer step STEP and its codes."""
+
+    def __init__(self, pairs: Pairs, order: PairOrder, rank: int):
+        self.pairs, self.order, self.rank = pairs, order, rank
+
+    def __getitem__(self, key: tuple[int, int]) -> MicroBatch:
+        step, a = key
+        idx = self.order.micro_batches(step, self.rank)[a]
+        return idx, self.pairs.read_codes(idx)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A worker needs the order and the row ids (8 bytes a side), not the rows.
+        lean = Pairs(self.pairs.set_name, self.pairs.set_version, self.pairs.generations_version,
+                     self.pairs.prompts_version, [], [], [], [], np.empty(0), np.empty(0),
+                     self.pairs.codes, self.pairs.chosen_rowid, self.pairs.rejected_rowid)
+        return {"pairs": lean, "order": self.order, "rank": self.rank}
+
+
+def _as_is(item: MicroBatch) -> MicroBatch:  # no tensor conversion: the step collates
+    return item
+
+
+def _one_thread(_: int) -> None:  # a reader needs no intra-op threads of its own
+    torch.set_num_threads(1)
+
+
+def step_batches(pairs: Pairs, order: PairOrder, rank: int, *, start: int, stop: int,
+                 data: Any) -> Iterator[list[MicroBatch]]:
+    """RANK's micro-batches of each step START..STOP-1 (DATA: the config's data section)."""
+    if data.loader != "stream":
+        for step in range(start, stop):
+            yield [(idx, None) for idx in order.micro_batches(step, rank)]
+        return
+    keys = [(step, a) for step in range(start, stop) for a in range(order.grad_accum)]
+    workers = data.workers
+    loader = torch.utils.data.DataLoader(
+        RankCodes(pairs, order, rank), batch_size=None, sampler=keys, num_workers=workers,
+        collate_fn=_as_is, worker_init_fn=_one_thread if workers else None,
+        multiprocessing_context="spawn" if workers else None,
+        prefetch_factor=data.prefetch_batches if workers else None,
+        # its own generator: the loader's seed draw must not move the global torch RNG
+        # (dropout), or streamed and in-memory runs would differ
+        generator=torch.Generator())
+    it = iter(loader)
+    try:
+        for _ in range(start, stop):
+            yield [next(it) for _ in range(order.grad_accum)]
+    finally:
+        del it  # shuts the workers down
