@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 
-from ttspo.builder.core.dist import Compute, all_mean, compute_cleanup, compute_init
+from ttspo.builder.core.dist import Compute, all_mean, all_sum, compute_cleanup, compute_init
 from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.trainer.run import checkpoints as ckpt
@@ -299,8 +298,7 @@ def validate(policy, ref_model, cache, val: Pairs, cfg: Config, c: Compute) -> d
         sums += torch.tensor([float(loss) * n, float(m["rewards/accuracies"]) * n,
                               float(m["rewards/margins"]) * n, n], dtype=torch.float64)
     policy.train()
-    if c.ddp:
-        dist.all_reduce(sums)
+    sums = all_sum(sums)
     n = max(1.0, float(sums[3]))
     return {"val/loss": float(sums[0]) / n, "val/accuracy": float(sums[1]) / n,
             "val/margin": float(sums[2]) / n}

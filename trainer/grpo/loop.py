@@ -29,9 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-import torch.distributed as dist
 
-from ttspo.builder.core.dist import all_mean, compute_cleanup, compute_init
+from ttspo.builder.core.dist import all_mean, all_sum, compute_cleanup, compute_init, gather_objects
 from ttspo.builder.core.errors import ConfigError, TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.builder.core.schemas import GEN, RWD
@@ -182,10 +181,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c, *,
 
     def collect(step: int, table: pa.Table, split: str) -> None:
         """Every rank's rows to rank 0's writer (a collective)."""
-        tables = [table]
-        if c.ddp:
-            tables = [None] * c.world_size
-            dist.all_gather_object(tables, table)
+        tables = gather_objects(table)
         if writer is not None:
             writer.add(step, pa.concat_tables([t for t in tables if t is not None]), split)
 
@@ -202,8 +198,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c, *,
             collect(step, t, "val")
         elif c.ddp:
             collect(step, None, "val")
-        if c.ddp:
-            dist.all_reduce(sums)
+        sums = all_sum(sums)
         n = max(1.0, float(sums[3]))
         means = {"val/cer": float(sums[0]) / n, "val/ssim": float(sums[1]) / n, "val/reward": float(sums[2]) / n}
         return {name: means[name] for name in measured}  # what this run scores (best_rule's list)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ttspo.builder.core.dist import barrier
 from ttspo.builder.core.errors import TrainingError, first_line
 from ttspo.builder.core.files import write_text_atomic
 from ttspo.trainer.run import faults
@@ -27,13 +28,6 @@ LINEAGE_FILE = "lineage.jsonl"  # one line per start or resume: step and lineage
 # Config keys a resumed run may change (they do not change what the run computes).
 RESUMABLE = ("train.max_steps", "train.progress", "train.tensorboard", "train.log_every",
              "train.val_every", "train.checkpoint_every", "train.best_metric", "train.best_mode")
-
-
-def barrier(c: Any) -> None:
-    if c.ddp:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 # ------------------------------------------------------------------ metrics
@@ -173,12 +167,12 @@ def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -
         return True
     if Path(out).exists() and any(not is_lock_file(p.name) for p in Path(out).iterdir()):
         raise TrainingError(f"{out} is not empty and holds no ttspo run; choose another --out")
-    barrier(c)  # every rank has looked before rank 0 writes
+    barrier()  # every rank has looked before rank 0 writes
     if c.master:
         Path(out).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(out) / "config.yaml")
         path.write_text(json.dumps(identity, indent=2, sort_keys=True))
-    barrier(c)
+    barrier()
     return False
 
 
