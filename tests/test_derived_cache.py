@@ -147,7 +147,9 @@ def test_threads_asking_one_stored_map_for_other_ids_get_their_own_rows(store):
 
         def ask(name, ids):
             try:
-                results[name] = session_cache.stored_map(store, "test.map", trial, CODES_KEYS_SCHEMA, ids, compute)
+                results[name] = session_cache.stored_map(store, "test.map", trial,
+                                                         CODES_KEYS_SCHEMA, ids=ids,
+                                                         compute=compute)
             except Exception as exc:  # noqa: BLE001  reported below
                 errors.append(exc)
 

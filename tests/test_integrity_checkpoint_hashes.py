@@ -226,10 +226,11 @@ def test_generate_ranks_load_the_file_the_plan_checked(run):
     given = step(out, 4) / "policy.pt"
     options = GenerateOptions(run="g", checkpoint=str(given), embed_audio=True)
     checked = {GEN.checkpoint_sha256: sha(given)}
-    assert make_rows([], [], checked, [], options, {}).num_rows == 0  # the same file: fine
+    # the same file: fine
+    assert make_rows([], [], checked, [], options=options, seconds={}).num_rows == 0
     shutil.copyfile(step(out, 2) / "policy.pt", given)
     with pytest.raises(InputError, match=r"policy.pt: changed since it was checked"):
-        make_rows([], [], checked, [], options, {})
+        make_rows([], [], checked, [], options=options, seconds={})
 
 
 @pytest.mark.parametrize("name", ["policy.pt", "state.pt"])

@@ -125,9 +125,11 @@ def twin_pairs(store, n: int) -> Pairs:
     when both rows get the same conditioning."""
     pairs = load_pairs(store, SET)
     rows = pairs.chosen[:n]
-    return Pairs(pairs.set_name, pairs.set_version, pairs.generations_version, None,
-                 pairs.pair_ids[:n], pairs.split[:n], rows, [dict(r) for r in rows],
-                 pairs.chosen_reward[:n], pairs.rejected_reward[:n])
+    return Pairs(set_name=pairs.set_name, set_version=pairs.set_version,
+                 generations_version=pairs.generations_version, prompts_version=None,
+                 pair_ids=pairs.pair_ids[:n], split=pairs.split[:n], chosen=rows,
+                 rejected=[dict(r) for r in rows], chosen_reward=pairs.chosen_reward[:n],
+                 rejected_reward=pairs.rejected_reward[:n])
 
 
 def test_cfg_dropout_draws_once_per_pair_and_the_reference_never_drops(store):

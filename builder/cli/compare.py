@@ -27,7 +27,7 @@ from ttspo.builder.cli.common import FiniteFloat, emit, format_option, get_store
               help="Also draw the per-prompt differences to this PNG file.")
 @format_option
 @click.pass_context
-def compare(ctx: click.Context, runs: tuple[str, ...], metrics: tuple[str, ...], seed: int,
+def compare(ctx: click.Context, *, runs: tuple[str, ...], metrics: tuple[str, ...], seed: int,
             n_boot: int, n_perm: int, confidence: float, generations: str,
             plot_path: str | None, fmt: str) -> None:
     """Compare RUN_B (and any further run) with RUN_A on the prompts they share.

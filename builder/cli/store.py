@@ -21,7 +21,7 @@ from ttspo.builder.core.errors import InputError
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Named parameter $NAME (repeatable); int, float, else string.")
 @click.pass_context
-def sql(ctx: click.Context, query: str, fmt: str, out_path: str | None,
+def sql(ctx: click.Context, *, query: str, fmt: str, out_path: str | None,
         params: tuple[str, ...]) -> None:
     """Run a read-only DuckDB QUERY over the store's tables.
 

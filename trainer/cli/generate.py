@@ -53,7 +53,7 @@ GENERATE_COLUMNS = ["run", "version", "rows", "prompts", "already_there", "ranks
               help="Samples per policy batch.")
 @format_option
 @click.pass_context
-def generate(ctx: click.Context, run: str, checkpoint: str, policy: str, samples: int,
+def generate(ctx: click.Context, *, run: str, checkpoint: str, policy: str, samples: int,
              prompts_ref: str, where: str | None, temperature: float, top_k: int,
              cfg_scale: float, max_steps: int, seed: int, no_kv_cache: bool,
              audio_dir: str | None, embed_audio: bool, do_score: bool, metrics: str, asr: str,

@@ -41,7 +41,7 @@ from ttspo.builder.cli.common import FiniteFloat, emit, format_option, get_store
               help="A group whose worst CER is above this is invalid.")
 @format_option
 @click.pass_context
-def rewards(ctx: click.Context, source: str, weights: str, normalize: str, name: str,
+def rewards(ctx: click.Context, *, source: str, weights: str, normalize: str, name: str,
             plot: str | None, scale_rewards: bool, invalid_reward: str, mean_cer: float,
             mean_ssim: float, best_ssim: float, length_target: float | None,
             min_valid_len: int, max_valid_len: int, best_cer_threshold: float,
@@ -76,7 +76,7 @@ def rollouts() -> None:
               help="Also invalid samples and samples of invalid groups.")
 @format_option
 @click.pass_context
-def promote(ctx: click.Context, run: str, as_run: str, steps: str | None, all_samples: bool,
+def promote(ctx: click.Context, *, run: str, as_run: str, steps: str | None, all_samples: bool,
             fmt: str) -> None:
     """Copy RUN's training rollouts into generations as run AS_RUN (one commit, lineage
     to the rollouts version and steps), so `ttspo build best_worst --run AS_RUN` makes

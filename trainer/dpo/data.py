@@ -47,7 +47,7 @@ PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
 ROW_KEYS = (GEN.generation_id, GEN.text, GEN.context_text)  # what a policy's collate reads
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Pairs:
     """A set version's pairs, with everything a policy needs to collate them."""
 
@@ -73,10 +73,12 @@ class Pairs:
         """The pairs of one split ("train" | "val"), in shuffle-position order."""
         keep = [i for i, s in enumerate(self.split) if s == split]
         pick = lambda xs: [xs[i] for i in keep]
-        return Pairs(self.set_name, self.set_version, self.generations_version,
-                     self.prompts_version, pick(self.pair_ids), pick(self.split),
-                     pick(self.chosen), pick(self.rejected), self.chosen_reward[keep],
-                     self.rejected_reward[keep])
+        return Pairs(set_name=self.set_name, set_version=self.set_version,
+                     generations_version=self.generations_version,
+                     prompts_version=self.prompts_version, pair_ids=pick(self.pair_ids),
+                     split=pick(self.split), chosen=pick(self.chosen), rejected=pick(self.rejected),
+                     chosen_reward=self.chosen_reward[keep],
+                     rejected_reward=self.rejected_reward[keep])
 
     def lineage_inputs(self) -> dict[str, int]:
         inputs = {self.set_name: self.set_version, "generations": self.generations_version}
@@ -98,11 +100,12 @@ def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], An
     rows = {g: {**{k: r[k] for k in ROW_KEYS}, GEN.codes: codes[g],
                 CONTEXT_CODES: contexts[r[GEN.prompt_id]]} for g, r in gens.items()}
     p = pairs.to_pydict()
-    return Pairs(sv.name, sv.version, gen_version, sv.record.prompts_version,
-                 p[PAIR.pair_id], p[PAIR.split],
-                 [rows[g] for g in p[PAIR.chosen_id]], [rows[g] for g in p[PAIR.rejected_id]],
-                 np.asarray(p[PAIR.chosen_reward], dtype=np.float64),
-                 np.asarray(p[PAIR.rejected_reward], dtype=np.float64))
+    return Pairs(set_name=sv.name, set_version=sv.version, generations_version=gen_version,
+                 prompts_version=sv.record.prompts_version, pair_ids=p[PAIR.pair_id],
+                 split=p[PAIR.split], chosen=[rows[g] for g in p[PAIR.chosen_id]],
+                 rejected=[rows[g] for g in p[PAIR.rejected_id]],
+                 chosen_reward=np.asarray(p[PAIR.chosen_reward], dtype=np.float64),
+                 rejected_reward=np.asarray(p[PAIR.rejected_reward], dtype=np.float64))
 
 
 def read_codes_by_id(store: Store, version: int, ids: Sequence[str], *, ref: str
@@ -170,7 +173,7 @@ def resolve_context(*, codes_path: str | None, audio_path: str | None, text: boo
 
 
 # ------------------------------------------------------------------- order
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PairOrder:
     """Which pairs each rank takes at each optimizer step (see the module docstring)."""
 

@@ -78,7 +78,7 @@ def sampling_for(g: GrpoConfig, step: int, seed: int) -> Sampling:
                     max_steps=g.max_decoder_steps, use_kv_cache=g.use_kv_cache, seed=seed)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GrpoResult:
     run_dir: Path
     steps: int
@@ -101,13 +101,13 @@ def train_grpo(store: Any, *, cfg: Config, out: str | Path, spec: str = "tiny",
         lineage = as_lineage(lineage or make_lineage("train grpo", {"out": str(out)}))
         out = Path(out).absolute()
         with run_lock(out, c, force=force_lock) as lock:  # one writer: before any read
-            return _train(store, cfg, out, spec, init, lineage, echo, c, lock=lock)
+            return _train(store, cfg, out, spec, init=init, lineage=lineage, echo=echo, c=c,
+                          lock=lock)
     finally:
         compute_cleanup()
 
 
-def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c, *,
-           lock=None) -> GrpoResult:
+def _train(store, cfg: Config, out: Path, spec, *, init, lineage, echo, c, lock=None) -> GrpoResult:
     say = echo if c.master else (lambda *_: None)
     g, seed = cfg.grpo, cfg.data.seed
     rewards = reward_config(g)
@@ -120,7 +120,8 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c, *,
     policy = make_policy(spec, init, cfg, cfg.train.seed)
     prompts = load_prompts(store, g.prompts, g.where, encode=policy.codec.encode)
     train, val = split_prompts(prompts, g.val_prompts, seed)
-    step_prompts(train, 0, g.prompts_per_step, c.rank, c.world_size, seed)  # enough prompts?
+    # enough prompts?
+    step_prompts(train, 0, g.prompts_per_step, c.rank, world=c.world_size, seed=seed)
     resuming = open_run_dir(out, run_identity(cfg, prompts, spec, init_sha), cfg, c)
     run = out.name
     if not resuming and committed_steps(store, run):
@@ -170,12 +171,13 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c, *,
                            every=g.rollouts_every) if c.master else None
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
     # Rollouts first: a checkpoint at S means the rows through S are stored.
-    saver = ckpt.Checkpointer(store, out, "grpo", policy, optimizer, scheduler, meta, lineage,
-                              c.master, lambda step: {"step": step}, best_metric, best_mode,
-                              best=best, last_good=latest, tag=tag,
-                              guard=lock.check if lock else None,
+    saver = ckpt.Checkpointer(store=store, out=out, trainer="grpo", policy=policy,
+                              optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
+                              master=c.master, data_state=lambda step: {"step": step},
+                              best_metric=best_metric, best_mode=best_mode, best=best,
+                              last_good=latest, tag=tag, guard=lock.check if lock else None,
                               before_save=writer.flush if writer is not None else None)
-    result = GrpoResult(out, start, checkpoints=saver.rows)
+    result = GrpoResult(run_dir=out, steps=start, checkpoints=saver.rows)
     args = dict(run=run, n=g.n_generations_per_item, seed=seed, rewards=rewards, scoring=scoring,
                 store_audio=g.store_audio)
 
@@ -208,11 +210,11 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c, *,
         log.log(0, {k: v for k, v in result.val.items() if k != "step"})
     for step in _progress(range(start, cfg.train.max_steps), c, cfg):
         began = time.perf_counter()
-        idx = step_prompts(train, step, g.prompts_per_step, c.rank, c.world_size, seed)
+        idx = step_prompts(train, step, g.prompts_per_step, c.rank, world=c.world_size, seed=seed)
         ro = rollout(policy, prompts, idx, step=step, split="train",
                      sampling=sampling_for(g, step, seed), checkpoint=saver.tag, **args)
         t = time.perf_counter()
-        stats = update(model, policy, ref_model, ro, g)
+        stats = update(model, policy, ref_model, ro, g=g)
         saver.check_loss(step, all_mean(stats["loss"].reshape(1), c))
         grad_norm, lr = optimizer_step(policy, optimizer, scheduler, cfg)
         seconds = {**ro.seconds, "update": time.perf_counter() - t}
@@ -251,7 +253,7 @@ def run_identity(cfg: Config, prompts: Prompts, spec: str, init_sha: str | None)
     return identity
 
 
-def update(model, policy, ref_model, ro, g: GrpoConfig) -> dict[str, torch.Tensor]:
+def update(model, policy, ref_model, ro, *, g: GrpoConfig) -> dict[str, torch.Tensor]:
     """The GRPO loss of one rollout (on-policy: one update per rollout), backward done."""
     batch = policy.collate(ro.train_rows, with_targets=True)
     device = next(policy.parameters()).device

@@ -59,7 +59,7 @@ NORMALIZE = ("none", "group")
 INVALID_REWARD = ("zero", "group_min")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RewardConfig:
     """Weights, anchors, combination and validity rules: all a reward depends on."""
 
@@ -322,7 +322,7 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def _per_token(logps, advantages, ref_logps, entropy, kl_beta, entropy_coef):
+def _per_token(logps, advantages, ref_logps, entropy, *, kl_beta, entropy_coef):
     # exp(logp - logp.detach()) is 1 in value but carries d logp: the on-policy ratio.
     loss = -torch.exp(logps - logps.detach()) * advantages[:, None, None]
     kl = torch.zeros_like(logps)
@@ -347,7 +347,8 @@ def grpo_loss(logps, advantages, mask, seq_mask, *, ref_logps=None, entropy=None
     """``grpo``: each sequence's token mean (per codebook), averaged over codebooks,
     then over the batch (invalid sequences count 0)."""
     mask = mask.float() * seq_mask.float()[:, None, None]
-    per_token, kl = _per_token(logps, advantages, ref_logps, entropy, kl_beta, entropy_coef)
+    per_token, kl = _per_token(logps, advantages, ref_logps, entropy, kl_beta=kl_beta,
+                               entropy_coef=entropy_coef)
     per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B, C]
     per_seq = per_seq.mean(-1)  # [B]
     # Over the whole batch, invalid sequences counting 0 (NeMo's mean): dividing by the
@@ -364,7 +365,8 @@ def dr_grpo_loss(logps, advantages, mask, seq_mask, *, ref_logps=None, entropy=N
     if not max_steps:
         raise ValueError("dr_grpo needs max_steps (the max decoder steps)")
     mask = mask.float() * seq_mask.float()[:, None, None]
-    per_token, kl = _per_token(logps, advantages, ref_logps, entropy, kl_beta, entropy_coef)
+    per_token, kl = _per_token(logps, advantages, ref_logps, entropy, kl_beta=kl_beta,
+                               entropy_coef=entropy_coef)
     loss = (per_token * mask).sum(-1).mean(-1).sum() / (logps.shape[0] * max_steps)
     return GrpoLossOut(loss, *_stats(kl, entropy, mask))
 

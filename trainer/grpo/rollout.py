@@ -86,7 +86,7 @@ def split_prompts(prompts: Prompts, val: int, seed: int) -> tuple[list[int], lis
     return sorted(perm[val:].tolist()), sorted(perm[:val].tolist())
 
 
-def step_prompts(train: Sequence[int], step: int, per_step: int, rank: int, world: int,
+def step_prompts(train: Sequence[int], step: int, per_step: int, rank: int, *, world: int,
                  seed: int) -> list[int]:
     """RANK's prompts at STEP: consecutive slices of a per-epoch seeded permutation."""
     total = per_step * world
@@ -101,7 +101,7 @@ def step_prompts(train: Sequence[int], step: int, per_step: int, rank: int, worl
 
 
 # ------------------------------------------------------------------ scoring
-@dataclass
+@dataclass(kw_only=True)
 class Scoring:
     """What to score: derived from the reward weights and the validity rules."""
 

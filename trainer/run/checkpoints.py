@@ -303,7 +303,7 @@ def remove_rows(store: Any, paths: list[str], lineage: Any) -> int | None:
 
 
 # ------------------------------------------------------------ one run's saving
-@dataclass
+@dataclass(kw_only=True)
 class Checkpointer:
     """A run's checkpoints, one implementation for DPO and GRPO. Every rank calls
     :meth:`save` (it gathers RNG states and weight digests); rank 0 writes the folder,
@@ -362,7 +362,7 @@ class Checkpointer:
         outcome: tuple = (None, None, None)  # (sha256, folder, error) rank 0 tells every rank
         if self.master:
             try:
-                saved = self._write(step, kind, val_metrics, extra, rngs, weights)
+                saved = self._write(step, kind, val_metrics, extra, rngs=rngs, weights=weights)
                 outcome = (saved.sha256, str(saved.path), None)
             except Exception as exc:  # noqa: BLE001  told to the other ranks, then raised
                 broadcast_object((None, None, str(exc)))
@@ -375,7 +375,7 @@ class Checkpointer:
             self.last_good = Path(path)
         return Path(path)
 
-    def _write(self, step, kind, val_metrics, extra, rngs, weights) -> Saved:
+    def _write(self, step, kind, val_metrics, extra, *, rngs, weights) -> Saved:
         if len(set(weights)) > 1:
             raise TrainingError(f"step {step}: the ranks' weights differ ({weights}); stopped")
         if self.guard is not None:

@@ -46,7 +46,7 @@ class DataConfig:
     seed: int = 0  # shuffles the pairs anew each epoch; same seed, same order
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LossConfig:
     types: list[str] = field(default_factory=lambda: ["dpo"])  # dpo | ipo | rpo | rpo_sq
     weights: list[float] = field(default_factory=lambda: [1.0])  # one per type
@@ -58,7 +58,7 @@ class LossConfig:
     reference_free: bool = False
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OptimConfig:
     lr: float = 2e-7
     weight_decay: float = 0.0
@@ -70,7 +70,7 @@ class OptimConfig:
     clip_grad_norm: float = 1.0  # 0: no clipping
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     max_steps: int = 100  # optimizer steps
     seed: int = 0  # model init (without --init) and dropout streams
@@ -89,7 +89,7 @@ class TrainConfig:
     tensorboard: bool = True
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GrpoConfig:
     """Online GRPO (``ttspo train grpo``), NeMo's option names where it has them.
 
@@ -132,7 +132,7 @@ class GrpoConfig:
     rollouts_every: int = 1  # steps per rollouts commit (also flushed before each checkpoint)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     data: DataConfig = field(default_factory=DataConfig)
