@@ -117,8 +117,9 @@ class Scoring:
                normalizer: str) -> "Scoring":
         names = set(cfg.weights)
         cer = "cer" in names or cfg.best_cer_threshold < 1 or cfg.worst_cer_threshold < 1
-        return cls(asr if cer else None, sv if "ssim" in names else None, "pesq" in names,
-                   squim if "squim" in names else None, normalizer)
+        return cls(asr=asr if cer else None, sv=sv if "ssim" in names else None,
+                   pesq="pesq" in names, squim=squim if "squim" in names else None,
+                   normalizer=normalizer)
 
     @property
     def any(self) -> bool:
