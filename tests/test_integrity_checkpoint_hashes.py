@@ -243,7 +243,7 @@ def test_grpo_never_resumes_from_a_damaged_checkpoint_file(tmp_path, name):
     out = tmp_path / "run"
     grpo = lambda steps: ("train", "grpo", "--out", str(out), *[w for o in (
         *[f"policy.model.{k}={v}" for k, v in GRPO_TINY.items()], "train.progress=false",
-        "train.tensorboard=false", "train.val_every=0", "grpo.reward_weights=length=1",
+        "train.tensorboard=false", "train.val_every=0", "grpo.rewards=length=1",
         "grpo.length_target=3", "grpo.max_decoder_steps=16", "grpo.min_valid_codes_len=1",
         "grpo.store_audio=false", "grpo.n_generations_per_item=2", "grpo.prompts_per_step=2",
         "train.checkpoint_every=1", f"train.max_steps={steps}") for w in ("-o", o)])

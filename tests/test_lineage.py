@@ -77,7 +77,7 @@ def test_dpo_lineage_names_the_ref_logps_version_it_used_or_a_live_reference(sto
 # --------------------------------------------------------------------- GRPO
 GRPO = [f"policy.model.{k}={v}" for k, v in GRPO_TINY.items()] + [
     "train.progress=false", "train.tensorboard=false", "train.val_every=0",
-    "grpo.reward_weights=length=1", "grpo.length_target=3", "grpo.max_decoder_steps=8",
+    "grpo.rewards=length=1", "grpo.length_target=3", "grpo.max_decoder_steps=8",
     "grpo.min_valid_codes_len=1", "grpo.store_audio=false", "grpo.prompts_per_step=1",
     "grpo.n_generations_per_item=2", "train.max_steps=1",
     "grpo.where=prompt_id IN (SELECT prompt_id FROM picked)"]

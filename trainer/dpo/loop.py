@@ -36,6 +36,7 @@ from ttspo.trainer.run import checkpoints as ckpt
 from ttspo.trainer.run import faults
 from ttspo.trainer.dpo import losses as L
 from ttspo.trainer.run.config import BEST_METRICS, Config, best_rule, check_codebooks
+from ttspo.trainer.run.config_rules import parse_terms
 from ttspo.trainer.dpo.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.trainer.run.verify import checked_sha256, verified_latest
 from ttspo.trainer.dpo.ref import RefCache, lookup, pair_logps, reference_logps
@@ -278,7 +279,7 @@ def pair_step(model, policy, ref_model, cache: RefCache | None, *, pairs: Pairs,
                     ref_chosen=L.sequence_logp(ref_c.float(), w),
                     ref_rejected=L.sequence_logp(ref_r.float(), w),
                     reward_chosen=chosen_r, reward_rejected=rejected_r)
-    loss, parts = L.combine(x, losses=list(zip(cfg.loss.types, cfg.loss.weights)),
+    loss, parts = L.combine(x, losses=list(parse_terms(cfg.loss.terms, "loss.terms").items()),
                             beta=cfg.loss.beta, label_smoothing=cfg.loss.label_smoothing,
                             gt_reward_scale=cfg.loss.gt_reward_scale, sft_weight=cfg.loss.sft_weight)
     chosen, rejected = L.implicit_rewards(x, cfg.loss.beta)

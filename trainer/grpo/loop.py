@@ -37,6 +37,7 @@ from ttspo.builder.core.schemas import GEN, RWD
 from ttspo.trainer.run import checkpoints as ckpt
 from ttspo.trainer.run import faults
 from ttspo.trainer.run.config import Config, GrpoConfig, best_rule
+from ttspo.trainer.run.config_rules import parse_terms
 from ttspo.trainer.dpo.data import shard
 from ttspo.trainer.grpo.rollout import (PHASES, Prompts, Scoring, load_prompts, rollout,
                                         split_prompts, step_prompts)
@@ -45,7 +46,7 @@ from ttspo.trainer.dpo.loop import (_progress, build_optimizer, build_scheduler,
 from ttspo.trainer.policy.base import Sampling, token_logps
 from ttspo.trainer.run.verify import checked_sha256, verified_latest
 from ttspo.trainer.run.repair import repair_on_resume
-from ttspo.trainer.grpo.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
+from ttspo.trainer.grpo.rewards import GRPO_LOSSES, REWARDS, RewardConfig, token_entropy
 from ttspo.trainer.grpo.rollouts import RolloutWriter, committed_steps
 from ttspo.trainer.run.runlock import run_lock
 from ttspo.trainer.run.folder import MetricsLog, identity_config, log_lineage, open_run_dir
@@ -55,9 +56,9 @@ PARTS = {name: spec.part for name, spec in REWARDS.items()}
 
 def reward_config(g: GrpoConfig) -> RewardConfig:
     """The rewards of a GRPO config (what `ttspo rewards` takes as options)."""
-    weights = parse_weights(g.reward_weights)
+    weights = parse_terms(g.rewards, "grpo.rewards")
     if "utmos" in weights:
-        raise ConfigError("grpo.reward_weights: utmos has no in-process scorer yet; score "
+        raise ConfigError("grpo.rewards: utmos has no in-process scorer yet; score "
                           "a utmos column and recompute with 'ttspo rewards'")
     return RewardConfig(
         weights=weights, normalize="group" if g.normalize_then_sum else "none",

@@ -98,25 +98,6 @@ class RewardConfig:
         return asdict(self)
 
 
-def parse_weights(text: str) -> dict[str, float]:
-    """``"cer=0.5,ssim=0.5"`` -> {"cer": 0.5, "ssim": 0.5} (names checked later).
-    A name given twice is refused: which weight was meant is not ours to guess."""
-    weights: dict[str, float] = {}
-    for item in (p.strip() for p in text.split(",")):
-        name, sep, value = item.rpartition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise InputError(f"reward weight '{item}' is not NAME=NUMBER")
-        if name in weights:
-            raise InputError(f"reward '{name}' is weighted twice in '{text}': "
-                             "give each reward once")
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            raise InputError(f"reward weight '{item}': '{value}' is not a number") from None
-    return weights
-
-
 # ---------------------------------------------------------------- registry
 def _clip(expr: pl.Expr, lo: float, hi: float) -> pl.Expr:
     return expr.cast(pl.Float64).clip(lo, hi)

@@ -36,7 +36,7 @@ from ttspo.trainer.policy.samples import decode, sample_seed
 
 PHASES = ("generate", "decode", "score")
 # GRPO's config keys, named in a scoring backend's load error (ttspo score names its options)
-LABELS = {"asr": "grpo.asr", "ssim": "grpo.sv", "pesq": "grpo.reward_weights pesq",
+LABELS = {"asr": "grpo.asr", "ssim": "grpo.sv", "pesq": "grpo.rewards pesq",
           "squim": "grpo.squim"}
 
 

@@ -20,6 +20,7 @@ from ttspo.builder.core.errors import TrainingError, first_line
 from ttspo.builder.core.files import write_text_atomic
 from ttspo.trainer.run import faults
 from ttspo.trainer.run.config import Config, save_config
+from ttspo.trainer.run.old_keys import map_old_sections, uses_old_keys
 from ttspo.trainer.run.runlock import is_lock_file
 
 RUN_FILE = "run.json"
@@ -157,6 +158,8 @@ def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -
     path = Path(out) / RUN_FILE
     if path.exists():
         saved = json.loads(path.read_text())
+        # a folder made before loss.terms and grpo.rewards: its keys as they are now
+        saved["config"] = map_old_sections(saved.get("config", {}))
         for key in RESUMABLE:  # a folder made when a key was not yet resumable
             section, name = key.split(".")
             if name not in identity.get("config", {}).get(section, {}):
@@ -174,6 +177,16 @@ def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -
         path.write_text(json.dumps(identity, indent=2, sort_keys=True))
     barrier()
     return False
+
+
+def made_with_old_keys(out: str | Path) -> bool:
+    """Whether OUT holds a run made with a key of old_keys.OLD_KEYS: a command resuming
+    it may still spell them the old way."""
+    try:
+        saved = json.loads((Path(out) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return False  # no run there (or a damaged one: open_run_dir says so)
+    return isinstance(saved, dict) and uses_old_keys(saved.get("config", {}))
 
 
 SHOWN_DIFFERENCES = 5
