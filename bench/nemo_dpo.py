@@ -96,22 +96,25 @@ class TtspoSide:
         from ttspo.trainer.dpo.ref import RefCache
 
         n = len(chosen)
-        self.pairs = Pairs("bench", 1, 1, None, [f"p{i}" for i in range(n)], ["train"] * n, chosen,
-                           rejected, np.ones(n), np.zeros(n))
+        self.pairs = Pairs(set_name="bench", set_version=1, generations_version=1,
+                           prompts_version=None, pair_ids=[f"p{i}" for i in range(n)],
+                           split=["train"] * n, chosen=chosen, rejected=rejected,
+                           chosen_reward=np.ones(n), rejected_reward=np.zeros(n))
         self.cfg = load_config(None, [f"loss.beta={BETA}", f"optim.lr={LR}"])
         self.policy = policy.train()
         with torch.no_grad():  # precompute-ref, once and untimed (eval mode, as ttspo runs it)
             policy.eval()
             logps = sequence_logps(policy(policy.collate(chosen + rejected))).numpy()
             policy.train()
-        self.cache = RefCache("bench", logps[:n], logps[n:], {f"p{i}": i for i in range(n)})
+        self.cache = RefCache(sha256="bench", chosen=logps[:n], rejected=logps[n:],
+                              index={f"p{i}": i for i in range(n)})
         self.opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=LR)
 
     def step(self) -> float:
         from ttspo.trainer.dpo.loop import pair_step
 
-        loss, _ = pair_step(self.policy, self.policy, None, self.cache, self.pairs,
-                            list(range(len(self.pairs))), self.cfg)
+        loss, _ = pair_step(self.policy, self.policy, None, self.cache, pairs=self.pairs,
+                            idx=list(range(len(self.pairs))), cfg=self.cfg)
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()

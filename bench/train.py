@@ -95,7 +95,8 @@ def make_step(name: str, size: str):
             pi_c, pi_r = sequence_logps(policy(batch_c)), sequence_logps(policy(batch_r))
             with torch.no_grad():
                 rc, rr = sequence_logps(ref_model(batch_c)), sequence_logps(ref_model(batch_r))
-        x = L.PairLogps(pi_c.sum(-1), pi_r.sum(-1), rc.sum(-1), rr.sum(-1))
+        x = L.PairLogps(pi_chosen=pi_c.sum(-1), pi_rejected=pi_r.sum(-1), ref_chosen=rc.sum(-1),
+                        ref_rejected=rr.sum(-1))
         loss, _ = L.combine(x, losses=[("dpo", 1.0)], beta=0.1)
         loss.backward()
         opt.step()

@@ -138,7 +138,7 @@ class Store:
         from ttspo.builder.sets.sweep import sweep
 
         self._require()
-        return sweep(self.core, recipe, param, list(values), params, runs)
+        return sweep(self.core, recipe, param, list(values), params=params, runs=runs)
 
     # ------------------------------------------------------------ writing
     def tag(self, table: str, version: int | str, name: str) -> int:
@@ -176,7 +176,8 @@ class Store:
         if manifest_out is not None:
             self.check_output(manifest_out)
         pairs = draw.draw_pairs(paths, counts, seed)
-        result, staged = draw.commit_draw(self.core, pairs, lineage, manifest_out, nsamples_perpair)
+        result, staged = draw.commit_draw(self.core, pairs, lineage, manifest_out,
+                                          nsamples_perpair=nsamples_perpair)
         return result, staged, pairs.records
 
     def ingest_nemo(self, gen_dir: str | os.PathLike, *, manifest: str | os.PathLike,
@@ -225,7 +226,7 @@ class Store:
         recipe's defaults) or values."""
         from ttspo.builder.sets.build import build_set
 
-        return build_set(self.core, recipe, name, params, runs, lineage=lineage)
+        return build_set(self.core, recipe, name, params, runs=runs, lineage=lineage)
 
     def export_nemo(self, ref: str, *, out: str | os.PathLike, codes_dtype: str = "int32"):
         """Write set REF (NAME, NAME@VERSION, NAME@TAG) as NeMo DPO manifests in folder OUT,

@@ -18,18 +18,9 @@
 -- param val_by = pair         what val draws whole: pair (NeMo), group or prompt (no leak)
 -- param seed = 0              shuffle seed
 WITH
-usable_groups AS MATERIALIZED (
-    -- gk, k: compact integer keys, used only to join (MATERIALIZED: computed once)
-    SELECT group_id, row_number() OVER () AS gk
-    FROM generations
-    GROUP BY group_id
-    HAVING NOT bool_or(invalid)
-       AND bool_and(coalesce(isfinite(cer) AND isfinite(ssim), false))
-),
 points AS MATERIALIZED (
-    SELECT row_number() OVER () AS k, u.gk, g.generation_id, g.group_id, g.prompt_id, g.run,
-           g.record_type, g.sample_index, g.cer, g.ssim, g.duration
-    FROM generations g JOIN usable_groups u USING (group_id)
+    -- the generations of usable groups, keyed k and gk (sql/macros.sql; computed once)
+    SELECT * FROM usable_points('generations')
 ),
 ordered AS MATERIALIZED (
     -- one global sort; within a group: CER asc, SSIM desc, sample index

@@ -22,6 +22,23 @@ CREATE OR REPLACE MACRO zscore(x, mean, std) AS (
 CREATE OR REPLACE MACRO nemo_rejected_reward(cer_z, sim_z) AS (
     1.0::DOUBLE - (normal_cdf(cer_z) + normal_cdf(sim_z)));
 
+-- The generations the built-in recipes may pair: FROM usable_points('generations').
+-- A group (group_id) is skipped whole if any of its rows is invalid (NeMo's
+-- <INVALID>) or has a CER or SSIM that is missing or not finite (NeMo would crash
+-- or emit NaN). k (row) and gk (group) are compact integer keys, used only to join.
+CREATE OR REPLACE MACRO usable_points(gen) AS TABLE
+WITH
+usable_groups AS MATERIALIZED (
+    SELECT group_id, row_number() OVER () AS gk
+    FROM query_table(gen)
+    GROUP BY group_id
+    HAVING NOT bool_or(invalid)
+       AND bool_and(coalesce(isfinite(cer) AND isfinite(ssim), false))
+)
+SELECT row_number() OVER () AS k, u.gk, g.generation_id, g.group_id, g.prompt_id, g.run,
+       g.record_type, g.sample_index, g.cer, g.ssim, g.duration
+FROM query_table(gen) g JOIN usable_groups u USING (group_id);
+
 -- NeMo's rewards and a seeded train/val split, shared by the built-in recipes (and
 -- yours): FROM nemo_rewards_and_split('pairs', $seed, $val_size, $val_by), where
 -- 'pairs' names a CTE of kept pairs with pair_id, prompt_id, group_id, cer_delta and

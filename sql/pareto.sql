@@ -38,18 +38,9 @@ params AS (
         CASE WHEN $num_chosen IN (1, 2) THEN $num_chosen::INTEGER
              ELSE error('num_chosen must be 1 or 2, not ' || $num_chosen::VARCHAR) END AS num_chosen
 ),
-usable_groups AS MATERIALIZED (
-    -- gk, k: compact integer keys, used only to join (MATERIALIZED: computed once)
-    SELECT group_id, row_number() OVER () AS gk
-    FROM generations
-    GROUP BY group_id
-    HAVING NOT bool_or(invalid)
-       AND bool_and(coalesce(isfinite(cer) AND isfinite(ssim), false))
-),
 points AS MATERIALIZED (
-    SELECT row_number() OVER () AS k, u.gk, g.generation_id, g.group_id, g.prompt_id, g.run,
-           g.record_type, g.sample_index, g.cer, g.ssim, g.duration
-    FROM generations g JOIN usable_groups u USING (group_id)
+    -- the generations of usable groups, keyed k and gk (sql/macros.sql; computed once)
+    SELECT * FROM usable_points('generations')
 ),
 peeled (k, gk, cer, ssim, level, done) AS (
     -- NeMo's peeling, one front per step for every group at once: a point is on

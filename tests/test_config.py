@@ -11,13 +11,13 @@ from ttspo.trainer.run.config import Config, load_config, save_config
 
 def test_yaml_then_overrides_typed_by_field(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("optim:\n  lr: 1e-3\n  schedule: cosine\nloss:\n  types: [dpo, ipo]\n"
-                    "  weights: [1, 0.5]\npolicy:\n  model: {d_model: 32}\n")
+    path.write_text("optim:\n  lr: 1e-3\n  schedule: cosine\nloss:\n  terms: dpo=1, ipo=0.50\n"
+                    "policy:\n  model: {d_model: 32}\n")
     cfg = load_config(path, ["optim.lr=2e-4", "train.max_steps=7", "loss.codebook_weights=1,2",
                              "policy.model.n_heads=2", "train.require_ref_cache=true"])
     assert cfg.optim.lr == 2e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.optim.schedule == "cosine" and cfg.train.max_steps == 7
-    assert cfg.loss.types == ["dpo", "ipo"] and cfg.loss.weights == [1.0, 0.5]
+    assert cfg.loss.terms == "dpo=1,ipo=0.5"  # one spelling, whatever was written
     assert cfg.loss.codebook_weights == [1.0, 2.0]
     assert cfg.policy.model == {"d_model": 32, "n_heads": 2}
     assert cfg.train.require_ref_cache is True
@@ -25,7 +25,7 @@ def test_yaml_then_overrides_typed_by_field(tmp_path):
 
 
 def test_saved_config_loads_back_equal(tmp_path):
-    cfg = load_config(None, ["optim.lr=0.01", "loss.types=ipo", "policy.model.d_model=16"])
+    cfg = load_config(None, ["optim.lr=0.01", "loss.terms=ipo=1", "policy.model.d_model=16"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
 
@@ -36,7 +36,10 @@ def test_saved_config_loads_back_equal(tmp_path):
     ("train.max_steps=1.5", "-o: config train.max_steps wants int, got 1.5"),
     ("train.require_ref_cache=yes please", "-o: config train.require_ref_cache wants bool, got 'yes please'"),
     ("optim.schedule=linear", "config optim.schedule: 'linear' is not one of constant, cosine"),
-    ("loss.weights=1,2", "config loss.weights has 2 values for 1 loss.types"),
+    ("loss.weights=1,2", "-o: config key 'loss.weights' is now 'loss.terms' (e.g. loss.terms="
+                         "dpo=1,rpo=0.5); the old key only resumes a run folder made with it"),
+    ("grpo.reward_weights=cer=1", "-o: config key 'grpo.reward_weights' is now 'grpo.rewards' "
+     "(e.g. grpo.rewards=cer=0.5,ssim=0.5); the old key only resumes a run folder made with it"),
     ("lr", "override 'lr' is not key=value"),
 ])
 def test_bad_overrides(override, message):

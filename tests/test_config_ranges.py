@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ttspo.builder.cli.main import cli
-from ttspo.trainer.run.config import LOSS_TYPES, RULES, load_config, valid_keys
+from ttspo.trainer.run.config import LOSS_TYPES, REWARD_NAMES, RULES, load_config, valid_keys
 from train_helpers import SET, pattern_store, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -55,9 +55,15 @@ BAD = [  # (override(s), the message after "Error: config ")
     (["optim.betas=0.9,-0.1"], "optim.betas[1]: -0.1 is not in [0, 1)"),
     (["optim.betas=[0.9]"], "optim.betas has 1 value(s); it takes 2"),
     (["optim.betas=[0.9,0.99,0.999]"], "optim.betas has 3 value(s); it takes 2"),
-    (["loss.weights=[nan]"], "loss.weights[0]: nan is not in [0, inf)"),
-    (["loss.types=dpo,ipo", "loss.weights=1,-1"], "loss.weights[1]: -1.0 is not in [0, inf)"),
-    (["loss.types=dpo,ipo"], "loss.weights has 1 values for 2 loss.types"),
+    # weighted terms: each weight in range, each name known, given once
+    (["loss.terms=dpo=nan"], "loss.terms: dpo=nan is not in [0, inf)"),
+    (["loss.terms=dpo=1,ipo=-1"], "loss.terms: ipo=-1.0 is not in [0, inf)"),
+    (["grpo.rewards=cer=1,ssim=-0.5"], "grpo.rewards: ssim=-0.5 is not in [0, inf)"),
+    (["loss.terms=dpo=1,dpo=2"], "loss.terms: 'dpo' is weighted twice in 'dpo=1,dpo=2': "
+                                 "give each term once"),
+    (["loss.terms=dpo"], "loss.terms: 'dpo' is not NAME=WEIGHT"),
+    (["loss.terms=dpo=x"], "loss.terms: 'dpo=x': 'x' is not a number"),
+    (["loss.terms="], "loss.terms: '' is not NAME=WEIGHT,... (e.g. dpo=1,rpo=0.5)"),
     (["loss.codebook_weights=[1,.inf]"], "loss.codebook_weights[1]: inf is not in [0, inf)"),
     (["loss.codebook_weights=[]"], "loss.codebook_weights is empty; it takes at least 1 value"),
     # shares and probabilities
@@ -103,9 +109,10 @@ BAD = [  # (override(s), the message after "Error: config ")
     # the key bounding another is itself out of range: it is the one named
     (["train.max_steps=-5", "optim.warmup_steps=3"], "train.max_steps: -5 is not in [1, inf)"),
     # choices
-    (["loss.types=dpo,foo", "loss.weights=1,1"], "loss.types[1]: 'foo' is not one of "
-                                                 + ", ".join(LOSS_TYPES)),
-    (["loss.types=[]", "loss.weights=[]"], "loss.types is empty; it takes at least 1 value"),
+    (["loss.terms=dpo=1,rpoo=1"], "loss.terms: unknown term 'rpoo' in 'dpo=1,rpoo=1' (did "
+                                  "you mean 'rpo'? choose " + ", ".join(LOSS_TYPES) + ")"),
+    (["grpo.rewards=wer=1"], "grpo.rewards: unknown term 'wer' in 'wer=1' (did you mean "
+                             "'cer'? choose " + ", ".join(REWARD_NAMES) + ")"),
     (["train.precision=fp16"], "train.precision: 'fp16' is not one of fp32, bf16"),
     (["grpo.loss_type=ppo"], "grpo.loss_type: 'ppo' is not one of grpo, dr_grpo"),
 ]
@@ -165,6 +172,9 @@ def test_every_key_has_a_rule_and_the_loss_names_are_the_losses():
 
     assert list(RULES) == valid_keys()  # the table's order is the dataclasses'
     assert set(LOSS_TYPES) == set(LOSSES)
+    from ttspo.trainer.grpo.rewards import REWARDS
+
+    assert set(REWARD_NAMES) == set(REWARDS)
 
 
 def test_a_yaml_file_is_checked_as_overrides_are(tmp_path):
@@ -215,7 +225,8 @@ def test_the_rules_table_renders_as_the_docs_table():
     lines = markdown(RULES).splitlines()
     assert lines[:2] == ["| key | allowed |", "|---|---|"] and len(lines) == 2 + len(RULES)
     assert "| `optim.betas` | [0, 1); 2 values |" in lines
-    assert "| `loss.weights` | [0, inf); as many as loss.types |" in lines
+    assert ("| `loss.terms` | NAME=WEIGHT,...: NAME dpo &#124; ipo &#124; rpo &#124; rpo_sq; "
+            "WEIGHT [0, inf) |") in lines
     assert "| `optim.warmup_steps` | [0, train.max_steps] |" in lines
     assert "| `train.precision` | fp32 &#124; bf16 |" in lines
 

@@ -115,8 +115,10 @@ def test_entries_another_ttspo_wrote_go_at_the_next_write_of_their_kind(store, t
 def test_a_region_naming_a_table_in_other_letter_case_still_sees_a_new_version(store, tmp_path):
     from ttspo.builder.sets.recipes import load_recipe
 
-    sql = load_recipe("pareto").sql.replace("FROM generations", "FROM Generations")
-    assert "FROM Generations" in sql
+    # pareto's region reads generations through usable_points (sql/macros.sql)
+    sql = load_recipe("pareto").sql.replace("usable_points('generations')",
+                                            "usable_points('Generations')")
+    assert "usable_points('Generations')" in sql
     recipe = tmp_path / "cased.sql"
     recipe.write_text(sql)
     build_set(store, str(recipe), "s", {"cer_threshold": 0.1})
@@ -147,7 +149,9 @@ def test_threads_asking_one_stored_map_for_other_ids_get_their_own_rows(store):
 
         def ask(name, ids):
             try:
-                results[name] = session_cache.stored_map(store, "test.map", trial, CODES_KEYS_SCHEMA, ids, compute)
+                results[name] = session_cache.stored_map(store, "test.map", trial,
+                                                         CODES_KEYS_SCHEMA, ids=ids,
+                                                         compute=compute)
             except Exception as exc:  # noqa: BLE001  reported below
                 errors.append(exc)
 

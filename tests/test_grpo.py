@@ -44,9 +44,10 @@ def test_misspelt_nemo_key_is_an_error_naming_the_right_one(tmp_path):
 def test_bad_reward_weights_and_too_few_prompts_fail_cleanly(tmp_path):
     store = Store(tmp_path / "st")
     make_prompts(store, 2)
-    result = train(store, tmp_path / "run", "grpo.reward_weights=wer=1")
+    result = train(store, tmp_path / "run", "grpo.rewards=wer=1")
     assert result.exit_code == 1
-    assert result.output.startswith("Error: unknown reward 'wer' (choose cer, ssim,")
+    assert result.output == ("Error: config grpo.rewards: unknown term 'wer' in 'wer=1' (did you "
+                             "mean 'cer'? choose cer, ssim, pesq, squim, utmos, length)\n")
     result = train(store, tmp_path / "run", "grpo.prompts_per_step=3")
     assert result.output == ("Error: 2 training prompts, fewer than one step's 3 "
                              "(grpo.prompts_per_step x processes)\n")
@@ -106,7 +107,7 @@ def test_one_step_end_to_end_real_audio_asr_and_speaker_metrics(tmp_path):
     assert [m["step"] for m in metrics] == [0, 1, 1] and "val/cer" in metrics[0]
 
 
-LENGTH = ["grpo.reward_weights=length=1", "grpo.length_target=3", "grpo.max_decoder_steps=16",
+LENGTH = ["grpo.rewards=length=1", "grpo.length_target=3", "grpo.max_decoder_steps=16",
           "grpo.min_valid_codes_len=1", "grpo.store_audio=false", "grpo.topk=0",
           "grpo.temperature=1.0", "train.checkpoint_every=0"]
 

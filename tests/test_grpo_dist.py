@@ -22,7 +22,7 @@ from grpo_helpers import TINY, make_prompts  # noqa: E402
 BIN = Path(sys.executable).parent
 # A length reward: no scoring models, so the runs stay short.
 LENGTH = [f"policy.model.{k}={v}" for k, v in TINY.items()] + [
-    "grpo.reward_weights=length=1", "grpo.length_target=3", "grpo.max_decoder_steps=12",
+    "grpo.rewards=length=1", "grpo.length_target=3", "grpo.max_decoder_steps=12",
     "grpo.min_valid_codes_len=1", "grpo.store_audio=false", "grpo.n_generations_per_item=4",
     "grpo.topk=0", "grpo.temperature=1.0", "optim.lr=1e-2", "train.progress=false",
     "train.tensorboard=false", "train.val_every=0"]

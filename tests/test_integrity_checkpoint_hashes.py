@@ -226,10 +226,11 @@ def test_generate_ranks_load_the_file_the_plan_checked(run):
     given = step(out, 4) / "policy.pt"
     options = GenerateOptions(run="g", checkpoint=str(given), embed_audio=True)
     checked = {GEN.checkpoint_sha256: sha(given)}
-    assert make_rows([], [], checked, [], options, {}).num_rows == 0  # the same file: fine
+    # the same file: fine
+    assert make_rows([], [], checked, [], options=options, seconds={}).num_rows == 0
     shutil.copyfile(step(out, 2) / "policy.pt", given)
     with pytest.raises(InputError, match=r"policy.pt: changed since it was checked"):
-        make_rows([], [], checked, [], options, {})
+        make_rows([], [], checked, [], options=options, seconds={})
 
 
 @pytest.mark.parametrize("name", ["policy.pt", "state.pt"])
@@ -242,7 +243,7 @@ def test_grpo_never_resumes_from_a_damaged_checkpoint_file(tmp_path, name):
     out = tmp_path / "run"
     grpo = lambda steps: ("train", "grpo", "--out", str(out), *[w for o in (
         *[f"policy.model.{k}={v}" for k, v in GRPO_TINY.items()], "train.progress=false",
-        "train.tensorboard=false", "train.val_every=0", "grpo.reward_weights=length=1",
+        "train.tensorboard=false", "train.val_every=0", "grpo.rewards=length=1",
         "grpo.length_target=3", "grpo.max_decoder_steps=16", "grpo.min_valid_codes_len=1",
         "grpo.store_audio=false", "grpo.n_generations_per_item=2", "grpo.prompts_per_step=2",
         "train.checkpoint_every=1", f"train.max_steps={steps}") for w in ("-o", o)])

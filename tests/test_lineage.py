@@ -78,7 +78,7 @@ def test_dpo_lineage_names_the_ref_logps_version_it_used_or_a_live_reference(sto
 # --------------------------------------------------------------------- GRPO
 GRPO = [f"policy.model.{k}={v}" for k, v in GRPO_TINY.items()] + [
     "train.progress=false", "train.tensorboard=false", "train.val_every=0",
-    "grpo.reward_weights=length=1", "grpo.length_target=3", "grpo.max_decoder_steps=8",
+    "grpo.rewards=length=1", "grpo.length_target=3", "grpo.max_decoder_steps=8",
     "grpo.min_valid_codes_len=1", "grpo.store_audio=false", "grpo.prompts_per_step=1",
     "grpo.n_generations_per_item=2", "train.max_steps=1",
     "grpo.where=prompt_id IN (SELECT prompt_id FROM picked)"]
@@ -126,9 +126,11 @@ def twin_pairs(store, n: int) -> Pairs:
     when both rows get the same conditioning."""
     pairs = load_pairs(store, SET)
     rows = pairs.chosen[:n]
-    return Pairs(pairs.set_name, pairs.set_version, pairs.generations_version, None,
-                 pairs.pair_ids[:n], pairs.split[:n], rows, [dict(r) for r in rows],
-                 pairs.chosen_reward[:n], pairs.rejected_reward[:n])
+    return Pairs(set_name=pairs.set_name, set_version=pairs.set_version,
+                 generations_version=pairs.generations_version, prompts_version=None,
+                 pair_ids=pairs.pair_ids[:n], split=pairs.split[:n], chosen=rows,
+                 rejected=[dict(r) for r in rows], chosen_reward=pairs.chosen_reward[:n],
+                 rejected_reward=pairs.rejected_reward[:n])
 
 
 def test_cfg_dropout_draws_once_per_pair_and_the_reference_never_drops(store):

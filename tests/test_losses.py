@@ -13,7 +13,8 @@ from ttspo.trainer.dpo import losses as L
 def pair(pi_c=-10.0, pi_r=-12.0, ref_c=-11.0, ref_r=-11.0, rew_c=1.0, rew_r=0.25):
     t = lambda v: torch.tensor([v], dtype=torch.float64)
     # logits = (pi_c - pi_r) - (ref_c - ref_r) = 2 - 0 = 2
-    return L.PairLogps(t(pi_c), t(pi_r), t(ref_c), t(ref_r), t(rew_c), t(rew_r))
+    return L.PairLogps(pi_chosen=t(pi_c), pi_rejected=t(pi_r), ref_chosen=t(ref_c),
+                       ref_rejected=t(ref_r), reward_chosen=t(rew_c), reward_rejected=t(rew_r))
 
 
 def value(fn, x, **kw):
@@ -43,7 +44,8 @@ def test_rpo_and_rpo_sq_use_the_reward_gap():
     assert value(L.rpo, pair(), beta=0.5, gt_reward_scale=2.0) == pytest.approx(0.0206356, abs=1e-6)
     # rpo_sq: (1 - 1.5)^2 = 0.25
     assert value(L.rpo_sq, pair(), beta=0.5, gt_reward_scale=2.0) == pytest.approx(0.25)
-    no_rewards = L.PairLogps(*[torch.zeros(1)] * 4)
+    no_rewards = L.PairLogps(**dict.fromkeys(
+        ("pi_chosen", "pi_rejected", "ref_chosen", "ref_rejected"), torch.zeros(1)))
     with pytest.raises(ConfigError, match="rewards"):
         L.rpo(no_rewards, beta=0.5)
 
@@ -67,8 +69,8 @@ def test_a_weighted_list_of_losses_plus_sft_combines():
 
 
 def test_combine_averages_over_the_batch():
-    x = L.PairLogps(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0]),
-                    torch.tensor([0.0, 0.0]), torch.tensor([-2.0, 2.0]))
+    x = L.PairLogps(pi_chosen=torch.tensor([0.0, 0.0]), pi_rejected=torch.tensor([0.0, 0.0]),
+                    ref_chosen=torch.tensor([0.0, 0.0]), ref_rejected=torch.tensor([-2.0, 2.0]))
     # logits = 0 - (0 - ref_r) = ref_r: ipo beta 0.5: (-2-1)^2 = 9, (2-1)^2 = 1 -> mean 5
     total, _ = L.combine(x, losses=[("ipo", 1.0)], beta=0.5)
     assert float(total) == pytest.approx(5.0)
@@ -104,12 +106,13 @@ def noisy_sums(seed: int, pairs: int = 64, terms: int = 2400) -> tuple[torch.Ten
 def test_a_policy_equal_to_its_reference_reads_0_5_through_rounding_noise():
     pi_c, ref_c = noisy_sums(0)
     pi_r, ref_r = noisy_sums(1)
-    x = L.PairLogps(pi_c, pi_r, ref_c, ref_r)
+    x = L.PairLogps(pi_chosen=pi_c, pi_rejected=pi_r, ref_chosen=ref_c, ref_rejected=ref_r)
     assert (pi_c != ref_c).float().mean() > 0.9  # the noise is there: `==` would not hold
     assert (x.logits() != 0).float().mean() > 0.9
     assert L.accuracy(x).tolist() == [0.5] * 64
     # Reference-free (the reference's log-probs are zeros): the policy compared with itself.
-    free = L.PairLogps(pi_c, ref_c, torch.zeros(64), torch.zeros(64))
+    free = L.PairLogps(pi_chosen=pi_c, pi_rejected=ref_c, ref_chosen=torch.zeros(64),
+                       ref_rejected=torch.zeros(64))
     assert L.accuracy(free).tolist() == [0.5] * 64
 
 
@@ -119,8 +122,9 @@ def test_a_margin_beyond_the_tie_tolerance_counts():
     scale = pi_c.abs() + pi_r.abs() + ref_c.abs() + ref_r.abs()
     # Twice the tolerance (0.44 nats on these sums near -14500, log 256 ~ 5.5 per token).
     step = 2 * L.TIE_RTOL * scale
-    up = L.PairLogps(pi_c + step, pi_r, ref_c, ref_r)
-    down = L.PairLogps(pi_c, pi_r + step, ref_c, ref_r)
+    up = L.PairLogps(pi_chosen=pi_c + step, pi_rejected=pi_r, ref_chosen=ref_c, ref_rejected=ref_r)
+    down = L.PairLogps(pi_chosen=pi_c, pi_rejected=pi_r + step, ref_chosen=ref_c,
+                       ref_rejected=ref_r)
     assert L.accuracy(up).tolist() == [1.0] * 8 and L.accuracy(down).tolist() == [0.0] * 8
     # Hand-made: 1 nat on sums of -10: a preference, whichever side.
     assert L.accuracy(pair()).tolist() == [1.0]

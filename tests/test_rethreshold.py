@@ -226,7 +226,7 @@ def test_new_codes_for_the_same_generation_ids_are_written(store, tmp_path):
 
 # ------------------------------------------------------------- session caches
 def built(store, name, params, runs=()):
-    result = build_set(store, "pareto", name, params, runs)
+    result = build_set(store, "pareto", name, params, runs=runs)
     sv = open_set(store, name)
     lineage = store.lineage(name, result.version)
     return sv.rows(), result.record, lineage

@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 import torch
 
-from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.errors import ConfigError, InputError
 from ttspo.builder.core.schemas import GEN, RWD
-from ttspo.trainer.grpo.rewards import (GRPO_LOSSES, RewardConfig, compute_rewards, parse_weights,
-                                   token_entropy)
+from ttspo.trainer.grpo.rewards import GRPO_LOSSES, RewardConfig, compute_rewards, token_entropy
+from ttspo.trainer.run.config_rules import parse_terms
 
 
 def frame(groups, cer, ssim=None, codes_len=None, **extra):
@@ -134,12 +134,12 @@ def test_user_callable_by_import_path():
 
 
 def test_weights_parse_and_bad_names_fail_early():
-    assert parse_weights("cer=0.5, ssim=0.5,pkg.mod:fn=1") == {"cer": 0.5, "ssim": 0.5,
-                                                               "pkg.mod:fn": 1.0}
-    with pytest.raises(InputError, match="reward weight 'cer' is not NAME=NUMBER"):
-        parse_weights("cer")
-    with pytest.raises(InputError, match="'x' is not a number"):
-        parse_weights("cer=x")
+    assert parse_terms("cer=0.5, ssim=0.5,pkg.mod:fn=1", "--weights") == {
+        "cer": 0.5, "ssim": 0.5, "pkg.mod:fn": 1.0}
+    with pytest.raises(ConfigError, match="^--weights: 'cer' is not NAME=WEIGHT$"):
+        parse_terms("cer", "--weights")
+    with pytest.raises(ConfigError, match="'cer=x': 'x' is not a number"):
+        parse_terms("cer=x", "--weights")
     with pytest.raises(InputError, match="unknown reward 'wer'"):
         RewardConfig(weights={"wer": 1.0})
     with pytest.raises(InputError, match="reward 'nosuchmod:fn': cannot import it"):
@@ -189,9 +189,10 @@ def test_a_reward_module_that_raises_on_import_is_one_error(tmp_path, monkeypatc
     ("pkg.mod:fn=1,ssim=1,pkg.mod:fn=1", "pkg.mod:fn"),
 ])
 def test_a_reward_weighted_twice_is_refused(text, name):
-    with pytest.raises(InputError) as err:
-        parse_weights(text)
-    assert str(err.value) == f"reward '{name}' is weighted twice in '{text}': give each reward once"
+    with pytest.raises(ConfigError) as err:
+        parse_terms(text, "grpo.rewards")
+    assert str(err.value) == (f"grpo.rewards: '{name}' is weighted twice in '{text}': "
+                              "give each term once")
 
 
 # ------------------------------------------------------------------ losses

@@ -139,8 +139,8 @@ def raises(df):
                                           "rollouts or generations"),
     (["--as", "x", "--table", "rollouts@9"], "Error: table 'rollouts' has no version or tag '9'"),
     # a reward weighted twice; a user reward that raises (and one whose module does not load)
-    (["--as", "x", "--weights", "cer=1,cer=2"], "Error: reward 'cer' is weighted twice in "
-                                                "'cer=1,cer=2': give each reward once"),
+    (["--as", "x", "--weights", "cer=1,cer=2"], "Error: --weights: 'cer' is weighted twice in "
+                                                "'cer=1,cer=2': give each term once"),
     (["--as", "x", "--weights", "ssim=1,test_rollouts:raises=1"],
      "Error: reward 'test_rollouts:raises' raised KeyError: 'the metric this reward wanted'"),
     (["--as", "x", "--weights", "test_rollouts:missing=1"],

@@ -44,7 +44,7 @@ def test_a_grpo_sample_is_keyed_by_its_prompt_id_not_its_position(tmp_path):
     every = load_prompts(store, encode=policy.codec.encode)
     some = load_prompts(store, where=f"{PROMPT.prompt_id} >= 'p2'", encode=policy.codec.encode)
     args = dict(run="r", step=5, split="train", n=3, seed=7, rewards=RewardConfig(),
-                scoring=Scoring(None, None), checkpoint="c", store_audio=False,
+                scoring=Scoring(asr=None, sv=None), checkpoint="c", store_audio=False,
                 sampling=Sampling(temperature=1.0, max_steps=6))
     a = rollout(policy, every, [2], **args).table
     b = rollout(policy, some, [0], **args).table
@@ -64,7 +64,7 @@ def test_a_one_frame_rollout_stores_its_codes_audio_not_silence(tmp_path):
     policy = load_policy("tiny", config=TINY).eval()
     prompts = load_prompts(store, encode=policy.codec.encode)
     table = rollout(policy, prompts, [0, 1], run="r", step=0, split="train", n=4, seed=0,
-                    rewards=RewardConfig(), scoring=Scoring(None, None), checkpoint="c",
+                    rewards=RewardConfig(), scoring=Scoring(asr=None, sv=None), checkpoint="c",
                     store_audio=True, sampling=Sampling(temperature=1.0, max_steps=1)).table
     lengths = table[GEN.codes_len].to_pylist()
     assert set(lengths) <= {0, 1} and 1 in lengths

@@ -247,7 +247,8 @@ def test_summary_round_trips_through_json():
 
     from ttspo.builder.scoring.run import ScoreSummary
 
-    s = ScoreSummary(3, 2, 5, ["asr"], {"asr": "x"}, 2, {"asr": 1.5}, 10.0, 3.0)
+    s = ScoreSummary(version=3, read_version=2, rows=5, groups=["asr"], sources={"asr": "x"},
+                     world_size=2, seconds={"asr": 1.5}, audio_seconds=10.0, wall_seconds=3.0)
     assert ScoreSummary(**json.loads(json.dumps(asdict(s)))) == s
     assert s.rtf("asr") == 0.15
 

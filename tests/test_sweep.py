@@ -20,7 +20,8 @@ def store(tmp_path):
 
 
 def test_each_value_reports_what_a_build_would_write(store):
-    rows = sweep(store, "pareto", "cer_threshold", ["0.001", "0.008", "0.02"], {"val_size": "1"})
+    rows = sweep(store, "pareto", "cer_threshold", ["0.001", "0.008", "0.02"],
+                 params={"val_size": "1"})
     assert [r["cer_threshold"] for r in rows] == [0.001, 0.008, 0.02]
     assert [r["pairs"] for r in rows] == [3, 4, 5]
     assert [(r["train"], r["val"]) for r in rows] == [(2, 1), (3, 1), (4, 1)]
@@ -47,7 +48,7 @@ def test_sweep_errors(store):
     with pytest.raises(InputError, match="recipe pareto has no parameter cer"):
         sweep(store, "pareto", "cer", ["0.1"])
     with pytest.raises(InputError, match="--param cer_threshold is the swept parameter"):
-        sweep(store, "pareto", "cer_threshold", ["0.1"], {"cer_threshold": "0.2"})
+        sweep(store, "pareto", "cer_threshold", ["0.1"], params={"cer_threshold": "0.2"})
 
 
 def test_cli_sweep_table_plot_and_errors(store, tmp_path):

@@ -106,9 +106,12 @@ class TrainerMethods:
 
     def _train_setup(self, command: str, config, overrides, lineage, **args):
         from ttspo.trainer.run.config import load_config
+        from ttspo.trainer.run.folder import made_with_old_keys
 
         self._require()
-        cfg = load_config(config, list(overrides))
+        # the old loss and reward keys only resume a run folder made with them
+        old_keys = args.get("out") is not None and made_with_old_keys(args["out"])
+        cfg = load_config(config, list(overrides), old_keys=old_keys)
         return cfg, lineage or make_lineage(command, {
             **args, "config": None if config is None else str(config), "overrides": list(overrides)})
 

@@ -39,10 +39,11 @@ def compare_runs(store: Store, runs: Sequence[str], *, metrics: Sequence[str] | 
     """Each run after the first against the first: a polars DataFrame (COLUMNS)."""
     import polars as pl
 
-    _check_options(runs, metrics, n_boot, n_perm, confidence)
+    _check_options(runs, metrics, n_boot, n_perm, confidence=confidence)
     options = f"seed := {int(seed)}, n_boot := {int(n_boot)}, n_perm := {int(n_perm)}, " \
               f"confidence := {float(confidence)!r}"
-    frames = [_query(store, generations, "compare_runs", runs[0], other, options, metrics)
+    frames = [_query(store, generations, "compare_runs", runs[0], run_b=other, options=options,
+                     metrics=metrics)
               for other in runs[1:]]
     return pl.concat(frames)
 
@@ -52,13 +53,14 @@ def prompt_differences(store: Store, runs: Sequence[str], *,
     """Per metric and shared prompt: each run's mean and the difference (a DataFrame)."""
     import polars as pl
 
-    _check_options(runs, metrics, 1, 1, 0.5)
-    frames = [_query(store, generations, "compare_prompts", runs[0], other, "", metrics)
+    _check_options(runs, metrics, 1, 1, confidence=0.5)
+    frames = [_query(store, generations, "compare_prompts", runs[0], run_b=other, options="",
+                     metrics=metrics)
               for other in runs[1:]]
     return pl.concat(frames)
 
 
-def _check_options(runs, metrics, n_boot, n_perm, confidence) -> None:
+def _check_options(runs, metrics, n_boot, n_perm, *, confidence) -> None:
     if len(runs) < 2:
         raise InputError("compare needs at least two runs")
     seen = [r for i, r in enumerate(runs) if r in runs[:i]]
@@ -73,7 +75,7 @@ def _check_options(runs, metrics, n_boot, n_perm, confidence) -> None:
         raise InputError(f"confidence must lie between 0 and 1, not {confidence}")
 
 
-def _query(store: Store, generations: str, macro: str, run_a: str, run_b: str,
+def _query(store: Store, generations: str, macro: str, run_a: str, *, run_b: str,
            options: str, metrics: Sequence[str] | None):
     import polars as pl
 

@@ -47,7 +47,7 @@ def _common(unit: str):
               help="Reader processes.  [default: the CPUs, 1 for small inputs]")
 @_common("file")
 @click.pass_context
-def ingest_nemo_cmd(ctx: click.Context, gen_dir: str, manifest: str, run_name: str | None,
+def ingest_nemo_cmd(ctx: click.Context, *, gen_dir: str, manifest: str, run_name: str | None,
                     group_size: int | None, workers: int | None, on_error: str,
                     embed_audio: bool) -> None:
     """Ingest NeMo's generations: predicted_audioRank{r}_{i}.wav, _codes.pt and
@@ -72,7 +72,7 @@ def ingest_nemo_cmd(ctx: click.Context, gen_dir: str, manifest: str, run_name: s
               help="Encode the audio of lines without codes_path with this NeMo codec (.nemo).")
 @_common("line")
 @click.pass_context
-def ingest_jsonl_cmd(ctx: click.Context, file: str, run_name: str | None, codec_spec: str | None,
+def ingest_jsonl_cmd(ctx: click.Context, *, file: str, run_name: str | None, codec_spec: str | None,
                      on_error: str, embed_audio: bool) -> None:
     """Ingest one generation per JSON line (data from other systems).
 

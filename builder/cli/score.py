@@ -46,7 +46,7 @@ NORMALIZER_CHOICES = ("nemo", "basic", "none")
 @click.option("--lineage-file", hidden=True)
 @click.option("--outcome-file", hidden=True)
 @click.pass_context
-def score(ctx: click.Context, metrics: str, asr: str, sv: str, squim: str | None,
+def score(ctx: click.Context, *, metrics: str, asr: str, sv: str, squim: str | None,
           normalizer: str, where: str | None, rescore: bool, batch_size: int,
           workers: int, lineage_file: str | None, outcome_file: str | None) -> None:
     """Score generations that lack the asked metrics, in ONE new version.

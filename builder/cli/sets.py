@@ -40,7 +40,7 @@ def recipes(recipe: str | None, fmt: str) -> None:
               help="Only these runs' generations (repeatable); default: all runs.")
 @format_option
 @click.pass_context
-def build(ctx: click.Context, recipe: str, name: str, params: tuple[str, ...],
+def build(ctx: click.Context, *, recipe: str, name: str, params: tuple[str, ...],
           runs: tuple[str, ...], fmt: str) -> None:
     """Run RECIPE and write its pairs as a new version of preference set NAME.
 
@@ -77,7 +77,7 @@ def export() -> None:
                    "crashes on the int16 its generation writes).")
 @format_option
 @click.pass_context
-def export_nemo(ctx: click.Context, ref: str, out_dir: str, codes_dtype: str, fmt: str) -> None:
+def export_nemo(ctx: click.Context, *, ref: str, out_dir: str, codes_dtype: str, fmt: str) -> None:
     """Write NeMo DPO manifests: each pair as its chosen line then its rejected line.
 
     MagpieTTSDatasetDPO reads them unchanged and MagpieTTSModelOfflinePO trains on
@@ -157,7 +157,7 @@ SWEEP_COLUMNS = ["pairs", "train", "val", "groups", "prompts", "cer_margin_min",
               help="Also plot pairs, groups and median margins against the value (PNG).")
 @format_option
 @click.pass_context
-def sweep(ctx: click.Context, recipe: str, params: tuple[str, ...], runs: tuple[str, ...],
+def sweep(ctx: click.Context, *, recipe: str, params: tuple[str, ...], runs: tuple[str, ...],
           plot_path: str | None, fmt: str) -> None:
     """How many pairs, groups and which CER/SSIM margins survive for each value
     of one RECIPE parameter, without writing a set.

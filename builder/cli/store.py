@@ -21,7 +21,7 @@ from ttspo.builder.core.errors import InputError
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Named parameter $NAME (repeatable); int, float, else string.")
 @click.pass_context
-def sql(ctx: click.Context, query: str, fmt: str, out_path: str | None,
+def sql(ctx: click.Context, *, query: str, fmt: str, out_path: str | None,
         params: tuple[str, ...]) -> None:
     """Run a read-only DuckDB QUERY over the store's tables.
 
@@ -134,7 +134,7 @@ def restore(ctx: click.Context, table: str, version: str) -> None:
               help="How long to wait for commands writing these tables.")
 @format_option
 @click.pass_context
-def gc(ctx: click.Context, table: str | None, keep_last: str | None, older_than: str | None,
+def gc(ctx: click.Context, table: str | None, *, keep_last: str | None, older_than: str | None,
        dry_run: bool, force: bool, wait: float, fmt: str) -> None:
     """Remove old versions of TABLE (of every table when none is named).
 

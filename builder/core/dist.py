@@ -1,7 +1,8 @@
 """The one distributed runtime: every command that runs under torchrun uses it.
 
 Training (``Compute``: rank, world, device; gloo on CPU, nccl on GPU, through
-torch.distributed's env:// rendezvous) and the object collectives of scoring and
+torch.distributed's env:// rendezvous, and the run's collectives: ``broadcast_object``,
+``gather_objects``, ``barrier``, ``all_sum``, ``all_mean``) and the object collectives of scoring and
 generate (``comm_from_env``: ``LocalComm`` for one process, which never imports
 torch for communication, else ``TorchComm`` on gloo). ``ttspo score --workers N``
 starts N fresh processes itself (never forked: Lance is not fork-safe) that meet
@@ -153,6 +154,51 @@ def compute_cleanup() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# The collectives of a run, on the process group compute_init made: every rank
+# calls them in the same order; in one process (no group) each is the identity.
+def _grouped():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's VALUE on every rank (pickled)."""
+    dist = _grouped()
+    if dist is None:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's VALUE, in rank order, on every rank (pickled)."""
+    dist = _grouped()
+    if dist is None:
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def barrier() -> None:
+    """Wait until every rank is here."""
+    dist = _grouped()
+    if dist is not None:
+        dist.barrier()
+
+
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of a tensor (a copy; itself in one process)."""
+    dist = _grouped()
+    if dist is None:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values
 
 
 def all_mean(values: torch.Tensor, c: Compute) -> torch.Tensor:

@@ -92,7 +92,7 @@ def policy_of(keep_last: int | str | None, older_than: str | None) -> GcPolicy:
 
 
 # ---------------------------------------------------------------- results
-@dataclass
+@dataclass(kw_only=True)
 class TableGc:
     table: str
     removed: list[int]  # removed (a dry run: would be)
@@ -103,7 +103,7 @@ class TableGc:
     latest: int = 0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GcResult:
     policy: GcPolicy
     dry_run: bool
@@ -120,7 +120,7 @@ class GcResult:
         return sum(t.bytes for t in self.tables)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TableCompaction:
     table: str
     fragments_before: int
@@ -141,14 +141,14 @@ def exclusive(store: Store, tables: list[str], *, wait: float, command: str) -> 
     deadline, fds = time.monotonic() + wait, []
     try:
         for table in sorted(tables):  # one order for every caller
-            fds.append(_take(store, table, deadline, wait, command))
+            fds.append(_take(store, table, deadline, wait=wait, command=command))
         yield
     finally:
         for fd in fds:
             os.close(fd)
 
 
-def _take(store: Store, table: str, deadline: float, wait: float, command: str) -> int:
+def _take(store: Store, table: str, deadline: float, *, wait: float, command: str) -> int:
     fd = open_lock_file(store._lock_key(f"writing {table}"))
     while True:
         try:
@@ -170,7 +170,8 @@ def gc(store: Store, table: str | None = None, *, policy: GcPolicy, dry_run: boo
     for name in names:
         store.open(name)  # a table that does not exist: one line
     if dry_run:  # reads only: no lock, writers go on
-        return GcResult(policy, dry_run, force, plan_gc(store, names, policy, force))
+        return GcResult(policy=policy, dry_run=dry_run, force=force,
+                        tables=plan_gc(store, names, policy, force))
     # Planned under the locks: no writer can add a version, a pinning row or a tag
     # between the plan and the removal.
     done: list[TableGc] = []
@@ -181,7 +182,7 @@ def gc(store: Store, table: str | None = None, *, policy: GcPolicy, dry_run: boo
                 done.append(plan)
     finally:
         # Logged even when a later table failed: what went must be on record.
-        result = GcResult(policy, dry_run, force, done)
+        result = GcResult(policy=policy, dry_run=dry_run, force=force, tables=done)
         if result.removed:
             result.log_version = _log(store, result, lineage)
     return result
@@ -199,11 +200,11 @@ def plan_gc(store: Store, names: list[str], policy: GcPolicy, force: bool) -> li
         tagged[name] = sorted(v for v in allowed if v in tags)
         remove[name] = {v for v in allowed if v not in tags}
     wanted = {t: set(vs) for t, vs in remove.items()}
-    pins = _pins(store, every, infos, remove, force)  # drops what stays from remove
+    pins = _pins(store, every, infos, remove, force=force)  # drops what stays from remove
     plans = []
     for name in names:
         held = {v: pins[(name, v)] for v in sorted(wanted[name]) if (name, v) in pins}
-        plan = TableGc(name, sorted(wanted[name]), 0, tagged=tagged[name],
+        plan = TableGc(table=name, removed=sorted(wanted[name]), bytes=0, tagged=tagged[name],
                        latest=max(infos[name][0]))
         if force:
             plan.forced = held
@@ -233,7 +234,7 @@ def _candidates(stamps: dict[int, datetime], policy: GcPolicy, now: datetime) ->
     return out
 
 
-def _pins(store: Store, every: list[str], infos: dict, remove: dict[str, set[int]],
+def _pins(store: Store, every: list[str], infos: dict, remove: dict[str, set[int]], *,
           force: bool) -> P.Pins:
     """What names each version, from rows and from the lineage of every version that
     stays. Not forced, a pinned version stays, and its own lineage then pins too:
@@ -339,7 +340,8 @@ def _compact_one(store: Store, table: str, lineage: Lineage) -> TableCompaction:
     before, rows = len(ds.get_fragments()), ds.count_rows()
     plan = Compaction.plan(ds, {"target_rows_per_fragment": COMPACT_ROWS})
     if plan.num_tasks() == 0:
-        return TableCompaction(table, before, before, rows, ds.version)
+        return TableCompaction(table=table, fragments_before=before, fragments_after=before,
+                               rows=rows, version=ds.version)
     try:
         results = [task.execute(ds) for task in plan.tasks]
         groups = [lance.LanceOperation.RewriteGroup(r.original_fragments, r.new_fragments)
@@ -353,4 +355,6 @@ def _compact_one(store: Store, table: str, lineage: Lineage) -> TableCompaction:
         new = lance.LanceDataset.commit(str(store.path(table)), tx)
     except OSError as exc:
         raise write_error(store.root, table, exc) from None
-    return TableCompaction(table, before, len(new.get_fragments()), new.count_rows(), new.version)
+    return TableCompaction(table=table, fragments_before=before,
+                           fragments_after=len(new.get_fragments()), rows=new.count_rows(),
+                           version=new.version)

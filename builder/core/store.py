@@ -258,7 +258,7 @@ class Store:
 
     # -------------------------------------------------------------- writing
     def write(self, table: str, data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
-              schema: pa.Schema, lineage: Lineage, mode: str = "append") -> int:
+              schema: pa.Schema, lineage: Lineage, *, mode: str = "append") -> int:
         """Write data to TABLE in ONE Lance commit and return the new version.
 
         mode: "append" (creates the table if missing) or "overwrite". Data may be a
@@ -274,16 +274,16 @@ class Store:
             data = pa.RecordBatchReader.from_batches(schema, data)
         clean_temp_dirs()
         if self.exists(table):
-            return self._write(table, data, schema, lineage, mode)
+            return self._write(table, data, schema, lineage, mode=mode)
         # Two first writers would both "create": one fails, or one's rows are lost.
         # Serialise creation; whoever comes second finds the table and appends
         # (or overwrites): the mode is decided here, under the lock, never before it.
         with self.lock(f"create {table}"):
             return self._write(table, data, schema, lineage,
-                               mode if self.exists(table) else "create")
+                               mode=mode if self.exists(table) else "create")
 
     def _write(self, table: str, data: Any, schema: pa.Schema, lineage: Lineage,
-               mode: str) -> int:
+               *, mode: str) -> int:
         # A create killed before its first commit leaves data files and no version:
         # Lance creates over them (the orphans are never referenced by a manifest).
         for attempt in range(COMMIT_RETRIES):

@@ -39,7 +39,7 @@ class _Storage:
     dtype: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _TensorRef:
     """What the pickle of a saved tensor describes: where its numbers live."""
 
@@ -51,14 +51,19 @@ class _TensorRef:
     stride: tuple
 
 
-def _rebuild_v2(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+# torch's pickles call these positionally (torch._utils._rebuild_tensor_v2 and _v3):
+# what follows STRIDE (requires_grad, hooks, [dtype,] metadata) arrives as REST.
+def _rebuild_v2(storage, offset, size, stride, *_rest):
     dtype, key, numel = storage
-    return _TensorRef(dtype, key, numel, offset, tuple(size), tuple(stride))
+    return _TensorRef(dtype=dtype, key=key, numel=numel, offset=offset, size=tuple(size),
+                      stride=tuple(stride))
 
 
-def _rebuild_v3(storage, offset, size, stride, requires_grad, hooks, dtype, metadata=None):
+def _rebuild_v3(storage, offset, size, stride, *rest):
     _, key, numel = storage
-    return _TensorRef(dtype, key, numel, offset, tuple(size), tuple(stride))
+    dtype = rest[2]  # after requires_grad and hooks
+    return _TensorRef(dtype=dtype, key=key, numel=numel, offset=offset, size=tuple(size),
+                      stride=tuple(stride))
 
 
 class _TensorUnpickler(pickle.Unpickler):
@@ -292,11 +297,11 @@ def _codes_full(data: bytes) -> tuple[int, int, Any, tuple | None]:
     big = order in entries and bytes(_entry(data, entries, order)) == b"big"
     if rows and cols and not big and ref.stride == (cols, 1):
         buf = raw[ref.offset * 2:(ref.offset + rows * cols) * 2]
-        return rows, cols, buf, _layout(data, entries, name, order, ref, pkl)
+        return rows, cols, buf, _layout(data, entries, name, order, ref=ref, pkl_name=pkl)
     return rows, cols, _strided(raw, ref, big).tobytes(), None
 
 
-def _layout(data: bytes, entries: dict, name: bytes, order: bytes, ref: "_TensorRef",
+def _layout(data: bytes, entries: dict, name: bytes, order: bytes, *, ref: "_TensorRef",
             pkl_name: bytes) -> tuple | None:
     """Where a contiguous tensor's bytes sit, to recognise the same layout later."""
     if entries[name][0] != "at" or (order in entries and entries[order][0] != "at"):

@@ -33,7 +33,7 @@ JSONL_SOURCE = "jsonl"
 METRIC_KEYS = (GEN.cer, GEN.wer, GEN.ssim, GEN.pesq, GEN.squim)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Plan:
     label: str  # the path as the user gave it (messages)
     path: str  # absolute
@@ -60,7 +60,8 @@ def plan(label: str, run: str, present_lines: set[int]) -> Plan:
         raise InputError(f"{label}: cannot read ({exc.strerror})") from None
     if records == 0:
         raise InputError(f"{label}: no records (empty file)")
-    return Plan(label, path, sha, records, run, present_lines, todo, records - todo)
+    return Plan(label=label, path=path, sha256=sha, records=records, run=run,
+                present_lines=present_lines, todo=todo, present=records - todo)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class _Group:
 
 
 def read_batches(plan: Plan, embed_audio: bool, batch_rows: int,
-                 spill_dir: str, encode: Callable | None = None) -> Iterator[tuple]:
+                 spill_dir: str, *, encode: Callable | None = None) -> Iterator[tuple]:
     """Parse and check every line; per chunk, spill the good new rows (see
     ingest_nemo.spill_batch for what is yielded). ENCODE(audio, sr) -> codes [C, T]
     gives codes to lines that have audio but no codes_path."""
@@ -95,7 +96,7 @@ def _batches(plan: Plan, embed_audio: bool, batch_rows: int,
             try:
                 record = _parse(raw)
                 fields = prompt_fields(record)
-                group, sample = _place(record, fields, groups, taken, number)
+                group, sample = _place(record, fields, groups, taken, number=number)
             except nf.BadFile as exc:
                 problems.append((number, where, str(exc)))
                 continue
@@ -108,7 +109,8 @@ def _batches(plan: Plan, embed_audio: bool, batch_rows: int,
                 continue
             if fields[-1] not in prompt_slot:
                 prompt_slot[fields[-1]] = buf.add_prompt(fields)
-            _add(buf, number, group, sample, prompt_slot[fields[-1]], record, row, plan.path)
+            _add(buf, number, group, sample, prompt=prompt_slot[fields[-1]], record=record, row=row,
+                 path=plan.path)
             if len(buf) >= batch_rows:
                 yield buf.to_batch(), problems
                 buf, problems, prompt_slot = RowBuffer(plan.run, JSONL_SOURCE), [], {}
@@ -138,7 +140,8 @@ def _parse(raw: bytes) -> dict[str, Any]:
     return record
 
 
-def _place(record: dict, fields: tuple, groups: dict, taken: set, number: int) -> tuple[int, int]:
+def _place(record: dict, fields: tuple, groups: dict, taken: set, *,
+           number: int) -> tuple[int, int]:
     """Group index (by first appearance) and sample index; one prompt per group."""
     key = (type(record["group"]).__name__, record["group"])
     group = groups.get(key)
@@ -215,7 +218,7 @@ def _read_codes(path: str) -> tuple[int, int, bytes]:
     return arr.shape[0], arr.shape[1], np.ascontiguousarray(arr, dtype="<i2").tobytes()
 
 
-def _add(buf: RowBuffer, number: int, group: int, sample: int, prompt: int,
+def _add(buf: RowBuffer, number: int, group: int, sample: int, *, prompt: int,
          record: dict, row: dict, path: str) -> None:
     info, get = row["info"], record.get
     invalid = get(GEN.invalid)

@@ -100,7 +100,9 @@ def _subfolders(root: str, rel: str, names: list[str]) -> list[str]:
     return out
 
 
-def rel_name(layout: Layout, d: int, rank: int, index: int, kind: int) -> str:
+def rel_name(layout: Layout, file: np.ndarray) -> str:
+    """The path under GEN_DIR of one row of ``layout.files`` (rank, index, kind, dir)."""
+    rank, index, kind, d = file
     return os.path.join(layout.dirs[d], nf.nemo_name(rank, index, kind))
 
 
@@ -112,7 +114,7 @@ def place(layout: Layout, n_lines: int, manifest_label: str, label: str) -> tupl
     _check_duplicates(layout, line * 3 + kind)
     found = np.unique(line)
     if len(found) != n_lines or found[-1] >= n_lines:
-        _mapping_error(layout, found, ranks, n_lines, manifest_label, label)
+        _mapping_error(layout, found, ranks, n_lines, manifest_label=manifest_label, label=label)
     where = np.full((n_lines, 3), -1, dtype=np.int32)
     where[line, kind] = d
     return where, ranks
@@ -126,13 +128,13 @@ def _check_duplicates(layout: Layout, key: np.ndarray) -> None:
     problems = []
     for k in dup:
         a, b = layout.files[order[k]], layout.files[order[k + 1]]
-        first, again = sorted((rel_name(layout, a[3], *a[:3]), rel_name(layout, b[3], *b[:3])))
+        first, again = sorted((rel_name(layout, a), rel_name(layout, b)))
         problems.append((again, f"duplicate of {first}"))
     raise InputError("the same NeMo file appears twice under GEN_DIR (two runs in one folder?)",
                      sorted(problems))
 
 
-def _mapping_error(layout, found, ranks, n_lines, manifest_label, label) -> None:
+def _mapping_error(layout, found, ranks, n_lines, *, manifest_label, label) -> None:
     if len(found) != n_lines:
         message = f"manifest has {n_lines} lines but {label} has {len(found)} generations"
     else:
@@ -231,7 +233,7 @@ def group_starts(manifest: Manifest, group_size: int | None, label: str) -> np.n
 
 # ------------------------------------------------------------------ tasks
 def plan_tasks(layout: Layout, where: np.ndarray, ranks: int, manifest: Manifest,
-               starts: np.ndarray, todo: np.ndarray, run: str, batch_rows: int,
+               *, starts: np.ndarray, todo: np.ndarray, run: str, batch_rows: int,
                embed_audio: bool, spill_dir: str) -> Iterator[dict]:
     """One small picklable task per chunk of manifest lines still to ingest."""
     for a in range(0, len(todo), batch_rows):
@@ -278,7 +280,7 @@ def build_batch(task: dict) -> tuple:
             parts = codes_parts(read(codes, nf.MAX_CODES_BYTES))
             m = parse_metrics(read(metrics, nf.MAX_METRICS_BYTES))
         except (nf.BadFile, TypeError):  # TypeError: a missing file has no folder (None)
-            bad = _problems(line, base, (dw, dc, dm), dirs, prefix, embed)
+            bad = _problems(line, base, (dw, dc, dm), dirs, prefix=prefix, embed=embed)
             if not bad:
                 raise  # not a file problem: a bug, never a silently dropped row
             problems.extend(bad)
@@ -306,7 +308,7 @@ def warm_up() -> int:
     return os.getpid()
 
 
-def _problems(line: int, base: str, where: tuple, dirs: dict, prefix: dict,
+def _problems(line: int, base: str, where: tuple, dirs: dict, *, prefix: dict,
               embed: bool) -> list[tuple[int, str, str]]:
     """Re-read a failed generation's three files one by one: every bad one, with its reason."""
     some_dir = next(d for d in where if d >= 0)

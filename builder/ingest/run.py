@@ -43,7 +43,7 @@ ON_ERROR = ("fail", "skip")
 PARALLEL_FROM = 4096  # below this many generations, starting worker processes costs more
 
 
-@dataclass
+@dataclass(kw_only=True)
 class IngestResult:
     """What one ingest did. `version` is the generations version now current."""
 
@@ -94,8 +94,8 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
         before = store.version(GENERATIONS)
         present = existing_lines(store, run)
         todo = lines_to_do(man.lines, present)
-        tasks = nemo.plan_tasks(layout, where, ranks, man, starts, todo, run, batch_rows,
-                                embed_audio, spill.dir)
+        tasks = nemo.plan_tasks(layout, where, ranks, man, starts=starts, todo=todo, run=run,
+                                batch_rows=batch_rows, embed_audio=embed_audio, spill_dir=spill.dir)
         lineage = as_lineage(lineage or make_lineage("ingest nemo", dict(
             gen_dir=gen_label, manifest=man_label, run=run, group_size=group_size,
             on_error=on_error, embed_audio=embed_audio))).with_extra(
@@ -103,8 +103,9 @@ def ingest_nemo(store: Store, gen_dir: str | os.PathLike, manifest: str | os.Pat
             manifest_sha256=man.sha256, manifest_lines=man.lines, ranks=ranks,
             groups_in_manifest=len(starts))
         results = readers.map(nemo.build_batch, tasks)
-        return land(store, run, results, spill, len(todo), len(present), before, on_error,
-                    lineage, progress, "file", started)
+        return land(store, run, results, spill, todo=len(todo), present=len(present), before=before,
+                    on_error=on_error, lineage=lineage, progress=progress, unit="file",
+                    started=started)
 
 
 # ------------------------------------------------------------------ JSONL
@@ -133,9 +134,10 @@ def ingest_jsonl(store: Store, path: str | os.PathLike, *, run: str | None = Non
             file_path=os.path.abspath(label), file_sha256=plan.sha256, file_lines=plan.records,
             **codec_info)
         results = jl.read_batches(plan, embed_audio, batch_rows, spill.dir,
-                                  codec.encode if codec is not None else None)
-        return land(store, run, results, spill, plan.todo, plan.present, before, on_error,
-                    lineage, progress, "line", started)
+                                  encode=codec.encode if codec is not None else None)
+        return land(store, run, results, spill, todo=plan.todo, present=plan.present, before=before,
+                    on_error=on_error, lineage=lineage, progress=progress, unit="line",
+                    started=started)
 
 
 # ----------------------------------------------------------------- common
@@ -250,7 +252,7 @@ class SpillDir:
         self._owner.__exit__(*exc)
 
 
-def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo: int,
+def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, *, todo: int,
          present: int, before: int | None, on_error: str, lineage: Lineage, progress: bool,
          unit: str, started: float) -> IngestResult:
     """Collect every chunk's outcome, then commit the good rows (one commit) and, in
@@ -260,7 +262,7 @@ def land(store: Store, run: str, results: Iterable[tuple], spill: SpillDir, todo
     """
     from tqdm import tqdm
 
-    result = IngestResult(run, present=present, version=before)
+    result = IngestResult(run=run, present=present, version=before)
     problems: list[tuple[int, str, str]] = []
     groups: set[int] = set()
     rows = 0

@@ -269,7 +269,7 @@ def records_from_table(table: pa.Table, dummy: AudioContext) -> list[dict]:
     return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PromptsWrite:
     """What :func:`write_prompts` did."""
 
@@ -286,7 +286,7 @@ class PromptsWrite:
 
 def write_prompts(store, records: Sequence[dict], lineage: Lineage,
                   references: dict[tuple[str, str], str] | None = None,
-                  table: str = PROMPTS_TABLE) -> PromptsWrite:
+                  *, table: str = PROMPTS_TABLE) -> PromptsWrite:
     """Append the pairs not yet in TABLE, in ONE commit carrying LINEAGE.
 
     Idempotent: prompt ids already present are skipped, and when nothing is new
@@ -328,7 +328,7 @@ def draw_pairs(paths: dict[str, str | os.PathLike], counts: PairCounts, seed: in
 
 def commit_draw(store, draw: Draw, lineage: Lineage,
                 manifest_out: str | os.PathLike | None = None,
-                nsamples_perpair: int = 6) -> tuple[PromptsWrite, StagedManifest | None]:
+                *, nsamples_perpair: int = 6) -> tuple[PromptsWrite, StagedManifest | None]:
     """ONE commit of the draw's new pairs; the manifest, if asked, is written
     beside its destination first and renamed into place only after the commit.
 

@@ -27,7 +27,7 @@ class AudioContext:
     codes_path: str | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PairInputs:
     """The texts and contexts to pair. Any list may be empty."""
 
@@ -84,7 +84,7 @@ def read_reference_audios(path: str | os.PathLike) -> dict[tuple[str, str], str]
 
 def load_inputs(challenging_texts=None, regular_texts_for_audiocontext=None,
                 regular_texts_for_textcontext=None, audio_contexts=None,
-                text_contexts=None) -> PairInputs:
+                *, text_contexts=None) -> PairInputs:
     """Read the input files that are given (paths or None)."""
     read = lambda p, what: read_text_lines(p, what) if p is not None else []  # noqa: E731
     return PairInputs(

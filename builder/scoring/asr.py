@@ -59,7 +59,7 @@ class NemoASR:
     """A NeMo ASR model restored from a local .nemo file (no from_pretrained)."""
 
     def __init__(self, path: Path, option: str, spec: str) -> None:
-        self.model = restore_nemo("ASRModel", path, option, spec, "ASR")
+        self.model = restore_nemo("ASRModel", path, option, spec, what="ASR")
         self.name = nemo_source(path)
 
     def transcribe(self, audio: np.ndarray, sr: int) -> str:

@@ -24,15 +24,17 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 def require_file(option: str, spec: str, arg: str | None, what: str) -> Path:
     """The existing model file ARG, or a ModelError naming OPTION."""
-    return _require_path(option, spec, arg, what, "PATH", "file", Path.is_file)
+    return _require_path(option, spec, arg, what, placeholder="PATH", noun="file",
+                         exists=Path.is_file)
 
 
 def require_dir(option: str, spec: str, arg: str | None, what: str) -> Path:
     """The existing model directory ARG, or a ModelError naming OPTION."""
-    return _require_path(option, spec, arg, what, "DIR", "directory", Path.is_dir)
+    return _require_path(option, spec, arg, what, placeholder="DIR", noun="directory",
+                         exists=Path.is_dir)
 
 
-def _require_path(option, spec, arg, what, placeholder, noun, exists) -> Path:
+def _require_path(option, spec, arg, what, *, placeholder, noun, exists) -> Path:
     if not arg:
         raise ModelError(f"{option} {spec}: give the {what} as {spec.split(':')[0]}:{placeholder} "
                          "(models are never downloaded)")
@@ -42,7 +44,7 @@ def _require_path(option, spec, arg, what, placeholder, noun, exists) -> Path:
     return path
 
 
-def restore_nemo(class_name: str, path: Path, option: str, spec: str, what: str):
+def restore_nemo(class_name: str, path: Path, option: str, spec: str, *, what: str):
     """A NeMo model of nemo.collections.asr.models.CLASS_NAME from a local .nemo file,
     in eval mode on the CPU (restore_from: never from_pretrained, nothing downloads)."""
     require_module(option, spec, "nemo", "'nemo' extra: pip install 'ttspo[nemo]'")

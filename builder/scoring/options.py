@@ -22,7 +22,7 @@ DEFAULT_METRICS = ("cer", "wer", "ssim")
 METRIC_GROUPS = {"cer": "asr", "wer": "asr", "ssim": "ssim", "pesq": "pesq", "squim": "squim"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScoreOptions:
     """What `ttspo score` computes and with which backends."""
 

@@ -53,7 +53,7 @@ INPUT_COLUMNS = (GEN.generation_id, GEN.text, GEN.audio_filepath, GEN.context_au
 BYTES_PER_SECOND = 2 * 16000  # 16-bit mono at 16 kHz: a size-based duration estimate
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Plan:
     """The rows to score at one version, and the columns the write will replace."""
 
@@ -93,7 +93,7 @@ def make_plan(store: Store, options: ScoreOptions) -> Plan:
                         with_row_id=True, with_row_address=True)
     table = _flatten_blob(table)
     if options.where:
-        table = _filter_where(store, table, options.where, version, inputs)
+        table = _filter_where(store, table, options.where, version, inputs=inputs)
     table = _add_references(store, table, inputs)
     groups = options.groups()
     needs = {g: _needs(table, g, options.rescore) for g in groups}
@@ -103,7 +103,8 @@ def make_plan(store: Store, options: ScoreOptions) -> Plan:
     rows = _add_weights(table.filter(any_need))
     wanted = [g for g in groups if pc.any(rows[f"_needs_{g}"]).as_py()]
     write_columns = [c for g in wanted for c in GROUPS[g]]
-    return Plan(version, rows, wanted, write_columns, inputs)
+    return Plan(version=version, rows=rows, groups=wanted, write_columns=write_columns,
+                inputs=inputs)
 
 
 def _flatten_blob(table: pa.Table) -> pa.Table:
@@ -144,7 +145,7 @@ def _needs(table: pa.Table, group: str, rescore: bool) -> pa.ChunkedArray | pa.A
 
 
 def _filter_where(store: Store, table: pa.Table, where: str, version: int,
-                  inputs: dict[str, int]) -> pa.Table:
+                  *, inputs: dict[str, int]) -> pa.Table:
     """Apply a DuckDB WHERE clause over the generations view (read-only session)."""
     import duckdb
 

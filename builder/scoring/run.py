@@ -37,7 +37,7 @@ from ttspo.builder.core.store import Lineage, Store, as_lineage, make_lineage
 MAX_PROBLEMS_SHOWN = 20
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ScoreSummary:
     """What a scoring run did."""
 
@@ -69,17 +69,19 @@ def run_rank(comm, store_root: str | os.PathLike, options: ScoreOptions,
     store = Store(store_root)
     plan = _agreed(comm, lambda: make_plan(store, options))
     if plan.rows.num_rows == 0:
-        return ScoreSummary(None, plan.version, 0, plan.groups, {}, comm.world)
+        return ScoreSummary(version=None, read_version=plan.version, rows=0, groups=plan.groups,
+                            sources={}, world_size=comm.world)
     threads = share_cores(comm.world, large_models=_large_models(options))
     try:
         dataset = store.open("generations", plan.version)
         results = _score_and_share(comm, plan, options, dataset)
-        version = _write_and_commit(comm, store, plan, options, results, lineage)
+        version = _write_and_commit(comm, store, plan, options, results=results, lineage=lineage)
     finally:
         import torch
 
         torch.set_num_threads(threads)
-    return _summary(plan, options, results, version, comm.world, time.perf_counter() - started)
+    return _summary(plan, options, results, version, world=comm.world,
+                    wall=time.perf_counter() - started)
 
 
 def _large_models(options: ScoreOptions) -> bool:
@@ -116,7 +118,7 @@ def _score_and_share(comm, plan, options, dataset):
     from ttspo.builder.scoring.scorer import score_shard
 
     mine = score_shard(plan.shard(comm.rank, comm.world), options, plan.groups,
-                       plan.write_columns, dataset)
+                       plan.write_columns, dataset=dataset)
     results = comm.all_gather(mine)
     failed = [r.error for r in results if r.error]
     if failed:
@@ -130,7 +132,7 @@ def _score_and_share(comm, plan, options, dataset):
     return results
 
 
-def _write_and_commit(comm, store, plan, options, results, lineage) -> int:
+def _write_and_commit(comm, store, plan, options, *, results, lineage) -> int:
     import pyarrow as pa
 
     from ttspo.builder.scoring.scorer import sources
@@ -154,13 +156,14 @@ def _write_and_commit(comm, store, plan, options, results, lineage) -> int:
     return _agreed(comm, commit)
 
 
-def _summary(plan, options, results, version, world, wall) -> ScoreSummary:
+def _summary(plan, options, results, version, *, world, wall) -> ScoreSummary:
     from ttspo.builder.scoring.scorer import TIMED, sources
 
     seconds = {k: sum(r.seconds.get(k, 0.0) for r in results) for k in TIMED}
-    return ScoreSummary(version, plan.version, sum(r.rows for r in results), plan.groups,
-                        sources(options, plan.groups), world, seconds,
-                        sum(r.audio_seconds for r in results), wall)
+    return ScoreSummary(version=version, read_version=plan.version,
+                        rows=sum(r.rows for r in results), groups=plan.groups,
+                        sources=sources(options, plan.groups), world_size=world, seconds=seconds,
+                        audio_seconds=sum(r.audio_seconds for r in results), wall_seconds=wall)
 
 
 # ------------------------------------------------------------ public API

@@ -28,7 +28,7 @@ from ttspo.builder.scoring.plan import BLOB_SIZE, FRAGMENT, REFERENCE, ROWID, GR
 TIMED = ("read", "asr", "ssim", "pesq", "squim")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ShardResult:
     """What one rank produced: new column values, problems, and timings."""
 
@@ -218,7 +218,7 @@ def _result_schema(columns: list[str]) -> pa.Schema:
 
 
 def score_shard(rows: pa.Table, options: ScoreOptions, groups: list[str],
-                columns: list[str], dataset) -> ShardResult:
+                columns: list[str], *, dataset) -> ShardResult:
     """Score ROWS; never raises for bad audio or a model that fails to load."""
     result = ShardResult(table=None)
     try:

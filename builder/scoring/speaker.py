@@ -103,7 +103,7 @@ class NemoSV:
     """A NeMo EncDecSpeakerLabelModel (TitaNet) from a local .nemo file."""
 
     def __init__(self, path: Path, option: str, spec: str) -> None:
-        self.model = restore_nemo("EncDecSpeakerLabelModel", path, option, spec, "speaker")
+        self.model = restore_nemo("EncDecSpeakerLabelModel", path, option, spec, what="speaker")
         self.name = nemo_source(path)
 
     def embed(self, audio: np.ndarray, sr: int) -> np.ndarray:

@@ -36,7 +36,7 @@ from ttspo.builder.core.store import Lineage, Store, as_lineage, make_lineage, p
 BUILD_KEY = b"ttspo.build"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildRecord:
     """What a set version was built from (schema metadata + lineage extras)."""
 
@@ -71,7 +71,7 @@ class BuildResult:
 
 
 def build_set(store: Store, recipe: Recipe | str, name: str, params: dict[str, Any] | None = None,
-              runs: Sequence[str] = (), lineage: Lineage | None = None) -> BuildResult:
+              *, runs: Sequence[str] = (), lineage: Lineage | None = None) -> BuildResult:
     """Run RECIPE, check its output, and write it as a new version of set NAME.
 
     Writes nothing if the recipe fails or its output breaks an invariant.

@@ -143,8 +143,9 @@ def content_key(stamp: str, table: TableCodes, gid: str) -> str:
     return hashlib.sha256(f"{stamp}|{shape}|".encode() + table.values[start:end].data).hexdigest()
 
 
-def write_codes(store, sv_ref: str, ds, offsets: dict[str, int], gids: list[str], codes_paths: dict[str, Any],
-                out_dir: Path, codes_dtype: str) -> tuple[dict[str, str], int, int]:
+def write_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[str],
+                codes_paths: dict[str, Any], out_dir: Path,
+                codes_dtype: str) -> tuple[dict[str, str], int, int]:
     """Write (or keep, see the module doc) the codes files of the generations GIDS
     (OFFSETS: their rows in DS; CODES_PATHS: their codes_path). Returns (generation
     id -> absolute path of its codes file, files written now, files kept as they
@@ -161,7 +162,8 @@ def write_codes(store, sv_ref: str, ds, offsets: dict[str, int], gids: list[str]
                          [f"{safe_name(g)}.pt" for g in todo]], schema=CODES_KEYS_SCHEMA)
 
     # generation id -> (content key, or None without codes in the table), per table version
-    stored = stored_map(store, "export.codes", (table_identity(ds), stamp), CODES_KEYS_SCHEMA, gids, compute)
+    stored = stored_map(store, "export.codes", (table_identity(ds), stamp), CODES_KEYS_SCHEMA,
+                        ids=gids, compute=compute)
     keys = dict(zip(gids, stored.column(DERIVED.key).to_pylist()))
     names = dict(zip(gids, stored.column(DERIVED.file).to_pylist()))  # safe_name(id).pt
     without = sorted(g for g in gids if keys[g] is None and not codes_paths[g])
@@ -176,7 +178,8 @@ def write_codes(store, sv_ref: str, ds, offsets: dict[str, int], gids: list[str]
     index = _read_index(out_dir)
     base = str(codes_dir.absolute())
     paths = {gid: f"{base}/{names[gid]}" for gid in sorted(gids)}
-    stale = _stale([g for g in paths if g not in from_files], names, keys, index, codes_dir)
+    stale = _stale([g for g in paths if g not in from_files], names, keys, index,
+                   codes_dir=codes_dir)
     missing = [g for g in stale if g not in fresh.rows]
     table = _take_codes(ds, offsets, missing) if missing else fresh
     written = 0
@@ -263,7 +266,7 @@ def _write_all(fd: int, view: memoryview) -> None:
 
 
 def _stale(gids: list[str], names: dict[str, str], keys: dict[str, str], index: dict[str, Any],
-           codes_dir: Path) -> list[str]:
+           *, codes_dir: Path) -> list[str]:
     """The GIDS whose file must be written: no index entry of ours, another content
     key, or a file whose size, mtime, ctime or inode are not those the entry names
     (deleted, replaced, edited or touched). One stat per file, by name in the folder."""

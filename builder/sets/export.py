@@ -60,7 +60,7 @@ TRAIN_MANIFEST = "dpo_train_manifest.json"
 VAL_MANIFEST = "dpo_val_manifest.json"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportResult:
     files: list[str]
     pairs: dict[str, int]  # split -> pairs written
@@ -99,7 +99,8 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     own = dict(zip(gens.ids, gens.column(DERIVED.codes_path)))
-    paths, written, kept = write_codes(store, sv.ref, gens.ds, gens.rows, gens.ids, own, out, codes_dtype)
+    paths, written, kept = write_codes(store, sv.ref, gens.ds, gens.rows, gids=gens.ids,
+                                       codes_paths=own, out_dir=out, codes_dtype=codes_dtype)
     clock.append(time.perf_counter())
     manifests = nemo_manifests(pairs, gens.ids, openings(gens, paths))
     clock.append(time.perf_counter())
@@ -111,8 +112,9 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *,
     clock.append(time.perf_counter())
     durations = pc.min_max(gens.parts.column(DERIVED.duration)).as_py()
     seconds = dict(zip(("generations", "codes", "lines", "write"), (b - a for a, b in zip(clock, clock[1:]))))
-    return ExportResult(files, {s: lines // 2 for s, (_, lines) in manifests.items()}, written,
-                        durations["min"], durations["max"], kept, seconds)
+    return ExportResult(files=files, pairs={s: lines // 2 for s, (_, lines) in manifests.items()},
+                        codes_written=written, min_duration=durations["min"],
+                        max_duration=durations["max"], codes_reused=kept, seconds=seconds)
 
 
 def _json_line(record: dict[str, Any]) -> str:
@@ -174,5 +176,7 @@ def export_trl(store, ref: str, out_file: str | os.PathLike) -> ExportResult:
     splits = table.column("split").to_pylist()
     durations = [d for col in ("chosen_duration", "rejected_duration")
                  for d in table.column(col).to_pylist() if d is not None]
-    return ExportResult([str(path)], {"train": splits.count("train"), "val": splits.count("val")}, 0,
-                        min(durations, default=None), max(durations, default=None))
+    return ExportResult(files=[str(path)],
+                        pairs={"train": splits.count("train"), "val": splits.count("val")},
+                        codes_written=0, min_duration=min(durations, default=None),
+                        max_duration=max(durations, default=None))

@@ -79,7 +79,7 @@ def _version(store, sv) -> tuple[Any, tuple, Any]:
     return ds, table_identity(ds), prompts
 
 
-def _rows_of(store, sv, ds, gen_key, ids: list[str]) -> list[int]:
+def _rows_of(store, sv, ds, gen_key, *, ids: list[str]) -> list[int]:
     """The rows of the generations IDS in DS (every id read once per table version
     and session, and kept in the store); an id it lacks is an InputError."""
     rows = cached("export.offsets", gen_key, lambda: {g: i for i, g in enumerate(stored_table(
@@ -102,7 +102,7 @@ def generation_columns(store, sv, pairs: pa.Table) -> dict[str, list]:
     name, in table order, read at the version the set was built from."""
     ds, gen_key, prompts = _version(store, sv)
     ids = _named(pairs)
-    order = sorted(zip(_rows_of(store, sv, ds, gen_key, ids), ids))
+    order = sorted(zip(_rows_of(store, sv, ds, gen_key, ids=ids), ids))
     return _read_columns(ds, prompts, [g for _, g in order], [r for r, _ in order])
 
 
@@ -123,12 +123,12 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
     ds, gen_key, prompts = _version(store, sv)
 
     def compute(todo: list[str]) -> pa.Table:
-        rows = _rows_of(store, sv, ds, gen_key, todo)
+        rows = _rows_of(store, sv, ds, gen_key, ids=todo)
         return gen_parts(_read_columns(ds, prompts, todo, rows), rows)
 
     key = (gen_key, None if prompts is None else table_identity(prompts))
-    parts = stored_map(store, "export.line_parts", key, LINE_PARTS_SCHEMA, _named(pairs), compute,
-                       order_by=DERIVED.row)  # table order
+    parts = stored_map(store, "export.line_parts", key, LINE_PARTS_SCHEMA, ids=_named(pairs),
+                       compute=compute, order_by=DERIVED.row)  # table order
     return SetGenerations(ds, parts.column(DERIVED.id).to_pylist(), parts)
 
 

@@ -32,7 +32,7 @@ def cache_region(sql: str) -> tuple[str, int, int] | None:
     return start.group(1), start.start(), end.start()
 
 
-def with_cached_region(session, store, recipe, values: dict[str, Any], runs: Sequence[str],
+def with_cached_region(session, store, recipe, values: dict[str, Any], *, runs: Sequence[str],
                        region: tuple[str, int, int], placeholders: Callable[[str], set[str]]) -> str:
     """Register the region's result (from the session cache, else computed) and
     return the recipe with the region replaced by a read of it (PLACEHOLDERS: the

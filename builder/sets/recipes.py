@@ -163,7 +163,7 @@ class RecipeOutput:
 
 
 def run_recipe(store, recipe: Recipe, params: dict[str, Any] | None = None,
-               runs: Sequence[str] = (), session=None) -> RecipeOutput:
+               runs: Sequence[str] = (), *, session=None) -> RecipeOutput:
     """Run RECIPE over the store, complete and check its output. Writes nothing."""
     from ttspo.builder.core import query
 
@@ -179,7 +179,7 @@ def run_recipe(store, recipe: Recipe, params: dict[str, Any] | None = None,
             raise InputError(f"store {store.root} has no generations table")
         restrict_runs(session, store, runs)
         start = time.perf_counter()
-        raw = _execute(session, recipe, values, store, runs)
+        raw = _execute(session, recipe, values, store, runs=runs)
         ran = time.perf_counter()
         table = complete_and_check(session, recipe, raw, checked_generations(session, store, runs))
         seconds = {"recipe": ran - start, "checks": time.perf_counter() - ran}
@@ -192,14 +192,16 @@ def run_recipe(store, recipe: Recipe, params: dict[str, Any] | None = None,
     return RecipeOutput(table, inputs, values, seconds)
 
 
-def _execute(session, recipe: Recipe, values: dict[str, Any], store=None, runs: Sequence[str] = ()) -> pa.Table:
+def _execute(session, recipe: Recipe, values: dict[str, Any], store=None, *,
+             runs: Sequence[str] = ()) -> pa.Table:
     import duckdb
 
     sql = recipe.sql
     try:
         region = cache_region(sql)
         if region is not None and store is not None:
-            sql = with_cached_region(session, store, recipe, values, runs, region, _placeholders)
+            sql = with_cached_region(session, store, recipe, values, runs=runs, region=region,
+                                     placeholders=_placeholders)
         used = {k: v for k, v in values.items() if k in _placeholders(sql)}
         return session.con.sql(sql, params=used or None).to_arrow_table()
     except duckdb.Error as exc:

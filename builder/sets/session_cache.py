@@ -259,7 +259,7 @@ class _Map:
         self.rows = {i: n for n, i in enumerate(table.column(DERIVED.id).to_pylist())}
 
 
-def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence[str],
+def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequence[str],
                compute: Callable[[list[str]], pa.Table], order_by: str | None = None) -> pa.Table:
     """The SCHEMA rows of IDS (unique), in that order (or sorted by column ORDER_BY).
     Rows neither this session nor the store's copy has are computed (COMPUTE(new

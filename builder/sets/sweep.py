@@ -27,8 +27,9 @@ COLUMNS = ("pairs", "train", "val", "groups", "prompts", "chosen_cer_mean", "rej
            "sim_margin_min", "sim_margin_median", "sim_margin_mean", "rejected_reward_mean")
 
 
-def sweep(store, recipe: Recipe | str, param: str, values: Sequence[Any],
-          params: dict[str, Any] | None = None, runs: Sequence[str] = ()) -> list[dict[str, Any]]:
+def sweep(store, recipe: Recipe | str, param: str, values: Sequence[Any], *,
+          params: dict[str, Any] | None = None,
+          runs: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One row per value of PARAM: the set the recipe would build, summarised."""
     from ttspo.builder.core import query
 

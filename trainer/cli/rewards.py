@@ -12,7 +12,8 @@ from ttspo.builder.cli.common import FiniteFloat, emit, format_option, get_store
 @click.option("--table", "source", default="rollouts", show_default=True, metavar="TABLE[@V]",
               help="rollouts or generations (at a version or tag).")
 @click.option("--weights", default="cer=0.5,ssim=0.5", show_default=True,
-              help="NAME=WEIGHT,...: cer, ssim, pesq, squim, utmos, length, or pkg.mod:fn.")
+              help="NAME=WEIGHT,... as in grpo.rewards: cer, ssim, pesq, squim, utmos, length, "
+                   "or pkg.mod:fn.")
 @click.option("--normalize", type=click.Choice(["none", "group"]), default="none",
               show_default=True,
               help="group: z-score each reward within its group before the weighted sum.")
@@ -41,18 +42,20 @@ from ttspo.builder.cli.common import FiniteFloat, emit, format_option, get_store
               help="A group whose worst CER is above this is invalid.")
 @format_option
 @click.pass_context
-def rewards(ctx: click.Context, source: str, weights: str, normalize: str, name: str,
+def rewards(ctx: click.Context, *, source: str, weights: str, normalize: str, name: str,
             plot: str | None, scale_rewards: bool, invalid_reward: str, mean_cer: float,
             mean_ssim: float, best_ssim: float, length_target: float | None,
             min_valid_len: int, max_valid_len: int, best_cer_threshold: float,
             worst_cer_threshold: float, fmt: str) -> None:
     """Recompute rewards, validity and advantages from stored metrics, without
     regenerating, as a new version of the rewards table NAME (with lineage)."""
-    from ttspo.trainer.grpo.rewards import RewardConfig, parse_weights
+    from ttspo.trainer.grpo.rewards import RewardConfig
+    from ttspo.trainer.run.config_rules import parse_terms
     from ttspo.trainer.grpo.rollouts import recompute_rewards
 
-    cfg = RewardConfig(weights=parse_weights(weights), normalize=normalize, scale_rewards=scale_rewards,
-                       invalid_reward=invalid_reward, mean_cer=mean_cer, mean_ssim=mean_ssim,
+    cfg = RewardConfig(weights=parse_terms(weights, "--weights"), normalize=normalize,
+                       scale_rewards=scale_rewards, invalid_reward=invalid_reward,
+                       mean_cer=mean_cer, mean_ssim=mean_ssim,
                        best_ssim=best_ssim, length_target=length_target,
                        min_valid_len=min_valid_len, max_valid_len=max_valid_len,
                        best_cer_threshold=best_cer_threshold,
@@ -76,7 +79,7 @@ def rollouts() -> None:
               help="Also invalid samples and samples of invalid groups.")
 @format_option
 @click.pass_context
-def promote(ctx: click.Context, run: str, as_run: str, steps: str | None, all_samples: bool,
+def promote(ctx: click.Context, *, run: str, as_run: str, steps: str | None, all_samples: bool,
             fmt: str) -> None:
     """Copy RUN's training rollouts into generations as run AS_RUN (one commit, lineage
     to the rollouts version and steps), so `ttspo build best_worst --run AS_RUN` makes

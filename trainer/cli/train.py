@@ -62,7 +62,7 @@ def train() -> None:
 @out_option
 @force_lock_option
 @click.pass_context
-def dpo(ctx: click.Context, set_ref: str, spec: str, init: str | None, config_file: str | None,
+def dpo(ctx: click.Context, *, set_ref: str, spec: str, init: str | None, config_file: str | None,
         overrides: tuple[str, ...], out: str, force_lock: bool) -> None:
     """Train on SET's train split with DPO/IPO/RPO; validate on its val split.
 
@@ -91,7 +91,7 @@ def dpo(ctx: click.Context, set_ref: str, spec: str, init: str | None, config_fi
 @overrides_option("Override a config key, as for train dpo (e.g. -o policy.model.dropout=0.1).")
 @click.option("--batch-pairs", default=16, show_default=True, type=click.IntRange(min=1))
 @click.pass_context
-def precompute_ref(ctx: click.Context, set_ref: str, spec: str, ref_path: str,
+def precompute_ref(ctx: click.Context, *, set_ref: str, spec: str, ref_path: str,
                    config_file: str | None, overrides: tuple[str, ...], batch_pairs: int) -> None:
     """Compute the reference log-probs of every pair of SET once, per codebook, into the
     ref_logps table keyed by (set, version, sha256 of --ref, sha256 of the policy's
@@ -121,7 +121,7 @@ def precompute_ref(ctx: click.Context, set_ref: str, spec: str, ref_path: str,
 @out_option
 @force_lock_option
 @click.pass_context
-def grpo(ctx: click.Context, spec: str, init: str | None, prompts_ref: str | None,
+def grpo(ctx: click.Context, *, spec: str, init: str | None, prompts_ref: str | None,
          where: str | None, config_file: str | None, overrides: tuple[str, ...], out: str,
          force_lock: bool) -> None:
     """Online GRPO on the store's prompts: sample N per prompt, decode, score in-process,

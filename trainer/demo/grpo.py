@@ -9,7 +9,7 @@ OVERRIDES = ["policy.model.d_model=64", "policy.model.n_heads=2", "policy.model.
              "policy.model.decoder_layers=2", "policy.model.d_ffn=128",
              "grpo.where=context_type = 'audio'", "grpo.prompts_per_step=2",
              "grpo.n_generations_per_item=3", "grpo.max_decoder_steps=24",
-             "grpo.reward_weights=cer=0.5,ssim=0.5", "grpo.rollouts_every=2",
+             "grpo.rewards=cer=0.5,ssim=0.5", "grpo.rollouts_every=2",
              "optim.lr=1e-3", "train.max_steps=2", "train.val_every=0",
              "train.checkpoint_every=0", "train.progress=false", "train.tensorboard=false"]
 SUMMARY = f"""SELECT step, count(*) AS samples, round(avg(codes_len), 1) AS frames,

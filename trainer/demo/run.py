@@ -46,7 +46,7 @@ PATH_FIELDS = ("audio_filepath", "context_audio_filepath", "context_audio_codes_
                "target_audio_codes_path", "reference_audio_filepath")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Demo:
     """What the steps share: where things are, how to print, what earlier steps found."""
 
@@ -105,7 +105,7 @@ def step_prompts(demo: Demo) -> None:
             **{k: str(v) for k, v in files.items()}, "manifest_out": str(manifest)}
     result, staged = api.commit_draw(demo.store, draw,
                                      make_lineage("prompts", args, demo=True),
-                                     manifest, cfg["nsamples_perpair"])
+                                     manifest, nsamples_perpair=cfg["nsamples_perpair"])
     lines = staged.lines
     demo.command("prompts", *prompt_cli_args(files, cfg, manifest))
     where = (f"prompts@{result.version}" if result.version is not None

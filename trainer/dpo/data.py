@@ -55,7 +55,7 @@ PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
 ROW_KEYS = (GEN.generation_id, GEN.text, GEN.context_text)  # what a policy's collate reads
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Pairs:
     """A set version's pairs, with everything a policy needs to collate them."""
 
@@ -87,11 +87,13 @@ class Pairs:
         keep = [i for i, s in enumerate(self.split) if s == split]
         pick = lambda xs: [xs[i] for i in keep]
         ids = lambda a: None if a is None else a[keep]
-        return Pairs(self.set_name, self.set_version, self.generations_version,
-                     self.prompts_version, pick(self.pair_ids), pick(self.split),
-                     pick(self.chosen), pick(self.rejected), self.chosen_reward[keep],
-                     self.rejected_reward[keep], self.codes, ids(self.chosen_rowid),
-                     ids(self.rejected_rowid))
+        return Pairs(set_name=self.set_name, set_version=self.set_version,
+                     generations_version=self.generations_version,
+                     prompts_version=self.prompts_version, pair_ids=pick(self.pair_ids),
+                     split=pick(self.split), chosen=pick(self.chosen), rejected=pick(self.rejected),
+                     chosen_reward=self.chosen_reward[keep],
+                     rejected_reward=self.rejected_reward[keep], codes=self.codes,
+                     chosen_rowid=ids(self.chosen_rowid), rejected_rowid=ids(self.rejected_rowid))
 
     def rows(self, index: Sequence[int], codes: "PairCodes | None" = None
              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -129,11 +131,12 @@ def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], An
     rows = {g: {**{k: r[k] for k in ROW_KEYS}, CONTEXT_CODES: contexts[r[GEN.prompt_id]]}
             for g, r in gens.items()}
     p = pairs.to_pydict()
-    out = Pairs(sv.name, sv.version, gen_version, sv.record.prompts_version,
-                p[PAIR.pair_id], p[PAIR.split],
-                [rows[g] for g in p[PAIR.chosen_id]], [rows[g] for g in p[PAIR.rejected_id]],
-                np.asarray(p[PAIR.chosen_reward], dtype=np.float64),
-                np.asarray(p[PAIR.rejected_reward], dtype=np.float64))
+    out = Pairs(set_name=sv.name, set_version=sv.version, generations_version=gen_version,
+                prompts_version=sv.record.prompts_version, pair_ids=p[PAIR.pair_id],
+                split=p[PAIR.split], chosen=[rows[g] for g in p[PAIR.chosen_id]],
+                rejected=[rows[g] for g in p[PAIR.rejected_id]],
+                chosen_reward=np.asarray(p[PAIR.chosen_reward], dtype=np.float64),
+                rejected_reward=np.asarray(p[PAIR.rejected_reward], dtype=np.float64))
     ids = generation_row_ids(store, gen_version, sorted(gens))
     if stream:
         out.codes = CodesReader(store, gen_version, sv.ref)
@@ -276,7 +279,7 @@ def resolve_context(*, codes_path: str | None, audio_path: str | None, text: boo
 
 
 # ------------------------------------------------------------------- order
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PairOrder:
     """Which pairs each rank takes at each optimizer step (see the module docstring)."""
 

@@ -28,15 +28,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 
-from ttspo.builder.core.dist import Compute, all_mean, compute_cleanup, compute_init
+from ttspo.builder.core.dist import Compute, all_mean, all_sum, compute_cleanup, compute_init
 from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.trainer.run import checkpoints as ckpt
 from ttspo.trainer.run import faults
 from ttspo.trainer.dpo import losses as L
 from ttspo.trainer.run.config import BEST_METRICS, Config, best_rule, check_codebooks
+from ttspo.trainer.run.config_rules import parse_terms
 from ttspo.trainer.dpo.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.trainer.run.verify import checked_sha256, verified_latest
 from ttspo.trainer.dpo.forward import concatenated_forward
@@ -91,7 +91,7 @@ def autocast(cfg: Config, c: Compute) -> Any:
 
 
 # ---------------------------------------------------------------- the loop
-@dataclass
+@dataclass(kw_only=True)
 class RunResult:
     run_dir: Path
     steps: int
@@ -128,12 +128,13 @@ def train_dpo(store: Any, set_ref: str, *, cfg: Config, out: str | Path, spec: s
         lineage = as_lineage(lineage or make_lineage("train dpo", {"set": set_ref}))
         out = Path(out).absolute()
         with run_lock(out, c, force=force_lock) as lock:  # one writer: before any read
-            return _train(store, set_ref, cfg, out, spec, init, lineage, echo, c, lock=lock)
+            return _train(store, set_ref, cfg, out, spec=spec, init=init, lineage=lineage,
+                          echo=echo, c=c, lock=lock)
     finally:
         compute_cleanup()
 
 
-def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c, *, lock=None) -> RunResult:
+def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None) -> RunResult:
     say = echo if c.master else (lambda *_: None)
     best_metric, best_mode = best_rule(cfg, "dpo", BEST_METRICS["dpo"])
     # Data: the set version, joined at its generations version (codec only for contexts).
@@ -144,8 +145,8 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c, *, lock=None)
     pairs = load_pairs(store, set_ref, encode=policy.codec.encode,
                        stream=cfg.data.loader == "stream")
     train, val = pairs.select("train"), pairs.select("val")
-    order = PairOrder(len(train), cfg.data.pairs_per_device, c.world_size, cfg.optim.grad_accum,
-                      cfg.data.seed)
+    order = PairOrder(num_pairs=len(train), pairs_per_device=cfg.data.pairs_per_device,
+                      world_size=c.world_size, grad_accum=cfg.optim.grad_accum, seed=cfg.data.seed)
     order.check(pairs.ref)
     # Reference: cached log-probs on an exact key match (the init's file and the
     # policy's config: both change the logits), else a live copy of the init. Before
@@ -201,13 +202,16 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c, *, lock=None)
             "set_version": pairs.set_version, "generations_version": pairs.generations_version,
             "prompts_version": pairs.prompts_version, "init_sha256": init_sha, "trainer": "dpo"}
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
-    saver = ckpt.Checkpointer(store, out, "dpo", policy, optimizer, scheduler, meta, lineage,
-                              c.master, order.position, best_metric, best_mode, best=best,
-                              last_good=latest, guard=lock.check if lock else None)
-    result = RunResult(out, start, reference, {}, {}, {}, saver.rows)
+    saver = ckpt.Checkpointer(store=store, out=out, trainer="dpo", policy=policy,
+                              optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
+                              master=c.master, data_state=order.position, best_metric=best_metric,
+                              best_mode=best_mode, best=best, last_good=latest,
+                              guard=lock.check if lock else None)
+    result = RunResult(run_dir=out, steps=start, reference=reference, first={}, last={}, val={},
+                       checkpoints=saver.rows)
 
     if start == 0 and len(val) and cfg.train.val_every:  # the baseline the run improves on
-        result.val = {"step": 0, **validate(policy, ref_model, cache, val, cfg, c)}
+        result.val = {"step": 0, **validate(policy, ref_model, cache, val, cfg=cfg, c=c)}
         log.log(0, {k: v for k, v in result.val.items() if k != "step"})
     bar = _progress(range(start, cfg.train.max_steps), c, cfg)
     batches = step_batches(train, order, c.rank, start=start, stop=cfg.train.max_steps,
@@ -220,8 +224,8 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c, *, lock=None)
             sync = a == len(micro) - 1
             with (contextlib.nullcontext() if sync or not c.ddp else model.no_sync()):
                 with autocast(cfg, c):
-                    loss, metrics = pair_step(model, policy, ref_model, cache, train, idx, cfg,
-                                              codes=codes)
+                    loss, metrics = pair_step(model, policy, ref_model, cache, pairs=train,
+                                              idx=idx, cfg=cfg, codes=codes)
                 saver.check_loss(step, all_mean(loss.detach().float().reshape(1), c))
                 (loss / len(micro)).backward()
             for k, v in metrics.items():
@@ -242,7 +246,7 @@ def _train(store, set_ref, cfg, out, spec, init, lineage, echo, c, *, lock=None)
         val_metrics: dict[str, float] = {}
         if len(val) and cfg.train.val_every and (done % cfg.train.val_every == 0
                                                  or done == cfg.train.max_steps):
-            val_metrics = validate(policy, ref_model, cache, val, cfg, c)
+            val_metrics = validate(policy, ref_model, cache, val, cfg=cfg, c=c)
             log.log(done, val_metrics)
             result.val = {"step": done, **val_metrics}
         saver.after_step(done, val_metrics, max_steps=cfg.train.max_steps,
@@ -263,8 +267,8 @@ def _progress(steps: range, c: Compute, cfg: Config) -> Any:
     return tqdm(steps, total=len(steps), file=sys.stderr, desc="dpo", leave=False)
 
 
-def pair_step(model, policy, ref_model, cache: RefCache | None, pairs: Pairs, idx, cfg: Config,
-              *, codes=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def pair_step(model, policy, ref_model, cache: RefCache | None, *, pairs: Pairs, idx,
+              cfg: Config, codes=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss and metrics of one micro-batch: ONE policy forward over chosen + rejected.
     CODES: the micro-batch's codes read ahead (streaming); read here if not."""
     w = cfg.loss.codebook_weights
@@ -277,11 +281,14 @@ def pair_step(model, policy, ref_model, cache: RefCache | None, pairs: Pairs, id
         ref_c, ref_r = reference_logps(ref_model, pairs, idx, codes)
     else:
         ref_c, ref_r = torch.zeros_like(pi_c), torch.zeros_like(pi_r)
-    rewards = [torch.as_tensor(r[idx], dtype=torch.float32, device=pi_c.device)
-               for r in (pairs.chosen_reward, pairs.rejected_reward)]
-    x = L.PairLogps(L.sequence_logp(pi_c.float(), w), L.sequence_logp(pi_r.float(), w),
-                    L.sequence_logp(ref_c.float(), w), L.sequence_logp(ref_r.float(), w), *rewards)
-    loss, parts = L.combine(x, losses=list(zip(cfg.loss.types, cfg.loss.weights)),
+    chosen_r, rejected_r = (torch.as_tensor(r[idx], dtype=torch.float32, device=pi_c.device)
+                            for r in (pairs.chosen_reward, pairs.rejected_reward))
+    x = L.PairLogps(pi_chosen=L.sequence_logp(pi_c.float(), w),
+                    pi_rejected=L.sequence_logp(pi_r.float(), w),
+                    ref_chosen=L.sequence_logp(ref_c.float(), w),
+                    ref_rejected=L.sequence_logp(ref_r.float(), w),
+                    reward_chosen=chosen_r, reward_rejected=rejected_r)
+    loss, parts = L.combine(x, losses=list(parse_terms(cfg.loss.terms, "loss.terms").items()),
                             beta=cfg.loss.beta, label_smoothing=cfg.loss.label_smoothing,
                             gt_reward_scale=cfg.loss.gt_reward_scale, sft_weight=cfg.loss.sft_weight)
     chosen, rejected = L.implicit_rewards(x, cfg.loss.beta)
@@ -295,7 +302,7 @@ def pair_step(model, policy, ref_model, cache: RefCache | None, pairs: Pairs, id
 
 
 @torch.no_grad()
-def validate(policy, ref_model, cache, val: Pairs, cfg: Config, c: Compute) -> dict[str, float]:
+def validate(policy, ref_model, cache, val: Pairs, *, cfg: Config, c: Compute) -> dict[str, float]:
     """Loss, preference accuracy and reward margin over the val split (every rank a shard)."""
     policy.eval()
     mine = shard(len(val), c.rank, c.world_size)
@@ -304,13 +311,12 @@ def validate(policy, ref_model, cache, val: Pairs, cfg: Config, c: Compute) -> d
     for start in range(0, len(mine), size):
         idx = mine[start:start + size]
         with autocast(cfg, c):
-            loss, m = pair_step(policy, policy, ref_model, cache, val, idx, cfg)
+            loss, m = pair_step(policy, policy, ref_model, cache, pairs=val, idx=idx, cfg=cfg)
         n = len(idx)
         sums += torch.tensor([float(loss) * n, float(m["rewards/accuracies"]) * n,
                               float(m["rewards/margins"]) * n, n], dtype=torch.float64)
     policy.train()
-    if c.ddp:
-        dist.all_reduce(sums)
+    sums = all_sum(sums)
     n = max(1.0, float(sums[3]))
     return {"val/loss": float(sums[0]) / n, "val/accuracy": float(sums[1]) / n,
             "val/margin": float(sums[2]) / n}

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ttspo.builder.core.errors import ConfigError
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PairLogps:
     """Per-pair inputs of the losses, each [B]."""
 

@@ -39,7 +39,7 @@ from ttspo.trainer.dpo.forward import concatenated_forward
 TABLE = "ref_logps"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RefCache:
     """Cached reference log-probs of one key: pair id -> row index."""
 
@@ -76,7 +76,8 @@ def lookup(store: Store, pairs: Pairs, sha256: str, policy_sha256: str) -> RefCa
     if not all(p in index for p in pairs.pair_ids):
         return None
     stack = lambda col: np.asarray(table.column(col).to_pylist(), dtype=np.float32)
-    return RefCache(sha256, stack(REF.chosen_logps), stack(REF.rejected_logps), index, ds.version)
+    return RefCache(sha256=sha256, chosen=stack(REF.chosen_logps),
+                    rejected=stack(REF.rejected_logps), index=index, version=ds.version)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ PROMPTS = "prompts"
 STAGES = ("sampling", "decoding", "scoring", "writing")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GenerateOptions:
     """What one `ttspo generate` call makes."""
 
@@ -71,7 +71,7 @@ def generation_id(run: str, prompt_id: str, sample: int) -> str:
 
 
 def make_rows(prompts: list[dict[str, Any]], missing: list[list[int]], checkpoint: dict[str, Any],
-              mine: list[int], options: GenerateOptions, seconds: dict[str, float]) -> pa.Table:
+              mine: list[int], *, options: GenerateOptions, seconds: dict[str, float]) -> pa.Table:
     """The rows of prompts MINE (indices into PROMPTS; MISSING their samples to make),
     as a GENERATIONS_SCHEMA table."""
     import torch
@@ -106,7 +106,7 @@ def make_rows(prompts: list[dict[str, Any]], missing: list[list[int]], checkpoin
             audio, sr = decode(policy.codec, frames)
             seconds["decoding"] += time.perf_counter() - t
             t = time.perf_counter()
-            row.update(audio_columns(row, audio, sr, frames, options))
+            row.update(audio_columns(row, audio, sr, frames, options=options))
             seconds["writing"] += time.perf_counter() - t
             rows.append((row, audio, sr))
     if scorer is not None:
@@ -140,7 +140,7 @@ def base_row(prompt: dict[str, Any], k: int, options: GenerateOptions,
 
 
 def audio_columns(row: dict[str, Any], audio: np.ndarray, sr: int, frames: np.ndarray,
-                  options: GenerateOptions) -> dict[str, Any]:
+                  *, options: GenerateOptions) -> dict[str, Any]:
     from ttspo.builder.scoring.audio import wav_bytes
 
     wav = wav_bytes(audio, sr)

@@ -41,7 +41,7 @@ from ttspo.trainer.generate.rows import (GENERATIONS, PROMPTS, STAGES, GenerateO
 CHECKPOINTS = "checkpoints"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Plan:
     """Made by rank 0 at pinned versions and sent to every rank."""
 
@@ -66,7 +66,7 @@ class Outcome:
     error: str | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Result:
     run: str
     version: int | None  # new generations version (None: nothing was missing)
@@ -116,7 +116,7 @@ def _generate(store: Store, options: GenerateOptions, lineage: Lineage, comm: An
         mine = plan.share(comm.rank, comm.world)
         if mine:
             table = generate_rows.make_rows(plan.prompts, plan.missing, plan.checkpoint, mine,
-                                            options, outcome.seconds)
+                                            options=options, seconds=outcome.seconds)
             t = time.perf_counter()
             outcome.fragments = generate_rows.write_fragments(store, table)
             outcome.seconds["writing"] += time.perf_counter() - t
@@ -137,8 +137,9 @@ def _generate(store: Store, options: GenerateOptions, lineage: Lineage, comm: An
         version = generate_rows.commit(store, fragments, full)
         seconds["writing"] += time.perf_counter() - t
     version = comm.broadcast(version)
-    return Result(options.run, version, sum(o.rows for o in outcomes), len(plan.prompts),
-                  plan.existing, seconds, comm.world, comm.rank)
+    return Result(run=options.run, version=version, rows=sum(o.rows for o in outcomes),
+                  prompts=len(plan.prompts), existing=plan.existing, seconds=seconds,
+                  world=comm.world, rank=comm.rank)
 
 
 def _agreed(comm: Any, make):
@@ -169,7 +170,8 @@ def make_plan(store: Store, options: GenerateOptions) -> Plan:
         if lacking:
             todo.append(row)
             missing.append(lacking)
-    return Plan(todo, missing, checkpoint, inputs, existing=len(have))
+    return Plan(prompts=todo, missing=missing, checkpoint=checkpoint, inputs=inputs,
+                existing=len(have))
 
 
 def checkpoint_columns(store: Store, options: GenerateOptions,

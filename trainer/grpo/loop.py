@@ -29,15 +29,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-import torch.distributed as dist
 
-from ttspo.builder.core.dist import all_mean, compute_cleanup, compute_init
+from ttspo.builder.core.dist import all_mean, all_sum, compute_cleanup, compute_init, gather_objects
 from ttspo.builder.core.errors import ConfigError, TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.builder.core.schemas import GEN, RWD
 from ttspo.trainer.run import checkpoints as ckpt
 from ttspo.trainer.run import faults
 from ttspo.trainer.run.config import Config, GrpoConfig, best_rule
+from ttspo.trainer.run.config_rules import parse_terms
 from ttspo.trainer.dpo.data import shard
 from ttspo.trainer.grpo.rollout import (PHASES, Prompts, Scoring, load_prompts, rollout,
                                         split_prompts, step_prompts)
@@ -46,7 +46,7 @@ from ttspo.trainer.dpo.loop import (_progress, build_optimizer, build_scheduler,
 from ttspo.trainer.policy.base import Sampling, token_logps
 from ttspo.trainer.run.verify import checked_sha256, verified_latest
 from ttspo.trainer.run.repair import repair_on_resume
-from ttspo.trainer.grpo.rewards import GRPO_LOSSES, REWARDS, RewardConfig, parse_weights, token_entropy
+from ttspo.trainer.grpo.rewards import GRPO_LOSSES, REWARDS, RewardConfig, token_entropy
 from ttspo.trainer.grpo.rollouts import RolloutWriter, committed_steps
 from ttspo.trainer.run.runlock import run_lock
 from ttspo.trainer.run.folder import (RUN_FILE, MetricsLog, identity_config, log_lineage,
@@ -57,9 +57,9 @@ PARTS = {name: spec.part for name, spec in REWARDS.items()}
 
 def reward_config(g: GrpoConfig) -> RewardConfig:
     """The rewards of a GRPO config (what `ttspo rewards` takes as options)."""
-    weights = parse_weights(g.reward_weights)
+    weights = parse_terms(g.rewards, "grpo.rewards")
     if "utmos" in weights:
-        raise ConfigError("grpo.reward_weights: utmos has no in-process scorer yet; score "
+        raise ConfigError("grpo.rewards: utmos has no in-process scorer yet; score "
                           "a utmos column and recompute with 'ttspo rewards'")
     return RewardConfig(
         weights=weights, normalize="group" if g.normalize_then_sum else "none",
@@ -80,7 +80,7 @@ def sampling_for(g: GrpoConfig, step: int, seed: int) -> Sampling:
                     max_steps=g.max_decoder_steps, use_kv_cache=g.use_kv_cache, seed=seed)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GrpoResult:
     run_dir: Path
     steps: int
@@ -103,13 +103,13 @@ def train_grpo(store: Any, *, cfg: Config, out: str | Path, spec: str = "tiny",
         lineage = as_lineage(lineage or make_lineage("train grpo", {"out": str(out)}))
         out = Path(out).absolute()
         with run_lock(out, c, force=force_lock) as lock:  # one writer: before any read
-            return _train(store, cfg, out, spec, init, lineage, echo, c, lock=lock)
+            return _train(store, cfg, out, spec, init=init, lineage=lineage, echo=echo, c=c,
+                          lock=lock)
     finally:
         compute_cleanup()
 
 
-def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c, *,
-           lock=None) -> GrpoResult:
+def _train(store, cfg: Config, out: Path, spec, *, init, lineage, echo, c, lock=None) -> GrpoResult:
     say = echo if c.master else (lambda *_: None)
     g, seed = cfg.grpo, cfg.data.seed
     rewards = reward_config(g)
@@ -122,7 +122,8 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c, *,
     policy = make_policy(spec, init, cfg, cfg.train.seed)
     prompts = load_prompts(store, g.prompts, g.where, encode=policy.codec.encode)
     train, val = split_prompts(prompts, g.val_prompts, seed)
-    step_prompts(train, 0, g.prompts_per_step, c.rank, c.world_size, seed)  # enough prompts?
+    # enough prompts?
+    step_prompts(train, 0, g.prompts_per_step, c.rank, world=c.world_size, seed=seed)
     run = out.name
     if not (out / RUN_FILE).exists() and committed_steps(store, run):
         # The run is named by its folder: a new run under a used name would have its
@@ -173,21 +174,19 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c, *,
                            every=g.rollouts_every) if c.master else None
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
     # Rollouts first: a checkpoint at S means the rows through S are stored.
-    saver = ckpt.Checkpointer(store, out, "grpo", policy, optimizer, scheduler, meta, lineage,
-                              c.master, lambda step: {"step": step}, best_metric, best_mode,
-                              best=best, last_good=latest, tag=tag,
-                              guard=lock.check if lock else None,
+    saver = ckpt.Checkpointer(store=store, out=out, trainer="grpo", policy=policy,
+                              optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
+                              master=c.master, data_state=lambda step: {"step": step},
+                              best_metric=best_metric, best_mode=best_mode, best=best,
+                              last_good=latest, tag=tag, guard=lock.check if lock else None,
                               before_save=writer.flush if writer is not None else None)
-    result = GrpoResult(out, start, checkpoints=saver.rows)
+    result = GrpoResult(run_dir=out, steps=start, checkpoints=saver.rows)
     args = dict(run=run, n=g.n_generations_per_item, seed=seed, rewards=rewards, scoring=scoring,
                 store_audio=g.store_audio)
 
     def collect(step: int, table: pa.Table, split: str) -> None:
         """Every rank's rows to rank 0's writer (a collective)."""
-        tables = [table]
-        if c.ddp:
-            tables = [None] * c.world_size
-            dist.all_gather_object(tables, table)
+        tables = gather_objects(table)
         if writer is not None:
             writer.add(step, pa.concat_tables([t for t in tables if t is not None]), split)
 
@@ -204,8 +203,7 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c, *,
             collect(step, t, "val")
         elif c.ddp:
             collect(step, None, "val")
-        if c.ddp:
-            dist.all_reduce(sums)
+        sums = all_sum(sums)
         n = max(1.0, float(sums[3]))
         means = {"val/cer": float(sums[0]) / n, "val/ssim": float(sums[1]) / n, "val/reward": float(sums[2]) / n}
         return {name: means[name] for name in measured}  # what this run scores (best_rule's list)
@@ -215,11 +213,11 @@ def _train(store, cfg: Config, out: Path, spec, init, lineage, echo, c, *,
         log.log(0, {k: v for k, v in result.val.items() if k != "step"})
     for step in _progress(range(start, cfg.train.max_steps), c, cfg):
         began = time.perf_counter()
-        idx = step_prompts(train, step, g.prompts_per_step, c.rank, c.world_size, seed)
+        idx = step_prompts(train, step, g.prompts_per_step, c.rank, world=c.world_size, seed=seed)
         ro = rollout(policy, prompts, idx, step=step, split="train",
                      sampling=sampling_for(g, step, seed), checkpoint=saver.tag, **args)
         t = time.perf_counter()
-        stats = update(model, policy, ref_model, ro, g)
+        stats = update(model, policy, ref_model, ro, g=g)
         saver.check_loss(step, all_mean(stats["loss"].reshape(1), c))
         grad_norm, lr = optimizer_step(policy, optimizer, scheduler, cfg)
         seconds = {**ro.seconds, "update": time.perf_counter() - t}
@@ -258,7 +256,7 @@ def run_identity(cfg: Config, prompts: Prompts, spec: str, init_sha: str | None)
     return identity
 
 
-def update(model, policy, ref_model, ro, g: GrpoConfig) -> dict[str, torch.Tensor]:
+def update(model, policy, ref_model, ro, *, g: GrpoConfig) -> dict[str, torch.Tensor]:
     """The GRPO loss of one rollout (on-policy: one update per rollout), backward done."""
     batch = policy.collate(ro.train_rows, with_targets=True)
     device = next(policy.parameters()).device

@@ -59,7 +59,7 @@ NORMALIZE = ("none", "group")
 INVALID_REWARD = ("zero", "group_min")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RewardConfig:
     """Weights, anchors, combination and validity rules: all a reward depends on."""
 
@@ -96,25 +96,6 @@ class RewardConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def parse_weights(text: str) -> dict[str, float]:
-    """``"cer=0.5,ssim=0.5"`` -> {"cer": 0.5, "ssim": 0.5} (names checked later).
-    A name given twice is refused: which weight was meant is not ours to guess."""
-    weights: dict[str, float] = {}
-    for item in (p.strip() for p in text.split(",")):
-        name, sep, value = item.rpartition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise InputError(f"reward weight '{item}' is not NAME=NUMBER")
-        if name in weights:
-            raise InputError(f"reward '{name}' is weighted twice in '{text}': "
-                             "give each reward once")
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            raise InputError(f"reward weight '{item}': '{value}' is not a number") from None
-    return weights
 
 
 # ---------------------------------------------------------------- registry
@@ -322,7 +303,7 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def _per_token(logps, advantages, ref_logps, entropy, kl_beta, entropy_coef):
+def _per_token(logps, advantages, ref_logps, entropy, *, kl_beta, entropy_coef):
     # exp(logp - logp.detach()) is 1 in value but carries d logp: the on-policy ratio.
     loss = -torch.exp(logps - logps.detach()) * advantages[:, None, None]
     kl = torch.zeros_like(logps)
@@ -347,7 +328,8 @@ def grpo_loss(logps, advantages, mask, seq_mask, *, ref_logps=None, entropy=None
     """``grpo``: each sequence's token mean (per codebook), averaged over codebooks,
     then over the batch (invalid sequences count 0)."""
     mask = mask.float() * seq_mask.float()[:, None, None]
-    per_token, kl = _per_token(logps, advantages, ref_logps, entropy, kl_beta, entropy_coef)
+    per_token, kl = _per_token(logps, advantages, ref_logps, entropy, kl_beta=kl_beta,
+                               entropy_coef=entropy_coef)
     per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B, C]
     per_seq = per_seq.mean(-1)  # [B]
     # Over the whole batch, invalid sequences counting 0 (NeMo's mean): dividing by the
@@ -364,7 +346,8 @@ def dr_grpo_loss(logps, advantages, mask, seq_mask, *, ref_logps=None, entropy=N
     if not max_steps:
         raise ValueError("dr_grpo needs max_steps (the max decoder steps)")
     mask = mask.float() * seq_mask.float()[:, None, None]
-    per_token, kl = _per_token(logps, advantages, ref_logps, entropy, kl_beta, entropy_coef)
+    per_token, kl = _per_token(logps, advantages, ref_logps, entropy, kl_beta=kl_beta,
+                               entropy_coef=entropy_coef)
     loss = (per_token * mask).sum(-1).mean(-1).sum() / (logps.shape[0] * max_steps)
     return GrpoLossOut(loss, *_stats(kl, entropy, mask))
 

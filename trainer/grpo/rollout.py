@@ -36,7 +36,7 @@ from ttspo.trainer.policy.samples import decode, sample_seed
 
 PHASES = ("generate", "decode", "score")
 # GRPO's config keys, named in a scoring backend's load error (ttspo score names its options)
-LABELS = {"asr": "grpo.asr", "ssim": "grpo.sv", "pesq": "grpo.reward_weights pesq",
+LABELS = {"asr": "grpo.asr", "ssim": "grpo.sv", "pesq": "grpo.rewards pesq",
           "squim": "grpo.squim"}
 
 
@@ -86,7 +86,7 @@ def split_prompts(prompts: Prompts, val: int, seed: int) -> tuple[list[int], lis
     return sorted(perm[val:].tolist()), sorted(perm[:val].tolist())
 
 
-def step_prompts(train: Sequence[int], step: int, per_step: int, rank: int, world: int,
+def step_prompts(train: Sequence[int], step: int, per_step: int, rank: int, *, world: int,
                  seed: int) -> list[int]:
     """RANK's prompts at STEP: consecutive slices of a per-epoch seeded permutation."""
     total = per_step * world
@@ -101,7 +101,7 @@ def step_prompts(train: Sequence[int], step: int, per_step: int, rank: int, worl
 
 
 # ------------------------------------------------------------------ scoring
-@dataclass
+@dataclass(kw_only=True)
 class Scoring:
     """What to score: derived from the reward weights and the validity rules."""
 
@@ -117,8 +117,9 @@ class Scoring:
                normalizer: str) -> "Scoring":
         names = set(cfg.weights)
         cer = "cer" in names or cfg.best_cer_threshold < 1 or cfg.worst_cer_threshold < 1
-        return cls(asr if cer else None, sv if "ssim" in names else None, "pesq" in names,
-                   squim if "squim" in names else None, normalizer)
+        return cls(asr=asr if cer else None, sv=sv if "ssim" in names else None,
+                   pesq="pesq" in names, squim=squim if "squim" in names else None,
+                   normalizer=normalizer)
 
     @property
     def any(self) -> bool:

@@ -92,7 +92,7 @@ class RolloutWriter:
 
 
 # ------------------------------------------------------------- recomputing
-@dataclass
+@dataclass(kw_only=True)
 class RewardsResult:
     name: str
     version: int
@@ -159,7 +159,8 @@ def recompute_rewards(store: Store, *, source: str, cfg: RewardConfig, name: str
     record = lineage or make_lineage("rewards", {"table": source, "as": name}, {})
     record = dict(record, inputs={table: version}, rewards=cfg.as_dict())
     new = store.write(name, out, schema=REWARDS_SCHEMA, lineage=record, mode="overwrite")
-    return RewardsResult(name, new, f"{table}@{version}", out.num_rows, summarize(out))
+    return RewardsResult(name=name, version=new, source=f"{table}@{version}", rows=out.num_rows,
+                         summary=summarize(out))
 
 
 def summarize(table: pa.Table) -> dict[str, Any]:

@@ -54,7 +54,7 @@ POLICIES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Sampling:
     """How to sample: the options NeMo's inference exposes, plus a seed."""
 

@@ -231,7 +231,7 @@ def nearest(x: np.ndarray, book: np.ndarray) -> np.ndarray:
 
 # -------------------------------------------------------------------- fitting
 def fit(audios: list[tuple[np.ndarray, int]], num_codebooks: int = NUM_CODEBOOKS,
-        codebook_size: int = CODEBOOK_SIZE, iters: int = 25, seed: int = 0) -> Codec:
+        codebook_size: int = CODEBOOK_SIZE, iters: int = 25, *, seed: int = 0) -> Codec:
     """Learn a codec from AUDIOS [(samples, sr), ...] by k-means, one stage at a time.
 
     Deterministic for a given seed and input. Codebooks are rounded to float16

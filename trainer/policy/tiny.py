@@ -105,7 +105,7 @@ class TinyCodecLM(nn.Module):
         return [layer.cross_attn.project_kv(memory) for layer in self.decoder]
 
     def decode(self, frames: torch.Tensor, positions: torch.Tensor, self_mask: torch.Tensor,
-               memory_kv: list, memory_mask: torch.Tensor,
+               memory_kv: list, *, memory_mask: torch.Tensor,
                caches: list[KVCache] | None = None, logits_from: int = 0) -> torch.Tensor:
         """FRAMES [B, C, S] at POSITIONS [B, S] -> logits [B, C, S - LOGITS_FROM, V].
 
@@ -114,7 +114,8 @@ class TinyCodecLM(nn.Module):
         x = self.code_embed(frames + self.code_offsets).sum(dim=1) + self.frame_pos(positions)
         x = self.drop(x)
         for i, layer in enumerate(self.decoder):
-            x = layer(x, self_mask, memory_kv[i], memory_mask, None if caches is None else caches[i])
+            x = layer(x, self_mask, memory_kv[i], memory_mask,
+                      cache=None if caches is None else caches[i])
         logits = self.heads(self.decoder_norm(x[:, logits_from:]))  # [B, S', C * V]
         b, s, _ = logits.shape
         return logits.view(b, s, self.config.num_codebooks, -1).permute(0, 2, 1, 3)
@@ -146,7 +147,8 @@ class TinyCodecLM(nn.Module):
         self_mask = (causal & (valid[:, None, :] | eye))[:, None]
         memory = self.encode(batch.text, batch.text_mask)
         logits = self.decode(frames, positions, self_mask, self.memory_kv(memory),
-                             batch.text_mask[:, None, None, :], logits_from=batch.prefix.shape[2])
+                             memory_mask=batch.text_mask[:, None, None, :],
+                             logits_from=batch.prefix.shape[2])
         # [B, C, T + 1, V]: BOS predicts the first frame, the last frame predicts EOS
         steps = torch.arange(t + 1, device=frames.device)
         mask = (steps[None, :] <= batch.code_lens[:, None]).unsqueeze(1).expand(b, c, t + 1)

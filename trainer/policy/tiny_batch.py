@@ -24,7 +24,7 @@ AUDIO_SPECIALS = 3  # BOS, EOS, PAD after each codebook's codes
 IGNORE = -100  # label at padded positions (the mask says so too)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TinyConfig:
     """Size of a TinyCodecLM. The codebook shape must match the codec's."""
 
@@ -89,7 +89,7 @@ class TinyConfig:
         return self.codebook_size + 2
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TinyBatch:
     """Collated rows. text [B, L] + text_mask; prefix [B, C, P] left-padded context codes
     + prefix_mask [B, P]; codes [B, C, T] right-padded targets + code_lens [B] (None
@@ -197,8 +197,8 @@ def collate_rows(rows: Sequence[dict[str, Any]], cfg: TinyConfig, *,
         if p.shape[1]:  # left-padded: BOS lands in column pwidth for every row
             prefix[i, :, pwidth - p.shape[1]:] = torch.from_numpy(p)
             prefix_mask[i, pwidth - p.shape[1]:] = True
-    batch = TinyBatch(text, text != TEXT_PAD, prefix, prefix_mask, seeds=row_seeds(rows),
-                      dropout_groups=row_groups(rows))
+    batch = TinyBatch(text=text, text_mask=text != TEXT_PAD, prefix=prefix, prefix_mask=prefix_mask,
+                      seeds=row_seeds(rows), dropout_groups=row_groups(rows))
     if targets is not None:
         lens = torch.tensor([t.shape[1] for t in targets], dtype=torch.long)
         codes = torch.full((b, cfg.num_codebooks, int(lens.max())), cfg.pad, dtype=torch.long)

@@ -28,7 +28,7 @@ class KVCache:
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int,
-              like: torch.Tensor) -> "KVCache":
+              *, like: torch.Tensor) -> "KVCache":
         shape = (batch, heads, capacity, head_dim)
         return cls(like.new_zeros(shape), like.new_zeros(shape))
 
@@ -116,7 +116,7 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, self_mask: torch.Tensor,
                 memory_kv: tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
+                *, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.drop(self.self_attn(self.norm1(x), self_mask, cache=cache))
         x = x + self.drop(self.cross_attn(self.norm2(x), memory_mask, kv=memory_kv))
         return x + self.drop(self.ffn(self.norm3(x)))

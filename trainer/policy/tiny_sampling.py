@@ -138,7 +138,7 @@ class Decoder:
             last = self.length - 1
             logits = self.model.decode(self.frames[:, :, last:self.length], last - self.offset,
                                        self.key_mask[..., :self.length], self.memory_kv,
-                                       self.memory_mask, self.caches)
+                                       memory_mask=self.memory_mask, caches=self.caches)
             self.cached = self.length
             return logits[:, :, -1]
         first = self.cached if self.use_cache else 0
@@ -149,6 +149,6 @@ class Decoder:
         own = cols[:, None] == torch.arange(self.length, device=cols.device)[None, :]
         mask = (causal & (valid[:, None, :] | own))[:, None]  # [B, 1, new, all]
         logits = self.model.decode(self.frames[:, :, first:self.length], positions, mask,
-                                   self.memory_kv, self.memory_mask, self.caches)
+                                   self.memory_kv, memory_mask=self.memory_mask, caches=self.caches)
         self.cached = self.length
         return logits[:, :, -1]

@@ -37,8 +37,8 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.distributed as dist
 
+from ttspo.builder.core.dist import broadcast_object, gather_objects
 from ttspo.builder.core.errors import InputError, TrainingError, first_line
 from ttspo.builder.core.files import file_sha256
 from ttspo.builder.core.schemas import CHECKPOINTS_SCHEMA, CKPT
@@ -97,12 +97,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def gather_rng_states() -> list[dict[str, Any]]:
     """Every rank's RNG state, in rank order (a collective: all ranks call it)."""
-    mine = rng_state()
-    if not (dist.is_available() and dist.is_initialized()):
-        return [mine]
-    states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, mine)
-    return states
+    return gather_objects(rng_state())
 
 
 def gather_weight_digests(model: torch.nn.Module) -> list[str]:
@@ -111,21 +106,7 @@ def gather_weight_digests(model: torch.nn.Module) -> list[str]:
     for name, p in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    mine = h.hexdigest()
-    if not (dist.is_available() and dist.is_initialized()):
-        return [mine]
-    digests: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(digests, mine)
-    return digests
-
-
-def broadcast_object(value: Any) -> Any:
-    """Rank 0's VALUE on every rank (a collective in a torchrun; VALUE in one process)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return gather_objects(h.hexdigest())
 
 
 def save_checkpoint(run_dir: Path, step: int, *, policy: Any, optimizer: Any, scheduler: Any,
@@ -322,7 +303,7 @@ def remove_rows(store: Any, paths: list[str], lineage: Any) -> int | None:
 
 
 # ------------------------------------------------------------ one run's saving
-@dataclass
+@dataclass(kw_only=True)
 class Checkpointer:
     """A run's checkpoints, one implementation for DPO and GRPO. Every rank calls
     :meth:`save` (it gathers RNG states and weight digests); rank 0 writes the folder,
@@ -381,7 +362,7 @@ class Checkpointer:
         outcome: tuple = (None, None, None)  # (sha256, folder, error) rank 0 tells every rank
         if self.master:
             try:
-                saved = self._write(step, kind, val_metrics, extra, rngs, weights)
+                saved = self._write(step, kind, val_metrics, extra, rngs=rngs, weights=weights)
                 outcome = (saved.sha256, str(saved.path), None)
             except Exception as exc:  # noqa: BLE001  told to the other ranks, then raised
                 broadcast_object((None, None, str(exc)))
@@ -394,7 +375,7 @@ class Checkpointer:
             self.last_good = Path(path)
         return Path(path)
 
-    def _write(self, step, kind, val_metrics, extra, rngs, weights) -> Saved:
+    def _write(self, step, kind, val_metrics, extra, *, rngs, weights) -> Saved:
         if len(set(weights)) > 1:
             raise TrainingError(f"step {step}: the ranks' weights differ ({weights}); stopped")
         if self.guard is not None:

@@ -30,7 +30,9 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from ttspo.builder.core.errors import ConfigError, first_line
-from ttspo.trainer.run.config_rules import Free, OneOf, Rule, Span, check_rules
+from ttspo.trainer.run.config_rules import (Free, OneOf, Rule, Span, Terms, canonical_terms,
+                                            check_rules, parse_terms)
+from ttspo.trainer.run.old_keys import map_old_keys
 
 
 @dataclass
@@ -39,7 +41,7 @@ class PolicyConfig:
     model: dict[str, Any] = field(default_factory=dict)  # the policy's size, when not --init
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DataConfig:
     pairs_per_device: int = 4  # pairs per process per micro-step (chosen+rejected: 2x rows)
     val_pairs_per_device: int = 16
@@ -52,10 +54,9 @@ class DataConfig:
     prefetch_batches: int = 2  # stream: micro-batches each worker holds ready (bounds memory)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LossConfig:
-    types: list[str] = field(default_factory=lambda: ["dpo"])  # dpo | ipo | rpo | rpo_sq
-    weights: list[float] = field(default_factory=lambda: [1.0])  # one per type
+    terms: str = "dpo=1"  # the weighted losses, summed (e.g. dpo=1,rpo=0.5)
     beta: float = 0.01
     label_smoothing: float = 0.0
     gt_reward_scale: float = 1.0  # rpo, rpo_sq
@@ -64,7 +65,7 @@ class LossConfig:
     reference_free: bool = False
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OptimConfig:
     lr: float = 2e-7
     weight_decay: float = 0.0
@@ -76,7 +77,7 @@ class OptimConfig:
     clip_grad_norm: float = 1.0  # 0: no clipping
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     max_steps: int = 100  # optimizer steps
     seed: int = 0  # model init (without --init) and dropout streams
@@ -95,7 +96,7 @@ class TrainConfig:
     tensorboard: bool = True
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GrpoConfig:
     """Online GRPO (``ttspo train grpo``), NeMo's option names where it has them.
 
@@ -119,7 +120,7 @@ class GrpoConfig:
     grpo_beta: float = 0.0  # KL weight
     reference_free: bool = False  # no reference model, no KL term
     entropy_coef: float = 0.0  # entropy bonus
-    reward_weights: str = "cer=0.5,ssim=0.5"  # NAME=WEIGHT,... (ttspo.trainer.grpo.rewards)
+    rewards: str = "cer=0.5,ssim=0.5"  # the weighted rewards (ttspo.trainer.grpo.rewards)
     normalize_then_sum: bool = False  # z-score each reward within its group, then sum
     invalid_reward: str = "zero"  # zero (NeMo) | group_min
     mean_cer_dataset: float = 0.1
@@ -138,7 +139,7 @@ class GrpoConfig:
     rollouts_every: int = 1  # steps per rollouts commit (also flushed before each checkpoint)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -160,6 +161,7 @@ SEED = Span("[0, 4294967295]")  # numpy's seeds are 32-bit
 AT_LEAST_1, AT_LEAST_0 = Span("[1, inf)"), Span("[0, inf)")
 POSITIVE, SHARE = Span("(0, inf)"), Span("[0, 1]")
 LOSS_TYPES = ("dpo", "ipo", "rpo", "rpo_sq")  # losses.LOSSES (test_config_ranges checks)
+REWARD_NAMES = ("cer", "ssim", "pesq", "squim", "utmos", "length")  # grpo.rewards.REWARDS (same)
 RULES: dict[str, Rule] = {
     "policy.name": Free("a policy registry name: tiny, nemo:PATH (checked as the policy loads)"),
     "policy.model": Free("the policy's own keys (tiny: TinyConfig, checked as the policy loads)"),
@@ -169,8 +171,7 @@ RULES: dict[str, Rule] = {
     "data.loader": OneOf(("memory", "stream")),
     "data.workers": AT_LEAST_0,
     "data.prefetch_batches": AT_LEAST_1,
-    "loss.types": OneOf(LOSS_TYPES, min_length=1),
-    "loss.weights": Span("[0, inf)", length="loss.types"),
+    "loss.terms": Terms(LOSS_TYPES),
     "loss.beta": POSITIVE,
     # the share of preferences taken as flipped (cDPO): at 0.5 and above a pair teaches
     # nothing, or the reverse of its label
@@ -216,7 +217,7 @@ RULES: dict[str, Rule] = {
     "grpo.grpo_beta": AT_LEAST_0,
     "grpo.reference_free": BOOL,
     "grpo.entropy_coef": AT_LEAST_0,
-    "grpo.reward_weights": Free("NAME=WEIGHT,... (checked as the GRPO run starts)"),
+    "grpo.rewards": Terms(REWARD_NAMES, callables=True),  # a callable: imported as the run starts
     "grpo.normalize_then_sum": BOOL,
     "grpo.invalid_reward": OneOf(("zero", "group_min")),
     "grpo.mean_cer_dataset": Span("(0, 1)"),  # the CER reward's anchors (rewards.py)
@@ -260,19 +261,25 @@ def best_rule(cfg: "Config", trainer: str, measured: Sequence[str]) -> tuple[str
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
-                base: Config | None = None) -> Config:
-    """BASE (default: the defaults), then the YAML file at PATH, then OVERRIDES."""
+                base: Config | None = None, *, old_keys: bool = False) -> Config:
+    """BASE (default: the defaults), then the YAML file at PATH, then OVERRIDES.
+    OLD_KEYS: accept (and map) the keys of old_keys.OLD_KEYS, to resume a run made with them."""
     cfg = base if base is not None else Config()
-    if path is not None:
-        data = _read_yaml(Path(path))
-        for key, value in _flatten(data):
-            set_key(cfg, key, value, where=str(path))
+    items = [(key, value, str(path)) for key, value in _flatten(_read_yaml(Path(path)))] \
+        if path is not None else []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not key=value")
-        set_key(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "", where="-o")
+        items.append((key.strip(), yaml.safe_load(raw) if raw.strip() else "", "-o"))
+    for key, value, where in map_old_keys(items, allowed=old_keys):
+        set_key(cfg, key, value, where=where)
     check(cfg)
+    for key, rule in RULES.items():  # one spelling of each weighted-terms value
+        if isinstance(rule, Terms):
+            section, name = key.split(".")
+            terms = parse_terms(_resolve(cfg, key), key)
+            setattr(getattr(cfg, section), name, canonical_terms(terms))
     return cfg
 
 

@@ -3,8 +3,9 @@
 A rule is data (a table beside the dataclasses, so the docs can be generated from
 it), never an ``if`` in a loop: :class:`Span` (a numeric interval written as in the
 docs, ``"[0, 1)"``, whose bounds may name another key: ``"[0, train.max_steps]"``),
-:class:`OneOf` (a choice), :class:`Free` (any value of the field's type: a bool, or a
-name another part resolves before anything is written). A list field's rule holds
+:class:`OneOf` (a choice), :class:`Terms` (weighted terms ``"NAME=WEIGHT,..."``, the one
+syntax of loss and reward weights), :class:`Free` (any value of the field's type: a bool,
+or a name another part resolves before anything is written). A list field's rule holds
 for each item; ``length`` fixes how many items (a number, or another list key's length).
 Every float must be finite, whatever its rule: nan and inf pass no comparison a
 trainer makes correctly.
@@ -12,6 +13,7 @@ trainer makes correctly.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -82,7 +84,84 @@ class Free:
         return f"{_show(value)} is not finite" if not _finite(value) else None
 
 
-Rule = Union[Span, OneOf, Free]
+@dataclass(frozen=True)
+class Terms:
+    """Weighted terms ``"NAME=WEIGHT,..."`` (``loss.terms``, ``grpo.rewards``): each NAME
+    one of NAMES (or, with CALLABLES, a Python callable ``pkg.mod:fn``), given once,
+    each WEIGHT in the interval WEIGHTS. See :func:`parse_terms`."""
+
+    names: tuple[str, ...]
+    weights: str = "[0, inf)"
+    callables: bool = False
+    length = None
+    min_length = 0
+
+    @property
+    def interval(self) -> str:
+        extra = " or pkg.module:function" if self.callables else ""
+        return f"NAME=WEIGHT,...: NAME {' | '.join(self.names)}{extra}; WEIGHT {self.weights}"
+
+    def problem(self, value: Any, resolve: Resolve) -> Optional[str]:
+        try:
+            terms = split_terms(value)
+        except ValueError as exc:
+            return str(exc)
+        for name, weight in terms.items():
+            if name not in self.names and not (self.callables and ":" in name):
+                close = difflib.get_close_matches(name, self.names, n=1, cutoff=0.5)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                return (f"unknown term '{name}' in {_show(value)} "
+                        f"({hint}choose {', '.join(self.names)})")
+            problem = Span(self.weights).problem(weight, resolve)
+            if problem is not None:
+                return f"{name}={problem}"
+        return None
+
+
+Rule = Union[Span, OneOf, Free, Terms]
+
+
+# One syntax for weighted terms, losses and rewards alike: "dpo=1,rpo=0.5". Text, not
+# a YAML mapping: it reads the same in a config file and after -o, and a name given
+# twice can be refused (a YAML mapping keeps the last of a repeated key, silently).
+def split_terms(text: Any) -> dict[str, float]:
+    """``"cer=0.5, ssim=0.5"`` -> {"cer": 0.5, "ssim": 0.5}, in the order given; a
+    ValueError (one line) for anything else. A name given twice is refused: which
+    weight was meant is not ours to guess."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{_show(text)} is not NAME=WEIGHT,... (e.g. dpo=1,rpo=0.5)")
+    terms: dict[str, float] = {}
+    for item in (p.strip() for p in text.split(",")):
+        name, sep, value = item.rpartition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"'{item}' is not NAME=WEIGHT")
+        if name in terms:
+            raise ValueError(f"'{name}' is weighted twice in '{text}': give each term once")
+        try:
+            terms[name] = float(value)
+        except ValueError:
+            raise ValueError(f"'{item}': '{value.strip()}' is not a number") from None
+    return terms
+
+
+def parse_terms(text: str, key: str) -> dict[str, float]:
+    """TEXT's terms (see split_terms); a problem is a ConfigError naming KEY."""
+    try:
+        return split_terms(text)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def canonical_terms(terms: dict[str, float]) -> str:
+    """The one spelling of TERMS (``dpo=1,rpo=0.5``): equal terms, equal text, so a
+    run's identity does not change with how its weights were written."""
+    return ",".join(f"{name}={_number(weight)}" for name, weight in terms.items())
+
+
+def _number(weight: float) -> str:
+    text = repr(float(weight))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def check_rules(rules: dict[str, Rule], resolve: Resolve) -> None:

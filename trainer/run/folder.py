@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ttspo.builder.core.dist import barrier
 from ttspo.builder.core.errors import TrainingError, first_line
 from ttspo.builder.core.files import write_text_atomic
 from ttspo.trainer.run import faults
 from ttspo.trainer.run.config import Config, save_config
+from ttspo.trainer.run.old_keys import map_old_sections, uses_old_keys
 from ttspo.trainer.run.runlock import is_lock_file
 
 RUN_FILE = "run.json"
@@ -29,13 +31,6 @@ RESUMABLE = ("train.max_steps", "train.progress", "train.tensorboard", "train.lo
              "train.val_every", "train.checkpoint_every", "train.best_metric", "train.best_mode",
              # the loader and its read-ahead: same batches, same losses either way
              "data.loader", "data.workers", "data.prefetch_batches")
-
-
-def barrier(c: Any) -> None:
-    if c.ddp:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 # ------------------------------------------------------------------ metrics
@@ -165,6 +160,8 @@ def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -
     path = Path(out) / RUN_FILE
     if path.exists():
         saved = json.loads(path.read_text())
+        # a folder made before loss.terms and grpo.rewards: its keys as they are now
+        saved["config"] = map_old_sections(saved.get("config", {}))
         for key in RESUMABLE:  # a folder made when a key was not yet resumable
             section, name = key.split(".")
             if name not in identity.get("config", {}).get(section, {}):
@@ -175,13 +172,23 @@ def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -
         return True
     if Path(out).exists() and any(not is_lock_file(p.name) for p in Path(out).iterdir()):
         raise TrainingError(f"{out} is not empty and holds no ttspo run; choose another --out")
-    barrier(c)  # every rank has looked before rank 0 writes
+    barrier()  # every rank has looked before rank 0 writes
     if c.master:
         Path(out).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(out) / "config.yaml")
         path.write_text(json.dumps(identity, indent=2, sort_keys=True))
-    barrier(c)
+    barrier()
     return False
+
+
+def made_with_old_keys(out: str | Path) -> bool:
+    """Whether OUT holds a run made with a key of old_keys.OLD_KEYS: a command resuming
+    it may still spell them the old way."""
+    try:
+        saved = json.loads((Path(out) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return False  # no run there (or a damaged one: open_run_dir says so)
+    return isinstance(saved, dict) and uses_old_keys(saved.get("config", {}))
 
 
 SHOWN_DIFFERENCES = 5

@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ttspo.builder.core.dist import broadcast_object
 from ttspo.builder.core.errors import TrainingError, TtspoError, first_line
 from ttspo.builder.core.schemas import CKPT
 from ttspo.builder.core.store import as_lineage
@@ -110,8 +111,6 @@ def read_meta_checked(folder: Path) -> dict[str, Any]:
 
 def repair_on_resume(store: Any, out: Path, c: Any, *, trainer: str, lineage: Any) -> list[str]:
     """:func:`repair_run` on rank 0; every rank gets its notes, or raises its one line."""
-    from ttspo.trainer.run.checkpoints import broadcast_object
-
     notes, error = [], None
     if c.master:
         try:

@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from ttspo.builder.core.dist import broadcast_object
 from ttspo.builder.core.errors import TrainingError, TtspoError
 from ttspo.builder.core.locks import open_lock_file
 
@@ -194,8 +195,6 @@ def run_lock(out: Path, c: Any, *, force: bool = False) -> Iterator[RunLock | No
     """Hold OUT for this run: rank 0 takes the lock and tells every rank whether it
     did; every rank raises the same one line when it did not (no rank waits on a
     collective the others never reach). Yields rank 0's lock (None on other ranks)."""
-    from ttspo.trainer.run.checkpoints import broadcast_object
-
     lock = RunLock(out) if c.master else None
     error = None
     if lock is not None:

@@ -115,7 +115,8 @@ def run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def espeak(text: str, voice: str, speed: int, pitch: int, out: Path, amplitude: int = 100) -> Path:
+def espeak(text: str, voice: str, speed: int, pitch: int, *, out: Path,
+           amplitude: int = 100) -> Path:
     run("espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude),
         "-w", str(out), text)
     return out
@@ -157,7 +158,8 @@ def render_contexts(tmp: Path) -> None:
     lines = []
     for name, (voice, pitch, sentence) in SPEAKERS.items():
         wav = HERE / "contexts" / f"{name}.wav"
-        to_corpus_wav([espeak(sentence, voice, BASE_SPEED, pitch, tmp / f"ctx_{name}.wav")], wav)
+        to_corpus_wav([espeak(sentence, voice, BASE_SPEED, pitch, out=tmp / f"ctx_{name}.wav")],
+                      wav)
         lines.append({"context_audio_filepath": f"contexts/{name}.wav",
                       "context_audio_duration": round(duration(wav), 4),
                       "context_audio_codes_path": f"contexts/{name}_codes.pt"})
@@ -220,15 +222,17 @@ def sample_text(kind: str, text: str, rng: random.Random) -> str:
 
 
 def render_sample(plan: dict, out: Path, tmp: Path) -> None:
-    raw = espeak(plan["text"], plan["voice"], plan["speed"], plan["pitch"], tmp / "raw.wav")
+    raw = espeak(plan["text"], plan["voice"], plan["speed"], plan["pitch"], out=tmp / "raw.wav")
     if plan["kind"] == "truncated":
         to_corpus_wav([raw], out, "trim", "0", f"{duration(raw) * plan['keep']:.3f}")
     elif plan["kind"] == "pause":
         words = plan["text"].split()
         half = len(words) // 2
-        a = espeak(" ".join(words[:half]), plan["voice"], plan["speed"], plan["pitch"], tmp / "a.wav")
-        b = espeak(" ".join(words[half:]), plan["voice"], plan["speed"], plan["pitch"], tmp / "b.wav")
-        mumble = espeak("hmm", plan["voice"], plan["speed"], plan["pitch"], tmp / "m.wav",
+        a = espeak(" ".join(words[:half]), plan["voice"], plan["speed"], plan["pitch"],
+                   out=tmp / "a.wav")
+        b = espeak(" ".join(words[half:]), plan["voice"], plan["speed"], plan["pitch"],
+                   out=tmp / "b.wav")
+        mumble = espeak("hmm", plan["voice"], plan["speed"], plan["pitch"], out=tmp / "m.wav",
                         amplitude=35)
         gap = silence(0.4, tmp / "gap.wav")
         to_corpus_wav([a, gap, mumble, gap, b], out)
@@ -263,7 +267,8 @@ def render_references(records: list[dict], tmp: Path) -> None:
         name = speaker_of(record)
         voice, pitch, _ = SPEAKERS[name]
         rel = f"references/ref{len(lines):02d}_{name}.wav"
-        to_corpus_wav([espeak(record["text"], voice, BASE_SPEED, pitch, tmp / "ref.wav")], HERE / rel)
+        to_corpus_wav([espeak(record["text"], voice, BASE_SPEED, pitch, out=tmp / "ref.wav")],
+                      HERE / rel)
         lines.append({"text": record["text"], "context_audio_filepath": ctx,
                       "reference_audio_filepath": rel})
     (HERE / "reference_audios.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
