@@ -74,7 +74,7 @@ def child_load(root: str, mode: str) -> None:
     loaded = time.perf_counter() - began
     if mode == "stream":
         train = pairs.select("train")
-        order = PairOrder(len(train), 4, seed=0)
+        order = PairOrder(num_pairs=len(train), pairs_per_device=4, seed=0)
         data = SimpleNamespace(loader="stream", workers=1, prefetch_batches=2)
         for k, micro in enumerate(step_batches(train, order, 0, start=0, stop=100, data=data)):
             assert len(micro[0][1][0]) == 4

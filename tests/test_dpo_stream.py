@@ -62,7 +62,7 @@ def test_every_batch_equals_the_in_memory_loaders(store, workers):
     stream = load_pairs(store, SET, stream=True).select("train")
     assert stream.codes is not None and all(GEN.codes not in r for r in stream.chosen)
     # 2 ranks, 2 micro-batches a step: rank 1's share, steps 2.. into a second epoch
-    order = PairOrder(len(memory), 3, world_size=2, grad_accum=2, seed=4)
+    order = PairOrder(num_pairs=len(memory), pairs_per_device=3, world_size=2, grad_accum=2, seed=4)
     steps = order.steps_per_epoch + 2
     a = _batches(memory, order, "memory", workers, steps)
     b = _batches(stream, order, "stream", workers, steps)

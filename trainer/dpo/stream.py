@@ -37,9 +37,12 @@ class RankCodes(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         # A worker needs the order and the row ids (8 bytes a side), not the rows.
-        lean = Pairs(self.pairs.set_name, self.pairs.set_version, self.pairs.generations_version,
-                     self.pairs.prompts_version, [], [], [], [], np.empty(0), np.empty(0),
-                     self.pairs.codes, self.pairs.chosen_rowid, self.pairs.rejected_rowid)
+        p = self.pairs
+        lean = Pairs(set_name=p.set_name, set_version=p.set_version,
+                     generations_version=p.generations_version, prompts_version=p.prompts_version,
+                     pair_ids=[], split=[], chosen=[], rejected=[], chosen_reward=np.empty(0),
+                     rejected_reward=np.empty(0), codes=p.codes, chosen_rowid=p.chosen_rowid,
+                     rejected_rowid=p.rejected_rowid)
         return {"pairs": lean, "order": self.order, "rank": self.rank}
 
 
