@@ -70,8 +70,8 @@ def test_weighted_sum_and_both_advantage_scalings():
                ssim=[0.9, 0.6, 0.0, 0.5, 0.5, 0.9])
     grpo = compute_rewards(df, RewardConfig(weights={"cer": 0.5, "ssim": 0.5}))
     assert col(grpo, RWD.reward)[:3] == pytest.approx([1.0, 0.5, 0.0])
-    # group a: mean 0.5, std (ddof 1) 0.5 -> +-0.5 / (0.5 + 1e-4)
-    a = 0.5 / 0.5001
+    # group a: mean 0.5, std (ddof 0, NeMo's np.std) sqrt(1/6) -> +-0.5 / (sqrt(1/6) + 1e-4)
+    a = 0.5 / (math.sqrt(1 / 6) + 1e-4)
     assert col(grpo, RWD.advantage) == pytest.approx([a, 0.0, -a, 0.0, 0.0, 0.0])
     assert not any(math.isnan(x) for x in col(grpo, RWD.advantage))  # zero spread, group of one
     dr = compute_rewards(df, RewardConfig(weights={"cer": 0.5, "ssim": 0.5}, scale_rewards=False))

@@ -34,8 +34,11 @@ invalid (its loss masked) when its best clamped CER exceeds
 ``best_cer_threshold`` or its worst exceeds ``worst_cer_threshold``.
 
 Advantages: total - group mean, divided by (group std + 1e-4) when
-``scale_rewards`` (NeMo's grpo), unscaled otherwise (dr_grpo). std is the sample std (ddof 1, as
-torch.std); a group of one sample or with zero spread has advantage 0, never NaN.
+``scale_rewards`` (NeMo's grpo), unscaled otherwise (dr_grpo). std is the population std
+(ddof 0) over the whole group, invalid samples included, as NeMo's ``np.std(group_rewards)``
+(``MagpieTTSModelOnlinePO.generate_and_reward``); a group of one sample or with zero
+spread has advantage 0, never NaN. (``normalize_then_sum``'s per-part z-score is
+ttspo's own, over the valid samples, with the sample std, ddof 1.)
 
 The two loss types (pure functions of tensors) are at the end: :data:`GRPO_LOSSES`.
 """
@@ -281,7 +284,7 @@ def _advantage(cfg: RewardConfig, group: str) -> pl.Expr:
     centred = r - r.mean().over(group)
     if not cfg.scale_rewards:
         return centred
-    std = r.std().over(group).fill_null(0.0)  # ddof 1; a group of one has no spread
+    std = r.std(ddof=0).over(group).fill_null(0.0)  # np.std's ddof 0, as NeMo
     return pl.when(std > 0).then(centred / (std + STD_EPS)).otherwise(0.0)
 
 
