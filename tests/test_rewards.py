@@ -230,12 +230,27 @@ def test_kl_term_and_entropy_bonus():
     out = GRPO_LOSSES["grpo"](logps, ADV, MASK, ALL, ref_logps=ref, kl_beta=0.1)
     k3 = 2 - math.log(2) - 1  # exp(d) - d - 1 at d = ln 2
     assert out.loss.item() == pytest.approx((-1 + 0.1 * k3 / 2 + 1) / 2)
-    assert out.kl.item() == pytest.approx(k3 / 3)  # three unmasked tokens
+    assert out.kl.item() == pytest.approx((k3 / 2 + 0) / 2)  # NeMo's: mean of per-sequence means
     entropy = torch.tensor([[[1.0, 1.0]], [[2.0, 2.0]]])
     bonus = GRPO_LOSSES["grpo"](_logps(), ADV, MASK, ALL, entropy=entropy, entropy_coef=0.1)
     assert bonus.loss.item() == pytest.approx((-1.1 + 0.8) / 2)
     assert bonus.entropy.item() == pytest.approx(4 / 3)
     assert token_entropy(torch.zeros(2, 4)).tolist() == pytest.approx([math.log(4)] * 2)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo"])
+def test_a_masked_group_keeps_its_kl_term(loss_type):
+    # NeMo masks a group's advantage term only: its KL term (beta > 0) stays.
+    ref = _logps().detach() + torch.tensor([[[0.0, 0.0]], [[math.log(2), 0.0]]])
+    k3 = 2 - math.log(2) - 1  # exp(d) - d - 1 at d = ln 2, sequence 1's first token
+    first = torch.tensor([True, False])
+    out = GRPO_LOSSES[loss_type](_logps(), ADV, MASK, first, ref_logps=ref, kl_beta=0.1,
+                                 max_steps=4)
+    if loss_type == "grpo":  # seq 0: mean of -1, -1; seq 1: its KL alone (one token)
+        assert out.loss.item() == pytest.approx((-1 + 0.1 * k3) / 2)
+    else:  # token sums over batch * max_steps = 8
+        assert out.loss.item() == pytest.approx((-2 + 0.1 * k3) / 8)
+    assert out.kl.item() == pytest.approx((0 + k3) / 2)
 
 
 def test_normalize_then_sum_scales_by_the_valid_samples_only():
