@@ -26,7 +26,8 @@ pytest.importorskip("nemo.collections.tts.models")
 
 import nemo_models  # noqa: E402
 from ttspo.builder.core.schemas import GEN, RWD  # noqa: E402
-from ttspo.trainer.grpo.rewards import GRPO_LOSSES, RewardConfig, compute_rewards  # noqa: E402
+from ttspo.trainer.grpo.losses import GRPO_LOSSES  # noqa: E402
+from ttspo.trainer.grpo.rewards import RewardConfig, compute_rewards  # noqa: E402
 from ttspo.trainer.policy.base import CONTEXT_CODES, token_logps  # noqa: E402
 from ttspo.trainer.policy.nemo.policy import NemoMagpiePolicy  # noqa: E402
 

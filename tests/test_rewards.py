@@ -11,8 +11,8 @@ import torch
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import GEN, RWD
-from ttspo.trainer.grpo.rewards import (GRPO_LOSSES, RewardConfig, compute_rewards, parse_weights,
-                                   token_entropy)
+from ttspo.trainer.grpo.losses import GRPO_LOSSES, token_entropy
+from ttspo.trainer.grpo.rewards import RewardConfig, compute_rewards, parse_weights
 
 
 def frame(groups, cer, ssim=None, codes_len=None, **extra):
