@@ -39,7 +39,7 @@ from ttspo.trainer.dpo import losses as L
 from ttspo.trainer.run.config import BEST_METRICS, Config, best_rule, check_codebooks
 from ttspo.trainer.dpo.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.trainer.run.verify import checked_sha256, verified_latest
-from ttspo.trainer.dpo.ref import RefCache, lookup, pair_logps, reference_logps
+from ttspo.trainer.dpo.ref import RefCache, lookup, pair_pass, reference_logps
 from ttspo.trainer.run.repair import repair_on_resume
 from ttspo.trainer.run.runlock import run_lock
 from ttspo.trainer.run.folder import (MetricsLog, log_lineage, open_run_dir,  # noqa: F401
@@ -260,7 +260,8 @@ def pair_step(model, policy, ref_model, cache: RefCache | None, pairs: Pairs, id
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss and metrics of one micro-batch: ONE policy forward over chosen + rejected."""
     w = cfg.loss.codebook_weights
-    pi_c, pi_r = pair_logps(model, policy, pairs, idx)
+    out = pair_pass(model, policy, pairs, idx)
+    pi_c, pi_r = out.chosen, out.rejected
     if cache is not None:
         ref_c, ref_r = (t.to(pi_c.device) for t in cache.lookup(pairs.pair_ids, idx))
     elif ref_model is not None:
@@ -274,6 +275,9 @@ def pair_step(model, policy, ref_model, cache: RefCache | None, pairs: Pairs, id
     loss, parts = L.combine(x, losses=list(zip(cfg.loss.types, cfg.loss.weights)),
                             beta=cfg.loss.beta, label_smoothing=cfg.loss.label_smoothing,
                             gt_reward_scale=cfg.loss.gt_reward_scale, sft_weight=cfg.loss.sft_weight)
+    if out.alignment is not None:  # NeMo's DPO adds the chosen rows' alignment loss, unweighted
+        parts["loss/alignment"] = out.alignment.detach()
+        loss = loss + out.alignment
     chosen, rejected = L.implicit_rewards(x, cfg.loss.beta)
     margin = chosen - rejected
     metrics = {**parts, "loss/total": loss.detach(),

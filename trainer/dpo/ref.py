@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -43,12 +43,33 @@ def pair_logps(model: Any, policy: Any, pairs: Pairs, index: Any) -> tuple[torch
 
     MODEL is what runs the forward (the policy, or its DDP wrapper); POLICY collates.
     """
+    out = pair_pass(model, policy, pairs, index)
+    return out.chosen, out.rejected
+
+
+class PairPass(NamedTuple):
+    """One forward over chosen + rejected: what the DPO step reads from it."""
+
+    chosen: torch.Tensor  # [B, C] per-codebook sequence log-probs
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor  # [B, C] target tokens per codebook (loss.length_normalize)
+    rejected_tokens: torch.Tensor
+    alignment: torch.Tensor | None  # the chosen rows' mean alignment loss (NeMo's DPO adds it)
+
+
+def pair_pass(model: Any, policy: Any, pairs: Pairs, index: Any) -> PairPass:
+    """:func:`pair_logps` plus token counts and the model's alignment loss (None when
+    the policy has none)."""
     from ttspo.trainer.policy.base import sequence_logps
 
     device = next(policy.parameters()).device
     batch = collate_pairs(policy, pairs, index).to(device)
-    logps = sequence_logps(model(batch))  # [2B, C]
-    return logps.chunk(2)
+    tf = model(batch)
+    chosen, rejected = sequence_logps(tf).chunk(2)  # [2B, C] -> two [B, C]
+    tokens = tf.mask.sum(-1).to(chosen.dtype).chunk(2)
+    align = tf.alignment_loss
+    return PairPass(chosen, rejected, *tokens,
+                    None if align is None else align[: chosen.shape[0]].mean())
 
 
 @dataclass
