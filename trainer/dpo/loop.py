@@ -270,8 +270,10 @@ def pair_step(model, policy, ref_model, cache: RefCache | None, pairs: Pairs, id
         ref_c, ref_r = torch.zeros_like(pi_c), torch.zeros_like(pi_r)
     rewards = [torch.as_tensor(r[idx], dtype=torch.float32, device=pi_c.device)
                for r in (pairs.chosen_reward, pairs.rejected_reward)]
-    x = L.PairLogps(L.sequence_logp(pi_c.float(), w), L.sequence_logp(pi_r.float(), w),
-                    L.sequence_logp(ref_c.float(), w), L.sequence_logp(ref_r.float(), w), *rewards)
+    n_c, n_r = (out.chosen_tokens, out.rejected_tokens) if cfg.loss.length_normalize else (None, None)
+    x = L.PairLogps(L.sequence_logp(pi_c.float(), w, n_c), L.sequence_logp(pi_r.float(), w, n_r),
+                    L.sequence_logp(ref_c.float(), w, n_c), L.sequence_logp(ref_r.float(), w, n_r),
+                    *rewards)
     loss, parts = L.combine(x, losses=list(zip(cfg.loss.types, cfg.loss.weights)),
                             beta=cfg.loss.beta, label_smoothing=cfg.loss.label_smoothing,
                             gt_reward_scale=cfg.loss.gt_reward_scale, sft_weight=cfg.loss.sft_weight)

@@ -27,6 +27,9 @@ LINEAGE_FILE = "lineage.jsonl"  # one line per start or resume: step and lineage
 # Config keys a resumed run may change (they do not change what the run computes).
 RESUMABLE = ("train.max_steps", "train.progress", "train.tensorboard", "train.log_every",
              "train.val_every", "train.checkpoint_every", "train.best_metric", "train.best_mode")
+# Config keys added after run folders were made, each with the value that computes what
+# those folders' runs computed: a folder whose run.json lacks the key holds that value.
+ADDED = {"loss.length_normalize": False}
 
 
 def barrier(c: Any) -> None:
@@ -167,6 +170,10 @@ def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -
             section, name = key.split(".")
             if name not in identity.get("config", {}).get(section, {}):
                 saved.get("config", {}).get(section, {}).pop(name, None)
+        for key, value in ADDED.items():  # a folder made before the key existed
+            section, name = key.split(".")
+            if section in saved.get("config", {}):
+                saved["config"][section].setdefault(name, value)
         if saved != identity:
             what = _differences(saved, identity)
             raise TrainingError(f"{out} holds another run ({what}); choose another --out")
