@@ -142,7 +142,7 @@ def test_cfg_dropout_draws_once_per_pair_and_the_reference_never_drops(store):
     assert policy.training  # compute put it back
     assert torch.equal(torch.from_numpy(kept_c), torch.from_numpy(kept_r))
     with torch.no_grad():
-        chosen, rejected = concatenated_forward(policy, policy, pairs, idx)  # training mode: dropout on
+        chosen, rejected = concatenated_forward(policy, policy, pairs, idx)[:2]  # training: dropout on
     assert torch.equal(chosen, rejected)  # both rows of every pair: one draw
     dropped = (chosen != torch.from_numpy(kept_c)).any(dim=1)
     assert 0 < int(dropped.sum()) < len(pairs)  # some pairs lost their conditioning, some not

@@ -59,6 +59,20 @@ def test_sequence_logp_with_per_codebook_weights():
         L.sequence_logp(per_codebook, [1.0, 1.0, 1.0])
 
 
+def test_length_normalize_makes_each_sequence_logp_a_per_token_mean():
+    per_codebook = torch.tensor([[-3.0, -1.0], [-0.5, -2.0]])
+    tokens = torch.tensor([[4.0, 4.0], [1.0, 1.0]])  # row 0: 4 frames x 2 codebooks
+    assert L.sequence_logp(per_codebook, tokens=tokens).tolist() == [-0.5, -1.25]  # -4/8, -2.5/2
+    # weights weigh the sum; the count stays the tokens': (2*-3 + 0.5*-1) / 8
+    assert L.sequence_logp(per_codebook, [2.0, 0.5], tokens).tolist() == [-6.5 / 8, -1.0]
+    # IPO on means: a length-independent margin. Two pairs with equal per-token log-probs,
+    # one 10 times longer: summed, its margin (and the loss's target gap) is 10 times the
+    # other's; averaged, they are equal.
+    short, long_ = torch.tensor([[-1.0, -1.0]]), torch.tensor([[-10.0, -10.0]])
+    n_short, n_long = torch.tensor([[2.0, 2.0]]), torch.tensor([[20.0, 20.0]])
+    assert L.sequence_logp(short, tokens=n_short) == L.sequence_logp(long_, tokens=n_long)
+
+
 def test_a_weighted_list_of_losses_plus_sft_combines():
     total, parts = L.combine(pair(), losses=[("dpo", 1.0), ("ipo", 0.5)], beta=0.5,
                              sft_weight=0.1)

@@ -11,7 +11,8 @@ import torch
 
 from ttspo.builder.core.errors import ConfigError, InputError
 from ttspo.builder.core.schemas import GEN, RWD
-from ttspo.trainer.grpo.rewards import GRPO_LOSSES, RewardConfig, compute_rewards, token_entropy
+from ttspo.trainer.grpo.losses import GRPO_LOSSES, token_entropy
+from ttspo.trainer.grpo.rewards import RewardConfig, compute_rewards
 from ttspo.trainer.run.config_rules import parse_terms
 
 
@@ -70,8 +71,8 @@ def test_weighted_sum_and_both_advantage_scalings():
                ssim=[0.9, 0.6, 0.0, 0.5, 0.5, 0.9])
     grpo = compute_rewards(df, RewardConfig(weights={"cer": 0.5, "ssim": 0.5}))
     assert col(grpo, RWD.reward)[:3] == pytest.approx([1.0, 0.5, 0.0])
-    # group a: mean 0.5, std (ddof 1) 0.5 -> +-0.5 / (0.5 + 1e-4)
-    a = 0.5 / 0.5001
+    # group a: mean 0.5, std (ddof 0, NeMo's np.std) sqrt(1/6) -> +-0.5 / (sqrt(1/6) + 1e-4)
+    a = 0.5 / (math.sqrt(1 / 6) + 1e-4)
     assert col(grpo, RWD.advantage) == pytest.approx([a, 0.0, -a, 0.0, 0.0, 0.0])
     assert not any(math.isnan(x) for x in col(grpo, RWD.advantage))  # zero spread, group of one
     dr = compute_rewards(df, RewardConfig(weights={"cer": 0.5, "ssim": 0.5}, scale_rewards=False))
@@ -231,12 +232,27 @@ def test_kl_term_and_entropy_bonus():
     out = GRPO_LOSSES["grpo"](logps, ADV, MASK, ALL, ref_logps=ref, kl_beta=0.1)
     k3 = 2 - math.log(2) - 1  # exp(d) - d - 1 at d = ln 2
     assert out.loss.item() == pytest.approx((-1 + 0.1 * k3 / 2 + 1) / 2)
-    assert out.kl.item() == pytest.approx(k3 / 3)  # three unmasked tokens
+    assert out.kl.item() == pytest.approx((k3 / 2 + 0) / 2)  # NeMo's: mean of per-sequence means
     entropy = torch.tensor([[[1.0, 1.0]], [[2.0, 2.0]]])
     bonus = GRPO_LOSSES["grpo"](_logps(), ADV, MASK, ALL, entropy=entropy, entropy_coef=0.1)
     assert bonus.loss.item() == pytest.approx((-1.1 + 0.8) / 2)
     assert bonus.entropy.item() == pytest.approx(4 / 3)
     assert token_entropy(torch.zeros(2, 4)).tolist() == pytest.approx([math.log(4)] * 2)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo"])
+def test_a_masked_group_keeps_its_kl_term(loss_type):
+    # NeMo masks a group's advantage term only: its KL term (beta > 0) stays.
+    ref = _logps().detach() + torch.tensor([[[0.0, 0.0]], [[math.log(2), 0.0]]])
+    k3 = 2 - math.log(2) - 1  # exp(d) - d - 1 at d = ln 2, sequence 1's first token
+    first = torch.tensor([True, False])
+    out = GRPO_LOSSES[loss_type](_logps(), ADV, MASK, first, ref_logps=ref, kl_beta=0.1,
+                                 max_steps=4)
+    if loss_type == "grpo":  # seq 0: mean of -1, -1; seq 1: its KL alone (one token)
+        assert out.loss.item() == pytest.approx((-1 + 0.1 * k3) / 2)
+    else:  # token sums over batch * max_steps = 8
+        assert out.loss.item() == pytest.approx((-2 + 0.1 * k3) / 8)
+    assert out.kl.item() == pytest.approx((0 + k3) / 2)
 
 
 def test_normalize_then_sum_scales_by_the_valid_samples_only():

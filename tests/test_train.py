@@ -253,7 +253,7 @@ def test_under_bf16_the_live_reference_is_fp32_as_the_cache(store, tmp_path):
     with autocast(cfg, Compute()):
         live = reference_logps(policy, pairs, idx)
         with torch.no_grad():
-            bf16 = concatenated_forward(policy, policy, pairs, idx)  # what the policy's forward gives
+            bf16 = concatenated_forward(policy, policy, pairs, idx)[:2]  # the policy's own forward
     cached = cache.lookup(pairs.pair_ids, idx)
     # Per-codebook sums of float32 token log-probs (all <= 0) reduced in other blocks:
     # a few roundings of 2^-24 of the magnitude per term; the tie rule's 2^-18 (64

@@ -10,20 +10,36 @@ cannot disagree on how a pair is put together.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 
 from ttspo.trainer.dpo.data import PairCodes, Pairs, collate_pairs
 
 
+class PairPass(NamedTuple):
+    """One forward over chosen + rejected: what the DPO step reads from it."""
+
+    chosen: torch.Tensor  # [B, C] per-codebook sequence log-probs
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor  # [B, C] target tokens per codebook (loss.length_normalize)
+    rejected_tokens: torch.Tensor
+    alignment: torch.Tensor | None  # the chosen rows' mean alignment loss (NeMo's DPO adds it)
+
+
 def concatenated_forward(model: Any, policy: Any, pairs: Pairs, index: Sequence[int], *,
-                         codes: PairCodes | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         codes: PairCodes | None = None) -> PairPass:
     """Per-codebook sequence log-probs [B, C] of the chosen and the rejected of the
-    pairs INDEX, in ONE forward. MODEL runs it (the policy, or its DDP wrapper);
+    pairs INDEX, in ONE forward, with their token counts and the model's alignment loss
+    (None when the policy has none). MODEL runs it (the policy, or its DDP wrapper);
     POLICY collates. CODES: the pairs' codes when a worker read them ahead (streaming)."""
     from ttspo.trainer.policy.base import sequence_logps
 
     device = next(policy.parameters()).device
     batch = collate_pairs(policy, pairs, index, codes).to(device)
-    return sequence_logps(model(batch)).chunk(2)  # [2B, C] -> chosen, rejected
+    tf = model(batch)
+    chosen, rejected = sequence_logps(tf).chunk(2)  # [2B, C] -> chosen, rejected
+    tokens = tf.mask.sum(-1).to(chosen.dtype).chunk(2)
+    align = tf.alignment_loss
+    return PairPass(chosen, rejected, *tokens,
+                    None if align is None else align[: chosen.shape[0]].mean())

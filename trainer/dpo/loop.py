@@ -274,7 +274,8 @@ def pair_step(model, policy, ref_model, cache: RefCache | None, *, pairs: Pairs,
     w = cfg.loss.codebook_weights
     if codes is None and pairs.codes is not None:  # streaming: read once for both forwards
         codes = pairs.read_codes(idx)
-    pi_c, pi_r = concatenated_forward(model, policy, pairs, idx, codes=codes)
+    out = concatenated_forward(model, policy, pairs, idx, codes=codes)
+    pi_c, pi_r = out.chosen, out.rejected
     if cache is not None:
         ref_c, ref_r = (t.to(pi_c.device) for t in cache.lookup(pairs.pair_ids, idx))
     elif ref_model is not None:
@@ -283,14 +284,18 @@ def pair_step(model, policy, ref_model, cache: RefCache | None, *, pairs: Pairs,
         ref_c, ref_r = torch.zeros_like(pi_c), torch.zeros_like(pi_r)
     chosen_r, rejected_r = (torch.as_tensor(r[idx], dtype=torch.float32, device=pi_c.device)
                             for r in (pairs.chosen_reward, pairs.rejected_reward))
-    x = L.PairLogps(pi_chosen=L.sequence_logp(pi_c.float(), w),
-                    pi_rejected=L.sequence_logp(pi_r.float(), w),
-                    ref_chosen=L.sequence_logp(ref_c.float(), w),
-                    ref_rejected=L.sequence_logp(ref_r.float(), w),
+    n_c, n_r = (out.chosen_tokens, out.rejected_tokens) if cfg.loss.length_normalize else (None, None)
+    x = L.PairLogps(pi_chosen=L.sequence_logp(pi_c.float(), w, n_c),
+                    pi_rejected=L.sequence_logp(pi_r.float(), w, n_r),
+                    ref_chosen=L.sequence_logp(ref_c.float(), w, n_c),
+                    ref_rejected=L.sequence_logp(ref_r.float(), w, n_r),
                     reward_chosen=chosen_r, reward_rejected=rejected_r)
     loss, parts = L.combine(x, losses=list(parse_terms(cfg.loss.terms, "loss.terms").items()),
                             beta=cfg.loss.beta, label_smoothing=cfg.loss.label_smoothing,
                             gt_reward_scale=cfg.loss.gt_reward_scale, sft_weight=cfg.loss.sft_weight)
+    if out.alignment is not None:  # NeMo's DPO adds the chosen rows' alignment loss, unweighted
+        parts["loss/alignment"] = out.alignment.detach()
+        loss = loss + out.alignment
     chosen, rejected = L.implicit_rewards(x, cfg.loss.beta)
     margin = chosen - rejected
     metrics = {**parts, "loss/total": loss.detach(),

@@ -47,15 +47,25 @@ class PairLogps:
 
 
 def sequence_logp(per_codebook: torch.Tensor,
-                  weights: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
-    """[B, C] per-codebook log-prob sums -> [B], optionally weighted per codebook."""
+                  weights: Sequence[float] | torch.Tensor | None = None,
+                  tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, C] per-codebook log-prob sums -> [B], optionally weighted per codebook.
+
+    TOKENS ([B, C], each codebook's target tokens; ``loss.length_normalize``) makes it a
+    per-token mean: the (weighted) sum over the row's tokens of every codebook divided
+    by their count, so a sequence's log-prob no longer grows with its length (TRL's
+    IPO averages over tokens; NeMo sums)."""
     if weights is None:
-        return per_codebook.sum(dim=-1)
-    w = torch.as_tensor(weights, dtype=per_codebook.dtype, device=per_codebook.device)
-    if w.shape != per_codebook.shape[-1:]:
-        raise ConfigError(f"loss.codebook_weights has {w.numel()} values; the policy has "
-                          f"{per_codebook.shape[-1]} codebooks")
-    return (per_codebook * w).sum(dim=-1)
+        total = per_codebook.sum(dim=-1)
+    else:
+        w = torch.as_tensor(weights, dtype=per_codebook.dtype, device=per_codebook.device)
+        if w.shape != per_codebook.shape[-1:]:
+            raise ConfigError(f"loss.codebook_weights has {w.numel()} values; the policy has "
+                              f"{per_codebook.shape[-1]} codebooks")
+        total = (per_codebook * w).sum(dim=-1)
+    if tokens is None:
+        return total
+    return total / tokens.to(total.dtype).sum(dim=-1).clamp(min=1)
 
 
 def dpo(x: PairLogps, *, beta: float, label_smoothing: float = 0.0, **_) -> torch.Tensor:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -88,7 +88,8 @@ def reference_logps(model: Any, pairs: Pairs, idx, codes: PairCodes | None = Non
     live references must give the same losses)."""
     device = next(model.parameters()).device.type
     with torch.no_grad(), torch.autocast(device, enabled=False):
-        return concatenated_forward(model, model, pairs, idx, codes=codes)
+        out = concatenated_forward(model, model, pairs, idx, codes=codes)
+        return out.chosen, out.rejected
 
 
 def compute(policy: Any, pairs: Pairs, *, batch_pairs: int = 16) -> tuple[np.ndarray, np.ndarray]:

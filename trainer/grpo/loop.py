@@ -46,7 +46,8 @@ from ttspo.trainer.dpo.loop import (_progress, build_optimizer, build_scheduler,
 from ttspo.trainer.policy.base import Sampling, token_logps
 from ttspo.trainer.run.verify import checked_sha256, verified_latest
 from ttspo.trainer.run.repair import repair_on_resume
-from ttspo.trainer.grpo.rewards import GRPO_LOSSES, REWARDS, RewardConfig, token_entropy
+from ttspo.trainer.grpo.losses import GRPO_LOSSES, token_entropy
+from ttspo.trainer.grpo.rewards import REWARDS, RewardConfig
 from ttspo.trainer.grpo.rollouts import RolloutWriter, committed_steps
 from ttspo.trainer.run.runlock import run_lock
 from ttspo.trainer.run.folder import (RUN_FILE, MetricsLog, identity_config, log_lineage,

@@ -30,14 +30,18 @@ step limit; NeMo hard-codes 425 frames, we derive it from ``max_decoder_steps``)
 or when its ASR failed; an invalid sample's total is 0 (NeMo) or the minimum
 total of its group's valid samples (``invalid_reward="group_min"``: under
 ``normalize_then_sum`` 0 is about the group mean, no penalty at all). A group is
-invalid (its loss masked) when its best clamped CER exceeds
+invalid (its advantage term masked out of the loss; its KL term stays, as NeMo's) when its best clamped CER exceeds
 ``best_cer_threshold`` or its worst exceeds ``worst_cer_threshold``.
 
 Advantages: total - group mean, divided by (group std + 1e-4) when
-``scale_rewards`` (NeMo's grpo), unscaled otherwise (dr_grpo). std is the sample std (ddof 1, as
-torch.std); a group of one sample or with zero spread has advantage 0, never NaN.
+``scale_rewards`` (NeMo's grpo), unscaled otherwise (dr_grpo). std is the population std
+(ddof 0) over the whole group, invalid samples included, as NeMo's ``np.std(group_rewards)``
+(``MagpieTTSModelOnlinePO.generate_and_reward``); a group of one sample or with zero
+spread has advantage 0, never NaN. (``normalize_then_sum``'s per-part z-score is
+ttspo's own, over the valid samples, with the sample std, ddof 1.)
 
-The two loss types (pure functions of tensors) are at the end: :data:`GRPO_LOSSES`.
+The two loss types (pure functions of tensors) are beside the DPO losses' room:
+:mod:`ttspo.trainer.grpo.losses` (:data:`GRPO_LOSSES`).
 """
 
 from __future__ import annotations
@@ -49,7 +53,6 @@ from typing import Any, Callable
 
 import numpy as np
 import polars as pl
-import torch
 
 from ttspo.builder.core.errors import InputError, first_line
 from ttspo.builder.core.schemas import GEN, REWARD_PARTS, RWD
@@ -262,7 +265,7 @@ def _advantage(cfg: RewardConfig, group: str) -> pl.Expr:
     centred = r - r.mean().over(group)
     if not cfg.scale_rewards:
         return centred
-    std = r.std().over(group).fill_null(0.0)  # ddof 1; a group of one has no spread
+    std = r.std(ddof=0).over(group).fill_null(0.0)  # np.std's ddof 0, as NeMo
     return pl.when(std > 0).then(centred / (std + STD_EPS)).otherwise(0.0)
 
 
@@ -284,72 +287,3 @@ def pad_parts(df: pl.DataFrame) -> pl.DataFrame:
 
 
 CUSTOM_DTYPE = pl.List(pl.Struct({"name": pl.String, "value": pl.Float64}))
-
-
-# ------------------------------------------------------------------ losses
-# Pure functions of tensors. Shapes: logps, ref_logps, entropy, mask [B, C, T]
-# (per codebook, per token of the sampled codes); advantages, seq_mask [B].
-# seq_mask is False for samples of invalid groups: their loss is masked out.
-@dataclass
-class GrpoLossOut:
-    loss: torch.Tensor  # scalar, what backward() is called on
-    kl: torch.Tensor  # mean per-token KL estimate over unmasked tokens (0 if reference-free)
-    entropy: torch.Tensor  # mean per-token entropy over unmasked tokens
-
-
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each token's distribution: logits [..., V] -> [...]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
-
-
-def _per_token(logps, advantages, ref_logps, entropy, *, kl_beta, entropy_coef):
-    # exp(logp - logp.detach()) is 1 in value but carries d logp: the on-policy ratio.
-    loss = -torch.exp(logps - logps.detach()) * advantages[:, None, None]
-    kl = torch.zeros_like(logps)
-    if ref_logps is not None:
-        # k3 estimator of KL(pi || ref): exp(ref - pi) - (ref - pi) - 1 >= 0.
-        diff = ref_logps - logps
-        kl = torch.exp(diff) - diff - 1.0
-        loss = loss + kl_beta * kl
-    if entropy is not None and entropy_coef:
-        loss = loss - entropy_coef * entropy  # a bonus: higher entropy, lower loss
-    return loss, kl
-
-
-def _stats(kl, entropy, mask):
-    n = mask.sum().clamp(min=1)
-    ent = (entropy * mask).sum() / n if entropy is not None else torch.zeros(())
-    return (kl * mask).sum().detach() / n, ent.detach()
-
-
-def grpo_loss(logps, advantages, mask, seq_mask, *, ref_logps=None, entropy=None,
-              kl_beta=0.0, entropy_coef=0.0, max_steps=None) -> GrpoLossOut:
-    """``grpo``: each sequence's token mean (per codebook), averaged over codebooks,
-    then over the batch (invalid sequences count 0)."""
-    mask = mask.float() * seq_mask.float()[:, None, None]
-    per_token, kl = _per_token(logps, advantages, ref_logps, entropy, kl_beta=kl_beta,
-                               entropy_coef=entropy_coef)
-    per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B, C]
-    per_seq = per_seq.mean(-1)  # [B]
-    # Over the whole batch, invalid sequences counting 0 (NeMo's mean): dividing by the
-    # valid count would scale the step up whenever a group is invalid.
-    loss = (per_seq * seq_mask.float()).sum() / per_seq.shape[0]
-    return GrpoLossOut(loss, *_stats(kl, entropy, mask))
-
-
-def dr_grpo_loss(logps, advantages, mask, seq_mask, *, ref_logps=None, entropy=None,
-                 kl_beta=0.0, entropy_coef=0.0, max_steps=None) -> GrpoLossOut:
-    """``dr_grpo``: token sums divided by a constant (batch * max decoder steps), so
-    long and short samples weigh by their tokens, not per sequence; averaged over
-    codebooks."""
-    if not max_steps:
-        raise ValueError("dr_grpo needs max_steps (the max decoder steps)")
-    mask = mask.float() * seq_mask.float()[:, None, None]
-    per_token, kl = _per_token(logps, advantages, ref_logps, entropy, kl_beta=kl_beta,
-                               entropy_coef=entropy_coef)
-    loss = (per_token * mask).sum(-1).mean(-1).sum() / (logps.shape[0] * max_steps)
-    return GrpoLossOut(loss, *_stats(kl, entropy, mask))
-
-
-GRPO_LOSSES = {"grpo": grpo_loss, "dr_grpo": dr_grpo_loss}

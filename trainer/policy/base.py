@@ -80,6 +80,11 @@ class TeacherForced:
     logits: torch.Tensor
     labels: torch.Tensor
     mask: torch.Tensor
+    # Per row [B], the model's own alignment loss (NeMo MagpieTTS with
+    # alignment_loss_scale > 0: its scaled CTC loss over cross-attention, row by row), or
+    # None when the model has none (the tiny policy never has). NeMo's DPO adds the
+    # chosen rows' mean to its objective; so does ttspo's (trainer/dpo/loop.py).
+    alignment_loss: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,9 @@ class LossConfig:
     sft_weight: float = 0.0  # + sft_weight * mean(-logp(chosen))
     codebook_weights: Optional[list[float]] = None  # one per codebook; None: all 1
     reference_free: bool = False
+    # true: every sequence log-prob is a per-token mean (over its codebooks' tokens), as
+    # TRL's IPO; false: summed, as NeMo
+    length_normalize: bool = False
 
 
 @dataclass(kw_only=True)
@@ -180,6 +183,7 @@ RULES: dict[str, Rule] = {
     "loss.sft_weight": AT_LEAST_0,
     "loss.codebook_weights": Span("[0, inf)", min_length=1),  # their count: the policy's codebooks
     "loss.reference_free": BOOL,
+    "loss.length_normalize": BOOL,
     "optim.lr": POSITIVE,
     "optim.weight_decay": AT_LEAST_0,
     "optim.betas": Span("[0, 1)", length=2),  # AdamW's (beta1, beta2)

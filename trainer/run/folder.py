@@ -31,6 +31,9 @@ RESUMABLE = ("train.max_steps", "train.progress", "train.tensorboard", "train.lo
              "train.val_every", "train.checkpoint_every", "train.best_metric", "train.best_mode",
              # the loader and its read-ahead: same batches, same losses either way
              "data.loader", "data.workers", "data.prefetch_batches")
+# Config keys added after run folders were made, each with the value that computes what
+# those folders' runs computed: a folder whose run.json lacks the key holds that value.
+ADDED = {"loss.length_normalize": False}
 
 
 # ------------------------------------------------------------------ metrics
@@ -166,6 +169,10 @@ def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -
             section, name = key.split(".")
             if name not in identity.get("config", {}).get(section, {}):
                 saved.get("config", {}).get(section, {}).pop(name, None)
+        for key, value in ADDED.items():  # a folder made before the key existed
+            section, name = key.split(".")
+            if section in saved.get("config", {}):
+                saved["config"][section].setdefault(name, value)
         if saved != identity:
             what = _differences(saved, identity)
             raise TrainingError(f"{out} holds another run ({what}); choose another --out")

@@ -219,7 +219,29 @@ class NemoMagpiePolicy(nn.Module):
         c, v = self.model.num_audio_codebooks, self.model.num_all_tokens_per_codebook
         logits = logits.view(b, t, c, v).permute(0, 2, 1, 3)
         return TeacherForced(logits=logits, labels=out["audio_codes_target"].long(),
-                             mask=out["loss_mask"].bool())
+                             mask=out["loss_mask"].bool(), alignment_loss=self._alignment(out))
+
+    def _alignment(self, out: dict) -> torch.Tensor | None:
+        """The model's alignment loss row by row ([B]), or None when it has none.
+
+        process_batch reports one value, NeMo's ForwardSumLoss over the batch: a CTC
+        loss with mean reduction, the mean over rows of (row loss / its text length),
+        times alignment_loss_scale. Recomputed here per row with the model's own
+        compute_alignment_loss on the same attention, so the mean over any rows (DPO's
+        chosen half of a chosen + rejected forward) is NeMo's value for those rows."""
+        if out.get("alignment_loss") is None:
+            return None
+        m = self.model
+        if m.frame_stacking_factor != 1:
+            raise ModelError("the alignment loss per row needs frame_stacking_factor 1 "
+                             f"(the model has {m.frame_stacking_factor})")
+        scores = [attn["cross_attn_probabilities"][1] for i, attn in enumerate(out["attn_info"])
+                  if i in m.ctc_prior_layer_ids]
+        text_lens, audio_lens = out["text_lens"], out["audio_codes_lens_target"]
+        return torch.stack([m.compute_alignment_loss([s[i:i + 1] for s in scores],
+                                                     text_lens[i:i + 1], audio_lens[i:i + 1],
+                                                     out["dec_context_size"])
+                            for i in range(text_lens.shape[0])])
 
     # ------------------------------------------------------------ sampling
     def generate(self, batch: dict, sampling: Sampling,

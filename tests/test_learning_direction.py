@@ -1,0 +1,177 @@
+"""The trainer learns what the preferences say, and the opposite of the reversed ones.
+
+From a fresh tiny policy's own samples (``generate``), each training group's samples
+are scored by one measurable property, their length (``codes_len``: the ``cer`` column
+holds it scaled to [0, 1], so the stock ``best_worst`` recipe pairs the shortest
+against the longest; reversed, the longest against the shortest). After a short run,
+held-out prompts are sampled with the same per-sample seeds by the initial and the
+trained policy, and the paired differences of their lengths, read with SQL from
+``generations``, must have a 95% interval on the preferred side of 0. A chosen/rejected
+swap anywhere in the data path, or a sign error in a loss, moves the policy the other
+way and fails. GRPO with the ``length`` reward must raise its held-out mean reward.
+Slow: fixed seeds, each well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from grpo_helpers import CORPUS, TINY
+from ttspo import Store
+from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT, PROMPTS_SCHEMA
+from ttspo.builder.core.store import make_lineage
+from ttspo.trainer.dpo.loop import make_policy
+from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.run.config import load_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+TRAIN_PROMPTS, HELD_OUT = 32, 10
+SAMPLES, HELD_OUT_SAMPLES = 6, 4
+MAX_STEPS = 40  # frames: a fresh policy ends a sample (any codebook draws EOS) after ~30
+POLICY = {"max_text_len": 128, "max_frames": 112}  # 64 context frames + 40 + BOS, EOS
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
+T_95 = {40: 2.021}  # Student t, two-sided 95%, 39 degrees of freedom
+QUIET = ["train.progress=false", "train.tensorboard=false", "train.val_every=0"]
+
+
+def prompts(store: Store) -> None:
+    rng = np.random.default_rng(0)
+    contexts = [json.loads(x) for x in (CORPUS / "audio_contexts.jsonl").read_text().splitlines() if x]
+    rows = []
+    for i in range(TRAIN_PROMPTS + HELD_OUT):
+        c = contexts[i % len(contexts)]
+        rows.append({PROMPT.prompt_id: f"p{i:02d}", PROMPT.text: " ".join(rng.choice(WORDS, 4)),
+                     PROMPT.record_type: "regular", PROMPT.context_type: "audio",
+                     PROMPT.context_audio_filepath: str(CORPUS / c["context_audio_filepath"]),
+                     PROMPT.context_audio_duration: c["context_audio_duration"],
+                     PROMPT.context_audio_codes_path: str(CORPUS / c["context_audio_codes_path"]),
+                     PROMPT.position: i})
+    store.core.write("prompts", pa.Table.from_pylist(rows, PROMPTS_SCHEMA), PROMPTS_SCHEMA,
+                     make_lineage("prompts", {}))
+
+
+AUDIO = None  # set by the fixture: where generate writes audio
+TRAIN_WHERE = f"position < {TRAIN_PROMPTS}"
+HELD_WHERE = f"position >= {TRAIN_PROMPTS}"
+
+
+def fresh(d):
+    """A store with prompts and a fresh policy's checkpoint."""
+    store = Store(d / "store")
+    prompts(store)
+    cfg = load_config(None, [f"policy.model.{k}={v}" for k, v in POLICY.items()])
+    init = d / "init.pt"
+    make_policy("tiny", None, cfg, 0).save(init)
+    return store, init
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A store with prompts, a fresh policy's checkpoint, and its samples of the train prompts."""
+    global AUDIO
+    d = tmp_path_factory.mktemp("direction")
+    AUDIO = d / "audio"
+    store, init = fresh(d)
+    store.generate(run="base", checkpoint=init, samples=SAMPLES, where=TRAIN_WHERE,
+                   max_steps=MAX_STEPS, temperature=1.0, seed=1, audio_dir=AUDIO)
+    store.generate(run="held-init", checkpoint=init, samples=HELD_OUT_SAMPLES, where=HELD_WHERE,
+                   max_steps=MAX_STEPS, temperature=1.0, seed=2, audio_dir=AUDIO)
+    return {"dir": d, "store": store, "init": init}
+
+
+def preference_set(store: Store, name: str, *, shorter: bool) -> str:
+    """A best_worst set over the base samples preferring the shorter (or longer) one."""
+    table = store.core.open("generations").to_table()
+    lens = np.asarray(table[GEN.codes_len].to_pylist(), dtype=float)
+    # Other runs' groups are never paired; nor a group with an empty sample (EOS first:
+    # no codes to train on; the recipe skips a group with an invalid sample).
+    base = (np.asarray(table[GEN.run].to_pylist()) == "base") & (lens > 0)
+    metric = lens / MAX_STEPS if shorter else 1.0 - lens / MAX_STEPS
+    table = (table.set_column(table.schema.get_field_index(GEN.cer), GEN.cer, pa.array(metric))
+             .set_column(table.schema.get_field_index(GEN.ssim), GEN.ssim,
+                         pa.array(np.full(len(lens), 0.5)))
+             .set_column(table.schema.get_field_index(GEN.invalid), GEN.invalid,
+                         pa.array(~base)))
+    audio = GENERATIONS_SCHEMA.field(GEN.audio)  # a blob reads back as its position; none
+    table = table.set_column(table.schema.get_field_index(GEN.audio), audio,  # is embedded
+                             pa.nulls(table.num_rows, audio.type))
+    store.core.write("generations", table.cast(GENERATIONS_SCHEMA), GENERATIONS_SCHEMA,
+                     make_lineage("test: score by length", {"shorter": shorter}), mode="overwrite")
+    store.build("best_worst", name=name, params={"cer_threshold": 2.0, "min_duration": 0.0,
+                                                 "max_duration": 1e9, "seed": 0})
+    return name
+
+
+def trained_lengths(world, set_name: str, run: str, overrides: list[str], steps: int):
+    """Train on SET_NAME from the initial policy, sample the held-out prompts, and return
+    the paired length differences (trained - initial), one per (prompt, sample)."""
+    store = world["store"]
+    out = world["dir"] / run
+    store.train_dpo(set_name, out=out, init=world["init"], echo=lambda *_: None,
+                    overrides=[*[f"policy.model.{k}={v}" for k, v in POLICY.items()], *QUIET,
+                               f"train.max_steps={steps}", f"train.checkpoint_every={steps}",
+                               "data.pairs_per_device=4", *overrides])
+    final = out / "checkpoints" / f"step_{steps:06d}" / ckpt.POLICY_FILE
+    store.generate(run=run, checkpoint=final, samples=HELD_OUT_SAMPLES, where=HELD_WHERE,
+                   max_steps=MAX_STEPS, temperature=1.0, seed=2, audio_dir=AUDIO)
+    diff = store.sql(
+        "SELECT t.codes_len - i.codes_len AS d FROM generations t JOIN generations i "
+        "USING (prompt_id, sample_index) WHERE t.run = $run AND i.run = 'held-init'", run=run)
+    return diff["d"].to_numpy().astype(float)
+
+
+def interval(d: np.ndarray) -> tuple[float, float]:
+    """95% paired t interval of the mean difference."""
+    half = T_95[len(d)] * d.std(ddof=1) / math.sqrt(len(d))
+    return d.mean() - half, d.mean() + half
+
+
+SETTINGS = {  # loss: (overrides, steps); see docs/vs-nemo.md for why these
+    "dpo": (["loss.terms=dpo=1", "loss.beta=0.1", "optim.lr=1e-3"], 25),
+    "ipo-length-normalize": (["loss.terms=ipo=1", "loss.beta=5", "loss.length_normalize=true",
+                              "optim.lr=1e-3"], 25),
+    "rpo": (["loss.terms=rpo=1", "loss.beta=0.1", "loss.gt_reward_scale=10", "optim.lr=2e-3"], 25),
+}
+
+
+@pytest.mark.parametrize("loss", list(SETTINGS))
+def test_preferences_move_held_out_lengths_their_way(world, loss):
+    overrides, steps = SETTINGS[loss]
+    store = world["store"]
+    shorter = preference_set(store, f"short-{loss}", shorter=True)
+    d_short = trained_lengths(world, shorter, f"{loss}-short", overrides, steps)
+    longer = preference_set(store, f"long-{loss}", shorter=False)
+    d_long = trained_lengths(world, longer, f"{loss}-long", overrides, steps)
+    lo, hi = interval(d_short)
+    assert hi < 0, f"{loss}: preferring shorter moved lengths by {d_short.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    lo, hi = interval(d_long)
+    assert lo > 0, f"{loss}: preferring longer moved lengths by {d_long.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+@pytest.mark.xfail(reason="not yet: in this setting (fresh tiny policy, length_target 16, "
+                   "top-k off, lr 3e-4 to 3e-3, 80 steps) the held-out length reward does not "
+                   "rise (0.31 -> 0.28, 0.19; top-k 80 cut EOS after one step); issue 20",
+                   strict=False)
+def test_grpo_with_the_length_reward_raises_held_out_reward(tmp_path):
+    store, init = fresh(tmp_path)
+    result = store.train_grpo(out=tmp_path / "grpo", init=init, echo=lambda *_: None,
+                              overrides=[*[f"policy.model.{k}={v}" for k, v in POLICY.items()],
+                                         "train.progress=false", "train.tensorboard=false",
+                                         "train.max_steps=80", "train.val_every=20",
+                                         "train.checkpoint_every=80", "optim.lr=3e-4", "grpo.prompts_per_step=4",
+                                         f"grpo.where={TRAIN_WHERE}", "grpo.val_prompts=6",
+                                         "grpo.rewards=length=1", "grpo.length_target=16",
+                                         f"grpo.max_decoder_steps={MAX_STEPS}",
+                                         "grpo.temperature=1.0", "grpo.topk=0",  # a fresh policy is near uniform:
+                                         "grpo.store_audio=false"])  # top-80 would cut EOS
+    rows = store.sql("SELECT step, avg(reward) AS r, count(*) AS n FROM rollouts "
+                     "WHERE split = 'val' GROUP BY step ORDER BY step")
+    first, last = rows["r"][0], rows["r"][-1]
+    assert rows["step"].to_list() == [0, 20, 40, 60, 80] and result.steps == 80
+    assert last > first + 0.1, f"held-out length reward {first:.3f} -> {last:.3f}"
