@@ -220,6 +220,7 @@ def test_the_rules_table_renders_as_the_docs_table():
     assert "| `train.precision` | fp32 &#124; bf16 |" in lines
 
 
+@pytest.mark.slow  # torchrun
 def test_the_torchrun_entry_refuses_the_same_way(store, tmp_path):
     import subprocess
     import sys

@@ -19,6 +19,8 @@ from ttspo.trainer.grpo.rollouts import committed_steps
 sys.path.insert(0, str(Path(__file__).parent))
 from grpo_helpers import TINY, make_prompts  # noqa: E402
 
+pytestmark = pytest.mark.slow  # torchrun processes and a SIGKILL-resume matrix
+
 BIN = Path(sys.executable).parent
 # A length reward: no scoring models, so the runs stay short.
 LENGTH = [f"policy.model.{k}={v}" for k, v in TINY.items()] + [
