@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ttspo.builder.core.schemas import CKPT, GEN, ROLL, RWD

@@ -8,14 +8,12 @@ lets them go at once.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ttspo.builder.core.store import Store
