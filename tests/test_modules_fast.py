@@ -235,3 +235,42 @@ def test_the_nemo_policy_spec_and_dropout_are_parsed_without_nemo():
 def test_a_namespace_is_not_a_codec_model():
     with pytest.raises(AttributeError):
         nemo_codec.NemoCodec(SimpleNamespace()).num_codebooks
+
+
+# ------------------------------------------------------------------ the command families
+def test_every_command_family_runs_through_the_root_group(tmp_path):
+    """Each family's commands are the root group's, and one real command of each runs
+    on a small store (a result, or the one-line error its input deserves)."""
+    import ttspo
+    from ttspo.builder.cli import ingest, prompts, sets, store
+    from ttspo.builder.cli.main import cli
+    from ttspo.trainer.cli import demo, generate, rewards, train
+    from test_build_helpers import BASIC, make_store
+
+    families = [store, prompts, ingest, sets, generate, rewards, train, demo]
+    assert {m.__name__ for m in families} <= set(ttspo.COMMAND_FAMILIES)
+    for module in families:
+        for command in module.COMMANDS:
+            assert cli.commands[command.name] is command, module.__name__
+    st = tmp_path / "st"
+    make_store(st, BASIC)
+
+    def run(*args):
+        result = CliRunner().invoke(cli, ["--store", str(st), *args])
+        return result.exit_code, result.output
+
+    code, out = run("sql", "SELECT count(*) AS n FROM generations", "--format", "json")  # store
+    assert code == 0 and json.loads(out) == [{"n": 20}]
+    assert run("build", "pareto", "--name", "s1")[0] == 0  # sets
+    assert run("diff", "s1", "s1")[1].startswith("s1@1 -> s1@1 (set)\nchanges: none\n")
+    assert run("prompts", "--challenging-texts", str(tmp_path / "no.txt")) == (  # prompts
+        1, f"Error: {tmp_path / 'no.txt'}: no such file\n")
+    assert run("ingest", "jsonl", str(tmp_path / "no.jsonl"), "--run", "x") == (  # ingest
+        1, f"Error: {tmp_path / 'no.jsonl'}: cannot read (No such file or directory)\n")
+    assert run("train", "dpo", "nosuch", "--out", str(tmp_path / "run")) == (  # train
+        1, f"Error: no table 'nosuch' in store {st}\n")
+    assert run("compare", "r", "zz") == (1, "Error: no run 'zz' in generations (runs: r)\n")
+    assert run("rewards", "--as", "x") == (1, f"Error: no table 'rollouts' in store {st}\n")
+    (tmp_path / "a-file").write_text("x")
+    code, out = run("demo", "--store", str(tmp_path / "a-file"))  # demo: refused
+    assert code == 2 and out.endswith(f"Directory '{tmp_path / 'a-file'}' is a file.\n")
