@@ -1,7 +1,7 @@
 """Fast tests of package modules that other fast tests only reach through a higher
 layer (the CLI, the loops): each imports its module and exercises its own behaviour
 (issue 19: every package module has a fast test; tests/test_fast_tier.py checks it).
-No NeMo, no model weights, no subprocess: each test well under a second."""
+No NeMo, no model weights, no subprocess: each test about a second or less."""
 
 from __future__ import annotations
 
@@ -274,3 +274,96 @@ def test_every_command_family_runs_through_the_root_group(tmp_path):
     (tmp_path / "a-file").write_text("x")
     code, out = run("demo", "--store", str(tmp_path / "a-file"))  # demo: refused
     assert code == 2 and out.endswith(f"Directory '{tmp_path / 'a-file'}' is a file.\n")
+
+
+# ------------------------------------------------------------------ ingest, sets, scoring
+def test_a_manifest_record_is_type_checked_and_gives_its_prompt_fields():
+    from ttspo.builder.ingest import nemo as ingest_nemo
+    from ttspo.builder.ingest import rows
+    from ttspo.builder.ingest.files import BadFile
+
+    record = ingest_nemo.parse_manifest_record(
+        b'{"text": "hi", "context_text": "calm", "context_audio_filepath": "dummy.wav"}')
+    text, record_type, audio, duration, context_text, pid = rows.prompt_fields(record)
+    assert (text, audio, duration, context_text) == ("hi", None, None, "calm")  # dummy dropped
+    assert pid == rows.prompt_fields({"text": "hi", "context_text": "calm"})[-1]
+    with pytest.raises(BadFile, match="no 'text' field"):
+        ingest_nemo.parse_manifest_record(b'{"context_text": "calm"}')
+    buf = rows.RowBuffer("r", "test")
+    assert len(buf) == 0 and buf.add_prompt(rows.prompt_fields(record)) == 0
+
+
+def test_a_jsonl_plan_counts_records_and_what_is_left_to_read(tmp_path):
+    from ttspo.builder.ingest import jsonl
+
+    path = tmp_path / "g.jsonl"
+    path.write_text('{"text": "a"}\n\n{"text": "b"}\n{"text": "c"}\n')
+    p = jsonl.plan(str(path), "r", present_lines={0})
+    assert (p.records, p.todo) == (3, 2)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(InputError, match="no records"):
+        jsonl.plan(str(tmp_path / "empty.jsonl"), "r", set())
+
+
+def test_a_recipes_cached_region_is_found_between_its_markers():
+    from ttspo.builder.sets import recipe_cache
+
+    sql = "WITH\n-- ttspo cache: ranked\nranked AS (SELECT 1)\n-- ttspo cache end\nSELECT 1"
+    name, start, end = recipe_cache.cache_region(sql)
+    assert name == "ranked" and sql[start:end].splitlines()[1] == "ranked AS (SELECT 1)"
+    assert recipe_cache.cache_region("SELECT 1") is None
+    assert recipe_cache.cache_region("-- ttspo cache end\n-- ttspo cache: x\n") is None
+
+
+def test_each_fragment_has_one_writer_and_squim_needs_its_weights():
+    from ttspo.builder.scoring import scorer, write
+    from ttspo.builder.scoring.run import ScoreOptions
+
+    fragments = [7, 3, 5, 1, 9]
+    owned = [write.owned_fragments(fragments, rank, 2) for rank in range(2)]
+    assert sorted(owned[0] + owned[1]) == sorted(fragments) and not set(owned[0]) & set(owned[1])
+    with pytest.raises(ModelError, match="--metrics squim needs --squim PATH"):
+        scorer.squim_spec(ScoreOptions())
+    assert scorer.squim_spec(ScoreOptions(squim="w.pt")) == "squim:w.pt"
+
+
+# ------------------------------------------------------------------ trainer
+def test_a_resume_clears_what_a_killed_save_left(tmp_path):
+    from ttspo.trainer.run import repair
+
+    folder = tmp_path / "checkpoints"
+    (folder / "step_000002.tmp").mkdir(parents=True)
+    (folder / "step_000004").mkdir()  # no meta.json: half-made
+    (folder / "x.link").write_text("")
+    notes = repair.clean_folder(folder)
+    assert notes == [f"removed {n} (left by a killed save)"
+                     for n in ("step_000002.tmp", "step_000004", "x.link")]
+    assert list(folder.iterdir()) == [] and repair.clean_folder(tmp_path / "none") == []
+
+
+def test_tiny_text_tokens_and_sampling_picks():
+    from ttspo.trainer.policy import tiny_batch, tiny_sampling
+    from ttspo.trainer.policy.base import Sampling
+
+    tokens = tiny_batch.text_tokens({"text": "ab", "context_text": "c"}, 0, max_len=16)
+    assert tokens == [tiny_batch.TEXT_BOS, ord("c"), tiny_batch.TEXT_SEP, ord("a"), ord("b"),
+                      tiny_batch.TEXT_EOS]
+    with pytest.raises(InputError, match="more than the policy's max_text_len 4"):
+        tiny_batch.text_tokens({"text": "abcdef"}, 0, max_len=4)
+    logits = torch.tensor([[[0.0, 5.0, 1.0]]])
+    allowed = torch.tensor([[[True, False, True]]])
+    greedy = tiny_sampling.pick(logits, Sampling(temperature=0.0), torch.zeros(1, 1), allowed)
+    assert greedy.tolist() == [[2]]  # the best allowed token
+    top1 = tiny_sampling.pick(logits, Sampling(temperature=1.0, top_k=1), torch.full((1, 1), 0.9),
+                              torch.ones(1, 1, 3, dtype=torch.bool))
+    assert top1.tolist() == [[1]]
+
+
+def test_the_demos_grpo_overrides_are_a_valid_config():
+    from ttspo.trainer.demo import grpo
+    from ttspo.trainer.run.config import load_config
+
+    cfg = load_config(None, grpo.OVERRIDES)  # range rules and key names checked
+    assert (cfg.grpo.prompts_per_step, cfg.grpo.n_generations_per_item) == (2, 3)
+    assert cfg.policy.model["d_model"] == 64 and cfg.train.max_steps == 2
+    assert "FROM rollouts" in grpo.SUMMARY
