@@ -148,6 +148,7 @@ def test_codebook_weights_must_match_the_policy_before_the_run_folder(store, tmp
     assert not out.exists()
 
 
+@pytest.mark.slow  # trains
 def test_edge_values_load_and_the_corrected_command_trains_in_the_same_out(store, tmp_path):
     out = tmp_path / "run"
     assert train(store, out, "optim.betas=[0.9,1.5]").exit_code == 1

@@ -35,6 +35,7 @@ def stored_files(store):
     return sorted(p.name for p in (store.root / session_cache.DERIVED_DIR).glob("*.arrow"))
 
 
+@pytest.mark.slow
 def test_a_new_session_reads_what_an_earlier_one_kept(store, tmp_path):
     rethreshold(store, tmp_path / "out", 0.1)
     assert {name.split("-")[0] for name in stored_files(store)} == set(KINDS)

@@ -128,6 +128,7 @@ def test_same_seed_same_codes_other_seed_other_codes(tmp_path, checkpoint):
     assert sample_seed(3, "p1", 0) != sample_seed(3, "p1", 1) != sample_seed(4, "p1", 1)
 
 
+@pytest.mark.slow
 def test_a_rerun_adds_only_missing_samples_and_other_settings_are_refused(tmp_path, checkpoint):
     store = make_prompts(tmp_path / "st")
     generate(store, options(checkpoint, tmp_path, samples=1, where="record_type = 'regular'"),
@@ -257,6 +258,7 @@ def test_sigkill_mid_generate_then_rerun_loses_and_doubles_nothing(tmp_path, che
     assert len(ids) == len(set(ids)) == 24
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frames", [0, 1, 2, 5])
 def test_generated_codes_decode_to_frames_times_hop_samples(frames):
     from ttspo.trainer.policy.codec import Codec
