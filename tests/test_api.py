@@ -41,6 +41,7 @@ def pipeline(tmp_path_factory):
     return store, root, ingested, jsonl, first, second
 
 
+@pytest.mark.slow
 def test_the_store_is_loaded_lazily():
     code = "import sys, ttspo; assert 'ttspo.builder.api' not in sys.modules; " \
            "assert 'lance' not in sys.modules and 'duckdb' not in sys.modules; " \
@@ -138,6 +139,7 @@ def test_exports(pipeline, tmp_path):
     assert pq.read_table(tmp_path / "r.parquet").column_names == ["a", "a_1"]
 
 
+@pytest.mark.slow
 def test_score_in_process_records_its_options(pipeline):
     store = pipeline[0]
     before = store.tables()[0]["version"]
@@ -226,6 +228,7 @@ def notebook_snippets() -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
+@pytest.mark.slow
 def test_docs_notebook_snippets_run(tmp_path, monkeypatch):
     """Exactly as written, in a folder holding what they name: a NeMo generation
     folder `generations/` and its manifest `pairs.json`."""

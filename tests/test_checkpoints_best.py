@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 import torch
 
 from ttspo.trainer.run import checkpoints as ckpt
 from ttspo.trainer.policy.base import load_policy
+
+pytestmark = pytest.mark.slow  # trains to two best checkpoints (~4 s)
 
 SMALL = {"d_model": 32, "n_heads": 2, "d_ffn": 64, "encoder_layers": 1, "decoder_layers": 1}
 

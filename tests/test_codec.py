@@ -81,6 +81,7 @@ def test_encode_at_the_codec_rate_and_resampled_agree_on_length(codec):
     assert abs(frames - len(audio) / sr * C.FRAME_RATE) <= 1
 
 
+@pytest.mark.slow
 def test_decode_keeps_coarse_structure_and_duration(codec):
     (v1, path), (v2, other_path) = clean_speech()[:2]
     assert v1["text"] != v2["text"] or v1["voice"] != v2["voice"]
@@ -141,6 +142,7 @@ def test_bad_codes_are_refused(codec):
         codec.decode(np.array([[0, 256]] * 8, np.int16))
 
 
+@pytest.mark.slow
 def test_fit_is_deterministic_and_round_trips_through_save(tmp_path):
     audios = [read(p) for _, p in clean_speech()[:4]]
     a = C.fit(audios, num_codebooks=3, codebook_size=16, iters=5, seed=7)

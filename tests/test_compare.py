@@ -150,6 +150,7 @@ def test_cli_identical_runs_exact_json(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_cli_plot_writes_a_png(tmp_path):
     shifted_runs(tmp_path / "st", shift=0.05, prompts=10)
     png = tmp_path / "diff.png"

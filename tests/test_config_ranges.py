@@ -155,6 +155,7 @@ def test_codebook_weights_must_match_the_policy_before_the_run_folder(store, tmp
     assert not out.exists()
 
 
+@pytest.mark.slow  # trains
 def test_edge_values_load_and_the_corrected_command_trains_in_the_same_out(store, tmp_path):
     out = tmp_path / "run"
     assert train(store, out, "optim.betas=[0.9,1.5]").exit_code == 1
@@ -231,6 +232,7 @@ def test_the_rules_table_renders_as_the_docs_table():
     assert "| `train.precision` | fp32 &#124; bf16 |" in lines
 
 
+@pytest.mark.slow  # torchrun
 def test_the_torchrun_entry_refuses_the_same_way(store, tmp_path):
     import subprocess
     import sys

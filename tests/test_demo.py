@@ -127,6 +127,7 @@ def test_a_manifest_the_draw_does_not_reproduce_is_refused(tmp_path):
 
 
 # --------------------------------------------------------------- the demo
+# The whole demo runs once for these tests (about 30 s): each is marked slow.
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     store = tmp_path_factory.mktemp("demo") / "store"
@@ -134,6 +135,7 @@ def demo_run(tmp_path_factory):
     return store, result
 
 
+@pytest.mark.slow
 def test_demo_runs_each_step_and_says_what_it_did(demo_run):
     store, result = demo_run
     assert result.exit_code == 0, result.output
@@ -157,6 +159,7 @@ def test_demo_runs_each_step_and_says_what_it_did(demo_run):
                      out, re.M)
 
 
+@pytest.mark.slow
 def test_demo_tables_have_the_corpus_rows(demo_run):
     store, result = demo_run
     assert result.exit_code == 0, result.output
@@ -177,6 +180,7 @@ def test_demo_tables_have_the_corpus_rows(demo_run):
                for p in ctx)
 
 
+@pytest.mark.slow
 def test_demo_summaries_print_tables(demo_run):
     _, result = demo_run
     out = result.output
@@ -190,6 +194,7 @@ def test_demo_summaries_print_tables(demo_run):
     assert re.search(rf"^base:g{CONFIG['tie_group']}\s", out, re.M)
 
 
+@pytest.mark.slow
 def test_demo_again_on_the_same_store_writes_nothing(demo_run):
     store, first = demo_run
     assert first.exit_code == 0, first.output
@@ -211,6 +216,7 @@ def test_demo_again_on_the_same_store_writes_nothing(demo_run):
     assert {t: Store(store).version(t) for t in versions} == versions
 
 
+@pytest.mark.slow
 def test_demo_scores_builds_exports_tags_and_diffs(demo_run):
     store, result = demo_run
     out = result.output
@@ -243,6 +249,7 @@ def test_demo_scores_builds_exports_tags_and_diffs(demo_run):
     assert "pairs: 3 added, 0 removed, 5 kept (0 changed split)" in out
 
 
+@pytest.mark.slow
 def test_demo_trains_on_the_cached_reference_and_records_checkpoints(demo_run):
     store, result = demo_run
     out = result.output
@@ -278,6 +285,7 @@ def test_demo_refuses_a_store_path_that_is_a_file(tmp_path):
     assert f"Invalid value for '--store': Directory '{path}' is a file." in result.output
 
 
+@pytest.mark.slow
 def test_demo_grpo_steps_fill_rollouts_and_summarise_them(demo_run):
     store, result = demo_run
     assert result.exit_code == 0, result.output

@@ -3,6 +3,8 @@ scored, compared, with verdicts that claim only what the intervals show."""
 
 from __future__ import annotations
 
+import pytest
+
 from ttspo.trainer.demo import loop as demo_loop
 from ttspo.trainer.demo import run as demo_api
 from ttspo.trainer.demo import sets as demo_sets
@@ -31,6 +33,7 @@ def test_verdicts_say_no_difference_when_the_interval_holds_zero():
         "2 prompts): p >= 0.05; over 2 prompts the interval alone is not evidence.")
 
 
+@pytest.mark.slow
 def test_the_loop_step_generates_scores_and_compares_then_a_rerun_writes_nothing(tmp_path):
     import torch
 

@@ -4,6 +4,8 @@ cache, and a damaged, unwritable or outgrown cache costs time, never results."""
 
 from __future__ import annotations
 
+import pytest
+
 from ttspo.builder.core.schemas import GEN
 from ttspo.builder.sets import session_cache
 from ttspo.builder.sets.build import build_set, open_set
@@ -33,6 +35,7 @@ def stored_files(store):
     return sorted(p.name for p in (store.root / session_cache.DERIVED_DIR).glob("*.arrow"))
 
 
+@pytest.mark.slow
 def test_a_new_session_reads_what_an_earlier_one_kept(store, tmp_path):
     rethreshold(store, tmp_path / "out", 0.1)
     assert {name.split("-")[0] for name in stored_files(store)} == set(KINDS)
@@ -83,6 +86,7 @@ def test_a_store_it_cannot_write_to_is_only_not_cached(store, tmp_path):
     assert set(session_cache.computed) == set(KINDS)
 
 
+@pytest.mark.slow
 def test_disabled_writes_nothing_and_each_kind_keeps_its_newest_files(store, tmp_path):
     with session_cache.disabled():
         rethreshold(store, tmp_path / "out", 0.1)

@@ -40,6 +40,7 @@ def expected(store, tmp_path):
     return truth(store, tmp_path / "truth", 0.1)
 
 
+@pytest.mark.slow  # a rebuild per kind and offset (25 cases)
 @pytest.mark.parametrize("where", OFFSETS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_flipped_bit_is_seen_recomputed_and_replaced(store, tmp_path, expected, kind, where):

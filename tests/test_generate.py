@@ -115,6 +115,7 @@ def test_rows_hold_codes_audio_of_the_right_length_and_the_settings(tmp_path, ch
     assert lineage_record["checkpoint"]["checkpoint_sha256"] == sha
 
 
+@pytest.mark.slow
 def test_same_seed_same_codes_other_seed_other_codes(tmp_path, checkpoint):
     store = make_prompts(tmp_path / "st")
     generate(store, options(checkpoint, tmp_path, run="a", batch_size=1), lineage=lineage())
@@ -127,6 +128,7 @@ def test_same_seed_same_codes_other_seed_other_codes(tmp_path, checkpoint):
     assert sample_seed(3, "p1", 0) != sample_seed(3, "p1", 1) != sample_seed(4, "p1", 1)
 
 
+@pytest.mark.slow
 def test_a_rerun_adds_only_missing_samples_and_other_settings_are_refused(tmp_path, checkpoint):
     store = make_prompts(tmp_path / "st")
     generate(store, options(checkpoint, tmp_path, samples=1, where="record_type = 'regular'"),
@@ -217,6 +219,7 @@ def read_codes(store_path: Path) -> dict[str, list]:
             for r in rows(Store(store_path))}
 
 
+@pytest.mark.slow  # torchrun
 def test_torchrun_two_ranks_write_the_rows_of_one_process_in_one_commit(tmp_path, checkpoint):
     make_prompts(tmp_path / "one", n=5)
     make_prompts(tmp_path / "two", n=5)
@@ -232,6 +235,7 @@ def test_torchrun_two_ranks_write_the_rows_of_one_process_in_one_commit(tmp_path
     assert read_codes(tmp_path / "two") == read_codes(tmp_path / "one")
 
 
+@pytest.mark.slow  # a real process, SIGKILLed
 def test_sigkill_mid_generate_then_rerun_loses_and_doubles_nothing(tmp_path, checkpoint):
     store = make_prompts(tmp_path / "st", n=8)
     generate(store, options(checkpoint, tmp_path, samples=1), lineage=lineage())
@@ -254,6 +258,7 @@ def test_sigkill_mid_generate_then_rerun_loses_and_doubles_nothing(tmp_path, che
     assert len(ids) == len(set(ids)) == 24
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frames", [0, 1, 2, 5])
 def test_generated_codes_decode_to_frames_times_hop_samples(frames):
     from ttspo.trainer.policy.codec import Codec
@@ -265,6 +270,7 @@ def test_generated_codes_decode_to_frames_times_hop_samples(frames):
     assert frames == 0 or np.abs(audio).max() > 0
 
 
+@pytest.mark.slow
 def test_score_on_the_way_fills_the_metrics(tmp_path, checkpoint):
     from ttspo.builder.scoring.plan import ScoreOptions
 

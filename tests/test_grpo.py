@@ -56,6 +56,7 @@ def test_bad_reward_weights_and_too_few_prompts_fail_cleanly(tmp_path):
     assert store.tables() == ["prompts"]
 
 
+@pytest.mark.slow
 def test_one_step_end_to_end_real_audio_asr_and_speaker_metrics(tmp_path):
     store = Store(tmp_path / "st")
     make_prompts(store, 2)
@@ -112,6 +113,7 @@ LENGTH = ["grpo.rewards=length=1", "grpo.length_target=3", "grpo.max_decoder_ste
           "grpo.temperature=1.0", "train.checkpoint_every=0"]
 
 
+@pytest.mark.slow
 def test_tiny_policy_learns_a_length_target(tmp_path):
     """Reward 1 - |frames - 3| / 3: the mean reward of steps 11-14 beats steps 1-4 by 0.15."""
     store = Store(tmp_path / "st")
@@ -124,6 +126,7 @@ def test_tiny_policy_learns_a_length_target(tmp_path):
     assert np.mean(rewards[-4:]) - np.mean(rewards[:4]) > 0.15, rewards
 
 
+@pytest.mark.slow
 def test_rollouts_name_the_newest_checkpoint_or_the_start_weights(tmp_path):
     """The policy tag is not a per-step hash: steps 0-1 carry the start weights' sha256
     (the lineage's start_sha256), steps 2-3 step 2's checkpoint file's."""
@@ -151,6 +154,7 @@ def test_rollouts_name_the_newest_checkpoint_or_the_start_weights(tmp_path):
     assert {c[CKPT.step]: c[CKPT.sha256] for c in ckpts}[2] == at2
 
 
+@pytest.mark.slow
 def test_a_best_checkpoint_does_not_tag_rollouts(tmp_path):
     """Only step checkpoints tag rollouts (a resume finds those, and best/ is
     overwritten): with validation every step and the first step checkpoint at 4,
@@ -173,6 +177,7 @@ def test_a_best_checkpoint_does_not_tag_rollouts(tmp_path):
     assert {r[ROLL.step] for r in rows if r[ROLL.split] == "train"} == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_grpo_naming_the_last_good_checkpoint_whose_meta_has_every_rank(tmp_path):
     """DPO's and GRPO's checkpoints are one implementation (checkpoints.Checkpointer)."""
     import pytest
@@ -210,6 +215,7 @@ def load_policy_file(path):
     return load_policy("tiny", init=str(path), config=TINY)
 
 
+@pytest.mark.slow
 def test_grpo_best_checkpoint_by_the_configs_best_metric(tmp_path):
     """train.best_metric/best_mode pick GRPO's best (here the LOWEST val reward: not
     the built-in rule's choice); a metric GRPO does not measure fails before anything

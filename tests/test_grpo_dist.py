@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ttspo.builder.core.schemas import CKPT, GEN, ROLL, RWD
@@ -18,6 +17,8 @@ from ttspo.trainer.grpo.rollouts import committed_steps
 
 sys.path.insert(0, str(Path(__file__).parent))
 from grpo_helpers import TINY, make_prompts  # noqa: E402
+
+pytestmark = pytest.mark.slow  # torchrun processes and a SIGKILL-resume matrix
 
 BIN = Path(sys.executable).parent
 # A length reward: no scoring models, so the runs stay short.

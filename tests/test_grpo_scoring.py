@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
+import pytest
 import torch
 
 from grpo_helpers import TINY, make_prompts
@@ -19,6 +19,8 @@ from ttspo.trainer.grpo.rollout import Scoring, load_prompts, rollout
 from ttspo.trainer.policy.base import Sampling, load_policy
 from ttspo.trainer.grpo.rewards import RewardConfig
 from ttspo.trainer.policy.samples import decode
+
+pytestmark = pytest.mark.slow  # GRPO steps with real ASR and speaker backends
 
 
 def prompts_with_own_recordings(store: Store, folder) -> list[str]:

@@ -182,6 +182,7 @@ def test_embed_audio_stores_the_wav_bytes_as_a_blob(tmp_path, demo):
         assert blob.read() == demo.wav(line).read_bytes()
 
 
+@pytest.mark.slow
 def test_parallel_readers_give_the_same_rows(tmp_path, demo):
     one, two = tmp_path / "one", tmp_path / "two"
     ingest_nemo(Store(one), demo.gen_dir, demo.manifest, workers=1)
@@ -245,6 +246,7 @@ def test_jsonl_ingest(tmp_path):
     assert named.stdout == "ingested 6 generations (2 groups) from run x into generations@2\n"
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_ingest_never_imports_torch(tmp_path, demo):
     code = ("import sys\nfrom click.testing import CliRunner\nfrom ttspo.builder.cli.main import cli\n"
             "r = CliRunner().invoke(cli, sys.argv[1:])\n"

@@ -15,6 +15,8 @@ from ttspo.builder.ingest.run import ingest_nemo
 from ttspo.builder.core.store import Store
 from nemo_layout import make_nemo_run
 
+pytestmark = pytest.mark.slow  # real ingest processes: SIGKILL matrix, concurrency
+
 REPO = Path(__file__).resolve().parent.parent
 TTSPO = [sys.executable, "-c", "from ttspo.builder.cli.main import main; main()"]
 

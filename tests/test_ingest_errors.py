@@ -332,6 +332,7 @@ def test_missing_gen_dir_or_manifest(demo, tmp_path):
     assert tree(demo.store) == demo.before
 
 
+@pytest.mark.slow  # a reader process
 def test_bad_manifest_read_by_a_reader_process_reports_the_same(demo):
     # With reader processes the manifest is parsed in one of them (beside the
     # folder scan): its error must come back whole, every problem listed.

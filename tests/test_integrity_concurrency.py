@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ttspo.builder.core.store import Store
 from ttspo.builder.ingest.run import ingest_nemo
 from nemo_layout import make_nemo_run
+
+pytestmark = pytest.mark.slow  # many real writer processes at once
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -25,6 +25,8 @@ from ttspo.builder.core.store import Store
 from codes_files import codes_file_bytes
 from nemo_layout import make_nemo_run
 
+pytestmark = pytest.mark.slow  # hypothesis fuzzing (~20 s)
+
 NUMBERS = (st.integers(-2**70, 2**70) | st.sampled_from([2**31 - 1, 2**31, -2**31 - 1, 10**400])
            | st.floats(allow_nan=True, allow_infinity=True))
 LEAVES = st.none() | st.booleans() | NUMBERS | st.text(max_size=4)

@@ -7,7 +7,6 @@ import json
 import os
 import struct
 
-import numpy as np
 import pytest
 import soundfile as sf
 

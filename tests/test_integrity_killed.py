@@ -17,6 +17,8 @@ from nemo_layout import make_nemo_run
 from test_build_helpers import BASIC, make_store
 from test_ingest_crash import ingest_process, spilled, wait_for
 
+pytestmark = pytest.mark.slow  # real ingest processes killed with SIGKILL
+
 
 @pytest.fixture
 def tmpdir_env(tmp_path):

@@ -8,14 +8,13 @@ lets them go at once.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
+import pytest
 
 from ttspo.builder.core.store import Store
 from nemo_layout import make_nemo_run
@@ -71,6 +70,7 @@ def test_a_symlink_or_dotdot_spelling_takes_the_same_lock(tmp_path):
     assert len(taken) == 2
 
 
+@pytest.mark.slow
 def test_one_run_ingested_twice_at_once_through_two_spellings_lands_once(tmp_path):
     run = make_nemo_run(tmp_path, n_prompts=2, group_size=3, ranks=2)
     real = tmp_path / "st"
@@ -90,6 +90,7 @@ def test_one_run_ingested_twice_at_once_through_two_spellings_lands_once(tmp_pat
     assert sorted(ids.to_pylist()) == [f"demo:{i}" for i in range(6)]
 
 
+@pytest.mark.slow
 def test_two_first_builds_at_once_do_not_commit_a_doubled_set(tmp_path):
     store = make_store(tmp_path / "st", BASIC)
     # Both builds find no set 'prefs' and queue for its creation.

@@ -16,7 +16,8 @@ from nemo_layout import make_nemo_run
 from test_build_helpers import BASIC, make_store
 from test_ingest_errors import tree
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user"),
+              pytest.mark.slow]  # every write command as another user, in processes
 
 
 @pytest.fixture

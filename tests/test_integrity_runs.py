@@ -115,6 +115,7 @@ MOMENTS += [f"{m}@step_000004" for m in ("before_tmp", "after_meta", "after_rena
 MOMENTS += ["mid_metrics_line@3", "mid_metrics_line@4", "mid_lineage_line@0"]
 
 
+@pytest.mark.slow  # real processes killed at each moment
 @pytest.mark.parametrize("fault", MOMENTS)
 def test_a_kill_at_any_moment_of_a_save_then_resume_equals_an_uninterrupted_run(
         store, whole, tmp_path, fault):
@@ -132,6 +133,7 @@ def test_a_kill_at_any_moment_of_a_save_then_resume_equals_an_uninterrupted_run(
 
 # A kill while a resumed run rewrites a folder the first kill left (best_000004 in
 # place, `best` not yet pointing at it): the second resume still ends exact.
+@pytest.mark.slow  # real processes killed
 @pytest.mark.parametrize("second", ["after_set_aside", "after_rows_removed", "after_rename"])
 def test_a_kill_while_a_resume_rewrites_a_checkpoint_then_resume(store, whole, tmp_path, second):
     out = tmp_path / "run"
@@ -200,6 +202,7 @@ def cli_dpo(store, out: Path, *extra: str, **overrides):
                                                         for w in ("-o", o)]])
 
 
+@pytest.mark.slow  # a real process
 def test_a_second_writer_gets_one_line_naming_the_holder_and_writes_nothing(store, tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(command(store, out, **{"train.max_steps": 400}), env=ENV,
@@ -271,6 +274,7 @@ def test_a_lock_of_a_live_process_on_this_host_holds_until_it_is_gone(store, tmp
     assert taken.exit_code == 0, taken.output
 
 
+@pytest.mark.slow  # torchrun
 def test_torchrun_ranks_all_stop_with_the_line(store, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -320,6 +324,7 @@ def grpo_whole(tmp_path_factory):
     return grpo_state(store, root / "run")
 
 
+@pytest.mark.slow  # real processes killed
 @pytest.mark.parametrize("fault", ["after_rename@step_000002", "after_row@step_000002",
                                    "after_rename@step_000004", "after_meta@4"])
 def test_grpo_killed_at_a_save_then_resumed_equals_an_uninterrupted_run(grpo_whole, tmp_path,
@@ -343,6 +348,7 @@ def test_grpo_killed_at_a_save_then_resumed_equals_an_uninterrupted_run(grpo_who
     assert not (out / "writer.lock").exists()
 
 
+@pytest.mark.slow  # a real process killed
 def test_tensorboard_shows_each_step_once_after_a_kill_and_resume(store, whole, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -363,6 +369,7 @@ def test_tensorboard_shows_each_step_once_after_a_kill_and_resume(store, whole, 
     assert {e.step: e.value for e in events.Scalars("loss/total")} == pytest.approx(want)
 
 
+@pytest.mark.slow  # a real process
 def test_a_writer_whose_folder_was_taken_over_stops_at_its_next_save(store, tmp_path):
     out = tmp_path / "run"
     args = command(store, out, **{"train.max_steps": 400, "train.checkpoint_every": 1})

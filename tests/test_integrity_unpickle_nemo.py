@@ -14,14 +14,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-pytest.importorskip("nemo.collections.tts.models")
+import nemo_models
+from ttspo.builder.cli.main import cli
+from ttspo.builder.core.errors import ModelError
+from ttspo.trainer.policy.base import load_policy
 
-import nemo_models  # noqa: E402
-from ttspo.builder.cli.main import cli  # noqa: E402
-from ttspo.builder.core.errors import ModelError  # noqa: E402
-from ttspo.trainer.policy.base import load_policy  # noqa: E402
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # NeMo
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+@pytest.fixture(scope="module", autouse=True)
+def nemo_installed():
+    """Skips the module unless the `nemo` extra is installed. NeMo is imported here, at
+    set-up, not at collection: `pytest -m "not slow"` collects this module without it."""
+    pytest.importorskip("nemo.collections.tts.models")
 
 
 class Payload:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from grpo_helpers import CORPUS, TINY
+from grpo_helpers import CORPUS
 from ttspo import Store
 from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT, PROMPTS_SCHEMA
 from ttspo.builder.core.store import make_lineage

@@ -17,17 +17,15 @@ import pytest
 import soundfile as sf
 import torch
 
-pytest.importorskip("nemo.collections.tts.models")
-
-import nemo_models  # noqa: E402
-from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT, PROMPTS_SCHEMA  # noqa: E402
-from ttspo.builder.core.store import Store, make_lineage  # noqa: E402
-from ttspo.builder.sets.build import build_set  # noqa: E402
-from ttspo.builder.sets.export import export_nemo  # noqa: E402
-from ttspo.trainer.policy.nemo.codec import NemoCodec  # noqa: E402
-from ttspo.trainer.policy.nemo.load import load_nemo  # noqa: E402
-from ttspo.trainer.policy.base import CONTEXT_CODES, Sampling, sequence_logps  # noqa: E402
-from test_build_helpers import BASIC, gen_rows  # noqa: E402
+import nemo_models
+from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT, PROMPTS_SCHEMA
+from ttspo.builder.core.store import Store, make_lineage
+from ttspo.builder.sets.build import build_set
+from ttspo.builder.sets.export import export_nemo
+from ttspo.trainer.policy.nemo.codec import NemoCodec
+from ttspo.trainer.policy.nemo.load import load_nemo
+from ttspo.trainer.policy.base import CONTEXT_CODES, Sampling, sequence_logps
+from test_build_helpers import BASIC, gen_rows
 
 SR = nemo_models.CODEC_SR
 TEXT_CONTEXT_GROUP = 1  # prompt p1 has a text context, the others a context recording
@@ -35,7 +33,14 @@ TEXT_CONTEXT_GROUP = 1  # prompt p1 has a text context, the others a context rec
 
 # On a loaded machine OpenMP threads spin: an untrained RNNT's transcribe took 331 s
 # with the default threads and 5 s with one.
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # NeMo
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nemo_installed():
+    """Skips the module unless the `nemo` extra is installed. NeMo is imported here, at
+    set-up, not at collection: `pytest -m "not slow"` collects this module without it."""
+    pytest.importorskip("nemo.collections.tts.models")
 
 
 @pytest.fixture(scope="module")

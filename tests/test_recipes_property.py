@@ -19,6 +19,7 @@ from collections import Counter
 
 import duckdb
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,8 @@ from ttspo.builder.core import query
 from ttspo.builder.sets import recipes
 from ttspo.builder.core.schemas import GENERATIONS_SCHEMA
 from test_build_helpers import gen_table
+
+pytestmark = pytest.mark.slow  # hypothesis over DuckDB builds (~20-40 s)
 
 GRID = [i / 64 for i in range(65)]
 point = st.tuples(

@@ -236,6 +236,7 @@ THRESHOLDS = ({"cer_threshold": 0.02}, {"cer_threshold": 0.1, "val_size": 2, "se
               {"cer_threshold": 0.5, "num_chosen": 2}, {"cer_threshold": 0.008, "min_duration": 1.0})
 
 
+@pytest.mark.slow
 def test_builds_are_identical_with_and_without_the_session_cache(store, tmp_path):
     with_cache = [built(store, "s", p) for p in THRESHOLDS for _ in range(2)]
     assert session_cache.size("recipe.region") == 2  # num_chosen 1 and 2

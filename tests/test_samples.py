@@ -55,6 +55,7 @@ def test_a_grpo_sample_is_keyed_by_its_prompt_id_not_its_position(tmp_path):
 
 
 # ------------------------------------------------------------------- audio
+@pytest.mark.slow
 def test_a_one_frame_rollout_stores_its_codes_audio_not_silence(tmp_path):
     """GRPO decodes as generate does: 1 frame is the codec's 1024 samples of it (it
     used to be silence there), 0 frames is no audio."""

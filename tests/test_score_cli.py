@@ -31,6 +31,7 @@ def scored(tmp_path_factory):
     return store, result, before
 
 
+@pytest.mark.slow
 def test_score_reports_one_new_version_and_its_sources(scored):
     store, result, _ = scored
     assert result.exit_code == 0, result.output
@@ -39,6 +40,7 @@ def test_score_reports_one_new_version_and_its_sources(scored):
     assert [v["version"] for v in store.versions("generations")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_metrics_rank_the_fixtures_as_expected(scored):
     m = metrics_by_id(scored[0])
     clean, truncated, dropped, other, text_ctx = (m[f"r1:{i}"] for i in range(5))
@@ -47,6 +49,7 @@ def test_metrics_rank_the_fixtures_as_expected(scored):
     assert clean[GEN.pesq] > 4.0 > other[GEN.pesq]  # clean is its prompt's reference
 
 
+@pytest.mark.slow
 def test_text_context_has_null_ssim_with_its_source(scored):
     row = metrics_by_id(scored[0])["r1:4"]
     assert row[GEN.ssim] is None
@@ -56,6 +59,7 @@ def test_text_context_has_null_ssim_with_its_source(scored):
     assert row[GEN.cer] is not None
 
 
+@pytest.mark.slow
 def test_transcripts_and_provenance_are_stored(scored):
     from ttspo.builder.scoring.metrics import cer
 
@@ -75,6 +79,7 @@ def field_ids(ds, name: str) -> set[int]:
     return walk(ds.lance_schema.field(name))
 
 
+@pytest.mark.slow
 def test_audio_and_codes_files_are_not_rewritten(scored):
     store, _, before = scored
     after = data_files(store)
@@ -97,6 +102,7 @@ def test_audio_and_codes_files_are_not_rewritten(scored):
     assert blob.readall() == fixture("truncated").read_bytes()
 
 
+@pytest.mark.slow
 def test_lineage_records_inputs_and_sources(scored):
     store = scored[0]
     lineage = store.lineage("generations", 2)
@@ -108,6 +114,7 @@ def test_lineage_records_inputs_and_sources(scored):
         "pesq": "pesq:wb-16k"}
 
 
+@pytest.mark.slow
 def test_sql_views_see_the_scores(scored):
     from ttspo.builder.core.query import run
 
@@ -115,6 +122,7 @@ def test_sql_views_see_the_scores(scored):
     assert table.to_pylist() == [{"n": 5}] and versions == {"generations": 2}
 
 
+@pytest.mark.slow
 def test_nothing_left_to_score_writes_nothing(scored):
     store = scored[0]
     result = invoke(store, "--metrics", "cer,wer,ssim,pesq")
@@ -124,6 +132,7 @@ def test_nothing_left_to_score_writes_nothing(scored):
 
 
 # ------------------------------------------------------------ incremental
+@pytest.mark.slow
 def test_incremental_scoring_touches_only_unscored_rows(tmp_path):
     store = standard_store(tmp_path)
     nemo = {GEN.cer: 0.5, GEN.wer: 0.5, GEN.cer_source: "nemo-metrics-json",
@@ -147,6 +156,7 @@ def test_incremental_scoring_touches_only_unscored_rows(tmp_path):
     assert after["r3:12"][GEN.cer] is not None
 
 
+@pytest.mark.slow
 def test_new_metric_added_to_scored_rows_keeps_the_others(tmp_path):
     store = Store(tmp_path)
     write_generations(store, [generation(0, "clean"), generation(1, "other", blob=True)])
@@ -161,6 +171,7 @@ def test_new_metric_added_to_scored_rows_keeps_the_others(tmp_path):
         assert row[GEN.ssim_source] == "resemblyzer:pretrained.pt"
 
 
+@pytest.mark.slow
 def test_rescore_with_where_rescores_only_matching_rows(tmp_path):
     store = Store(tmp_path)
     write_generations(store, [generation(i, "truncated") for i in range(3)])
@@ -177,6 +188,7 @@ def test_rescore_with_where_rescores_only_matching_rows(tmp_path):
                        "r1:2": "pocketsphinx:en-us+nemo-normalizer"}
 
 
+@pytest.mark.slow
 def test_invalid_rows_from_nemo_are_rescored_and_cleared(tmp_path):
     store = Store(tmp_path)
     placeholder = {GEN.cer: 1.0, GEN.wer: 1.0, GEN.ssim: 0.0, GEN.invalid: True,
@@ -253,6 +265,7 @@ def test_summary_round_trips_through_json():
     assert s.rtf("asr") == 0.15
 
 
+@pytest.mark.slow
 def test_worst_generations_by_cer_and_by_ssim(scored):
     from ttspo.builder.scoring.run import worst
 
@@ -282,6 +295,7 @@ def test_in_process_scoring_restores_the_callers_torch_threads(tmp_path):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_scores_land_on_the_right_rows_after_deletes_and_compaction(tmp_path):
     """Row ids are stable ids, not positions: the write joins on them."""
     store = Store(tmp_path)

@@ -82,6 +82,7 @@ def test_resample_keeps_a_tone_at_its_frequency():
 
 
 # -------------------------------------------------------------------- ASR
+@pytest.mark.slow
 def test_pocketsphinx_cer_of_clean_is_below_truncated_and_dropped(asr):
     rates = {name: cer(TEXT, asr.transcribe(*audio(name)))
              for name in ("clean", "truncated", "dropped")}
@@ -90,12 +91,14 @@ def test_pocketsphinx_cer_of_clean_is_below_truncated_and_dropped(asr):
     assert rates["clean"] < 0.3
 
 
+@pytest.mark.slow
 def test_pocketsphinx_transcript_does_not_depend_on_what_came_before(asr):
     first = asr.transcribe(*audio("dropped"))
     asr.transcribe(*audio("truncated"))
     assert asr.transcribe(*audio("dropped")) == first
 
 
+@pytest.mark.slow
 def test_pocketsphinx_reads_any_rate_and_empty_audio(asr):
     samples, sr = read_audio(fixture("clean"), target_sr=22050)
     assert cer(TEXT, asr.transcribe(samples, sr)) < 0.4
@@ -133,6 +136,7 @@ def test_pesq_of_the_reference_itself_beats_another_voice():
     assert pesq.score(np.zeros(100, np.float32), 16000, *ref) is None
 
 
+@pytest.mark.slow
 def test_squim_loads_a_local_weights_file(tmp_path):
     import torch
     from torchaudio.models import squim_objective_base
@@ -180,6 +184,7 @@ def test_missing_model_is_a_model_error_naming_the_option(loader, spec, message)
     assert str(err.value) == message
 
 
+@pytest.mark.slow  # imports NeMo
 def test_optional_backend_without_its_package_names_the_extra(tmp_path):
     import importlib.util
 
@@ -207,6 +212,7 @@ def test_wav_bytes_round_trip_through_blob_reader():
     assert sr2 == 8000 and abs(len(again) - len(samples) / 2) <= 1
 
 
+@pytest.mark.slow
 def test_resemblyzer_features_match_resemblyzers_own_pipeline(sv):
     """Our torchaudio mel features give the embedding Resemblyzer's librosa path gives."""
     from resemblyzer import preprocess_wav

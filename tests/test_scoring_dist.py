@@ -17,6 +17,8 @@ from ttspo.builder.core.store import Store
 from test_scoring_helpers import (STANDARD, generation, metrics_by_id, write_generations,
                                   write_prompts)
 
+pytestmark = pytest.mark.slow  # torchrun ranks and worker processes
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 FLOATS = (GEN.cer, GEN.wer, GEN.ssim, GEN.pesq)

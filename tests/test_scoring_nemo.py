@@ -14,18 +14,22 @@ import hashlib
 import numpy as np
 import pytest
 
-pytest.importorskip("nemo.collections.asr")
-
-import nemo_models  # noqa: E402
-from omegaconf import open_dict  # noqa: E402
-from ttspo.builder.scoring import cosine, load_asr, load_speaker  # noqa: E402
-from ttspo.builder.scoring.audio import read_audio  # noqa: E402
-from test_scoring_helpers import fixture  # noqa: E402
+import nemo_models
+from ttspo.builder.scoring import cosine, load_asr, load_speaker
+from ttspo.builder.scoring.audio import read_audio
+from test_scoring_helpers import fixture
 
 
 # On a loaded machine OpenMP threads spin: an untrained RNNT's transcribe took 331 s
 # with the default threads and 5 s with one.
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # NeMo
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nemo_installed():
+    """Skips the module unless the `nemo` extra is installed. NeMo is imported here, at
+    set-up, not at collection: `pytest -m "not slow"` collects this module without it."""
+    pytest.importorskip("nemo.collections.asr")
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +65,8 @@ def test_nemo_speaker_embeds_as_the_model_does(models):
     assert sv.name == f"nemo:tiny-titanet.nemo@sha256:{sha(path)}"
     a = sv.embed(*read_audio(fixture("clean")))
     b = sv.embed(*read_audio(fixture("other"), target_sr=22050))
+    from omegaconf import open_dict
+
     with open_dict(sv.model.cfg):  # get_embedding reads the rate from its training config
         sv.model.cfg.train_ds = {"sample_rate": 16000}
     own = sv.model.get_embedding(str(fixture("clean"))).reshape(-1).numpy()

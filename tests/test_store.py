@@ -105,6 +105,7 @@ def _first_write(root: str, run: str) -> None:
                       make_lineage("w", {"run": run}))
 
 
+@pytest.mark.slow  # real processes
 def test_two_processes_creating_a_table_at_once_both_land(tmp_path):
     import multiprocessing
 

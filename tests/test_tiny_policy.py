@@ -284,6 +284,7 @@ def test_bad_rows_are_named(model):
                        torch.Generator())
 
 
+@pytest.mark.slow
 def test_teacher_forcing_learns_one_utterance(speech):
     """A few dozen Adam steps on one real utterance lower the loss a lot; every
     parameter gets a gradient (text encoder, cross-attention, prefix, heads)."""

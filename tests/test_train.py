@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -102,6 +101,7 @@ RESUME = {"train.max_steps": 8, "train.checkpoint_every": 3, "train.val_every": 
           "data.pairs_per_device": 4}
 
 
+@pytest.mark.slow  # a real process, SIGKILLed
 def test_sigkill_then_resume_equals_an_uninterrupted_run(store, tmp_path):
     # The killed run is a real process (torch import and all); the others run here,
     # with the same thread count (ENV), so the numbers must agree bit for bit.

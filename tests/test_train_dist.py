@@ -15,6 +15,8 @@ from ttspo.trainer.dpo.loop import read_metrics, train_dpo
 from ttspo.trainer.policy.base import load_policy
 from train_helpers import SET, pattern_store, tiny_overrides
 
+pytestmark = pytest.mark.slow  # torchrun processes
+
 STEPS = {"train.max_steps": 3, "train.val_every": 3, "train.checkpoint_every": 0}
 
 

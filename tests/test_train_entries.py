@@ -16,6 +16,7 @@ from ttspo.builder.core.schemas import CKPT, GEN
 from ttspo.builder.core.store import Store
 
 
+@pytest.mark.slow
 def test_grpo_trains_on_the_prompts_where_selects(tmp_path):
     store = Store(tmp_path / "st")
     make_prompts(store, 4)
@@ -37,6 +38,7 @@ def test_grpo_trains_on_the_prompts_where_selects(tmp_path):
                           f"{out}/checkpoints/step_000001/policy.pt (sha256 {sha[:12]})"]
 
 
+@pytest.mark.slow  # fresh interpreters
 @pytest.mark.parametrize("module, command", [("ttspo.trainer", "ttspo train dpo|grpo"),
                                              ("ttspo.builder.scoring.run", "ttspo score")])
 def test_the_old_torchrun_entries_name_the_new_command(module, command):

@@ -34,6 +34,8 @@ import pytest
 
 from nemo_layout import make_nemo_run
 
+pytestmark = pytest.mark.slow  # builds the wheel and a fresh venv
+
 ROOT = Path(__file__).resolve().parent.parent
 # Outside a git checkout: what the wheel must not be built from (venvs, stores, builds).
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",

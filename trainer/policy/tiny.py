@@ -54,7 +54,7 @@ from ttspo.trainer.policy.base import Identity, Sampling, TeacherForced
 from ttspo.trainer.policy.tiny_batch import (  # noqa: F401  (re-exported: the tiny policy's names)
     AUDIO_SPECIALS, IGNORE, TEXT_BOS, TEXT_EOS, TEXT_PAD, TEXT_SEP, TEXT_VOCAB, TinyBatch,
     TinyConfig, collate_rows)
-from ttspo.trainer.policy.tiny_blocks import DecoderLayer, EncoderLayer
+from ttspo.trainer.policy.tiny_blocks import DecoderLayer, EncoderLayer, KVCache
 from ttspo.trainer.run.verify import refused_reason
 
 ARCHITECTURE = "tiny"

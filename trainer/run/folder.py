@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ttspo.builder.core.dist import barrier
+from ttspo.builder.core.dist import Compute, barrier
 from ttspo.builder.core.errors import TrainingError, first_line
 from ttspo.builder.core.files import write_text_atomic
 from ttspo.trainer.run import faults
@@ -241,7 +241,7 @@ def identity_config(cfg: Config) -> dict[str, Any]:
     return conf
 
 
-def run_identity(cfg: Config, *, trainer: str, pairs: Pairs, spec: str,
+def run_identity(cfg: Config, *, trainer: str, pairs: Any, spec: str,  # dpo's Pairs
                  init_sha256: str | None) -> dict[str, Any]:
     conf = identity_config(cfg)
     return {"trainer": trainer, "set": pairs.ref, "generations_version": pairs.generations_version,
