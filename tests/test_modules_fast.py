@@ -166,7 +166,7 @@ def test_verify_refuses_a_changed_file_and_names_a_pickled_global(tmp_path):
 # ------------------------------------------------------------------ trainer.policy
 def test_a_kv_cache_returns_what_was_appended_and_refuses_more_than_it_holds():
     like = torch.zeros(1)
-    cache = tiny_blocks.KVCache.empty(2, 1, 3, 4, like)
+    cache = tiny_blocks.KVCache.empty(2, 1, 3, 4, like=like)
     k = torch.randn(2, 1, 2, 4)
     keys, values = cache.append(k, -k)
     assert torch.equal(keys, k) and torch.equal(values, -k) and cache.length == 2
@@ -242,12 +242,12 @@ def test_every_command_family_runs_through_the_root_group(tmp_path):
     """Each family's commands are the root group's, and one real command of each runs
     on a small store (a result, or the one-line error its input deserves)."""
     import ttspo
-    from ttspo.builder.cli import ingest, prompts, sets, store
+    from ttspo.builder.cli import compare, ingest, prompts, sets, store
     from ttspo.builder.cli.main import cli
     from ttspo.trainer.cli import demo, generate, rewards, train
     from test_build_helpers import BASIC, make_store
 
-    families = [store, prompts, ingest, sets, generate, rewards, train, demo]
+    families = [store, prompts, ingest, sets, compare, generate, rewards, train, demo]
     assert {m.__name__ for m in families} <= set(ttspo.COMMAND_FAMILIES)
     for module in families:
         for command in module.COMMANDS:
@@ -269,7 +269,7 @@ def test_every_command_family_runs_through_the_root_group(tmp_path):
         1, f"Error: {tmp_path / 'no.jsonl'}: cannot read (No such file or directory)\n")
     assert run("train", "dpo", "nosuch", "--out", str(tmp_path / "run")) == (  # train
         1, f"Error: no table 'nosuch' in store {st}\n")
-    assert run("compare", "r", "zz") == (1, "Error: no run 'zz' in generations (runs: r)\n")
+    assert run("compare", "r", "zz") == (1, "Error: no run 'zz' in generations (runs: r)\n")  # compare
     assert run("rewards", "--as", "x") == (1, f"Error: no table 'rollouts' in store {st}\n")
     (tmp_path / "a-file").write_text("x")
     code, out = run("demo", "--store", str(tmp_path / "a-file"))  # demo: refused
