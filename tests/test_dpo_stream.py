@@ -107,6 +107,7 @@ def test_a_generation_without_codes_stops_a_streamed_run_with_one_line(tmp_path)
             pairs.read_codes([i])
 
 
+@pytest.mark.slow  # torchrun
 def test_two_ranks_stream_the_batches_and_losses_of_two_ranks_in_memory(store, tmp_path):
     steps = {"train.max_steps": 3, "train.val_every": 3, "train.checkpoint_every": 0,
              "data.pairs_per_device": 4, **DROPOUT}
