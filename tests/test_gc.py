@@ -404,10 +404,12 @@ def test_a_missing_store_is_an_error_and_creates_nothing(tmp_path):
 
 def test_gc_waits_for_a_writer_that_finishes(store):
     import threading
+    import time
 
     holder = child(HOLDER, str(store.root), stdin=subprocess.PIPE)
     assert holder.stdout.readline() == "holding\n"
     release = threading.Timer(0.5, holder.stdin.close)
+    start = time.monotonic()
     release.start()
     try:
         result = ApiStore(store.root).gc(keep_last=2, wait=60)
@@ -415,3 +417,4 @@ def test_gc_waits_for_a_writer_that_finishes(store):
         release.join()
         holder.wait(timeout=60)
     assert holder.returncode == 0 and result.removed == 3  # ran once the writer ended
+    assert time.monotonic() - start >= 0.5  # gc blocked until the holder let go

@@ -181,9 +181,7 @@ def test_a_damaged_metrics_line_before_the_last_is_one_line(store, tmp_path):
     lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
     lines[1] = lines[1][:20] + "\n"
     (out / "metrics.jsonl").write_text("".join(lines))
-    result = CliRunner().invoke(cli, ["--store", str(store.root), "train", "dpo", SET, "--out",
-                                      str(out), *[w for o in tiny_overrides(**RUN)
-                                                  for w in ("-o", o)]])
+    result = cli_dpo(store, out)
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines()[-1].startswith(
         f"Error: {out / 'metrics.jsonl'} line 2: not a JSON object")
@@ -404,3 +402,14 @@ def test_an_unknown_fault_moment_is_refused_before_anything_is_written(store, tm
     assert result.output.startswith("Error: TTSPO_FAULT=after_rowz@4: 'after_rowz' is not a "
                                     "fault moment (one of before_tmp, ")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ['{"trainer": "dpo", "set"', "[1, 2]"])
+def test_a_damaged_run_json_is_one_line(store, tmp_path, text):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(text)
+    result = cli_dpo(store, out)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: {out / 'run.json'}: not a ")
+    assert result.output.endswith("the run folder is damaged\n") and "Traceback" not in result.output

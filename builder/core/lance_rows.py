@@ -4,7 +4,7 @@ pylance 14 has no public take by row id (``LanceDataset.take`` takes offsets, wh
 shift as fragments change; a row id (fragment << 32 | offset) names one row of one
 version for good). ``_take_rows`` is private, so every caller goes through
 :func:`take_rows`: when a later pylance renames or publishes it, this module is
-the only change (tests/test_lance_rows.py pins its behaviour).
+the only change (tests/test_dpo_stream.py pins its behaviour).
 """
 
 from __future__ import annotations

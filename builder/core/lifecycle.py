@@ -177,7 +177,8 @@ def gc(store: Store, table: str | None = None, *, policy: GcPolicy, dry_run: boo
     done: list[TableGc] = []
     try:
         with exclusive(store, names, wait=wait, command="gc"):
-            for plan in plan_gc(store, names, policy, force):
+            # under the locks: no estimate (Lance reports what it removed), writers wait less
+            for plan in plan_gc(store, names, policy, force, estimate=False):
                 plan.bytes = _remove(store, plan)
                 done.append(plan)
     finally:
@@ -188,8 +189,10 @@ def gc(store: Store, table: str | None = None, *, policy: GcPolicy, dry_run: boo
     return result
 
 
-def plan_gc(store: Store, names: list[str], policy: GcPolicy, force: bool) -> list[TableGc]:
-    """What gc would remove from each of NAMES, and what it keeps for tags and pins."""
+def plan_gc(store: Store, names: list[str], policy: GcPolicy, force: bool, *,
+            estimate: bool = True) -> list[TableGc]:
+    """What gc would remove from each of NAMES, and what it keeps for tags and pins.
+    ESTIMATE: the bytes it would free (a dry run's figure; a real run reports Lance's)."""
     now = datetime.now()  # Lance's version times are naive local times
     every = store.tables()
     infos = {t: _versions(store, t) for t in every}
@@ -211,7 +214,7 @@ def plan_gc(store: Store, names: list[str], policy: GcPolicy, force: bool) -> li
         else:
             plan.pinned = held
             plan.removed = [v for v in plan.removed if v not in held]
-        plan.bytes = freed_bytes(store, name, plan.removed)
+        plan.bytes = freed_bytes(store, name, plan.removed) if estimate else 0
         plans.append(plan)
     return plans
 
@@ -219,7 +222,7 @@ def plan_gc(store: Store, names: list[str], policy: GcPolicy, force: bool) -> li
 def _versions(store: Store, table: str) -> tuple[dict[int, datetime], set[int]]:
     ds = store.open(table)
     stamps = {v["version"]: v["timestamp"] for v in ds.versions()}
-    return stamps, {info["version"] for info in ds.tags.list().values()}
+    return stamps, set(store.tags(table).values())
 
 
 def _candidates(stamps: dict[int, datetime], policy: GcPolicy, now: datetime) -> set[int]:

@@ -110,7 +110,8 @@ def compute(policy: Any, pairs: Pairs, *, batch_pairs: int = 16) -> tuple[np.nda
 
 
 def precompute(store: Store, pairs: Pairs, policy: Any, ref_path: str | Path, *,
-               lineage: Lineage | dict[str, Any], batch_pairs: int = 16) -> dict[str, Any]:
+               lineage: Lineage | dict[str, Any], batch_pairs: int = 16,
+               ref_sha256: str | None = None) -> dict[str, Any]:
     """Write the reference log-probs of PAIRS under POLICY (loaded from REF_PATH).
 
     One commit of rows; nothing when the key is already complete in the table (a
@@ -118,7 +119,8 @@ def precompute(store: Store, pairs: Pairs, policy: Any, ref_path: str | Path, *,
     commit, once). Returns a summary: key, pairs, version written (None when already
     there).
     """
-    sha, identity = file_sha256(ref_path), policy.identity(with_sha256=False)
+    sha = ref_sha256 or file_sha256(ref_path)  # REF_SHA256: the caller hashed it already
+    identity = policy.identity(with_sha256=False)
     policy_sha = identity.config_sha256
     summary = {"set": pairs.ref, "ref_sha256": sha, "policy_sha256": policy_sha,
                "pairs": len(pairs), "version": None}
@@ -163,9 +165,10 @@ def precompute_ref(store: Store, set_ref: str, *, ref_path: str | Path, cfg: Any
 
     from ttspo.trainer.run.verify import checked_sha256
 
-    checked_sha256(ref_path, store)  # a run's checkpoint: checked against its records first
+    sha = checked_sha256(ref_path, store)  # a run's checkpoint: checked against its records
     model = cfg.policy.model if cfg is not None else None
     policy = load_policy(spec, init=str(ref_path), config=model or None)
     stream = cfg is not None and cfg.data.loader == "stream"
     pairs = load_pairs(store, set_ref, encode=policy.codec.encode, stream=stream)
-    return precompute(store, pairs, policy, ref_path, lineage=lineage, batch_pairs=batch_pairs)
+    return precompute(store, pairs, policy, ref_path, lineage=lineage, batch_pairs=batch_pairs,
+                      ref_sha256=sha)

@@ -46,7 +46,7 @@ from ttspo.builder.core.store import sql_string
 from ttspo.trainer.run import faults
 
 # The folder layout lives with the checks of its files (trainer/run/verify.py).
-from ttspo.trainer.run.verify import (CHECKPOINTS, META_FILE, POLICY_FILE, STATE_FILE,  # noqa: F401
+from ttspo.trainer.run.verify import (CHECKPOINTS, step_folders, META_FILE, POLICY_FILE, STATE_FILE,  # noqa: F401
                                   STATE_SHA256, STEP_DIR, bytes_sha256, mismatch,
                                   recorded, refused_reason)
 
@@ -182,12 +182,8 @@ def _point(link: Path, target: Path) -> None:
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete step folder of a run, or None."""
-    folder = Path(run_dir) / CHECKPOINTS
-    if not folder.is_dir():
-        return None
-    steps = [(int(m.group(1)), p) for p in folder.iterdir()
-             if (m := STEP_DIR.match(p.name)) and (p / META_FILE).is_file()]
-    return max(steps)[1] if steps else None
+    folders = step_folders(run_dir)
+    return folders[0] if folders else None
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -207,9 +203,10 @@ def load_state(path: Path, *, rank: int, world_size: int) -> dict[str, Any]:
         data = file.read_bytes()
     except OSError as exc:
         raise InputError(f"{file}: cannot read ({first_line(exc, 120)})") from None
-    if STATE_SHA256 in meta and bytes_sha256(data) != meta[STATE_SHA256]:
+    actual = bytes_sha256(data) if STATE_SHA256 in meta else None
+    if actual is not None and actual != meta[STATE_SHA256]:
         # verified_latest checked it before; it changed since (another writer, a fault)
-        raise InputError(mismatch(file, bytes_sha256(data), str(Path(path) / META_FILE),
+        raise InputError(mismatch(file, actual, str(Path(path) / META_FILE),
                                   meta[STATE_SHA256], run_dir=Path(path).parent.parent, store=None))
     older = STATE_SHA256 not in meta
     try:

@@ -158,11 +158,23 @@ def _step_of(path: Path, record: dict[str, Any]) -> int:
 
 
 # ----------------------------------------------------------------- run folder
+def read_run_file(path: Path) -> dict[str, Any]:
+    """A run folder's run.json, or one line naming it (run folders are untrusted input)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{path}: not a readable run.json ({first_line(exc, 80)}); the "
+                            "run folder is damaged") from None
+    if not isinstance(saved, dict):
+        raise TrainingError(f"{path}: not a JSON object; the run folder is damaged")
+    return saved
+
+
 def open_run_dir(out: Path, identity: dict[str, Any], cfg: Config, c: Compute) -> bool:
     """Make OUT a run folder for IDENTITY, or check that it already is; True if resuming."""
     path = Path(out) / RUN_FILE
     if path.exists():
-        saved = json.loads(path.read_text())
+        saved = read_run_file(path)
         # a folder made before loss.terms and grpo.rewards: its keys as they are now
         saved["config"] = map_old_sections(saved.get("config", {}))
         for key in RESUMABLE:  # a folder made when a key was not yet resumable

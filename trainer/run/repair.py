@@ -147,7 +147,7 @@ def sync_rows(store: Any, out: Path, folders: dict[str, tuple[Path, dict[str, An
         what = "rows naming a missing folder, or a folder twice"
         remove_rows(store, stale, as_lineage(lineage).with_extra(run=out.name, removed=what))
         notes.append(f"removed the rows of {', '.join(Path(p).parent.name for p in stale)} ({what})")
-    for path in sorted(p for p in folders if p not in rows or (p in stale and p in folders)):
+    for path in sorted(p for p in folders if p not in rows or p in stale):
         folder, meta = folders[path]
         row = checkpoint_row(Saved(folder, meta["sha256"], meta), run=out.name, trainer=trainer)
         record_checkpoint(store, row, as_lineage(meta.get("lineage") or lineage).with_extra(
