@@ -29,7 +29,7 @@ BLOB_METADATA = {b"lance-encoding:blob": b"true"}
 
 # Names no preference set may take, because core tables use them.
 CORE_TABLES = ("prompts", "generations", "ingest_errors", "rollouts", "ref_logps",
-               "checkpoints", "store_log")
+               "checkpoints", "store_log", "pair_dynamics", "labels")
 
 
 def _names(**kw: str) -> SimpleNamespace:
@@ -414,6 +414,58 @@ REWARDS_SCHEMA = pa.schema(
         pa.field(ROLL.step, pa.int64()),  # null for generations
         _GEN_FIELDS[GEN.group_id],
         *REWARD_FIELDS,
+    ]
+)
+
+# --------------------------------------------------------- pair_dynamics
+# Training dynamics per pair (dataset cartography): every train pair's implicit-reward
+# margin as the DPO step computed it (one row per pair per epoch, no extra pass), and
+# every val pair's margin at each validation. `correct` follows the tie rule of
+# trainer/dpo/losses.py: 1.0 ranked right, 0.0 wrong, 0.5 a tie.
+DYN = _names(run="run", step="step", epoch="epoch", split="split", set_name="set_name",
+             set_version="set_version", pair_id="pair_id", margin="margin",
+             correct="correct", loss="loss")
+
+PAIR_DYNAMICS_SCHEMA = pa.schema(
+    [
+        pa.field(DYN.run, pa.string(), nullable=False),
+        pa.field(DYN.step, pa.int64(), nullable=False),  # the optimizer step it was read at
+        pa.field(DYN.epoch, pa.int64(), nullable=False),
+        pa.field(DYN.split, pa.string(), nullable=False),  # "train" | "val"
+        pa.field(DYN.set_name, pa.string(), nullable=False),
+        pa.field(DYN.set_version, pa.int64(), nullable=False),
+        pa.field(DYN.pair_id, pa.string(), nullable=False),
+        pa.field(DYN.margin, pa.float64(), nullable=False),  # beta * (policy - ref) log-ratio margin
+        pa.field(DYN.correct, pa.float64(), nullable=False),  # 1 / 0.5 (tie) / 0
+        pa.field(DYN.loss, pa.float64()),  # the pair's loss under the run's terms
+    ]
+)
+
+# ---------------------------------------------------------------- labels
+# One human (or scripted) judgement per row, from `ttspo serve`'s listening page or
+# the demo's scripted labeler: two generations shown blind in a random order, and
+# which one the labeler chose. `first_id` was shown as A. `choice` is "a" | "b" |
+# "tie" | "skip"; `chosen_id` resolves it (null for tie and skip). `source` names
+# where the pair came from (a set's pair_id, or "generations").
+LABEL = _names(label_id="label_id", labeler="labeler", time="time", first_id="first_id",
+               second_id="second_id", choice="choice", chosen_id="chosen_id",
+               source="source", pair_id="pair_id", set_name="set_name",
+               set_version="set_version", lineage="lineage")
+
+LABELS_SCHEMA = pa.schema(
+    [
+        pa.field(LABEL.label_id, pa.string(), nullable=False),  # uuid4 hex
+        pa.field(LABEL.labeler, pa.string(), nullable=False),
+        pa.field(LABEL.time, pa.string(), nullable=False),  # UTC ISO, milliseconds
+        pa.field(LABEL.first_id, pa.string(), nullable=False),  # shown as A
+        pa.field(LABEL.second_id, pa.string(), nullable=False),  # shown as B
+        pa.field(LABEL.choice, pa.string(), nullable=False),  # a | b | tie | skip
+        pa.field(LABEL.chosen_id, pa.string()),
+        pa.field(LABEL.source, pa.string(), nullable=False),
+        pa.field(LABEL.pair_id, pa.string()),  # the set pair judged, if any
+        pa.field(LABEL.set_name, pa.string()),
+        pa.field(LABEL.set_version, pa.int64()),
+        pa.field(LABEL.lineage, pa.string()),  # JSON: page or script, ttspo version, ...
     ]
 )
 
