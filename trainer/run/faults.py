@@ -9,6 +9,7 @@ run starts, so a misspelt fault never lets a test pass without a kill.
 
 The moments, in the order a save passes them (trainer/run/checkpoints.py, runs.py):
 
+    after_dynamics    pair_dynamics rows through the step committed (DPO), before its save
     before_tmp        rollouts flushed (GRPO), nothing of the checkpoint written yet
     after_policy      tmp folder holds policy.pt
     after_state       ... and state.pt
@@ -31,7 +32,7 @@ import signal
 from ttspo.builder.core.errors import ConfigError
 
 ENV = "TTSPO_FAULT"
-MOMENTS = ("before_tmp", "after_policy", "after_state", "after_meta", "after_rows_removed",
+MOMENTS = ("after_dynamics", "before_tmp", "after_policy", "after_state", "after_meta", "after_rows_removed",
            "after_set_aside", "after_rename", "after_link", "after_row", "mid_metrics_line",
            "mid_lineage_line")
 
