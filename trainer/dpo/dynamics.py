@@ -5,6 +5,8 @@ already computes every train pair's margin ``beta * ((pi_c - ref_c) - (pi_r - re
 :func:`pair_values` keeps it per pair (with the tie rule's ``correct``, 1 / 0.5 / 0,
 and the pair's own loss), so a train pair gets one row per epoch with no extra pass
 over the set, and every val pair one row per validation (builder/core/schemas.py: DYN).
+A run is named by its folder (:func:`run_name`: NAME~2 when another folder of that
+name already wrote rows; the run folder keeps the name for its resumes).
 
 Streaming, bounded memory: each rank buffers its own rows and, past ``flush_rows``,
 writes them as uncommitted Lance data files of the table (fragments). Nothing is
@@ -18,13 +20,15 @@ through S are committed. A kill after that commit but before the checkpoint leav
 rows past the latest checkpoint; the resume deletes them (:func:`on_resume`: rows of
 the run with step > S, or every row of the run when no checkpoint was written), then
 replays those steps and writes them again. A kill before a commit leaves data files
-no version names (readers never see them). A new run folder under a name the table
-already holds is refused (:func:`check_new_run`): its rows would mix with the old run's.
+no version names (readers never see them).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,7 +36,7 @@ import pyarrow as pa
 import torch
 
 from ttspo.builder.core.dist import broadcast_object, gather_objects
-from ttspo.builder.core.errors import TrainingError
+from ttspo.builder.core.errors import TrainingError, first_line
 from ttspo.builder.core.schemas import DYN, PAIR_DYNAMICS_SCHEMA
 from ttspo.builder.core.store import STORAGE_VERSION, Lineage, Store, commit_properties, sql_string
 from ttspo.trainer.dpo import losses as L
@@ -61,6 +65,9 @@ def pair_values(x: L.PairLogps, cfg: Any) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------ resume
+RUN_NAME_FILE = "pair_dynamics.json"  # in the run folder: the run's name in the table
+
+
 def run_rows(store: Store, run: str) -> int:
     """How many rows of RUN the table holds."""
     if not store.exists(PAIR_DYNAMICS):
@@ -68,13 +75,42 @@ def run_rows(store: Store, run: str) -> int:
     return store.open(PAIR_DYNAMICS).count_rows(filter=f"{DYN.run} = {sql_string(run)}")
 
 
-def check_new_run(store: Store, run: str, *, new: bool, enabled: bool) -> None:
-    """Refuse a NEW run folder whose name the table already holds (before the folder is
-    made, so a refused command leaves none)."""
-    if enabled and new and run_rows(store, run):
-        raise TrainingError(f"pair_dynamics already holds a run named '{run}' that this run "
-                            "folder did not make; train into a folder with another name "
-                            "(or set train.pair_dynamics=false)")
+def run_name(store: Store, out: Path, *, master: bool, enabled: bool) -> str:
+    """The run's name in the table: its folder's name, or, when another run folder of
+    that name already wrote rows, the first free NAME~2, NAME~3 ... (two folders
+    never mix rows). Chosen once, before the run's first commit, and kept in the run
+    folder (RUN_NAME_FILE), so a resume writes under the same name. Rank 0 decides."""
+    path = Path(out) / RUN_NAME_FILE
+    outcome: tuple = (out.name, None)
+    if master and enabled:
+        try:
+            outcome = (_read_name(path) if path.is_file() else _new_name(store, path), None)
+        except (OSError, ValueError, TypeError) as exc:
+            outcome = (None, f"{path}: not a readable run name ({first_line(exc, 80)}); "
+                             "the run folder is damaged")
+    name, error = broadcast_object(outcome)
+    if error is not None:
+        raise TrainingError(error)
+    return name
+
+
+def _read_name(path: Path) -> str:
+    name = json.loads(path.read_text())["run"]
+    if not isinstance(name, str) or not name:
+        raise ValueError("'run' is not a name")
+    return name
+
+
+def _new_name(store: Store, path: Path) -> str:
+    base, n = path.parent.name, 1
+    name = base
+    while run_rows(store, name):
+        n += 1
+        name = f"{base}~{n}"
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text(json.dumps({"run": name}) + "\n")
+    os.replace(staged, path)  # whole or absent: a kill leaves no half a name
+    return name
 
 
 def on_resume(store: Store, run: str, *, checkpoint_step: int | None, lineage: Lineage,

@@ -45,7 +45,7 @@ from ttspo.trainer.dpo.ref import RefCache, lookup, reference_logps
 from ttspo.trainer.dpo.stream import step_batches
 from ttspo.trainer.run.repair import repair_on_resume
 from ttspo.trainer.run.runlock import run_lock
-from ttspo.trainer.run.folder import (RUN_FILE, MetricsLog, log_lineage, open_run_dir,  # noqa: F401
+from ttspo.trainer.run.folder import (MetricsLog, log_lineage, open_run_dir,  # noqa: F401
                                      read_metrics, run_identity)
 
 
@@ -164,8 +164,6 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
                 "train.require_ref_cache needs --init (the checkpoint precompute-ref used)")
         if cache is None:
             ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
-    D.check_new_run(store, out.name, new=not (out / RUN_FILE).exists(),
-                    enabled=cfg.train.pair_dynamics)
     resuming = open_run_dir(out, run_identity(cfg, trainer="dpo", pairs=pairs, spec=spec,
                                               init_sha256=init_sha), cfg, c)
     reference = "none" if cfg.loss.reference_free else ("cached" if cache else "live")
@@ -207,10 +205,11 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
     # Pair dynamics: rows past the checkpoint resumed from go (the steps replay), and
     # the rows through a step are committed before its checkpoint (trainer/dpo/dynamics.py).
+    run = D.run_name(store, out, master=c.master, enabled=cfg.train.pair_dynamics)
     if resuming and cfg.train.pair_dynamics:
-        D.on_resume(store, out.name, checkpoint_step=start if latest is not None else None,
+        D.on_resume(store, run, checkpoint_step=start if latest is not None else None,
                     lineage=lineage, master=c.master)
-    dyn = D.DynamicsWriter(store=store, run=out.name, set_name=pairs.set_name,
+    dyn = D.DynamicsWriter(store=store, run=run, set_name=pairs.set_name,
                            set_version=pairs.set_version, lineage=lineage, master=c.master,
                            enabled=cfg.train.pair_dynamics)
     saver = ckpt.Checkpointer(store=store, out=out, trainer="dpo", policy=policy,
