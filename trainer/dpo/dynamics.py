@@ -94,6 +94,11 @@ def run_name(store: Store, out: Path, *, master: bool, enabled: bool) -> str:
     return name
 
 
+def stored_run_name(out: Path) -> str:
+    """The name run folder OUT writes its rows under (see :func:`run_name`)."""
+    return _read_name(Path(out) / RUN_NAME_FILE)
+
+
 def _read_name(path: Path) -> str:
     name = json.loads(path.read_text())["run"]
     if not isinstance(name, str) or not name:
