@@ -18,6 +18,7 @@ from ttspo.builder.core.store import make_lineage
 from ttspo.builder.review.labels import Judgement, append_labels
 from ttspo.builder.sets.build import build_set
 from ttspo.builder.sets.diff import diff, render_text
+from ttspo.trainer.demo import review as demo_review
 from ttspo.trainer.dpo.dynamics import DynamicsWriter
 from train_helpers import SET, pattern_rows, pattern_store
 
@@ -153,3 +154,9 @@ def test_label_agreement_counts_how_often_each_metric_sides_with_people(found):
     got = {r["metric"]: (r["n"], r["agree"], r["agree_share"]) for r in json.loads(result.output)}
     assert got == {"cer": (4, 1, 0.25), "wer": (4, 1, 0.25), "ssim": (4, 1, 0.25),
                    "pesq": (0, 0, None), "squim": (0, 0, None)}
+
+
+def test_the_demo_labeler_is_a_script_that_picks_the_shorter():
+    assert demo_review.LABELER.startswith("script:")  # never mistaken for a person
+    assert [demo_review.prefer_shorter(*d) for d in ((1.0, 2.0), (2.0, 1.0), (1.5, 1.5))] == \
+        ["a", "b", "tie"]

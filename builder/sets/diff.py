@@ -118,13 +118,13 @@ def reasons(store: Store, a: SetVersion, b: SetVersion) -> list[dict[str, Any]]:
                 f"'{dyn}', {_literal(run)}))"))
         out = []
         for change, (mine, other) in (("removed", ("__a", "__b")), ("added", ("__b", "__a"))):
-            out += _attributed(con, change, mine, other, tests[change])
+            out += _attributed(con, change, mine=mine, other=other, tests=tests[change])
         return out
     finally:
         con.close()
 
 
-def _attributed(con, change: str, mine: str, other: str,
+def _attributed(con, change: str, *, mine: str, other: str,
                 tests: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """Counts of MINE's pairs that OTHER lacks, by the first of TESTS that holds."""
     case = " ".join(f"WHEN {cond} THEN {_literal(why)}" for why, cond in tests)

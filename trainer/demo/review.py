@@ -58,6 +58,11 @@ def step_review(demo) -> None:
     demo.say(why_line(found["reasons"]) if found["reasons"] else "why: nothing changed")
 
 
+def prefer_shorter(first: float, second: float) -> str:
+    """The scripted labeler's choice between A and B lasting FIRST and SECOND seconds."""
+    return "a" if first < second else "b" if second < first else "tie"
+
+
 def _label(demo) -> None:
     """The scripted labeler judges every pair of the tagged set, and per pair one more
     sample of its group against the chosen (a pair the set lacks)."""
@@ -79,10 +84,8 @@ def _label(demo) -> None:
 
     def judge(x: str, y: str, **where) -> Judgement:
         first, second = (x, y) if rng.random() < 0.5 else (y, x)
-        shorter = "a" if duration[first] < duration[second] else \
-            "b" if duration[second] < duration[first] else "tie"
-        return Judgement(labeler=LABELER, first_id=first, second_id=second, choice=shorter,
-                         **where)
+        return Judgement(labeler=LABELER, first_id=first, second_id=second,
+                         choice=prefer_shorter(duration[first], duration[second]), **where)
 
     judgements = []
     for p in sorted(pairs, key=lambda r: r[PAIR.pair_id]):
