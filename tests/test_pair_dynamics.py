@@ -84,6 +84,18 @@ def test_one_row_per_train_pair_per_epoch_and_per_val_pair_per_validation(store,
     assert commits[0]["inputs"][SET] == 1
 
 
+@pytest.mark.slow  # a real 8-step DPO run
+def test_the_streaming_loader_writes_the_same_rows(store, whole, tmp_path):
+    """data.loader=stream reads each micro-batch's codes by row id (workers 0: in this
+    process); the pair ids come from the same order, so the rows are the in-memory run's,
+    bit for bit (the same batches through the same arithmetic)."""
+    out = tmp_path / "streamed"
+    cfg = load_config(None, tiny_overrides(**RUN, **{"data.loader": "stream", "data.workers": 0}))
+    train_dpo(store, SET, cfg=cfg, out=out, echo=lambda *_: None)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != DYN.run} for r in rs]
+    assert strip(rows(store, run_of(out))) == strip(rows(store, whole.name))
+
+
 def _mean_tolerance(values: list[float]) -> float:
     """A float32 mean of B values (B - 1 additions and a division, each rounding by at
     most 2^-24 of the running sum) against the float64 mean of the same float32s."""

@@ -179,9 +179,9 @@ class DynamicsWriter:
             self._write_fragments()
 
     def add_pairs(self, pairs: Any, index: Sequence[int], *, step: int, epoch: int, split: str,
-                  values: dict[str, torch.Tensor]) -> None:
+                  values: dict[str, torch.Tensor] | None) -> None:
         """Rows of the pairs INDEX of PAIRS (trainer/dpo/data.py: Pairs)."""
-        if self.enabled:
+        if self.enabled and values is not None:
             self.add(step=step, epoch=epoch, split=split,
                      pair_ids=[pairs.pair_ids[i] for i in index], values=values)
 

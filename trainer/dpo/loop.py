@@ -234,7 +234,7 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
         epoch = order.position(step)["epoch"]
         for a, (idx, codes) in enumerate(micro):
             sync = a == len(micro) - 1
-            values: dict[str, torch.Tensor] = {}
+            values: dict[str, torch.Tensor] | None = {} if dyn.enabled else None
             with (contextlib.nullcontext() if sync or not c.ddp else model.no_sync()):
                 with autocast(cfg, c):
                     loss, metrics = pair_step(model, policy, ref_model, cache, pairs=train,
