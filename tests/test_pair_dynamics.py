@@ -199,12 +199,17 @@ def test_a_new_folder_under_a_taken_name_writes_under_another(tmp_path):
 
 
 @pytest.mark.slow  # a real DPO step
-def test_off_writes_nothing(tmp_path):
+def test_off_writes_nothing_and_on_at_a_resume_records_from_there(tmp_path):
     store = pattern_store(tmp_path / "store", groups=12, val_size=4)
     cfg = load_config(None, tiny_overrides(**{"train.max_steps": 1, "train.val_every": 1,
                                               "train.pair_dynamics": False}))
     train_dpo(store, SET, cfg=cfg, out=tmp_path / "run", echo=lambda *_: None)
     assert not store.exists("pair_dynamics")
+    # switched on at a resume (it changes what is recorded, not computed): from there on
+    cfg = load_config(None, tiny_overrides(**{"train.max_steps": 2, "train.val_every": 1}))
+    train_dpo(store, SET, cfg=cfg, out=tmp_path / "run", echo=lambda *_: None)
+    got = rows(store, "run")
+    assert {r[DYN.step] for r in got} == {2} and len(got) == 4 + 4  # a step's 4, 4 val
 
 
 def test_cartography_macros_read_the_rows(store, whole):
