@@ -272,3 +272,37 @@ def test_two_processes_write_the_rows_one_process_writes(tmp_path):
         assert abs(x[DYN.margin] - y[DYN.margin]) <= tol, key(x)
         if abs(y[DYN.margin]) > tol:
             assert x[DYN.correct] == y[DYN.correct], key(x)
+
+
+def test_rows_past_the_buffer_go_to_fragments_no_reader_sees_before_the_commit(tmp_path):
+    """flush_rows 3: 8 rows make data files before the commit; readers see no row of them
+    until it, then all 8 in ONE version. A writer that dies before its commit (dropped
+    here) leaves the table as it was."""
+    from ttspo.builder.core.store import Store, make_lineage
+    from ttspo.trainer.dpo.dynamics import DynamicsWriter
+
+    store = Store(tmp_path / "store")
+
+    def writer(run: str) -> DynamicsWriter:
+        return DynamicsWriter(store=store, run=run, set_name=SET, set_version=1,
+                              lineage=make_lineage("test", {}), master=True, flush_rows=3)
+
+    def add(w: DynamicsWriter, step: int, n: int) -> None:
+        w.add(step=step, epoch=0, split="train", pair_ids=[f"p{step}.{i}" for i in range(n)],
+              values={k: torch.full((n,), float(step)) for k in ("margin", "correct", "loss")})
+
+    first = writer("a")
+    for step in (1, 2, 3, 4):
+        add(first, step, 2)
+    assert first._fragments and not store.exists("pair_dynamics")  # files, no version
+    version = first.commit(4)
+    assert store.open("pair_dynamics").count_rows() == 8 and version == store.version(
+        "pair_dynamics")
+    assert store.lineage("pair_dynamics", version)["steps"] == [1, 4]
+    dead = writer("b")
+    for step in (5, 6, 7):
+        add(dead, step, 2)
+    assert dead._fragments  # written, never committed: the process "dies" here
+    del dead
+    assert store.version("pair_dynamics") == version
+    assert store.open("pair_dynamics").count_rows() == 8

@@ -157,7 +157,7 @@ class DynamicsWriter:
     _batches: list[pa.RecordBatch] = field(default_factory=list)
     _buffered: int = 0
     _fragments: list[Any] = field(default_factory=list)
-    _steps: list[int] = field(default_factory=list)
+    _first_step: int | None = None  # the first step of the rows not yet committed
 
     def add(self, *, step: int, epoch: int, split: str, pair_ids: Sequence[str],
             values: dict[str, torch.Tensor]) -> None:
@@ -174,7 +174,7 @@ class DynamicsWriter:
             const(self.set_version, pa.int64()), pa.array(list(pair_ids), pa.string()),
             col("margin"), col("correct"), col("loss")], schema=PAIR_DYNAMICS_SCHEMA))
         self._buffered += n
-        self._steps.append(step)
+        self._first_step = step if self._first_step is None else min(self._first_step, step)
         if self._buffered >= self.flush_rows:
             self._write_fragments()
 
@@ -216,7 +216,7 @@ class DynamicsWriter:
             self._write_fragments()
         except Exception as exc:  # noqa: BLE001  told to every rank below
             error = f"rank fragments: {exc}"
-        gathered = gather_objects((self._fragments, min(self._steps, default=None), error))
+        gathered = gather_objects((self._fragments, self._first_step, error))
         outcome: tuple = (None, None)
         if self.master:
             errors = [e for _, _, e in gathered if e]
@@ -232,7 +232,7 @@ class DynamicsWriter:
         version, error = broadcast_object(outcome)
         if error is not None:
             raise TrainingError(f"step {step}: pair_dynamics not committed: {error}")
-        self._fragments, self._steps = [], []
+        self._fragments, self._first_step = [], None
         self.commits += version is not None
         faults.point("after_dynamics", step=step)
         return version
