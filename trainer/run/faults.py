@@ -9,7 +9,6 @@ run starts, so a misspelt fault never lets a test pass without a kill.
 
 The moments, in the order a save passes them (trainer/run/checkpoints.py, runs.py):
 
-    after_dynamics    pair_dynamics rows through the step committed (DPO), before its save
     before_tmp        rollouts flushed (GRPO), nothing of the checkpoint written yet
     after_policy      tmp folder holds policy.pt
     after_state       ... and state.pt
@@ -22,6 +21,8 @@ The moments, in the order a save passes them (trainer/run/checkpoints.py, runs.p
     after_row         its `checkpoints` row committed
     mid_metrics_line  half of a metrics.jsonl line written (a full disk, a power cut)
     mid_lineage_line  half of a lineage.jsonl line written
+    after_dynamics    DPO: pair_dynamics rows through the step committed, before any
+                      save of that step (trainer/dpo/dynamics.py)
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ import signal
 from ttspo.builder.core.errors import ConfigError
 
 ENV = "TTSPO_FAULT"
-MOMENTS = ("after_dynamics", "before_tmp", "after_policy", "after_state", "after_meta", "after_rows_removed",
+MOMENTS = ("before_tmp", "after_policy", "after_state", "after_meta", "after_rows_removed",
            "after_set_aside", "after_rename", "after_link", "after_row", "mid_metrics_line",
-           "mid_lineage_line")
+           "mid_lineage_line", "after_dynamics")
 
 
 def _armed() -> tuple[str, str | None] | None:
