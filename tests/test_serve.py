@@ -169,10 +169,16 @@ def test_dynamics_of_a_pair(client, store):
     assert note.json()["rows"] == [] and "no pair_dynamics" in note.json()["note"]
     add_dynamics(store, pair_id)
     add_dynamics(store, "other>pair")
-    rows = client.get("/api/dynamics", headers=H,
-                      params={"set": "prefs", "pair_id": pair_id}).json()["rows"]
-    assert [(r["step"], r["margin"], r["correct"]) for r in rows] == \
+    got = client.get("/api/dynamics", headers=H,
+                     params={"set": "prefs", "pair_id": pair_id}).json()
+    assert [(r["step"], r["margin"], r["correct"]) for r in got["rows"]] == \
         [(10, 0.1, 1.0), (20, -0.2, 0.0), (30, 0.3, 1.0)]
+    [summary] = got["summary"]
+    mean = (0.1 - 0.2 + 0.3) / 3
+    spread = (((0.1 - mean) ** 2 + (-0.2 - mean) ** 2 + (0.3 - mean) ** 2) / 3) ** 0.5
+    assert summary["reads"] == 3 and summary["share_correct"] == pytest.approx(2 / 3)
+    assert summary["mean_margin"] == pytest.approx(mean)
+    assert summary["variability"] == pytest.approx(spread)
 
 
 # ----------------------------------------------------------------- labels

@@ -139,7 +139,25 @@ def dynamics(store: Store, set_name: str, pair_id: str) -> dict[str, Any]:
     rows = ds.to_table(filter=f"{DYN.set_name} = {sql_string(set_name)} AND "
                               f"{DYN.pair_id} = {sql_string(pair_id)}").to_pylist()
     rows.sort(key=lambda r: (r[DYN.run], r[DYN.split], r[DYN.step]))
-    return {"rows": [clean(r) for r in rows], "version": ds.version}
+    return {"rows": [clean(r) for r in rows], "summary": [clean(s) for s in _cartography(rows)],
+            "version": ds.version}
+
+
+def _cartography(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run and split: reads, mean margin, variability (population std of the
+    margin, as dataset cartography) and the share ranked right. (The dynamics
+    branch's SQL macros compute the same over whole sets.)"""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r[DYN.run], r[DYN.split]), []).append(r)
+    out = []
+    for (run, split), rs in groups.items():
+        margins = [r[DYN.margin] for r in rs]
+        mean = sum(margins) / len(margins)
+        out.append({"run": run, "split": split, "reads": len(rs), "mean_margin": mean,
+                    "variability": math.sqrt(sum((m - mean) ** 2 for m in margins) / len(margins)),
+                    "share_correct": sum(r[DYN.correct] for r in rs) / len(rs)})
+    return out
 
 
 def agreement(store: Store, *, set_name: str | None = None) -> dict[str, Any]:

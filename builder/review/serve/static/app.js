@@ -28,7 +28,7 @@ async function api(path, options) {
 }
 
 function fmt(v) {
-  if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toPrecision(4);
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4)));
   return v === null || v === undefined ? "–" : String(v);
 }
 
@@ -126,11 +126,16 @@ async function showDynamics(set, pairId, box) {
   try {
     const data = await api("/api/dynamics?" + new URLSearchParams({ set, pair_id: pairId }));
     if (!data.rows.length) { box.replaceChildren(data.note || "no dynamics rows for this pair"); return; }
-    const cols = ["run", "split", "epoch", "step", "margin", "correct", "loss"];
-    const table = el("table", {}, el("tr", {}, ...cols.map((c) => el("th", {}, c))));
-    for (const r of data.rows) table.append(el("tr", {}, ...cols.map((c) => el("td", { class: "num" }, fmt(r[c])))));
-    box.replaceChildren(table);
+    box.replaceChildren(grid(data.summary, ["run", "split", "reads", "mean_margin",
+                                            "variability", "share_correct"]),
+                        grid(data.rows, ["run", "split", "epoch", "step", "margin", "correct", "loss"]));
   } catch (e) { box.replaceChildren(e.message); }
+}
+
+function grid(rows, cols) {
+  const table = el("table", {}, el("tr", {}, ...cols.map((c) => el("th", {}, c))));
+  for (const r of rows) table.append(el("tr", {}, ...cols.map((c) => el("td", { class: "num" }, fmt(r[c])))));
+  return table;
 }
 
 // ---------------------------------------------------------------- listen
@@ -163,9 +168,9 @@ async function judge(choice) {
     const done = await api("/api/labels", { method: "POST", body: JSON.stringify(body),
       headers: { "content-type": "application/json" } });
     state.labelled += 1;
+    await drawPair();  // the status changes once the next pair is in place
     $("listen-status").textContent =
       `saved ${choice} (${state.labelled} this session, labels v${done.labels_version})`;
-    await drawPair();
   } catch (e) {
     $("listen-error").textContent = e.message;
     state.trial = t;
@@ -187,9 +192,8 @@ async function loadAgreement() {
   try {
     const data = await api("/api/agreement" + (set ? "?" + new URLSearchParams({ set }) : ""));
     if (!data.rows.length) { $("agreement-rows").replaceChildren(data.note || "no labels"); return; }
-    const cols = ["metric", "judged", "agree", "disagree", "metric_ties", "agreement"];
-    const table = el("table", { id: "agreement-table" }, el("tr", {}, ...cols.map((c) => el("th", {}, c))));
-    for (const r of data.rows) table.append(el("tr", {}, ...cols.map((c) => el("td", { class: "num" }, fmt(r[c])))));
+    const table = grid(data.rows, ["metric", "judged", "agree", "disagree", "metric_ties", "agreement"]);
+    table.id = "agreement-table";
     $("agreement-rows").replaceChildren(table);
   } catch (e) { $("agreement-error").textContent = e.message; }
 }
