@@ -31,7 +31,7 @@ GENERATION_FIELDS = (GEN.generation_id, GEN.text, GEN.pred_transcript, GEN.durat
                      *METRICS)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TableInfo:
     name: str
     kind: str  # "generations" | "rollouts" | "set"
@@ -71,7 +71,7 @@ def _info(store: Store, name: str) -> TableInfo | None:
     columns = tuple(q.view_columns(schema))
     numeric = tuple(f.name for f in schema if f.name in columns
                     and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)))
-    return TableInfo(name, kind, id_column, columns, numeric)
+    return TableInfo(name=name, kind=kind, id_column=id_column, columns=columns, numeric=numeric)
 
 
 def page(store: Store, name: str, *, where: str = "", sort: str | None = None,
