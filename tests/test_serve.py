@@ -292,3 +292,68 @@ def test_word_diff_marks_what_the_transcript_lost_and_added():
     assert d["text"] == [["The cat sat on", False], ["the mat", True]]
     assert d["transcript"] == [["the cat sat on", False], ["a hat today", True]]
     assert word_diff(None, "") == {"text": [], "transcript": []}
+
+
+# ------------------------------------------------------- the parts directly
+def test_only_loopback_hosts_go_without_a_token():
+    from ttspo.builder.cli.serve import _loopback
+
+    assert all(_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(_loopback(h) for h in ("0.0.0.0", "10.1.2.3", "::", "example.org"))
+
+
+def test_browsable_tables_are_generations_rollouts_and_sets(store):
+    from ttspo.builder.review.serve import browse
+
+    add_dynamics(store, "a>b")
+    kinds = {t.name: t.kind for t in browse.browsable(store)}
+    assert kinds == {"generations": "generations", "prefs": "set"}
+    assert "cer_delta" in browse.table_info(store, "prefs").numeric
+    # the condition on its own line: a trailing comment ends with it
+    assert browse.filtered("prefs", "true -- x") == 'SELECT * FROM "prefs" WHERE (\ntrue -- x\n)'
+
+
+def test_the_writer_writes_every_good_label_and_fails_a_bad_one_alone(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ttspo.builder.core.errors import InputError
+    from ttspo.builder.core.store import make_lineage
+    from ttspo.builder.review.labels import Judgement
+    from ttspo.builder.review.serve.labeling import LabelWriter
+
+    writer = LabelWriter(store, make_lineage("serve", {"labeler": "page"}))
+    good = [Judgement(labeler=f"l{i}", first_id="r:4", second_id="r:5", choice="ab"[i % 2])
+            for i in range(40)]
+    bad = Judgement(labeler="x", first_id="r:4", second_id="nope", choice="a")
+    with ThreadPoolExecutor(8) as pool:  # submitted from many threads, as the server does
+        futures = list(pool.map(writer.submit, good[:20] + [bad] + good[20:]))
+    writer.close()
+    with pytest.raises(InputError, match="unknown generation 'nope'"):
+        futures[20].result(timeout=60)
+    assert all(isinstance(f.result(timeout=60), int) for f in futures[:20] + futures[21:])
+    labelers = store.open("labels").to_table()["labeler"].to_pylist()
+    assert sorted(labelers) == sorted(j.labeler for j in good)
+
+
+def test_rollouts_are_browsed_and_played_too(client, store, tmp_path):
+    import pyarrow as pa
+
+    from ttspo.builder.core.schemas import ROLLOUTS_SCHEMA
+    from ttspo.builder.core.store import make_lineage
+
+    wav = tmp_path / "roll.wav"
+    wav.write_bytes(wav_bytes(7))
+    rows = [{"rollout_id": f"g:{s}:train:0:{i}", "run": "g", "step": s, "split": "train",
+             "prompt_id": "p0", "group_id": "g:g0", "group_index": 0, "sample_index": i,
+             "text": "a b c", "pred_transcript": "a x c", "audio_filepath": str(wav),
+             "cer": 0.1 * i, "invalid": False, "reward": 1.0 - i, "advantage": 0.5 - i,
+             "valid": True, "group_valid": True} for s in (1, 2) for i in (0, 1)]
+    store.write("rollouts", pa.Table.from_pylist(rows, schema=ROLLOUTS_SCHEMA), ROLLOUTS_SCHEMA,
+                make_lineage("test-grpo"))
+    r = client.get("/api/rows", headers=H, params=dict(table="rollouts", where="step = 2",
+                                                      sort="reward")).json()
+    assert r["kind"] == "rollouts" and r["total"] == 2
+    assert [row["rollout_id"] for row in r["rows"]] == ["g:2:train:0:1", "g:2:train:0:0"]
+    assert r["rows"][0]["_diff"]["transcript"] == [["a", False], ["x", True], ["c", False]]
+    audio = client.get("/api/audio", headers=H, params={"table": "rollouts", "id": "g:1:train:0:1"})
+    assert audio.status_code == 200 and audio.content == wav.read_bytes()
