@@ -54,8 +54,28 @@ def test_the_token_by_header_bearer_query_or_the_cookie_the_page_sets(store):
         assert page.status_code == 200 and "ttspo_token" in page.headers["set-cookie"]
         assert "httponly" in page.headers["set-cookie"].lower()
         assert c.get("/api/tables").status_code == 200  # the cookie now
-    with TestClient(make_app(store)) as open_client:  # no token: loopback use
-        assert open_client.get("/api/tables").status_code == 200
+    with TestClient(make_app(store), base_url="http://127.0.0.1:8765") as open_client:
+        assert open_client.get("/api/tables").status_code == 200  # no token: loopback use
+
+
+def test_without_a_token_only_loopback_names_and_no_cross_site_posts(store):
+    p = one_pair(store)
+    body = json.dumps({"labeler": "x", "first_id": p["chosen_id"], "second_id": p["rejected_id"],
+                       "choice": "a"})
+    js = {"content-type": "application/json"}
+    with TestClient(make_app(store), base_url="http://localhost:8765") as c:
+        assert c.get("/api/tables").status_code == 200
+        rebound = c.get("/api/tables", headers={"host": "evil.example:8765"})
+        assert rebound.status_code == 403 and "not a loopback name" in rebound.json()["error"]
+        forged = c.post("/api/labels", content=body,
+                        headers={**js, "origin": "https://evil.example"})
+        assert forged.status_code == 403 and "origin" in forged.json()["error"]
+        form = c.post("/api/labels", content=body, headers={"content-type": "text/plain"})
+        assert form.status_code == 415
+        assert not store.exists("labels")
+        same = c.post("/api/labels", content=body,
+                      headers={**js, "origin": "http://localhost:8765"})
+        assert same.status_code == 201
 
 
 def test_serve_refuses_a_non_loopback_host_without_a_token(store):
@@ -183,7 +203,8 @@ def test_dynamics_of_a_pair(client, store):
 
 # ----------------------------------------------------------------- labels
 def label(client, body, **headers):
-    return client.post("/api/labels", headers={**H, **headers}, content=json.dumps(body))
+    return client.post("/api/labels", content=json.dumps(body),
+                       headers={**H, "content-type": "application/json", **headers})
 
 
 def test_a_drawn_pair_is_blind_seeded_and_its_label_records_the_order(client, store):
@@ -233,7 +254,7 @@ def test_the_labeler_may_come_from_the_cookie(client, store):
 ])
 def test_a_bad_label_is_a_one_line_400_and_writes_nothing(client, store, body, reason):
     r = label(client, body) if not isinstance(body, str) else \
-        client.post("/api/labels", headers=H, content=body)
+        client.post("/api/labels", headers={**H, "content-type": "application/json"}, content=body)
     assert r.status_code == 400, r.text
     assert reason in r.json()["error"] and "\n" not in r.json()["error"]
     assert not store.exists("labels")

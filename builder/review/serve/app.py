@@ -36,6 +36,8 @@ from ttspo.builder.review.serve import audio, browse, labeling
 TOKEN_COOKIE = "ttspo_token"
 LABELER_COOKIE = "ttspo_labeler"
 MAX_BODY = 64 * 1024
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 # Nothing inline runs, nothing loads from elsewhere: stored text rendered by mistake
 # as HTML could still not run a script.
 SECURITY_HEADERS = {
@@ -66,10 +68,9 @@ class Guard:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.token is not None and not self._allowed(HTTPConnection(scope)):
-            response = error(401, "missing or wrong token (?token=, X-Ttspo-Token or "
-                                  "Authorization: Bearer)")
-            return await response(scope, receive, send)
+        refused = self._refusal(HTTPConnection(scope))
+        if refused is not None:
+            return await refused(scope, receive, send)
 
         async def with_headers(message) -> None:
             if message["type"] == "http.response.start":
@@ -81,6 +82,23 @@ class Guard:
 
         await self.app(scope, receive, with_headers)
 
+    def _refusal(self, conn: HTTPConnection) -> Response | None:
+        if self.token is not None and not self._allowed(conn):
+            return error(401, "missing or wrong token (?token=, X-Ttspo-Token or "
+                              "Authorization: Bearer)")
+        host = conn.headers.get("host", "")
+        if self.token is None and _host_name(host) not in LOOPBACK_NAMES:
+            # Without a token only loopback names: another site's page that a DNS name
+            # rebound to 127.0.0.1 must not read the store through the visitor's browser.
+            return error(403, f"host {host[:60]!r} is not a loopback name; serve with --token "
+                              "to be reached by other names")
+        origin = conn.headers.get("origin")
+        if conn.scope["method"] not in SAFE_METHODS and origin is not None \
+                and origin.split("://", 1)[-1] != host:
+            # A form another site posts to this page (cross-site request forgery).
+            return error(403, f"origin {origin[:60]!r} is not this page's")
+        return None
+
     def _allowed(self, conn: HTTPConnection) -> bool:
         auth = conn.headers.get("authorization", "")
         offered = [auth[7:] if auth.lower().startswith("bearer ") else None,
@@ -88,6 +106,13 @@ class Guard:
                    conn.cookies.get(TOKEN_COOKIE)]
         return any(t is not None and hmac.compare_digest(t.encode(), self.token.encode())
                    for t in offered)
+
+
+def _host_name(host: str) -> str:
+    """The name of a Host header, without its port ([::1]:8765 -> [::1])."""
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def make_app(store: Store, *, token: str | None = None) -> Starlette:
@@ -139,6 +164,10 @@ def make_app(store: Store, *, token: str | None = None) -> Starlette:
             seed=secrets.randbits(32) if seed is None else seed))
 
     async def label(request: Request) -> Response:
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            # Only JSON: a browser sends it across sites only after a CORS preflight,
+            # which this server never grants.
+            return error(415, "label: send the judgement as application/json")
         body = await request.body()
         if len(body) > MAX_BODY:
             return error(413, f"label: body over {MAX_BODY} bytes")
