@@ -378,3 +378,19 @@ def test_rollouts_are_browsed_and_played_too(client, store, tmp_path):
     assert r["rows"][0]["_diff"]["transcript"] == [["a", False], ["x", True], ["c", False]]
     audio = client.get("/api/audio", headers=H, params={"table": "rollouts", "id": "g:1:train:0:1"})
     assert audio.status_code == 200 and audio.content == wav.read_bytes()
+
+
+def test_a_labeler_is_drawn_only_pairs_they_have_not_judged(client, store):
+    n = store.open("prefs").count_rows()
+    seen = set()
+    for seed in range(n):
+        d = client.get("/api/pair", headers=H, params={"set": "prefs", "seed": seed,
+                                                      "labeler": "una"}).json()
+        assert d["matching"] == n - seed and d["pair_id"] not in seen
+        seen.add(d["pair_id"])
+        body = {k: d[k] for k in ("first_id", "second_id", "pair_id", "set_name", "set_version")}
+        assert label(client, {**body, "labeler": "una", "choice": "skip"}).status_code == 201
+    done = client.get("/api/pair", headers=H, params={"set": "prefs", "labeler": "una"})
+    assert done.status_code == 400 and "that una has not judged" in done.json()["error"]
+    other = client.get("/api/pair", headers=H, params={"set": "prefs", "labeler": "vic"})
+    assert other.json()["matching"] == n

@@ -7,7 +7,7 @@ Routes (all behind the token when there is one):
   GET  /api/rows               a page of a table: table, where, sort, desc, page, size
   GET  /api/dynamics           a pair's pair_dynamics rows: set, pair_id
   GET  /api/audio              a row's audio (Range requests): table, id
-  GET  /api/pair               a blind pair to judge: set, where, seed
+  GET  /api/pair               a blind pair to judge: set, where, seed, labeler
   POST /api/labels             one judgement (JSON), written by the one writer
   GET  /api/agreement          each metric's agreement with the labels: set
 Errors are a 4xx with a one-line JSON body {"error": "..."}.
@@ -160,7 +160,7 @@ def make_app(store: Store, *, token: str | None = None) -> Starlette:
         p = request.query_params
         seed = _int(p, "seed", None)
         return strict_json(labeling.draw_pair(
-            store, _text(p, "set"), where=p.get("where", ""),
+            store, _text(p, "set"), where=p.get("where", ""), labeler=p.get("labeler"),
             seed=secrets.randbits(32) if seed is None else seed))
 
     async def label(request: Request) -> Response:

@@ -20,7 +20,7 @@ from ttspo.builder.core import query as q
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import GEN, PAIR
 from ttspo.builder.core.store import Lineage, Store
-from ttspo.builder.review.labels import CHOICES, Judgement, append_labels
+from ttspo.builder.review.labels import CHOICES, LABELS, Judgement, append_labels
 from ttspo.builder.review.serve.browse import filtered, generations, table_info
 
 MAX_BATCH = 256
@@ -110,23 +110,31 @@ def parse_judgement(body: Any, *, cookie_labeler: str | None = None) -> Judgemen
                      set_version=body.get("set_version"))
 
 
-def draw_pair(store: Store, set_name: str, *, seed: int, where: str = "") -> dict[str, Any]:
-    """One pair of SET_NAME (matching WHERE) drawn by SEED, its two generations in an
-    order drawn by SEED too: A is ``first_id``. The page gets no metric and no hint
-    of which one the set chose; the label records the order shown."""
+def draw_pair(store: Store, set_name: str, *, seed: int, where: str = "",
+              labeler: str | None = None) -> dict[str, Any]:
+    """One pair of SET_NAME (matching WHERE, and not yet judged by LABELER) drawn by
+    SEED, its two generations in an order drawn by SEED too: A is ``first_id``. The
+    page gets no metric and no hint of which one the set chose; the label records
+    the order shown."""
     info = table_info(store, set_name)
     if info.kind != "set":
         raise InputError(f"listen: {set_name!r} is not a preference set")
-    matching = filtered(set_name, where)
-    total, versions = q.run(store, f"SELECT count(*) AS n FROM ({matching})")
+    matching, params = filtered(set_name, where), {}
+    if labeler and store.exists(LABELS):
+        matching = (f'SELECT * FROM ({matching}) WHERE "{PAIR.pair_id}" NOT IN (SELECT '
+                    f'pair_id FROM labels WHERE labeler = $labeler AND set_name = $set '
+                    f'AND pair_id IS NOT NULL)')
+        params = {"labeler": labeler.strip(), "set": set_name}
+    total, versions = q.run(store, f"SELECT count(*) AS n FROM ({matching})", params)
     n = total.column("n")[0].as_py()
     if n == 0:
-        raise InputError(f"listen: no pair of {set_name} matches the filter")
+        raise InputError(f"listen: no pair of {set_name} matches the filter"
+                         + (f" that {labeler.strip()} has not judged" if params else ""))
     rng = random.Random(seed)
     index, swap = rng.randrange(n), rng.random() < 0.5
     row = q.run(store, f'SELECT "{PAIR.pair_id}", "{PAIR.chosen_id}", "{PAIR.rejected_id}" '
                        f'FROM ({matching}) ORDER BY "{PAIR.position}", "{PAIR.pair_id}" '
-                       f"LIMIT 1 OFFSET {index}")[0].to_pylist()[0]
+                       f"LIMIT 1 OFFSET {index}", params)[0].to_pylist()[0]
     first, second = row[PAIR.chosen_id], row[PAIR.rejected_id]
     if swap:
         first, second = second, first

@@ -145,7 +145,7 @@ async function drawPair() {
   $("listen-error").textContent = "";
   try {
     const t = await api("/api/pair?" + new URLSearchParams({ set: $("listen-set").value,
-      where: $("listen-where").value }));
+      where: $("listen-where").value, labeler: labeler() }));
     state.trial = t;
     $("trial-text").textContent = t.text === null ? "" : t.text;
     $("audio-a").src = "/api/audio?" + new URLSearchParams({ table: "generations", id: t.first_id });
