@@ -78,9 +78,13 @@ def test_without_a_token_only_loopback_names_and_no_cross_site_posts(store):
         assert same.status_code == 201
 
 
-def test_serve_refuses_a_non_loopback_host_without_a_token(store):
+def test_serve_refuses_a_non_loopback_host_without_a_token(store, tmp_path):
     r = CliRunner().invoke(cli, ["--store", str(store.root), "serve", "--host", "0.0.0.0"])
     assert r.exit_code == 1 and "give --token" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["--store", str(tmp_path / "none"), "serve", "--port", "0"])
+    assert r.exit_code == 1 and "none: no such folder" in r.output
+    r = CliRunner().invoke(cli, ["--store", str(store.root), "serve", "--token", " "])
+    assert r.exit_code == 1 and "--token: empty" in r.output
 
 
 # ------------------------------------------------------------------ audio
