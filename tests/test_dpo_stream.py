@@ -15,7 +15,8 @@ import torch
 
 from ttspo.builder.core.lance_rows import ROW_ID, row_ids, take_rows
 from ttspo.builder.core.schemas import GEN
-from ttspo.trainer.dpo.data import PairOrder, collate_pairs, load_pairs
+from ttspo.trainer.dpo.data import PairOrder, load_pairs
+from ttspo.trainer.dpo.forward import collate_pairs
 from ttspo.trainer.dpo.loop import read_metrics, train_dpo
 from ttspo.trainer.dpo.stream import step_batches
 from ttspo.trainer.policy.base import load_policy

@@ -22,8 +22,8 @@ epoch), rank r micro-step a taking its own slice. So every pair is seen at most
 once per epoch across ranks, and the data position is a pure function of the
 step: a resumed run continues exactly where it stopped.
 
-:func:`collate_pairs` puts the B chosen rows first and the B rejected rows after
-in ONE batch (trainer/dpo/forward.py runs it and splits the log-probs). Rows k
+trainer/dpo/forward.py's ``collate_pairs`` puts the B chosen rows first and the B
+rejected rows after in ONE batch (and runs it and splits the log-probs). Rows k
 and k + B share a dropout group (``trainer.policy.DROPOUT_GROUP``), so
 conditioning dropout treats a pair as one.
 """
@@ -48,7 +48,7 @@ from ttspo.builder.ingest.files import BadFile
 from ttspo.builder.scoring.audio import read_audio
 from ttspo.builder.sets.build import open_set
 from ttspo.builder.sets.export import generation_rows
-from ttspo.trainer.policy.base import CONTEXT_CODES, DROPOUT_GROUP
+from ttspo.trainer.policy.base import CONTEXT_CODES
 
 PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
                 PAIR.chosen_reward, PAIR.rejected_reward, PAIR.split)
@@ -323,14 +323,3 @@ def shard(num: int, rank: int, world_size: int) -> np.ndarray:
     """Indices RANK evaluates (validation, precompute): every index once across ranks."""
     return np.arange(rank, num, world_size)
 
-
-def collate_pairs(policy: Any, pairs: Pairs, index: Sequence[int],
-                  codes: PairCodes | None = None) -> Any:
-    """ONE batch: the chosen rows of INDEX, then their rejected rows (codes: see
-    :meth:`Pairs.rows`). Rows k and k + B are one pair: they share a dropout group, so
-    conditioning dropout drops both or neither (a pair never compares a conditioned
-    chosen with an unconditioned rejected)."""
-    chosen, rejected = pairs.rows(index, codes)
-    rows = [{**r, DROPOUT_GROUP: k} for k, r in enumerate(chosen)] + \
-        [{**r, DROPOUT_GROUP: k} for k, r in enumerate(rejected)]
-    return policy.collate(rows, with_targets=True)
