@@ -57,6 +57,34 @@ PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
 ROW_KEYS = (GEN.generation_id, GEN.text, GEN.context_text)  # what a policy's collate reads
 
 
+class PairIds:
+    """The pairs' ids, read like a list of str, held as ONE Arrow string array: 4 bytes
+    of offset plus the id's characters a pair, no Python string per pair. An int index
+    gives a str; a slice or an index array gives PairIds; ``pa.array(ids)`` is the array."""
+
+    def __init__(self, ids: pa.Array | pa.ChunkedArray):
+        self.ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, np.integer)):
+            return self.ids[int(key)].as_py()
+        if isinstance(key, slice):
+            return PairIds(self.ids[key])
+        return PairIds(self.ids.take(pa.array(np.asarray(key, dtype=np.int64), pa.int64())))
+
+    def __iter__(self):
+        return iter(self.ids.to_pylist())
+
+    def __arrow_array__(self, type: Any = None) -> pa.Array:
+        return self.ids if type is None else self.ids.cast(type)
+
+    def tolist(self) -> list[str]:
+        return self.ids.to_pylist()
+
+
 @dataclass(kw_only=True)
 class Pairs:
     """A set version's pairs, with everything a policy needs to collate them."""
@@ -65,7 +93,7 @@ class Pairs:
     set_version: int
     generations_version: int
     prompts_version: int | None
-    pair_ids: list[str]
+    pair_ids: PairIds | list[str]
     split: list[str]  # "train" | "val" (two shared strings: 8 bytes a pair)
     # In memory: policy rows (text, context_text, context_codes, codes); streamed: empty
     chosen: list[dict[str, Any]]
@@ -95,7 +123,9 @@ class Pairs:
         ids = lambda a: None if a is None else a[keep]
         return Pairs(set_name=self.set_name, set_version=self.set_version,
                      generations_version=self.generations_version,
-                     prompts_version=self.prompts_version, pair_ids=pick(self.pair_ids),
+                     prompts_version=self.prompts_version,
+                     pair_ids=self.pair_ids[keep] if isinstance(self.pair_ids, PairIds)
+                     else pick(self.pair_ids),
                      split=pick(self.split), chosen=pick(self.chosen), rejected=pick(self.rejected),
                      chosen_reward=self.chosen_reward[keep],
                      rejected_reward=self.rejected_reward[keep], codes=self.codes,
@@ -144,7 +174,8 @@ def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], An
             for g, r in gens.items()}
     p = pairs.to_pydict()
     out = Pairs(set_name=sv.name, set_version=sv.version, generations_version=gen_version,
-                prompts_version=sv.record.prompts_version, pair_ids=p[PAIR.pair_id],
+                prompts_version=sv.record.prompts_version,
+                pair_ids=PairIds(pairs.column(PAIR.pair_id)),
                 split=[sys.intern(s) for s in p[PAIR.split]],
                 chosen=[rows[g] for g in p[PAIR.chosen_id]],
                 rejected=[rows[g] for g in p[PAIR.rejected_id]],
@@ -173,7 +204,7 @@ def streamed_pairs(store: Store, sv: Any, pairs: pa.Table, encode: Callable | No
     reward = lambda col: pairs.column(col).to_numpy().astype(np.float64)
     return Pairs(set_name=sv.name, set_version=sv.version, generations_version=gen_version,
                  prompts_version=sv.record.prompts_version,
-                 pair_ids=pairs.column(PAIR.pair_id).to_pylist(),
+                 pair_ids=PairIds(pairs.column(PAIR.pair_id)),
                  split=[sys.intern(s) for s in pairs.column(PAIR.split).to_pylist()],
                  chosen=[], rejected=[], chosen_reward=reward(PAIR.chosen_reward),
                  rejected_reward=reward(PAIR.rejected_reward),
