@@ -155,3 +155,51 @@ def test_reference_log_probs_of_streamed_pairs_equal_those_in_memory(store):
     stream = compute(policy, load_pairs(store, SET, stream=True), batch_pairs=16)
     for a, b in zip(memory, stream, strict=True):
         assert a.shape == (64, 8) and np.array_equal(a, b)
+
+
+def test_code_arrays_equal_numpy_of_the_lists():
+    import pyarrow as pa
+
+    from ttspo.trainer.dpo.data import code_arrays
+
+    kind = pa.list_(pa.list_(pa.int16()))
+    rows = [[[1, 2, 3], [4, 5, 6]], None, [], [[]], [[7], [8]], [[255, 0]]]
+    column = pa.chunked_array([pa.array(rows[:4], kind), pa.array(rows[4:], kind).slice(0)])
+    got = code_arrays(column)
+    for row, array in zip(rows, got, strict=True):
+        if not row or not row[0]:  # what CodesReader refuses as "no codes"
+            assert array is None
+        else:
+            assert array.dtype == np.int64 and np.array_equal(array, np.asarray(row))
+    sliced = code_arrays(pa.chunked_array([pa.array(rows, kind).slice(4, 2)]))
+    assert [a.tolist() for a in sliced] == rows[4:]
+    with pytest.raises(ValueError):  # ragged codebooks: numpy's own error, as before
+        code_arrays(pa.chunked_array([pa.array([[[1, 2], [3]]], kind)]))
+
+
+def test_streamed_pairs_hold_arrays_not_rows(store):
+    from ttspo.trainer.dpo.data import PairIds
+
+    memory = load_pairs(store, SET)
+    stream = load_pairs(store, SET, stream=True)
+    assert stream.chosen == stream.rejected == []  # text and codes come with the batch
+    assert stream.chosen_rowid.dtype == stream.rejected_rowid.dtype == np.int64
+    assert stream.prompt_index.dtype == np.int32 and len(stream.prompt_index) == len(stream)
+    assert isinstance(stream.pair_ids, PairIds) and list(stream.pair_ids) == list(memory.pair_ids)
+    train = stream.select("train")
+    assert isinstance(train.pair_ids, PairIds) and isinstance(train.pair_ids[2], str)
+    assert train.pair_ids[2] == memory.select("train").pair_ids[2]
+    # rows come with their prompt's context codes, as the in-memory loader's
+    idx = np.array([4, 0, 3])
+    for a, b in zip(memory.rows(idx)[1], stream.rows(idx)[1], strict=True):
+        assert set(a) == set(b) and a["text"] == b["text"]
+        assert (a["context_codes"] is None) == (b["context_codes"] is None)
+
+
+def test_an_epochs_order_is_drawn_once():
+    order = PairOrder(num_pairs=1000, pairs_per_device=4, grad_accum=2, seed=5)
+    perm = order.permutation(0)
+    assert order.permutation(0) is perm and not perm.flags.writeable
+    assert np.array_equal(perm, np.random.default_rng([5, 0]).permutation(1000))
+    first = order.micro_batches(0, 0)
+    assert np.array_equal(first[0], perm[:4]) and np.array_equal(first[1], perm[4:8])
