@@ -121,3 +121,15 @@ def test_ops_across_devices_are_transfers_not_cpu_kernels():
     with bench.CpuKernels(0) as guard:
         meta + scalar  # a CPU scalar into another device's kernel: not a CPU kernel
     assert guard.seen == [] and guard.allowed_seen == 0
+
+
+def test_column_names_import_without_pyarrow_and_are_the_schemas_names(tmp_path):
+    from ttspo.builder.core import columns, schemas
+
+    for name in ("PROMPT", "GEN", "PAIR", "REF", "CKPT", "RWD", "ROLL", "DYN", "LABEL", "LOG"):
+        assert getattr(schemas, name) is getattr(columns, name)
+    assert set(schemas.GENERATIONS_SCHEMA.names) <= set(vars(columns.GEN).values())
+    code = "import sys, ttspo.builder.core.columns; assert 'pyarrow' not in sys.modules"
+    run = subprocess.run([sys.executable, "-c", code], env=torch_only_env(tmp_path),
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
