@@ -190,17 +190,16 @@ def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], An
 
 def streamed_pairs(store: Store, sv: Any, pairs: pa.Table, encode: Callable | None) -> Pairs:
     """The pairs PAIRS of set SV as arrays (streaming): each side's generations row id,
-    rewards, each pair's prompt index; no row of a generation is read here but one
-    pair's per prompt (its context, resolved once per prompt). Text and codes are read
+    rewards, each pair's prompt index, and each prompt's context codes; Arrow columns
+    throughout, no Python object per pair or per generation. Texts and codes are read
     with the batch (:meth:`Pairs.read_codes`)."""
     gen_version = sv.record.inputs["generations"]
-    prompts = pc.unique(pairs.column(PAIR.prompt_id))
-    prompt_index = pc.index_in(pairs.column(PAIR.prompt_id), value_set=prompts).to_numpy()
-    _, first = np.unique(prompt_index, return_index=True)  # one pair per prompt
-    contexts = context_codes(generation_rows(store, sv, pairs.take(first)), encode)
-    index = row_ids(store.open("generations", gen_version), GEN.generation_id)
-    rowid = lambda col: generation_rowids(index, pairs.column(col), f"{sv.ref}: generation",
-                                          gen_version)
+    ds = store.open("generations", gen_version)
+    index = row_ids(ds, GEN.generation_id)  # every id of the version: Arrow, dropped below
+    chosen_rowid, rejected_rowid = (
+        generation_rowids(index, pairs.column(col), f"{sv.ref}: generation", gen_version)
+        for col in (PAIR.chosen_id, PAIR.rejected_id))
+    prompt_index, contexts = prompt_contexts(store, sv, ds, pairs, chosen_rowid, encode)
     reward = lambda col: pairs.column(col).to_numpy().astype(np.float64)
     return Pairs(set_name=sv.name, set_version=sv.version, generations_version=gen_version,
                  prompts_version=sv.record.prompts_version,
@@ -209,9 +208,36 @@ def streamed_pairs(store: Store, sv: Any, pairs: pa.Table, encode: Callable | No
                  chosen=[], rejected=[], chosen_reward=reward(PAIR.chosen_reward),
                  rejected_reward=reward(PAIR.rejected_reward),
                  codes=CodesReader(store, gen_version, sv.ref),
-                 chosen_rowid=rowid(PAIR.chosen_id), rejected_rowid=rowid(PAIR.rejected_id),
-                 prompt_index=prompt_index.astype(np.int32),
-                 contexts=[contexts[p] for p in prompts.to_pylist()])
+                 chosen_rowid=chosen_rowid, rejected_rowid=rejected_rowid,
+                 prompt_index=prompt_index, contexts=contexts)
+
+
+def prompt_contexts(store: Store, sv: Any, ds: Any, pairs: pa.Table, chosen_rowid: np.ndarray,
+                    encode: Callable | None) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """(each pair's prompt as an int32 index, each prompt's context codes): read from one
+    chosen generation per prompt and the prompts table at the set's prompts version, by
+    :func:`resolve_context`'s rule; a text context without a codes file is None with no
+    Python work per prompt."""
+    prompts = pc.unique(pairs.column(PAIR.prompt_id))
+    prompt_index = pc.index_in(pairs.column(PAIR.prompt_id), value_set=prompts).to_numpy()
+    _, first = np.unique(prompt_index, return_index=True)  # one pair per prompt, in order
+    rep = take_rows(ds, chosen_rowid[first].tolist(),
+                    [GEN.generation_id, GEN.context_audio_filepath, GEN.context_text])
+    paths = pa.nulls(len(prompts), pa.string())
+    if sv.record.prompts_version is not None:
+        table = store.open("prompts", sv.record.prompts_version).to_table(
+            columns=[PROMPT.prompt_id, PROMPT.context_audio_codes_path])
+        at = pc.index_in(prompts, value_set=table.column(PROMPT.prompt_id))
+        paths = table.column(PROMPT.context_audio_codes_path).take(at)
+    work = pc.or_(pc.is_valid(paths), pc.is_null(rep.column(GEN.context_text)))
+    contexts: list[np.ndarray | None] = [None] * len(prompts)
+    once = ContextEncodes(encode)
+    for k in np.flatnonzero(work.to_numpy(zero_copy_only=False)).tolist():
+        contexts[k] = resolve_context(
+            codes_path=paths[k].as_py(), audio_path=rep.column(GEN.context_audio_filepath)[k].as_py(),
+            text=rep.column(GEN.context_text)[k].is_valid, encode=once,
+            what=f"generation {rep.column(GEN.generation_id)[k].as_py()}")
+    return prompt_index.astype(np.int32), contexts
 
 
 def generation_rowids(index: pa.Table, ids: pa.ChunkedArray, what: str, version: int) -> np.ndarray:
