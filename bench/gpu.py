@@ -15,7 +15,9 @@ its peak GPU memory (``torch.cuda.max_memory_allocated`` since the part began):
   reference log-probs (computed once, as ``ref_logps`` holds them), backward, clip,
   AdamW: the DPO loop's ``pair_step`` + ``optimizer_step``. Pairs/s; bf16/fp32.
 - ``sample kv`` / ``sample no-cache``: ``policy.generate`` with NeMo-like options
-  (temperature 0.7, top-k 80, CFG 2.5). Samples/s and frames/s; kv/no-cache.
+  (temperature 0.7, top-k 80, CFG 2.5: the decoder runs 2 x rows), EOS pushed off as
+  bench/generate.py does so every sample runs ``--frames`` frames after a
+  ``--context``-frame audio context. Samples/s and frames/s; kv/no-cache.
 - ``grpo``: trainer/grpo/loop.py's ``update`` on synthetic rollouts (advantages and
   group validity made up, a frozen reference for the KL term), fp32 as the loop
   runs it, plus the optimizer step. Rollouts/s.
@@ -162,6 +164,10 @@ class Bench:
     def sample(self, kv: bool) -> Part:
         rows = [self.row(i, with_codes=False) for i in range(self.args.samples)]
         batch = self.policy.collate(rows, with_targets=False).to(self.device)
+        cfg = self.policy.config
+        bias = self.policy.heads.bias.data.view(cfg.num_codebooks, cfg.vocab)
+        saved = bias[:, cfg.eos].clone()
+        bias[:, cfg.eos] = -1e4  # EOS off (as bench/generate.py): every sample runs --frames frames
         sampling = Sampling(temperature=0.7, top_k=80, cfg_scale=2.5, max_steps=self.args.frames,
                             use_kv_cache=kv)
         frames: list[int] = []
@@ -173,6 +179,7 @@ class Bench:
         part = self.part(f"sample {'kv' if kv else 'no-cache'}", "samples", len(rows), step,
                          allowed=len(rows) * self.policy.config.num_codebooks,
                          steps=self.args.steps if kv else max(1, self.args.steps // 4))
+        bias[:, cfg.eos] = saved  # the policy as it was, for the GRPO part
         part.extra = f"{statistics.median(frames[-len(part.seconds):]) / statistics.median(part.seconds):.0f} frames/s"
         return part
 
