@@ -55,6 +55,7 @@ from ttspo.trainer.policy.base import CONTEXT_CODES
 PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
                 PAIR.chosen_reward, PAIR.rejected_reward, PAIR.split)
 ROW_KEYS = (GEN.generation_id, GEN.text, GEN.context_text)  # what a policy's collate reads
+CONTEXT_TAKE = 8192  # rows a streamed load takes at once to resolve the prompts' contexts
 
 
 class PairIds:
@@ -221,22 +222,24 @@ def prompt_contexts(store: Store, sv: Any, ds: Any, pairs: pa.Table, chosen_rowi
     prompts = pc.unique(pairs.column(PAIR.prompt_id))
     prompt_index = pc.index_in(pairs.column(PAIR.prompt_id), value_set=prompts).to_numpy()
     _, first = np.unique(prompt_index, return_index=True)  # one pair per prompt, in order
-    rep = take_rows(ds, chosen_rowid[first].tolist(),
-                    [GEN.generation_id, GEN.context_audio_filepath, GEN.context_text])
     paths = pa.nulls(len(prompts), pa.string())
     if sv.record.prompts_version is not None:
         table = store.open("prompts", sv.record.prompts_version).to_table(
             columns=[PROMPT.prompt_id, PROMPT.context_audio_codes_path])
         at = pc.index_in(prompts, value_set=table.column(PROMPT.prompt_id))
-        paths = table.column(PROMPT.context_audio_codes_path).take(at)
-    work = pc.or_(pc.is_valid(paths), pc.is_null(rep.column(GEN.context_text)))
+        paths = table.column(PROMPT.context_audio_codes_path).take(at).combine_chunks()
     contexts: list[np.ndarray | None] = [None] * len(prompts)
     once = ContextEncodes(encode)
-    for k in np.flatnonzero(work.to_numpy(zero_copy_only=False)).tolist():
-        contexts[k] = resolve_context(
-            codes_path=paths[k].as_py(), audio_path=rep.column(GEN.context_audio_filepath)[k].as_py(),
-            text=rep.column(GEN.context_text)[k].is_valid, encode=once,
-            what=f"generation {rep.column(GEN.generation_id)[k].as_py()}")
+    for start in range(0, len(first), CONTEXT_TAKE):  # Lance's take, in bounded pieces
+        rep = take_rows(ds, chosen_rowid[first[start:start + CONTEXT_TAKE]].tolist(),
+                        [GEN.generation_id, GEN.context_audio_filepath, GEN.context_text])
+        part = paths.slice(start, rep.num_rows)
+        work = pc.or_(pc.is_valid(part), pc.is_null(rep.column(GEN.context_text)))
+        for k in np.flatnonzero(work.to_numpy(zero_copy_only=False)).tolist():
+            contexts[start + k] = resolve_context(
+                codes_path=part[k].as_py(), audio_path=rep.column(GEN.context_audio_filepath)[k].as_py(),
+                text=rep.column(GEN.context_text)[k].is_valid, encode=once,
+                what=f"generation {rep.column(GEN.generation_id)[k].as_py()}")
     return prompt_index.astype(np.int32), contexts
 
 
