@@ -200,7 +200,8 @@ def streamed_pairs(store: Store, sv: Any, pairs: pa.Table, encode: Callable | No
     chosen_rowid, rejected_rowid = (
         generation_rowids(index, pairs.column(col), f"{sv.ref}: generation", gen_version)
         for col in (PAIR.chosen_id, PAIR.rejected_id))
-    prompt_index, contexts = prompt_contexts(store, sv, ds, pairs, chosen_rowid, encode)
+    prompt_index, contexts = prompt_contexts(store, sv, ds, pairs, chosen_rowid=chosen_rowid,
+                                             encode=encode)
     reward = lambda col: pairs.column(col).to_numpy().astype(np.float64)
     return Pairs(set_name=sv.name, set_version=sv.version, generations_version=gen_version,
                  prompts_version=sv.record.prompts_version,
@@ -213,7 +214,7 @@ def streamed_pairs(store: Store, sv: Any, pairs: pa.Table, encode: Callable | No
                  prompt_index=prompt_index, contexts=contexts)
 
 
-def prompt_contexts(store: Store, sv: Any, ds: Any, pairs: pa.Table, chosen_rowid: np.ndarray,
+def prompt_contexts(store: Store, sv: Any, ds: Any, pairs: pa.Table, *, chosen_rowid: np.ndarray,
                     encode: Callable | None) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """(each pair's prompt as an int32 index, each prompt's context codes): read from one
     chosen generation per prompt and the prompts table at the set's prompts version, by
