@@ -23,6 +23,8 @@ from types import SimpleNamespace
 
 import pyarrow as pa
 
+from ttspo.builder.core import metrics as registry
+
 # Metadata that marks a column as a Lance blob (stored out of line, read lazily).
 # DuckDB cannot scan such columns, so SQL views leave them out.
 BLOB_METADATA = {b"lance-encoding:blob": b"true"}
@@ -114,6 +116,9 @@ GEN = _names(
     cfg_scale="cfg_scale",  # 1.0: no classifier-free guidance
     max_steps="max_steps",  # frames before a sample counts as unfinished
     seed="seed",  # the run's seed; a row's noise is seeded by (seed, prompt_id, sample_index)
+    # Every other registered metric, source and status column (builder/core/metrics.py):
+    # mos, vad_source, cer_status ... (GEN.cer_status says why a row's cer is NULL).
+    **{name: name for name, _ in registry.new_columns()},
 )
 
 # The columns `ttspo generate` adds, in schema order.
@@ -121,15 +126,15 @@ GENERATE_COLUMNS = (GEN.policy, GEN.checkpoint_path, GEN.checkpoint_sha256, GEN.
                     GEN.checkpoint_step, GEN.temperature, GEN.top_k, GEN.cfg_scale,
                     GEN.max_steps, GEN.seed)
 
-# Metric columns and the provenance column that records their producer.
-METRICS = (GEN.cer, GEN.wer, GEN.ssim, GEN.pesq, GEN.squim)
-METRIC_SOURCE = {
-    GEN.cer: GEN.cer_source,
-    GEN.wer: GEN.cer_source,  # WER comes from the same transcript as CER
-    GEN.ssim: GEN.ssim_source,
-    GEN.pesq: GEN.pesq_source,
-    GEN.squim: GEN.squim_source,
-}
+# Metric columns (the registry's, in its order) and the provenance column that
+# records their producer (WER comes from the same transcript as CER: cer_source).
+METRICS = registry.names()
+METRIC_SOURCE = {m: registry.source_of(m) for m in METRICS}
+METRIC_STATUS = {m: registry.status_of(m) for m in METRICS}
+_ARROW = {"double": pa.float64(), "string": pa.string()}
+# The registered columns generations gained after its first schema, at its end: an
+# older table gains them as nulls (Store.add_null_columns) when a write needs them.
+REGISTERED_FIELDS = [pa.field(name, _ARROW[kind]) for name, kind in registry.new_columns()]
 
 CODES_TYPE = pa.list_(pa.list_(pa.int16()))
 
@@ -177,6 +182,7 @@ GENERATIONS_SCHEMA = pa.schema(
         pa.field(GEN.cfg_scale, pa.float64()),
         pa.field(GEN.max_steps, pa.int32()),
         pa.field(GEN.seed, pa.int64()),
+        *REGISTERED_FIELDS,
     ]
 )
 
@@ -351,6 +357,9 @@ RWD = _names(
     advantage="advantage",
     valid="valid",  # code length within the guards and ASR did not fail
     group_valid="group_valid",  # the group's best/worst CER within thresholds
+    # reward_mos ...: the part of every other registered metric with a reward shape
+    **{f"reward_{m}": f"reward_{m}" for m in registry.rewarded()
+       if m not in registry.LEGACY_METRICS},
 )
 
 REWARD_CUSTOM_TYPE = pa.list_(pa.struct([("name", pa.string()), ("value", pa.float64())]))
@@ -368,7 +377,12 @@ REWARD_FIELDS = [
     pa.field(RWD.valid, pa.bool_(), nullable=False),
     pa.field(RWD.group_valid, pa.bool_(), nullable=False),
 ]
-REWARD_PARTS = tuple(f.name for f in REWARD_FIELDS[:7])
+# Parts of registered metrics added after the first schema: at the END of the rollouts
+# and rewards tables (older tables gain them as nulls). `utmos` is retired (its columns
+# stay readable in older rollouts; the `mos` reward reads the registered `mos` metric).
+REGISTERED_REWARD_FIELDS = [pa.field(f"reward_{m}", pa.float64()) for m in registry.rewarded()
+                            if m not in registry.LEGACY_METRICS]
+REWARD_PARTS = tuple(f.name for f in REWARD_FIELDS[:7] + REGISTERED_REWARD_FIELDS)
 
 # ---------------------------------------------------------------- rollouts
 # One row per GRPO sample: generation columns (same names as GEN) plus the
@@ -403,6 +417,8 @@ ROLLOUTS_SCHEMA = pa.schema(
         pa.field(ROLL.utmos_source, pa.string()),
         *REWARD_FIELDS,
         pa.field(ROLL.checkpoint, pa.string()),
+        *REGISTERED_FIELDS,
+        *REGISTERED_REWARD_FIELDS,
     ]
 )
 
@@ -414,6 +430,7 @@ REWARDS_SCHEMA = pa.schema(
         pa.field(ROLL.step, pa.int64()),  # null for generations
         _GEN_FIELDS[GEN.group_id],
         *REWARD_FIELDS,
+        *REGISTERED_REWARD_FIELDS,
     ]
 )
 
