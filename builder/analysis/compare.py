@@ -189,7 +189,7 @@ def _query(store: Store, test_set: TestSet, macro: str, run_a: str, *, run_b: st
     session, label = _open_test_set(store, test_set)
     try:
         columns = {name: kind for name, kind in session.con.execute(
-            f'SELECT column_name, data_type FROM (DESCRIBE "{TEST_SET}")').fetchall()}
+            f'SELECT column_name, column_type FROM (DESCRIBE "{TEST_SET}")').fetchall()}
         _check_columns(metrics, columns)
         known = {r for (r,) in session.con.execute(
             f'SELECT DISTINCT {GEN.run} FROM "{TEST_SET}"').fetchall()}
@@ -206,11 +206,11 @@ def _query(store: Store, test_set: TestSet, macro: str, run_a: str, *, run_b: st
     finally:
         session.con.close()
     what = f"run '{run_a}' has" if run_b is None else f"runs '{run_a}' and '{run_b}' share"
-    if frame.is_empty():
-        raise InputError(f"{what} no prompt with a metric value in {label}")
     missing = [m for m in metrics or () if m not in set(frame["metric"])]
     if missing:
         raise InputError(f"{what} no prompt with a '{missing[0]}' value in {label}")
+    if frame.is_empty():
+        raise InputError(f"{what} no prompt with a metric value in {label}")
     return frame
 
 

@@ -129,7 +129,7 @@ class GrpoConfig:
     invalid_reward: str = "zero"  # zero (NeMo) | group_min
     # "METRIC=MAX,...": validity limits on registered metrics (e.g. trail_silence=0.5: a
     # sample with more trailing silence is invalid, so silence cannot buy a better CER)
-    limits: str = ""
+    limits: Optional[str] = None
     mean_cer_dataset: float = 0.1
     mean_ssim_dataset: float = 0.6
     best_ssim_achievable: float = 0.9
@@ -288,7 +288,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
         set_key(cfg, key, value, where=where)
     check(cfg)
     for key, rule in RULES.items():  # one spelling of each weighted-terms value
-        if isinstance(rule, Terms):
+        if isinstance(rule, Terms) and _resolve(cfg, key) is not None:
             section, name = key.split(".")
             terms = parse_terms(_resolve(cfg, key), key)
             setattr(getattr(cfg, section), name, canonical_terms(terms))
