@@ -31,7 +31,7 @@ from ttspo.builder.core.store import Store, parse_ref
 QUOTED_REF = re.compile(r'"([A-Za-z_][A-Za-z0-9_\-]*@[A-Za-z0-9_.\-]+)"')
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Session:
     """A DuckDB connection with the store's views, and the versions it exposed."""
 
@@ -93,7 +93,7 @@ def view_columns(schema: pa.Schema) -> list[str]:
 
 def open_session(store: Store, refs: Iterable[str] = (), tables: Iterable[str] | None = None) -> Session:
     """Register every table (latest version) plus each ``name@version`` in refs."""
-    session = Session(_database().cursor())
+    session = Session(con=_database().cursor())
     names = list(tables) if tables is not None else store.tables()
     for name in names:
         _register(session, name, store.open(name))

@@ -57,7 +57,7 @@ class Plan:
         return list(range(rank, len(self.prompts), world))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Outcome:
     """What one rank sends to rank 0: its fragments, its times, or its error."""
 
