@@ -165,9 +165,6 @@ def load_plugins(spec: str | None = None) -> None:
             raise SystemExit(f"TTSPO_METRICS {item}: {type(exc).__name__}: {exc}") from None
 
 
-load_plugins()
-
-
 # ---------------------------------------------------------------- views
 def metric(name: str) -> Metric:
     return REGISTRY.metrics[name]
@@ -234,3 +231,8 @@ def import_object(text: str):
     """The object "module:attr" names (a backend's loader)."""
     module, _, attr = text.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+# Last: a plugin's registrations may use every helper above, and come before any
+# schema is built from the registry (schemas.py imports this module first).
+load_plugins()
