@@ -187,3 +187,12 @@ def test_toy_metric_scored_and_rewarded_in_a_grpo_run(tmp_path):
               .splitlines() if line.strip()]
     step = [m for m in logged if "reward/failed" in m]
     assert step and f"reward/{TOY}" in step[0] and step[0]["reward/failed"] >= 0
+
+
+def test_docs_list_every_registered_metric_with_its_direction():
+    text = (HERE.parent / "docs" / "metrics.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line for line in text.splitlines()
+            if line.startswith("| `")}
+    for name in registry.names():
+        assert name in rows, f"docs/metrics.md has no row for {name}"
+        assert f"| {registry.metric(name).better} |" in rows[name]
