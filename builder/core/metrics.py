@@ -19,7 +19,9 @@ NULL with a reason: a backend that could not compute a row's value leaves it NUL
 and writes the reason to its status column: ``error: ...`` (the backend raised, the
 audio could not be read: retried by the next ``ttspo score``) or ``n/a: ...`` (the
 metric does not apply: SSIM of a text context, PESQ without a reference; not
-retried). A computed value has a NULL status. A NULL metric is never 0.
+retried). A status is NULL when every metric of the backend has a value; a backend
+that leaves one None says why (``n/a: max_pause: no speech found``). A NULL metric is
+never 0.
 
 Adding a metric: its definition (here, or :func:`register` from a plugin module named
 in ``TTSPO_METRICS=pkg.mod:function``, loaded before the schemas are built), its

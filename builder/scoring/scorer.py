@@ -167,11 +167,17 @@ class Scorer:
 
     # ------------------------------------------------------------ results
     def _done(self, row: dict, group: str, values: dict[str, Any]) -> None:
-        """Computed: the values (None only where the backend said so), the source, no status."""
+        """Computed: the values (None only where the backend said so, its reasons then in
+        the status as ``n/a: metric: why``), the source."""
         b = registry.backend(group)
         row.update({m: _number(values.get(m)) for m in registry.metrics_of(group)})
         row.update({k: v for k, v in values.items() if k in b.extra})
-        row[b.source], row[b.status] = self.sources[group], None
+        # a backend may say why a value is None (Scores.reasons: "no speech found")
+        reasons = getattr(values, "reasons", None) or {}
+        why = [f"{m}: {reasons[m]}" for m in registry.metrics_of(group)
+               if row[m] is None and m in reasons]
+        row[b.source] = self.sources[group]
+        row[b.status] = f"{NOT_APPLICABLE} {'; '.join(why)}"[:500] if why else None
 
     def _fail(self, row: dict, group: str, reason: str) -> None:
         """NULL metrics with the reason: ``error: ...`` (retried) or ``n/a: ...`` (not)."""
