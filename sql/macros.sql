@@ -156,11 +156,12 @@ CREATE OR REPLACE MACRO seeded_draw(key, j) AS hash(xor(key, hash(j)));
 -- Why two hashes: DuckDB's many-argument hash() combines its arguments' hashes so
 -- weakly that replicates come out as complements of each other; one string hash per
 -- replicate, then one integer hash per position, gives independent draws.
--- metrics: as compare_prompts'; lower: the metrics where lower is better (the
--- registry's directions by default; {{LOWER}} is filled in from it).
+-- metrics: as compare_prompts'; lower: the metrics where lower is better, neither:
+-- those with no better direction (the registry's by default: filled in from it).
 CREATE OR REPLACE MACRO compare_runs(gen, run_a, run_b, seed := 0, n_boot := 1000,
                                      n_perm := 1000, confidence := 0.95,
-                                     metrics := {{METRICS}}, lower := {{LOWER}}) AS TABLE
+                                     metrics := {{METRICS}}, lower := {{LOWER}},
+                                     neither := {{NEITHER}}) AS TABLE
 WITH
 per_prompt AS MATERIALIZED (SELECT * FROM compare_prompts(gen, run_a, run_b, metrics := metrics)),
 sliced AS (
@@ -200,7 +201,8 @@ perm AS (
     GROUP BY metric, breakdown, slice
 )
 SELECT run_a::VARCHAR AS run_a, run_b::VARCHAR AS run_b, s.metric,
-       CASE WHEN list_contains(lower, s.metric) THEN 'lower' ELSE 'higher' END AS better,
+       CASE WHEN list_contains(lower, s.metric) THEN 'lower'
+            WHEN list_contains(neither, s.metric) THEN 'neither' ELSE 'higher' END AS better,
        s.breakdown, s.slice, s.n AS prompts,
        list_sum(s.av) / s.n AS mean_a, list_sum(s.bv) / s.n AS mean_b,
        list_sum(s.dv) / s.n AS diff, b.ci_low, b.ci_high,
@@ -218,7 +220,7 @@ ORDER BY list_position(metrics, s.metric),
 -- per run; restrict gen to a test set first (ttspo compare --prompts TAG / --where).
 CREATE OR REPLACE MACRO run_summary(gen, run_name, seed := 0, n_boot := 1000,
                                     confidence := 0.95, metrics := {{METRICS}},
-                                    lower := {{LOWER}}) AS TABLE
+                                    lower := {{LOWER}}, neither := {{NEITHER}}) AS TABLE
 WITH
 per_prompt AS MATERIALIZED (
     SELECT metric, prompt_id, a AS value
@@ -240,7 +242,8 @@ boot AS (
     GROUP BY metric
 )
 SELECT run_name::VARCHAR AS run, s.metric,
-       CASE WHEN list_contains(lower, s.metric) THEN 'lower' ELSE 'higher' END AS better,
+       CASE WHEN list_contains(lower, s.metric) THEN 'lower'
+            WHEN list_contains(neither, s.metric) THEN 'neither' ELSE 'higher' END AS better,
        s.n AS prompts, list_sum(s.v) / s.n AS mean, b.ci_low, b.ci_high
 FROM slices s
 JOIN boot b USING (metric)

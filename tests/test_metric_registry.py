@@ -57,14 +57,16 @@ def test_directions_and_reward_names_come_from_the_registry():
     assert set(registry.lower_is_better()) >= {"cer", "wer"}
     assert "ssim" not in registry.lower_is_better()
     assert set(REWARDS) == {*registry.rewarded(), "length"}
-    names, lower = parse_metrics(["cer", "codes_len:lower", "duration:higher"])
-    assert names == ["cer", "codes_len", "duration"] and lower == ["cer", "codes_len"]
+    names, lower, neither = parse_metrics(["cer", "codes_len:lower", "duration:higher",
+                                           "context_audio_duration:neither"])
+    assert names == ["cer", "codes_len", "duration", "context_audio_duration"]
+    assert lower == ["cer", "codes_len"] and neither == ["context_audio_duration"]
 
 
 @pytest.mark.parametrize("specs, message", [
     (["codes_len"], "--metric codes_len: 'codes_len' is not a registered metric"),
     (["cer:higher"], "--metric cer:higher: cer is registered with lower is better"),
-    (["codes_len:down"], "--metric codes_len:down: the direction is 'lower' or 'higher'"),
+    (["codes_len:down"], "--metric codes_len:down: the direction is 'lower', 'higher'"),
     (["cer", "cer"], "--metric cer is given twice"),
 ])
 def test_compare_metric_specs_fail_with_one_line(specs, message):

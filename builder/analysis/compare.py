@@ -43,7 +43,7 @@ COMPARED_METRICS = registry.names()
 COLUMNS = ("run_a", "run_b", "metric", "better", "breakdown", "slice", "prompts",
            "mean_a", "mean_b", "diff", "ci_low", "ci_high", "p_value")
 SUMMARY_COLUMNS = ("run", "metric", "better", "prompts", "mean", "ci_low", "ci_high")
-DIRECTIONS = (registry.LOWER, registry.HIGHER)
+DIRECTIONS = registry.DIRECTIONS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,20 +56,21 @@ class TestSet:
     where: str | None = None
 
 
-def parse_metrics(specs: Sequence[str] | None) -> tuple[list[str] | None, list[str]]:
-    """``["cer", "codes_len:lower"]`` -> (names, the names where lower is better).
+def parse_metrics(specs: Sequence[str] | None) -> tuple[list[str] | None, list[str], list[str]]:
+    """``["cer", "codes_len:lower"]`` -> (names, the names where lower is better, the
+    names with no better direction).
 
     A registered metric's direction is the registry's (a contradicting one is an
     error); any other column needs its direction after a colon."""
     if not specs:
-        return None, list(registry.lower_is_better())
-    names, lower = [], []
+        return None, list(registry.lower_is_better()), list(registry.no_direction())
+    names, lower, neither = [], [], []
     for spec in specs:
         name, _, direction = spec.partition(":")
         name, direction = name.strip(), direction.strip().lower()
         if direction and direction not in DIRECTIONS:
-            raise InputError(f"--metric {spec}: the direction is 'lower' or 'higher' "
-                             "(which is better)")
+            raise InputError(f"--metric {spec}: the direction is 'lower', 'higher' "
+                             "(which is better) or 'neither'")
         if name in registry.names():
             known = registry.metric(name).better
             if direction and direction != known:
@@ -84,7 +85,8 @@ def parse_metrics(specs: Sequence[str] | None) -> tuple[list[str] | None, list[s
             raise InputError(f"--metric {name} is given twice")
         names.append(name)
         lower += [name] if direction == registry.LOWER else []
-    return names, lower
+        neither += [name] if direction == registry.NEITHER else []
+    return names, lower, neither
 
 
 def compare_runs(store: Store, runs: Sequence[str], *, metrics: Sequence[str] | None = None,
@@ -97,12 +99,12 @@ def compare_runs(store: Store, runs: Sequence[str], *, metrics: Sequence[str] | 
     import polars as pl
 
     _check_options(runs, n_boot, n_perm, confidence=confidence)
-    names, lower = parse_metrics(metrics)
+    names, lower, neither = parse_metrics(metrics)
     options = f"seed := {int(seed)}, n_boot := {int(n_boot)}, n_perm := {int(n_perm)}, " \
               f"confidence := {float(confidence)!r}"
     test_set = TestSet(generations=generations, prompts=prompts, where=where)
     frames = [_query(store, test_set, "compare_runs", runs[0], run_b=other, options=options,
-                     metrics=names, lower=lower)
+                     metrics=names, lower=lower, neither=neither)
               for other in runs[1:]]
     return pl.concat(frames)
 
@@ -114,10 +116,10 @@ def prompt_differences(store: Store, runs: Sequence[str], *,
     import polars as pl
 
     _check_options(runs, 1, 1, confidence=0.5)
-    names, _ = parse_metrics(metrics)
+    names, _, _ = parse_metrics(metrics)
     test_set = TestSet(generations=generations, prompts=prompts, where=where)
     frames = [_query(store, test_set, "compare_prompts", runs[0], run_b=other, options="",
-                     metrics=names, lower=None)
+                     metrics=names, lower=None, neither=None)
               for other in runs[1:]]
     return pl.concat(frames)
 
@@ -131,12 +133,12 @@ def run_summaries(store: Store, runs: Sequence[str], *, metrics: Sequence[str] |
     import polars as pl
 
     _check_options(runs, n_boot, 1, confidence=confidence, least=1)
-    names, lower = parse_metrics(metrics)
+    names, lower, neither = parse_metrics(metrics)
     options = f"seed := {int(seed)}, n_boot := {int(n_boot)}, " \
               f"confidence := {float(confidence)!r}"
     test_set = TestSet(generations=generations, prompts=prompts, where=where)
     return pl.concat([_query(store, test_set, "run_summary", run, run_b=None, options=options,
-                             metrics=names, lower=lower) for run in runs])
+                             metrics=names, lower=lower, neither=neither) for run in runs])
 
 
 def _check_options(runs, n_boot, n_perm, *, confidence, least: int = 2) -> None:
@@ -183,7 +185,8 @@ def _open_test_set(store: Store, test_set: TestSet):
 
 
 def _query(store: Store, test_set: TestSet, macro: str, run_a: str, *, run_b: str | None,
-           options: str, metrics: list[str] | None, lower: list[str] | None):
+           options: str, metrics: list[str] | None, lower: list[str] | None,
+           neither: list[str] | None):
     import polars as pl
 
     session, label = _open_test_set(store, test_set)
@@ -201,7 +204,7 @@ def _query(store: Store, test_set: TestSet, macro: str, run_a: str, *, run_b: st
         if metrics:
             args += f", metrics := {sql_list(metrics)}"
         if lower is not None and macro != "compare_prompts":
-            args += f", lower := {sql_list(lower)}"
+            args += f", lower := {sql_list(lower)}, neither := {sql_list(neither or [])}"
         frame = pl.from_arrow(session.con.sql(f"SELECT * FROM {macro}({args})").to_arrow_table())
     finally:
         session.con.close()
@@ -247,6 +250,7 @@ def plot_differences(per_prompt, path: str | Path) -> None:
             ax.axhline(sum(diffs) / len(diffs), color=line.get_color(), linewidth=1)
         ax.axhline(0.0, color="black", linewidth=0.8, linestyle="--")
         better = registry.metric(metric).better if metric in registry.names() else ""
+        better = "" if better == registry.NEITHER else better
         ax.set_title(f"{metric}: per-prompt difference" +
                      (f" ({better} is better)" if better else ""))
         ax.set_xlabel("prompt (sorted by difference)")

@@ -35,7 +35,10 @@ import importlib
 import os
 from dataclasses import dataclass, field
 
-LOWER, HIGHER = "lower", "higher"
+# Which way a metric is better; NEITHER: a range, not a direction (speaking rate: too
+# fast and too slow are both wrong), so compare reports the difference without a verdict.
+LOWER, HIGHER, NEITHER = "lower", "higher", "neither"
+DIRECTIONS = (LOWER, HIGHER, NEITHER)
 # How the scorer calls a backend (builder/scoring/scorer.py):
 #   asr: transcribe_batch(audios, sr) -> texts (CER/WER against the prompt text)
 #   speaker: embed_batch(audios, sr) -> vectors (cosine with the context recording's)
@@ -77,7 +80,7 @@ class Metric:
 
     name: str  # the column
     backend: str  # Backend.name
-    better: str  # LOWER | HIGHER
+    better: str  # LOWER | HIGHER | NEITHER
     lo: float | None = None  # range (None: unbounded)
     hi: float | None = None
     unit: str = ""
@@ -112,8 +115,8 @@ def register(*items: Backend | Metric) -> None:
         else:
             if item.backend not in REGISTRY.backends:
                 raise ValueError(f"metric {item.name}: unknown backend {item.backend!r}")
-            if item.better not in (LOWER, HIGHER):
-                raise ValueError(f"metric {item.name}: better must be lower or higher")
+            if item.better not in DIRECTIONS:
+                raise ValueError(f"metric {item.name}: better must be one of {DIRECTIONS}")
             if item.reward is not None and item.reward.shape not in SHAPES:
                 raise ValueError(f"metric {item.name}: reward shape not in {SHAPES}")
             REGISTRY.metrics[item.name] = item
@@ -205,6 +208,10 @@ def status_of(metric_name: str) -> str:
 
 def lower_is_better() -> tuple[str, ...]:
     return tuple(m.name for m in REGISTRY.metrics.values() if m.lower_is_better)
+
+
+def no_direction() -> tuple[str, ...]:
+    return tuple(m.name for m in REGISTRY.metrics.values() if m.better == NEITHER)
 
 
 def rewarded() -> tuple[str, ...]:

@@ -144,7 +144,8 @@ def macros_sql() -> str:
     text = files("ttspo.sql").joinpath("macros.sql").read_text(encoding="utf-8")
     # The metric registry fills in the compare macros' default metric list and directions.
     return (text.replace("{{METRICS}}", sql_list(registry.names()))
-            .replace("{{LOWER}}", sql_list(registry.lower_is_better())))
+            .replace("{{LOWER}}", sql_list(registry.lower_is_better()))
+            .replace("{{NEITHER}}", sql_list(registry.no_direction())))
 
 
 def sql_list(names) -> str:

@@ -79,6 +79,9 @@ def verdict(row: dict) -> str:
         return (f"{name}: no difference shown ({interval}): p >= {ALPHA}; over {n} prompts the "
                 "interval alone is not evidence.")
     higher = row["diff"] > 0
+    if row["better"] == "neither":  # a range, not a direction (speaking rate)
+        return (f"{name}: {row['run_b']} is {'higher' if higher else 'lower'} than "
+                f"{row['run_a']} ({interval}).")
     better = higher == (row["better"] == "higher")
     return (f"{name}: {row['run_b']} is {'higher' if higher else 'lower'} than {row['run_a']} "
             f"({interval}): {'better' if better else 'worse'} on these prompts.")
