@@ -198,3 +198,31 @@ def test_docs_list_every_registered_metric_with_its_direction():
     for name in registry.names():
         assert name in rows, f"docs/metrics.md has no row for {name}"
         assert f"| {registry.metric(name).better} |" in rows[name]
+
+
+def test_an_older_table_reads_new_columns_as_null_and_gains_them_on_write(tmp_path):
+    """generations as written before the registry's columns (no *_status, no newer
+    metric): SQL reads them as NULL, an append adds them (nulls) first, scoring fills them."""
+    from ttspo.builder.core.query import run
+    from ttspo.builder.core.schemas import REGISTERED_FIELDS
+    from ttspo.builder.scoring.run import ScoreOptions, score
+
+    old = pa.schema([f for f in GENERATIONS_SCHEMA if f not in REGISTERED_FIELDS])
+    store = Store(tmp_path)
+    rows = [generation(0, "clean"), generation(1, "truncated")]
+    store.write("generations", pa.Table.from_pylist(rows, schema=old), old,
+                make_lineage("test", {}))
+    assert GEN.cer_status not in store.open("generations").schema.names
+    got = run(store, "SELECT generation_id, cer, cer_status FROM generations ORDER BY 1")[0]
+    assert got.to_pylist() == [{"generation_id": "r1:0", "cer": None, "cer_status": None},
+                               {"generation_id": "r1:1", "cer": None, "cer_status": None}]
+    store.write("generations", pa.Table.from_pylist([generation(2, "dropped")],
+                                                   schema=GENERATIONS_SCHEMA),
+                GENERATIONS_SCHEMA, make_lineage("test", {}))
+    assert store.open("generations").schema == GENERATIONS_SCHEMA
+    assert [v["command"] for v in store.versions("generations")][-1] == "test"
+    summary = score(store, ScoreOptions(metrics=("cer",)))
+    assert summary.rows == 3 and summary.failed == 0
+    got = run(store, "SELECT count(*) AS n FROM generations WHERE cer IS NOT NULL "
+                     "AND cer_status IS NULL")[0].to_pylist()
+    assert got == [{"n": 3}]
