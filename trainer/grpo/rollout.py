@@ -111,7 +111,6 @@ class Scoring:
     sv: str = DEFAULTS.sv
     squim: str | None = None
     normalizer: str = "nemo"
-    failed: int = 0  # rows a backend raised on, over the run (reward/failed logs each step's)
     _scorer: Any = field(default=None, repr=False, compare=False)  # made at the first score
 
     @classmethod
