@@ -1,8 +1,8 @@
 """Naturalness: Distill-MOS, a reference-free MOS predictor (metric ``mos``, 1..5,
 higher is better).
 
-Distill-MOS (Stahl & Gamper, 2024; the ``distillmos`` package) is a 2.6M-parameter
-convolutional transformer distilled from the XLS-R speech-quality model; its 17 MB
+Distill-MOS (Stahl & Gamper, 2024; the ``distillmos`` package) is a 4.1M-parameter
+convolutional transformer distilled from an XLS-R-based speech-quality model; its 17 MB
 weights (``distillmos/weights/distill_mos_v7.pt``) are a file inside the wheel whose hash
 uv.lock pins, so nothing is downloaded. We build the model without weights and load
 that file ourselves with ``torch.load(weights_only=True)``: no unpickling of code
