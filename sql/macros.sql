@@ -26,6 +26,9 @@ CREATE OR REPLACE MACRO nemo_rejected_reward(cer_z, sim_z) AS (
 -- A group (group_id) is skipped whole if any of its rows is invalid (NeMo's
 -- <INVALID>) or has a CER or SSIM that is missing or not finite (NeMo would crash
 -- or emit NaN). k (row) and gk (group) are compact integer keys, used only to join.
+-- silence_ok(value, limit): a recipe's validity limit on a VAD metric: a negative limit
+-- is off; otherwise the value must be known and at most the limit (unscored fails).
+CREATE OR REPLACE MACRO silence_ok(value, lim) AS (lim < 0 OR coalesce(value <= lim, false));
 CREATE OR REPLACE MACRO usable_points(gen) AS TABLE
 WITH
 usable_groups AS MATERIALIZED (
@@ -36,7 +39,8 @@ usable_groups AS MATERIALIZED (
        AND bool_and(coalesce(isfinite(cer) AND isfinite(ssim), false))
 )
 SELECT row_number() OVER () AS k, u.gk, g.generation_id, g.group_id, g.prompt_id, g.run,
-       g.record_type, g.sample_index, g.cer, g.ssim, g.duration
+       g.record_type, g.sample_index, g.cer, g.ssim, g.duration,
+       g.lead_silence, g.trail_silence  -- the VAD's (NULL until scored): recipe validity
 FROM query_table(gen) g JOIN usable_groups u USING (group_id);
 
 -- NeMo's rewards and a seeded train/val split, shared by the built-in recipes (and

@@ -44,7 +44,7 @@ def test_every_metric_has_one_definition_that_the_schemas_follow():
         assert GENERATIONS_SCHEMA.field(name).type == pa.float64()
         assert METRIC_SOURCE[name] == b.source and METRIC_STATUS[name] == b.status
         assert GENERATIONS_SCHEMA.field(b.status).type == pa.string()
-        assert m.better in ("lower", "higher") and b.kind in registry.KINDS
+        assert m.better in registry.DIRECTIONS and b.kind in registry.KINDS
     # the columns generations had first keep their places; the rest come after them
     first = GENERATIONS_SCHEMA.names.index(GEN.seed)
     assert [c for c, _ in registry.new_columns()] == GENERATIONS_SCHEMA.names[first + 1:]
@@ -226,3 +226,26 @@ def test_an_older_table_reads_new_columns_as_null_and_gains_them_on_write(tmp_pa
     got = run(store, "SELECT count(*) AS n FROM generations WHERE cer IS NOT NULL "
                      "AND cer_status IS NULL")[0].to_pylist()
     assert got == [{"n": 3}]
+
+
+@pytest.mark.parametrize("recipe", ["best_worst", "pareto"])
+def test_recipes_can_refuse_a_chosen_whose_trailing_silence_bought_its_cer(tmp_path, recipe):
+    """--param max_trailing_silence (off by default): group g0's lowest CER has 1.5 s of
+    trailing silence; with the limit its pair goes, g1's stays; unscored silence fails it."""
+    from ttspo.builder.sets.recipes import load_recipe, run_recipe
+
+    def row(i, group, cer, ssim, trail):
+        return generation(i, "clean", group_id=f"r1:{group}", prompt_id=f"p{group}", cer=cer,
+                          ssim=ssim, duration=3.0, trail_silence=trail, lead_silence=0.1)
+    store = Store(tmp_path)
+    rows = [row(0, "g0", 0.0, 0.8, 1.5), row(1, "g0", 0.01, 0.8, 0.1), row(2, "g0", 0.5, 0.5, 0.1),
+            row(3, "g1", 0.0, 0.8, 0.1), row(4, "g1", 0.5, 0.5, None)]
+    store.write("generations", pa.Table.from_pylist(rows, schema=GENERATIONS_SCHEMA),
+                GENERATIONS_SCHEMA, make_lineage("test", {}))
+
+    def chosen(**params):
+        out = run_recipe(store, load_recipe(recipe), {"cer_threshold": 0.1, **params})
+        return sorted(out.table["chosen_id"].to_pylist())
+    assert chosen() == ["r1:0", "r1:3"]  # off by default: silence buys g0's best CER
+    assert chosen(max_trailing_silence=0.5) == ["r1:3"]
+    assert chosen(max_trailing_silence=0.5, max_leading_silence=0.05) == []

@@ -55,6 +55,22 @@ def test_quality_and_length_rewards():
     assert col(out, RWD.reward) == pytest.approx([2.5, 1.75, 1.5])
 
 
+def test_mos_reward_maps_1_to_5_onto_0_to_1():
+    df = frame(["g"] * 4, [0.0] * 4, mos=[3.0, 5.0, 1.0, 6.0])
+    out = compute_rewards(df, RewardConfig(weights={"mos": 1}))
+    assert col(out, RWD.reward_mos) == pytest.approx([0.5, 1.0, 0.0, 1.0])
+
+
+def test_a_limit_makes_a_silent_tail_invalid():
+    """grpo.limits: appended silence cannot buy a better CER (NULL: not held against it)."""
+    df = frame(["g"] * 3, [0.0, 0.0, 0.55], trail_silence=[2.0, 0.1, None])
+    out = compute_rewards(df, RewardConfig(weights={"cer": 1}, limits={"trail_silence": 0.5}))
+    assert col(out, RWD.valid) == [False, True, True]
+    assert col(out, RWD.reward) == pytest.approx([0.0, 1.0, 0.25])
+    with pytest.raises(InputError, match="no validity limit for 'cer'"):
+        RewardConfig(limits={"cer": 0.5})
+
+
 def test_utmos_is_retired_with_one_line_naming_mos():
     with pytest.raises(InputError, match=r"^reward 'utmos' is retired .*use 'mos'"):
         RewardConfig(weights={"utmos": 1})

@@ -150,6 +150,39 @@ register(
            description="torchaudio SQUIM objective's reference-free PESQ estimate",
            reward=Reward(lo=0.0, hi=4.5)),
 )
+register(
+    # Distill-MOS (builder/scoring/mos.py): weights ship in the distillmos wheel
+    Backend(name="mos", kind="audio", loader=f"{_S}.mos:MosMetric", label="--metrics mos",
+            source="mos_source", status="mos_status"),
+    Metric(name="mos", backend="mos", better=HIGHER, lo=1.0, hi=5.0, unit="MOS",
+           description="Distill-MOS predicted naturalness (reference-free)",
+           reward=Reward(lo=1.0, hi=5.0)),
+    # silero-vad (builder/scoring/vad.py): weights ship in the silero-vad wheel
+    Backend(name="vad", kind="audio", loader=f"{_S}.vad:VadMetric", label="--metrics vad",
+            source="vad_source", status="vad_status"),
+    Metric(name="lead_silence", backend="vad", better=LOWER, lo=0.0, unit="s",
+           description="silence before the first speech segment",
+           limit="max_leading_silence"),
+    Metric(name="trail_silence", backend="vad", better=LOWER, lo=0.0, unit="s",
+           description="silence after the last speech segment (appended silence)",
+           limit="max_trailing_silence"),
+    Metric(name="max_pause", backend="vad", better=LOWER, lo=0.0, unit="s",
+           description="longest pause between speech segments (NULL: no speech)",
+           limit="max_inner_pause"),
+    Metric(name="speech_ratio", backend="vad", better=HIGHER, lo=0.0, hi=1.0, unit="ratio",
+           description="speech seconds / audio seconds"),
+    Metric(name="speech_seconds", backend="vad", better=NEITHER, lo=0.0, unit="s",
+           description="seconds of speech the VAD found"),
+    # Praat through parselmouth, and the VAD's speech seconds (builder/scoring/prosody.py)
+    Backend(name="prosody", kind="audio", loader=f"{_S}.prosody:ProsodyMetric",
+            label="--metrics prosody", source="prosody_source", status="prosody_status",
+            needs_text=True),
+    Metric(name="f0_std_st", backend="prosody", better=HIGHER, lo=0.0, unit="semitones",
+           description="pitch variability: F0 standard deviation over voiced frames "
+                       "(Praat's autocorrelation pitch tracker); low is monotone"),
+    Metric(name="speech_rate", backend="prosody", better=NEITHER, lo=0.0,
+           unit="chars/s", description="characters of the text per second of speech"),
+)
 
 # The columns generations had before the registry (their order in the schema is fixed);
 # every other registered column is appended after them (older stores gain them as nulls).
