@@ -302,8 +302,8 @@ def test_worst_generations_by_cer_and_by_ssim(scored):
     by_ssim = worst(store, "ssim", limit=10)
     assert by_ssim[0][GEN.generation_id] == "r1:3"  # the other voice
     assert len(by_ssim) == 4  # the text-context row has no SSIM
-    with pytest.raises(Exception, match="unknown metric 'mos'"):
-        worst(store, "mos")
+    with pytest.raises(Exception, match="unknown metric 'nope'"):
+        worst(store, "nope")
 
 
 def test_in_process_scoring_restores_the_callers_torch_threads(tmp_path):
