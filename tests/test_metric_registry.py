@@ -249,3 +249,20 @@ def test_recipes_can_refuse_a_chosen_whose_trailing_silence_bought_its_cer(tmp_p
     assert chosen() == ["r1:0", "r1:3"]  # off by default: silence buys g0's best CER
     assert chosen(max_trailing_silence=0.5) == ["r1:3"]
     assert chosen(max_trailing_silence=0.5, max_leading_silence=0.05) == []
+
+
+def test_compare_reports_every_registered_metric_with_the_registrys_direction(tmp_path):
+    from ttspo.builder.analysis.compare import compare_runs
+
+    store = Store(tmp_path)
+    rows = [generation(i, "clean", run=run, prompt_id=f"p{i}", group_id=f"{run}:g{i}",
+                       **{m: float(i + k) for m in registry.names()})
+            for k, run in enumerate(("a", "b")) for i in range(3)]
+    store.write("generations", pa.Table.from_pylist(rows, schema=GENERATIONS_SCHEMA),
+                GENERATIONS_SCHEMA, make_lineage("test", {}))
+    table = compare_runs(store, ["a", "b"], n_boot=10, n_perm=10)
+    overall = {r["metric"]: r for r in table.to_dicts() if r["breakdown"] == "all"}
+    assert list(overall) == list(registry.names())  # the registry's order
+    for name, row in overall.items():
+        assert row["better"] == registry.metric(name).better, name
+        assert row["diff"] == pytest.approx(1.0)
