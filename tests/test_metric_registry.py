@@ -266,3 +266,10 @@ def test_compare_reports_every_registered_metric_with_the_registrys_direction(tm
     for name, row in overall.items():
         assert row["better"] == registry.metric(name).better, name
         assert row["diff"] == pytest.approx(1.0)
+    # the SQL macro's own defaults (what `ttspo sql` users get) are the registry's too
+    from ttspo.builder.core.query import run
+
+    sql = run(store, "SELECT metric, better FROM compare_runs('generations', 'a', 'b', "
+                     "n_boot := 10, n_perm := 10) WHERE breakdown = 'all'")[0].to_pylist()
+    assert [(r["metric"], r["better"]) for r in sql] == [
+        (m, registry.metric(m).better) for m in registry.names()]
