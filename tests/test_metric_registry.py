@@ -174,17 +174,19 @@ def test_toy_metric_scored_and_rewarded_in_a_grpo_run(tmp_path):
     for o in [*[f"policy.model.{k}={v}" for k, v in TINY.items()], "train.progress=false",
               "train.tensorboard=false", "train.val_every=0", "grpo.prompts_per_step=1",
               "grpo.n_generations_per_item=2", "grpo.max_decoder_steps=12",
-              "grpo.min_valid_codes_len=2", "train.max_steps=1", f"grpo.rewards={TOY}=1"]:
+              "grpo.min_valid_codes_len=2", "train.max_steps=1", f"grpo.rewards={TOY}=1",
+              f"grpo.limits={TOY}=0"]:  # every sample over its limit: all invalid
         args += ["-o", o]
     result = ttspo(store, *args)
     assert result.returncode == 0, result.stderr
     out = ttspo(store, "sql", "--format", "json",
-                f"SELECT {TOY}, toy_source, reward_{TOY}, cer_source FROM rollouts")
+                f"SELECT {TOY}, toy_source, reward_{TOY}, cer_source, valid FROM rollouts")
     rows = json.loads(out.stdout)
     assert len(rows) == 2
     for r in rows:
         assert r["toy_source"] == "toy:rms-x4" and r["cer_source"] is None  # only what's needed
-        assert r[f"reward_{TOY}"] == pytest.approx(r[TOY]) if r[TOY] is not None else True
+        assert r[TOY] is not None and r["valid"] is False  # over its limit: invalid
+        assert r[f"reward_{TOY}"] == pytest.approx(r[TOY])
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
               .splitlines() if line.strip()]
     step = [m for m in logged if "reward/failed" in m]
