@@ -126,7 +126,7 @@ def _score_and_share(comm, plan, options, dataset):
     if failed:
         raise ModelError(failed[0])
     problems = [p for r in results for p in r.problems]
-    if problems and sum(r.failed for r in results) >= sum(r.rows for r in results):
+    if problems and sum(r.unscored for r in results) >= sum(r.rows for r in results):
         # not one row scored: nothing is written, the command fails (exit 1)
         shown = problems[:MAX_PROBLEMS_SHOWN]
         more = f" (first {len(shown)} shown)" if len(problems) > len(shown) else ""

@@ -37,6 +37,7 @@ class ShardResult:
     # audio could not be read: written as NULL with the reason in the group's status column
     problems: list[tuple[str, str]] = field(default_factory=list)
     failed: int = 0  # rows with at least one problem
+    unscored: int = 0  # rows whose every asked group failed (none scored: the command fails)
     error: str | None = None  # a backend that failed to load: fatal for every rank
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0})
     audio_seconds: float = 0.0
@@ -125,11 +126,11 @@ class Scorer:
 
     def count_failures(self, rows: list[dict], result: ShardResult) -> None:
         for row in rows:
-            reasons = [row[registry.backend(g).status] for g in self.groups
-                       if _needs(row, g) and str(row.get(registry.backend(g).status) or "")
-                       .startswith(ERROR)]
+            asked = [registry.backend(g).status for g in self.groups if _needs(row, g)]
+            reasons = [row[s] for s in asked if str(row.get(s) or "").startswith(ERROR)]
             if reasons:
                 result.failed += 1
+                result.unscored += len(reasons) == len(asked)
                 result.problems.append((row[GEN.generation_id], reasons[0]))
 
     def score_audio(self, ok: list[tuple[dict, np.ndarray]], result: ShardResult) -> None:
