@@ -223,6 +223,10 @@ def test_an_older_table_reads_new_columns_as_null_and_gains_them_on_write(tmp_pa
                 GENERATIONS_SCHEMA, make_lineage("test", {}))
     assert store.open("generations").schema == GENERATIONS_SCHEMA
     assert [v["command"] for v in store.versions("generations")][-1] == "test"
+    from ttspo.builder.sets.diff import diff_generations
+
+    diff = diff_generations(store, "generations@1", "generations")  # old schema vs new
+    assert diff["rows"]["added"] == 1 and diff["rows"]["kept"] == 2
     summary = score(store, ScoreOptions(metrics=("cer",)))
     assert summary.rows == 3 and summary.failed == 0
     got = run(store, "SELECT count(*) AS n FROM generations WHERE cer IS NOT NULL "
