@@ -247,18 +247,26 @@ class Store:
     def compare(self, runs: Sequence[str], *, metrics: Sequence[str] | None = None,
                 seed: int = 0, n_boot: int = 1000, n_perm: int = 1000,
                 confidence: float = 0.95, generations: str = "generations",
-                plot: str | os.PathLike | None = None):
+                prompts: str | None = None, where: str | None = None,
+                plot: str | os.PathLike | None = None, summary: bool = False):
         """Each run after the first against the first, per metric and breakdown: a
         polars DataFrame from the compare_runs SQL macro (ttspo.builder.analysis.compare).
+        METRICS: registered names, or any numeric column as ``NAME:lower|higher``.
+        PROMPTS (a prompts version, e.g. ``prompts@test-clean``) and WHERE (a condition
+        on generations) narrow the rows to a test set. SUMMARY: instead, each run's mean
+        and bootstrap interval per metric (the run_summary macro: a paper's table).
         PLOT: also draw the per-prompt differences to that PNG file."""
         from ttspo.builder.analysis import compare as c
 
         self._require()
+        test_set = dict(generations=generations, prompts=prompts, where=where)
+        if summary:
+            return c.run_summaries(self.core, runs, metrics=metrics, seed=seed, n_boot=n_boot,
+                                   confidence=confidence, **test_set)
         table = c.compare_runs(self.core, runs, metrics=metrics, seed=seed, n_boot=n_boot,
-                               n_perm=n_perm, confidence=confidence, generations=generations)
+                               n_perm=n_perm, confidence=confidence, **test_set)
         if plot is not None:
-            per_prompt = c.prompt_differences(self.core, runs, metrics=metrics,
-                                              generations=generations)
+            per_prompt = c.prompt_differences(self.core, runs, metrics=metrics, **test_set)
             c.plot_differences(per_prompt, self.check_output(plot))
         return table
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from ttspo.builder.core import metrics as registry  # pure Python: no pyarrow
+
 
 def _names(**kw: str) -> SimpleNamespace:
     return SimpleNamespace(**kw)
@@ -80,6 +82,9 @@ GEN = _names(
     cfg_scale="cfg_scale",  # 1.0: no classifier-free guidance
     max_steps="max_steps",  # frames before a sample counts as unfinished
     seed="seed",  # the run's seed; a row's noise is seeded by (seed, prompt_id, sample_index)
+    # Every other registered metric, source and status column (builder/core/metrics.py):
+    # mos, vad_source, cer_status ... (GEN.cer_status says why a row's cer is NULL).
+    **{name: name for name, _ in registry.new_columns()},
 )
 
 # ingest_errors
@@ -159,6 +164,9 @@ RWD = _names(
     advantage="advantage",
     valid="valid",  # code length within the guards and ASR did not fail
     group_valid="group_valid",  # the group's best/worst CER within thresholds
+    # reward_mos ...: the part of every other registered metric with a reward shape
+    **{f"reward_{m}": f"reward_{m}" for m in registry.rewarded()
+       if m not in registry.LEGACY_METRICS},
 )
 
 # rollouts (besides the generation columns it shares with GEN)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from ttspo.builder.core import metrics as registry
 # The column names (plain strings, no pyarrow: builder/core/columns.py), re-exported.
 from ttspo.builder.core.columns import (  # noqa: F401
     CKPT, DERIVED, DYN, ERR, GEN, LABEL, LOG, PAIR, PROMPT, REF, ROLL, RWD)
@@ -58,15 +59,15 @@ GENERATE_COLUMNS = (GEN.policy, GEN.checkpoint_path, GEN.checkpoint_sha256, GEN.
                     GEN.checkpoint_step, GEN.temperature, GEN.top_k, GEN.cfg_scale,
                     GEN.max_steps, GEN.seed)
 
-# Metric columns and the provenance column that records their producer.
-METRICS = (GEN.cer, GEN.wer, GEN.ssim, GEN.pesq, GEN.squim)
-METRIC_SOURCE = {
-    GEN.cer: GEN.cer_source,
-    GEN.wer: GEN.cer_source,  # WER comes from the same transcript as CER
-    GEN.ssim: GEN.ssim_source,
-    GEN.pesq: GEN.pesq_source,
-    GEN.squim: GEN.squim_source,
-}
+# Metric columns (the registry's, in its order) and the provenance column that
+# records their producer (WER comes from the same transcript as CER: cer_source).
+METRICS = registry.names()
+METRIC_SOURCE = {m: registry.source_of(m) for m in METRICS}
+METRIC_STATUS = {m: registry.status_of(m) for m in METRICS}
+_ARROW = {"double": pa.float64(), "string": pa.string()}
+# The registered columns generations gained after its first schema, at its end: an
+# older table gains them as nulls (Store.add_null_columns) when a write needs them.
+REGISTERED_FIELDS = [pa.field(name, _ARROW[kind]) for name, kind in registry.new_columns()]
 
 CODES_TYPE = pa.list_(pa.list_(pa.int16()))
 
@@ -114,6 +115,7 @@ GENERATIONS_SCHEMA = pa.schema(
         pa.field(GEN.cfg_scale, pa.float64()),
         pa.field(GEN.max_steps, pa.int32()),
         pa.field(GEN.seed, pa.int64()),
+        *REGISTERED_FIELDS,
     ]
 )
 
@@ -231,7 +233,12 @@ REWARD_FIELDS = [
     pa.field(RWD.valid, pa.bool_(), nullable=False),
     pa.field(RWD.group_valid, pa.bool_(), nullable=False),
 ]
-REWARD_PARTS = tuple(f.name for f in REWARD_FIELDS[:7])
+# Parts of registered metrics added after the first schema: at the END of the rollouts
+# and rewards tables (older tables gain them as nulls). `utmos` is retired (its columns
+# stay readable in older rollouts; the `mos` reward reads the registered `mos` metric).
+REGISTERED_REWARD_FIELDS = [pa.field(f"reward_{m}", pa.float64()) for m in registry.rewarded()
+                            if m not in registry.LEGACY_METRICS]
+REWARD_PARTS = tuple(f.name for f in REWARD_FIELDS[:7] + REGISTERED_REWARD_FIELDS)
 
 # ---------------------------------------------------------------- rollouts
 # One row per GRPO sample: generation columns (same names as GEN) plus the
@@ -254,6 +261,8 @@ ROLLOUTS_SCHEMA = pa.schema(
         pa.field(ROLL.utmos_source, pa.string()),
         *REWARD_FIELDS,
         pa.field(ROLL.checkpoint, pa.string()),
+        *REGISTERED_FIELDS,
+        *REGISTERED_REWARD_FIELDS,
     ]
 )
 
@@ -265,6 +274,7 @@ REWARDS_SCHEMA = pa.schema(
         pa.field(ROLL.step, pa.int64()),  # null for generations
         _GEN_FIELDS[GEN.group_id],
         *REWARD_FIELDS,
+        *REGISTERED_REWARD_FIELDS,
     ]
 )
 
