@@ -315,9 +315,11 @@ counted AS (
            count(*) FILTER (WHERE isfinite(c) AND isfinite(o) AND sign(c - o) = better) AS agree
     FROM judged GROUP BY metric
 )
-SELECT metric, n, agree, CASE WHEN n > 0 THEN agree / n END AS agree_share
-FROM counted
-ORDER BY list_position(metrics, metric);
+SELECT m.metric, coalesce(n, 0) AS n, coalesce(agree, 0) AS agree,
+       CASE WHEN n > 0 THEN agree / n END AS agree_share
+FROM (SELECT unnest(list_filter(metrics, lambda x: NOT list_contains(neither, x))) AS metric) m
+LEFT JOIN counted USING (metric)
+ORDER BY list_position(metrics, m.metric);
 
 -- run_summary(gen, run_name [, seed, n_boot, confidence, metrics, lower]): the table a
 -- paper reports for ONE run: per metric, the prompts with a value, the mean over
