@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import json.encoder
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -226,15 +226,45 @@ def _numbers(column: pa.ChunkedArray) -> pa.Array:
     return pa.array(encoded, pa.large_string(), memory_pool=POOL)
 
 
+CHUNK_PAIRS = 8192  # pairs whose lines are in memory at once (~1.5 KB each)
+
+
 def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: list) -> dict[str, tuple[memoryview, int]]:
-    """split -> (its manifest's bytes, lines): each pair as its chosen line then its
-    rejected line, in the order of PAIRS (the shuffle). FIXED: openings() of the
-    generations IDS. Each value encoded once; each pair's two lines joined by Arrow."""
+    """split -> (its manifest's bytes, lines), in one piece (manifest_chunks, one chunk)."""
+    out = {}
+    for split, data, lines in manifest_chunks(pairs, ids, fixed, chunk=max(1, pairs.num_rows)):
+        out[split] = (data, lines)
+    return out
+
+
+def manifest_chunks(pairs: pa.Table, ids: list[str], fixed: list, *,
+                    chunk: int = CHUNK_PAIRS) -> Iterator[tuple[str, memoryview, int]]:
+    """(split, bytes, lines) pieces of the two manifests, train's then val's, CHUNK
+    pairs at a time: each pair as its chosen line then its rejected line, in the
+    order of PAIRS (the shuffle). A split's pieces one after another are its
+    manifest (a split without pairs yields one empty piece). FIXED: openings() of
+    the generations IDS. Each value encoded once; each pair's two lines joined by Arrow."""
     splits = pairs.column(PAIR.split)
     unknown = set(pc.unique(splits).to_pylist()) - {"train", "val"}
     if unknown:
         raise InputError(f"a pair has split {sorted(map(str, unknown))[0]!r}, not train or val")
     value_set = pa.array(ids, pa.string(), memory_pool=POOL)
+    split_of = np.asarray(splits.to_numpy(zero_copy_only=False))
+    for split in ("train", "val"):
+        rows = np.flatnonzero(split_of == split)
+        if not len(rows):
+            yield split, memoryview(b""), 0
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            if part[-1] - part[0] + 1 == len(part):  # one run (val is a prefix): no copy
+                some = pairs.slice(int(part[0]), len(part))
+            else:
+                some = pairs.take(pa.array(part, pa.int64()))
+            yield split, _text(_two_lines(some, value_set, fixed)), 2 * len(part)
+
+
+def _two_lines(pairs: pa.Table, value_set: pa.Array, fixed: list) -> pa.Array:
+    """Each pair of PAIRS as its chosen line and its rejected line, one string."""
     at = {side: pc.index_in(pairs.column(side), value_set=value_set, memory_pool=POOL).combine_chunks(POOL)
           for side in (PAIR.chosen_id, PAIR.rejected_id)}
     if any(a.null_count for a in at.values()):
@@ -255,16 +285,7 @@ def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: list) -> dict[str, tu
         _lit("}\n"), _lit(""), memory_pool=POOL)
     if two_lines.null_count:
         raise AssertionError("a manifest line came out null")
-    split_of = np.asarray(splits.to_numpy(zero_copy_only=False))
-    out = {}
-    for split in ("train", "val"):
-        rows = np.flatnonzero(split_of == split)
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # one run (val is a prefix): no copy
-            lines = two_lines.slice(int(rows[0]), len(rows))
-        else:
-            lines = pc.take(two_lines, rows, memory_pool=POOL)
-        out[split] = (_text(lines), 2 * len(rows))
-    return out
+    return two_lines
 
 
 def _lit(text: str) -> pa.Scalar:
