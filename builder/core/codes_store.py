@@ -39,10 +39,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from ttspo.builder.core.errors import InputError, StoreError
 from ttspo.builder.core.locks import open_lock_file
+from ttspo.builder.core.schemas import GEN
 
 CODES_DIR = "codes"
 TMP_AGE = 3600.0  # seconds: a temporary file this old was left by a killed writer
@@ -153,6 +154,22 @@ class CodesGc:
     files: list[str] = field(default_factory=list)  # relative to STORE/codes
     bytes: int = 0
     kept: int = 0
+
+
+def held_generations(ds: Any, versions: list[int]) -> set[str]:
+    """The generation ids VERSIONS of DS hold (each fragment read once, whichever
+    versions share it)."""
+    seen, ids = set(), set()
+    for version in versions:
+        for fragment in ds.checkout_version(version).get_fragments():
+            meta = fragment.metadata
+            deletion = meta.deletion_file
+            key = (fragment.fragment_id, tuple(f.path for f in meta.files),
+                   None if deletion is None else deletion.path(meta.id))
+            if key not in seen:
+                seen.add(key)
+                ids.update(fragment.to_table(columns=[GEN.generation_id]).column(0).to_pylist())
+    return ids
 
 
 def unused_files(store, held_ids: Iterable[str]) -> CodesGc:
