@@ -168,7 +168,7 @@ def gc(ctx: click.Context, table: str | None, *, keep_last: str | None, older_th
             click.echo(f"forced: {t.table}@{version} (named by {'; '.join(why)})",
                        err=fmt != "table")
     click.echo(_gc_summary(result), err=fmt != "table")
-    if result.codes is not None:
+    if result.codes is not None and (result.codes.files or result.codes.kept):  # a store with codes
         for rel in result.codes.files if result.dry_run else ():
             click.echo(f"would remove: codes/{rel}", err=fmt != "table")
         click.echo(_codes_summary(result), err=fmt != "table")
