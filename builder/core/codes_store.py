@@ -127,9 +127,42 @@ def check(path: Path, size: int) -> bool:
     except FileNotFoundError:
         return False
     if st.st_size != size:
-        raise InputError(f"{path}: damaged codes file ({st.st_size} bytes, its content "
-                         f"had {size}); remove it and export again (the export writes it anew)")
+        raise InputError(_wrong_size(path, st.st_size, size))
     return True
+
+
+def _wrong_size(path, found: int, size: int) -> str:
+    return (f"{path}: damaged codes file ({found} bytes, its content had {size}); remove it and "
+            "export again (the export writes it anew)")
+
+
+def missing(root: Path, rels: Iterable[str], sizes: Iterable[int]) -> list[int]:
+    """The positions of RELS (paths under ROOT) that are not there; one of another
+    size than SIZES says is a damaged file (one line naming it). One stat per file,
+    by name in its folder (a path walk per file costs several times more)."""
+    folders: dict[str, int] = {}
+    out = []
+    try:
+        for i, (rel, size) in enumerate(zip(rels, sizes)):
+            shard, name = rel.split("/", 1)
+            fd = folders.get(shard)
+            if fd is None:
+                try:
+                    fd = folders[shard] = os.open(root / shard, os.O_RDONLY | os.O_DIRECTORY)
+                except FileNotFoundError:
+                    out.append(i)
+                    continue
+            try:
+                found = os.stat(name, dir_fd=fd).st_size
+            except FileNotFoundError:
+                out.append(i)
+                continue
+            if found != size:
+                raise InputError(_wrong_size(root / rel, found, size))
+    finally:
+        for fd in folders.values():
+            os.close(fd)
+    return out
 
 
 def read_verified(path: Path) -> bytes:

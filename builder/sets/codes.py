@@ -202,8 +202,9 @@ def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[s
     if without:
         return None
     entries = {g: (keys[g], rels[g]) for g in gids if keys[g] is not None}
-    missing = [g for g in entries if g not in fresh
-               and not codes_store.check(root / rels[g], _size(keys[g]))]
+    known = [g for g in entries if g not in fresh]
+    gone = codes_store.missing(root, [rels[g] for g in known], [_size(keys[g]) for g in known])
+    missing = [known[i] for i in gone]
     for chunk, table in _chunks(ds, offsets, missing):  # deleted since: written again
         for gid in chunk:
             data = _file_bytes(table.array(gid), codes_dtype)
