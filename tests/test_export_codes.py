@@ -22,7 +22,7 @@ from ttspo.builder.core import codes_store, lifecycle
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.store import make_lineage
 from ttspo.builder.sets import codes as codes_mod
-from ttspo.builder.sets import session_cache
+from ttspo.builder.sets import nemo_lines, session_cache
 from ttspo.builder.sets.build import build_set, open_set
 from ttspo.builder.sets.export import export_nemo, safe_name
 from ttspo.builder.sets.nemo_lines import manifest_chunks, openings, set_generations
@@ -204,15 +204,17 @@ def test_manifests_are_written_in_chunks_with_the_same_bytes(store, tmp_path):
         export_nemo(store, "a", tmp_path / "c0", chunk_pairs=0)
 
 
-def test_codes_read_in_chunks_give_the_same_files(store, tmp_path, monkeypatch):
+def test_codes_and_line_parts_read_in_chunks_give_the_same_files(store, tmp_path, monkeypatch):
     build_set(store, "pareto", "a", {"cer_threshold": 0.02})
     with session_cache.disabled():
         monkeypatch.setattr(codes_mod, "CHUNK", 3)  # 10 generations: 4 chunks
+        monkeypatch.setattr(nemo_lines, "PARTS_CHUNK", 4)  # 3 chunks
         export_nemo(store, "a", tmp_path / "small")
     small = {p: p.read_bytes() for p in (store.root / "codes").rglob("*.pt")}
     for p in small:
         p.unlink()
     monkeypatch.setattr(codes_mod, "CHUNK", 4096)
+    monkeypatch.setattr(nemo_lines, "PARTS_CHUNK", 16384)
     with session_cache.disabled():
         export_nemo(store, "a", tmp_path / "big")
     assert {p: p.read_bytes() for p in (store.root / "codes").rglob("*.pt")} == small

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ttspo.builder.core import codes_store
 from ttspo.builder.core.codes_store import safe_name  # noqa: F401 (the export's names)
@@ -141,16 +142,14 @@ def codes_stamp(ds, codes_dtype: str) -> str:
 
 @dataclass
 class StoredCodes:
-    """Where the codes files of an export's generations are: generation id ->
-    (content key "<sha256>:<size>", path relative to STORE/codes)."""
+    """Where the codes files of an export's generations are, as arrays in the order
+    of IDS (Arrow strings, not Python objects: a few bytes per generation)."""
 
     root: Path  # STORE/codes, absolute
-    entries: dict[str, tuple[str, str]]
+    ids: list[str]
+    keys: pa.Array  # content key "<sha256>:<size>" per generation
+    rels: pa.Array  # its file, relative to ROOT
     written: int  # files this export wrote into STORE/codes
-
-    def paths(self) -> dict[str, str]:
-        base = str(self.root)
-        return {g: f"{base}/{rel}" for g, (_, rel) in self.entries.items()}
 
 
 def _key(data) -> tuple[str, str]:
@@ -163,16 +162,17 @@ def _size(key: str) -> int:
 
 
 def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[str],
-                codes_paths: dict[str, Any], codes_dtype: str) -> StoredCodes | None:
+                codes_paths: pa.ChunkedArray | pa.Array, codes_dtype: str) -> StoredCodes | None:
     """Make sure STORE/codes holds the codes file of every generation in GIDS
-    (OFFSETS: their rows in DS; CODES_PATHS: their codes_path): write those it
-    lacks, check the others by size. None when no generation has codes (NeMo's
-    dataset then reads the wavs); a mix of generations with and without is one line."""
+    (OFFSETS: their rows in DS; CODES_PATHS: their codes_path, in the order of
+    GIDS): write those it lacks, check the others by size. None when no generation
+    has codes (NeMo's dataset then reads the wavs); a mix of generations with and
+    without is one line."""
     check_codes_dtype(codes_dtype)
     root = codes_store.codes_root(store)
     stamp = codes_stamp(ds, codes_dtype)
     written = [0]
-    fresh: set[str] = set()  # checked or written just now: no stat needed
+    fresh: set[str] = set()  # written or found just now: no stat needed
 
     def compute(todo: list[str]) -> pa.Table:
         made = {}
@@ -193,36 +193,60 @@ def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[s
     # generation id -> (key, file; None without codes in the table), per table version
     stored = stored_map(store, "export.codes", (table_identity(ds), stamp), CODES_KEYS_SCHEMA,
                         ids=gids, compute=compute)
-    keys = dict(zip(gids, stored.column(DERIVED.key).to_pylist()))
-    rels = dict(zip(gids, stored.column(DERIVED.file).to_pylist()))
-    without = sorted(g for g in gids if keys[g] is None and not codes_paths[g])
-    if without and len(without) < len(gids):
-        raise InputError(f"{sv_ref}: {len(without)} of {len(gids)} generations have no codes "
-                         f"(first: {without[0]}); NeMo cannot batch codes with audio, export none or all")
-    if without:
+    keys = stored.column(DERIVED.key).combine_chunks()
+    rels = stored.column(DERIVED.file).combine_chunks()
+    own = pa.chunked_array([codes_paths]) if isinstance(codes_paths, pa.Array) else codes_paths
+    no_file = pc.or_kleene(pc.is_null(own), pc.equal(own, "")).combine_chunks().fill_null(True)
+    without = pc.and_(keys.is_null(), no_file)
+    count = pc.sum(without).as_py() or 0
+    if count and count < len(gids):
+        first = min(pc.filter(pa.array(gids), without).to_pylist())
+        raise InputError(f"{sv_ref}: {count} of {len(gids)} generations have no codes "
+                         f"(first: {first}); NeMo cannot batch codes with audio, export none or all")
+    if count:
         return None
-    entries = {g: (keys[g], rels[g]) for g in gids if keys[g] is not None}
-    known = [g for g in entries if g not in fresh]
-    gone = codes_store.missing(root, [rels[g] for g in known], [_size(keys[g]) for g in known])
-    missing = [known[i] for i in gone]
-    for chunk, table in _chunks(ds, offsets, missing):  # deleted since: written again
-        for gid in chunk:
-            data = _file_bytes(table.array(gid), codes_dtype)
-            if _key(data)[1] != keys[gid]:
-                raise InputError(f"{ds.uri}: the codes of generation {gid} are not those kept for "
-                                 f"generations@{ds.version} (STORE/.derived); remove STORE/.derived and export again")
-            written[0] += codes_store.put(root, rels[gid], data)
-    for gid in sorted(g for g in gids if keys[g] is None):  # from codes_path: read each time
-        codes = read_codes_file(codes_paths[gid], gid)
-        import torch
+    _check_or_rewrite(ds, offsets, gids=gids, keys=keys, rels=rels, fresh=fresh, root=root,
+                      codes_dtype=codes_dtype, written=written)
+    if keys.null_count:  # codes only in codes_path files: read (and hashed) on every export
+        keys, rels = _from_files(root, gids=gids, keys=keys, rels=rels, own=own, codes_dtype=codes_dtype,
+                                 written=written)
+    return StoredCodes(root, gids, keys, rels, written[0])
 
+
+def _check_or_rewrite(ds, offsets, *, gids, keys, rels, fresh, root, codes_dtype, written) -> None:
+    """Stat each file not written just now, CHUNK at a time; write a missing one again."""
+    for start in range(0, len(gids), CHUNK):
+        ids = gids[start:start + CHUNK]
+        key_list = keys.slice(start, len(ids)).to_pylist()
+        known = [i for i, (g, k) in enumerate(zip(ids, key_list)) if k is not None and g not in fresh]
+        rel_list = rels.slice(start, len(ids)).to_pylist()
+        gone = codes_store.missing(root, [rel_list[i] for i in known], [_size(key_list[i]) for i in known])
+        lost = {ids[known[i]]: known[i] for i in gone}
+        for chunk, table in _chunks(ds, offsets, list(lost)):  # deleted since: written again
+            for gid in chunk:
+                data = _file_bytes(table.array(gid), codes_dtype)
+                if _key(data)[1] != key_list[lost[gid]]:
+                    raise InputError(f"{ds.uri}: the codes of generation {gid} are not those kept for "
+                                     f"generations@{ds.version} in STORE/.derived; remove STORE/.derived "
+                                     "and export again")
+                written[0] += codes_store.put(root, rel_list[lost[gid]], data)
+
+
+def _from_files(root, *, gids, keys, rels, own, codes_dtype, written) -> tuple[pa.Array, pa.Array]:
+    import torch
+
+    key_list, rel_list, paths = keys.to_pylist(), rels.to_pylist(), own.to_pylist()
+    for i in sorted(range(len(gids)), key=gids.__getitem__):
+        if key_list[i] is not None:
+            continue
+        codes = read_codes_file(paths[i], gids[i])
         buffer = io.BytesIO()
         torch.save(codes.to(getattr(torch, codes_dtype)), buffer)
         data = buffer.getvalue()
-        sha, key = _key(data)
-        entries[gid] = (key, codes_store.relative_name(sha, gid))
-        written[0] += codes_store.put(root, entries[gid][1], data)
-    return StoredCodes(root, {g: entries[g] for g in sorted(entries)}, written[0])
+        sha, key_list[i] = _key(data)
+        rel_list[i] = codes_store.relative_name(sha, gids[i])
+        written[0] += codes_store.put(root, rel_list[i], data)
+    return pa.array(key_list, pa.string()), pa.array(rel_list, pa.string())
 
 
 def _file_bytes(codes: np.ndarray, codes_dtype: str) -> bytes:
@@ -238,24 +262,28 @@ def _chunks(ds, offsets: dict[str, int], gids: list[str]):
 
 
 # ------------------------------------------------------------ --copy-codes
-def copy_codes(stored: StoredCodes, out_dir: Path) -> tuple[dict[str, str], int, int]:
+def copy_codes(stored: StoredCodes, out_dir: Path) -> tuple[list[str], int, int]:
     """Copy (or keep, see the module doc) STORED's files into OUT_DIR/codes as
-    <safe_name(id)>.pt, each checked against its name. Returns (generation id ->
-    absolute path of its copy, files copied now, files kept as they were)."""
+    <safe_name(id)>.pt, each checked against its name, CHUNK at a time. Returns
+    (the copies' names in the order of stored.ids, files copied now, files kept as
+    they were)."""
     codes_dir = out_dir / "codes"
     codes_dir.mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails first
     index = _read_index(out_dir)
     base = str(codes_dir.absolute())
-    names = {g: f"{safe_name(g)}.pt" for g in stored.entries}
-    paths = {g: f"{base}/{names[g]}" for g in stored.entries}
-    keys = {g: key for g, (key, _) in stored.entries.items()}
-    stale = _stale(list(paths), names, keys, index, codes_dir=codes_dir)
-    for gid in stale:
-        data = codes_store.read_verified(stored.root / stored.entries[gid][1])
-        index[names[gid]] = [keys[gid], *_write_file(memoryview(data), paths[gid])]
-    if stale:
+    names, copied = [f"{safe_name(g)}.pt" for g in stored.ids], 0
+    for start in range(0, len(names), CHUNK):
+        ids = stored.ids[start:start + CHUNK]
+        chunk_names = dict(zip(ids, names[start:start + CHUNK]))
+        keys = dict(zip(ids, stored.keys.slice(start, len(ids)).to_pylist()))
+        rels = dict(zip(ids, stored.rels.slice(start, len(ids)).to_pylist()))
+        for gid in _stale(ids, chunk_names, keys, index, codes_dir=codes_dir):
+            data = codes_store.read_verified(stored.root / rels[gid])
+            index[chunk_names[gid]] = [keys[gid], *_write_file(memoryview(data), f"{base}/{chunk_names[gid]}")]
+            copied += 1
+    if copied:
         _write_index(out_dir, index)
-    return paths, len(stale), len(paths) - len(stale)
+    return names, copied, len(names) - copied
 
 
 def _stat(path: str) -> list[int]:

@@ -57,7 +57,7 @@ from ttspo.builder.core import codes_store
 from ttspo.builder.sets.codes import DEFAULT_CODES_DTYPE, check_codes_dtype, safe_name, store_codes  # noqa: F401
 from ttspo.builder.sets.codes import copy_codes as _copy_codes
 from ttspo.builder.sets.nemo_lines import (_ENCODER, CHUNK_PAIRS, check_for_nemo, generation_columns,
-                                           manifest_chunks, openings, set_generations)
+                                           encoded_paths, manifest_chunks, openings, set_generations)
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import atomic_write, write_text_atomic
 from ttspo.builder.core.schemas import DERIVED, GEN, PAIR
@@ -111,15 +111,15 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
     clock.append(time.perf_counter())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    own = dict(zip(gens.ids, gens.column(DERIVED.codes_path)))
     with codes_store.codes_lock(store, exclusive=False):  # gc removes none of them meanwhile
-        stored = store_codes(store, sv.ref, gens.ds, gens.rows, gids=gens.ids, codes_paths=own,
-                             codes_dtype=codes_dtype)
+        stored = store_codes(store, sv.ref, gens.ds, gens.rows, gids=gens.ids,
+                             codes_paths=gens.parts.column(DERIVED.codes_path), codes_dtype=codes_dtype)
         paths, copied, kept = {}, 0, 0
         if stored is not None:
-            paths, kept = stored.paths(), len(stored.entries) - stored.written
+            paths, kept = encoded_paths(str(stored.root), stored.rels), len(stored.ids) - stored.written
             if copy_codes:
-                paths, copied, kept = _copy_codes(stored, out)
+                names, copied, kept = _copy_codes(stored, out)
+                paths = encoded_paths(str((out / "codes").absolute()), pa.array(names))
         clock.append(time.perf_counter())
         lines = _write_manifests(out, pairs, gens.ids, openings(gens, paths), chunk=chunk_pairs)
     clock.append(time.perf_counter())
