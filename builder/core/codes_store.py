@@ -136,14 +136,14 @@ def _wrong_size(path, found: int, size: int) -> str:
             "export again (the export writes it anew)")
 
 
-def missing(root: Path, rels: Iterable[str], sizes: Iterable[int]) -> list[int]:
-    """The positions of RELS (paths under ROOT) that are not there; one of another
-    size than SIZES says is a damaged file (one line naming it). One stat per file,
-    by name in its folder (a path walk per file costs several times more)."""
+def missing(root: Path, files: Iterable[tuple[str, int]]) -> list[int]:
+    """The positions in FILES ((path under ROOT, size) pairs) of the files that are
+    not there; one of another size is a damaged file (one line naming it). One stat
+    per file, by name in its folder (a path walk per file costs several times more)."""
     folders: dict[str, int] = {}
     out = []
     try:
-        for i, (rel, size) in enumerate(zip(rels, sizes)):
+        for i, (rel, size) in enumerate(files):
             shard, name = rel.split("/", 1)
             fd = folders.get(shard)
             if fd is None:

@@ -214,22 +214,29 @@ def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[s
 
 
 def _check_or_rewrite(ds, offsets, *, gids, keys, rels, fresh, root, codes_dtype, written) -> None:
-    """Stat each file not written just now, CHUNK at a time; write a missing one again."""
-    for start in range(0, len(gids), CHUNK):
-        ids = gids[start:start + CHUNK]
-        key_list = keys.slice(start, len(ids)).to_pylist()
-        known = [i for i, (g, k) in enumerate(zip(ids, key_list)) if k is not None and g not in fresh]
-        rel_list = rels.slice(start, len(ids)).to_pylist()
-        gone = codes_store.missing(root, [rel_list[i] for i in known], [_size(key_list[i]) for i in known])
-        lost = {ids[known[i]]: known[i] for i in gone}
-        for chunk, table in _chunks(ds, offsets, list(lost)):  # deleted since: written again
-            for gid in chunk:
-                data = _file_bytes(table.array(gid), codes_dtype)
-                if _key(data)[1] != key_list[lost[gid]]:
-                    raise InputError(f"{ds.uri}: the codes of generation {gid} are not those kept for "
-                                     f"generations@{ds.version} in STORE/.derived; remove STORE/.derived "
-                                     "and export again")
-                written[0] += codes_store.put(root, rel_list[lost[gid]], data)
+    """Stat each file not written just now (streamed from the arrays, CHUNK at a
+    time); write a missing one again."""
+    known: list[int] = []  # positions stat'ed, in order
+
+    def files():
+        for start in range(0, len(gids), CHUNK):
+            key_list = keys.slice(start, CHUNK).to_pylist()
+            rel_list = rels.slice(start, CHUNK).to_pylist()
+            for i, (key, rel) in enumerate(zip(key_list, rel_list), start):
+                if key is not None and gids[i] not in fresh:
+                    known.append(i)
+                    yield rel, _size(key)
+
+    gone = codes_store.missing(root, files())
+    lost = {gids[known[i]]: known[i] for i in gone}
+    for chunk, table in _chunks(ds, offsets, list(lost)):  # deleted since: written again
+        for gid in chunk:
+            data = _file_bytes(table.array(gid), codes_dtype)
+            if _key(data)[1] != keys[lost[gid]].as_py():
+                raise InputError(f"{ds.uri}: the codes of generation {gid} are not those kept for "
+                                 f"generations@{ds.version} in STORE/.derived; remove STORE/.derived "
+                                 "and export again")
+            written[0] += codes_store.put(root, rels[lost[gid]].as_py(), data)
 
 
 def _from_files(root, *, gids, keys, rels, own, codes_dtype, written) -> tuple[pa.Array, pa.Array]:
