@@ -140,7 +140,7 @@ def codes_stamp(ds, codes_dtype: str) -> str:
     return f"{codes_dtype}|{ds.schema.field(GEN.codes).type}|{WRITER}"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StoredCodes:
     """Where the codes files of an export's generations are, as arrays in the order
     of IDS (Arrow strings, not Python objects: a few bytes per generation)."""
@@ -210,7 +210,7 @@ def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[s
     if keys.null_count:  # codes only in codes_path files: read (and hashed) on every export
         keys, rels = _from_files(root, gids=gids, keys=keys, rels=rels, own=own, codes_dtype=codes_dtype,
                                  written=written)
-    return StoredCodes(root, gids, keys, rels, written[0])
+    return StoredCodes(root=root, ids=gids, keys=keys, rels=rels, written=written[0])
 
 
 def _check_or_rewrite(ds, offsets, *, gids, keys, rels, fresh, root, codes_dtype, written) -> None:
