@@ -228,13 +228,17 @@ class Store:
 
         return build_set(self.core, recipe, name, params, runs=runs, lineage=lineage)
 
-    def export_nemo(self, ref: str, *, out: str | os.PathLike, codes_dtype: str = "int32"):
+    def export_nemo(self, ref: str, *, out: str | os.PathLike, codes_dtype: str = "int32",
+                    copy_codes: bool = False):
         """Write set REF (NAME, NAME@VERSION, NAME@TAG) as NeMo DPO manifests in folder OUT,
-        every generation's codes as a CODES_DTYPE (int32 | int64) file under OUT/codes."""
+        naming every generation's codes as a CODES_DTYPE (int32 | int64) file in
+        STORE/codes (written once, by the first export that needs it). COPY_CODES: copy
+        them into OUT/codes and name the copies (a folder to move to another machine)."""
         from ttspo.builder.sets.export import export_nemo
 
         self._require()
-        return export_nemo(self.core, ref, self.check_output(out), codes_dtype=codes_dtype)
+        return export_nemo(self.core, ref, self.check_output(out), codes_dtype=codes_dtype,
+                           copy_codes=copy_codes)
 
     def export_trl(self, ref: str, *, out: str | os.PathLike):
         """Write set REF as OUT.parquet or OUT.jsonl, one row per pair."""
