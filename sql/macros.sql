@@ -271,7 +271,8 @@ SELECT * FROM pair_cartography(dyn, run_name, split_name := split_name) WHERE fo
 -- choice of a or b; tie and skip say nothing of which is better): first_id and
 -- second_id as shown, chosen_id the one the labeler picked, other_id the other.
 -- A pair judged again later counts once, by its latest judgement (time, label_id).
-CREATE OR REPLACE MACRO label_choices(lab := 'labels') AS TABLE
+-- of_set: only the judgements of that set's pairs (the page's agreement per set).
+CREATE OR REPLACE MACRO label_choices(lab := 'labels', of_set := NULL) AS TABLE
 SELECT least(first_id, second_id) AS low_id, greatest(first_id, second_id) AS high_id,
        arg_max(chosen_id, (time, label_id)) AS chosen_id,
        arg_max(CASE WHEN chosen_id = first_id THEN second_id ELSE first_id END,
@@ -280,7 +281,7 @@ SELECT least(first_id, second_id) AS low_id, greatest(first_id, second_id) AS hi
        arg_max(pair_id, (time, label_id)) AS pair_id,
        count(*) AS judgements
 FROM query_table(lab)
-WHERE choice IN ('a', 'b')
+WHERE choice IN ('a', 'b') AND (of_set IS NULL OR set_name = of_set)
 GROUP BY ALL;
 
 -- label_agreement(): how often each metric prefers the generation people chose. One
@@ -289,8 +290,9 @@ GROUP BY ALL;
 -- generations both have a finite value that differs, agree those where the metric's
 -- better one is the chosen one, agree_share = agree / n (NULL when n is 0).
 -- `ttspo sql "SELECT * FROM label_agreement()"`; the views may be named:
--- label_agreement(lab := 'labels@3', gen := 'generations@12').
-CREATE OR REPLACE MACRO label_agreement(lab := 'labels', gen := 'generations',
+-- label_agreement(lab := 'labels@3', gen := 'generations@12'); of_set := 'prefs' counts
+-- only the judgements of that set's pairs (`ttspo serve`'s agreement tab calls it).
+CREATE OR REPLACE MACRO label_agreement(lab := 'labels', gen := 'generations', of_set := NULL,
                                         metrics := {{METRICS}}, lower := {{LOWER}},
                                         neither := {{NEITHER}}) AS TABLE
 WITH
@@ -305,7 +307,7 @@ long AS (
 judged AS (
     SELECT c.metric, CASE WHEN list_contains(lower, c.metric) THEN -1 ELSE 1 END AS better,
            c.value AS c, o.value AS o
-    FROM label_choices(lab := lab) l
+    FROM label_choices(lab := lab, of_set := of_set) l
     JOIN long c ON c.__id = l.chosen_id
     JOIN long o ON o.__id = l.other_id AND o.metric = c.metric
 ),

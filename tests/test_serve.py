@@ -291,11 +291,15 @@ def test_agreement_counts_what_people_chose_against_each_metric(client, store):
                               "choice": choice}).status_code == 201
     rows = {r["metric"]: r for r in client.get("/api/agreement", headers=H).json()["rows"]}
     assert gens["r:5"]["cer"] > gens["r:4"]["cer"] and gens["r:5"]["ssim"] < gens["r:4"]["ssim"]
-    # chosen: r:4 (agrees), r:5 (disagrees), r:4 (agrees); the tie is left out
+    # label_agreement(): a pair's latest judgement counts. (r:4, r:5): the second label
+    # chose r:5 (disagrees); (r:4, r:6): r:4 (agrees); the tie is left out.
     for metric in ("cer", "ssim"):
-        assert (rows[metric]["judged"], rows[metric]["agree"], rows[metric]["disagree"]) == (3, 2, 1)
-        assert rows[metric]["agreement"] == pytest.approx(2 / 3)
-    assert rows["pesq"]["judged"] == 0 and rows["pesq"]["agreement"] is None
+        assert (rows[metric]["n"], rows[metric]["agree"]) == (2, 1)
+        assert rows[metric]["agree_share"] == pytest.approx(1 / 2)
+    assert rows["pesq"]["n"] == 0 and rows["pesq"]["agree_share"] is None
+    # only one set's pairs: these labels name none
+    assert all(r["n"] == 0 for r in
+               client.get("/api/agreement?set=nope", headers=H).json()["rows"])
 
 
 # --------------------------------------------------------------- escaping

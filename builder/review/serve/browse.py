@@ -18,7 +18,6 @@ import pyarrow as pa
 
 from ttspo.builder.core import query as q
 from ttspo.builder.core.errors import InputError
-from ttspo.builder.core import metrics as registry
 from ttspo.builder.core.schemas import CORE_TABLES, DYN, GEN, METRICS, PAIR, ROLL
 from ttspo.builder.core.store import Store, sql_string
 from ttspo.builder.review.serve.textdiff import word_diff
@@ -26,9 +25,6 @@ from ttspo.builder.review.serve.textdiff import word_diff
 MAX_PAGE = 200
 DYNAMICS = "pair_dynamics"
 LABELS = "labels"
-# Lower is better for these metrics, the metric registry's (builder/core/metrics.py);
-# higher for the others, except those with no direction (left out of agreement).
-LOWER_IS_BETTER = registry.lower_is_better()
 GENERATION_FIELDS = (GEN.generation_id, GEN.text, GEN.pred_transcript, GEN.duration,
                      *METRICS)
 
@@ -163,37 +159,15 @@ def _cartography(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def agreement(store: Store, *, set_name: str | None = None) -> dict[str, Any]:
-    """How often each metric prefers the generation people chose (a or b; ties and
-    skips left out): per metric, pairs judged, agree, disagree, metric ties (equal
-    values) and agreement = agree / (agree + disagree).
-
-    Computed here until the `label_agreement()` macro (sql/macros.sql, issue 23's
-    dynamics branch) is merged; then this should become ``SELECT * FROM
-    label_agreement(...)``."""
+    """How often each metric prefers the generation people chose: the rows of the
+    `label_agreement()` macro (sql/macros.sql; per registered metric with a direction,
+    n labeled pairs by their latest judgement, agree, agree_share), for SET_NAME's
+    pairs only when given."""
     if not store.exists(LABELS) or not store.exists("generations"):
         return {"rows": [], "note": "no labels yet"}
-    names = set(store.open("generations").schema.names)
-    only = f" AND l.set_name = {sql_string(set_name)}" if set_name else ""
-    parts = [_agreement_sql(m, only) for m in METRICS
-             if m in names and m not in registry.no_direction()]
-    result, versions = q.run(store, "\nUNION ALL\n".join(parts))
+    result, versions = q.run(store, "SELECT * FROM label_agreement(of_set := $set)",
+                             {"set": set_name})
     return {"rows": [clean(r) for r in result.to_pylist()], "versions": versions}
-
-
-def _agreement_sql(metric: str, only: str) -> str:
-    better, worse = ("<", ">") if metric in LOWER_IS_BETTER else (">", "<")
-    c, o = f'c."{metric}"', f'o."{metric}"'
-    return f"""SELECT '{metric}' AS metric, count(*) AS judged,
-  count(*) FILTER (WHERE {c} {better} {o}) AS agree,
-  count(*) FILTER (WHERE {c} {worse} {o}) AS disagree,
-  count(*) FILTER (WHERE {c} = {o}) AS metric_ties,
-  count(*) FILTER (WHERE {c} {better} {o}) / nullif(count(*) FILTER (WHERE {c} <> {o}), 0)
-    AS agreement
-FROM labels l
-JOIN generations c ON c.generation_id = l.chosen_id
-JOIN generations o ON o.generation_id =
-  CASE WHEN l.chosen_id = l.first_id THEN l.second_id ELSE l.first_id END
-WHERE l.choice IN ('a', 'b') AND isfinite({c}) AND isfinite({o}){only}"""
 
 
 def clean(row: dict[str, Any]) -> dict[str, Any]:

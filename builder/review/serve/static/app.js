@@ -192,7 +192,7 @@ async function loadAgreement() {
   try {
     const data = await api("/api/agreement" + (set ? "?" + new URLSearchParams({ set }) : ""));
     if (!data.rows.length) { $("agreement-rows").replaceChildren(data.note || "no labels"); return; }
-    const table = grid(data.rows, ["metric", "judged", "agree", "disagree", "metric_ties", "agreement"]);
+    const table = grid(data.rows, ["metric", "n", "agree", "agree_share"]);
     table.id = "agreement-table";
     $("agreement-rows").replaceChildren(table);
   } catch (e) { $("agreement-error").textContent = e.message; }
