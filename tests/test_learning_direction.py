@@ -134,8 +134,9 @@ def interval(d: np.ndarray) -> tuple[float, float]:
 
 SETTINGS = {  # loss: (overrides, steps); see docs/vs-nemo.md for why these
     "dpo": (["loss.terms=dpo=1", "loss.beta=0.1", "optim.lr=1e-3"], 25),
-    "ipo-length-normalize": (["loss.terms=ipo=1", "loss.beta=5", "loss.length_normalize=true",
-                              "optim.lr=1e-3"], 25),
+    # ipo at beta 0.1 on per-token means, with the on-policy last frame: see vs-nemo.md
+    "ipo-length-normalize": (["loss.terms=ipo=1", "loss.beta=0.1", "loss.length_normalize=true",
+                              "data.eos_target=sampled", "optim.lr=1e-3"], 25),
     "rpo": (["loss.terms=rpo=1", "loss.beta=0.1", "loss.gt_reward_scale=10", "optim.lr=2e-3"], 25),
 }
 
@@ -149,6 +150,7 @@ def test_preferences_move_held_out_lengths_their_way(world, loss):
     longer = preference_set(store, f"long-{loss}", shorter=False)
     d_long = trained_lengths(world, longer, f"{loss}-long", overrides, steps)
     lo, hi = interval(d_short)
+    print("RESULT", loss, "short", d_short.mean(), interval(d_short), "long", d_long.mean(), interval(d_long))
     assert hi < 0, f"{loss}: preferring shorter moved lengths by {d_short.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]"
     lo, hi = interval(d_long)
     assert lo > 0, f"{loss}: preferring longer moved lengths by {d_long.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]"
@@ -173,5 +175,6 @@ def test_grpo_with_the_length_reward_raises_held_out_reward(tmp_path):
     rows = store.sql("SELECT step, avg(reward) AS r, count(*) AS n FROM rollouts "
                      "WHERE split = 'val' GROUP BY step ORDER BY step")
     first, last = rows["r"][0], rows["r"][-1]
+    print("RESULT grpo", rows["r"].to_list())
     assert rows["step"].to_list() == [0, 20, 40, 60, 80] and result.steps == 80
     assert last > first + 0.1, f"held-out length reward {first:.3f} -> {last:.3f}"

@@ -48,7 +48,7 @@ from ttspo.builder.ingest.files import BadFile
 from ttspo.builder.scoring.audio import read_audio
 from ttspo.builder.sets.build import open_set
 from ttspo.builder.sets.export import generation_rows
-from ttspo.trainer.policy.base import CONTEXT_CODES, DROPOUT_GROUP
+from ttspo.trainer.policy.base import CONTEXT_CODES, DROPOUT_GROUP, EOS_DRAWN
 
 PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
                 PAIR.chosen_reward, PAIR.rejected_reward, PAIR.split)
@@ -119,10 +119,12 @@ class Pairs:
 
 
 def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], Any] | None = None,
-               stream: bool = False) -> Pairs:
+               stream: bool = False, eos_target: str = "always") -> Pairs:
     """The pairs of set REF. ENCODE(audio, sr) -> codes [C, T] makes context codes
     for prompts without a codes file (the policy's ``codec.encode``). STREAM: hold
-    row ids, not codes (a generation without codes is then found when its batch is read)."""
+    row ids, not codes (a generation without codes is then found when its batch is read).
+    EOS_TARGET (``data.eos_target``) "sampled": each row says whether its sample drew EOS
+    (``eos_drawn``: codes_len below the max_steps it was generated with)."""
     sv = open_set(store, ref)
     pairs = sv.rows(list(PAIR_COLUMNS))
     gens = generation_rows(store, sv, pairs)
@@ -138,6 +140,9 @@ def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], An
                 chosen_reward=np.asarray(p[PAIR.chosen_reward], dtype=np.float64),
                 rejected_reward=np.asarray(p[PAIR.rejected_reward], dtype=np.float64))
     ids = generation_row_ids(store, gen_version, sorted(gens))
+    if eos_target == "sampled":
+        for g, drawn in eos_drawn(store, gen_version, ids).items():
+            rows[g][EOS_DRAWN] = drawn
     if stream:
         out.codes = CodesReader(store, gen_version, sv.ref)
         out.chosen_rowid = np.array([ids[g] for g in p[PAIR.chosen_id]], dtype=np.int64)
@@ -147,6 +152,16 @@ def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], An
     for row in rows.values():  # chosen/rejected share these dicts: one array per generation
         row[GEN.codes] = codes[row[GEN.generation_id]]
     return out
+
+
+def eos_drawn(store: Store, version: int, ids: dict[str, int]) -> dict[str, bool]:
+    """generation_id -> whether its sample drew EOS: False when it ran to its max_steps
+    (the sampler's length without EOS). Unknown (ingested without max_steps or
+    codes_len): True, the target NeMo gives every sample."""
+    taken = take_rows(store.open("generations", version), list(ids.values()),
+                      [GEN.generation_id, GEN.codes_len, GEN.max_steps]).to_pydict()
+    return {g: n is None or m is None or n < m for g, n, m in
+            zip(taken[GEN.generation_id], taken[GEN.codes_len], taken[GEN.max_steps])}
 
 
 def generation_row_ids(store: Store, version: int, ids: Sequence[str]) -> dict[str, int]:
