@@ -157,7 +157,7 @@ def test_preferences_move_held_out_lengths_their_way(world, loss):
 
 
 # GRPO: a smaller fresh policy (as tests/test_grpo.py's), learning rate 3e-3, 40 steps
-# of 4 prompts x 6 samples, length target 8 frames, the on-policy last frame; see
+# of 4 prompts x 6 samples, length target 8 frames, NeMo's last-frame target; see
 # docs/vs-nemo.md for why these (the default policy at target 16 did not move).
 GRPO = {"steps": 40, "lr": 3e-3, "target": 8}
 GRPO_POLICY = {**POLICY, "d_model": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1,
@@ -192,8 +192,7 @@ def test_grpo_with_the_length_reward_raises_held_out_reward(world):
                                          "grpo.rewards=length=1", f"grpo.length_target={GRPO['target']}",
                                          f"grpo.max_decoder_steps={MAX_STEPS}",
                                          "grpo.temperature=1.0", "grpo.topk=0",  # a fresh policy is near
-                                         "grpo.store_audio=false",  # uniform: top-80 would cut EOS
-                                         "data.eos_target=sampled"])
+                                         "grpo.store_audio=false"])  # uniform: top-80 would cut EOS
     assert result.steps == steps
     final = d / "grpo" / "checkpoints" / f"step_{steps:06d}" / ckpt.POLICY_FILE
     store.generate(run="grpo-held", checkpoint=final, **held)
