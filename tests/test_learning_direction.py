@@ -8,8 +8,10 @@ held-out prompts are sampled with the same per-sample seeds by the initial and t
 trained policy, and the paired differences of their lengths, read with SQL from
 ``generations``, must have a 95% interval on the preferred side of 0. A chosen/rejected
 swap anywhere in the data path, or a sign error in a loss, moves the policy the other
-way and fails. GRPO with the ``length`` reward must raise its held-out mean reward.
-Slow: fixed seeds, each well under a minute on 2 cores.
+way and fails. GRPO with the ``length`` reward must raise its held-out mean reward
+(paired by seed too; a sign error in the advantage lowers it). Read with SQL: ``ttspo
+compare --metric codes_len`` once compare takes any column. Slow: fixed seeds, each
+25-45 s of CPU on this machine.
 """
 
 from __future__ import annotations
@@ -150,7 +152,6 @@ def test_preferences_move_held_out_lengths_their_way(world, loss):
     longer = preference_set(store, f"long-{loss}", shorter=False)
     d_long = trained_lengths(world, longer, f"{loss}-long", overrides, steps)
     lo, hi = interval(d_short)
-    print("RESULT", loss, "short", d_short.mean(), interval(d_short), "long", d_long.mean(), interval(d_long))
     assert hi < 0, f"{loss}: preferring shorter moved lengths by {d_short.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]"
     lo, hi = interval(d_long)
     assert lo > 0, f"{loss}: preferring longer moved lengths by {d_long.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]"
@@ -198,5 +199,4 @@ def test_grpo_with_the_length_reward_raises_held_out_reward(world):
     store.generate(run="grpo-held", checkpoint=final, **held)
     diff = held_out_length_reward(store, "grpo-held", "grpo-held-init")
     lo, hi = interval(diff)
-    print("RESULT grpo", diff.mean(), lo, hi)
     assert lo > 0, f"held-out length reward moved by {diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
