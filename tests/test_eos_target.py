@@ -9,6 +9,8 @@ policy; the learning effect is tests/test_learning_direction.py's ipo case.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,37 @@ def test_dpo_pairs_say_which_sample_drew_eos(tmp_path, model):
         _, b = pair_step(policy, policy, None, None, pairs=on_policy, idx=[0, 1], cfg=cfgs[1])
     assert b["logps/chosen"].item() == a["logps/chosen"].item()
     assert b["logps/rejected"].item() > a["logps/rejected"].item()  # minus 8 EOS log-probs < 0
+
+
+@pytest.mark.slow
+def test_grpo_rollouts_say_which_sample_drew_eos(tmp_path):
+    """The same rollout (same seeds) under both targets: the same samples and rewards,
+    some of them cut at the step limit, and another gradient (their EOS terms gone)."""
+    from click.testing import CliRunner
+
+    from grpo_helpers import TINY, make_prompts
+    from ttspo import Store as Api
+    from ttspo.builder.cli.main import cli
+    from ttspo.builder.core.schemas import RWD
+    from ttspo.builder.core.store import Store
+
+    store = Store(tmp_path / "st")
+    make_prompts(store, 2)
+    grads, tables = {}, {}
+    for target in ("always", "sampled"):
+        args = ["--store", str(store.root), "train", "grpo", "--out", str(tmp_path / target)]
+        for o in [*[f"policy.model.{k}={v}" for k, v in TINY.items()], "train.progress=false",
+                  "train.tensorboard=false", "train.val_every=0", "train.max_steps=1",
+                  "train.checkpoint_every=0", "grpo.rewards=length=1", "grpo.length_target=8",
+                  "grpo.max_decoder_steps=24", "grpo.min_valid_codes_len=1", "grpo.topk=0",
+                  "grpo.temperature=1.0", "grpo.store_audio=false", "grpo.n_generations_per_item=8",
+                  f"data.eos_target={target}"]:
+            args += ["-o", o]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        grads[target] = json.loads((tmp_path / target / "metrics.jsonl").read_text().splitlines()[0])["grad_norm"]
+        tables[target] = Api(store.root).sql(f"SELECT codes_len, {RWD.reward} FROM rollouts WHERE run = '{target}' "
+                                   "ORDER BY rollout_id")
+    assert tables["always"].equals(tables["sampled"])
+    assert (tables["always"]["codes_len"] == 24).any()  # some ran to the limit
+    assert grads["always"] != grads["sampled"]
