@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 COMMAND_FAMILIES = (
     "ttspo.builder.cli.store", "ttspo.builder.cli.prompts", "ttspo.builder.cli.ingest",
     "ttspo.builder.cli.sets", "ttspo.builder.cli.score", "ttspo.builder.cli.compare",
+    "ttspo.builder.cli.serve",
     "ttspo.trainer.cli.train", "ttspo.trainer.cli.rewards", "ttspo.trainer.cli.generate",
     "ttspo.trainer.cli.demo",
 )

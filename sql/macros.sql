@@ -201,3 +201,102 @@ JOIN boot b USING (metric, breakdown, slice)
 JOIN perm p USING (metric, breakdown, slice)
 ORDER BY list_position(['cer', 'wer', 'ssim', 'pesq', 'squim'], s.metric),
          list_position(['all', 'record_type', 'context'], s.breakdown), s.slice;
+
+-- ------------------------------------------------- pair dynamics and labels
+-- Dataset cartography (Swayamdipta et al. 2020) over `pair_dynamics` (a DPO run's
+-- implicit-reward margin per pair: one row per train pair per epoch, one per val pair
+-- per validation; correct is 1 ranked right, 0.5 a tie, 0 wrong). dyn names the view
+-- ('pair_dynamics' or 'pair_dynamics@5'), run_name the run (its folder's name), split
+-- 'train' or 'val'. One row per pair of that run:
+--   reads          rows (epochs or validations) the pair has
+--   confidence     mean margin;  variability: its population std over the reads
+--   share_correct  mean of correct (a tie counts a half)
+--   forgets        reads ranked wrong right after a read ranked right
+--   never_learned  never ranked right (wrong or a tie at every read: the first
+--                  train epoch of a run starts from its reference, a tie)
+--   forgotten      ranked right at some read and wrong at a later one
+-- Means sum sorted lists: the same rows give the same bits whatever the threads.
+CREATE OR REPLACE MACRO pair_cartography(dyn, run_name, split_name := 'train') AS TABLE
+WITH
+reads AS (
+    SELECT set_name, set_version, pair_id, step, margin, correct,
+           lag(correct) OVER (PARTITION BY set_name, set_version, pair_id ORDER BY step) AS before
+    FROM query_table(dyn)
+    WHERE run = run_name AND split = split_name
+),
+per_pair AS (
+    SELECT set_name, set_version, pair_id, count(*) AS reads,
+           min(step) AS first_step, max(step) AS last_step,
+           list_sum(list(margin ORDER BY margin)) / count(*) AS confidence,
+           list(margin ORDER BY margin) AS margins,
+           list_sum(list(correct ORDER BY correct)) / count(*) AS share_correct,
+           arg_max(correct, step) AS last_correct,
+           count(*) FILTER (WHERE before = 1 AND correct = 0) AS forgets,
+           max(correct) < 1 AS never_learned,
+           coalesce(min(step) FILTER (WHERE correct = 1)
+                    < max(step) FILTER (WHERE correct = 0), false) AS forgotten
+    FROM reads GROUP BY set_name, set_version, pair_id
+)
+SELECT run_name::VARCHAR AS run, set_name, set_version, pair_id, reads, first_step, last_step,
+       confidence,
+       sqrt(list_sum(list_transform(margins, lambda m: (m - confidence) * (m - confidence)))
+            / reads) AS variability,
+       share_correct, last_correct, forgets, never_learned, forgotten
+FROM per_pair
+ORDER BY set_name, set_version, pair_id;
+
+-- The pairs run_name never ranked right, and those it ranked right and then wrong.
+CREATE OR REPLACE MACRO never_learned_pairs(dyn, run_name, split_name := 'train') AS TABLE
+SELECT * FROM pair_cartography(dyn, run_name, split_name := split_name) WHERE never_learned;
+
+CREATE OR REPLACE MACRO forgotten_pairs(dyn, run_name, split_name := 'train') AS TABLE
+SELECT * FROM pair_cartography(dyn, run_name, split_name := split_name) WHERE forgotten;
+
+-- The latest judgement of each labeled pair of generations (labels rows with a
+-- choice of a or b; tie and skip say nothing of which is better): first_id and
+-- second_id as shown, chosen_id the one the labeler picked, other_id the other.
+-- A pair judged again later counts once, by its latest judgement (time, label_id).
+CREATE OR REPLACE MACRO label_choices(lab := 'labels') AS TABLE
+SELECT least(first_id, second_id) AS low_id, greatest(first_id, second_id) AS high_id,
+       arg_max(chosen_id, (time, label_id)) AS chosen_id,
+       arg_max(CASE WHEN chosen_id = first_id THEN second_id ELSE first_id END,
+               (time, label_id)) AS other_id,
+       arg_max(labeler, (time, label_id)) AS labeler,
+       arg_max(pair_id, (time, label_id)) AS pair_id,
+       count(*) AS judgements
+FROM query_table(lab)
+WHERE choice IN ('a', 'b')
+GROUP BY ALL;
+
+-- label_agreement(): how often each metric prefers the generation people chose. One
+-- row per metric (cer, wer: lower is better; ssim, pesq, squim: higher): n labeled
+-- pairs (label_choices) whose two generations both have a finite value that differs,
+-- agree those where the metric's better one is the chosen one, agree_share = agree / n
+-- (NULL when n is 0). `ttspo sql "SELECT * FROM label_agreement()"`; the views may be
+-- named: label_agreement(lab := 'labels@3', gen := 'generations@12').
+CREATE OR REPLACE MACRO label_agreement(lab := 'labels', gen := 'generations') AS TABLE
+WITH
+judged AS (
+    SELECT c.cer AS c_cer, o.cer AS o_cer, c.wer AS c_wer, o.wer AS o_wer,
+           c.ssim AS c_ssim, o.ssim AS o_ssim, c.pesq AS c_pesq, o.pesq AS o_pesq,
+           c.squim AS c_squim, o.squim AS o_squim
+    FROM label_choices(lab := lab) l
+    JOIN query_table(gen) c ON c.generation_id = l.chosen_id
+    JOIN query_table(gen) o ON o.generation_id = l.other_id
+),
+long AS (
+    SELECT 'cer' AS metric, -1 AS better, c_cer AS c, o_cer AS o FROM judged
+    UNION ALL SELECT 'wer', -1, c_wer, o_wer FROM judged
+    UNION ALL SELECT 'ssim', 1, c_ssim, o_ssim FROM judged
+    UNION ALL SELECT 'pesq', 1, c_pesq, o_pesq FROM judged
+    UNION ALL SELECT 'squim', 1, c_squim, o_squim FROM judged
+),
+counted AS (
+    SELECT metric,
+           count(*) FILTER (WHERE isfinite(c) AND isfinite(o) AND c <> o) AS n,
+           count(*) FILTER (WHERE isfinite(c) AND isfinite(o) AND sign(c - o) = better) AS agree
+    FROM long GROUP BY metric
+)
+SELECT metric, n, agree, CASE WHEN n > 0 THEN agree / n END AS agree_share
+FROM counted
+ORDER BY list_position(['cer', 'wer', 'ssim', 'pesq', 'squim'], metric);

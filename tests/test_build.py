@@ -138,7 +138,7 @@ def test_cli_build_with_runs_and_a_user_recipe(store, tmp_path):
     (["build", "pareto", "--name", "p", "--param", "seed"],
      "Error: --param 'seed' is not NAME=VALUE\n"),
     (["build", "paretto", "--name", "p"],
-     "Error: no built-in recipe 'paretto' (built-in: best_worst, pareto; a user recipe is a path "
+     "Error: no built-in recipe 'paretto' (built-in: best_worst, pareto, refine; a user recipe is a path "
      "ending in .sql)\n"),
     (["build", "pareto", "--name", "prompts"],
      "Error: 'prompts' is a core table name; choose another set name\n"),
@@ -156,7 +156,7 @@ def test_cli_build_errors(store, args, message):
 
 def test_cli_recipes_lists_builtins_and_parameters(store):
     result = invoke(store, "recipes", "--format", "json")
-    assert [r["recipe"] for r in json.loads(result.output)] == ["best_worst", "pareto"]
+    assert [r["recipe"] for r in json.loads(result.output)] == ["best_worst", "pareto", "refine"]
     result = invoke(store, "recipes", "pareto", "--format", "csv")
     assert result.output.splitlines()[:2] == [
         "parameter,default,required,description",

@@ -140,8 +140,8 @@ def test_demo_runs_each_step_and_says_what_it_did(demo_run):
     store, result = demo_run
     assert result.exit_code == 0, result.output
     out = result.output
-    names = ["corpus", "prompts", "ingest", "summaries", "score", "build", "train", "rebuild",
-             "grpo", "loop"]
+    names = ["corpus", "prompts", "ingest", "summaries", "score", "build", "train", "review",
+             "rebuild", "grpo", "loop"]
     for n, name in enumerate(names, start=1):
         assert re.search(rf"^== {n}/{len(names)} {name}: ", out, re.M), name
     work = store.absolute() / "demo"
@@ -199,7 +199,8 @@ def test_demo_again_on_the_same_store_writes_nothing(demo_run):
     store, first = demo_run
     assert first.exit_code == 0, first.output
     versions = {t: Store(store).version(t) for t in ("prompts", "generations", "demo-pareto",
-                                                     "ref_logps", "checkpoints", "rollouts")}
+                                                     "ref_logps", "checkpoints", "rollouts",
+                                                     "pair_dynamics", "labels", "demo-refined")}
     again = CliRunner().invoke(cli, ["demo", "--store", str(store)])
     assert again.exit_code == 0, again.output
     assert "-> no new version (all present)\n" in again.output
@@ -210,6 +211,8 @@ def test_demo_again_on_the_same_store_writes_nothing(demo_run):
     assert "demo-pareto@2 was rebuilt by an earlier demo run; nothing written" in again.output
     assert "already in ref_logps; nothing written" in again.output
     assert "already trained to step 30; nothing to do" in again.output
+    assert "labels by script:prefer-shorter are already stored; nothing written" in again.output
+    assert "demo-refined was built by an earlier demo run; nothing written" in again.output
     assert ("demo-dpo: 0 held-out prompts lacked samples, 0 generations written (all there "
             "already; nothing written)\n") in again.output
     assert "grpo-run was trained by an earlier demo run; nothing written" in again.output
@@ -283,6 +286,28 @@ def test_demo_refuses_a_store_path_that_is_a_file(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--store", str(path)])
     assert result.exit_code == 2
     assert f"Invalid value for '--store': Directory '{path}' is a file." in result.output
+
+
+@pytest.mark.slow
+def test_demo_review_labels_by_a_named_script_and_refines_the_set(demo_run):
+    store, result = demo_run
+    assert result.exit_code == 0, result.output
+    st = Store(store)
+    # the DPO run's dynamics: 4 train pairs x 15 epochs (30 steps of 2), 1 val pair x 4
+    rows, _ = query.run(st, "SELECT split, count(*) AS n FROM pair_dynamics GROUP BY ALL "
+                            "ORDER BY split")
+    assert rows.to_pylist() == [{"split": "train", "n": 60}, {"split": "val", "n": 4}]
+    labels = st.open("labels").to_table().to_pylist()
+    assert labels and {r["labeler"] for r in labels} == {"script:prefer-shorter"}
+    lineage = st.lineage("labels", st.version("labels"))
+    assert lineage["labeler"] == "script:prefer-shorter" and lineage["demo"] is True
+    refined = st.lineage("demo-refined", 1)
+    assert (refined["inputs"]["labels"], refined["inputs"]["pair_dynamics"],
+            refined["inputs"]["demo-pareto"]) == (1, 1, 1)
+    why = re.search(r"^why: (.+)$", result.output, re.M)
+    assert why and "labels@1" in why.group(1)
+    agreement = re.search(r"^cer +(\d+) +(\d+) ", result.output, re.M)
+    assert agreement and int(agreement.group(1)) >= int(agreement.group(2))
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 Order (the tree reads the same): the builder, the data half, which never imports
 the trainer: builder.core < builder.prompts < builder.ingest < builder.scoring <
-builder.sets < builder.analysis < builder.api < builder.cli; then the trainer, in
+builder.sets < builder.analysis < builder.review < builder.api < builder.cli; then the trainer, in
 rooms: trainer.run < trainer.policy < trainer.dpo < trainer.generate <
 trainer.grpo < trainer.api < trainer.demo < trainer.cli. The command line and
 ttspo.Store are assembled from both halves by the registry in ttspo/__init__.py,
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("builder", "trainer", "sql")
 STAGES = ("ttspo.builder.core", "ttspo.builder.prompts", "ttspo.builder.ingest",
           "ttspo.builder.scoring", "ttspo.builder.sets", "ttspo.builder.analysis",
-          "ttspo.builder.api", "ttspo.builder.cli",
+          "ttspo.builder.review", "ttspo.builder.api", "ttspo.builder.cli",
           "ttspo.trainer.run", "ttspo.trainer.policy", "ttspo.trainer.dpo",
           "ttspo.trainer.generate", "ttspo.trainer.grpo", "ttspo.trainer.api",
           "ttspo.trainer.demo", "ttspo.trainer.cli")

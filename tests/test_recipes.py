@@ -235,7 +235,7 @@ def test_pareto_drops_the_pair_best_worst_keeps(tmp_path):
 
 # --------------------------------------------------------------- loading
 def test_builtin_recipes_and_their_declared_parameters():
-    assert recipes.builtin_names() == ["best_worst", "pareto"]
+    assert recipes.builtin_names() == ["best_worst", "pareto", "refine"]
     pareto = recipes.load_recipe("pareto")
     assert {n: p.default for n, p in pareto.params.items()} == {
         "cer_threshold": 0.02, "min_duration": 1.5, "max_duration": 19.0,

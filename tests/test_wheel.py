@@ -114,7 +114,9 @@ def test_the_wheel_installs_only_ttspo(installed):
                  "trainer/policy/nemo/load.py", "trainer/run/config.py", "trainer/dpo/loop.py",
                  "trainer/generate/run.py", "trainer/grpo/loop.py", "trainer/api.py",
                  "trainer/cli/train.py", "sql/pareto.sql", "sql/macros.sql",
-                 "trainer/demo/corpus/manifest.json"):
+                 "trainer/demo/corpus/manifest.json", "builder/review/serve/app.py",
+                 "builder/review/serve/static/index.html", "builder/review/serve/static/app.js",
+                 "builder/review/serve/static/style.css"):
         assert (site / "ttspo" / path).is_file(), path
     assert not (site / "ttspo" / "setup.py").exists()
     assert not (site / "ttspo" / "tests").exists()
@@ -128,7 +130,7 @@ def test_the_installed_ttspo_runs_outside_the_repo(installed, tmp_path):
 
     help_ = run([str(bin_ / "ttspo"), "--help"], work, env).stdout
     for command in ("prompts", "ingest", "score", "build", "export", "sql", "train", "generate",
-                    "compare", "rewards", "demo"):  # both halves' commands
+                    "compare", "rewards", "demo", "serve"):  # both halves' commands
         assert f"\n  {command} " in help_, command
 
     corpus = make_nemo_run(tmp_path, n_prompts=6, group_size=4, ranks=2)

@@ -21,7 +21,7 @@ BUILD_COLUMNS = ["set", "version", "recipe", "pairs", "train", "val", "groups", 
 def recipes(recipe: str | None, fmt: str) -> None:
     """List the built-in recipes, or the parameters of RECIPE.
 
-    RECIPE is a built-in name (pareto, best_worst) or a path ending in .sql.
+    RECIPE is a built-in name (pareto, best_worst, refine) or a path ending in .sql.
     """
     from ttspo.builder.api import recipes as listing
 
@@ -44,7 +44,7 @@ def build(ctx: click.Context, *, recipe: str, name: str, params: tuple[str, ...]
           runs: tuple[str, ...], fmt: str) -> None:
     """Run RECIPE and write its pairs as a new version of preference set NAME.
 
-    RECIPE is a built-in (pareto, best_worst; see `ttspo recipes`) or a path
+    RECIPE is a built-in (pareto, best_worst, refine; see `ttspo recipes`) or a path
     ending in .sql: one DuckDB SELECT over the store's views returning at least
     prompt_id, group_id, chosen_id, rejected_id, chosen_reward, rejected_reward
     and split. The output is checked (chosen reward 1, rejected reward < 1, no

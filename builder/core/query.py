@@ -56,10 +56,18 @@ class Session:
         self.sources[view] = (raw, cols)
 
 
+# Macros (sql/macros.sql) that read views by their default names: a query calling one
+# reads those views (they are opened for it and pinned in its lineage).
+MACRO_READS = {"label_agreement": ("labels", "generations"), "label_choices": ("labels",)}
+
+
 def mentions(sql: str, name: str) -> bool:
     """Whether SQL names NAME outside comments (as a whole word, not NAME@...), in
-    any letter case (DuckDB's names are case-insensitive: FROM Generations reads it)."""
-    return re.search(rf'(?<![\w@]){re.escape(name)}(?![\w@])', strip_comments(sql), re.I) is not None
+    any letter case (DuckDB's names are case-insensitive: FROM Generations reads it),
+    or calls a macro that reads NAME (MACRO_READS)."""
+    text = strip_comments(sql)
+    word = lambda w: re.search(rf'(?<![\w@]){re.escape(w)}(?![\w@])', text, re.I) is not None
+    return word(name) or any(name in reads and word(macro) for macro, reads in MACRO_READS.items())
 
 
 SQL_TOKENS = re.compile(r"""('(?:[^']|'')*')|("(?:[^"]|"")*")|--[^\n]*|/\*.*?\*/""", re.S)
@@ -144,6 +152,11 @@ def _register(session: Session, view: str, ds) -> None:
     session._define(view, raw, view_columns(ds.schema))
     session.versions[view] = ds.version
     session.datasets[view] = ds
+
+
+def register_view(session: Session, view: str, ds) -> None:
+    """Add VIEW (a Lance dataset DS) to an open SESSION."""
+    _register(session, view, ds)
 
 
 def refs_in(sql: str) -> list[str]:

@@ -75,8 +75,69 @@ def diff_sets(store: Store, a: SetVersion, b: SetVersion) -> dict[str, Any]:
     return {
         "kind": "set", "a": _describe_set(a), "b": _describe_set(b),
         "pairs": totals, "by_split": by_split,
-        "changes": _build_changes(a, b), "metrics": metrics,
+        "changes": _build_changes(a, b), "metrics": metrics, "reasons": reasons(store, a, b),
     }
+
+
+# ----------------------------------------------------------------- reasons
+REVIEW_INPUTS = ("pair_dynamics", "labels")
+
+
+def reasons(store: Store, a: SetVersion, b: SetVersion) -> list[dict[str, Any]]:
+    """Why pairs left or joined, when B was built from what review found: B's build
+    pinned pair_dynamics and/or labels (sql/refine.sql). Each removed pair gets the
+    first reason that holds at those pinned versions: a label chose its rejected, run
+    R (B's `run` parameter) never ranked it right; each added pair: a label chose it.
+    Anything else is "other". [] when B pins neither table."""
+    pinned = {t: b.record.inputs[t] for t in REVIEW_INPUTS if t in b.record.inputs}
+    if not pinned:
+        return []
+    from ttspo.builder.core import query
+
+    session = query.open_session(store, [f"{t}@{v}" for t, v in pinned.items()], [])
+    con = session.con
+    try:
+        cols = [PAIR.pair_id, PAIR.chosen_id, PAIR.rejected_id]
+        con.register("__a", a.rows(cols))
+        con.register("__b", b.rows(cols))
+        run = b.record.params.get("run")
+        tests = {"removed": [], "added": []}
+        if "labels" in pinned:
+            labels = f"label_choices(lab := 'labels@{pinned['labels']}')"
+            match = (f"EXISTS (SELECT 1 FROM {labels} j WHERE j.chosen_id = p.{{0}} "
+                     f"AND j.other_id = p.{{1}})")
+            tests["removed"].append((f"a label chose its rejected (labels@{pinned['labels']})",
+                                     match.format(PAIR.rejected_id, PAIR.chosen_id)))
+            tests["added"].append((f"a label chose it (labels@{pinned['labels']})",
+                                   match.format(PAIR.chosen_id, PAIR.rejected_id)))
+        if "pair_dynamics" in pinned and isinstance(run, str) and run:
+            dyn = f"pair_dynamics@{pinned['pair_dynamics']}"
+            tests["removed"].append((
+                f"never learned in run {run} ({dyn})",
+                f"p.{PAIR.pair_id} IN (SELECT pair_id FROM never_learned_pairs("
+                f"'{dyn}', {_literal(run)}))"))
+        out = []
+        for change, (mine, other) in (("removed", ("__a", "__b")), ("added", ("__b", "__a"))):
+            out += _attributed(con, change, mine=mine, other=other, tests=tests[change])
+        return out
+    finally:
+        con.close()
+
+
+def _attributed(con, change: str, *, mine: str, other: str,
+                tests: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Counts of MINE's pairs that OTHER lacks, by the first of TESTS that holds."""
+    case = " ".join(f"WHEN {cond} THEN {_literal(why)}" for why, cond in tests)
+    reason = f"CASE {case} ELSE 'other' END" if tests else "'other'"
+    rows = _rows(con, f"""
+        SELECT {reason} AS reason, count(*) AS pairs
+        FROM {mine} p WHERE p.{PAIR.pair_id} NOT IN (SELECT {PAIR.pair_id} FROM {other})
+        GROUP BY ALL ORDER BY pairs DESC, reason""")
+    return [{"change": change, **r} for r in rows]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _describe_set(sv: SetVersion) -> dict[str, Any]:
@@ -208,6 +269,8 @@ def render_text(result: dict[str, Any]) -> str:
         p = result["pairs"]
         lines.append(f"pairs: {p['added']} added, {p['removed']} removed, {p['kept']} kept "
                      f"({p['changed_split']} changed split)")
+        if result.get("reasons"):
+            lines.append(why_line(result["reasons"]))
         table = render_table(result["by_split"], ["split", "record_type", "added", "removed", "kept"])
     else:
         r = result["rows"]
@@ -217,6 +280,11 @@ def render_text(result: dict[str, Any]) -> str:
     metrics = render_table(result["metrics"], ["metric", "a_mean", "b_mean", "mean_shift",
                                                "a_median", "b_median"])
     return "\n".join(lines) + "\n\n" + table + "\n" + metrics
+
+
+def why_line(found: list[dict[str, Any]]) -> str:
+    """``why: removed 3 never learned in run R (pair_dynamics@5); added 2 ...``"""
+    return "why: " + "; ".join(f"{r['change']} {r['pairs']} {r['reason']}" for r in found)
 
 
 def _short(value: Any) -> str:

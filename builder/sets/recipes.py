@@ -36,13 +36,20 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-from ttspo.builder.core.errors import InputError, QueryError, RecipeError, first_line
+from ttspo.builder.core.errors import InputError, QueryError, RecipeError, StoreError, first_line
 from ttspo.builder.core.params import parse_assignments, typed_param  # noqa: F401 (re-exported)
 from ttspo.builder.core.schemas import GEN, PAIR, PAIR_REQUIRED, PREFERENCES_SCHEMA
 from ttspo.builder.sets.recipe_cache import cache_region, checked_generations, with_cached_region
 
 PARAM_LINE = re.compile(r"^--\s*param\s+([A-Za-z_]\w*)\s*=\s*(\S+)\s*(.*)$")
 PLACEHOLDER = re.compile(r"\$([A-Za-z_]\w*)")
+# A parameter naming a table: FROM query_table($base), with --param base=prefs@3. Its
+# value is registered as a view and pinned in the build's lineage like a named table.
+TABLE_PARAM = re.compile(r"query_table\(\s*\$([A-Za-z_]\w*)\s*\)", re.I)
+# Tables that exist only once something wrote them (a DPO run, `ttspo serve`'s labels):
+# a recipe reading one that is missing is one line saying where it comes from.
+REVIEW_TABLES = {"pair_dynamics": "a DPO run writes it (train.pair_dynamics=true)",
+                 "labels": "`ttspo serve` or a scripted labeler writes it"}
 
 
 @dataclass(frozen=True)
@@ -166,14 +173,19 @@ def run_recipe(store, recipe: Recipe, params: dict[str, Any] | None = None,
                runs: Sequence[str] = (), *, session=None) -> RecipeOutput:
     """Run RECIPE over the store, complete and check its output. Writes nothing."""
     from ttspo.builder.core import query
+    from ttspo.builder.core.store import parse_ref
 
     values = resolve_params(recipe, params)
     query.check_read_only(recipe.sql)
+    tables = table_params(store, recipe, values)
+    missing_review_tables(store, recipe)
     own = session is None
     # generations (the checks read it) and the tables the recipe names: a store with
     # many sets opens just those
-    session = session or query.open_session(store, query.refs_in(recipe.sql), [
+    session = session or query.open_session(store, query.refs_in(recipe.sql) + sorted(tables), [
         t for t in store.tables() if t == "generations" or query.mentions(recipe.sql, t)])
+    for ref in sorted(set(tables) - set(session.versions)):  # a session passed in
+        query.register_view(session, ref, store.open(*parse_ref(ref)))
     try:
         if "generations" not in session.versions:
             raise InputError(f"store {store.root} has no generations table")
@@ -186,10 +198,46 @@ def run_recipe(store, recipe: Recipe, params: dict[str, Any] | None = None,
         # (comments left out: a recipe that merely mentions a table did not read it)
         inputs = session.inputs_for(recipe.sql)
         inputs["generations"] = session.versions["generations"]
+        for ref in sorted(tables):  # a table parameter's version, as a named table's
+            name, version = parse_ref(ref)[0], session.versions[ref]
+            inputs[name if inputs.get(name, version) == version else f"{name}@{version}"] = version
     finally:
         if own:
             session.con.close()
     return RecipeOutput(table, inputs, values, seconds)
+
+
+def table_params(store, recipe: Recipe, values: dict[str, Any]) -> list[str]:
+    """The table refs the recipe's table parameters name (query_table($name)), checked."""
+    from ttspo.builder.core.query import strip_comments
+    from ttspo.builder.core.store import parse_ref
+
+    refs = []
+    for name in sorted(set(TABLE_PARAM.findall(strip_comments(recipe.sql, strings=True)))):
+        ref = values.get(name)
+        if not isinstance(ref, str) or not ref:
+            raise InputError(f"recipe {recipe.name}: --param {name} names a table "
+                             f"(NAME, NAME@VERSION or NAME@TAG), not {ref!r}")
+        table, version = parse_ref(ref)
+        if not store.exists(table):
+            raise InputError(f"recipe {recipe.name}: --param {name}={ref}: store {store.root} "
+                             f"has no table {table!r}")
+        try:
+            store.open(table, version)
+        except StoreError as exc:
+            raise InputError(f"recipe {recipe.name}: --param {name}={ref}: {exc}") from None
+        refs.append(ref)
+    return refs
+
+
+def missing_review_tables(store, recipe: Recipe) -> None:
+    """One line when the recipe reads pair_dynamics or labels and the store has none."""
+    from ttspo.builder.core.query import mentions
+
+    for table, source in REVIEW_TABLES.items():
+        if mentions(recipe.sql, table) and not store.exists(table):
+            raise InputError(f"recipe {recipe.name} reads {table}, which store {store.root} "
+                             f"does not have yet ({source})")
 
 
 def _execute(session, recipe: Recipe, values: dict[str, Any], store=None, *,

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from ttspo.trainer.demo import grpo as demo_grpo
 from ttspo.trainer.demo import loop as demo_loop
+from ttspo.trainer.demo import review as demo_review
 from ttspo.trainer.demo import sets as demo_sets
 from ttspo.trainer.demo import train as demo_train
 from ttspo.builder.core.errors import InputError
@@ -199,6 +200,7 @@ STEPS: list[tuple[str, Callable[[Demo], None]]] = [
     ("score", demo_sets.step_score),
     ("build", demo_sets.step_build),
     ("train", demo_train.step_train),
+    ("review", demo_review.step_review),
     ("rebuild", demo_sets.step_rebuild),
     ("grpo", demo_grpo.step_grpo),
     # last: its generated runs would otherwise be in the generations the rebuild reads

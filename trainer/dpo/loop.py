@@ -34,6 +34,7 @@ from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.trainer.run import checkpoints as ckpt
 from ttspo.trainer.run import faults
+from ttspo.trainer.dpo import dynamics as D
 from ttspo.trainer.dpo import losses as L
 from ttspo.trainer.run.config import BEST_METRICS, Config, best_rule, check_codebooks
 from ttspo.trainer.run.config_rules import parse_terms
@@ -202,6 +203,15 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
             "set_version": pairs.set_version, "generations_version": pairs.generations_version,
             "prompts_version": pairs.prompts_version, "init_sha256": init_sha, "trainer": "dpo"}
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
+    # Pair dynamics: rows past the checkpoint resumed from go (the steps replay), and
+    # the rows through a step are committed before its checkpoint (trainer/dpo/dynamics.py).
+    run = D.run_name(store, out, master=c.master, enabled=cfg.train.pair_dynamics)
+    if resuming and cfg.train.pair_dynamics:
+        D.on_resume(store, run, checkpoint_step=start if latest is not None else None,
+                    lineage=lineage, master=c.master)
+    dyn = D.DynamicsWriter(store=store, run=run, set_name=pairs.set_name,
+                           set_version=pairs.set_version, lineage=lineage, master=c.master,
+                           enabled=cfg.train.pair_dynamics)
     saver = ckpt.Checkpointer(store=store, out=out, trainer="dpo", policy=policy,
                               optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
                               master=c.master, data_state=order.position, best_metric=best_metric,
@@ -211,7 +221,8 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
                        checkpoints=saver.rows)
 
     if start == 0 and len(val) and cfg.train.val_every:  # the baseline the run improves on
-        result.val = {"step": 0, **validate(policy, ref_model, cache, val, cfg=cfg, c=c)}
+        result.val = {"step": 0, **validate(policy, ref_model, cache, val, cfg=cfg, c=c,
+                                            record=dyn.recorder(val, step=0, epoch=0))}
         log.log(0, {k: v for k, v in result.val.items() if k != "step"})
     bar = _progress(range(start, cfg.train.max_steps), c, cfg)
     batches = step_batches(train, order, c.rank, start=start, stop=cfg.train.max_steps,
@@ -219,19 +230,21 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
     for step in bar:
         began = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
-        micro = next(batches)
+        micro, done = next(batches), step + 1
+        epoch = order.position(step)["epoch"]
         for a, (idx, codes) in enumerate(micro):
             sync = a == len(micro) - 1
+            values: dict[str, torch.Tensor] | None = {} if dyn.enabled else None
             with (contextlib.nullcontext() if sync or not c.ddp else model.no_sync()):
                 with autocast(cfg, c):
                     loss, metrics = pair_step(model, policy, ref_model, cache, pairs=train,
-                                              idx=idx, cfg=cfg, codes=codes)
+                                              idx=idx, cfg=cfg, codes=codes, values=values)
+                dyn.add_pairs(train, idx, step=done, epoch=epoch, split="train", values=values)
                 saver.check_loss(step, all_mean(loss.detach().float().reshape(1), c))
                 (loss / len(micro)).backward()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v / len(micro)
         grad_norm, lr = optimizer_step(policy, optimizer, scheduler, cfg)
-        done = step + 1
         keys = sorted(sums)
         means = all_mean(torch.stack([sums[k].float() for k in keys]), c).tolist()
         metrics = dict(zip(keys, means), lr=lr, grad_norm=float(grad_norm),
@@ -246,9 +259,12 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
         val_metrics: dict[str, float] = {}
         if len(val) and cfg.train.val_every and (done % cfg.train.val_every == 0
                                                  or done == cfg.train.max_steps):
-            val_metrics = validate(policy, ref_model, cache, val, cfg=cfg, c=c)
+            val_metrics = validate(policy, ref_model, cache, val, cfg=cfg, c=c,
+                                   record=dyn.recorder(val, step=done, epoch=epoch))
             log.log(done, val_metrics)
             result.val = {"step": done, **val_metrics}
+        if D.checkpoint_due(done, every=cfg.train.checkpoint_every, max_steps=cfg.train.max_steps):
+            dyn.commit(done)  # first: a checkpoint at S means the rows through S are stored
         saver.after_step(done, val_metrics, max_steps=cfg.train.max_steps,
                          every=cfg.train.checkpoint_every)
         result.steps = done
@@ -268,9 +284,11 @@ def _progress(steps: range, c: Compute, cfg: Config) -> Any:
 
 
 def pair_step(model, policy, ref_model, cache: RefCache | None, *, pairs: Pairs, idx,
-              cfg: Config, codes=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              cfg: Config, codes=None, values: dict | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss and metrics of one micro-batch: ONE policy forward over chosen + rejected.
-    CODES: the micro-batch's codes read ahead (streaming); read here if not."""
+    CODES: the micro-batch's codes read ahead (streaming); read here if not. VALUES, when
+    given, receives the per-pair margin, correct and loss (trainer/dpo/dynamics.py)."""
     w = cfg.loss.codebook_weights
     if codes is None and pairs.codes is not None:  # streaming: read once for both forwards
         codes = pairs.read_codes(idx)
@@ -298,6 +316,8 @@ def pair_step(model, policy, ref_model, cache: RefCache | None, *, pairs: Pairs,
         loss = loss + out.alignment
     chosen, rejected = L.implicit_rewards(x, cfg.loss.beta)
     margin = chosen - rejected
+    if values is not None:
+        values.update(D.pair_values(x, cfg))
     metrics = {**parts, "loss/total": loss.detach(),
                "rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
                "rewards/margins": margin.mean(), "rewards/accuracies": L.accuracy(x).mean(),
@@ -307,8 +327,10 @@ def pair_step(model, policy, ref_model, cache: RefCache | None, *, pairs: Pairs,
 
 
 @torch.no_grad()
-def validate(policy, ref_model, cache, val: Pairs, *, cfg: Config, c: Compute) -> dict[str, float]:
-    """Loss, preference accuracy and reward margin over the val split (every rank a shard)."""
+def validate(policy, ref_model, cache, val: Pairs, *, cfg: Config, c: Compute,
+             record: Callable | None = None) -> dict[str, float]:
+    """Loss, preference accuracy and reward margin over the val split (every rank a shard).
+    RECORD(idx, per-pair values), when given, gets each batch's pairs (pair dynamics)."""
     policy.eval()
     mine = shard(len(val), c.rank, c.world_size)
     sums = torch.zeros(4, dtype=torch.float64)
@@ -316,7 +338,11 @@ def validate(policy, ref_model, cache, val: Pairs, *, cfg: Config, c: Compute) -
     for start in range(0, len(mine), size):
         idx = mine[start:start + size]
         with autocast(cfg, c):
-            loss, m = pair_step(policy, policy, ref_model, cache, pairs=val, idx=idx, cfg=cfg)
+            values: dict[str, torch.Tensor] | None = {} if record else None
+            loss, m = pair_step(policy, policy, ref_model, cache, pairs=val, idx=idx, cfg=cfg,
+                                values=values)
+        if record:
+            record(idx, values)
         n = len(idx)
         sums += torch.tensor([float(loss) * n, float(m["rewards/accuracies"]) * n,
                               float(m["rewards/margins"]) * n, n], dtype=torch.float64)

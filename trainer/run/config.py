@@ -101,6 +101,8 @@ class TrainConfig:
     require_ref_cache: bool = False  # stop unless precompute-ref made this set's reference
     progress: bool = True  # tqdm bar on rank 0
     tensorboard: bool = True
+    # DPO: every pair's margin per epoch and per validation into `pair_dynamics`
+    pair_dynamics: bool = True
 
 
 @dataclass(kw_only=True)
@@ -210,6 +212,7 @@ RULES: dict[str, Rule] = {
     "train.require_ref_cache": BOOL,
     "train.progress": BOOL,
     "train.tensorboard": BOOL,
+    "train.pair_dynamics": BOOL,
     "grpo.prompts": Free("prompts[@VERSION|@TAG] (checked as the prompts load)"),
     "grpo.where": Free("a DuckDB condition on prompts, or null (checked as the prompts load)"),
     "grpo.val_prompts": AT_LEAST_0,

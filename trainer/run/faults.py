@@ -21,6 +21,8 @@ The moments, in the order a save passes them (trainer/run/checkpoints.py, runs.p
     after_row         its `checkpoints` row committed
     mid_metrics_line  half of a metrics.jsonl line written (a full disk, a power cut)
     mid_lineage_line  half of a lineage.jsonl line written
+    after_dynamics    DPO: pair_dynamics rows through the step committed, before any
+                      save of that step (trainer/dpo/dynamics.py)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ttspo.builder.core.errors import ConfigError
 ENV = "TTSPO_FAULT"
 MOMENTS = ("before_tmp", "after_policy", "after_state", "after_meta", "after_rows_removed",
            "after_set_aside", "after_rename", "after_link", "after_row", "mid_metrics_line",
-           "mid_lineage_line")
+           "mid_lineage_line", "after_dynamics")
 
 
 def _armed() -> tuple[str, str | None] | None:

@@ -30,7 +30,9 @@ LINEAGE_FILE = "lineage.jsonl"  # one line per start or resume: step and lineage
 RESUMABLE = ("train.max_steps", "train.progress", "train.tensorboard", "train.log_every",
              "train.val_every", "train.checkpoint_every", "train.best_metric", "train.best_mode",
              # the loader and its read-ahead: same batches, same losses either way
-             "data.loader", "data.workers", "data.prefetch_batches")
+             "data.loader", "data.workers", "data.prefetch_batches",
+             # what the run records of each pair (pair_dynamics), not what it computes
+             "train.pair_dynamics")
 # Config keys added after run folders were made, each with the value that computes what
 # those folders' runs computed: a folder whose run.json lacks the key holds that value.
 ADDED = {"loss.length_normalize": False, "data.eos_target": "always"}
