@@ -10,8 +10,8 @@ trained policy, and the paired differences of their lengths, read with SQL from
 swap anywhere in the data path, or a sign error in a loss, moves the policy the other
 way and fails. GRPO with the ``length`` reward must raise its held-out mean reward
 (paired by seed too; a sign error in the advantage lowers it). Read with SQL: ``ttspo
-compare --metric codes_len`` once compare takes any column. Slow: fixed seeds, each
-25-45 s of CPU on this machine.
+compare --metric codes_len`` once compare takes any column. Slow: fixed seeds; the
+file 54 s of CPU on 2 cores, one test alone 25-40 s (docs/vs-nemo.md).
 """
 
 from __future__ import annotations
