@@ -2,13 +2,16 @@
 pairs/s of a DPO step with each loader.
 
     .venv/bin/python bench/dpo_data.py [--sizes 10000,50000] [--runs 5] [--steps 30] [--skip-memory-part] [--skip-step-part]
+        [--modes memory,stream] [--baseline CHECKOUT]
 
 Part 1, for each size N: a synthetic store of 2N generations (8 codebooks x 100
 frames of int16 codes, groups of 2: one chosen and one rejected) and a Pareto set
 of N pairs. In a fresh process each: ``load_pairs`` in memory (every codes array
 read), and ``load_pairs(stream=True)`` plus 100 micro-batches of 4 pairs read by a
 spawned worker (trainer/dpo/stream.py). Peak RSS (VmHWM) of the process and of
-its reader worker, and wall time.
+its reader worker, wall time, and the bytes the loaded pairs hold per pair (numpy
+arrays and Python objects, each once). ``--baseline CHECKOUT``: the same runs with
+another checkout's code (before/after in one run, on the same stores).
 
 Part 2: ``train_dpo`` of a small tiny policy (d_model 32; a tiny step makes the
 data path's share the largest), 4 pairs per step, reference free (no cache key to
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -80,8 +84,31 @@ def child_load(root: str, mode: str) -> None:
             assert len(micro[0][1][0]) == 4
             worker = worker_peak_mb() if k == 98 else worker
     print(json.dumps({"load_s": loaded, "total_s": time.perf_counter() - began,
-                      "rss_mb": peak_mb("self"),
+                      "rss_mb": peak_mb("self"), "held_bytes": held_bytes(pairs),
                       "imports_mb": imports, "worker_rss_mb": worker}))
+
+
+def held_bytes(pairs) -> int:
+    """What the loaded Pairs object keeps: numpy arrays' bytes and Python objects'
+    sizes, each object once (shared rows, interned strings), through lists, tuples and
+    dicts (and an object's attributes); Arrow arrays by their buffers; not its codes
+    reader (a store path and a version)."""
+    seen, total = set(), 0
+    todo = [v for k, v in vars(pairs).items() if k != "codes"]
+    while todo:
+        x = todo.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        arrays = (np.ndarray, pa.Array, pa.ChunkedArray)
+        total += x.nbytes + 112 if isinstance(x, arrays) else sys.getsizeof(x)
+        if hasattr(x, "__dict__") and not isinstance(x, arrays):  # PairIds: its Arrow array
+            todo.extend(vars(x).values())
+        if isinstance(x, (list, tuple)):
+            todo.extend(x)
+        elif isinstance(x, dict):
+            todo.extend([*x.keys(), *x.values()])
+    return total
 
 
 def peak_mb(pid: str) -> float:
@@ -99,22 +126,36 @@ def worker_peak_mb() -> float:
     return max((peak_mb(p) for p in pids), default=0.0)
 
 
-def measure(root: Path, mode: str) -> dict:
+def measure(root: Path, mode: str, code: Path | None = None) -> dict:
+    """One child run; CODE: a folder holding a link ``ttspo`` to another checkout
+    (the baseline) to import instead of this one."""
+    env = {**os.environ, **({"PYTHONPATH": str(code)} if code else {})}
     run = subprocess.run([sys.executable, __file__, "--child", str(root), mode],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def part1(sizes: list[int], tmp: Path) -> None:
-    print("| pairs | loader | load s | total s | peak RSS MB (after imports) | worker peak RSS MB |")
-    print("|---|---|---|---|---|---|")
+def baseline_link(checkout: str, tmp: Path) -> Path:
+    link = tmp / "baseline"
+    link.mkdir()
+    (link / "ttspo").symlink_to(Path(checkout).resolve())
+    return link
+
+
+def part1(sizes: list[int], tmp: Path, modes: list[str], baseline: str | None) -> None:
+    codes = [("this", None)] + ([("baseline", baseline_link(baseline, tmp))] if baseline else [])
+    print("| pairs | loader | code | load s | total s | peak RSS MB (after imports) | "
+          "worker peak RSS MB | Pairs held, bytes per pair |")
+    print("|---|---|---|---|---|---|---|---|")
     for n in sizes:
         make_store(tmp / f"s{n}", n)
-        for mode in ("memory", "stream"):
-            m = measure(tmp / f"s{n}", mode)
-            worker = f"{m['worker_rss_mb']:.0f}" if mode == "stream" else ""
-            print(f"| {n} | {mode} | {m['load_s']:.2f} | {m['total_s']:.2f} | "
-                  f"{m['rss_mb']:.0f} ({m['imports_mb']:.0f}) | {worker} |", flush=True)
+        for mode in modes:
+            for name, code in codes:
+                m = measure(tmp / f"s{n}", mode, code)
+                worker = f"{m['worker_rss_mb']:.0f}" if mode == "stream" else ""
+                print(f"| {n} | {mode} | {name} | {m['load_s']:.2f} | {m['total_s']:.2f} | "
+                      f"{m['rss_mb']:.0f} ({m['imports_mb']:.0f}) | {worker} | "
+                      f"{m['held_bytes'] / n:.0f} |", flush=True)
 
 
 def one_run(store, loader: str, out: Path, steps: int) -> float:
@@ -156,10 +197,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--skip-memory-part", action="store_true")
     ap.add_argument("--skip-step-part", action="store_true")
+    ap.add_argument("--modes", default="memory,stream", help="part 1's loaders")
+    ap.add_argument("--baseline", help="another checkout (e.g. `git archive main` unpacked) "
+                    "whose loaders part 1 also runs, on the same stores")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_memory_part:
-            part1([int(s) for s in args.sizes.split(",")], Path(tmp))
+            part1([int(s) for s in args.sizes.split(",")], Path(tmp), args.modes.split(","),
+                  args.baseline)
         if not args.skip_step_part:
             part2(args.runs, args.steps, Path(tmp))
 

@@ -228,13 +228,17 @@ class Store:
 
         return build_set(self.core, recipe, name, params, runs=runs, lineage=lineage)
 
-    def export_nemo(self, ref: str, *, out: str | os.PathLike, codes_dtype: str = "int32"):
+    def export_nemo(self, ref: str, *, out: str | os.PathLike, codes_dtype: str = "int32",
+                    copy_codes: bool = False):
         """Write set REF (NAME, NAME@VERSION, NAME@TAG) as NeMo DPO manifests in folder OUT,
-        every generation's codes as a CODES_DTYPE (int32 | int64) file under OUT/codes."""
+        naming every generation's codes as a CODES_DTYPE (int32 | int64) file in
+        STORE/codes (written once, by the first export that needs it). COPY_CODES: copy
+        them into OUT/codes and name the copies (a folder to move to another machine)."""
         from ttspo.builder.sets.export import export_nemo
 
         self._require()
-        return export_nemo(self.core, ref, self.check_output(out), codes_dtype=codes_dtype)
+        return export_nemo(self.core, ref, self.check_output(out), codes_dtype=codes_dtype,
+                           copy_codes=copy_codes)
 
     def export_trl(self, ref: str, *, out: str | os.PathLike):
         """Write set REF as OUT.parquet or OUT.jsonl, one row per pair."""
@@ -247,18 +251,26 @@ class Store:
     def compare(self, runs: Sequence[str], *, metrics: Sequence[str] | None = None,
                 seed: int = 0, n_boot: int = 1000, n_perm: int = 1000,
                 confidence: float = 0.95, generations: str = "generations",
-                plot: str | os.PathLike | None = None):
+                prompts: str | None = None, where: str | None = None,
+                plot: str | os.PathLike | None = None, summary: bool = False):
         """Each run after the first against the first, per metric and breakdown: a
         polars DataFrame from the compare_runs SQL macro (ttspo.builder.analysis.compare).
+        METRICS: registered names, or any numeric column as ``NAME:lower|higher``.
+        PROMPTS (a prompts version, e.g. ``prompts@test-clean``) and WHERE (a condition
+        on generations) narrow the rows to a test set. SUMMARY: instead, each run's mean
+        and bootstrap interval per metric (the run_summary macro: a paper's table).
         PLOT: also draw the per-prompt differences to that PNG file."""
         from ttspo.builder.analysis import compare as c
 
         self._require()
+        test_set = dict(generations=generations, prompts=prompts, where=where)
+        if summary:
+            return c.run_summaries(self.core, runs, metrics=metrics, seed=seed, n_boot=n_boot,
+                                   confidence=confidence, **test_set)
         table = c.compare_runs(self.core, runs, metrics=metrics, seed=seed, n_boot=n_boot,
-                               n_perm=n_perm, confidence=confidence, generations=generations)
+                               n_perm=n_perm, confidence=confidence, **test_set)
         if plot is not None:
-            per_prompt = c.prompt_differences(self.core, runs, metrics=metrics,
-                                              generations=generations)
+            per_prompt = c.prompt_differences(self.core, runs, metrics=metrics, **test_set)
             c.plot_differences(per_prompt, self.check_output(plot))
         return table
 

@@ -14,6 +14,9 @@
 -- param cer_threshold = 0.02  keep a pair only if chosen CER < this
 -- param min_duration = 1.5    both generations last at least this many seconds
 -- param max_duration = 19.0   and at most this many seconds
+-- param max_trailing_silence = -1.0  chosen's trailing silence (s, the VAD's trail_silence)
+--                                    at most this, so silence cannot buy a better CER; <0: off
+-- param max_leading_silence = -1.0   the same for leading silence (lead_silence); <0: off
 -- param val_size = 0          pairs in the validation split (at most; whole val_by units)
 -- param val_by = pair         what val draws whole: pair (NeMo), group or prompt (no leak)
 -- param seed = 0              shuffle seed
@@ -42,6 +45,8 @@ with_chosen AS MATERIALIZED (
     FROM candidate_pairs cp JOIN points c ON c.k = cp.ck
     WHERE c.cer < $cer_threshold
       AND c.duration BETWEEN $min_duration AND $max_duration
+      AND silence_ok(c.trail_silence, $max_trailing_silence)
+      AND silence_ok(c.lead_silence, $max_leading_silence)
 ),
 pairs AS (
     SELECT c.generation_id || '>' || r.generation_id AS pair_id,

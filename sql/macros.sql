@@ -26,6 +26,9 @@ CREATE OR REPLACE MACRO nemo_rejected_reward(cer_z, sim_z) AS (
 -- A group (group_id) is skipped whole if any of its rows is invalid (NeMo's
 -- <INVALID>) or has a CER or SSIM that is missing or not finite (NeMo would crash
 -- or emit NaN). k (row) and gk (group) are compact integer keys, used only to join.
+-- silence_ok(value, limit): a recipe's validity limit on a VAD metric: a negative limit
+-- is off; otherwise the value must be known and at most the limit (unscored fails).
+CREATE OR REPLACE MACRO silence_ok(value, lim) AS (lim < 0 OR coalesce(value <= lim, false));
 CREATE OR REPLACE MACRO usable_points(gen) AS TABLE
 WITH
 usable_groups AS MATERIALIZED (
@@ -36,7 +39,8 @@ usable_groups AS MATERIALIZED (
        AND bool_and(coalesce(isfinite(cer) AND isfinite(ssim), false))
 )
 SELECT row_number() OVER () AS k, u.gk, g.generation_id, g.group_id, g.prompt_id, g.run,
-       g.record_type, g.sample_index, g.cer, g.ssim, g.duration
+       g.record_type, g.sample_index, g.cer, g.ssim, g.duration,
+       g.lead_silence, g.trail_silence  -- the VAD's (NULL until scored): recipe validity
 FROM query_table(gen) g JOIN usable_groups u USING (group_id);
 
 -- NeMo's rewards and a seeded train/val split, shared by the built-in recipes (and
@@ -99,40 +103,46 @@ SELECT * EXCLUDE (__unit, __drawn),
 FROM drawn;
 
 -- ------------------------------------------------------------ comparing runs
--- compare_prompts(gen, run_a, run_b): one row per metric and prompt that BOTH runs
--- have a value for (gen names a generations view: 'generations' or 'generations@12').
--- Each run's samples of a prompt are averaged first (rows NeMo marked invalid are
--- left out: their metrics are placeholders). diff = b - a. context: 'text' when the
--- prompt has a context text, else 'audio'. Means sum sorted lists: same bits always.
-CREATE OR REPLACE MACRO compare_prompts(gen, run_a, run_b) AS TABLE
+-- compare_prompts(gen, run_a, run_b [, metrics]): one row per metric and prompt that
+-- BOTH runs have a value for (gen names a generations view: 'generations' or
+-- 'generations@12'). metrics: the numeric columns to compare, by default every metric
+-- of the registry (builder/core/metrics.py; {{METRICS}} is filled in from it); any
+-- other numeric column works too (codes_len, duration). A listed column the view
+-- lacks (an older store) is left out. Each run's samples of a prompt are averaged
+-- first (rows NeMo marked invalid are left out: their metrics are placeholders).
+-- diff = b - a. context: 'text' when the prompt has a context text, else 'audio'.
+-- Means sum sorted lists: same bits always.
+CREATE OR REPLACE MACRO compare_prompts(gen, run_a, run_b, metrics := {{METRICS}}) AS TABLE
 WITH
 picked AS (
-    SELECT run, prompt_id, record_type,
-           CASE WHEN context_text IS NOT NULL THEN 'text' ELSE 'audio' END AS context,
-           cer, wer, ssim, pesq, squim
+    SELECT run AS __run, prompt_id AS __prompt_id, record_type AS __record_type,
+           CASE WHEN context_text IS NOT NULL THEN 'text' ELSE 'audio' END AS __context,
+           COLUMNS(lambda c: list_contains(metrics, c))::DOUBLE
     FROM query_table(gen)
     WHERE run IN (run_a, run_b) AND NOT invalid
 ),
 long AS (
-    UNPIVOT picked ON cer, wer, ssim, pesq, squim INTO NAME metric VALUE value
+    UNPIVOT picked ON COLUMNS(* EXCLUDE (__run, __prompt_id, __record_type, __context))
+    INTO NAME metric VALUE value
 ),
 per_prompt AS (
-    SELECT metric, prompt_id, min(record_type) AS record_type, min(context) AS context,
-           list_sum(list(value ORDER BY value) FILTER (WHERE run = run_a))
-               / count(value) FILTER (WHERE run = run_a) AS a,
-           list_sum(list(value ORDER BY value) FILTER (WHERE run = run_b))
-               / count(value) FILTER (WHERE run = run_b) AS b,
-           count(value) FILTER (WHERE run = run_a) AS samples_a,
-           count(value) FILTER (WHERE run = run_b) AS samples_b
+    SELECT metric, __prompt_id AS prompt_id, min(__record_type) AS record_type,
+           min(__context) AS context,
+           list_sum(list(value ORDER BY value) FILTER (WHERE __run = run_a))
+               / count(value) FILTER (WHERE __run = run_a) AS a,
+           list_sum(list(value ORDER BY value) FILTER (WHERE __run = run_b))
+               / count(value) FILTER (WHERE __run = run_b) AS b,
+           count(value) FILTER (WHERE __run = run_a) AS samples_a,
+           count(value) FILTER (WHERE __run = run_b) AS samples_b
     FROM long
     WHERE isfinite(value)
-    GROUP BY metric, prompt_id
+    GROUP BY metric, __prompt_id
 )
 SELECT run_a::VARCHAR AS run_a, run_b::VARCHAR AS run_b, metric, prompt_id, record_type, context,
        samples_a, samples_b, a, b, b - a AS diff
 FROM per_prompt
 WHERE samples_a > 0 AND samples_b > 0
-ORDER BY metric, prompt_id;
+ORDER BY list_position(metrics, metric), prompt_id;
 
 -- The seeded draw number J of replicate REPLICATE of the stream WHAT (see below).
 CREATE OR REPLACE MACRO replicate_key(what, seed, replicate) AS
@@ -150,10 +160,14 @@ CREATE OR REPLACE MACRO seeded_draw(key, j) AS hash(xor(key, hash(j)));
 -- Why two hashes: DuckDB's many-argument hash() combines its arguments' hashes so
 -- weakly that replicates come out as complements of each other; one string hash per
 -- replicate, then one integer hash per position, gives independent draws.
+-- metrics: as compare_prompts'; lower: the metrics where lower is better, neither:
+-- those with no better direction (the registry's by default: filled in from it).
 CREATE OR REPLACE MACRO compare_runs(gen, run_a, run_b, seed := 0, n_boot := 1000,
-                                     n_perm := 1000, confidence := 0.95) AS TABLE
+                                     n_perm := 1000, confidence := 0.95,
+                                     metrics := {{METRICS}}, lower := {{LOWER}},
+                                     neither := {{NEITHER}}) AS TABLE
 WITH
-per_prompt AS MATERIALIZED (SELECT * FROM compare_prompts(gen, run_a, run_b)),
+per_prompt AS MATERIALIZED (SELECT * FROM compare_prompts(gen, run_a, run_b, metrics := metrics)),
 sliced AS (
     SELECT metric, 'all' AS breakdown, 'all' AS slice, prompt_id, a, b, diff FROM per_prompt
     UNION ALL
@@ -191,7 +205,8 @@ perm AS (
     GROUP BY metric, breakdown, slice
 )
 SELECT run_a::VARCHAR AS run_a, run_b::VARCHAR AS run_b, s.metric,
-       CASE WHEN s.metric IN ('cer', 'wer') THEN 'lower' ELSE 'higher' END AS better,
+       CASE WHEN list_contains(lower, s.metric) THEN 'lower'
+            WHEN list_contains(neither, s.metric) THEN 'neither' ELSE 'higher' END AS better,
        s.breakdown, s.slice, s.n AS prompts,
        list_sum(s.av) / s.n AS mean_a, list_sum(s.bv) / s.n AS mean_b,
        list_sum(s.dv) / s.n AS diff, b.ci_low, b.ci_high,
@@ -199,7 +214,7 @@ SELECT run_a::VARCHAR AS run_a, run_b::VARCHAR AS run_b, s.metric,
 FROM slices s
 JOIN boot b USING (metric, breakdown, slice)
 JOIN perm p USING (metric, breakdown, slice)
-ORDER BY list_position(['cer', 'wer', 'ssim', 'pesq', 'squim'], s.metric),
+ORDER BY list_position(metrics, s.metric),
          list_position(['all', 'record_type', 'context'], s.breakdown), s.slice;
 
 -- ------------------------------------------------- pair dynamics and labels
@@ -269,34 +284,75 @@ WHERE choice IN ('a', 'b')
 GROUP BY ALL;
 
 -- label_agreement(): how often each metric prefers the generation people chose. One
--- row per metric (cer, wer: lower is better; ssim, pesq, squim: higher): n labeled
--- pairs (label_choices) whose two generations both have a finite value that differs,
--- agree those where the metric's better one is the chosen one, agree_share = agree / n
--- (NULL when n is 0). `ttspo sql "SELECT * FROM label_agreement()"`; the views may be
--- named: label_agreement(lab := 'labels@3', gen := 'generations@12').
-CREATE OR REPLACE MACRO label_agreement(lab := 'labels', gen := 'generations') AS TABLE
+-- row per registered metric (builder/core/metrics.py; its direction from there,
+-- metrics with no direction left out): n labeled pairs (label_choices) whose two
+-- generations both have a finite value that differs, agree those where the metric's
+-- better one is the chosen one, agree_share = agree / n (NULL when n is 0).
+-- `ttspo sql "SELECT * FROM label_agreement()"`; the views may be named:
+-- label_agreement(lab := 'labels@3', gen := 'generations@12').
+CREATE OR REPLACE MACRO label_agreement(lab := 'labels', gen := 'generations',
+                                        metrics := {{METRICS}}, lower := {{LOWER}},
+                                        neither := {{NEITHER}}) AS TABLE
 WITH
-judged AS (
-    SELECT c.cer AS c_cer, o.cer AS o_cer, c.wer AS c_wer, o.wer AS o_wer,
-           c.ssim AS c_ssim, o.ssim AS o_ssim, c.pesq AS c_pesq, o.pesq AS o_pesq,
-           c.squim AS c_squim, o.squim AS o_squim
-    FROM label_choices(lab := lab) l
-    JOIN query_table(gen) c ON c.generation_id = l.chosen_id
-    JOIN query_table(gen) o ON o.generation_id = l.other_id
+picked AS (
+    SELECT generation_id AS __id, COLUMNS(lambda c: list_contains(metrics, c)
+                                          AND NOT list_contains(neither, c))::DOUBLE
+    FROM query_table(gen)
 ),
 long AS (
-    SELECT 'cer' AS metric, -1 AS better, c_cer AS c, o_cer AS o FROM judged
-    UNION ALL SELECT 'wer', -1, c_wer, o_wer FROM judged
-    UNION ALL SELECT 'ssim', 1, c_ssim, o_ssim FROM judged
-    UNION ALL SELECT 'pesq', 1, c_pesq, o_pesq FROM judged
-    UNION ALL SELECT 'squim', 1, c_squim, o_squim FROM judged
+    UNPIVOT picked ON COLUMNS(* EXCLUDE (__id)) INTO NAME metric VALUE value
+),
+judged AS (
+    SELECT c.metric, CASE WHEN list_contains(lower, c.metric) THEN -1 ELSE 1 END AS better,
+           c.value AS c, o.value AS o
+    FROM label_choices(lab := lab) l
+    JOIN long c ON c.__id = l.chosen_id
+    JOIN long o ON o.__id = l.other_id AND o.metric = c.metric
 ),
 counted AS (
     SELECT metric,
            count(*) FILTER (WHERE isfinite(c) AND isfinite(o) AND c <> o) AS n,
            count(*) FILTER (WHERE isfinite(c) AND isfinite(o) AND sign(c - o) = better) AS agree
-    FROM long GROUP BY metric
+    FROM judged GROUP BY metric
 )
-SELECT metric, n, agree, CASE WHEN n > 0 THEN agree / n END AS agree_share
-FROM counted
-ORDER BY list_position(['cer', 'wer', 'ssim', 'pesq', 'squim'], metric);
+SELECT m.metric, coalesce(n, 0) AS n, coalesce(agree, 0) AS agree,
+       CASE WHEN n > 0 THEN agree / n END AS agree_share
+FROM (SELECT unnest(list_filter(metrics, lambda x: NOT list_contains(neither, x))) AS metric) m
+LEFT JOIN counted USING (metric)
+ORDER BY list_position(metrics, m.metric);
+
+-- run_summary(gen, run_name [, seed, n_boot, confidence, metrics, lower]): the table a
+-- paper reports for ONE run: per metric, the prompts with a value, the mean over
+-- prompts (a prompt's samples averaged first, as compare_prompts) and its seeded
+-- percentile bootstrap interval (prompts resampled). ttspo compare --summary calls it
+-- per run; restrict gen to a test set first (ttspo compare --prompts TAG / --where).
+CREATE OR REPLACE MACRO run_summary(gen, run_name, seed := 0, n_boot := 1000,
+                                    confidence := 0.95, metrics := {{METRICS}},
+                                    lower := {{LOWER}}, neither := {{NEITHER}}) AS TABLE
+WITH
+per_prompt AS MATERIALIZED (
+    SELECT metric, prompt_id, a AS value
+    FROM compare_prompts(gen, run_name, run_name, metrics := metrics)
+),
+slices AS MATERIALIZED (
+    SELECT metric, count(*) AS n, list(value ORDER BY prompt_id) AS v
+    FROM per_prompt GROUP BY metric
+),
+boot AS (
+    SELECT metric,
+           quantile_cont(m, (1 - confidence) / 2) AS ci_low,
+           quantile_cont(m, 1 - (1 - confidence) / 2) AS ci_high
+    FROM (SELECT s.metric,
+                 list_sum(list_transform(range(s.n),
+                     lambda j: s.v[(seeded_draw(r.key, j) % s.n)::BIGINT + 1])) / s.n AS m
+          FROM slices s,
+               (SELECT replicate_key('boot', seed, range) AS key FROM range(n_boot)) r)
+    GROUP BY metric
+)
+SELECT run_name::VARCHAR AS run, s.metric,
+       CASE WHEN list_contains(lower, s.metric) THEN 'lower'
+            WHEN list_contains(neither, s.metric) THEN 'neither' ELSE 'higher' END AS better,
+       s.n AS prompts, list_sum(s.v) / s.n AS mean, b.ci_low, b.ci_high
+FROM slices s
+JOIN boot b USING (metric)
+ORDER BY list_position(metrics, s.metric);

@@ -26,6 +26,9 @@
 -- param min_duration = 1.5    both generations last at least this many seconds
 -- param max_duration = 19.0   and at most this many seconds
 -- param num_chosen = 1        1: best vs worst; 2: best two x worst two (up to 4 pairs)
+-- param max_trailing_silence = -1.0  chosen's trailing silence (s, the VAD's trail_silence)
+--                                    at most this, so silence cannot buy a better CER; <0: off
+-- param max_leading_silence = -1.0   the same for leading silence (lead_silence); <0: off
 -- param val_size = 0          pairs in the validation split (at most; whole val_by units)
 -- param val_by = pair         what val draws whole: pair (NeMo), group or prompt (no leak)
 -- param seed = 0              shuffle seed
@@ -85,7 +88,8 @@ candidates AS MATERIALIZED (
 ),
 with_chosen AS MATERIALIZED (
     SELECT cp.rk, c.k AS c_k, c.generation_id AS c_id, c.prompt_id, c.group_id, c.run,
-           c.record_type, c.cer AS c_cer, c.ssim AS c_ssim, c.duration AS c_duration
+           c.record_type, c.cer AS c_cer, c.ssim AS c_ssim, c.duration AS c_duration,
+           c.lead_silence AS c_lead, c.trail_silence AS c_trail
     FROM candidates cp JOIN points c ON c.k = cp.ck
 ),
 candidate_pairs AS MATERIALIZED (
@@ -105,6 +109,7 @@ pairs AS (
     FROM candidate_pairs
     WHERE c_cer < $cer_threshold
       AND c_duration BETWEEN $min_duration AND $max_duration
+      AND silence_ok(c_trail, $max_trailing_silence) AND silence_ok(c_lead, $max_leading_silence)
       AND c_k <> r_k
       -- NeMo: never a pair whose rejected is better on a metric, nor a zero margin
       AND (r_cer - c_cer) + (c_ssim - r_ssim) > 0

@@ -4,6 +4,9 @@ cache, and a damaged, unwritable or outgrown cache costs time, never results."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from ttspo.builder.core.schemas import GEN
@@ -22,7 +25,8 @@ def rethreshold(store, out, threshold):
     result = export_nemo(store, "s", out)
     manifests = tuple((out / name).read_text().replace(str(out), "OUT")
                       for name in ("dpo_train_manifest.json", "dpo_val_manifest.json"))
-    codes = {p.name: p.read_bytes() for p in (out / "codes").iterdir()}
+    named = {json.loads(line)["target_audio_codes_path"] for text in manifests for line in text.splitlines()}
+    codes = {Path(p).name: Path(p).read_bytes() for p in named}  # in STORE/codes
     return open_set(store, "s").rows(), manifests, codes, result
 
 

@@ -15,7 +15,8 @@ import torch
 
 from ttspo.builder.core.lance_rows import ROW_ID, row_ids, take_rows
 from ttspo.builder.core.schemas import GEN
-from ttspo.trainer.dpo.data import PairOrder, collate_pairs, load_pairs
+from ttspo.trainer.dpo.data import PairOrder, load_pairs
+from ttspo.trainer.dpo.forward import collate_pairs
 from ttspo.trainer.dpo.loop import read_metrics, train_dpo
 from ttspo.trainer.dpo.stream import step_batches
 from ttspo.trainer.policy.base import load_policy
@@ -154,3 +155,105 @@ def test_reference_log_probs_of_streamed_pairs_equal_those_in_memory(store):
     stream = compute(policy, load_pairs(store, SET, stream=True), batch_pairs=16)
     for a, b in zip(memory, stream, strict=True):
         assert a.shape == (64, 8) and np.array_equal(a, b)
+
+
+def test_code_arrays_equal_numpy_of_the_lists():
+    import pyarrow as pa
+
+    from ttspo.trainer.dpo.data import code_arrays
+
+    kind = pa.list_(pa.list_(pa.int16()))
+    rows = [[[1, 2, 3], [4, 5, 6]], None, [], [[]], [[7], [8]], [[255, 0]]]
+    column = pa.chunked_array([pa.array(rows[:4], kind), pa.array(rows[4:], kind).slice(0)])
+    got = code_arrays(column)
+    for row, array in zip(rows, got, strict=True):
+        if not row or not row[0]:  # what CodesReader refuses as "no codes"
+            assert array is None
+        else:
+            assert array.dtype == np.int64 and np.array_equal(array, np.asarray(row))
+    sliced = code_arrays(pa.chunked_array([pa.array(rows, kind).slice(4, 2)]))
+    assert [a.tolist() for a in sliced] == rows[4:]
+    with pytest.raises(ValueError):  # ragged codebooks: numpy's own error, as before
+        code_arrays(pa.chunked_array([pa.array([[[1, 2], [3]]], kind)]))
+
+
+def test_streamed_pairs_hold_arrays_not_rows(store):
+    from ttspo.trainer.dpo.data import PairIds
+
+    memory = load_pairs(store, SET)
+    stream = load_pairs(store, SET, stream=True)
+    assert stream.chosen == stream.rejected == []  # text and codes come with the batch
+    assert stream.chosen_rowid.dtype == stream.rejected_rowid.dtype == np.int64
+    assert stream.prompt_index.dtype == np.int32 and len(stream.prompt_index) == len(stream)
+    assert isinstance(stream.pair_ids, PairIds) and list(stream.pair_ids) == list(memory.pair_ids)
+    train = stream.select("train")
+    assert isinstance(train.pair_ids, PairIds) and isinstance(train.pair_ids[2], str)
+    assert train.pair_ids[2] == memory.select("train").pair_ids[2]
+    # rows come with their prompt's context codes, as the in-memory loader's
+    idx = np.array([4, 0, 3])
+    for a, b in zip(memory.rows(idx)[1], stream.rows(idx)[1], strict=True):
+        assert set(a) == set(b) and a["text"] == b["text"]
+        assert (a["context_codes"] is None) == (b["context_codes"] is None)
+
+
+def test_an_epochs_order_is_drawn_once():
+    order = PairOrder(num_pairs=1000, pairs_per_device=4, grad_accum=2, seed=5)
+    perm = order.permutation(0)
+    assert order.permutation(0) is perm and not perm.flags.writeable
+    assert np.array_equal(perm, np.random.default_rng([5, 0]).permutation(1000))
+    first = order.micro_batches(0, 0)
+    assert np.array_equal(first[0], perm[:4]) and np.array_equal(first[1], perm[4:8])
+
+
+def test_streamed_contexts_equal_the_in_memory_ones_for_text_audio_and_codes_files(tmp_path):
+    """Every kind of context the loaders resolve (text; a codes file named by the
+    prompt; audio the codec encodes, once per file content), streamed as in memory."""
+    import pyarrow as pa
+    import soundfile as sf
+
+    from ttspo.builder.core.schemas import GENERATIONS_SCHEMA, PROMPT, PROMPTS_SCHEMA
+    from ttspo.builder.core.store import Store, make_lineage
+    from ttspo.builder.sets.build import build_set
+    from train_helpers import pattern_rows
+
+    wavs = [tmp_path / f"spk{k}.wav" for k in range(2)]
+    for k, wav in enumerate(wavs):
+        sf.write(wav, np.full(800, 0.1 * (k + 1), np.float32), 22050)
+    rows, prompts = pattern_rows(12, 8, 0), []
+    for r in rows:
+        g = int(r[GEN.prompt_id][1:])
+        codes_file = None
+        if g % 3:  # audio contexts; g % 3 == 2 also has a codes file
+            r[GEN.context_text], r[GEN.context_audio_filepath] = None, str(wavs[g % 2])
+        if g % 3 == 2:
+            codes_file = str(tmp_path / f"p{g}_codes.pt")
+            torch.save(torch.full((8, 2 + g), 100 + g, dtype=torch.int16), codes_file)
+        if r[GEN.sample_index] == 0:
+            prompts.append({PROMPT.prompt_id: r[GEN.prompt_id], PROMPT.text: r[GEN.text],
+                            PROMPT.context_type: "audio" if g % 3 else "text",
+                            PROMPT.context_audio_codes_path: codes_file})
+    store = Store(tmp_path / "store")
+    lineage = make_lineage("test", {})
+    store.write("prompts", pa.Table.from_pylist(prompts, schema=PROMPTS_SCHEMA), PROMPTS_SCHEMA, lineage)
+    store.write("generations", pa.Table.from_pylist(rows, schema=GENERATIONS_SCHEMA),
+                GENERATIONS_SCHEMA, lineage)
+    build_set(store, "pareto", SET, {"val_size": 4, "seed": 0})
+    calls = {"memory": 0, "stream": 0}
+
+    def encoder(loader):
+        def encode(audio, sr):
+            calls[loader] += 1
+            return np.full((8, 3), round(float(audio[0]) * 10), np.int64)
+        return encode
+
+    memory = load_pairs(store, SET, encode=encoder("memory"))
+    stream = load_pairs(store, SET, encode=encoder("stream"), stream=True)
+    assert calls == {"memory": 2, "stream": 2}  # two context files, each encoded once
+    idx = np.arange(len(memory))
+    kinds = set()
+    for side in (0, 1):
+        for a, b in zip(memory.rows(idx)[side], stream.rows(idx)[side], strict=True):
+            ctx = a["context_codes"]
+            kinds.add("text" if ctx is None else int(ctx[0, 0]))
+            assert (b["context_codes"] is None) if ctx is None else np.array_equal(ctx, b["context_codes"])
+    assert kinds == {"text", 1, 2, 102, 105, 108, 111}  # text, 2 wavs, 4 codes files

@@ -106,6 +106,9 @@ def test_dpo_pairs_say_which_sample_drew_eos(tmp_path, model):
     assert all(EOS_DRAWN not in r for r in nemo.chosen + nemo.rejected)
     assert [r[EOS_DRAWN] for r in on_policy.chosen] == [True] * 4
     assert [r[EOS_DRAWN] for r in on_policy.rejected] == [False] * 4
+    streamed = load_pairs(store, SET, eos_target="sampled", stream=True)  # rows read per batch
+    chosen, rejected = streamed.rows([0, 1, 2, 3])
+    assert [r[EOS_DRAWN] for r in chosen + rejected] == [True] * 4 + [False] * 4
     cfgs = [load_config(None, tiny_overrides(**{"data.eos_target": t})) for t in ("always", "sampled")]
     policy = make_policy("tiny", None, cfgs[0], 0).eval()
     with torch.no_grad():

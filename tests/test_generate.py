@@ -206,7 +206,7 @@ def test_cli_a_file_that_is_not_a_checkpoint_and_a_changed_run(tmp_path, checkpo
     assert not (tmp_path / "st" / "generations.lance").exists()
     ok = CliRunner().invoke(cli, cli_args(tmp_path / "st", checkpoint, "--format", "csv"))
     assert ok.exit_code == 0, ok.output
-    assert ok.output.splitlines()[0] == ("run,version,rows,prompts,already_there,ranks,"
+    assert ok.output.splitlines()[0] == ("run,version,rows,prompts,already_there,ranks,score_failed,"
                                          "sampling_s,decoding_s,scoring_s,writing_s")
     assert ok.output.splitlines()[1].startswith("r,1,2,1,0,1,")
     changed = CliRunner().invoke(cli, cli_args(tmp_path / "st", checkpoint, "--temperature", "0.5"))

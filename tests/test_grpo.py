@@ -42,12 +42,18 @@ def test_misspelt_nemo_key_is_an_error_naming_the_right_one(tmp_path):
 
 
 def test_bad_reward_weights_and_too_few_prompts_fail_cleanly(tmp_path):
+    from ttspo.trainer.grpo.rewards import RETIRED
+    from ttspo.trainer.run.config import REWARD_NAMES
+
     store = Store(tmp_path / "st")
     make_prompts(store, 2)
     result = train(store, tmp_path / "run", "grpo.rewards=wer=1")
     assert result.exit_code == 1
     assert result.output == ("Error: config grpo.rewards: unknown term 'wer' in 'wer=1' (did you "
-                             "mean 'cer'? choose cer, ssim, pesq, squim, utmos, length)\n")
+                             f"mean 'cer'? choose {', '.join(REWARD_NAMES)})\n")
+    result = train(store, tmp_path / "run", "grpo.rewards=utmos=1")  # retired: says what replaced it
+    assert result.exit_code == 1
+    assert result.output == f"Error: grpo.rewards: {RETIRED['utmos']}\n"
     result = train(store, tmp_path / "run", "grpo.prompts_per_step=3")
     assert result.output == ("Error: 2 training prompts, fewer than one step's 3 "
                              "(grpo.prompts_per_step x processes)\n")

@@ -239,7 +239,8 @@ def test_builtin_recipes_and_their_declared_parameters():
     pareto = recipes.load_recipe("pareto")
     assert {n: p.default for n, p in pareto.params.items()} == {
         "cer_threshold": 0.02, "min_duration": 1.5, "max_duration": 19.0,
-        "num_chosen": 1, "val_size": 0, "val_by": "pair", "seed": 0}
+        "num_chosen": 1, "max_trailing_silence": -1.0, "max_leading_silence": -1.0,
+        "val_size": 0, "val_by": "pair", "seed": 0}
     assert pareto.source == "sql/pareto.sql"
     assert len(pareto.sha256) == 64
 

@@ -141,3 +141,16 @@ def test_cli_precompute_ref_takes_the_config_and_overrides_of_train_dpo(store, t
         f"Error: {init}: a tiny policy of another size: d_model=32 (expected 64), "
         "n_heads=2 (expected 4), encoder_layers=1 (expected 2), decoder_layers=1 (expected 3), "
         "d_ffn=64 (expected 512), max_text_len=64 (expected 512), max_frames=32 (expected 1024)\n"))
+
+
+def test_cached_log_probs_are_read_from_the_flat_values_as_numpy_reads_the_lists():
+    from ttspo.trainer.dpo.ref import per_codebook
+
+    kind = pa.list_(pa.float32())
+    rows = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32).tolist()
+    column = pa.chunked_array([pa.array(rows[:2], kind), pa.array(rows[2:], kind).slice(1)])
+    expected = np.asarray(column.to_pylist(), dtype=np.float32)
+    got = per_codebook(column)
+    assert got.dtype == np.float32 and got.shape == (4, 8) and np.array_equal(got, expected)
+    with pytest.raises(ValueError):  # rows of unequal length: numpy's error, as before
+        per_codebook(pa.chunked_array([pa.array([[1.0, 2.0], [3.0]], kind)]))

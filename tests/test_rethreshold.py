@@ -137,25 +137,30 @@ def store(tmp_path):
     return s
 
 
+def export_copy(store, ref, out, **kw):
+    """An export with --copy-codes: the codes files copied into OUT/codes (the OUT index)."""
+    return export_nemo(store, ref, out, copy_codes=True, **kw)
+
+
 def stats(folder):
     return {p.name: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes()) for p in (folder / "codes").iterdir()}
 
 
 def test_a_second_export_into_the_same_out_keeps_identical_codes_files(store, tmp_path):
     build_set(store, "pareto", "a", {"cer_threshold": 0.008})  # 4 of the 5 groups
-    first = export_nemo(store, "a", tmp_path / "out")
-    assert (first.codes_written, first.codes_reused) == (8, 0)
+    first = export_copy(store, "a", tmp_path / "out")
+    assert (first.codes_copied, first.codes_reused) == (8, 0)
     before = stats(tmp_path / "out")
     session_cache.clear()  # a new session: the index on disk is what is trusted
-    again = export_nemo(store, "a", tmp_path / "out")
-    assert (again.codes_written, again.codes_reused) == (0, 8)
+    again = export_copy(store, "a", tmp_path / "out")
+    assert (again.codes_copied, again.codes_reused) == (0, 8)
     assert stats(tmp_path / "out") == before
     # a re-threshold: one more group; its generations' files written, the others kept
     build_set(store, "pareto", "b", {"cer_threshold": 0.02})
-    wider = export_nemo(store, "b", tmp_path / "out")
-    assert (wider.codes_written, wider.codes_reused) == (2, 8)
-    fresh = export_nemo(store, "b", tmp_path / "new")
-    assert (fresh.codes_written, fresh.codes_reused) == (wider.codes_written + wider.codes_reused, 0)
+    wider = export_copy(store, "b", tmp_path / "out")
+    assert (wider.codes_copied, wider.codes_reused) == (2, 8)
+    fresh = export_copy(store, "b", tmp_path / "new")
+    assert (fresh.codes_copied, fresh.codes_reused) == (wider.codes_copied + wider.codes_reused, 0)
     for name in ("dpo_train_manifest.json", "dpo_val_manifest.json"):
         kept = (tmp_path / "out" / name).read_text().replace(str(tmp_path / "out"), "OUT")
         assert kept == (tmp_path / "new" / name).read_text().replace(str(tmp_path / "new"), "OUT")
@@ -165,15 +170,15 @@ def test_a_second_export_into_the_same_out_keeps_identical_codes_files(store, tm
 
 def test_a_changed_deleted_or_touched_codes_file_is_written_again(store, tmp_path):
     build_set(store, "pareto", "a", {"cer_threshold": 0.02})
-    export_nemo(store, "a", tmp_path / "out")
+    export_copy(store, "a", tmp_path / "out")
     files = sorted((tmp_path / "out" / "codes").iterdir())
     good = {p.name: p.read_bytes() for p in files}
     torch.save(torch.zeros(2, 3, dtype=torch.int32), files[0])  # other codes, another size
     files[1].write_bytes(good[files[1].name][:-1] + b"\xff")  # same size, other bytes
     files[2].unlink()
     os.utime(files[3])  # touched only: rewritten too (the quick check cannot tell)
-    result = export_nemo(store, "a", tmp_path / "out")
-    assert (result.codes_written, result.codes_reused) == (4, len(files) - 4)
+    result = export_copy(store, "a", tmp_path / "out")
+    assert (result.codes_copied, result.codes_reused) == (4, len(files) - 4)
     assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "codes").iterdir()} == good
 
 
@@ -182,13 +187,13 @@ def test_a_rewrite_is_a_new_file_renamed_into_place(store, tmp_path):
     the old bytes (so a concurrent writer's bytes can never sit under this
     export's recorded stat), and no temporary file is left behind."""
     build_set(store, "pareto", "a", {"cer_threshold": 0.02})
-    export_nemo(store, "a", tmp_path / "out")
+    export_copy(store, "a", tmp_path / "out")
     path = sorted((tmp_path / "out" / "codes").iterdir())[0]
     old = path.read_bytes()
     os.link(path, tmp_path / "old-link")
     write_generations(store, gen_rows(BASIC), codes=lambda i: codes_of(i + 100, frames=2))
     build_set(store, "pareto", "a", {"cer_threshold": 0.02})
-    export_nemo(store, "a", tmp_path / "out")
+    export_copy(store, "a", tmp_path / "out")
     assert (tmp_path / "old-link").read_bytes() == old != path.read_bytes()
     assert not [p for p in (tmp_path / "out" / "codes").iterdir() if p.suffix == ".tmp"]
 
@@ -196,29 +201,29 @@ def test_a_rewrite_is_a_new_file_renamed_into_place(store, tmp_path):
 @pytest.mark.parametrize("entry", [{}, [], 5, "x", [None, 1, 2, 3]])
 def test_an_index_entry_it_cannot_read_means_the_file_is_written_again(store, tmp_path, entry):
     build_set(store, "pareto", "a", {"cer_threshold": 0.02})
-    first = export_nemo(store, "a", tmp_path / "out")
+    first = export_copy(store, "a", tmp_path / "out")
     index_path = tmp_path / "out" / ".ttspo-codes.json"
     index = json.loads(index_path.read_text())
     name = sorted(index["files"])[0]
     index["files"][name] = entry
     index_path.write_text(json.dumps(index))
     session_cache.clear()
-    again = export_nemo(store, "a", tmp_path / "out")
-    assert (again.codes_written, again.codes_reused) == (1, first.codes_written - 1)
+    again = export_copy(store, "a", tmp_path / "out")
+    assert (again.codes_copied, again.codes_reused) == (1, first.codes_copied - 1)
 
 
 def test_new_codes_for_the_same_generation_ids_are_written(store, tmp_path):
     build_set(store, "pareto", "a", {"cer_threshold": 0.02})
-    export_nemo(store, "a", tmp_path / "out")
+    export_copy(store, "a", tmp_path / "out")
     write_generations(store, gen_rows(BASIC), codes=lambda i: codes_of(i + 100, frames=2))  # version 2
     build_set(store, "pareto", "a", {"cer_threshold": 0.02})
-    result = export_nemo(store, "a", tmp_path / "out")
-    assert (result.codes_written, result.codes_reused) == (10, 0)
+    result = export_copy(store, "a", tmp_path / "out")
+    assert (result.codes_copied, result.codes_reused) == (10, 0)
     for line in (tmp_path / "out" / "dpo_train_manifest.json").read_text().splitlines():
         record = json.loads(line)
         i = int(record["generation_id"].split(":")[1])
         assert torch.load(record["target_audio_codes_path"]).tolist() == codes_of(i + 100, frames=2)
-    export_nemo(store, "a@1", tmp_path / "out")  # and back: the old set's codes
+    export_copy(store, "a@1", tmp_path / "out")  # and back: the old set's codes
     record = json.loads((tmp_path / "out" / "dpo_train_manifest.json").read_text().splitlines()[0])
     i = int(record["generation_id"].split(":")[1])
     assert torch.load(record["target_audio_codes_path"]).tolist() == codes_of(i)
@@ -261,7 +266,7 @@ def test_a_new_generations_version_or_a_rebuilt_store_never_hits_an_old_entry(st
     assert record.inputs["generations"] == 2
     assert second.equals(truth) and not second.equals(first)
     assert "r:0" not in second.column(PAIR.chosen_id).to_pylist()
-    export_nemo(store, "s", tmp_path / "o")
+    export_copy(store, "s", tmp_path / "o")
     # the same path, the same version numbers, other content: deleted and built again
     shutil.rmtree(store.root)
     again = Store(store.root)
@@ -269,9 +274,9 @@ def test_a_new_generations_version_or_a_rebuilt_store_never_hits_an_old_entry(st
     rebuilt, _, _ = built(again, "s", {"cer_threshold": 0.1})
     with session_cache.disabled():
         truth, _, _ = built(again, "t", {"cer_threshold": 0.1})
-        export_nemo(again, "t", tmp_path / "truth")
+        export_copy(again, "t", tmp_path / "truth")
     assert rebuilt.equals(truth)
-    export_nemo(again, "s", tmp_path / "o")
+    export_copy(again, "s", tmp_path / "o")
     for name in ("dpo_train_manifest.json", "dpo_val_manifest.json"):
         assert (tmp_path / "o" / name).read_text().replace(str(tmp_path / "o"), "OUT") == (
             tmp_path / "truth" / name).read_text().replace(str(tmp_path / "truth"), "OUT")

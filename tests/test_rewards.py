@@ -45,15 +45,48 @@ def test_ssim_reward_clamped_to_best_achievable():
 
 def test_quality_and_length_rewards():
     df = frame(["g"] * 3, [0.0] * 3, codes_len=[20, 15, 45], pesq=[2.25, 4.5, 9.0],
-               squim=[4.5, 0.0, 2.25], utmos=[3.0, 5.0, 1.0])
-    cfg = RewardConfig(weights={"pesq": 1, "squim": 1, "utmos": 1, "length": 1},
-                       length_target=20)
+               squim=[4.5, 0.0, 2.25])
+    cfg = RewardConfig(weights={"pesq": 1, "squim": 1, "length": 1}, length_target=20)
     out = compute_rewards(df, cfg)
     assert col(out, RWD.reward_pesq) == pytest.approx([0.5, 1.0, 1.0])
     assert col(out, RWD.reward_squim) == pytest.approx([1.0, 0.0, 0.5])
-    assert col(out, RWD.reward_utmos) == pytest.approx([0.5, 1.0, 0.0])
+    assert col(out, RWD.reward_utmos) == [None] * 3  # retired: the old column stays, null
     assert col(out, RWD.reward_length) == pytest.approx([1.0, 0.75, 0.0])
-    assert col(out, RWD.reward) == pytest.approx([3.0, 2.75, 1.5])
+    assert col(out, RWD.reward) == pytest.approx([2.5, 1.75, 1.5])
+
+
+def test_mos_reward_maps_1_to_5_onto_0_to_1():
+    df = frame(["g"] * 4, [0.0] * 4, mos=[3.0, 5.0, 1.0, 6.0])
+    out = compute_rewards(df, RewardConfig(weights={"mos": 1}))
+    assert col(out, RWD.reward_mos) == pytest.approx([0.5, 1.0, 0.0, 1.0])
+
+
+def test_a_limit_makes_a_silent_tail_invalid():
+    """grpo.limits: appended silence cannot buy a better CER (NULL: not held against it)."""
+    df = frame(["g"] * 3, [0.0, 0.0, 0.55], trail_silence=[2.0, 0.1, None])
+    out = compute_rewards(df, RewardConfig(weights={"cer": 1}, limits={"trail_silence": 0.5}))
+    assert col(out, RWD.valid) == [False, True, True]
+    assert col(out, RWD.reward) == pytest.approx([0.0, 1.0, 0.25])
+    with pytest.raises(InputError, match="no validity limit for 'cer'"):
+        RewardConfig(limits={"cer": 0.5})
+
+
+def test_utmos_is_retired_with_one_line_naming_mos():
+    with pytest.raises(InputError, match=r"^reward 'utmos' is retired .*use 'mos'"):
+        RewardConfig(weights={"utmos": 1})
+
+
+def test_a_failed_metric_makes_the_sample_invalid_never_a_zero_part():
+    """cer NULL because its scorer raised ("error: ..." in cer_status): the sample is
+    invalid and its total follows invalid_reward; a NULL that does not apply (n/a) is not."""
+    df = frame(["g"] * 3, [0.0, None, 0.55], cer_status=[None, "error: ValueError: x", None])
+    for invalid_reward, floor in (("zero", 0.0), ("group_min", 0.25)):
+        out = compute_rewards(df, RewardConfig(weights={"cer": 1}, invalid_reward=invalid_reward))
+        assert col(out, RWD.valid) == [True, False, True]
+        assert col(out, RWD.reward) == pytest.approx([1.0, floor, 0.25])
+    na = frame(["g"] * 2, [0.0, 0.0], ssim=[None, None], ssim_status=["n/a: text context"] * 2)
+    out = compute_rewards(na, RewardConfig(weights={"cer": 0.5, "ssim": 0.5}))
+    assert col(out, RWD.valid) == [True, True]
 
 
 def test_null_part_counts_zero_and_keeps_advantages():

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from ttspo.builder.cli.main import cli
 from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, ROLL, ROLLOUTS_SCHEMA, RWD
 from ttspo.builder.core.store import Store, make_lineage
-from ttspo.trainer.grpo.rewards import RewardConfig, compute_rewards
+from ttspo.trainer.grpo.rewards import RETIRED, REWARDS, RewardConfig, compute_rewards
 from ttspo.trainer.grpo.rollouts import RolloutWriter, committed_steps
 
 CFG = RewardConfig(weights={"cer": 0.5, "ssim": 0.5})
@@ -132,9 +132,10 @@ def raises(df):
 
 @pytest.mark.parametrize("args, message", [
     (["--as", "prompts"], "Error: 'prompts' is a core table name; choose another name for the rewards"),
-    (["--as", "x", "--weights", "wer=1"], "Error: unknown reward 'wer' (choose cer, ssim, pesq, "
-                                          "squim, utmos, length, or a Python callable as "
+    (["--as", "x", "--weights", "wer=1"], "Error: unknown reward 'wer' (choose "
+                                          f"{', '.join(REWARDS)}, or a Python callable as "
                                           "pkg.module:function)"),
+    (["--as", "x", "--weights", "utmos=1"], f"Error: {RETIRED['utmos']}"),
     (["--as", "x", "--table", "prompts"], "Error: --table prompts: rewards are recomputed over "
                                           "rollouts or generations"),
     (["--as", "x", "--table", "rollouts@9"], "Error: table 'rollouts' has no version or tag '9'"),

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from ttspo.builder.cli.main import cli
+from ttspo.builder.core import metrics as registry
 from ttspo.builder.core.schemas import GEN
 from ttspo.builder.scoring.run import ScoreOptions, score
 from ttspo.builder.core.store import Store
@@ -86,7 +87,8 @@ def test_audio_and_codes_files_are_not_rewritten(scored):
     ds = store.open("generations")
     written = {i for c in (GEN.cer, GEN.wer, GEN.pred_transcript, GEN.gt_transcript,
                            GEN.invalid, GEN.cer_source, GEN.ssim, GEN.ssim_source,
-                           GEN.pesq, GEN.pesq_source) for i in field_ids(ds, c)}
+                           GEN.pesq, GEN.pesq_source, GEN.cer_status, GEN.ssim_status,
+                           GEN.pesq_status) for i in field_ids(ds, c)}
     heavy = field_ids(ds, GEN.audio) | field_ids(ds, GEN.codes)
     for fragment, files in before.items():
         (old_path, old_fields), = files.items()
@@ -201,24 +203,47 @@ def test_invalid_rows_from_nemo_are_rescored_and_cleared(tmp_path):
 
 
 # ------------------------------------------------------------------ errors
-def test_unreadable_audio_fails_listing_it_and_writes_nothing(tmp_path):
+def test_unreadable_audio_alone_fails_listing_it_and_writes_nothing(tmp_path):
     store = Store(tmp_path)
-    write_generations(store, [generation(0, "truncated")])
     write_generations(store, [generation(9, "clean", run="bad",
                                          audio_filepath=str(tmp_path / "gone.wav"))])
     result = invoke(store, "--metrics", "cer")
     assert result.exit_code == 1
     assert result.output == (
-        "Error: 1 generation(s) could not be scored, nothing written:\n"
-        f"  bad:9: {tmp_path / 'gone.wav'}: cannot read audio "
+        "Error: none of 1 generation(s) could be scored, nothing written:\n"
+        f"  bad:9: error: audio: {tmp_path / 'gone.wav'}: cannot read audio "
         f"(Error opening '{tmp_path / 'gone.wav'}': System error.)\n")
-    assert store.version("generations") == 2
+    assert store.version("generations") == 1
+
+
+def test_unreadable_audio_among_good_is_null_with_its_reason(tmp_path):
+    """A corrupt (zero-length) wav and a missing one among good files: those two are
+    NULL with the reason in cer_status, the good one is scored, exit 0 with the count."""
+    store = Store(tmp_path)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    write_generations(store, [generation(0, "truncated"),
+                              generation(8, "clean", run="bad",
+                                         audio_filepath=str(tmp_path / "empty.wav")),
+                              generation(9, "clean", run="bad",
+                                         audio_filepath=str(tmp_path / "gone.wav"))])
+    result = invoke(store, "--metrics", "cer")
+    assert result.exit_code == 0, result.output
+    assert "2 generation(s) could not be scored" in result.output
+    rows = metrics_by_id(store)
+    good, empty, gone = rows["r1:0"], rows["bad:8"], rows["bad:9"]
+    assert good[GEN.cer] is not None and good[GEN.cer_status] is None
+    for bad, name in ((empty, "empty.wav"), (gone, "gone.wav")):
+        assert bad[GEN.cer] is None and bad[GEN.wer] is None  # NULL, never 0
+        assert bad[GEN.cer_status].startswith(f"error: audio: {tmp_path / name}: cannot read")
+    # the failures are tried again by the next run (the good row is not)
+    again = invoke(store, "--metrics", "cer")
+    assert again.exit_code == 1 and "none of 2 generation(s)" in again.output
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--metrics", "cer,mos"], "Error: --metrics: unknown metric 'mos' "
-                               "(choose from cer,wer,ssim,pesq,squim)\n"),
-    (["--metrics", ","], "Error: --metrics: name at least one of cer,wer,ssim,pesq,squim\n"),
+    (["--metrics", "cer,nope"], "Error: --metrics: unknown metric 'nope' "
+                                f"(choose from {','.join(registry.names())})\n"),
+    (["--metrics", ","], f"Error: --metrics: name at least one of {','.join(registry.names())}\n"),
     (["--asr", "nemo:/no/model.nemo"], "Error: --asr nemo:/no/model.nemo: file not found\n"),
     (["--sv", "nemo:/no/titanet.nemo"], "Error: --sv nemo:/no/titanet.nemo: file not found\n"),
     (["--metrics", "squim"], "Error: --metrics squim needs --squim PATH (SQUIM objective "
@@ -277,8 +302,8 @@ def test_worst_generations_by_cer_and_by_ssim(scored):
     by_ssim = worst(store, "ssim", limit=10)
     assert by_ssim[0][GEN.generation_id] == "r1:3"  # the other voice
     assert len(by_ssim) == 4  # the text-context row has no SSIM
-    with pytest.raises(Exception, match="unknown metric 'mos'"):
-        worst(store, "mos")
+    with pytest.raises(Exception, match="unknown metric 'nope'"):
+        worst(store, "nope")
 
 
 def test_in_process_scoring_restores_the_callers_torch_threads(tmp_path):

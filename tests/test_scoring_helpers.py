@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT, PROMPTS_SCHEMA
+from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, METRIC_STATUS, PROMPT, PROMPTS_SCHEMA
 from ttspo.builder.core.store import Store, make_lineage
 
 AUDIO = Path(__file__).parent / "fixtures" / "audio"
@@ -78,7 +78,7 @@ def standard_store(root: Path, copies: int = 1) -> Store:
 
 METRIC_COLUMNS = [GEN.generation_id, GEN.cer, GEN.wer, GEN.ssim, GEN.pesq, GEN.squim,
                   GEN.pred_transcript, GEN.gt_transcript, GEN.invalid, GEN.cer_source,
-                  GEN.ssim_source, GEN.pesq_source, GEN.squim_source]
+                  GEN.ssim_source, GEN.pesq_source, GEN.squim_source, *dict.fromkeys(METRIC_STATUS.values())]
 
 
 def metrics_by_id(store: Store, version: int | None = None) -> dict[str, dict]:

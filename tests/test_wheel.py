@@ -152,7 +152,7 @@ def test_the_installed_ttspo_runs_outside_the_repo(installed, tmp_path):
                   "--format", "json"], work, env)
     assert json.loads(export.stdout) == [{
         "files": f"{out}/dpo_train_manifest.json {out}/dpo_val_manifest.json", "train_pairs": 4,
-        "val_pairs": 0, "codes_written": 8, "codes_reused": 0, "min_duration": 0.2, "max_duration": 0.2}]
+        "val_pairs": 0, "codes_written": 8, "codes_copied": 0, "codes_reused": 0, "min_duration": 0.2, "max_duration": 0.2}]
     lines = [json.loads(line) for line in (out / "dpo_train_manifest.json").read_text().splitlines()]
     assert len(lines) == 8 and (out / "dpo_val_manifest.json").read_text() == ""
     assert [line["reward"] for line in lines[0::2]] == [1.0] * 4

@@ -6,13 +6,23 @@ from __future__ import annotations
 import click
 
 from ttspo.builder.cli.common import FiniteFloat, emit, format_option, get_store
+from ttspo.builder.core import metrics as registry
 
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True, metavar="RUN_A RUN_B [RUN]...")
-@click.option("--metric", "metrics", multiple=True,
-              type=click.Choice(["cer", "wer", "ssim", "pesq", "squim"]),
-              help="Only this metric (repeatable); default: every metric both runs have.")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME[:lower|higher]",
+              help="Only this metric (repeatable); default: every registered metric "
+                   f"({', '.join(registry.names())}) the runs have. Any other numeric "
+                   "column with the direction that is better: --metric codes_len:lower.")
+@click.option("--prompts", "prompts_ref", metavar="PROMPTS@TAG",
+              help="The test set: only the prompts of this prompts version "
+                   "(prompts@test-clean, prompts@3).")
+@click.option("--where", metavar="SQL",
+              help="The test set: a DuckDB condition on generations (record_type = 'regular').")
+@click.option("--summary", is_flag=True,
+              help="Instead, each run's mean per metric with its bootstrap interval "
+                   "(the table a paper reports); one run is enough.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the bootstrap and permutation draws.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -27,23 +37,27 @@ from ttspo.builder.cli.common import FiniteFloat, emit, format_option, get_store
               help="Also draw the per-prompt differences to this PNG file.")
 @format_option
 @click.pass_context
-def compare(ctx: click.Context, *, runs: tuple[str, ...], metrics: tuple[str, ...], seed: int,
+def compare(ctx: click.Context, *, runs: tuple[str, ...], metrics: tuple[str, ...],
+            prompts_ref: str | None, where: str | None, summary: bool, seed: int,
             n_boot: int, n_perm: int, confidence: float, generations: str,
             plot_path: str | None, fmt: str) -> None:
     """Compare RUN_B (and any further run) with RUN_A on the prompts they share.
 
-    Per metric (cer, wer, ssim, pesq, squim where both runs have it), overall and
+    Per metric (every registered metric both runs have, or --metric), overall and
     per record type and context kind: prompts, each run's mean (a run's samples
     of a prompt are averaged first), the paired difference b - a, its seeded
     bootstrap interval (prompts resampled) and a sign-flip permutation p-value.
     The same numbers in SQL: SELECT * FROM compare_runs('generations', 'a', 'b').
+    --summary prints each run's mean and interval per metric instead (SQL:
+    run_summary('generations', 'a')); --prompts and --where pick the test set.
     """
-    from ttspo.builder.analysis.compare import COLUMNS
+    from ttspo.builder.analysis.compare import COLUMNS, SUMMARY_COLUMNS
 
     table = get_store(ctx).compare(runs, metrics=metrics or None, seed=seed, n_boot=n_boot,
                                    n_perm=n_perm, confidence=confidence,
-                                   generations=generations, plot=plot_path)
-    emit(table.to_dicts(), fmt, list(COLUMNS))
+                                   generations=generations, prompts=prompts_ref, where=where,
+                                   plot=None if summary else plot_path, summary=summary)
+    emit(table.to_dicts(), fmt, list(SUMMARY_COLUMNS if summary else COLUMNS))
     if plot_path:
         click.echo(f"per-prompt differences drawn to {plot_path}", err=True)
 

@@ -13,6 +13,7 @@ import os
 import click
 
 from ttspo.builder.cli.common import get_store, lineage_for
+from ttspo.builder.core import metrics as registry
 from ttspo.builder.scoring.options import DEFAULTS
 
 # Kept literal so `ttspo --help` does not import jiwer; a test checks they equal
@@ -22,8 +23,8 @@ NORMALIZER_CHOICES = ("nemo", "basic", "none")
 
 @click.command()
 @click.option("--metrics", default=",".join(DEFAULTS.metrics), show_default=True,
-              help="Comma-separated metrics: cer,wer,ssim,pesq,squim. CER and WER come "
-                   "from one transcript and are computed together.")
+              help=f"Comma-separated metrics: {','.join(registry.names())} (docs/metrics.md). "
+                   "Metrics of one backend (CER and WER: one transcript) are computed together.")
 @click.option("--asr", default=DEFAULTS.asr, show_default=True, metavar="BACKEND",
               help="ASR for CER/WER: pocketsphinx | nemo:PATH.nemo | whisper:DIR.")
 @click.option("--sv", default=DEFAULTS.sv, show_default=True, metavar="BACKEND",
@@ -51,9 +52,12 @@ def score(ctx: click.Context, *, metrics: str, asr: str, sv: str, squim: str | N
           workers: int, lineage_file: str | None, outcome_file: str | None) -> None:
     """Score generations that lack the asked metrics, in ONE new version.
 
-    Writes the metric columns, their *_source columns (backend and model) and
-    the transcripts; audio and codes are not rewritten. Models are never
-    downloaded: a missing model file is an error naming the option to fix.
+    Writes the metric columns, their *_source columns (backend and model), their
+    *_status columns and the transcripts; audio and codes are not rewritten. Models
+    are never downloaded: a missing model file is an error naming the option to fix.
+    A file a backend fails on is NULL with the reason in *_status ("error: ...",
+    retried by the next run); the rest is scored, the count printed, exit 0 (exit 1
+    when no row could be scored: nothing written).
     """
     from ttspo.builder.scoring.run import describe
 

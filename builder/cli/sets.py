@@ -73,11 +73,15 @@ def export() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for dpo_train_manifest.json and dpo_val_manifest.json.")
 @click.option("--codes-dtype", type=click.Choice(["int32", "int64"]), default="int32", show_default=True,
-              help="Integer type of the codes files written under OUT/codes (NeMo's DPO step "
+              help="Integer type of the codes files the manifests name (NeMo's DPO step "
                    "crashes on the int16 its generation writes).")
+@click.option("--copy-codes", is_flag=True,
+              help="Copy the codes files into OUT/codes and name the copies: a folder to move "
+                   "to another machine (each file checked against its SHA-256 on the way).")
 @format_option
 @click.pass_context
-def export_nemo(ctx: click.Context, *, ref: str, out_dir: str, codes_dtype: str, fmt: str) -> None:
+def export_nemo(ctx: click.Context, *, ref: str, out_dir: str, codes_dtype: str, copy_codes: bool,
+                fmt: str) -> None:
     """Write NeMo DPO manifests: each pair as its chosen line then its rejected line.
 
     MagpieTTSDatasetDPO reads them unchanged and MagpieTTSModelOfflinePO trains on
@@ -85,11 +89,13 @@ def export_nemo(ctx: click.Context, *, ref: str, out_dir: str, codes_dtype: str,
     range (or wider): NeMo drops lines outside them before pairing lines, which
     would shift every later pair. The range is also printed to stderr.
 
-    Each generation's codes go to OUT/codes. Exporting again into the same OUT
-    (a re-threshold) keeps the codes files an earlier export wrote with the same
-    content, untouched since (OUT/.ttspo-codes.json), and writes the others.
+    The manifests name each generation's codes file in STORE/codes, written there
+    once by the first export that needs it: an export writes two manifests, not
+    codes (codes_written counts the files new to the store). Keep the store where
+    the trainer can read it, or pass --copy-codes. Copying again into the same OUT
+    keeps the files an earlier copy wrote, untouched since (OUT/.ttspo-codes.json).
     """
-    result = get_store(ctx).export_nemo(ref, out=out_dir, codes_dtype=codes_dtype)
+    result = get_store(ctx).export_nemo(ref, out=out_dir, codes_dtype=codes_dtype, copy_codes=copy_codes)
     emit([_export_row(result)], fmt, list(_export_row(result)))
     if result.min_duration is not None:
         click.echo(f"set train_ds.datasets.min_duration <= {result.min_duration} and max_duration >= "
@@ -112,7 +118,8 @@ def export_trl(ctx: click.Context, ref: str, out_file: str, fmt: str) -> None:
 def _export_row(result) -> dict[str, Any]:
     s = result.summary()
     return {"files": " ".join(s["files"]), "train_pairs": s["train_pairs"], "val_pairs": s["val_pairs"],
-            "codes_written": s["codes_written"], "codes_reused": s["codes_reused"], "min_duration": s["min_duration"],
+            "codes_written": s["codes_written"], "codes_copied": s["codes_copied"],
+            "codes_reused": s["codes_reused"], "min_duration": s["min_duration"],
             "max_duration": s["max_duration"]}
 
 

@@ -143,6 +143,10 @@ def gc(ctx: click.Context, table: str | None, *, keep_last: str | None, older_th
     unless --force. Without --keep-last and --older-than: keep the last 10 versions
     and any younger than 7 days (either option alone is the whole rule). What goes
     is logged in the store_log table (the cleaned tables get no new version).
+
+    Cleaning generations (or every table) also removes the codes files in
+    STORE/codes (what NeMo exports name) whose generation no kept generations
+    version holds; the dry run lists them.
     """
     result = get_store(ctx).gc(table, keep_last=keep_last, older_than=older_than,
                                dry_run=dry_run, force=force, wait=wait,
@@ -164,6 +168,18 @@ def gc(ctx: click.Context, table: str | None, *, keep_last: str | None, older_th
             click.echo(f"forced: {t.table}@{version} (named by {'; '.join(why)})",
                        err=fmt != "table")
     click.echo(_gc_summary(result), err=fmt != "table")
+    if result.codes is not None and (result.codes.files or result.codes.kept):  # a store with codes
+        for rel in result.codes.files if result.dry_run else ():
+            click.echo(f"would remove: codes/{rel}", err=fmt != "table")
+        click.echo(_codes_summary(result), err=fmt != "table")
+
+
+def _codes_summary(result) -> str:
+    c = result.codes
+    n = f"{len(c.files)} codes file{'s' * (len(c.files) != 1)}"
+    if result.dry_run:
+        return f"dry run: would remove {n} of STORE/codes, freeing {c.bytes} bytes ({c.kept} kept)"
+    return f"removed {n} of STORE/codes, freed {c.bytes} bytes ({c.kept} kept)"
 
 
 def _gc_row(t) -> dict:

@@ -15,6 +15,11 @@ Both take every named table's writing lock exclusively before changing anything
 then refuse having changed nothing). Readers of a latest version are unaffected;
 a reader of a version gc removes fails, with the one line of ``Store.removed_by_gc``.
 
+Cleaning ``generations`` (or every table) also removes the ``STORE/codes`` files
+(the NeMo export's codes: codes_store.py) whose generation no kept version of
+``generations`` holds, under the codes lock (exports hold it shared); the dry run
+lists them and their bytes. Not cleaning generations, gc leaves STORE/codes alone.
+
 ``.derived`` entries are left alone: they are keyed by a version's data files, so
 an entry of a removed version is never read again, and each kind keeps only its
 8 most recently used files (session_cache.py), so they age out on their own.
@@ -34,6 +39,7 @@ from typing import Iterator
 import lance
 import pyarrow as pa
 
+from ttspo.builder.core import codes_store
 from ttspo.builder.core import pins as P
 from ttspo.builder.core.errors import InputError, StoreError
 from ttspo.builder.core.locks import open_lock_file
@@ -41,6 +47,7 @@ from ttspo.builder.core.schemas import LOG, STORE_LOG, STORE_LOG_SCHEMA
 from ttspo.builder.core.store import Lineage, Store, commit_properties, write_error
 
 LOG_TABLE = STORE_LOG
+GENERATIONS = "generations"  # the table whose versions hold the STORE/codes files' generations
 # With neither --keep-last nor --older-than: a version goes when 10 newer ones exist
 # AND it is a week old. A week covers a working session's re-thresholds (their
 # diffs, a restore); 10 covers a fast sweep. Either option alone is the whole rule.
@@ -110,6 +117,7 @@ class GcResult:
     force: bool
     tables: list[TableGc]
     log_version: int | None = None  # store_log's version holding this run (None: no run)
+    codes: codes_store.CodesGc | None = None  # STORE/codes files removed (None: not looked at)
 
     @property
     def removed(self) -> int:
@@ -169,24 +177,40 @@ def gc(store: Store, table: str | None = None, *, policy: GcPolicy, dry_run: boo
     names = [table] if table is not None else store.tables()
     for name in names:
         store.open(name)  # a table that does not exist: one line
+    codes = GENERATIONS in names
     if dry_run:  # reads only: no lock, writers go on
-        return GcResult(policy=policy, dry_run=dry_run, force=force,
-                        tables=plan_gc(store, names, policy, force))
+        plans = plan_gc(store, names, policy, force)
+        return GcResult(policy=policy, dry_run=dry_run, force=force, tables=plans,
+                        codes=unused_codes(store, plans) if codes else None)
     # Planned under the locks: no writer can add a version, a pinning row or a tag
     # between the plan and the removal.
     done: list[TableGc] = []
+    removed_codes = None
     try:
         with exclusive(store, names, wait=wait, command="gc"):
             # under the locks: no estimate (Lance reports what it removed), writers wait less
             for plan in plan_gc(store, names, policy, force, estimate=False):
                 plan.bytes = _remove(store, plan)
                 done.append(plan)
+            if codes:  # no export names a file meanwhile (they hold this lock shared)
+                with codes_store.codes_lock(store, exclusive=True, wait=wait):
+                    removed_codes = unused_codes(store, done)
+                    removed_codes.bytes = codes_store.remove(store, removed_codes.files)
     finally:
         # Logged even when a later table failed: what went must be on record.
-        result = GcResult(policy=policy, dry_run=dry_run, force=force, tables=done)
-        if result.removed:
+        result = GcResult(policy=policy, dry_run=dry_run, force=force, tables=done, codes=removed_codes)
+        if result.removed or (removed_codes is not None and removed_codes.files):
             result.log_version = _log(store, result, lineage)
     return result
+
+
+def unused_codes(store: Store, plans: list[TableGc]) -> codes_store.CodesGc:
+    """The STORE/codes files whose generation no version of generations that stays
+    (not among PLANS' removed) holds."""
+    gone = {v for p in plans if p.table == GENERATIONS for v in p.removed}
+    ds = store.open(GENERATIONS)
+    kept = [v["version"] for v in ds.versions() if v["version"] not in gone]
+    return codes_store.unused_files(store, codes_store.held_generations(ds, kept))
 
 
 def plan_gc(store: Store, names: list[str], policy: GcPolicy, force: bool, *,
@@ -315,9 +339,15 @@ def _log(store: Store, result: GcResult, lineage: Lineage) -> int:
     rows = [{LOG.time: stamp, LOG.command: "gc", LOG.table: t.table, LOG.versions: t.removed,
              LOG.forced: sorted(t.forced), LOG.bytes: t.bytes, LOG.latest: t.latest}
             for t in result.tables if t.removed]
+    codes = result.codes
+    if codes is not None and codes.files:  # the folder, not a table: no versions
+        rows.append({LOG.time: stamp, LOG.command: "gc", LOG.table: codes_store.CODES_DIR, LOG.versions: [],
+                     LOG.forced: [], LOG.bytes: codes.bytes, LOG.latest: store.version(GENERATIONS)})
     record = lineage.with_inputs({t.table: t.latest for t in result.tables if t.removed})
     record = record.with_extra(removed={t.table: t.removed for t in result.tables if t.removed},
-                               bytes_freed=result.bytes)
+                               bytes_freed=result.bytes,
+                               codes_files_removed=0 if codes is None else len(codes.files),
+                               codes_bytes_freed=0 if codes is None else codes.bytes)
     return store.write(LOG_TABLE, pa.Table.from_pylist(rows, schema=STORE_LOG_SCHEMA),
                        STORE_LOG_SCHEMA, record)
 

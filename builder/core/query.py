@@ -31,7 +31,7 @@ from ttspo.builder.core.store import Store, parse_ref
 QUOTED_REF = re.compile(r'"([A-Za-z_][A-Za-z0-9_\-]*@[A-Za-z0-9_.\-]+)"')
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Session:
     """A DuckDB connection with the store's views, and the versions it exposed."""
 
@@ -39,6 +39,9 @@ class Session:
     versions: dict[str, int] = field(default_factory=dict)  # view name -> Lance version
     datasets: dict[str, Any] = field(default_factory=dict)  # view name -> the Lance dataset it reads
     sources: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # view -> (raw, columns)
+    # view -> registered columns its (older) table lacks: read as NULL (mos in a store
+    # made before mos was registered)
+    nulls: dict[str, list[str]] = field(default_factory=dict)
 
     def inputs_for(self, sql: str) -> dict[str, int]:
         """Versions of the views a query mentions (outside comments): its lineage."""
@@ -50,7 +53,8 @@ class Session:
         self._define(view, raw, cols, where)
 
     def _define(self, view: str, raw: str, cols: list[str], where: str | None = None) -> None:
-        listed = ", ".join(f'"{c}"' for c in cols)
+        listed = ", ".join([f'"{c}"' for c in cols] +
+                           [f'{NULL_TYPES[t]} AS "{c}"' for c, t in self.nulls.get(view, [])])
         condition = f" WHERE {where}" if where else ""
         self.con.execute(f'CREATE OR REPLACE TEMP VIEW "{view}" AS SELECT {listed} FROM "{raw}"{condition}')
         self.sources[view] = (raw, cols)
@@ -97,7 +101,7 @@ def view_columns(schema: pa.Schema) -> list[str]:
 
 def open_session(store: Store, refs: Iterable[str] = (), tables: Iterable[str] | None = None) -> Session:
     """Register every table (latest version) plus each ``name@version`` in refs."""
-    session = Session(_database().cursor())
+    session = Session(con=_database().cursor())
     names = list(tables) if tables is not None else store.tables()
     for name in names:
         _register(session, name, store.open(name))
@@ -143,12 +147,33 @@ def macros_sql() -> str:
     """The SQL macros every session defines (sql/macros.sql)."""
     from importlib.resources import files
 
-    return files("ttspo.sql").joinpath("macros.sql").read_text(encoding="utf-8")
+    from ttspo.builder.core import metrics as registry
+
+    text = files("ttspo.sql").joinpath("macros.sql").read_text(encoding="utf-8")
+    # The metric registry fills in the compare macros' default metric list and directions.
+    return (text.replace("{{METRICS}}", sql_list(registry.names()))
+            .replace("{{LOWER}}", sql_list(registry.lower_is_better()))
+            .replace("{{NEITHER}}", sql_list(registry.no_direction())))
+
+
+def sql_list(names) -> str:
+    """A DuckDB list literal of strings: ['cer', 'wer']."""
+    return "[" + ", ".join("'" + n.replace("'", "''") + "'" for n in names) + "]"
+
+
+NULL_TYPES = {"double": "NULL::DOUBLE", "string": "NULL::VARCHAR"}
+# Tables whose registered metric columns (builder/core/metrics.py) an older store may lack.
+METRIC_TABLES = ("generations", "rollouts")
 
 
 def _register(session: Session, view: str, ds) -> None:
+    from ttspo.builder.core import metrics as registry
+
     raw = "__lance_" + re.sub(r"\W", "_", view)
     session.con.register(raw, ds)
+    if parse_ref(view)[0] in METRIC_TABLES:
+        have = set(ds.schema.names)
+        session.nulls[view] = [(c, t) for c, t in registry.new_columns() if c not in have]
     session._define(view, raw, view_columns(ds.schema))
     session.versions[view] = ds.version
     session.datasets[view] = ds

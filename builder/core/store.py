@@ -274,6 +274,8 @@ class Store:
             data = pa.RecordBatchReader.from_batches(schema, data)
         clean_temp_dirs()
         if self.exists(table):
+            if mode == "append":  # an older table gains the columns added since (nulls)
+                self._add_trailing_columns(table, schema, lineage)
             return self._write(table, data, schema, lineage, mode=mode)
         # Two first writers would both "create": one fails, or one's rows are lost.
         # Serialise creation; whoever comes second finds the table and appends
@@ -416,6 +418,22 @@ class Store:
                 return lance.LanceDataset.commit(latest.uri, tx).version
         except OSError as exc:
             raise write_error(self.root, table, exc) from None
+
+    def _add_trailing_columns(self, table: str, schema: pa.Schema, lineage: Lineage) -> None:
+        have = list(self.open(table).schema)
+        if len(have) < len(schema) and list(schema)[:len(have)] == have:
+            self.add_null_columns(table, schema, lineage)
+
+    def add_missing_columns(self, table: str, schema: pa.Schema, lineage: Lineage) -> int | None:
+        """add_null_columns when TABLE is an older table lacking SCHEMA's trailing
+        columns (e.g. a metric registered since); None when it has them all or is missing."""
+        if not self.exists(table):
+            return None
+        have = self.open(table).schema.names
+        if all(name in have for name in schema.names):
+            return None
+        return self.add_null_columns(table, schema, lineage.with_extra(
+            added_columns=[n for n in schema.names if n not in have]))
 
     def delete_rows(self, table: str, predicate: str, lineage: Lineage) -> int | None:
         """Delete the rows of TABLE matching PREDICATE (a Lance SQL filter) in ONE commit

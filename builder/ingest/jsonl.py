@@ -24,13 +24,15 @@ import numpy as np
 from ttspo.builder.ingest import codes as nemo_codes
 from ttspo.builder.ingest import files as nf
 from ttspo.builder.ingest.nemo import parse_manifest_record, spill_batch
-from ttspo.builder.ingest.rows import RowBuffer, prompt_fields
+from ttspo.builder.ingest.rows import OTHER_METRICS, RowBuffer, prompt_fields
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import file_digest
 from ttspo.builder.core.schemas import GEN
 
 JSONL_SOURCE = "jsonl"
-METRIC_KEYS = (GEN.cer, GEN.wer, GEN.ssim, GEN.pesq, GEN.squim)
+# The metrics a record may carry: every registered one (builder/core/metrics.py).
+METRIC_KEYS = (GEN.cer, GEN.wer, GEN.ssim, GEN.pesq, GEN.squim)  # the row tuple's
+ALL_METRIC_KEYS = METRIC_KEYS + OTHER_METRICS
 
 
 @dataclass(kw_only=True)
@@ -130,7 +132,7 @@ def _parse(raw: bytes) -> dict[str, Any]:
     sample = nf.number(record, "sample", integer=True)
     if sample is not None and sample < 0:
         raise nf.BadFile(f"sample is negative ({sample})")
-    for key in METRIC_KEYS + (GEN.duration,):
+    for key in ALL_METRIC_KEYS + (GEN.duration,):
         nf.number(record, key)
     nf.number(record, GEN.codes_len, integer=True)
     for key in (GEN.pred_transcript, GEN.gt_transcript):
@@ -228,4 +230,5 @@ def _add(buf: RowBuffer, number: int, group: int, sample: int, *, prompt: int,
     buf.add((number - 1, group, sample, row["audio_filepath"], row["audio"], row["codes_path"],
              info.duration, info.sample_rate, *metrics,
              nf.number(record, GEN.codes_len, integer=True), get(GEN.pred_transcript),
-             get(GEN.gt_transcript), invalid, f"{path}:{number}"), prompt, row["codes"])
+             get(GEN.gt_transcript), invalid, f"{path}:{number}"), prompt, row["codes"],
+            {k: nf.number(record, k) for k in OTHER_METRICS if get(k) is not None})

@@ -15,7 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.core import ids
-from ttspo.builder.core.schemas import CODES_TYPE, GEN, GENERATE_COLUMNS, GENERATIONS_SCHEMA
+from ttspo.builder.core import metrics as registry
+from ttspo.builder.core.schemas import (CODES_TYPE, GEN, GENERATE_COLUMNS, GENERATIONS_SCHEMA,
+                                        REGISTERED_FIELDS)
 
 # Manifest-derived fields of a prompt, in this order, as shipped to workers.
 PROMPT_FIELDS = (GEN.text, GEN.record_type, GEN.context_audio_filepath,
@@ -26,6 +28,8 @@ ROW_COLUMNS = (GEN.manifest_line, GEN.group_index, GEN.sample_index, GEN.audio_f
                GEN.audio, GEN.codes_path, GEN.duration, GEN.sample_rate, GEN.cer, GEN.wer,
                GEN.ssim, GEN.pesq, GEN.squim, GEN.codes_len, GEN.pred_transcript,
                GEN.gt_transcript, GEN.invalid, GEN.source_file)
+# Registered metrics outside ROW_COLUMNS (mos ...): a reader passes them as a dict.
+OTHER_METRICS = tuple(m for m in registry.names() if m not in ROW_COLUMNS)
 
 
 def prompt_fields(record: dict[str, Any]) -> tuple:
@@ -59,6 +63,7 @@ class RowBuffer:
         self.prompts: list[tuple] = []
         self.codes_shape: list[tuple[int, int]] = []  # (codebooks, frames); (0, -1) = no codes
         self.codes_chunks: list[Any] = []
+        self.other: dict[int, dict[str, float]] = {}  # row -> OTHER_METRICS values, if any
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -67,8 +72,12 @@ class RowBuffer:
         self.prompts.append(fields)
         return len(self.prompts) - 1
 
-    def add(self, row: tuple, prompt: int, codes: tuple | None) -> None:
-        """row in ROW_COLUMNS order; codes = (codebooks, frames, int16 LE bytes) or None."""
+    def add(self, row: tuple, prompt: int, codes: tuple | None,
+            other: dict[str, float] | None = None) -> None:
+        """row in ROW_COLUMNS order; codes = (codebooks, frames, int16 LE bytes) or None;
+        OTHER: values of OTHER_METRICS the record carried."""
+        if other:
+            self.other[len(self.rows)] = other
         self.rows.append(row)
         self.prompt_index.append(prompt)
         if codes is None:
@@ -97,13 +106,21 @@ class RowBuffer:
             run, pc.cast(arrays[GEN.group_index], pa.string()), ":g")
         arrays[GEN.codes] = self._codes_array()
         arrays.update(self._prompt_arrays())
+        for f in REGISTERED_FIELDS:  # statuses, other metrics and their sources: null ...
+            arrays[f.name] = pa.nulls(n, f.type)
+        for name in OTHER_METRICS:  # ... unless the records carried the metric
+            if any(name in v for v in self.other.values()):
+                arrays[name] = pa.array([self.other.get(i, {}).get(name) for i in range(n)],
+                                        pa.float64())
+        # A backend's source is the file's producer where any of its metrics is present.
         tag = pa.scalar(self.metric_source, pa.string())
-        cer_or_wer = pc.or_(pc.is_valid(arrays[GEN.cer]), pc.is_valid(arrays[GEN.wer]))
-        for present, source in ((cer_or_wer, GEN.cer_source),
-                                (pc.is_valid(arrays[GEN.ssim]), GEN.ssim_source),
-                                (pc.is_valid(arrays[GEN.pesq]), GEN.pesq_source),
-                                (pc.is_valid(arrays[GEN.squim]), GEN.squim_source)):
-            arrays[source] = pc.if_else(present, tag, pa.scalar(None, pa.string()))
+        for b in registry.REGISTRY.backends.values():
+            present = None
+            for m in registry.metrics_of(b.name):
+                valid = pc.is_valid(arrays[m])
+                present = valid if present is None else pc.or_(present, valid)
+            if present is not None:
+                arrays[b.source] = pc.if_else(present, tag, pa.scalar(None, pa.string()))
         for name in GENERATE_COLUMNS:  # what `ttspo generate` records: null when ingested
             arrays[name] = pa.nulls(n, GENERATIONS_SCHEMA.field(name).type)
         return pa.RecordBatch.from_arrays([arrays[f.name] for f in GENERATIONS_SCHEMA],

@@ -37,6 +37,17 @@ def load_quality(spec: str, option: str = "--quality"):
     return make_quality(spec, option)
 
 
+@lru_cache(maxsize=None)
+def load_squim(path: str | None, option: str = "--squim"):
+    """SQUIM objective from the local weights file PATH (``ttspo score --squim``)."""
+    from ttspo.builder.core.errors import ModelError
+
+    if not path:
+        raise ModelError("--metrics squim needs --squim PATH (SQUIM objective weights; "
+                         "models are never downloaded)")
+    return load_quality(f"squim:{path}", option)
+
+
 def __getattr__(name: str):
     # Lazy: importing ttspo.builder.scoring.options (the CLI's defaults) must not
     # load numpy and the speaker models' code.
@@ -47,4 +58,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["load_asr", "load_speaker", "load_quality", "cosine"]
+__all__ = ["load_asr", "load_speaker", "load_quality", "load_squim", "cosine"]

@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
+from ttspo.builder.core import metrics as registry
 from ttspo.builder.core.errors import InputError
 
-# The metric columns GEN.cer, GEN.wer, GEN.ssim (kept literal so --help does not
-# import pyarrow for the schemas; a test checks they are those columns).
+# The metric columns GEN.cer, GEN.wer, GEN.ssim (the registry is pure Python, so
+# --help does not import pyarrow for the schemas).
 DEFAULT_METRICS = ("cer", "wer", "ssim")
-# The group of each metric (what one model run produces together), groups in
-# scoring order; the metric names are schemas.METRICS (a test checks).
-METRIC_GROUPS = {"cer": "asr", "wer": "asr", "ssim": "ssim", "pesq": "pesq", "squim": "squim"}
+# The group (registry backend) of each metric, groups in scoring order (registry order).
+METRIC_GROUPS = {m: registry.backend_of(m).name for m in registry.names()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,9 +41,9 @@ class ScoreOptions:
         return [g for g in dict.fromkeys(METRIC_GROUPS.values()) if g in asked]
 
     def check(self) -> None:
-        from ttspo.builder.core.schemas import METRICS
         from ttspo.builder.scoring.metrics import check_normalizer
 
+        METRICS = registry.names()
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
             raise InputError(f"--metrics: unknown metric '{','.join(unknown)}' "

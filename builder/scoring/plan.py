@@ -1,12 +1,14 @@
 """Which generations to score, with what: the plan every rank works from.
 
-Metrics come in groups that one model run produces together, each with the
-provenance column that records its producer:
+Metrics come in groups that one model run produces together (the registry's
+backends, builder/core/metrics.py), each with the provenance column that records its
+producer and the status column that says why a value is NULL:
 
 - ``asr``: cer, wer, pred_transcript, gt_transcript, invalid (one transcript);
-- ``ssim``, ``pesq``, ``squim``: the metric and its source.
+- ``ssim``, ``pesq``, ``squim``, ``mos`` ...: the metrics, source and status.
 
-A row lacks a group when the group's source column is null (or, for the asr and
+A row lacks a group when the group's source column is null, when its status says the
+last try failed (``error: ...``), or (for the asr and
 ssim groups, when NeMo marked it invalid: its CER 1.0 and SSIM 0.0 are
 placeholders, and scoring the transcript clears the flag). The source is set
 even when the value is null because it does not apply (SSIM of a text context,
@@ -26,20 +28,16 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ttspo.builder.core import metrics as registry
 from ttspo.builder.core.errors import QueryError, first_line
 from ttspo.builder.scoring.options import DEFAULT_METRICS, METRIC_GROUPS, ScoreOptions  # noqa: F401
 from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA, PROMPT
 from ttspo.builder.core.store import Store
 
-GROUPS = {
-    "asr": (GEN.cer, GEN.wer, GEN.pred_transcript, GEN.gt_transcript, GEN.invalid,
-            GEN.cer_source),
-    "ssim": (GEN.ssim, GEN.ssim_source),
-    "pesq": (GEN.pesq, GEN.pesq_source),
-    "squim": (GEN.squim, GEN.squim_source),
-}
-GROUP_SOURCE = {"asr": GEN.cer_source, "ssim": GEN.ssim_source, "pesq": GEN.pesq_source,
-                "squim": GEN.squim_source}
+# Each registered backend's columns: its metrics, extra columns, source and status.
+GROUPS = {b: registry.backend_columns(b) for b in registry.REGISTRY.backends}
+GROUP_SOURCE = {b.name: b.source for b in registry.REGISTRY.backends.values()}
+GROUP_STATUS = {b.name: b.status for b in registry.REGISTRY.backends.values()}
 METRIC_GROUP = METRIC_GROUPS  # metric -> group (scoring.options, beside the defaults)
 
 # Plan columns besides the group columns.
@@ -82,14 +80,19 @@ class Plan:
         return self.rows.take(pa.array(mine, pa.int64()))
 
 
-def make_plan(store: Store, options: ScoreOptions) -> Plan:
-    """Rank 0's job: pin a version, select rows, mark the groups each one lacks."""
+def make_plan(store: Store, options: ScoreOptions, lineage=None) -> Plan:
+    """Rank 0's job: pin a version, select rows, mark the groups each one lacks.
+    A table made before a registered metric existed first gains its columns (nulls,
+    one commit carrying LINEAGE)."""
     options.check()
+    if lineage is not None:
+        store.add_missing_columns("generations", GENERATIONS_SCHEMA, lineage)
     ds = store.open("generations")
     version = ds.version
     inputs = {"generations": version}
-    group_cols = [c for g in GROUPS for c in GROUPS[g]]
-    table = ds.to_table(columns=list(INPUT_COLUMNS) + group_cols + [GEN.prompt_id, GEN.audio],
+    group_cols = list(dict.fromkeys(c for g in options.groups() for c in GROUPS[g]))
+    columns = list(dict.fromkeys([*INPUT_COLUMNS, GEN.invalid, *group_cols, GEN.prompt_id]))
+    table = ds.to_table(columns=columns + [GEN.audio],
                         with_row_id=True, with_row_address=True)
     table = _flatten_blob(table)
     if options.where:
@@ -139,6 +142,9 @@ def _needs(table: pa.Table, group: str, rescore: bool) -> pa.ChunkedArray | pa.A
     if rescore:
         return pa.array([True] * table.num_rows, pa.bool_())
     lacking = pc.is_null(table[GROUP_SOURCE[group]])
+    # a failure ("error: ..." in the status column) is tried again; "n/a: ..." is not
+    failed = pc.fill_null(pc.starts_with(table[GROUP_STATUS[group]], "error:"), False)
+    lacking = pc.or_(lacking, failed)
     if group in ("asr", "ssim"):  # NeMo's "<INVALID>" rows hold placeholder CER and SSIM
         lacking = pc.or_(lacking, pc.fill_null(table[GEN.invalid], False))
     return lacking
@@ -181,3 +187,13 @@ def write_schema(columns: list[str]) -> pa.Schema:
     """The update's schema: the row id, then the replaced columns as the table types them."""
     return pa.schema([pa.field(ROWID, pa.uint64())] +
                      [GENERATIONS_SCHEMA.field(c) for c in columns])
+
+
+def failed_rows(table: pa.Table) -> int:
+    """Rows of TABLE with a failed metric: ``error: ...`` in one of its status columns."""
+    failed = None
+    for col in GROUP_STATUS.values():
+        if col in table.column_names:
+            hit = pc.fill_null(pc.starts_with(table[col], "error:"), False)
+            failed = hit if failed is None else pc.or_(failed, hit)
+    return 0 if failed is None else int(pc.sum(failed).as_py() or 0)

@@ -50,6 +50,8 @@ class ScoreSummary:
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, summed over ranks
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
+    failed: int = 0  # rows with a metric left NULL (the reason in its *_status column)
+    problems: list = field(default_factory=list)  # (generation id, reason), the first few
 
     def rtf(self, stage: str) -> float | None:
         """Real-time factor of a stage: its compute seconds per second of audio."""
@@ -67,7 +69,7 @@ def run_rank(comm, store_root: str | os.PathLike, options: ScoreOptions,
 
     started = time.perf_counter()
     store = Store(store_root)
-    plan = _agreed(comm, lambda: make_plan(store, options))
+    plan = _agreed(comm, lambda: make_plan(store, options, as_lineage(lineage)))
     if plan.rows.num_rows == 0:
         return ScoreSummary(version=None, read_version=plan.version, rows=0, groups=plan.groups,
                             sources={}, world_size=comm.world)
@@ -124,11 +126,12 @@ def _score_and_share(comm, plan, options, dataset):
     if failed:
         raise ModelError(failed[0])
     problems = [p for r in results for p in r.problems]
-    if problems:
+    if problems and sum(r.unscored for r in results) >= sum(r.rows for r in results):
+        # not one row scored: nothing is written, the command fails (exit 1)
         shown = problems[:MAX_PROBLEMS_SHOWN]
         more = f" (first {len(shown)} shown)" if len(problems) > len(shown) else ""
-        raise InputError(f"{len(problems)} generation(s) could not be scored, nothing written"
-                         f"{more}:", shown)
+        raise InputError(f"none of {len(problems)} generation(s) could be scored, nothing "
+                         f"written{more}:", shown)
     return results
 
 
@@ -157,13 +160,17 @@ def _write_and_commit(comm, store, plan, options, *, results, lineage) -> int:
 
 
 def _summary(plan, options, results, version, *, world, wall) -> ScoreSummary:
-    from ttspo.builder.scoring.scorer import TIMED, sources
+    from ttspo.builder.scoring.scorer import sources
 
-    seconds = {k: sum(r.seconds.get(k, 0.0) for r in results) for k in TIMED}
+    stages = dict.fromkeys(k for r in results for k in r.seconds)
+    seconds = {k: sum(r.seconds.get(k, 0.0) for r in results) for k in stages}
+    problems = [p for r in results for p in r.problems]
     return ScoreSummary(version=version, read_version=plan.version,
                         rows=sum(r.rows for r in results), groups=plan.groups,
                         sources=sources(options, plan.groups), world_size=world, seconds=seconds,
-                        audio_seconds=sum(r.audio_seconds for r in results), wall_seconds=wall)
+                        audio_seconds=sum(r.audio_seconds for r in results), wall_seconds=wall,
+                        failed=sum(r.failed for r in results),
+                        problems=[list(p) for p in problems[:MAX_PROBLEMS_SHOWN]])
 
 
 # ------------------------------------------------------------ public API
@@ -195,7 +202,7 @@ def check_backends(options: ScoreOptions) -> None:
         check_asr(options.asr)
     if "ssim" in groups:
         check_speaker(options.sv)
-    if "squim" in groups:
+    if "squim" in groups:  # (other registered backends fail, by name, when they load)
         squim_spec(options)  # --squim given at all
         # named as the user typed it (the backend spec would read "squim:PATH")
         require_file("--squim", options.squim, options.squim, "SQUIM objective weights file")
@@ -205,22 +212,21 @@ def _options_args(options: ScoreOptions, workers: int) -> dict[str, Any]:
     return {**options.args(), "workers": workers}
 
 
-# Which end of each metric is "worst".
-WORST_FIRST = {"cer": "DESC", "wer": "DESC", "ssim": "ASC", "pesq": "ASC", "squim": "ASC"}
-
-
 def worst(store: Store, metric: str = "cer", limit: int = 5) -> list[dict[str, Any]]:
-    """The LIMIT worst scored generations by METRIC (highest CER/WER, lowest SSIM,
-    PESQ, SQUIM), with the transcript and the metric's source; nulls are left out."""
+    """The LIMIT worst scored generations by METRIC (highest where lower is better,
+    lowest otherwise: the registry's direction), with the transcript and the metric's
+    source; nulls are left out."""
+    from ttspo.builder.core import metrics as registry
     from ttspo.builder.core.query import run
     from ttspo.builder.core.schemas import GEN, METRIC_SOURCE
 
-    if metric not in WORST_FIRST:
-        raise InputError(f"unknown metric '{metric}' (choose {', '.join(WORST_FIRST)})")
+    if metric not in registry.names():
+        raise InputError(f"unknown metric '{metric}' (choose {', '.join(registry.names())})")
+    order = "DESC" if registry.metric(metric).lower_is_better else "ASC"
     source = METRIC_SOURCE[metric]
     sql = (f"SELECT {GEN.generation_id}, {GEN.text}, {GEN.pred_transcript}, {metric}, "
            f"{source} FROM generations WHERE {metric} IS NOT NULL "
-           f"ORDER BY {metric} {WORST_FIRST[metric]}, {GEN.generation_id} LIMIT {int(limit)}")
+           f"ORDER BY {metric} {order}, {GEN.generation_id} LIMIT {int(limit)}")
     return run(store, sql)[0].to_pylist()
 
 
@@ -329,6 +335,10 @@ def describe(summary: ScoreSummary) -> str:
     lines = [f"scored {summary.rows} generation(s) of generations@{summary.read_version} "
              f"-> version {summary.version} ({summary.world_size} process(es))"]
     lines += [f"  {group}: {src}" for group, src in summary.sources.items()]
+    if summary.failed:
+        lines.append(f"{summary.failed} generation(s) could not be scored: their metrics are "
+                     "NULL, the reason in the *_status columns (ttspo score retries them), e.g.")
+        lines += [f"  {where}: {why}" for where, why in summary.problems[:3]]
     return "\n".join(lines)
 
 

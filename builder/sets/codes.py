@@ -1,4 +1,5 @@
-"""The codes files of a NeMo export: ``OUT/codes/<generation id>.pt``.
+"""The codes files of a NeMo export: kept once in ``STORE/codes``, named by the
+manifests, copied into ``OUT/codes`` only when asked (``--copy-codes``).
 
 Every generation's codes are a ``[codebooks, frames]`` tensor of ``codes_dtype``
 (int32 by default, or int64; see export.py for why not int16), in the bytes
@@ -6,19 +7,26 @@ Every generation's codes are a ``[codebooks, frames]`` tensor of ``codes_dtype``
 written by torch_file.py (the same bytes, without torch's per-file cost), else
 from the generation's ``codes_path`` (read and saved with torch).
 
-Writing ~25k small files is most of an export (a re-threshold exports the same
-generations again), so an export keeps an index, ``OUT/.ttspo-codes.json``:
-for each file it wrote, the SHA-256 of what it saved (dtype, shape, the codes'
-bytes and the writer's name: the same tensor gives the same bytes) and the
-file's size, mtime, ctime and inode right after writing (each write makes a new
-file: a new name directly, an existing one under a temporary name renamed into
-place; so those details name exactly the bytes this export wrote). The content keys are kept per table version in
-the store (session_cache.stored_map), so a re-threshold reads no codes.
-A later export into the same OUT leaves a file as it is only if the codes it
-would save have the same key AND the file still has that size, mtime, ctime and
-inode (the quick check of rsync and make: any write, rename or ``touch`` changes
-the ctime); otherwise it writes the file again. A file the index does not know,
-or an entry it cannot read, is always written.
+The files live in ``STORE/codes`` under their content's address
+(builder/core/codes_store.py: the SHA-256 of the bytes and the generation's id):
+the first export that needs a file writes it, every later export names it. Each
+generation's address is kept per table version in the store
+(session_cache.stored_map, key ``"<sha256>:<size>"``), so a re-threshold reads no
+codes: it checks each named file by one ``stat`` (there, of that size; a missing
+one is written again) and writes manifests. The codes are read and written in
+chunks of CHUNK generations: memory does not grow with the set.
+
+``--copy-codes`` makes OUT a folder to copy to another machine: each file is
+copied to ``OUT/codes/<safe_name(generation id)>.pt`` (the bytes and names
+exports wrote before STORE/codes existed), its SHA-256 checked against its name
+on the way. A copy into an OUT that already holds a file keeps it when
+``OUT/.ttspo-codes.json`` says so: for each file it copied, the content key and
+the file's size, mtime, ctime and inode right after writing (each write makes a
+new file: a new name directly, an existing one under a temporary name renamed
+into place; so those details name exactly the bytes this export wrote). A later
+copy leaves a file as it is only if its content key is the same AND the file
+still has that size, mtime, ctime and inode (the quick check of rsync and make:
+any write, rename or ``touch`` changes the ctime); otherwise it copies it again.
 """
 
 from __future__ import annotations
@@ -28,7 +36,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +43,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from ttspo.builder.core import codes_store
+from ttspo.builder.core.codes_store import safe_name  # noqa: F401 (the export's names)
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import write_text_atomic
 from ttspo.builder.core.schemas import CODES_KEYS_SCHEMA, DERIVED, GEN
@@ -46,8 +56,9 @@ from ttspo.builder.sets.torch_file import torch_file_bytes
 CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices
 DEFAULT_CODES_DTYPE = "int32"
 INDEX_NAME = ".ttspo-codes.json"
-INDEX_FORMAT = 1
-WRITER = "torch_file-1"  # what makes a file's bytes (torch_file.py); part of every content key
+INDEX_FORMAT = 2  # 2: content keys are the STORE/codes files' "<sha256>:<size>"
+WRITER = "torch_file-1"  # what makes a file's bytes (torch_file.py); part of every stored key
+CHUNK = 4096  # generations whose codes are in memory at once
 
 
 def check_codes_dtype(codes_dtype: str) -> None:
@@ -123,91 +134,163 @@ def read_codes_file(path: str, gid: str):
     return codes
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def safe_name(generation_id: str) -> str:
-    """A file name for an id: readable, and unique even if two ids clean alike."""
-    clean = _UNSAFE.sub("_", generation_id)
-    return f"{clean}-{hashlib.sha256(generation_id.encode()).hexdigest()[:8]}"
-
 
 def codes_stamp(ds, codes_dtype: str) -> str:
     """What a codes file's bytes depend on besides the codes."""
     return f"{codes_dtype}|{ds.schema.field(GEN.codes).type}|{WRITER}"
 
 
-def content_key(stamp: str, table: TableCodes, gid: str) -> str:
-    """SHA-256 of what torch.save of GID's codes is a function of."""
-    start, end, shape = table.rows[gid]
-    return hashlib.sha256(f"{stamp}|{shape}|".encode() + table.values[start:end].data).hexdigest()
+@dataclass(kw_only=True)
+class StoredCodes:
+    """Where the codes files of an export's generations are, as arrays in the order
+    of IDS (Arrow strings, not Python objects: a few bytes per generation)."""
+
+    root: Path  # STORE/codes, absolute
+    ids: list[str]
+    keys: pa.Array  # content key "<sha256>:<size>" per generation
+    rels: pa.Array  # its file, relative to ROOT
+    written: int  # files this export wrote into STORE/codes
 
 
-def write_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[str],
-                codes_paths: dict[str, Any], out_dir: Path,
-                codes_dtype: str) -> tuple[dict[str, str], int, int]:
-    """Write (or keep, see the module doc) the codes files of the generations GIDS
-    (OFFSETS: their rows in DS; CODES_PATHS: their codes_path). Returns (generation
-    id -> absolute path of its codes file, files written now, files kept as they
-    were). Refuses a mix of generations with and without codes; without any,
-    writes none (NeMo's dataset then reads the wavs) and returns an empty mapping."""
+def _key(data) -> tuple[str, str]:
+    sha = hashlib.sha256(data).hexdigest()
+    return sha, f"{sha}:{len(data)}"
+
+
+def _size(key: str) -> int:
+    return int(key.rsplit(":", 1)[1])
+
+
+def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[str],
+                codes_paths: pa.ChunkedArray | pa.Array, codes_dtype: str) -> StoredCodes | None:
+    """Make sure STORE/codes holds the codes file of every generation in GIDS
+    (OFFSETS: their rows in DS; CODES_PATHS: their codes_path, in the order of
+    GIDS): write those it lacks, check the others by size. None when no generation
+    has codes (NeMo's dataset then reads the wavs); a mix of generations with and
+    without is one line."""
     check_codes_dtype(codes_dtype)
+    root = codes_store.codes_root(store)
     stamp = codes_stamp(ds, codes_dtype)
-    fresh = _take_codes(ds, offsets, [])
+    written = [0]
+    fresh: set[str] = set()  # written or found just now: no stat needed
 
     def compute(todo: list[str]) -> pa.Table:
-        nonlocal fresh
-        fresh = _take_codes(ds, offsets, todo)
-        return pa.table([todo, [content_key(stamp, fresh, g) if g in fresh.rows else None for g in todo],
-                         [f"{safe_name(g)}.pt" for g in todo]], schema=CODES_KEYS_SCHEMA)
+        made = {}
+        for chunk, table in _chunks(ds, offsets, todo):
+            for gid in chunk:
+                if gid not in table.rows:
+                    made[gid] = (None, None)
+                    continue
+                data = _file_bytes(table.array(gid), codes_dtype)
+                sha, key = _key(data)
+                rel = codes_store.relative_name(sha, gid)
+                written[0] += codes_store.put(root, rel, data)
+                made[gid] = (key, rel)
+                fresh.add(gid)
+        return pa.table([todo, [made[g][0] for g in todo], [made[g][1] for g in todo]],
+                        schema=CODES_KEYS_SCHEMA)
 
-    # generation id -> (content key, or None without codes in the table), per table version
+    # generation id -> (key, file; None without codes in the table), per table version
     stored = stored_map(store, "export.codes", (table_identity(ds), stamp), CODES_KEYS_SCHEMA,
                         ids=gids, compute=compute)
-    keys = dict(zip(gids, stored.column(DERIVED.key).to_pylist()))
-    names = dict(zip(gids, stored.column(DERIVED.file).to_pylist()))  # safe_name(id).pt
-    without = sorted(g for g in gids if keys[g] is None and not codes_paths[g])
-    if without and len(without) < len(gids):
-        raise InputError(f"{sv_ref}: {len(without)} of {len(gids)} generations have no codes "
-                         f"(first: {without[0]}); NeMo cannot batch codes with audio, export none or all")
-    if without:
-        return {}, 0, 0
-    codes_dir = out_dir / "codes"
-    codes_dir.mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails first
-    from_files = {gid: read_codes_file(codes_paths[gid], gid) for gid in sorted(gids) if keys[gid] is None}
-    index = _read_index(out_dir)
-    base = str(codes_dir.absolute())
-    paths = {gid: f"{base}/{names[gid]}" for gid in sorted(gids)}
-    stale = _stale([g for g in paths if g not in from_files], names, keys, index,
-                   codes_dir=codes_dir)
-    missing = [g for g in stale if g not in fresh.rows]
-    table = _take_codes(ds, offsets, missing) if missing else fresh
-    written = 0
-    if not (stale or from_files):
-        return paths, 0, len(paths)
-    for gid, codes in from_files.items():  # as read (any strides): always written, never indexed
-        import torch
+    keys = stored.column(DERIVED.key).combine_chunks()
+    rels = stored.column(DERIVED.file).combine_chunks()
+    own = pa.chunked_array([codes_paths]) if isinstance(codes_paths, pa.Array) else codes_paths
+    no_file = pc.or_kleene(pc.is_null(own), pc.equal(own, "")).combine_chunks().fill_null(True)
+    without = pc.and_(keys.is_null(), no_file)
+    count = pc.sum(without).as_py() or 0
+    if count and count < len(gids):
+        first = min(pc.filter(pa.array(gids), without).to_pylist())
+        raise InputError(f"{sv_ref}: {count} of {len(gids)} generations have no codes "
+                         f"(first: {first}); NeMo cannot batch codes with audio, export none or all")
+    if count:
+        return None
+    _check_or_rewrite(ds, offsets, gids=gids, keys=keys, rels=rels, fresh=fresh, root=root,
+                      codes_dtype=codes_dtype, written=written)
+    if keys.null_count:  # codes only in codes_path files: read (and hashed) on every export
+        keys, rels = _from_files(root, gids=gids, keys=keys, rels=rels, own=own, codes_dtype=codes_dtype,
+                                 written=written)
+    return StoredCodes(root=root, ids=gids, keys=keys, rels=rels, written=written[0])
 
+
+def _check_or_rewrite(ds, offsets, *, gids, keys, rels, fresh, root, codes_dtype, written) -> None:
+    """Stat each file not written just now (streamed from the arrays, CHUNK at a
+    time); write a missing one again."""
+    known: list[int] = []  # positions stat'ed, in order
+
+    def files():
+        for start in range(0, len(gids), CHUNK):
+            key_list = keys.slice(start, CHUNK).to_pylist()
+            rel_list = rels.slice(start, CHUNK).to_pylist()
+            for i, (key, rel) in enumerate(zip(key_list, rel_list), start):
+                if key is not None and gids[i] not in fresh:
+                    known.append(i)
+                    yield rel, _size(key)
+
+    gone = codes_store.missing(root, files())
+    lost = {gids[known[i]]: known[i] for i in gone}
+    for chunk, table in _chunks(ds, offsets, list(lost)):  # deleted since: written again
+        for gid in chunk:
+            data = _file_bytes(table.array(gid), codes_dtype)
+            if _key(data)[1] != keys[lost[gid]].as_py():
+                raise InputError(f"{ds.uri}: the codes of generation {gid} are not those kept for "
+                                 f"generations@{ds.version} in STORE/.derived; remove STORE/.derived "
+                                 "and export again")
+            written[0] += codes_store.put(root, rels[lost[gid]].as_py(), data)
+
+
+def _from_files(root, *, gids, keys, rels, own, codes_dtype, written) -> tuple[pa.Array, pa.Array]:
+    import torch
+
+    key_list, rel_list, paths = keys.to_pylist(), rels.to_pylist(), own.to_pylist()
+    for i in sorted(range(len(gids)), key=gids.__getitem__):
+        if key_list[i] is not None:
+            continue
+        codes = read_codes_file(paths[i], gids[i])
         buffer = io.BytesIO()
         torch.save(codes.to(getattr(torch, codes_dtype)), buffer)
-        _write_file(buffer.getbuffer(), paths[gid])
-        index.pop(names[gid], None)
-        written += 1
-    for gid in stale:
-        codes = (table if gid in table.rows else fresh).array(gid)
-        data = torch_file_bytes(np.ascontiguousarray(codes.astype(codes_dtype)))
-        index[names[gid]] = [keys[gid], *_write_file(memoryview(data), paths[gid])]
-        written += 1
-    if written:
-        _write_index(out_dir, index)
-    return paths, written, len(paths) - written
+        data = buffer.getvalue()
+        sha, key_list[i] = _key(data)
+        rel_list[i] = codes_store.relative_name(sha, gids[i])
+        written[0] += codes_store.put(root, rel_list[i], data)
+    return pa.array(key_list, pa.string()), pa.array(rel_list, pa.string())
 
 
-def _take_codes(ds, offsets: dict[str, int], gids: list[str]) -> TableCodes:
+def _file_bytes(codes: np.ndarray, codes_dtype: str) -> bytes:
+    return torch_file_bytes(np.ascontiguousarray(codes.astype(codes_dtype)))
+
+
+def _chunks(ds, offsets: dict[str, int], gids: list[str]):
+    """(ids, their TableCodes) for GIDS in table order, CHUNK at a time."""
     ordered = sorted(gids, key=offsets.__getitem__)
-    if not ordered:
-        return TableCodes(np.zeros(0, np.int16), {})
-    return table_codes(ds, np.array([offsets[g] for g in ordered], np.int64), ordered)
+    for start in range(0, len(ordered), CHUNK):
+        part = ordered[start:start + CHUNK]
+        yield part, table_codes(ds, np.array([offsets[g] for g in part], np.int64), part)
+
+
+# ------------------------------------------------------------ --copy-codes
+def copy_codes(stored: StoredCodes, out_dir: Path) -> tuple[list[str], int, int]:
+    """Copy (or keep, see the module doc) STORED's files into OUT_DIR/codes as
+    <safe_name(id)>.pt, each checked against its name, CHUNK at a time. Returns
+    (the copies' names in the order of stored.ids, files copied now, files kept as
+    they were)."""
+    codes_dir = out_dir / "codes"
+    codes_dir.mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails first
+    index = _read_index(out_dir)
+    base = str(codes_dir.absolute())
+    names, copied = [f"{safe_name(g)}.pt" for g in stored.ids], 0
+    for start in range(0, len(names), CHUNK):
+        ids = stored.ids[start:start + CHUNK]
+        chunk_names = dict(zip(ids, names[start:start + CHUNK]))
+        keys = dict(zip(ids, stored.keys.slice(start, len(ids)).to_pylist()))
+        rels = dict(zip(ids, stored.rels.slice(start, len(ids)).to_pylist()))
+        for gid in _stale(ids, chunk_names, keys, index, codes_dir=codes_dir):
+            data = codes_store.read_verified(stored.root / rels[gid])
+            index[chunk_names[gid]] = [keys[gid], *_write_file(memoryview(data), f"{base}/{chunk_names[gid]}")]
+            copied += 1
+    if copied:
+        _write_index(out_dir, index)
+    return names, copied, len(names) - copied
 
 
 def _stat(path: str) -> list[int]:

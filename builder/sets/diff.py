@@ -198,12 +198,12 @@ def diff_generations(store: Store, a: str, b: str) -> dict[str, Any]:
     method = "lance-delta" if _delta_fits(da, db) else "join"
     con = duckdb.connect()
     try:
-        con.register("a", da.to_table(columns=[GEN.generation_id, GEN.run, *METRICS]))
+        con.register("a", _metric_table(da, [GEN.generation_id, GEN.run]))
         if method == "lance-delta":
             counts = _counts_by_delta(con, da, db)
-            con.register("b", db.to_table(columns=[GEN.run, *METRICS]))
+            con.register("b", _metric_table(db, [GEN.run]))
         else:
-            con.register("b", db.to_table(columns=[GEN.generation_id, GEN.run, *METRICS]))
+            con.register("b", _metric_table(db, [GEN.generation_id, GEN.run]))
             counts = _counts_by_join(con)
         metrics = _shifts(con, METRICS)
     finally:
@@ -213,6 +213,18 @@ def diff_generations(store: Store, a: str, b: str) -> dict[str, Any]:
             "a": {"ref": f"generations@{da.version}", "rows": da.count_rows()},
             "b": {"ref": f"generations@{db.version}", "rows": db.count_rows()},
             "rows": totals, "by_run": counts, "metrics": metrics}
+
+
+def _metric_table(ds, head: list[str]):
+    """HEAD and every registered metric of DS; a metric an older version lacks is NULL."""
+    import pyarrow as pa
+
+    have = set(ds.schema.names)
+    table = ds.to_table(columns=[*head, *[m for m in METRICS if m in have]])
+    for m in METRICS:
+        if m not in have:
+            table = table.append_column(m, pa.nulls(table.num_rows, pa.float64()))
+    return table.select([*head, *METRICS])
 
 
 def _delta_fits(da, db) -> bool:

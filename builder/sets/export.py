@@ -23,14 +23,18 @@ Two NeMo pitfalls the export guards against:
   pairing lines, which would shift every later pair: keep those bounds around
   the range the export reports (the recipe's duration limits).
 
-Every generation's codes are written to ``OUT/codes/<generation id>.pt`` as
-``torch.save`` of a ``[codebooks, frames]`` tensor of ``codes_dtype`` writes it
-(int32 by default, or int64; torch_file.py): NeMo's own generation writes int16 codes, on which its DPO
+Every generation's codes are a file NeMo's dataset ``torch.load``s: ``torch.save``
+of a ``[codebooks, frames]`` tensor of ``codes_dtype`` (int32 by default, or int64;
+torch_file.py): NeMo's own generation writes int16 codes, on which its DPO
 training step crashes (``gather(): Expected dtype int32/int64 for index``), so
 the export never points at those files. The codes are the table's (as ingested),
-else those of the generation's ``codes_path``. An export into an OUT that already
-holds a generation's codes file with the same content keeps it (codes.py says how
-that is known); the lines are encoded column by column (nemo_lines.py).
+else those of the generation's ``codes_path``. Those files are kept in
+``STORE/codes`` (content-addressed, written once: codes.py, core/codes_store.py),
+and the manifests name them there: an export writes two manifests, not codes.
+``copy_codes`` (``--copy-codes``) copies them into ``OUT/codes/<generation
+id>.pt`` instead, for a folder to move to another machine. The lines are encoded
+column by column (nemo_lines.py) and written CHUNK_PAIRS pairs at a time, so the
+manifests never sit in memory whole.
 
 ``export_trl`` writes one row per pair (``prompt``, ``chosen``, ``rejected`` =
 text and the two wav paths, plus metrics, rewards and split) as Parquet or JSON
@@ -49,9 +53,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.sets.build import SetVersion, open_set
-from ttspo.builder.sets.codes import DEFAULT_CODES_DTYPE, safe_name, write_codes  # noqa: F401 (safe_name)
-from ttspo.builder.sets.nemo_lines import (_ENCODER, check_for_nemo, generation_columns, nemo_manifests, openings,
-                                           set_generations)
+from ttspo.builder.core import codes_store
+from ttspo.builder.sets.codes import DEFAULT_CODES_DTYPE, check_codes_dtype, safe_name, store_codes  # noqa: F401
+from ttspo.builder.sets.codes import copy_codes as _copy_codes
+from ttspo.builder.sets.nemo_lines import (_ENCODER, CHUNK_PAIRS, check_for_nemo, generation_columns,
+                                           encoded_paths, manifest_chunks, openings, set_generations)
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import atomic_write, write_text_atomic
 from ttspo.builder.core.schemas import DERIVED, GEN, PAIR
@@ -64,15 +70,17 @@ VAL_MANIFEST = "dpo_val_manifest.json"
 class ExportResult:
     files: list[str]
     pairs: dict[str, int]  # split -> pairs written
-    codes_written: int  # codes files written under OUT/codes
+    codes_written: int  # codes files written into STORE/codes (the first export of a generation)
     min_duration: float | None
     max_duration: float | None
-    codes_reused: int = 0  # codes files already in OUT/codes with these codes: kept (see codes.py)
-    seconds: dict[str, float] = field(default_factory=dict)  # generations, codes, lines, write
+    codes_reused: int = 0  # named codes files already there (STORE/codes, or OUT/codes with --copy-codes)
+    codes_copied: int = 0  # --copy-codes: files copied into OUT/codes now
+    seconds: dict[str, float] = field(default_factory=dict)  # generations, codes, lines+write
 
     def summary(self) -> dict[str, Any]:
         return {"files": self.files, **{f"{k}_pairs": v for k, v in self.pairs.items()},
-                "codes_written": self.codes_written, "codes_reused": self.codes_reused,
+                "codes_written": self.codes_written, "codes_copied": self.codes_copied,
+                "codes_reused": self.codes_reused,
                 "min_duration": self.min_duration, "max_duration": self.max_duration}
 
 
@@ -86,10 +94,15 @@ def generation_rows(store, sv: SetVersion, pairs: pa.Table) -> dict[str, dict[st
 
 
 # ------------------------------------------------------------------- NeMo
-def export_nemo(store, ref: str, out_dir: str | os.PathLike, *,
-                codes_dtype: str = DEFAULT_CODES_DTYPE) -> ExportResult:
-    """Write NAME[@VERSION|@TAG] as NeMo DPO train/val manifests in OUT_DIR, with
-    every generation's codes as a CODES_DTYPE file under OUT_DIR/codes."""
+def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str = DEFAULT_CODES_DTYPE,
+                copy_codes: bool = False, chunk_pairs: int = CHUNK_PAIRS) -> ExportResult:
+    """Write NAME[@VERSION|@TAG] as NeMo DPO manifests in OUT_DIR naming each
+    generation's CODES_DTYPE codes file in STORE/codes (written there by the first
+    export that needs it); COPY_CODES: copied into OUT_DIR/codes and named there.
+    The lines are made and written CHUNK_PAIRS pairs at a time."""
+    if chunk_pairs < 1:
+        raise InputError(f"chunk_pairs {chunk_pairs}: must be 1 or more")
+    check_codes_dtype(codes_dtype)
     clock = [time.perf_counter()]
     sv = open_set(store, ref)
     pairs = sv.rows()
@@ -98,23 +111,37 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *,
     clock.append(time.perf_counter())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    own = dict(zip(gens.ids, gens.column(DERIVED.codes_path)))
-    paths, written, kept = write_codes(store, sv.ref, gens.ds, gens.rows, gids=gens.ids,
-                                       codes_paths=own, out_dir=out, codes_dtype=codes_dtype)
-    clock.append(time.perf_counter())
-    manifests = nemo_manifests(pairs, gens.ids, openings(gens, paths))
-    clock.append(time.perf_counter())
-    files = []
-    for split, name in (("train", TRAIN_MANIFEST), ("val", VAL_MANIFEST)):
-        with atomic_write(out / name, "wb") as fh:
-            fh.write(manifests[split][0])
-        files.append(str(out / name))
+    with codes_store.codes_lock(store, exclusive=False):  # gc removes none of them meanwhile
+        stored = store_codes(store, sv.ref, gens.ds, gens.rows, gids=gens.ids,
+                             codes_paths=gens.parts.column(DERIVED.codes_path), codes_dtype=codes_dtype)
+        paths, copied, kept = {}, 0, 0
+        if stored is not None:
+            paths, kept = encoded_paths(str(stored.root), stored.rels), len(stored.ids) - stored.written
+            if copy_codes:
+                names, copied, kept = _copy_codes(stored, out)
+                paths = encoded_paths(str((out / "codes").absolute()), pa.array(names))
+        clock.append(time.perf_counter())
+        lines = _write_manifests(out, pairs, gens.ids, openings(gens, paths), chunk=chunk_pairs)
     clock.append(time.perf_counter())
     durations = pc.min_max(gens.parts.column(DERIVED.duration)).as_py()
-    seconds = dict(zip(("generations", "codes", "lines", "write"), (b - a for a, b in zip(clock, clock[1:]))))
-    return ExportResult(files=files, pairs={s: lines // 2 for s, (_, lines) in manifests.items()},
-                        codes_written=written, min_duration=durations["min"],
-                        max_duration=durations["max"], codes_reused=kept, seconds=seconds)
+    seconds = dict(zip(("generations", "codes", "lines"), (b - a for a, b in zip(clock, clock[1:]))))
+    return ExportResult(files=[str(out / TRAIN_MANIFEST), str(out / VAL_MANIFEST)],
+                        pairs={s: n // 2 for s, n in lines.items()},
+                        codes_written=0 if stored is None else stored.written,
+                        min_duration=durations["min"], max_duration=durations["max"],
+                        codes_reused=kept, codes_copied=copied, seconds=seconds)
+
+
+def _write_manifests(out: Path, pairs: pa.Table, ids: list[str], fixed: list, *,
+                     chunk: int) -> dict[str, int]:
+    """Both manifests, chunk by chunk, each whole or not at all; split -> lines."""
+    lines = {"train": 0, "val": 0}
+    with atomic_write(out / TRAIN_MANIFEST, "wb") as train, atomic_write(out / VAL_MANIFEST, "wb") as val:
+        files = {"train": train, "val": val}
+        for split, data, n in manifest_chunks(pairs, ids, fixed, chunk=chunk):
+            files[split].write(data)
+            lines[split] += n
+    return lines
 
 
 def _json_line(record: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import json.encoder
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +34,7 @@ GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
                GEN.audio_filepath, GEN.codes_path, GEN.duration, GEN.cer, GEN.wer, GEN.ssim,
                GEN.pred_transcript, GEN.gt_transcript)
 CONTEXT_CODES = "context_audio_codes_path"  # from the prompt, at the set's prompts version
+PARTS_CHUNK = 16384  # generations whose columns are Python objects at once (a first export)
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
 _STRING = json.encoder.encode_basestring  # what that encoder uses for str (C when available)
@@ -107,6 +108,8 @@ def generation_columns(store, sv, pairs: pa.Table) -> dict[str, list]:
 
 
 def _read_columns(ds, prompts, ids: list[str], rows: list[int]) -> dict[str, list]:
+    """GEN_COLUMNS of IDS (at ROWS of DS) as lists, plus their prompts' context codes
+    paths (PROMPTS: a dataset, or its two columns already read)."""
     table = ds.take(pa.array(rows, pa.int64()), columns=list(GEN_COLUMNS))
     columns = {c: table.column(c).to_pylist() for c in GEN_COLUMNS}
     if columns[GEN.generation_id] != ids:  # rows are matched by offset: check they are these
@@ -124,7 +127,10 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
 
     def compute(todo: list[str]) -> pa.Table:
         rows = _rows_of(store, sv, ds, gen_key, ids=todo)
-        return gen_parts(_read_columns(ds, prompts, todo, rows), rows)
+        table = _prompt_codes(prompts)  # read once, not per chunk
+        parts = [gen_parts(_read_columns(ds, table, todo[i:i + PARTS_CHUNK], rows[i:i + PARTS_CHUNK]),
+                           rows[i:i + PARTS_CHUNK]) for i in range(0, len(todo), PARTS_CHUNK)]
+        return pa.concat_tables(parts) if parts else gen_parts(_read_columns(ds, table, [], []), [])
 
     key = (gen_key, None if prompts is None else table_identity(prompts))
     parts = stored_map(store, "export.line_parts", key, LINE_PARTS_SCHEMA, ids=_named(pairs),
@@ -132,11 +138,18 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
     return SetGenerations(ds, parts.column(DERIVED.id).to_pylist(), parts)
 
 
+def _prompt_codes(prompts) -> pa.Table | None:
+    if prompts is None or isinstance(prompts, pa.Table):
+        return prompts
+    return prompts.to_table(columns=[PROMPT.prompt_id, PROMPT.context_audio_codes_path])
+
+
 def context_codes(prompts, prompt_ids: pa.ChunkedArray) -> list:
-    """Each generation's prompt's context_audio_codes_path (None without prompts)."""
+    """Each generation's prompt's context_audio_codes_path (None without prompts;
+    PROMPTS: the prompts dataset, or its two columns already read)."""
     if prompts is None:
         return [None] * len(prompt_ids)
-    table = prompts.to_table(columns=[PROMPT.prompt_id, PROMPT.context_audio_codes_path])
+    table = _prompt_codes(prompts)
     at = pc.index_in(prompt_ids, value_set=table.column(PROMPT.prompt_id))
     return table.column(PROMPT.context_audio_codes_path).take(at).to_pylist()
 
@@ -192,23 +205,36 @@ def gen_parts(c: dict[str, list], rows: list[int]) -> pa.Table:
 
 
 # ------------------------------------------------------------------ lines
-def openings(gens: SetGenerations, codes_paths: dict[str, str]) -> list:
+def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array) -> list:
     """Per generation of GENS (in its order), its lines' fixed items pointing at
-    CODES_PATHS (its own codes_path without), joined, with ", " after unless empty:
-    as pieces to join (arrays, one value per generation, and scalars)."""
-    paths = [codes_paths[g] for g in gens.ids] if codes_paths else gens.column(DERIVED.codes_path)
+    CODES_PATHS (generation id -> path, or the paths already JSON-encoded as an array
+    in the order of gens.ids; empty: its own codes_path), joined, with ", " after
+    unless empty: as pieces to join (arrays, one value per generation, and scalars)."""
+    if isinstance(codes_paths, pa.Array):
+        encoded = codes_paths.cast(pa.large_string())
+    else:
+        paths = [codes_paths[g] for g in gens.ids] if codes_paths else gens.column(DERIVED.codes_path)
+        encoded = pa.array([None if p is None else _STRING(p) for p in paths], pa.large_string(),
+                           memory_pool=POOL)
     head, tail = gens.parts.column(DERIVED.head), gens.parts.column(DERIVED.tail)
-    if None not in paths and pc.min(pc.binary_length(head)).as_py() and pc.min(pc.binary_length(tail)).as_py():
+    if not encoded.null_count and pc.min(pc.binary_length(head)).as_py() and pc.min(pc.binary_length(tail)).as_py():
         # the usual case: every generation has all three parts, joined with the lines
-        middle = pa.array(map(_STRING, paths), pa.large_string(), size=len(paths), memory_pool=POOL)
-        return [head.combine_chunks(POOL), _lit(', "target_audio_codes_path": '), middle, _lit(", "),
+        return [head.combine_chunks(POOL), _lit(', "target_audio_codes_path": '), encoded, _lit(", "),
                 tail.combine_chunks(POOL), _lit(", ")]
     out = []
-    for head_items, path, tail_items in zip(head.to_pylist(), paths, tail.to_pylist()):
-        middle = "" if path is None else f'"target_audio_codes_path": {_STRING(path)}'
+    for head_items, path, tail_items in zip(head.to_pylist(), encoded.to_pylist(), tail.to_pylist()):
+        middle = "" if path is None else f'"target_audio_codes_path": {path}'
         text = ", ".join([p for p in (head_items, middle, tail_items) if p])
         out.append(f"{text}, " if text else "")
     return [pa.array(out, pa.large_string(), memory_pool=POOL)]
+
+
+def encoded_paths(folder: str, names: pa.Array) -> pa.Array:
+    """FOLDER/NAME for each of NAMES, JSON-encoded as the encoder writes them
+    (NAMES hold only [A-Za-z0-9_./-]: nothing in them is escaped)."""
+    head = _STRING(f"{folder}/")[:-1]  # the opening quote and the escaped folder
+    return pc.binary_join_element_wise(_lit(head), names.cast(pa.large_string()), _lit('"'), _lit(""),
+                                       memory_pool=POOL)
 
 
 def _strings(values: list) -> pa.Array:
@@ -226,15 +252,45 @@ def _numbers(column: pa.ChunkedArray) -> pa.Array:
     return pa.array(encoded, pa.large_string(), memory_pool=POOL)
 
 
+CHUNK_PAIRS = 8192  # pairs whose lines are in memory at once (~1.5 KB each)
+
+
 def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: list) -> dict[str, tuple[memoryview, int]]:
-    """split -> (its manifest's bytes, lines): each pair as its chosen line then its
-    rejected line, in the order of PAIRS (the shuffle). FIXED: openings() of the
-    generations IDS. Each value encoded once; each pair's two lines joined by Arrow."""
+    """split -> (its manifest's bytes, lines), in one piece (manifest_chunks, one chunk)."""
+    out = {}
+    for split, data, lines in manifest_chunks(pairs, ids, fixed, chunk=max(1, pairs.num_rows)):
+        out[split] = (data, lines)
+    return out
+
+
+def manifest_chunks(pairs: pa.Table, ids: list[str], fixed: list, *,
+                    chunk: int = CHUNK_PAIRS) -> Iterator[tuple[str, memoryview, int]]:
+    """(split, bytes, lines) pieces of the two manifests, train's then val's, CHUNK
+    pairs at a time: each pair as its chosen line then its rejected line, in the
+    order of PAIRS (the shuffle). A split's pieces one after another are its
+    manifest (a split without pairs yields one empty piece). FIXED: openings() of
+    the generations IDS. Each value encoded once; each pair's two lines joined by Arrow."""
     splits = pairs.column(PAIR.split)
     unknown = set(pc.unique(splits).to_pylist()) - {"train", "val"}
     if unknown:
         raise InputError(f"a pair has split {sorted(map(str, unknown))[0]!r}, not train or val")
     value_set = pa.array(ids, pa.string(), memory_pool=POOL)
+    split_of = np.asarray(splits.to_numpy(zero_copy_only=False))
+    for split in ("train", "val"):
+        rows = np.flatnonzero(split_of == split)
+        if not len(rows):
+            yield split, memoryview(b""), 0
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            if part[-1] - part[0] + 1 == len(part):  # one run (val is a prefix): no copy
+                some = pairs.slice(int(part[0]), len(part))
+            else:
+                some = pairs.take(pa.array(part, pa.int64()))
+            yield split, _text(_two_lines(some, value_set, fixed)), 2 * len(part)
+
+
+def _two_lines(pairs: pa.Table, value_set: pa.Array, fixed: list) -> pa.Array:
+    """Each pair of PAIRS as its chosen line and its rejected line, one string."""
     at = {side: pc.index_in(pairs.column(side), value_set=value_set, memory_pool=POOL).combine_chunks(POOL)
           for side in (PAIR.chosen_id, PAIR.rejected_id)}
     if any(a.null_count for a in at.values()):
@@ -255,16 +311,7 @@ def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: list) -> dict[str, tu
         _lit("}\n"), _lit(""), memory_pool=POOL)
     if two_lines.null_count:
         raise AssertionError("a manifest line came out null")
-    split_of = np.asarray(splits.to_numpy(zero_copy_only=False))
-    out = {}
-    for split in ("train", "val"):
-        rows = np.flatnonzero(split_of == split)
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # one run (val is a prefix): no copy
-            lines = two_lines.slice(int(rows[0]), len(rows))
-        else:
-            lines = pc.take(two_lines, rows, memory_pool=POOL)
-        out[split] = (_text(lines), 2 * len(rows))
-    return out
+    return two_lines
 
 
 def _lit(text: str) -> pa.Scalar:

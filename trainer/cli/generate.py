@@ -10,7 +10,7 @@ from ttspo.builder.cli.common import FiniteFloat, emit, format_option, get_store
 # Guidance far past any useful value (NeMo's default is 2.5); larger scales only
 # push the guided logits toward float32 overflow.
 CFG_SCALE_MAX = 100
-GENERATE_COLUMNS = ["run", "version", "rows", "prompts", "already_there", "ranks",
+GENERATE_COLUMNS = ["run", "version", "rows", "prompts", "already_there", "ranks", "score_failed",
                     "sampling_s", "decoding_s", "scoring_s", "writing_s"]
 
 
@@ -44,7 +44,7 @@ GENERATE_COLUMNS = ["run", "version", "rows", "prompts", "already_there", "ranks
 @click.option("--score", "do_score", is_flag=True,
               help="Score on the way (the `ttspo score` backends, in this process).")
 @click.option("--metrics", default="cer,wer,ssim", show_default=True,
-              help="With --score: the metrics to compute.")
+              help="With --score: the metrics to compute (any of ttspo score --metrics).")
 @click.option("--asr", default="pocketsphinx", show_default=True, metavar="BACKEND",
               help="With --score: ASR backend (see ttspo score).")
 @click.option("--sv", default="resemblyzer", show_default=True, metavar="BACKEND",

@@ -6,14 +6,15 @@ from __future__ import annotations
 import click
 
 from ttspo.builder.cli.common import FiniteFloat, emit, format_option, get_store, lineage_for
+from ttspo.builder.core import metrics as registry
 
 
 @click.command()
 @click.option("--table", "source", default="rollouts", show_default=True, metavar="TABLE[@V]",
               help="rollouts or generations (at a version or tag).")
 @click.option("--weights", default="cer=0.5,ssim=0.5", show_default=True,
-              help="NAME=WEIGHT,... as in grpo.rewards: cer, ssim, pesq, squim, utmos, length, "
-                   "or pkg.mod:fn.")
+              help=f"NAME=WEIGHT,... as in grpo.rewards: {', '.join(registry.rewarded())}, "
+                   "length, or pkg.mod:fn.")
 @click.option("--normalize", type=click.Choice(["none", "group"]), default="none",
               show_default=True,
               help="group: z-score each reward within its group before the weighted sum.")
@@ -40,13 +41,16 @@ from ttspo.builder.cli.common import FiniteFloat, emit, format_option, get_store
               help="A group whose best CER is above this is invalid.")
 @click.option("--worst-cer-threshold", type=FiniteFloat(), default=1.0, show_default=True,
               help="A group whose worst CER is above this is invalid.")
+@click.option("--limits", default="", metavar="METRIC=MAX,...",
+              help="Validity limits as in grpo.limits (e.g. trail_silence=0.5): a sample "
+                   "over one is invalid.")
 @format_option
 @click.pass_context
 def rewards(ctx: click.Context, *, source: str, weights: str, normalize: str, name: str,
             plot: str | None, scale_rewards: bool, invalid_reward: str, mean_cer: float,
             mean_ssim: float, best_ssim: float, length_target: float | None,
             min_valid_len: int, max_valid_len: int, best_cer_threshold: float,
-            worst_cer_threshold: float, fmt: str) -> None:
+            worst_cer_threshold: float, limits: str, fmt: str) -> None:
     """Recompute rewards, validity and advantages from stored metrics, without
     regenerating, as a new version of the rewards table NAME (with lineage)."""
     from ttspo.trainer.grpo.rewards import RewardConfig
@@ -58,6 +62,7 @@ def rewards(ctx: click.Context, *, source: str, weights: str, normalize: str, na
                        mean_cer=mean_cer, mean_ssim=mean_ssim,
                        best_ssim=best_ssim, length_target=length_target,
                        min_valid_len=min_valid_len, max_valid_len=max_valid_len,
+                       limits=parse_terms(limits, "--limits") if limits else {},
                        best_cer_threshold=best_cer_threshold,
                        worst_cer_threshold=worst_cer_threshold)
     result = recompute_rewards(get_store(ctx).core, source=source, cfg=cfg, name=name,

@@ -27,7 +27,13 @@ def held_out(limit: int) -> str:
 SAMPLES = 2
 MAX_STEPS = 24  # about 1.1 s of audio: enough for the ASR to hear something
 TOP_K = 80
-NAMES = {"cer": "CER", "wer": "WER", "ssim": "speaker similarity", "pesq": "PESQ"}
+NAMES = {"cer": "CER", "wer": "WER", "ssim": "speaker similarity", "pesq": "PESQ",
+         "mos": "naturalness (Distill-MOS)", "lead_silence": "leading silence",
+         "trail_silence": "trailing silence", "max_pause": "longest pause",
+         "speech_ratio": "speech ratio", "speech_seconds": "speech seconds"}
+# What the loop's generate --score computes: the recipe's CER/SSIM, naturalness and
+# silence (the VAD: so a policy that learned to pad with silence shows it)
+LOOP_METRICS = ("cer", "wer", "ssim", "mos", "trail_silence")
 
 
 def step_loop(demo, *, prompts: int = HELD_OUT_PROMPTS, samples: int = SAMPLES,
@@ -44,8 +50,9 @@ def step_loop(demo, *, prompts: int = HELD_OUT_PROMPTS, samples: int = SAMPLES,
                 "where": held_out(prompts), "max_steps": max_steps, "top_k": TOP_K, "seed": 0}
         demo.command("generate", "--run", run, "--checkpoint", checkpoint, "--samples",
                      str(samples), "--where", args["where"], "--max-steps", str(max_steps),
-                     "--top-k", str(TOP_K), "--audio-dir", str(audio_dir), "--score")
-        result = store.generate(**args, audio_dir=audio_dir, score=True,
+                     "--top-k", str(TOP_K), "--audio-dir", str(audio_dir), "--score",
+                     "--metrics", ",".join(LOOP_METRICS))
+        result = store.generate(**args, audio_dir=audio_dir, score=True, metrics=LOOP_METRICS,
                                 lineage=make_lineage("generate", args, demo=True))
         split = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
         demo.say(f"{run}: {result.prompts} held-out prompts lacked samples, "
@@ -60,6 +67,13 @@ def step_loop(demo, *, prompts: int = HELD_OUT_PROMPTS, samples: int = SAMPLES,
     demo.say()
     for row in table.filter(table["breakdown"] == "all").to_dicts():
         demo.say(verdict(row))
+    demo.say("Each run on its own, as a paper's table reports it (mean over the prompts, "
+             "95% bootstrap interval):")
+    demo.command("compare", *RUNS, "--summary")
+    summary = store.compare(list(RUNS), seed=0, summary=True)
+    demo.echo(render_table([{k: (round(v, 3) if isinstance(v, float) else v)
+                             for k, v in row.items()} for row in summary.to_dicts()],
+                           list(summary.columns)).rstrip("\n"))
 
 
 ALPHA = 0.05  # the test level a claimed difference must also pass
@@ -79,6 +93,9 @@ def verdict(row: dict) -> str:
         return (f"{name}: no difference shown ({interval}): p >= {ALPHA}; over {n} prompts the "
                 "interval alone is not evidence.")
     higher = row["diff"] > 0
+    if row["better"] == "neither":  # a range, not a direction (speaking rate)
+        return (f"{name}: {row['run_b']} is {'higher' if higher else 'lower'} than "
+                f"{row['run_a']} ({interval}).")
     better = higher == (row["better"] == "higher")
     return (f"{name}: {row['run_b']} is {'higher' if higher else 'lower'} than {row['run_a']} "
             f"({interval}): {'better' if better else 'worse'} on these prompts.")

@@ -16,7 +16,8 @@ from ttspo.builder.core.store import make_lineage
 SET = "demo-pareto"
 TAG = "v1"
 SCORE_WHERE = "group_index < 2"  # two groups: a quick real run of every offline backend
-SCORE_METRICS = ("cer", "wer", "ssim", "pesq")
+# trail_silence runs the VAD (all four silence metrics), mos Distill-MOS: both offline
+SCORE_METRICS = ("cer", "wer", "ssim", "pesq", "mos", "trail_silence")
 FIRST = {"cer_threshold": 0.3, "min_duration": 1.0, "val_size": 1, "seed": 0}
 SECOND = {**FIRST, "cer_threshold": 0.5}
 
@@ -34,7 +35,8 @@ def _scored_before(store) -> int | None:
 
 
 def step_score(demo) -> None:
-    """Score a slice again with the offline models: pocketsphinx, resemblyzer, PESQ."""
+    """Score a slice again with the offline models: pocketsphinx, resemblyzer, PESQ,
+    Distill-MOS and silero-vad."""
     from ttspo.builder.scoring.run import ScoreOptions, describe, score
 
     store = demo.store
@@ -57,7 +59,8 @@ def step_score(demo) -> None:
     _table(demo, f"""
         SELECT b.generation_id, round(a.cer, 3) AS json_cer, round(b.cer, 3) AS cer,
                round(a.ssim, 3) AS json_ssim, round(b.ssim, 3) AS ssim,
-               round(b.pesq, 2) AS pesq, b.pred_transcript
+               round(b.pesq, 2) AS pesq, round(b.mos, 2) AS mos,
+               round(b.trail_silence, 2) AS trail_s, b.pred_transcript
         FROM "generations@{before}" a JOIN generations b USING (generation_id)
         WHERE b.{SCORE_WHERE} ORDER BY b.group_index, b.sample_index""")
     for metric in ("cer", "ssim"):

@@ -22,15 +22,17 @@ epoch), rank r micro-step a taking its own slice. So every pair is seen at most
 once per epoch across ranks, and the data position is a pure function of the
 step: a resumed run continues exactly where it stopped.
 
-:func:`collate_pairs` puts the B chosen rows first and the B rejected rows after
-in ONE batch (trainer/dpo/forward.py runs it and splits the log-probs). Rows k
+trainer/dpo/forward.py's ``collate_pairs`` puts the B chosen rows first and the B
+rejected rows after in ONE batch (and runs it and splits the log-probs). Rows k
 and k + B share a dropout group (``trainer.policy.DROPOUT_GROUP``), so
 conditioning dropout treats a pair as one.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -48,11 +50,41 @@ from ttspo.builder.ingest.files import BadFile
 from ttspo.builder.scoring.audio import read_audio
 from ttspo.builder.sets.build import open_set
 from ttspo.builder.sets.export import generation_rows
-from ttspo.trainer.policy.base import CONTEXT_CODES, DROPOUT_GROUP, EOS_DRAWN
+from ttspo.trainer.policy.base import CONTEXT_CODES, EOS_DRAWN
 
 PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
                 PAIR.chosen_reward, PAIR.rejected_reward, PAIR.split)
 ROW_KEYS = (GEN.generation_id, GEN.text, GEN.context_text)  # what a policy's collate reads
+EOS_COLUMNS = (GEN.codes_len, GEN.max_steps)  # data.eos_target=sampled reads them
+CONTEXT_TAKE = 8192  # rows a streamed load takes at once to resolve the prompts' contexts
+
+
+class PairIds:
+    """The pairs' ids, read like a list of str, held as ONE Arrow string array: 4 bytes
+    of offset plus the id's characters a pair, no Python string per pair. An int index
+    gives a str; a slice or an index array gives PairIds; ``pa.array(ids)`` is the array."""
+
+    def __init__(self, ids: pa.Array | pa.ChunkedArray):
+        self.ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, np.integer)):
+            return self.ids[int(key)].as_py()
+        if isinstance(key, slice):
+            return PairIds(self.ids[key])
+        return PairIds(self.ids.take(pa.array(np.asarray(key, dtype=np.int64), pa.int64())))
+
+    def __iter__(self):
+        return iter(self.ids.to_pylist())
+
+    def __arrow_array__(self, type: Any = None) -> pa.Array:
+        return self.ids if type is None else self.ids.cast(type)
+
+    def tolist(self) -> list[str]:
+        return self.ids.to_pylist()
 
 
 @dataclass(kw_only=True)
@@ -63,17 +95,21 @@ class Pairs:
     set_version: int
     generations_version: int
     prompts_version: int | None
-    pair_ids: list[str]
-    split: list[str]
-    chosen: list[dict[str, Any]]  # policy rows: text, context_text, context_codes (+ codes)
+    pair_ids: PairIds | list[str]
+    split: list[str]  # "train" | "val" (two shared strings: 8 bytes a pair)
+    # In memory: policy rows (text, context_text, context_codes, codes); streamed: empty
+    chosen: list[dict[str, Any]]
     rejected: list[dict[str, Any]]
     chosen_reward: np.ndarray
     rejected_reward: np.ndarray
-    # Streaming: each side's generations row id, and where to read codes by them
-    # (None: the rows above hold their codes, the in-memory loader).
+    # Streaming: each side's generations row id, and where to read its row (text,
+    # context text, codes) by them (None: the rows above hold everything, in memory);
+    # each pair's prompt as an index into CONTEXTS, the prompts' context codes.
     codes: "CodesReader | None" = None
     chosen_rowid: np.ndarray | None = None
     rejected_rowid: np.ndarray | None = None
+    prompt_index: np.ndarray | None = None
+    contexts: list[np.ndarray | None] | None = None
 
     def __len__(self) -> int:
         return len(self.pair_ids)
@@ -84,30 +120,36 @@ class Pairs:
 
     def select(self, split: str) -> "Pairs":
         """The pairs of one split ("train" | "val"), in shuffle-position order."""
-        keep = [i for i, s in enumerate(self.split) if s == split]
-        pick = lambda xs: [xs[i] for i in keep]
+        keep = np.flatnonzero([s == split for s in self.split])
+        pick = lambda xs: [xs[i] for i in keep] if xs else []
         ids = lambda a: None if a is None else a[keep]
         return Pairs(set_name=self.set_name, set_version=self.set_version,
                      generations_version=self.generations_version,
-                     prompts_version=self.prompts_version, pair_ids=pick(self.pair_ids),
+                     prompts_version=self.prompts_version,
+                     pair_ids=self.pair_ids[keep] if isinstance(self.pair_ids, PairIds)
+                     else pick(self.pair_ids),
                      split=pick(self.split), chosen=pick(self.chosen), rejected=pick(self.rejected),
                      chosen_reward=self.chosen_reward[keep],
                      rejected_reward=self.rejected_reward[keep], codes=self.codes,
-                     chosen_rowid=ids(self.chosen_rowid), rejected_rowid=ids(self.rejected_rowid))
+                     chosen_rowid=ids(self.chosen_rowid), rejected_rowid=ids(self.rejected_rowid),
+                     prompt_index=ids(self.prompt_index), contexts=self.contexts)
 
     def rows(self, index: Sequence[int], codes: "PairCodes | None" = None
              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The chosen and rejected policy rows of the pairs INDEX, with their codes:
-        held (in memory), given (CODES, read ahead by a worker), or read now by row id."""
+        held (in memory), given (CODES: the rows a worker read ahead), or read now by
+        row id; streamed rows get their prompt's context codes here."""
         if self.codes is None:
             return [self.chosen[i] for i in index], [self.rejected[i] for i in index]
         if codes is None:
             codes = self.read_codes(index)
-        with_codes = lambda rows, cs: [{**rows[i], GEN.codes: c} for i, c in zip(index, cs)]
-        return with_codes(self.chosen, codes[0]), with_codes(self.rejected, codes[1])
+        context = lambda rows: [{**r, CONTEXT_CODES: self.contexts[self.prompt_index[i]]}
+                                for i, r in zip(index, rows)]
+        return context(codes[0]), context(codes[1])
 
     def read_codes(self, index: Sequence[int]) -> "PairCodes":
-        """The codes of the pairs INDEX (streaming): one take of 2B rows by row id."""
+        """The rows (id, text, context text, codes) of the pairs INDEX (streaming): one
+        take of 2B rows by row id."""
         index = np.asarray(index, dtype=np.int64)
         return self.codes.pair_codes(self.chosen_rowid[index], self.rejected_rowid[index])
 
@@ -122,11 +164,13 @@ def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], An
                stream: bool = False, eos_target: str = "always") -> Pairs:
     """The pairs of set REF. ENCODE(audio, sr) -> codes [C, T] makes context codes
     for prompts without a codes file (the policy's ``codec.encode``). STREAM: hold
-    row ids, not codes (a generation without codes is then found when its batch is read).
+    row ids, not rows (a generation without codes is then found when its batch is read).
     EOS_TARGET (``data.eos_target``) "sampled": each row says whether its sample drew EOS
     (``eos_drawn``: codes_len below the max_steps it was generated with)."""
     sv = open_set(store, ref)
     pairs = sv.rows(list(PAIR_COLUMNS))
+    if stream:
+        return streamed_pairs(store, sv, pairs, encode, eos_target=eos_target)
     gens = generation_rows(store, sv, pairs)
     gen_version = sv.record.inputs["generations"]
     contexts = context_codes(gens, encode)
@@ -134,34 +178,96 @@ def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], An
             for g, r in gens.items()}
     p = pairs.to_pydict()
     out = Pairs(set_name=sv.name, set_version=sv.version, generations_version=gen_version,
-                prompts_version=sv.record.prompts_version, pair_ids=p[PAIR.pair_id],
-                split=p[PAIR.split], chosen=[rows[g] for g in p[PAIR.chosen_id]],
+                prompts_version=sv.record.prompts_version,
+                pair_ids=PairIds(pairs.column(PAIR.pair_id)),
+                split=[sys.intern(s) for s in p[PAIR.split]],
+                chosen=[rows[g] for g in p[PAIR.chosen_id]],
                 rejected=[rows[g] for g in p[PAIR.rejected_id]],
                 chosen_reward=np.asarray(p[PAIR.chosen_reward], dtype=np.float64),
                 rejected_reward=np.asarray(p[PAIR.rejected_reward], dtype=np.float64))
     ids = generation_row_ids(store, gen_version, sorted(gens))
     if eos_target == "sampled":
-        for g, drawn in eos_drawn(store, gen_version, ids).items():
+        taken = take_rows(store.open("generations", gen_version), list(ids.values()),
+                          [GEN.generation_id, *EOS_COLUMNS])
+        for g, drawn in zip(taken.column(GEN.generation_id).to_pylist(), eos_drawn(taken)):
             rows[g][EOS_DRAWN] = drawn
-    if stream:
-        out.codes = CodesReader(store, gen_version, sv.ref)
-        out.chosen_rowid = np.array([ids[g] for g in p[PAIR.chosen_id]], dtype=np.int64)
-        out.rejected_rowid = np.array([ids[g] for g in p[PAIR.rejected_id]], dtype=np.int64)
-        return out
     codes = CodesReader(store, gen_version, sv.ref).by_id(ids)
     for row in rows.values():  # chosen/rejected share these dicts: one array per generation
         row[GEN.codes] = codes[row[GEN.generation_id]]
     return out
 
 
-def eos_drawn(store: Store, version: int, ids: dict[str, int]) -> dict[str, bool]:
-    """generation_id -> whether its sample drew EOS: False when it ran to its max_steps
-    (the sampler's length without EOS). Unknown (ingested without max_steps or
+def eos_drawn(table: pa.Table) -> list[bool]:
+    """Whether each generation of TABLE (EOS_COLUMNS) drew EOS: False when it ran to its
+    max_steps (the sampler's length without EOS). Unknown (ingested without max_steps or
     codes_len): True, the target NeMo gives every sample."""
-    taken = take_rows(store.open("generations", version), list(ids.values()),
-                      [GEN.generation_id, GEN.codes_len, GEN.max_steps]).to_pydict()
-    return {g: n is None or m is None or n < m for g, n, m in
-            zip(taken[GEN.generation_id], taken[GEN.codes_len], taken[GEN.max_steps])}
+    return [n is None or m is None or n < m for n, m in
+            zip(table.column(GEN.codes_len).to_pylist(), table.column(GEN.max_steps).to_pylist())]
+
+
+def streamed_pairs(store: Store, sv: Any, pairs: pa.Table, encode: Callable | None, *,
+                   eos_target: str = "always") -> Pairs:
+    """The pairs PAIRS of set SV as arrays (streaming): each side's generations row id,
+    rewards, each pair's prompt index, and each prompt's context codes; Arrow columns
+    throughout, no Python object per pair or per generation. Texts and codes are read
+    with the batch (:meth:`Pairs.read_codes`)."""
+    gen_version = sv.record.inputs["generations"]
+    ds = store.open("generations", gen_version)
+    index = row_ids(ds, GEN.generation_id)  # every id of the version: Arrow, dropped below
+    chosen_rowid, rejected_rowid = (
+        generation_rowids(index, pairs.column(col), f"{sv.ref}: generation", gen_version)
+        for col in (PAIR.chosen_id, PAIR.rejected_id))
+    prompt_index, contexts = prompt_contexts(store, sv, ds, pairs, chosen_rowid=chosen_rowid,
+                                             encode=encode)
+    reward = lambda col: pairs.column(col).to_numpy().astype(np.float64)
+    return Pairs(set_name=sv.name, set_version=sv.version, generations_version=gen_version,
+                 prompts_version=sv.record.prompts_version,
+                 pair_ids=PairIds(pairs.column(PAIR.pair_id)),
+                 split=[sys.intern(s) for s in pairs.column(PAIR.split).to_pylist()],
+                 chosen=[], rejected=[], chosen_reward=reward(PAIR.chosen_reward),
+                 rejected_reward=reward(PAIR.rejected_reward),
+                 codes=CodesReader(store, gen_version, sv.ref, eos_target=eos_target),
+                 chosen_rowid=chosen_rowid, rejected_rowid=rejected_rowid,
+                 prompt_index=prompt_index, contexts=contexts)
+
+
+def prompt_contexts(store: Store, sv: Any, ds: Any, pairs: pa.Table, *, chosen_rowid: np.ndarray,
+                    encode: Callable | None) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """(each pair's prompt as an int32 index, each prompt's context codes): read from one
+    chosen generation per prompt and the prompts table at the set's prompts version, by
+    :func:`resolve_context`'s rule; a text context without a codes file is None with no
+    Python work per prompt."""
+    prompts = pc.unique(pairs.column(PAIR.prompt_id))
+    prompt_index = pc.index_in(pairs.column(PAIR.prompt_id), value_set=prompts).to_numpy()
+    _, first = np.unique(prompt_index, return_index=True)  # one pair per prompt, in order
+    paths = pa.nulls(len(prompts), pa.string())
+    if sv.record.prompts_version is not None:
+        table = store.open("prompts", sv.record.prompts_version).to_table(
+            columns=[PROMPT.prompt_id, PROMPT.context_audio_codes_path])
+        at = pc.index_in(prompts, value_set=table.column(PROMPT.prompt_id))
+        paths = table.column(PROMPT.context_audio_codes_path).take(at).combine_chunks()
+    contexts: list[np.ndarray | None] = [None] * len(prompts)
+    once = ContextEncodes(encode)
+    for start in range(0, len(first), CONTEXT_TAKE):  # Lance's take, in bounded pieces
+        rep = take_rows(ds, chosen_rowid[first[start:start + CONTEXT_TAKE]].tolist(),
+                        [GEN.generation_id, GEN.context_audio_filepath, GEN.context_text])
+        part = paths.slice(start, rep.num_rows)
+        work = pc.or_(pc.is_valid(part), pc.is_null(rep.column(GEN.context_text)))
+        for k in np.flatnonzero(work.to_numpy(zero_copy_only=False)).tolist():
+            contexts[start + k] = resolve_context(
+                codes_path=part[k].as_py(), audio_path=rep.column(GEN.context_audio_filepath)[k].as_py(),
+                text=rep.column(GEN.context_text)[k].is_valid, encode=once,
+                what=f"generation {rep.column(GEN.generation_id)[k].as_py()}")
+    return prompt_index.astype(np.int32), contexts
+
+
+def generation_rowids(index: pa.Table, ids: pa.ChunkedArray, what: str, version: int) -> np.ndarray:
+    """The Lance row ids (int64) of the generations IDS, by INDEX (generation_id, ROW_ID)."""
+    at = pc.index_in(ids, value_set=index.column(GEN.generation_id))
+    if at.null_count:
+        missing = ids.filter(at.is_null()).to_pylist()[0]
+        raise InputError(f"{what} {missing} is not in generations@{version}")
+    return index.column(ROW_ID).take(at).to_numpy().astype(np.int64)
 
 
 def generation_row_ids(store: Store, version: int, ids: Sequence[str]) -> dict[str, int]:
@@ -173,15 +279,18 @@ def generation_row_ids(store: Store, version: int, ids: Sequence[str]) -> dict[s
                     index.column(ROW_ID).to_pylist()))
 
 
-PairCodes = tuple[list[np.ndarray], list[np.ndarray]]  # chosen's and rejected's codes [C, T]
+# Streaming: the chosen's and the rejected's rows as read by row id, each
+# {generation_id, text, context_text, codes [C, T]} (contexts are added by Pairs.rows)
+PairCodes = tuple[list[dict[str, Any]], list[dict[str, Any]]]
 
 
 class CodesReader:
     """Codes of generations@VERSION by Lance row id. Picklable (a store path and a
     version): a spawned worker opens its own dataset (Lance is not fork-safe)."""
 
-    def __init__(self, store: Store, version: int, ref: str):
+    def __init__(self, store: Store, version: int, ref: str, *, eos_target: str = "always"):
         self.store, self.version, self.ref = store, version, ref
+        self.eos_target = eos_target  # "sampled": rows say whether they drew EOS
         self._ds = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -193,22 +302,63 @@ class CodesReader:
             self._ds = self.store.open("generations", self.version)
         taken = take_rows(self._ds, rowids, [GEN.generation_id, GEN.codes])
         return [self._check(gid, frames) for gid, frames in
-                zip(taken.column(GEN.generation_id).to_pylist(), taken.column(GEN.codes).to_pylist())]
+                zip(taken.column(GEN.generation_id).to_pylist(), code_arrays(taken.column(GEN.codes)))]
 
-    def _check(self, gid: str, frames: list | None) -> np.ndarray:
-        if not frames or not frames[0]:
+    def _check(self, gid: str, frames: np.ndarray | None) -> np.ndarray:
+        if frames is None:
             raise InputError(f"{self.ref}: generation {gid} has no codes in generations@"
                              f"{self.version} (ingest it with its *_codes.pt file, or generate "
                              "it with ttspo)")
-        return np.asarray(frames, dtype=np.int64)
+        return frames
+
+    def rows(self, rowids: Sequence[int]) -> list[dict[str, Any]]:
+        """The policy rows (ROW_KEYS + codes) of the rows ROWIDS, in that order."""
+        if self._ds is None:
+            self._ds = self.store.open("generations", self.version)
+        sampled = self.eos_target == "sampled"
+        table = take_rows(self._ds, rowids, [*ROW_KEYS, GEN.codes, *(EOS_COLUMNS if sampled else ())])
+        taken, codes = table.select(list(ROW_KEYS)).to_pydict(), code_arrays(table.column(GEN.codes))
+        rows = [{**{k: taken[k][i] for k in ROW_KEYS},
+                 GEN.codes: self._check(taken[GEN.generation_id][i], codes[i])}
+                for i in range(len(codes))]
+        if sampled:
+            for row, drawn in zip(rows, eos_drawn(table)):
+                row[EOS_DRAWN] = drawn
+        return rows
 
     def by_id(self, ids: dict[str, int]) -> dict[str, np.ndarray]:
         """generation_id -> codes, for IDS (generation_id -> row id)."""
         return dict(zip(ids, self.take(list(ids.values()))))
 
     def pair_codes(self, chosen: np.ndarray, rejected: np.ndarray) -> PairCodes:
-        codes = self.take(np.concatenate([chosen, rejected]).tolist())
-        return codes[:len(chosen)], codes[len(chosen):]
+        rows = self.rows(np.concatenate([chosen, rejected]).tolist())
+        return rows[:len(chosen)], rows[len(chosen):]
+
+
+def code_arrays(column: pa.ChunkedArray) -> list[np.ndarray | None]:
+    """Each row's codes (``[C][T]`` int lists) as an int64 array [C, T], None where it
+    has none (null, no codebook, or an empty first codebook). Sliced from the column's
+    flat values: no Python list per frame (the in-memory loader reads every codes
+    array of a set this way)."""
+    col = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    books = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
+    inner = col.flatten()  # every row's codebooks, in row order (null rows hold none)
+    frames = pc.fill_null(pc.list_value_length(inner), 0).to_numpy().astype(np.int64)
+    values = inner.flatten().to_numpy(zero_copy_only=False)
+    book_at = np.concatenate([[0], np.cumsum(books)])
+    value_at = np.concatenate([[0], np.cumsum(frames)])
+    out: list[np.ndarray | None] = []
+    for i, c in enumerate(books.tolist()):
+        first = book_at[i]
+        t = frames[first] if c else 0
+        if not t:
+            out.append(None)
+        elif (frames[first:first + c] == t).all():
+            start = value_at[first]
+            out.append(values[start:start + c * t].reshape(c, t).astype(np.int64))
+        else:  # ragged codebooks: as numpy makes of them (its error)
+            out.append(np.asarray(col[i].as_py(), dtype=np.int64))
+    return out
 
 
 def context_codes(gens: dict[str, dict[str, Any]], encode: Callable | None
@@ -318,7 +468,8 @@ class PairOrder:
                              f"{self.pairs_per_step} (pairs_per_device x processes x grad_accum)")
 
     def permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_pairs)
+        """Epoch EPOCH's order of the pairs (read-only: shared by every micro-batch)."""
+        return _permutation(self.seed, epoch, self.num_pairs)
 
     def position(self, step: int) -> dict[str, int]:
         """Where optimizer step STEP (0-based) starts: epoch and offset in its permutation."""
@@ -334,18 +485,14 @@ class PairOrder:
         return [perm[s:s + b] for s in starts]
 
 
+@functools.lru_cache(maxsize=2)  # this epoch's and the next's: drawn once, not per micro-batch
+def _permutation(seed: int, epoch: int, num_pairs: int) -> np.ndarray:
+    perm = np.random.default_rng([seed, epoch]).permutation(num_pairs)
+    perm.setflags(write=False)
+    return perm
+
+
 def shard(num: int, rank: int, world_size: int) -> np.ndarray:
     """Indices RANK evaluates (validation, precompute): every index once across ranks."""
     return np.arange(rank, num, world_size)
 
-
-def collate_pairs(policy: Any, pairs: Pairs, index: Sequence[int],
-                  codes: PairCodes | None = None) -> Any:
-    """ONE batch: the chosen rows of INDEX, then their rejected rows (codes: see
-    :meth:`Pairs.rows`). Rows k and k + B are one pair: they share a dropout group, so
-    conditioning dropout drops both or neither (a pair never compares a conditioned
-    chosen with an unconditioned rejected)."""
-    chosen, rejected = pairs.rows(index, codes)
-    rows = [{**r, DROPOUT_GROUP: k} for k, r in enumerate(chosen)] + \
-        [{**r, DROPOUT_GROUP: k} for k, r in enumerate(rejected)]
-    return policy.collate(rows, with_targets=True)

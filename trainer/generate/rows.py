@@ -111,7 +111,7 @@ def make_rows(prompts: list[dict[str, Any]], missing: list[list[int]], checkpoin
             rows.append((row, audio, sr))
     if scorer is not None:
         t = time.perf_counter()
-        score(scorer, rows, batch_size=options.score.batch_size)
+        score(scorer, rows, batch_size=options.score.batch_size)  # failures: NULL + status
         seconds["scoring"] += time.perf_counter() - t
     return pa.Table.from_pylist([r for r, _, _ in rows], schema=GENERATIONS_SCHEMA)
 
@@ -170,11 +170,13 @@ def make_scorer(score: ScoreOptions | None, labels: dict[str, str] | None = None
     return Scorer(score, score.groups(), None, labels or LABELS)
 
 
-def score(scorer: Any, rows: list, *, batch_size: int, reference: str = "_reference") -> None:
+def score(scorer: Any, rows: list, *, batch_size: int, reference: str = "_reference") -> int:
     """Metrics for the decoded audio, in place, with the scoring backends (in-process).
 
     ROWS are (row, audio, sample rate); each row's reference recording (for PESQ) is
-    under its key REFERENCE. A recording that cannot be read is an InputError naming it.
+    under its key REFERENCE. A backend that raises on a row (or a recording that cannot
+    be read) leaves that row's metrics NULL with the reason in the status column, as
+    `ttspo score` does. Returns how many rows have such a failure.
     """
     from ttspo.builder.scoring.audio import MODEL_SR, resample
     from ttspo.builder.scoring.plan import REFERENCE
@@ -188,9 +190,8 @@ def score(scorer: Any, rows: list, *, batch_size: int, reference: str = "_refere
         ok.append((row, resample(audio, sr, MODEL_SR)))
     for start in range(0, len(ok), batch_size):
         scorer.score_audio(ok[start:start + batch_size], result)
-    if result.problems:
-        where, why = result.problems[0]
-        raise InputError(f"{where}: {why}")
+    scorer.count_failures([row for row, _ in ok], result)
+    return result.failed
 
 
 # ------------------------------------------------------------------ writing

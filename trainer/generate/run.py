@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from ttspo.builder.core.errors import InputError, TtspoError, first_line
-from ttspo.builder.core.schemas import CKPT, GEN, GENERATE_COLUMNS, PROMPT
+from ttspo.builder.core.schemas import CKPT, GEN, GENERATE_COLUMNS, GENERATIONS_SCHEMA, PROMPT
 from ttspo.builder.core.store import Lineage, Store, as_lineage, parse_ref, sql_string
+from ttspo.builder.scoring.plan import failed_rows
 from ttspo.trainer.generate.rows import (GENERATIONS, PROMPTS, STAGES, GenerateOptions,
                                          generation_id, settings_columns)
 
@@ -56,7 +57,7 @@ class Plan:
         return list(range(rank, len(self.prompts), world))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Outcome:
     """What one rank sends to rank 0: its fragments, its times, or its error."""
 
@@ -64,6 +65,7 @@ class Outcome:
     rows: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     error: str | None = None
+    failed: int = 0  # rows `--score` left a metric NULL in (the reason in its *_status)
 
 
 @dataclass(kw_only=True)
@@ -76,10 +78,12 @@ class Result:
     seconds: dict[str, float]
     world: int
     rank: int = 0  # of the process holding this result (only rank 0 prints it)
+    failed: int = 0  # rows `--score` left a metric NULL in
 
     def summary(self) -> dict[str, Any]:
         out = {"run": self.run, "version": self.version, "rows": self.rows,
-               "prompts": self.prompts, "already_there": self.existing, "ranks": self.world}
+               "prompts": self.prompts, "already_there": self.existing, "ranks": self.world,
+               "score_failed": self.failed}
         out.update({f"{s}_s": round(self.seconds[s], 3) for s in STAGES})
         return out
 
@@ -110,7 +114,12 @@ def generate(store: Store, options: GenerateOptions, *, lineage: Lineage,
 def _generate(store: Store, options: GenerateOptions, lineage: Lineage, comm: Any) -> Result:
     from ttspo.trainer.generate import rows as generate_rows
 
-    plan = _agreed(comm, lambda: make_plan(store, options))
+    def plan_on_rank0():
+        # an older table first gains the columns registered since (nulls, one commit)
+        store.add_missing_columns(GENERATIONS, GENERATIONS_SCHEMA, as_lineage(lineage))
+        return make_plan(store, options)
+
+    plan = _agreed(comm, plan_on_rank0)
     outcome = Outcome()
     try:
         mine = plan.share(comm.rank, comm.world)
@@ -121,6 +130,7 @@ def _generate(store: Store, options: GenerateOptions, lineage: Lineage, comm: An
             outcome.fragments = generate_rows.write_fragments(store, table)
             outcome.seconds["writing"] += time.perf_counter() - t
             outcome.rows = table.num_rows
+            outcome.failed = failed_rows(table)  # `--score`'s NULL metrics with a reason
     except TtspoError as exc:
         outcome = Outcome(error=str(exc))
     outcomes = comm.all_gather(outcome)
@@ -139,7 +149,7 @@ def _generate(store: Store, options: GenerateOptions, lineage: Lineage, comm: An
     version = comm.broadcast(version)
     return Result(run=options.run, version=version, rows=sum(o.rows for o in outcomes),
                   prompts=len(plan.prompts), existing=plan.existing, seconds=seconds,
-                  world=comm.world, rank=comm.rank)
+                  world=comm.world, rank=comm.rank, failed=sum(o.failed for o in outcomes))
 
 
 def _agreed(comm: Any, make):

@@ -47,7 +47,8 @@ from ttspo.trainer.policy.base import Sampling, token_logps
 from ttspo.trainer.run.verify import checked_sha256, verified_latest
 from ttspo.trainer.run.repair import repair_on_resume
 from ttspo.trainer.grpo.losses import GRPO_LOSSES, token_entropy
-from ttspo.trainer.grpo.rewards import REWARDS, RewardConfig
+from ttspo.builder.scoring.plan import failed_rows
+from ttspo.trainer.grpo.rewards import RETIRED, REWARDS, RewardConfig
 from ttspo.trainer.grpo.rollouts import RolloutWriter, committed_steps
 from ttspo.trainer.run.runlock import run_lock
 from ttspo.trainer.run.folder import (RUN_FILE, MetricsLog, identity_config, log_lineage,
@@ -60,8 +61,7 @@ def reward_config(g: GrpoConfig) -> RewardConfig:
     """The rewards of a GRPO config (what `ttspo rewards` takes as options)."""
     weights = parse_terms(g.rewards, "grpo.rewards")
     if "utmos" in weights:
-        raise ConfigError("grpo.rewards: utmos has no in-process scorer yet; score "
-                          "a utmos column and recompute with 'ttspo rewards'")
+        raise ConfigError(f"grpo.rewards: {RETIRED['utmos']}")
     return RewardConfig(
         weights=weights, normalize="group" if g.normalize_then_sum else "none",
         mean_cer=g.mean_cer_dataset, mean_ssim=g.mean_ssim_dataset,
@@ -70,6 +70,7 @@ def reward_config(g: GrpoConfig) -> RewardConfig:
         max_valid_len=g.max_valid_codes_len or g.max_decoder_steps - 1,
         best_cer_threshold=g.best_cer_threshold, worst_cer_threshold=g.worst_cer_threshold,
         invalid_reward=g.invalid_reward,
+        limits=parse_terms(g.limits, "grpo.limits") if g.limits else {},
         scale_rewards=g.scale_rewards if g.scale_rewards is not None else g.loss_type == "grpo")
 
 
@@ -287,6 +288,8 @@ def step_metrics(table: pa.Table, stats: dict[str, torch.Tensor], seconds: dict[
               "groups/valid_fraction": _mean(table, RWD.group_valid),
               "samples/valid_fraction": _mean(table, RWD.valid),
               "codes_len/mean": _mean(table, GEN.codes_len)}
+    # samples whose rewarded metric could not be computed (NULL, reason in *_status): invalid
+    values["reward/failed"] = failed_rows(table)
     for name, part in PARTS.items():
         if table[part].null_count < table.num_rows:
             values[f"reward/{name}"] = _mean(table, part)
@@ -296,8 +299,10 @@ def step_metrics(table: pa.Table, stats: dict[str, torch.Tensor], seconds: dict[
     for phase in (*PHASES, "update"):
         values[f"time/{phase}"] = seconds[phase]
     keys = sorted(values)
-    means = all_mean(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64), c)
-    return dict(zip(keys, means.tolist()))
+    means = dict(zip(keys, all_mean(torch.tensor([float(values[k]) for k in keys],
+                                                 dtype=torch.float64), c).tolist()))
+    means["reward/failed"] *= c.world_size  # a count over ranks, not a mean
+    return means
 
 
 def _mean(table: pa.Table, column: str) -> float:

@@ -11,20 +11,28 @@ Registry (:data:`REWARDS`, nemo-formats.md section 5; CER and SSIM clamped first
 - ``cer``: 0.5 at the dataset's mean CER ``m``, 1 at CER 0, 0 at CER 1 (piecewise linear)
 - ``ssim``: 0.5 at the dataset's mean SSIM, 1 at the best achievable (0.9), 0 at 0
 - ``pesq``: PESQ / 4.5; ``squim``: SQUIM's PESQ estimate / 4.5
-- ``utmos``: (MOS - 1) / 4, from a ``utmos`` column (scored with a local model)
+- every other metric with a reward shape in the metric registry
+  (builder/core/metrics.py), e.g. ``mos``: (MOS - 1) / 4 (Distill-MOS); a linear shape
+  maps its ``lo``..``hi`` to 0..1 (reversed when lower is better)
+- ``utmos``: retired (there never was a scorer for it): use ``mos``
 - ``length``: 1 - |codes_len - target| / target, floored at 0 (needs ``length_target``)
 - ``pkg.mod:fn``: a user callable, called with the DataFrame; it returns a polars
   expression, Series or array of values in [0, 1], one per row.
 
-A null metric (SSIM of a text-context prompt has no voice to compare with) gives
-a null part that counts 0 in the sum: every sample of a group shares the prompt,
-so the shift is the same for the whole group and advantages do not move.
+A null metric that does not apply (SSIM of a text-context prompt has no voice to
+compare with: ``n/a: ...`` in its status) gives a null part that counts 0 in the sum:
+every sample of a group shares the prompt, so the shift is the same for the whole
+group and advantages do not move. A metric that FAILED (its scorer raised: ``error:
+...`` in its status column) makes the sample invalid (``failed``), so its total follows
+``invalid_reward`` like any invalid sample: never a silent 0 part.
 
 Combining: ``none`` (NeMo: weighted sum of the fixed-anchor rewards) or
 ``group`` (``normalize_then_sum``, NeMo's decoder-only recipe: each part is
 z-scored within its group over the valid samples, then weighted and summed).
 
-Validity: a sample is invalid when its code length is outside
+Validity: a sample is invalid when a metric it is rewarded on failed, when a metric
+exceeds its limit (``limits``: e.g. ``trail_silence=0.5``, the registry's validity rules,
+so appended silence cannot buy a better CER), when its code length is outside
 [``min_valid_len``, ``max_valid_len``] (empty, or unfinished: it hit the decoder's
 step limit; NeMo hard-codes 425 frames, we derive it from ``max_decoder_steps``)
 or when its ASR failed; an invalid sample's total is 0 (NeMo) or the minimum
@@ -54,8 +62,9 @@ from typing import Any, Callable
 import numpy as np
 import polars as pl
 
+from ttspo.builder.core import metrics as registry
 from ttspo.builder.core.errors import InputError, first_line
-from ttspo.builder.core.schemas import GEN, REWARD_PARTS, RWD
+from ttspo.builder.core.schemas import GEN, METRIC_STATUS, REWARD_PARTS, RWD
 
 STD_EPS = 1e-4  # NeMo's: advantage = (r - mean) / (std + 1e-4)
 NORMALIZE = ("none", "group")
@@ -78,6 +87,8 @@ class RewardConfig:
     worst_cer_threshold: float = 1.0
     invalid_reward: str = "zero"  # "zero" (NeMo) | "group_min"
     scale_rewards: bool = True  # divide advantages by group std + 1e-4 (grpo); dr_grpo: False
+    # metric -> the largest valid value (registry metrics with a `limit`, e.g. trail_silence)
+    limits: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = ((self.normalize, NORMALIZE, "normalize"),
@@ -91,6 +102,10 @@ class RewardConfig:
             if not math.isfinite(weight):
                 raise InputError(f"reward weight {name}={weight} is not a finite number")
             reward_spec(name)  # unknown names fail here, before any data is read
+        for name in self.limits:
+            if name not in registry.limited():
+                raise InputError(f"no validity limit for '{name}' (choose "
+                                 f"{', '.join(registry.limited()) or 'none registered'})")
         if "length" in self.weights and not self.length_target:
             raise InputError("the 'length' reward needs length_target (frames) > 0")
         if not 0 < self.mean_cer < 1 or not 0 < self.mean_ssim < self.best_ssim <= 1:
@@ -130,17 +145,30 @@ class RewardSpec:
     expr: Callable[[RewardConfig], pl.Expr]
 
 
+def linear_expr(name: str, lo: float, hi: float, lower_is_better: bool) -> Callable:
+    """(value - lo) / (hi - lo) clipped to [0, 1]; reversed when lower is better."""
+    def expr(cfg: RewardConfig) -> pl.Expr:
+        x = (pl.col(name).cast(pl.Float64) - lo) / (hi - lo)
+        return _clip(1.0 - x if lower_is_better else x, 0.0, 1.0)
+    return expr
+
+
+def _registered_spec(m) -> RewardSpec:
+    """A registry metric's reward (builder/core/metrics.py: Metric.reward)."""
+    shape = m.reward
+    expr = {"cer": cer_expr, "ssim": ssim_expr}.get(shape.shape) or \
+        linear_expr(m.name, shape.lo, shape.hi, m.lower_is_better)
+    return RewardSpec(m.name, f"reward_{m.name}", expr)
+
+
+# Every registered metric with a reward shape, then the length reward.
 REWARDS: dict[str, RewardSpec] = {
-    "cer": RewardSpec(GEN.cer, RWD.reward_cer, cer_expr),
-    "ssim": RewardSpec(GEN.ssim, RWD.reward_ssim, ssim_expr),
-    "pesq": RewardSpec(GEN.pesq, RWD.reward_pesq,
-                       lambda cfg: _clip(pl.col(GEN.pesq) / 4.5, 0.0, 1.0)),
-    "squim": RewardSpec(GEN.squim, RWD.reward_squim,
-                        lambda cfg: _clip(pl.col(GEN.squim) / 4.5, 0.0, 1.0)),
-    "utmos": RewardSpec(RWD.utmos, RWD.reward_utmos,
-                        lambda cfg: _clip((pl.col(RWD.utmos) - 1.0) / 4.0, 0.0, 1.0)),
+    **{name: _registered_spec(registry.metric(name)) for name in registry.rewarded()},
     "length": RewardSpec(GEN.codes_len, RWD.reward_length, length_expr),
 }
+# Rewards no longer offered: the name, and the one line saying what to use instead.
+RETIRED = {"utmos": "reward 'utmos' is retired (ttspo never had a UTMOS scorer): use 'mos' "
+                    "(Distill-MOS, `ttspo score --metrics mos`); old utmos columns stay readable"}
 
 
 def is_callable_name(name: str) -> bool:
@@ -151,6 +179,8 @@ def reward_spec(name: str) -> RewardSpec | Callable:
     """The registry entry for NAME, or the user callable ``pkg.mod:fn`` it names."""
     if name in REWARDS:
         return REWARDS[name]
+    if name in RETIRED:
+        raise InputError(RETIRED[name])
     if not is_callable_name(name):
         raise InputError(f"unknown reward '{name}' (choose {', '.join(REWARDS)}, "
                          "or a Python callable as pkg.module:function)")
@@ -167,8 +197,32 @@ def reward_spec(name: str) -> RewardSpec | Callable:
 
 
 def needed_columns(cfg: RewardConfig) -> list[str]:
-    """Metric columns the built-in rewards of CFG read (user callables read what they like)."""
-    return sorted({REWARDS[n].column for n in cfg.weights if n in REWARDS})
+    """Metric columns the built-in rewards and limits of CFG read (user callables read
+    what they like)."""
+    return sorted({REWARDS[n].column for n in cfg.weights if n in REWARDS} | set(cfg.limits))
+
+
+def needed_metrics(cfg: RewardConfig, *, group_rules: bool = True) -> list[str]:
+    """Registered metrics CFG needs scored: its rewards', its limits' and (GROUP_RULES)
+    CER for the group CER thresholds. GRPO and `generate --score` score only these."""
+    names = set(needed_columns(cfg))
+    if group_rules and (cfg.best_cer_threshold < 1 or cfg.worst_cer_threshold < 1):
+        names.add(GEN.cer)
+    return [m for m in registry.names() if m in names]
+
+
+def failed_expr(df: pl.DataFrame, cfg: RewardConfig) -> pl.Expr:
+    """True where a metric CFG reads failed (``error: ...`` in its status column)."""
+    statuses = {METRIC_STATUS[m] for m in needed_columns(cfg) if m in METRIC_STATUS}
+    hits = [pl.col(c).str.starts_with("error:").fill_null(False)
+            for c in sorted(statuses) if c in df.columns]
+    return pl.any_horizontal(hits) if hits else pl.lit(False)
+
+
+def limits_expr(cfg: RewardConfig) -> pl.Expr:
+    """True where a metric is over its limit (NULL: not held against the sample)."""
+    over = [(pl.col(m).cast(pl.Float64) > limit).fill_null(False) for m, limit in cfg.limits.items()]
+    return pl.any_horizontal(over) if over else pl.lit(False)
 
 
 def _error(exc: BaseException) -> str:
@@ -215,7 +269,8 @@ def compute_rewards(df: pl.DataFrame, cfg: RewardConfig, *, group: str = GEN.gro
         *[REWARDS[n].expr(cfg).alias(REWARDS[n].part) for n in builtin],
         # An unknown length (generations ingested without codes) is not held against a sample.
         (pl.col(GEN.codes_len).is_between(cfg.min_valid_len, cfg.max_valid_len).fill_null(True)
-         & ~pl.col(GEN.invalid).fill_null(False)).alias(RWD.valid))
+         & ~pl.col(GEN.invalid).fill_null(False) & ~failed_expr(df, cfg)
+         & ~limits_expr(cfg)).alias(RWD.valid))
     parts = {n: REWARDS[n].part for n in builtin}
     for name, fn in custom.items():
         tmp = f"__custom_{len(parts)}"

@@ -26,18 +26,18 @@ import polars as pl
 import pyarrow as pa
 
 from ttspo.builder.core.errors import InputError
-from ttspo.builder.core.schemas import (GEN, PROMPT, REWARD_FIELDS, ROLL, ROLLOUTS_SCHEMA,
-                                        RWD)
+from ttspo.builder.core.schemas import (GEN, METRIC_STATUS, METRICS, PROMPT, REWARD_FIELDS,
+                                        REGISTERED_REWARD_FIELDS, ROLL, ROLLOUTS_SCHEMA)
 from ttspo.builder.core.store import Store, parse_ref
 from ttspo.builder.scoring.options import DEFAULTS, ScoreOptions
 from ttspo.trainer.policy.base import CONTEXT_CODES, EOS_DRAWN, SAMPLE_SEED, Sampling
-from ttspo.trainer.grpo.rewards import RewardConfig, compute_rewards
+from ttspo.trainer.grpo.rewards import RewardConfig, compute_rewards, needed_metrics
 from ttspo.trainer.policy.samples import decode, sample_seed
 
 PHASES = ("generate", "decode", "score")
 # GRPO's config keys, named in a scoring backend's load error (ttspo score names its options)
-LABELS = {"asr": "grpo.asr", "ssim": "grpo.sv", "pesq": "grpo.rewards pesq",
-          "squim": "grpo.squim"}
+LABELS = {"asr": "grpo.asr", "ssim": "grpo.sv", "squim": "grpo.squim",
+          **{g: f"grpo.rewards {g}" for g in ("pesq", "mos", "vad", "prosody")}}
 
 
 # ------------------------------------------------------------------ prompts
@@ -103,11 +103,12 @@ def step_prompts(train: Sequence[int], step: int, per_step: int, rank: int, *, w
 # ------------------------------------------------------------------ scoring
 @dataclass(kw_only=True)
 class Scoring:
-    """What to score: derived from the reward weights and the validity rules."""
+    """What to score: the registered metrics the reward weights, limits and validity
+    rules read, and nothing else (a length-only reward scores nothing)."""
 
-    asr: str | None  # None: no CER/WER
-    sv: str | None  # None: no SSIM
-    pesq: bool = False
+    metrics: tuple[str, ...] = ()
+    asr: str = DEFAULTS.asr
+    sv: str = DEFAULTS.sv
     squim: str | None = None
     normalizer: str = "nemo"
     _scorer: Any = field(default=None, repr=False, compare=False)  # made at the first score
@@ -115,36 +116,33 @@ class Scoring:
     @classmethod
     def needed(cls, cfg: RewardConfig, *, asr: str, sv: str, squim: str | None,
                normalizer: str) -> "Scoring":
-        names = set(cfg.weights)
-        cer = "cer" in names or cfg.best_cer_threshold < 1 or cfg.worst_cer_threshold < 1
-        return cls(asr=asr if cer else None, sv=sv if "ssim" in names else None,
-                   pesq="pesq" in names, squim=squim if "squim" in names else None,
-                   normalizer=normalizer)
+        metrics = needed_metrics(cfg)
+        if GEN.cer in metrics and GEN.wer not in metrics:
+            metrics.append(GEN.wer)  # one transcript gives both
+        return cls(metrics=tuple(metrics), asr=asr, sv=sv, squim=squim, normalizer=normalizer)
 
     @property
     def any(self) -> bool:
-        return bool(self.asr or self.sv or self.pesq or self.squim)
+        return bool(self.metrics)
 
     def options(self) -> ScoreOptions:
-        """These metrics as `ttspo score`'s options (a backend not used keeps its default)."""
-        metrics = (("cer", "wer") if self.asr else ()) + (("ssim",) if self.sv else ()) \
-            + (("pesq",) if self.pesq else ()) + (("squim",) if self.squim else ())
-        return ScoreOptions(metrics=metrics, asr=self.asr or DEFAULTS.asr,
-                            sv=self.sv or DEFAULTS.sv, squim=self.squim,
+        """These metrics as `ttspo score`'s options."""
+        return ScoreOptions(metrics=self.metrics, asr=self.asr, sv=self.sv, squim=self.squim,
                             normalizer=self.normalizer)
 
-    def score(self, audios: list[np.ndarray], sr: int, rows: list[dict[str, Any]]) -> None:
+    def score(self, audios: list[np.ndarray], sr: int, rows: list[dict[str, Any]]) -> int:
         """Add metric columns to ROWS (one per audio), in place, through generate's
         scorer (trainer/generate/rows.py). The scorer is made at the first call and
-        kept: a prompt's context embedding and reference recording are read once a run."""
+        kept: a prompt's context embedding and reference recording are read once a run.
+        Returns how many rows a backend failed on (NULL metric, reason in *_status)."""
         from ttspo.trainer.generate.rows import make_scorer, score
 
         if self._scorer is None:
             self._scorer = make_scorer(self.options(), LABELS)
         for row in rows:  # what the scorer names a row by in an error
             row[GEN.generation_id] = row[ROLL.rollout_id]
-        score(self._scorer, list(zip(rows, audios, [sr] * len(rows))), batch_size=len(rows) or 1,
-              reference=PROMPT.reference_audio_filepath)
+        return score(self._scorer, list(zip(rows, audios, [sr] * len(rows))),
+                     batch_size=len(rows) or 1, reference=PROMPT.reference_audio_filepath)
 
 
 # ------------------------------------------------------------------ rollout
@@ -221,11 +219,11 @@ def rollout_table(rows: list[dict[str, Any]], cfg: RewardConfig,
                   audios: list[np.ndarray] | None, sr: int) -> pa.Table:
     """ROWS rewarded (compute_rewards, as `ttspo rewards` does) as ROLLOUTS_SCHEMA,
     built a column at a time: a key no row has (a metric not scored) is a null column."""
-    reward_names = {f.name for f in REWARD_FIELDS}
+    reward_names = {f.name for f in REWARD_FIELDS + REGISTERED_REWARD_FIELDS}
     base = pa.Table.from_pylist(rows, schema=pa.schema(
         [f for f in ROLLOUTS_SCHEMA if f.name not in reward_names]))
-    metrics = [GEN.group_id, GEN.codes_len, GEN.invalid, GEN.cer, GEN.wer, GEN.ssim,
-               GEN.pesq, GEN.squim, RWD.utmos]
+    metrics = [GEN.group_id, GEN.codes_len, GEN.invalid, *METRICS,
+               *dict.fromkeys(METRIC_STATUS.values())]
     rewarded = compute_rewards(pl.from_arrow(base.select(metrics)), cfg).to_arrow()
     if audios is not None:
         from ttspo.builder.scoring.audio import wav_bytes

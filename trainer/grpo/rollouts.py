@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError, StoreError
-from ttspo.builder.core.schemas import (CORE_TABLES, GEN, HEAVY_COLUMNS, REWARDS_SCHEMA, ROLL,
+from ttspo.builder.core.schemas import (CORE_TABLES, GEN, HEAVY_COLUMNS, REGISTERED_FIELDS,
+                                        REWARDS_SCHEMA, ROLL,
                                         ROLLOUTS_SCHEMA, RWD)
 from ttspo.builder.core.store import Store, make_lineage, parse_ref, sql_string
 from ttspo.trainer.grpo.rewards import RewardConfig, compute_rewards
@@ -117,6 +118,9 @@ def read_metrics(store: Store, ref: str) -> tuple[pa.Table, str, int]:
             frames = pc.coalesce(data[GEN.codes_len], frames)
             data = data.drop_columns([GEN.codes_len])
         data = data.append_column(GEN.codes_len, frames)
+    for f in REGISTERED_FIELDS:  # an older table: a metric registered since reads as NULL
+        if f.name not in data.column_names:
+            data = data.append_column(f, pa.nulls(data.num_rows, f.type))
     return data, table, ds.version
 
 
@@ -136,7 +140,8 @@ def check_rewards_name(store: Store, name: str) -> None:
     if name in CORE_TABLES:
         raise StoreError(f"'{name}' is a core table name; choose another name for the rewards")
     store.path(name)  # a valid table name
-    if store.exists(name) and store.open(name).schema.names != REWARDS_SCHEMA.names:
+    have = store.open(name).schema.names if store.exists(name) else REWARDS_SCHEMA.names
+    if have != REWARDS_SCHEMA.names[:len(have)]:  # an older one lacks the newer parts only
         raise StoreError(f"table '{name}' exists and is not a rewards table; choose another name")
 
 

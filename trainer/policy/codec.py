@@ -31,9 +31,13 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
-import numpy as np
+try:
+    import numpy as np
+except ModuleNotFoundError:  # a torch-only machine (bench/gpu.sh): the sizes below import,
+    np = None  # the codec itself (load, encode, decode) needs numpy
 
 SAMPLE_RATE = 22050
 HOP_LENGTH = 1024
@@ -75,9 +79,11 @@ def mel_filterbank() -> np.ndarray:
     return np.maximum(0.0, np.minimum(down, up)).astype(np.float32)
 
 
-_FBANK = mel_filterbank()
-# Periodic Hann window, as torch.hann_window builds it.
-_WINDOW = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
+@cache
+def _stft_tables() -> tuple[np.ndarray, np.ndarray]:
+    """The mel filterbank and the periodic Hann window (as torch.hann_window builds it)."""
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
+    return mel_filterbank(), window
 
 
 def to_codec_rate(audio: np.ndarray, sr: int) -> np.ndarray:
@@ -104,8 +110,9 @@ def log_mel(audio: np.ndarray, sr: int) -> np.ndarray:
     mode = "reflect" if x.size > max(half, right) else "constant"
     padded = np.pad(x, (half, right), mode=mode)
     windows = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:frames]
-    magnitude = np.abs(np.fft.rfft(windows * _WINDOW, axis=1)).astype(np.float32)
-    return np.log(np.maximum(magnitude @ _FBANK, LOG_FLOOR))
+    fbank, window = _stft_tables()
+    magnitude = np.abs(np.fft.rfft(windows * window, axis=1)).astype(np.float32)
+    return np.log(np.maximum(magnitude @ fbank, LOG_FLOOR))
 
 
 # ---------------------------------------------------------------- the codec
@@ -146,6 +153,8 @@ class Codec:
     def load(cls, path: str | Path | None = None) -> "Codec":
         """The codec saved at PATH (default: the one shipped in trainer/assets)."""
         path = Path(path) if path is not None else ASSET_PATH
+        if np is None:
+            raise ModuleNotFoundError(f"{path}: the built-in codec needs numpy", name="numpy")
         with np.load(path) as data:
             config = {k: float(data[k]) for k in ("sample_rate", "hop_length", "n_fft", "n_mels")}
             expected = {"sample_rate": SAMPLE_RATE, "hop_length": HOP_LENGTH,

@@ -12,9 +12,10 @@ not the process that draws it, not how often the run was resumed.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy on use: sampling imports SEED_BOUND on a torch-only machine
+    import numpy as np
 
 SEED_BOUND = 2 ** 62  # sample seeds lie in [0, SEED_BOUND)
 
@@ -34,6 +35,8 @@ def decode(codec: Any, frames: np.ndarray) -> tuple[np.ndarray, int]:
     metrics scored on it are those of the codes beside it. A sample that ended at
     once (T = 0) has no frame to decode: audio of length 0.
     """
+    import numpy as np
+
     if frames.shape[1] == 0:
         return np.zeros(0, dtype=np.float32), int(codec.sample_rate)
     audio, sr = codec.decode(frames)

@@ -55,7 +55,6 @@ from ttspo.trainer.policy.tiny_batch import (  # noqa: F401  (re-exported: the t
     AUDIO_SPECIALS, IGNORE, TEXT_BOS, TEXT_EOS, TEXT_PAD, TEXT_SEP, TEXT_VOCAB, TinyBatch,
     TinyConfig, collate_rows)
 from ttspo.trainer.policy.tiny_blocks import DecoderLayer, EncoderLayer, KVCache
-from ttspo.trainer.run.verify import refused_reason
 
 ARCHITECTURE = "tiny"
 # Config keys a checkpoint may be loaded with other values of (they change training,
@@ -186,6 +185,8 @@ class TinyCodecLM(nn.Module):
         """The policy saved at PATH; ModelError (one line naming PATH) if it is not a tiny
         policy checkpoint, or not one of CONFIG's size when CONFIG is given (CONFIG's
         :data:`TRAINING_ONLY` values then replace the saved ones)."""
+        from ttspo.trainer.run.verify import refused_reason  # (its schemas import pyarrow)
+
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"{path}: no such checkpoint file")

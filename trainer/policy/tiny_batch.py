@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from ttspo.builder.core.errors import InputError, ModelError
-from ttspo.builder.core.schemas import GEN
+from ttspo.builder.core.columns import GEN
 from ttspo.trainer.policy import codec as codec_mod
 from ttspo.trainer.policy.base import CONTEXT_CODES, DROPOUT_GROUP, EOS_DRAWN, SAMPLE_SEED
 
@@ -150,24 +149,44 @@ def text_tokens(row: dict[str, Any], i: int, max_len: int) -> list[int]:
     return tokens
 
 
-def code_array(value: Any, cfg: TinyConfig, what: str) -> np.ndarray:
-    """VALUE ([C][T] lists, list of arrays, or an array) as int64 [C, T], checked."""
+def code_array(value: Any, cfg: TinyConfig, what: str) -> torch.Tensor:
+    """VALUE ([C][T] lists, list of arrays, an array, or an integer tensor) as int64
+    [C, T] on the CPU, checked. Tensors need no numpy (bench/gpu.py's synthetic rows)."""
+    if isinstance(value, torch.Tensor):
+        codes = value.detach().cpu()
+        if codes.numel() and (codes.is_floating_point() or codes.is_complex()
+                              or codes.dtype == torch.bool):
+            raise InputError(f"{what}: codes of type {str(codes.dtype).removeprefix('torch.')}, "
+                             "not integers")
+    else:
+        codes = torch.from_numpy(int_array(value, what))
+    if codes.ndim != 2 or codes.shape[0] != cfg.num_codebooks:
+        raise InputError(f"{what}: shape {list(codes.shape)}, expected [{cfg.num_codebooks}, frames]")
+    if codes.shape[1]:
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= cfg.codebook_size:
+            raise InputError(f"{what}: codes outside [0, {cfg.codebook_size}): [{low}, {high}]")
+    return codes.long()
+
+
+def int_array(value: Any, what: str) -> Any:
+    """VALUE (rows from Lance/Arrow: [C] lists, or an object array, of per-codebook
+    lists; or an array) as an int64 numpy array; numpy is imported here only."""
+    import numpy as np
+
     nested = isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype == object)
-    try:  # Lance/Arrow give [C] lists (or an object array) of per-codebook lists
+    try:
         codes = np.asarray([np.asarray(c) for c in value] if nested else value)
     except ValueError as e:  # ragged codebooks
         raise InputError(f"{what}: codebooks of unequal length ({e})") from None
     if codes.size and codes.dtype.kind not in "iu":
         raise InputError(f"{what}: codes of type {codes.dtype}, not integers")
-    if codes.ndim != 2 or codes.shape[0] != cfg.num_codebooks:
-        raise InputError(f"{what}: shape {list(codes.shape)}, expected [{cfg.num_codebooks}, frames]")
-    if codes.size and (codes.min() < 0 or codes.max() >= cfg.codebook_size):
-        raise InputError(f"{what}: codes outside [0, {cfg.codebook_size}): "
-                         f"[{codes.min()}, {codes.max()}]")
+    if codes.dtype.kind == "u" and codes.size and codes.max() > np.iinfo(np.int64).max:
+        raise InputError(f"{what}: codes outside int64: max {codes.max()}")
     return codes.astype(np.int64)
 
 
-def target_codes(row: dict[str, Any], i: int, cfg: TinyConfig) -> np.ndarray:
+def target_codes(row: dict[str, Any], i: int, cfg: TinyConfig) -> torch.Tensor:
     if row.get(GEN.codes) is None:
         raise InputError(f"{row_name(row, i)}: no {GEN.codes} to train on")
     return code_array(row[GEN.codes], cfg, f"{row_name(row, i)}: {GEN.codes}")
@@ -178,7 +197,7 @@ def collate_rows(rows: Sequence[dict[str, Any]], cfg: TinyConfig, *,
     if not rows:
         raise InputError("no rows to collate")
     texts = [text_tokens(r, i, cfg.max_text_len) for i, r in enumerate(rows)]
-    empty = np.zeros((cfg.num_codebooks, 0), dtype=np.int64)
+    empty = torch.zeros((cfg.num_codebooks, 0), dtype=torch.long)
     prefixes = [empty if r.get(CONTEXT_CODES) is None
                 else code_array(r[CONTEXT_CODES], cfg, f"{row_name(r, i)}: {CONTEXT_CODES}")
                 for i, r in enumerate(rows)]
@@ -196,7 +215,7 @@ def collate_rows(rows: Sequence[dict[str, Any]], cfg: TinyConfig, *,
     for i, (tok, p) in enumerate(zip(texts, prefixes)):
         text[i, :len(tok)] = torch.tensor(tok)
         if p.shape[1]:  # left-padded: BOS lands in column pwidth for every row
-            prefix[i, :, pwidth - p.shape[1]:] = torch.from_numpy(p)
+            prefix[i, :, pwidth - p.shape[1]:] = p
             prefix_mask[i, pwidth - p.shape[1]:] = True
     batch = TinyBatch(text=text, text_mask=text != TEXT_PAD, prefix=prefix, prefix_mask=prefix_mask,
                       seeds=row_seeds(rows), dropout_groups=row_groups(rows))
@@ -204,7 +223,7 @@ def collate_rows(rows: Sequence[dict[str, Any]], cfg: TinyConfig, *,
         lens = torch.tensor([t.shape[1] for t in targets], dtype=torch.long)
         codes = torch.full((b, cfg.num_codebooks, int(lens.max())), cfg.pad, dtype=torch.long)
         for i, t in enumerate(targets):
-            codes[i, :, :t.shape[1]] = torch.from_numpy(t)
+            codes[i, :, :t.shape[1]] = t
         batch.codes, batch.code_lens = codes, lens
         drawn = row_ints(rows, EOS_DRAWN)
         batch.eos_drawn = None if drawn is None else drawn.bool()

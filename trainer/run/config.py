@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from ttspo.builder.core import metrics as registry
 from ttspo.builder.core.errors import ConfigError, first_line
 from ttspo.trainer.run.config_rules import (Free, OneOf, Rule, Span, Terms, canonical_terms,
                                             check_rules, parse_terms)
@@ -132,6 +133,9 @@ class GrpoConfig:
     rewards: str = "cer=0.5,ssim=0.5"  # the weighted rewards (ttspo.trainer.grpo.rewards)
     normalize_then_sum: bool = False  # z-score each reward within its group, then sum
     invalid_reward: str = "zero"  # zero (NeMo) | group_min
+    # "METRIC=MAX,...": validity limits on registered metrics (e.g. trail_silence=0.5: a
+    # sample with more trailing silence is invalid, so silence cannot buy a better CER)
+    limits: Optional[str] = None
     mean_cer_dataset: float = 0.1
     mean_ssim_dataset: float = 0.6
     best_ssim_achievable: float = 0.9
@@ -170,7 +174,10 @@ SEED = Span("[0, 4294967295]")  # numpy's seeds are 32-bit
 AT_LEAST_1, AT_LEAST_0 = Span("[1, inf)"), Span("[0, inf)")
 POSITIVE, SHARE = Span("(0, inf)"), Span("[0, 1]")
 LOSS_TYPES = ("dpo", "ipo", "rpo", "rpo_sq")  # losses.LOSSES (test_config_ranges checks)
-REWARD_NAMES = ("cer", "ssim", "pesq", "squim", "utmos", "length")  # grpo.rewards.REWARDS (same)
+# grpo.rewards.REWARDS (the metric registry's rewards, then length; a test checks) and
+# the retired utmos (named so its message, from reward_config, says what replaced it)
+REWARD_NAMES = (*registry.rewarded(), "length", "utmos")
+LIMIT_NAMES = tuple(registry.limited())  # metrics with a validity limit (grpo.limits)
 RULES: dict[str, Rule] = {
     "policy.name": Free("a policy registry name: tiny, nemo:PATH (checked as the policy loads)"),
     "policy.model": Free("the policy's own keys (tiny: TinyConfig, checked as the policy loads)"),
@@ -232,6 +239,7 @@ RULES: dict[str, Rule] = {
     "grpo.rewards": Terms(REWARD_NAMES, callables=True),  # a callable: imported as the run starts
     "grpo.normalize_then_sum": BOOL,
     "grpo.invalid_reward": OneOf(("zero", "group_min")),
+    "grpo.limits": Terms(LIMIT_NAMES),  # METRIC=MAX: a sample over it is invalid
     "grpo.mean_cer_dataset": Span("(0, 1)"),  # the CER reward's anchors (rewards.py)
     "grpo.mean_ssim_dataset": Span("(0, grpo.best_ssim_achievable)"),
     "grpo.best_ssim_achievable": Span("(0, 1]"),
@@ -288,7 +296,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
         set_key(cfg, key, value, where=where)
     check(cfg)
     for key, rule in RULES.items():  # one spelling of each weighted-terms value
-        if isinstance(rule, Terms):
+        if isinstance(rule, Terms) and _resolve(cfg, key) is not None:
             section, name = key.split(".")
             terms = parse_terms(_resolve(cfg, key), key)
             setattr(getattr(cfg, section), name, canonical_terms(terms))

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from ttspo.builder.core import query as q
 from ttspo.builder.core.errors import InputError
+from ttspo.builder.core import metrics as registry
 from ttspo.builder.core.schemas import CORE_TABLES, DYN, GEN, METRICS, PAIR, ROLL
 from ttspo.builder.core.store import Store, sql_string
 from ttspo.builder.review.serve.textdiff import word_diff
@@ -25,8 +26,9 @@ from ttspo.builder.review.serve.textdiff import word_diff
 MAX_PAGE = 200
 DYNAMICS = "pair_dynamics"
 LABELS = "labels"
-# Lower is better for these metrics; higher for the others (agreement with labels).
-LOWER_IS_BETTER = (GEN.cer, GEN.wer)
+# Lower is better for these metrics, the metric registry's (builder/core/metrics.py);
+# higher for the others, except those with no direction (left out of agreement).
+LOWER_IS_BETTER = registry.lower_is_better()
 GENERATION_FIELDS = (GEN.generation_id, GEN.text, GEN.pred_transcript, GEN.duration,
                      *METRICS)
 
@@ -172,7 +174,8 @@ def agreement(store: Store, *, set_name: str | None = None) -> dict[str, Any]:
         return {"rows": [], "note": "no labels yet"}
     names = set(store.open("generations").schema.names)
     only = f" AND l.set_name = {sql_string(set_name)}" if set_name else ""
-    parts = [_agreement_sql(m, only) for m in METRICS if m in names]
+    parts = [_agreement_sql(m, only) for m in METRICS
+             if m in names and m not in registry.no_direction()]
     result, versions = q.run(store, "\nUNION ALL\n".join(parts))
     return {"rows": [clean(r) for r in result.to_pylist()], "versions": versions}
 
