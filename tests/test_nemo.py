@@ -401,3 +401,22 @@ def test_policy_from_a_lightning_checkpoint_and_its_config(policy, models, tmp_p
         load_policy(f"nemo:{models['magpie']},codec=/gone/codec.nemo")
     with pytest.raises(ModelError, match=r"^policy nemo:/no/magpie.nemo: file not found$"):
         load_policy("nemo:/no/magpie.nemo")
+
+
+def test_an_undrawn_eos_is_not_a_target_for_the_nemo_policy(world, policy):
+    """data.eos_target=sampled: a row that drew no EOS loses exactly its EOS terms (one
+    per codebook, right after its codes in NeMo's target); the other row is untouched."""
+    from ttspo.trainer.policy.base import EOS_DRAWN, token_logps
+
+    rows = store_rows(world, ["r:0", "r:4"])
+    policy.eval()
+    with torch.no_grad():
+        nemo = policy.forward_teacher(policy.collate(rows))
+        cut = policy.forward_teacher(policy.collate([{**r, EOS_DRAWN: d}
+                                                     for r, d in zip(rows, (True, False))]))
+    n = int(policy.collate(rows)["audio_codes_lens"][1])
+    assert bool((nemo.labels[1, :, n] == policy.model.audio_eos_id).all())
+    assert torch.equal(nemo.mask.sum(-1)[1] - cut.mask.sum(-1)[1], torch.ones_like(nemo.mask[1, :, 0], dtype=torch.long))
+    assert torch.equal(nemo.mask[0], cut.mask[0]) and not bool(cut.mask[1, :, n].any())
+    eos = token_logps(nemo)[1, :, n]
+    torch.testing.assert_close(sequence_logps(cut)[1], sequence_logps(nemo)[1] - eos, rtol=0, atol=1e-4)

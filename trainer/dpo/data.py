@@ -50,11 +50,12 @@ from ttspo.builder.ingest.files import BadFile
 from ttspo.builder.scoring.audio import read_audio
 from ttspo.builder.sets.build import open_set
 from ttspo.builder.sets.export import generation_rows
-from ttspo.trainer.policy.base import CONTEXT_CODES
+from ttspo.trainer.policy.base import CONTEXT_CODES, EOS_DRAWN
 
 PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
                 PAIR.chosen_reward, PAIR.rejected_reward, PAIR.split)
 ROW_KEYS = (GEN.generation_id, GEN.text, GEN.context_text)  # what a policy's collate reads
+EOS_COLUMNS = (GEN.codes_len, GEN.max_steps)  # data.eos_target=sampled reads them
 CONTEXT_TAKE = 8192  # rows a streamed load takes at once to resolve the prompts' contexts
 
 
@@ -160,14 +161,16 @@ class Pairs:
 
 
 def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], Any] | None = None,
-               stream: bool = False) -> Pairs:
+               stream: bool = False, eos_target: str = "always") -> Pairs:
     """The pairs of set REF. ENCODE(audio, sr) -> codes [C, T] makes context codes
     for prompts without a codes file (the policy's ``codec.encode``). STREAM: hold
-    row ids, not rows (a generation without codes is then found when its batch is read)."""
+    row ids, not rows (a generation without codes is then found when its batch is read).
+    EOS_TARGET (``data.eos_target``) "sampled": each row says whether its sample drew EOS
+    (``eos_drawn``: codes_len below the max_steps it was generated with)."""
     sv = open_set(store, ref)
     pairs = sv.rows(list(PAIR_COLUMNS))
     if stream:
-        return streamed_pairs(store, sv, pairs, encode)
+        return streamed_pairs(store, sv, pairs, encode, eos_target=eos_target)
     gens = generation_rows(store, sv, pairs)
     gen_version = sv.record.inputs["generations"]
     contexts = context_codes(gens, encode)
@@ -183,13 +186,27 @@ def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], An
                 chosen_reward=np.asarray(p[PAIR.chosen_reward], dtype=np.float64),
                 rejected_reward=np.asarray(p[PAIR.rejected_reward], dtype=np.float64))
     ids = generation_row_ids(store, gen_version, sorted(gens))
+    if eos_target == "sampled":
+        taken = take_rows(store.open("generations", gen_version), list(ids.values()),
+                          [GEN.generation_id, *EOS_COLUMNS])
+        for g, drawn in zip(taken.column(GEN.generation_id).to_pylist(), eos_drawn(taken)):
+            rows[g][EOS_DRAWN] = drawn
     codes = CodesReader(store, gen_version, sv.ref).by_id(ids)
     for row in rows.values():  # chosen/rejected share these dicts: one array per generation
         row[GEN.codes] = codes[row[GEN.generation_id]]
     return out
 
 
-def streamed_pairs(store: Store, sv: Any, pairs: pa.Table, encode: Callable | None) -> Pairs:
+def eos_drawn(table: pa.Table) -> list[bool]:
+    """Whether each generation of TABLE (EOS_COLUMNS) drew EOS: False when it ran to its
+    max_steps (the sampler's length without EOS). Unknown (ingested without max_steps or
+    codes_len): True, the target NeMo gives every sample."""
+    return [n is None or m is None or n < m for n, m in
+            zip(table.column(GEN.codes_len).to_pylist(), table.column(GEN.max_steps).to_pylist())]
+
+
+def streamed_pairs(store: Store, sv: Any, pairs: pa.Table, encode: Callable | None, *,
+                   eos_target: str = "always") -> Pairs:
     """The pairs PAIRS of set SV as arrays (streaming): each side's generations row id,
     rewards, each pair's prompt index, and each prompt's context codes; Arrow columns
     throughout, no Python object per pair or per generation. Texts and codes are read
@@ -209,7 +226,7 @@ def streamed_pairs(store: Store, sv: Any, pairs: pa.Table, encode: Callable | No
                  split=[sys.intern(s) for s in pairs.column(PAIR.split).to_pylist()],
                  chosen=[], rejected=[], chosen_reward=reward(PAIR.chosen_reward),
                  rejected_reward=reward(PAIR.rejected_reward),
-                 codes=CodesReader(store, gen_version, sv.ref),
+                 codes=CodesReader(store, gen_version, sv.ref, eos_target=eos_target),
                  chosen_rowid=chosen_rowid, rejected_rowid=rejected_rowid,
                  prompt_index=prompt_index, contexts=contexts)
 
@@ -271,8 +288,9 @@ class CodesReader:
     """Codes of generations@VERSION by Lance row id. Picklable (a store path and a
     version): a spawned worker opens its own dataset (Lance is not fork-safe)."""
 
-    def __init__(self, store: Store, version: int, ref: str):
+    def __init__(self, store: Store, version: int, ref: str, *, eos_target: str = "always"):
         self.store, self.version, self.ref = store, version, ref
+        self.eos_target = eos_target  # "sampled": rows say whether they drew EOS
         self._ds = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -297,11 +315,16 @@ class CodesReader:
         """The policy rows (ROW_KEYS + codes) of the rows ROWIDS, in that order."""
         if self._ds is None:
             self._ds = self.store.open("generations", self.version)
-        table = take_rows(self._ds, rowids, [*ROW_KEYS, GEN.codes])
+        sampled = self.eos_target == "sampled"
+        table = take_rows(self._ds, rowids, [*ROW_KEYS, GEN.codes, *(EOS_COLUMNS if sampled else ())])
         taken, codes = table.select(list(ROW_KEYS)).to_pydict(), code_arrays(table.column(GEN.codes))
-        return [{**{k: taken[k][i] for k in ROW_KEYS},
+        rows = [{**{k: taken[k][i] for k in ROW_KEYS},
                  GEN.codes: self._check(taken[GEN.generation_id][i], codes[i])}
                 for i in range(len(codes))]
+        if sampled:
+            for row, drawn in zip(rows, eos_drawn(table)):
+                row[EOS_DRAWN] = drawn
+        return rows
 
     def by_id(self, ids: dict[str, int]) -> dict[str, np.ndarray]:
         """generation_id -> codes, for IDS (generation_id -> row id)."""

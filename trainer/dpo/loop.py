@@ -41,7 +41,7 @@ from ttspo.trainer.run.config_rules import parse_terms
 from ttspo.trainer.dpo.data import PairOrder, Pairs, load_pairs, shard
 from ttspo.trainer.run.verify import checked_sha256, verified_latest
 from ttspo.trainer.dpo.forward import concatenated_forward
-from ttspo.trainer.dpo.ref import RefCache, lookup, reference_logps
+from ttspo.trainer.dpo.ref import RefCache, lookup, policy_key, reference_logps
 from ttspo.trainer.dpo.stream import step_batches
 from ttspo.trainer.run.repair import repair_on_resume
 from ttspo.trainer.run.runlock import run_lock
@@ -144,7 +144,7 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
     policy = make_policy(spec, init, cfg, cfg.train.seed)
     check_codebooks(cfg, policy.codec.num_codebooks)
     pairs = load_pairs(store, set_ref, encode=policy.codec.encode,
-                       stream=cfg.data.loader == "stream")
+                       stream=cfg.data.loader == "stream", eos_target=cfg.data.eos_target)
     train, val = pairs.select("train"), pairs.select("val")
     order = PairOrder(num_pairs=len(train), pairs_per_device=cfg.data.pairs_per_device,
                       world_size=c.world_size, grad_accum=cfg.optim.grad_accum, seed=cfg.data.seed)
@@ -153,7 +153,7 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
     # policy's config: both change the logits), else a live copy of the init. Before
     # the run folder: a missing cache under require_ref_cache leaves nothing behind.
     cache, ref_model = None, None
-    policy_sha = policy.identity(with_sha256=False).config_sha256
+    policy_sha = policy_key(policy, cfg.data.eos_target)
     if not cfg.loss.reference_free:
         cache = lookup(store, pairs, init_sha, policy_sha) if init_sha else None
         if cache is None and cfg.train.require_ref_cache:

@@ -22,6 +22,7 @@ on the next precompute) and never match.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,16 @@ class RefCache:
     def lookup(self, pair_ids: list[str], idx: Any) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [self.index[pair_ids[i]] for i in idx]
         return torch.from_numpy(self.chosen[rows]), torch.from_numpy(self.rejected[rows])
+
+
+def policy_key(policy: Any, eos_target: str = "always") -> str:
+    """The cache key's policy part: the sha256 of the policy's identity config; with
+    ``data.eos_target`` sampled (other targets, other log-probs) a hash of both, so
+    neither target's rows are read for the other (NeMo's default keeps the plain key)."""
+    config_sha = policy.identity(with_sha256=False).config_sha256
+    if eos_target == "always":
+        return config_sha
+    return hashlib.sha256(f"{config_sha} data.eos_target={eos_target}".encode()).hexdigest()
 
 
 def _key_filter(set_name: str, set_version: int, sha256: str, policy_sha256: str) -> str:
@@ -122,17 +133,17 @@ def compute(policy: Any, pairs: Pairs, *, batch_pairs: int = 16) -> tuple[np.nda
 
 def precompute(store: Store, pairs: Pairs, policy: Any, ref_path: str | Path, *,
                lineage: Lineage | dict[str, Any], batch_pairs: int = 16,
-               ref_sha256: str | None = None) -> dict[str, Any]:
+               ref_sha256: str | None = None, eos_target: str = "always") -> dict[str, Any]:
     """Write the reference log-probs of PAIRS under POLICY (loaded from REF_PATH).
 
     One commit of rows; nothing when the key is already complete in the table (a
     table made before the policy config was keyed first gains that column: one more
     commit, once). Returns a summary: key, pairs, version written (None when already
-    there).
+    there). EOS_TARGET: the ``data.eos_target`` PAIRS were loaded with (it is keyed).
     """
     sha = ref_sha256 or file_sha256(ref_path)  # REF_SHA256: the caller hashed it already
     identity = policy.identity(with_sha256=False)
-    policy_sha = identity.config_sha256
+    policy_sha = policy_key(policy, eos_target)
     summary = {"set": pairs.ref, "ref_sha256": sha, "policy_sha256": policy_sha,
                "pairs": len(pairs), "version": None}
     if lookup(store, pairs, sha, policy_sha) is not None:
@@ -180,6 +191,8 @@ def precompute_ref(store: Store, set_ref: str, *, ref_path: str | Path, cfg: Any
     model = cfg.policy.model if cfg is not None else None
     policy = load_policy(spec, init=str(ref_path), config=model or None)
     stream = cfg is not None and cfg.data.loader == "stream"
-    pairs = load_pairs(store, set_ref, encode=policy.codec.encode, stream=stream)
+    eos_target = cfg.data.eos_target if cfg is not None else "always"
+    pairs = load_pairs(store, set_ref, encode=policy.codec.encode, stream=stream,
+                       eos_target=eos_target)
     return precompute(store, pairs, policy, ref_path, lineage=lineage, batch_pairs=batch_pairs,
-                      ref_sha256=sha)
+                      ref_sha256=sha, eos_target=eos_target)

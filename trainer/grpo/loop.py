@@ -184,7 +184,7 @@ def _train(store, cfg: Config, out: Path, spec, *, init, lineage, echo, c, lock=
                               before_save=writer.flush if writer is not None else None)
     result = GrpoResult(run_dir=out, steps=start, checkpoints=saver.rows)
     args = dict(run=run, n=g.n_generations_per_item, seed=seed, rewards=rewards, scoring=scoring,
-                store_audio=g.store_audio)
+                store_audio=g.store_audio, eos_target=cfg.data.eos_target)
 
     def collect(step: int, table: pa.Table, split: str) -> None:
         """Every rank's rows to rank 0's writer (a collective)."""

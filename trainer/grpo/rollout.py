@@ -30,7 +30,7 @@ from ttspo.builder.core.schemas import (GEN, METRIC_STATUS, METRICS, PROMPT, REW
                                         REGISTERED_REWARD_FIELDS, ROLL, ROLLOUTS_SCHEMA)
 from ttspo.builder.core.store import Store, parse_ref
 from ttspo.builder.scoring.options import DEFAULTS, ScoreOptions
-from ttspo.trainer.policy.base import CONTEXT_CODES, SAMPLE_SEED, Sampling
+from ttspo.trainer.policy.base import CONTEXT_CODES, EOS_DRAWN, SAMPLE_SEED, Sampling
 from ttspo.trainer.grpo.rewards import RewardConfig, compute_rewards, needed_metrics
 from ttspo.trainer.policy.samples import decode, sample_seed
 
@@ -157,8 +157,11 @@ class Rollout:
 
 def rollout(policy, prompts: Prompts, indices: Sequence[int], *, run: str, step: int,
             split: str, n: int, sampling: Sampling, seed: int, rewards: RewardConfig,
-            scoring: Scoring, checkpoint: str, store_audio: bool) -> Rollout:
-    """Sample N per prompt of INDICES, decode, score, reward (see the module docstring)."""
+            scoring: Scoring, checkpoint: str, store_audio: bool,
+            eos_target: str = "always") -> Rollout:
+    """Sample N per prompt of INDICES, decode, score, reward (see the module docstring).
+    EOS_TARGET (``data.eos_target``) "sampled": a sample cut at max_steps without EOS
+    trains without an EOS target (its rows say ``eos_drawn`` False)."""
     import torch
 
     seconds = dict.fromkeys(PHASES, 0.0)
@@ -191,6 +194,9 @@ def rollout(policy, prompts: Prompts, indices: Sequence[int], *, run: str, step:
     table = rollout_table(out, rewards, audios if store_audio else None, sr)
     train_rows = [{GEN.text: r[GEN.text], GEN.context_text: r[GEN.context_text],
                    CONTEXT_CODES: r[CONTEXT_CODES], GEN.codes: f} for r, f in zip(rows, frames)]
+    if eos_target == "sampled":
+        for row, n in zip(train_rows, lengths.tolist()):
+            row[EOS_DRAWN] = n < sampling.max_steps
     return Rollout(train_rows, table, seconds)
 
 

@@ -45,6 +45,10 @@ from ttspo.builder.core.errors import ModelError
 CONTEXT_CODES = "context_codes"  # the row key the data layer adds (not a table column)
 SAMPLE_SEED = "sample_seed"  # optional row key: the seed of that row's sampling noise
 DROPOUT_GROUP = "dropout_group"  # optional row key: rows sharing one conditioning-dropout draw
+# Optional row key (data.eos_target=sampled): False for a sample that ran to its step
+# limit without drawing EOS; its target then ends without EOS (no EOS was sampled).
+# Absent or True: the target ends in EOS on every codebook (NeMo's).
+EOS_DRAWN = "eos_drawn"
 
 # name -> "module:loader"; a loader takes (argument after "name:", init=, config=).
 # Imported on use, so naming a policy never imports another one's dependencies.

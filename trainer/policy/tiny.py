@@ -151,6 +151,9 @@ class TinyCodecLM(nn.Module):
         # [B, C, T + 1, V]: BOS predicts the first frame, the last frame predicts EOS
         steps = torch.arange(t + 1, device=frames.device)
         mask = (steps[None, :] <= batch.code_lens[:, None]).unsqueeze(1).expand(b, c, t + 1)
+        if batch.eos_drawn is not None:  # a sample cut at its step limit drew no EOS: none
+            mask = mask & ~((steps[None, :] == batch.code_lens[:, None])
+                            & ~batch.eos_drawn[:, None]).unsqueeze(1)
         labels = torch.cat([batch.codes, batch.codes.new_full((b, c, 1), IGNORE)], dim=2)
         labels = labels.scatter(2, batch.code_lens.view(b, 1, 1).expand(b, c, 1), cfg.eos)
         return TeacherForced(logits=logits, labels=labels.masked_fill(~mask, IGNORE), mask=mask)

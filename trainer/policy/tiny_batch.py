@@ -14,7 +14,7 @@ import torch
 from ttspo.builder.core.errors import InputError, ModelError
 from ttspo.builder.core.columns import GEN
 from ttspo.trainer.policy import codec as codec_mod
-from ttspo.trainer.policy.base import CONTEXT_CODES, DROPOUT_GROUP, SAMPLE_SEED
+from ttspo.trainer.policy.base import CONTEXT_CODES, DROPOUT_GROUP, EOS_DRAWN, SAMPLE_SEED
 
 # Text tokens: bytes 0..255, then the specials.
 TEXT_PAD, TEXT_BOS, TEXT_EOS, TEXT_SEP = 256, 257, 258, 259
@@ -103,6 +103,7 @@ class TinyBatch:
     code_lens: torch.Tensor | None = None
     seeds: torch.Tensor | None = None
     dropout_groups: torch.Tensor | None = None
+    eos_drawn: torch.Tensor | None = None  # [B] bool (rows' ``eos_drawn``); None: all True
 
     @property
     def size(self) -> int:
@@ -224,6 +225,8 @@ def collate_rows(rows: Sequence[dict[str, Any]], cfg: TinyConfig, *,
         for i, t in enumerate(targets):
             codes[i, :, :t.shape[1]] = t
         batch.codes, batch.code_lens = codes, lens
+        drawn = row_ints(rows, EOS_DRAWN)
+        batch.eos_drawn = None if drawn is None else drawn.bool()
     return batch
 
 

@@ -53,6 +53,10 @@ class DataConfig:
     loader: str = "memory"
     workers: int = 1  # stream: spawned processes reading ahead (0: read in the step's process)
     prefetch_batches: int = 2  # stream: micro-batches each worker holds ready (bounds memory)
+    # The training target's last frame. always: EOS on every codebook after the codes,
+    # also for a sample cut at its step limit without drawing EOS (NeMo's); sampled: a
+    # sample that drew no EOS (codes_len = its max_steps) gets no EOS target (dpo, grpo)
+    eos_target: str = "always"
 
 
 @dataclass(kw_only=True)
@@ -183,6 +187,7 @@ RULES: dict[str, Rule] = {
     "data.loader": OneOf(("memory", "stream")),
     "data.workers": AT_LEAST_0,
     "data.prefetch_batches": AT_LEAST_1,
+    "data.eos_target": OneOf(("always", "sampled")),
     "loss.terms": Terms(LOSS_TYPES),
     "loss.beta": POSITIVE,
     # the share of preferences taken as flipped (cDPO): at 0.5 and above a pair teaches

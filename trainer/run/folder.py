@@ -35,7 +35,7 @@ RESUMABLE = ("train.max_steps", "train.progress", "train.tensorboard", "train.lo
              "train.pair_dynamics")
 # Config keys added after run folders were made, each with the value that computes what
 # those folders' runs computed: a folder whose run.json lacks the key holds that value.
-ADDED = {"loss.length_normalize": False}
+ADDED = {"loss.length_normalize": False, "data.eos_target": "always"}
 
 
 # ------------------------------------------------------------------ metrics

@@ -49,7 +49,8 @@ from ttspo.builder.core.files import write_bytes_atomic
 from ttspo.builder.core.errors import InputError, ModelError
 from ttspo.builder.core.schemas import GEN
 from ttspo.trainer.policy.nemo.codec import NemoCodec
-from ttspo.trainer.policy.base import CONTEXT_CODES, SAMPLE_SEED, Identity, Sampling, TeacherForced
+from ttspo.trainer.policy.base import (CONTEXT_CODES, EOS_DRAWN, SAMPLE_SEED, Identity, Sampling,
+                                       TeacherForced)
 
 ARCHITECTURE = "nemo-magpietts"
 FORMAT = "ttspo-policy-v1"
@@ -134,6 +135,13 @@ class NemoMagpiePolicy(nn.Module):
             prior = self._prior(texts, targets)
             if prior is not None:
                 batch["align_prior_matrix"] = prior
+            drawn = [r.get(EOS_DRAWN) for r in rows]  # data.eos_target=sampled
+            if any(x is not None for x in drawn):
+                if any(x is None for x in drawn):
+                    i = drawn.index(None)
+                    raise InputError(f"{_name(rows[i], i)}: no {EOS_DRAWN} while other rows "
+                                     "of the batch have one")
+                batch[EOS_DRAWN] = torch.tensor([bool(x) for x in drawn])
         return batch
 
     def _text_tokens(self, row: dict[str, Any], i: int) -> list[int]:
@@ -208,8 +216,9 @@ class NemoMagpiePolicy(nn.Module):
         """The model's process_batch, its logits split per codebook: [B, C, T+1, V]."""
         if "audio_codes" not in batch:
             raise ValueError("forward_teacher needs a batch collated with_targets=True")
+        drawn = batch.get(EOS_DRAWN)
         with _quiet():
-            out = self.model.process_batch(batch)
+            out = self.model.process_batch(MagpieBatch({k: v for k, v in batch.items() if k != EOS_DRAWN}))
         logits = out["logits"]
         if self.local_transformer_logits:
             if out.get("local_transformer_logits") is None:
@@ -218,8 +227,26 @@ class NemoMagpiePolicy(nn.Module):
         b, t, _ = logits.shape
         c, v = self.model.num_audio_codebooks, self.model.num_all_tokens_per_codebook
         logits = logits.view(b, t, c, v).permute(0, 2, 1, 3)
-        return TeacherForced(logits=logits, labels=out["audio_codes_target"].long(),
-                             mask=out["loss_mask"].bool(), alignment_loss=self._alignment(out))
+        labels, mask = out["audio_codes_target"].long(), out["loss_mask"].bool()
+        if drawn is not None:
+            mask = self._without_undrawn_eos(labels, mask, batch["audio_codes_lens"], drawn)
+        return TeacherForced(logits=logits, labels=labels, mask=mask,
+                             alignment_loss=self._alignment(out))
+
+    def _without_undrawn_eos(self, labels, mask, lens, drawn) -> torch.Tensor:
+        """MASK without the EOS target of the rows that drew none (data.eos_target=sampled):
+        NeMo's target puts EOS on every codebook right after a row's codes; checked, so a
+        model that lays its targets out otherwise is an error, not a wrong loss."""
+        rows = torch.nonzero(~drawn.to(mask.device)).flatten()
+        if not len(rows):
+            return mask
+        at = lens.to(mask.device).long()[rows]
+        if not bool((labels[rows, :, at] == self.model.audio_eos_id).all()):
+            raise ModelError("data.eos_target=sampled: this model's targets do not end in "
+                             "EOS on every codebook right after the codes")
+        mask = mask.clone()
+        mask[rows, :, at] = False
+        return mask
 
     def _alignment(self, out: dict) -> torch.Tensor | None:
         """The model's alignment loss row by row ([B]), or None when it has none.
