@@ -182,7 +182,7 @@ def test_the_core_store_is_one_attribute_away(tmp_path):
 
 
 def test_recipes():
-    assert [r["recipe"] for r in ttspo.recipes()] == ["best_worst", "pareto"]
+    assert [r["recipe"] for r in ttspo.recipes()] == ["best_worst", "pareto", "refine"]
     params = {p["parameter"]: p for p in ttspo.recipes("pareto")}
     assert params["cer_threshold"]["default"] == 0.02 and not params["seed"]["required"]
 

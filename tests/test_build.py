@@ -30,6 +30,7 @@ def test_a_build_is_one_version_with_its_lineage(store):
     assert lineage["inputs"] == {"generations": 1}
     assert lineage["recipe"] == "pareto" and lineage["recipe_sha256"] == PARETO_SHA
     assert lineage["params"] == {"cer_threshold": 0.02, "max_duration": 19.0, "min_duration": 1.5,
+                                 "max_leading_silence": -1.0, "max_trailing_silence": -1.0,
                                  "num_chosen": 1, "seed": 5, "val_by": "pair", "val_size": 2}
     assert lineage["seed"] == 5
     assert lineage["counts"] == {"pairs": 5, "train": 3, "val": 2, "groups": 5, "prompts": 5}
@@ -57,7 +58,7 @@ def test_same_inputs_and_seed_give_the_same_rows_and_the_same_bytes(store, tmp_p
     build_set(store, "pareto", "prefs", {"val_size": 2, "seed": 3})
     assert open_set(store, "prefs@1").rows().equals(open_set(store, "prefs@2").rows())
     # and two independent stores made from the same inputs (codes files that exist:
-    # the export rewrites them as int32 under its folder)
+    # the export writes them once as int32 under STORE/codes)
     import torch
 
     files = tmp_path / "files"
@@ -68,9 +69,11 @@ def test_same_inputs_and_seed_give_the_same_rows_and_the_same_bytes(store, tmp_p
     for s, out in ((one, "a"), (two, "b")):
         build_set(s, "pareto", "prefs", {"val_size": 2, "seed": 3})
         export_nemo(s, "prefs", tmp_path / out)
+    # the manifests name each store's own codes files (STORE/codes): equal up to the store
     for name in ("dpo_train_manifest.json", "dpo_val_manifest.json"):
-        a = (tmp_path / "a" / name).read_text().replace(str(tmp_path / "a"), "OUT")
-        assert a == (tmp_path / "b" / name).read_text().replace(str(tmp_path / "b"), "OUT")
+        a = (tmp_path / "a" / name).read_text().replace(str(tmp_path / "one"), "STORE")
+        assert "STORE/codes/" in a
+        assert a == (tmp_path / "b" / name).read_text().replace(str(tmp_path / "two"), "STORE")
 
 
 def test_a_set_cannot_take_a_core_table_name(store):
@@ -128,7 +131,8 @@ def test_cli_build_with_runs_and_a_user_recipe(store, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["build", "pareto", "--name", "p", "--param", "bogus=1"],
      "Error: recipe pareto has no parameter bogus (parameters: cer_threshold, max_duration, "
-     "min_duration, num_chosen, seed, val_by, val_size)\n"),
+     "max_leading_silence, max_trailing_silence, min_duration, num_chosen, seed, val_by, "
+     "val_size)\n"),
     (["build", "pareto", "--name", "p", "--param", "num_chosen=3"],
      "Error: recipe pareto: num_chosen must be 1 or 2, not 3\n"),
     (["build", "pareto", "--name", "p", "--param", "val_size=-1"],
