@@ -50,6 +50,7 @@ class SortedIds:
         """Each of IDS's row (from ROWS), -1 where it is not a key (or null)."""
         if len(ids) == 0 or len(self.keys) == 0:
             return np.full(len(ids), -1, dtype=np.int64)
+        ids = ids.cast(self.keys.type) if ids.type != self.keys.type else ids
         at = pc.search_sorted(self.keys, ids, side=self.side)
         at = pc.fill_null(at, 0).to_numpy().astype(np.int64) - (self.side == "right")
         at = np.clip(at, 0, len(self.keys) - 1)
