@@ -301,3 +301,17 @@ def test_sorted_ids_find_rows_as_index_in_and_a_dict_do():
     assert SortedIds(keys, rows).find(asked).tolist() == [11, 12, -1, -1, 10, -1, -1]
     assert SortedIds(keys, rows, first=False).find(asked).tolist() == [13, 12, -1, -1, 10, -1, -1]
     assert SortedIds(pa.chunked_array([], pa.string()), rows[:0]).find(asked).tolist() == [-1] * 7
+
+
+def test_first_seen_indexes_ids_as_unique_and_index_in_do():
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ttspo.trainer.dpo.data import first_seen
+
+    ids = pa.chunked_array([["p3", "p1", "p3"], ["p0", "p1", "p9", "p0"]])
+    distinct, index = first_seen(ids)
+    assert distinct.to_pylist() == pc.unique(ids).to_pylist() == ["p3", "p1", "p0", "p9"]
+    assert index.dtype == np.int32
+    assert index.tolist() == pc.index_in(ids, value_set=pc.unique(ids)).to_pylist()
+    assert first_seen(pa.chunked_array([], pa.string()))[1].tolist() == []
