@@ -7,6 +7,7 @@ reason before any model loads, and the arithmetic on given segments and pitch fr
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,8 @@ def test_a_none_needs_a_reason_and_a_value_has_none():
     assert dict(scores) == {"mos": 3.0, "max_pause": None}
     assert scores.reasons == {"max_pause": "no speech found"}
     assert unscored(("a", "b"), "empty audio").reasons == {"a": "empty audio", "b": "empty audio"}
+    shipped = pickle.loads(pickle.dumps(scores))  # scoring ranks send results as pickles
+    assert shipped == scores and shipped.reasons == scores.reasons
 
 
 @pytest.mark.parametrize("audio", [np.zeros(0, np.float32), np.zeros(16000, np.float32)],

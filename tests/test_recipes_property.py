@@ -44,6 +44,7 @@ params = st.fixed_dictionaries({
     "num_chosen": st.sampled_from([1, 2]),
     "val_size": st.integers(0, 6), "val_by": st.sampled_from(["pair", "group", "prompt"]),
     "seed": st.integers(0, 3),
+    "max_leading_silence": st.just(-1.0), "max_trailing_silence": st.just(-1.0),  # off
 })
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ttspo.builder.core.errors import ModelError, first_line
 from ttspo.builder.scoring.audio import MODEL_SR, resample
-from ttspo.builder.scoring.scores import Scores, package_version, unscored
+from ttspo.builder.scoring.scores import no_signal, Scores, package_version, unscored
 
 MIN_SECONDS = 0.25  # under a quarter second there is no utterance to judge
 
@@ -54,10 +54,8 @@ class MosMetric:
 
     def score(self, audio: np.ndarray, sr: int, *, text: str | None = None) -> Scores:
         wav = resample(np.asarray(audio, dtype=np.float32), sr, MODEL_SR)
-        if wav.size == 0:
-            return unscored(self.metrics, "empty audio")
-        if not np.any(wav):
-            return unscored(self.metrics, "silent audio (every sample is zero)")
+        if (why := no_signal(wav)) is not None:
+            return unscored(self.metrics, why)
         if wav.size < MIN_SECONDS * MODEL_SR:
             return unscored(self.metrics, f"{wav.size / MODEL_SR:.3f} s of audio, under {MIN_SECONDS} s")
         import torch

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ttspo.builder.scoring.audio import MODEL_SR, resample
-from ttspo.builder.scoring.scores import Scores, package_version, unscored
+from ttspo.builder.scoring.scores import no_signal, Scores, package_version, unscored
 from ttspo.builder.scoring.vad import VadMetric
 
 PITCH_SETTINGS = {"time_step": 0.01, "pitch_floor": 75.0, "pitch_ceiling": 600.0}
@@ -75,10 +75,8 @@ class ProsodyMetric:
 
     def score(self, audio: np.ndarray, sr: int, *, text: str | None = None) -> Scores:
         wav = resample(np.asarray(audio, dtype=np.float32), sr, MODEL_SR)
-        if wav.size == 0:
-            return unscored(self.metrics, "empty audio")
-        if not np.any(wav):
-            return unscored(self.metrics, "silent audio (every sample is zero)")
+        if (why := no_signal(wav)) is not None:
+            return unscored(self.metrics, why)
         spread, spread_why = f0_spread(voiced_f0(wav))
         speech = sum(end - start for start, end in self.vad.segments(wav)) / MODEL_SR
         speed, speed_why = rate(text, speech)

@@ -36,6 +36,15 @@ def unscored(metrics: tuple[str, ...], reason: str) -> Scores:
     return Scores(dict.fromkeys(metrics), dict.fromkeys(metrics, reason))
 
 
+def no_signal(wav) -> str | None:
+    """Why WAV (a numpy array) cannot be scored at all, or None: empty, or all zeros."""
+    if wav.size == 0:
+        return "empty audio"
+    if not wav.any():
+        return "silent audio (every sample is zero)"
+    return None
+
+
 def package_version(distribution: str) -> str:
     """The installed version of DISTRIBUTION: what a backend's ``name`` records."""
     from importlib.metadata import version

@@ -49,8 +49,8 @@ def load_vad(device: str = "cpu"):
         from silero_vad import load_silero_vad  # its import calls torch.set_num_threads(1)
     finally:
         torch.set_num_threads(threads)  # for the whole process: put it back
-    with warnings.catch_warnings():  # torch 2.9+ deprecates jit.load; the file is TorchScript
-        warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
+    with warnings.catch_warnings():  # the loader's own: torch deprecates jit.load, and
+        warnings.simplefilter("ignore", DeprecationWarning)  # importlib.resources.path
         return load_silero_vad().to(device)
 
 
@@ -58,7 +58,7 @@ def load_vad(device: str = "cpu"):
 def one_thread():
     """torch on one thread for the block, then as before. silero-vad runs its model once
     per 32 ms frame on 512 samples: more threads only add hand-offs (on this 2-core
-    machine, busy, 2 threads cost 15x the CPU time of 1: bench/metrics.py)."""
+    machine, busy, 2 threads cost 11-20x the CPU time of 1: bench/metrics.py)."""
     import torch
 
     threads = torch.get_num_threads()

@@ -111,6 +111,10 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
     clock.append(time.perf_counter())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Say so before the codes are read or written into the store: the manifests could
+    # not be written after all that work.
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"Permission denied: {out}")
     with codes_store.codes_lock(store, exclusive=False):  # gc removes none of them meanwhile
         stored = store_codes(store, sv.ref, gens.ds, gens.rows, gids=gens.ids,
                              codes_paths=gens.parts.column(DERIVED.codes_path), codes_dtype=codes_dtype)
