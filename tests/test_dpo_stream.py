@@ -257,3 +257,61 @@ def test_streamed_contexts_equal_the_in_memory_ones_for_text_audio_and_codes_fil
             kinds.add("text" if ctx is None else int(ctx[0, 0]))
             assert (b["context_codes"] is None) if ctx is None else np.array_equal(ctx, b["context_codes"])
     assert kinds == {"text", 1, 2, 102, 105, 108, 111}  # text, 2 wavs, 4 codes files
+
+
+def test_a_streamed_load_read_in_small_batches_equals_one_read_at_once(tmp_path):
+    """The set's pair columns read a row at a time (a prompt's pairs in several
+    batches, row ids looked up per batch) give the same arrays as one batch."""
+    import pyarrow as pa
+
+    from ttspo.builder.core.schemas import GENERATIONS_SCHEMA
+    from ttspo.builder.core.store import Store, make_lineage
+    from ttspo.builder.sets.build import build_set, open_set
+    from ttspo.trainer.dpo.data import streamed_pairs
+    from train_helpers import pattern_rows
+
+    rows = pattern_rows(24, 8, 0)
+    for r in rows:  # 5 prompts, each with groups all through the set
+        r[GEN.prompt_id] = f"p{int(r[GEN.prompt_id][1:]) % 5}"
+    store = Store(tmp_path / "store")
+    store.write("generations", pa.Table.from_pylist(rows, schema=GENERATIONS_SCHEMA),
+                GENERATIONS_SCHEMA, make_lineage("test", {}))
+    build_set(store, "pareto", SET, {"val_size": 4, "seed": 0})
+    whole = streamed_pairs(store, open_set(store, SET), None, batch_rows=1 << 20)
+    small = streamed_pairs(store, open_set(store, SET), None, batch_rows=1)
+    assert len(small) == len(whole) > 6
+    for name in ("chosen_rowid", "rejected_rowid", "chosen_reward", "rejected_reward",
+                 "prompt_index"):
+        assert np.array_equal(getattr(small, name), getattr(whole, name)), name
+    assert small.split == whole.split and list(small.pair_ids) == list(whole.pair_ids)
+    assert len(set(small.prompt_index.tolist())) == len(small.contexts) == 5
+    memory = load_pairs(store, SET)  # each row id is its own generation's, as in memory
+    ids = take_rows(store.open("generations", small.generations_version),
+                    small.rejected_rowid.tolist(), [GEN.generation_id])
+    assert ids.column(GEN.generation_id).to_pylist() == [r["generation_id"] for r in memory.rejected]
+
+
+def test_sorted_ids_find_rows_as_index_in_and_a_dict_do():
+    import pyarrow as pa
+
+    from ttspo.builder.core.lance_rows import SortedIds
+
+    keys, rows = pa.chunked_array([["b", "a"], ["c", "a"]]), np.array([10, 11, 12, 13])
+    asked = pa.array(["a", "c", "z", None, "b", "", "bb"])
+    assert SortedIds(keys, rows).find(asked).tolist() == [11, 12, -1, -1, 10, -1, -1]
+    assert SortedIds(keys, rows, first=False).find(asked).tolist() == [13, 12, -1, -1, 10, -1, -1]
+    assert SortedIds(pa.chunked_array([], pa.string()), rows[:0]).find(asked).tolist() == [-1] * 7
+
+
+def test_first_seen_indexes_ids_as_unique_and_index_in_do():
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ttspo.trainer.dpo.data import first_seen
+
+    ids = pa.chunked_array([["p3", "p1", "p3"], ["p0", "p1", "p9", "p0"]])
+    distinct, index = first_seen(ids)
+    assert distinct.to_pylist() == pc.unique(ids).to_pylist() == ["p3", "p1", "p0", "p9"]
+    assert index.dtype == np.int32
+    assert index.tolist() == pc.index_in(ids, value_set=pc.unique(ids)).to_pylist()
+    assert first_seen(pa.chunked_array([], pa.string()))[1].tolist() == []

@@ -154,3 +154,33 @@ def test_cached_log_probs_are_read_from_the_flat_values_as_numpy_reads_the_lists
     assert got.dtype == np.float32 and got.shape == (4, 8) and np.array_equal(got, expected)
     with pytest.raises(ValueError):  # rows of unequal length: numpy's error, as before
         per_codebook(pa.chunked_array([pa.array([[1.0, 2.0], [3.0]], kind)]))
+
+
+def test_the_cache_finds_each_pairs_own_row_in_any_order_and_only_covering_every_pair(
+        store, tmp_path):
+    """The cache's sorted pair ids (no dict) give each pair of a micro-batch its own
+    row, for a split's ids as for a list, and a set with a pair it lacks gets no cache."""
+    import dataclasses
+
+    from ttspo.trainer.dpo.data import PairIds
+    from ttspo.trainer.dpo.ref import precompute
+
+    init = make_init(tmp_path / "init.pt", 3)
+    policy = load_policy("tiny", init=str(init))
+    precompute(store, load_pairs(store, SET), policy, init, lineage={"command": "test"})
+    key = (file_sha256(init), policy.identity().config_sha256)
+    pairs = load_pairs(store, SET, stream=True)
+    cache = lookup(store, pairs, *key)
+    table = store.open("ref_logps").to_table()
+    want = {p: (c, r) for p, c, r in zip(*(table.column(k).to_pylist() for k in (
+        REF.pair_id, REF.chosen_logps, REF.rejected_logps)))}
+    train = pairs.select("train")
+    idx = np.random.default_rng(0).permutation(len(train))[:7]
+    for ids in (train.pair_ids, list(train.pair_ids)):
+        chosen, rejected = cache.lookup(ids, idx)
+        assert chosen.tolist() == [want[train.pair_ids[i]][0] for i in idx]
+        assert rejected.tolist() == [want[train.pair_ids[i]][1] for i in idx]
+    with pytest.raises(KeyError):
+        cache.lookup(["nope", *train.pair_ids], [1, 0])
+    lacking = PairIds(pa.array([*list(pairs.pair_ids)[1:], "nope"]))
+    assert lookup(store, dataclasses.replace(pairs, pair_ids=lacking), *key) is None

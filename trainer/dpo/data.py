@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import file_sha256
-from ttspo.builder.core.lance_rows import ROW_ID, row_ids, take_rows
+from ttspo.builder.core.lance_rows import ROW_ID, SortedIds, row_ids, take_rows
 from ttspo.builder.core.schemas import GEN, PAIR, PROMPT
 from ttspo.builder.core.store import Store
 from ttspo.builder.ingest.codes import read_codes
@@ -57,6 +57,7 @@ PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
 ROW_KEYS = (GEN.generation_id, GEN.text, GEN.context_text)  # what a policy's collate reads
 EOS_COLUMNS = (GEN.codes_len, GEN.max_steps)  # data.eos_target=sampled reads them
 CONTEXT_TAKE = 8192  # rows a streamed load takes at once to resolve the prompts' contexts
+PAIR_BATCH = 65536  # pair rows a streamed load reads at once
 
 
 class PairIds:
@@ -168,9 +169,9 @@ def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], An
     EOS_TARGET (``data.eos_target``) "sampled": each row says whether its sample drew EOS
     (``eos_drawn``: codes_len below the max_steps it was generated with)."""
     sv = open_set(store, ref)
-    pairs = sv.rows(list(PAIR_COLUMNS))
     if stream:
-        return streamed_pairs(store, sv, pairs, encode, eos_target=eos_target)
+        return streamed_pairs(store, sv, encode, eos_target=eos_target)
+    pairs = sv.rows(list(PAIR_COLUMNS))
     gens = generation_rows(store, sv, pairs)
     gen_version = sv.record.inputs["generations"]
     contexts = context_codes(gens, encode)
@@ -205,47 +206,89 @@ def eos_drawn(table: pa.Table) -> list[bool]:
             zip(table.column(GEN.codes_len).to_pylist(), table.column(GEN.max_steps).to_pylist())]
 
 
-def streamed_pairs(store: Store, sv: Any, pairs: pa.Table, encode: Callable | None, *,
-                   eos_target: str = "always") -> Pairs:
-    """The pairs PAIRS of set SV as arrays (streaming): each side's generations row id,
+def streamed_pairs(store: Store, sv: Any, encode: Callable | None, *,
+                   eos_target: str = "always", batch_rows: int = PAIR_BATCH) -> Pairs:
+    """The pairs of set SV as arrays (streaming): each side's generations row id,
     rewards, each pair's prompt index, and each prompt's context codes; Arrow columns
-    throughout, no Python object per pair or per generation. Texts and codes are read
-    with the batch (:meth:`Pairs.read_codes`)."""
+    throughout, no Python object per pair or per generation. The set's pair columns
+    are read BATCH_ROWS rows at a time into arrays sized once (the load's peak stays
+    near what the pairs keep); texts and codes are read with the batch
+    (:meth:`Pairs.read_codes`)."""
     gen_version = sv.record.inputs["generations"]
     ds = store.open("generations", gen_version)
-    index = row_ids(ds, GEN.generation_id)  # every id of the version: Arrow, dropped below
-    chosen_rowid, rejected_rowid = (
-        generation_rowids(index, pairs.column(col), f"{sv.ref}: generation", gen_version)
-        for col in (PAIR.chosen_id, PAIR.rejected_id))
-    prompt_index, contexts = prompt_contexts(store, sv, ds, pairs, chosen_rowid=chosen_rowid,
-                                             encode=encode)
-    reward = lambda col: pairs.column(col).to_numpy().astype(np.float64)
+    num = sv.dataset.count_rows()
+    rowid = {side: np.empty(num, np.int64) for side in (PAIR.chosen_id, PAIR.rejected_id)}
+    reward = {side: np.empty(num, np.float64) for side in (PAIR.chosen_reward, PAIR.rejected_reward)}
+    prompt_ids: list[pa.Array] = []
+    ids: list[pa.Array] = []
+    split: list[str] = []
+    index = generation_index(ds)  # every id of the version, sorted: dropped below
+    at = 0
+    for batch in sv.dataset.to_batches(columns=list(PAIR_COLUMNS), batch_size=batch_rows):
+        part = slice(at, at + batch.num_rows)
+        for side, rows in rowid.items():
+            rows[part] = generation_rowids(index, batch.column(side), f"{sv.ref}: generation",
+                                           gen_version)
+        for col, values in reward.items():
+            values[part] = batch.column(col).to_numpy(zero_copy_only=False)
+        prompt_ids.append(batch.column(PAIR.prompt_id))  # ~12 bytes a pair, until below
+        ids.append(batch.column(PAIR.pair_id))
+        split.extend(sys.intern(s) for s in batch.column(PAIR.split).to_pylist())
+        at = part.stop
+    del index
+    prompts, prompt_index = first_seen(pa.chunked_array(
+        prompt_ids, sv.dataset.schema.field(PAIR.prompt_id).type))
+    del prompt_ids
+    contexts = prompt_contexts(store, sv, ds, prompts=prompts, prompt_index=prompt_index,
+                               chosen_rowid=rowid[PAIR.chosen_id], encode=encode)
     return Pairs(set_name=sv.name, set_version=sv.version, generations_version=gen_version,
                  prompts_version=sv.record.prompts_version,
-                 pair_ids=PairIds(pairs.column(PAIR.pair_id)),
-                 split=[sys.intern(s) for s in pairs.column(PAIR.split).to_pylist()],
-                 chosen=[], rejected=[], chosen_reward=reward(PAIR.chosen_reward),
-                 rejected_reward=reward(PAIR.rejected_reward),
+                 pair_ids=PairIds(pa.chunked_array(ids, sv.dataset.schema.field(PAIR.pair_id).type)),
+                 split=split,
+                 chosen=[], rejected=[], chosen_reward=reward[PAIR.chosen_reward],
+                 rejected_reward=reward[PAIR.rejected_reward],
                  codes=CodesReader(store, gen_version, sv.ref, eos_target=eos_target),
-                 chosen_rowid=chosen_rowid, rejected_rowid=rejected_rowid,
+                 chosen_rowid=rowid[PAIR.chosen_id], rejected_rowid=rowid[PAIR.rejected_id],
                  prompt_index=prompt_index, contexts=contexts)
 
 
-def prompt_contexts(store: Store, sv: Any, ds: Any, pairs: pa.Table, *, chosen_rowid: np.ndarray,
-                    encode: Callable | None) -> tuple[np.ndarray, list[np.ndarray | None]]:
-    """(each pair's prompt as an int32 index, each prompt's context codes): read from one
-    chosen generation per prompt and the prompts table at the set's prompts version, by
-    :func:`resolve_context`'s rule; a text context without a codes file is None with no
-    Python work per prompt."""
-    prompts = pc.unique(pairs.column(PAIR.prompt_id))
-    prompt_index = pc.index_in(pairs.column(PAIR.prompt_id), value_set=prompts).to_numpy()
+def first_seen(ids: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """(IDS's distinct values in first-seen order, each of IDS's index in them as int32):
+    ``pc.unique`` + ``index_in`` by a stable sort instead of a hash table (about 30
+    bytes an id while it runs, a hash table of 200k prompt ids took ~35 MB)."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    n = len(ids)
+    if not n:
+        return ids, np.empty(0, np.int32)
+    order = pc.sort_indices(ids).to_numpy()  # stable: equal ids keep their row order
+    ranked = ids.take(order)
+    new = np.ones(n, bool)  # where a sorted run of equal ids starts
+    new[1:] = pc.fill_null(pc.not_equal(ranked.slice(1), ranked.slice(0, n - 1)), True
+                           ).to_numpy(zero_copy_only=False)
+    del ranked
+    first = order[new]  # each distinct id's first row
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    index = np.empty(n, np.int32)
+    index[order] = rank[np.cumsum(new) - 1]
+    return ids.take(pa.array(np.sort(first))), index
+
+
+def prompt_contexts(store: Store, sv: Any, ds: Any, *, prompts: pa.Array,
+                    prompt_index: np.ndarray, chosen_rowid: np.ndarray, encode: Callable | None
+                    ) -> list[np.ndarray | None]:
+    """Each prompt's context codes (PROMPTS: the set's prompt ids, PROMPT_INDEX: each
+    pair's): read from one chosen generation per prompt and the prompts table at the
+    set's prompts version, by :func:`resolve_context`'s rule; a text context without
+    a codes file is None with no Python work per prompt."""
     _, first = np.unique(prompt_index, return_index=True)  # one pair per prompt, in order
     paths = pa.nulls(len(prompts), pa.string())
     if sv.record.prompts_version is not None:
         table = store.open("prompts", sv.record.prompts_version).to_table(
             columns=[PROMPT.prompt_id, PROMPT.context_audio_codes_path])
-        at = pc.index_in(prompts, value_set=table.column(PROMPT.prompt_id))
-        paths = table.column(PROMPT.context_audio_codes_path).take(at).combine_chunks()
+        at = SortedIds(table.column(PROMPT.prompt_id), np.arange(table.num_rows)).find(prompts)
+        paths = table.column(PROMPT.context_audio_codes_path).take(
+            pa.array(at, mask=at < 0)).combine_chunks()  # a prompt not in the table: no file
     contexts: list[np.ndarray | None] = [None] * len(prompts)
     once = ContextEncodes(encode)
     for start in range(0, len(first), CONTEXT_TAKE):  # Lance's take, in bounded pieces
@@ -258,16 +301,24 @@ def prompt_contexts(store: Store, sv: Any, ds: Any, pairs: pa.Table, *, chosen_r
                 codes_path=part[k].as_py(), audio_path=rep.column(GEN.context_audio_filepath)[k].as_py(),
                 text=rep.column(GEN.context_text)[k].is_valid, encode=once,
                 what=f"generation {rep.column(GEN.generation_id)[k].as_py()}")
-    return prompt_index.astype(np.int32), contexts
+    return contexts
 
 
-def generation_rowids(index: pa.Table, ids: pa.ChunkedArray, what: str, version: int) -> np.ndarray:
-    """The Lance row ids (int64) of the generations IDS, by INDEX (generation_id, ROW_ID)."""
-    at = pc.index_in(ids, value_set=index.column(GEN.generation_id))
-    if at.null_count:
-        missing = ids.filter(at.is_null()).to_pylist()[0]
+def generation_index(ds: Any) -> SortedIds:
+    """Every generation id of DS, sorted, with its Lance row id (:class:`SortedIds`:
+    about 30 bytes a generation while the set loads, no hash table)."""
+    index = row_ids(ds, GEN.generation_id)
+    return SortedIds(index.column(GEN.generation_id),
+                     index.column(ROW_ID).to_numpy().astype(np.int64))
+
+
+def generation_rowids(index: SortedIds, ids: pa.Array, what: str, version: int) -> np.ndarray:
+    """The Lance row ids (int64) of the generations IDS, by INDEX."""
+    found = index.find(ids)
+    if (found < 0).any():
+        missing = ids[int(np.flatnonzero(found < 0)[0])].as_py()
         raise InputError(f"{what} {missing} is not in generations@{version}")
-    return index.column(ROW_ID).take(at).to_numpy().astype(np.int64)
+    return found
 
 
 def generation_row_ids(store: Store, version: int, ids: Sequence[str]) -> dict[str, int]:

@@ -33,9 +33,10 @@ import pyarrow.compute as pc
 import torch
 
 from ttspo.builder.core.files import file_sha256
+from ttspo.builder.core.lance_rows import SortedIds
 from ttspo.builder.core.schemas import REF, REF_LOGPS_SCHEMA
 from ttspo.builder.core.store import Lineage, Store, as_lineage, sql_string
-from ttspo.trainer.dpo.data import PairCodes, Pairs
+from ttspo.trainer.dpo.data import PairCodes, PairIds, Pairs
 from ttspo.trainer.dpo.forward import concatenated_forward
 
 TABLE = "ref_logps"
@@ -43,17 +44,29 @@ TABLE = "ref_logps"
 
 @dataclass(kw_only=True)
 class RefCache:
-    """Cached reference log-probs of one key: pair id -> row index."""
+    """Cached reference log-probs of one key, found by pair id: the rows' pair ids
+    sorted (:class:`SortedIds`, about 12 bytes a pair plus the id's characters, where a
+    dict of them took ~100), a binary search per pair of a micro-batch."""
 
     sha256: str
     chosen: np.ndarray  # [N, C] float32
     rejected: np.ndarray
-    index: dict[str, int]
+    index: SortedIds  # pair id -> row (a repeated id: its last row, as a dict kept it)
     version: int = 0  # the ref_logps version read (the run's lineage records it)
 
-    def lookup(self, pair_ids: list[str], idx: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.index[pair_ids[i]] for i in idx]
+    def lookup(self, pair_ids: Any, idx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.index.find(pair_array(pair_ids, idx))
+        if (rows < 0).any():
+            raise KeyError(pair_ids[int(np.asarray(idx)[np.flatnonzero(rows < 0)[0]])])
         return torch.from_numpy(self.chosen[rows]), torch.from_numpy(self.rejected[rows])
+
+
+def pair_array(pair_ids: Any, idx: Any = None) -> pa.Array:
+    """The pair ids PAIR_IDS[IDX] (all without IDX) as an Arrow string array: from a
+    :class:`PairIds` without a Python string per pair."""
+    if isinstance(pair_ids, PairIds):
+        return pa.array(pair_ids if idx is None else pair_ids[np.asarray(idx, dtype=np.int64)])
+    return pa.array(list(pair_ids) if idx is None else [pair_ids[i] for i in idx], pa.string())
 
 
 def policy_key(policy: Any, eos_target: str = "always") -> str:
@@ -83,9 +96,8 @@ def lookup(store: Store, pairs: Pairs, sha256: str, policy_sha256: str) -> RefCa
     table = ds.to_table(
         columns=[REF.pair_id, REF.chosen_logps, REF.rejected_logps],
         filter=_key_filter(pairs.set_name, pairs.set_version, sha256, policy_sha256))
-    ids = table.column(REF.pair_id).to_pylist()
-    index = {p: i for i, p in enumerate(ids)}
-    if not all(p in index for p in pairs.pair_ids):
+    index = SortedIds(table.column(REF.pair_id), np.arange(table.num_rows), first=False)
+    if (index.find(pair_array(pairs.pair_ids)) < 0).any():
         return None
     stack = lambda col: per_codebook(table.column(col))
     return RefCache(sha256=sha256, chosen=stack(REF.chosen_logps),
