@@ -10,7 +10,7 @@ import soundfile as sf
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import GEN, PROMPT
-from ttspo.trainer.dpo.data import context_codes
+from ttspo.trainer.dpo.contexts import context_codes
 
 
 def _gens(paths: list) -> dict:

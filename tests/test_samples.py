@@ -15,7 +15,7 @@ from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import GEN, PROMPT, PROMPTS_SCHEMA
 from ttspo.builder.core.store import Store, make_lineage
 from ttspo.builder.scoring.audio import read_audio_bytes
-from ttspo.trainer.dpo.data import context_codes, prompt_context
+from ttspo.trainer.dpo.contexts import context_codes, prompt_context
 from ttspo.trainer.grpo.rollout import Scoring, load_prompts, rollout
 from ttspo.trainer.policy.base import Sampling, load_policy
 from ttspo.trainer.grpo.rewards import RewardConfig

@@ -9,11 +9,9 @@ them out): all of them as the set loads (``stream=False``, the in-memory loader)
 or a batch at a time when a step needs them (``stream=True``: the pairs hold each
 generation's row id, 8 bytes, and :meth:`Pairs.rows` reads the codes of the pairs
 asked for; trainer/dpo/stream.py prefetches them in worker processes). Context
-codes are resolved once per prompt by :func:`resolve_context`, the rule `generate`
-and GRPO share: the prompt's ``context_audio_codes_path`` file
-(builder/ingest/codes.py's reader, no torch unpickling), else none for a text
-context, else the policy's codec encodes the context audio, once per context FILE
-CONTENT (:class:`ContextEncodes`: 20k prompts over 5 speakers' files, 5 encodes).
+codes are resolved once per prompt by trainer/dpo/contexts.py's rule, which `generate`
+and GRPO share (a codes file, else none for a text context, else one encode per
+context file content).
 
 :class:`PairOrder` deals pairs to ranks: each epoch is a permutation seeded by
 (seed, epoch); an optimizer step takes ``world * pairs_per_device * grad_accum``
@@ -31,7 +29,6 @@ conditioning dropout treats a pair as one.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -41,22 +38,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
-from ttspo.builder.core.files import file_sha256
 from ttspo.builder.core.lance_rows import ROW_ID, SortedIds, row_ids, take_rows
-from ttspo.builder.core.schemas import GEN, PAIR, PROMPT
+from ttspo.builder.core.schemas import GEN, PAIR
 from ttspo.builder.core.store import Store
-from ttspo.builder.ingest.codes import read_codes
-from ttspo.builder.ingest.files import BadFile
-from ttspo.builder.scoring.audio import read_audio
 from ttspo.builder.sets.build import open_set
 from ttspo.builder.sets.export import generation_rows
+from ttspo.trainer.dpo.contexts import context_codes, prompt_contexts
 from ttspo.trainer.policy.base import CONTEXT_CODES, EOS_DRAWN
 
 PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
                 PAIR.chosen_reward, PAIR.rejected_reward, PAIR.split)
 ROW_KEYS = (GEN.generation_id, GEN.text, GEN.context_text)  # what a policy's collate reads
 EOS_COLUMNS = (GEN.codes_len, GEN.max_steps)  # data.eos_target=sampled reads them
-CONTEXT_TAKE = 8192  # rows a streamed load takes at once to resolve the prompts' contexts
 PAIR_BATCH = 65536  # pair rows a streamed load reads at once
 
 
@@ -274,36 +267,6 @@ def first_seen(ids: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     return ids.take(pa.array(np.sort(first))), index
 
 
-def prompt_contexts(store: Store, sv: Any, ds: Any, *, prompts: pa.Array,
-                    prompt_index: np.ndarray, chosen_rowid: np.ndarray, encode: Callable | None
-                    ) -> list[np.ndarray | None]:
-    """Each prompt's context codes (PROMPTS: the set's prompt ids, PROMPT_INDEX: each
-    pair's): read from one chosen generation per prompt and the prompts table at the
-    set's prompts version, by :func:`resolve_context`'s rule; a text context without
-    a codes file is None with no Python work per prompt."""
-    _, first = np.unique(prompt_index, return_index=True)  # one pair per prompt, in order
-    paths = pa.nulls(len(prompts), pa.string())
-    if sv.record.prompts_version is not None:
-        table = store.open("prompts", sv.record.prompts_version).to_table(
-            columns=[PROMPT.prompt_id, PROMPT.context_audio_codes_path])
-        at = SortedIds(table.column(PROMPT.prompt_id), np.arange(table.num_rows)).find(prompts)
-        paths = table.column(PROMPT.context_audio_codes_path).take(
-            pa.array(at, mask=at < 0)).combine_chunks()  # a prompt not in the table: no file
-    contexts: list[np.ndarray | None] = [None] * len(prompts)
-    once = ContextEncodes(encode)
-    for start in range(0, len(first), CONTEXT_TAKE):  # Lance's take, in bounded pieces
-        rep = take_rows(ds, chosen_rowid[first[start:start + CONTEXT_TAKE]].tolist(),
-                        [GEN.generation_id, GEN.context_audio_filepath, GEN.context_text])
-        part = paths.slice(start, rep.num_rows)
-        work = pc.or_(pc.is_valid(part), pc.is_null(rep.column(GEN.context_text)))
-        for k in np.flatnonzero(work.to_numpy(zero_copy_only=False)).tolist():
-            contexts[start + k] = resolve_context(
-                codes_path=part[k].as_py(), audio_path=rep.column(GEN.context_audio_filepath)[k].as_py(),
-                text=rep.column(GEN.context_text)[k].is_valid, encode=once,
-                what=f"generation {rep.column(GEN.generation_id)[k].as_py()}")
-    return contexts
-
-
 def generation_index(ds: Any) -> SortedIds:
     """Every generation id of DS, sorted, with its Lance row id (:class:`SortedIds`:
     about 30 bytes a generation while the set loads, no hash table)."""
@@ -410,88 +373,6 @@ def code_arrays(column: pa.ChunkedArray) -> list[np.ndarray | None]:
         else:  # ragged codebooks: as numpy makes of them (its error)
             out.append(np.asarray(col[i].as_py(), dtype=np.int64))
     return out
-
-
-def context_codes(gens: dict[str, dict[str, Any]], encode: Callable | None
-                  ) -> dict[str, np.ndarray | None]:
-    """prompt_id -> its context codes (once per prompt, one encode per context file
-    content), None for a text context."""
-    out: dict[str, np.ndarray | None] = {}
-    once = ContextEncodes(encode)
-    for gid, r in gens.items():
-        if r[GEN.prompt_id] not in out:
-            out[r[GEN.prompt_id]] = resolve_context(
-                codes_path=r.get(PROMPT.context_audio_codes_path),
-                audio_path=r[GEN.context_audio_filepath], text=r[GEN.context_text] is not None,
-                encode=once, what=f"generation {gid}")
-    return out
-
-
-class ContextEncodes:
-    """ENCODE, once per context audio file CONTENT: many prompts share a speaker's few
-    context files (87 ms an encode with the built-in codec), so the codes are keyed by
-    the file's sha256 (itself kept per (path, size, mtime): a file is hashed once)."""
-
-    def __init__(self, encode: Callable | None):
-        self.encode, self.encodes = encode, 0
-        self._sha: dict[tuple[str, int, int], str] = {}
-        self._codes: dict[str, np.ndarray] = {}
-
-    def __bool__(self) -> bool:
-        return self.encode is not None
-
-    def of_file(self, path: str, read: Callable[[], tuple[np.ndarray, int]]) -> np.ndarray:
-        st = os.stat(path)
-        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-        if key not in self._sha:
-            self._sha[key] = file_sha256(path)
-        sha = self._sha[key]
-        if sha not in self._codes:
-            self.encodes += 1
-            self._codes[sha] = np.asarray(self.encode(*read()), dtype=np.int64)
-        return self._codes[sha]
-
-
-def prompt_context(prompt: dict[str, Any], encode: Callable | None) -> np.ndarray | None:
-    """The context codes of a ``prompts`` row (generate, GRPO): see :func:`resolve_context`."""
-    return resolve_context(codes_path=prompt.get(PROMPT.context_audio_codes_path),
-                           audio_path=prompt.get(PROMPT.context_audio_filepath),
-                           text=prompt[PROMPT.context_type] == "text", encode=encode,
-                           what=f"prompt {prompt[PROMPT.prompt_id]}")
-
-
-def resolve_context(*, codes_path: str | None, audio_path: str | None, text: bool,
-                    encode: Callable | None, what: str) -> np.ndarray | None:
-    """A prompt's context codes [C, T] (int64), the one rule DPO, generate and GRPO use:
-    its codes file (builder/ingest/codes.py's reader), else None for a text context,
-    else ENCODE(audio, sr) of its context audio (the policy's ``codec.encode``).
-    A file that cannot be read is an InputError naming WHAT, the file and why."""
-    if codes_path:
-        try:
-            return np.asarray(read_codes(codes_path), dtype=np.int64)
-        except (OSError, InputError, BadFile) as exc:
-            raise InputError(f"{what}: context codes {codes_path}: {exc}") from None
-    if text:
-        return None
-    if not audio_path:
-        raise InputError(f"{what}: its prompt has neither context text, context codes nor "
-                         "context audio")
-    if not encode:
-        raise InputError(f"{what}: context audio {audio_path} needs a codec to encode it")
-
-    def read() -> tuple[np.ndarray, int]:
-        try:
-            return read_audio(audio_path)
-        except InputError as exc:
-            raise InputError(f"{what}: context {exc}") from None
-
-    if isinstance(encode, ContextEncodes):
-        try:
-            return encode.of_file(audio_path, read)
-        except OSError as exc:
-            raise InputError(f"{what}: context {audio_path}: cannot read audio ({exc.strerror})"
-                             ) from None
-    return np.asarray(encode(*read()), dtype=np.int64)
 
 
 # ------------------------------------------------------------------- order

@@ -76,7 +76,7 @@ def make_rows(prompts: list[dict[str, Any]], missing: list[list[int]], checkpoin
     as a GENERATIONS_SCHEMA table."""
     import torch
 
-    from ttspo.trainer.dpo.data import prompt_context
+    from ttspo.trainer.dpo.contexts import prompt_context
     from ttspo.trainer.policy.base import load_policy
 
     from ttspo.trainer.run.verify import check_sha256

@@ -58,7 +58,7 @@ def load_prompts(store: Store, ref: str = "prompts", where: str | None = None, *
     """Prompts of REF (``prompts``, ``prompts@3``, ``prompts@v1``) matching WHERE,
     ordered by prompt_id; ENCODE(audio, sr) makes context codes without a codes file."""
     from ttspo.builder.core import query
-    from ttspo.trainer.dpo.data import prompt_context
+    from ttspo.trainer.dpo.contexts import prompt_context
 
     table, version = parse_ref(ref)
     if table != "prompts":
