@@ -50,7 +50,7 @@ from ttspo.builder.core.codes_store import safe_name  # noqa: F401 (the export's
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import write_text_atomic
 from ttspo.builder.core.schemas import CODES_KEYS_SCHEMA, DERIVED, GEN
-from ttspo.builder.sets.session_cache import cached, stored_map, table_identity
+from ttspo.builder.sets.session_cache import cached, one_array, stored_map, table_identity
 from ttspo.builder.sets.torch_file import torch_file_bytes
 
 CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices
@@ -193,8 +193,8 @@ def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[s
     # generation id -> (key, file; None without codes in the table), per table version
     stored = stored_map(store, "export.codes", (table_identity(ds), stamp), CODES_KEYS_SCHEMA,
                         ids=gids, compute=compute)
-    keys = stored.column(DERIVED.key).combine_chunks()
-    rels = stored.column(DERIVED.file).combine_chunks()
+    keys = one_array(stored.column(DERIVED.key))
+    rels = one_array(stored.column(DERIVED.file))
     own = pa.chunked_array([codes_paths]) if isinstance(codes_paths, pa.Array) else codes_paths
     no_file = pc.or_kleene(pc.is_null(own), pc.equal(own, "")).combine_chunks().fill_null(True)
     without = pc.and_(keys.is_null(), no_file)

@@ -113,7 +113,7 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
     out.mkdir(parents=True, exist_ok=True)
     with codes_store.codes_lock(store, exclusive=False):  # gc removes none of them meanwhile
         stored = store_codes(store, sv.ref, gens.ds, gens.rows, gids=gens.ids,
-                             codes_paths=gens.parts.column(DERIVED.codes_path), codes_dtype=codes_dtype)
+                             codes_paths=gens.taken(DERIVED.codes_path), codes_dtype=codes_dtype)
         paths, copied, kept = {}, 0, 0
         if stored is not None:
             paths, kept = encoded_paths(str(stored.root), stored.rels), len(stored.ids) - stored.written
@@ -123,7 +123,7 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
         clock.append(time.perf_counter())
         lines = _write_manifests(out, pairs, gens.ids, openings(gens, paths), chunk=chunk_pairs)
     clock.append(time.perf_counter())
-    durations = pc.min_max(gens.parts.column(DERIVED.duration)).as_py()
+    durations = pc.min_max(gens.taken(DERIVED.duration)).as_py()
     seconds = dict(zip(("generations", "codes", "lines"), (b - a for a, b in zip(clock, clock[1:]))))
     return ExportResult(files=[str(out / TRAIN_MANIFEST), str(out / VAL_MANIFEST)],
                         pairs={s: n // 2 for s, n in lines.items()},

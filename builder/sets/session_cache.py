@@ -267,8 +267,19 @@ def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Seque
     Rows neither this session nor the store's copy has are computed (COMPUTE(new
     ids) returns their SCHEMA rows in that order) and kept in both. STORE None:
     this session only."""
+    table, positions = stored_rows(store, kind, key, schema, ids=ids, compute=compute, order_by=order_by)
+    return pc.take(table, positions, memory_pool=POOL)
+
+
+def stored_rows(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequence[str],
+                compute: Callable[[list[str]], pa.Table],
+                order_by: str | None = None) -> tuple[pa.Table, pa.Array]:
+    """As stored_map, without the copy: (the entry's whole table, the rows of IDS
+    in it, in stored_map's order). Why: a big entry taken into set order is a
+    second copy of it (bench/RESULTS.md, export memory); a caller that needs only
+    a few rows at a time takes them itself."""
     if not _enabled[0]:
-        return _ordered(compute(list(ids)), pa.array(range(len(ids)), pa.int64()), order_by)
+        return _positioned(compute(list(ids)), pa.array(range(len(ids)), pa.int64()), order_by)
 
     def load() -> _Map:
         table = _read(_path(store, kind, key), schema) if store is not None else None
@@ -280,7 +291,7 @@ def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Seque
 
 
 def _grown_rows(*, entry: "_Map", store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence[str],
-             compute: Callable[[list[str]], pa.Table], order_by: str | None) -> pa.Table:
+             compute: Callable[[list[str]], pa.Table], order_by: str | None) -> tuple[pa.Table, pa.Array]:
     new = [i for i in ids if i not in entry.rows]
     if new:
         made = compute(new)
@@ -292,11 +303,17 @@ def _grown_rows(*, entry: "_Map", store, kind: str, key: Hashable, schema: pa.Sc
         entry.rows.update((i, start + n) for n, i in enumerate(new))
         if store is not None:
             _write(_path(store, kind, key), entry.table)
-    return _ordered(entry.table, pa.array([entry.rows[i] for i in ids], pa.int64()), order_by)
+    return _positioned(entry.table, pa.array([entry.rows[i] for i in ids], pa.int64()), order_by)
 
 
-def _ordered(table: pa.Table, positions: pa.Array, order_by: str | None) -> pa.Table:
-    """TABLE's rows at POSITIONS (sorted by column ORDER_BY), in one take."""
+def _positioned(table: pa.Table, positions: pa.Array, order_by: str | None) -> tuple[pa.Table, pa.Array]:
+    """(TABLE, POSITIONS sorted by TABLE's column ORDER_BY)."""
     if order_by is not None:
         positions = pc.take(positions, pc.sort_indices(pc.take(table.column(order_by), positions)))
-    return pc.take(table, positions, memory_pool=POOL)
+    return table, positions
+
+
+def one_array(column: pa.ChunkedArray) -> pa.Array:
+    """COLUMN as one array: its only chunk as it is (combine_chunks copies even one
+    chunk, into Arrow's default pool)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
