@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import DERIVED, GEN, LINE_PARTS_SCHEMA, PAIR, PROMPT
-from ttspo.builder.sets.session_cache import POOL, cached, one_array, stored_rows, stored_table, table_identity
+from ttspo.builder.sets.session_cache import POOL, one_array, stored_rows, stored_table, table_identity
 
 # Generation columns an export reads (not the heavy `codes`).
 GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
@@ -88,14 +88,16 @@ def _version(store, sv) -> tuple[Any, tuple, Any]:
 
 def _rows_of(store, sv, ds, gen_key, *, ids: list[str]) -> list[int]:
     """The rows of the generations IDS in DS (every id read once per table version
-    and session, and kept in the store); an id it lacks is an InputError."""
-    rows = cached("export.offsets", gen_key, lambda: {g: i for i, g in enumerate(stored_table(
-        store, "export.ids", gen_key, lambda: ds.to_table(columns=[GEN.generation_id])).column(0).to_pylist())})
-    missing = [g for g in ids if g not in rows]
-    if missing:
+    and session, and kept in the store; found by Arrow's hash, not a dict of every
+    id as Python strings); an id it lacks is an InputError."""
+    every = stored_table(store, "export.ids", gen_key, lambda: ds.to_table(columns=[GEN.generation_id]))
+    wanted = pa.array(ids, pa.string(), memory_pool=POOL)
+    at = pc.index_in(wanted, value_set=one_array(every.column(0)), memory_pool=POOL)
+    if at.null_count:
+        missing = pc.filter(wanted, at.is_null()).to_pylist()
         raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{ds.version} "
                          f"({len(missing)} missing)")
-    return [rows[g] for g in ids]
+    return at.to_pylist()
 
 
 def _named(pairs: pa.Table) -> list[str]:

@@ -254,11 +254,16 @@ def stored_table(store, kind: str, key: Hashable, compute: Callable[[], pa.Table
 
 
 class _Map:
-    """A stored map in memory: its table and each id's row in it."""
+    """A stored map in memory: its table. Each id's row is found by Arrow's hash
+    (index_in), not a dict of Python strings: those cost ~200 B per entry, kept for
+    the session (bench/RESULTS.md, export memory)."""
 
     def __init__(self, table: pa.Table):
         self.table = table
-        self.rows = {i: n for n, i in enumerate(table.column(DERIVED.id).to_pylist())}
+
+    def positions(self, ids: pa.Array) -> pa.Array:
+        """The row of each of IDS in the table (null: not there)."""
+        return pc.index_in(ids, value_set=one_array(self.table.column(DERIVED.id)), memory_pool=POOL)
 
 
 def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequence[str],
@@ -292,18 +297,19 @@ def stored_rows(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequ
 
 def _grown_rows(*, entry: "_Map", store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence[str],
              compute: Callable[[list[str]], pa.Table], order_by: str | None) -> tuple[pa.Table, pa.Array]:
-    new = [i for i in ids if i not in entry.rows]
+    wanted = pa.array(ids, pa.string(), memory_pool=POOL)
+    at = entry.positions(wanted)
+    new = pc.filter(wanted, at.is_null()).to_pylist() if at.null_count else []
     if new:
         made = compute(new)
         if made.column(DERIVED.id).to_pylist() != new:
             raise AssertionError(f"{kind}: the computed rows are not those asked for")
         computed[kind] += len(new)
-        start = entry.table.num_rows
         entry.table = pa.concat_tables([entry.table, made.cast(schema)]).combine_chunks(POOL)
-        entry.rows.update((i, start + n) for n, i in enumerate(new))
         if store is not None:
             _write(_path(store, kind, key), entry.table)
-    return _positioned(entry.table, pa.array([entry.rows[i] for i in ids], pa.int64()), order_by)
+        at = entry.positions(wanted)
+    return _positioned(entry.table, at.cast(pa.int64()), order_by)
 
 
 def _positioned(table: pa.Table, positions: pa.Array, order_by: str | None) -> tuple[pa.Table, pa.Array]:
