@@ -283,3 +283,11 @@ def test_line_parts_taken_from_a_wider_stored_entry_give_the_manifests_of_a_fres
         for name in MANIFESTS:
             assert (tmp_path / f"{new_session}{chunk}" / name).read_bytes() == expected[name]
     assert session_cache.computed["export.line_parts"] == 0  # every part came from the entry
+    # a named codes file deleted since: found by its row in the stored codes keys, written again
+    named = [Path(r["target_audio_codes_path"]) for r in records(tmp_path / "True3")]
+    gone = named[len(named) // 2]
+    data = gone.read_bytes()
+    gone.unlink()
+    again = export_nemo(store, "narrow", tmp_path / "again")
+    assert (again.codes_written, gone.read_bytes()) == (1, data)
+    assert records(tmp_path / "again") == records(tmp_path / "True3")

@@ -56,7 +56,7 @@ from ttspo.builder.sets.build import SetVersion, open_set
 from ttspo.builder.core import codes_store
 from ttspo.builder.sets.codes import DEFAULT_CODES_DTYPE, check_codes_dtype, safe_name, store_codes  # noqa: F401
 from ttspo.builder.sets.codes import copy_codes as _copy_codes
-from ttspo.builder.sets.nemo_lines import (_ENCODER, CHUNK_PAIRS, check_for_nemo, generation_columns,
+from ttspo.builder.sets.nemo_lines import (_ENCODER, CHUNK_PAIRS, CodesFiles, check_for_nemo, generation_columns,
                                            encoded_paths, manifest_chunks, openings, set_generations)
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import atomic_write, write_text_atomic
@@ -116,7 +116,7 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
                              codes_paths=gens.taken(DERIVED.codes_path), codes_dtype=codes_dtype)
         paths, copied, kept = {}, 0, 0
         if stored is not None:
-            paths, kept = encoded_paths(str(stored.root), stored.rels), len(stored.ids) - stored.written
+            paths, kept = CodesFiles(str(stored.root), stored.rels, stored.at), len(stored.ids) - stored.written
             if copy_codes:
                 names, copied, kept = _copy_codes(stored, out)
                 paths = encoded_paths(str((out / "codes").absolute()), pa.array(names))

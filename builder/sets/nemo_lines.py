@@ -213,25 +213,47 @@ def gen_parts(c: dict[str, list], rows: list[int]) -> pa.Table:
 
 
 # ------------------------------------------------------------------ lines
-def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array) -> list:
+@dataclass
+class CodesFiles:
+    """Each generation's codes file, FOLDER/NAME: its NAME at AT in NAMES (None: in
+    order). Joined into the lines a chunk at a time, never as a whole array of paths."""
+
+    folder: str
+    names: pa.Array  # only [A-Za-z0-9_./-]: nothing in them is escaped
+    at: pa.Array | None = None
+
+    def encoded(self) -> pa.Array:
+        """The paths JSON-encoded, in order (a copy: the unusual case only)."""
+        names = self.names if self.at is None else pc.take(self.names, self.at, memory_pool=POOL)
+        return encoded_paths(self.folder, names)
+
+
+def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array | CodesFiles) -> list:
     """Per generation of GENS (in its order), its lines' fixed items pointing at
-    CODES_PATHS (generation id -> path, or the paths already JSON-encoded as an array
-    in the order of gens.ids; empty: its own codes_path), joined, with ", " after
-    unless empty: as pieces to join (arrays, one value per generation, scalars, and
-    (array, positions) pairs: the array's values at POSITIONS are the generations')."""
-    if isinstance(codes_paths, pa.Array):
+    CODES_PATHS (generation id -> path, CodesFiles, or the paths already JSON-encoded
+    as an array in the order of gens.ids; empty: its own codes_path), joined, with
+    ", " after unless empty: as pieces to join (arrays, one value per generation,
+    scalars, and (array, positions) pairs: the array's values at POSITIONS are the
+    generations')."""
+    if isinstance(codes_paths, CodesFiles):
+        files = codes_paths
+        names = files.names.cast(pa.large_string())
+        named = pc.is_valid(names) if files.at is None else pc.take(pc.is_valid(names), files.at)
+        if pc.all(named).as_py() is not False:
+            head, tail, at = _fixed_parts(gens)
+            if _shortest(head, at) and _shortest(tail, at):  # the usual case (below), paths per chunk
+                opening = ', "target_audio_codes_path": ' + _STRING(f"{files.folder}/")[:-1]
+                return [(head, at), _lit(opening), names if files.at is None else (names, files.at),
+                        _lit('", '), (tail, at), _lit(", ")]
+        encoded = files.encoded().cast(pa.large_string())
+    elif isinstance(codes_paths, pa.Array):
         encoded = codes_paths.cast(pa.large_string())
     else:
         paths = [codes_paths[g] for g in gens.ids] if codes_paths else gens.column(DERIVED.codes_path)
         encoded = pa.array([None if p is None else _STRING(p) for p in paths], pa.large_string(),
                            memory_pool=POOL)
-    head, tail = one_array(gens.parts.column(DERIVED.head)), one_array(gens.parts.column(DERIVED.tail))
-    at = pa.array(range(len(head)), pa.int64()) if gens.at is None else gens.at
-
-    def shortest(parts: pa.Array) -> int:
-        return pc.min(pc.take(pc.binary_length(parts), at)).as_py() if len(at) else 0
-
-    if not encoded.null_count and shortest(head) and shortest(tail):
+    head, tail, at = _fixed_parts(gens)
+    if not encoded.null_count and _shortest(head, at) and _shortest(tail, at):
         # the usual case: every generation has all three parts, joined with the lines;
         # head and tail stay where they are (the stored entry), taken a chunk at a time
         return [(head, at), _lit(', "target_audio_codes_path": '), encoded, _lit(", "), (tail, at), _lit(", ")]
@@ -242,6 +264,17 @@ def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array) -> li
         text = ", ".join([p for p in (head_items, middle, tail_items) if p])
         out.append(f"{text}, " if text else "")
     return [pa.array(out, pa.large_string(), memory_pool=POOL)]
+
+
+def _fixed_parts(gens: SetGenerations) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(head, tail, the row of each generation in them): the stored entry's, no copy."""
+    head, tail = one_array(gens.parts.column(DERIVED.head)), one_array(gens.parts.column(DERIVED.tail))
+    return head, tail, pa.array(range(len(head)), pa.int64()) if gens.at is None else gens.at
+
+
+def _shortest(parts: pa.Array, at: pa.Array) -> int:
+    """The fewest bytes of PARTS at AT (0 if none)."""
+    return pc.min(pc.take(pc.binary_length(parts), at)).as_py() if len(at) else 0
 
 
 def encoded_paths(folder: str, names: pa.Array) -> pa.Array:
