@@ -4,14 +4,16 @@ manifests held whole).
 
     .venv/bin/python bench/export_memory.py --before DIR [--groups 20000,83334,200000]
 
-DIR: a checkout of ttspo before STORE/codes, as a folder holding ``ttspo/``
-(``mkdir -p DIR/ttspo && git archive f0309a2 | tar -x -C DIR/ttspo``); it is
-imported with ``PYTHONPATH=DIR``. For each size, a store of GROUPS x 6 generations
+DIR: an earlier checkout of ttspo (e.g. before STORE/codes: f0309a2), as a folder
+holding ``ttspo/`` (``mkdir -p DIR/ttspo && git archive f0309a2 | tar -x -C
+DIR/ttspo``); it is imported with ``PYTHONPATH=DIR``. For each size, a store of GROUPS x 6 generations
 (bench/build.py's generator, plus int16 codes [8, 21.5 x duration] from a seeded
 RNG, written as one commit in batches of 100k rows) and a pareto set (bench/build.py's
 PARAMS). Then, each in a fresh process (peak RSS: ``ru_maxrss``, the whole process):
 
-1. ``before``: DIR's ``export_nemo`` into a new folder (its first export: codes into OUT);
+1. ``before``: DIR's ``export_nemo`` into a new folder (its first export), then
+   ``before_again``: DIR's again into another new folder (a new session); then
+   STORE/codes and STORE/.derived are removed, so this tree's first is a first too;
 2. ``first``: this tree's ``export_nemo`` into a new folder (writes STORE/codes;
    computes what STORE/.derived keeps: the two codes differ, so each computes its own);
 3. ``again``: this tree's ``export_nemo`` into another new folder (a new session;
@@ -143,6 +145,9 @@ def main() -> None:
         got = {"floor": run("floor", store, base / "floor")}
         if args.before:
             got["before"] = run("before", store, base / "before", before=args.before)
+            got["before_again"] = run("before", store, base / "before_again", before=args.before)
+            for made in ("codes", ".derived"):
+                shutil.rmtree(store / made, ignore_errors=True)
         got["first"] = run("first", store, base / "first")
         got["again"] = run("again", store, base / "again")
         if args.before:

@@ -257,3 +257,37 @@ def test_put_never_replaces_and_check_sees_a_wrong_size(tmp_path):
         codes_store.put(tmp_path, "ab/f.pt", data + b"y")
     assert np.array_equal(np.frombuffer((tmp_path / "ab" / "f.pt").read_bytes(), np.uint8),
                           np.frombuffer(data, np.uint8))
+
+
+def test_line_parts_taken_from_a_wider_stored_entry_give_the_manifests_of_a_fresh_export(store, tmp_path):
+    """The export takes each chunk's line parts from the stored entry by position
+    (no copy in set order): an entry holding other generations too, in another
+    order, read in this session or from STORE/.derived, gives the same bytes as
+    line parts computed afresh for this set alone, in any chunk size."""
+    build_set(store, "pareto", "wide", {"cer_threshold": 0.5, "num_chosen": 2, "val_size": 3})
+    export_nemo(store, "wide", tmp_path / "wide")  # the entry: every generation "wide" names
+    build_set(store, "pareto", "narrow", {"cer_threshold": 0.02, "val_size": 1})
+    sv = open_set(store, "narrow")
+    gens = set_generations(store, sv, sv.rows())
+    assert gens.parts.num_rows > len(gens.ids)  # the entry holds more than this set names
+    assert gens.at.to_pylist() != list(range(len(gens.ids)))
+    assert gens.column(session_cache.DERIVED.id) == gens.ids
+    with session_cache.disabled():
+        export_nemo(store, "narrow", tmp_path / "fresh")
+    expected = {name: (tmp_path / "fresh" / name).read_bytes() for name in MANIFESTS}
+    assert expected[MANIFESTS[0]].count(b"\n") > 4
+    for new_session, chunk in ((False, 8192), (False, 1), (True, 3)):
+        if new_session:
+            session_cache.clear()  # read from STORE/.derived
+        export_nemo(store, "narrow", tmp_path / f"{new_session}{chunk}", chunk_pairs=chunk)
+        for name in MANIFESTS:
+            assert (tmp_path / f"{new_session}{chunk}" / name).read_bytes() == expected[name]
+    assert session_cache.computed["export.line_parts"] == 0  # every part came from the entry
+    # a named codes file deleted since: found by its row in the stored codes keys, written again
+    named = [Path(r["target_audio_codes_path"]) for r in records(tmp_path / "True3")]
+    gone = named[len(named) // 2]
+    data = gone.read_bytes()
+    gone.unlink()
+    again = export_nemo(store, "narrow", tmp_path / "again")
+    assert (again.codes_written, gone.read_bytes()) == (1, data)
+    assert records(tmp_path / "again") == records(tmp_path / "True3")

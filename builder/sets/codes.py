@@ -50,7 +50,7 @@ from ttspo.builder.core.codes_store import safe_name  # noqa: F401 (the export's
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import write_text_atomic
 from ttspo.builder.core.schemas import CODES_KEYS_SCHEMA, DERIVED, GEN
-from ttspo.builder.sets.session_cache import cached, stored_map, table_identity
+from ttspo.builder.sets.session_cache import POOL, cached, one_array, stored_rows, table_identity
 from ttspo.builder.sets.torch_file import torch_file_bytes
 
 CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices
@@ -142,14 +142,25 @@ def codes_stamp(ds, codes_dtype: str) -> str:
 
 @dataclass(kw_only=True)
 class StoredCodes:
-    """Where the codes files of an export's generations are, as arrays in the order
-    of IDS (Arrow strings, not Python objects: a few bytes per generation)."""
+    """Where the codes files of an export's generations are: the stored entry's
+    arrays (Arrow strings, not Python objects) and the row of each of IDS in them,
+    taken a chunk at a time (no copy in the order of IDS)."""
 
     root: Path  # STORE/codes, absolute
     ids: list[str]
     keys: pa.Array  # content key "<sha256>:<size>" per generation
     rels: pa.Array  # its file, relative to ROOT
     written: int  # files this export wrote into STORE/codes
+    at: pa.Array | None = None  # the row of each of ids in keys and rels (None: in order)
+
+    def part(self, column: pa.Array, start: int, length: int) -> pa.Array:
+        """COLUMN (keys or rels) of ids[start:start + length]."""
+        return _part(column, self.at, start, length)
+
+
+def _part(column: pa.Array, at: pa.Array | None, start: int, length: int) -> pa.Array:
+    return column.slice(start, length) if at is None else pc.take(column, at.slice(start, length),
+                                                                    memory_pool=POOL)
 
 
 def _key(data) -> tuple[str, str]:
@@ -191,13 +202,14 @@ def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[s
                         schema=CODES_KEYS_SCHEMA)
 
     # generation id -> (key, file; None without codes in the table), per table version
-    stored = stored_map(store, "export.codes", (table_identity(ds), stamp), CODES_KEYS_SCHEMA,
-                        ids=gids, compute=compute)
-    keys = stored.column(DERIVED.key).combine_chunks()
-    rels = stored.column(DERIVED.file).combine_chunks()
+    entry, at = stored_rows(store, "export.codes", (table_identity(ds), stamp), CODES_KEYS_SCHEMA,
+                            ids=gids, compute=compute)
+    keys = one_array(entry.column(DERIVED.key))
+    rels = one_array(entry.column(DERIVED.file))
     own = pa.chunked_array([codes_paths]) if isinstance(codes_paths, pa.Array) else codes_paths
     no_file = pc.or_kleene(pc.is_null(own), pc.equal(own, "")).combine_chunks().fill_null(True)
-    without = pc.and_(keys.is_null(), no_file)
+    keyless = pc.take(keys.is_null(), at)
+    without = pc.and_(keyless, no_file)
     count = pc.sum(without).as_py() or 0
     if count and count < len(gids):
         first = min(pc.filter(pa.array(gids), without).to_pylist())
@@ -205,23 +217,24 @@ def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[s
                          f"(first: {first}); NeMo cannot batch codes with audio, export none or all")
     if count:
         return None
-    _check_or_rewrite(ds, offsets, gids=gids, keys=keys, rels=rels, fresh=fresh, root=root,
+    _check_or_rewrite(ds, offsets, gids=gids, keys=keys, rels=rels, at=at, fresh=fresh, root=root,
                       codes_dtype=codes_dtype, written=written)
-    if keys.null_count:  # codes only in codes_path files: read (and hashed) on every export
-        keys, rels = _from_files(root, gids=gids, keys=keys, rels=rels, own=own, codes_dtype=codes_dtype,
-                                 written=written)
-    return StoredCodes(root=root, ids=gids, keys=keys, rels=rels, written=written[0])
+    if pc.any(keyless).as_py():  # codes only in codes_path files: read (and hashed) on every export
+        keys, rels = _from_files(root, gids=gids, keys=pc.take(keys, at), rels=pc.take(rels, at), own=own,
+                                 codes_dtype=codes_dtype, written=written)
+        at = None
+    return StoredCodes(root=root, ids=gids, keys=keys, rels=rels, written=written[0], at=at)
 
 
-def _check_or_rewrite(ds, offsets, *, gids, keys, rels, fresh, root, codes_dtype, written) -> None:
+def _check_or_rewrite(ds, offsets, *, gids, keys, rels, at, fresh, root, codes_dtype, written) -> None:
     """Stat each file not written just now (streamed from the arrays, CHUNK at a
     time); write a missing one again."""
     known: list[int] = []  # positions stat'ed, in order
 
     def files():
         for start in range(0, len(gids), CHUNK):
-            key_list = keys.slice(start, CHUNK).to_pylist()
-            rel_list = rels.slice(start, CHUNK).to_pylist()
+            key_list = _part(keys, at, start, CHUNK).to_pylist()
+            rel_list = _part(rels, at, start, CHUNK).to_pylist()
             for i, (key, rel) in enumerate(zip(key_list, rel_list), start):
                 if key is not None and gids[i] not in fresh:
                     known.append(i)
@@ -232,11 +245,11 @@ def _check_or_rewrite(ds, offsets, *, gids, keys, rels, fresh, root, codes_dtype
     for chunk, table in _chunks(ds, offsets, list(lost)):  # deleted since: written again
         for gid in chunk:
             data = _file_bytes(table.array(gid), codes_dtype)
-            if _key(data)[1] != keys[lost[gid]].as_py():
+            if _key(data)[1] != _part(keys, at, lost[gid], 1)[0].as_py():
                 raise InputError(f"{ds.uri}: the codes of generation {gid} are not those kept for "
                                  f"generations@{ds.version} in STORE/.derived; remove STORE/.derived "
                                  "and export again")
-            written[0] += codes_store.put(root, rels[lost[gid]].as_py(), data)
+            written[0] += codes_store.put(root, _part(rels, at, lost[gid], 1)[0].as_py(), data)
 
 
 def _from_files(root, *, gids, keys, rels, own, codes_dtype, written) -> tuple[pa.Array, pa.Array]:
@@ -282,8 +295,8 @@ def copy_codes(stored: StoredCodes, out_dir: Path) -> tuple[list[str], int, int]
     for start in range(0, len(names), CHUNK):
         ids = stored.ids[start:start + CHUNK]
         chunk_names = dict(zip(ids, names[start:start + CHUNK]))
-        keys = dict(zip(ids, stored.keys.slice(start, len(ids)).to_pylist()))
-        rels = dict(zip(ids, stored.rels.slice(start, len(ids)).to_pylist()))
+        keys = dict(zip(ids, stored.part(stored.keys, start, len(ids)).to_pylist()))
+        rels = dict(zip(ids, stored.part(stored.rels, start, len(ids)).to_pylist()))
         for gid in _stale(ids, chunk_names, keys, index, codes_dir=codes_dir):
             data = codes_store.read_verified(stored.root / rels[gid])
             index[chunk_names[gid]] = [keys[gid], *_write_file(memoryview(data), f"{base}/{chunk_names[gid]}")]

@@ -56,7 +56,7 @@ from ttspo.builder.sets.build import SetVersion, open_set
 from ttspo.builder.core import codes_store
 from ttspo.builder.sets.codes import DEFAULT_CODES_DTYPE, check_codes_dtype, safe_name, store_codes  # noqa: F401
 from ttspo.builder.sets.codes import copy_codes as _copy_codes
-from ttspo.builder.sets.nemo_lines import (_ENCODER, CHUNK_PAIRS, check_for_nemo, generation_columns,
+from ttspo.builder.sets.nemo_lines import (_ENCODER, CHUNK_PAIRS, CodesFiles, check_for_nemo, generation_columns,
                                            encoded_paths, manifest_chunks, openings, set_generations)
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import atomic_write, write_text_atomic
@@ -117,17 +117,17 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
         raise InputError(f"Permission denied: {out}")
     with codes_store.codes_lock(store, exclusive=False):  # gc removes none of them meanwhile
         stored = store_codes(store, sv.ref, gens.ds, gens.rows, gids=gens.ids,
-                             codes_paths=gens.parts.column(DERIVED.codes_path), codes_dtype=codes_dtype)
+                             codes_paths=gens.taken(DERIVED.codes_path), codes_dtype=codes_dtype)
         paths, copied, kept = {}, 0, 0
         if stored is not None:
-            paths, kept = encoded_paths(str(stored.root), stored.rels), len(stored.ids) - stored.written
+            paths, kept = CodesFiles(str(stored.root), stored.rels, stored.at), len(stored.ids) - stored.written
             if copy_codes:
                 names, copied, kept = _copy_codes(stored, out)
                 paths = encoded_paths(str((out / "codes").absolute()), pa.array(names))
         clock.append(time.perf_counter())
         lines = _write_manifests(out, pairs, gens.ids, openings(gens, paths), chunk=chunk_pairs)
     clock.append(time.perf_counter())
-    durations = pc.min_max(gens.parts.column(DERIVED.duration)).as_py()
+    durations = pc.min_max(gens.taken(DERIVED.duration)).as_py()
     seconds = dict(zip(("generations", "codes", "lines"), (b - a for a, b in zip(clock, clock[1:]))))
     return ExportResult(files=[str(out / TRAIN_MANIFEST), str(out / VAL_MANIFEST)],
                         pairs={s: n // 2 for s, n in lines.items()},

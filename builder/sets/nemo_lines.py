@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import DERIVED, GEN, LINE_PARTS_SCHEMA, PAIR, PROMPT
-from ttspo.builder.sets.session_cache import POOL, cached, stored_map, stored_table, table_identity
+from ttspo.builder.sets.session_cache import POOL, one_array, stored_rows, stored_table, table_identity
 
 # Generation columns an export reads (not the heavy `codes`).
 GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
@@ -60,10 +60,16 @@ class SetGenerations:
 
     ds: Any  # the generations table at that version
     ids: list[str]  # the set's generations, in table order
-    parts: pa.Table  # their LINE_PARTS_SCHEMA rows, in the order of ids
+    parts: pa.Table  # LINE_PARTS_SCHEMA rows holding theirs (the stored entry, not a copy)
+    at: pa.Array | None = None  # the row in parts of each of ids (None: parts are ids, in order)
+
+    def taken(self, name: str) -> pa.Array:
+        """Column NAME of parts in the order of ids (a copy only of that column)."""
+        column = one_array(self.parts.column(name))
+        return column if self.at is None else pc.take(column, self.at, memory_pool=POOL)
 
     def column(self, name: str) -> list:
-        return self.parts.column(name).to_pylist()
+        return self.taken(name).to_pylist()
 
     @property
     def rows(self) -> dict[str, int]:
@@ -82,14 +88,16 @@ def _version(store, sv) -> tuple[Any, tuple, Any]:
 
 def _rows_of(store, sv, ds, gen_key, *, ids: list[str]) -> list[int]:
     """The rows of the generations IDS in DS (every id read once per table version
-    and session, and kept in the store); an id it lacks is an InputError."""
-    rows = cached("export.offsets", gen_key, lambda: {g: i for i, g in enumerate(stored_table(
-        store, "export.ids", gen_key, lambda: ds.to_table(columns=[GEN.generation_id])).column(0).to_pylist())})
-    missing = [g for g in ids if g not in rows]
-    if missing:
+    and session, and kept in the store; found by Arrow's hash, not a dict of every
+    id as Python strings); an id it lacks is an InputError."""
+    every = stored_table(store, "export.ids", gen_key, lambda: ds.to_table(columns=[GEN.generation_id]))
+    wanted = pa.array(ids, pa.string(), memory_pool=POOL)
+    at = pc.index_in(wanted, value_set=one_array(every.column(0)), memory_pool=POOL)
+    if at.null_count:
+        missing = pc.filter(wanted, at.is_null()).to_pylist()
         raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{ds.version} "
                          f"({len(missing)} missing)")
-    return [rows[g] for g in ids]
+    return at.to_pylist()
 
 
 def _named(pairs: pa.Table) -> list[str]:
@@ -133,9 +141,9 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
         return pa.concat_tables(parts) if parts else gen_parts(_read_columns(ds, table, [], []), [])
 
     key = (gen_key, None if prompts is None else table_identity(prompts))
-    parts = stored_map(store, "export.line_parts", key, LINE_PARTS_SCHEMA, ids=_named(pairs),
-                       compute=compute, order_by=DERIVED.row)  # table order
-    return SetGenerations(ds, parts.column(DERIVED.id).to_pylist(), parts)
+    parts, at = stored_rows(store, "export.line_parts", key, LINE_PARTS_SCHEMA, ids=_named(pairs),
+                            compute=compute, order_by=DERIVED.row)  # table order
+    return SetGenerations(ds, pc.take(one_array(parts.column(DERIVED.id)), at).to_pylist(), parts, at)
 
 
 def _prompt_codes(prompts) -> pa.Table | None:
@@ -155,7 +163,7 @@ def context_codes(prompts, prompt_ids: pa.ChunkedArray) -> list:
 
 
 def check_for_nemo(ref: str, gens: SetGenerations) -> None:
-    problems = gens.parts.column(DERIVED.problem)
+    problems = gens.taken(DERIVED.problem)
     if problems.null_count < len(problems):
         first = pc.index(pc.is_valid(problems), True).as_py()
         raise InputError(f"{ref}: generation {gens.ids[first]} {problems[first].as_py()}")
@@ -205,28 +213,68 @@ def gen_parts(c: dict[str, list], rows: list[int]) -> pa.Table:
 
 
 # ------------------------------------------------------------------ lines
-def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array) -> list:
+@dataclass
+class CodesFiles:
+    """Each generation's codes file, FOLDER/NAME: its NAME at AT in NAMES (None: in
+    order). Joined into the lines a chunk at a time, never as a whole array of paths."""
+
+    folder: str
+    names: pa.Array  # only [A-Za-z0-9_./-]: nothing in them is escaped
+    at: pa.Array | None = None
+
+    def encoded(self) -> pa.Array:
+        """The paths JSON-encoded, in order (a copy: the unusual case only)."""
+        names = self.names if self.at is None else pc.take(self.names, self.at, memory_pool=POOL)
+        return encoded_paths(self.folder, names)
+
+
+def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array | CodesFiles) -> list:
     """Per generation of GENS (in its order), its lines' fixed items pointing at
-    CODES_PATHS (generation id -> path, or the paths already JSON-encoded as an array
-    in the order of gens.ids; empty: its own codes_path), joined, with ", " after
-    unless empty: as pieces to join (arrays, one value per generation, and scalars)."""
-    if isinstance(codes_paths, pa.Array):
+    CODES_PATHS (generation id -> path, CodesFiles, or the paths already JSON-encoded
+    as an array in the order of gens.ids; empty: its own codes_path), joined, with
+    ", " after unless empty: as pieces to join (arrays, one value per generation,
+    scalars, and (array, positions) pairs: the array's values at POSITIONS are the
+    generations')."""
+    if isinstance(codes_paths, CodesFiles):
+        files = codes_paths
+        names = files.names.cast(pa.large_string())
+        named = pc.is_valid(names) if files.at is None else pc.take(pc.is_valid(names), files.at)
+        if pc.all(named).as_py() is not False:
+            head, tail, at = _fixed_parts(gens)
+            if _shortest(head, at) and _shortest(tail, at):  # the usual case (below), paths per chunk
+                opening = ', "target_audio_codes_path": ' + _STRING(f"{files.folder}/")[:-1]
+                return [(head, at), _lit(opening), names if files.at is None else (names, files.at),
+                        _lit('", '), (tail, at), _lit(", ")]
+        encoded = files.encoded().cast(pa.large_string())
+    elif isinstance(codes_paths, pa.Array):
         encoded = codes_paths.cast(pa.large_string())
     else:
         paths = [codes_paths[g] for g in gens.ids] if codes_paths else gens.column(DERIVED.codes_path)
         encoded = pa.array([None if p is None else _STRING(p) for p in paths], pa.large_string(),
                            memory_pool=POOL)
-    head, tail = gens.parts.column(DERIVED.head), gens.parts.column(DERIVED.tail)
-    if not encoded.null_count and pc.min(pc.binary_length(head)).as_py() and pc.min(pc.binary_length(tail)).as_py():
-        # the usual case: every generation has all three parts, joined with the lines
-        return [head.combine_chunks(POOL), _lit(', "target_audio_codes_path": '), encoded, _lit(", "),
-                tail.combine_chunks(POOL), _lit(", ")]
+    head, tail, at = _fixed_parts(gens)
+    if not encoded.null_count and _shortest(head, at) and _shortest(tail, at):
+        # the usual case: every generation has all three parts, joined with the lines;
+        # head and tail stay where they are (the stored entry), taken a chunk at a time
+        return [(head, at), _lit(', "target_audio_codes_path": '), encoded, _lit(", "), (tail, at), _lit(", ")]
     out = []
-    for head_items, path, tail_items in zip(head.to_pylist(), encoded.to_pylist(), tail.to_pylist()):
+    for head_items, path, tail_items in zip(gens.column(DERIVED.head), encoded.to_pylist(),
+                                            gens.column(DERIVED.tail)):
         middle = "" if path is None else f'"target_audio_codes_path": {path}'
         text = ", ".join([p for p in (head_items, middle, tail_items) if p])
         out.append(f"{text}, " if text else "")
     return [pa.array(out, pa.large_string(), memory_pool=POOL)]
+
+
+def _fixed_parts(gens: SetGenerations) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(head, tail, the row of each generation in them): the stored entry's, no copy."""
+    head, tail = one_array(gens.parts.column(DERIVED.head)), one_array(gens.parts.column(DERIVED.tail))
+    return head, tail, pa.array(range(len(head)), pa.int64()) if gens.at is None else gens.at
+
+
+def _shortest(parts: pa.Array, at: pa.Array) -> int:
+    """The fewest bytes of PARTS at AT (0 if none)."""
+    return pc.min(pc.take(pc.binary_length(parts), at)).as_py() if len(at) else 0
 
 
 def encoded_paths(folder: str, names: pa.Array) -> pa.Array:
@@ -299,8 +347,15 @@ def _two_lines(pairs: pa.Table, value_set: pa.Array, fixed: list) -> pa.Array:
     value = {n: _numbers(pairs.column(n)) for n in (PAIR.chosen_reward, PAIR.rejected_reward,
                                                      PAIR.cer_delta, PAIR.sim_delta)}
 
+    def piece(p, side: str):
+        if isinstance(p, pa.Scalar):
+            return p
+        if isinstance(p, tuple):  # (array, positions): its values at positions are the generations'
+            return pc.take(p[0], pc.take(p[1], at[side], memory_pool=POOL), memory_pool=POOL)
+        return pc.take(p, at[side], memory_pool=POOL)
+
     def opening(side: str) -> list:
-        return [p if isinstance(p, pa.Scalar) else pc.take(p, at[side], memory_pool=POOL) for p in fixed]
+        return [piece(p, side) for p in fixed]
 
     two_lines = pc.binary_join_element_wise(
         _lit("{"), *opening(PAIR.chosen_id), _lit('"reward": '), value[PAIR.chosen_reward],

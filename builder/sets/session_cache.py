@@ -254,11 +254,16 @@ def stored_table(store, kind: str, key: Hashable, compute: Callable[[], pa.Table
 
 
 class _Map:
-    """A stored map in memory: its table and each id's row in it."""
+    """A stored map in memory: its table. Each id's row is found by Arrow's hash
+    (index_in), not a dict of Python strings: those cost ~200 B per entry, kept for
+    the session (bench/RESULTS.md, export memory)."""
 
     def __init__(self, table: pa.Table):
         self.table = table
-        self.rows = {i: n for n, i in enumerate(table.column(DERIVED.id).to_pylist())}
+
+    def positions(self, ids: pa.Array) -> pa.Array:
+        """The row of each of IDS in the table (null: not there)."""
+        return pc.index_in(ids, value_set=one_array(self.table.column(DERIVED.id)), memory_pool=POOL)
 
 
 def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequence[str],
@@ -267,8 +272,19 @@ def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Seque
     Rows neither this session nor the store's copy has are computed (COMPUTE(new
     ids) returns their SCHEMA rows in that order) and kept in both. STORE None:
     this session only."""
+    table, positions = stored_rows(store, kind, key, schema, ids=ids, compute=compute, order_by=order_by)
+    return pc.take(table, positions, memory_pool=POOL)
+
+
+def stored_rows(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequence[str],
+                compute: Callable[[list[str]], pa.Table],
+                order_by: str | None = None) -> tuple[pa.Table, pa.Array]:
+    """As stored_map, without the copy: (the entry's whole table, the rows of IDS
+    in it, in stored_map's order). Why: a big entry taken into set order is a
+    second copy of it (bench/RESULTS.md, export memory); a caller that needs only
+    a few rows at a time takes them itself."""
     if not _enabled[0]:
-        return _ordered(compute(list(ids)), pa.array(range(len(ids)), pa.int64()), order_by)
+        return _positioned(compute(list(ids)), pa.array(range(len(ids)), pa.int64()), order_by)
 
     def load() -> _Map:
         table = _read(_path(store, kind, key), schema) if store is not None else None
@@ -280,23 +296,30 @@ def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Seque
 
 
 def _grown_rows(*, entry: "_Map", store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence[str],
-             compute: Callable[[list[str]], pa.Table], order_by: str | None) -> pa.Table:
-    new = [i for i in ids if i not in entry.rows]
+             compute: Callable[[list[str]], pa.Table], order_by: str | None) -> tuple[pa.Table, pa.Array]:
+    wanted = pa.array(ids, pa.string(), memory_pool=POOL)
+    at = entry.positions(wanted)
+    new = pc.filter(wanted, at.is_null()).to_pylist() if at.null_count else []
     if new:
         made = compute(new)
         if made.column(DERIVED.id).to_pylist() != new:
             raise AssertionError(f"{kind}: the computed rows are not those asked for")
         computed[kind] += len(new)
-        start = entry.table.num_rows
         entry.table = pa.concat_tables([entry.table, made.cast(schema)]).combine_chunks(POOL)
-        entry.rows.update((i, start + n) for n, i in enumerate(new))
         if store is not None:
             _write(_path(store, kind, key), entry.table)
-    return _ordered(entry.table, pa.array([entry.rows[i] for i in ids], pa.int64()), order_by)
+        at = entry.positions(wanted)
+    return _positioned(entry.table, at.cast(pa.int64()), order_by)
 
 
-def _ordered(table: pa.Table, positions: pa.Array, order_by: str | None) -> pa.Table:
-    """TABLE's rows at POSITIONS (sorted by column ORDER_BY), in one take."""
+def _positioned(table: pa.Table, positions: pa.Array, order_by: str | None) -> tuple[pa.Table, pa.Array]:
+    """(TABLE, POSITIONS sorted by TABLE's column ORDER_BY)."""
     if order_by is not None:
         positions = pc.take(positions, pc.sort_indices(pc.take(table.column(order_by), positions)))
-    return pc.take(table, positions, memory_pool=POOL)
+    return table, positions
+
+
+def one_array(column: pa.ChunkedArray) -> pa.Array:
+    """COLUMN as one array: its only chunk as it is (combine_chunks copies even one
+    chunk, into Arrow's default pool)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
