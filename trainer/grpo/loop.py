@@ -35,6 +35,7 @@ from ttspo.builder.core.errors import ConfigError, TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.builder.core.schemas import GEN, RWD
 from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.run.checkpointer import Checkpointer
 from ttspo.trainer.run import faults
 from ttspo.trainer.run.config import Config, GrpoConfig, best_rule
 from ttspo.trainer.run.config_rules import parse_terms
@@ -176,7 +177,7 @@ def _train(store, cfg: Config, out: Path, spec, *, init, lineage, echo, c, lock=
                            every=g.rollouts_every) if c.master else None
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
     # Rollouts first: a checkpoint at S means the rows through S are stored.
-    saver = ckpt.Checkpointer(store=store, out=out, trainer="grpo", policy=policy,
+    saver = Checkpointer(store=store, out=out, trainer="grpo", policy=policy,
                               optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
                               master=c.master, data_state=lambda step: {"step": step},
                               best_metric=best_metric, best_mode=best_mode, best=best,
