@@ -45,6 +45,7 @@ from ttspo.builder.core.errors import InputError, StoreError
 from ttspo.builder.core.locks import open_lock_file
 from ttspo.builder.core.schemas import LOG, STORE_LOG, STORE_LOG_SCHEMA
 from ttspo.builder.core.store import Lineage, Store, commit_properties, write_error
+from ttspo.builder.core.table_files import freed_bytes
 
 LOG_TABLE = STORE_LOG
 GENERATIONS = "generations"  # the table whose versions hold the STORE/codes files' generations
@@ -296,42 +297,6 @@ def _remove(store: Store, plan: TableGc) -> int:
     except OSError as exc:
         raise write_error(store.root, plan.table, exc) from None
     return int(stats.bytes_removed)
-
-
-def freed_bytes(store: Store, table: str, versions: list[int]) -> int:
-    """Bytes of the files only VERSIONS name (what Lance's cleanup removes)."""
-    if not versions:
-        return 0
-    root = store.path(table)
-    ds = store.open(table)
-    manifests = _manifests(root)
-    gone = set(versions)
-    drop, keep = set(), set()
-    for v in (x["version"] for x in ds.versions()):
-        (drop if v in gone else keep).update(_files(ds, v, manifests))
-    return sum((root / f).stat().st_size for f in drop - keep if (root / f).is_file())
-
-
-def _manifests(root) -> dict[int, str]:
-    """version -> its manifest file (Lance's v2 names count down from 2**64 - 1)."""
-    out = {}
-    for path in (root / "_versions").glob("*.manifest"):
-        n = int(path.stem)
-        out[(2 ** 64 - 1 - n) if n >= 2 ** 63 else n] = f"_versions/{path.name}"
-    return out
-
-
-def _files(ds: lance.LanceDataset, version: int, manifests: dict[int, str]) -> set[str]:
-    files = {manifests[version]} if version in manifests else set()
-    tx = ds.read_transaction(version)
-    if tx is not None:
-        files.add(f"_transactions/{tx.read_version}-{tx.uuid}.txn")
-    for fragment in ds.checkout_version(version).get_fragments():
-        meta = fragment.metadata
-        files.update(f"data/{f.path}" for f in meta.files)
-        if meta.deletion_file is not None:
-            files.add(meta.deletion_file.path(meta.id))
-    return files
 
 
 def _log(store: Store, result: GcResult, lineage: Lineage) -> int:
