@@ -3,14 +3,23 @@
 A table's folder holds manifests (``_versions``), transaction files, data files
 (``data/``) and deletion files; a version names its manifest, its transaction and
 the data and deletion files of its fragments. Lance's cleanup removes the files only
-removed versions name (builder/core/lifecycle.py).
+removed versions name (builder/core/lifecycle.py), and the files NO version names once
+they are UNVERIFIED_AGE old: a writer killed before its commit leaves such files
+(pair_dynamics' fragments past its buffer: trainer/dpo/dynamics.py); younger, they may
+be a live writer's, not yet committed.
 """
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+
 import lance
 
 from ttspo.builder.core.store import Store
+
+UNVERIFIED_AGE = timedelta(days=7)  # Lance's cleanup: a file no version names, this old, goes
+UNNAMED_DIRS = ("data", "_deletions")  # where a writer's uncommitted files lie
 
 
 def freed_bytes(store: Store, table: str, versions: list[int]) -> int:
@@ -48,3 +57,22 @@ def version_files(ds: lance.LanceDataset, version: int, found: dict[int, str]) -
         if meta.deletion_file is not None:
             files.add(meta.deletion_file.path(meta.id))
     return files
+
+
+def unnamed_files(store: Store, table: str, *, now: float | None = None) -> dict[str, int]:
+    """The data and deletion files of TABLE no version names, last modified more than
+    UNVERIFIED_AGE before NOW (epoch seconds): what Lance's cleanup removes though no
+    version goes. Relative path -> bytes."""
+    root = store.path(table)
+    cutoff = (time.time() if now is None else now) - UNVERIFIED_AGE.total_seconds()
+    old = {}
+    for folder in UNNAMED_DIRS:
+        for path in (root / folder).glob("*") if (root / folder).is_dir() else ():
+            stat = path.stat()
+            if path.is_file() and stat.st_mtime < cutoff:
+                old[f"{folder}/{path.name}"] = stat.st_size
+    if not old:
+        return {}
+    ds, found = store.open(table), manifests(root)
+    named = set().union(*(version_files(ds, v["version"], found) for v in ds.versions()))
+    return {rel: size for rel, size in old.items() if rel not in named}

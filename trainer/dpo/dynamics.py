@@ -22,7 +22,8 @@ through S are committed. A kill after that commit but before the checkpoint leav
 rows past the latest checkpoint; the resume deletes them (:func:`on_resume`: rows of
 the run with step > S, or every row of the run when no checkpoint was written), then
 replays those steps and writes them again. A kill before a commit leaves data files
-no version names (readers never see them).
+no version names (readers never see them; `ttspo gc` removes them once a week old:
+builder/core/table_files.py).
 """
 
 from __future__ import annotations
