@@ -214,10 +214,10 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
                            set_version=pairs.set_version, lineage=lineage, master=c.master,
                            enabled=cfg.train.pair_dynamics)
     saver = Checkpointer(store=store, out=out, trainer="dpo", policy=policy,
-                              optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
-                              master=c.master, data_state=order.position, best_metric=best_metric,
-                              best_mode=best_mode, best=best, last_good=latest,
-                              guard=lock.check if lock else None)
+                         optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
+                         master=c.master, data_state=order.position, best_metric=best_metric,
+                         best_mode=best_mode, best=best, last_good=latest,
+                         guard=lock.check if lock else None)
     result = RunResult(run_dir=out, steps=start, reference=reference, first={}, last={}, val={},
                        checkpoints=saver.rows)
 

@@ -178,11 +178,11 @@ def _train(store, cfg: Config, out: Path, spec, *, init, lineage, echo, c, lock=
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
     # Rollouts first: a checkpoint at S means the rows through S are stored.
     saver = Checkpointer(store=store, out=out, trainer="grpo", policy=policy,
-                              optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
-                              master=c.master, data_state=lambda step: {"step": step},
-                              best_metric=best_metric, best_mode=best_mode, best=best,
-                              last_good=latest, tag=tag, guard=lock.check if lock else None,
-                              before_save=writer.flush if writer is not None else None)
+                         optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
+                         master=c.master, data_state=lambda step: {"step": step},
+                         best_metric=best_metric, best_mode=best_mode, best=best,
+                         last_good=latest, tag=tag, guard=lock.check if lock else None,
+                         before_save=writer.flush if writer is not None else None)
     result = GrpoResult(run_dir=out, steps=start, checkpoints=saver.rows)
     args = dict(run=run, n=g.n_generations_per_item, seed=seed, rewards=rewards, scoring=scoring,
                 store_audio=g.store_audio, eos_target=cfg.data.eos_target)
