@@ -33,6 +33,7 @@ from ttspo.builder.core.dist import Compute, all_mean, all_sum, compute_cleanup,
 from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.run.checkpointer import Checkpointer
 from ttspo.trainer.run import faults
 from ttspo.trainer.dpo import dynamics as D
 from ttspo.trainer.dpo import losses as L
@@ -212,11 +213,11 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
     dyn = D.DynamicsWriter(store=store, run=run, set_name=pairs.set_name,
                            set_version=pairs.set_version, lineage=lineage, master=c.master,
                            enabled=cfg.train.pair_dynamics)
-    saver = ckpt.Checkpointer(store=store, out=out, trainer="dpo", policy=policy,
-                              optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
-                              master=c.master, data_state=order.position, best_metric=best_metric,
-                              best_mode=best_mode, best=best, last_good=latest,
-                              guard=lock.check if lock else None)
+    saver = Checkpointer(store=store, out=out, trainer="dpo", policy=policy,
+                         optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
+                         master=c.master, data_state=order.position, best_metric=best_metric,
+                         best_mode=best_mode, best=best, last_good=latest,
+                         guard=lock.check if lock else None)
     result = RunResult(run_dir=out, steps=start, reference=reference, first={}, last={}, val={},
                        checkpoints=saver.rows)
 
