@@ -160,7 +160,7 @@ def test_reference_log_probs_of_streamed_pairs_equal_those_in_memory(store):
 def test_code_arrays_equal_numpy_of_the_lists():
     import pyarrow as pa
 
-    from ttspo.trainer.dpo.data import code_arrays
+    from ttspo.trainer.dpo.codes_reader import code_arrays
 
     kind = pa.list_(pa.list_(pa.int16()))
     rows = [[[1, 2, 3], [4, 5, 6]], None, [], [[]], [[7], [8]], [[255, 0]]]
@@ -315,3 +315,50 @@ def test_first_seen_indexes_ids_as_unique_and_index_in_do():
     assert index.dtype == np.int32
     assert index.tolist() == pc.index_in(ids, value_set=pc.unique(ids)).to_pylist()
     assert first_seen(pa.chunked_array([], pa.string()))[1].tolist() == []
+
+
+def test_find_row_ids_reads_the_column_by_batch_and_finds_as_index_in(tmp_path):
+    """Ids looked up among a Lance column read 3 rows at a time: each id's row as
+    ``index_in`` over the whole column finds it (a repeated value: its first row, even
+    when its rows are in different batches and fragments), -1 for an absent or null id."""
+    import lance
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ttspo.builder.core.lance_rows import find_row_ids
+
+    values = ["g5", "g1", "g9", "g1", "g3", "g7", "g2", "g5", "g8", "g0", "g3"]
+    ds = lance.write_dataset(pa.table({"id": values[:7]}), tmp_path / "t.lance")
+    ds = lance.write_dataset(pa.table({"id": values[7:]}), tmp_path / "t.lance", mode="append")
+    whole = row_ids(ds, "id")
+    # "g5", the greatest id asked, is found: a null id must not take its row
+    asked = pa.chunked_array([["g3", "g5", "a-nope", None], ["g1", "g3", "g0", "g5", ""]])
+    at = pc.index_in(asked, value_set=whole.column("id")).to_numpy(zero_copy_only=False)
+    rows = whole.column(ROW_ID).to_numpy()
+    want = [-1 if np.isnan(a) else int(rows[int(a)]) for a in at]
+    assert want[:2] == [rows[4], rows[0]] and rows[7] > rows[6] + 1  # two fragments
+    for batch_rows in (3, 1 << 16):
+        assert find_row_ids(ds, "id", asked, batch_rows=batch_rows).tolist() == want
+    assert find_row_ids(ds, "id", pa.array([], pa.string())).tolist() == []
+
+
+def test_a_streamed_load_names_the_first_generation_its_version_lacks(store):
+    """generation_rowids on a version without some of a set's ids: one line naming the
+    first such id in pair order (the chosen side first), not a wrong row."""
+    import pyarrow as pa
+
+    from ttspo.builder.core.errors import InputError
+    from ttspo.trainer.dpo.data import generation_rowids
+
+    ds = store.open("generations", 1)
+    gids = row_ids(ds, GEN.generation_id).column(GEN.generation_id).to_pylist()
+    chosen = pa.chunked_array([[gids[3], gids[1]], [gids[0]]])
+    rejected = pa.chunked_array([[gids[2], "r:gone"], ["r:also"]])
+    found = generation_rowids(ds, chosen, pa.chunked_array([gids[:3]]), what="s@1: generation")
+    assert take_rows(ds, np.concatenate(found).tolist(), [GEN.generation_id]).column(
+        GEN.generation_id).to_pylist() == [gids[3], gids[1], gids[0], *gids[:3]]
+    with pytest.raises(InputError, match=r"^s@1: generation r:gone is not in generations@1$"):
+        generation_rowids(ds, chosen, rejected, what="s@1: generation")
+    early = pa.chunked_array([[gids[3], "r:first"], [gids[0]]])  # both sides of pair 1
+    with pytest.raises(InputError, match="generation r:first is not"):
+        generation_rowids(ds, early, rejected, what="s@1: generation")

@@ -57,3 +57,47 @@ class SortedIds:
         same = pc.fill_null(pc.equal(self.keys.take(pa.array(at)), ids), False)
         same = same.to_numpy(zero_copy_only=False)
         return np.where(same, self.rows[at], -1)
+
+
+ID_BATCH = 65536  # rows of an id column :func:`find_row_ids` reads at once
+
+
+def find_row_ids(ds: lance.LanceDataset, column: str, ids: pa.Array | pa.ChunkedArray, *,
+                 batch_rows: int = ID_BATCH) -> np.ndarray:
+    """The row id of each of IDS among COLUMN's values in DS (int64; -1 where it is none
+    of them, or null; a repeated value: its first row in scan order, as ``index_in``
+    finds it). Only IDS's distinct values are sorted (:class:`SortedIds`); COLUMN is
+    read BATCH_ROWS rows at a time and each batch searched among them, so what this
+    holds is IDS's sort plus one batch, whatever the size of DS (reading the whole
+    column at once, or indexing every value of it, grows with DS)."""
+    wanted = DistinctIds(ids)
+    found = np.full(len(wanted.keys), -1, dtype=np.int64)
+    for batch in ds.to_batches(columns=[column], with_row_id=True, batch_size=batch_rows,
+                               scan_in_order=True):
+        at = wanted.find(batch.column(column))
+        hit = np.flatnonzero(at >= 0)
+        key, first = np.unique(at[hit], return_index=True)  # a batch's first row per value
+        new = found[key] < 0  # an earlier batch's row comes first
+        found[key[new]] = batch.column(ROW_ID).to_numpy()[hit[first[new]]]
+    return np.where(wanted.slot >= 0, found[wanted.slot], -1)
+
+
+class DistinctIds(SortedIds):
+    """IDS's distinct non-null values, sorted (the keys: ``find`` gives a value's place
+    among them) and each of IDS's place (``slot``, int32; -1 for a null id)."""
+
+    def __init__(self, ids: pa.Array | pa.ChunkedArray):
+        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        n = len(ids)
+        order = pc.sort_indices(ids).to_numpy()  # nulls last
+        ranked = ids.take(pa.array(order))
+        new = pc.is_valid(ranked).to_numpy(zero_copy_only=False)  # a run of equal ids starts
+        if n > 1:
+            new[1:] &= pc.fill_null(pc.not_equal(ranked.slice(1), ranked.slice(0, n - 1)),
+                                    True).to_numpy(zero_copy_only=False)
+        self.keys, self.side = ranked.filter(pa.array(new)), "left"
+        del ranked
+        self.rows = np.arange(len(self.keys), dtype=np.int64)
+        self.slot = np.empty(n, np.int32)
+        self.slot[order] = np.cumsum(new) - 1
+        self.slot[pc.is_null(ids).to_numpy(zero_copy_only=False)] = -1
