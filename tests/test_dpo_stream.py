@@ -310,11 +310,12 @@ def test_first_seen_indexes_ids_as_unique_and_index_in_do():
     from ttspo.trainer.dpo.data import first_seen
 
     ids = pa.chunked_array([["p3", "p1", "p3"], ["p0", "p1", "p9", "p0"]])
-    distinct, index = first_seen(ids)
+    distinct, index, first = first_seen(ids)
     assert distinct.to_pylist() == pc.unique(ids).to_pylist() == ["p3", "p1", "p0", "p9"]
     assert index.dtype == np.int32
     assert index.tolist() == pc.index_in(ids, value_set=pc.unique(ids)).to_pylist()
-    assert first_seen(pa.chunked_array([], pa.string()))[1].tolist() == []
+    assert first.tolist() == np.unique(index, return_index=True)[1].tolist() == [0, 1, 3, 5]
+    assert [len(a) for a in first_seen(pa.chunked_array([], pa.string()))] == [0, 0, 0]
 
 
 def test_find_row_ids_reads_the_column_by_batch_and_finds_as_index_in(tmp_path):
@@ -325,7 +326,7 @@ def test_find_row_ids_reads_the_column_by_batch_and_finds_as_index_in(tmp_path):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from ttspo.builder.core.lance_rows import find_row_ids
+    from ttspo.builder.core.lance_rows import RowsOfIds
 
     values = ["g5", "g1", "g9", "g1", "g3", "g7", "g2", "g5", "g8", "g0", "g3"]
     ds = lance.write_dataset(pa.table({"id": values[:7]}), tmp_path / "t.lance")
@@ -338,8 +339,12 @@ def test_find_row_ids_reads_the_column_by_batch_and_finds_as_index_in(tmp_path):
     want = [-1 if np.isnan(a) else int(rows[int(a)]) for a in at]
     assert want[:2] == [rows[4], rows[0]] and rows[7] > rows[6] + 1  # two fragments
     for batch_rows in (3, 1 << 16):
-        assert find_row_ids(ds, "id", asked, batch_rows=batch_rows).tolist() == want
-    assert find_row_ids(ds, "id", pa.array([], pa.string())).tolist() == []
+        chunks = asked.chunks
+        rows_of = RowsOfIds(chunks)
+        assert chunks == []  # the caller's arrays let go once sorted
+        assert rows_of.read(ds, "id", batch_rows=batch_rows).tolist() == want
+        assert [rows_of.id(i) for i in range(len(asked))] == asked.to_pylist()
+    assert RowsOfIds([]).read(ds, "id").tolist() == []
 
 
 def test_a_streamed_load_names_the_first_generation_its_version_lacks(store):
@@ -352,13 +357,14 @@ def test_a_streamed_load_names_the_first_generation_its_version_lacks(store):
 
     ds = store.open("generations", 1)
     gids = row_ids(ds, GEN.generation_id).column(GEN.generation_id).to_pylist()
-    chosen = pa.chunked_array([[gids[3], gids[1]], [gids[0]]])
-    rejected = pa.chunked_array([[gids[2], "r:gone"], ["r:also"]])
-    found = generation_rowids(ds, chosen, pa.chunked_array([gids[:3]]), what="s@1: generation")
+    sides = lambda *sides: [[pa.array(a) for a in side] for side in sides]
+    chosen = [[gids[3], gids[1]], [gids[0]]]
+    rejected = [[gids[2], "r:gone"], ["r:also"]]
+    found = generation_rowids(ds, sides(chosen, [gids[:3]]), what="s@1: generation")
     assert take_rows(ds, np.concatenate(found).tolist(), [GEN.generation_id]).column(
         GEN.generation_id).to_pylist() == [gids[3], gids[1], gids[0], *gids[:3]]
     with pytest.raises(InputError, match=r"^s@1: generation r:gone is not in generations@1$"):
-        generation_rowids(ds, chosen, rejected, what="s@1: generation")
-    early = pa.chunked_array([[gids[3], "r:first"], [gids[0]]])  # both sides of pair 1
+        generation_rowids(ds, sides(chosen, rejected), what="s@1: generation")
+    early = [[gids[3], "r:first"], [gids[0]]]  # both sides of pair 1
     with pytest.raises(InputError, match="generation r:first is not"):
-        generation_rowids(ds, early, rejected, what="s@1: generation")
+        generation_rowids(ds, sides(early, rejected), what="s@1: generation")

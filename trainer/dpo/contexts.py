@@ -30,13 +30,12 @@ CONTEXT_TAKE = 8192  # rows a streamed load takes at once to resolve the prompts
 
 
 def prompt_contexts(store: Store, sv: Any, ds: Any, *, prompts: pa.Array,
-                    prompt_index: np.ndarray, chosen_rowid: np.ndarray, encode: Callable | None
+                    first_pair: np.ndarray, chosen_rowid: np.ndarray, encode: Callable | None
                     ) -> list[np.ndarray | None]:
-    """Each prompt's context codes (PROMPTS: the set's prompt ids, PROMPT_INDEX: each
-    pair's): read from one chosen generation per prompt and the prompts table at the
-    set's prompts version, by :func:`resolve_context`'s rule; a text context without
-    a codes file is None with no Python work per prompt."""
-    _, first = np.unique(prompt_index, return_index=True)  # one pair per prompt, in order
+    """Each prompt's context codes (PROMPTS: the set's prompt ids, FIRST_PAIR: each
+    one's first pair): read from that pair's chosen generation and the prompts table
+    at the set's prompts version, by :func:`resolve_context`'s rule; a text context
+    without a codes file is None with no Python work per prompt."""
     paths = pa.nulls(len(prompts), pa.string())
     if sv.record.prompts_version is not None:
         table = store.open("prompts", sv.record.prompts_version).to_table(
@@ -46,8 +45,8 @@ def prompt_contexts(store: Store, sv: Any, ds: Any, *, prompts: pa.Array,
             pa.array(at, mask=at < 0)).combine_chunks()  # a prompt not in the table: no file
     contexts: list[np.ndarray | None] = [None] * len(prompts)
     once = ContextEncodes(encode)
-    for start in range(0, len(first), CONTEXT_TAKE):  # Lance's take, in bounded pieces
-        rep = take_rows(ds, chosen_rowid[first[start:start + CONTEXT_TAKE]].tolist(),
+    for start in range(0, len(first_pair), CONTEXT_TAKE):  # Lance's take, in bounded pieces
+        rep = take_rows(ds, chosen_rowid[first_pair[start:start + CONTEXT_TAKE]].tolist(),
                         [GEN.generation_id, GEN.context_audio_filepath, GEN.context_text])
         part = paths.slice(start, rep.num_rows)
         work = pc.or_(pc.is_valid(part), pc.is_null(rep.column(GEN.context_text)))

@@ -31,6 +31,7 @@ conditioning dropout treats a pair as one.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import sys
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
-from ttspo.builder.core.lance_rows import find_row_ids, take_rows
+from ttspo.builder.core.lance_rows import RowsOfIds, take_rows
 from ttspo.builder.core.schemas import GEN, PAIR
 from ttspo.builder.core.store import Store
 from ttspo.builder.sets.build import open_set
@@ -219,10 +220,13 @@ def streamed_pairs(store: Store, sv: Any, encode: Callable | None, *,
         split.extend(sys.intern(s) for s in batch.column(PAIR.split).to_pylist())
         at += batch.num_rows
     column = lambda c: pa.chunked_array(kept.pop(c), sv.dataset.schema.field(c).type)
-    chosen, rejected = generation_rowids(ds, column(PAIR.chosen_id), column(PAIR.rejected_id),
+    release_freed()
+    prompts, prompt_index, first_pair = first_seen(column(PAIR.prompt_id))  # its ids freed
+    release_freed()
+    chosen, rejected = generation_rowids(ds, [kept.pop(PAIR.chosen_id), kept.pop(PAIR.rejected_id)],
                                          what=f"{sv.ref}: generation")
-    prompts, prompt_index = first_seen(column(PAIR.prompt_id))
-    contexts = prompt_contexts(store, sv, ds, prompts=prompts, prompt_index=prompt_index,
+    release_freed()
+    contexts = prompt_contexts(store, sv, ds, prompts=prompts, first_pair=first_pair,
                                chosen_rowid=chosen, encode=encode)
     return Pairs(set_name=sv.name, set_version=sv.version, generations_version=gen_version,
                  prompts_version=sv.record.prompts_version, pair_ids=PairIds(column(PAIR.pair_id)),
@@ -233,50 +237,77 @@ def streamed_pairs(store: Store, sv: Any, encode: Callable | None, *,
                  prompt_index=prompt_index, contexts=contexts)
 
 
-def first_seen(ids: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
-    """(IDS's distinct values in first-seen order, each of IDS's index in them as int32):
-    ``pc.unique`` + ``index_in`` by a stable sort instead of a hash table (about 30
-    bytes an id while it runs, a hash table of 200k prompt ids took ~35 MB)."""
-    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+def release_freed() -> None:
+    """Give the pages a load stage freed back to the system (glibc's ``malloc_trim``;
+    elsewhere nothing). Lance reads on its own threads, whose malloc arenas keep what
+    they freed resident, and the next stage did not reuse it: measured at 200k pairs,
+    the contexts' stage added 21 MB to the peak after the row ids' stage, 1 MB after a
+    trim. So the peak is the largest stage's, not the sum of their transients."""
+    if _malloc_trim() is not None:
+        _malloc_trim()(0)
+    pa.default_memory_pool().release_unused()
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def first_seen(ids: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(IDS's distinct values in first-seen order, each of IDS's index in them as int32,
+    each distinct value's first row): ``pc.unique`` + ``index_in`` by a stable sort
+    instead of a hash table (about 40 bytes an id while it runs, a hash table of 200k
+    prompt ids took ~35 MB)."""
     n = len(ids)
     if not n:
-        return ids, np.empty(0, np.int32)
+        return pa.array([], ids.type), np.empty(0, np.int32), np.empty(0, np.int64)
     order = pc.sort_indices(ids).to_numpy()  # stable: equal ids keep their row order
     ranked = ids.take(order)
+    ranked = ranked.chunk(0) if ranked.num_chunks == 1 else ranked.combine_chunks()
     new = np.ones(n, bool)  # where a sorted run of equal ids starts
     new[1:] = pc.fill_null(pc.not_equal(ranked.slice(1), ranked.slice(0, n - 1)), True
                            ).to_numpy(zero_copy_only=False)
     del ranked
-    first = order[new]  # each distinct id's first row
-    rank = np.empty(len(first), np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    first = order[new].astype(np.int64)  # each distinct id's first row, in sorted order
+    seen = np.argsort(first, kind="stable")  # the distinct ids in first-seen order
+    rank = np.empty(len(first), np.int32)
+    rank[seen] = np.arange(len(first), dtype=np.int32)
+    run = np.cumsum(new, dtype=np.int32)  # each sorted row's distinct id, 1-based
+    run -= 1
     index = np.empty(n, np.int32)
-    index[order] = rank[np.cumsum(new) - 1]
-    return ids.take(pa.array(np.sort(first))), index
+    index[order] = rank[run]
+    first = first[seen]
+    return ids.take(first).combine_chunks(), index, first
 
 
-def generation_rowids(ds: Any, *sides: pa.ChunkedArray, what: str) -> list[np.ndarray]:
-    """The Lance row ids (int64) in DS (a generations version) of each of SIDES's
-    generation ids (each side: one per pair), by one read of the version's id column
-    in batches (:func:`find_row_ids`: the sides' distinct ids sorted, not every id of
-    the version). An id not there: an InputError naming WHAT and the first such id in
-    pair order (a pair's first side first)."""
-    found = find_row_ids(ds, GEN.generation_id, pa.chunked_array(
-        [c for side in sides for c in side.chunks], pa.string()))
-    out = np.split(found, np.cumsum([len(side) for side in sides])[:-1])
-    missing = np.flatnonzero(np.logical_or.reduce([rows < 0 for rows in out]))
-    if len(missing):
-        pair = int(missing[0])
-        side = next(side for side, rows in zip(sides, out) if rows[pair] < 0)
-        raise InputError(f"{what} {side[pair].as_py()} is not in generations@{ds.version}")
+def generation_rowids(ds: Any, sides: list[list[pa.Array]], what: str) -> list[np.ndarray]:
+    """The Lance row ids (int64) in DS (a generations version) of each side's generation
+    ids (SIDES: each a list of arrays, one id per pair; the lists are emptied, so
+    the ids are freed once sorted), by one read of the version's id column in batches
+    (:class:`RowsOfIds`: the sides' distinct ids sorted, not every id of the version).
+    An id not there: an InputError naming WHAT and the first such id in pair order
+    (a pair's first side first)."""
+    num = sum(len(a) for a in sides[0])
+    wanted = RowsOfIds([a for side in sides for a in side])
+    for side in sides:
+        side.clear()
+    found = wanted.read(ds, GEN.generation_id)
+    out = [found[k * num:(k + 1) * num] for k in range(len(sides))]
+    if (found < 0).any():
+        pair = int(np.flatnonzero(np.logical_or.reduce([rows < 0 for rows in out]))[0])
+        k = next(k for k, rows in enumerate(out) if rows[pair] < 0)
+        raise InputError(f"{what} {wanted.id(k * num + pair)} is not in generations@{ds.version}")
     return out
 
 
 def generation_row_ids(store: Store, version: int, ids: Sequence[str]) -> dict[str, int]:
     """generation_id -> its Lance row id at generations@VERSION, for the IDS asked (all
     there: the set's build checked them)."""
-    found = find_row_ids(store.open("generations", version), GEN.generation_id,
-                         pa.array(list(ids), pa.string()))
+    found = RowsOfIds([pa.array(list(ids), pa.string())]).read(
+        store.open("generations", version), GEN.generation_id)
     return {g: int(r) for g, r in zip(ids, found) if r >= 0}
 
 
