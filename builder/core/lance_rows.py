@@ -63,7 +63,7 @@ class SortedIds:
         return np.where(same.to_numpy(zero_copy_only=False), at, -1)
 
 
-ID_BATCH = 65536  # rows of an id column :class:`RowsOfIds` reads at once
+ID_BATCH = 8192  # rows of an id column :class:`RowsOfIds` reads at once
 
 
 class RowsOfIds(SortedIds):

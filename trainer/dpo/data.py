@@ -53,7 +53,7 @@ from ttspo.trainer.policy.base import CONTEXT_CODES, EOS_DRAWN
 
 PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
                 PAIR.chosen_reward, PAIR.rejected_reward, PAIR.split)
-PAIR_BATCH = 65536  # pair rows a streamed load reads at once
+PAIR_BATCH = 8192  # pair rows a streamed load reads at once
 
 
 class PairIds:
@@ -199,39 +199,33 @@ def streamed_pairs(store: Store, sv: Any, encode: Callable | None, *,
     """The pairs of set SV as arrays (streaming): each side's generations row id,
     rewards, each pair's prompt index, and each prompt's context codes; Arrow columns
     throughout, no Python object per pair or per generation. The set's pair columns
-    are read BATCH_ROWS rows at a time into arrays sized once, and the row ids found
-    by :func:`generation_rowids` (the set's ids sorted, the generations' id column
-    read by batch): the load's peak stays near what the pairs keep, whatever the size
-    of the generations version. Texts and codes are read with the batch
-    (:meth:`Pairs.read_codes`)."""
+    are read one at a time, BATCH_ROWS rows a batch, each turned into what the pairs
+    keep before the next is read; the row ids are found by :func:`generation_rowids`
+    (the set's ids sorted, the generations' id column read by batch). So the load's
+    peak is its largest stage over what the pairs keep, whatever the size of the
+    generations version. Texts and codes are read with the batch (:meth:`Pairs.read_codes`)."""
     gen_version = sv.record.inputs["generations"]
     ds = store.open("generations", gen_version)
-    num = sv.dataset.count_rows()
-    reward = {side: np.empty(num, np.float64) for side in (PAIR.chosen_reward, PAIR.rejected_reward)}
-    kept: dict[str, list[pa.Array]] = {c: [] for c in (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id,
-                                                       PAIR.rejected_id)}
-    split: list[str] = []
-    at = 0
-    for batch in sv.dataset.to_batches(columns=list(PAIR_COLUMNS), batch_size=batch_rows):
-        for col, values in reward.items():
-            values[at:at + batch.num_rows] = batch.column(col).to_numpy(zero_copy_only=False)
-        for col, arrays in kept.items():  # ~12-20 bytes a pair each, ids until below
-            arrays.append(batch.column(col))
-        split.extend(sys.intern(s) for s in batch.column(PAIR.split).to_pylist())
-        at += batch.num_rows
-    column = lambda c: pa.chunked_array(kept.pop(c), sv.dataset.schema.field(c).type)
-    release_freed()
-    prompts, prompt_index, first_pair = first_seen(column(PAIR.prompt_id))  # its ids freed
-    release_freed()
-    chosen, rejected = generation_rowids(ds, [kept.pop(PAIR.chosen_id), kept.pop(PAIR.rejected_id)],
+
+    def column(name: str) -> list[pa.Array]:  # one column: reading all seven at once peaked higher
+        return [b.column(0) for b in sv.dataset.to_batches(columns=[name], batch_size=batch_rows)]
+
+    chosen, rejected = generation_rowids(ds, [column(PAIR.chosen_id), column(PAIR.rejected_id)],
                                          what=f"{sv.ref}: generation")
+    release_freed()
+    prompts, prompt_index, first_pair = first_seen(pa.chunked_array(column(PAIR.prompt_id), pa.string()))
     release_freed()
     contexts = prompt_contexts(store, sv, ds, prompts=prompts, first_pair=first_pair,
                                chosen_rowid=chosen, encode=encode)
+    release_freed()
+    reward = lambda name: np.concatenate([a.to_numpy(zero_copy_only=False) for a in column(name)]
+                                         or [np.empty(0)]).astype(np.float64, copy=False)
     return Pairs(set_name=sv.name, set_version=sv.version, generations_version=gen_version,
-                 prompts_version=sv.record.prompts_version, pair_ids=PairIds(column(PAIR.pair_id)),
-                 split=split, chosen=[], rejected=[], chosen_reward=reward[PAIR.chosen_reward],
-                 rejected_reward=reward[PAIR.rejected_reward],
+                 prompts_version=sv.record.prompts_version,
+                 pair_ids=PairIds(pa.chunked_array(column(PAIR.pair_id), pa.string())),
+                 split=[sys.intern(s) for a in column(PAIR.split) for s in a.to_pylist()],
+                 chosen=[], rejected=[], chosen_reward=reward(PAIR.chosen_reward),
+                 rejected_reward=reward(PAIR.rejected_reward),
                  codes=CodesReader(store, gen_version, sv.ref, eos_target=eos_target),
                  chosen_rowid=chosen, rejected_rowid=rejected,
                  prompt_index=prompt_index, contexts=contexts)
