@@ -225,7 +225,7 @@ def test_streamed_contexts_equal_the_in_memory_ones_for_text_audio_and_codes_fil
         codes_file = None
         if g % 3:  # audio contexts; g % 3 == 2 also has a codes file
             r[GEN.context_text], r[GEN.context_audio_filepath] = None, str(wavs[g % 2])
-        if g % 3 == 2:
+        if g % 3 == 2 or g == 9:  # 9: a text context with a codes file (the file wins)
             codes_file = str(tmp_path / f"p{g}_codes.pt")
             torch.save(torch.full((8, 2 + g), 100 + g, dtype=torch.int16), codes_file)
         if r[GEN.sample_index] == 0:
@@ -256,7 +256,7 @@ def test_streamed_contexts_equal_the_in_memory_ones_for_text_audio_and_codes_fil
             ctx = a["context_codes"]
             kinds.add("text" if ctx is None else int(ctx[0, 0]))
             assert (b["context_codes"] is None) if ctx is None else np.array_equal(ctx, b["context_codes"])
-    assert kinds == {"text", 1, 2, 102, 105, 108, 111}  # text, 2 wavs, 4 codes files
+    assert kinds == {"text", 1, 2, 102, 105, 108, 109, 111}  # text, 2 wavs, 5 codes files
 
 
 def test_a_streamed_load_read_in_small_batches_equals_one_read_at_once(tmp_path):
@@ -368,3 +368,22 @@ def test_a_streamed_load_names_the_first_generation_its_version_lacks(store):
     early = [[gids[3], "r:first"], [gids[0]]]  # both sides of pair 1
     with pytest.raises(InputError, match="generation r:first is not"):
         generation_rowids(ds, sides(early, rejected), what="s@1: generation")
+
+
+def test_rows_matching_keeps_the_rows_a_filter_keeps(tmp_path):
+    """Which row ids a Lance filter keeps, by a filtered scan 2 rows a batch over two
+    fragments: repeated and absent (-1) rows asked, in any order."""
+    import lance
+    import pyarrow as pa
+
+    from ttspo.builder.core.lance_rows import rows_matching
+
+    text = ["a", None, "c", None, None, "f", "g"]
+    ds = lance.write_dataset(pa.table({"t": text[:4]}), tmp_path / "t.lance")
+    ds = lance.write_dataset(pa.table({"t": text[4:]}), tmp_path / "t.lance", mode="append")
+    rows = row_ids(ds, "t").column(ROW_ID).to_numpy().astype(np.int64)
+    asked = np.array([rows[3], rows[0], -1, rows[4], rows[3], rows[6], rows[1]])
+    want = [True, False, False, True, True, False, True]
+    assert rows_matching(ds, "t IS NULL", asked, batch_rows=2).tolist() == want
+    assert rows_matching(ds, "t IS NULL", asked[:0]).tolist() == []
+    assert not rows_matching(ds, "t = 'zz'", asked).any()

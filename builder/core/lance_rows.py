@@ -116,3 +116,18 @@ class RowsOfIds(SortedIds):
         """The I-th id asked."""
         slot = int(self.slot[i])
         return self.keys[slot].as_py() if slot < len(self.keys) else None
+
+
+def rows_matching(ds: lance.LanceDataset, where: str, rows: np.ndarray, *,
+                  batch_rows: int = ID_BATCH) -> np.ndarray:
+    """Whether each of ROWS (row ids of DS; -1: none) is a row the Lance filter WHERE
+    keeps: one filtered scan of row ids, in batches, not a take of every row (what this
+    holds is ROWS sorted plus a batch)."""
+    distinct, slot = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+    kept = np.zeros(len(distinct) + 1, bool)  # the last: never kept (past every row id)
+    for batch in ds.to_batches(columns=[], filter=where, with_row_id=True, batch_size=batch_rows):
+        ids = batch.column(ROW_ID).to_numpy().astype(np.int64)
+        at = np.searchsorted(distinct, ids)
+        found = distinct[np.minimum(at, len(distinct) - 1)] == ids if len(distinct) else at < 0
+        kept[at[found]] = True
+    return kept[slot.reshape(-1)]
