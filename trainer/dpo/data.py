@@ -53,7 +53,7 @@ from ttspo.trainer.policy.base import CONTEXT_CODES, EOS_DRAWN
 
 PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
                 PAIR.chosen_reward, PAIR.rejected_reward, PAIR.split)
-PAIR_BATCH = 8192  # pair rows a streamed load reads at once
+PAIR_BATCH = 65536  # pair rows a streamed load reads at once
 
 
 class PairIds:
@@ -207,23 +207,24 @@ def streamed_pairs(store: Store, sv: Any, encode: Callable | None, *,
     gen_version = sv.record.inputs["generations"]
     ds = store.open("generations", gen_version)
 
-    def column(name: str) -> list[pa.Array]:  # one column: reading all seven at once peaked higher
-        return [b.column(0) for b in sv.dataset.to_batches(columns=[name], batch_size=batch_rows)]
+    def column(name: str) -> pa.ChunkedArray:  # one at a time: all seven at once peaked higher
+        return pa.chunked_array([b.column(0) for b in sv.dataset.to_batches(
+            columns=[name], batch_size=batch_rows)], sv.dataset.schema.field(name).type)
 
-    chosen, rejected = generation_rowids(ds, [column(PAIR.chosen_id), column(PAIR.rejected_id)],
+    chosen, rejected = generation_rowids(ds, [column(PAIR.chosen_id).chunks,
+                                              column(PAIR.rejected_id).chunks],
                                          what=f"{sv.ref}: generation")
     release_freed()
-    prompts, prompt_index, first_pair = first_seen(pa.chunked_array(column(PAIR.prompt_id), pa.string()))
+    prompts, prompt_index, first_pair = first_seen(column(PAIR.prompt_id))
     release_freed()
     contexts = prompt_contexts(store, sv, ds, prompts=prompts, first_pair=first_pair,
                                chosen_rowid=chosen, encode=encode)
     release_freed()
-    reward = lambda name: np.concatenate([a.to_numpy(zero_copy_only=False) for a in column(name)]
-                                         or [np.empty(0)]).astype(np.float64, copy=False)
+    reward = lambda name: column(name).to_numpy().astype(np.float64, copy=False)
     return Pairs(set_name=sv.name, set_version=sv.version, generations_version=gen_version,
                  prompts_version=sv.record.prompts_version,
-                 pair_ids=PairIds(pa.chunked_array(column(PAIR.pair_id), pa.string())),
-                 split=[sys.intern(s) for a in column(PAIR.split) for s in a.to_pylist()],
+                 pair_ids=PairIds(column(PAIR.pair_id)),
+                 split=[sys.intern(s) for a in column(PAIR.split).chunks for s in a.to_pylist()],
                  chosen=[], rejected=[], chosen_reward=reward(PAIR.chosen_reward),
                  rejected_reward=reward(PAIR.rejected_reward),
                  codes=CodesReader(store, gen_version, sv.ref, eos_target=eos_target),
@@ -234,9 +235,9 @@ def streamed_pairs(store: Store, sv: Any, encode: Callable | None, *,
 def release_freed() -> None:
     """Give the pages a load stage freed back to the system (glibc's ``malloc_trim``;
     elsewhere nothing). Lance reads on its own threads, whose malloc arenas keep what
-    they freed resident, and the next stage did not reuse it: measured at 200k pairs,
-    the contexts' stage added 21 MB to the peak after the row ids' stage, 1 MB after a
-    trim. So the peak is the largest stage's, not the sum of their transients."""
+    they freed resident, and the next stage did not reuse it (measured at 200k pairs:
+    the prompts' contexts added 21 MB to the peak after the row ids' stage, 1 MB after
+    a trim). So the peak is the largest stage's, not the sum of their transients."""
     if _malloc_trim() is not None:
         _malloc_trim()(0)
     pa.default_memory_pool().release_unused()
