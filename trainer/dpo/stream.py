@@ -19,7 +19,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ttspo.trainer.dpo.data import PairCodes, PairOrder, Pairs
+from ttspo.trainer.dpo.codes_reader import PairCodes
+from ttspo.trainer.dpo.data import PairOrder, Pairs
 
 MicroBatch = tuple[np.ndarray, "PairCodes | None"]
 
