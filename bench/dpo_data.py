@@ -92,7 +92,7 @@ def child_load(root: str, mode: str) -> None:
     if mode == "stream":  # "stream-load": the load alone
         train = pairs.select("train")
         order = PairOrder(num_pairs=len(train), pairs_per_device=4, seed=0)
-        data = SimpleNamespace(loader="stream", workers=1, prefetch_batches=2)
+        data = SimpleNamespace(loader="stream", workers=1, prefetch_batches=2, read_batches=8)
         for k, micro in enumerate(step_batches(train, order, 0, start=0, stop=100, data=data)):
             assert len(micro[0][1][0]) == 4
             worker = worker_peak_mb() if k == 98 else worker

@@ -52,7 +52,7 @@ def test_take_rows_reads_rows_by_id_in_the_order_given(store):
 
 
 def _batches(pairs, order, loader, workers, steps):
-    data = SimpleNamespace(loader=loader, workers=workers, prefetch_batches=2)
+    data = SimpleNamespace(loader=loader, workers=workers, prefetch_batches=2, read_batches=3)
     return list(step_batches(pairs, order, 1, start=2, stop=2 + steps, data=data))
 
 

@@ -53,7 +53,10 @@ class DataConfig:
     # (same batches, same order, same losses: a run may switch on resume)
     loader: str = "memory"
     workers: int = 1  # stream: spawned processes reading ahead (0: read in the step's process)
-    prefetch_batches: int = 2  # stream: micro-batches each worker holds ready (bounds memory)
+    prefetch_batches: int = 2  # stream: reads each worker holds ready (bounds memory)
+    # stream: micro-batches per read (one Lance take, one message from the worker): a
+    # message costs ~1 ms whatever its size, a tiny step ~8 ms (bench/RESULTS.md)
+    read_batches: int = 8
     # The training target's last frame. always: EOS on every codebook after the codes,
     # also for a sample cut at its step limit without drawing EOS (NeMo's); sampled: a
     # sample that drew no EOS (codes_len = its max_steps) gets no EOS target (dpo, grpo)
@@ -188,6 +191,7 @@ RULES: dict[str, Rule] = {
     "data.loader": OneOf(("memory", "stream")),
     "data.workers": AT_LEAST_0,
     "data.prefetch_batches": AT_LEAST_1,
+    "data.read_batches": AT_LEAST_1,
     "data.eos_target": OneOf(("always", "sampled")),
     "loss.terms": Terms(LOSS_TYPES),
     "loss.beta": POSITIVE,
