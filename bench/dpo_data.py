@@ -2,6 +2,7 @@
 pairs/s of a DPO step with each loader.
 
     .venv/bin/python bench/dpo_data.py [--sizes 10000,50000] [--runs 5] [--steps 30] [--skip-memory-part] [--skip-step-part]
+        [--reads 1,8]
         [--modes memory,stream,stream-load] [--baseline CHECKOUT] [--spare K] [--load-runs R]
 
 Part 1, for each size N: a synthetic store of 2N generations (8 codebooks x 100
@@ -18,7 +19,8 @@ pair in groups the set skips (a version larger than its set, as NeMo's groups of
 
 Part 2: ``train_dpo`` of a small tiny policy (d_model 32; a tiny step makes the
 data path's share the largest), 4 pairs per step, reference free (no cache key to
-compute), memory and stream interleaved RUNS times; each run's median
+compute), memory and stream (one run per ``--reads`` value of data.read_batches)
+interleaved RUNS times; each run's median
 pairs_per_second over its steps after the 5th; the median of those per loader.
 """
 
@@ -180,34 +182,36 @@ def part1(sizes: list[int], tmp: Path, modes: list[str], baseline: str | None, *
                       f"{m['held_bytes'] / n:.0f} |", flush=True)
 
 
-def one_run(store, loader: str, out: Path, steps: int) -> float:
+def one_run(store, loader: str, out: Path, steps: int, read_batches: int = 8) -> float:
     from ttspo.trainer.dpo.loop import read_metrics, train_dpo
     from ttspo.trainer.run.config import load_config
 
     o = {f"policy.model.{k}": v for k, v in TINY.items()}
     o.update({"train.max_steps": steps, "train.val_every": 0, "train.checkpoint_every": 0,
               "train.progress": False, "train.tensorboard": False, "loss.reference_free": True,
-              "data.loader": loader, "optim.lr": 1e-3})
+              "data.loader": loader, "optim.lr": 1e-3, "data.read_batches": read_batches})
     train_dpo(store, "prefs", cfg=load_config(None, [f"{k}={v}" for k, v in o.items()]),
               out=out, echo=lambda *_: None)
     rates = [m["pairs_per_second"] for m in read_metrics(out) if "pairs_per_second" in m]
     return statistics.median(rates[5:])
 
 
-def part2(runs: int, steps: int, tmp: Path) -> None:
+def part2(runs: int, steps: int, tmp: Path, reads: list[int]) -> None:
     import torch
 
     torch.set_num_threads(1)
     store = make_store(tmp / "step", 2000, frames=24)
-    rates = {"memory": [], "stream": []}
+    loaders = {"memory": ("memory", 8), **{f"stream (read_batches={k})": ("stream", k) for k in reads}}
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
     for r in range(runs):  # interleaved: the machine's load hits both alike
-        for loader in ("memory", "stream"):
-            rates[loader].append(one_run(store, loader, tmp / f"{loader}{r}", steps))
-    for loader, xs in rates.items():
-        print(f"{loader}: median {statistics.median(xs):.1f} pairs/s "
+        for name, (loader, k) in loaders.items():
+            rates[name].append(one_run(store, loader, tmp / f"{loader}{k}_{r}", steps, k))
+    for name, xs in rates.items():
+        print(f"{name}: median {statistics.median(xs):.1f} pairs/s "
               f"(runs {', '.join(f'{x:.1f}' for x in xs)})")
-    ratio = statistics.median(rates["stream"]) / statistics.median(rates["memory"])
-    print(f"stream / memory: {ratio:.3f}")
+    for name in list(loaders)[1:]:
+        ratio = statistics.median(rates[name]) / statistics.median(rates["memory"])
+        print(f"{name} / memory: {ratio:.3f}")
 
 
 def main() -> None:
@@ -225,6 +229,8 @@ def main() -> None:
                     "generations per pair in groups the set skips (NeMo's groups of 6: 4)")
     ap.add_argument("--load-runs", type=int, default=1, help="part 1: runs of each, "
                     "interleaved; the median peak is shown")
+    ap.add_argument("--reads", default="8", help="part 2: the streamed runs' data.read_batches "
+                    "values (e.g. 1,8: one message per micro-batch vs eight per read)")
     ap.add_argument("--baseline", help="another checkout (e.g. `git archive main` unpacked) "
                     "whose loaders part 1 also runs, on the same stores")
     args = ap.parse_args()
@@ -233,7 +239,7 @@ def main() -> None:
             part1([int(s) for s in args.sizes.split(",")], Path(tmp), args.modes.split(","),
                   args.baseline, spare=args.spare, runs=args.load_runs)
         if not args.skip_step_part:
-            part2(args.runs, args.steps, Path(tmp))
+            part2(args.runs, args.steps, Path(tmp), [int(k) for k in args.reads.split(",")])
 
 
 if __name__ == "__main__":
