@@ -271,7 +271,7 @@ def test_line_parts_taken_from_a_wider_stored_entry_give_the_manifests_of_a_fres
     gens = set_generations(store, sv, sv.rows())
     assert gens.parts.num_rows > len(gens.ids)  # the entry holds more than this set names
     assert gens.at.to_pylist() != list(range(len(gens.ids)))
-    assert gens.column(session_cache.DERIVED.id) == gens.ids
+    assert gens.column(session_cache.DERIVED.id) == gens.ids.to_pylist()
     with session_cache.disabled():
         export_nemo(store, "narrow", tmp_path / "fresh")
     expected = {name: (tmp_path / "fresh" / name).read_bytes() for name in MANIFESTS}

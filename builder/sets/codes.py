@@ -50,7 +50,7 @@ from ttspo.builder.core.codes_store import safe_name  # noqa: F401 (the export's
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import write_text_atomic
 from ttspo.builder.core.schemas import CODES_KEYS_SCHEMA, DERIVED, GEN
-from ttspo.builder.sets.session_cache import POOL, cached, one_array, stored_rows, table_identity
+from ttspo.builder.sets.session_cache import POOL, cached, drop_pages, one_array, stored_rows, table_identity
 from ttspo.builder.sets.torch_file import torch_file_bytes
 
 CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices
@@ -147,7 +147,7 @@ class StoredCodes:
     taken a chunk at a time (no copy in the order of IDS)."""
 
     root: Path  # STORE/codes, absolute
-    ids: list[str]
+    ids: pa.Array  # the generations (Arrow strings)
     keys: pa.Array  # content key "<sha256>:<size>" per generation
     rels: pa.Array  # its file, relative to ROOT
     written: int  # files this export wrote into STORE/codes
@@ -172,22 +172,27 @@ def _size(key: str) -> int:
     return int(key.rsplit(":", 1)[1])
 
 
-def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[str],
+def store_codes(store, sv_ref: str, ds, offsets: pa.Array, *, gids: pa.Array,
                 codes_paths: pa.ChunkedArray | pa.Array, codes_dtype: str) -> StoredCodes | None:
     """Make sure STORE/codes holds the codes file of every generation in GIDS
-    (OFFSETS: their rows in DS; CODES_PATHS: their codes_path, in the order of
-    GIDS): write those it lacks, check the others by size. None when no generation
-    has codes (NeMo's dataset then reads the wavs); a mix of generations with and
-    without is one line."""
+    (OFFSETS: their rows in DS, in the order of GIDS; CODES_PATHS: their codes_path,
+    likewise): write those it lacks, check the others by size. None when no
+    generation has codes (NeMo's dataset then reads the wavs); a mix of generations
+    with and without is one line."""
     check_codes_dtype(codes_dtype)
+    gids = gids if isinstance(gids, pa.Array) else pa.array(gids, pa.string())
+    offsets = offsets if isinstance(offsets, pa.Array) else pa.array(offsets, pa.int64())
     root = codes_store.codes_root(store)
     stamp = codes_stamp(ds, codes_dtype)
     written = [0]
-    fresh: set[str] = set()  # written or found just now: no stat needed
+    fresh = np.zeros(len(gids), bool)  # written or found just now: no stat needed
 
     def compute(todo: list[str]) -> pa.Table:
         made = {}
-        for chunk, table in _chunks(ds, offsets, todo):
+        where = pc.index_in(pa.array(todo, pa.string()), value_set=gids).to_numpy(zero_copy_only=False)
+        fresh[where] = True  # each below is written, or has no codes (then not stat'ed anyway)
+        rows = pc.take(offsets, pa.array(where)).to_pylist()
+        for chunk, table in _chunks(ds, dict(zip(todo, rows)), todo):
             for gid in chunk:
                 if gid not in table.rows:
                     made[gid] = (None, None)
@@ -197,7 +202,6 @@ def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[s
                 rel = codes_store.relative_name(sha, gid)
                 written[0] += codes_store.put(root, rel, data)
                 made[gid] = (key, rel)
-                fresh.add(gid)
         return pa.table([todo, [made[g][0] for g in todo], [made[g][1] for g in todo]],
                         schema=CODES_KEYS_SCHEMA)
 
@@ -212,7 +216,7 @@ def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[s
     without = pc.and_(keyless, no_file)
     count = pc.sum(without).as_py() or 0
     if count and count < len(gids):
-        first = min(pc.filter(pa.array(gids), without).to_pylist())
+        first = min(pc.filter(gids, without).to_pylist())
         raise InputError(f"{sv_ref}: {count} of {len(gids)} generations have no codes "
                          f"(first: {first}); NeMo cannot batch codes with audio, export none or all")
     if count:
@@ -220,7 +224,7 @@ def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[s
     _check_or_rewrite(ds, offsets, gids=gids, keys=keys, rels=rels, at=at, fresh=fresh, root=root,
                       codes_dtype=codes_dtype, written=written)
     if pc.any(keyless).as_py():  # codes only in codes_path files: read (and hashed) on every export
-        keys, rels = _from_files(root, gids=gids, keys=pc.take(keys, at), rels=pc.take(rels, at), own=own,
+        keys, rels = _from_files(root, gids=gids.to_pylist(), keys=pc.take(keys, at), rels=pc.take(rels, at), own=own,
                                  codes_dtype=codes_dtype, written=written)
         at = None
     return StoredCodes(root=root, ids=gids, keys=keys, rels=rels, written=written[0], at=at)
@@ -235,14 +239,16 @@ def _check_or_rewrite(ds, offsets, *, gids, keys, rels, at, fresh, root, codes_d
         for start in range(0, len(gids), CHUNK):
             key_list = _part(keys, at, start, CHUNK).to_pylist()
             rel_list = _part(rels, at, start, CHUNK).to_pylist()
+            drop_pages()  # the stored entry's mapped pages just read
             for i, (key, rel) in enumerate(zip(key_list, rel_list), start):
-                if key is not None and gids[i] not in fresh:
+                if key is not None and not fresh[i]:
                     known.append(i)
                     yield rel, _size(key)
 
     gone = codes_store.missing(root, files())
-    lost = {gids[known[i]]: known[i] for i in gone}
-    for chunk, table in _chunks(ds, offsets, list(lost)):  # deleted since: written again
+    lost = {gids[known[i]].as_py(): known[i] for i in gone}
+    rows = {gid: offsets[i].as_py() for gid, i in lost.items()}
+    for chunk, table in _chunks(ds, rows, list(lost)):  # deleted since: written again
         for gid in chunk:
             data = _file_bytes(table.array(gid), codes_dtype)
             if _key(data)[1] != _part(keys, at, lost[gid], 1)[0].as_py():
@@ -291,9 +297,10 @@ def copy_codes(stored: StoredCodes, out_dir: Path) -> tuple[list[str], int, int]
     codes_dir.mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails first
     index = _read_index(out_dir)
     base = str(codes_dir.absolute())
-    names, copied = [f"{safe_name(g)}.pt" for g in stored.ids], 0
+    every = stored.ids.to_pylist()
+    names, copied = [f"{safe_name(g)}.pt" for g in every], 0
     for start in range(0, len(names), CHUNK):
-        ids = stored.ids[start:start + CHUNK]
+        ids = every[start:start + CHUNK]
         chunk_names = dict(zip(ids, names[start:start + CHUNK]))
         keys = dict(zip(ids, stored.part(stored.keys, start, len(ids)).to_pylist()))
         rels = dict(zip(ids, stored.part(stored.rels, start, len(ids)).to_pylist()))

@@ -56,6 +56,7 @@ from ttspo.builder.sets.build import SetVersion, open_set
 from ttspo.builder.core import codes_store
 from ttspo.builder.sets.codes import DEFAULT_CODES_DTYPE, check_codes_dtype, safe_name, store_codes  # noqa: F401
 from ttspo.builder.sets.codes import copy_codes as _copy_codes
+from ttspo.builder.sets.session_cache import drop_pages
 from ttspo.builder.sets.nemo_lines import (_ENCODER, CHUNK_PAIRS, CodesFiles, check_for_nemo, generation_columns,
                                            encoded_paths, manifest_chunks, openings, set_generations)
 from ttspo.builder.core.errors import InputError
@@ -126,6 +127,7 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
                 paths = encoded_paths(str((out / "codes").absolute()), pa.array(names))
         clock.append(time.perf_counter())
         lines = _write_manifests(out, pairs, gens.ids, openings(gens, paths), chunk=chunk_pairs)
+        drop_pages()
     clock.append(time.perf_counter())
     durations = pc.min_max(gens.taken(DERIVED.duration)).as_py()
     seconds = dict(zip(("generations", "codes", "lines"), (b - a for a, b in zip(clock, clock[1:]))))
@@ -136,7 +138,7 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
                         codes_reused=kept, codes_copied=copied, seconds=seconds)
 
 
-def _write_manifests(out: Path, pairs: pa.Table, ids: list[str], fixed: list, *,
+def _write_manifests(out: Path, pairs: pa.Table, ids: pa.Array, fixed: list, *,
                      chunk: int) -> dict[str, int]:
     """Both manifests, chunk by chunk, each whole or not at all; split -> lines."""
     lines = {"train": 0, "val": 0}

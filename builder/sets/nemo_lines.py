@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import DERIVED, GEN, LINE_PARTS_SCHEMA, PAIR, PROMPT
-from ttspo.builder.sets.session_cache import POOL, one_array, stored_rows, stored_table, table_identity
+from ttspo.builder.sets.session_cache import POOL, drop_pages, one_array, stored_rows, stored_table, table_identity
 
 # Generation columns an export reads (not the heavy `codes`).
 GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
@@ -59,8 +59,8 @@ class SetGenerations:
     """The generations a set names, at the version it was built from."""
 
     ds: Any  # the generations table at that version
-    ids: list[str]  # the set's generations, in table order
-    parts: pa.Table  # LINE_PARTS_SCHEMA rows holding theirs (the stored entry, not a copy)
+    ids: pa.Array  # the set's generations, in table order (Arrow strings, not Python objects)
+    parts: pa.Table  # LINE_PARTS_SCHEMA rows holding theirs (the stored entry, mapped, not a copy)
     at: pa.Array | None = None  # the row in parts of each of ids (None: parts are ids, in order)
 
     def taken(self, name: str) -> pa.Array:
@@ -72,9 +72,9 @@ class SetGenerations:
         return self.taken(name).to_pylist()
 
     @property
-    def rows(self) -> dict[str, int]:
-        """generation id -> its row in ds."""
-        return dict(zip(self.ids, self.column(DERIVED.row)))
+    def rows(self) -> pa.Array:
+        """The row in ds of each of ids."""
+        return self.taken(DERIVED.row)
 
 
 def _version(store, sv) -> tuple[Any, tuple, Any]:
@@ -100,17 +100,17 @@ def _rows_of(store, sv, ds, gen_key, *, ids: list[str]) -> list[int]:
     return at.to_pylist()
 
 
-def _named(pairs: pa.Table) -> list[str]:
+def _named(pairs: pa.Table) -> pa.Array:
     """The generations PAIRS name, each once (chosen ids first, in pair order)."""
-    return pc.unique(pa.concat_arrays([pairs.column(PAIR.chosen_id).combine_chunks(),
-                                       pairs.column(PAIR.rejected_id).combine_chunks()])).to_pylist()
+    return pc.unique(pa.chunked_array(pairs.column(PAIR.chosen_id).chunks + pairs.column(PAIR.rejected_id).chunks,
+                                      pa.string()), memory_pool=POOL)
 
 
 def generation_columns(store, sv, pairs: pa.Table) -> dict[str, list]:
     """GEN_COLUMNS (plus each prompt's context codes path) of the generations PAIRS
     name, in table order, read at the version the set was built from."""
     ds, gen_key, prompts = _version(store, sv)
-    ids = _named(pairs)
+    ids = _named(pairs).to_pylist()
     order = sorted(zip(_rows_of(store, sv, ds, gen_key, ids=ids), ids))
     return _read_columns(ds, prompts, [g for _, g in order], [r for r, _ in order])
 
@@ -143,7 +143,9 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
     key = (gen_key, None if prompts is None else table_identity(prompts))
     parts, at = stored_rows(store, "export.line_parts", key, LINE_PARTS_SCHEMA, ids=_named(pairs),
                             compute=compute, order_by=DERIVED.row)  # table order
-    return SetGenerations(ds, pc.take(one_array(parts.column(DERIVED.id)), at).to_pylist(), parts, at)
+    ids = pc.take(one_array(parts.column(DERIVED.id)), at, memory_pool=POOL)
+    drop_pages()
+    return SetGenerations(ds, ids, parts, at)
 
 
 def _prompt_codes(prompts) -> pa.Table | None:
@@ -166,7 +168,7 @@ def check_for_nemo(ref: str, gens: SetGenerations) -> None:
     problems = gens.taken(DERIVED.problem)
     if problems.null_count < len(problems):
         first = pc.index(pc.is_valid(problems), True).as_py()
-        raise InputError(f"{ref}: generation {gens.ids[first]} {problems[first].as_py()}")
+        raise InputError(f"{ref}: generation {gens.ids[first].as_py()} {problems[first].as_py()}")
 
 
 def _problem(duration, audio, context, context_duration) -> str | None:
@@ -249,7 +251,7 @@ def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array | Code
     elif isinstance(codes_paths, pa.Array):
         encoded = codes_paths.cast(pa.large_string())
     else:
-        paths = [codes_paths[g] for g in gens.ids] if codes_paths else gens.column(DERIVED.codes_path)
+        paths = [codes_paths[g] for g in gens.ids.to_pylist()] if codes_paths else gens.column(DERIVED.codes_path)
         encoded = pa.array([None if p is None else _STRING(p) for p in paths], pa.large_string(),
                            memory_pool=POOL)
     head, tail, at = _fixed_parts(gens)
@@ -300,10 +302,13 @@ def _numbers(column: pa.ChunkedArray) -> pa.Array:
     return pa.array(encoded, pa.large_string(), memory_pool=POOL)
 
 
-CHUNK_PAIRS = 8192  # pairs whose lines are in memory at once (~1.5 KB each)
+# Pairs whose lines are in memory at once (~1.5 KB each); also bounds the mapped
+# pages of the stored line parts a chunk touches (~2 per generation) before they
+# are handed back (session_cache.drop_pages).
+CHUNK_PAIRS = 4096
 
 
-def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: list) -> dict[str, tuple[memoryview, int]]:
+def nemo_manifests(pairs: pa.Table, ids: pa.Array, fixed: list) -> dict[str, tuple[memoryview, int]]:
     """split -> (its manifest's bytes, lines), in one piece (manifest_chunks, one chunk)."""
     out = {}
     for split, data, lines in manifest_chunks(pairs, ids, fixed, chunk=max(1, pairs.num_rows)):
@@ -311,7 +316,7 @@ def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: list) -> dict[str, tu
     return out
 
 
-def manifest_chunks(pairs: pa.Table, ids: list[str], fixed: list, *,
+def manifest_chunks(pairs: pa.Table, ids: pa.Array, fixed: list, *,
                     chunk: int = CHUNK_PAIRS) -> Iterator[tuple[str, memoryview, int]]:
     """(split, bytes, lines) pieces of the two manifests, train's then val's, CHUNK
     pairs at a time: each pair as its chosen line then its rejected line, in the
@@ -322,7 +327,12 @@ def manifest_chunks(pairs: pa.Table, ids: list[str], fixed: list, *,
     unknown = set(pc.unique(splits).to_pylist()) - {"train", "val"}
     if unknown:
         raise InputError(f"a pair has split {sorted(map(str, unknown))[0]!r}, not train or val")
-    value_set = pa.array(ids, pa.string(), memory_pool=POOL)
+    value_set = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string(), memory_pool=POOL)
+    # each pair's generations' positions in IDS, found once (one hash of IDS)
+    at = {side: pc.index_in(pairs.column(side), value_set=value_set, memory_pool=POOL).combine_chunks(POOL)
+          for side in (PAIR.chosen_id, PAIR.rejected_id)}
+    if any(a.null_count for a in at.values()):
+        raise InputError("a pair names a generation the export did not read")
     split_of = np.asarray(splits.to_numpy(zero_copy_only=False))
     for split in ("train", "val"):
         rows = np.flatnonzero(split_of == split)
@@ -332,17 +342,16 @@ def manifest_chunks(pairs: pa.Table, ids: list[str], fixed: list, *,
             part = rows[start:start + chunk]
             if part[-1] - part[0] + 1 == len(part):  # one run (val is a prefix): no copy
                 some = pairs.slice(int(part[0]), len(part))
+                some_at = {side: a.slice(int(part[0]), len(part)) for side, a in at.items()}
             else:
                 some = pairs.take(pa.array(part, pa.int64()))
-            yield split, _text(_two_lines(some, value_set, fixed)), 2 * len(part)
+                some_at = {side: a.take(pa.array(part, pa.int64())) for side, a in at.items()}
+            yield split, _text(_two_lines(some, some_at, fixed)), 2 * len(part)
 
 
-def _two_lines(pairs: pa.Table, value_set: pa.Array, fixed: list) -> pa.Array:
-    """Each pair of PAIRS as its chosen line and its rejected line, one string."""
-    at = {side: pc.index_in(pairs.column(side), value_set=value_set, memory_pool=POOL).combine_chunks(POOL)
-          for side in (PAIR.chosen_id, PAIR.rejected_id)}
-    if any(a.null_count for a in at.values()):
-        raise InputError("a pair names a generation the export did not read")
+def _two_lines(pairs: pa.Table, at: dict[str, pa.Array], fixed: list) -> pa.Array:
+    """Each pair of PAIRS as its chosen line and its rejected line, one string (AT:
+    side -> each pair's generation's position in FIXED's pieces)."""
     pid = _strings(pairs.column(PAIR.pair_id).to_pylist())
     value = {n: _numbers(pairs.column(n)) for n in (PAIR.chosen_reward, PAIR.rejected_reward,
                                                      PAIR.cer_delta, PAIR.sim_delta)}
@@ -351,8 +360,11 @@ def _two_lines(pairs: pa.Table, value_set: pa.Array, fixed: list) -> pa.Array:
         if isinstance(p, pa.Scalar):
             return p
         if isinstance(p, tuple):  # (array, positions): its values at positions are the generations'
-            return pc.take(p[0], pc.take(p[1], at[side], memory_pool=POOL), memory_pool=POOL)
-        return pc.take(p, at[side], memory_pool=POOL)
+            taken = pc.take(p[0], pc.take(p[1], at[side], memory_pool=POOL), memory_pool=POOL)
+        else:
+            taken = pc.take(p, at[side], memory_pool=POOL)
+        drop_pages()  # the mapped pages this take touched (a stored entry's): not kept
+        return taken
 
     def opening(side: str) -> list:
         return [piece(p, side) for p in fixed]

@@ -25,6 +25,17 @@ trailer (an older ttspo's) or cannot be read (truncated, not Arrow, another sche
 is computed again and replaced; a store that cannot be written to is only not
 cached. Each kind keeps its MAX_FILES most recently used files. ``rm -r
 STORE/.derived`` is always safe.
+
+The export's maps (:func:`stored_rows`: line parts, codes keys; tens to hundreds
+of MB at a million generations) are memory-mapped, not read into memory: their
+checksum is computed over the mapping a slice at a time, and every mapped page is
+handed back to the kernel after each slice and each chunk of an export
+(:func:`drop_pages`), so the export's memory does not grow with the entry (a
+mapped page a process touched counts in its RSS until then). The bytes used are
+the file's bytes checked: the file is never written in place (each write is a new
+file renamed over the old; a mapping keeps the old file's bytes), so a page read
+again after the check comes from the same bytes, unless the disk itself changed
+them in between.
 """
 
 from __future__ import annotations
@@ -32,10 +43,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import mmap
 import os
 import struct
 import threading
 import time
+import weakref
 import zlib
 from collections import Counter, OrderedDict
 from contextlib import contextmanager
@@ -65,6 +78,8 @@ _TRAILER = struct.Struct(f"<{len(MAGIC)}sI")
 # bench/derived_check.py's baseline; never for use)
 _verify = [True]
 _entries: dict[str, OrderedDict] = {}
+_mapped: "weakref.WeakSet[mmap.mmap]" = weakref.WeakSet()  # the mappings of stored maps in use
+_CRC_SLICE = 1 << 22  # bytes checked between two hand-backs of a mapping's pages
 _enabled = [True]
 _LOCK = threading.RLock()
 # kind -> entries computed (stored_table) or ids computed (stored_map) by this
@@ -171,6 +186,49 @@ def _read(path: Path, schema: pa.Schema | None = None) -> pa.Table | None:
     return table
 
 
+def _mapped_table(path: Path, schema: pa.Schema) -> pa.Table | None:
+    """As _read, the table memory-mapped (no copy): its checksum computed over the
+    mapping a slice at a time, each slice's pages handed back after it (see the
+    module doc)."""
+    try:
+        with open(path, "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # missing, unreadable, or empty (nothing to map)
+        return None
+    end = len(mm) - _TRAILER.size
+    if end < 0:
+        return None
+    magic, crc = _TRAILER.unpack(mm[end:])
+    if magic != MAGIC:
+        return None
+    if _verify[0]:
+        check = 0
+        with memoryview(mm) as view:
+            for start in range(0, end, _CRC_SLICE):
+                check = zlib.crc32(view[start:min(end, start + _CRC_SLICE)], check)
+                mm.madvise(mmap.MADV_DONTNEED, start, min(_CRC_SLICE, len(mm) - start))
+        if check != crc:
+            return None
+    try:
+        table = pa.ipc.open_file(pa.py_buffer(mm).slice(0, end)).read_all()
+    except pa.ArrowException:
+        return None
+    if not table.schema.equals(schema):
+        return None
+    _mapped.add(mm)
+    with contextlib.suppress(OSError):
+        os.utime(path)  # used now (_prune)
+    return table
+
+
+def drop_pages() -> None:
+    """Hand the pages of every mapped stored map back to the kernel: they leave
+    this process's RSS (read again, if touched, from the page cache)."""
+    for mm in list(_mapped):
+        with contextlib.suppress(ValueError, OSError):  # closed meanwhile
+            mm.madvise(mmap.MADV_DONTNEED)
+
+
 def _checked(data: pa.Buffer) -> pa.Buffer | None:
     """The Arrow bytes of a stored file's DATA if its trailer is there and its
     checksum matches them, else None (a file without one: an older ttspo's entry)."""
@@ -200,9 +258,9 @@ class _Crc32Sink:
         self.closed = True
 
 
-def _write(path: Path, table: pa.Table) -> None:
+def _write(path: Path, table: pa.Table) -> bool:
     """TABLE as PATH, its checksum after it (whole or not at all: one rename); a
-    store we cannot write to is not cached."""
+    store we cannot write to is not cached (False)."""
     try:
         path.parent.mkdir(exist_ok=True)
         with atomic_write(path, "wb") as sink:
@@ -212,7 +270,8 @@ def _write(path: Path, table: pa.Table) -> None:
             sink.write(_TRAILER.pack(MAGIC, counted.crc))
         _prune(path.parent, path.name.split("-", 1)[0])
     except OSError:
-        pass
+        return False
+    return True
 
 
 def _prune(folder: Path, kind: str) -> None:
@@ -284,10 +343,11 @@ def stored_rows(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequ
     second copy of it (bench/RESULTS.md, export memory); a caller that needs only
     a few rows at a time takes them itself."""
     if not _enabled[0]:
-        return _positioned(compute(list(ids)), pa.array(range(len(ids)), pa.int64()), order_by)
+        todo = ids.to_pylist() if isinstance(ids, pa.Array) else list(ids)
+        return _positioned(compute(todo), pa.array(range(len(ids)), pa.int64()), order_by)
 
     def load() -> _Map:
-        table = _read(_path(store, kind, key), schema) if store is not None else None
+        table = _mapped_table(_path(store, kind, key), schema) if store is not None else None
         return _Map(table if table is not None else schema.empty_table())
 
     with _LOCK:  # the entry grows in place: one thread at a time
@@ -297,8 +357,9 @@ def stored_rows(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequ
 
 def _grown_rows(*, entry: "_Map", store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence[str],
              compute: Callable[[list[str]], pa.Table], order_by: str | None) -> tuple[pa.Table, pa.Array]:
-    wanted = pa.array(ids, pa.string(), memory_pool=POOL)
+    wanted = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string(), memory_pool=POOL)
     at = entry.positions(wanted)
+    drop_pages()
     new = pc.filter(wanted, at.is_null()).to_pylist() if at.null_count else []
     if new:
         made = compute(new)
@@ -306,9 +367,13 @@ def _grown_rows(*, entry: "_Map", store, kind: str, key: Hashable, schema: pa.Sc
             raise AssertionError(f"{kind}: the computed rows are not those asked for")
         computed[kind] += len(new)
         entry.table = pa.concat_tables([entry.table, made.cast(schema)]).combine_chunks(POOL)
+        del made
         if store is not None:
-            _write(_path(store, kind, key), entry.table)
+            path = _path(store, kind, key)
+            if _write(path, entry.table):  # the copy just written, mapped instead of held
+                entry.table = _mapped_table(path, schema) or entry.table
         at = entry.positions(wanted)
+        drop_pages()
     return _positioned(entry.table, at.cast(pa.int64()), order_by)
 
 
