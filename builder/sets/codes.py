@@ -39,7 +39,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +50,7 @@ from ttspo.builder.core.codes_store import safe_name  # noqa: F401 (the export's
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import write_text_atomic
 from ttspo.builder.core.schemas import CODES_KEYS_SCHEMA, DERIVED, GEN
-from ttspo.builder.sets.session_cache import POOL, cached, drop_pages, one_array, stored_rows, table_identity
+from ttspo.builder.sets.session_cache import cached, drop_pages, stored_rows, table_identity, take
 from ttspo.builder.sets.torch_file import torch_file_bytes
 
 CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices
@@ -158,9 +158,8 @@ class StoredCodes:
         return _part(column, self.at, start, length)
 
 
-def _part(column: pa.Array, at: pa.Array | None, start: int, length: int) -> pa.Array:
-    return column.slice(start, length) if at is None else pc.take(column, at.slice(start, length),
-                                                                    memory_pool=POOL)
+def _part(column: pa.Array | pa.ChunkedArray, at: pa.Array | None, start: int, length: int) -> pa.Array:
+    return column.slice(start, length) if at is None else take(column, at.slice(start, length))
 
 
 def _key(data) -> tuple[str, str]:
@@ -187,32 +186,34 @@ def store_codes(store, sv_ref: str, ds, offsets: pa.Array, *, gids: pa.Array,
     written = [0]
     fresh = np.zeros(len(gids), bool)  # written or found just now: no stat needed
 
-    def compute(todo: list[str]) -> pa.Table:
-        made = {}
+    def compute(todo: list[str]) -> Iterator[pa.Table]:
+        """Each of TODO's (key, file), CHUNK at a time (written one after another)."""
         where = pc.index_in(pa.array(todo, pa.string()), value_set=gids).to_numpy(zero_copy_only=False)
         fresh[where] = True  # each below is written, or has no codes (then not stat'ed anyway)
-        rows = pc.take(offsets, pa.array(where)).to_pylist()
-        for chunk, table in _chunks(ds, dict(zip(todo, rows)), todo):
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start:start + CHUNK]
+            rows = pc.take(offsets, pa.array(where[start:start + CHUNK])).to_numpy()
+            table = table_codes(ds, rows.astype(np.int64), chunk)
+            keys, rels = [], []
             for gid in chunk:
-                if gid not in table.rows:
-                    made[gid] = (None, None)
-                    continue
-                data = _file_bytes(table.array(gid), codes_dtype)
-                sha, key = _key(data)
-                rel = codes_store.relative_name(sha, gid)
-                written[0] += codes_store.put(root, rel, data)
-                made[gid] = (key, rel)
-        return pa.table([todo, [made[g][0] for g in todo], [made[g][1] for g in todo]],
-                        schema=CODES_KEYS_SCHEMA)
+                key = rel = None
+                if gid in table.rows:
+                    data = _file_bytes(table.array(gid), codes_dtype)
+                    sha, key = _key(data)
+                    rel = codes_store.relative_name(sha, gid)
+                    written[0] += codes_store.put(root, rel, data)
+                keys.append(key)
+                rels.append(rel)
+            yield pa.table([chunk, keys, rels], schema=CODES_KEYS_SCHEMA)
 
     # generation id -> (key, file; None without codes in the table), per table version
     entry, at = stored_rows(store, "export.codes", (table_identity(ds), stamp), CODES_KEYS_SCHEMA,
                             ids=gids, compute=compute)
-    keys = one_array(entry.column(DERIVED.key))
-    rels = one_array(entry.column(DERIVED.file))
+    keys = entry.column(DERIVED.key)
+    rels = entry.column(DERIVED.file)
     own = pa.chunked_array([codes_paths]) if isinstance(codes_paths, pa.Array) else codes_paths
     no_file = pc.or_kleene(pc.is_null(own), pc.equal(own, "")).combine_chunks().fill_null(True)
-    keyless = pc.take(keys.is_null(), at)
+    keyless = take(keys.is_null(), at)
     without = pc.and_(keyless, no_file)
     count = pc.sum(without).as_py() or 0
     if count and count < len(gids):
@@ -224,7 +225,7 @@ def store_codes(store, sv_ref: str, ds, offsets: pa.Array, *, gids: pa.Array,
     _check_or_rewrite(ds, offsets, gids=gids, keys=keys, rels=rels, at=at, fresh=fresh, root=root,
                       codes_dtype=codes_dtype, written=written)
     if pc.any(keyless).as_py():  # codes only in codes_path files: read (and hashed) on every export
-        keys, rels = _from_files(root, gids=gids.to_pylist(), keys=pc.take(keys, at), rels=pc.take(rels, at), own=own,
+        keys, rels = _from_files(root, gids=gids.to_pylist(), keys=take(keys, at), rels=take(rels, at), own=own,
                                  codes_dtype=codes_dtype, written=written)
         at = None
     return StoredCodes(root=root, ids=gids, keys=keys, rels=rels, written=written[0], at=at)

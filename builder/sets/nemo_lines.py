@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import DERIVED, GEN, LINE_PARTS_SCHEMA, PAIR, PROMPT
-from ttspo.builder.sets.session_cache import POOL, drop_pages, one_array, stored_rows, stored_table, table_identity
+from ttspo.builder.sets.session_cache import (POOL, drop_pages, one_array, stored_rows, stored_table, table_identity,
+                                              take)
 
 # Generation columns an export reads (not the heavy `codes`).
 GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
@@ -65,8 +66,8 @@ class SetGenerations:
 
     def taken(self, name: str) -> pa.Array:
         """Column NAME of parts in the order of ids (a copy only of that column)."""
-        column = one_array(self.parts.column(name))
-        return column if self.at is None else pc.take(column, self.at, memory_pool=POOL)
+        column = self.parts.column(name)
+        return one_array(column) if self.at is None else take(column, self.at)
 
     def column(self, name: str) -> list:
         return self.taken(name).to_pylist()
@@ -133,17 +134,18 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
     table's every id is read only for generations not kept yet."""
     ds, gen_key, prompts = _version(store, sv)
 
-    def compute(todo: list[str]) -> pa.Table:
+    def compute(todo: list[str]) -> Iterator[pa.Table]:
+        """The line parts of TODO, PARTS_CHUNK at a time (written one after another)."""
         rows = _rows_of(store, sv, ds, gen_key, ids=todo)
         table = _prompt_codes(prompts)  # read once, not per chunk
-        parts = [gen_parts(_read_columns(ds, table, todo[i:i + PARTS_CHUNK], rows[i:i + PARTS_CHUNK]),
-                           rows[i:i + PARTS_CHUNK]) for i in range(0, len(todo), PARTS_CHUNK)]
-        return pa.concat_tables(parts) if parts else gen_parts(_read_columns(ds, table, [], []), [])
+        for i in range(0, len(todo), PARTS_CHUNK):
+            yield gen_parts(_read_columns(ds, table, todo[i:i + PARTS_CHUNK], rows[i:i + PARTS_CHUNK]),
+                            rows[i:i + PARTS_CHUNK])
 
     key = (gen_key, None if prompts is None else table_identity(prompts))
     parts, at = stored_rows(store, "export.line_parts", key, LINE_PARTS_SCHEMA, ids=_named(pairs),
                             compute=compute, order_by=DERIVED.row)  # table order
-    ids = pc.take(one_array(parts.column(DERIVED.id)), at, memory_pool=POOL)
+    ids = take(parts.column(DERIVED.id), at)
     drop_pages()
     return SetGenerations(ds, ids, parts, at)
 
@@ -226,8 +228,8 @@ class CodesFiles:
 
     def encoded(self) -> pa.Array:
         """The paths JSON-encoded, in order (a copy: the unusual case only)."""
-        names = self.names if self.at is None else pc.take(self.names, self.at, memory_pool=POOL)
-        return encoded_paths(self.folder, names)
+        names = one_array(pa.chunked_array([self.names]) if isinstance(self.names, pa.Array) else self.names)
+        return encoded_paths(self.folder, names if self.at is None else take(names, self.at))
 
 
 def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array | CodesFiles) -> list:
@@ -240,7 +242,7 @@ def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array | Code
     if isinstance(codes_paths, CodesFiles):
         files = codes_paths
         names = files.names.cast(pa.large_string())
-        named = pc.is_valid(names) if files.at is None else pc.take(pc.is_valid(names), files.at)
+        named = pc.is_valid(names) if files.at is None else take(pc.is_valid(names), files.at)
         if pc.all(named).as_py() is not False:
             head, tail, at = _fixed_parts(gens)
             if _shortest(head, at) and _shortest(tail, at):  # the usual case (below), paths per chunk
@@ -268,15 +270,15 @@ def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array | Code
     return [pa.array(out, pa.large_string(), memory_pool=POOL)]
 
 
-def _fixed_parts(gens: SetGenerations) -> tuple[pa.Array, pa.Array, pa.Array]:
+def _fixed_parts(gens: SetGenerations) -> tuple[pa.ChunkedArray, pa.ChunkedArray, pa.Array]:
     """(head, tail, the row of each generation in them): the stored entry's, no copy."""
-    head, tail = one_array(gens.parts.column(DERIVED.head)), one_array(gens.parts.column(DERIVED.tail))
+    head, tail = gens.parts.column(DERIVED.head), gens.parts.column(DERIVED.tail)
     return head, tail, pa.array(range(len(head)), pa.int64()) if gens.at is None else gens.at
 
 
-def _shortest(parts: pa.Array, at: pa.Array) -> int:
+def _shortest(parts: pa.ChunkedArray, at: pa.Array) -> int:
     """The fewest bytes of PARTS at AT (0 if none)."""
-    return pc.min(pc.take(pc.binary_length(parts), at)).as_py() if len(at) else 0
+    return pc.min(take(pc.binary_length(parts), at)).as_py() if len(at) else 0
 
 
 def encoded_paths(folder: str, names: pa.Array) -> pa.Array:
@@ -360,9 +362,9 @@ def _two_lines(pairs: pa.Table, at: dict[str, pa.Array], fixed: list) -> pa.Arra
         if isinstance(p, pa.Scalar):
             return p
         if isinstance(p, tuple):  # (array, positions): its values at positions are the generations'
-            taken = pc.take(p[0], pc.take(p[1], at[side], memory_pool=POOL), memory_pool=POOL)
+            taken = take(p[0], pc.take(p[1], at[side], memory_pool=POOL))
         else:
-            taken = pc.take(p, at[side], memory_pool=POOL)
+            taken = take(p, at[side])
         drop_pages()  # the mapped pages this take touched (a stored entry's): not kept
         return taken
 

@@ -53,12 +53,13 @@ import zlib
 from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ttspo.builder.core.files import atomic_write
+from ttspo.builder.core.files import StagedFile, atomic_write
 from ttspo.builder.core.schemas import DERIVED
 
 # Large derived buffers (line parts, manifest lines: tens of MB) come from the system
@@ -335,16 +336,22 @@ def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Seque
     return pc.take(table, positions, memory_pool=POOL)
 
 
-def stored_rows(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequence[str],
-                compute: Callable[[list[str]], pa.Table],
+Computed = pa.Table | Iterable[pa.Table]  # rows, whole or in pieces one after another
+
+
+def stored_rows(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequence[str] | pa.Array,
+                compute: Callable[[list[str]], Computed],
                 order_by: str | None = None) -> tuple[pa.Table, pa.Array]:
     """As stored_map, without the copy: (the entry's whole table, the rows of IDS
     in it, in stored_map's order). Why: a big entry taken into set order is a
     second copy of it (bench/RESULTS.md, export memory); a caller that needs only
-    a few rows at a time takes them itself."""
+    a few rows at a time takes them itself (:func:`take`: the entry's columns may
+    be in chunks). COMPUTE may return its rows in pieces: they are then written into
+    the store's copy one after another, never all in memory."""
     if not _enabled[0]:
         todo = ids.to_pylist() if isinstance(ids, pa.Array) else list(ids)
-        return _positioned(compute(todo), pa.array(range(len(ids)), pa.int64()), order_by)
+        made = pa.concat_tables(list(_checked_pieces(compute(todo), todo, kind=kind, schema=schema)))
+        return _positioned(made, pa.array(range(len(ids)), pa.int64()), order_by)
 
     def load() -> _Map:
         table = _mapped_table(_path(store, kind, key), schema) if store is not None else None
@@ -362,25 +369,100 @@ def _grown_rows(*, entry: "_Map", store, kind: str, key: Hashable, schema: pa.Sc
     drop_pages()
     new = pc.filter(wanted, at.is_null()).to_pylist() if at.null_count else []
     if new:
-        made = compute(new)
-        if made.column(DERIVED.id).to_pylist() != new:
-            raise AssertionError(f"{kind}: the computed rows are not those asked for")
+        grown = None if store is None else _appended(_path(store, kind, key), entry.table, schema,
+                                                     lambda: _checked_pieces(compute(new), new, kind=kind,
+                                                                             schema=schema))
+        if grown is None:  # this session only (no store, or one we cannot write to)
+            made = _checked_pieces(compute(new), new, kind=kind, schema=schema)
+            grown = pa.concat_tables([entry.table, *made]).combine_chunks(POOL)
         computed[kind] += len(new)
-        entry.table = pa.concat_tables([entry.table, made.cast(schema)]).combine_chunks(POOL)
-        del made
-        if store is not None:
-            path = _path(store, kind, key)
-            if _write(path, entry.table):  # the copy just written, mapped instead of held
-                entry.table = _mapped_table(path, schema) or entry.table
+        entry.table = grown
         at = entry.positions(wanted)
         drop_pages()
     return _positioned(entry.table, at.cast(pa.int64()), order_by)
 
 
+def _checked_pieces(made: Computed, new: list[str], *, kind: str, schema: pa.Schema) -> Iterator[pa.Table]:
+    """The pieces of MADE as SCHEMA, each checked to hold the next rows of NEW."""
+    done = 0
+    for piece in [made] if isinstance(made, pa.Table) else made:
+        ids = piece.column(DERIVED.id).to_pylist()
+        if ids != new[done:done + len(ids)]:
+            raise AssertionError(f"{kind}: the computed rows are not those asked for")
+        done += len(ids)
+        yield piece.cast(schema)
+    if done != len(new):
+        raise AssertionError(f"{kind}: the computed rows are not those asked for")
+
+
+def _appended(path: Path, old: pa.Table, schema: pa.Schema, pieces: Callable[[], Iterator[pa.Table]]
+              ) -> pa.Table | None:
+    """PATH rewritten as OLD's rows then PIECES' (a new file, whole or not at all,
+    checksum after it), a batch at a time, and mapped; None if PATH cannot be
+    written (before PIECES are computed: the caller computes them in memory)."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        staged = StagedFile(path)
+    except OSError:
+        return None
+    started = [False]
+
+    def batches() -> Iterator[pa.Table]:
+        for batch in old.to_batches(max_chunksize=1 << 16):  # the mapped rows, a slice at a time
+            yield pa.Table.from_batches([batch], schema)
+        started[0] = True
+        yield from pieces()
+
+    try:
+        with staged.open("wb") as sink:
+            counted = _Crc32Sink(sink)
+            with pa.ipc.new_file(pa.PythonFile(counted, mode="w"), schema) as writer:
+                for table in batches():
+                    writer.write_table(table)
+                    drop_pages()
+            sink.write(_TRAILER.pack(MAGIC, counted.crc))
+        staged.publish()
+    except OSError:  # full or failing disk: computed again, in memory
+        if not started[0]:
+            return None
+        return pa.concat_tables([old, *pieces()]).combine_chunks(POOL)
+    finally:
+        staged.discard()
+    _prune(path.parent, path.name.split("-", 1)[0])
+    table = _mapped_table(path, schema)
+    if table is None:
+        raise AssertionError(f"{path}: cannot read what was just written")
+    return table
+
+
+def take(column: pa.ChunkedArray | pa.Array, at: pa.Array) -> pa.Array:
+    """COLUMN's values at AT (no nulls), one array. A column of a stored entry may
+    be in chunks (written a piece at a time): each chunk is taken from alone, as
+    Arrow's take of a chunked array concatenates every chunk first (a copy of the
+    whole column, measured: bench/RESULTS.md)."""
+    if isinstance(column, pa.ChunkedArray) and column.num_chunks == 1:
+        column = column.chunk(0)
+    if isinstance(column, pa.Array) or column.num_chunks == 0:
+        return pc.take(column, at, memory_pool=POOL)
+    where = np.asarray(at.to_numpy(zero_copy_only=False), np.int64)
+    ends = np.cumsum([len(c) for c in column.chunks])
+    chunk_of = np.searchsorted(ends, where, side="right")
+    order = np.argsort(chunk_of, kind="stable")
+    where, chunk_of = where[order], chunk_of[order]
+    bounds = np.searchsorted(chunk_of, np.arange(column.num_chunks + 1))
+    pieces = [pc.take(column.chunk(k), pa.array(where[a:b] - (ends[k] - len(column.chunk(k)))),
+                      memory_pool=POOL)
+              for k, (a, b) in enumerate(zip(bounds, bounds[1:])) if b > a]
+    joined = pa.concat_arrays(pieces, memory_pool=POOL) if pieces else column.chunk(0).slice(0, 0)
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return pc.take(joined, pa.array(back), memory_pool=POOL)
+
+
 def _positioned(table: pa.Table, positions: pa.Array, order_by: str | None) -> tuple[pa.Table, pa.Array]:
     """(TABLE, POSITIONS sorted by TABLE's column ORDER_BY)."""
     if order_by is not None:
-        positions = pc.take(positions, pc.sort_indices(pc.take(table.column(order_by), positions)))
+        positions = pc.take(positions, pc.sort_indices(take(table.column(order_by), positions)))
     return table, positions
 
 
