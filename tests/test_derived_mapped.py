@@ -17,6 +17,7 @@ from ttspo.builder.core.store import Store
 
 @pytest.fixture
 def store(tmp_path):
+    (tmp_path / "store").mkdir()
     return Store(tmp_path / "store")
 
 
