@@ -56,7 +56,7 @@ from ttspo.builder.sets.build import SetVersion, open_set
 from ttspo.builder.core import codes_store
 from ttspo.builder.sets.codes import DEFAULT_CODES_DTYPE, check_codes_dtype, safe_name, store_codes  # noqa: F401
 from ttspo.builder.sets.codes import copy_codes as _copy_codes
-from ttspo.builder.sets.session_cache import drop_pages, steady_heap
+from ttspo.builder.sets.session_cache import drop_pages
 from ttspo.builder.sets.nemo_lines import (_ENCODER, CHUNK_PAIRS, CodesFiles, check_for_nemo, generation_columns,
                                            encoded_paths, manifest_chunks, openings, set_generations)
 from ttspo.builder.core.errors import InputError
@@ -104,7 +104,6 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
     if chunk_pairs < 1:
         raise InputError(f"chunk_pairs {chunk_pairs}: must be 1 or more")
     check_codes_dtype(codes_dtype)
-    steady_heap()
     clock = [time.perf_counter()]
     sv = open_set(store, ref)
     pairs = sv.rows()

@@ -223,37 +223,50 @@ def _mapped_table(path: Path, schema: pa.Schema) -> pa.Table | None:
     return table
 
 
-_HEAP: list = [None]  # glibc's malloc functions, once steady_heap() found them (False: none)
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+_LIBC: list = []  # [the C library, or None where it has no mallopt/malloc_trim]
 
 
-def steady_heap() -> None:
-    """Have glibc's malloc give every block of 128 KiB or more its own mapping,
-    handed back to the kernel when freed (once per process; a no-op elsewhere).
-    Why: by default glibc raises that threshold to the size of each large block
-    freed, and serves later blocks up to it from its heaps, which keep the memory.
-    An export's chunks (Lance's reads of the generations, the lines' Python lists)
-    then left a first export's RSS ~0.9 KB per pair higher at 500k generations
-    than with the threshold fixed (bench/RESULTS.md). Process-wide: the threshold
-    stays at glibc's default, no longer raised."""
-    if _HEAP[0] is not None:
-        return
-    _HEAP[0] = False
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-        _HEAP[0] = libc
+def _glibc():
+    if not _LIBC:
+        try:
+            libc = ctypes.CDLL(None)
+            _LIBC.append(libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None)
+        except OSError:
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
+@contextmanager
+def steady_heap() -> Iterator[None]:
+    """Inside, glibc's malloc gives every block of 128 KiB or more its own mapping,
+    handed back to the kernel when freed (a no-op without glibc). Why: by default
+    glibc raises that threshold to the size of each large block freed and serves
+    later blocks up to it from its heaps, which keep the memory: computing an
+    export's stored maps a piece at a time (Lance's reads of the generations, the
+    pieces' Python lists) then left RSS growing with the pieces (bench/RESULTS.md).
+    After, the threshold is glibc's highest dynamic one (32 MiB): large blocks are
+    reused again (a fresh mapping per block costs its page faults on every use)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, 128 << 10)
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
 
 
 def trim_heap() -> None:
-    """After steady_heap(): hand the free pages inside glibc's heaps back to the
-    kernel (``malloc_trim``). Called after each piece of a computed entry: the
-    small blocks a piece freed (its Python objects, Lance's reads, in the heaps of
-    several threads) otherwise stayed in RSS, ~1 KB per generation at 500k
-    (bench/RESULTS.md). Also hands back the stored maps' mapped pages."""
+    """Hand the free pages inside glibc's heaps back to the kernel (``malloc_trim``),
+    and the stored maps' mapped pages (drop_pages). Called after each piece of a
+    computed entry: the small blocks a piece freed (its Python objects, Lance's
+    reads, in the heaps of several threads) otherwise stayed in RSS
+    (bench/RESULTS.md)."""
     drop_pages()
-    if _HEAP[0]:
-        _HEAP[0].malloc_trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def drop_pages() -> None:
@@ -448,7 +461,7 @@ def _appended(path: Path, old: pa.Table, schema: pa.Schema, pieces: Callable[[],
         yield from pieces()
 
     try:
-        with staged.open("wb") as sink:
+        with staged.open("wb") as sink, steady_heap():
             counted = _Crc32Sink(sink)
             with pa.ipc.new_file(pa.PythonFile(counted, mode="w"), schema) as writer:
                 for table in batches():
