@@ -291,3 +291,22 @@ def test_line_parts_taken_from_a_wider_stored_entry_give_the_manifests_of_a_fres
     again = export_nemo(store, "narrow", tmp_path / "again")
     assert (again.codes_written, gone.read_bytes()) == (1, data)
     assert records(tmp_path / "again") == records(tmp_path / "True3")
+
+
+def test_a_set_stored_out_of_shuffle_order_gives_the_same_manifests(store, tmp_path):
+    """The export reads the set's pairs a chunk at a time, by their offsets in the
+    table: a version whose rows are not in shuffle order (not what build writes,
+    but a valid set) still gives the lines in shuffle order."""
+    build_set(store, "pareto", "a", {"cer_threshold": 0.5, "num_chosen": 2, "val_size": 3})
+    export_nemo(store, "a", tmp_path / "sorted")
+    sv = open_set(store, "a")
+    table = sv.dataset.to_table()
+    order = np.random.default_rng(0).permutation(table.num_rows)
+    assert order.tolist() != sorted(order.tolist())
+    store.write("a", table.take(order), table.schema, make_lineage("test", {}), mode="overwrite")
+    assert open_set(store, "a").dataset.to_table().column("position").to_pylist() != sorted(
+        table.column("position").to_pylist())
+    for chunk in (8192, 2):
+        export_nemo(store, "a", tmp_path / f"shuffled{chunk}", chunk_pairs=chunk)
+        for name in MANIFESTS:
+            assert (tmp_path / f"shuffled{chunk}" / name).read_bytes() == (tmp_path / "sorted" / name).read_bytes()

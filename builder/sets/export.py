@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -95,6 +96,35 @@ def generation_rows(store, sv: SetVersion, pairs: pa.Table) -> dict[str, dict[st
 
 
 # ------------------------------------------------------------------- NeMo
+# The set's columns the export reads whole (a few bytes a pair), and those it reads
+# a chunk of pairs at a time (bench/RESULTS.md: the whole set was ~0.45 KB a pair).
+WHOLE_COLUMNS = (PAIR.position, PAIR.split, PAIR.chosen_id, PAIR.rejected_id)
+CHUNK_COLUMNS = (PAIR.pair_id, PAIR.chosen_reward, PAIR.rejected_reward, PAIR.cer_delta, PAIR.sim_delta)
+
+
+def set_pairs(sv: SetVersion) -> tuple[pa.Table, np.ndarray | None]:
+    """(WHOLE_COLUMNS of the set's pairs in shuffle order, each pair's offset in
+    sv.dataset, None when that order is the table's: a built set's usual case)."""
+    table = sv.dataset.to_table(columns=list(WHOLE_COLUMNS))
+    position = table.column(PAIR.position).to_numpy()
+    if bool(np.all(position[1:] >= position[:-1])):
+        return table, None
+    order = np.argsort(position, kind="stable")  # as rows() sorts (stable)
+    return table.take(pa.array(order)), order
+
+
+def _pair_columns(ds, offsets: np.ndarray) -> pa.Table:
+    """CHUNK_COLUMNS of the pairs at OFFSETS of DS, in that order."""
+    ascending = bool(np.all(offsets[1:] > offsets[:-1]))
+    order = None if ascending else np.argsort(offsets, kind="stable")
+    table = ds.take(pa.array(offsets if order is None else offsets[order], pa.int64()), columns=list(CHUNK_COLUMNS))
+    if order is None:
+        return table
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return table.take(pa.array(back))
+
+
 def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str = DEFAULT_CODES_DTYPE,
                 copy_codes: bool = False, chunk_pairs: int = CHUNK_PAIRS) -> ExportResult:
     """Write NAME[@VERSION|@TAG] as NeMo DPO manifests in OUT_DIR naming each
@@ -106,7 +136,7 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
     check_codes_dtype(codes_dtype)
     clock = [time.perf_counter()]
     sv = open_set(store, ref)
-    pairs = sv.rows()
+    pairs, offsets = set_pairs(sv)
     gens = set_generations(store, sv, pairs)
     check_for_nemo(sv.ref, gens)
     clock.append(time.perf_counter())
@@ -126,7 +156,8 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
                 names, copied, kept = _copy_codes(stored, out)
                 paths = encoded_paths(str((out / "codes").absolute()), pa.array(names))
         clock.append(time.perf_counter())
-        lines = _write_manifests(out, pairs, gens.ids, openings(gens, paths), chunk=chunk_pairs)
+        lines = _write_manifests(out, pairs, gens.ids, openings(gens, paths), chunk=chunk_pairs,
+                                 more=lambda rows: _pair_columns(sv.dataset, rows if offsets is None else offsets[rows]))
         drop_pages()
     clock.append(time.perf_counter())
     durations = pc.min_max(gens.taken(DERIVED.duration)).as_py()
@@ -139,12 +170,12 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
 
 
 def _write_manifests(out: Path, pairs: pa.Table, ids: pa.Array, fixed: list, *,
-                     chunk: int) -> dict[str, int]:
+                     chunk: int, more) -> dict[str, int]:
     """Both manifests, chunk by chunk, each whole or not at all; split -> lines."""
     lines = {"train": 0, "val": 0}
     with atomic_write(out / TRAIN_MANIFEST, "wb") as train, atomic_write(out / VAL_MANIFEST, "wb") as val:
         files = {"train": train, "val": val}
-        for split, data, n in manifest_chunks(pairs, ids, fixed, chunk=chunk):
+        for split, data, n in manifest_chunks(pairs, ids, fixed, chunk=chunk, more=more):
             files[split].write(data)
             lines[split] += n
     return lines

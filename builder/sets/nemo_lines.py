@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import json.encoder
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -318,13 +318,15 @@ def nemo_manifests(pairs: pa.Table, ids: pa.Array, fixed: list) -> dict[str, tup
     return out
 
 
-def manifest_chunks(pairs: pa.Table, ids: pa.Array, fixed: list, *,
-                    chunk: int = CHUNK_PAIRS) -> Iterator[tuple[str, memoryview, int]]:
+def manifest_chunks(pairs: pa.Table, ids: pa.Array, fixed: list, *, chunk: int = CHUNK_PAIRS,
+                    more: Callable[[np.ndarray], pa.Table] | None = None) -> Iterator[tuple[str, memoryview, int]]:
     """(split, bytes, lines) pieces of the two manifests, train's then val's, CHUNK
     pairs at a time: each pair as its chosen line then its rejected line, in the
     order of PAIRS (the shuffle). A split's pieces one after another are its
     manifest (a split without pairs yields one empty piece). FIXED: openings() of
-    the generations IDS. Each value encoded once; each pair's two lines joined by Arrow."""
+    the generations IDS. Each value encoded once; each pair's two lines joined by Arrow.
+    MORE(rows): the other columns of those rows of PAIRS, read a chunk at a time
+    (None: PAIRS has them all)."""
     splits = pairs.column(PAIR.split)
     unknown = set(pc.unique(splits).to_pylist()) - {"train", "val"}
     if unknown:
@@ -335,9 +337,8 @@ def manifest_chunks(pairs: pa.Table, ids: pa.Array, fixed: list, *,
           for side in (PAIR.chosen_id, PAIR.rejected_id)}
     if any(a.null_count for a in at.values()):
         raise InputError("a pair names a generation the export did not read")
-    split_of = np.asarray(splits.to_numpy(zero_copy_only=False))
     for split in ("train", "val"):
-        rows = np.flatnonzero(split_of == split)
+        rows = np.flatnonzero(pc.equal(splits, split).combine_chunks().to_numpy(zero_copy_only=False))
         if not len(rows):
             yield split, memoryview(b""), 0
         for start in range(0, len(rows), chunk):
@@ -348,6 +349,10 @@ def manifest_chunks(pairs: pa.Table, ids: pa.Array, fixed: list, *,
             else:
                 some = pairs.take(pa.array(part, pa.int64()))
                 some_at = {side: a.take(pa.array(part, pa.int64())) for side, a in at.items()}
+            if more is not None:
+                extra = more(part)
+                for name in extra.column_names:
+                    some = some.append_column(name, extra.column(name))
             yield split, _text(_two_lines(some, some_at, fixed)), 2 * len(part)
 
 
