@@ -234,20 +234,17 @@ def store_codes(store, sv_ref: str, ds, offsets: pa.Array, *, gids: pa.Array,
 def _check_or_rewrite(ds, offsets, *, gids, keys, rels, at, fresh, root, codes_dtype, written) -> None:
     """Stat each file not written just now (streamed from the arrays, CHUNK at a
     time); write a missing one again."""
-    known: list[int] = []  # positions stat'ed, in order
 
-    def files():
+    def files():  # one item per generation (None: not stat'ed), so missing() gives positions in gids
         for start in range(0, len(gids), CHUNK):
             key_list = _part(keys, at, start, CHUNK).to_pylist()
             rel_list = _part(rels, at, start, CHUNK).to_pylist()
             drop_pages()  # the stored entry's mapped pages just read
             for i, (key, rel) in enumerate(zip(key_list, rel_list), start):
-                if key is not None and not fresh[i]:
-                    known.append(i)
-                    yield rel, _size(key)
+                yield None if key is None or fresh[i] else (rel, _size(key))
 
     gone = codes_store.missing(root, files())
-    lost = {gids[known[i]].as_py(): known[i] for i in gone}
+    lost = {gids[i].as_py(): i for i in gone}
     rows = {gid: offsets[i].as_py() for gid, i in lost.items()}
     for chunk, table in _chunks(ds, rows, list(lost)):  # deleted since: written again
         for gid in chunk:
