@@ -22,6 +22,7 @@ from ttspo.builder.core import codes_store, lifecycle
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.store import make_lineage
 from ttspo.builder.sets import codes as codes_mod
+from ttspo.builder.sets import codes_copy
 from ttspo.builder.sets import nemo_lines, session_cache
 from ttspo.builder.sets.build import build_set, open_set
 from ttspo.builder.sets.export import export_nemo, safe_name
@@ -91,6 +92,8 @@ def test_copy_codes_is_the_old_export_byte_for_byte(store, tmp_path):
     export_nemo(store, "a", tmp_path / "named")
     result = export_nemo(store, "a", tmp_path / "copy", copy_codes=True)
     assert (result.codes_written, result.codes_copied, result.codes_reused) == (0, 10, 0)
+    index = json.loads((tmp_path / "copy" / codes_copy.INDEX_NAME).read_text())
+    assert index["format"] == codes_copy.INDEX_FORMAT and len(index["files"]) == 10  # each copy vouched for
     files = {p.name: p.read_bytes() for p in (tmp_path / "copy" / "codes").iterdir()}
     ids = {r["generation_id"] for r in records(tmp_path / "copy")}
     assert files == {f"{safe_name(g)}.pt": old_bytes(codes_of(int(g.split(":")[1]))) for g in ids}
