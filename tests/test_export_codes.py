@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from ttspo.builder.cli.main import cli
 from ttspo.builder.core import codes_store, lifecycle
 from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.schemas import DERIVED
 from ttspo.builder.core.store import make_lineage
 from ttspo.builder.sets import codes as codes_mod
 from ttspo.builder.sets import codes_copy
@@ -274,7 +275,7 @@ def test_line_parts_taken_from_a_wider_stored_entry_give_the_manifests_of_a_fres
     gens = set_generations(store, sv, sv.rows())
     assert gens.parts.num_rows > len(gens.ids)  # the entry holds more than this set names
     assert gens.at.to_pylist() != list(range(len(gens.ids)))
-    assert gens.column(session_cache.DERIVED.id) == gens.ids.to_pylist()
+    assert gens.column(DERIVED.id) == gens.ids.to_pylist()
     with session_cache.disabled():
         export_nemo(store, "narrow", tmp_path / "fresh")
     expected = {name: (tmp_path / "fresh" / name).read_bytes() for name in MANIFESTS}

@@ -11,7 +11,7 @@ The files live in ``STORE/codes`` under their content's address
 (builder/core/codes_store.py: the SHA-256 of the bytes and the generation's id):
 the first export that needs a file writes it, every later export names it. Each
 generation's address is kept per table version in the store
-(session_cache.stored_map, key ``"<sha256>:<size>"``), so a re-threshold reads no
+(stored_maps.stored_rows, key ``"<sha256>:<size>"``), so a re-threshold reads no
 codes: it checks each named file by one ``stat`` (there, of that size; a missing
 one is written again) and writes manifests. The codes are read and written in
 chunks of CHUNK generations: memory does not grow with the set.
@@ -35,7 +35,8 @@ from ttspo.builder.core import codes_store
 from ttspo.builder.core.codes_store import safe_name  # noqa: F401 (the export's names)
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import CODES_KEYS_SCHEMA, DERIVED, GEN
-from ttspo.builder.sets.session_cache import drop_pages, stored_rows, table_identity, take
+from ttspo.builder.sets.session_cache import table_identity
+from ttspo.builder.sets.stored_maps import drop_pages, stored_rows, take
 from ttspo.builder.sets.torch_file import torch_file_bytes
 
 CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices

@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import DERIVED, GEN, LINE_PARTS_SCHEMA, PAIR, PROMPT
-from ttspo.builder.sets.session_cache import (POOL, drop_pages, one_array, stored_rows, stored_table, table_identity,
-                                              take)
+from ttspo.builder.sets.session_cache import POOL, stored_table, table_identity
+from ttspo.builder.sets.stored_maps import drop_pages, one_array, stored_rows, take
 
 # Generation columns an export reads (not the heavy `codes`).
 GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
@@ -306,7 +306,7 @@ def _numbers(column: pa.ChunkedArray) -> pa.Array:
 
 # Pairs whose lines are in memory at once (~1.5 KB each); also bounds the mapped
 # pages of the stored line parts a chunk touches (~2 per generation) before they
-# are handed back (session_cache.drop_pages).
+# are handed back (stored_maps.drop_pages).
 CHUNK_PAIRS = 4096
 
 
