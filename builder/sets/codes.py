@@ -156,12 +156,14 @@ def _size(key: str) -> int:
 
 
 def store_codes(store, sv_ref: str, ds, offsets: pa.Array, *, gids: pa.Array,
-                codes_paths: pa.ChunkedArray | pa.Array, codes_dtype: str) -> StoredCodes | None:
+                codes_paths: pa.ChunkedArray | pa.Array, paths_at: pa.Array | None = None,
+                codes_dtype: str) -> StoredCodes | None:
     """Make sure STORE/codes holds the codes file of every generation in GIDS
     (OFFSETS: their rows in DS, in the order of GIDS; CODES_PATHS: their codes_path,
-    likewise): write those it lacks, check the others by size. None when no
-    generation has codes (NeMo's dataset then reads the wavs); a mix of generations
-    with and without is one line."""
+    likewise, or at PATHS_AT in it: a stored column is not copied in GIDS' order):
+    write those it lacks, check the others by size. None when no generation has
+    codes (NeMo's dataset then reads the wavs); a mix of generations with and
+    without is one line."""
     check_codes_dtype(codes_dtype)
     gids = gids if isinstance(gids, pa.Array) else pa.array(gids, pa.string())
     offsets = offsets if isinstance(offsets, pa.Array) else pa.array(offsets, pa.int64())
@@ -196,7 +198,9 @@ def store_codes(store, sv_ref: str, ds, offsets: pa.Array, *, gids: pa.Array,
     keys = entry.column(DERIVED.key)
     rels = entry.column(DERIVED.file)
     own = pa.chunked_array([codes_paths]) if isinstance(codes_paths, pa.Array) else codes_paths
-    no_file = pc.or_kleene(pc.is_null(own), pc.equal(own, "")).combine_chunks().fill_null(True)
+    no_file = pc.or_kleene(pc.is_null(own), pc.equal(own, "")).fill_null(True)
+    no_file = no_file.combine_chunks() if paths_at is None else take(no_file, paths_at)
+    drop_pages()
     keyless = take(keys.is_null(), at)
     without = pc.and_(keyless, no_file)
     count = pc.sum(without).as_py() or 0
@@ -209,6 +213,7 @@ def store_codes(store, sv_ref: str, ds, offsets: pa.Array, *, gids: pa.Array,
     _check_or_rewrite(ds, offsets, gids=gids, keys=keys, rels=rels, at=at, fresh=fresh, root=root,
                       codes_dtype=codes_dtype, written=written)
     if pc.any(keyless).as_py():  # codes only in codes_path files: read (and hashed) on every export
+        own = own if paths_at is None else take(own, paths_at)
         keys, rels = _from_files(root, gids=gids.to_pylist(), keys=take(keys, at), rels=take(rels, at), own=own,
                                  codes_dtype=codes_dtype, written=written)
         at = None

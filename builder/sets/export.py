@@ -57,7 +57,7 @@ from ttspo.builder.sets.build import SetVersion, open_set
 from ttspo.builder.core import codes_store
 from ttspo.builder.sets.codes import DEFAULT_CODES_DTYPE, check_codes_dtype, safe_name, store_codes  # noqa: F401
 from ttspo.builder.sets.codes_copy import copy_codes as _copy_codes
-from ttspo.builder.sets.stored_maps import drop_pages
+from ttspo.builder.sets.stored_maps import drop_pages, trim_heap
 from ttspo.builder.sets.nemo_lines import (_ENCODER, CHUNK_PAIRS, CodesFiles, check_for_nemo, generation_columns,
                                            encoded_paths, manifest_chunks, openings, set_generations)
 from ttspo.builder.core.errors import InputError
@@ -148,15 +148,19 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
         raise InputError(f"Permission denied: {out}")
     with codes_store.codes_lock(store, exclusive=False):  # gc removes none of them meanwhile
         stored = store_codes(store, sv.ref, gens.ds, gens.rows, gids=gens.ids,
-                             codes_paths=gens.taken(DERIVED.codes_path), codes_dtype=codes_dtype)
+                             codes_paths=gens.parts.column(DERIVED.codes_path), paths_at=gens.at,
+                             codes_dtype=codes_dtype)
         paths, copied, kept = {}, 0, 0
         if stored is not None:
             paths, kept = CodesFiles(str(stored.root), stored.rels, stored.at), len(stored.ids) - stored.written
             if copy_codes:
                 names, copied, kept = _copy_codes(stored, out)
                 paths = encoded_paths(str((out / "codes").absolute()), pa.array(names))
+        drop_pages()
         clock.append(time.perf_counter())
-        lines = _write_manifests(out, pairs, gens.ids, openings(gens, paths), chunk=chunk_pairs,
+        fixed = openings(gens, paths)
+        drop_pages()
+        lines = _write_manifests(out, pairs, gens.ids, fixed, chunk=chunk_pairs,
                                  more=lambda rows: _pair_columns(sv.dataset, rows if offsets is None else offsets[rows]))
         drop_pages()
     clock.append(time.perf_counter())
@@ -177,6 +181,8 @@ def _write_manifests(out: Path, pairs: pa.Table, ids: pa.Array, fixed: list, *,
         files = {"train": train, "val": val}
         for split, data, n in manifest_chunks(pairs, ids, fixed, chunk=chunk, more=more):
             files[split].write(data)
+            del data
+            trim_heap()
             lines[split] += n
     return lines
 
