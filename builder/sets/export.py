@@ -173,16 +173,23 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
                         codes_reused=kept, codes_copied=copied, seconds=seconds)
 
 
+# Sets of more pairs trim the heap after each manifest chunk (~10 ms each: a
+# re-threshold of a few chunks is spared it; bench/RESULTS.md).
+TRIM_ABOVE = 32768
+
+
 def _write_manifests(out: Path, pairs: pa.Table, ids: pa.Array, fixed: list, *,
                      chunk: int, more) -> dict[str, int]:
     """Both manifests, chunk by chunk, each whole or not at all; split -> lines."""
     lines = {"train": 0, "val": 0}
     with atomic_write(out / TRAIN_MANIFEST, "wb") as train, atomic_write(out / VAL_MANIFEST, "wb") as val:
         files = {"train": train, "val": val}
+        trim = pairs.num_rows > TRIM_ABOVE
         for split, data, n in manifest_chunks(pairs, ids, fixed, chunk=chunk, more=more):
             files[split].write(data)
             del data
-            trim_heap()
+            if trim:  # what the chunk freed, handed back, or RSS creeps up chunk after chunk
+                trim_heap()
             lines[split] += n
     return lines
 

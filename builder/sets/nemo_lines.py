@@ -308,7 +308,6 @@ def _numbers(column: pa.ChunkedArray) -> pa.Array:
 # pages of the stored line parts a chunk touches (~2 per generation) before they
 # are handed back (stored_maps.drop_pages).
 CHUNK_PAIRS = 4096
-TAKE_ROWS = 1024  # rows taken from a stored entry between two hand-backs of its pages
 
 
 def nemo_manifests(pairs: pa.Table, ids: pa.Array, fixed: list) -> dict[str, tuple[memoryview, int]]:
@@ -367,13 +366,12 @@ def _two_lines(pairs: pa.Table, at: dict[str, pa.Array], fixed: list) -> pa.Arra
     def piece(p, side: str):
         if isinstance(p, pa.Scalar):
             return p
-        where = pc.take(p[1], at[side], memory_pool=POOL) if isinstance(p, tuple) else at[side]
-        values = p[0] if isinstance(p, tuple) else p  # (array, positions): its values at positions
-        taken = []
-        for start in range(0, len(where), TAKE_ROWS):  # each row of a stored entry may be on its own page
-            taken.append(take(values, where.slice(start, TAKE_ROWS)).cast(pa.large_string()))
-            drop_pages()  # the mapped pages this take touched: not kept
-        return taken[0] if len(taken) == 1 else pa.concat_arrays(taken, memory_pool=POOL)
+        if isinstance(p, tuple):  # (array, positions): its values at positions are the generations'
+            taken = take(p[0], pc.take(p[1], at[side], memory_pool=POOL))
+        else:
+            taken = take(p, at[side])
+        drop_pages()  # the mapped pages this take touched (a stored entry's): not kept
+        return taken.cast(pa.large_string())
 
     def opening(side: str) -> list:
         return [piece(p, side) for p in fixed]
