@@ -137,8 +137,11 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
     clock = [time.perf_counter()]
     sv = open_set(store, ref)
     pairs, offsets = set_pairs(sv)
+    # a big set hands back the heap's free pages after each step, or they add up
+    release = trim_heap if pairs.num_rows > TRIM_ABOVE else drop_pages
     gens = set_generations(store, sv, pairs)
     check_for_nemo(sv.ref, gens)
+    release()
     clock.append(time.perf_counter())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,11 +159,11 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
             if copy_codes:
                 names, copied, kept = _copy_codes(stored, out)
                 paths = encoded_paths(str((out / "codes").absolute()), pa.array(names))
-        drop_pages()
+        release()
         clock.append(time.perf_counter())
         fixed = openings(gens, paths)
-        drop_pages()
-        lines = _write_manifests(out, pairs, gens.ids, fixed, chunk=chunk_pairs,
+        release()
+        lines = _write_manifests(out, pairs, gens.ids, fixed, chunk=chunk_pairs, release=release,
                                  more=lambda rows: _pair_columns(sv.dataset, rows if offsets is None else offsets[rows]))
         drop_pages()
     clock.append(time.perf_counter())
@@ -179,17 +182,13 @@ TRIM_ABOVE = 32768
 
 
 def _write_manifests(out: Path, pairs: pa.Table, ids: pa.Array, fixed: list, *,
-                     chunk: int, more) -> dict[str, int]:
+                     chunk: int, more, release) -> dict[str, int]:
     """Both manifests, chunk by chunk, each whole or not at all; split -> lines."""
     lines = {"train": 0, "val": 0}
     with atomic_write(out / TRAIN_MANIFEST, "wb") as train, atomic_write(out / VAL_MANIFEST, "wb") as val:
         files = {"train": train, "val": val}
-        trim = pairs.num_rows > TRIM_ABOVE
-        for split, data, n in manifest_chunks(pairs, ids, fixed, chunk=chunk, more=more):
+        for split, data, n in manifest_chunks(pairs, ids, fixed, chunk=chunk, more=more, release=release):
             files[split].write(data)
-            del data
-            if trim:  # what the chunk freed, handed back, or RSS creeps up chunk after chunk
-                trim_heap()
             lines[split] += n
     return lines
 

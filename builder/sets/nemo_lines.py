@@ -319,14 +319,16 @@ def nemo_manifests(pairs: pa.Table, ids: pa.Array, fixed: list) -> dict[str, tup
 
 
 def manifest_chunks(pairs: pa.Table, ids: pa.Array, fixed: list, *, chunk: int = CHUNK_PAIRS,
-                    more: Callable[[np.ndarray], pa.Table] | None = None) -> Iterator[tuple[str, memoryview, int]]:
+                    more: Callable[[np.ndarray], pa.Table] | None = None,
+                    release: Callable[[], None] = drop_pages) -> Iterator[tuple[str, memoryview, int]]:
     """(split, bytes, lines) pieces of the two manifests, train's then val's, CHUNK
     pairs at a time: each pair as its chosen line then its rejected line, in the
     order of PAIRS (the shuffle). A split's pieces one after another are its
     manifest (a split without pairs yields one empty piece). FIXED: openings() of
     the generations IDS. Each value encoded once; each pair's two lines joined by Arrow.
     MORE(rows): the other columns of those rows of PAIRS, read a chunk at a time
-    (None: PAIRS has them all)."""
+    (None: PAIRS has them all). RELEASE: called once the pairs are indexed and
+    before each chunk is made (what the last one freed handed back)."""
     splits = pairs.column(PAIR.split)
     unknown = set(pc.unique(splits).to_pylist()) - {"train", "val"}
     if unknown:
@@ -337,6 +339,7 @@ def manifest_chunks(pairs: pa.Table, ids: pa.Array, fixed: list, *, chunk: int =
           for side in (PAIR.chosen_id, PAIR.rejected_id)}
     if any(a.null_count for a in at.values()):
         raise InputError("a pair names a generation the export did not read")
+    release()
     for split in ("train", "val"):
         rows = np.flatnonzero(pc.equal(splits, split).combine_chunks().to_numpy(zero_copy_only=False))
         if not len(rows):
@@ -353,6 +356,7 @@ def manifest_chunks(pairs: pa.Table, ids: pa.Array, fixed: list, *, chunk: int =
                 extra = more(part)
                 for name in extra.column_names:
                     some = some.append_column(name, extra.column(name))
+            release()
             yield split, _text(_two_lines(some, some_at, fixed)), 2 * len(part)
 
 
