@@ -111,9 +111,10 @@ def steady_heap() -> Iterator[None]:
 def trim_heap() -> None:
     """Hand the free pages inside glibc's heaps back to the kernel (``malloc_trim``),
     and the stored maps' mapped pages (drop_pages). Called after each piece of a
-    computed entry: the small blocks a piece freed (its Python objects, Lance's
-    reads, in the heaps of several threads) otherwise stayed in RSS
-    (bench/RESULTS.md)."""
+    computed entry, and by the export of a big set after each step and manifest
+    chunk (~10 ms a call: not a re-threshold's few chunks): the small blocks freed
+    (Python objects, Arrow arrays, Lance's reads, in the heaps of several threads)
+    otherwise stayed in RSS and added up (bench/RESULTS.md)."""
     drop_pages()
     libc = _glibc()
     if libc is not None:
