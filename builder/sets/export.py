@@ -102,10 +102,10 @@ WHOLE_COLUMNS = (PAIR.position, PAIR.split, PAIR.chosen_id, PAIR.rejected_id)
 CHUNK_COLUMNS = (PAIR.pair_id, PAIR.chosen_reward, PAIR.rejected_reward, PAIR.cer_delta, PAIR.sim_delta)
 
 
-def set_pairs(sv: SetVersion) -> tuple[pa.Table, np.ndarray | None]:
-    """(WHOLE_COLUMNS of the set's pairs in shuffle order, each pair's offset in
+def set_pairs(sv: SetVersion, columns: tuple[str, ...] = WHOLE_COLUMNS) -> tuple[pa.Table, np.ndarray | None]:
+    """(COLUMNS of the set's pairs in shuffle order, each pair's offset in
     sv.dataset, None when that order is the table's: a built set's usual case)."""
-    table = sv.dataset.to_table(columns=list(WHOLE_COLUMNS))
+    table = sv.dataset.to_table(columns=list(columns))
     position = table.column(PAIR.position).to_numpy()
     if bool(np.all(position[1:] >= position[:-1])):
         return table, None
@@ -136,9 +136,11 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
     check_codes_dtype(codes_dtype)
     clock = [time.perf_counter()]
     sv = open_set(store, ref)
-    pairs, offsets = set_pairs(sv)
-    # a big set hands back the heap's free pages after each step, or they add up
-    release = trim_heap if pairs.num_rows > TRIM_ABOVE else drop_pages
+    # a small set (a re-threshold) is read whole: a Lance read per chunk costs ~10 ms;
+    # a big set a chunk at a time, handing back the heap's free pages after each step
+    big = sv.dataset.count_rows() > TRIM_ABOVE
+    pairs, offsets = set_pairs(sv, WHOLE_COLUMNS if big else WHOLE_COLUMNS + CHUNK_COLUMNS)
+    release = trim_heap if big else drop_pages
     gens = set_generations(store, sv, pairs)
     check_for_nemo(sv.ref, gens)
     release()
@@ -163,8 +165,8 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
         clock.append(time.perf_counter())
         fixed = openings(gens, paths)
         release()
-        lines = _write_manifests(out, pairs, gens.ids, fixed, chunk=chunk_pairs, release=release,
-                                 more=lambda rows: _pair_columns(sv.dataset, rows if offsets is None else offsets[rows]))
+        more = (lambda rows: _pair_columns(sv.dataset, rows if offsets is None else offsets[rows])) if big else None
+        lines = _write_manifests(out, pairs, gens.ids, fixed, chunk=chunk_pairs, release=release, more=more)
         drop_pages()
     clock.append(time.perf_counter())
     durations = pc.min_max(gens.taken(DERIVED.duration)).as_py()
@@ -176,8 +178,9 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
                         codes_reused=kept, codes_copied=copied, seconds=seconds)
 
 
-# Sets of more pairs trim the heap after each manifest chunk (~10 ms each: a
-# re-threshold of a few chunks is spared it; bench/RESULTS.md).
+# Sets of more pairs are read a chunk at a time and trim the heap after each step and
+# manifest chunk (~10 ms each: a re-threshold of a few chunks is spared it;
+# bench/RESULTS.md); smaller ones are read whole (at most ~4 MB).
 TRIM_ABOVE = 32768
 
 
