@@ -2,7 +2,7 @@
 pairs/s of a DPO step with each loader.
 
     .venv/bin/python bench/dpo_data.py [--sizes 10000,50000] [--runs 5] [--steps 30] [--skip-memory-part] [--skip-step-part]
-        [--modes memory,stream] [--baseline CHECKOUT]
+        [--modes memory,stream,stream-load] [--baseline CHECKOUT] [--spare K] [--load-runs R]
 
 Part 1, for each size N: a synthetic store of 2N generations (8 codebooks x 100
 frames of int16 codes, groups of 2: one chosen and one rejected) and a Pareto set
@@ -12,6 +12,9 @@ spawned worker (trainer/dpo/stream.py). Peak RSS (VmHWM) of the process and of
 its reader worker, wall time, and the bytes the loaded pairs hold per pair (numpy
 arrays and Python objects, each once). ``--baseline CHECKOUT``: the same runs with
 another checkout's code (before/after in one run, on the same stores).
+``stream-load``: the streamed load alone. ``--spare K``: K more generations per
+pair in groups the set skips (a version larger than its set, as NeMo's groups of 6).
+``--load-runs R``: each run R times, interleaved, the median shown.
 
 Part 2: ``train_dpo`` of a small tiny policy (d_model 32; a tiny step makes the
 data path's share the largest), 4 pairs per step, reference free (no cache key to
@@ -39,7 +42,10 @@ TINY = {"d_model": 32, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "
         "max_text_len": 64, "max_frames": 32}
 
 
-def make_store(root: Path, pairs: int, frames: int = FRAMES):
+def make_store(root: Path, pairs: int, frames: int = FRAMES, spare: int = 0):
+    """SPARE: that many more generations per pair, in groups the set skips (marked
+    invalid, without codes): a generations version larger than its set, as NeMo's
+    groups of 6 make it."""
     from ttspo.builder.core.schemas import GEN, GENERATIONS_SCHEMA
     from ttspo.builder.core.store import Store, make_lineage
     from ttspo.builder.sets.build import build_set
@@ -57,6 +63,13 @@ def make_store(root: Path, pairs: int, frames: int = FRAMES):
                                      pa.array(values))
     codes = pa.ListArray.from_arrays(np.arange(0, n + 1, dtype=np.int32) * CODEBOOKS, inner)
     table = table.set_column(table.schema.get_field_index(GEN.codes), GEN.codes, codes)
+    if spare:
+        extra = [{GEN.generation_id: f"x:{i}", GEN.run: "r", GEN.prompt_id: f"q{i // 6}",
+                  GEN.group_id: f"x:g{i // 6}", GEN.group_index: pairs + i // 6,
+                  GEN.sample_index: i % 6, GEN.manifest_line: n + i, GEN.text: f"text {i // 6}",
+                  GEN.record_type: "regular", GEN.context_text: "speaker 0", GEN.duration: 5.0,
+                  GEN.sample_rate: 22050, GEN.invalid: True} for i in range(spare * pairs)]
+        table = pa.concat_tables([table, pa.Table.from_pylist(extra, schema=GENERATIONS_SCHEMA)])
     store = Store(root)
     store.write("generations", table, GENERATIONS_SCHEMA, make_lineage("bench", {}))
     build_set(store, "pareto", "prefs", {"val_size": 16, "seed": 0})
@@ -74,12 +87,12 @@ def child_load(root: str, mode: str) -> None:
     worker = 0.0
     imports = peak_mb("self")
     began = time.perf_counter()
-    pairs = load_pairs(Store(root), "prefs", stream=mode == "stream")
+    pairs = load_pairs(Store(root), "prefs", stream=mode.startswith("stream"))
     loaded = time.perf_counter() - began
-    if mode == "stream":
+    if mode == "stream":  # "stream-load": the load alone
         train = pairs.select("train")
         order = PairOrder(num_pairs=len(train), pairs_per_device=4, seed=0)
-        data = SimpleNamespace(loader="stream", workers=1, prefetch_batches=2)
+        data = SimpleNamespace(loader="stream", workers=1, prefetch_batches=2, read_batches=8)
         for k, micro in enumerate(step_batches(train, order, 0, start=0, stop=100, data=data)):
             assert len(micro[0][1][0]) == 4
             worker = worker_peak_mb() if k == 98 else worker
@@ -142,19 +155,28 @@ def baseline_link(checkout: str, tmp: Path) -> Path:
     return link
 
 
-def part1(sizes: list[int], tmp: Path, modes: list[str], baseline: str | None) -> None:
+def part1(sizes: list[int], tmp: Path, modes: list[str], baseline: str | None, *,
+          spare: int = 0, runs: int = 1) -> None:
+    """RUNS > 1: each (mode, code) that many times, interleaved; the row shows the
+    median peak and the run with it, the other runs' peaks in brackets after it."""
     codes = [("this", None)] + ([("baseline", baseline_link(baseline, tmp))] if baseline else [])
     print("| pairs | loader | code | load s | total s | peak RSS MB (after imports) | "
           "worker peak RSS MB | Pairs held, bytes per pair |")
     print("|---|---|---|---|---|---|---|---|")
     for n in sizes:
-        make_store(tmp / f"s{n}", n)
+        make_store(tmp / f"s{n}", n, spare=spare)
         for mode in modes:
-            for name, code in codes:
-                m = measure(tmp / f"s{n}", mode, code)
+            got = {name: [] for name, _ in codes}
+            for _ in range(runs):
+                for name, code in codes:
+                    got[name].append(measure(tmp / f"s{n}", mode, code))
+            for name, ms in got.items():
+                ms = sorted(ms, key=lambda m: m["rss_mb"])
+                m, all_mb = ms[(len(ms) - 1) // 2], "/".join(f"{x['rss_mb']:.0f}" for x in ms)
                 worker = f"{m['worker_rss_mb']:.0f}" if mode == "stream" else ""
                 print(f"| {n} | {mode} | {name} | {m['load_s']:.2f} | {m['total_s']:.2f} | "
-                      f"{m['rss_mb']:.0f} ({m['imports_mb']:.0f}) | {worker} | "
+                      f"{m['rss_mb']:.0f} ({m['imports_mb']:.0f})"
+                      f"{f' [{all_mb}]' if runs > 1 else ''} | {worker} | "
                       f"{m['held_bytes'] / n:.0f} |", flush=True)
 
 
@@ -197,14 +219,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--skip-memory-part", action="store_true")
     ap.add_argument("--skip-step-part", action="store_true")
-    ap.add_argument("--modes", default="memory,stream", help="part 1's loaders")
+    ap.add_argument("--modes", default="memory,stream", help="part 1's loaders (and "
+                    "stream-load: the streamed load alone, no micro-batches)")
+    ap.add_argument("--spare", type=int, default=0, help="part 1: that many more "
+                    "generations per pair in groups the set skips (NeMo's groups of 6: 4)")
+    ap.add_argument("--load-runs", type=int, default=1, help="part 1: runs of each, "
+                    "interleaved; the median peak is shown")
     ap.add_argument("--baseline", help="another checkout (e.g. `git archive main` unpacked) "
                     "whose loaders part 1 also runs, on the same stores")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_memory_part:
             part1([int(s) for s in args.sizes.split(",")], Path(tmp), args.modes.split(","),
-                  args.baseline)
+                  args.baseline, spare=args.spare, runs=args.load_runs)
         if not args.skip_step_part:
             part2(args.runs, args.steps, Path(tmp))
 

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from ttspo.builder.core.errors import ConfigError
-from ttspo.trainer.run.config import Config, load_config, save_config
+from ttspo.trainer.run.config import FREE_FORM, Config, load_config, save_config
+from ttspo.trainer.run.config_parse import flatten, read_yaml, typed
 
 
 def test_yaml_then_overrides_typed_by_field(tmp_path):
@@ -22,6 +23,17 @@ def test_yaml_then_overrides_typed_by_field(tmp_path):
     assert cfg.policy.model == {"d_model": 32, "n_heads": 2}
     assert cfg.train.require_ref_cache is True
     assert Config().optim.lr == 2e-7 and Config().loss.beta == 0.01  # NeMo's recipe
+
+
+def test_a_file_reads_as_dotted_keys_and_values_are_typed_by_their_field(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-3\npolicy:\n  model: {d_model: 32}\n")
+    assert flatten(read_yaml(path), FREE_FORM) == [("optim.lr", "1e-3"),  # YAML: a string
+                                                   ("policy.model", {"d_model": 32})]
+    assert typed("1e-3", float, "optim.lr", "-o") == 1e-3
+    assert typed("1,2", list[float], "optim.betas", "-o") == [1.0, 2.0]
+    with pytest.raises(ConfigError, match=r"^-o: config train.max_steps wants int, got True$"):
+        typed(True, int, "train.max_steps", "-o")
 
 
 def test_saved_config_loads_back_equal(tmp_path):

@@ -52,7 +52,7 @@ def test_take_rows_reads_rows_by_id_in_the_order_given(store):
 
 
 def _batches(pairs, order, loader, workers, steps):
-    data = SimpleNamespace(loader=loader, workers=workers, prefetch_batches=2)
+    data = SimpleNamespace(loader=loader, workers=workers, prefetch_batches=2, read_batches=3)
     return list(step_batches(pairs, order, 1, start=2, stop=2 + steps, data=data))
 
 
@@ -160,7 +160,7 @@ def test_reference_log_probs_of_streamed_pairs_equal_those_in_memory(store):
 def test_code_arrays_equal_numpy_of_the_lists():
     import pyarrow as pa
 
-    from ttspo.trainer.dpo.data import code_arrays
+    from ttspo.trainer.dpo.codes_reader import code_arrays
 
     kind = pa.list_(pa.list_(pa.int16()))
     rows = [[[1, 2, 3], [4, 5, 6]], None, [], [[]], [[7], [8]], [[255, 0]]]
@@ -225,7 +225,7 @@ def test_streamed_contexts_equal_the_in_memory_ones_for_text_audio_and_codes_fil
         codes_file = None
         if g % 3:  # audio contexts; g % 3 == 2 also has a codes file
             r[GEN.context_text], r[GEN.context_audio_filepath] = None, str(wavs[g % 2])
-        if g % 3 == 2:
+        if g % 3 == 2 or g == 9:  # 9: a text context with a codes file (the file wins)
             codes_file = str(tmp_path / f"p{g}_codes.pt")
             torch.save(torch.full((8, 2 + g), 100 + g, dtype=torch.int16), codes_file)
         if r[GEN.sample_index] == 0:
@@ -256,7 +256,7 @@ def test_streamed_contexts_equal_the_in_memory_ones_for_text_audio_and_codes_fil
             ctx = a["context_codes"]
             kinds.add("text" if ctx is None else int(ctx[0, 0]))
             assert (b["context_codes"] is None) if ctx is None else np.array_equal(ctx, b["context_codes"])
-    assert kinds == {"text", 1, 2, 102, 105, 108, 111}  # text, 2 wavs, 4 codes files
+    assert kinds == {"text", 1, 2, 102, 105, 108, 109, 111}  # text, 2 wavs, 5 codes files
 
 
 def test_a_streamed_load_read_in_small_batches_equals_one_read_at_once(tmp_path):
@@ -310,8 +310,80 @@ def test_first_seen_indexes_ids_as_unique_and_index_in_do():
     from ttspo.trainer.dpo.data import first_seen
 
     ids = pa.chunked_array([["p3", "p1", "p3"], ["p0", "p1", "p9", "p0"]])
-    distinct, index = first_seen(ids)
+    distinct, index, first = first_seen(ids)
     assert distinct.to_pylist() == pc.unique(ids).to_pylist() == ["p3", "p1", "p0", "p9"]
     assert index.dtype == np.int32
     assert index.tolist() == pc.index_in(ids, value_set=pc.unique(ids)).to_pylist()
-    assert first_seen(pa.chunked_array([], pa.string()))[1].tolist() == []
+    assert first.tolist() == np.unique(index, return_index=True)[1].tolist() == [0, 1, 3, 5]
+    assert [len(a) for a in first_seen(pa.chunked_array([], pa.string()))] == [0, 0, 0]
+
+
+def test_find_row_ids_reads_the_column_by_batch_and_finds_as_index_in(tmp_path):
+    """Ids looked up among a Lance column read 3 rows at a time: each id's row as
+    ``index_in`` over the whole column finds it (a repeated value: its first row, even
+    when its rows are in different batches and fragments), -1 for an absent or null id."""
+    import lance
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ttspo.builder.core.lance_rows import RowsOfIds
+
+    values = ["g5", "g1", "g9", "g1", "g3", "g7", "g2", "g5", "g8", "g0", "g3"]
+    ds = lance.write_dataset(pa.table({"id": values[:7]}), tmp_path / "t.lance")
+    ds = lance.write_dataset(pa.table({"id": values[7:]}), tmp_path / "t.lance", mode="append")
+    whole = row_ids(ds, "id")
+    # "g5", the greatest id asked, is found: a null id must not take its row
+    asked = pa.chunked_array([["g3", "g5", "a-nope", None], ["g1", "g3", "g0", "g5", ""]])
+    at = pc.index_in(asked, value_set=whole.column("id")).to_numpy(zero_copy_only=False)
+    rows = whole.column(ROW_ID).to_numpy()
+    want = [-1 if np.isnan(a) else int(rows[int(a)]) for a in at]
+    assert want[:2] == [rows[4], rows[0]] and rows[7] > rows[6] + 1  # two fragments
+    for batch_rows in (3, 1 << 16):
+        chunks = asked.chunks
+        rows_of = RowsOfIds(chunks)
+        assert chunks == []  # the caller's arrays let go once sorted
+        assert rows_of.read(ds, "id", batch_rows=batch_rows).tolist() == want
+        assert [rows_of.id(i) for i in range(len(asked))] == asked.to_pylist()
+    assert RowsOfIds([]).read(ds, "id").tolist() == []
+
+
+def test_a_streamed_load_names_the_first_generation_its_version_lacks(store):
+    """generation_rowids on a version without some of a set's ids: one line naming the
+    first such id in pair order (the chosen side first), not a wrong row."""
+    import pyarrow as pa
+
+    from ttspo.builder.core.errors import InputError
+    from ttspo.trainer.dpo.data import generation_rowids
+
+    ds = store.open("generations", 1)
+    gids = row_ids(ds, GEN.generation_id).column(GEN.generation_id).to_pylist()
+    sides = lambda *sides: [[pa.array(a) for a in side] for side in sides]
+    chosen = [[gids[3], gids[1]], [gids[0]]]
+    rejected = [[gids[2], "r:gone"], ["r:also"]]
+    found = generation_rowids(ds, sides(chosen, [gids[:3]]), what="s@1: generation")
+    assert take_rows(ds, np.concatenate(found).tolist(), [GEN.generation_id]).column(
+        GEN.generation_id).to_pylist() == [gids[3], gids[1], gids[0], *gids[:3]]
+    with pytest.raises(InputError, match=r"^s@1: generation r:gone is not in generations@1$"):
+        generation_rowids(ds, sides(chosen, rejected), what="s@1: generation")
+    early = [[gids[3], "r:first"], [gids[0]]]  # both sides of pair 1
+    with pytest.raises(InputError, match="generation r:first is not"):
+        generation_rowids(ds, sides(early, rejected), what="s@1: generation")
+
+
+def test_rows_matching_keeps_the_rows_a_filter_keeps(tmp_path):
+    """Which row ids a Lance filter keeps, by a filtered scan 2 rows a batch over two
+    fragments: repeated and absent (-1) rows asked, in any order."""
+    import lance
+    import pyarrow as pa
+
+    from ttspo.builder.core.lance_rows import rows_matching
+
+    text = ["a", None, "c", None, None, "f", "g"]
+    ds = lance.write_dataset(pa.table({"t": text[:4]}), tmp_path / "t.lance")
+    ds = lance.write_dataset(pa.table({"t": text[4:]}), tmp_path / "t.lance", mode="append")
+    rows = row_ids(ds, "t").column(ROW_ID).to_numpy().astype(np.int64)
+    asked = np.array([rows[3], rows[0], -1, rows[4], rows[3], rows[6], rows[1]])
+    want = [True, False, False, True, True, False, True]
+    assert rows_matching(ds, "t IS NULL", asked, batch_rows=2).tolist() == want
+    assert rows_matching(ds, "t IS NULL", asked[:0]).tolist() == []
+    assert not rows_matching(ds, "t = 'zz'", asked).any()

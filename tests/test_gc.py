@@ -418,3 +418,40 @@ def test_gc_waits_for_a_writer_that_finishes(store):
         holder.wait(timeout=60)
     assert holder.returncode == 0 and result.removed == 3  # ran once the writer ended
     assert time.monotonic() - start >= 0.5  # gc blocked until the holder let go
+
+
+def test_week_old_files_no_version_names_go_and_younger_ones_stay(tmp_path):
+    """Uncommitted fragments (a writer killed before its commit) of a table none of whose
+    versions go: gone once a week old, logged; younger (maybe a live writer's), kept.
+    (A killed process: tests/test_gc_orphans.py.)"""
+    import lance
+
+    from ttspo.builder.core.table_files import UNVERIFIED_AGE, unnamed_files
+
+    store = Store(tmp_path / "store")
+    schema = pa.schema([pa.field("x", pa.int64())])
+    store.write("t", pa.table({"x": [1, 2]}, schema=schema), schema, make_lineage("test", {}))
+    data = store.path("t") / "data"
+    named = set(os.listdir(data))
+
+    def uncommitted() -> set[str]:
+        before = set(os.listdir(data))
+        lance.fragment.write_fragments(pa.table({"x": [3]}, schema=schema), str(store.path("t")),
+                                       schema=schema, mode="append")
+        return set(os.listdir(data)) - before
+
+    old, young = uncommitted(), uncommitted()
+    aged = (UNVERIFIED_AGE + timedelta(hours=1)).total_seconds()
+    for name in old | named:
+        stamp = os.stat(data / name).st_mtime - aged
+        os.utime(data / name, (stamp, stamp))
+    size = sum(os.stat(data / n).st_size for n in old)
+    assert unnamed_files(store, "t") == {f"data/{n}": size for n in old}
+    result = ttspo(store, "gc", "--keep-last", "1")
+    assert result.exit_code == 0, result.output
+    assert set(os.listdir(data)) == named | young and store.open("t").count_rows() == 2
+    assert result.output.splitlines()[-1] == (
+        f"removed 1 data file no version names, freed {size} bytes (logged in store_log version 1)")
+    log = store.open("store_log").to_table().to_pylist()
+    assert [(r["table"], r["versions"]) for r in log] == [("t", [])]
+    assert store.lineage("store_log", 1)["orphan_files_removed"] == 1

@@ -185,7 +185,7 @@ def test_a_best_checkpoint_does_not_tag_rollouts(tmp_path):
 
 @pytest.mark.slow
 def test_a_nan_loss_stops_grpo_naming_the_last_good_checkpoint_whose_meta_has_every_rank(tmp_path):
-    """DPO's and GRPO's checkpoints are one implementation (checkpoints.Checkpointer)."""
+    """DPO's and GRPO's checkpoints are one implementation (checkpointer.Checkpointer)."""
     import pytest
 
     from ttspo.builder.core.errors import TrainingError

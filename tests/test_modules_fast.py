@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from ttspo.builder.cli import common
 from ttspo.builder.core import locks, render
-from ttspo.builder.core.errors import ConfigError, InputError, ModelError
+from ttspo.builder.core.errors import ConfigError, InputError, ModelError, TrainingError
 from ttspo.builder.prompts import inputs
 from ttspo.builder.scoring import asr, backends, quality, speaker
 from ttspo.builder.sets import codes
@@ -27,6 +27,7 @@ from ttspo.trainer.policy.nemo import codec as nemo_codec
 from ttspo.trainer.policy.nemo import load as nemo_load
 from ttspo.trainer.policy.nemo import policy as nemo_policy
 from ttspo.trainer.run import faults, runlock, verify
+from ttspo.trainer.run.checkpointer import Checkpointer
 
 
 # ------------------------------------------------------------------ builder.core
@@ -139,6 +140,19 @@ def test_fault_moments_are_armed_by_the_environment(monkeypatch):
     monkeypatch.setenv(faults.ENV, "nonesuch")
     with pytest.raises(ConfigError, match="'nonesuch' is not a fault moment"):
         faults.check()
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_last_good_checkpoint(tmp_path):
+    saver = Checkpointer(store=None, out=tmp_path / "run", trainer="dpo", policy=None,
+                         optimizer=None, scheduler=None, meta={}, lineage=None, master=True,
+                         data_state=lambda step: {}, best_metric="val/loss", best_mode="min")
+    assert saver.run == "run"
+    saver.check_loss(0, torch.tensor([1.0, 2.0]))  # finite: the run goes on
+    with pytest.raises(TrainingError, match=r"^step 1: the loss is inf; .* checkpoint: none "):
+        saver.check_loss(0, torch.tensor(float("inf")))
+    saver.last_good = tmp_path / "run" / "checkpoints" / "step_000004"
+    with pytest.raises(TrainingError, match=r"^step 6: the loss is nan; .*/step_000004$"):
+        saver.check_loss(5, torch.tensor(float("nan")))
 
 
 def test_a_run_lock_is_held_once_and_released(tmp_path):

@@ -16,7 +16,7 @@ from ttspo.builder.core.errors import InputError, first_line
 from ttspo.builder.core.files import atomic_write, file_digest
 from ttspo.builder.core.params import parse_params, typed_param
 from ttspo.builder.core.schemas import GEN
-from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
+from ttspo.builder.core.lineage import Lineage, as_lineage, make_lineage
 from ttspo.builder.scoring import options as so
 
 ODD = so.ScoreOptions(metrics=("cer", "pesq"), asr="whisper:/models/w", sv="nemo:/m.nemo",

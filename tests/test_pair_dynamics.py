@@ -309,3 +309,53 @@ def test_rows_past_the_buffer_go_to_fragments_no_reader_sees_before_the_commit(t
     del dead
     assert store.version("pair_dynamics") == version
     assert store.open("pair_dynamics").count_rows() == 8
+
+
+# What copies a tensor to the host: on a GPU, each one waits for the device (a sync).
+HOST_COPIES = {"cpu", "numpy", "item", "tolist", "__array__", "__float__", "__int__", "__bool__"}
+
+
+class NotedTensor(torch.Tensor):
+    """A tensor that notes each host copy made of it or of what is computed from it."""
+
+    copies: list[str] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        to_cpu = name == "to" and any(str(a) == "cpu" for a in (*args[1:], *(kwargs or {}).values()))
+        if name in HOST_COPIES or to_cpu:
+            cls.copies.append(name)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_values_stay_on_their_device_until_a_flush_copies_them_once(tmp_path):
+    """No host copy (so, on a GPU, no device sync) per micro-batch recorded: each flush,
+    at the buffer's limit or the commit, copies every buffered value at once."""
+    from ttspo.builder.core.store import Store, make_lineage
+    from ttspo.trainer.dpo.dynamics import DynamicsWriter
+
+    store = Store(tmp_path / "store")
+    w = DynamicsWriter(store=store, run="a", set_name=SET, set_version=1,
+                       lineage=make_lineage("test", {}), master=True, flush_rows=8)
+
+    def add(step: int) -> None:  # 4 pairs; margin 10*step+i, correct +1, loss +2
+        values = {k: (torch.arange(4.0) + 10 * step + j).as_subclass(NotedTensor)
+                  for j, k in enumerate(("margin", "correct", "loss"))}
+        w.add(step=step, epoch=0, split="train", pair_ids=[f"p{step}.{i}" for i in range(4)],
+              values=values)
+
+    NotedTensor.copies = []
+    add(1)
+    assert NotedTensor.copies == []  # buffered as a tensor
+    add(2)  # 8 rows: the buffer's limit, written as a fragment
+    assert Counter(NotedTensor.copies)["cpu"] == 1 and set(NotedTensor.copies) <= {"cpu", "numpy"}
+    flushed = list(NotedTensor.copies)
+    add(3)
+    assert NotedTensor.copies == flushed
+    w.commit(3)
+    assert Counter(NotedTensor.copies)["cpu"] == 2
+    rows = store.open("pair_dynamics").to_table().to_pylist()
+    got = sorted((r[DYN.pair_id], r[DYN.step], r[DYN.margin], r[DYN.correct], r[DYN.loss]) for r in rows)
+    assert got == [(f"p{s}.{i}", s, 10.0 * s + i, 10.0 * s + i + 1, 10.0 * s + i + 2)
+                   for s in (1, 2, 3) for i in range(4)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ttspo.builder.sets import recipes
+from ttspo.builder.sets import pair_contract, recipes
 from ttspo.builder.sets.build import build_set
 from ttspo.builder.core.errors import InputError, QueryError, RecipeError
 from test_build_helpers import BASIC, add_run, make_store
@@ -42,6 +42,7 @@ def test_a_user_recipe_is_completed_from_generations(store, tmp_path):
     assert (first["chosen_ssim"], first["rejected_ssim"]) == (0.9, 0.4)
     assert first["cer_delta"] == 0.3 and first["sim_delta"] == 0.9 - 0.4
     assert out.params == {"margin": 0.0} and out.inputs == {"generations": 1}
+    assert out.table.column_names == pair_contract.ALLOWED  # completed, in the schema's order
 
 
 def test_header_defaults_can_be_overridden(store, tmp_path):

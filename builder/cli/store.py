@@ -147,6 +147,9 @@ def gc(ctx: click.Context, table: str | None, *, keep_last: str | None, older_th
     Cleaning generations (or every table) also removes the codes files in
     STORE/codes (what NeMo exports name) whose generation no kept generations
     version holds; the dry run lists them.
+
+    Data files no version names (a writer killed before its commit) go once they
+    are a week old (younger, a running writer may still commit them).
     """
     result = get_store(ctx).gc(table, keep_last=keep_last, older_than=older_than,
                                dry_run=dry_run, force=force, wait=wait,
@@ -189,13 +192,15 @@ def _gc_row(t) -> dict:
 
 def _gc_summary(result) -> str:
     tables = sum(1 for t in result.tables if t.removed)
-    what = (f"{result.removed} version{'s' * (result.removed != 1)} from {tables} "
-            f"table{'s' * (tables != 1)}")
+    parts = [f"{result.removed} version{'s' * (result.removed != 1)} from {tables} "
+             f"table{'s' * (tables != 1)}"] if result.removed else []
+    if result.orphans:  # a killed writer's uncommitted files, a week old
+        parts.append(f"{result.orphans} data file{'s' * (result.orphans != 1)} no version names")
+    what = " and ".join(parts)
+    if not what:
+        return "dry run: nothing to remove" if result.dry_run else "nothing to remove"
     if result.dry_run:
-        return (f"dry run: would remove {what}, freeing {result.bytes} bytes; "
-                "nothing was removed" if result.removed else "dry run: nothing to remove")
-    if not result.removed:
-        return "nothing to remove"
+        return f"dry run: would remove {what}, freeing {result.bytes} bytes; nothing was removed"
     return (f"removed {what}, freed {result.bytes} bytes "
             f"(logged in store_log version {result.log_version})")
 

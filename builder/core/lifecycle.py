@@ -7,8 +7,11 @@ forced; pins are found over every table, whichever table is cleaned. What it
 removes is logged as rows of ``store_log`` in ONE new version (its commit carries
 the lineage), so the cleaned tables get no new version. Files go through Lance's
 ``cleanup_old_versions(versions=[...])``: files only the removed versions name
-(their manifests, transaction files, data and deletion files). Files no manifest
-names (a writer's uncommitted fragments) are left to Lance's 7-day rule.
+(their manifests, transaction files, data and deletion files). Files NO version names
+(a writer killed before its commit: pair_dynamics' fragments past its buffer) go once
+a week old (Lance's rule: younger, a live writer may be about to commit them), by a
+first cleanup that removes no version, so also from a table none of whose versions go
+(table_files.py: unnamed_files; counted as ``orphans``, logged with the versions).
 
 Both take every named table's writing lock exclusively before changing anything
 (writers wait for them, and they wait up to WAIT seconds for running writers,
@@ -45,6 +48,7 @@ from ttspo.builder.core.errors import InputError, StoreError
 from ttspo.builder.core.locks import open_lock_file
 from ttspo.builder.core.schemas import LOG, STORE_LOG, STORE_LOG_SCHEMA
 from ttspo.builder.core.store import Lineage, Store, commit_properties, write_error
+from ttspo.builder.core.table_files import freed_bytes, unnamed_files
 
 LOG_TABLE = STORE_LOG
 GENERATIONS = "generations"  # the table whose versions hold the STORE/codes files' generations
@@ -108,6 +112,7 @@ class TableGc:
     tagged: list[int] = field(default_factory=list)  # kept: tagged (the policy would remove)
     forced: dict[int, list[str]] = field(default_factory=dict)  # pinned, removed by force
     latest: int = 0
+    orphans: int = 0  # week-old data files no version names, removed (a dry run: would be)
 
 
 @dataclass(kw_only=True)
@@ -126,6 +131,10 @@ class GcResult:
     @property
     def bytes(self) -> int:
         return sum(t.bytes for t in self.tables)
+
+    @property
+    def orphans(self) -> int:
+        return sum(t.orphans for t in self.tables)
 
 
 @dataclass(kw_only=True)
@@ -199,7 +208,7 @@ def gc(store: Store, table: str | None = None, *, policy: GcPolicy, dry_run: boo
     finally:
         # Logged even when a later table failed: what went must be on record.
         result = GcResult(policy=policy, dry_run=dry_run, force=force, tables=done, codes=removed_codes)
-        if result.removed or (removed_codes is not None and removed_codes.files):
+        if result.removed or result.orphans or (removed_codes is not None and removed_codes.files):
             result.log_version = _log(store, result, lineage)
     return result
 
@@ -238,7 +247,10 @@ def plan_gc(store: Store, names: list[str], policy: GcPolicy, force: bool, *,
         else:
             plan.pinned = held
             plan.removed = [v for v in plan.removed if v not in held]
-        plan.bytes = freed_bytes(store, name, plan.removed) if estimate else 0
+        if estimate:  # a real run counts what Lance removes
+            unnamed = unnamed_files(store, name)
+            plan.orphans = len(unnamed)
+            plan.bytes = freed_bytes(store, name, plan.removed) + sum(unnamed.values())
         plans.append(plan)
     return plans
 
@@ -289,63 +301,32 @@ def _pins(store: Store, every: list[str], infos: dict, remove: dict[str, set[int
 
 
 def _remove(store: Store, plan: TableGc) -> int:
-    if not plan.removed:  # forced versions are among them
-        return 0
+    """Lance's cleanup: first one that keeps every version (none is a century old), so
+    only the week-old files no version names go (counted apart), then the versions."""
     try:
-        stats = store.open(plan.table).cleanup_old_versions(versions=plan.removed)
+        swept = store.open(plan.table).cleanup_old_versions(older_than=timedelta(days=36500))
+        plan.orphans = int(swept.data_files_removed + swept.deletion_files_removed)
+        freed = int(swept.bytes_removed)
+        if plan.removed:  # forced versions are among them
+            freed += int(store.open(plan.table).cleanup_old_versions(
+                versions=plan.removed).bytes_removed)
     except OSError as exc:
         raise write_error(store.root, plan.table, exc) from None
-    return int(stats.bytes_removed)
-
-
-def freed_bytes(store: Store, table: str, versions: list[int]) -> int:
-    """Bytes of the files only VERSIONS name (what Lance's cleanup removes)."""
-    if not versions:
-        return 0
-    root = store.path(table)
-    ds = store.open(table)
-    manifests = _manifests(root)
-    gone = set(versions)
-    drop, keep = set(), set()
-    for v in (x["version"] for x in ds.versions()):
-        (drop if v in gone else keep).update(_files(ds, v, manifests))
-    return sum((root / f).stat().st_size for f in drop - keep if (root / f).is_file())
-
-
-def _manifests(root) -> dict[int, str]:
-    """version -> its manifest file (Lance's v2 names count down from 2**64 - 1)."""
-    out = {}
-    for path in (root / "_versions").glob("*.manifest"):
-        n = int(path.stem)
-        out[(2 ** 64 - 1 - n) if n >= 2 ** 63 else n] = f"_versions/{path.name}"
-    return out
-
-
-def _files(ds: lance.LanceDataset, version: int, manifests: dict[int, str]) -> set[str]:
-    files = {manifests[version]} if version in manifests else set()
-    tx = ds.read_transaction(version)
-    if tx is not None:
-        files.add(f"_transactions/{tx.read_version}-{tx.uuid}.txn")
-    for fragment in ds.checkout_version(version).get_fragments():
-        meta = fragment.metadata
-        files.update(f"data/{f.path}" for f in meta.files)
-        if meta.deletion_file is not None:
-            files.add(meta.deletion_file.path(meta.id))
-    return files
+    return freed
 
 
 def _log(store: Store, result: GcResult, lineage: Lineage) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     rows = [{LOG.time: stamp, LOG.command: "gc", LOG.table: t.table, LOG.versions: t.removed,
              LOG.forced: sorted(t.forced), LOG.bytes: t.bytes, LOG.latest: t.latest}
-            for t in result.tables if t.removed]
+            for t in result.tables if t.removed or t.orphans]
     codes = result.codes
     if codes is not None and codes.files:  # the folder, not a table: no versions
         rows.append({LOG.time: stamp, LOG.command: "gc", LOG.table: codes_store.CODES_DIR, LOG.versions: [],
                      LOG.forced: [], LOG.bytes: codes.bytes, LOG.latest: store.version(GENERATIONS)})
     record = lineage.with_inputs({t.table: t.latest for t in result.tables if t.removed})
     record = record.with_extra(removed={t.table: t.removed for t in result.tables if t.removed},
-                               bytes_freed=result.bytes,
+                               bytes_freed=result.bytes, orphan_files_removed=result.orphans,
                                codes_files_removed=0 if codes is None else len(codes.files),
                                codes_bytes_freed=0 if codes is None else codes.bytes)
     return store.write(LOG_TABLE, pa.Table.from_pylist(rows, schema=STORE_LOG_SCHEMA),

@@ -21,7 +21,8 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator
 
-from ttspo.builder.core.store import Store, _lineage_of
+from ttspo.builder.core.lineage import lineage_of
+from ttspo.builder.core.store import Store
 
 VERSION_COLUMN = re.compile(r"^(?P<table>[A-Za-z_][A-Za-z0-9_\-]*)_version$")
 NUMBERED_REF = re.compile(r"^(?P<table>[A-Za-z_][A-Za-z0-9_\-]*)@(?P<version>\d+)$")
@@ -114,7 +115,7 @@ class LineageCache:
         if key not in self.records:
             if table not in self.datasets:
                 self.datasets[table] = self.store.open(table)
-            record = _lineage_of(self.datasets[table], version)
+            record = lineage_of(self.datasets[table], version)
             self.records[key] = list(lineage_pins(record))
         return self.records[key]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import re
 import time
@@ -25,13 +24,13 @@ from typing import Any, Iterable, Iterator
 import lance
 import pyarrow as pa
 
-from ttspo import __version__
 from ttspo.builder.core.errors import StoreError, first_line
 from ttspo.builder.core.locks import clean_temp_dirs, open_lock_file
-from ttspo.builder.core.render import strict_json
+# The lineage every commit carries (builder/core/lineage.py); writers import it from here too.
+from ttspo.builder.core.lineage import (LINEAGE_KEY, Lineage, as_lineage,  # noqa: F401
+                                        commit_properties, lineage_of, make_lineage)
 from ttspo.builder.core.schemas import CORE_TABLES, LOG, STORE_LOG
 
-LINEAGE_KEY = "ttspo.lineage"
 # Lance file format for new tables. 2.0 rather than the newer default 2.2: it
 # encodes the nested int16 `codes` lists 3-5x faster (measured by bench/ingest.py)
 # at the cost of larger files.
@@ -83,79 +82,9 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class Lineage(dict):
-    """What made a version: the command, its arguments (``args``), the versions of
-    the tables it read (``inputs``), the ttspo version, and command-specific facts
-    (a recipe's SHA-256, a manifest's lines ...), as the one record every writer
-    takes and every commit stores (strict JSON, key ``ttspo.lineage``).
-
-    It is the stored record itself (a dict: JSON-serialisable, readable like the
-    records ``Store.lineage`` returns). Writers that learn more as they go add it
-    with :meth:`with_inputs` and :meth:`with_extra`, which return a new Lineage.
-    """
-
-    def __init__(self, command: str, args: dict[str, Any] | None = None,
-                 inputs: dict[str, int] | None = None, **extra: Any):
-        super().__init__(command=command, args=dict(args or {}), inputs=dict(inputs or {}),
-                         ttspo_version=__version__, **extra)
-
-    @property
-    def command(self) -> str:
-        return self["command"]
-
-    @property
-    def args(self) -> dict[str, Any]:
-        return self["args"]
-
-    @property
-    def inputs(self) -> dict[str, int]:
-        return self["inputs"]
-
-    def with_inputs(self, inputs: dict[str, int] | None = None) -> "Lineage":
-        return Lineage.from_record({**self, "inputs": {**self.inputs, **(inputs or {})}})
-
-    def with_extra(self, **extra: Any) -> "Lineage":
-        return Lineage.from_record({**self, **extra})
-
-    def to_json(self) -> str:
-        return strict_json(self, sort_keys=True)
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "Lineage":
-        """A Lineage from a record (read back, or passed to another process as JSON);
-        it records the running ttspo version."""
-        known = ("command", "args", "inputs", "ttspo_version")
-        return cls(record.get("command", ""), record.get("args"), record.get("inputs"),
-                   **{k: v for k, v in record.items() if k not in known})
-
-
-def make_lineage(command: str, args: dict[str, Any] | None = None,
-                 inputs: dict[str, int] | None = None, **extra: Any) -> Lineage:
-    """The lineage of one command: stored in each commit it makes."""
-    return Lineage(command, args, inputs, **extra)
-
-
-def as_lineage(lineage: dict[str, Any]) -> Lineage:
-    """Writers take a Lineage; a plain record dict (``{**lineage, ...}``, or one read
-    back from a commit) becomes one."""
-    return lineage if isinstance(lineage, Lineage) else Lineage.from_record(lineage)
-
-
 def default_store_path() -> Path:
     """The store a command uses without --store: $TTSPO_STORE, else ./ttspo-store."""
     return Path(os.environ.get("TTSPO_STORE") or "ttspo-store")
-
-
-def commit_properties(lineage: Lineage | dict[str, Any]) -> dict[str, str]:
-    """Lance transaction properties for a commit: pass to any Lance write call."""
-    return {LINEAGE_KEY: as_lineage(lineage).to_json()}
-
-
-def _lineage_of(ds: lance.LanceDataset, version: int) -> dict[str, Any]:
-    tx = ds.read_transaction(version)
-    props = (tx.transaction_properties or {}) if tx is not None else {}
-    raw = props.get(LINEAGE_KEY)
-    return json.loads(raw) if raw else {}
 
 
 class Store:
@@ -234,13 +163,13 @@ class Store:
         return self.open(table).version if self.exists(table) else None
 
     def lineage(self, table: str, version: int) -> dict[str, Any]:
-        return _lineage_of(self.open(table), version)
+        return lineage_of(self.open(table), version)
     def versions(self, table: str) -> list[dict[str, Any]]:
         """One dict per version: version, time (UTC ISO), command, rows, lineage."""
         ds = self.open(table)
         out = []
         for v in ds.versions():
-            lineage = _lineage_of(ds, v["version"])  # the dataset opened once
+            lineage = lineage_of(ds, v["version"])  # the dataset opened once
             stamp = v["timestamp"]
             if stamp.tzinfo is None:
                 stamp = stamp.replace(tzinfo=timezone.utc)

@@ -70,7 +70,8 @@ _LOCK = threading.RLock()
 # process, not read from the session or the store: what a re-threshold still costs.
 computed: Counter = Counter()
 # What stored entries are computed by: an edit of any of these gives new file names.
-_SOURCES = ("builder/sets/session_cache.py", "builder/sets/stored_maps.py", "builder/sets/recipe_cache.py", "builder/sets/recipes.py",
+_SOURCES = ("builder/sets/session_cache.py", "builder/sets/stored_maps.py", "builder/sets/recipe_cache.py",
+            "builder/sets/recipes.py", "builder/sets/pair_contract.py",
             "builder/sets/nemo_lines.py", "builder/sets/codes.py", "builder/sets/torch_file.py",
             "builder/core/codes_store.py",
             "builder/core/query.py", "builder/core/schemas.py", "builder/core/metrics.py",

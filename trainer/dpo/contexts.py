@@ -15,11 +15,10 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import file_sha256
-from ttspo.builder.core.lance_rows import SortedIds, take_rows
+from ttspo.builder.core.lance_rows import RowsOfIds, rows_matching, take_rows
 from ttspo.builder.core.schemas import GEN, PROMPT
 from ttspo.builder.core.store import Store
 from ttspo.builder.ingest.codes import read_codes
@@ -30,32 +29,39 @@ CONTEXT_TAKE = 8192  # rows a streamed load takes at once to resolve the prompts
 
 
 def prompt_contexts(store: Store, sv: Any, ds: Any, *, prompts: pa.Array,
-                    prompt_index: np.ndarray, chosen_rowid: np.ndarray, encode: Callable | None
+                    first_pair: np.ndarray, chosen_rowid: np.ndarray, encode: Callable | None
                     ) -> list[np.ndarray | None]:
-    """Each prompt's context codes (PROMPTS: the set's prompt ids, PROMPT_INDEX: each
-    pair's): read from one chosen generation per prompt and the prompts table at the
-    set's prompts version, by :func:`resolve_context`'s rule; a text context without
-    a codes file is None with no Python work per prompt."""
-    _, first = np.unique(prompt_index, return_index=True)  # one pair per prompt, in order
-    paths = pa.nulls(len(prompts), pa.string())
+    """Each prompt's context codes (PROMPTS: the set's prompt ids, FIRST_PAIR: each
+    one's first pair): read from that pair's chosen generation and the prompts table
+    at the set's prompts version, by :func:`resolve_context`'s rule; a text context
+    without a codes file is None with no Python work per prompt."""
+    reps = chosen_rowid[first_pair]  # each prompt's row: its first pair's chosen generation
+    work = rows_matching(ds, f"{GEN.context_text} IS NULL", reps)  # an audio context
+    files = np.full(len(prompts), -1, np.int64)  # the prompt's row, where it names a codes file
     if sv.record.prompts_version is not None:
-        table = store.open("prompts", sv.record.prompts_version).to_table(
-            columns=[PROMPT.prompt_id, PROMPT.context_audio_codes_path])
-        at = SortedIds(table.column(PROMPT.prompt_id), np.arange(table.num_rows)).find(prompts)
-        paths = table.column(PROMPT.context_audio_codes_path).take(
-            pa.array(at, mask=at < 0)).combine_chunks()  # a prompt not in the table: no file
+        table = store.open("prompts", sv.record.prompts_version)
+        at = RowsOfIds([prompts]).read(table, PROMPT.prompt_id)  # -1: not in the table, no file
+        files = np.where(rows_matching(table, f"{PROMPT.context_audio_codes_path} IS NOT NULL",
+                                       at), at, -1)
+        work |= files >= 0
     contexts: list[np.ndarray | None] = [None] * len(prompts)
     once = ContextEncodes(encode)
-    for start in range(0, len(first), CONTEXT_TAKE):  # Lance's take, in bounded pieces
-        rep = take_rows(ds, chosen_rowid[first[start:start + CONTEXT_TAKE]].tolist(),
+    work = np.flatnonzero(work)  # in prompt order: the first bad context is the one named
+    for start in range(0, len(work), CONTEXT_TAKE):  # Lance's takes, in bounded pieces
+        part = work[start:start + CONTEXT_TAKE]
+        rep = take_rows(ds, reps[part].tolist(),
                         [GEN.generation_id, GEN.context_audio_filepath, GEN.context_text])
-        part = paths.slice(start, rep.num_rows)
-        work = pc.or_(pc.is_valid(part), pc.is_null(rep.column(GEN.context_text)))
-        for k in np.flatnonzero(work.to_numpy(zero_copy_only=False)).tolist():
-            contexts[start + k] = resolve_context(
-                codes_path=part[k].as_py(), audio_path=rep.column(GEN.context_audio_filepath)[k].as_py(),
-                text=rep.column(GEN.context_text)[k].is_valid, encode=once,
-                what=f"generation {rep.column(GEN.generation_id)[k].as_py()}")
+        path = [None] * len(part)
+        named = np.flatnonzero(files[part] >= 0)
+        if len(named):
+            taken = take_rows(table, files[part[named]].tolist(), [PROMPT.context_audio_codes_path])
+            for j, p in zip(named.tolist(), taken.column(0).to_pylist()):
+                path[j] = p
+        for j, k in enumerate(part.tolist()):
+            contexts[k] = resolve_context(
+                codes_path=path[j], audio_path=rep.column(GEN.context_audio_filepath)[j].as_py(),
+                text=rep.column(GEN.context_text)[j].is_valid, encode=once,
+                what=f"generation {rep.column(GEN.generation_id)[j].as_py()}")
     return contexts
 
 

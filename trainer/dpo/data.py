@@ -8,7 +8,10 @@ join the exports use; codes are read from Lance by row id (the SQL views leave
 them out): all of them as the set loads (``stream=False``, the in-memory loader),
 or a batch at a time when a step needs them (``stream=True``: the pairs hold each
 generation's row id, 8 bytes, and :meth:`Pairs.rows` reads the codes of the pairs
-asked for; trainer/dpo/stream.py prefetches them in worker processes). Context
+asked for, through trainer/dpo/codes_reader.py; trainer/dpo/stream.py prefetches
+them in worker processes). A streamed load finds the row ids by reading the
+version's id column in batches against the set's own ids, sorted: its peak memory
+grows with the set, not with the generations version. Context
 codes are resolved once per prompt by trainer/dpo/contexts.py's rule, which `generate`
 and GRPO share (a codes file, else none for a text context, else one encode per
 context file content).
@@ -28,6 +31,7 @@ conditioning dropout treats a pair as one.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import sys
 from dataclasses import dataclass
@@ -38,18 +42,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
-from ttspo.builder.core.lance_rows import ROW_ID, SortedIds, row_ids, take_rows
+from ttspo.builder.core.lance_rows import RowsOfIds, take_rows
 from ttspo.builder.core.schemas import GEN, PAIR
 from ttspo.builder.core.store import Store
 from ttspo.builder.sets.build import open_set
 from ttspo.builder.sets.export import generation_rows
+from ttspo.trainer.dpo.codes_reader import EOS_COLUMNS, ROW_KEYS, CodesReader, PairCodes, eos_drawn
 from ttspo.trainer.dpo.contexts import context_codes, prompt_contexts
 from ttspo.trainer.policy.base import CONTEXT_CODES, EOS_DRAWN
 
 PAIR_COLUMNS = (PAIR.pair_id, PAIR.prompt_id, PAIR.chosen_id, PAIR.rejected_id,
                 PAIR.chosen_reward, PAIR.rejected_reward, PAIR.split)
-ROW_KEYS = (GEN.generation_id, GEN.text, GEN.context_text)  # what a policy's collate reads
-EOS_COLUMNS = (GEN.codes_len, GEN.max_steps)  # data.eos_target=sampled reads them
 PAIR_BATCH = 65536  # pair rows a streamed load reads at once
 
 
@@ -191,188 +194,116 @@ def load_pairs(store: Store, ref: str, *, encode: Callable[[np.ndarray, int], An
     return out
 
 
-def eos_drawn(table: pa.Table) -> list[bool]:
-    """Whether each generation of TABLE (EOS_COLUMNS) drew EOS: False when it ran to its
-    max_steps (the sampler's length without EOS). Unknown (ingested without max_steps or
-    codes_len): True, the target NeMo gives every sample."""
-    return [n is None or m is None or n < m for n, m in
-            zip(table.column(GEN.codes_len).to_pylist(), table.column(GEN.max_steps).to_pylist())]
-
-
 def streamed_pairs(store: Store, sv: Any, encode: Callable | None, *,
                    eos_target: str = "always", batch_rows: int = PAIR_BATCH) -> Pairs:
     """The pairs of set SV as arrays (streaming): each side's generations row id,
     rewards, each pair's prompt index, and each prompt's context codes; Arrow columns
     throughout, no Python object per pair or per generation. The set's pair columns
-    are read BATCH_ROWS rows at a time into arrays sized once (the load's peak stays
-    near what the pairs keep); texts and codes are read with the batch
-    (:meth:`Pairs.read_codes`)."""
+    are read one at a time, BATCH_ROWS rows a batch, each turned into what the pairs
+    keep before the next is read; the row ids are found by :func:`generation_rowids`
+    (the set's ids sorted, the generations' id column read by batch). So the load's
+    peak is its largest stage over what the pairs keep, whatever the size of the
+    generations version. Texts and codes are read with the batch (:meth:`Pairs.read_codes`)."""
     gen_version = sv.record.inputs["generations"]
     ds = store.open("generations", gen_version)
-    num = sv.dataset.count_rows()
-    rowid = {side: np.empty(num, np.int64) for side in (PAIR.chosen_id, PAIR.rejected_id)}
-    reward = {side: np.empty(num, np.float64) for side in (PAIR.chosen_reward, PAIR.rejected_reward)}
-    prompt_ids: list[pa.Array] = []
-    ids: list[pa.Array] = []
-    split: list[str] = []
-    index = generation_index(ds)  # every id of the version, sorted: dropped below
-    at = 0
-    for batch in sv.dataset.to_batches(columns=list(PAIR_COLUMNS), batch_size=batch_rows):
-        part = slice(at, at + batch.num_rows)
-        for side, rows in rowid.items():
-            rows[part] = generation_rowids(index, batch.column(side), f"{sv.ref}: generation",
-                                           gen_version)
-        for col, values in reward.items():
-            values[part] = batch.column(col).to_numpy(zero_copy_only=False)
-        prompt_ids.append(batch.column(PAIR.prompt_id))  # ~12 bytes a pair, until below
-        ids.append(batch.column(PAIR.pair_id))
-        split.extend(sys.intern(s) for s in batch.column(PAIR.split).to_pylist())
-        at = part.stop
-    del index
-    prompts, prompt_index = first_seen(pa.chunked_array(
-        prompt_ids, sv.dataset.schema.field(PAIR.prompt_id).type))
-    del prompt_ids
-    contexts = prompt_contexts(store, sv, ds, prompts=prompts, prompt_index=prompt_index,
-                               chosen_rowid=rowid[PAIR.chosen_id], encode=encode)
+
+    def column(name: str) -> pa.ChunkedArray:  # one at a time: all seven at once peaked higher
+        return pa.chunked_array([b.column(0) for b in sv.dataset.to_batches(
+            columns=[name], batch_size=batch_rows)], sv.dataset.schema.field(name).type)
+
+    chosen, rejected = generation_rowids(ds, [column(PAIR.chosen_id).chunks,
+                                              column(PAIR.rejected_id).chunks],
+                                         what=f"{sv.ref}: generation")
+    release_freed()
+    prompts, prompt_index, first_pair = first_seen(column(PAIR.prompt_id))
+    release_freed()
+    contexts = prompt_contexts(store, sv, ds, prompts=prompts, first_pair=first_pair,
+                               chosen_rowid=chosen, encode=encode)
+    release_freed()
+    reward = lambda name: column(name).to_numpy().astype(np.float64, copy=False)
     return Pairs(set_name=sv.name, set_version=sv.version, generations_version=gen_version,
                  prompts_version=sv.record.prompts_version,
-                 pair_ids=PairIds(pa.chunked_array(ids, sv.dataset.schema.field(PAIR.pair_id).type)),
-                 split=split,
-                 chosen=[], rejected=[], chosen_reward=reward[PAIR.chosen_reward],
-                 rejected_reward=reward[PAIR.rejected_reward],
+                 pair_ids=PairIds(column(PAIR.pair_id)),
+                 split=[sys.intern(s) for a in column(PAIR.split).chunks for s in a.to_pylist()],
+                 chosen=[], rejected=[], chosen_reward=reward(PAIR.chosen_reward),
+                 rejected_reward=reward(PAIR.rejected_reward),
                  codes=CodesReader(store, gen_version, sv.ref, eos_target=eos_target),
-                 chosen_rowid=rowid[PAIR.chosen_id], rejected_rowid=rowid[PAIR.rejected_id],
+                 chosen_rowid=chosen, rejected_rowid=rejected,
                  prompt_index=prompt_index, contexts=contexts)
 
 
-def first_seen(ids: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
-    """(IDS's distinct values in first-seen order, each of IDS's index in them as int32):
-    ``pc.unique`` + ``index_in`` by a stable sort instead of a hash table (about 30
-    bytes an id while it runs, a hash table of 200k prompt ids took ~35 MB)."""
-    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+def release_freed() -> None:
+    """Give the pages a load stage freed back to the system (glibc's ``malloc_trim``;
+    elsewhere nothing). Lance reads on its own threads, whose malloc arenas keep what
+    they freed resident, and the next stage did not reuse it (measured at 200k pairs:
+    the prompts' contexts added 21 MB to the peak after the row ids' stage, 1 MB after
+    a trim). So the peak is the largest stage's, not the sum of their transients."""
+    if _malloc_trim() is not None:
+        _malloc_trim()(0)
+    pa.default_memory_pool().release_unused()
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def first_seen(ids: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(IDS's distinct values in first-seen order, each of IDS's index in them as int32,
+    each distinct value's first row): ``pc.unique`` + ``index_in`` by a stable sort
+    instead of a hash table (about 40 bytes an id while it runs, a hash table of 200k
+    prompt ids took ~35 MB)."""
     n = len(ids)
     if not n:
-        return ids, np.empty(0, np.int32)
+        return pa.array([], ids.type), np.empty(0, np.int32), np.empty(0, np.int64)
     order = pc.sort_indices(ids).to_numpy()  # stable: equal ids keep their row order
     ranked = ids.take(order)
+    ranked = ranked.chunk(0) if ranked.num_chunks == 1 else ranked.combine_chunks()
     new = np.ones(n, bool)  # where a sorted run of equal ids starts
     new[1:] = pc.fill_null(pc.not_equal(ranked.slice(1), ranked.slice(0, n - 1)), True
                            ).to_numpy(zero_copy_only=False)
     del ranked
-    first = order[new]  # each distinct id's first row
-    rank = np.empty(len(first), np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    first = order[new].astype(np.int64)  # each distinct id's first row, in sorted order
+    seen = np.argsort(first, kind="stable")  # the distinct ids in first-seen order
+    rank = np.empty(len(first), np.int32)
+    rank[seen] = np.arange(len(first), dtype=np.int32)
+    run = np.cumsum(new, dtype=np.int32)  # each sorted row's distinct id, 1-based
+    run -= 1
     index = np.empty(n, np.int32)
-    index[order] = rank[np.cumsum(new) - 1]
-    return ids.take(pa.array(np.sort(first))), index
+    index[order] = rank[run]
+    first = first[seen]
+    return ids.take(first).combine_chunks(), index, first
 
 
-def generation_index(ds: Any) -> SortedIds:
-    """Every generation id of DS, sorted, with its Lance row id (:class:`SortedIds`:
-    about 30 bytes a generation while the set loads, no hash table)."""
-    index = row_ids(ds, GEN.generation_id)
-    return SortedIds(index.column(GEN.generation_id),
-                     index.column(ROW_ID).to_numpy().astype(np.int64))
-
-
-def generation_rowids(index: SortedIds, ids: pa.Array, what: str, version: int) -> np.ndarray:
-    """The Lance row ids (int64) of the generations IDS, by INDEX."""
-    found = index.find(ids)
+def generation_rowids(ds: Any, sides: list[list[pa.Array]], what: str) -> list[np.ndarray]:
+    """The Lance row ids (int64) in DS (a generations version) of each side's generation
+    ids (SIDES: each a list of arrays, one id per pair; the lists are emptied, so
+    the ids are freed once sorted), by one read of the version's id column in batches
+    (:class:`RowsOfIds`: the sides' distinct ids sorted, not every id of the version).
+    An id not there: an InputError naming WHAT and the first such id in pair order
+    (a pair's first side first)."""
+    num = sum(len(a) for a in sides[0])
+    wanted = RowsOfIds([a for side in sides for a in side])
+    for side in sides:
+        side.clear()
+    found = wanted.read(ds, GEN.generation_id)
+    out = [found[k * num:(k + 1) * num] for k in range(len(sides))]
     if (found < 0).any():
-        missing = ids[int(np.flatnonzero(found < 0)[0])].as_py()
-        raise InputError(f"{what} {missing} is not in generations@{version}")
-    return found
+        pair = int(np.flatnonzero(np.logical_or.reduce([rows < 0 for rows in out]))[0])
+        k = next(k for k, rows in enumerate(out) if rows[pair] < 0)
+        raise InputError(f"{what} {wanted.id(k * num + pair)} is not in generations@{ds.version}")
+    return out
 
 
 def generation_row_ids(store: Store, version: int, ids: Sequence[str]) -> dict[str, int]:
-    """generation_id -> its Lance row id at generations@VERSION, for the IDS asked."""
-    index = row_ids(store.open("generations", version), GEN.generation_id)
-    index = index.filter(pc.is_in(index.column(GEN.generation_id),
-                                  value_set=pa.array(list(ids), pa.string())))
-    return dict(zip(index.column(GEN.generation_id).to_pylist(),
-                    index.column(ROW_ID).to_pylist()))
-
-
-# Streaming: the chosen's and the rejected's rows as read by row id, each
-# {generation_id, text, context_text, codes [C, T]} (contexts are added by Pairs.rows)
-PairCodes = tuple[list[dict[str, Any]], list[dict[str, Any]]]
-
-
-class CodesReader:
-    """Codes of generations@VERSION by Lance row id. Picklable (a store path and a
-    version): a spawned worker opens its own dataset (Lance is not fork-safe)."""
-
-    def __init__(self, store: Store, version: int, ref: str, *, eos_target: str = "always"):
-        self.store, self.version, self.ref = store, version, ref
-        self.eos_target = eos_target  # "sampled": rows say whether they drew EOS
-        self._ds = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_ds": None}
-
-    def take(self, rowids: Sequence[int]) -> list[np.ndarray]:
-        """Int codes [C, T] of the rows ROWIDS, in that order."""
-        if self._ds is None:
-            self._ds = self.store.open("generations", self.version)
-        taken = take_rows(self._ds, rowids, [GEN.generation_id, GEN.codes])
-        return [self._check(gid, frames) for gid, frames in
-                zip(taken.column(GEN.generation_id).to_pylist(), code_arrays(taken.column(GEN.codes)))]
-
-    def _check(self, gid: str, frames: np.ndarray | None) -> np.ndarray:
-        if frames is None:
-            raise InputError(f"{self.ref}: generation {gid} has no codes in generations@"
-                             f"{self.version} (ingest it with its *_codes.pt file, or generate "
-                             "it with ttspo)")
-        return frames
-
-    def rows(self, rowids: Sequence[int]) -> list[dict[str, Any]]:
-        """The policy rows (ROW_KEYS + codes) of the rows ROWIDS, in that order."""
-        if self._ds is None:
-            self._ds = self.store.open("generations", self.version)
-        sampled = self.eos_target == "sampled"
-        table = take_rows(self._ds, rowids, [*ROW_KEYS, GEN.codes, *(EOS_COLUMNS if sampled else ())])
-        taken, codes = table.select(list(ROW_KEYS)).to_pydict(), code_arrays(table.column(GEN.codes))
-        rows = [{**{k: taken[k][i] for k in ROW_KEYS},
-                 GEN.codes: self._check(taken[GEN.generation_id][i], codes[i])}
-                for i in range(len(codes))]
-        if sampled:
-            for row, drawn in zip(rows, eos_drawn(table)):
-                row[EOS_DRAWN] = drawn
-        return rows
-
-    def by_id(self, ids: dict[str, int]) -> dict[str, np.ndarray]:
-        """generation_id -> codes, for IDS (generation_id -> row id)."""
-        return dict(zip(ids, self.take(list(ids.values()))))
-
-    def pair_codes(self, chosen: np.ndarray, rejected: np.ndarray) -> PairCodes:
-        rows = self.rows(np.concatenate([chosen, rejected]).tolist())
-        return rows[:len(chosen)], rows[len(chosen):]
-
-
-def code_arrays(column: pa.ChunkedArray) -> list[np.ndarray | None]:
-    """Each row's codes (``[C][T]`` int lists) as an int64 array [C, T], None where it
-    has none (null, no codebook, or an empty first codebook). Sliced from the column's
-    flat values: no Python list per frame (the in-memory loader reads every codes
-    array of a set this way)."""
-    col = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    books = pc.fill_null(pc.list_value_length(col), 0).to_numpy().astype(np.int64)
-    inner = col.flatten()  # every row's codebooks, in row order (null rows hold none)
-    frames = pc.fill_null(pc.list_value_length(inner), 0).to_numpy().astype(np.int64)
-    values = inner.flatten().to_numpy(zero_copy_only=False)
-    book_at = np.concatenate([[0], np.cumsum(books)])
-    value_at = np.concatenate([[0], np.cumsum(frames)])
-    out: list[np.ndarray | None] = []
-    for i, c in enumerate(books.tolist()):
-        first = book_at[i]
-        t = frames[first] if c else 0
-        if not t:
-            out.append(None)
-        elif (frames[first:first + c] == t).all():
-            start = value_at[first]
-            out.append(values[start:start + c * t].reshape(c, t).astype(np.int64))
-        else:  # ragged codebooks: as numpy makes of them (its error)
-            out.append(np.asarray(col[i].as_py(), dtype=np.int64))
-    return out
+    """generation_id -> its Lance row id at generations@VERSION, for the IDS asked (all
+    there: the set's build checked them)."""
+    found = RowsOfIds([pa.array(list(ids), pa.string())]).read(
+        store.open("generations", version), GEN.generation_id)
+    return {g: int(r) for g, r in zip(ids, found) if r >= 0}
 
 
 # ------------------------------------------------------------------- order

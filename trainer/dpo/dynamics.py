@@ -9,7 +9,9 @@ A run is named by its folder (:func:`run_name`: NAME~2 when another folder of th
 name already wrote rows; the run folder keeps the name for its resumes).
 
 Streaming, bounded memory: each rank buffers its own rows and, past ``flush_rows``,
-writes them as uncommitted Lance data files of the table (fragments). Nothing is
+writes them as uncommitted Lance data files of the table (fragments). The values are
+buffered as they come, on the step's device: one copy to the host per flush, never a
+device sync per micro-batch. Nothing is
 visible until :meth:`DynamicsWriter.commit`, a collective every rank calls: rank 0
 gathers every rank's fragment list (a few hundred bytes each) and commits them as
 ONE version (a Lance Append), with the run's lineage and the step range.
@@ -20,7 +22,8 @@ through S are committed. A kill after that commit but before the checkpoint leav
 rows past the latest checkpoint; the resume deletes them (:func:`on_resume`: rows of
 the run with step > S, or every row of the run when no checkpoint was written), then
 replays those steps and writes them again. A kill before a commit leaves data files
-no version names (readers never see them).
+no version names (readers never see them; `ttspo gc` removes them once a week old:
+builder/core/table_files.py).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from ttspo.trainer.run.config_rules import parse_terms
 
 PAIR_DYNAMICS = "pair_dynamics"
 FLUSH_ROWS = 65536  # rows a rank buffers before writing them as a fragment (~6 MB)
+VALUES = ("margin", "correct", "loss")  # pair_values' keys, in the schema's column order
 
 
 # ------------------------------------------------------------ per-pair values
@@ -154,25 +158,24 @@ class DynamicsWriter:
     enabled: bool = True
     flush_rows: int = FLUSH_ROWS
     commits: int = 0
-    _batches: list[pa.RecordBatch] = field(default_factory=list)
+    # (step, epoch, split, pair ids, [len(VALUES), n] float64 on the step's device) per add
+    _pending: list[tuple[int, int, str, list[str], torch.Tensor]] = field(default_factory=list)
     _buffered: int = 0
     _fragments: list[Any] = field(default_factory=list)
     _first_step: int | None = None  # the first step of the rows not yet committed
 
     def add(self, *, step: int, epoch: int, split: str, pair_ids: Sequence[str],
             values: dict[str, torch.Tensor]) -> None:
-        """Rows of the pairs PAIR_IDS read at STEP (values: :func:`pair_values`)."""
+        """Rows of the pairs PAIR_IDS read at STEP (values: :func:`pair_values`). The values
+        stay on their device until the flush (no host copy, so no device sync, here)."""
         if not self.enabled or not len(pair_ids):
             return
         n = len(pair_ids)
-        col = lambda k: pa.array(values[k].detach().double().cpu().numpy(), pa.float64())
-        const = lambda v, t: pa.array(np.full(n, v), t) if t != pa.string() else \
-            pa.array([v] * n, pa.string())
-        self._batches.append(pa.RecordBatch.from_arrays([
-            const(self.run, pa.string()), const(step, pa.int64()), const(epoch, pa.int64()),
-            const(split, pa.string()), const(self.set_name, pa.string()),
-            const(self.set_version, pa.int64()), pa.array(list(pair_ids), pa.string()),
-            col("margin"), col("correct"), col("loss")], schema=PAIR_DYNAMICS_SCHEMA))
+        # float64 on the device: the same numbers as a float64 host copy (exact widening)
+        stacked = torch.stack([values[k].detach().reshape(-1).to(torch.float64) for k in VALUES])
+        if stacked.shape[1] != n:  # shapes are known without a sync
+            raise ValueError(f"pair_dynamics: {n} pair ids, {stacked.shape[1]} values")
+        self._pending.append((step, epoch, split, list(pair_ids), stacked))
         self._buffered += n
         self._first_step = step if self._first_step is None else min(self._first_step, step)
         if self._buffered >= self.flush_rows:
@@ -194,17 +197,36 @@ class DynamicsWriter:
 
     def _write_fragments(self) -> None:
         """The buffered rows as data files of the table, committed by no version yet."""
-        if not self._batches:
+        if not self._pending:
             return
         import lance
 
-        table = pa.Table.from_batches(self._batches, schema=PAIR_DYNAMICS_SCHEMA)
+        table = self._table()
         self.store.root.mkdir(parents=True, exist_ok=True)
         mode = "append" if self.store.exists(PAIR_DYNAMICS) else "create"
         self._fragments += lance.fragment.write_fragments(
             table, str(self.store.path(PAIR_DYNAMICS)), schema=PAIR_DYNAMICS_SCHEMA, mode=mode,
             data_storage_version=STORAGE_VERSION, enable_stable_row_ids=True)
-        self._batches, self._buffered = [], 0
+        self._pending, self._buffered = [], 0
+
+    def _table(self) -> pa.Table:
+        """The buffered rows: every add's values copied to the host at once (one sync)."""
+        device = self._pending[0][4].device
+        host = torch.cat([v if v.device == device else v.to(device) for *_, v in self._pending],
+                         dim=1).cpu().numpy()
+        batches, at = [], 0
+        for step, epoch, split, pair_ids, _ in self._pending:
+            n = len(pair_ids)
+            const = lambda v, t: pa.array(np.full(n, v), t) if t != pa.string() else \
+                pa.array([v] * n, pa.string())
+            batches.append(pa.RecordBatch.from_arrays([
+                const(self.run, pa.string()), const(step, pa.int64()), const(epoch, pa.int64()),
+                const(split, pa.string()), const(self.set_name, pa.string()),
+                const(self.set_version, pa.int64()), pa.array(pair_ids, pa.string()),
+                *(pa.array(host[i, at:at + n], pa.float64()) for i in range(len(VALUES)))],
+                schema=PAIR_DYNAMICS_SCHEMA))
+            at += n
+        return pa.Table.from_batches(batches, schema=PAIR_DYNAMICS_SCHEMA)
 
     def commit(self, step: int) -> int | None:
         """Every rank's rows so far as ONE version (a collective: every rank calls it).

@@ -19,7 +19,8 @@ import torch
 from ttspo.trainer.policy.base import DROPOUT_GROUP, sequence_logps
 
 if TYPE_CHECKING:  # the data layer (pyarrow, Lance) only for the annotations
-    from ttspo.trainer.dpo.data import PairCodes, Pairs
+    from ttspo.trainer.dpo.codes_reader import PairCodes
+    from ttspo.trainer.dpo.data import Pairs
 
 
 class PairPass(NamedTuple):

@@ -33,6 +33,7 @@ from ttspo.builder.core.dist import Compute, all_mean, all_sum, compute_cleanup,
 from ttspo.builder.core.errors import TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.run.checkpointer import Checkpointer
 from ttspo.trainer.run import faults
 from ttspo.trainer.dpo import dynamics as D
 from ttspo.trainer.dpo import losses as L
@@ -212,11 +213,11 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
     dyn = D.DynamicsWriter(store=store, run=run, set_name=pairs.set_name,
                            set_version=pairs.set_version, lineage=lineage, master=c.master,
                            enabled=cfg.train.pair_dynamics)
-    saver = ckpt.Checkpointer(store=store, out=out, trainer="dpo", policy=policy,
-                              optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
-                              master=c.master, data_state=order.position, best_metric=best_metric,
-                              best_mode=best_mode, best=best, last_good=latest,
-                              guard=lock.check if lock else None)
+    saver = Checkpointer(store=store, out=out, trainer="dpo", policy=policy,
+                         optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
+                         master=c.master, data_state=order.position, best_metric=best_metric,
+                         best_mode=best_mode, best=best, last_good=latest,
+                         guard=lock.check if lock else None)
     result = RunResult(run_dir=out, steps=start, reference=reference, first={}, last={}, val={},
                        checkpoints=saver.rows)
 
@@ -232,6 +233,10 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
         sums: dict[str, torch.Tensor] = {}
         micro, done = next(batches), step + 1
         epoch = order.position(step)["epoch"]
+        # Summed on the device and checked once a step, before the optimizer: a check per
+        # micro-batch would wait for the GPU (and all-reduce) every micro-batch. A sum is
+        # finite only when every term is, and a non-finite gradient never reaches the weights.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=c.device)
         for a, (idx, codes) in enumerate(micro):
             sync = a == len(micro) - 1
             values: dict[str, torch.Tensor] | None = {} if dyn.enabled else None
@@ -240,10 +245,11 @@ def _train(store, set_ref, cfg, out, *, spec, init, lineage, echo, c, lock=None)
                     loss, metrics = pair_step(model, policy, ref_model, cache, pairs=train,
                                               idx=idx, cfg=cfg, codes=codes, values=values)
                 dyn.add_pairs(train, idx, step=done, epoch=epoch, split="train", values=values)
-                saver.check_loss(step, all_mean(loss.detach().float().reshape(1), c))
+                loss_sum += loss.detach().double()
                 (loss / len(micro)).backward()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v / len(micro)
+        saver.check_loss(step, all_mean((loss_sum / len(micro)).float().reshape(1), c))
         grad_norm, lr = optimizer_step(policy, optimizer, scheduler, cfg)
         keys = sorted(sums)
         means = all_mean(torch.stack([sums[k].float() for k in keys]), c).tolist()

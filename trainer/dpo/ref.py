@@ -36,7 +36,8 @@ from ttspo.builder.core.files import file_sha256
 from ttspo.builder.core.lance_rows import SortedIds
 from ttspo.builder.core.schemas import REF, REF_LOGPS_SCHEMA
 from ttspo.builder.core.store import Lineage, Store, as_lineage, sql_string
-from ttspo.trainer.dpo.data import PairCodes, PairIds, Pairs
+from ttspo.trainer.dpo.codes_reader import PairCodes
+from ttspo.trainer.dpo.data import PairIds, Pairs
 from ttspo.trainer.dpo.forward import concatenated_forward
 
 TABLE = "ref_logps"

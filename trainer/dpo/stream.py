@@ -5,11 +5,12 @@
 :class:`~ttspo.trainer.dpo.data.PairOrder`'s, whatever the loader, so both loaders give
 the same batches in the same order. With ``data.loader=memory`` the codes are None
 (the pairs hold them). With ``stream``, a torch DataLoader of ``data.workers``
-processes reads each micro-batch's codes from Lance by row id (trainer/dpo/data.py:
-CodesReader) ``data.prefetch_batches`` micro-batches ahead, so the step does not
-wait on data and at most workers x prefetch_batches micro-batches of codes are in
-memory, whatever the set's size. Workers are SPAWNED (Lance is not fork-safe) and
-read only this rank's share.
+processes reads the codes from Lance by row id (trainer/dpo/codes_reader.py:
+CodesReader), ``data.read_batches`` micro-batches a read (one take, one message), and
+holds ``data.prefetch_batches`` reads ready, so the step does not wait on data and at
+most workers x prefetch_batches x read_batches micro-batches of codes are in memory,
+whatever the set's size. Workers are SPAWNED (Lance is not fork-safe) and read only
+this rank's share.
 """
 
 from __future__ import annotations
@@ -19,21 +20,31 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ttspo.trainer.dpo.data import PairCodes, PairOrder, Pairs
+from ttspo.trainer.dpo.codes_reader import PairCodes
+from ttspo.trainer.dpo.data import PairOrder, Pairs
 
 MicroBatch = tuple[np.ndarray, "PairCodes | None"]
 
 
 class RankCodes(torch.utils.data.Dataset):
-    """Item (step, a): RANK's micro-batch a of optimizer step STEP and its codes."""
+    """Item i: RANK's micro-batches KEYS[i] ((step, a) each) with their codes, read in
+    ONE take and sent as one message: a message costs about the same whatever its size
+    (~1 ms on a 2-core machine), so one per micro-batch slowed a tiny step by ~25%."""
 
-    def __init__(self, pairs: Pairs, order: PairOrder, rank: int):
-        self.pairs, self.order, self.rank = pairs, order, rank
+    def __init__(self, pairs: Pairs, order: PairOrder, rank: int, keys: list[list[tuple[int, int]]]):
+        self.pairs, self.order, self.rank, self.keys = pairs, order, rank, keys
 
-    def __getitem__(self, key: tuple[int, int]) -> MicroBatch:
-        step, a = key
-        idx = self.order.micro_batches(step, self.rank)[a]
-        return idx, self.pairs.read_codes(idx)
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> list[MicroBatch]:
+        index = [self.order.micro_batches(step, self.rank)[a] for step, a in self.keys[i]]
+        chosen, rejected = self.pairs.read_codes(np.concatenate(index))
+        out, at = [], 0
+        for idx in index:
+            out.append((idx, (chosen[at:at + len(idx)], rejected[at:at + len(idx)])))
+            at += len(idx)
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         # A worker needs the order and the row ids (8 bytes a side), not the rows.
@@ -43,10 +54,10 @@ class RankCodes(torch.utils.data.Dataset):
                      pair_ids=[], split=[], chosen=[], rejected=[], chosen_reward=np.empty(0),
                      rejected_reward=np.empty(0), codes=p.codes, chosen_rowid=p.chosen_rowid,
                      rejected_rowid=p.rejected_rowid)
-        return {"pairs": lean, "order": self.order, "rank": self.rank}
+        return {"pairs": lean, "order": self.order, "rank": self.rank, "keys": self.keys}
 
 
-def _as_is(item: MicroBatch) -> MicroBatch:  # no tensor conversion: the step collates
+def _as_is(item: list[MicroBatch]) -> list[MicroBatch]:  # no tensor conversion: the step collates
     return item
 
 
@@ -62,18 +73,19 @@ def step_batches(pairs: Pairs, order: PairOrder, rank: int, *, start: int, stop:
             yield [(idx, None) for idx in order.micro_batches(step, rank)]
         return
     keys = [(step, a) for step in range(start, stop) for a in range(order.grad_accum)]
+    reads = [keys[i:i + data.read_batches] for i in range(0, len(keys), data.read_batches)]
     workers = data.workers
     loader = torch.utils.data.DataLoader(
-        RankCodes(pairs, order, rank), batch_size=None, sampler=keys, num_workers=workers,
+        RankCodes(pairs, order, rank, reads), batch_size=None, num_workers=workers,
         collate_fn=_as_is, worker_init_fn=_one_thread if workers else None,
         multiprocessing_context="spawn" if workers else None,
         prefetch_factor=data.prefetch_batches if workers else None,
         # its own generator: the loader's seed draw must not move the global torch RNG
         # (dropout), or streamed and in-memory runs would differ
         generator=torch.Generator())
-    it = iter(loader)
+    micro = (batch for read in loader for batch in read)
     try:
         for _ in range(start, stop):
-            yield [next(it) for _ in range(order.grad_accum)]
+            yield [next(micro) for _ in range(order.grad_accum)]
     finally:
-        del it  # shuts the workers down
+        micro.close()  # shuts the workers down

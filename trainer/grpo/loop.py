@@ -35,6 +35,7 @@ from ttspo.builder.core.errors import ConfigError, TrainingError
 from ttspo.builder.core.store import Lineage, as_lineage, make_lineage
 from ttspo.builder.core.schemas import GEN, RWD
 from ttspo.trainer.run import checkpoints as ckpt
+from ttspo.trainer.run.checkpointer import Checkpointer
 from ttspo.trainer.run import faults
 from ttspo.trainer.run.config import Config, GrpoConfig, best_rule
 from ttspo.trainer.run.config_rules import parse_terms
@@ -176,12 +177,12 @@ def _train(store, cfg: Config, out: Path, spec, *, init, lineage, echo, c, lock=
                            every=g.rollouts_every) if c.master else None
     log = MetricsLog(out, c, start_step=start, tensorboard=cfg.train.tensorboard)
     # Rollouts first: a checkpoint at S means the rows through S are stored.
-    saver = ckpt.Checkpointer(store=store, out=out, trainer="grpo", policy=policy,
-                              optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
-                              master=c.master, data_state=lambda step: {"step": step},
-                              best_metric=best_metric, best_mode=best_mode, best=best,
-                              last_good=latest, tag=tag, guard=lock.check if lock else None,
-                              before_save=writer.flush if writer is not None else None)
+    saver = Checkpointer(store=store, out=out, trainer="grpo", policy=policy,
+                         optimizer=optimizer, scheduler=scheduler, meta=meta, lineage=lineage,
+                         master=c.master, data_state=lambda step: {"step": step},
+                         best_metric=best_metric, best_mode=best_mode, best=best,
+                         last_good=latest, tag=tag, guard=lock.check if lock else None,
+                         before_save=writer.flush if writer is not None else None)
     result = GrpoResult(run_dir=out, steps=start, checkpoints=saver.rows)
     args = dict(run=run, n=g.n_generations_per_item, seed=seed, rewards=rewards, scoring=scoring,
                 store_audio=g.store_audio, eos_target=cfg.data.eos_target)

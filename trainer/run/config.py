@@ -30,7 +30,8 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from ttspo.builder.core import metrics as registry
-from ttspo.builder.core.errors import ConfigError, first_line
+from ttspo.builder.core.errors import ConfigError
+from ttspo.trainer.run.config_parse import flatten, read_yaml, resolve, typed
 from ttspo.trainer.run.config_rules import (Free, OneOf, Rule, Span, Terms, canonical_terms,
                                             check_rules, parse_terms)
 from ttspo.trainer.run.old_keys import map_old_keys
@@ -52,7 +53,10 @@ class DataConfig:
     # (same batches, same order, same losses: a run may switch on resume)
     loader: str = "memory"
     workers: int = 1  # stream: spawned processes reading ahead (0: read in the step's process)
-    prefetch_batches: int = 2  # stream: micro-batches each worker holds ready (bounds memory)
+    prefetch_batches: int = 2  # stream: reads each worker holds ready (bounds memory)
+    # stream: micro-batches per read (one Lance take, one message from the worker): a
+    # message costs ~1 ms whatever its size, a tiny step ~8 ms (bench/RESULTS.md)
+    read_batches: int = 8
     # The training target's last frame. always: EOS on every codebook after the codes,
     # also for a sample cut at its step limit without drawing EOS (NeMo's); sampled: a
     # sample that drew no EOS (codes_len = its max_steps) gets no EOS target (dpo, grpo)
@@ -187,6 +191,7 @@ RULES: dict[str, Rule] = {
     "data.loader": OneOf(("memory", "stream")),
     "data.workers": AT_LEAST_0,
     "data.prefetch_batches": AT_LEAST_1,
+    "data.read_batches": AT_LEAST_1,
     "data.eos_target": OneOf(("always", "sampled")),
     "loss.terms": Terms(LOSS_TYPES),
     "loss.beta": POSITIVE,
@@ -285,7 +290,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     """BASE (default: the defaults), then the YAML file at PATH, then OVERRIDES.
     OLD_KEYS: accept (and map) the keys of old_keys.OLD_KEYS, to resume a run made with them."""
     cfg = base if base is not None else Config()
-    items = [(key, value, str(path)) for key, value in _flatten(_read_yaml(Path(path)))] \
+    items = [(key, value, str(path)) for key, value in flatten(read_yaml(Path(path)), FREE_FORM)] \
         if path is not None else []
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -296,9 +301,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
         set_key(cfg, key, value, where=where)
     check(cfg)
     for key, rule in RULES.items():  # one spelling of each weighted-terms value
-        if isinstance(rule, Terms) and _resolve(cfg, key) is not None:
+        if isinstance(rule, Terms) and resolve(cfg, key) is not None:
             section, name = key.split(".")
-            terms = parse_terms(_resolve(cfg, key), key)
+            terms = parse_terms(resolve(cfg, key), key)
             setattr(getattr(cfg, section), name, canonical_terms(terms))
     return cfg
 
@@ -322,7 +327,7 @@ def set_key(cfg: Config, key: str, value: Any, *, where: str) -> None:
     """Set the dotted KEY to VALUE, typed by the field; errors name KEY and WHERE."""
     for free in FREE_FORM:
         if key.startswith(free + "."):
-            _resolve(cfg, free)[key[len(free) + 1:]] = value
+            resolve(cfg, free)[key[len(free) + 1:]] = value
             return
     keys = valid_keys(cfg)
     if key not in keys:
@@ -330,14 +335,14 @@ def set_key(cfg: Config, key: str, value: Any, *, where: str) -> None:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{where}: unknown config key '{key}'{hint}")
     section_key, _, name = key.rpartition(".")
-    section = _resolve(cfg, section_key) if section_key else cfg
+    section = resolve(cfg, section_key) if section_key else cfg
     hint = typing.get_type_hints(type(section))[name]
-    setattr(section, name, _typed(value, hint, key, where))
+    setattr(section, name, typed(value, hint, key, where))
 
 
 def check(cfg: Config) -> None:
     """Values that are typed right but not allowed: RULES, first broken key named."""
-    check_rules(RULES, lambda key: _resolve(cfg, key))
+    check_rules(RULES, lambda key: resolve(cfg, key))
 
 
 def check_codebooks(cfg: Config, num_codebooks: int) -> None:
@@ -347,81 +352,3 @@ def check_codebooks(cfg: Config, num_codebooks: int) -> None:
     if weights is not None and len(weights) != num_codebooks:
         raise ConfigError(f"config loss.codebook_weights has {len(weights)} values; the policy "
                           f"has {num_codebooks} codebooks")
-
-
-# ----------------------------------------------------------------- helpers
-
-def _resolve(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config is a mapping of sections, not a {type(data).__name__}")
-    return data
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    out = []
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and key not in FREE_FORM:
-            out += _flatten(v, key + ".")
-        else:
-            out.append((key, v))
-    return out
-
-
-def _typed(value: Any, hint: Any, key: str, where: str) -> Any:
-    """VALUE checked (and lightly coerced) against the field type HINT."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    bad = ConfigError(f"{where}: config {key} wants {_type_name(hint)}, got {value!r}")
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise bad
-        return [_typed(v, args[0], key, where) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise bad
-        try:  # YAML reads 1e-4 (no dot) as a string; an int past float's range overflows
-            return float(value)
-        except (ValueError, OverflowError):
-            raise bad from None
-    if hint is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise bad
-        return str(value)
-    return value
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", str(hint))

@@ -31,6 +31,7 @@ RESUMABLE = ("train.max_steps", "train.progress", "train.tensorboard", "train.lo
              "train.val_every", "train.checkpoint_every", "train.best_metric", "train.best_mode",
              # the loader and its read-ahead: same batches, same losses either way
              "data.loader", "data.workers", "data.prefetch_batches",
+             "data.read_batches",
              # what the run records of each pair (pair_dynamics), not what it computes
              "train.pair_dynamics")
 # Config keys added after run folders were made, each with the value that computes what
