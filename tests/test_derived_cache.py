@@ -16,7 +16,7 @@ from ttspo.builder.sets.export import export_nemo
 from test_build_helpers import BASIC, gen_rows
 from test_rethreshold import store, write_generations  # noqa: F401  (store: the fixture)
 
-KINDS = ("recipe.region", "recipe.generations", "export.ids", "export.line_parts", "export.codes")
+KINDS = ("recipe.region", "recipe.generations", "export.line_parts", "export.codes")
 
 
 def rethreshold(store, out, threshold):

@@ -214,12 +214,14 @@ def test_codes_and_line_parts_read_in_chunks_give_the_same_files(store, tmp_path
     with session_cache.disabled():
         monkeypatch.setattr(codes_mod, "CHUNK", 3)  # 10 generations: 4 chunks
         monkeypatch.setattr(nemo_lines, "PARTS_CHUNK", 4)  # 3 chunks
+        monkeypatch.setattr(nemo_lines, "ID_BATCH", 3)  # the table's ids scanned 3 at a time
         export_nemo(store, "a", tmp_path / "small")
     small = {p: p.read_bytes() for p in (store.root / "codes").rglob("*.pt")}
     for p in small:
         p.unlink()
     monkeypatch.setattr(codes_mod, "CHUNK", 4096)
     monkeypatch.setattr(nemo_lines, "PARTS_CHUNK", 16384)
+    monkeypatch.setattr(nemo_lines, "ID_BATCH", 1 << 18)
     with session_cache.disabled():
         export_nemo(store, "a", tmp_path / "big")
     assert {p: p.read_bytes() for p in (store.root / "codes").rglob("*.pt")} == small

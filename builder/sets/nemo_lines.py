@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import DERIVED, GEN, LINE_PARTS_SCHEMA, PAIR, PROMPT
-from ttspo.builder.sets.session_cache import POOL, stored_table, table_identity
+from ttspo.builder.sets.session_cache import POOL, table_identity
 from ttspo.builder.sets.stored_maps import drop_pages, one_array, stored_rows, take
 
 # Generation columns an export reads (not the heavy `codes`).
@@ -36,6 +36,7 @@ GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
                GEN.pred_transcript, GEN.gt_transcript)
 CONTEXT_CODES = "context_audio_codes_path"  # from the prompt, at the set's prompts version
 PARTS_CHUNK = 16384  # generations whose columns are Python objects at once (a first export)
+ID_BATCH = 1 << 18  # the table's ids scanned at once, to find the rows of those an export computes
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
 _STRING = json.encoder.encode_basestring  # what that encoder uses for str (C when available)
@@ -87,18 +88,27 @@ def _version(store, sv) -> tuple[Any, tuple, Any]:
     return ds, table_identity(ds), prompts
 
 
-def _rows_of(store, sv, ds, gen_key, *, ids: list[str]) -> list[int]:
-    """The rows of the generations IDS in DS (every id read once per table version
-    and session, and kept in the store; found by Arrow's hash, not a dict of every
-    id as Python strings); an id it lacks is an InputError."""
-    every = stored_table(store, "export.ids", gen_key, lambda: ds.to_table(columns=[GEN.generation_id]))
+def _rows_of(sv, ds, *, ids: list[str]) -> list[int]:
+    """The rows of the generations IDS in DS, found by one scan of its ids, a batch
+    at a time, against a hash of IDS (no table of every id held: ~8 per pair, the
+    largest part of a first export's memory; bench/RESULTS.md); an id it lacks is
+    an InputError."""
     wanted = pa.array(ids, pa.string(), memory_pool=POOL)
-    at = pc.index_in(wanted, value_set=one_array(every.column(0)), memory_pool=POOL)
-    if at.null_count:
-        missing = pc.filter(wanted, at.is_null()).to_pylist()
+    rows = np.full(len(ids), -1, np.int64)
+    start = 0
+    for batch in ds.to_batches(columns=[GEN.generation_id], batch_size=ID_BATCH):
+        where = pc.index_in(batch.column(0), value_set=wanted, memory_pool=POOL)
+        found = np.flatnonzero(where.is_valid().to_numpy(zero_copy_only=False))
+        if len(found):
+            at = where.take(pa.array(found)).to_numpy()
+            first = rows[at] < 0  # the first row holding an id, as a lookup of every id finds:
+            rows[at[first][::-1]] = (start + found[first])[::-1]  # a repeated index keeps the last value
+        start += batch.num_rows
+    if (rows < 0).any():
+        missing = pc.filter(wanted, pa.array(rows < 0)).to_pylist()
         raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{ds.version} "
                          f"({len(missing)} missing)")
-    return at.to_pylist()
+    return rows.tolist()
 
 
 def _named(pairs: pa.Table) -> pa.Array:
@@ -112,7 +122,7 @@ def generation_columns(store, sv, pairs: pa.Table) -> dict[str, list]:
     name, in table order, read at the version the set was built from."""
     ds, gen_key, prompts = _version(store, sv)
     ids = _named(pairs).to_pylist()
-    order = sorted(zip(_rows_of(store, sv, ds, gen_key, ids=ids), ids))
+    order = sorted(zip(_rows_of(sv, ds, ids=ids), ids))
     return _read_columns(ds, prompts, [g for _, g in order], [r for r, _ in order])
 
 
@@ -136,7 +146,7 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
 
     def compute(todo: list[str]) -> Iterator[pa.Table]:
         """The line parts of TODO, PARTS_CHUNK at a time (written one after another)."""
-        rows = _rows_of(store, sv, ds, gen_key, ids=todo)
+        rows = _rows_of(sv, ds, ids=todo)
         table = _prompt_codes(prompts)  # read once, not per chunk
         for i in range(0, len(todo), PARTS_CHUNK):
             yield gen_parts(_read_columns(ds, table, todo[i:i + PARTS_CHUNK], rows[i:i + PARTS_CHUNK]),
