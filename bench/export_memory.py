@@ -18,7 +18,8 @@ PARAMS). Then, each in a fresh process (peak RSS: ``ru_maxrss``, the whole proce
    computes what STORE/.derived keeps: the two codes differ, so each computes its own);
 3. ``again``: this tree's ``export_nemo`` into another new folder (a new session;
    reads STORE/.derived, writes manifests only);
-4. ``floor``: imports, the store opened and the set's rows read (what any export holds).
+4. ``floor``: imports, the store opened and the set's columns an export reads whole
+   (export.set_pairs: what any export holds).
 
 The manifests of 1 and 2 are compared (equal but for the codes paths; a sample of
 codes files byte for byte). Prints a table of seconds and peak RSS, and RSS per pair.
@@ -82,8 +83,9 @@ def child(mode: str, store_dir: str, out: str) -> None:
     store = Store(store_dir)
     if mode == "floor":
         from ttspo.builder.sets.build import open_set
+        from ttspo.builder.sets.export import set_pairs
 
-        pairs = open_set(store, "prefs").rows().num_rows
+        pairs = set_pairs(open_set(store, "prefs"))[0].num_rows
         result = {"pairs": pairs}
     else:
         from ttspo.builder.sets.export import export_nemo

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from ttspo.builder.core.schemas import GEN
-from ttspo.builder.sets import session_cache
+from ttspo.builder.sets import session_cache, stored_maps
 from ttspo.builder.sets.build import build_set, open_set
 from ttspo.builder.sets.export import export_nemo
 from test_build_helpers import BASIC, gen_rows
 from test_rethreshold import store, write_generations  # noqa: F401  (store: the fixture)
 
-KINDS = ("recipe.region", "recipe.generations", "export.ids", "export.line_parts", "export.codes")
+KINDS = ("recipe.region", "recipe.generations", "export.line_parts", "export.codes")
 
 
 def rethreshold(store, out, threshold):
@@ -157,7 +157,7 @@ def test_threads_asking_one_stored_map_for_other_ids_get_their_own_rows(store):
 
         def ask(name, ids):
             try:
-                results[name] = session_cache.stored_map(store, "test.map", trial,
+                results[name] = stored_maps.stored_map(store, "test.map", trial,
                                                          CODES_KEYS_SCHEMA, ids=ids,
                                                          compute=compute)
             except Exception as exc:  # noqa: BLE001  reported below

@@ -20,8 +20,11 @@ from click.testing import CliRunner
 from ttspo.builder.cli.main import cli
 from ttspo.builder.core import codes_store, lifecycle
 from ttspo.builder.core.errors import InputError
+from ttspo.builder.core.schemas import DERIVED
 from ttspo.builder.core.store import make_lineage
 from ttspo.builder.sets import codes as codes_mod
+from ttspo.builder.sets import codes_copy
+from ttspo.builder.sets import export as export_mod
 from ttspo.builder.sets import nemo_lines, session_cache
 from ttspo.builder.sets.build import build_set, open_set
 from ttspo.builder.sets.export import export_nemo, safe_name
@@ -91,6 +94,8 @@ def test_copy_codes_is_the_old_export_byte_for_byte(store, tmp_path):
     export_nemo(store, "a", tmp_path / "named")
     result = export_nemo(store, "a", tmp_path / "copy", copy_codes=True)
     assert (result.codes_written, result.codes_copied, result.codes_reused) == (0, 10, 0)
+    index = json.loads((tmp_path / "copy" / codes_copy.INDEX_NAME).read_text())
+    assert index["format"] == codes_copy.INDEX_FORMAT and len(index["files"]) == 10  # each copy vouched for
     files = {p.name: p.read_bytes() for p in (tmp_path / "copy" / "codes").iterdir()}
     ids = {r["generation_id"] for r in records(tmp_path / "copy")}
     assert files == {f"{safe_name(g)}.pt": old_bytes(codes_of(int(g.split(":")[1]))) for g in ids}
@@ -209,12 +214,14 @@ def test_codes_and_line_parts_read_in_chunks_give_the_same_files(store, tmp_path
     with session_cache.disabled():
         monkeypatch.setattr(codes_mod, "CHUNK", 3)  # 10 generations: 4 chunks
         monkeypatch.setattr(nemo_lines, "PARTS_CHUNK", 4)  # 3 chunks
+        monkeypatch.setattr(nemo_lines, "ID_BATCH", 3)  # the table's ids scanned 3 at a time
         export_nemo(store, "a", tmp_path / "small")
     small = {p: p.read_bytes() for p in (store.root / "codes").rglob("*.pt")}
     for p in small:
         p.unlink()
     monkeypatch.setattr(codes_mod, "CHUNK", 4096)
     monkeypatch.setattr(nemo_lines, "PARTS_CHUNK", 16384)
+    monkeypatch.setattr(nemo_lines, "ID_BATCH", 1 << 18)
     with session_cache.disabled():
         export_nemo(store, "a", tmp_path / "big")
     assert {p: p.read_bytes() for p in (store.root / "codes").rglob("*.pt")} == small
@@ -271,7 +278,7 @@ def test_line_parts_taken_from_a_wider_stored_entry_give_the_manifests_of_a_fres
     gens = set_generations(store, sv, sv.rows())
     assert gens.parts.num_rows > len(gens.ids)  # the entry holds more than this set names
     assert gens.at.to_pylist() != list(range(len(gens.ids)))
-    assert gens.column(session_cache.DERIVED.id) == gens.ids
+    assert gens.column(DERIVED.id) == gens.ids.to_pylist()
     with session_cache.disabled():
         export_nemo(store, "narrow", tmp_path / "fresh")
     expected = {name: (tmp_path / "fresh" / name).read_bytes() for name in MANIFESTS}
@@ -291,3 +298,24 @@ def test_line_parts_taken_from_a_wider_stored_entry_give_the_manifests_of_a_fres
     again = export_nemo(store, "narrow", tmp_path / "again")
     assert (again.codes_written, gone.read_bytes()) == (1, data)
     assert records(tmp_path / "again") == records(tmp_path / "True3")
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_a_set_stored_out_of_shuffle_order_gives_the_same_manifests(store, tmp_path, monkeypatch, big):
+    """A big set's pairs are read a chunk at a time, by their offsets in the table
+    (a small one whole): a version whose rows are not in shuffle order (not what
+    build writes, but a valid set) still gives the lines in shuffle order."""
+    monkeypatch.setattr(export_mod, "TRIM_ABOVE", 0 if big else 32768)
+    build_set(store, "pareto", "a", {"cer_threshold": 0.5, "num_chosen": 2, "val_size": 3})
+    export_nemo(store, "a", tmp_path / "sorted")
+    sv = open_set(store, "a")
+    table = sv.dataset.to_table()
+    order = np.random.default_rng(0).permutation(table.num_rows)
+    assert order.tolist() != sorted(order.tolist())
+    store.write("a", table.take(order), table.schema, make_lineage("test", {}), mode="overwrite")
+    assert open_set(store, "a").dataset.to_table().column("position").to_pylist() != sorted(
+        table.column("position").to_pylist())
+    for chunk in (8192, 2):
+        export_nemo(store, "a", tmp_path / f"shuffled{chunk}", chunk_pairs=chunk)
+        for name in MANIFESTS:
+            assert (tmp_path / f"shuffled{chunk}" / name).read_bytes() == (tmp_path / "sorted" / name).read_bytes()

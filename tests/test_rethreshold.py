@@ -80,7 +80,7 @@ def manifests(gens, pairs, ids, paths):
     """What the column writer makes of GENS (dicts) and PAIRS: split -> lines."""
     columns = {c: [g[c] for g in gens] for c in (*GEN_COLUMNS, CONTEXT_CODES)}
     parts = gen_parts(columns, list(range(len(ids))))
-    fixed = openings(SetGenerations(None, ids, parts), paths)
+    fixed = openings(SetGenerations(None, pa.array(ids, pa.string()), parts), paths)
     made = nemo_manifests(pa.Table.from_pylist(pairs), ids, fixed)
     return {split: bytes(text).decode() for split, (text, _) in made.items()}
 

@@ -137,13 +137,17 @@ def _wrong_size(path, found: int, size: int) -> str:
 
 
 def missing(root: Path, files: Iterable[tuple[str, int]]) -> list[int]:
-    """The positions in FILES ((path under ROOT, size) pairs) of the files that are
-    not there; one of another size is a damaged file (one line naming it). One stat
-    per file, by name in its folder (a path walk per file costs several times more)."""
+    """The positions in FILES ((path under ROOT, size) pairs; None: not to check) of
+    the files that are not there; one of another size is a damaged file (one line
+    naming it). One stat per file, by name in its folder (a path walk per file costs
+    several times more)."""
     folders: dict[str, int] = {}
     out = []
     try:
-        for i, (rel, size) in enumerate(files):
+        for i, item in enumerate(files):
+            if item is None:
+                continue
+            rel, size = item
             shard, name = rel.split("/", 1)
             fd = folders.get(shard)
             if fd is None:

@@ -11,35 +11,21 @@ The files live in ``STORE/codes`` under their content's address
 (builder/core/codes_store.py: the SHA-256 of the bytes and the generation's id):
 the first export that needs a file writes it, every later export names it. Each
 generation's address is kept per table version in the store
-(session_cache.stored_map, key ``"<sha256>:<size>"``), so a re-threshold reads no
+(stored_maps.stored_rows, key ``"<sha256>:<size>"``), so a re-threshold reads no
 codes: it checks each named file by one ``stat`` (there, of that size; a missing
 one is written again) and writes manifests. The codes are read and written in
 chunks of CHUNK generations: memory does not grow with the set.
 
-``--copy-codes`` makes OUT a folder to copy to another machine: each file is
-copied to ``OUT/codes/<safe_name(generation id)>.pt`` (the bytes and names
-exports wrote before STORE/codes existed), its SHA-256 checked against its name
-on the way. A copy into an OUT that already holds a file keeps it when
-``OUT/.ttspo-codes.json`` says so: for each file it copied, the content key and
-the file's size, mtime, ctime and inode right after writing (each write makes a
-new file: a new name directly, an existing one under a temporary name renamed
-into place; so those details name exactly the bytes this export wrote). A later
-copy leaves a file as it is only if its content key is the same AND the file
-still has that size, mtime, ctime and inode (the quick check of rsync and make:
-any write, rename or ``touch`` changes the ctime); otherwise it copies it again.
+``--copy-codes`` (codes_copy.py) copies the files into ``OUT/codes``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import json
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -48,15 +34,13 @@ import pyarrow.compute as pc
 from ttspo.builder.core import codes_store
 from ttspo.builder.core.codes_store import safe_name  # noqa: F401 (the export's names)
 from ttspo.builder.core.errors import InputError
-from ttspo.builder.core.files import write_text_atomic
 from ttspo.builder.core.schemas import CODES_KEYS_SCHEMA, DERIVED, GEN
-from ttspo.builder.sets.session_cache import POOL, cached, one_array, stored_rows, table_identity
+from ttspo.builder.sets.session_cache import table_identity
+from ttspo.builder.sets.stored_maps import drop_pages, stored_rows, take
 from ttspo.builder.sets.torch_file import torch_file_bytes
 
 CODES_DTYPES = ("int32", "int64")  # not int16: NeMo's DPO gather needs int32/int64 indices
 DEFAULT_CODES_DTYPE = "int32"
-INDEX_NAME = ".ttspo-codes.json"
-INDEX_FORMAT = 2  # 2: content keys are the STORE/codes files' "<sha256>:<size>"
 WRITER = "torch_file-1"  # what makes a file's bytes (torch_file.py); part of every stored key
 CHUNK = 4096  # generations whose codes are in memory at once
 
@@ -147,7 +131,7 @@ class StoredCodes:
     taken a chunk at a time (no copy in the order of IDS)."""
 
     root: Path  # STORE/codes, absolute
-    ids: list[str]
+    ids: pa.Array  # the generations (Arrow strings)
     keys: pa.Array  # content key "<sha256>:<size>" per generation
     rels: pa.Array  # its file, relative to ROOT
     written: int  # files this export wrote into STORE/codes
@@ -158,9 +142,8 @@ class StoredCodes:
         return _part(column, self.at, start, length)
 
 
-def _part(column: pa.Array, at: pa.Array | None, start: int, length: int) -> pa.Array:
-    return column.slice(start, length) if at is None else pc.take(column, at.slice(start, length),
-                                                                    memory_pool=POOL)
+def _part(column: pa.Array | pa.ChunkedArray, at: pa.Array | None, start: int, length: int) -> pa.Array:
+    return column.slice(start, length) if at is None else take(column, at.slice(start, length))
 
 
 def _key(data) -> tuple[str, str]:
@@ -172,47 +155,57 @@ def _size(key: str) -> int:
     return int(key.rsplit(":", 1)[1])
 
 
-def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[str],
-                codes_paths: pa.ChunkedArray | pa.Array, codes_dtype: str) -> StoredCodes | None:
+def store_codes(store, sv_ref: str, ds, offsets: pa.Array, *, gids: pa.Array,
+                codes_paths: pa.ChunkedArray | pa.Array, paths_at: pa.Array | None = None,
+                codes_dtype: str) -> StoredCodes | None:
     """Make sure STORE/codes holds the codes file of every generation in GIDS
-    (OFFSETS: their rows in DS; CODES_PATHS: their codes_path, in the order of
-    GIDS): write those it lacks, check the others by size. None when no generation
-    has codes (NeMo's dataset then reads the wavs); a mix of generations with and
+    (OFFSETS: their rows in DS, in the order of GIDS; CODES_PATHS: their codes_path,
+    likewise, or at PATHS_AT in it: a stored column is not copied in GIDS' order):
+    write those it lacks, check the others by size. None when no generation has
+    codes (NeMo's dataset then reads the wavs); a mix of generations with and
     without is one line."""
     check_codes_dtype(codes_dtype)
+    gids = gids if isinstance(gids, pa.Array) else pa.array(gids, pa.string())
+    offsets = offsets if isinstance(offsets, pa.Array) else pa.array(offsets, pa.int64())
     root = codes_store.codes_root(store)
     stamp = codes_stamp(ds, codes_dtype)
     written = [0]
-    fresh: set[str] = set()  # written or found just now: no stat needed
+    fresh = np.zeros(len(gids), bool)  # written or found just now: no stat needed
 
-    def compute(todo: list[str]) -> pa.Table:
-        made = {}
-        for chunk, table in _chunks(ds, offsets, todo):
+    def compute(todo: list[str]) -> Iterator[pa.Table]:
+        """Each of TODO's (key, file), CHUNK at a time (written one after another)."""
+        where = pc.index_in(pa.array(todo, pa.string()), value_set=gids).to_numpy(zero_copy_only=False)
+        fresh[where] = True  # each below is written, or has no codes (then not stat'ed anyway)
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start:start + CHUNK]
+            rows = pc.take(offsets, pa.array(where[start:start + CHUNK])).to_numpy()
+            table = table_codes(ds, rows.astype(np.int64), chunk)
+            keys, rels = [], []
             for gid in chunk:
-                if gid not in table.rows:
-                    made[gid] = (None, None)
-                    continue
-                data = _file_bytes(table.array(gid), codes_dtype)
-                sha, key = _key(data)
-                rel = codes_store.relative_name(sha, gid)
-                written[0] += codes_store.put(root, rel, data)
-                made[gid] = (key, rel)
-                fresh.add(gid)
-        return pa.table([todo, [made[g][0] for g in todo], [made[g][1] for g in todo]],
-                        schema=CODES_KEYS_SCHEMA)
+                key = rel = None
+                if gid in table.rows:
+                    data = _file_bytes(table.array(gid), codes_dtype)
+                    sha, key = _key(data)
+                    rel = codes_store.relative_name(sha, gid)
+                    written[0] += codes_store.put(root, rel, data)
+                keys.append(key)
+                rels.append(rel)
+            yield pa.table([chunk, keys, rels], schema=CODES_KEYS_SCHEMA)
 
     # generation id -> (key, file; None without codes in the table), per table version
     entry, at = stored_rows(store, "export.codes", (table_identity(ds), stamp), CODES_KEYS_SCHEMA,
                             ids=gids, compute=compute)
-    keys = one_array(entry.column(DERIVED.key))
-    rels = one_array(entry.column(DERIVED.file))
+    keys = entry.column(DERIVED.key)
+    rels = entry.column(DERIVED.file)
     own = pa.chunked_array([codes_paths]) if isinstance(codes_paths, pa.Array) else codes_paths
-    no_file = pc.or_kleene(pc.is_null(own), pc.equal(own, "")).combine_chunks().fill_null(True)
-    keyless = pc.take(keys.is_null(), at)
+    no_file = pc.or_kleene(pc.is_null(own), pc.equal(own, "")).fill_null(True)
+    no_file = no_file.combine_chunks() if paths_at is None else take(no_file, paths_at)
+    drop_pages()
+    keyless = take(keys.is_null(), at)
     without = pc.and_(keyless, no_file)
     count = pc.sum(without).as_py() or 0
     if count and count < len(gids):
-        first = min(pc.filter(pa.array(gids), without).to_pylist())
+        first = min(pc.filter(gids, without).to_pylist())
         raise InputError(f"{sv_ref}: {count} of {len(gids)} generations have no codes "
                          f"(first: {first}); NeMo cannot batch codes with audio, export none or all")
     if count:
@@ -220,7 +213,8 @@ def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[s
     _check_or_rewrite(ds, offsets, gids=gids, keys=keys, rels=rels, at=at, fresh=fresh, root=root,
                       codes_dtype=codes_dtype, written=written)
     if pc.any(keyless).as_py():  # codes only in codes_path files: read (and hashed) on every export
-        keys, rels = _from_files(root, gids=gids, keys=pc.take(keys, at), rels=pc.take(rels, at), own=own,
+        own = own if paths_at is None else take(own, paths_at)
+        keys, rels = _from_files(root, gids=gids.to_pylist(), keys=take(keys, at), rels=take(rels, at), own=own,
                                  codes_dtype=codes_dtype, written=written)
         at = None
     return StoredCodes(root=root, ids=gids, keys=keys, rels=rels, written=written[0], at=at)
@@ -229,20 +223,19 @@ def store_codes(store, sv_ref: str, ds, offsets: dict[str, int], *, gids: list[s
 def _check_or_rewrite(ds, offsets, *, gids, keys, rels, at, fresh, root, codes_dtype, written) -> None:
     """Stat each file not written just now (streamed from the arrays, CHUNK at a
     time); write a missing one again."""
-    known: list[int] = []  # positions stat'ed, in order
 
-    def files():
+    def files():  # one item per generation (None: not stat'ed), so missing() gives positions in gids
         for start in range(0, len(gids), CHUNK):
             key_list = _part(keys, at, start, CHUNK).to_pylist()
             rel_list = _part(rels, at, start, CHUNK).to_pylist()
+            drop_pages()  # the stored entry's mapped pages just read
             for i, (key, rel) in enumerate(zip(key_list, rel_list), start):
-                if key is not None and gids[i] not in fresh:
-                    known.append(i)
-                    yield rel, _size(key)
+                yield None if key is None or fresh[i] else (rel, _size(key))
 
     gone = codes_store.missing(root, files())
-    lost = {gids[known[i]]: known[i] for i in gone}
-    for chunk, table in _chunks(ds, offsets, list(lost)):  # deleted since: written again
+    lost = {gids[i].as_py(): i for i in gone}
+    rows = {gid: offsets[i].as_py() for gid, i in lost.items()}
+    for chunk, table in _chunks(ds, rows, list(lost)):  # deleted since: written again
         for gid in chunk:
             data = _file_bytes(table.array(gid), codes_dtype)
             if _key(data)[1] != _part(keys, at, lost[gid], 1)[0].as_py():
@@ -279,136 +272,3 @@ def _chunks(ds, offsets: dict[str, int], gids: list[str]):
     for start in range(0, len(ordered), CHUNK):
         part = ordered[start:start + CHUNK]
         yield part, table_codes(ds, np.array([offsets[g] for g in part], np.int64), part)
-
-
-# ------------------------------------------------------------ --copy-codes
-def copy_codes(stored: StoredCodes, out_dir: Path) -> tuple[list[str], int, int]:
-    """Copy (or keep, see the module doc) STORED's files into OUT_DIR/codes as
-    <safe_name(id)>.pt, each checked against its name, CHUNK at a time. Returns
-    (the copies' names in the order of stored.ids, files copied now, files kept as
-    they were)."""
-    codes_dir = out_dir / "codes"
-    codes_dir.mkdir(parents=True, exist_ok=True)  # an unwritable OUT fails first
-    index = _read_index(out_dir)
-    base = str(codes_dir.absolute())
-    names, copied = [f"{safe_name(g)}.pt" for g in stored.ids], 0
-    for start in range(0, len(names), CHUNK):
-        ids = stored.ids[start:start + CHUNK]
-        chunk_names = dict(zip(ids, names[start:start + CHUNK]))
-        keys = dict(zip(ids, stored.part(stored.keys, start, len(ids)).to_pylist()))
-        rels = dict(zip(ids, stored.part(stored.rels, start, len(ids)).to_pylist()))
-        for gid in _stale(ids, chunk_names, keys, index, codes_dir=codes_dir):
-            data = codes_store.read_verified(stored.root / rels[gid])
-            index[chunk_names[gid]] = [keys[gid], *_write_file(memoryview(data), f"{base}/{chunk_names[gid]}")]
-            copied += 1
-    if copied:
-        _write_index(out_dir, index)
-    return names, copied, len(names) - copied
-
-
-def _stat(path: str) -> list[int]:
-    return _details(os.stat(path))
-
-
-def _details(st: os.stat_result) -> list[int]:
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-
-def _write_file(view: memoryview, path: str) -> list[int]:
-    """VIEW's bytes as the file PATH, always a new inode; returns its details.
-
-    Why never write an existing PATH in place: a stat taken after it may see another
-    export's write into the same OUT (the index would then vouch for bytes it did
-    not write). A new inode per write, stat'ed through its own descriptor, names
-    exactly these bytes. A name that exists gets a new file renamed over it
-    (readers see the old bytes or the new, never half); a new name is created
-    directly (no rename: a third of the cost of a file on a busy disk; nothing
-    refers to it yet, as the manifests are written after every codes file).
-    """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return _replace_file(view, path)
-    try:
-        _write_all(fd, view)
-        return _details(os.fstat(fd))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:  # still ours: leave no half file
-                os.unlink(path)
-        raise
-    finally:
-        os.close(fd)
-
-
-def _replace_file(view: memoryview, path: str) -> list[int]:
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, view)
-        os.replace(tmp, path)
-        return _details(os.fstat(fd))  # after the rename, which sets the ctime
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _stale(gids: list[str], names: dict[str, str], keys: dict[str, str], index: dict[str, Any],
-           *, codes_dir: Path) -> list[str]:
-    """The GIDS whose file must be written: no index entry of ours, another content
-    key, or a file whose size, mtime, ctime or inode are not those the entry names
-    (deleted, replaced, edited or touched). One stat per file, by name in the folder."""
-    stale = []
-    folder = os.open(codes_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for gid in gids:
-            name = names[gid]
-            entry = index.get(name)
-            if not (type(entry) is list and len(entry) == 5 and entry[0] == keys[gid]):
-                stale.append(gid)  # unknown, not an entry we write, or other codes
-                continue
-            try:
-                st = os.stat(name, dir_fd=folder)
-            except OSError:  # deleted: write it again
-                stale.append(gid)
-                continue
-            if (entry[1] != st.st_size or entry[2] != st.st_mtime_ns or entry[3] != st.st_ctime_ns
-                    or entry[4] != st.st_ino):
-                stale.append(gid)
-    finally:
-        os.close(folder)
-    return stale
-
-
-def _read_index(out_dir: Path) -> dict[str, list]:
-    """A copy of the index of an earlier export into this OUT (empty if none or
-    unreadable); parsed once per version of the file in a session."""
-    path = out_dir / INDEX_NAME
-    try:
-        stamp = (str(path.absolute()), *_stat(path))
-    except OSError:
-        return {}
-    return dict(cached("export.index", stamp, lambda: _parse_index(path)))
-
-
-def _parse_index(path: Path) -> dict[str, list]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("files"), dict):
-        return {}
-    return data["files"]
-
-
-def _write_index(out_dir: Path, index: dict[str, list]) -> None:
-    path = write_text_atomic(out_dir / INDEX_NAME, json.dumps({"format": INDEX_FORMAT, "files": index}))
-    cached("export.index", (str(Path(path).absolute()), *_stat(path)), lambda: dict(index))

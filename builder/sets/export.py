@@ -49,13 +49,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ttspo.builder.sets.build import SetVersion, open_set
 from ttspo.builder.core import codes_store
 from ttspo.builder.sets.codes import DEFAULT_CODES_DTYPE, check_codes_dtype, safe_name, store_codes  # noqa: F401
-from ttspo.builder.sets.codes import copy_codes as _copy_codes
+from ttspo.builder.sets.codes_copy import copy_codes as _copy_codes
+from ttspo.builder.sets.stored_maps import drop_pages, trim_heap
 from ttspo.builder.sets.nemo_lines import (_ENCODER, CHUNK_PAIRS, CodesFiles, check_for_nemo, generation_columns,
                                            encoded_paths, manifest_chunks, openings, set_generations)
 from ttspo.builder.core.errors import InputError
@@ -94,6 +96,35 @@ def generation_rows(store, sv: SetVersion, pairs: pa.Table) -> dict[str, dict[st
 
 
 # ------------------------------------------------------------------- NeMo
+# The set's columns the export reads whole (a few bytes a pair), and those it reads
+# a chunk of pairs at a time (bench/RESULTS.md: the whole set was ~0.45 KB a pair).
+WHOLE_COLUMNS = (PAIR.position, PAIR.split, PAIR.chosen_id, PAIR.rejected_id)
+CHUNK_COLUMNS = (PAIR.pair_id, PAIR.chosen_reward, PAIR.rejected_reward, PAIR.cer_delta, PAIR.sim_delta)
+
+
+def set_pairs(sv: SetVersion, columns: tuple[str, ...] = WHOLE_COLUMNS) -> tuple[pa.Table, np.ndarray | None]:
+    """(COLUMNS of the set's pairs in shuffle order, each pair's offset in
+    sv.dataset, None when that order is the table's: a built set's usual case)."""
+    table = sv.dataset.to_table(columns=list(columns))
+    position = table.column(PAIR.position).to_numpy()
+    if bool(np.all(position[1:] >= position[:-1])):
+        return table, None
+    order = np.argsort(position, kind="stable")  # as rows() sorts (stable)
+    return table.take(pa.array(order)), order
+
+
+def _pair_columns(ds, offsets: np.ndarray) -> pa.Table:
+    """CHUNK_COLUMNS of the pairs at OFFSETS of DS, in that order."""
+    ascending = bool(np.all(offsets[1:] > offsets[:-1]))
+    order = None if ascending else np.argsort(offsets, kind="stable")
+    table = ds.take(pa.array(offsets if order is None else offsets[order], pa.int64()), columns=list(CHUNK_COLUMNS))
+    if order is None:
+        return table
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return table.take(pa.array(back))
+
+
 def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str = DEFAULT_CODES_DTYPE,
                 copy_codes: bool = False, chunk_pairs: int = CHUNK_PAIRS) -> ExportResult:
     """Write NAME[@VERSION|@TAG] as NeMo DPO manifests in OUT_DIR naming each
@@ -105,9 +136,14 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
     check_codes_dtype(codes_dtype)
     clock = [time.perf_counter()]
     sv = open_set(store, ref)
-    pairs = sv.rows()
+    # a small set (a re-threshold) is read whole: a Lance read per chunk costs ~10 ms;
+    # a big set a chunk at a time, handing back the heap's free pages after each step
+    big = sv.dataset.count_rows() > TRIM_ABOVE
+    pairs, offsets = set_pairs(sv, WHOLE_COLUMNS if big else WHOLE_COLUMNS + CHUNK_COLUMNS)
+    release = trim_heap if big else drop_pages
     gens = set_generations(store, sv, pairs)
     check_for_nemo(sv.ref, gens)
+    release()
     clock.append(time.perf_counter())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,15 +153,21 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
         raise InputError(f"Permission denied: {out}")
     with codes_store.codes_lock(store, exclusive=False):  # gc removes none of them meanwhile
         stored = store_codes(store, sv.ref, gens.ds, gens.rows, gids=gens.ids,
-                             codes_paths=gens.taken(DERIVED.codes_path), codes_dtype=codes_dtype)
+                             codes_paths=gens.parts.column(DERIVED.codes_path), paths_at=gens.at,
+                             codes_dtype=codes_dtype)
         paths, copied, kept = {}, 0, 0
         if stored is not None:
             paths, kept = CodesFiles(str(stored.root), stored.rels, stored.at), len(stored.ids) - stored.written
             if copy_codes:
                 names, copied, kept = _copy_codes(stored, out)
                 paths = encoded_paths(str((out / "codes").absolute()), pa.array(names))
+        release()
         clock.append(time.perf_counter())
-        lines = _write_manifests(out, pairs, gens.ids, openings(gens, paths), chunk=chunk_pairs)
+        fixed = openings(gens, paths)
+        release()
+        more = (lambda rows: _pair_columns(sv.dataset, rows if offsets is None else offsets[rows])) if big else None
+        lines = _write_manifests(out, pairs, gens.ids, fixed, chunk=chunk_pairs, release=release, more=more)
+        drop_pages()
     clock.append(time.perf_counter())
     durations = pc.min_max(gens.taken(DERIVED.duration)).as_py()
     seconds = dict(zip(("generations", "codes", "lines"), (b - a for a, b in zip(clock, clock[1:]))))
@@ -136,13 +178,19 @@ def export_nemo(store, ref: str, out_dir: str | os.PathLike, *, codes_dtype: str
                         codes_reused=kept, codes_copied=copied, seconds=seconds)
 
 
-def _write_manifests(out: Path, pairs: pa.Table, ids: list[str], fixed: list, *,
-                     chunk: int) -> dict[str, int]:
+# Sets of more pairs are read a chunk at a time and trim the heap after each step and
+# manifest chunk (~10 ms each: a re-threshold of a few chunks is spared it;
+# bench/RESULTS.md); smaller ones are read whole (at most ~4 MB).
+TRIM_ABOVE = 32768
+
+
+def _write_manifests(out: Path, pairs: pa.Table, ids: pa.Array, fixed: list, *,
+                     chunk: int, more, release) -> dict[str, int]:
     """Both manifests, chunk by chunk, each whole or not at all; split -> lines."""
     lines = {"train": 0, "val": 0}
     with atomic_write(out / TRAIN_MANIFEST, "wb") as train, atomic_write(out / VAL_MANIFEST, "wb") as val:
         files = {"train": train, "val": val}
-        for split, data, n in manifest_chunks(pairs, ids, fixed, chunk=chunk):
+        for split, data, n in manifest_chunks(pairs, ids, fixed, chunk=chunk, more=more, release=release):
             files[split].write(data)
             lines[split] += n
     return lines

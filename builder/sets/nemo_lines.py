@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import json.encoder
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import DERIVED, GEN, LINE_PARTS_SCHEMA, PAIR, PROMPT
-from ttspo.builder.sets.session_cache import POOL, one_array, stored_rows, stored_table, table_identity
+from ttspo.builder.sets.session_cache import POOL, table_identity
+from ttspo.builder.sets.stored_maps import drop_pages, one_array, stored_rows, take
 
 # Generation columns an export reads (not the heavy `codes`).
 GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
@@ -35,6 +36,7 @@ GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
                GEN.pred_transcript, GEN.gt_transcript)
 CONTEXT_CODES = "context_audio_codes_path"  # from the prompt, at the set's prompts version
 PARTS_CHUNK = 16384  # generations whose columns are Python objects at once (a first export)
+ID_BATCH = 1 << 18  # the table's ids scanned at once, to find the rows of those an export computes
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
 _STRING = json.encoder.encode_basestring  # what that encoder uses for str (C when available)
@@ -59,22 +61,22 @@ class SetGenerations:
     """The generations a set names, at the version it was built from."""
 
     ds: Any  # the generations table at that version
-    ids: list[str]  # the set's generations, in table order
-    parts: pa.Table  # LINE_PARTS_SCHEMA rows holding theirs (the stored entry, not a copy)
+    ids: pa.Array  # the set's generations, in table order (Arrow strings, not Python objects)
+    parts: pa.Table  # LINE_PARTS_SCHEMA rows holding theirs (the stored entry, mapped, not a copy)
     at: pa.Array | None = None  # the row in parts of each of ids (None: parts are ids, in order)
 
     def taken(self, name: str) -> pa.Array:
         """Column NAME of parts in the order of ids (a copy only of that column)."""
-        column = one_array(self.parts.column(name))
-        return column if self.at is None else pc.take(column, self.at, memory_pool=POOL)
+        column = self.parts.column(name)
+        return one_array(column) if self.at is None else take(column, self.at)
 
     def column(self, name: str) -> list:
         return self.taken(name).to_pylist()
 
     @property
-    def rows(self) -> dict[str, int]:
-        """generation id -> its row in ds."""
-        return dict(zip(self.ids, self.column(DERIVED.row)))
+    def rows(self) -> pa.Array:
+        """The row in ds of each of ids."""
+        return self.taken(DERIVED.row)
 
 
 def _version(store, sv) -> tuple[Any, tuple, Any]:
@@ -86,32 +88,41 @@ def _version(store, sv) -> tuple[Any, tuple, Any]:
     return ds, table_identity(ds), prompts
 
 
-def _rows_of(store, sv, ds, gen_key, *, ids: list[str]) -> list[int]:
-    """The rows of the generations IDS in DS (every id read once per table version
-    and session, and kept in the store; found by Arrow's hash, not a dict of every
-    id as Python strings); an id it lacks is an InputError."""
-    every = stored_table(store, "export.ids", gen_key, lambda: ds.to_table(columns=[GEN.generation_id]))
+def _rows_of(sv, ds, *, ids: list[str]) -> list[int]:
+    """The rows of the generations IDS in DS, found by one scan of its ids, a batch
+    at a time, against a hash of IDS (no table of every id held: ~8 per pair, the
+    largest part of a first export's memory; bench/RESULTS.md); an id it lacks is
+    an InputError."""
     wanted = pa.array(ids, pa.string(), memory_pool=POOL)
-    at = pc.index_in(wanted, value_set=one_array(every.column(0)), memory_pool=POOL)
-    if at.null_count:
-        missing = pc.filter(wanted, at.is_null()).to_pylist()
+    rows = np.full(len(ids), -1, np.int64)
+    start = 0
+    for batch in ds.to_batches(columns=[GEN.generation_id], batch_size=ID_BATCH):
+        where = pc.index_in(batch.column(0), value_set=wanted, memory_pool=POOL)
+        found = np.flatnonzero(where.is_valid().to_numpy(zero_copy_only=False))
+        if len(found):
+            at = where.take(pa.array(found)).to_numpy()
+            first = rows[at] < 0  # the first row holding an id, as a lookup of every id finds:
+            rows[at[first][::-1]] = (start + found[first])[::-1]  # a repeated index keeps the last value
+        start += batch.num_rows
+    if (rows < 0).any():
+        missing = pc.filter(wanted, pa.array(rows < 0)).to_pylist()
         raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{ds.version} "
                          f"({len(missing)} missing)")
-    return at.to_pylist()
+    return rows.tolist()
 
 
-def _named(pairs: pa.Table) -> list[str]:
+def _named(pairs: pa.Table) -> pa.Array:
     """The generations PAIRS name, each once (chosen ids first, in pair order)."""
-    return pc.unique(pa.concat_arrays([pairs.column(PAIR.chosen_id).combine_chunks(),
-                                       pairs.column(PAIR.rejected_id).combine_chunks()])).to_pylist()
+    return pc.unique(pa.chunked_array(pairs.column(PAIR.chosen_id).chunks + pairs.column(PAIR.rejected_id).chunks,
+                                      pa.string()), memory_pool=POOL)
 
 
 def generation_columns(store, sv, pairs: pa.Table) -> dict[str, list]:
     """GEN_COLUMNS (plus each prompt's context codes path) of the generations PAIRS
     name, in table order, read at the version the set was built from."""
     ds, gen_key, prompts = _version(store, sv)
-    ids = _named(pairs)
-    order = sorted(zip(_rows_of(store, sv, ds, gen_key, ids=ids), ids))
+    ids = _named(pairs).to_pylist()
+    order = sorted(zip(_rows_of(sv, ds, ids=ids), ids))
     return _read_columns(ds, prompts, [g for _, g in order], [r for r, _ in order])
 
 
@@ -133,17 +144,20 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
     table's every id is read only for generations not kept yet."""
     ds, gen_key, prompts = _version(store, sv)
 
-    def compute(todo: list[str]) -> pa.Table:
-        rows = _rows_of(store, sv, ds, gen_key, ids=todo)
+    def compute(todo: list[str]) -> Iterator[pa.Table]:
+        """The line parts of TODO, PARTS_CHUNK at a time (written one after another)."""
+        rows = _rows_of(sv, ds, ids=todo)
         table = _prompt_codes(prompts)  # read once, not per chunk
-        parts = [gen_parts(_read_columns(ds, table, todo[i:i + PARTS_CHUNK], rows[i:i + PARTS_CHUNK]),
-                           rows[i:i + PARTS_CHUNK]) for i in range(0, len(todo), PARTS_CHUNK)]
-        return pa.concat_tables(parts) if parts else gen_parts(_read_columns(ds, table, [], []), [])
+        for i in range(0, len(todo), PARTS_CHUNK):
+            yield gen_parts(_read_columns(ds, table, todo[i:i + PARTS_CHUNK], rows[i:i + PARTS_CHUNK]),
+                            rows[i:i + PARTS_CHUNK])
 
     key = (gen_key, None if prompts is None else table_identity(prompts))
     parts, at = stored_rows(store, "export.line_parts", key, LINE_PARTS_SCHEMA, ids=_named(pairs),
                             compute=compute, order_by=DERIVED.row)  # table order
-    return SetGenerations(ds, pc.take(one_array(parts.column(DERIVED.id)), at).to_pylist(), parts, at)
+    ids = take(parts.column(DERIVED.id), at)
+    drop_pages()
+    return SetGenerations(ds, ids, parts, at)
 
 
 def _prompt_codes(prompts) -> pa.Table | None:
@@ -166,7 +180,7 @@ def check_for_nemo(ref: str, gens: SetGenerations) -> None:
     problems = gens.taken(DERIVED.problem)
     if problems.null_count < len(problems):
         first = pc.index(pc.is_valid(problems), True).as_py()
-        raise InputError(f"{ref}: generation {gens.ids[first]} {problems[first].as_py()}")
+        raise InputError(f"{ref}: generation {gens.ids[first].as_py()} {problems[first].as_py()}")
 
 
 def _problem(duration, audio, context, context_duration) -> str | None:
@@ -224,8 +238,8 @@ class CodesFiles:
 
     def encoded(self) -> pa.Array:
         """The paths JSON-encoded, in order (a copy: the unusual case only)."""
-        names = self.names if self.at is None else pc.take(self.names, self.at, memory_pool=POOL)
-        return encoded_paths(self.folder, names)
+        names = one_array(pa.chunked_array([self.names]) if isinstance(self.names, pa.Array) else self.names)
+        return encoded_paths(self.folder, names if self.at is None else take(names, self.at))
 
 
 def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array | CodesFiles) -> list:
@@ -237,8 +251,8 @@ def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array | Code
     generations')."""
     if isinstance(codes_paths, CodesFiles):
         files = codes_paths
-        names = files.names.cast(pa.large_string())
-        named = pc.is_valid(names) if files.at is None else pc.take(pc.is_valid(names), files.at)
+        names = files.names  # as stored (string): each chunk's taken cast to large_string, not all of it
+        named = pc.is_valid(names) if files.at is None else take(pc.is_valid(names), files.at)
         if pc.all(named).as_py() is not False:
             head, tail, at = _fixed_parts(gens)
             if _shortest(head, at) and _shortest(tail, at):  # the usual case (below), paths per chunk
@@ -249,7 +263,7 @@ def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array | Code
     elif isinstance(codes_paths, pa.Array):
         encoded = codes_paths.cast(pa.large_string())
     else:
-        paths = [codes_paths[g] for g in gens.ids] if codes_paths else gens.column(DERIVED.codes_path)
+        paths = [codes_paths[g] for g in gens.ids.to_pylist()] if codes_paths else gens.column(DERIVED.codes_path)
         encoded = pa.array([None if p is None else _STRING(p) for p in paths], pa.large_string(),
                            memory_pool=POOL)
     head, tail, at = _fixed_parts(gens)
@@ -266,15 +280,15 @@ def openings(gens: SetGenerations, codes_paths: dict[str, str] | pa.Array | Code
     return [pa.array(out, pa.large_string(), memory_pool=POOL)]
 
 
-def _fixed_parts(gens: SetGenerations) -> tuple[pa.Array, pa.Array, pa.Array]:
+def _fixed_parts(gens: SetGenerations) -> tuple[pa.ChunkedArray, pa.ChunkedArray, pa.Array]:
     """(head, tail, the row of each generation in them): the stored entry's, no copy."""
-    head, tail = one_array(gens.parts.column(DERIVED.head)), one_array(gens.parts.column(DERIVED.tail))
+    head, tail = gens.parts.column(DERIVED.head), gens.parts.column(DERIVED.tail)
     return head, tail, pa.array(range(len(head)), pa.int64()) if gens.at is None else gens.at
 
 
-def _shortest(parts: pa.Array, at: pa.Array) -> int:
+def _shortest(parts: pa.ChunkedArray, at: pa.Array) -> int:
     """The fewest bytes of PARTS at AT (0 if none)."""
-    return pc.min(pc.take(pc.binary_length(parts), at)).as_py() if len(at) else 0
+    return pc.min(take(pc.binary_length(parts), at)).as_py() if len(at) else 0
 
 
 def encoded_paths(folder: str, names: pa.Array) -> pa.Array:
@@ -300,10 +314,13 @@ def _numbers(column: pa.ChunkedArray) -> pa.Array:
     return pa.array(encoded, pa.large_string(), memory_pool=POOL)
 
 
-CHUNK_PAIRS = 8192  # pairs whose lines are in memory at once (~1.5 KB each)
+# Pairs whose lines are in memory at once (~1.5 KB each); also bounds the mapped
+# pages of the stored line parts a chunk touches (~2 per generation) before they
+# are handed back (stored_maps.drop_pages).
+CHUNK_PAIRS = 4096
 
 
-def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: list) -> dict[str, tuple[memoryview, int]]:
+def nemo_manifests(pairs: pa.Table, ids: pa.Array, fixed: list) -> dict[str, tuple[memoryview, int]]:
     """split -> (its manifest's bytes, lines), in one piece (manifest_chunks, one chunk)."""
     out = {}
     for split, data, lines in manifest_chunks(pairs, ids, fixed, chunk=max(1, pairs.num_rows)):
@@ -311,38 +328,51 @@ def nemo_manifests(pairs: pa.Table, ids: list[str], fixed: list) -> dict[str, tu
     return out
 
 
-def manifest_chunks(pairs: pa.Table, ids: list[str], fixed: list, *,
-                    chunk: int = CHUNK_PAIRS) -> Iterator[tuple[str, memoryview, int]]:
+def manifest_chunks(pairs: pa.Table, ids: pa.Array, fixed: list, *, chunk: int = CHUNK_PAIRS,
+                    more: Callable[[np.ndarray], pa.Table] | None = None,
+                    release: Callable[[], None] = drop_pages) -> Iterator[tuple[str, memoryview, int]]:
     """(split, bytes, lines) pieces of the two manifests, train's then val's, CHUNK
     pairs at a time: each pair as its chosen line then its rejected line, in the
     order of PAIRS (the shuffle). A split's pieces one after another are its
     manifest (a split without pairs yields one empty piece). FIXED: openings() of
-    the generations IDS. Each value encoded once; each pair's two lines joined by Arrow."""
+    the generations IDS. Each value encoded once; each pair's two lines joined by Arrow.
+    MORE(rows): the other columns of those rows of PAIRS, read a chunk at a time
+    (None: PAIRS has them all). RELEASE: called once the pairs are indexed and
+    before each chunk is made (what the last one freed handed back)."""
     splits = pairs.column(PAIR.split)
     unknown = set(pc.unique(splits).to_pylist()) - {"train", "val"}
     if unknown:
         raise InputError(f"a pair has split {sorted(map(str, unknown))[0]!r}, not train or val")
-    value_set = pa.array(ids, pa.string(), memory_pool=POOL)
-    split_of = np.asarray(splits.to_numpy(zero_copy_only=False))
+    value_set = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string(), memory_pool=POOL)
+    # each pair's generations' positions in IDS, found once (one hash of IDS)
+    at = {side: pc.index_in(pairs.column(side), value_set=value_set, memory_pool=POOL).combine_chunks(POOL)
+          for side in (PAIR.chosen_id, PAIR.rejected_id)}
+    if any(a.null_count for a in at.values()):
+        raise InputError("a pair names a generation the export did not read")
+    release()
     for split in ("train", "val"):
-        rows = np.flatnonzero(split_of == split)
+        rows = np.flatnonzero(pc.equal(splits, split).combine_chunks().to_numpy(zero_copy_only=False))
         if not len(rows):
             yield split, memoryview(b""), 0
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
             if part[-1] - part[0] + 1 == len(part):  # one run (val is a prefix): no copy
                 some = pairs.slice(int(part[0]), len(part))
+                some_at = {side: a.slice(int(part[0]), len(part)) for side, a in at.items()}
             else:
                 some = pairs.take(pa.array(part, pa.int64()))
-            yield split, _text(_two_lines(some, value_set, fixed)), 2 * len(part)
+                some_at = {side: a.take(pa.array(part, pa.int64())) for side, a in at.items()}
+            if more is not None:
+                extra = more(part)
+                for name in extra.column_names:
+                    some = some.append_column(name, extra.column(name))
+            release()
+            yield split, _text(_two_lines(some, some_at, fixed)), 2 * len(part)
 
 
-def _two_lines(pairs: pa.Table, value_set: pa.Array, fixed: list) -> pa.Array:
-    """Each pair of PAIRS as its chosen line and its rejected line, one string."""
-    at = {side: pc.index_in(pairs.column(side), value_set=value_set, memory_pool=POOL).combine_chunks(POOL)
-          for side in (PAIR.chosen_id, PAIR.rejected_id)}
-    if any(a.null_count for a in at.values()):
-        raise InputError("a pair names a generation the export did not read")
+def _two_lines(pairs: pa.Table, at: dict[str, pa.Array], fixed: list) -> pa.Array:
+    """Each pair of PAIRS as its chosen line and its rejected line, one string (AT:
+    side -> each pair's generation's position in FIXED's pieces)."""
     pid = _strings(pairs.column(PAIR.pair_id).to_pylist())
     value = {n: _numbers(pairs.column(n)) for n in (PAIR.chosen_reward, PAIR.rejected_reward,
                                                      PAIR.cer_delta, PAIR.sim_delta)}
@@ -351,8 +381,11 @@ def _two_lines(pairs: pa.Table, value_set: pa.Array, fixed: list) -> pa.Array:
         if isinstance(p, pa.Scalar):
             return p
         if isinstance(p, tuple):  # (array, positions): its values at positions are the generations'
-            return pc.take(p[0], pc.take(p[1], at[side], memory_pool=POOL), memory_pool=POOL)
-        return pc.take(p, at[side], memory_pool=POOL)
+            taken = take(p[0], pc.take(p[1], at[side], memory_pool=POOL))
+        else:
+            taken = take(p, at[side])
+        drop_pages()  # the mapped pages this take touched (a stored entry's): not kept
+        return taken.cast(pa.large_string())
 
     def opening(side: str) -> list:
         return [piece(p, side) for p in fixed]

@@ -24,7 +24,8 @@ only once its checksum matches: one that does not (a flipped bit anywhere), has 
 trailer (an older ttspo's) or cannot be read (truncated, not Arrow, another schema)
 is computed again and replaced; a store that cannot be written to is only not
 cached. Each kind keeps its MAX_FILES most recently used files. ``rm -r
-STORE/.derived`` is always safe.
+STORE/.derived`` is always safe. Stored maps (ids -> rows, grown as new ids come):
+stored_maps.py.
 """
 
 from __future__ import annotations
@@ -40,13 +41,11 @@ import zlib
 from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ttspo.builder.core.files import atomic_write
-from ttspo.builder.core.schemas import DERIVED
 
 # Large derived buffers (line parts, manifest lines: tens of MB) come from the system
 # allocator: Arrow's default (mimalloc) paid ~0.2 s of first-touch page faults for
@@ -71,8 +70,8 @@ _LOCK = threading.RLock()
 # process, not read from the session or the store: what a re-threshold still costs.
 computed: Counter = Counter()
 # What stored entries are computed by: an edit of any of these gives new file names.
-_SOURCES = ("builder/sets/session_cache.py", "builder/sets/recipe_cache.py", "builder/sets/recipes.py",
-            "builder/sets/pair_contract.py",
+_SOURCES = ("builder/sets/session_cache.py", "builder/sets/stored_maps.py", "builder/sets/recipe_cache.py",
+            "builder/sets/recipes.py", "builder/sets/pair_contract.py",
             "builder/sets/nemo_lines.py", "builder/sets/codes.py", "builder/sets/torch_file.py",
             "builder/core/codes_store.py",
             "builder/core/query.py", "builder/core/schemas.py", "builder/core/metrics.py",
@@ -201,9 +200,9 @@ class _Crc32Sink:
         self.closed = True
 
 
-def _write(path: Path, table: pa.Table) -> None:
+def _write(path: Path, table: pa.Table) -> bool:
     """TABLE as PATH, its checksum after it (whole or not at all: one rename); a
-    store we cannot write to is not cached."""
+    store we cannot write to is not cached (False)."""
     try:
         path.parent.mkdir(exist_ok=True)
         with atomic_write(path, "wb") as sink:
@@ -213,7 +212,8 @@ def _write(path: Path, table: pa.Table) -> None:
             sink.write(_TRAILER.pack(MAGIC, counted.crc))
         _prune(path.parent, path.name.split("-", 1)[0])
     except OSError:
-        pass
+        return False
+    return True
 
 
 def _prune(folder: Path, kind: str) -> None:
@@ -252,75 +252,3 @@ def stored_table(store, kind: str, key: Hashable, compute: Callable[[], pa.Table
         return table
 
     return cached(kind, key, load)
-
-
-class _Map:
-    """A stored map in memory: its table. Each id's row is found by Arrow's hash
-    (index_in), not a dict of Python strings: those cost ~200 B per entry, kept for
-    the session (bench/RESULTS.md, export memory)."""
-
-    def __init__(self, table: pa.Table):
-        self.table = table
-
-    def positions(self, ids: pa.Array) -> pa.Array:
-        """The row of each of IDS in the table (null: not there)."""
-        return pc.index_in(ids, value_set=one_array(self.table.column(DERIVED.id)), memory_pool=POOL)
-
-
-def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequence[str],
-               compute: Callable[[list[str]], pa.Table], order_by: str | None = None) -> pa.Table:
-    """The SCHEMA rows of IDS (unique), in that order (or sorted by column ORDER_BY).
-    Rows neither this session nor the store's copy has are computed (COMPUTE(new
-    ids) returns their SCHEMA rows in that order) and kept in both. STORE None:
-    this session only."""
-    table, positions = stored_rows(store, kind, key, schema, ids=ids, compute=compute, order_by=order_by)
-    return pc.take(table, positions, memory_pool=POOL)
-
-
-def stored_rows(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequence[str],
-                compute: Callable[[list[str]], pa.Table],
-                order_by: str | None = None) -> tuple[pa.Table, pa.Array]:
-    """As stored_map, without the copy: (the entry's whole table, the rows of IDS
-    in it, in stored_map's order). Why: a big entry taken into set order is a
-    second copy of it (bench/RESULTS.md, export memory); a caller that needs only
-    a few rows at a time takes them itself."""
-    if not _enabled[0]:
-        return _positioned(compute(list(ids)), pa.array(range(len(ids)), pa.int64()), order_by)
-
-    def load() -> _Map:
-        table = _read(_path(store, kind, key), schema) if store is not None else None
-        return _Map(table if table is not None else schema.empty_table())
-
-    with _LOCK:  # the entry grows in place: one thread at a time
-        return _grown_rows(entry=cached(kind, key, load), store=store, kind=kind, key=key, schema=schema,
-                        ids=ids, compute=compute, order_by=order_by)
-
-
-def _grown_rows(*, entry: "_Map", store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence[str],
-             compute: Callable[[list[str]], pa.Table], order_by: str | None) -> tuple[pa.Table, pa.Array]:
-    wanted = pa.array(ids, pa.string(), memory_pool=POOL)
-    at = entry.positions(wanted)
-    new = pc.filter(wanted, at.is_null()).to_pylist() if at.null_count else []
-    if new:
-        made = compute(new)
-        if made.column(DERIVED.id).to_pylist() != new:
-            raise AssertionError(f"{kind}: the computed rows are not those asked for")
-        computed[kind] += len(new)
-        entry.table = pa.concat_tables([entry.table, made.cast(schema)]).combine_chunks(POOL)
-        if store is not None:
-            _write(_path(store, kind, key), entry.table)
-        at = entry.positions(wanted)
-    return _positioned(entry.table, at.cast(pa.int64()), order_by)
-
-
-def _positioned(table: pa.Table, positions: pa.Array, order_by: str | None) -> tuple[pa.Table, pa.Array]:
-    """(TABLE, POSITIONS sorted by TABLE's column ORDER_BY)."""
-    if order_by is not None:
-        positions = pc.take(positions, pc.sort_indices(pc.take(table.column(order_by), positions)))
-    return table, positions
-
-
-def one_array(column: pa.ChunkedArray) -> pa.Array:
-    """COLUMN as one array: its only chunk as it is (combine_chunks copies even one
-    chunk, into Arrow's default pool)."""
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
