@@ -17,12 +17,10 @@ them in between.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import mmap
 import os
 import weakref
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Iterator, Sequence
 
@@ -30,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ttspo.builder.core import heap
 from ttspo.builder.core.files import StagedFile
 from ttspo.builder.core.schemas import DERIVED
 from ttspo.builder.sets.session_cache import (_LOCK, _TRAILER, MAGIC, POOL, _Crc32Sink, _enabled, _path, _prune,
@@ -74,40 +73,6 @@ def _mapped_table(path: Path, schema: pa.Schema) -> pa.Table | None:
     return table
 
 
-M_MMAP_THRESHOLD = -3  # glibc's malloc.h
-_LIBC: list = []  # [the C library, or None where it has no mallopt/malloc_trim]
-
-
-def _glibc():
-    if not _LIBC:
-        try:
-            libc = ctypes.CDLL(None)
-            _LIBC.append(libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None)
-        except OSError:
-            _LIBC.append(None)
-    return _LIBC[0]
-
-
-@contextmanager
-def steady_heap() -> Iterator[None]:
-    """Inside, glibc's malloc gives every block of 128 KiB or more its own mapping,
-    handed back to the kernel when freed (a no-op without glibc). Why: by default
-    glibc raises that threshold to the size of each large block freed and serves
-    later blocks up to it from its heaps, which keep the memory: computing an
-    export's stored maps a piece at a time (Lance's reads of the generations, the
-    pieces' Python lists) then left RSS growing with the pieces (bench/RESULTS.md).
-    After, the threshold is glibc's highest dynamic one (32 MiB): large blocks are
-    reused again (a fresh mapping per block costs its page faults on every use)."""
-    libc = _glibc()
-    if libc is not None:
-        libc.mallopt(M_MMAP_THRESHOLD, 128 << 10)
-    try:
-        yield
-    finally:
-        if libc is not None:
-            libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
-
-
 def trim_heap() -> None:
     """Hand the free pages inside glibc's heaps back to the kernel (``malloc_trim``),
     and the stored maps' mapped pages (drop_pages). Called after each piece of a
@@ -116,9 +81,7 @@ def trim_heap() -> None:
     (Python objects, Arrow arrays, Lance's reads, in the heaps of several threads)
     otherwise stayed in RSS and added up (bench/RESULTS.md)."""
     drop_pages()
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    heap.trim()
 
 
 def drop_pages() -> None:
@@ -229,7 +192,7 @@ def _appended(path: Path, old: pa.Table, schema: pa.Schema, pieces: Callable[[],
         yield from pieces()
 
     try:
-        with staged.open("wb") as sink, steady_heap():
+        with staged.open("wb") as sink, heap.steady_heap():
             counted = _Crc32Sink(sink)
             with pa.ipc.new_file(pa.PythonFile(counted, mode="w"), schema) as writer:
                 for table in batches():
