@@ -88,12 +88,12 @@ def _version(store, sv) -> tuple[Any, tuple, Any]:
     return ds, table_identity(ds), prompts
 
 
-def _rows_of(sv, ds, *, ids: list[str]) -> list[int]:
-    """The rows of the generations IDS in DS, found by one scan of its ids, a batch
-    at a time, against a hash of IDS (no table of every id held: ~8 per pair, the
-    largest part of a first export's memory; bench/RESULTS.md); an id it lacks is
-    an InputError."""
-    wanted = pa.array(ids, pa.string(), memory_pool=POOL)
+def _rows_of(sv, ds, *, ids: pa.Array) -> np.ndarray:
+    """The rows of the generations IDS (Arrow strings) in DS, found by one scan of
+    its ids, a batch at a time, against a hash of IDS (no table of every id held:
+    ~8 per pair, the largest part of a first export's memory; bench/RESULTS.md);
+    an id it lacks is an InputError."""
+    wanted = ids
     rows = np.full(len(ids), -1, np.int64)
     start = 0
     for batch in ds.to_batches(columns=[GEN.generation_id], batch_size=ID_BATCH):
@@ -108,7 +108,7 @@ def _rows_of(sv, ds, *, ids: list[str]) -> list[int]:
         missing = pc.filter(wanted, pa.array(rows < 0)).to_pylist()
         raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{ds.version} "
                          f"({len(missing)} missing)")
-    return rows.tolist()
+    return rows
 
 
 def _named(pairs: pa.Table) -> pa.Array:
@@ -121,12 +121,13 @@ def generation_columns(store, sv, pairs: pa.Table) -> dict[str, list]:
     """GEN_COLUMNS (plus each prompt's context codes path) of the generations PAIRS
     name, in table order, read at the version the set was built from."""
     ds, gen_key, prompts = _version(store, sv)
-    ids = _named(pairs).to_pylist()
-    order = sorted(zip(_rows_of(sv, ds, ids=ids), ids))
-    return _read_columns(ds, prompts, [g for _, g in order], [r for r, _ in order])
+    ids = _named(pairs)
+    rows = _rows_of(sv, ds, ids=ids)
+    order = np.argsort(rows, kind="stable")
+    return _read_columns(ds, prompts, ids.take(pa.array(order)).to_pylist(), rows[order])
 
 
-def _read_columns(ds, prompts, ids: list[str], rows: list[int]) -> dict[str, list]:
+def _read_columns(ds, prompts, ids: list[str], rows: np.ndarray) -> dict[str, list]:
     """GEN_COLUMNS of IDS (at ROWS of DS) as lists, plus their prompts' context codes
     paths (PROMPTS: a dataset, or its two columns already read)."""
     table = ds.take(pa.array(rows, pa.int64()), columns=list(GEN_COLUMNS))
@@ -144,13 +145,14 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
     table's every id is read only for generations not kept yet."""
     ds, gen_key, prompts = _version(store, sv)
 
-    def compute(todo: list[str]) -> Iterator[pa.Table]:
-        """The line parts of TODO, PARTS_CHUNK at a time (written one after another)."""
+    def compute(todo: pa.Array) -> Iterator[pa.Table]:
+        """The line parts of TODO, PARTS_CHUNK at a time (written one after another;
+        only a piece's ids and rows are Python objects)."""
         rows = _rows_of(sv, ds, ids=todo)
         table = _prompt_codes(prompts)  # read once, not per chunk
         for i in range(0, len(todo), PARTS_CHUNK):
-            yield gen_parts(_read_columns(ds, table, todo[i:i + PARTS_CHUNK], rows[i:i + PARTS_CHUNK]),
-                            rows[i:i + PARTS_CHUNK])
+            piece = rows[i:i + PARTS_CHUNK]
+            yield gen_parts(_read_columns(ds, table, todo.slice(i, PARTS_CHUNK).to_pylist(), piece), piece)
 
     key = (gen_key, None if prompts is None else table_identity(prompts))
     parts, at = stored_rows(store, "export.line_parts", key, LINE_PARTS_SCHEMA, ids=_named(pairs),
@@ -202,7 +204,7 @@ def _joined(encoded: list[list]) -> list[str]:
     return [", ".join([p for p in parts if p is not None]) for parts in zip(*encoded)]
 
 
-def gen_parts(c: dict[str, list], rows: list[int]) -> pa.Table:
+def gen_parts(c: dict[str, list], rows: np.ndarray | list[int]) -> pa.Table:
     """LINE_PARTS_SCHEMA rows of the generations in the columns C, at ROWS of their
     table (keys in NeMo's order, unknown values left out), column by column."""
     audio_context = [bool(x) for x in c[GEN.context_audio_filepath]]
