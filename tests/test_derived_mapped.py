@@ -73,6 +73,14 @@ def test_pieces_that_are_not_the_ids_asked_for_are_refused(store):
         stored_maps.stored_rows(store, "test.wrong", 1, CODES_KEYS_SCHEMA, ids=["a", "b", "c", "d"],
                                   compute=wrong)
 
+    def reordered(ids):  # as many rows as asked for, not in their order
+        yield rows(ids[:2])
+        yield rows(ids[2:][::-1])
+
+    with pytest.raises(AssertionError, match="not those asked for"):
+        stored_maps.stored_rows(store, "test.reordered", 1, CODES_KEYS_SCHEMA, ids=pa.array(["a", "b", "c", "d"]),
+                                  compute=reordered)
+
 
 def _rss_file_kb() -> int:
     with open("/proc/self/status") as fh:
