@@ -35,7 +35,7 @@ GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
                GEN.audio_filepath, GEN.codes_path, GEN.duration, GEN.cer, GEN.wer, GEN.ssim,
                GEN.pred_transcript, GEN.gt_transcript)
 CONTEXT_CODES = "context_audio_codes_path"  # from the prompt, at the set's prompts version
-PARTS_CHUNK = 16384  # generations whose columns are Python objects at once (a first export)
+PARTS_CHUNK = 8192  # generations whose columns are Python objects at once (a first export)
 ID_BATCH = 1 << 18  # the table's ids scanned at once, to find the rows of those an export computes
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
@@ -146,13 +146,18 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
     ds, gen_key, prompts = _version(store, sv)
 
     def compute(todo: pa.Array) -> Iterator[pa.Table]:
-        """The line parts of TODO, PARTS_CHUNK at a time (written one after another;
-        only a piece's ids and rows are Python objects)."""
+        """The line parts of TODO, PARTS_CHUNK at a time in table order (written one
+        after another; only a piece's ids and rows are Python objects). In table
+        order, as a Lance take of rows spread over the whole table reads pages all
+        over it: the set's order made each piece's read grow with the table
+        (bench/RESULTS.md, step 4)."""
         rows = _rows_of(sv, ds, ids=todo)
+        order = np.argsort(rows, kind="stable")
         table = _prompt_codes(prompts)  # read once, not per chunk
         for i in range(0, len(todo), PARTS_CHUNK):
-            piece = rows[i:i + PARTS_CHUNK]
-            yield gen_parts(_read_columns(ds, table, todo.slice(i, PARTS_CHUNK).to_pylist(), piece), piece)
+            at = order[i:i + PARTS_CHUNK]
+            ids = pc.take(todo, pa.array(at), memory_pool=POOL).to_pylist()
+            yield gen_parts(_read_columns(ds, table, ids, rows[at]), rows[at])
 
     key = (gen_key, None if prompts is None else table_identity(prompts))
     parts, at = stored_rows(store, "export.line_parts", key, LINE_PARTS_SCHEMA, ids=_named(pairs),

@@ -108,8 +108,10 @@ def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Seque
                compute: Callable[[pa.Array], pa.Table], order_by: str | None = None) -> pa.Table:
     """The SCHEMA rows of IDS (unique), in that order (or sorted by column ORDER_BY).
     Rows neither this session nor the store's copy has are computed (COMPUTE(new
-    ids, an Arrow string array) returns their SCHEMA rows in that order) and kept in
-    both. STORE None: this session only."""
+    ids, an Arrow string array) returns their SCHEMA rows, each once, in any order:
+    the export computes its line parts in table order, as a Lance take of rows
+    spread over the whole table reads all of it) and kept in both. STORE None: this
+    session only."""
     table, positions = stored_rows(store, kind, key, schema, ids=ids, compute=compute, order_by=order_by)
     return pc.take(table, positions, memory_pool=POOL)
 
@@ -130,8 +132,8 @@ def stored_rows(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequ
     held while every piece is computed: a first export's growth; bench/RESULTS.md)."""
     if not _enabled[0]:
         todo = _strings(ids)
-        made = pa.concat_tables(list(_checked_pieces(compute(todo), todo, kind=kind, schema=schema)))
-        return _positioned(made, pa.array(range(len(ids)), pa.int64()), order_by)
+        made = _Map(pa.concat_tables(list(_checked_pieces(compute(todo), todo, kind=kind, schema=schema))))
+        return _positioned(made.table, made.positions(todo).cast(pa.int64()), order_by)
 
     def load() -> _Map:
         table = _mapped_table(_path(store, kind, key), schema) if store is not None else None
@@ -167,17 +169,18 @@ def _grown_rows(*, entry: "_Map", store, kind: str, key: Hashable, schema: pa.Sc
 
 
 def _checked_pieces(made: Computed, new: pa.Array, *, kind: str, schema: pa.Schema) -> Iterator[pa.Table]:
-    """The pieces of MADE as SCHEMA, each checked to hold the next rows of NEW."""
-    done = 0
-    expected = new.cast(schema.field(DERIVED.id).type)
+    """The pieces of MADE as SCHEMA, each checked to hold rows of NEW not seen
+    before (all of them once the last is out)."""
+    seen = np.zeros(len(new), bool)
     for piece in [made] if isinstance(made, pa.Table) else made:
         piece = piece.cast(schema)
-        ids = piece.column(DERIVED.id)
-        if len(ids) > len(expected) - done or not ids.equals(pa.chunked_array([expected.slice(done, len(ids))])):
+        at = pc.index_in(piece.column(DERIVED.id), value_set=new, memory_pool=POOL)
+        where = at.to_numpy(zero_copy_only=False) if not at.null_count else None
+        if where is None or seen[where].any() or len(np.unique(where)) < len(where):
             raise AssertionError(f"{kind}: the computed rows are not those asked for")
-        done += len(ids)
+        seen[where] = True
         yield piece
-    if done != len(new):
+    if not seen.all():
         raise AssertionError(f"{kind}: the computed rows are not those asked for")
 
 
