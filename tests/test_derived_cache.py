@@ -54,6 +54,9 @@ def test_a_new_session_reads_what_an_earlier_one_kept(store, tmp_path):
 
 def test_a_set_naming_more_generations_computes_only_those(store, tmp_path):
     first = rethreshold(store, tmp_path / "out", 0.008)[3]  # 4 of the 5 groups
+    (parts,) = (store.root / session_cache.DERIVED_DIR).glob("export.line_parts-*.arrow")
+    rows = session_cache._read(parts).column("row").to_pylist()
+    assert rows == sorted(rows) and len(rows) == 8  # computed in table order, not the set's (8 generations)
     session_cache.clear()
     rethreshold(store, tmp_path / "out", 0.1)  # all 5
     assert session_cache.computed["export.line_parts"] == 2  # the fifth group's pair

@@ -17,8 +17,8 @@ from ttspo.builder.core.store import Store, make_lineage
 from ttspo.builder.sets import session_cache
 from ttspo.builder.sets.build import build_set, open_set
 from ttspo.builder.sets.export import export_nemo
-from ttspo.builder.sets.nemo_lines import (CONTEXT_CODES, GEN_COLUMNS, SetGenerations, gen_parts,
-                                           nemo_manifests, openings)
+from ttspo.builder.sets.line_parts import CONTEXT_CODES, gen_parts
+from ttspo.builder.sets.nemo_lines import GEN_COLUMNS, SetGenerations, nemo_manifests, openings
 from test_build_helpers import BASIC, gen_rows
 
 OLD_ENCODER = json.JSONEncoder(ensure_ascii=False)

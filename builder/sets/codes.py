@@ -172,12 +172,13 @@ def store_codes(store, sv_ref: str, ds, offsets: pa.Array, *, gids: pa.Array,
     written = [0]
     fresh = np.zeros(len(gids), bool)  # written or found just now: no stat needed
 
-    def compute(todo: list[str]) -> Iterator[pa.Table]:
-        """Each of TODO's (key, file), CHUNK at a time (written one after another)."""
-        where = pc.index_in(pa.array(todo, pa.string()), value_set=gids).to_numpy(zero_copy_only=False)
+    def compute(todo: pa.Array) -> Iterator[pa.Table]:
+        """Each of TODO's (key, file), CHUNK at a time (written one after another;
+        only a chunk's ids are Python objects)."""
+        where = pc.index_in(todo, value_set=gids).to_numpy(zero_copy_only=False)
         fresh[where] = True  # each below is written, or has no codes (then not stat'ed anyway)
         for start in range(0, len(todo), CHUNK):
-            chunk = todo[start:start + CHUNK]
+            chunk = todo.slice(start, CHUNK).to_pylist()
             rows = pc.take(offsets, pa.array(where[start:start + CHUNK])).to_numpy()
             table = table_codes(ds, rows.astype(np.int64), chunk)
             keys, rels = [], []

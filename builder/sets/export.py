@@ -58,7 +58,8 @@ from ttspo.builder.core import codes_store
 from ttspo.builder.sets.codes import DEFAULT_CODES_DTYPE, check_codes_dtype, safe_name, store_codes  # noqa: F401
 from ttspo.builder.sets.codes_copy import copy_codes as _copy_codes
 from ttspo.builder.sets.stored_maps import drop_pages, trim_heap
-from ttspo.builder.sets.nemo_lines import (_ENCODER, CHUNK_PAIRS, CodesFiles, check_for_nemo, generation_columns,
+from ttspo.builder.sets.line_parts import _ENCODER
+from ttspo.builder.sets.nemo_lines import (CHUNK_PAIRS, CodesFiles, check_for_nemo, generation_columns,
                                            encoded_paths, manifest_chunks, openings, set_generations)
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.files import atomic_write, write_text_atomic

@@ -15,8 +15,6 @@ awkward values.
 
 from __future__ import annotations
 
-import json
-import json.encoder
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -26,6 +24,7 @@ import pyarrow.compute as pc
 
 from ttspo.builder.core.errors import InputError
 from ttspo.builder.core.schemas import DERIVED, GEN, LINE_PARTS_SCHEMA, PAIR, PROMPT
+from ttspo.builder.sets.line_parts import _STRING, CONTEXT_CODES, encode_value, gen_parts
 from ttspo.builder.sets.session_cache import POOL, table_identity
 from ttspo.builder.sets.stored_maps import drop_pages, one_array, stored_rows, take
 
@@ -34,27 +33,8 @@ GEN_COLUMNS = (GEN.generation_id, GEN.prompt_id, GEN.text, GEN.record_type,
                GEN.context_audio_filepath, GEN.context_audio_duration, GEN.context_text,
                GEN.audio_filepath, GEN.codes_path, GEN.duration, GEN.cer, GEN.wer, GEN.ssim,
                GEN.pred_transcript, GEN.gt_transcript)
-CONTEXT_CODES = "context_audio_codes_path"  # from the prompt, at the set's prompts version
-PARTS_CHUNK = 16384  # generations whose columns are Python objects at once (a first export)
+PARTS_CHUNK = 8192  # generations whose columns are Python objects at once (a first export)
 ID_BATCH = 1 << 18  # the table's ids scanned at once, to find the rows of those an export computes
-
-_ENCODER = json.JSONEncoder(ensure_ascii=False)
-_STRING = json.encoder.encode_basestring  # what that encoder uses for str (C when available)
-_INF = float("inf")
-
-
-def encode_value(v: Any) -> str:
-    """V as the encoder writes it inside a dict."""
-    if type(v) is str:
-        return _STRING(v)
-    if type(v) is float:
-        if v != v:
-            return "NaN"
-        if v == _INF or v == -_INF:
-            return "Infinity" if v > 0 else "-Infinity"
-        return float.__repr__(v)
-    return _ENCODER.encode(v)
-
 
 @dataclass
 class SetGenerations:
@@ -88,12 +68,12 @@ def _version(store, sv) -> tuple[Any, tuple, Any]:
     return ds, table_identity(ds), prompts
 
 
-def _rows_of(sv, ds, *, ids: list[str]) -> list[int]:
-    """The rows of the generations IDS in DS, found by one scan of its ids, a batch
-    at a time, against a hash of IDS (no table of every id held: ~8 per pair, the
-    largest part of a first export's memory; bench/RESULTS.md); an id it lacks is
-    an InputError."""
-    wanted = pa.array(ids, pa.string(), memory_pool=POOL)
+def _rows_of(sv, ds, *, ids: pa.Array) -> np.ndarray:
+    """The rows of the generations IDS (Arrow strings) in DS, found by one scan of
+    its ids, a batch at a time, against a hash of IDS (no table of every id held:
+    ~8 per pair, the largest part of a first export's memory; bench/RESULTS.md);
+    an id it lacks is an InputError."""
+    wanted = ids
     rows = np.full(len(ids), -1, np.int64)
     start = 0
     for batch in ds.to_batches(columns=[GEN.generation_id], batch_size=ID_BATCH):
@@ -108,7 +88,7 @@ def _rows_of(sv, ds, *, ids: list[str]) -> list[int]:
         missing = pc.filter(wanted, pa.array(rows < 0)).to_pylist()
         raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{ds.version} "
                          f"({len(missing)} missing)")
-    return rows.tolist()
+    return rows
 
 
 def _named(pairs: pa.Table) -> pa.Array:
@@ -121,12 +101,13 @@ def generation_columns(store, sv, pairs: pa.Table) -> dict[str, list]:
     """GEN_COLUMNS (plus each prompt's context codes path) of the generations PAIRS
     name, in table order, read at the version the set was built from."""
     ds, gen_key, prompts = _version(store, sv)
-    ids = _named(pairs).to_pylist()
-    order = sorted(zip(_rows_of(sv, ds, ids=ids), ids))
-    return _read_columns(ds, prompts, [g for _, g in order], [r for r, _ in order])
+    ids = _named(pairs)
+    rows = _rows_of(sv, ds, ids=ids)
+    order = np.argsort(rows, kind="stable")
+    return _read_columns(ds, prompts, ids.take(pa.array(order)).to_pylist(), rows[order])
 
 
-def _read_columns(ds, prompts, ids: list[str], rows: list[int]) -> dict[str, list]:
+def _read_columns(ds, prompts, ids: list[str], rows: np.ndarray) -> dict[str, list]:
     """GEN_COLUMNS of IDS (at ROWS of DS) as lists, plus their prompts' context codes
     paths (PROMPTS: a dataset, or its two columns already read)."""
     table = ds.take(pa.array(rows, pa.int64()), columns=list(GEN_COLUMNS))
@@ -144,13 +125,19 @@ def set_generations(store, sv, pairs: pa.Table) -> SetGenerations:
     table's every id is read only for generations not kept yet."""
     ds, gen_key, prompts = _version(store, sv)
 
-    def compute(todo: list[str]) -> Iterator[pa.Table]:
-        """The line parts of TODO, PARTS_CHUNK at a time (written one after another)."""
+    def compute(todo: pa.Array) -> Iterator[pa.Table]:
+        """The line parts of TODO, PARTS_CHUNK at a time in table order (written one
+        after another; only a piece's ids and rows are Python objects). In table
+        order, as a Lance take of rows spread over the whole table reads pages all
+        over it: the set's order made each piece's read grow with the table
+        (bench/RESULTS.md, step 4)."""
         rows = _rows_of(sv, ds, ids=todo)
+        order = np.argsort(rows, kind="stable")
         table = _prompt_codes(prompts)  # read once, not per chunk
         for i in range(0, len(todo), PARTS_CHUNK):
-            yield gen_parts(_read_columns(ds, table, todo[i:i + PARTS_CHUNK], rows[i:i + PARTS_CHUNK]),
-                            rows[i:i + PARTS_CHUNK])
+            at = order[i:i + PARTS_CHUNK]
+            ids = pc.take(todo, pa.array(at), memory_pool=POOL).to_pylist()
+            yield gen_parts(_read_columns(ds, table, ids, rows[at]), rows[at])
 
     key = (gen_key, None if prompts is None else table_identity(prompts))
     parts, at = stored_rows(store, "export.line_parts", key, LINE_PARTS_SCHEMA, ids=_named(pairs),
@@ -181,49 +168,6 @@ def check_for_nemo(ref: str, gens: SetGenerations) -> None:
     if problems.null_count < len(problems):
         first = pc.index(pc.is_valid(problems), True).as_py()
         raise InputError(f"{ref}: generation {gens.ids[first].as_py()} {problems[first].as_py()}")
-
-
-def _problem(duration, audio, context, context_duration) -> str | None:
-    if duration is None:
-        return "has no duration (NeMo's dataset filters on it)"
-    if not audio:
-        return "has no audio_filepath"
-    if context and context_duration is None:
-        return "has a context audio without its duration"
-    return None
-
-
-def _encoded(key: str, values: list) -> list:
-    head = f"{_STRING(key)}: "
-    return [None if v is None else head + encode_value(v) for v in values]
-
-
-def _joined(encoded: list[list]) -> list[str]:
-    return [", ".join([p for p in parts if p is not None]) for parts in zip(*encoded)]
-
-
-def gen_parts(c: dict[str, list], rows: list[int]) -> pa.Table:
-    """LINE_PARTS_SCHEMA rows of the generations in the columns C, at ROWS of their
-    table (keys in NeMo's order, unknown values left out), column by column."""
-    audio_context = [bool(x) for x in c[GEN.context_audio_filepath]]
-
-    def only(values: list, when: bool) -> list:
-        return [v if a is when else None for v, a in zip(values, audio_context)]
-
-    head = [("text", c[GEN.text]), ("record_type", c[GEN.record_type]),
-            ("context_text", only(c[GEN.context_text], False)),
-            ("context_audio_filepath", only(c[GEN.context_audio_filepath], True)),
-            ("context_audio_duration", only(c[GEN.context_audio_duration], True)),
-            ("context_audio_codes_path", only(c[CONTEXT_CODES], True)),
-            ("audio_filepath", c[GEN.audio_filepath])]
-    tail = [("duration", c[GEN.duration]), ("cer_gts", c[GEN.cer]), ("wer_gts", c[GEN.wer]),
-            ("pred_context_similarity", c[GEN.ssim]), ("pred_transcript", c[GEN.pred_transcript]),
-            ("gt_transcript", c[GEN.gt_transcript])]
-    problems = [_problem(*x) for x in zip(c[GEN.duration], c[GEN.audio_filepath],
-                                          c[GEN.context_audio_filepath], c[GEN.context_audio_duration])]
-    return pa.table([c[GEN.generation_id], rows, _joined([_encoded(k, v) for k, v in head]), c[GEN.codes_path],
-                     _joined([_encoded(k, v) for k, v in tail]), c[GEN.duration], problems],
-                    schema=LINE_PARTS_SCHEMA)
 
 
 # ------------------------------------------------------------------ lines

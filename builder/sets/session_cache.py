@@ -72,7 +72,7 @@ computed: Counter = Counter()
 # What stored entries are computed by: an edit of any of these gives new file names.
 _SOURCES = ("builder/sets/session_cache.py", "builder/sets/stored_maps.py", "builder/sets/recipe_cache.py",
             "builder/sets/recipes.py", "builder/sets/pair_contract.py",
-            "builder/sets/nemo_lines.py", "builder/sets/codes.py", "builder/sets/torch_file.py",
+            "builder/sets/nemo_lines.py", "builder/sets/line_parts.py", "builder/sets/codes.py", "builder/sets/torch_file.py",
             "builder/core/codes_store.py",
             "builder/core/query.py", "builder/core/schemas.py", "builder/core/metrics.py",
             "sql/macros.sql")

@@ -105,11 +105,13 @@ class _Map:
 
 
 def stored_map(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequence[str],
-               compute: Callable[[list[str]], pa.Table], order_by: str | None = None) -> pa.Table:
+               compute: Callable[[pa.Array], pa.Table], order_by: str | None = None) -> pa.Table:
     """The SCHEMA rows of IDS (unique), in that order (or sorted by column ORDER_BY).
     Rows neither this session nor the store's copy has are computed (COMPUTE(new
-    ids) returns their SCHEMA rows in that order) and kept in both. STORE None:
-    this session only."""
+    ids, an Arrow string array) returns their SCHEMA rows, each once, in any order:
+    the export computes its line parts in table order, as a Lance take of rows
+    spread over the whole table reads all of it) and kept in both. STORE None: this
+    session only."""
     table, positions = stored_rows(store, kind, key, schema, ids=ids, compute=compute, order_by=order_by)
     return pc.take(table, positions, memory_pool=POOL)
 
@@ -118,18 +120,20 @@ Computed = pa.Table | Iterable[pa.Table]  # rows, whole or in pieces one after a
 
 
 def stored_rows(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequence[str] | pa.Array,
-                compute: Callable[[list[str]], Computed],
+                compute: Callable[[pa.Array], Computed],
                 order_by: str | None = None) -> tuple[pa.Table, pa.Array]:
     """As stored_map, without the copy: (the entry's whole table, the rows of IDS
     in it, in stored_map's order). Why: a big entry taken into set order is a
     second copy of it (bench/RESULTS.md, export memory); a caller that needs only
     a few rows at a time takes them itself (:func:`take`: the entry's columns may
     be in chunks). COMPUTE may return its rows in pieces: they are then written into
-    the store's copy one after another, never all in memory."""
+    the store's copy one after another, never all in memory. The new ids go to
+    COMPUTE as one Arrow array, not a list of Python strings (~90 B more per id,
+    held while every piece is computed: a first export's growth; bench/RESULTS.md)."""
     if not _enabled[0]:
-        todo = ids.to_pylist() if isinstance(ids, pa.Array) else list(ids)
-        made = pa.concat_tables(list(_checked_pieces(compute(todo), todo, kind=kind, schema=schema)))
-        return _positioned(made, pa.array(range(len(ids)), pa.int64()), order_by)
+        todo = _strings(ids)
+        made = _Map(pa.concat_tables(list(_checked_pieces(compute(todo), todo, kind=kind, schema=schema))))
+        return _positioned(made.table, made.positions(todo).cast(pa.int64()), order_by)
 
     def load() -> _Map:
         table = _mapped_table(_path(store, kind, key), schema) if store is not None else None
@@ -140,13 +144,17 @@ def stored_rows(store, kind: str, key: Hashable, schema: pa.Schema, *, ids: Sequ
                         ids=ids, compute=compute, order_by=order_by)
 
 
+def _strings(ids: Sequence[str] | pa.Array) -> pa.Array:
+    return ids if isinstance(ids, pa.Array) else pa.array(list(ids), pa.string(), memory_pool=POOL)
+
+
 def _grown_rows(*, entry: "_Map", store, kind: str, key: Hashable, schema: pa.Schema, ids: Sequence[str],
-             compute: Callable[[list[str]], pa.Table], order_by: str | None) -> tuple[pa.Table, pa.Array]:
-    wanted = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string(), memory_pool=POOL)
+             compute: Callable[[pa.Array], Computed], order_by: str | None) -> tuple[pa.Table, pa.Array]:
+    wanted = _strings(ids)
     at = entry.positions(wanted)
     drop_pages()
-    new = pc.filter(wanted, at.is_null()).to_pylist() if at.null_count else []
-    if new:
+    new = pc.filter(wanted, at.is_null(), memory_pool=POOL) if at.null_count else wanted.slice(0, 0)
+    if len(new):
         grown = None if store is None else _appended(_path(store, kind, key), entry.table, schema,
                                                      lambda: _checked_pieces(compute(new), new, kind=kind,
                                                                              schema=schema))
@@ -160,16 +168,19 @@ def _grown_rows(*, entry: "_Map", store, kind: str, key: Hashable, schema: pa.Sc
     return _positioned(entry.table, at.cast(pa.int64()), order_by)
 
 
-def _checked_pieces(made: Computed, new: list[str], *, kind: str, schema: pa.Schema) -> Iterator[pa.Table]:
-    """The pieces of MADE as SCHEMA, each checked to hold the next rows of NEW."""
-    done = 0
+def _checked_pieces(made: Computed, new: pa.Array, *, kind: str, schema: pa.Schema) -> Iterator[pa.Table]:
+    """The pieces of MADE as SCHEMA, each checked to hold rows of NEW not seen
+    before (all of them once the last is out)."""
+    seen = np.zeros(len(new), bool)
     for piece in [made] if isinstance(made, pa.Table) else made:
-        ids = piece.column(DERIVED.id).to_pylist()
-        if ids != new[done:done + len(ids)]:
+        piece = piece.cast(schema)
+        at = pc.index_in(piece.column(DERIVED.id), value_set=new, memory_pool=POOL)
+        where = at.to_numpy(zero_copy_only=False) if not at.null_count else None
+        if where is None or seen[where].any() or len(np.unique(where)) < len(where):
             raise AssertionError(f"{kind}: the computed rows are not those asked for")
-        done += len(ids)
-        yield piece.cast(schema)
-    if done != len(new):
+        seen[where] = True
+        yield piece
+    if not seen.all():
         raise AssertionError(f"{kind}: the computed rows are not those asked for")
 
 
