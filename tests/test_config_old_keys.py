@@ -43,6 +43,7 @@ def as_made_before(out):
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+@pytest.mark.slow  # ~1.6 s: a DPO run and its resume
 def test_a_run_folder_made_with_the_old_keys_resumes(store, tmp_path):
     out = tmp_path / "run"
     assert train(store, out, "loss.terms=dpo=1, ipo=0.50").exit_code == 0

@@ -83,6 +83,7 @@ def _losses(out):
     return [(m["step"], k, m[k]) for m in read_metrics(out) for k in keys if k in m]
 
 
+@pytest.mark.slow  # ~3 s: two DPO runs and a resume
 def test_a_streamed_run_has_the_losses_of_an_in_memory_run_and_resumes_across(store, tmp_path):
     base = {"train.max_steps": 6, "train.val_every": 3, "train.checkpoint_every": 3,
             "optim.grad_accum": 2, **DROPOUT}
@@ -136,6 +137,7 @@ def _sources():
             yield rel, path.read_text()
 
 
+@pytest.mark.slow  # ~1.5 s
 def test_lances_private_take_and_the_pair_forward_each_live_in_one_place():
     takes = [rel for rel, text in _sources() if "._take_rows(" in text]
     assert takes == ["builder/core/lance_rows.py"]

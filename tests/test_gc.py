@@ -337,6 +337,7 @@ def child(code: str, *args: str, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, **kw)
 
 
+@pytest.mark.slow  # ~1.1 s: waits on a real writer
 def test_a_running_writer_makes_gc_and_compact_wait_then_refuse(store):
     before, size = every_version(store), disk_bytes(store.root)
     holder = child(HOLDER, str(store.root), stdin=subprocess.PIPE)

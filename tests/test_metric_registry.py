@@ -202,6 +202,7 @@ def test_docs_list_every_registered_metric_with_its_direction():
         assert f"| {registry.metric(name).better} |" in rows[name]
 
 
+@pytest.mark.slow  # ~1.7 s
 def test_an_older_table_reads_new_columns_as_null_and_gains_them_on_write(tmp_path):
     """generations as written before the registry's columns (no *_status, no newer
     metric): SQL reads them as NULL, an append adds them (nulls) first, scoring fills them."""
