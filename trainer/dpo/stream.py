@@ -27,18 +27,26 @@ MicroBatch = tuple[np.ndarray, "PairCodes | None"]
 
 
 class RankCodes(torch.utils.data.Dataset):
-    """Item i: RANK's micro-batches KEYS[i] ((step, a) each) with their codes, read in
-    ONE take and sent as one message: a message costs about the same whatever its size
-    (~1 ms on a 2-core machine), so one per micro-batch slowed a tiny step by ~25%."""
+    """Item i: RANK's micro-batches i*READ .. (i+1)*READ-1 of steps START..STOP-1 (micro-batch
+    k is step START + k // grad_accum, its k % grad_accum-th) with their codes, read in ONE
+    take and sent as one message: a message costs about the same whatever its size (~1 ms
+    on a 2-core machine), so one per micro-batch slowed a tiny step by ~25%."""
 
-    def __init__(self, pairs: Pairs, order: PairOrder, rank: int, keys: list[list[tuple[int, int]]]):
-        self.pairs, self.order, self.rank, self.keys = pairs, order, rank, keys
+    def __init__(self, pairs: Pairs, order: PairOrder, rank: int, *, start: int, stop: int, read: int):
+        self.pairs, self.order, self.rank = pairs, order, rank
+        self.start, self.count, self.read = start, (stop - start) * order.grad_accum, read
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return -(-self.count // self.read)
 
     def __getitem__(self, i: int) -> list[MicroBatch]:
-        index = [self.order.micro_batches(step, self.rank)[a] for step, a in self.keys[i]]
+        steps: dict[int, list[np.ndarray]] = {}  # a step's micro-batches, drawn once a read
+        index = []
+        for k in range(i * self.read, min(self.count, (i + 1) * self.read)):
+            step, a = divmod(k, self.order.grad_accum)
+            if step not in steps:
+                steps[step] = self.order.micro_batches(self.start + step, self.rank)
+            index.append(steps[step][a])
         chosen, rejected = self.pairs.read_codes(np.concatenate(index))
         out, at = [], 0
         for idx in index:
@@ -54,7 +62,7 @@ class RankCodes(torch.utils.data.Dataset):
                      pair_ids=[], split=[], chosen=[], rejected=[], chosen_reward=np.empty(0),
                      rejected_reward=np.empty(0), codes=p.codes, chosen_rowid=p.chosen_rowid,
                      rejected_rowid=p.rejected_rowid)
-        return {"pairs": lean, "order": self.order, "rank": self.rank, "keys": self.keys}
+        return {**self.__dict__, "pairs": lean}
 
 
 def _as_is(item: list[MicroBatch]) -> list[MicroBatch]:  # no tensor conversion: the step collates
@@ -72,11 +80,9 @@ def step_batches(pairs: Pairs, order: PairOrder, rank: int, *, start: int, stop:
         for step in range(start, stop):
             yield [(idx, None) for idx in order.micro_batches(step, rank)]
         return
-    keys = [(step, a) for step in range(start, stop) for a in range(order.grad_accum)]
-    reads = [keys[i:i + data.read_batches] for i in range(0, len(keys), data.read_batches)]
     workers = data.workers
     loader = torch.utils.data.DataLoader(
-        RankCodes(pairs, order, rank, reads), batch_size=None, num_workers=workers,
+        RankCodes(pairs, order, rank, start=start, stop=stop, read=data.read_batches), batch_size=None, num_workers=workers,
         collate_fn=_as_is, worker_init_fn=_one_thread if workers else None,
         multiprocessing_context="spawn" if workers else None,
         prefetch_factor=data.prefetch_batches if workers else None,
