@@ -21,7 +21,7 @@ from ttspo.trainer.dpo.loop import read_metrics, train_dpo
 from ttspo.trainer.dpo.stream import step_batches
 from ttspo.trainer.policy.base import load_policy
 from ttspo.trainer.run.config import load_config
-from train_helpers import SET, TINY, pattern_store, tiny_overrides
+from train_helpers import SET, TINY, pattern_store, tiny_overrides, torchrun_error
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("TTSPO_TEST_THREADS", "1")}
@@ -121,7 +121,7 @@ def test_two_ranks_stream_the_batches_and_losses_of_two_ranks_in_memory(store, t
                str(store.root), "train", "dpo", SET, "--out", str(out),
                *[w for o in tiny_overrides(**steps, **{"data.loader": loader}) for w in ("-o", o)]]
         run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.returncode == 0, torchrun_error(run.stderr)
         runs[loader] = _losses(out)
     assert len(runs["memory"]) == 3 * 3 + 2 * 2
     assert runs["stream"] == runs["memory"]

@@ -26,7 +26,7 @@ from ttspo.trainer.dpo.forward import concatenated_forward
 from ttspo.trainer.dpo.loop import read_metrics, train_dpo
 from ttspo.trainer.policy.base import load_policy
 from ttspo.trainer.run.config import load_config
-from train_helpers import SET, pattern_store, tiny_overrides
+from train_helpers import SET, pattern_store, tiny_overrides, torchrun_error
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # 16 train pairs at 4 a step: an epoch is 4 steps, 8 steps are 2 epochs; validations at
@@ -255,7 +255,7 @@ def test_two_processes_write_the_rows_one_process_writes(tmp_path):
            "--out", str(two), *[w for o in tiny_overrides(**{**steps, "data.pairs_per_device": 2})
                                 for w in ("-o", o)]]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, torchrun_error(done.stderr)
     commits = [v for v in store.versions("pair_dynamics") if v["lineage"].get("run") == "two"]
     assert len(commits) == 1  # both ranks' rows, one version
     train_dpo(store, SET, cfg=load_config(None, tiny_overrides(**steps)), out=tmp_path / "one",

@@ -13,7 +13,7 @@ from ttspo.trainer.run import checkpoints as ckpt
 from ttspo.trainer.run.config import load_config
 from ttspo.trainer.dpo.loop import read_metrics, train_dpo
 from ttspo.trainer.policy.base import load_policy
-from train_helpers import SET, pattern_store, tiny_overrides
+from train_helpers import SET, pattern_store, tiny_overrides, torchrun_error
 
 pytestmark = pytest.mark.slow  # torchrun processes
 
@@ -30,7 +30,7 @@ def test_two_processes_hold_equal_weights_equal_to_one_process(tmp_path):
              for w in ("-o", o)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.returncode == 0, torchrun_error(run.stderr)
     assert "2 process(es)" in run.stdout
     torch.set_num_threads(1)
     cfg = load_config(None, tiny_overrides(**STEPS, **{"data.pairs_per_device": 8}))

@@ -72,3 +72,12 @@ def log_2_tolerance(beta: float, logp_chosen: float, logp_rejected: float) -> fl
     from ttspo.trainer.dpo.losses import TIE_RTOL
 
     return beta / 2 * TIE_RTOL * 2 * (abs(logp_chosen) + abs(logp_rejected))
+
+
+def torchrun_error(stderr: str, keep: int = 2000) -> str:
+    """What a failed torchrun run printed, for an assertion message: the start (a rank's
+    own last words, such as a C++ abort's reason, come before torchrun's report) and
+    the end (the report: which rank, which signal)."""
+    if len(stderr) <= 2 * keep:
+        return stderr
+    return f"{stderr[:keep]}\n[...]\n{stderr[-keep:]}"
