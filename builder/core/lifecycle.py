@@ -9,8 +9,8 @@ the lineage), so the cleaned tables get no new version. Files go through Lance's
 ``cleanup_old_versions(versions=[...])``: files only the removed versions name
 (their manifests, transaction files, data and deletion files). Files NO version names
 (a writer killed before its commit: pair_dynamics' fragments past its buffer) go once
-a week old (Lance's rule: younger, a live writer may be about to commit them), by a
-first cleanup that removes no version, so also from a table none of whose versions go
+a week old (Lance's rule: younger, a live writer may be about to commit them), removed
+by gc itself under the lock, also from a table none of whose versions go
 (table_files.py: unnamed_files; counted as ``orphans``, logged with the versions).
 
 Both take every named table's writing lock exclusively before changing anything
@@ -301,12 +301,16 @@ def _pins(store: Store, every: list[str], infos: dict, remove: dict[str, set[int
 
 
 def _remove(store: Store, plan: TableGc) -> int:
-    """Lance's cleanup: first one that keeps every version (none is a century old), so
-    only the week-old files no version names go (counted apart), then the versions."""
+    """The week-old files no version names (unnamed_files, the dry run's own rule), then
+    the versions (Lance's cleanup). Why not Lance's cleanup for the first: it lists only
+    files older than the oldest version it keeps, and a killed writer's files are always
+    newer than the table's first version, so keeping every version it removed none."""
     try:
-        swept = store.open(plan.table).cleanup_old_versions(older_than=timedelta(days=36500))
-        plan.orphans = int(swept.data_files_removed + swept.deletion_files_removed)
-        freed = int(swept.bytes_removed)
+        unnamed = unnamed_files(store, plan.table)
+        for relative in unnamed:  # under the table's writer lock (gc holds it)
+            (store.path(plan.table) / relative).unlink(missing_ok=True)
+        plan.orphans = len(unnamed)
+        freed = sum(unnamed.values())
         if plan.removed:  # forced versions are among them
             freed += int(store.open(plan.table).cleanup_old_versions(
                 versions=plan.removed).bytes_removed)
