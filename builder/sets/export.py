@@ -58,7 +58,7 @@ from ttspo.builder.core import codes_store
 from ttspo.builder.sets.codes import DEFAULT_CODES_DTYPE, check_codes_dtype, safe_name, store_codes  # noqa: F401
 from ttspo.builder.sets.codes_copy import copy_codes as _copy_codes
 from ttspo.builder.sets.stored_maps import drop_pages, trim_heap
-from ttspo.builder.sets.line_parts import _ENCODER
+from ttspo.builder.sets.line_parts import ENCODER
 from ttspo.builder.sets.nemo_lines import (CHUNK_PAIRS, CodesFiles, check_for_nemo, generation_columns,
                                            encoded_paths, manifest_chunks, openings, set_generations)
 from ttspo.builder.core.errors import InputError
@@ -198,7 +198,7 @@ def _write_manifests(out: Path, pairs: pa.Table, ids: pa.Array, fixed: list, *,
 
 
 def _json_line(record: dict[str, Any]) -> str:
-    return _ENCODER.encode(record) + "\n"
+    return ENCODER.encode(record) + "\n"
 
 
 # -------------------------------------------------------------------- TRL

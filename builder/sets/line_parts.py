@@ -19,7 +19,7 @@ from ttspo.builder.core.schemas import GEN, LINE_PARTS_SCHEMA
 
 CONTEXT_CODES = "context_audio_codes_path"  # from the prompt, at the set's prompts version
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False)
+ENCODER = json.JSONEncoder(ensure_ascii=False)
 _STRING = json.encoder.encode_basestring  # what that encoder uses for str (C when available)
 _INF = float("inf")
 
@@ -34,7 +34,7 @@ def encode_value(v: Any) -> str:
         if v == _INF or v == -_INF:
             return "Infinity" if v > 0 else "-Infinity"
         return float.__repr__(v)
-    return _ENCODER.encode(v)
+    return ENCODER.encode(v)
 
 
 def _problem(duration, audio, context, context_duration) -> str | None:

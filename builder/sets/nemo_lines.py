@@ -73,11 +73,10 @@ def _rows_of(sv, ds, *, ids: pa.Array) -> np.ndarray:
     its ids, a batch at a time, against a hash of IDS (no table of every id held:
     ~8 per pair, the largest part of a first export's memory; bench/RESULTS.md);
     an id it lacks is an InputError."""
-    wanted = ids
     rows = np.full(len(ids), -1, np.int64)
     start = 0
     for batch in ds.to_batches(columns=[GEN.generation_id], batch_size=ID_BATCH):
-        where = pc.index_in(batch.column(0), value_set=wanted, memory_pool=POOL)
+        where = pc.index_in(batch.column(0), value_set=ids, memory_pool=POOL)
         found = np.flatnonzero(where.is_valid().to_numpy(zero_copy_only=False))
         if len(found):
             at = where.take(pa.array(found)).to_numpy()
@@ -85,7 +84,7 @@ def _rows_of(sv, ds, *, ids: pa.Array) -> np.ndarray:
             rows[at[first][::-1]] = (start + found[first])[::-1]  # a repeated index keeps the last value
         start += batch.num_rows
     if (rows < 0).any():
-        missing = pc.filter(wanted, pa.array(rows < 0)).to_pylist()
+        missing = pc.filter(ids, pa.array(rows < 0)).to_pylist()
         raise InputError(f"{sv.ref}: generation {missing[0]} is not in generations@{ds.version} "
                          f"({len(missing)} missing)")
     return rows
@@ -100,7 +99,7 @@ def _named(pairs: pa.Table) -> pa.Array:
 def generation_columns(store, sv, pairs: pa.Table) -> dict[str, list]:
     """GEN_COLUMNS (plus each prompt's context codes path) of the generations PAIRS
     name, in table order, read at the version the set was built from."""
-    ds, gen_key, prompts = _version(store, sv)
+    ds, _, prompts = _version(store, sv)
     ids = _named(pairs)
     rows = _rows_of(sv, ds, ids=ids)
     order = np.argsort(rows, kind="stable")
