@@ -219,9 +219,7 @@ def test_codes_and_line_parts_read_in_chunks_give_the_same_files(store, tmp_path
     small = {p: p.read_bytes() for p in (store.root / "codes").rglob("*.pt")}
     for p in small:
         p.unlink()
-    monkeypatch.setattr(codes_mod, "CHUNK", 4096)
-    monkeypatch.setattr(nemo_lines, "PARTS_CHUNK", 16384)
-    monkeypatch.setattr(nemo_lines, "ID_BATCH", 1 << 18)
+    monkeypatch.undo()  # the defaults: one chunk each
     with session_cache.disabled():
         export_nemo(store, "a", tmp_path / "big")
     assert {p: p.read_bytes() for p in (store.root / "codes").rglob("*.pt")} == small

@@ -30,9 +30,17 @@ def test_trim_hands_back_the_free_pages_below_a_live_block():
     assert freed - after > 120, (freed, after)  # most of the 160 MB handed back
 
 
-def test_steady_heap_is_a_context_that_always_restores():
+def test_steady_heap_sets_the_threshold_and_always_restores_it(monkeypatch):
+    calls = []
+
+    class RecordingLibc:  # the C library's mallopt, recorded (glibc's own is process-wide)
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(heap, "_glibc", RecordingLibc)
     with pytest.raises(KeyError):
         with heap.steady_heap():
+            assert calls == [(heap.M_MMAP_THRESHOLD, 128 << 10)]
             raise KeyError("x")
-    with heap.steady_heap():
-        pass
+    assert calls == [(heap.M_MMAP_THRESHOLD, 128 << 10), (heap.M_MMAP_THRESHOLD, 32 << 20)]
